@@ -1,0 +1,12 @@
+"""User-facing errors: the CLI prints these as one red line and exits non-zero."""
+
+
+class LdmError(Exception):
+    """An error caused by the user's input or environment (bad file, wrong shape, ...).
+
+    The message must be one line that says what is wrong and, where possible, what to do.
+    """
+
+
+class NotAvailableError(LdmError):
+    """A command or option that this version of ldmtool does not provide yet."""
