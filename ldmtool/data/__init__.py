@@ -1,0 +1,1 @@
+"""Data: procedural demo phantoms and preprocessing (see phantoms.py, preprocess.py)."""

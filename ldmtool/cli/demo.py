@@ -1,0 +1,27 @@
+"""`ldmtool demo-data OUT`: write the built-in procedural phantom data set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ldmtool.cli import common
+
+
+def demo_data(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Argument(help="Folder to write (nnU-Net layout: imagesTr/, labelsTr/, dataset.json).")],
+    n: Annotated[int, typer.Option("--n", help="Number of phantom volumes.")] = 48,
+    shape: Annotated[str, typer.Option(help="Volume shape I,J,K (K = axial slices).")] = "64,64,32",
+    spacing: Annotated[str, typer.Option(help="Voxel size in mm, x,y,z.")] = "3,3,4",
+) -> None:
+    """Write head-like phantoms with 0-3 lesions and label masks (background / head / lesion)."""
+    from ldmtool.data.phantoms import write_demo_dataset
+
+    state: common.State = ctx.obj
+    path = write_demo_dataset(
+        out, n_cases=n, shape=common.ints(shape, 3, "--shape"), spacing=common.floats(spacing, 3, "--spacing"), seed=state.seed
+    )
+    state.console.print(f"wrote {n} phantom volumes with labels to [bold]{path}[/]")

@@ -1,0 +1,97 @@
+"""The `ldmtool` command line: a thin skin over the package's functions.
+
+Heavy libraries (torch, MONAI) are imported inside command bodies so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from ldmtool import __version__
+from ldmtool.cli import common
+
+app = typer.Typer(
+    name="ldmtool",
+    help="Synthetic medical data augmentation with slice-by-slice latent diffusion models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ldmtool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def callback(
+    ctx: typer.Context,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda[:N].")] = "auto",
+    seed: Annotated[int, typer.Option(help="Base random seed.")] = 0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks and details.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and final results.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    ctx.obj = common.State(device=device, seed=seed, verbose=verbose, quiet=quiet)
+
+
+def _register() -> None:
+    from ldmtool.cli import demo, pending, sample, stats, train_ae, train_ldm
+
+    app.command("demo-data")(demo.demo_data)
+    app.command("train-ae")(train_ae.train_ae)
+    app.command("train-ldm")(train_ldm.train_ldm)
+    app.command("sample")(sample.sample)
+    app.command("stats")(stats.stats)
+    loose = {"allow_extra_args": True, "ignore_unknown_options": True}
+    app.command("impute", context_settings=loose)(pending.impute)
+    app.command("segment", context_settings=loose)(pending.segment)
+    app.command("evaluate", context_settings=loose)(pending.evaluate)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning errors into one red line and an exit code.
+
+    Typer/Click handle usage errors themselves (exit 2) in standalone mode and exit through
+    SystemExit; everything else that escapes a command is caught here.
+    """
+    from ldmtool.errors import LdmError
+
+    args = sys.argv[1:] if argv is None else argv
+    verbose = "--verbose" in args or "-v" in args
+    try:
+        app(args=args, prog_name="ldmtool")
+        return 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except LdmError as exc:
+        if verbose:
+            common.console_err.print_exception()
+        common.error(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        common.error("interrupted")
+        return 130
+    except MemoryError:
+        common.error("out of memory: use a smaller --batch-size / --decode-batch or a smaller model")
+        return 1
+    except Exception as exc:  # an internal error: one line unless --verbose
+        if verbose:
+            common.console_err.print_exception()
+        else:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            common.error(f"internal error: {type(exc).__name__}: {msg} (run with --verbose for the traceback)")
+        return 1
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Commands whose capability is not in this version yet: they say so and exit non-zero."""
+
+from __future__ import annotations
+
+import typer
+
+from ldmtool.errors import NotAvailableError
+
+
+def _not_yet(what: str) -> None:
+    raise NotAvailableError(f"`ldmtool {what}` is not available in this version of ldmtool yet")
+
+
+def impute(ctx: typer.Context) -> None:
+    """Fill missing slices/voxels with latent self-guidance (LDMiss). [not available yet]"""
+    _not_yet("impute")
+
+
+def segment(ctx: typer.Context) -> None:
+    """Segment volumes with a latent diffusion segmenter (LDSeg). [not available yet]"""
+    _not_yet("segment")
+
+
+def evaluate(ctx: typer.Context) -> None:
+    """Judge synthetic data on fidelity, diversity, speed, utility, robustness, privacy. [not available yet]"""
+    _not_yet("evaluate")

@@ -1,0 +1,83 @@
+"""`ldmtool train-ae DATA --out AE`: fit the slice autoencoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ldmtool.cli import common
+
+DATA = "Data"
+MODEL = "Model"
+TRAIN = "Training"
+
+
+def preprocess_flags(shape, spacing, intensity, ct_window) -> dict:
+    return {
+        "shape": common.ints(shape, 3, "--shape"),
+        "spacing": common.floats(spacing, 3, "--spacing"),
+        "intensity": intensity,
+        "ct_window": common.floats(ct_window, 2, "--ct-window"),
+    }
+
+
+def train_ae(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Argument(help="Data set: nnU-Net folder (imagesTr/, labelsTr/, dataset.json), a folder of volumes, or one file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the checkpoint.")],
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.")] = None,
+    shape: Annotated[Optional[str], typer.Option(help="Crop/pad volumes to I,J,K after resampling.", rich_help_panel=DATA)] = None,
+    spacing: Annotated[Optional[str], typer.Option(help="Resample to this voxel size x,y,z (mm).", rich_help_panel=DATA)] = None,
+    intensity: Annotated[Optional[str], typer.Option(help="percentile | ct_window | none.", rich_help_panel=DATA)] = None,
+    ct_window: Annotated[Optional[str], typer.Option(help="CT window level,width (HU), with --intensity ct_window.", rich_help_panel=DATA)] = None,
+    channels: Annotated[Optional[str], typer.Option(help="Autoencoder channels per level, e.g. 16,32,64.", rich_help_panel=MODEL)] = None,
+    latent_channels: Annotated[Optional[int], typer.Option(help="Latent channels.", rich_help_panel=MODEL)] = None,
+    kl_weight: Annotated[Optional[float], typer.Option(help="KL weight (~1e-6).", rich_help_panel=MODEL)] = None,
+    label_weight: Annotated[Optional[float], typer.Option(help="Weight of CE+Dice on the label channels.", rich_help_panel=MODEL)] = None,
+    ssim_weight: Annotated[Optional[float], typer.Option(help="Weight of an optional 1-SSIM image term.", rich_help_panel=MODEL)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Passes over all training slices.", rich_help_panel=TRAIN)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Slices per batch.", rich_help_panel=TRAIN)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate.", rich_help_panel=TRAIN)] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes (best checkpoint kept).", rich_help_panel=TRAIN)] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of cases held out for validation.", rich_help_panel=TRAIN)] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16.", rich_help_panel=TRAIN)] = None,
+) -> None:
+    """Train the 2D slice autoencoder (image + label channels, slice-position embedding)."""
+    from ldmtool.config import AELossConfig, AutoencoderConfig, TrainConfig, load_yaml, to_dict
+    from ldmtool.data.preprocess import PreprocessConfig
+    from ldmtool.data.prepared import prepare_dataset
+    from ldmtool.errors import LdmError
+    from ldmtool.train.autoencoder import train_autoencoder
+
+    state: common.State = ctx.obj
+    con = state.console
+    cfg = load_yaml(config)
+    pre = PreprocessConfig.from_dict(
+        {**(cfg.get("preprocess") or {}), **{k: v for k, v in preprocess_flags(shape, spacing, intensity, ct_window).items() if v is not None}}
+    )
+    model_cfg = common.section(cfg, "autoencoder", AutoencoderConfig, {"channels": common.ints(channels, None, "--channels"), "latent_channels": latent_channels})
+    loss_cfg = common.section(cfg, "ae_loss", AELossConfig, {"kl_weight": kl_weight, "label_weight": label_weight, "ssim_weight": ssim_weight})
+    train_cfg = common.section(
+        cfg, "ae_train", TrainConfig,
+        {"epochs": epochs, "batch_size": batch_size, "lr": lr, "max_minutes": max_minutes, "val_fraction": val_fraction, "precision": precision},
+    )
+    device = state.torch_device()
+    common.require_exists(data, "data set")
+    prepared = prepare_dataset(data, pre, console=con)
+    factor = model_cfg.downsample
+    d, h, w = prepared.images.shape[1:]
+    if h % factor or w % factor:
+        raise LdmError(f"slice size {h}x{w} must be divisible by {factor} (the autoencoder's downsampling); set --shape")
+    con.print(
+        f"{len(prepared.case_ids)} volumes of shape {prepared.volume_shape}, "
+        f"{'labels: ' + ', '.join(prepared.label_names) if prepared.labels is not None else 'no labels'}; device {device}"
+    )
+    result = train_autoencoder(
+        prepared, out, model_cfg=model_cfg, loss_cfg=loss_cfg, train_cfg=train_cfg, preprocess=to_dict(pre),
+        device=device, seed=state.seed, console=con,
+    )
+    rows = {"checkpoint": str(result.best_path), "parameters": f"{result.parameters / 1e6:.2f} M", "slices/s": result.slices_per_second}
+    rows.update({k: v for k, v in result.best_metrics.items() if k in ("epoch", "psnr", "ssim", "val_loss") or k.startswith("dice_")})
+    common.console.print(common.results_table("train-ae: best checkpoint (held-out cases)", rows))

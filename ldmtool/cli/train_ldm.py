@@ -1,0 +1,79 @@
+"""`ldmtool train-ldm DATA --ae AE --out LDM`: fit the 3D latent denoiser."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ldmtool.cli import common
+
+MODEL = "Model"
+TRAIN = "Training"
+
+
+def train_ldm(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Argument(help="The data set the autoencoder was trained on (or another one in the same geometry).")],
+    ae: Annotated[Path, typer.Option("--ae", help="Autoencoder checkpoint (file or train-ae output folder).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the checkpoint.")],
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.")] = None,
+    channels: Annotated[Optional[str], typer.Option(help="UNet channels per level, e.g. 32,64,64.", rich_help_panel=MODEL)] = None,
+    objective: Annotated[Optional[str], typer.Option(help="eps | v.", rich_help_panel=MODEL)] = None,
+    condition_on: Annotated[Optional[str], typer.Option(help="none | lesion: condition on lesion volume/centroid/extent.", rich_help_panel=MODEL)] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimisation steps (wins over --epochs).", rich_help_panel=TRAIN)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Passes over the training volumes.", rich_help_panel=TRAIN)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Latent volumes per batch.", rich_help_panel=TRAIN)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate.", rich_help_panel=TRAIN)] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes.", rich_help_panel=TRAIN)] = None,
+    ema_decay: Annotated[Optional[float], typer.Option(help="EMA decay of the weights used for sampling.", rich_help_panel=TRAIN)] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16.", rich_help_panel=TRAIN)] = None,
+) -> None:
+    """Encode volumes slice by slice into latent volumes and train the 3D denoising UNet."""
+    from ldmtool.config import DenoiserConfig, TrainConfig, load_yaml
+    from ldmtool.data.prepared import prepare_dataset
+    from ldmtool.data.preprocess import PreprocessConfig
+    from ldmtool.errors import LdmError
+    from ldmtool.train.autoencoder import load_autoencoder
+    from ldmtool.train.checkpoint import resolve_checkpoint
+    from ldmtool.train.latent import train_latent_diffusion
+
+    state: common.State = ctx.obj
+    con = state.console
+    cfg = load_yaml(config)
+    model_cfg = common.section(
+        cfg, "denoiser", DenoiserConfig,
+        {"channels": common.ints(channels, None, "--channels"), "objective": objective, "condition_on": condition_on},
+    )
+    defaults = {"batch_size": 4, "epochs": 100}
+    train_cfg = common.section(
+        {"ldm_train": {**defaults, **(cfg.get("ldm_train") or {})}}, "ldm_train", TrainConfig,
+        {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr, "max_minutes": max_minutes, "ema_decay": ema_decay, "precision": precision},
+    )
+    device = state.torch_device()
+    ae_path = resolve_checkpoint(ae)
+    ae_model, ae_cfg = load_autoencoder(ae_path, device)
+    common.require_exists(data, "data set")
+    prepared = prepare_dataset(data, PreprocessConfig.from_dict(ae_cfg["preprocess"]), console=con)
+    if list(prepared.volume_shape) != list(ae_cfg["volume_shape"]):
+        raise LdmError(
+            f"volumes preprocess to {prepared.volume_shape} but the autoencoder was trained on {tuple(ae_cfg['volume_shape'])}"
+        )
+    if prepared.num_classes != int(ae_cfg["num_classes"]):
+        raise LdmError(f"data set has {prepared.num_classes} label classes but the autoencoder expects {ae_cfg['num_classes']}")
+    result = train_latent_diffusion(
+        prepared, ae_model, ae_cfg, ae_path, out, model_cfg=model_cfg, train_cfg=train_cfg, device=device, seed=state.seed, console=con
+    )
+    last = result.history[-1] if result.history else {}
+    rows = {
+        "checkpoint": str(result.path),
+        "latent volume (C, D, h, w)": "×".join(map(str, result.latent_shape)),
+        "parameters": f"{result.parameters / 1e6:.2f} M",
+        "latent volumes/s": result.volumes_per_second,
+        "steps": last.get("step", 0),
+        "train loss (EMA of batches)": last.get("train_loss", float("nan")),
+    }
+    if "val_loss" in last:
+        rows["held-out loss (EMA weights)"] = last["val_loss"]
+    common.console.print(common.results_table("train-ldm", rows))

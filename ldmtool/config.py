@@ -1,0 +1,218 @@
+"""Typed configuration: dataclasses built from YAML, overridden by flags, saved in checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from ldmtool.errors import LdmError
+
+
+def _check_choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise LdmError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+@dataclass
+class AutoencoderConfig:
+    """The 2D slice autoencoder (MONAI AutoencoderKL) with a slice-position embedding."""
+
+    channels: tuple[int, ...] = (16, 32, 64)
+    num_res_blocks: int = 1
+    latent_channels: int = 4
+    norm_num_groups: int = 8
+    attention: bool = False  # attention in the lowest level (slower; helps large slices)
+    position_features: int = 8  # sinusoidal features of the normalised slice index (0 = off)
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)
+        if any(c % self.norm_num_groups for c in self.channels):
+            raise LdmError(f"autoencoder channels {self.channels} must be multiples of norm_num_groups={self.norm_num_groups}")
+        if self.position_features % 2:
+            raise LdmError("position_features must be even (sin/cos pairs)")
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+
+@dataclass
+class DenoiserConfig:
+    """The 3D denoising UNet (MONAI DiffusionModelUNet) on latent volumes C×D×h×w."""
+
+    channels: tuple[int, ...] = (32, 64, 64)
+    attention_levels: tuple[bool, ...] | None = None  # default: attention in the lowest level only
+    num_res_blocks: int = 1
+    norm_num_groups: int = 8
+    num_head_channels: int = 16
+    objective: str = "eps"  # eps | v
+    num_train_timesteps: int = 1000
+    schedule: str = "scaled_linear_beta"
+    beta_start: float = 0.0015
+    beta_end: float = 0.0195
+    condition_on: str = "none"  # none | lesion (lesion volume, centroid, extent from the labels)
+
+    def __post_init__(self) -> None:
+        _check_choice("condition_on", self.condition_on, ("none", "lesion"))
+        self.channels = tuple(int(c) for c in self.channels)
+        if self.attention_levels is None:
+            self.attention_levels = tuple([False] * (len(self.channels) - 1) + [True])
+        self.attention_levels = tuple(bool(a) for a in self.attention_levels)
+        if len(self.attention_levels) != len(self.channels):
+            raise LdmError("denoiser attention_levels must have one entry per channels entry")
+        if any(c % self.norm_num_groups for c in self.channels):
+            raise LdmError(f"denoiser channels {self.channels} must be multiples of norm_num_groups={self.norm_num_groups}")
+        _check_choice("objective", self.objective, ("eps", "v"))
+        _check_choice("schedule", self.schedule, ("linear_beta", "scaled_linear_beta", "cosine"))
+
+    @property
+    def prediction_type(self) -> str:
+        return {"eps": "epsilon", "v": "v_prediction"}[self.objective]
+
+    def schedule_args(self) -> dict:
+        if self.schedule == "cosine":
+            return {}
+        return {"beta_start": self.beta_start, "beta_end": self.beta_end}
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by the trainers."""
+
+    epochs: int = 10
+    steps: int | None = None  # total optimisation steps; when set it wins over epochs
+    batch_size: int = 32
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    max_minutes: float | None = None  # stop early (and keep the best/last checkpoint) after this long
+    val_fraction: float = 0.1
+    ema_decay: float = 0.999
+    cfg_dropout: float = 0.1  # classifier-free guidance: drop all conditioning this often
+    num_workers: int = 0
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU)
+    log_every: int = 1
+
+    def __post_init__(self) -> None:
+        _check_choice("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        if not 0 <= self.val_fraction < 1:
+            raise LdmError("val_fraction must be in [0, 1)")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise LdmError("epochs and batch_size must be at least 1")
+
+
+@dataclass
+class AELossConfig:
+    """Loss of the slice autoencoder: L1 image + label CE/Dice + KL (+ optional SSIM)."""
+
+    kl_weight: float = 1e-6
+    label_weight: float = 1.0  # weight of CE + Dice on the label channels
+    ssim_weight: float = 0.0  # optional (1 - SSIM) term on the image channel
+    lesion_oversample: float = 0.5  # fraction of each batch drawn from slices holding a rare label
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    """Convert a YAML/JSON value to the annotated dataclass field type."""
+    if isinstance(tp, str):
+        tp = eval(tp, vars(typing) | globals())  # annotations are strings under `from __future__`
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return from_dict(tp, value)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value)
+    if origin is tuple and isinstance(value, (list, tuple)):
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v) for v in value)
+        return tuple(_convert(a, v) for a, v in zip(args, value))
+    if tp in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return tp(value)
+    return value
+
+
+def from_dict(cls: type, data: dict) -> Any:
+    """Build dataclass `cls` from a (possibly nested) dict; unknown keys are an error."""
+    if not isinstance(data, dict):
+        raise LdmError(f"expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(names)
+    if unknown:
+        raise LdmError(f"unknown {cls.__name__} setting(s): {', '.join(sorted(unknown))}; allowed: {', '.join(names)}")
+    kwargs = {k: _convert(names[k].type, v) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise LdmError(f"bad {cls.__name__} settings: {exc}") from None
+
+
+def to_dict(obj: Any) -> Any:
+    """JSON-safe dict of a dataclass (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def load_yaml(path: Path | None) -> dict:
+    """Read a YAML config file into a dict (empty when no path)."""
+    if path is None:
+        return {}
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise LdmError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise LdmError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise LdmError(f"config file {p} must hold a mapping of sections")
+    return data
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    """Deep-merge `overrides` into `base`; `None` values in overrides are ignored (flag not given)."""
+    out = dict(base)
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        elif isinstance(v, dict):
+            out[k] = merge({}, v)
+        else:
+            out[k] = v
+    return out
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(to_dict(obj), indent=2, sort_keys=True)
+
+
+__all__ = [
+    "AutoencoderConfig",
+    "DenoiserConfig",
+    "TrainConfig",
+    "AELossConfig",
+    "from_dict",
+    "to_dict",
+    "load_yaml",
+    "merge",
+    "dumps",
+    "field",
+    "Literal",
+]

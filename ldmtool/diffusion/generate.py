@@ -1,0 +1,227 @@
+"""Generate image+mask volumes: noise → sampler → latent volume → slice-wise decode → files.
+
+Every sample k has its own seed f(base_seed, k), so what is generated does not depend on the
+batch size or on how a job is split. Each output is written to a temp name and renamed; the
+provenance JSON is written last and marks a sample as finished, so a re-run skips finished
+samples and never leaves a half-written one behind.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ldmtool import __version__
+from ldmtool.data.lesions import ATTRIBUTES
+from ldmtool.data.prepared import slices_to_volume
+from ldmtool.diffusion.pipeline import decode_latents
+from ldmtool.diffusion.samplers import make_sampler
+from ldmtool.errors import LdmError
+from ldmtool.io.atomic import atomic_write_text
+from ldmtool.models.denoiser import guided
+from ldmtool.train.checkpoint import file_sha256
+
+
+def sample_seed(base_seed: int, index: int) -> int:
+    """Seed of sample `index`: independent of batching and sharding."""
+    return int(np.random.SeedSequence([int(base_seed), int(index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def initial_noise(shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
+    """(B, *shape) standard normal noise, row b drawn from its own generator seeded by seeds[b]."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+
+@dataclass
+class GenerateResult:
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    seconds_per_sample: float = 0.0
+    out_dir: Path | None = None
+
+
+def sample_name(index: int) -> str:
+    return f"synth_{index:05d}"
+
+
+def _conditioning(ldm_config: dict, conditions: dict[str, float], batch: int, device):
+    """Standardised attribute tensor and mask for the requested conditions (None if none)."""
+    if not conditions:
+        return None, None
+    cond = ldm_config.get("conditioning") or {}
+    if not cond.get("attributes"):
+        raise LdmError("this latent diffusion model was trained without conditioning; retrain with --condition-on lesion")
+    names = cond["attributes"]
+    mean, std = np.asarray(cond["mean"]), np.asarray(cond["std"])
+    a = np.zeros(len(names), dtype=np.float32)
+    m = np.zeros(len(names), dtype=np.float32)
+    for name, value in conditions.items():
+        i = names.index(name)
+        a[i] = (value - mean[i]) / std[i]
+        m[i] = 1.0
+    rep = lambda v: torch.from_numpy(v)[None].repeat(batch, 1).to(device)  # noqa: E731
+    return rep(a), rep(m)
+
+
+def generate(
+    ae_path: Path,
+    ldm_path: Path,
+    out_dir: Path,
+    *,
+    n: int,
+    sampler: str = "ddim",
+    steps: int = 50,
+    eta: float = 0.0,
+    batch_size: int = 4,
+    decode_batch: int = 64,
+    seed: int = 0,
+    fmt: str = "nifti",
+    conditions: dict[str, float] | None = None,
+    guidance: float = 1.0,
+    device: torch.device = torch.device("cpu"),
+    console=None,
+) -> GenerateResult:
+    """Sample `n` image+mask volumes into `out_dir` (nnU-Net layout + provenance + montage)."""
+    from ldmtool.data.preprocess import PreprocessConfig, denormalise
+    from ldmtool.evaluate.montage import write_montage
+    from ldmtool.io import Volume, write_dicom_series, write_nifti
+    from ldmtool.train.autoencoder import load_autoencoder
+    from ldmtool.train.common import progress
+    from ldmtool.train.latent import load_denoiser
+
+    if n < 1:
+        raise LdmError("--n must be at least 1")
+    if fmt not in ("nifti", "dicom"):
+        raise LdmError(f"--format must be nifti or dicom; got {fmt!r}")
+    ae, ae_cfg = load_autoencoder(ae_path, device)
+    ldm, ldm_cfg = load_denoiser(ldm_path, device)
+    ae_hash = file_sha256(ae_path)
+    if ldm_cfg.get("autoencoder_sha256") != ae_hash:
+        raise LdmError(f"{ldm_path} was trained on a different autoencoder than {ae_path}")
+    from ldmtool.config import DenoiserConfig, from_dict
+
+    dcfg = from_dict(DenoiserConfig, ldm_cfg["model"])
+    smp = make_sampler(sampler, dcfg, steps, eta)
+    latent_shape = tuple(ldm_cfg["latent_shape"])
+    mean = torch.tensor(ldm_cfg["latent_mean"], device=device)[None, :, None, None, None]
+    std = torch.tensor(ldm_cfg["latent_std"], device=device)[None, :, None, None, None]
+    affine = np.asarray(ae_cfg["reference_affine"])
+    pre = PreprocessConfig.from_dict(ae_cfg["preprocess"])
+    irange = ae_cfg.get("intensity_range")
+    label_names = ae_cfg.get("label_names") or {}
+
+    out_dir = Path(out_dir)
+    (out_dir / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (out_dir / "provenance").mkdir(exist_ok=True)
+    if label_names:
+        (out_dir / "labelsTr").mkdir(exist_ok=True)
+    prov_dir = out_dir / "provenance"
+    todo = [k for k in range(n) if not (prov_dir / f"{sample_name(k)}.json").is_file()]
+    result = GenerateResult(skipped=[sample_name(k) for k in range(n) if k not in set(todo)], out_dir=out_dir)
+    hashes = {"autoencoder_sha256": ae_hash, "ldm_sha256": file_sha256(ldm_path)}
+    t_start = time.perf_counter()
+    with progress(console) as bar:
+        task = bar.add_task("sampling", total=len(todo), rate="", info=f"{len(result.skipped)} already done")
+        for b0 in range(0, len(todo), batch_size):
+            idx = todo[b0 : b0 + batch_size]
+            seeds = [sample_seed(seed, k) for k in idx]
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                x = initial_noise(latent_shape, seeds).to(device)
+                attrs, mask = _conditioning(ldm_cfg, conditions or {}, len(idx), device)
+                gen = torch.Generator(device=device).manual_seed(seeds[0])  # stochastic samplers only
+                z = smp(guided(ldm, attrs, mask, guidance), x, generator=gen)
+                z = z * std + mean
+                images, probs = decode_latents(ae, z, decode_batch)
+            per_sample = (time.perf_counter() - t0) / len(idx)
+            for j, k in enumerate(idx):
+                name = sample_name(k)
+                img = slices_to_volume(images[j].numpy())
+                if irange is not None:
+                    img = denormalise(img, irange, pre)
+                files = {}
+                image_vol = Volume(img.astype(np.float32), affine, {"synthetic": True})
+                label_vol = None
+                if probs is not None:
+                    label = slices_to_volume(probs[j].argmax(0).numpy().astype(np.uint8))
+                    label_vol = Volume(label, affine, {"synthetic": True})
+                if fmt == "nifti":
+                    files["image"] = f"imagesTr/{name}_0000.nii.gz"
+                    write_nifti(image_vol, out_dir / files["image"])
+                    if label_vol is not None:
+                        files["label"] = f"labelsTr/{name}.nii.gz"
+                        write_nifti(label_vol, out_dir / files["label"])
+                else:
+                    files["image"] = f"dicom/{name}/image"
+                    _replace_partial(out_dir / files["image"])
+                    write_dicom_series(image_vol, out_dir / files["image"], series_description=f"SYNTHETIC ldmtool {name}")
+                    if label_vol is not None:
+                        files["label"] = f"dicom/{name}/label"
+                        _replace_partial(out_dir / files["label"])
+                        write_dicom_series(label_vol, out_dir / files["label"], series_description=f"SYNTHETIC ldmtool {name} label")
+                prov = {
+                    "sample": name,
+                    "index": k,
+                    "seed": seeds[j],
+                    "base_seed": seed,
+                    "sampler": smp.name,
+                    "steps": steps,
+                    "eta": eta,
+                    "guidance": guidance,
+                    "conditions": conditions or {},
+                    "seconds": per_sample,
+                    "batch_size": len(idx),
+                    "device": _device_name(device),
+                    "files": files,
+                    "ae": str(ae_path),
+                    "ldm": str(ldm_path),
+                    **hashes,
+                    "ldmtool_version": __version__,
+                    "torch_version": torch.__version__,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                }
+                atomic_write_text(prov_dir / f"{name}.json", json.dumps(prov, indent=2))
+                result.written.append(name)
+            rate = len(result.written) / (time.perf_counter() - t_start)
+            bar.update(task, advance=len(idx), rate=f"{rate:.2f} samples/s", info="")
+    result.seconds = time.perf_counter() - t_start
+    result.seconds_per_sample = result.seconds / max(1, len(result.written))
+    _write_dataset_json(out_dir, label_names, n, fmt)
+    if fmt == "nifti":
+        write_montage(out_dir, out_dir / "montage.png", max_samples=8)
+    return result
+
+
+def _replace_partial(folder: Path) -> None:
+    """Remove a DICOM series folder left by a run that was killed before its provenance was written."""
+    import shutil
+
+    if folder.exists():
+        shutil.rmtree(folder)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _write_dataset_json(out_dir: Path, label_names: dict[str, int], n: int, fmt: str) -> None:
+    """nnU-Net style dataset.json, so the sample folder is itself a training set."""
+    meta: dict[str, Any] = {
+        "name": "ldmtool synthetic samples",
+        "channel_names": {"0": "image"},
+        "labels": label_names or {"background": 0},
+        "numTraining": n,
+        "file_ending": ".nii.gz" if fmt == "nifti" else ".dcm",
+        "synthetic": True,
+    }
+    atomic_write_text(out_dir / "dataset.json", json.dumps(meta, indent=2))

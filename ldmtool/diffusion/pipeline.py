@@ -1,0 +1,67 @@
+"""The slice-by-slice latent pipeline: volume ↔ latent volume, one slice batch at a time.
+
+Memory is set by one batch of slices, never by the depth of the volume.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ldmtool.models.autoencoder import SliceAutoencoder
+from ldmtool.models.position import slice_positions
+
+
+@torch.inference_mode()
+def encode_volume(
+    ae: SliceAutoencoder, image: torch.Tensor, label: torch.Tensor | None, batch: int = 64
+) -> torch.Tensor:
+    """Encode one volume to its latent volume using the posterior mean (not a sample).
+
+    Args:
+        image: (D, H, W) normalised image, slice axis first.
+        label: (D, H, W) integer label map, or None.
+    Returns:
+        (L, D, h, w) latent volume.
+    """
+    device = next(ae.parameters()).device
+    depth = image.shape[0]
+    pos = slice_positions(depth, device)
+    out = []
+    for s in range(0, depth, batch):
+        img = image[s : s + batch, None].to(device, torch.float32)
+        lab = None if label is None else label[s : s + batch].to(device)
+        z_mu, _ = ae.encode(ae.make_input(img, lab), pos[s : s + batch])
+        out.append(z_mu)
+    return torch.cat(out).transpose(0, 1).contiguous()  # (D, L, h, w) → (L, D, h, w)
+
+
+@torch.inference_mode()
+def decode_latents(
+    ae: SliceAutoencoder, z: torch.Tensor, batch: int = 64
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Decode latent volumes slice by slice.
+
+    Args:
+        z: (B, L, D, h, w) latent volumes (in the autoencoder's own latent units).
+        batch: slices decoded at once (bounds activation memory).
+    Returns:
+        image (B, D, H, W) and label probabilities (B, K, D, H, W) or None; both on the CPU.
+    """
+    device = next(ae.parameters()).device
+    b, _, depth = z.shape[:3]
+    pos = slice_positions(depth, device)
+    flat = z.transpose(1, 2).reshape(b * depth, *z.shape[1:2], *z.shape[3:])  # (B·D, L, h, w)
+    pos = pos.repeat(b)
+    images, probs = [], []
+    for s in range(0, flat.shape[0], batch):
+        out = ae.decode(flat[s : s + batch].to(device, torch.float32), pos[s : s + batch])
+        img, logits = ae.split(out.float())
+        images.append(img[:, 0].cpu())
+        if logits is not None:
+            probs.append(torch.softmax(logits, dim=1).cpu())
+    image = torch.cat(images).reshape(b, depth, *images[0].shape[1:])
+    if not probs:
+        return image, None
+    p = torch.cat(probs)
+    p = p.reshape(b, depth, p.shape[1], *p.shape[2:]).transpose(1, 2)
+    return image, p

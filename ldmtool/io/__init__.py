@@ -1,0 +1,26 @@
+"""Reading, writing and discovering volumes (NIfTI, DICOM) and data sets."""
+
+from ldmtool.io.atomic import atomic_path, atomic_write, atomic_write_bytes, atomic_write_text
+from ldmtool.io.dataset import Case, Dataset, load_dataset, read_case
+from ldmtool.io.dicom import read_dicom, write_dicom_series
+from ldmtool.io.nifti import read_nifti, write_nifti
+from ldmtool.io.readers import read_volume, write_volume
+from ldmtool.io.volume import Volume
+
+__all__ = [
+    "Case",
+    "Dataset",
+    "Volume",
+    "atomic_path",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "load_dataset",
+    "read_case",
+    "read_dicom",
+    "read_nifti",
+    "read_volume",
+    "write_dicom_series",
+    "write_nifti",
+    "write_volume",
+]

@@ -1,0 +1,232 @@
+"""Discover the cases of a data set (nnU-Net folder, plain folder of volumes, or one file).
+
+Layouts:
+  * nnU-Net v2: ``imagesTr/CASE_0000.nii.gz`` (single channel), ``labelsTr/CASE.nii.gz`` and
+    ``dataset.json`` (``channel_names``, ``labels``, ``numTraining``, ``file_ending``);
+  * a plain folder of .nii/.nii.gz files and/or subfolders each holding one DICOM series
+    (a folder that directly holds DICOM files is one case);
+  * a single volume file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ldmtool.errors import LdmError
+from ldmtool.io.dicom import is_dicom_file
+from ldmtool.io.nifti import is_nifti_path
+from ldmtool.io.readers import read_volume
+from ldmtool.io.volume import Volume
+
+_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+AFFINE_TOL = 1e-3
+
+
+@dataclass(frozen=True)
+class Case:
+    """One training case: an image volume and, for labelled data sets, its label map."""
+
+    case_id: str
+    image: Path
+    label: Path | None = None
+
+
+@dataclass
+class Dataset:
+    """The cases of a data set and its channel/label names (from nnU-Net's dataset.json)."""
+
+    root: Path
+    cases: list[Case]
+    channel_names: dict[str, str] = field(default_factory=dict)
+    label_names: dict[str, int] = field(default_factory=dict)
+    layout: str = "folder"  # "nnunet", "folder" or "file"
+
+    @property
+    def has_labels(self) -> bool:
+        """True if every case has a label map."""
+        return bool(self.cases) and all(c.label is not None for c in self.cases)
+
+    def read(self, case: Case) -> tuple[Volume, Volume | None]:
+        """Read and check one case's image and label (see :func:`read_case`)."""
+        return read_case(case, self.label_names if self.label_names else None)
+
+
+def _strip_ending(name: str, ending: str) -> str:
+    return name[: -len(ending)] if ending and name.lower().endswith(ending.lower()) else name
+
+
+def _volume_id(name: str) -> str:
+    """Case id of a NIfTI file name: the name without .nii/.nii.gz."""
+    for ending in (".nii.gz", ".nii"):
+        if name.lower().endswith(ending):
+            return name[: -len(ending)]
+    return name
+
+
+def _read_dataset_json(path: Path) -> dict:
+    """Parse dataset.json into a dict, with one-line errors for missing or malformed files."""
+    if not path.is_file():
+        raise LdmError(f"{path} is missing; an nnU-Net data set with labelsTr needs its dataset.json")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LdmError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise LdmError(f"{path} must hold a JSON object")
+    return data
+
+
+def _parse_labels(raw, source: Path) -> dict[str, int]:
+    """nnU-Net labels as {name: value}; accepts v2 ({"background": 0}) and v1 ({"0": "background"})."""
+    if not isinstance(raw, dict) or not raw:
+        raise LdmError(f"{source}: 'labels' must be a non-empty object such as {{\"background\": 0, \"lesion\": 1}}")
+    if all(isinstance(v, str) for v in raw.values()) and all(str(k).isdigit() for k in raw):
+        raw = {v: int(k) for k, v in raw.items()}  # nnU-Net v1 style
+    labels: dict[str, int] = {}
+    for name, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise LdmError(f"{source}: label {name!r} has value {value!r}; ldmtool needs one integer per "
+                           "label (region-based labels are not supported)")
+        labels[str(name)] = value
+    if len(set(labels.values())) != len(labels):
+        raise LdmError(f"{source}: several labels share a value: {labels}")
+    return labels
+
+
+def _load_nnunet(root: Path) -> Dataset:
+    """An nnU-Net v2 raw data set folder (imagesTr, optional labelsTr, dataset.json)."""
+    images_dir, labels_dir, json_path = root / "imagesTr", root / "labelsTr", root / "dataset.json"
+    info = _read_dataset_json(json_path) if (labels_dir.is_dir() or json_path.exists()) else {}
+    ending = str(info.get("file_ending", ".nii.gz"))
+    raw_channels = info.get("channel_names", info.get("modality")) or {}
+    if not isinstance(raw_channels, dict):
+        raise LdmError(f"{json_path}: 'channel_names' must be an object such as {{\"0\": \"CT\"}}")
+    channel_names = {str(k): str(v) for k, v in raw_channels.items()}
+    if len(channel_names) > 1:
+        raise LdmError(f"{json_path} lists {len(channel_names)} channels ({', '.join(channel_names.values())}); "
+                       "ldmtool supports single-channel images only")
+    label_names = _parse_labels(info["labels"], json_path) if "labels" in info else {}
+
+    images: dict[str, Path] = {}
+    for f in sorted(images_dir.iterdir()):
+        if f.name.startswith(".") or not f.is_file() or not f.name.lower().endswith(ending.lower()):
+            continue
+        m = _CHANNEL_RE.match(_strip_ending(f.name, ending))
+        if not m:
+            raise LdmError(f"{f} is not named CASE_0000{ending} as nnU-Net expects")
+        if m["channel"] != "0000":
+            raise LdmError(f"{f} is channel {m['channel']}; ldmtool supports single-channel images only "
+                           "(channel 0000)")
+        images[m["case"]] = f
+    if not images:
+        raise LdmError(f"no volumes found in {images_dir}")
+
+    labels: dict[str, Path] = {}
+    if labels_dir.is_dir():
+        for f in sorted(labels_dir.iterdir()):
+            if f.is_file() and not f.name.startswith(".") and f.name.lower().endswith(ending.lower()):
+                labels[_strip_ending(f.name, ending)] = f
+        orphans = sorted(set(labels) - set(images))
+        if orphans:
+            raise LdmError(f"label {labels[orphans[0]]} has no image (expected imagesTr/{orphans[0]}_0000{ending})")
+        unlabelled = sorted(set(images) - set(labels))
+        if unlabelled:
+            raise LdmError(f"case {unlabelled[0]} has no label (expected labelsTr/{unlabelled[0]}{ending})")
+        if not label_names:
+            raise LdmError(f"{json_path} has no 'labels' entry; it is needed with labelsTr")
+    cases = [Case(cid, images[cid], labels.get(cid)) for cid in sorted(images)]
+    return Dataset(root, cases, channel_names, label_names, layout="nnunet")
+
+
+def _holds_dicom(folder: Path) -> bool:
+    """True if any file under ``folder`` (recursively) is a DICOM file."""
+    for dirpath, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            if name.upper() != "DICOMDIR" and is_dicom_file(Path(dirpath) / name):
+                return True
+    return False
+
+
+def _load_folder(root: Path) -> Dataset:
+    """A plain folder: NIfTI files and DICOM series subfolders, or one DICOM series itself."""
+    cases: dict[str, Case] = {}
+    direct_dicom = False
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and is_nifti_path(entry):
+            case = Case(_volume_id(entry.name), entry)
+        elif entry.is_dir() and _holds_dicom(entry):
+            case = Case(entry.name, entry)
+        else:
+            direct_dicom = direct_dicom or (entry.is_file() and is_dicom_file(entry))
+            continue
+        if case.case_id in cases:
+            raise LdmError(f"{root} has two volumes named {case.case_id} ({cases[case.case_id].image.name}, "
+                           f"{entry.name})")
+        cases[case.case_id] = case
+    if not cases and direct_dicom:
+        return Dataset(root, [Case(root.name, root)], layout="folder")
+    if not cases:
+        raise LdmError(f"no volumes found in {root}")
+    return Dataset(root, list(cases.values()), layout="folder")
+
+
+def load_dataset(path: str | os.PathLike) -> Dataset:
+    """Find the cases under ``path`` (nnU-Net folder, plain folder or single file)."""
+    p = Path(path)
+    if not p.exists():
+        raise LdmError(f"{p} does not exist")
+    if p.is_file():
+        case_id = _volume_id(p.name) if is_nifti_path(p) else p.stem
+        return Dataset(p.parent, [Case(case_id, p)], layout="file")
+    if (p / "imagesTr").is_dir():
+        return _load_nnunet(p)
+    return _load_folder(p)
+
+
+def _as_label_array(label: Volume, case_id: str) -> np.ndarray:
+    """Label values as an integer array; LdmError for non-integer values."""
+    data = label.array
+    if np.issubdtype(data.dtype, np.integer) or data.dtype == np.bool_:
+        return data.astype(np.int32) if data.dtype == np.bool_ else data
+    if not np.all(np.isfinite(data)) or not np.all(data == np.rint(data)):
+        raise LdmError(f"label of {case_id} has non-integer values; label maps must hold integer classes")
+    lo, hi = float(data.min()), float(data.max())
+    for dtype in (np.uint8, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return data.astype(dtype)
+    raise LdmError(f"label of {case_id} has values up to {hi:g}, too large for a label map")
+
+
+def read_case(case: Case, label_names: Mapping[str, int] | None = None) -> tuple[Volume, Volume | None]:
+    """Read a case's image and label and check they belong together.
+
+    Checks: same shape, affines equal within 1e-3, integer label values, and (when
+    ``label_names`` is given) every label value listed in it. Returns (image, label or None).
+    """
+    image = read_volume(case.image)
+    if case.label is None:
+        return image, None
+    label = read_volume(case.label)
+    if label.shape != image.shape:
+        raise LdmError(f"label of {case.case_id} has shape {label.shape} but its image has shape {image.shape}")
+    diff = float(np.max(np.abs(label.affine - image.affine)))
+    if diff > AFFINE_TOL:
+        raise LdmError(f"label of {case.case_id} is not aligned with its image (affines differ by up to {diff:.4g})")
+    data = _as_label_array(label, case.case_id)
+    if label_names is not None:
+        unknown = sorted(set(np.unique(data).tolist()) - set(label_names.values()))
+        if unknown:
+            raise LdmError(f"label of {case.case_id} contains values {unknown} not listed in the data set's "
+                           f"labels {dict(label_names)}")
+    return image, label.with_array(data)

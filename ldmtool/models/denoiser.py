@@ -1,0 +1,71 @@
+"""The 3D latent denoiser (MONAI DiffusionModelUNet) with optional lesion-attribute conditioning."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from monai.networks.nets import DiffusionModelUNet
+
+from ldmtool.config import DenoiserConfig
+
+
+class LatentDenoiser(nn.Module):
+    """Predicts ε (or v) for a noisy latent volume (B, C, D, h, w) at timesteps t (B,).
+
+    With `n_attributes > 0` the UNet is conditioned by cross-attention on one context token
+    `[a · m, m]`, where `a` are standardised lesion attributes and `m` a 0/1 mask saying which
+    attributes are given. An all-zero mask is the unconditional model, so one network serves
+    conditional, partially conditional and unconditional sampling (classifier-free guidance).
+    """
+
+    def __init__(self, cfg: DenoiserConfig, latent_channels: int, n_attributes: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.n_attributes = n_attributes
+        self.unet = DiffusionModelUNet(
+            spatial_dims=3,
+            in_channels=latent_channels,
+            out_channels=latent_channels,
+            channels=cfg.channels,
+            attention_levels=cfg.attention_levels,
+            num_res_blocks=cfg.num_res_blocks,
+            norm_num_groups=cfg.norm_num_groups,
+            num_head_channels=cfg.num_head_channels,
+            with_conditioning=n_attributes > 0,
+            cross_attention_dim=2 * n_attributes if n_attributes else None,
+        )
+
+    def context(self, attributes: torch.Tensor | None, mask: torch.Tensor | None, batch: int, device) -> torch.Tensor | None:
+        """(B, 1, 2A) context token, or None for an unconditioned network."""
+        if not self.n_attributes:
+            return None
+        if attributes is None:
+            attributes = torch.zeros(batch, self.n_attributes, device=device)
+            mask = torch.zeros_like(attributes)
+        if mask is None:
+            mask = torch.ones_like(attributes)
+        return torch.cat([attributes * mask, mask], dim=1)[:, None]
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, attributes: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.unet(x, t, context=self.context(attributes, mask, x.shape[0], x.device))
+
+
+def guided(model: LatentDenoiser, attributes: torch.Tensor | None, mask: torch.Tensor | None, scale: float = 1.0):
+    """A `model(x, t)` function for the samplers, with classifier-free guidance when conditioned.
+
+    out = u + scale · (c − u), u = unconditional output, c = conditional output.
+    """
+    if attributes is None or not model.n_attributes:
+        return lambda x, t: model(x, t)
+    if scale == 1.0:
+        return lambda x, t: model(x, t, attributes, mask)
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        both = model(torch.cat([x, x]), torch.cat([t, t]),
+                     torch.cat([attributes, torch.zeros_like(attributes)]),
+                     torch.cat([mask, torch.zeros_like(mask)]))
+        c, u = both.chunk(2)
+        return u + scale * (c - u)
+
+    return fn

@@ -1,0 +1,93 @@
+"""Pieces every training loop shares: device, precision, seeding, EMA, LR warm-up, progress."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ldmtool.errors import LdmError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' → CUDA when present, else CPU; 'cuda' without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LdmError("--device cuda asked for, but no CUDA GPU is available (use --device auto or cpu)")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise LdmError(f"--device must be auto, cpu or cuda[:N]; got {name!r}")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """Mixed-precision context: bf16 on CUDA by default, none on CPU (fp32)."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """A GradScaler that is active only for fp16 on CUDA (bf16/fp32 need none)."""
+    return torch.amp.GradScaler(device.type, enabled=(precision == "fp16" and device.type == "cuda"))
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def make_ema(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """Exponential moving average of the weights (PyTorch's AveragedModel).
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) so that short runs are not dominated by
+    the random initial weights.
+    """
+
+    def avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        return d * averaged + (1 - d) * current
+
+    return torch.optim.swa_utils.AveragedModel(model, avg_fn=avg_fn, use_buffers=True)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up then cosine decay to 10% of the base LR."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        frac = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def progress(console: Console | None = None, transient: bool = False) -> Progress:
+    """A rich progress bar with rate, elapsed time and ETA."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=transient,
+    )
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,222 @@
+"""Training of the 3D latent denoiser (the second stage of SBLDM)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ldmtool.config import DenoiserConfig, TrainConfig, from_dict, to_dict
+from ldmtool.data.lesions import ATTRIBUTES, lesion_attributes, lesion_class
+from ldmtool.data.prepared import PreparedData, slices_to_volume
+from ldmtool.diffusion.pipeline import encode_volume
+from ldmtool.diffusion.samplers import training_scheduler
+from ldmtool.io.atomic import atomic_path, atomic_write_text
+from ldmtool.models.autoencoder import SliceAutoencoder
+from ldmtool.models.denoiser import LatentDenoiser
+from ldmtool.train.checkpoint import file_sha256, load_checkpoint, save_checkpoint, write_config_json
+from ldmtool.train.common import autocast, count_parameters, grad_scaler, make_ema, progress, warmup_cosine
+
+
+@dataclass
+class LDMTrainResult:
+    path: Path
+    history: list[dict[str, float]]
+    volumes_per_second: float
+    parameters: int
+    latent_shape: tuple[int, ...]
+
+
+def build_denoiser(config: dict[str, Any]) -> LatentDenoiser:
+    cfg = from_dict(DenoiserConfig, config["model"])
+    n_attr = len(config.get("conditioning", {}).get("attributes", []))
+    return LatentDenoiser(cfg, int(config["latent_shape"][0]), n_attr)
+
+
+def load_denoiser(path: Path, device: torch.device) -> tuple[LatentDenoiser, dict[str, Any]]:
+    """Load a latent-denoiser checkpoint (EMA weights + config) onto `device`, in eval mode."""
+    tensors, config = load_checkpoint(path, kind="latent-diffusion")
+    model = build_denoiser(config)
+    model.load_state_dict(tensors)
+    return model.to(device).eval(), config
+
+
+def encode_dataset(ae: SliceAutoencoder, data: PreparedData, cache: Path | None, ae_hash: str, console=None) -> torch.Tensor:
+    """Latent volumes (N, L, D, h, w) of every case, cached in `cache` (safetensors) by AE hash and cases."""
+    from safetensors.torch import load_file, save_file
+
+    key = json.dumps({"ae": ae_hash, "cases": data.case_ids, "shape": list(data.images.shape)})
+    if cache is not None and cache.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(cache), framework="pt") as f:
+            if (f.metadata() or {}).get("key") == key:
+                return load_file(str(cache))["latents"]
+    out = []
+    with progress(console, transient=True) as bar:
+        task = bar.add_task("encoding volumes", total=len(data.case_ids), rate="", info="")
+        for i in range(len(data.case_ids)):
+            label = None if data.labels is None else data.labels[i]
+            out.append(encode_volume(ae, data.images[i], label).cpu())
+            bar.advance(task)
+    latents = torch.stack(out)
+    if cache is not None:
+        with atomic_path(cache) as tmp:
+            save_file({"latents": latents}, str(tmp), metadata={"key": key})
+    return latents
+
+
+def dataset_attributes(data: PreparedData) -> np.ndarray:
+    """(N, A) lesion attributes of every case (see `ldmtool.data.lesions`)."""
+    value = lesion_class(data.label_names)
+    rows = []
+    for i in range(len(data.case_ids)):
+        spacing = tuple(np.linalg.norm(np.asarray(data.affines[i])[:3, :3], axis=0))
+        rows.append(lesion_attributes(slices_to_volume(data.labels[i].numpy()), value, spacing))
+    return np.stack(rows)
+
+
+def train_latent_diffusion(
+    data: PreparedData,
+    ae: SliceAutoencoder,
+    ae_config: dict[str, Any],
+    ae_path: Path,
+    out_dir: Path,
+    *,
+    model_cfg: DenoiserConfig,
+    train_cfg: TrainConfig,
+    device: torch.device,
+    seed: int = 0,
+    console=None,
+) -> LDMTrainResult:
+    """Encode the data set slice by slice, then fit the 3D denoiser on the latent volumes."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    ae_hash = file_sha256(ae_path)
+    latents = encode_dataset(ae, data, out_dir / "latents.safetensors", ae_hash, console)  # (N, L, D, h, w)
+    # Per-channel standardisation: latent channels differ a lot in spread (one scalar is not enough).
+    mean = latents.mean(dim=(0, 2, 3, 4))
+    std = latents.std(dim=(0, 2, 3, 4)).clamp_min(1e-6)
+    z_all = (latents - mean[None, :, None, None, None]) / std[None, :, None, None, None]
+
+    attrs = None
+    cond_cfg: dict[str, Any] = {}
+    condition = model_cfg.condition_on == "lesion"
+    if condition:
+        if data.labels is None:
+            from ldmtool.errors import LdmError
+
+            raise LdmError("--condition-on lesion needs labels (imagesTr/ + labelsTr/ + dataset.json)")
+        raw = dataset_attributes(data)
+        a_mean, a_std = raw.mean(0), raw.std(0) + 1e-6
+        attrs = torch.from_numpy((raw - a_mean) / a_std).float()
+        cond_cfg = {
+            "attributes": list(ATTRIBUTES),
+            "mean": a_mean.tolist(),
+            "std": a_std.tolist(),
+            "lesion_class": lesion_class(data.label_names),
+            "train_range": [raw.min(0).tolist(), raw.max(0).tolist()],
+        }
+
+    train_idx, val_idx = (torch.tensor(i, dtype=torch.long) for i in data.split_indices(train_cfg.val_fraction, seed))
+    model = LatentDenoiser(model_cfg, latents.shape[1], len(ATTRIBUTES) if condition else 0).to(device)
+    ema = make_ema(model, train_cfg.ema_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    n_train = len(train_idx)
+    steps_per_epoch = max(1, n_train // train_cfg.batch_size)
+    total = train_cfg.steps or steps_per_epoch * train_cfg.epochs
+    sched = warmup_cosine(opt, train_cfg.warmup_steps, total)
+    scaler = grad_scaler(device, train_cfg.precision)
+    noise_sched = training_scheduler(model_cfg)
+    T = model_cfg.num_train_timesteps
+
+    config = {
+        "kind": "latent-diffusion",
+        "model": to_dict(model_cfg),
+        "train": to_dict(train_cfg),
+        "latent_shape": list(latents.shape[1:]),
+        "latent_mean": mean.tolist(),
+        "latent_std": std.tolist(),
+        "conditioning": cond_cfg,
+        "autoencoder_sha256": ae_hash,
+        "volume_shape": ae_config["volume_shape"],
+        "reference_affine": ae_config["reference_affine"],
+        "label_names": ae_config["label_names"],
+        "train_cases": [data.case_ids[i] for i in train_idx],
+        "seed": seed,
+    }
+
+    def loss_on(idx: torch.Tensor, net, g: torch.Generator | None) -> torch.Tensor:
+        z0 = z_all[idx].to(device)
+        b = z0.shape[0]
+        noise = torch.randn(z0.shape, generator=g).to(device)
+        t = torch.randint(0, T, (b,), generator=g).to(device)
+        zt = noise_sched.add_noise(z0, noise, t)
+        target = noise if model_cfg.objective == "eps" else noise_sched.get_velocity(z0, noise, t)
+        a = m = None
+        if attrs is not None:
+            a = attrs[idx].to(device)
+            # drop single attributes (partial conditioning) and, cfg_dropout of the time, all of them
+            m = (torch.rand(a.shape, generator=g) > 0.3).float()
+            m = m * (torch.rand(b, 1, generator=g) > train_cfg.cfg_dropout).float()
+            m = m.to(device)
+        with autocast(device, train_cfg.precision):
+            pred = net(zt, t, a, m)
+        return F.mse_loss(pred.float(), target)
+
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    step, seen = 0, 0
+    deadline = None if train_cfg.max_minutes is None else t0 + 60 * train_cfg.max_minutes
+    eval_every = max(1, min(total // 10 if total >= 10 else 1, 500))
+    path = out_dir / "model.safetensors"
+    running = 0.0
+    with progress(console) as bar:
+        task = bar.add_task("train-ldm", total=total, rate="", info="")
+        while step < total:
+            perm = train_idx[torch.randperm(n_train, generator=gen)]
+            for s in range(0, max(n_train - train_cfg.batch_size + 1, 1), train_cfg.batch_size):
+                idx = perm[s : s + train_cfg.batch_size]
+                model.train()
+                loss = loss_on(idx, model, gen)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                ema.update_parameters(model)
+                step += 1
+                seen += len(idx)
+                lv = float(loss.detach())
+                running = 0.98 * running + 0.02 * lv if step > 1 else lv
+                rate = seen / (time.perf_counter() - t0)
+                bar.update(task, advance=1, rate=f"{rate:.1f} vol/s", info=f"loss {running:.4f}")
+                out_of_time = deadline is not None and time.perf_counter() > deadline
+                if step % eval_every == 0 or step == total or out_of_time:
+                    row = {"step": step, "train_loss": running, "seconds": time.perf_counter() - t0}
+                    if len(val_idx):
+                        with torch.no_grad():
+                            vg = torch.Generator().manual_seed(1234)  # same noise every time: comparable
+                            row["val_loss"] = float(loss_on(val_idx, ema.module.eval(), vg))
+                    history.append(row)
+                    save_checkpoint(path, ema.module.state_dict(), {**config, "step": step, "metrics": row})
+                    atomic_write_text(out_dir / "history.json", json.dumps(history, indent=2))
+                if step >= total or out_of_time:
+                    break
+            if deadline is not None and time.perf_counter() > deadline:
+                bar.console.print(f"stopping: --max-minutes {train_cfg.max_minutes} reached at step {step}")
+                break
+    write_config_json(out_dir, {**config, "step": step, "metrics": history[-1] if history else {}})
+    elapsed = time.perf_counter() - t0
+    return LDMTrainResult(path, history, seen / elapsed, count_parameters(model), tuple(latents.shape[1:]))
+
