@@ -28,6 +28,7 @@ def train_ae(
     data: Annotated[Path, typer.Argument(help="Data set: nnU-Net folder (imagesTr/, labelsTr/, dataset.json), a folder of volumes, or one file.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the checkpoint.")],
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.")] = None,
+    series: Annotated[Optional[str], typer.Option("--series", help="DICOM SeriesInstanceUID to read where a folder holds several series.")] = None,
     shape: Annotated[Optional[str], typer.Option(help="Crop/pad volumes to I,J,K after resampling.", rich_help_panel=DATA)] = None,
     spacing: Annotated[Optional[str], typer.Option(help="Resample to this voxel size x,y,z (mm).", rich_help_panel=DATA)] = None,
     intensity: Annotated[Optional[str], typer.Option(help="percentile | ct_window | none.", rich_help_panel=DATA)] = None,
@@ -65,7 +66,7 @@ def train_ae(
     )
     device = state.torch_device()
     common.require_exists(data, "data set")
-    prepared = prepare_dataset(data, pre, console=con)
+    prepared = prepare_dataset(data, pre, series_uid=series, console=con)
     factor = model_cfg.downsample
     d, h, w = prepared.images.shape[1:]
     if h % factor or w % factor:

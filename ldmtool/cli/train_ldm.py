@@ -19,6 +19,7 @@ def train_ldm(
     ae: Annotated[Path, typer.Option("--ae", help="Autoencoder checkpoint (file or train-ae output folder).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the checkpoint.")],
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.")] = None,
+    series: Annotated[Optional[str], typer.Option("--series", help="DICOM SeriesInstanceUID to read where a folder holds several series.")] = None,
     channels: Annotated[Optional[str], typer.Option(help="UNet channels per level, e.g. 32,64,64.", rich_help_panel=MODEL)] = None,
     objective: Annotated[Optional[str], typer.Option(help="eps | v.", rich_help_panel=MODEL)] = None,
     condition_on: Annotated[Optional[str], typer.Option(help="none | lesion: condition on lesion volume/centroid/extent.", rich_help_panel=MODEL)] = None,
@@ -55,7 +56,7 @@ def train_ldm(
     ae_path = resolve_checkpoint(ae)
     ae_model, ae_cfg = load_autoencoder(ae_path, device)
     common.require_exists(data, "data set")
-    prepared = prepare_dataset(data, PreprocessConfig.from_dict(ae_cfg["preprocess"]), console=con)
+    prepared = prepare_dataset(data, PreprocessConfig.from_dict(ae_cfg["preprocess"]), series_uid=series, console=con)
     if list(prepared.volume_shape) != list(ae_cfg["volume_shape"]):
         raise LdmError(
             f"volumes preprocess to {prepared.volume_shape} but the autoencoder was trained on {tuple(ae_cfg['volume_shape'])}"

@@ -77,10 +77,14 @@ def slices_to_volume(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(array, 0, 2))
 
 
-def prepare_dataset(path: Path, preprocess_cfg, *, require_labels: bool = False, console=None) -> PreparedData:
-    """Discover, read, check and preprocess every case of a data set folder (or one file)."""
+def prepare_dataset(
+    path: Path, preprocess_cfg, *, require_labels: bool = False, series_uid: str | None = None, console=None
+) -> PreparedData:
+    """Discover, read, check and preprocess every case of a data set folder (or one file).
+
+    `series_uid` picks one series where a DICOM folder holds several."""
     from ldmtool.data.preprocess import preprocess_case
-    from ldmtool.io import load_dataset, read_case
+    from ldmtool.io import load_dataset
     from ldmtool.train.common import progress
 
     ds = load_dataset(Path(path))
@@ -90,7 +94,7 @@ def prepare_dataset(path: Path, preprocess_cfg, *, require_labels: bool = False,
     with progress(console, transient=True) as bar:
         task = bar.add_task("reading volumes", total=len(ds.cases), rate="", info="")
         for case in ds.cases:
-            image, label = read_case(case)
+            image, label = ds.read(case, series_uid)
             pc = preprocess_case(image, label, preprocess_cfg)
             images.append(volume_to_slices(pc.image.array.astype(np.float32)))
             if pc.label is not None:

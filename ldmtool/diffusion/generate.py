@@ -34,9 +34,15 @@ def sample_seed(base_seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(base_seed), int(index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def initial_noise(shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
-    """(B, *shape) standard normal noise, row b drawn from its own generator seeded by seeds[b]."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+def sample_generators(seeds: list[int]) -> list[torch.Generator]:
+    """One CPU generator per sample: it draws the sample's initial noise, then any noise a
+    stochastic sampler adds, so a sample depends on its own seed only (not on batch or device)."""
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def initial_noise(shape: tuple[int, ...], generators: list[torch.Generator]) -> torch.Tensor:
+    """(B, *shape) standard normal noise, row b drawn from generators[b]."""
+    return torch.stack([torch.randn(shape, generator=g) for g in generators])
 
 
 @dataclass
@@ -124,9 +130,12 @@ def generate(
     if label_names:
         (out_dir / "labelsTr").mkdir(exist_ok=True)
     prov_dir = out_dir / "provenance"
+    hashes = {"autoencoder_sha256": ae_hash, "ldm_sha256": file_sha256(ldm_path)}
+    settings = {"base_seed": seed, "sampler": smp.name, "steps": steps, "eta": eta, "guidance": guidance,
+                "conditions": conditions or {}, "format": fmt, **hashes}
+    _check_resumable(prov_dir, settings)
     todo = [k for k in range(n) if not (prov_dir / f"{sample_name(k)}.json").is_file()]
     result = GenerateResult(skipped=[sample_name(k) for k in range(n) if k not in set(todo)], out_dir=out_dir)
-    hashes = {"autoencoder_sha256": ae_hash, "ldm_sha256": file_sha256(ldm_path)}
     t_start = time.perf_counter()
     with progress(console) as bar:
         task = bar.add_task("sampling", total=len(todo), rate="", info=f"{len(result.skipped)} already done")
@@ -135,10 +144,10 @@ def generate(
             seeds = [sample_seed(seed, k) for k in idx]
             t0 = time.perf_counter()
             with torch.inference_mode():
-                x = initial_noise(latent_shape, seeds).to(device)
+                gens = sample_generators(seeds)
+                x = initial_noise(latent_shape, gens).to(device)
                 attrs, mask = _conditioning(ldm_cfg, conditions or {}, len(idx), device)
-                gen = torch.Generator(device=device).manual_seed(seeds[0])  # stochastic samplers only
-                z = smp(guided(ldm, attrs, mask, guidance), x, generator=gen)
+                z = smp(guided(ldm, attrs, mask, guidance), x, generator=gens)
                 z = z * std + mean
                 images, probs = decode_latents(ae, z, decode_batch)
             per_sample = (time.perf_counter() - t0) / len(idx)
@@ -171,19 +180,13 @@ def generate(
                     "sample": name,
                     "index": k,
                     "seed": seeds[j],
-                    "base_seed": seed,
-                    "sampler": smp.name,
-                    "steps": steps,
-                    "eta": eta,
-                    "guidance": guidance,
-                    "conditions": conditions or {},
+                    **settings,
                     "seconds": per_sample,
                     "batch_size": len(idx),
                     "device": _device_name(device),
                     "files": files,
                     "ae": str(ae_path),
                     "ldm": str(ldm_path),
-                    **hashes,
                     "ldmtool_version": __version__,
                     "torch_version": torch.__version__,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -198,6 +201,25 @@ def generate(
     if fmt == "nifti":
         write_montage(out_dir, out_dir / "montage.png", max_samples=8)
     return result
+
+
+def _check_resumable(prov_dir: Path, settings: dict) -> None:
+    """Samples already in the folder must come from the same models and settings, or a re-run
+    would mix two different sample sets. Every run checks this, so checking one existing
+    provenance file is enough."""
+    path = next(iter(sorted(prov_dir.glob("synth_*.json"))), None)
+    if path is None:
+        return
+    try:
+        prov = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise LdmError(f"{path} is unreadable; remove it to regenerate that sample") from None
+    diff = [k for k, v in settings.items() if prov.get(k) != v]
+    if diff:
+        raise LdmError(
+            f"{prov_dir.parent} already holds samples made with other {', '.join(diff)}; "
+            "use another --out (or the same settings to resume)"
+        )
 
 
 def _replace_partial(folder: Path) -> None:

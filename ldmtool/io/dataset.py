@@ -53,9 +53,9 @@ class Dataset:
         """True if every case has a label map."""
         return bool(self.cases) and all(c.label is not None for c in self.cases)
 
-    def read(self, case: Case) -> tuple[Volume, Volume | None]:
+    def read(self, case: Case, series_uid: str | None = None) -> tuple[Volume, Volume | None]:
         """Read and check one case's image and label (see :func:`read_case`)."""
-        return read_case(case, self.label_names if self.label_names else None)
+        return read_case(case, self.label_names if self.label_names else None, series_uid)
 
 
 def _strip_ending(name: str, ending: str) -> str:
@@ -208,13 +208,16 @@ def _as_label_array(label: Volume, case_id: str) -> np.ndarray:
     raise LdmError(f"label of {case_id} has values up to {hi:g}, too large for a label map")
 
 
-def read_case(case: Case, label_names: Mapping[str, int] | None = None) -> tuple[Volume, Volume | None]:
+def read_case(
+    case: Case, label_names: Mapping[str, int] | None = None, series_uid: str | None = None
+) -> tuple[Volume, Volume | None]:
     """Read a case's image and label and check they belong together.
 
     Checks: same shape, affines equal within 1e-3, integer label values, and (when
-    ``label_names`` is given) every label value listed in it. Returns (image, label or None).
+    ``label_names`` is given) every label value listed in it. ``series_uid`` picks one series
+    where an image folder holds several DICOM series. Returns (image, label or None).
     """
-    image = read_volume(case.image)
+    image = read_volume(case.image, series_uid=series_uid)
     if case.label is None:
         return image, None
     label = read_volume(case.label)

@@ -132,7 +132,7 @@ def _pick_series(path: Path, files: list[tuple[Path, Dataset]], series_uid: str 
             raise LdmError(f"series {series_uid} is not in {path}; available: {listing}")
         return series_uid, groups[series_uid]
     if len(groups) > 1:
-        raise LdmError(f"{path} holds {len(groups)} DICOM series: {listing}; choose one with --series-uid")
+        raise LdmError(f"{path} holds {len(groups)} DICOM series: {listing}; choose one with --series UID")
     return next(iter(groups.items()))
 
 

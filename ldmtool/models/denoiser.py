@@ -58,6 +58,8 @@ def guided(model: LatentDenoiser, attributes: torch.Tensor | None, mask: torch.T
     """
     if attributes is None or not model.n_attributes:
         return lambda x, t: model(x, t)
+    if mask is None:
+        mask = torch.ones_like(attributes)
     if scale == 1.0:
         return lambda x, t: model(x, t, attributes, mask)
 

@@ -148,7 +148,7 @@ def validate_autoencoder(ae: SliceAutoencoder, data: PreparedData, loss_fn: AELo
         for c in range(per_case.shape[1]):
             col = per_case[:, c]
             col = col[~torch.isnan(col)]
-            out[f"dice_{names.get(c + 1, c + 1)}"] = float(col.mean()) if len(col) else float("nan")
+            out[f"dice_{names.get(c + 1, c + 1)}"] = float(col.mean()) if len(col) else None  # absent class
     return out
 
 
@@ -228,7 +228,7 @@ def train_autoencoder(
                 for k, v in parts.items():
                     run[k] = run.get(k, 0.0) + v
                 rate = seen / (time.perf_counter() - t0)
-                bar.update(task, advance=1, rate=f"{rate:.0f} slices/s", info=f"epoch {epoch + 1} loss {float(loss):.4f}")
+                bar.update(task, advance=1, rate=f"{rate:.0f} slices/s", info=f"epoch {epoch + 1} loss {float(loss.detach()):.4f}")
                 if deadline and time.perf_counter() > deadline:
                     break
             n_batches = max(1, len(sampler))
@@ -240,7 +240,7 @@ def train_autoencoder(
                 score = metrics.get("train_l1", 0.0) + metrics.get("train_label", 0.0)
             metrics["seconds"] = time.perf_counter() - t0
             history.append(metrics)
-            shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k in ("psnr", "ssim") or k.startswith("dice_"))
+            shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if v is not None and (k in ("psnr", "ssim") or k.startswith("dice_")))
             bar.console.print(f"epoch {epoch + 1}/{train_cfg.epochs}  loss {score:.4f}  {shown}")
             save_checkpoint(out_dir / "last.safetensors", ae.state_dict(), {**config, "metrics": metrics})
             if score < best:

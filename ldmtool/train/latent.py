@@ -17,6 +17,7 @@ from ldmtool.data.lesions import ATTRIBUTES, lesion_attributes, lesion_class
 from ldmtool.data.prepared import PreparedData, slices_to_volume
 from ldmtool.diffusion.pipeline import encode_volume
 from ldmtool.diffusion.samplers import training_scheduler
+from ldmtool.errors import LdmError
 from ldmtool.io.atomic import atomic_path, atomic_write_text
 from ldmtool.models.autoencoder import SliceAutoencoder
 from ldmtool.models.denoiser import LatentDenoiser
@@ -100,6 +101,8 @@ def train_latent_diffusion(
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    if model_cfg.condition_on == "lesion" and data.labels is None:
+        raise LdmError("--condition-on lesion needs labels (imagesTr/ + labelsTr/ + dataset.json)")
     ae_hash = file_sha256(ae_path)
     latents = encode_dataset(ae, data, out_dir / "latents.safetensors", ae_hash, console)  # (N, L, D, h, w)
     # Per-channel standardisation: latent channels differ a lot in spread (one scalar is not enough).
@@ -111,10 +114,6 @@ def train_latent_diffusion(
     cond_cfg: dict[str, Any] = {}
     condition = model_cfg.condition_on == "lesion"
     if condition:
-        if data.labels is None:
-            from ldmtool.errors import LdmError
-
-            raise LdmError("--condition-on lesion needs labels (imagesTr/ + labelsTr/ + dataset.json)")
         raw = dataset_attributes(data)
         a_mean, a_std = raw.mean(0), raw.std(0) + 1e-6
         attrs = torch.from_numpy((raw - a_mean) / a_std).float()

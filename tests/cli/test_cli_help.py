@@ -1,0 +1,72 @@
+"""The command line's help, its lazy imports, and the commands that are not available yet."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ldmtool import __version__
+
+COMMANDS = ("train-ae", "train-ldm", "sample", "impute", "segment", "evaluate", "demo-data", "stats")
+ENV = {**os.environ, "COLUMNS": "120"}
+
+
+def test_help_lists_commands(cli):
+    r = cli("--help")
+    assert r.code == 0
+    for command in COMMANDS:
+        assert command in r.out
+    assert "Traceback" not in r.both
+
+
+@pytest.mark.parametrize("command", ["train-ae", "train-ldm", "sample", "demo-data", "stats"])
+def test_command_help(cli, command):
+    r = cli(command, "--help")
+    assert r.code == 0 and "Usage" in r.out and "--help" in r.out
+
+
+def test_version(cli):
+    r = cli("--version")
+    assert r.code == 0 and __version__ in r.out
+
+
+def test_help_in_a_real_process():
+    proc = subprocess.run([sys.executable, "-m", "ldmtool", "--help"], capture_output=True, text=True,
+                          timeout=120, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    for command in COMMANDS:
+        assert command in proc.stdout
+
+
+def test_cli_import_does_not_import_torch():
+    code = "import sys; from ldmtool.cli.main import app; print('torch' in sys.modules, 'monai' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("command", ["impute", "segment", "evaluate"])
+@pytest.mark.parametrize("extra", [(), ("some/input", "--out", "x", "--flag")])
+def test_pending_commands(cli, command, extra):
+    r = cli(command, *extra)
+    assert r.code == 1
+    lines = r.error_lines()
+    assert len(lines) == 1, r.err
+    assert "not available" in lines[0] and command in lines[0] and "error" in lines[0]
+    assert "Traceback" not in r.both
+
+
+def test_pending_command_in_a_real_process():
+    proc = subprocess.run([sys.executable, "-m", "ldmtool", "evaluate", "x"], capture_output=True, text=True,
+                          timeout=120, env=ENV)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "not available" in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_unknown_command_is_a_usage_error(cli):
+    r = cli("train-vae")
+    assert r.code == 2
+    assert "Traceback" not in r.both

@@ -1,0 +1,203 @@
+"""Samplers: the shared contract, determinism, and convergence on a data distribution whose exact
+denoiser is known in closed form (per-element Gaussian data)."""
+
+import pytest
+import torch
+
+from ldmtool.config import DenoiserConfig
+from ldmtool.diffusion.samplers import SAMPLERS, DDIMSampler, DDPMSampler, make_sampler, training_scheduler
+from ldmtool.errors import LdmError
+
+SHAPES = {"2d": (2, 3, 6, 6), "3d": (2, 4, 3, 6, 6)}
+
+
+def _cfg(**kw) -> DenoiserConfig:
+    return DenoiserConfig(channels=(8, 16), norm_num_groups=4, **kw)
+
+
+def gaussian_model(alphas_cumprod: torch.Tensor, mu: float, s: float, objective: str = "eps"):
+    """Exact E[eps | x_t] (or E[v | x_t]) when every element of x0 is N(mu, s^2).
+
+    x_t = sqrt(a) x0 + sqrt(1 - a) eps  =>  E[eps | x_t] = sqrt(1 - a) (x_t - sqrt(a) mu) / (a s^2 + 1 - a).
+    """
+    ac = alphas_cumprod.double()
+
+    def model(x, t):
+        a = ac[t].view(-1, *[1] * (x.dim() - 1))
+        xd = x.double()
+        eps = (1 - a).sqrt() * (xd - a.sqrt() * mu) / (a * s * s + 1 - a)
+        if objective == "eps":
+            return eps.to(x.dtype)
+        x0 = (xd - (1 - a).sqrt() * eps) / a.sqrt()
+        return (a.sqrt() * eps - (1 - a).sqrt() * x0).to(x.dtype)
+
+    return model
+
+
+def point_mass_model(alphas_cumprod: torch.Tensor, mu: float, calls: list | None = None):
+    """Exact eps-prediction when the data is the constant mu."""
+    ac = alphas_cumprod.double()
+
+    def model(x, t):
+        a = ac[t].view(-1, *[1] * (x.dim() - 1))
+        eps = (x.double() - a.sqrt() * mu) / (1 - a).sqrt()
+        if calls is not None:
+            calls.append(eps.clone())
+        return eps.float()
+
+    return model
+
+
+def _noise(shape, seed=0):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+@pytest.mark.parametrize("dims", sorted(SHAPES))
+def test_output_shape_and_model_calls(name, dims):
+    shape = SHAPES[dims]
+    smp = make_sampler(name, _cfg(), 4)
+    assert smp.name == name and smp.steps == 4
+    seen_t, cb = [], []
+
+    def model(x, t):
+        assert x.shape == shape
+        assert t.shape == (shape[0],) and t.dtype == torch.long
+        seen_t.append(int(t[0]))
+        return 0.1 * x
+
+    out = smp(model, _noise(shape), generator=torch.Generator().manual_seed(0),
+              callback=lambda i, t, x, x0: cb.append((i, t, x.shape, x0.shape)))
+    assert out.shape == shape and torch.isfinite(out).all()
+    assert len(seen_t) == 4
+    assert all(a > b for a, b in zip(seen_t, seen_t[1:]))  # timesteps strictly decrease
+    assert seen_t[0] == 999 and seen_t[-1] < 1000 // 4 + 1  # from pure noise to within one stride of clean
+    assert [c[0] for c in cb] == [0, 1, 2, 3] and [c[1] for c in cb] == seen_t
+    assert all(c[2] == shape and c[3] == shape for c in cb)
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+@pytest.mark.parametrize("dims", sorted(SHAPES))
+def test_deterministic_under_fixed_seed(name, dims):
+    shape = SHAPES[dims]
+    ac = make_sampler(name, _cfg(), 5).alphas_cumprod
+    model = gaussian_model(ac, 0.3, 0.8)
+    x = _noise(shape)
+
+    def run(seed):
+        smp = make_sampler(name, _cfg(), 5)
+        return smp(model, x.clone(), generator=None if seed is None else torch.Generator().manual_seed(seed))
+
+    a, b, c = run(7), run(7), run(8)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    if name == "ddim":  # eta = 0: no noise is drawn, the generator does not matter
+        torch.testing.assert_close(a, c, atol=0, rtol=0)
+        torch.testing.assert_close(a, run(None), atol=0, rtol=0)
+    else:  # ancestral: fresh noise at every step
+        assert (a - c).abs().max() > 1e-3
+
+
+def test_ddim_eta_one_is_stochastic():
+    ac = make_sampler("ddim", _cfg(), 5).alphas_cumprod
+    model = gaussian_model(ac, 0.3, 0.8)
+    x = _noise((1, 2, 8, 8))
+    smp = make_sampler("ddim", _cfg(), 5, eta=1.0)
+    a = smp(model, x.clone(), generator=torch.Generator().manual_seed(0))
+    b = smp(model, x.clone(), generator=torch.Generator().manual_seed(1))
+    assert (a - b).abs().max() > 1e-3
+
+
+def _moment_errors(name, steps, objective, mu=0.7, s=0.5, n=4000):
+    cfg = _cfg(objective=objective)
+    smp = make_sampler(name, cfg, steps)
+    model = gaussian_model(smp.alphas_cumprod, mu, s, objective)
+    x = _noise((n, 1, 1, 1), seed=0)
+    out = smp(model, x, generator=torch.Generator().manual_seed(1))
+    return abs(float(out.mean()) - mu), abs(float(out.std()) - s)
+
+
+@pytest.mark.parametrize("objective", ["eps", "v"])
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_gaussian_data_moments_converge(name, objective):
+    coarse = _moment_errors(name, 10, objective)
+    fine = _moment_errors(name, 200, objective)
+    # more steps: no worse (small slack for the Monte-Carlo error of 4000 samples) ...
+    assert fine[0] <= coarse[0] + 0.02
+    assert fine[1] <= coarse[1] + 0.01
+    # ... and close to the data distribution N(0.7, 0.5^2)
+    assert fine[0] < 0.04, fine
+    assert fine[1] < 0.04, fine
+
+
+def test_full_ddpm_matches_gaussian_data():
+    cfg = _cfg()
+    smp = make_sampler("ddpm", cfg, cfg.num_train_timesteps)
+    assert isinstance(smp, DDPMSampler) and smp.name == "ddpm"
+    model = gaussian_model(smp.alphas_cumprod, 0.7, 0.5)
+    out = smp(model, _noise((4000, 1, 1, 1)), generator=torch.Generator().manual_seed(1))
+    assert abs(float(out.mean()) - 0.7) < 0.03
+    assert abs(float(out.std()) - 0.5) < 0.03
+
+
+@pytest.mark.parametrize("name,steps", [("ddim", 3), ("ddim", 25), ("ddpm", 7), ("ddpm", 1000)])
+def test_point_mass_data_is_recovered_exactly(name, steps):
+    smp = make_sampler(name, _cfg(), steps)
+    model = point_mass_model(smp.alphas_cumprod, 0.42)
+    out = smp(model, _noise((3, 2, 4, 4)), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, torch.full_like(out, 0.42), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("steps", [3, 10])
+def test_ddim_trajectory_stays_on_the_timestep_grid(steps):
+    # For constant data, deterministic DDIM keeps x_t = sqrt(a_t) mu + sqrt(1 - a_t) eps with the
+    # same eps at every timestep it visits, so the exact model predicts the same eps at every call.
+    smp = make_sampler("ddim", _cfg(), steps)
+    calls: list[torch.Tensor] = []
+    smp(point_mass_model(smp.alphas_cumprod, 0.42, calls), _noise((2, 1, 4, 4)))
+    assert len(calls) == steps
+    for eps in calls[1:]:
+        torch.testing.assert_close(eps, calls[0], atol=1e-3, rtol=1e-3)
+
+
+def test_make_sampler_kinds():
+    cfg = _cfg()
+    assert isinstance(make_sampler("ddim", cfg, 10), DDIMSampler)
+    fast_ddpm = make_sampler("ddpm", cfg, 10)
+    assert isinstance(fast_ddpm, DDPMSampler) and fast_ddpm.name == "ddpm" and fast_ddpm.eta == 1.0
+    assert make_sampler("ddim", cfg, 10, eta=0.5).eta == 0.5
+    assert make_sampler("ddim", cfg, cfg.num_train_timesteps).steps == cfg.num_train_timesteps
+    assert make_sampler("ddim", _cfg(objective="v"), 3).prediction == "v_prediction"
+    assert training_scheduler(cfg).prediction_type == "epsilon"
+    torch.testing.assert_close(training_scheduler(cfg).alphas_cumprod.double(), make_sampler("ddim", cfg, 3).alphas_cumprod)
+    # trailing grid: starts at the last training timestep, evenly spaced
+    assert make_sampler("ddim", cfg, 4).timesteps == [999, 749, 499, 249]
+
+
+@pytest.mark.parametrize("name,steps", [("ddim", 3), ("ddim", 25), ("ddpm", 7), ("ddpm", 1000)])
+def test_point_mass_data_is_recovered_exactly(name, steps):
+    smp = make_sampler(name, _cfg(), steps)
+    model = point_mass_model(smp.alphas_cumprod, 0.42)
+    out = smp(model, _noise((3, 2, 4, 4)), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, torch.full_like(out, 0.42), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("steps", [3, 10])
+def test_ddim_trajectory_stays_on_the_timestep_grid(steps):
+    # For constant data, deterministic DDIM keeps x_t = sqrt(a_t) mu + sqrt(1 - a_t) eps with the
+    # same eps at every timestep it visits, so the exact model predicts the same eps at every call.
+    smp = make_sampler("ddim", _cfg(), steps)
+    calls: list[torch.Tensor] = []
+    smp(point_mass_model(smp.alphas_cumprod, 0.42, calls), _noise((2, 1, 4, 4)))
+    assert len(calls) == steps
+    for eps in calls[1:]:
+        torch.testing.assert_close(eps, calls[0], atol=1e-3, rtol=1e-3)
+
+
+
+@pytest.mark.parametrize("name,steps", [("bogus", 10), ("DDIM ", 10), ("ddim", 0), ("ddpm", 0), ("ddim", -1),
+                                        ("ddim", 1001), ("ddpm", 1001)])
+def test_make_sampler_errors(name, steps):
+    with pytest.raises(LdmError) as err:
+        make_sampler(name, _cfg(), steps)
+    assert "\n" not in str(err.value)
+    assert ("--steps" in str(err.value)) or ("--sampler" in str(err.value))

@@ -1,0 +1,114 @@
+"""Typed configuration: dict round trips, unknown keys, validation, merging flags over YAML."""
+
+import json
+
+import pytest
+
+from ldmtool.config import (
+    AELossConfig,
+    AutoencoderConfig,
+    DenoiserConfig,
+    TrainConfig,
+    dumps,
+    from_dict,
+    load_yaml,
+    merge,
+    to_dict,
+)
+from ldmtool.errors import LdmError
+
+
+@pytest.mark.parametrize("obj", [
+    AutoencoderConfig(channels=(8, 16), norm_num_groups=4, latent_channels=3, attention=True, position_features=6),
+    DenoiserConfig(channels=(8, 16, 16), norm_num_groups=4, objective="v", schedule="cosine", condition_on="lesion",
+                   attention_levels=(False, True, True)),
+    TrainConfig(epochs=3, steps=7, batch_size=2, lr=1e-3, max_minutes=0.5, precision="fp32"),
+    AELossConfig(kl_weight=1e-5, ssim_weight=0.2),
+])
+def test_round_trip_through_json(obj):
+    data = to_dict(obj)
+    back = from_dict(type(obj), json.loads(json.dumps(data)))
+    assert back == obj
+    assert to_dict(back) == data
+    assert json.loads(dumps(obj)) == data
+
+
+def test_to_dict_is_json_safe_and_from_dict_restores_tuples():
+    cfg = DenoiserConfig(channels=(8, 16), norm_num_groups=4)
+    data = to_dict(cfg)
+    assert data["channels"] == [8, 16] and data["attention_levels"] == [False, True]
+    back = from_dict(DenoiserConfig, data)
+    assert back.channels == (8, 16) and isinstance(back.channels, tuple)
+    assert back.attention_levels == (False, True)
+
+
+def test_numeric_conversion():
+    cfg = from_dict(TrainConfig, {"lr": 1, "epochs": 2.0, "steps": None, "max_minutes": 3})
+    assert isinstance(cfg.lr, float) and cfg.lr == 1.0
+    assert isinstance(cfg.epochs, int) and cfg.epochs == 2
+    assert cfg.steps is None and cfg.max_minutes == 3.0 and isinstance(cfg.max_minutes, float)
+    assert from_dict(AutoencoderConfig, {"channels": ["8", 16], "norm_num_groups": 4}).channels == (8, 16)
+
+
+def test_unknown_key_error():
+    with pytest.raises(LdmError, match="unknown AutoencoderConfig setting") as err:
+        from_dict(AutoencoderConfig, {"channels": [8, 16], "norm_num_groups": 4, "chanels": [1]})
+    assert "chanels" in str(err.value) and "latent_channels" in str(err.value)  # lists the allowed names
+    with pytest.raises(LdmError, match="expected a mapping"):
+        from_dict(TrainConfig, [1, 2])
+
+
+@pytest.mark.parametrize("cls,data,match", [
+    (AutoencoderConfig, {"channels": [8, 12], "norm_num_groups": 8}, "multiples of norm_num_groups"),
+    (AutoencoderConfig, {"position_features": 3}, "even"),
+    (DenoiserConfig, {"objective": "x0"}, "objective"),
+    (DenoiserConfig, {"condition_on": "age"}, "condition_on"),
+    (DenoiserConfig, {"schedule": "quadratic"}, "schedule"),
+    (DenoiserConfig, {"channels": [8, 16], "norm_num_groups": 4, "attention_levels": [True]}, "attention_levels"),
+    (TrainConfig, {"val_fraction": 1.0}, "val_fraction"),
+    (TrainConfig, {"epochs": 0}, "at least 1"),
+    (TrainConfig, {"precision": "fp8"}, "precision"),
+])
+def test_validation_errors(cls, data, match):
+    with pytest.raises(LdmError, match=match):
+        from_dict(cls, data)
+
+
+def test_merge_ignores_none_and_deep_merges():
+    base = {"a": 1, "b": {"x": 1, "y": 2}, "c": [1, 2]}
+    out = merge(base, {"a": None, "b": {"y": None, "z": 3}, "c": [3], "d": {"k": None, "m": 1}})
+    assert out == {"a": 1, "b": {"x": 1, "y": 2, "z": 3}, "c": [3], "d": {"m": 1}}
+    assert base == {"a": 1, "b": {"x": 1, "y": 2}, "c": [1, 2]}  # inputs not modified
+    assert merge({"lr": 1e-3}, {"lr": 0.0})["lr"] == 0.0  # falsy values still override
+    assert merge({"flag": True}, {"flag": False})["flag"] is False
+
+
+def test_load_yaml(tmp_path, tiny_yaml):
+    cfg = load_yaml(tiny_yaml)
+    ae = from_dict(AutoencoderConfig, cfg["autoencoder"])
+    assert ae.channels == (8, 16) and ae.downsample == 2
+    dn = from_dict(DenoiserConfig, cfg["denoiser"])
+    assert dn.channels == (8, 16)
+    assert load_yaml(None) == {}
+    with pytest.raises(LdmError, match="does not exist"):
+        load_yaml(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\nb: }")
+    with pytest.raises(LdmError, match="not valid YAML") as err:
+        load_yaml(bad)
+    assert "\n" not in str(err.value)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(LdmError, match="mapping"):
+        load_yaml(listy)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_yaml(empty) == {}
+
+
+def test_schedule_args_and_prediction_type():
+    assert DenoiserConfig(schedule="cosine").schedule_args() == {}
+    assert DenoiserConfig(beta_start=0.001, beta_end=0.02).schedule_args() == {"beta_start": 0.001, "beta_end": 0.02}
+    assert DenoiserConfig(objective="v").prediction_type == "v_prediction"
+    assert DenoiserConfig().prediction_type == "epsilon"
+    assert DenoiserConfig().attention_levels == (False, False, True)
