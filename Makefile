@@ -21,7 +21,7 @@ install: $(STAMP)
 # then a side-by-side check of the samples against the real phantoms.
 demo: install
 	rm -rf $(DEMO)
-	$(BIN)/ldmtool demo-data $(DEMO)/data --n 48
+	$(BIN)/ldmtool demo-data $(DEMO)/data --n 96
 	$(BIN)/ldmtool train-ae $(DEMO)/data --out $(DEMO)/ae --config examples/demo.yaml
 	$(BIN)/ldmtool train-ldm $(DEMO)/data --ae $(DEMO)/ae --out $(DEMO)/ldm --config examples/demo.yaml
 	$(BIN)/ldmtool sample --ae $(DEMO)/ae --ldm $(DEMO)/ldm --out $(DEMO)/samples --n 16 --steps 50

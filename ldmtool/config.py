@@ -56,6 +56,7 @@ class DenoiserConfig:
     beta_start: float = 0.0015
     beta_end: float = 0.0195
     condition_on: str = "none"  # none | lesion (lesion volume, centroid, extent from the labels)
+    coordinates: bool = True  # feed voxel coordinates (z, y, x in [-1, 1]) as extra input channels
 
     def __post_init__(self) -> None:
         _check_choice("condition_on", self.condition_on, ("none", "lesion"))
@@ -94,6 +95,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     ema_decay: float = 0.999
     cfg_dropout: float = 0.1  # classifier-free guidance: drop all conditioning this often
+    min_snr_gamma: float | None = 5.0  # Min-SNR loss weighting of the denoiser (Hang et al. 2023); None = off
     num_workers: int = 0
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU)
     log_every: int = 1
@@ -114,6 +116,27 @@ class AELossConfig:
     label_weight: float = 1.0  # weight of CE + Dice on the label channels
     ssim_weight: float = 0.0  # optional (1 - SSIM) term on the image channel
     lesion_oversample: float = 0.5  # fraction of each batch drawn from slices holding a rare label
+
+
+@dataclass
+class SampleConfig:
+    """Settings of `ldmtool sample` (YAML section `sample`)."""
+
+    n: int = 8
+    sampler: str = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+    batch_size: int = 4
+    decode_batch: int = 64
+    format: str = "nifti"
+    guidance: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_choice("--sampler", self.sampler, ("ddim", "ddpm"))
+        _check_choice("--format", self.format, ("nifti", "dicom"))
+        for flag, value in (("--n", self.n), ("--batch-size", self.batch_size), ("--decode-batch", self.decode_batch)):
+            if value < 1:
+                raise LdmError(f"{flag} must be at least 1; got {value}")
 
 
 def _convert(tp: Any, value: Any) -> Any:
@@ -208,6 +231,7 @@ __all__ = [
     "DenoiserConfig",
     "TrainConfig",
     "AELossConfig",
+    "SampleConfig",
     "from_dict",
     "to_dict",
     "load_yaml",

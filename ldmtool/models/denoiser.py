@@ -24,7 +24,7 @@ class LatentDenoiser(nn.Module):
         self.n_attributes = n_attributes
         self.unet = DiffusionModelUNet(
             spatial_dims=3,
-            in_channels=latent_channels,
+            in_channels=latent_channels + (3 if cfg.coordinates else 0),
             out_channels=latent_channels,
             channels=cfg.channels,
             attention_levels=cfg.attention_levels,
@@ -48,7 +48,20 @@ class LatentDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, attributes: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.cfg.coordinates:
+            x = torch.cat([x, coordinate_grid(x)], dim=1)
         return self.unet(x, t, context=self.context(attributes, mask, x.shape[0], x.device))
+
+
+def coordinate_grid(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, D, h, w) voxel coordinates in [-1, 1] for a latent volume x of shape (B, C, D, h, w).
+
+    Convolutions are translation-equivariant; these channels tell the denoiser where in the
+    volume (which slice, where in the slice) a latent voxel sits, as the slice-position
+    embedding does for the autoencoder (CoordConv, Liu et al. 2018)."""
+    axes = [torch.linspace(-1.0, 1.0, n, device=x.device, dtype=x.dtype) for n in x.shape[2:]]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))
+    return grid[None].expand(x.shape[0], -1, -1, -1, -1)
 
 
 def guided(model: LatentDenoiser, attributes: torch.Tensor | None, mask: torch.Tensor | None, scale: float = 1.0):

@@ -175,7 +175,7 @@ def train_autoencoder(
     opt = torch.optim.AdamW(ae.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     sampler = SliceSampler(train, train_cfg.batch_size, loss_cfg.lesion_oversample, gen)
     total_steps = len(sampler) * train_cfg.epochs
-    sched = warmup_cosine(opt, train_cfg.warmup_steps, total_steps)
+    sched = warmup_cosine(opt, train_cfg.warmup_steps, total_steps, train_cfg.max_minutes)
     scaler = grad_scaler(device, train_cfg.precision)
     d, h, w = data.images.shape[1:]
     config = {

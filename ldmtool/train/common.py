@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import time
 
 import numpy as np
 import torch
@@ -62,21 +63,65 @@ def make_ema(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.Aver
     return torch.optim.swa_utils.AveragedModel(model, avg_fn=avg_fn, use_buffers=True)
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up then cosine decay to 10% of the base LR."""
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup: int, total: int, max_minutes: float | None = None
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up then cosine decay to 10% of the base LR.
+
+    Progress is the larger of steps done / `total` and, with a time budget, minutes elapsed /
+    `max_minutes`, so a run cut short by its budget still ends on a decayed learning rate.
+    """
+    start = time.perf_counter()
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        frac = min(1.0, (step - warmup) / max(1, total - warmup))
+        frac = (step - warmup) / max(1, total - warmup)
+        if max_minutes:
+            frac = max(frac, (time.perf_counter() - start) / (60 * max_minutes))
+        frac = min(1.0, frac)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+class LoggingProgress(Progress):
+    """A rich Progress that, when output is not a terminal (batch jobs, log files), prints a plain
+    status line every `log_seconds` and when a task finishes, instead of nothing."""
+
+    def __init__(self, *columns, log_seconds: float = 30.0, **kwargs) -> None:
+        super().__init__(*columns, **kwargs)
+        self.log_seconds = log_seconds
+        self._last_log = time.monotonic()
+
+    def update(self, task_id, **kwargs) -> None:
+        super().update(task_id, **kwargs)
+        self._maybe_log(task_id)
+
+    def advance(self, task_id, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._maybe_log(task_id)
+
+    def _maybe_log(self, task_id) -> None:
+        if self.console.is_terminal or self.console.quiet:
+            return
+        task = self._tasks[task_id]
+        now = time.monotonic()
+        if now - self._last_log < self.log_seconds and not task.finished:
+            return
+        self._last_log = now
+        total = f"/{task.total:.0f}" if task.total else ""
+        eta = f", ETA {task.time_remaining:.0f} s" if task.time_remaining else ""
+        self.console.print(
+            f"{task.description}: {task.completed:.0f}{total} {task.fields.get('rate', '')} "
+            f"{task.fields.get('info', '')} ({task.elapsed or 0:.0f} s{eta})",
+            highlight=False,
+        )
+
+
 def progress(console: Console | None = None, transient: bool = False) -> Progress:
-    """A rich progress bar with rate, elapsed time and ETA."""
-    return Progress(
+    """A rich progress bar with rate, elapsed time and ETA (plain periodic lines in log files)."""
+    return LoggingProgress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),

@@ -132,7 +132,7 @@ def train_latent_diffusion(
     n_train = len(train_idx)
     steps_per_epoch = max(1, n_train // train_cfg.batch_size)
     total = train_cfg.steps or steps_per_epoch * train_cfg.epochs
-    sched = warmup_cosine(opt, train_cfg.warmup_steps, total)
+    sched = warmup_cosine(opt, train_cfg.warmup_steps, total, train_cfg.max_minutes)
     scaler = grad_scaler(device, train_cfg.precision)
     noise_sched = training_scheduler(model_cfg)
     T = model_cfg.num_train_timesteps
@@ -153,6 +153,16 @@ def train_latent_diffusion(
         "seed": seed,
     }
 
+    alphas_cumprod = noise_sched.alphas_cumprod.to(device)
+
+    def snr_weight(t: torch.Tensor) -> torch.Tensor:
+        """Min-SNR-γ weights: min(SNR, γ)/SNR for ε, min(SNR, γ)/(SNR + 1) for v (1 when off)."""
+        if train_cfg.min_snr_gamma is None:
+            return torch.ones_like(t, dtype=torch.float32)
+        snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+        clipped = snr.clamp(max=train_cfg.min_snr_gamma)
+        return (clipped / snr if model_cfg.objective == "eps" else clipped / (snr + 1)).float()
+
     def loss_on(idx: torch.Tensor, net, g: torch.Generator | None) -> torch.Tensor:
         z0 = z_all[idx].to(device)
         b = z0.shape[0]
@@ -169,7 +179,8 @@ def train_latent_diffusion(
             m = m.to(device)
         with autocast(device, train_cfg.precision):
             pred = net(zt, t, a, m)
-        return F.mse_loss(pred.float(), target)
+        per_sample = (pred.float() - target).pow(2).flatten(1).mean(1)
+        return (per_sample * snr_weight(t)).mean()
 
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()

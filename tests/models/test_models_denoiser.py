@@ -103,3 +103,26 @@ def test_guided_scale_with_default_mask(cond_model):
         u = cond_model(x, t)
         out = guided(cond_model, attrs, None, 2.0)(x, t)
     torch.testing.assert_close(out, u + 2.0 * (c - u), atol=1e-4, rtol=1e-4)
+
+
+def test_coordinate_grid_marks_each_voxel_position():
+    from ldmtool.models.denoiser import coordinate_grid
+
+    x = torch.zeros(2, 4, 3, 5, 6)
+    grid = coordinate_grid(x)
+    assert grid.shape == (2, 3, 3, 5, 6)
+    assert grid.min() == -1 and grid.max() == 1
+    # channel a varies along spatial axis a only
+    torch.testing.assert_close(grid[0, 0, :, 0, 0], torch.linspace(-1, 1, 3))
+    torch.testing.assert_close(grid[0, 1, 0, :, 0], torch.linspace(-1, 1, 5))
+    torch.testing.assert_close(grid[0, 2, 0, 0, :], torch.linspace(-1, 1, 6))
+    assert torch.equal(grid[0, 0, 1], torch.zeros(5, 6))
+
+
+@pytest.mark.parametrize("coordinates", [True, False])
+def test_coordinates_option_changes_unet_input(denoiser_config, coordinates):
+    model = LatentDenoiser(denoiser_config(coordinates=coordinates), latent_channels=4)
+    first_conv = next(m for m in model.unet.modules() if isinstance(m, torch.nn.Conv3d))
+    assert first_conv.in_channels == 4 + (3 if coordinates else 0)
+    out = model(torch.randn(1, 4, 4, 8, 8), torch.tensor([5]))
+    assert out.shape == (1, 4, 4, 8, 8)
