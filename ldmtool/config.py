@@ -50,7 +50,7 @@ class DenoiserConfig:
     num_res_blocks: int = 1
     norm_num_groups: int = 8
     num_head_channels: int = 16
-    objective: str = "eps"  # eps | v
+    objective: str = "eps"  # eps | v | flow (rectified flow: velocity x_0 − noise, Euler sampler)
     num_train_timesteps: int = 1000
     schedule: str = "scaled_linear_beta"
     beta_start: float = 0.0015
@@ -68,12 +68,12 @@ class DenoiserConfig:
             raise LdmError("denoiser attention_levels must have one entry per channels entry")
         if any(c % self.norm_num_groups for c in self.channels):
             raise LdmError(f"denoiser channels {self.channels} must be multiples of norm_num_groups={self.norm_num_groups}")
-        _check_choice("objective", self.objective, ("eps", "v"))
+        _check_choice("objective", self.objective, ("eps", "v", "flow"))
         _check_choice("schedule", self.schedule, ("linear_beta", "scaled_linear_beta", "cosine"))
 
     @property
     def prediction_type(self) -> str:
-        return {"eps": "epsilon", "v": "v_prediction"}[self.objective]
+        return {"eps": "epsilon", "v": "v_prediction", "flow": "flow"}[self.objective]
 
     def schedule_args(self) -> dict:
         if self.schedule == "cosine":

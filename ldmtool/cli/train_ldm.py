@@ -21,7 +21,7 @@ def train_ldm(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.")] = None,
     series: Annotated[Optional[str], typer.Option("--series", help="DICOM SeriesInstanceUID to read where a folder holds several series.")] = None,
     channels: Annotated[Optional[str], typer.Option(help="UNet channels per level, e.g. 32,64,64.", rich_help_panel=MODEL)] = None,
-    objective: Annotated[Optional[str], typer.Option(help="eps | v.", rich_help_panel=MODEL)] = None,
+    objective: Annotated[Optional[str], typer.Option(help="eps | v | flow (rectified flow, sampled with --sampler euler).", rich_help_panel=MODEL)] = None,
     condition_on: Annotated[Optional[str], typer.Option(help="none | lesion: condition on lesion volume/centroid/extent.", rich_help_panel=MODEL)] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimisation steps (wins over --epochs).", rich_help_panel=TRAIN)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the training volumes.", rich_help_panel=TRAIN)] = None,

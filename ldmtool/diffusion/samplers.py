@@ -1,12 +1,18 @@
 """Samplers behind one signature: `sampler(model, x_T, generator=None, callback=None) -> x_0`.
 
-`model(x_t, t)` returns the denoiser's output in the schedule's prediction type (ε or v); it is
-any callable (a bare UNet, or a wrapper adding conditioning and classifier-free guidance), so
-guidance is a property of the model function, not a new sampler. Samplers hold no weights.
+`model(x_t, t)` returns the denoiser's output in the objective it was trained with (ε, v or, for
+rectified flow, the velocity x_0 − noise); it is any callable (a bare UNet, or a wrapper adding
+conditioning and classifier-free guidance), so guidance is a property of the model function, not a
+new sampler. Samplers hold no weights.
 
-The noise schedule (ᾱ_t) is MONAI's (`monai.networks.schedulers`). The update rule is written
-out here because MONAI's `step` draws the noise of a whole batch from one generator; per-sample
-generators (a list, one per row) are what make a sample independent of the batch it ran in.
+What comes from MONAI (`monai.networks.schedulers`) and what is written here:
+- the diffusion noise schedule ᾱ_t is MONAI's DDPMScheduler's;
+- the rectified-flow interpolation, its inference grid and its Euler step are MONAI's
+  RFlowScheduler's (used as is by `EulerFlowSampler`);
+- the DDIM/DDPM update is written out here because MONAI's `step` draws the noise of a whole batch
+  from one generator; per-sample generators (a list, one per row) are what make a sample
+  independent of the batch it ran in;
+- DPM-Solver++(2M) is written out here because MONAI has no DPM-Solver.
 Notation (DDIM paper, Song et al. 2021): ᾱ_t = alphas_cumprod[t], x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε.
 """
 
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 from typing import Callable, Protocol, Sequence
 
+import numpy as np
 import torch
 
 from ldmtool.config import DenoiserConfig
@@ -23,21 +30,28 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]  # (step index, t, x_t, x0_hat)
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
-SAMPLERS = ("ddim", "ddpm")
+DIFFUSION_SAMPLERS = ("ddim", "ddpm", "dpmpp2m")  # for ε / v denoisers
+FLOW_SAMPLERS = ("euler",)  # for rectified-flow denoisers
+SAMPLERS = DIFFUSION_SAMPLERS + FLOW_SAMPLERS
+SPACINGS = ("trailing", "leading", "linspace")
 
 
 class Sampler(Protocol):
     name: str
     steps: int
+    timesteps: list[int]
 
     def __call__(self, model: ModelFn, x: torch.Tensor, generator: Generators = None,
                  callback: Callback | None = None) -> torch.Tensor: ...
 
 
 def training_scheduler(cfg: DenoiserConfig):
-    """The forward (noising) process used in training: MONAI's DDPMScheduler."""
-    from monai.networks.schedulers import DDPMScheduler
+    """The forward (noising) process used in training: MONAI's DDPMScheduler for ε/v, MONAI's
+    RFlowScheduler (x_t = (1−t/T) x_0 + (t/T) noise, target x_0 − noise) for flow."""
+    from monai.networks.schedulers import DDPMScheduler, RFlowScheduler
 
+    if cfg.objective == "flow":
+        return RFlowScheduler(num_train_timesteps=cfg.num_train_timesteps, use_discrete_timesteps=True)
     return DDPMScheduler(
         num_train_timesteps=cfg.num_train_timesteps,
         schedule=cfg.schedule,
@@ -66,45 +80,77 @@ def randn_like_rows(x: torch.Tensor, generator: Generators) -> torch.Tensor:
     return torch.stack([torch.randn(x.shape[1:], generator=g, device=g.device) for g in generator]).to(x)
 
 
-def uniform_timesteps(num_train: int, steps: int) -> list[int]:
-    """Evenly spaced timesteps from the last training timestep down ("trailing" spacing):
-    T−1, T−1−Δ, ..., with Δ = T // steps, so the first step starts from pure noise."""
-    delta = num_train // steps
-    return [num_train - 1 - i * delta for i in range(steps)]
+def timestep_grid(num_train: int, steps: int, spacing: str = "trailing") -> list[int]:
+    """Descending inference timesteps (the conventions of Lin et al. 2024, "Common diffusion noise
+    schedules and sample steps are flawed", Table 2):
+
+    - trailing: round(T, T − T/N, ...) − 1: the first step starts at the last training timestep
+      (pure noise); the right choice for few steps.
+    - leading: 0, T//N, 2·T//N, ... reversed (MONAI's DDIMScheduler with steps_offset=0): the
+      first step starts below T − 1, so few-step samples start from noise the model never saw.
+    - linspace: N points evenly spaced over [0, T−1], reversed.
+    """
+    if spacing == "trailing":
+        grid = np.round(np.arange(num_train, 0, -num_train / steps)).astype(np.int64) - 1
+    elif spacing == "leading":
+        grid = (np.arange(steps) * (num_train // steps))[::-1]
+    elif spacing == "linspace":
+        grid = np.round(np.linspace(0, num_train - 1, steps))[::-1]
+    else:
+        raise LdmError(f"--spacing must be one of {', '.join(SPACINGS)}; got {spacing!r}")
+    return [int(t) for t in grid[:steps]]
 
 
-class DDIMSampler:
+class _DiffusionSampler:
+    """Common parts of the ε/v samplers: schedule, grid and the conversion of the model output."""
+
+    name = ""
+
+    def __init__(self, cfg: DenoiserConfig, steps: int, spacing: str = "trailing"):
+        self.steps = steps
+        self.spacing = spacing
+        self.prediction = cfg.prediction_type
+        self.alphas_cumprod = training_scheduler(cfg).alphas_cumprod.double()
+        self.timesteps = timestep_grid(cfg.num_train_timesteps, steps, spacing)
+
+    def _ac(self, t: int, device) -> torch.Tensor:
+        """ᾱ_t, with ᾱ = 1 before the first training step (t = −1, the clean end)."""
+        return self.alphas_cumprod[t].float().to(device) if t >= 0 else torch.tensor(1.0, device=device)
+
+    def _predict(self, model: ModelFn, x: torch.Tensor, t: int, a_t: torch.Tensor):
+        """Model output → (predicted noise ε̂, predicted clean sample x̂_0)."""
+        out = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).float()
+        if self.prediction == "epsilon":
+            eps = out
+            x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        else:  # v-prediction: v = √ᾱ ε − √(1−ᾱ) x_0
+            x0 = a_t.sqrt() * x - (1 - a_t).sqrt() * out
+            eps = a_t.sqrt() * out + (1 - a_t).sqrt() * x
+        return eps, x0
+
+    def _next(self, i: int) -> int:
+        return self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1
+
+
+class DDIMSampler(_DiffusionSampler):
     """DDIM (Song et al. 2021). eta=0: deterministic; eta=1: ancestral sampling whose variance is
     DDPM's posterior variance β̃_t, i.e. DDPM (Ho et al. 2020) on the chosen timestep grid."""
 
     name = "ddim"
 
-    def __init__(self, cfg: DenoiserConfig, steps: int, eta: float = 0.0):
-        self.steps = steps
+    def __init__(self, cfg: DenoiserConfig, steps: int, eta: float = 0.0, spacing: str = "trailing"):
+        super().__init__(cfg, steps, spacing)
         self.eta = float(eta)
-        self.prediction = cfg.prediction_type
-        self.alphas_cumprod = training_scheduler(cfg).alphas_cumprod.double()
-        self.timesteps = uniform_timesteps(cfg.num_train_timesteps, steps)
 
     def __call__(self, model: ModelFn, x: torch.Tensor, generator: Generators = None,
                  callback: Callback | None = None) -> torch.Tensor:
-        ac = self.alphas_cumprod.to(x.device)
         for i, t in enumerate(self.timesteps):
-            t_prev = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1
-            # 1. ᾱ_t and ᾱ_{t-1} (ᾱ = 1 before the first training step)
-            a_t = ac[t].float()
-            a_prev = ac[t_prev].float() if t_prev >= 0 else torch.tensor(1.0, device=x.device)
-            # 2. model output → predicted noise ε̂ and clean sample x̂_0
-            out = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).float()
-            if self.prediction == "epsilon":
-                eps = out
-                x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-            else:  # v-prediction: v = √ᾱ ε − √(1−ᾱ) x_0
-                x0 = a_t.sqrt() * x - (1 - a_t).sqrt() * out
-                eps = a_t.sqrt() * out + (1 - a_t).sqrt() * x
-            # 3. σ_t = η √((1−ᾱ_{t-1})/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t-1})   (eq. 16)
+            t_prev = self._next(i)
+            a_t, a_prev = self._ac(t, x.device), self._ac(t_prev, x.device)
+            eps, x0 = self._predict(model, x, t, a_t)
+            # σ_t = η √((1−ᾱ_{t-1})/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t-1})   (eq. 16)
             sigma = self.eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp_min(0).sqrt()
-            # 4. x_{t-1} = √ᾱ_{t-1} x̂_0 + √(1−ᾱ_{t-1}−σ²) ε̂ + σ z   (eq. 12)
+            # x_{t-1} = √ᾱ_{t-1} x̂_0 + √(1−ᾱ_{t-1}−σ²) ε̂ + σ z   (eq. 12)
             x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
             if self.eta > 0 and t_prev >= 0:
                 x = x + sigma * randn_like_rows(x, generator)
@@ -118,17 +164,94 @@ class DDPMSampler(DDIMSampler):
 
     name = "ddpm"
 
-    def __init__(self, cfg: DenoiserConfig, steps: int, eta: float = 1.0):
-        super().__init__(cfg, steps, eta=1.0)
+    def __init__(self, cfg: DenoiserConfig, steps: int, eta: float = 1.0, spacing: str = "trailing"):
+        super().__init__(cfg, steps, eta=1.0, spacing=spacing)
 
 
-def make_sampler(name: str, cfg: DenoiserConfig, steps: int, eta: float = 0.0) -> Sampler:
-    """Build a sampler by name ('ddim' uses `eta`; 'ddpm' is always ancestral)."""
+class DPMSolverPP2MSampler(_DiffusionSampler):
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): a deterministic second-order multistep
+    solver of the probability-flow ODE in data-prediction form; one model call per step.
+
+    With α = √ᾱ, σ = √(1−ᾱ), λ = log(α/σ), h_i = λ_{i+1} − λ_i and r = h_{i−1}/h_i:
+        D_i = (1 + 1/(2r)) x̂0_i − 1/(2r) x̂0_{i−1}     (first step: D_0 = x̂0_0)
+        x_{i+1} = (σ_{i+1}/σ_i) x_i − α_{i+1} (e^{−h_i} − 1) D_i
+    The last step goes to σ = 0, where the update is x = x̂0 (first order, as "lower order final").
+    """
+
+    name = "dpmpp2m"
+    eta = 0.0
+
+    def __call__(self, model: ModelFn, x: torch.Tensor, generator: Generators = None,
+                 callback: Callback | None = None) -> torch.Tensor:
+        ac = self.alphas_cumprod
+        lam = lambda t: 0.5 * (torch.log(ac[t]) - torch.log1p(-ac[t]))  # noqa: E731  λ = log α − log σ
+        x0_prev, h_prev = None, None
+        for i, t in enumerate(self.timesteps):
+            t_next = self._next(i)
+            eps, x0 = self._predict(model, x, t, self._ac(t, x.device))
+            if t_next < 0:
+                x = x0
+            else:
+                h = float(lam(t_next) - lam(t))
+                sigma_ratio = float(((1 - ac[t_next]) / (1 - ac[t])).sqrt())
+                alpha_next = float(ac[t_next].sqrt())
+                if x0_prev is None:
+                    d = x0
+                else:
+                    r = h_prev / h
+                    d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+                x = sigma_ratio * x - alpha_next * float(np.expm1(-h)) * d
+                x0_prev, h_prev = x0, h
+            if callback is not None:
+                callback(i, t, x, x0)
+        return x
+
+
+class EulerFlowSampler:
+    """Euler integration of a rectified-flow ODE with MONAI's RFlowScheduler (its grid
+    t = T(1 − i/N) and its `step`); deterministic. For denoisers trained with objective `flow`."""
+
+    name = "euler"
+    eta = 0.0
+
+    def __init__(self, cfg: DenoiserConfig, steps: int, spacing: str = "trailing"):
+        self.steps = steps
+        self.spacing = "uniform"
+        self.scheduler = training_scheduler(cfg)
+        self.scheduler.set_timesteps(steps)
+        self.timesteps = [int(t) for t in self.scheduler.timesteps]
+
+    def __call__(self, model: ModelFn, x: torch.Tensor, generator: Generators = None,
+                 callback: Callback | None = None) -> torch.Tensor:
+        for i, t in enumerate(self.timesteps):
+            t_next = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else 0
+            v = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).float()
+            x, x0 = self.scheduler.step(v, t, x, t_next)
+            if callback is not None:
+                callback(i, t, x, x0)
+        return x
+
+
+def make_sampler(name: str, cfg: DenoiserConfig, steps: int, eta: float = 0.0, spacing: str = "trailing") -> Sampler:
+    """Build a sampler by name. 'ddim' uses `eta`; 'ddpm' is always ancestral; 'dpmpp2m' is
+    deterministic; 'euler' is the sampler of flow-objective denoisers."""
     if steps < 1 or steps > cfg.num_train_timesteps:
         raise LdmError(f"--steps must be between 1 and {cfg.num_train_timesteps}; got {steps}")
     if not 0.0 <= eta <= 1.0:
         raise LdmError(f"--eta must be between 0 and 1; got {eta}")
-    table = {"ddim": DDIMSampler, "ddpm": DDPMSampler}
-    if name not in table:
+    if spacing not in SPACINGS:
+        raise LdmError(f"--spacing must be one of {', '.join(SPACINGS)}; got {spacing!r}")
+    if name not in SAMPLERS:
         raise LdmError(f"--sampler must be one of {', '.join(SAMPLERS)}; got {name!r}")
-    return table[name](cfg, steps, eta)
+    if cfg.objective == "flow":
+        if name not in FLOW_SAMPLERS:
+            raise LdmError(f"this denoiser was trained with the flow objective: use --sampler {' or '.join(FLOW_SAMPLERS)}")
+        return EulerFlowSampler(cfg, steps, spacing)
+    if name in FLOW_SAMPLERS:
+        raise LdmError(f"--sampler {name} needs a denoiser trained with --objective flow; "
+                       f"this one is {cfg.objective}: use {', '.join(DIFFUSION_SAMPLERS)}")
+    if name == "ddim":
+        return DDIMSampler(cfg, steps, eta, spacing)
+    if name == "ddpm":
+        return DDPMSampler(cfg, steps, spacing=spacing)
+    return DPMSolverPP2MSampler(cfg, steps, spacing)

@@ -153,11 +153,13 @@ def train_latent_diffusion(
         "seed": seed,
     }
 
-    alphas_cumprod = noise_sched.alphas_cumprod.to(device)
+    flow = model_cfg.objective == "flow"
+    alphas_cumprod = None if flow else noise_sched.alphas_cumprod.to(device)
 
     def snr_weight(t: torch.Tensor) -> torch.Tensor:
-        """Min-SNR-γ weights: min(SNR, γ)/SNR for ε, min(SNR, γ)/(SNR + 1) for v (1 when off)."""
-        if train_cfg.min_snr_gamma is None:
+        """Min-SNR-γ weights: min(SNR, γ)/SNR for ε, min(SNR, γ)/(SNR + 1) for v (1 when off, and
+        for flow, whose velocity target already has unit scale at every t)."""
+        if train_cfg.min_snr_gamma is None or flow:
             return torch.ones_like(t, dtype=torch.float32)
         snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
         clipped = snr.clamp(max=train_cfg.min_snr_gamma)
@@ -169,7 +171,12 @@ def train_latent_diffusion(
         noise = torch.randn(z0.shape, generator=g).to(device)
         t = torch.randint(0, T, (b,), generator=g).to(device)
         zt = noise_sched.add_noise(z0, noise, t)
-        target = noise if model_cfg.objective == "eps" else noise_sched.get_velocity(z0, noise, t)
+        if flow:  # MONAI RFlowScheduler: z_t = (1 − t/T) z_0 + (t/T) noise, velocity z_0 − noise
+            target = z0 - noise
+        elif model_cfg.objective == "eps":
+            target = noise
+        else:
+            target = noise_sched.get_velocity(z0, noise, t)
         a = m = None
         if attrs is not None:
             a = attrs[idx].to(device)

@@ -5,7 +5,18 @@ import pytest
 import torch
 
 from ldmtool.config import DenoiserConfig
-from ldmtool.diffusion.samplers import SAMPLERS, DDIMSampler, DDPMSampler, make_sampler, training_scheduler
+from ldmtool.diffusion.samplers import (
+    DIFFUSION_SAMPLERS,
+    SAMPLERS,
+    SPACINGS,
+    DDIMSampler,
+    DDPMSampler,
+    DPMSolverPP2MSampler,
+    EulerFlowSampler,
+    make_sampler,
+    timestep_grid,
+    training_scheduler,
+)
 from ldmtool.errors import LdmError
 
 SHAPES = {"2d": (2, 3, 6, 6), "3d": (2, 4, 3, 6, 6)}
@@ -13,6 +24,33 @@ SHAPES = {"2d": (2, 3, 6, 6), "3d": (2, 4, 3, 6, 6)}
 
 def _cfg(**kw) -> DenoiserConfig:
     return DenoiserConfig(channels=(8, 16), norm_num_groups=4, **kw)
+
+
+def _cfg_for(name: str, objective: str = "eps") -> DenoiserConfig:
+    return _cfg(objective="flow" if name == "euler" else objective)
+
+
+def flow_model(mu: float, s: float, T: int = 1000):
+    """Exact E[x0 - noise | x_t] under MONAI's rectified flow x_t = tau x0 + (1 - tau) noise,
+    tau = 1 - t/T, when every element of x0 is N(mu, s^2)."""
+
+    def model(x, t):
+        tau = (1 - t.double() / T).view(-1, *[1] * (x.dim() - 1))
+        xd = x.double()
+        var = tau**2 * s * s + (1 - tau) ** 2
+        centred = xd - tau * mu
+        x0 = mu + tau * s * s / var * centred
+        noise = (1 - tau) / var * centred
+        return (x0 - noise).to(x.dtype)
+
+    return model
+
+
+def oracle(name: str, smp, mu: float, s: float, objective: str = "eps"):
+    """The exact model for Gaussian data in the sampler's own objective."""
+    if name == "euler":
+        return flow_model(mu, s)
+    return gaussian_model(smp.alphas_cumprod, mu, s, objective)
 
 
 def gaussian_model(alphas_cumprod: torch.Tensor, mu: float, s: float, objective: str = "eps"):
@@ -56,7 +94,7 @@ def _noise(shape, seed=0):
 @pytest.mark.parametrize("dims", sorted(SHAPES))
 def test_output_shape_and_model_calls(name, dims):
     shape = SHAPES[dims]
-    smp = make_sampler(name, _cfg(), 4)
+    smp = make_sampler(name, _cfg_for(name), 4)
     assert smp.name == name and smp.steps == 4
     seen_t, cb = [], []
 
@@ -71,7 +109,8 @@ def test_output_shape_and_model_calls(name, dims):
     assert out.shape == shape and torch.isfinite(out).all()
     assert len(seen_t) == 4
     assert all(a > b for a, b in zip(seen_t, seen_t[1:]))  # timesteps strictly decrease
-    assert seen_t[0] == 999 and seen_t[-1] < 1000 // 4 + 1  # from pure noise to within one stride of clean
+    assert seen_t == smp.timesteps
+    assert seen_t[0] >= 999 and seen_t[-1] <= 1000 // 4 + 1  # from pure noise to within one stride of clean
     assert [c[0] for c in cb] == [0, 1, 2, 3] and [c[1] for c in cb] == seen_t
     assert all(c[2] == shape and c[3] == shape for c in cb)
 
@@ -80,17 +119,16 @@ def test_output_shape_and_model_calls(name, dims):
 @pytest.mark.parametrize("dims", sorted(SHAPES))
 def test_deterministic_under_fixed_seed(name, dims):
     shape = SHAPES[dims]
-    ac = make_sampler(name, _cfg(), 5).alphas_cumprod
-    model = gaussian_model(ac, 0.3, 0.8)
+    model = oracle(name, make_sampler(name, _cfg_for(name), 5), 0.3, 0.8)
     x = _noise(shape)
 
     def run(seed):
-        smp = make_sampler(name, _cfg(), 5)
+        smp = make_sampler(name, _cfg_for(name), 5)
         return smp(model, x.clone(), generator=None if seed is None else torch.Generator().manual_seed(seed))
 
     a, b, c = run(7), run(7), run(8)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
-    if name == "ddim":  # eta = 0: no noise is drawn, the generator does not matter
+    if name != "ddpm":  # deterministic samplers: no noise is drawn, the generator does not matter
         torch.testing.assert_close(a, c, atol=0, rtol=0)
         torch.testing.assert_close(a, run(None), atol=0, rtol=0)
     else:  # ancestral: fresh noise at every step
@@ -107,10 +145,9 @@ def test_ddim_eta_one_is_stochastic():
     assert (a - b).abs().max() > 1e-3
 
 
-def _moment_errors(name, steps, objective, mu=0.7, s=0.5, n=4000):
-    cfg = _cfg(objective=objective)
-    smp = make_sampler(name, cfg, steps)
-    model = gaussian_model(smp.alphas_cumprod, mu, s, objective)
+def _moment_errors(name, steps, objective, mu=0.7, s=0.5, n=4000, spacing="trailing"):
+    smp = make_sampler(name, _cfg_for(name, objective), steps, spacing=spacing)
+    model = oracle(name, smp, mu, s, objective)
     x = _noise((n, 1, 1, 1), seed=0)
     out = smp(model, x, generator=torch.Generator().manual_seed(1))
     return abs(float(out.mean()) - mu), abs(float(out.std()) - s)
@@ -119,6 +156,8 @@ def _moment_errors(name, steps, objective, mu=0.7, s=0.5, n=4000):
 @pytest.mark.parametrize("objective", ["eps", "v"])
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_gaussian_data_moments_converge(name, objective):
+    if name == "euler" and objective == "v":
+        pytest.skip("euler samples flow denoisers only")
     coarse = _moment_errors(name, 10, objective)
     fine = _moment_errors(name, 200, objective)
     # more steps: no worse (small slack for the Monte-Carlo error of 4000 samples) ...
@@ -139,7 +178,7 @@ def test_full_ddpm_matches_gaussian_data():
     assert abs(float(out.std()) - 0.5) < 0.03
 
 
-@pytest.mark.parametrize("name,steps", [("ddim", 3), ("ddim", 25), ("ddpm", 7), ("ddpm", 1000)])
+@pytest.mark.parametrize("name,steps", [("ddim", 3), ("ddim", 25), ("ddpm", 7), ("ddpm", 1000), ("dpmpp2m", 3), ("dpmpp2m", 20)])
 def test_point_mass_data_is_recovered_exactly(name, steps):
     smp = make_sampler(name, _cfg(), steps)
     model = point_mass_model(smp.alphas_cumprod, 0.42)
@@ -182,3 +221,51 @@ def test_make_sampler_errors(name, steps):
         make_sampler(name, _cfg(), steps)
     assert "\n" not in str(err.value)
     assert ("--steps" in str(err.value)) or ("--sampler" in str(err.value))
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("name", DIFFUSION_SAMPLERS)
+def test_every_spacing_converges_with_steps(name, spacing):
+    coarse = _moment_errors(name, 10, "eps", spacing=spacing)
+    fine = _moment_errors(name, 200, "eps", spacing=spacing)
+    assert fine[0] < 0.04 and fine[1] < 0.04, (coarse, fine)
+
+
+def test_timestep_grids():
+    assert timestep_grid(1000, 4, "trailing") == [999, 749, 499, 249]
+    assert timestep_grid(1000, 4, "leading") == [750, 500, 250, 0]
+    assert timestep_grid(1000, 4, "linspace") == [999, 666, 333, 0]
+    for spacing in SPACINGS:
+        for steps in (1, 7, 50, 999, 1000):
+            grid = timestep_grid(1000, steps, spacing)
+            assert len(grid) == steps and all(a > b for a, b in zip(grid, grid[1:]))
+            assert 0 <= grid[-1] and grid[0] <= 999
+    # the few-step regime: only trailing starts from pure noise
+    assert timestep_grid(1000, 5, "trailing")[0] == 999 and timestep_grid(1000, 5, "leading")[0] == 800
+
+
+def test_dpmsolver_beats_ddim_at_few_steps():
+    # Second order: at 8 steps its moment error is smaller than first-order DDIM's.
+    ddim = sum(_moment_errors("ddim", 8, "eps", mu=1.5, s=0.2))
+    dpm = sum(_moment_errors("dpmpp2m", 8, "eps", mu=1.5, s=0.2))
+    assert dpm < ddim, (dpm, ddim)
+
+
+def test_euler_flow_uses_monai_rflow_grid():
+    smp = make_sampler("euler", _cfg(objective="flow"), 4)
+    assert isinstance(smp, EulerFlowSampler)
+    assert smp.timesteps == [1000, 750, 500, 250]
+    assert type(smp.scheduler).__name__ == "RFlowScheduler"
+    assert isinstance(make_sampler("dpmpp2m", _cfg(), 4), DPMSolverPP2MSampler)
+
+
+@pytest.mark.parametrize("name,objective", [("euler", "eps"), ("euler", "v"), ("ddim", "flow"), ("dpmpp2m", "flow")])
+def test_sampler_objective_mismatch_is_a_clear_error(name, objective):
+    with pytest.raises(LdmError) as err:
+        make_sampler(name, _cfg(objective=objective), 10)
+    assert "--sampler" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_spacing():
+    with pytest.raises(LdmError, match="--spacing"):
+        make_sampler("ddim", _cfg(), 10, spacing="uniform")
