@@ -130,9 +130,15 @@ class SampleConfig:
     decode_batch: int = 64
     format: str = "nifti"
     guidance: float = 1.0
+    spacing: str = "trailing"  # trailing | leading | linspace (diffusion samplers)
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    compile: bool = False  # torch.compile the denoiser
+    max_memory_gb: float | None = None  # refuse a job whose batch needs more (default: free memory)
 
     def __post_init__(self) -> None:
-        _check_choice("--sampler", self.sampler, ("ddim", "ddpm"))
+        _check_choice("--sampler", self.sampler, ("ddim", "ddpm", "dpmpp2m", "euler"))
+        _check_choice("--spacing", self.spacing, ("trailing", "leading", "linspace"))
+        _check_choice("--precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _check_choice("--format", self.format, ("nifti", "dicom"))
         for flag, value in (("--n", self.n), ("--batch-size", self.batch_size), ("--decode-batch", self.decode_batch)):
             if value < 1:

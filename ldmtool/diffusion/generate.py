@@ -52,6 +52,11 @@ class GenerateResult:
     seconds: float = 0.0
     seconds_per_sample: float = 0.0
     out_dir: Path | None = None
+    shard: str = "0/1"
+    device: str = ""
+    precision: str = "fp32"
+    memory: str = ""
+    others: int = 0  # samples of this job that belong to other shards
 
 
 def sample_name(index: int) -> str:
@@ -86,6 +91,7 @@ def generate(
     sampler: str = "ddim",
     steps: int = 50,
     eta: float = 0.0,
+    spacing: str = "trailing",
     batch_size: int = 4,
     decode_batch: int = 64,
     seed: int = 0,
@@ -93,20 +99,34 @@ def generate(
     conditions: dict[str, float] | None = None,
     guidance: float = 1.0,
     device: torch.device = torch.device("cpu"),
+    precision: str = "auto",
+    compile: bool = False,
+    shard: str | None = None,
+    max_memory_gb: float | None = None,
     console=None,
 ) -> GenerateResult:
-    """Sample `n` image+mask volumes into `out_dir` (nnU-Net layout + provenance + montage)."""
+    """Sample `n` image+mask volumes into `out_dir` (nnU-Net layout + provenance + montage).
+
+    This process makes the samples of its shard (see `resolve_shard`) that are not finished yet,
+    a batch at a time: latent sampling under `torch.inference_mode` (and autocast on CUDA), then
+    slice-batched decoding, then each file written to a temp name and renamed; the provenance
+    JSON, written last, marks the sample finished."""
     from ldmtool.data.preprocess import PreprocessConfig, denormalise
+    from ldmtool.diffusion.resources import plan_memory, resolve_precision, resolve_shard, shard_device
     from ldmtool.evaluate.montage import write_montage
     from ldmtool.io import Volume, write_dicom_series, write_nifti
+    from ldmtool.models.position import slice_positions
     from ldmtool.train.autoencoder import load_autoencoder
-    from ldmtool.train.common import progress
+    from ldmtool.train.common import autocast, progress
     from ldmtool.train.latent import load_denoiser
 
     if n < 1:
         raise LdmError("--n must be at least 1")
     if fmt not in ("nifti", "dicom"):
         raise LdmError(f"--format must be nifti or dicom; got {fmt!r}")
+    part = resolve_shard(shard)
+    device = shard_device(device)
+    precision = resolve_precision(precision, device)
     ae, ae_cfg = load_autoencoder(ae_path, device)
     ldm, ldm_cfg = load_denoiser(ldm_path, device)
     ae_hash = file_sha256(ae_path)
@@ -115,7 +135,7 @@ def generate(
     from ldmtool.config import DenoiserConfig, from_dict
 
     dcfg = from_dict(DenoiserConfig, ldm_cfg["model"])
-    smp = make_sampler(sampler, dcfg, steps, eta)
+    smp = make_sampler(sampler, dcfg, steps, eta, spacing)
     latent_shape = tuple(ldm_cfg["latent_shape"])
     mean = torch.tensor(ldm_cfg["latent_mean"], device=device)[None, :, None, None, None]
     std = torch.tensor(ldm_cfg["latent_std"], device=device)[None, :, None, None, None]
@@ -123,6 +143,32 @@ def generate(
     pre = PreprocessConfig.from_dict(ae_cfg["preprocess"])
     irange = ae_cfg.get("intensity_range")
     label_names = ae_cfg.get("label_names") or {}
+    _check_conditions(ldm_cfg, conditions or {})
+
+    # Memory: fail now, not after hours, if one batch cannot fit.
+    depth, h, w = latent_shape[1:]
+    probe_z = torch.zeros((1, *latent_shape), device=device)
+    probe_t = torch.zeros(1, dtype=torch.long, device=device)
+
+    def denoise_once():
+        with autocast(device, precision):
+            return ldm(probe_z, probe_t)
+
+    def decode_once():
+        with autocast(device, precision):
+            return ae.decode(probe_z[:, :, 0], slice_positions(1, device))
+
+    volume_shape = tuple(ae_cfg["volume_shape"]) if ae_cfg.get("volume_shape") else (depth, h * 4, w * 4)
+    memory = plan_memory(
+        denoise_once, ldm, decode_once, ae, batch_size=batch_size, decode_batch=min(decode_batch, depth * batch_size),
+        latent_shape=latent_shape, volume_shape=volume_shape, device=device, max_memory_gb=max_memory_gb,
+    )
+    denoiser = ldm
+    if compile:
+        try:
+            denoiser = torch.compile(ldm)
+        except Exception as exc:  # noqa: BLE001 - torch.compile raises many kinds
+            raise LdmError(f"--compile failed: {type(exc).__name__}: {exc}") from None
 
     out_dir = Path(out_dir)
     (out_dir / "imagesTr").mkdir(parents=True, exist_ok=True)
@@ -131,14 +177,21 @@ def generate(
         (out_dir / "labelsTr").mkdir(exist_ok=True)
     prov_dir = out_dir / "provenance"
     hashes = {"autoencoder_sha256": ae_hash, "ldm_sha256": file_sha256(ldm_path)}
-    settings = {"base_seed": seed, "sampler": smp.name, "steps": steps, "eta": eta, "guidance": guidance,
-                "conditions": conditions or {}, "format": fmt, **hashes}
+    settings = {"base_seed": seed, "sampler": smp.name, "steps": steps, "eta": getattr(smp, "eta", eta),
+                "spacing": smp.spacing, "guidance": guidance, "conditions": conditions or {}, "format": fmt,
+                "precision": precision, **hashes}
     _check_resumable(prov_dir, settings)
-    todo = [k for k in range(n) if not (prov_dir / f"{sample_name(k)}.json").is_file()]
-    result = GenerateResult(skipped=[sample_name(k) for k in range(n) if k not in set(todo)], out_dir=out_dir)
+    mine = [k for k in range(n) if part.owns(k)]
+    todo = [k for k in mine if not (prov_dir / f"{sample_name(k)}.json").is_file()]
+    _remove_stale_temps(out_dir, todo)
+    result = GenerateResult(
+        skipped=[sample_name(k) for k in mine if k not in set(todo)], out_dir=out_dir, shard=str(part),
+        device=_device_name(device), precision=precision, memory=memory.summary(), others=n - len(mine),
+    )
     t_start = time.perf_counter()
     with progress(console) as bar:
-        task = bar.add_task("sampling", total=len(todo), rate="", info=f"{len(result.skipped)} already done")
+        info = f"{len(result.skipped)} already done" + (f", shard {part} ({part.source})" if part.count > 1 else "")
+        task = bar.add_task("sampling", total=len(todo), rate="", info=info)
         for b0 in range(0, len(todo), batch_size):
             idx = todo[b0 : b0 + batch_size]
             seeds = [sample_seed(seed, k) for k in idx]
@@ -147,21 +200,21 @@ def generate(
                 gens = sample_generators(seeds)
                 x = initial_noise(latent_shape, gens).to(device)
                 attrs, mask = _conditioning(ldm_cfg, conditions or {}, len(idx), device)
-                z = smp(guided(ldm, attrs, mask, guidance), x, generator=gens)
-                z = z * std + mean
-                images, probs = decode_latents(ae, z, decode_batch)
+                with autocast(device, precision):
+                    z = smp(guided(denoiser, attrs, mask, guidance), x, generator=gens)
+                    z = z.float() * std + mean
+                    images, labels = decode_latents(ae, z, decode_batch, labels_only=True)
             per_sample = (time.perf_counter() - t0) / len(idx)
             for j, k in enumerate(idx):
                 name = sample_name(k)
-                img = slices_to_volume(images[j].numpy())
+                img = slices_to_volume(images[j].float().numpy())
                 if irange is not None:
                     img = denormalise(img, irange, pre)
                 files = {}
                 image_vol = Volume(img.astype(np.float32), affine, {"synthetic": True})
                 label_vol = None
-                if probs is not None:
-                    label = slices_to_volume(probs[j].argmax(0).numpy().astype(np.uint8))
-                    label_vol = Volume(label, affine, {"synthetic": True})
+                if labels is not None:
+                    label_vol = Volume(slices_to_volume(labels[j].numpy()), affine, {"synthetic": True})
                 if fmt == "nifti":
                     files["image"] = f"imagesTr/{name}_0000.nii.gz"
                     write_nifti(image_vol, out_dir / files["image"])
@@ -183,7 +236,10 @@ def generate(
                     **settings,
                     "seconds": per_sample,
                     "batch_size": len(idx),
-                    "device": _device_name(device),
+                    "decode_batch": decode_batch,
+                    "compiled": bool(compile),
+                    "shard": str(part),
+                    "device": result.device,
                     "files": files,
                     "ae": str(ae_path),
                     "ldm": str(ldm_path),
@@ -198,9 +254,14 @@ def generate(
     result.seconds = time.perf_counter() - t_start
     result.seconds_per_sample = result.seconds / max(1, len(result.written))
     _write_dataset_json(out_dir, label_names, n, fmt)
-    if fmt == "nifti":
+    if fmt == "nifti" and part.index == 0:
         write_montage(out_dir, out_dir / "montage.png", max_samples=8)
     return result
+
+
+def _check_conditions(ldm_cfg: dict, conditions: dict[str, float]) -> None:
+    if conditions and not (ldm_cfg.get("conditioning") or {}).get("attributes"):
+        raise LdmError("this latent diffusion model was trained without conditioning; retrain with --condition-on lesion")
 
 
 def _check_resumable(prov_dir: Path, settings: dict) -> None:
@@ -220,6 +281,23 @@ def _check_resumable(prov_dir: Path, settings: dict) -> None:
             f"{prov_dir.parent} already holds samples made with other {', '.join(diff)}; "
             "use another --out (or the same settings to resume)"
         )
+
+
+def _remove_stale_temps(out_dir: Path, todo: list[int]) -> None:
+    """Remove temp files a killed run left for samples this process is about to make. Sample k
+    belongs to exactly one shard, so no other live process of the same job writes its files."""
+    from ldmtool.io.atomic import _remove
+
+    for k in todo:
+        name = sample_name(k)
+        for sub in ("imagesTr", "labelsTr", "provenance", f"dicom/{name}"):
+            folder = out_dir / sub
+            if folder.is_dir():
+                for p in folder.glob(f".{name}*.tmp-*"):
+                    _remove(p)
+            if folder.is_dir() and sub.startswith("dicom"):
+                for p in folder.glob(".*.tmp-*"):
+                    _remove(p)
 
 
 def _replace_partial(folder: Path) -> None:

@@ -37,31 +37,40 @@ def encode_volume(
 
 @torch.inference_mode()
 def decode_latents(
-    ae: SliceAutoencoder, z: torch.Tensor, batch: int = 64
+    ae: SliceAutoencoder, z: torch.Tensor, batch: int = 64, labels_only: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Decode latent volumes slice by slice.
+
+    Only one batch of slices is decoded at a time, and its activations are freed before the next,
+    so the decoder's memory does not grow with depth; what grows is the output arrays alone.
 
     Args:
         z: (B, L, D, h, w) latent volumes (in the autoencoder's own latent units).
         batch: slices decoded at once (bounds activation memory).
+        labels_only: return the label map (B, D, H, W) uint8 (argmax) instead of probabilities;
+            a K-th of the memory.
     Returns:
-        image (B, D, H, W) and label probabilities (B, K, D, H, W) or None; both on the CPU.
+        image (B, D, H, W) and label probabilities (B, K, D, H, W) — or the label map — or None;
+        both on the CPU.
     """
     device = next(ae.parameters()).device
     b, _, depth = z.shape[:3]
     pos = slice_positions(depth, device)
     flat = z.transpose(1, 2).reshape(b * depth, *z.shape[1:2], *z.shape[3:])  # (B·D, L, h, w)
     pos = pos.repeat(b)
-    images, probs = [], []
+    images, labels = [], []
     for s in range(0, flat.shape[0], batch):
         out = ae.decode(flat[s : s + batch].to(device, torch.float32), pos[s : s + batch])
         img, logits = ae.split(out.float())
         images.append(img[:, 0].cpu())
         if logits is not None:
-            probs.append(torch.softmax(logits, dim=1).cpu())
+            labels.append(logits.argmax(1).to(torch.uint8).cpu() if labels_only else torch.softmax(logits, dim=1).cpu())
+        del out, img, logits
     image = torch.cat(images).reshape(b, depth, *images[0].shape[1:])
-    if not probs:
+    if not labels:
         return image, None
-    p = torch.cat(probs)
-    p = p.reshape(b, depth, p.shape[1], *p.shape[2:]).transpose(1, 2)
-    return image, p
+    lab = torch.cat(labels)
+    if labels_only:
+        return image, lab.reshape(b, depth, *lab.shape[1:])
+    lab = lab.reshape(b, depth, lab.shape[1], *lab.shape[2:]).transpose(1, 2)
+    return image, lab
