@@ -188,10 +188,68 @@ def generate(
         skipped=[sample_name(k) for k in mine if k not in set(todo)], out_dir=out_dir, shard=str(part),
         device=_device_name(device), precision=precision, memory=memory.summary(), others=n - len(mine),
     )
+    def write_batch(idx: list[int], seeds: list[int], images, labels, per_sample: float) -> None:
+        """Write one decoded batch: files first (temp name → rename), provenance last."""
+        for j, k in enumerate(idx):
+            name = sample_name(k)
+            img = slices_to_volume(images[j].float().numpy())
+            if irange is not None:
+                img = denormalise(img, irange, pre)
+            files = {}
+            image_vol = Volume(img.astype(np.float32), affine, {"synthetic": True})
+            label_vol = None
+            if labels is not None:
+                label_vol = Volume(slices_to_volume(labels[j].numpy()), affine, {"synthetic": True})
+            if fmt == "nifti":
+                files["image"] = f"imagesTr/{name}_0000.nii.gz"
+                write_nifti(image_vol, out_dir / files["image"])
+                if label_vol is not None:
+                    files["label"] = f"labelsTr/{name}.nii.gz"
+                    write_nifti(label_vol, out_dir / files["label"])
+            else:
+                files["image"] = f"dicom/{name}/image"
+                _replace_partial(out_dir / files["image"])
+                write_dicom_series(image_vol, out_dir / files["image"], series_description=f"SYNTHETIC ldmtool {name}")
+                if label_vol is not None:
+                    files["label"] = f"dicom/{name}/label"
+                    _replace_partial(out_dir / files["label"])
+                    write_dicom_series(label_vol, out_dir / files["label"], series_description=f"SYNTHETIC ldmtool {name} label")
+            prov = {
+                "sample": name,
+                "index": k,
+                "seed": seeds[j],
+                **settings,
+                "seconds": per_sample,
+                "batch_size": len(idx),
+                "decode_batch": decode_batch,
+                "compiled": bool(compile),
+                "shard": str(part),
+                "device": result.device,
+                "files": files,
+                "ae": str(ae_path),
+                "ldm": str(ldm_path),
+                "ldmtool_version": __version__,
+                "torch_version": torch.__version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            atomic_write_text(prov_dir / f"{name}.json", json.dumps(prov, indent=2))
+            result.written.append(name)
+
+    # Files of batch b are written by one background thread while batch b+1 is sampled (file
+    # compression then costs no sampling time); at most one batch waits, so memory stays bounded.
+    from concurrent.futures import ThreadPoolExecutor
+
     t_start = time.perf_counter()
-    with progress(console) as bar:
+    with progress(console) as bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="ldmtool-writer") as writer:
         info = f"{len(result.skipped)} already done" + (f", shard {part} ({part.source})" if part.count > 1 else "")
         task = bar.add_task("sampling", total=len(todo), rate="", info=info)
+        pending = None
+
+        def finish(job) -> None:
+            job.result()  # re-raises a failed write here
+            rate = len(result.written) / (time.perf_counter() - t_start)
+            bar.update(task, completed=len(result.written), rate=f"{rate:.2f} samples/s", info="")
+
         for b0 in range(0, len(todo), batch_size):
             idx = todo[b0 : b0 + batch_size]
             seeds = [sample_seed(seed, k) for k in idx]
@@ -205,52 +263,11 @@ def generate(
                     z = z.float() * std + mean
                     images, labels = decode_latents(ae, z, decode_batch, labels_only=True)
             per_sample = (time.perf_counter() - t0) / len(idx)
-            for j, k in enumerate(idx):
-                name = sample_name(k)
-                img = slices_to_volume(images[j].float().numpy())
-                if irange is not None:
-                    img = denormalise(img, irange, pre)
-                files = {}
-                image_vol = Volume(img.astype(np.float32), affine, {"synthetic": True})
-                label_vol = None
-                if labels is not None:
-                    label_vol = Volume(slices_to_volume(labels[j].numpy()), affine, {"synthetic": True})
-                if fmt == "nifti":
-                    files["image"] = f"imagesTr/{name}_0000.nii.gz"
-                    write_nifti(image_vol, out_dir / files["image"])
-                    if label_vol is not None:
-                        files["label"] = f"labelsTr/{name}.nii.gz"
-                        write_nifti(label_vol, out_dir / files["label"])
-                else:
-                    files["image"] = f"dicom/{name}/image"
-                    _replace_partial(out_dir / files["image"])
-                    write_dicom_series(image_vol, out_dir / files["image"], series_description=f"SYNTHETIC ldmtool {name}")
-                    if label_vol is not None:
-                        files["label"] = f"dicom/{name}/label"
-                        _replace_partial(out_dir / files["label"])
-                        write_dicom_series(label_vol, out_dir / files["label"], series_description=f"SYNTHETIC ldmtool {name} label")
-                prov = {
-                    "sample": name,
-                    "index": k,
-                    "seed": seeds[j],
-                    **settings,
-                    "seconds": per_sample,
-                    "batch_size": len(idx),
-                    "decode_batch": decode_batch,
-                    "compiled": bool(compile),
-                    "shard": str(part),
-                    "device": result.device,
-                    "files": files,
-                    "ae": str(ae_path),
-                    "ldm": str(ldm_path),
-                    "ldmtool_version": __version__,
-                    "torch_version": torch.__version__,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                }
-                atomic_write_text(prov_dir / f"{name}.json", json.dumps(prov, indent=2))
-                result.written.append(name)
-            rate = len(result.written) / (time.perf_counter() - t_start)
-            bar.update(task, advance=len(idx), rate=f"{rate:.2f} samples/s", info="")
+            if pending is not None:
+                finish(pending)
+            pending = writer.submit(write_batch, idx, seeds, images, labels, per_sample)
+        if pending is not None:
+            finish(pending)
     result.seconds = time.perf_counter() - t_start
     result.seconds_per_sample = result.seconds / max(1, len(result.written))
     _write_dataset_json(out_dir, label_names, n, fmt)

@@ -1,0 +1,383 @@
+"""Sampling benchmark: overhead, a plain MONAI loop side by side, quality vs steps, depth scaling.
+
+    python benchmarks/sampling.py --ae demo_out/ae --ldm demo_out/ldm      # after `make demo`
+    python benchmarks/sampling.py --parts a,b --steps 20                   # a subset
+
+(a) overhead: `ldmtool sample`'s time per batch (noise → sampler → decode → files written) divided by
+    the physical floor steps × (one denoiser call) + (one full decode), all measured in this run.
+(b) the same weights, steps and batch through a plain loop over MONAI's LatentDiffusionInferer with
+    its DDIMScheduler (decoding every slice of the batch at once): seconds per volume, ratio.
+(c) quality vs steps: Fréchet distance between per-slice latent features (channel means and
+    standard deviations of each latent slice) of DDIM 10/25/50 and DPM-Solver++ 10/20 samples and
+    of a 1000-step DDPM reference set, with a bootstrap standard deviation as the noise level;
+    also each set against the real training latents.
+(d) depth scaling: seconds and peak RSS of decoding one volume of depth D = 32..256 slice by slice
+    (this package) vs a MONAI 3D AutoencoderKL of the same widths decoding the same volume, each
+    measured in a fresh process.
+
+Prints tables; numbers are only comparable within one run on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+console = Console()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timeit(fn, device: torch.device, repeat: int = 3) -> float:
+    """Median seconds of `fn()` after one warm-up call."""
+    fn()
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def load(args, device):
+    from ldmtool.train.autoencoder import load_autoencoder
+    from ldmtool.train.latent import load_denoiser
+
+    ae, ae_cfg = load_autoencoder(Path(args.ae), device)
+    ldm, ldm_cfg = load_denoiser(Path(args.ldm), device)
+    return ae, ae_cfg, ldm, ldm_cfg
+
+
+def part_a_b(args, device, ae, ldm, ldm_cfg, parts: set[str]) -> list[tuple]:
+    from monai.inferers import LatentDiffusionInferer
+    from monai.networks.schedulers import DDIMScheduler
+
+    from ldmtool.config import DenoiserConfig, from_dict
+    from ldmtool.diffusion.generate import generate
+    from ldmtool.diffusion.pipeline import decode_latents
+    from ldmtool.models.position import slice_positions
+    from ldmtool.train.common import autocast
+
+    b, steps = args.batch_size, args.steps
+    shape = tuple(ldm_cfg["latent_shape"])
+    mean = torch.tensor(ldm_cfg["latent_mean"], device=device)[None, :, None, None, None]
+    std = torch.tensor(ldm_cfg["latent_std"], device=device)[None, :, None, None, None]
+    x = torch.randn((b, *shape), device=device)
+    t = torch.full((b,), 500, dtype=torch.long, device=device)
+    precision = "bf16" if device.type == "cuda" else "fp32"
+
+    def fwd():
+        with torch.inference_mode(), autocast(device, precision):
+            ldm(x, t)
+
+    def dec():
+        with torch.inference_mode(), autocast(device, precision):
+            decode_latents(ae, x * std + mean, args.decode_batch, labels_only=True)
+
+    t_fwd, t_dec = _timeit(fwd, device), _timeit(dec, device)
+    floor = steps * t_fwd + t_dec
+    rows = []
+    n = b * args.batches
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(Path(args.ae), Path(args.ldm), Path(tmp) / "warm", n=b, steps=2, batch_size=b,
+                 decode_batch=args.decode_batch, device=device, seed=99)  # warm-up (allocator, caches)
+        res = generate(Path(args.ae), Path(args.ldm), Path(tmp) / "s", n=n, sampler="ddim", steps=steps,
+                       batch_size=b, decode_batch=args.decode_batch, device=device, seed=1)
+    per_batch = res.seconds / args.batches
+    ours_per_volume = res.seconds / n
+    from ldmtool.diffusion.generate import initial_noise, sample_generators
+    from ldmtool.diffusion.samplers import make_sampler
+    from ldmtool.models.denoiser import guided
+
+    smp = make_sampler("ddim", from_dict(DenoiserConfig, ldm_cfg["model"]), steps)
+
+    def loop():  # what `sample` does per batch, without writing files
+        with torch.inference_mode(), autocast(device, precision):
+            gens = sample_generators(list(range(b)))
+            z = smp(guided(ldm, None, None), initial_noise(shape, gens).to(device), generator=gens)
+            decode_latents(ae, z.float() * std + mean, args.decode_batch, labels_only=True)
+
+    loop_per_volume = _timeit(loop, device, repeat=args.batches) / b
+    if "a" in parts:
+        rows.append(("a", f"one denoiser call, batch {b}", f"{t_fwd:.4f} s", ""))
+        rows.append(("a", f"one full decode, batch {b} (decode batch {args.decode_batch})", f"{t_dec:.4f} s", ""))
+        rows.append(("a", f"floor = {steps} × call + decode", f"{floor:.3f} s", ""))
+        rows.append(("a", "ldmtool sample, per batch (files written)", f"{per_batch:.3f} s",
+                     f"overhead ratio {per_batch / floor:.3f} (target ≤ 1.10)"))
+    if "b" in parts:
+        dcfg = from_dict(DenoiserConfig, ldm_cfg["model"])
+
+        class Decoder(torch.nn.Module):
+            """MONAI's inferer calls decode_stage_2_outputs(z): decode every slice at once."""
+
+            def __init__(self):
+                super().__init__()
+                self.ae = ae
+
+            def decode_stage_2_outputs(self, z):
+                z = z * std + mean
+                bb, c, d = z.shape[:3]
+                flat = z.transpose(1, 2).reshape(bb * d, c, *z.shape[3:])
+                return self.ae.decode(flat, slice_positions(d, device).repeat(bb))
+
+        class Denoiser(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.ldm = ldm
+
+            def forward(self, x, timesteps, context=None):
+                return self.ldm(x, timesteps.long().expand(x.shape[0]))
+
+        sched = DDIMScheduler(num_train_timesteps=dcfg.num_train_timesteps, schedule=dcfg.schedule,
+                              prediction_type=dcfg.prediction_type, clip_sample=False, **dcfg.schedule_args())
+        sched.set_timesteps(steps)
+        inferer = LatentDiffusionInferer(sched, scale_factor=1.0)
+        dn, de = Denoiser().eval(), Decoder().eval()
+
+        def monai_batch():
+            with autocast(device, precision):
+                noise = torch.randn((b, *shape), device=device)
+                out = inferer.sample(input_noise=noise, autoencoder_model=de, diffusion_model=dn,
+                                     scheduler=sched, verbose=False)
+                out.float().cpu()
+
+        monai_batch()  # warm-up
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(args.batches):
+            monai_batch()
+        _sync(device)
+        monai_per_volume = (time.perf_counter() - t0) / n
+        rows.append(("b", "MONAI LatentDiffusionInferer + DDIMScheduler, per volume (no files)",
+                     f"{monai_per_volume:.3f} s", ""))
+        rows.append(("b", "ldmtool sampler + decode, per volume (no files)", f"{loop_per_volume:.3f} s",
+                     f"ldmtool/MONAI = {loop_per_volume / monai_per_volume:.3f} (target ≤ 1)"))
+        rows.append(("b", "ldmtool sample, per volume (files written)", f"{ours_per_volume:.3f} s",
+                     f"ldmtool/MONAI = {ours_per_volume / monai_per_volume:.3f}"))
+    return rows
+
+
+def slice_features(z: torch.Tensor) -> np.ndarray:
+    """(B, L, D, h, w) → (B·D, 2L): per latent slice, channel means and standard deviations."""
+    flat = z.float().transpose(1, 2).flatten(3)  # (B, D, L, h·w)
+    f = torch.cat([flat.mean(-1), flat.std(-1)], -1)
+    return f.reshape(-1, f.shape[-1]).cpu().numpy().astype(np.float64)
+
+
+def frechet(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy import linalg
+
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def bootstrap(a: np.ndarray, b: np.ndarray, per: int, reps: int = 20, seed: int = 0) -> float:
+    """Std of the Fréchet distance when the volumes of `a` are resampled (slices stay together)."""
+    rng = np.random.default_rng(seed)
+    vols = a.reshape(-1, per, a.shape[-1])
+    vals = [frechet(vols[rng.integers(0, len(vols), len(vols))].reshape(-1, a.shape[-1]), b) for _ in range(reps)]
+    return float(np.std(vals))
+
+
+def part_c(args, device, ldm, ldm_cfg) -> list[tuple]:
+    from ldmtool.config import DenoiserConfig, from_dict
+    from ldmtool.diffusion.generate import initial_noise, sample_generators, sample_seed
+    from ldmtool.diffusion.samplers import make_sampler
+    from ldmtool.models.denoiser import guided
+
+    dcfg = from_dict(DenoiserConfig, ldm_cfg["model"])
+    shape = tuple(ldm_cfg["latent_shape"])
+    depth = shape[1]
+
+    def run(name, steps, seed):
+        smp = make_sampler(name, dcfg, steps)
+        outs = []
+        t0 = time.perf_counter()
+        for b0 in range(0, args.quality_n, args.batch_size):
+            idx = list(range(b0, min(b0 + args.batch_size, args.quality_n)))
+            gens = sample_generators([sample_seed(seed, k) for k in idx])
+            with torch.inference_mode():
+                x = initial_noise(shape, gens).to(device)
+                outs.append(smp(guided(ldm, None, None), x, generator=gens).float().cpu())
+        return torch.cat(outs), time.perf_counter() - t0
+
+    cache = Path(args.ldm) / "latents.safetensors" if Path(args.ldm).is_dir() else Path(args.ldm).parent / "latents.safetensors"
+    real = None
+    if cache.is_file():
+        from safetensors.torch import load_file
+
+        lat = load_file(str(cache))["latents"].float()
+        m = torch.tensor(ldm_cfg["latent_mean"])[None, :, None, None, None]
+        s = torch.tensor(ldm_cfg["latent_std"])[None, :, None, None, None]
+        real = slice_features((lat - m) / s)
+    console.print(f"(c) reference: DDPM 1000 steps × {args.quality_n} samples ...")
+    ref, ref_sec = run("ddpm", 1000, seed=1000)
+    ref_f = slice_features(ref)
+    ref2, _ = run("ddpm", 1000, seed=2000) if args.reference_twice else (None, 0)
+    rows = []
+    if ref2 is not None:
+        rows.append(("c", "DDPM 1000 (second seed set) — noise floor",
+                     f"{frechet(slice_features(ref2), ref_f):.4f}", "", ""))
+    rows.append(("c", "DDPM 1000 (reference)", "0", f"{frechet(ref_f, real):.4f}" if real is not None else "—",
+                 f"{ref_sec / args.quality_n:.2f} s/vol"))
+    for name, steps in (("ddim", 10), ("ddim", 25), ("ddim", 50), ("dpmpp2m", 10), ("dpmpp2m", 20)):
+        z, sec = run(name, steps, seed=3000)
+        f = slice_features(z)
+        fd = frechet(f, ref_f)
+        rows.append(("c", f"{name} {steps}", f"{fd:.4f} ± {bootstrap(f, ref_f, depth):.4f}",
+                     f"{frechet(f, real):.4f}" if real is not None else "—", f"{sec / args.quality_n:.2f} s/vol"))
+    return rows
+
+
+def decode_probe(method: str, depth: int, ae_path: str, decode_batch: int, device_name: str) -> dict:
+    """Run in a fresh process: time and peak RSS of decoding one volume of `depth` slices."""
+    from monai.networks.nets import AutoencoderKL
+
+    from ldmtool.diffusion.pipeline import decode_latents
+    from ldmtool.train.autoencoder import load_autoencoder
+
+    device = torch.device(device_name)
+    ae, cfg = load_autoencoder(Path(ae_path), device)
+    mc = ae.cfg
+    down = 2 ** (len(mc.channels) - 1)
+    h = w = int(cfg["volume_shape"][0]) // down
+    if method == "slice":
+        z = torch.randn(1, mc.latent_channels, depth, h, w, device=device)
+        fn = lambda: decode_latents(ae, z, decode_batch, labels_only=True)  # noqa: E731
+    else:
+        net = AutoencoderKL(spatial_dims=3, in_channels=1, out_channels=1 + ae.num_classes, channels=mc.channels,
+                            num_res_blocks=mc.num_res_blocks, attention_levels=(False,) * len(mc.channels),
+                            latent_channels=mc.latent_channels, norm_num_groups=mc.norm_num_groups,
+                            with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False).to(device).eval()
+        z = torch.randn(1, mc.latent_channels, depth // down, h, w, device=device)
+
+        def fn():
+            with torch.inference_mode():
+                return net.decode(z).cpu()
+
+    import threading
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    peak, done = [rss()], threading.Event()
+    base = peak[0]
+
+    def watch():  # RSS sampled every millisecond while decoding (ru_maxrss cannot be reset)
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    watcher.start()
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    sec = time.perf_counter() - t0
+    done.set()
+    watcher.join()
+    gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"seconds": sec, "rss_growth_mib": (peak[0] - base) / 2**20, "gpu_mib": gpu}
+
+
+def part_d(args, device) -> list[tuple]:
+    rows = []
+    for depth in args.depths:
+        for method in ("slice", "3d"):
+            cmd = [sys.executable, __file__, "--_probe", method, str(depth), "--ae", args.ae,
+                   "--decode-batch", str(args.decode_batch), "--device", str(device)]
+            r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+            if r.returncode != 0:
+                rows.append(("d", f"D={depth}", method, "failed: " + (r.stderr.strip().splitlines() or ["?"])[-1], "", ""))
+                continue
+            res = json.loads(r.stdout.strip().splitlines()[-1])
+            label = "slice-by-slice (ldmtool)" if method == "slice" else "MONAI 3D AutoencoderKL"
+            rows.append(("d", f"D={depth}", label, f"{res['seconds']:.3f} s", f"{res['rss_growth_mib']:.0f} MiB",
+                         "—" if res["gpu_mib"] is None else f"{res['gpu_mib']:.0f} MiB"))
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ae", default=str(REPO / "demo_out" / "ae"))
+    p.add_argument("--ldm", default=str(REPO / "demo_out" / "ldm"))
+    p.add_argument("--parts", default="a,b,c,d")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--decode-batch", type=int, default=64)
+    p.add_argument("--batches", type=int, default=2, help="batches timed in (a)/(b)")
+    p.add_argument("--quality-n", type=int, default=16, help="samples per sampler in (c)")
+    p.add_argument("--reference-twice", action="store_true", help="(c): a second DDPM-1000 set as noise floor")
+    p.add_argument("--depths", type=int, nargs="+", default=[32, 64, 128, 256])
+    p.add_argument("--_probe", nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    from ldmtool.train.common import resolve_device
+
+    device = resolve_device(args.device)
+    if args._probe:
+        print(json.dumps(decode_probe(args._probe[0], int(args._probe[1]), args.ae, args.decode_batch, str(device))))
+        return
+    for path in (args.ae, args.ldm):
+        if not Path(path).exists():
+            sys.exit(f"{path} not found: run `make demo` first or pass --ae/--ldm")
+    parts = set(args.parts.split(","))
+    ae, ae_cfg, ldm, ldm_cfg = load(args, device)
+    console.print(f"machine: {_machine(device)}; torch {torch.__version__}; latent {ldm_cfg['latent_shape']}")
+    if parts & {"a", "b"}:
+        table = Table(title=f"(a) overhead and (b) vs MONAI — DDIM {args.steps} steps, batch {args.batch_size}")
+        for col in ("part", "what", "value", "result"):
+            table.add_column(col)
+        for row in part_a_b(args, device, ae, ldm, ldm_cfg, parts):
+            table.add_row(*row)
+        console.print(table)
+    if "c" in parts:
+        table = Table(title=f"(c) quality vs steps — Fréchet distance of latent slice features, {args.quality_n} samples each")
+        for col in ("part", "sampler", "FD to DDPM-1000 (± bootstrap sd)", "FD to real latents", "speed"):
+            table.add_column(col)
+        for row in part_c(args, device, ldm, ldm_cfg):
+            table.add_row(*row)
+        console.print(table)
+    if "d" in parts:
+        table = Table(title="(d) decode scaling with depth (one volume; fresh process each)")
+        for col in ("part", "depth", "decoder", "seconds", "peak RSS growth", "peak GPU"):
+            table.add_column(col)
+        for row in part_d(args, device):
+            table.add_row(*row)
+        console.print(table)
+
+
+if __name__ == "__main__":
+    main()
