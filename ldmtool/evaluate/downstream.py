@@ -238,8 +238,10 @@ def evaluate_classifier(model: torch.nn.Module, images: np.ndarray, classes: np.
     return out
 
 
-def read_class_csv(path, case_ids: list[str]) -> dict[str, str]:
-    """CSV with a header row: first column the case id, second the class label."""
+def read_class_csv(path, sets) -> dict[str, list[str]]:
+    """Class labels of every case of `sets` (VolumeSets) from a CSV with a header row: first column
+    the case id, or `SET/case` (SET = real, synthetic, train or test) where ids repeat across sets;
+    second column the class label. Returns {set name: [label per case]}."""
     import csv
     from pathlib import Path
 
@@ -251,10 +253,18 @@ def read_class_csv(path, case_ids: list[str]) -> dict[str, str]:
     if len(rows) < 2 or len(rows[0]) < 2:
         raise LdmError(f"{path} must have a header and rows `case,label`")
     table = {r[0].strip(): r[1].strip() for r in rows[1:] if len(r) >= 2}
-    missing = [c for c in case_ids if c not in table]
+    out, missing = {}, []
+    for vs in sets:
+        labels = []
+        for c in vs.case_ids:
+            label = table.get(f"{vs.name}/{c}", table.get(c))
+            if label is None:
+                missing.append(f"{vs.name}/{c}")
+            labels.append(label)
+        out[vs.name] = labels
     if missing:
-        raise LdmError(f"{path} has no class label for {len(missing)} case(s), e.g. {missing[:3]}")
-    return table
+        raise LdmError(f"{path} has no class label for {len(missing)} case(s), e.g. {', '.join(missing[:3])}")
+    return out
 
 
 def _elapsed(t0: float) -> float:

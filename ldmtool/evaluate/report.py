@@ -292,13 +292,12 @@ def _classification(report, cfg, dcfg, sources, test, class_labels, device, seed
     from ldmtool.evaluate import downstream as ds
 
     only = set(cfg.only)
-    ids = sources["real"].case_ids + sources["synthetic"].case_ids + test.case_ids
-    table = ds.read_class_csv(class_labels, ids)
-    classes = sorted(set(table.values()))
+    table = ds.read_class_csv(class_labels, [sources["real"], sources["synthetic"], test])
+    classes = sorted({c for v in table.values() for c in v})
     to_int = {c: i for i, c in enumerate(classes)}
 
     def cls_of(vs):
-        return np.array([to_int[table[c]] for c in vs.case_ids])
+        return np.array([to_int[c] for c in table[vs.name]])
 
     train_sets = {
         "real": (sources["real"].images, cls_of(sources["real"])),
