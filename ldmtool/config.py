@@ -258,8 +258,8 @@ class EvaluateConfig:
     repeats: int = 10  # privacy repeats
     flag_ssim: float = 0.95  # a synthetic volume with max SSIM to training data above this is flagged
     pairs: int = 4  # most suspicious synthetic/train pairs shown as PNGs
-    seg_channels: tuple[int, ...] = (8, 16, 32)  # downstream UNet / classifier channels
-    seg_steps: int = 150  # downstream training steps
+    seg_channels: tuple[int, ...] = (16, 32, 64)  # downstream UNet / classifier channels
+    seg_steps: int = 300  # downstream training steps
     seg_batch_size: int = 16
     seg_lr: float = 3e-3
     epsilon: float = 0.03  # FGSM/PGD L∞ budget on [0, 1] intensities

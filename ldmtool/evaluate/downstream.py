@@ -24,10 +24,11 @@ from ldmtool.errors import LdmError
 class DownstreamConfig:
     """Size and budget of the downstream models (tiny by default: seconds on a CPU)."""
 
-    channels: tuple[int, ...] = (8, 16, 32)
-    steps: int = 150
+    channels: tuple[int, ...] = (16, 32, 64)
+    steps: int = 300
     batch_size: int = 16
     lr: float = 3e-3
+    oversample: float = 0.5  # share of each segmentation batch from slices holding the rarest class
     epsilon: float = 0.03  # FGSM/PGD L∞ budget on [0, 1] intensities
     pgd_steps: int = 5
     noise_sigma: float = 0.05  # Gaussian noise std on [0, 1] intensities
@@ -68,13 +69,22 @@ def train_segmenter(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     x, y = axial_slices(images, labels)
+    # Like nnU-Net's foreground oversampling: a share of each batch comes from slices that hold
+    # the rarest foreground class, so small structures (lesions) are learned at all.
+    counts = np.bincount(labels.reshape(-1), minlength=n_classes)[1:]
+    rare = 1 + int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max))) if counts.any() else None
+    rare_idx = torch.nonzero((y == rare).flatten(1).any(1)).flatten() if rare is not None else torch.empty(0)
     model = build_segmenter(n_classes, cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     mult = 2 ** (len(cfg.channels) - 1)
     model.train()
     for _ in range(cfg.steps):
-        idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=gen)
+        bs = min(cfg.batch_size, len(x))
+        idx = torch.randint(0, len(x), (bs,), generator=gen)
+        n_rare = int(round(cfg.oversample * bs)) if len(rare_idx) else 0
+        if n_rare:
+            idx[:n_rare] = rare_idx[torch.randint(0, len(rare_idx), (n_rare,), generator=gen)]
         xb, _ = _pad_to(x[idx].to(device), mult)
         yb, _ = _pad_to(y[idx].to(device), mult)
         with autocast(device):
