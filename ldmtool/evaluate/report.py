@@ -147,7 +147,8 @@ def run_evaluation(
             if "fidelity" in only:
                 report["fidelity"] = {"precision": prec, "fid": fid_all, "per_view": per_view, **points,
                                       "definition": "improved precision (Kynkäänniemi et al. 2019): share of synthetic view "
-                                      "features inside the k-NN balls of real ones; FID: MONAI FIDMetric"}
+                                      "features inside the k-NN balls of real ones; FID: the Fréchet distance of MONAI's FIDMetric, computed "
+                                      "exactly from the samples"}
             from ldmtool.evaluate.figures import precision_recall_png
 
             precision_recall_png(per_view, (prec, rec), fig_dir / "precision_recall.png")

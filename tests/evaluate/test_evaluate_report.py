@@ -157,3 +157,15 @@ def test_mixed_shapes_are_resized(sets_dir, tmp_path, capsys):
     assert code == 0, err
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     assert rep["inputs"]["synthetic"]["shape"] == [32, 32, 16]
+
+
+def test_config_file_and_flag_override(sets_dir, tmp_path, capsys):
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text("evaluate:\n  only: [fidelity]\n  views: [sagittal]\n  slices_per_view: 2\n  image_size: 32\n  k: 2\n")
+    code, _, err = run(capsys, "evaluate", "--real", sets_dir / "test", "--synthetic", sets_dir / "train",
+                       "--out", tmp_path / "r", "--config", cfg, "--k", "1")
+    assert code == 0, err
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert rep["settings"]["views"] == ["sagittal"] and rep["settings"]["k"] == 1
+    assert rep["fidelity"]["k"] == 1 and rep["fidelity"]["real_points"] == 4 * 2
+    assert list(rep["fidelity"]["per_view"]) == ["sagittal"]
