@@ -58,6 +58,8 @@ def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
                 rows.append(("robustness", f"{src}: {label}", _fmt(val[key]), f"clean {_fmt(r['clean'][src][key])}"))
     for crit, why in report.get("skipped", {}).items():
         rows.append((crit, "not computed", "–", why))
+    for text in report.get("warnings", []):
+        rows.append(("warning", "", "", text))
     return rows
 
 

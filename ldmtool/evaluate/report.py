@@ -241,6 +241,10 @@ def _downstream(report, cfg, real, syn, train, test, class_labels, device, seed,
         for c in only & {"utility", "robustness"}:
             report["skipped"][c] = "needs --test (real test volumes with labels)"
         return
+    if base.root is not None and test.root is not None and base.root.resolve() == test.root.resolve():
+        report.setdefault("warnings", []).append(
+            f"the real training set for utility ({base.name}) is the test set: give --train so 'trained on real' "
+            "is not tested on its own training data")
     sources = {"real": base, "synthetic": syn}
     settings = {"channels": list(dcfg.channels), "steps": dcfg.steps, "batch_size": dcfg.batch_size, "lr": dcfg.lr,
                 "trained_on_real": base.name, "test_set": test.name, "n_test": len(test)}

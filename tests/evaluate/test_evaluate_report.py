@@ -169,3 +169,12 @@ def test_config_file_and_flag_override(sets_dir, tmp_path, capsys):
     assert rep["settings"]["views"] == ["sagittal"] and rep["settings"]["k"] == 1
     assert rep["fidelity"]["k"] == 1 and rep["fidelity"]["real_points"] == 4 * 2
     assert list(rep["fidelity"]["per_view"]) == ["sagittal"]
+
+
+def test_warns_when_real_training_set_is_the_test_set(sets_dir, tmp_path, capsys):
+    code, out, err = run(capsys, "evaluate", "--real", sets_dir / "test", "--synthetic", sets_dir / "copies",
+                         "--test", sets_dir / "test", "--out", tmp_path / "r", "--only", "utility", *TINY)
+    assert code == 0, err
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert any("is the test set" in w for w in rep["warnings"])
+    assert "warning" in out
