@@ -93,3 +93,43 @@ def pairwise_ssim(images: np.ndarray, pairs: int = 50, seed: int = 0, device: to
     a = rng.integers(0, n, pairs)
     b = (a + rng.integers(1, n, pairs)) % n
     return float(np.mean(ssim_batch(images[a], images[b], device)))
+
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, MONAI's default
+
+
+def ms_ssim_setting(shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """(scales, window) for 3D MS-SSIM on volumes of `shape`: the most scales (5 down to 2), then
+    the largest odd window ≤ 11, that fit the smallest axis; None when even 2 scales do not fit."""
+    small = min(shape)
+    for n in (5, 4, 3, 2):
+        div = max(max(1, n - 1) ** 2, 2 ** (n - 1))
+        for k in range(11, 2, -2):
+            if small // div > k - 1:
+                return n, k
+    return None
+
+
+def pairwise_ms_ssim(images: np.ndarray, pairs: int = 50, seed: int = 0, device: torch.device | None = None) -> dict:
+    """Mean 3D MS-SSIM (MONAI MultiScaleSSIMMetric) between random pairs of different volumes of
+    one set; small volumes use fewer scales and a smaller window (recorded with the value)."""
+    from monai.metrics import MultiScaleSSIMMetric
+
+    setting = ms_ssim_setting(images.shape[1:])
+    if len(images) < 2 or setting is None:
+        return {"value": None, "reason": f"volumes of shape {list(images.shape[1:])} are too small for MS-SSIM"}
+    n, k = setting
+    w = np.asarray(MS_SSIM_WEIGHTS[:n])
+    metric = MultiScaleSSIMMetric(spatial_dims=3, data_range=1.0, kernel_size=k, weights=tuple((w / w.sum()).tolist()),
+                                  reduction="none")
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, len(images), pairs)
+    b = (a + rng.integers(1, len(images), pairs)) % len(images)
+    device = device or torch.device("cpu")
+    vals = []
+    with torch.inference_mode():
+        for i0 in range(0, pairs, 16):
+            ta = torch.as_tensor(images[a[i0 : i0 + 16]])[:, None].float().to(device)
+            tb = torch.as_tensor(images[b[i0 : i0 + 16]])[:, None].float().to(device)
+            vals.append(metric(ta, tb).reshape(-1).double().cpu().numpy())
+    return {"value": float(np.concatenate(vals).mean()), "scales": n, "window": k, "pairs": pairs}

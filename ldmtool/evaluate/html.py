@@ -32,6 +32,10 @@ def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
                  ("diversity", "MMD (linear, features)", _fmt(d["mmd_linear"]), "lower is better"),
                  ("diversity", "pairwise SSIM synthetic / real",
                   f"{_fmt(d['pairwise_ssim_synthetic'])} / {_fmt(d['pairwise_ssim_real'])}", "close to real; high = repetitive")]
+        ms_s, ms_r = d.get("pairwise_ms_ssim_synthetic", {}), d.get("pairwise_ms_ssim_real", {})
+        if ms_s.get("value") is not None:
+            rows.append(("diversity", "pairwise MS-SSIM synthetic / real", f"{_fmt(ms_s['value'])} / {_fmt(ms_r.get('value'))}",
+                         f"{ms_s['scales']} scales, window {ms_s['window']}; close to real"))
     if s and s.get("available"):
         dev = ", ".join(s["devices"])
         rows += [("speed", "samples/s", _fmt(s["samples_per_second"]), f"from provenance, {s['n_samples']} samples on {dev}")]

@@ -159,9 +159,11 @@ def run_evaluation(
                     "mmd_linear": fd.mmd(r_all, s_all, seed),
                     "pairwise_ssim_synthetic": fd.pairwise_ssim(syn.images, seed=seed, device=device),
                     "pairwise_ssim_real": fd.pairwise_ssim(real.images, seed=seed, device=device),
+                    "pairwise_ms_ssim_synthetic": fd.pairwise_ms_ssim(syn.images, seed=seed, device=device),
+                    "pairwise_ms_ssim_real": fd.pairwise_ms_ssim(real.images, seed=seed, device=device),
                     **points,
                     "definition": "improved recall: share of real view features inside the k-NN balls of synthetic ones; "
-                    "MMD: MONAI MMDMetric (linear kernel) on features; pairwise SSIM: mean 3D SSIM of 50 random pairs "
+                    "MMD: MONAI MMDMetric (linear kernel) on features; pairwise (MS-)SSIM: mean 3D SSIM / MS-SSIM of 50 random pairs "
                     "within a set (lower = more varied)",
                 }
             step()

@@ -87,3 +87,13 @@ def test_pairwise_ssim_lower_for_varied_sets(make_phantoms):
     same = np.repeat(images[:1], 4, axis=0)
     assert fd.pairwise_ssim(same, pairs=6) == pytest.approx(1.0, abs=1e-4)
     assert fd.pairwise_ssim(images, pairs=6) < 0.95
+
+
+def test_pairwise_ms_ssim(make_phantoms):
+    images, _ = make_phantoms(3, seed=6)
+    images = (images / images.max()).clip(0, 1)
+    same = fd.pairwise_ms_ssim(np.repeat(images[:1], 3, axis=0), pairs=4)
+    assert same["value"] == pytest.approx(1.0, abs=1e-4) and same["scales"] >= 2
+    assert fd.pairwise_ms_ssim(images, pairs=4)["value"] < 0.95
+    assert fd.ms_ssim_setting((200, 200, 200)) == (5, 11)
+    assert fd.pairwise_ms_ssim(np.zeros((3, 4, 4, 4)))["value"] is None
