@@ -1,13 +1,22 @@
 """Evaluate on the demo: real phantoms vs ldmtool samples vs a deliberately bad generator
 (Gaussian-blurred training volumes) vs copies of training volumes, side by side in one run.
 
-Usage (the data and model come from the commands in the module docstring of the note):
+Data and model (about 12 minutes on a shared 2-core CPU):
+    ldmtool --seed 0 demo-data runs/bench/train --n 40 --shape 32,32,16
+    ldmtool --seed 1 demo-data runs/bench/test --n 20 --shape 32,32,16
+    ldmtool --device cpu train-ae runs/bench/train --out runs/bench/ae --config examples/demo.yaml \
+        --channels 16,32 --latent-channels 4 --max-minutes 4 --epochs 30
+    ldmtool --device cpu train-ldm runs/bench/train --ae runs/bench/ae --out runs/bench/ldm \
+        --config examples/demo.yaml --channels 16,32,64 --max-minutes 6 --steps 3000
+    ldmtool --device cpu sample --ae runs/bench/ae --ldm runs/bench/ldm --n 20 --steps 50 --out runs/bench/samples
+
+Then:
     python benchmarks/evaluate_demo.py --train runs/bench/train --test runs/bench/test \
         --samples runs/bench/samples --out runs/bench/eval [--seg-steps 300] [--image-size 128]
 
 Builds under OUT: `heldout` (new phantoms, a second real set, seed 2), `blurred` (every training
 volume blurred, σ = 1.5 voxels, labels kept) and `copies` (the training volumes themselves); runs
-`ldmtool evaluate` on each and on the samples, and prints one markdown table.
+the evaluation on each and on the samples (real = --test), and prints one markdown table.
 """
 
 from __future__ import annotations
