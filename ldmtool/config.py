@@ -246,3 +246,50 @@ __all__ = [
     "field",
     "Literal",
 ]
+
+
+CRITERIA = ("fidelity", "diversity", "speed", "utility", "robustness", "privacy")
+
+
+@dataclass
+class EvaluateConfig:
+    """Settings of `ldmtool evaluate` (YAML section `evaluate`)."""
+
+    only: tuple[str, ...] = CRITERIA  # criteria to compute
+    views: tuple[str, ...] = ("axial", "coronal", "sagittal")
+    slices_per_view: int = 3  # 2D images per view and volume (spread over the central 60%)
+    image_size: int = 128  # views are resized to this before the feature network
+    k: int = 3  # nearest neighbours of improved precision/recall
+    q: int = 100  # synthetic samples per privacy repeat
+    repeats: int = 10  # privacy repeats
+    flag_ssim: float = 0.95  # a synthetic volume with max SSIM to training data above this is flagged
+    pairs: int = 4  # most suspicious synthetic/train pairs shown as PNGs
+    seg_channels: tuple[int, ...] = (16, 32, 64)  # downstream UNet / classifier channels
+    seg_steps: int = 300  # downstream training steps
+    seg_batch_size: int = 16
+    seg_lr: float = 3e-3
+    epsilon: float = 0.03  # FGSM/PGD L∞ budget on [0, 1] intensities
+    pgd_steps: int = 5
+    noise_sigma: float = 0.05  # Gaussian noise std on [0, 1] intensities
+    deepfool_iters: int = 5
+    max_cases: int | None = None  # read at most this many volumes per set
+
+    def __post_init__(self) -> None:
+        self.only = tuple(self.only)
+        self.views = tuple(self.views)
+        self.seg_channels = tuple(int(c) for c in self.seg_channels)
+        bad = [c for c in self.only if c not in CRITERIA]
+        if bad or not self.only:
+            raise LdmError(f"--only takes a comma-separated subset of {', '.join(CRITERIA)}; got {', '.join(self.only) or 'nothing'}")
+        bad = [v for v in self.views if v not in ("axial", "coronal", "sagittal")]
+        if bad or not self.views:
+            raise LdmError(f"--views takes a comma-separated subset of axial, coronal, sagittal; got {', '.join(self.views) or 'nothing'}")
+        for name in ("slices_per_view", "image_size", "k", "q", "repeats", "seg_steps", "seg_batch_size", "pgd_steps", "deepfool_iters"):
+            if getattr(self, name) < 1:
+                raise LdmError(f"{name.replace('_', '-')} must be at least 1; got {getattr(self, name)}")
+        if not 0 < self.flag_ssim <= 1:
+            raise LdmError(f"flag-ssim must be in (0, 1]; got {self.flag_ssim}")
+        if self.epsilon < 0 or self.noise_sigma < 0:
+            raise LdmError("epsilon and noise-sigma must be non-negative")
+        if len(self.seg_channels) < 2:
+            raise LdmError("seg-channels needs at least two levels, e.g. 8,16,32")

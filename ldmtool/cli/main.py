@@ -42,7 +42,7 @@ def callback(
 
 
 def _register() -> None:
-    from ldmtool.cli import demo, pending, sample, stats, train_ae, train_ldm
+    from ldmtool.cli import demo, evaluate, pending, sample, stats, train_ae, train_ldm
 
     app.command("demo-data")(demo.demo_data)
     app.command("train-ae")(train_ae.train_ae)
@@ -52,7 +52,7 @@ def _register() -> None:
     loose = {"allow_extra_args": True, "ignore_unknown_options": True}
     app.command("impute", context_settings=loose)(pending.impute)
     app.command("segment", context_settings=loose)(pending.segment)
-    app.command("evaluate", context_settings=loose)(pending.evaluate)
+    app.command("evaluate")(evaluate.evaluate)
 
 
 _register()

@@ -20,7 +20,3 @@ def segment(ctx: typer.Context) -> None:
     """Segment volumes with a latent diffusion segmenter (LDSeg). [not available yet]"""
     _not_yet("segment")
 
-
-def evaluate(ctx: typer.Context) -> None:
-    """Judge synthetic data on fidelity, diversity, speed, utility, robustness, privacy. [not available yet]"""
-    _not_yet("evaluate")

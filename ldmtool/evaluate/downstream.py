@@ -1,0 +1,281 @@
+"""Utility and robustness: a small downstream model trained on real / synthetic / both, tested on
+real volumes, clean and under perturbation.
+
+Segmentation (label maps present): a 2D MONAI UNet on axial slices, DiceCE loss, 3D Dice per class
+on the test volumes. Classification (a CSV of case labels): a MONAI `Classifier` on whole volumes,
+accuracy. Robustness: FGSM and PGD at a stated ε (intensities in [0, 1]) for segmenters, DeepFool
+(5 iterations) for classifiers, and Gaussian noise for both. The attacks are written here: MONAI
+has none, and torchattacks (classifiers only) would add a dependency for a few lines of code.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ldmtool.errors import LdmError
+
+
+@dataclass
+class DownstreamConfig:
+    """Size and budget of the downstream models (tiny by default: seconds on a CPU)."""
+
+    channels: tuple[int, ...] = (16, 32, 64)
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 3e-3
+    oversample: float = 0.5  # share of each segmentation batch from slices holding the rarest class
+    epsilon: float = 0.03  # FGSM/PGD L∞ budget on [0, 1] intensities
+    pgd_steps: int = 5
+    noise_sigma: float = 0.05  # Gaussian noise std on [0, 1] intensities
+    deepfool_iters: int = 5
+    deepfool_overshoot: float = 0.02
+
+
+# ---------------------------------------------------------------- segmentation
+
+
+def _pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return (F.pad(x, (0, pw, 0, ph)) if ph or pw else x), (h, w)
+
+
+def axial_slices(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, I, J, K) volumes → (N·K, 1, I, J) slices and (N·K, 1, I, J) labels."""
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float().reshape(-1, 1, *images.shape[1:3])
+    y = torch.from_numpy(np.ascontiguousarray(labels.transpose(0, 3, 1, 2))).long().reshape(-1, 1, *labels.shape[1:3])
+    return x, y
+
+
+def build_segmenter(n_classes: int, cfg: DownstreamConfig) -> torch.nn.Module:
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=2, in_channels=1, out_channels=n_classes, channels=tuple(cfg.channels),
+                strides=(2,) * (len(cfg.channels) - 1), num_res_units=1)
+
+
+def train_segmenter(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: DownstreamConfig,
+                    device: torch.device, seed: int, on_step=None) -> torch.nn.Module:
+    """Fit the 2D UNet on the axial slices of (N, I, J, K) images/labels for cfg.steps steps."""
+    from monai.losses import DiceCELoss
+
+    from ldmtool.train.common import autocast
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    x, y = axial_slices(images, labels)
+    # Like nnU-Net's foreground oversampling: a share of each batch comes from slices that hold
+    # the rarest foreground class, so small structures (lesions) are learned at all.
+    counts = np.bincount(labels.reshape(-1), minlength=n_classes)[1:]
+    rare = 1 + int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max))) if counts.any() else None
+    rare_idx = torch.nonzero((y == rare).flatten(1).any(1)).flatten() if rare is not None else torch.empty(0)
+    model = build_segmenter(n_classes, cfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    mult = 2 ** (len(cfg.channels) - 1)
+    model.train()
+    for _ in range(cfg.steps):
+        bs = min(cfg.batch_size, len(x))
+        idx = torch.randint(0, len(x), (bs,), generator=gen)
+        n_rare = int(round(cfg.oversample * bs)) if len(rare_idx) else 0
+        if n_rare:
+            idx[:n_rare] = rare_idx[torch.randint(0, len(rare_idx), (n_rare,), generator=gen)]
+        xb, _ = _pad_to(x[idx].to(device), mult)
+        yb, _ = _pad_to(y[idx].to(device), mult)
+        with autocast(device):
+            out = model(xb)
+        loss = loss_fn(out.float(), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if on_step is not None:
+            on_step()
+    return model.eval()
+
+
+def _seg_logits(model: torch.nn.Module, x: torch.Tensor, mult: int) -> torch.Tensor:
+    xp, (h, w) = _pad_to(x, mult)
+    return model(xp)[..., :h, :w]
+
+
+def _seg_loss(model, x, y, mult):
+    from monai.losses import DiceCELoss
+
+    return DiceCELoss(to_onehot_y=True, softmax=True)(_seg_logits(model, x, mult).float(), y)
+
+
+def fgsm(loss_of, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Fast gradient sign method (Goodfellow et al.): one L∞ step of size ε up the loss."""
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss_of(x), x)
+    return (x + eps * grad.sign()).clamp(0, 1).detach()
+
+
+def pgd(loss_of, x: torch.Tensor, eps: float, steps: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Projected gradient descent (Madry et al.): random start in the ε-ball, `steps` sign steps of
+    2.5ε/steps, projected back to the ball and to [0, 1]."""
+    alpha = 2.5 * eps / max(1, steps)
+    noise = (torch.rand(x.shape, generator=generator) * 2 - 1).to(x.device) * eps
+    adv = (x + noise).clamp(0, 1)
+    for _ in range(steps):
+        adv = adv.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_of(adv), adv)
+        adv = adv.detach() + alpha * grad.sign()
+        adv = torch.min(torch.max(adv, x - eps), x + eps).clamp(0, 1)
+    return adv.detach()
+
+
+def dice_per_class(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> np.ndarray:
+    """3D Dice per foreground class of one volume (MONAI DiceMetric; NaN where both are empty)."""
+    from monai.metrics import DiceMetric
+
+    p = F.one_hot(torch.from_numpy(pred).long(), n_classes).permute(3, 0, 1, 2)[None].float()
+    t = F.one_hot(torch.from_numpy(truth).long(), n_classes).permute(3, 0, 1, 2)[None].float()
+    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
+    return metric(p, t)[0].numpy()
+
+
+def evaluate_segmenter(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, n_classes: int,
+                       cfg: DownstreamConfig, device: torch.device, seed: int, perturb: str = "clean") -> np.ndarray:
+    """Mean Dice per foreground class over test volumes, with the test images perturbed by
+    `perturb` ∈ clean | noise | fgsm | pgd (attacks use the true labels: white-box)."""
+    mult = 2 ** (len(cfg.channels) - 1)
+    gen = torch.Generator().manual_seed(seed)
+    scores = []
+    for vol, lab in zip(images, labels):
+        x, y = axial_slices(vol[None], lab[None])
+        x, y = x.to(device), y.to(device)
+        loss_of = lambda inp: _seg_loss(model, inp, y, mult)  # noqa: E731
+        if perturb == "noise":
+            x = (x + cfg.noise_sigma * torch.randn(x.shape, generator=gen).to(device)).clamp(0, 1)
+        elif perturb == "fgsm":
+            x = fgsm(loss_of, x, cfg.epsilon)
+        elif perturb == "pgd":
+            x = pgd(loss_of, x, cfg.epsilon, cfg.pgd_steps, gen)
+        elif perturb != "clean":
+            raise ValueError(perturb)
+        with torch.no_grad():
+            pred = _seg_logits(model, x, mult).argmax(1).cpu().numpy()  # (K, I, J)
+        scores.append(dice_per_class(pred.transpose(1, 2, 0), lab, n_classes))
+    return np.nanmean(np.stack(scores), axis=0)
+
+
+# ---------------------------------------------------------------- classification
+
+
+def build_classifier(shape: tuple[int, int, int], n_classes: int, cfg: DownstreamConfig) -> torch.nn.Module:
+    from monai.networks.nets import Classifier
+
+    return Classifier(in_shape=(1, *shape), classes=n_classes, channels=tuple(cfg.channels),
+                      strides=(2,) * len(cfg.channels), num_res_units=1)
+
+
+def train_classifier(images: np.ndarray, classes: np.ndarray, n_classes: int, cfg: DownstreamConfig,
+                     device: torch.device, seed: int, on_step=None) -> torch.nn.Module:
+    from ldmtool.train.common import autocast
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.from_numpy(images).float()[:, None]
+    y = torch.from_numpy(classes).long()
+    model = build_classifier(images.shape[1:], n_classes, cfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    model.train()
+    for _ in range(cfg.steps):
+        idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=gen)
+        with autocast(device):
+            out = model(x[idx].to(device))
+        loss = F.cross_entropy(out.float(), y[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if on_step is not None:
+            on_step()
+    return model.eval()
+
+
+def deepfool(model: torch.nn.Module, x: torch.Tensor, n_classes: int, iters: int = 5, overshoot: float = 0.02) -> torch.Tensor:
+    """DeepFool (Moosavi-Dezfooli et al. 2016), multi-class, one input (1, ...) at a time: step to
+    the nearest linearised decision boundary, at most `iters` times, overshoot as in the paper."""
+    x0 = x.detach()
+    with torch.no_grad():
+        label = int(model(x0).argmax(1))
+    r_total = torch.zeros_like(x0)
+    for _ in range(iters):
+        xi = (x0 + (1 + overshoot) * r_total).clamp(0, 1).requires_grad_(True)
+        logits = model(xi)[0]
+        if int(logits.argmax()) != label:
+            break
+        (g_label,) = torch.autograd.grad(logits[label], xi, retain_graph=True)
+        best, step = None, None
+        for k in range(n_classes):
+            if k == label:
+                continue
+            (g_k,) = torch.autograd.grad(logits[k], xi, retain_graph=True)
+            w = g_k - g_label
+            f = (logits[k] - logits[label]).detach()
+            dist = f.abs() / (w.norm() + 1e-8)
+            if best is None or dist < best:
+                best, step = dist, (dist + 1e-4) * w / (w.norm() + 1e-8)
+        r_total = r_total + step
+    return (x0 + (1 + overshoot) * r_total).clamp(0, 1).detach()
+
+
+def evaluate_classifier(model: torch.nn.Module, images: np.ndarray, classes: np.ndarray, n_classes: int,
+                        cfg: DownstreamConfig, device: torch.device, seed: int, perturb: str = "clean") -> dict:
+    """Accuracy on test volumes, clean or under `perturb` ∈ noise | deepfool; for DeepFool also the
+    mean relative L2 size of the perturbation that was needed."""
+    gen = torch.Generator().manual_seed(seed)
+    correct, sizes = 0, []
+    for vol, cls in zip(images, classes):
+        x = torch.from_numpy(vol).float()[None, None].to(device)
+        if perturb == "noise":
+            x = (x + cfg.noise_sigma * torch.randn(x.shape, generator=gen).to(device)).clamp(0, 1)
+        elif perturb == "deepfool":
+            adv = deepfool(model, x, n_classes, cfg.deepfool_iters, cfg.deepfool_overshoot)
+            sizes.append(float((adv - x).norm() / (x.norm() + 1e-8)))
+            x = adv
+        with torch.no_grad():
+            correct += int(int(model(x).argmax(1)) == int(cls))
+    out = {"accuracy": correct / max(1, len(images))}
+    if sizes:
+        out["mean_relative_l2_perturbation"] = float(np.mean(sizes))
+    return out
+
+
+def read_class_csv(path, sets) -> dict[str, list[str]]:
+    """Class labels of every case of `sets` (VolumeSets) from a CSV with a header row: first column
+    the case id, or `SET/case` (SET = real, synthetic, train or test) where ids repeat across sets;
+    second column the class label. Returns {set name: [label per case]}."""
+    import csv
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise LdmError(f"--class-labels {path} does not exist")
+    with path.open(newline="") as fh:
+        rows = [r for r in csv.reader(fh) if r and not r[0].startswith("#")]
+    if len(rows) < 2 or len(rows[0]) < 2:
+        raise LdmError(f"{path} must have a header and rows `case,label`")
+    table = {r[0].strip(): r[1].strip() for r in rows[1:] if len(r) >= 2}
+    out, missing = {}, []
+    for vs in sets:
+        labels = []
+        for c in vs.case_ids:
+            label = table.get(f"{vs.name}/{c}", table.get(c))
+            if label is None:
+                missing.append(f"{vs.name}/{c}")
+            labels.append(label)
+        out[vs.name] = labels
+    if missing:
+        raise LdmError(f"{path} has no class label for {len(missing)} case(s), e.g. {', '.join(missing[:3])}")
+    return out
+
+
+def _elapsed(t0: float) -> float:
+    return round(time.perf_counter() - t0, 2)

@@ -1,0 +1,164 @@
+"""Privacy: how close synthetic volumes come to training volumes.
+
+* max SSIM: for each synthetic volume the highest 3D SSIM to any training volume (intensities
+  scaled to [0, 1] per volume); averaged over q random samples, repeated (Salmè et al.);
+* memorisation ratio: nearest-neighbour distances in feature space, synthetic→train against
+  held-out real→train (below 1: synthetic volumes sit closer to training data than unseen real
+  data does);
+* `MemorizationFilter`: the same max-SSIM score for one generated volume at a time, to reject
+  near-copies before they are written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ldmtool.errors import LdmError
+
+
+def ssim_window(shape: tuple[int, ...], largest: int = 11) -> int:
+    """The SSIM window: 11 voxels, or the largest odd size that fits the smallest dimension."""
+    w = min(largest, min(shape))
+    return max(1, w if w % 2 else w - 1)
+
+
+@torch.inference_mode()
+def ssim_batch(a: np.ndarray, b: np.ndarray, device: torch.device | None = None, win_size: int | None = None) -> np.ndarray:
+    """3D SSIM of pairs (a[n], b[n]) of (I, J, K) volumes in [0, 1] (MONAI's SSIMMetric) → (N,)."""
+    from monai.metrics import SSIMMetric
+
+    device = device or torch.device("cpu")
+    win = win_size or ssim_window(a.shape[1:])
+    metric = SSIMMetric(spatial_dims=3, data_range=1.0, win_size=win, reduction="none")
+    ta = torch.as_tensor(np.asarray(a, dtype=np.float32))[:, None].to(device)
+    tb = torch.as_tensor(np.asarray(b, dtype=np.float32))[:, None].to(device)
+    return metric(ta, tb).reshape(-1).double().cpu().numpy()
+
+
+def max_ssim_to_set(
+    queries: np.ndarray, reference: np.ndarray, device: torch.device | None = None, batch: int = 16, on_query=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each query volume the highest SSIM to any reference volume, and which one.
+
+    Returns (max_ssim (Q,), argmax index into reference (Q,))."""
+    best = np.full(len(queries), -np.inf)
+    where = np.zeros(len(queries), dtype=np.int64)
+    win = ssim_window(reference.shape[1:])
+    for q, vol in enumerate(queries):
+        for r0 in range(0, len(reference), batch):
+            ref = reference[r0 : r0 + batch]
+            s = ssim_batch(np.repeat(vol[None], len(ref), 0), ref, device, win)
+            j = int(np.argmax(s))
+            if s[j] > best[q]:
+                best[q], where[q] = s[j], r0 + j
+        if on_query is not None:
+            on_query()
+    return best, where
+
+
+def repeated_mean(values: np.ndarray, q: int, repeats: int, seed: int = 0) -> tuple[float, float, int]:
+    """Mean of `values` over `repeats` random draws of q items without replacement (q capped at
+    the number available): (mean over repeats, std over repeats, q used)."""
+    q_used = min(q, len(values))
+    rng = np.random.default_rng(seed)
+    means = [float(values[rng.choice(len(values), q_used, replace=False)].mean()) for _ in range(repeats)]
+    return float(np.mean(means)), float(np.std(means)), q_used
+
+
+def nn_distances(queries: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each query feature vector to its nearest reference vector."""
+    d = torch.cdist(torch.from_numpy(np.asarray(queries)).double(), torch.from_numpy(np.asarray(reference)).double())
+    return d.min(dim=1).values.numpy()
+
+
+def memorisation(syn_emb: np.ndarray, train_emb: np.ndarray, heldout_emb: np.ndarray | None) -> dict:
+    """Nearest-neighbour distances synthetic→train vs held-out real→train in feature space."""
+    d_syn = nn_distances(syn_emb, train_emb)
+    out = {
+        "syn_to_train_median": float(np.median(d_syn)),
+        "syn_to_train_quartiles": [float(x) for x in np.percentile(d_syn, [25, 50, 75])],
+    }
+    if heldout_emb is None or len(heldout_emb) == 0:
+        out["ratio"] = None
+        out["note"] = "no held-out real volumes (give --test or a --real set distinct from --train)"
+        return out
+    d_real = nn_distances(heldout_emb, train_emb)
+    p5 = float(np.percentile(d_real, 5))
+    out.update({
+        "heldout_to_train_median": float(np.median(d_real)),
+        "heldout_to_train_quartiles": [float(x) for x in np.percentile(d_real, [25, 50, 75])],
+        # < 1: synthetic samples are closer to the training set than unseen real volumes are
+        "ratio": float(np.median(d_syn) / max(np.median(d_real), 1e-12)),
+        "share_closer_than_heldout_p5": float((d_syn < p5).mean()),
+    })
+    return out
+
+
+@dataclass
+class MemorizationCheck:
+    score: float  # highest SSIM to any training volume
+    nearest: str  # case id of that training volume
+    reject: bool  # score > threshold
+
+
+class MemorizationFilter:
+    """Reject generated volumes that are near-copies of training volumes.
+
+    The score is the report's privacy score: the highest 3D SSIM (MONAI SSIMMetric, window
+    `ssim_window(train shape)`) between the volume and any training volume, each scaled to [0, 1]
+    between its 0.5 and 99.5 intensity percentiles; volumes of another shape are resized to the
+    training shape first.
+
+    Args:
+        train: a data set folder (nnU-Net layout or a folder of volumes) or an array (N, I, J, K)
+            of training images in their original intensities.
+        threshold: reject when the score exceeds it (e.g. 0.95).
+        device: where SSIM runs.
+    """
+
+    def __init__(self, train, threshold: float = 0.95, device: torch.device | str | None = None,
+                 case_ids: list[str] | None = None) -> None:
+        from ldmtool.evaluate.volumes import load_volume_set, normalise01
+
+        if not 0.0 < float(threshold) <= 1.0:
+            raise LdmError(f"the memorisation threshold must be in (0, 1]; got {threshold}")
+        self.threshold = float(threshold)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        if isinstance(train, (str, Path)):
+            vs = load_volume_set(Path(train), "train")
+            self.train, self.case_ids = vs.images, vs.case_ids
+        else:
+            arr = np.asarray(train, dtype=np.float32)
+            if arr.ndim != 4 or len(arr) == 0:
+                raise LdmError(f"training volumes must be an array (N, I, J, K); got shape {arr.shape}")
+            self.train = np.stack([normalise01(v) for v in arr])
+            self.case_ids = case_ids or [f"train_{i}" for i in range(len(arr))]
+        self.checked = 0
+        self.rejected = 0
+
+    def score(self, image: np.ndarray) -> tuple[float, int]:
+        """(highest SSIM to a training volume, index of that volume) for one (I, J, K) image."""
+        from ldmtool.evaluate.volumes import normalise01, resize_volume
+
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim != 3:
+            raise LdmError(f"a generated image must be a 3D array; got shape {image.shape}")
+        vol = resize_volume(normalise01(image), self.train.shape[1:])
+        best, where = max_ssim_to_set(vol[None], self.train, self.device)
+        return float(best[0]), int(where[0])
+
+    def check(self, image: np.ndarray) -> MemorizationCheck:
+        """Score one volume, count it, and say whether to reject it."""
+        s, j = self.score(image)
+        reject = s > self.threshold
+        self.checked += 1
+        self.rejected += int(reject)
+        return MemorizationCheck(score=s, nearest=self.case_ids[j], reject=reject)
+
+    def summary(self) -> dict:
+        """What to record in provenance: threshold, volumes checked, volumes rejected."""
+        return {"reject_memorized_threshold": self.threshold, "checked": self.checked, "rejected": self.rejected}
