@@ -134,6 +134,7 @@ class SampleConfig:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     compile: bool = False  # torch.compile the denoiser
     max_memory_gb: float | None = None  # refuse a job whose batch needs more (default: free memory)
+    reject_memorized: float | None = None  # discard samples whose max SSIM to a training volume exceeds it
 
     def __post_init__(self) -> None:
         _check_choice("--sampler", self.sampler, ("ddim", "ddpm", "dpmpp2m", "euler"))

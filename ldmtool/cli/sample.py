@@ -31,6 +31,8 @@ def sample(
     precision: Annotated[Optional[str], typer.Option(help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16.", rich_help_panel=SCALE)] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the denoiser (pays off for large jobs on GPU).", rich_help_panel=SCALE)] = None,
     shard: Annotated[Optional[str], typer.Option(help="Run shard i of N (i/N): sample k belongs to shard k mod N. Read from SLURM_ARRAY_TASK_ID/COUNT or torchrun RANK/WORLD_SIZE when not given.", rich_help_panel=SCALE)] = None,
+    reject_memorized: Annotated[Optional[float], typer.Option(help="Discard (and count in provenance) samples whose highest SSIM to a training volume exceeds this, e.g. 0.95; needs --train.")] = None,
+    train: Annotated[Optional[Path], typer.Option("--train", help="Training data set, for --reject-memorized.")] = None,
     max_memory: Annotated[Optional[float], typer.Option(help="Memory limit in GiB for one batch (default: free memory); checked before any work.", rich_help_panel=SCALE)] = None,
 ) -> None:
     """Sample new volumes (image + mask) in the training geometry, with provenance per sample.
@@ -47,19 +49,21 @@ def sample(
         load_yaml(config), "sample", SampleConfig,
         {"n": n, "sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing, "batch_size": batch_size,
          "decode_batch": decode_batch, "format": fmt, "guidance": guidance, "precision": precision,
-         "compile": compile, "max_memory_gb": max_memory},
+         "compile": compile, "max_memory_gb": max_memory, "reject_memorized": reject_memorized},
     )
     result = generate(
         ae, ldm, out, n=cfg.n, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta, spacing=cfg.spacing,
         batch_size=cfg.batch_size, decode_batch=cfg.decode_batch, seed=state.seed, fmt=cfg.format,
         conditions=parse_conditions(condition), guidance=cfg.guidance, device=state.torch_device(),
         precision=cfg.precision, compile=cfg.compile, shard=shard, max_memory_gb=cfg.max_memory_gb,
-        console=state.console,
+        reject_memorized=cfg.reject_memorized, train_dir=train, console=state.console,
     )
     rows = {
         "written": len(result.written),
         "already there (skipped)": len(result.skipped),
     }
+    if cfg.reject_memorized is not None:
+        rows["rejected as near-copies"] = f"{result.rejected} (SSIM to a training volume > {cfg.reject_memorized})"
     if result.others:
         rows["shard"] = f"{result.shard} ({result.others} samples belong to other shards)"
     rows.update({

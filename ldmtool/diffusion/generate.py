@@ -29,9 +29,14 @@ from ldmtool.models.denoiser import guided
 from ldmtool.train.checkpoint import file_sha256
 
 
-def sample_seed(base_seed: int, index: int) -> int:
-    """Seed of sample `index`: independent of batching and sharding."""
-    return int(np.random.SeedSequence([int(base_seed), int(index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+def sample_seed(base_seed: int, index: int, attempt: int = 0) -> int:
+    """Seed of sample `index`: independent of batching and sharding. `attempt` > 0 gives the
+    replacement candidates of a sample rejected as a near-copy of a training volume."""
+    entropy = [int(base_seed), int(index)] + ([int(attempt)] if attempt else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+MAX_ATTEMPTS = 20  # candidates per sample under --reject-memorized
 
 
 def sample_generators(seeds: list[int]) -> list[torch.Generator]:
@@ -57,6 +62,7 @@ class GenerateResult:
     precision: str = "fp32"
     memory: str = ""
     others: int = 0  # samples of this job that belong to other shards
+    rejected: int = 0  # candidates discarded as near-copies of training volumes
 
 
 def sample_name(index: int) -> str:
@@ -103,6 +109,8 @@ def generate(
     compile: bool = False,
     shard: str | None = None,
     max_memory_gb: float | None = None,
+    reject_memorized: float | None = None,
+    train_dir: Path | None = None,
     console=None,
 ) -> GenerateResult:
     """Sample `n` image+mask volumes into `out_dir` (nnU-Net layout + provenance + montage).
@@ -144,6 +152,13 @@ def generate(
     irange = ae_cfg.get("intensity_range")
     label_names = ae_cfg.get("label_names") or {}
     _check_conditions(ldm_cfg, conditions or {})
+    memfilter = None
+    if reject_memorized is not None:
+        if train_dir is None:
+            raise LdmError("--reject-memorized needs --train DIR: the training volumes to compare against")
+        from ldmtool.evaluate.privacy import MemorizationFilter
+
+        memfilter = MemorizationFilter(Path(train_dir), threshold=reject_memorized, device=device)
 
     # Memory: fail now, not after hours, if one batch cannot fit.
     depth, h, w = latent_shape[1:]
@@ -179,7 +194,7 @@ def generate(
     hashes = {"autoencoder_sha256": ae_hash, "ldm_sha256": file_sha256(ldm_path)}
     settings = {"base_seed": seed, "sampler": smp.name, "steps": steps, "eta": getattr(smp, "eta", eta),
                 "spacing": smp.spacing, "guidance": guidance, "conditions": conditions or {}, "format": fmt,
-                "precision": precision, **hashes}
+                "precision": precision, "reject_memorized": reject_memorized, **hashes}
     _check_resumable(prov_dir, settings)
     mine = [k for k in range(n) if part.owns(k)]
     todo = [k for k in mine if not (prov_dir / f"{sample_name(k)}.json").is_file()]
@@ -188,18 +203,13 @@ def generate(
         skipped=[sample_name(k) for k in mine if k not in set(todo)], out_dir=out_dir, shard=str(part),
         device=_device_name(device), precision=precision, memory=memory.summary(), others=n - len(mine),
     )
-    def write_batch(idx: list[int], seeds: list[int], images, labels, per_sample: float) -> None:
-        """Write one decoded batch: files first (temp name → rename), provenance last."""
-        for j, k in enumerate(idx):
+    def write_batch(items: list[tuple], per_sample: float, batch_len: int) -> None:
+        """Write accepted samples of one batch: files first (temp name → rename), provenance last."""
+        for k, sample_seed_k, img, lab, extra in items:
             name = sample_name(k)
-            img = slices_to_volume(images[j].float().numpy())
-            if irange is not None:
-                img = denormalise(img, irange, pre)
             files = {}
             image_vol = Volume(img.astype(np.float32), affine, {"synthetic": True})
-            label_vol = None
-            if labels is not None:
-                label_vol = Volume(slices_to_volume(labels[j].numpy()), affine, {"synthetic": True})
+            label_vol = None if lab is None else Volume(lab, affine, {"synthetic": True})
             if fmt == "nifti":
                 files["image"] = f"imagesTr/{name}_0000.nii.gz"
                 write_nifti(image_vol, out_dir / files["image"])
@@ -217,10 +227,11 @@ def generate(
             prov = {
                 "sample": name,
                 "index": k,
-                "seed": seeds[j],
+                "seed": sample_seed_k,
                 **settings,
+                **extra,
                 "seconds": per_sample,
-                "batch_size": len(idx),
+                "batch_size": batch_len,
                 "decode_batch": decode_batch,
                 "compiled": bool(compile),
                 "shard": str(part),
@@ -250,22 +261,45 @@ def generate(
             rate = len(result.written) / (time.perf_counter() - t_start)
             bar.update(task, completed=len(result.written), rate=f"{rate:.2f} samples/s", info="")
 
-        for b0 in range(0, len(todo), batch_size):
-            idx = todo[b0 : b0 + batch_size]
-            seeds = [sample_seed(seed, k) for k in idx]
+        queue = [(k, 0) for k in todo]  # (sample index, attempt)
+        while queue:
+            batch, queue = queue[:batch_size], queue[batch_size:]
+            seeds = [sample_seed(seed, k, a) for k, a in batch]
             t0 = time.perf_counter()
             with torch.inference_mode():
                 gens = sample_generators(seeds)
                 x = initial_noise(latent_shape, gens).to(device)
-                attrs, mask = _conditioning(ldm_cfg, conditions or {}, len(idx), device)
+                attrs, mask = _conditioning(ldm_cfg, conditions or {}, len(batch), device)
                 with autocast(device, precision):
                     z = smp(guided(denoiser, attrs, mask, guidance), x, generator=gens)
                     z = z.float() * std + mean
                     images, labels = decode_latents(ae, z, decode_batch, labels_only=True)
-            per_sample = (time.perf_counter() - t0) / len(idx)
+            items, again = [], []
+            for j, (k, attempt) in enumerate(batch):
+                img = slices_to_volume(images[j].float().numpy())
+                if irange is not None:
+                    img = denormalise(img, irange, pre)
+                lab = None if labels is None else slices_to_volume(labels[j].numpy())
+                extra = {}
+                if memfilter is not None:
+                    chk = memfilter.check(img)
+                    if chk.reject:
+                        result.rejected += 1
+                        if attempt + 1 >= MAX_ATTEMPTS:
+                            raise LdmError(
+                                f"{sample_name(k)}: {MAX_ATTEMPTS} candidates in a row were near-copies of training "
+                                f"volumes (SSIM > {reject_memorized}); the model memorises, or the threshold is too low"
+                            )
+                        again.append((k, attempt + 1))
+                        continue
+                    extra = {"memorization_ssim": chk.score, "nearest_training_case": chk.nearest,
+                             "rejected_candidates": attempt}
+                items.append((k, seeds[j], img, lab, extra))
+            queue = again + queue  # replacements go first, so a sample's files appear soon
+            per_sample = (time.perf_counter() - t0) / len(batch)
             if pending is not None:
                 finish(pending)
-            pending = writer.submit(write_batch, idx, seeds, images, labels, per_sample)
+            pending = writer.submit(write_batch, items, per_sample, len(batch))
         if pending is not None:
             finish(pending)
     result.seconds = time.perf_counter() - t_start

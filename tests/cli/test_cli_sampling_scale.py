@@ -148,3 +148,37 @@ def test_flow_objective_end_to_end(trained, cli, tmp_path):
     assert np.isfinite(_image(out, 0)).all()
     r = cli("sample", "--ae", trained.ae, "--ldm", ldm, "--out", tmp_path / "f2", "--n", 1, "--sampler", "ddim")
     assert r.code == 1 and "--sampler euler" in r.err
+
+
+def test_reject_memorized(trained, cli, tmp_path):
+    # The real SSIM filter. Threshold 1.0 keeps every sample and records its score.
+    out = tmp_path / "mem_ok"
+    r = _sample(cli, trained, out, "--n", 2, "--reject-memorized", "1.0", "--train", trained.data)
+    assert r.code == 0, r.both
+    assert "rejected as near-copies" in r.out
+    prov = json.loads((out / "provenance" / "synth_00000.json").read_text())
+    assert prov["reject_memorized"] == 1.0 and -1.0 <= prov["memorization_ssim"] <= 1.0
+    assert prov["rejected_candidates"] == 0 and prov["nearest_training_case"]
+
+    r = _sample(cli, trained, tmp_path / "mem_notrain", "--n", 1, "--reject-memorized", "0.9")
+    assert r.code == 1 and "--train" in r.err
+
+
+def test_near_copies_are_rejected_and_replaced(trained, cli, tmp_path):
+    # "Training set" = the very samples this command makes first (same seeds): every first
+    # candidate is an exact copy and must be rejected; its replacement (the sample's next seed)
+    # is written instead, and the rejection is counted in the provenance.
+    from ldmtool.diffusion.generate import sample_seed
+
+    first = tmp_path / "first"
+    assert _sample(cli, trained, first, "--n", 2, "--batch-size", 2).code == 0
+    out = tmp_path / "filtered"
+    r = _sample(cli, trained, out, "--n", 2, "--batch-size", 2, "--reject-memorized", "0.95", "--train", first)
+    assert r.code == 0, r.both
+    for k in range(2):
+        prov = json.loads((out / "provenance" / f"synth_{k:05d}.json").read_text())
+        assert prov["rejected_candidates"] >= 1
+        assert prov["seed"] == sample_seed(0, k, prov["rejected_candidates"]) != sample_seed(0, k)
+        assert prov["memorization_ssim"] <= 0.95
+        assert np.abs(_image(out, k) - _image(first, k)).max() > 1e-3
+    assert any("rejected as near-copies" in line and "2" in line for line in r.out.splitlines())
