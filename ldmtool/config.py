@@ -99,9 +99,13 @@ class TrainConfig:
     num_workers: int = 0
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU)
     log_every: int = 1
+    checkpoint_every: int | None = None  # steps between resumable training states (default: the evaluation interval)
+    checkpoint_minutes: float = 10.0  # and at least this often in wall time, so a kill loses little work
 
     def __post_init__(self) -> None:
         _check_choice("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise LdmError("checkpoint_every must be at least 1 step")
         if not 0 <= self.val_fraction < 1:
             raise LdmError("val_fraction must be in [0, 1)")
         if self.epochs < 1 or self.batch_size < 1:

@@ -10,3 +10,13 @@ class LdmError(Exception):
 
 class NotAvailableError(LdmError):
     """A command or option that this version of ldmtool does not provide yet."""
+
+
+class Preempted(LdmError):
+    """Training stopped on a pre-emption signal after saving its state; rerunning resumes it.
+
+    The CLI exits with `exit_code` (75, EX_TEMPFAIL: "temporary failure, try again") so that a
+    batch script can tell "requeue me" from success and from real errors.
+    """
+
+    exit_code = 75

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,3 +87,62 @@ def section(config: dict, name: str, cls, flags: dict):
     if not isinstance(data, dict):
         raise LdmError(f"config section {name!r} must be a mapping")
     return from_dict(cls, merge(data, flags))
+
+
+def resume_mode(resume: bool, restart: bool) -> str:
+    """--resume: a training state must be there; --restart: ignore (and replace) it; neither: go
+    on automatically when the output folder holds one (what a requeued batch job needs)."""
+    if resume and restart:
+        raise LdmError("--resume and --restart exclude each other")
+    return "must" if resume else ("never" if restart else "auto")
+
+
+@contextlib.contextmanager
+def training_session(state: State, out: Path, mode: str):
+    """Join the torchrun process group (if launched by torchrun), catch SIGTERM/SIGUSR1 for a
+    clean pre-emption, silence every rank but 0, and leave the group at the end.
+
+    Yields (DistInfo, StopFlag)."""
+    from ldmtool.train.distributed import StopFlag, init_distributed, shutdown
+    from ldmtool.train.state import STATE_NAME
+
+    info = init_distributed(state.torch_device())
+    try:
+        if not info.is_main:
+            state.quiet = True
+        if info.is_main and Path(out).is_dir():
+            if mode == "never":
+                (Path(out) / STATE_NAME).unlink(missing_ok=True)
+            for tmp in Path(out).glob(".*.tmp-*"):  # left by a killed run (one run owns an output folder)
+                tmp.unlink(missing_ok=True)
+        with StopFlag() as stop:
+            yield info, stop
+    finally:
+        shutdown(info)
+
+
+def announce_scale(state: State, info, batch_size: int, lr: float, unit: str) -> None:
+    """One line on how the work is spread: processes, backend, batch per process and in total, LR."""
+    if info.enabled:
+        import torch.distributed as dist
+
+        state.console.print(
+            f"distributed: {info.world} processes ({dist.get_backend()}), {batch_size} {unit} per process → "
+            f"effective batch {batch_size * info.world}, learning rate {lr:g}"
+        )
+    else:
+        state.console.print(f"batch {batch_size} {unit}, learning rate {lr:g}, device {info.device}")
+
+
+def scale_rows(result) -> dict[str, object]:
+    """Final-table rows shared by the trainers."""
+    rows: dict[str, object] = {
+        "processes": result.world_size,
+        "effective batch size": result.effective_batch_size,
+        "learning rate": f"{result.lr:g}",
+    }
+    if result.in_sync is not None:
+        rows["weights identical on all ranks"] = "yes" if result.in_sync else "NO"
+    if result.resumed_from is not None:
+        rows["resumed from step"] = result.resumed_from
+    return rows

@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     Typer/Click handle usage errors themselves (exit 2) in standalone mode and exit through
     SystemExit; everything else that escapes a command is caught here.
     """
-    from ldmtool.errors import LdmError
+    import os
+
+    from ldmtool.errors import LdmError, Preempted
 
     args = sys.argv[1:] if argv is None else argv
     verbose = "--verbose" in args or "-v" in args
@@ -73,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Preempted as exc:  # state saved: exit code 75 asks the batch system to run it again
+        if os.environ.get("RANK", "0") == "0":
+            common.console_err.print(f"[bold yellow]{exc}[/]", highlight=False, soft_wrap=True)
+        return exc.exit_code
     except LdmError as exc:
         if verbose:
             common.console_err.print_exception()

@@ -44,6 +44,9 @@ def train_ae(
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes (best checkpoint kept).", rich_help_panel=TRAIN)] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of cases held out for validation.", rich_help_panel=TRAIN)] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16.", rich_help_panel=TRAIN)] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Save the resumable training state every N steps (also every 10 min).", rich_help_panel=TRAIN)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Go on from the training state in --out (an error if there is none). Without it a state there is picked up automatically.", rich_help_panel=TRAIN)] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Ignore and replace a training state in --out.", rich_help_panel=TRAIN)] = False,
 ) -> None:
     """Train the 2D slice autoencoder (image + label channels, slice-position embedding)."""
     from ldmtool.config import AELossConfig, AutoencoderConfig, TrainConfig, load_yaml, to_dict
@@ -53,7 +56,6 @@ def train_ae(
     from ldmtool.train.autoencoder import train_autoencoder
 
     state: common.State = ctx.obj
-    con = state.console
     cfg = load_yaml(config)
     pre = PreprocessConfig.from_dict(
         {**(cfg.get("preprocess") or {}), **{k: v for k, v in preprocess_flags(shape, spacing, intensity, ct_window).items() if v is not None}}
@@ -62,23 +64,31 @@ def train_ae(
     loss_cfg = common.section(cfg, "ae_loss", AELossConfig, {"kl_weight": kl_weight, "label_weight": label_weight, "ssim_weight": ssim_weight})
     train_cfg = common.section(
         cfg, "ae_train", TrainConfig,
-        {"epochs": epochs, "batch_size": batch_size, "lr": lr, "max_minutes": max_minutes, "val_fraction": val_fraction, "precision": precision},
+        {"epochs": epochs, "batch_size": batch_size, "lr": lr, "max_minutes": max_minutes, "val_fraction": val_fraction, "precision": precision, "checkpoint_every": checkpoint_every},
     )
-    device = state.torch_device()
     common.require_exists(data, "data set")
-    prepared = prepare_dataset(data, pre, series_uid=series, console=con)
-    factor = model_cfg.downsample
-    d, h, w = prepared.images.shape[1:]
-    if h % factor or w % factor:
-        raise LdmError(f"slice size {h}x{w} must be divisible by {factor} (the autoencoder's downsampling); set --shape")
-    con.print(
-        f"{len(prepared.case_ids)} volumes of shape {prepared.volume_shape}, "
-        f"{'labels: ' + ', '.join(prepared.label_names) if prepared.labels is not None else 'no labels'}; device {device}"
-    )
-    result = train_autoencoder(
-        prepared, out, model_cfg=model_cfg, loss_cfg=loss_cfg, train_cfg=train_cfg, preprocess=to_dict(pre),
-        device=device, seed=state.seed, console=con,
-    )
+    mode = common.resume_mode(resume, restart)
+    with common.training_session(state, out, mode) as (info, stop):
+        device = info.device
+        prepared = prepare_dataset(data, pre, series_uid=series, console=state.console)
+        factor = model_cfg.downsample
+        d, h, w = prepared.images.shape[1:]
+        if h % factor or w % factor:
+            raise LdmError(f"slice size {h}x{w} must be divisible by {factor} (the autoencoder's downsampling); set --shape")
+        state.console.print(
+            f"{len(prepared.case_ids)} volumes of shape {prepared.volume_shape}, "
+            f"{'labels: ' + ', '.join(prepared.label_names) if prepared.labels is not None else 'no labels'}; device {device}"
+        )
+        common.announce_scale(state, info, train_cfg.batch_size, train_cfg.lr, "slices")
+        result = train_autoencoder(
+            prepared, out, model_cfg=model_cfg, loss_cfg=loss_cfg, train_cfg=train_cfg, preprocess=to_dict(pre),
+            device=device, seed=state.seed, console=state.console, dist=info, resume=mode, stop=stop,
+        )
+    if not info.is_main:
+        return
+    if result.already_complete:
+        state.console.print(f"{out} already holds a finished run; use --restart to train again")
     rows = {"checkpoint": str(result.best_path), "parameters": f"{result.parameters / 1e6:.2f} M", "slices/s": result.slices_per_second}
     rows.update({k: v for k, v in result.best_metrics.items() if k in ("epoch", "psnr", "ssim", "val_loss") or k.startswith("dice_")})
+    rows.update(common.scale_rows(result))
     common.console.print(common.results_table("train-ae: best checkpoint (held-out cases)", rows))

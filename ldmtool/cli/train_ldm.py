@@ -30,6 +30,9 @@ def train_ldm(
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes.", rich_help_panel=TRAIN)] = None,
     ema_decay: Annotated[Optional[float], typer.Option(help="EMA decay of the weights used for sampling.", rich_help_panel=TRAIN)] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16.", rich_help_panel=TRAIN)] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Save the resumable training state every N steps (also every 10 min).", rich_help_panel=TRAIN)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Go on from the training state in --out (an error if there is none). Without it a state there is picked up automatically.", rich_help_panel=TRAIN)] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Ignore and replace a training state in --out.", rich_help_panel=TRAIN)] = False,
 ) -> None:
     """Encode volumes slice by slice into latent volumes and train the 3D denoising UNet."""
     from ldmtool.config import DenoiserConfig, TrainConfig, load_yaml
@@ -41,7 +44,6 @@ def train_ldm(
     from ldmtool.train.latent import train_latent_diffusion
 
     state: common.State = ctx.obj
-    con = state.console
     cfg = load_yaml(config)
     model_cfg = common.section(
         cfg, "denoiser", DenoiserConfig,
@@ -50,23 +52,31 @@ def train_ldm(
     defaults = {"batch_size": 4, "epochs": 100}
     train_cfg = common.section(
         {"ldm_train": {**defaults, **(cfg.get("ldm_train") or {})}}, "ldm_train", TrainConfig,
-        {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr, "max_minutes": max_minutes, "ema_decay": ema_decay, "precision": precision},
+        {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr, "max_minutes": max_minutes, "ema_decay": ema_decay, "precision": precision, "checkpoint_every": checkpoint_every},
     )
-    device = state.torch_device()
-    ae_path = resolve_checkpoint(ae)
-    ae_model, ae_cfg = load_autoencoder(ae_path, device)
-    common.require_exists(data, "data set")
-    prepared = prepare_dataset(data, PreprocessConfig.from_dict(ae_cfg["preprocess"]), series_uid=series, console=con)
-    if list(prepared.volume_shape) != list(ae_cfg["volume_shape"]):
-        raise LdmError(
-            f"volumes preprocess to {prepared.volume_shape} but the autoencoder was trained on {tuple(ae_cfg['volume_shape'])}"
+    mode = common.resume_mode(resume, restart)
+    with common.training_session(state, out, mode) as (info, stop):
+        device = info.device
+        ae_path = resolve_checkpoint(ae)
+        ae_model, ae_cfg = load_autoencoder(ae_path, device)
+        common.require_exists(data, "data set")
+        prepared = prepare_dataset(data, PreprocessConfig.from_dict(ae_cfg["preprocess"]), series_uid=series, console=state.console)
+        if list(prepared.volume_shape) != list(ae_cfg["volume_shape"]):
+            raise LdmError(
+                f"volumes preprocess to {prepared.volume_shape} but the autoencoder was trained on {tuple(ae_cfg['volume_shape'])}"
+            )
+        if prepared.num_classes != int(ae_cfg["num_classes"]):
+            raise LdmError(f"data set has {prepared.num_classes} label classes but the autoencoder expects {ae_cfg['num_classes']}")
+        common.announce_scale(state, info, train_cfg.batch_size, train_cfg.lr, "latent volumes")
+        result = train_latent_diffusion(
+            prepared, ae_model, ae_cfg, ae_path, out, model_cfg=model_cfg, train_cfg=train_cfg, device=device, seed=state.seed,
+            console=state.console, dist=info, resume=mode, stop=stop,
         )
-    if prepared.num_classes != int(ae_cfg["num_classes"]):
-        raise LdmError(f"data set has {prepared.num_classes} label classes but the autoencoder expects {ae_cfg['num_classes']}")
-    result = train_latent_diffusion(
-        prepared, ae_model, ae_cfg, ae_path, out, model_cfg=model_cfg, train_cfg=train_cfg, device=device, seed=state.seed, console=con
-    )
+    if not info.is_main:
+        return
     last = result.history[-1] if result.history else {}
+    if result.already_complete:
+        state.console.print(f"{out} already holds a finished run (step {last.get('step', '?')}); use --restart to train again")
     rows = {
         "checkpoint": str(result.path),
         "latent volume (C, D, h, w)": "×".join(map(str, result.latent_shape)),
@@ -74,6 +84,7 @@ def train_ldm(
         "latent volumes/s": result.volumes_per_second,
         "steps": last.get("step", 0),
         "train loss (EMA of batches)": last.get("train_loss", float("nan")),
+        **common.scale_rows(result),
     }
     if "val_loss" in last:
         rows["held-out loss (EMA weights)"] = last["val_loss"]

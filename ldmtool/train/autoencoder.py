@@ -20,7 +20,10 @@ from ldmtool.io.atomic import atomic_write_text
 from ldmtool.models.autoencoder import SliceAutoencoder
 from ldmtool.models.position import slice_positions
 from ldmtool.train.checkpoint import load_checkpoint, save_checkpoint, write_config_json
+from ldmtool.errors import LdmError
 from ldmtool.train.common import autocast, count_parameters, grad_scaler, progress, warmup_cosine
+from ldmtool.train.distributed import DistInfo, StopFlag, barrier, replicas_in_sync, step_sync, wrap_ddp
+from ldmtool.train.state import check_resumable, fingerprint, load_state, restore, save_state, step_generator
 
 
 @dataclass
@@ -30,6 +33,12 @@ class AETrainResult:
     history: list[dict[str, float]]
     slices_per_second: float
     parameters: int
+    world_size: int = 1
+    effective_batch_size: int = 0
+    lr: float = 0.0
+    resumed_from: int | None = None
+    in_sync: bool | None = None
+    already_complete: bool = False
 
 
 def build_autoencoder(config: dict[str, Any]) -> SliceAutoencoder:
@@ -82,11 +91,20 @@ class SliceSampler:
 
     Small lesions occupy few slices; drawing part of each batch from those slices is what lets the
     mask channel be learned at all (a plain loss collapses it to background).
+
+    The plain part walks through a DistributedSampler over all slices (one shuffled order per
+    epoch, seeded by seed + epoch; with several processes each rank gets its own share); the
+    lesion part is drawn from a generator seeded by (seed, rank, epoch). An epoch's batches are a
+    function of (seed, rank, epoch) only, which is what lets a resumed run go on mid-epoch.
     """
 
-    def __init__(self, data: PreparedData, batch_size: int, rare_fraction: float, generator: torch.Generator):
+    def __init__(self, data: PreparedData, batch_size: int, rare_fraction: float, seed: int = 0, rank: int = 0, world: int = 1):
+        from torch.utils.data import DistributedSampler
+
         n, d = data.images.shape[:2]
-        self.all = torch.arange(n * d)
+        if n * d < world:
+            raise LdmError(f"{n * d} slices cannot be shared by {world} processes")
+        self.plain = DistributedSampler(range(n * d), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
         self.rare = torch.empty(0, dtype=torch.long)
         if data.labels is not None and rare_fraction > 0 and data.num_classes > 1:
             rare_class = data.num_classes - 1
@@ -94,19 +112,24 @@ class SliceSampler:
             self.rare = torch.nonzero(has).flatten()
         self.batch_size = batch_size
         self.n_rare = int(round(batch_size * rare_fraction)) if len(self.rare) else 0
-        self.generator = generator
+        self.seed, self.rank, self.epoch = seed, rank, 0
         self.depth = d
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.plain.set_epoch(epoch)
+
     def __len__(self) -> int:
-        return max(1, len(self.all) // self.batch_size)
+        return max(1, len(self.plain) // self.batch_size)
 
     def __iter__(self):
-        perm = self.all[torch.randperm(len(self.all), generator=self.generator)]
+        perm = torch.tensor(list(self.plain), dtype=torch.long)
+        gen = step_generator(self.seed, self.rank, self.epoch, 0x5A)
         n_plain = self.batch_size - self.n_rare
         for b in range(len(self)):
             idx = perm[b * n_plain : (b + 1) * n_plain]
             if self.n_rare:
-                pick = torch.randint(len(self.rare), (self.n_rare,), generator=self.generator)
+                pick = torch.randint(len(self.rare), (self.n_rare,), generator=gen)
                 idx = torch.cat([idx, self.rare[pick]])
             yield idx // self.depth, idx % self.depth
 
@@ -163,20 +186,29 @@ def train_autoencoder(
     device: torch.device,
     seed: int = 0,
     console=None,
+    dist: DistInfo | None = None,
+    resume: str = "never",
+    stop: StopFlag | None = None,
 ) -> AETrainResult:
-    """Fit the slice autoencoder; keep the best checkpoint by held-out loss."""
+    """Fit the slice autoencoder; keep the best checkpoint by held-out loss.
+
+    `dist`, `resume` and `stop` as in `train_latent_diffusion`: `batch_size` slices per process
+    and step, DDP gradients, rank 0 validates and writes; a resumed run goes on at the same batch
+    of the same epoch.
+    """
+    from ldmtool.errors import Preempted
+
+    info = dist or DistInfo(device=device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     train, val = data.split(train_cfg.val_fraction, seed)
     ae = SliceAutoencoder(model_cfg, image_channels=1, num_classes=data.num_classes).to(device)
     loss_fn = AELoss(loss_cfg, data.num_classes).to(device)
     opt = torch.optim.AdamW(ae.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    sampler = SliceSampler(train, train_cfg.batch_size, loss_cfg.lesion_oversample, gen)
-    total_steps = len(sampler) * train_cfg.epochs
-    sched = warmup_cosine(opt, train_cfg.warmup_steps, total_steps, train_cfg.max_minutes)
-    scaler = grad_scaler(device, train_cfg.precision)
+    sampler = SliceSampler(train, train_cfg.batch_size, loss_cfg.lesion_oversample, seed, info.rank, info.world)
+    per_epoch = len(sampler)
+    total_steps = per_epoch * train_cfg.epochs
     d, h, w = data.images.shape[1:]
     config = {
         "kind": "autoencoder",
@@ -197,25 +229,68 @@ def train_autoencoder(
         "val_cases": [] if val is None else val.case_ids,
         "seed": seed,
     }
+    settings = fingerprint({
+        "model": to_dict(model_cfg), "loss": to_dict(loss_cfg), "preprocess": preprocess, "cases": data.case_ids, "seed": seed,
+        "shape": list(data.images.shape), "world": info.world,
+        "train": {k: v for k, v in to_dict(train_cfg).items() if k not in ("epochs", "max_minutes", "checkpoint_every", "checkpoint_minutes", "precision", "num_workers", "log_every")},
+    })
+    previous = load_state(out_dir) if resume != "never" else None
+    if resume == "must" and previous is None:
+        raise LdmError(f"--resume: {out_dir} holds no training state to resume (train_state.safetensors)")
+    if previous is not None:
+        check_resumable(previous, settings, out_dir)
+    elapsed_before = float(previous.meta.get("elapsed_seconds", 0.0)) if previous else 0.0
+    sched = warmup_cosine(opt, train_cfg.warmup_steps, total_steps, train_cfg.max_minutes, elapsed_before)
+    scaler = grad_scaler(device, train_cfg.precision)
+
     history: list[dict[str, float]] = []
     best = math.inf
     best_metrics: dict[str, float] = {}
     best_path = out_dir / "model.safetensors"
+    step, run = 0, {}
+    if previous is not None:
+        restore(previous, modules={"model": ae}, optimizer=opt, scheduler=sched, scaler=scaler)
+        m = previous.meta
+        step, run, history = previous.step, dict(m["epoch_sums"]), list(m["history"])
+        best = m["best_score"] if m["best_score"] is not None else math.inf
+        best_metrics = m["best_metrics"]
+    resumed_from = step if previous is not None else None
+    budget = None if train_cfg.max_minutes is None else 60 * train_cfg.max_minutes
+    result_args = dict(parameters=count_parameters(ae), world_size=info.world, effective_batch_size=train_cfg.batch_size * info.world,
+                       lr=train_cfg.lr, resumed_from=resumed_from)
+    if step >= total_steps or (budget is not None and elapsed_before >= budget):
+        return AETrainResult(best_path, best_metrics, history, 0.0, **result_args, already_complete=True)
+    net = wrap_ddp(ae, info)
     t0 = time.perf_counter()
     seen = 0
-    deadline = None if train_cfg.max_minutes is None else t0 + 60 * train_cfg.max_minutes
-    step = 0
+    save_every = train_cfg.checkpoint_every  # besides every epoch end
+    last_save = time.perf_counter()
+
+    def write_state(complete: bool) -> None:
+        save_state(out_dir, modules={"model": ae}, optimizer=opt, scheduler=sched, scaler=scaler, meta={
+            "kind": "autoencoder", "settings": settings, "step": step, "total_steps": total_steps, "epoch_sums": run,
+            "history": history, "best_score": None if math.isinf(best) else best, "best_metrics": best_metrics,
+            "elapsed_seconds": elapsed_before + time.perf_counter() - t0, "complete": complete, "world_size": info.world,
+            "effective_batch_size": train_cfg.batch_size * info.world,
+        })
+
+    halt_reason = ""
+    start_epoch, position = divmod(step, per_epoch)
     with progress(console) as bar:
-        task = bar.add_task("train-ae", total=total_steps, rate="", info="")
-        for epoch in range(train_cfg.epochs):
-            ae.train()
-            run = {}
-            for case_idx, slice_idx in sampler:
+        task = bar.add_task("train-ae", total=total_steps, completed=step, rate="", info="")
+        for epoch in range(start_epoch, train_cfg.epochs):
+            sampler.set_epoch(epoch)
+            if epoch > start_epoch:
+                run = {}
+            for b, (case_idx, slice_idx) in enumerate(sampler):
+                if epoch == start_epoch and b < position:
+                    continue  # done before the run was resumed
+                ae.train()
                 image = train.images[case_idx, slice_idx][:, None].to(device)
                 label = None if train.labels is None else train.labels[case_idx, slice_idx].to(device)
                 pos = (slice_idx.float() / max(d - 1, 1)).to(device)
                 with autocast(device, train_cfg.precision):
-                    out, z_mu, z_sigma = ae(ae.make_input(image, label), pos)
+                    out, z_mu, z_sigma = net(ae.make_input(image, label), pos)
                 img, logits = ae.split(out.float())
                 loss, parts = loss_fn(img, logits, image, label, z_mu.float(), z_sigma.float())
                 opt.zero_grad(set_to_none=True)
@@ -224,33 +299,60 @@ def train_autoencoder(
                 scaler.update()
                 sched.step()
                 step += 1
-                seen += len(slice_idx)
+                seen += len(slice_idx) * info.world
                 for k, v in parts.items():
                     run[k] = run.get(k, 0.0) + v
+                out_of_time = budget is not None and elapsed_before + time.perf_counter() - t0 > budget
+                lv, (out_of_time, signalled) = step_sync(float(loss.detach()), [out_of_time, bool(stop and stop.requested)], info)
+                halt_reason = "signal" if signalled else ("time" if out_of_time else "")
                 rate = seen / (time.perf_counter() - t0)
-                bar.update(task, advance=1, rate=f"{rate:.0f} slices/s", info=f"epoch {epoch + 1} loss {float(loss.detach()):.4f}")
-                if deadline and time.perf_counter() > deadline:
+                bar.update(task, advance=1, rate=f"{rate:.0f} slices/s", info=f"epoch {epoch + 1} loss {lv:.4f}")
+                end_of_epoch = b == per_epoch - 1
+                timed_save = time.perf_counter() - last_save > 60 * train_cfg.checkpoint_minutes
+                if info.is_main and not end_of_epoch and (halt_reason == "signal" or timed_save or (save_every and step % save_every == 0)):
+                    write_state(complete=False)
+                    last_save = time.perf_counter()
+                if halt_reason:
                     break
-            n_batches = max(1, len(sampler))
-            metrics = {"epoch": epoch + 1, "step": step, **{f"train_{k}": v / n_batches for k, v in run.items()}}
+            if halt_reason == "signal" and not end_of_epoch:
+                break  # mid-epoch: state saved above; validation happens when the epoch is finished
+            # every rank validates (MONAI's metrics all-gather when a process group exists, and the
+            # other ranks would wait for rank 0 anyway); rank 0 alone prints and writes
+            metrics = {"epoch": epoch + 1, "step": step, **{f"train_{k}": v / per_epoch for k, v in run.items()}}
             if val is not None:
                 metrics.update(validate_autoencoder(ae, val, loss_fn))
                 score = metrics["val_loss"]
             else:
                 score = metrics.get("train_l1", 0.0) + metrics.get("train_label", 0.0)
-            metrics["seconds"] = time.perf_counter() - t0
+            metrics["seconds"] = elapsed_before + time.perf_counter() - t0
             history.append(metrics)
-            shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if v is not None and (k in ("psnr", "ssim") or k.startswith("dice_")))
-            bar.console.print(f"epoch {epoch + 1}/{train_cfg.epochs}  loss {score:.4f}  {shown}")
-            save_checkpoint(out_dir / "last.safetensors", ae.state_dict(), {**config, "metrics": metrics})
-            if score < best:
+            is_best = score < best
+            if is_best:
                 best, best_metrics = score, metrics
-                save_checkpoint(best_path, ae.state_dict(), {**config, "metrics": metrics})
-            atomic_write_text(out_dir / "history.json", json.dumps(history, indent=2))
-            if deadline and time.perf_counter() > deadline:
-                bar.console.print(f"stopping: --max-minutes {train_cfg.max_minutes} reached")
+            run = {}
+            if info.is_main:
+                shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if v is not None and (k in ("psnr", "ssim") or k.startswith("dice_")))
+                bar.console.print(f"epoch {epoch + 1}/{train_cfg.epochs}  loss {score:.4f}  {shown}")
+                save_checkpoint(out_dir / "last.safetensors", ae.state_dict(), {**config, "metrics": metrics})
+                if is_best:
+                    save_checkpoint(best_path, ae.state_dict(), {**config, "metrics": metrics})
+                atomic_write_text(out_dir / "history.json", json.dumps(history, indent=2))
+                write_state(complete=step >= total_steps or halt_reason == "time")
+                last_save = time.perf_counter()
+            if halt_reason:
+                if halt_reason == "time":
+                    bar.console.print(f"stopping: --max-minutes {train_cfg.max_minutes} reached")
                 break
+    barrier(info)  # rank 0 has written everything before any rank leaves
+    if halt_reason == "signal":
+        raise Preempted(
+            f"stopped by {stop.signal_name or 'a signal'} at step {step}/{total_steps}; the training state is saved in {out_dir}: "
+            "run the same command again to resume"
+        )
+    in_sync = replicas_in_sync(ae, info)
+    if in_sync is False:
+        raise LdmError(f"the {info.world} processes ended with different weights (DDP replicas diverged)")
     elapsed = time.perf_counter() - t0
-    # config.json beside the weights describes the best checkpoint
-    write_config_json(out_dir, {**config, "metrics": best_metrics})
-    return AETrainResult(best_path, best_metrics, history, seen / elapsed, count_parameters(ae))
+    if info.is_main:  # config.json beside the weights describes the best checkpoint
+        write_config_json(out_dir, {**config, "metrics": best_metrics})
+    return AETrainResult(best_path, best_metrics, history, seen / elapsed, **result_args, in_sync=in_sync)

@@ -64,14 +64,15 @@ def make_ema(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.Aver
 
 
 def warmup_cosine(
-    optimizer: torch.optim.Optimizer, warmup: int, total: int, max_minutes: float | None = None
+    optimizer: torch.optim.Optimizer, warmup: int, total: int, max_minutes: float | None = None, elapsed_before: float = 0.0
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up then cosine decay to 10% of the base LR.
 
     Progress is the larger of steps done / `total` and, with a time budget, minutes elapsed /
     `max_minutes`, so a run cut short by its budget still ends on a decayed learning rate.
+    `elapsed_before` is the training time of earlier sessions of a resumed run.
     """
-    start = time.perf_counter()
+    start = time.perf_counter() - elapsed_before
 
     def factor(step: int) -> float:
         if step < warmup:

@@ -23,6 +23,8 @@ from ldmtool.models.autoencoder import SliceAutoencoder
 from ldmtool.models.denoiser import LatentDenoiser
 from ldmtool.train.checkpoint import file_sha256, load_checkpoint, save_checkpoint, write_config_json
 from ldmtool.train.common import autocast, count_parameters, grad_scaler, make_ema, progress, warmup_cosine
+from ldmtool.train.distributed import DistInfo, StopFlag, barrier, replicas_in_sync, step_sync, wrap_ddp
+from ldmtool.train.state import check_resumable, fingerprint, load_state, restore, save_state, step_generator
 
 
 @dataclass
@@ -32,6 +34,12 @@ class LDMTrainResult:
     volumes_per_second: float
     parameters: int
     latent_shape: tuple[int, ...]
+    world_size: int = 1
+    effective_batch_size: int = 0
+    lr: float = 0.0
+    resumed_from: int | None = None  # the step a resumed run went on from
+    in_sync: bool | None = None  # every rank ended with the same weights (None: one process)
+    already_complete: bool = False
 
 
 def build_denoiser(config: dict[str, Any]) -> LatentDenoiser:
@@ -95,16 +103,34 @@ def train_latent_diffusion(
     device: torch.device,
     seed: int = 0,
     console=None,
+    dist: DistInfo | None = None,
+    resume: str = "never",
+    stop: StopFlag | None = None,
 ) -> LDMTrainResult:
-    """Encode the data set slice by slice, then fit the 3D denoiser on the latent volumes."""
+    """Encode the data set slice by slice, then fit the 3D denoiser on the latent volumes.
+
+    `dist`: the torchrun process group (each process takes `batch_size` volumes of every step,
+    gradients are all-reduced by DDP, rank 0 alone writes). `resume`: "never" starts afresh,
+    "auto" goes on from a training state in `out_dir` when there is one, "must" requires one.
+    `stop`: a StopFlag; when it is raised the run saves its state and raises `Preempted`.
+    """
+    from torch.utils.data import DistributedSampler
+
+    from ldmtool.errors import Preempted
+
+    info = dist or DistInfo(device=device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     if model_cfg.condition_on == "lesion" and data.labels is None:
         raise LdmError("--condition-on lesion needs labels (imagesTr/ + labelsTr/ + dataset.json)")
     ae_hash = file_sha256(ae_path)
-    latents = encode_dataset(ae, data, out_dir / "latents.safetensors", ae_hash, console)  # (N, L, D, h, w)
+    cache = out_dir / "latents.safetensors"
+    if info.is_main:  # rank 0 encodes and writes the cache; the others then read it
+        latents = encode_dataset(ae, data, cache, ae_hash, console)  # (N, L, D, h, w)
+    barrier(info)
+    if not info.is_main:
+        latents = encode_dataset(ae, data, cache, ae_hash, None)
     # Per-channel standardisation: latent channels differ a lot in spread (one scalar is not enough).
     mean = latents.mean(dim=(0, 2, 3, 4))
     std = latents.std(dim=(0, 2, 3, 4)).clamp_min(1e-6)
@@ -130,9 +156,25 @@ def train_latent_diffusion(
     ema = make_ema(model, train_cfg.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     n_train = len(train_idx)
-    steps_per_epoch = max(1, n_train // train_cfg.batch_size)
+    if n_train < info.world:
+        raise LdmError(f"{n_train} training volumes cannot be shared by {info.world} processes")
+    # DistributedSampler: one shuffled order per epoch (seeded by seed + epoch), each rank its share
+    sampler = DistributedSampler(range(n_train), num_replicas=info.world, rank=info.rank, shuffle=True, seed=seed, drop_last=True)
+    bs = train_cfg.batch_size
+    per_rank = len(sampler)
+    steps_per_epoch = max(1, per_rank // bs)
     total = train_cfg.steps or steps_per_epoch * train_cfg.epochs
-    sched = warmup_cosine(opt, train_cfg.warmup_steps, total, train_cfg.max_minutes)
+    settings = fingerprint({
+        "model": to_dict(model_cfg), "ae": ae_hash, "cases": data.case_ids, "seed": seed,
+        "train": {k: v for k, v in to_dict(train_cfg).items() if k not in ("steps", "epochs", "max_minutes", "checkpoint_every", "checkpoint_minutes", "precision", "num_workers", "log_every")},
+    })
+    previous = load_state(out_dir) if resume != "never" else None
+    if resume == "must" and previous is None:
+        raise LdmError(f"--resume: {out_dir} holds no training state to resume (train_state.safetensors)")
+    if previous is not None:
+        check_resumable(previous, settings, out_dir)
+    elapsed_before = float(previous.meta.get("elapsed_seconds", 0.0)) if previous else 0.0
+    sched = warmup_cosine(opt, train_cfg.warmup_steps, total, train_cfg.max_minutes, elapsed_before)
     scaler = grad_scaler(device, train_cfg.precision)
     noise_sched = training_scheduler(model_cfg)
     T = model_cfg.num_train_timesteps
@@ -190,20 +232,44 @@ def train_latent_diffusion(
         return (per_sample * snr_weight(t)).mean()
 
     history: list[dict[str, float]] = []
-    t0 = time.perf_counter()
-    step, seen = 0, 0
-    deadline = None if train_cfg.max_minutes is None else t0 + 60 * train_cfg.max_minutes
-    eval_every = max(1, min(total // 10 if total >= 10 else 1, 500))
+    step, seen, running = 0, 0, 0.0
+    if previous is not None:
+        restore(previous, modules={"model": model, "ema": ema}, optimizer=opt, scheduler=sched, scaler=scaler)
+        step, seen, running = previous.step, int(previous.meta["seen"]), float(previous.meta["running_loss"])
+        history = list(previous.meta.get("history", []))
+    resumed_from = step if previous is not None else None
+    budget = None if train_cfg.max_minutes is None else 60 * train_cfg.max_minutes
     path = out_dir / "model.safetensors"
-    running = 0.0
+    result_args = dict(parameters=count_parameters(model), latent_shape=tuple(latents.shape[1:]), world_size=info.world,
+                       effective_batch_size=bs * info.world, lr=train_cfg.lr, resumed_from=resumed_from)
+    if step >= total or (budget is not None and elapsed_before >= budget):
+        return LDMTrainResult(path, history, 0.0, **result_args, already_complete=True)
+    net = wrap_ddp(model, info)
+    t0 = time.perf_counter()
+    seen_here = 0
+    eval_every = max(1, min(total // 10 if total >= 10 else 1, 500))
+    save_every = train_cfg.checkpoint_every or eval_every
+    last_save = time.perf_counter()
+
+    def write_state(complete: bool) -> None:
+        elapsed = elapsed_before + time.perf_counter() - t0
+        save_state(out_dir, modules={"model": model, "ema": ema}, optimizer=opt, scheduler=sched, scaler=scaler, meta={
+            "kind": "latent-diffusion", "settings": settings, "step": step, "total_steps": total, "seen": seen,
+            "running_loss": running, "history": history, "elapsed_seconds": elapsed, "complete": complete,
+            "world_size": info.world, "effective_batch_size": bs * info.world,
+        })
+
+    halt_reason = ""
+    epoch, position = divmod(step, steps_per_epoch)
     with progress(console) as bar:
-        task = bar.add_task("train-ldm", total=total, rate="", info="")
-        while step < total:
-            perm = train_idx[torch.randperm(n_train, generator=gen)]
-            for s in range(0, max(n_train - train_cfg.batch_size + 1, 1), train_cfg.batch_size):
-                idx = perm[s : s + train_cfg.batch_size]
+        task = bar.add_task("train-ldm", total=total, completed=step, rate="", info="")
+        while step < total and not halt_reason:
+            sampler.set_epoch(epoch)
+            mine = train_idx[torch.tensor(list(sampler), dtype=torch.long)]
+            batches = [mine[s : s + bs] for s in range(0, max(per_rank - bs + 1, 1), bs)]
+            for idx in batches[position:]:
                 model.train()
-                loss = loss_on(idx, model, gen)
+                loss = loss_on(idx, net, step_generator(seed, info.rank, step))
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.unscale_(opt)
@@ -213,27 +279,44 @@ def train_latent_diffusion(
                 sched.step()
                 ema.update_parameters(model)
                 step += 1
-                seen += len(idx)
-                lv = float(loss.detach())
+                seen += len(idx) * info.world
+                seen_here += len(idx) * info.world
+                out_of_time = budget is not None and elapsed_before + time.perf_counter() - t0 > budget
+                lv, (out_of_time, signalled) = step_sync(float(loss.detach()), [out_of_time, bool(stop and stop.requested)], info)
                 running = 0.98 * running + 0.02 * lv if step > 1 else lv
-                rate = seen / (time.perf_counter() - t0)
+                rate = seen_here / (time.perf_counter() - t0)
                 bar.update(task, advance=1, rate=f"{rate:.1f} vol/s", info=f"loss {running:.4f}")
-                out_of_time = deadline is not None and time.perf_counter() > deadline
-                if step % eval_every == 0 or step == total or out_of_time:
-                    row = {"step": step, "train_loss": running, "seconds": time.perf_counter() - t0}
-                    if len(val_idx):
-                        with torch.no_grad():
-                            vg = torch.Generator().manual_seed(1234)  # same noise every time: comparable
-                            row["val_loss"] = float(loss_on(val_idx, ema.module.eval(), vg))
-                    history.append(row)
-                    save_checkpoint(path, ema.module.state_dict(), {**config, "step": step, "metrics": row})
-                    atomic_write_text(out_dir / "history.json", json.dumps(history, indent=2))
-                if step >= total or out_of_time:
+                halt_reason = "signal" if signalled else ("time" if out_of_time else "")
+                evaluate = step % eval_every == 0 or step == total or halt_reason
+                timed_save = time.perf_counter() - last_save > 60 * train_cfg.checkpoint_minutes
+                if info.is_main and (evaluate or step % save_every == 0 or timed_save):
+                    if evaluate:
+                        row = {"step": step, "train_loss": running, "seconds": elapsed_before + time.perf_counter() - t0}
+                        if len(val_idx):
+                            with torch.no_grad():
+                                vg = torch.Generator().manual_seed(1234)  # same noise every time: comparable
+                                row["val_loss"] = float(loss_on(val_idx, ema.module.eval(), vg))
+                        history.append(row)
+                        save_checkpoint(path, ema.module.state_dict(), {**config, "step": step, "metrics": row})
+                        atomic_write_text(out_dir / "history.json", json.dumps(history, indent=2))
+                    write_state(complete=step >= total or halt_reason == "time")
+                    last_save = time.perf_counter()
+                if step >= total or halt_reason:
                     break
-            if deadline is not None and time.perf_counter() > deadline:
-                bar.console.print(f"stopping: --max-minutes {train_cfg.max_minutes} reached at step {step}")
-                break
-    write_config_json(out_dir, {**config, "step": step, "metrics": history[-1] if history else {}})
+            epoch, position = epoch + 1, 0
+        if halt_reason == "time":
+            bar.console.print(f"stopping: --max-minutes {train_cfg.max_minutes} reached at step {step}")
+    barrier(info)  # rank 0 has written everything before any rank leaves
+    if halt_reason == "signal":
+        raise Preempted(
+            f"stopped by {stop.signal_name or 'a signal'} at step {step}/{total}; the training state is saved in {out_dir}: "
+            "run the same command again to resume"
+        )
+    in_sync = replicas_in_sync(model, info)
+    if in_sync is False:
+        raise LdmError(f"the {info.world} processes ended with different weights (DDP replicas diverged)")
+    if info.is_main:
+        write_config_json(out_dir, {**config, "step": step, "metrics": history[-1] if history else {}})
     elapsed = time.perf_counter() - t0
-    return LDMTrainResult(path, history, seen / elapsed, count_parameters(model), tuple(latents.shape[1:]))
+    return LDMTrainResult(path, history, seen_here / elapsed, **result_args, in_sync=in_sync)
 

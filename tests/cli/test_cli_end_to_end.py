@@ -35,8 +35,8 @@ def _sample_arrays(folder, index):
 
 
 def test_training_outputs(trained):
-    assert _names(trained.ae) == ["config.json", "history.json", "last.safetensors", "model.safetensors"]
-    assert _names(trained.ldm) == ["config.json", "history.json", "latents.safetensors", "model.safetensors"]
+    assert _names(trained.ae) == ["config.json", "history.json", "last.safetensors", "model.safetensors", "state.json", "train_state.safetensors"]
+    assert _names(trained.ldm) == ["config.json", "history.json", "latents.safetensors", "model.safetensors", "state.json", "train_state.safetensors"]
     _, ae_cfg = load_checkpoint(trained.ae, kind="autoencoder")
     _, ldm_cfg = load_checkpoint(trained.ldm, kind="latent-diffusion")
     assert ae_cfg["volume_shape"] == [32, 32, 16] and ae_cfg["num_classes"] == 3

@@ -26,7 +26,7 @@ def test_slice_sampler_lesion_share(phantom_data, fraction, batch):
     rare = _rare_slices(phantom_data)
     assert rare, "the phantoms must hold lesion slices"
     n, d = phantom_data.images.shape[:2]
-    sampler = SliceSampler(phantom_data, batch, fraction, torch.Generator().manual_seed(0))
+    sampler = SliceSampler(phantom_data, batch, fraction, seed=0)
     n_rare = round(batch * fraction)
     assert len(sampler) == n * d // batch
     batches = list(sampler)
@@ -46,11 +46,11 @@ def test_slice_sampler_lesion_share(phantom_data, fraction, batch):
 
 
 def test_slice_sampler_without_oversampling(phantom_data):
-    sampler = SliceSampler(phantom_data, 16, 0.0, torch.Generator().manual_seed(0))
+    sampler = SliceSampler(phantom_data, 16, 0.0, seed=0)
     idx = [(c, s) for cs, ss in sampler for c, s in zip(cs.tolist(), ss.tolist())]
     n, d = phantom_data.images.shape[:2]
     assert len(idx) == n * d and len(set(idx)) == n * d  # one epoch = every slice once
-    again = [(c, s) for cs, ss in SliceSampler(phantom_data, 16, 0.0, torch.Generator().manual_seed(0))
+    again = [(c, s) for cs, ss in SliceSampler(phantom_data, 16, 0.0, seed=0)
              for c, s in zip(cs.tolist(), ss.tolist())]
     assert idx == again
 
@@ -95,7 +95,7 @@ def _train(data, out, ae_config, seed=0, epochs=3):
 def test_train_autoencoder_tiny(tmp_path, phantom_data, ae_config, seed):
     out = tmp_path / "ae"
     result = _train(phantom_data, out, ae_config, seed=seed)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "history.json", "last.safetensors", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "history.json", "last.safetensors", "model.safetensors", "state.json", "train_state.safetensors"]
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert [h["val_loss"] for h in history] == [h["val_loss"] for h in result.history]

@@ -57,7 +57,7 @@ def conditioned_run(tmp_path_factory, phantom_data, ae_setup, denoiser_config):
 def test_conditioned_checkpoint_contents(conditioned_run, ae_setup, phantom_data):
     out, result = conditioned_run
     _, _, ae_path = ae_setup
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "history.json", "latents.safetensors", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "history.json", "latents.safetensors", "model.safetensors", "state.json", "train_state.safetensors"]
     assert result.path == out / "model.safetensors"
     tensors, cfg = load_checkpoint(out, kind="latent-diffusion")
     assert cfg["latent_shape"] == [4, 16, 16, 16] and result.latent_shape == (4, 16, 16, 16)

@@ -1,0 +1,150 @@
+"""Distributed data parallel training with PyTorch's own engine (torchrun + DDP), and pre-emption.
+
+`torchrun --nproc_per_node=N -m ldmtool train-ldm ...` sets RANK / WORLD_SIZE / LOCAL_RANK /
+MASTER_ADDR / MASTER_PORT; `init_distributed` then joins the process group (nccl on CUDA, gloo on
+CPU), gives each process its own GPU, and the trainers wrap their model in DistributedDataParallel,
+split every global batch across ranks (each rank takes its share of one shared permutation, as
+DistributedSampler does), and write logs and checkpoints on rank 0 only.
+
+Pre-emption: SLURM sends SIGTERM (or the signal named by `--signal`) before it kills a job.
+`StopFlag` records it; the trainers finish the current step, agree across ranks to stop, write a
+full training state and exit with EXIT_REQUEUE, which the sbatch examples turn into a requeue.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ldmtool.errors import Preempted
+
+EXIT_REQUEUE = Preempted.exit_code  # EX_TEMPFAIL (sysexits.h): "temporary failure, retry later"
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the torchrun process group if there is one; otherwise a single-process DistInfo."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(device=device)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local % max(torch.cuda.device_count(), 1))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank=rank, world=world, local_rank=local, device=device)
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """DistributedDataParallel around `model` (gradients all-reduced in backward) when distributed."""
+    if not info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def rank_share(global_batch: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """This rank's part of a global batch (strided, as DistributedSampler splits an epoch)."""
+    if not info.enabled:
+        return global_batch
+    return global_batch[info.rank :: info.world]
+
+
+def _reduce_device(info: DistInfo) -> torch.device:
+    return info.device if info.device.type == "cuda" else torch.device("cpu")
+
+
+def step_sync(loss: float, flags: list[bool], info: DistInfo) -> tuple[float, list[bool]]:
+    """One small all-reduce per step: the mean loss over ranks, and each flag true on any rank.
+
+    All ranks must stop at the same step (a rank that leaves early would hang the others in the
+    next gradient all-reduce), so stop requests and time limits are agreed here.
+    """
+    if not info.enabled:
+        return loss, list(flags)
+    t = torch.tensor([loss, *[1.0 if f else 0.0 for f in flags]], dtype=torch.float64, device=_reduce_device(info))
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    vals = t.cpu().tolist()
+    return vals[0] / info.world, [v > 0 for v in vals[1:]]
+
+
+def gather_tensors(t: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
+    """Every rank's copy of an equally shaped tensor, in rank order."""
+    if not info.enabled:
+        return [t]
+    src = t.to(_reduce_device(info))
+    out = [torch.empty_like(src) for _ in range(info.world)]
+    dist.all_gather(out, src)
+    return [o.cpu() for o in out]
+
+
+def replicas_in_sync(model: torch.nn.Module, info: DistInfo) -> bool | None:
+    """After DDP training every rank must hold the same weights: compare per-rank checksums.
+
+    None when not distributed (nothing to compare)."""
+    if not info.enabled:
+        return None
+    with torch.no_grad():
+        sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
+        check = torch.stack([sums.sum(), (sums * torch.arange(1, len(sums) + 1, dtype=torch.float64, device=sums.device)).sum()])
+    copies = gather_tensors(check, info)
+    return all(torch.allclose(c, copies[0], rtol=1e-9, atol=0) for c in copies)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+class StopFlag:
+    """Set by SIGTERM (and SIGUSR1) while installed; the previous handlers come back on exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        self._old: dict = {}
+
+    def _handle(self, signum, _frame) -> None:
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self) -> "StopFlag":
+        for s in self.SIGNALS:
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: signals cannot be caught here
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
