@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-console = Console()
+console = Console(width=150)
 
 
 def _config(path: Path, base: Path, ae_epochs: int, ldm_steps: int, ldm_batch: int) -> Path:

@@ -145,3 +145,21 @@ def test_resume_without_state_is_a_clear_error(trained, tmp_path):
     (tmp_path / "bad" / STATE_NAME).write_bytes(b"not a safetensors file")
     r = _run(_ldm_cmd(trained, tmp_path / "bad", "--steps", 2))
     assert r.returncode == 1 and "not a readable training state" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sigterm_to_torchrun_stops_both_ranks_at_one_step(trained, tmp_path):
+    """torchrun passes SIGTERM on to its workers; they agree on the step to stop at, rank 0 saves."""
+    out = tmp_path / "ldm"
+    cmd = [*TORCHRUN, "train-ldm", trained.data, "--ae", trained.ae, "--out", out, "--config", TINY_YAML,
+           "--steps", 5000, "--checkpoint-every", 2]
+    proc = _start_and_wait(cmd, out, min_step=2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=90)
+    assert "stopped by SIGTERM" in err, err[-3000:]
+    state = load_state(out)
+    assert state.meta["complete"] is False and state.meta["world_size"] == 2 and state.step >= 2
+    stopped_at = state.step
+    r = _run([*TORCHRUN, "train-ldm", trained.data, "--ae", trained.ae, "--out", out, "--config", TINY_YAML,
+              "--steps", stopped_at + 2])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert load_state(out).step == stopped_at + 2 and f"resumed from step │ {stopped_at}" in " ".join(r.stdout.split())
