@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from ldmtool import __version__
-from ldmtool.data.lesions import ATTRIBUTES
 from ldmtool.data.prepared import slices_to_volume
 from ldmtool.diffusion.pipeline import decode_latents
 from ldmtool.diffusion.samplers import make_sampler

@@ -15,7 +15,6 @@ import torch
 
 from ldmtool import __version__
 from ldmtool.config import EvaluateConfig, to_dict
-from ldmtool.errors import LdmError
 from ldmtool.evaluate.volumes import VolumeSet, load_volume_set
 
 

@@ -22,7 +22,7 @@ from ldmtool.models.position import slice_positions
 from ldmtool.train.checkpoint import load_checkpoint, save_checkpoint, write_config_json
 from ldmtool.errors import LdmError
 from ldmtool.train.common import autocast, count_parameters, grad_scaler, progress, warmup_cosine
-from ldmtool.train.distributed import DistInfo, StopFlag, barrier, replicas_in_sync, step_sync, wrap_ddp
+from ldmtool.train.distributed import DistInfo, StopFlag, finish, step_sync, wrap_ddp
 from ldmtool.train.state import check_resumable, fingerprint, load_state, restore, save_state, step_generator
 
 
@@ -196,8 +196,6 @@ def train_autoencoder(
     and step, DDP gradients, rank 0 validates and writes; a resumed run goes on at the same batch
     of the same epoch.
     """
-    from ldmtool.errors import Preempted
-
     info = dist or DistInfo(device=device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -343,15 +341,7 @@ def train_autoencoder(
                 if halt_reason == "time":
                     bar.console.print(f"stopping: --max-minutes {train_cfg.max_minutes} reached")
                 break
-    barrier(info)  # rank 0 has written everything before any rank leaves
-    if halt_reason == "signal":
-        raise Preempted(
-            f"stopped by {stop.signal_name or 'a signal'} at step {step}/{total_steps}; the training state is saved in {out_dir}: "
-            "run the same command again to resume"
-        )
-    in_sync = replicas_in_sync(ae, info)
-    if in_sync is False:
-        raise LdmError(f"the {info.world} processes ended with different weights (DDP replicas diverged)")
+    in_sync = finish(info, ae, stop, halt_reason == "signal", step, total_steps, out_dir)
     elapsed = time.perf_counter() - t0
     if info.is_main:  # config.json beside the weights describes the best checkpoint
         write_config_json(out_dir, {**config, "metrics": best_metrics})

@@ -118,6 +118,24 @@ def replicas_in_sync(model: torch.nn.Module, info: DistInfo) -> bool | None:
     return all(torch.allclose(c, copies[0], rtol=1e-9, atol=0) for c in copies)
 
 
+def finish(info: DistInfo, model: torch.nn.Module, stop: "StopFlag | None", signalled: bool, step: int, total: int, out_dir) -> bool | None:
+    """End of a training run on every rank: wait until rank 0 has written everything (torchrun
+    stops all workers as soon as one exits non-zero), raise `Preempted` after a stop signal, and
+    check that the DDP replicas ended with the same weights (returns that check, None for one process)."""
+    from ldmtool.errors import LdmError
+
+    barrier(info)
+    if signalled:
+        raise Preempted(
+            f"stopped by {(stop.signal_name if stop else '') or 'a signal'} at step {step}/{total}; the training state is saved "
+            f"in {out_dir}: run the same command again to resume"
+        )
+    in_sync = replicas_in_sync(model, info)
+    if in_sync is False:
+        raise LdmError(f"the {info.world} processes ended with different weights (DDP replicas diverged)")
+    return in_sync
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

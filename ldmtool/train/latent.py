@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ldmtool.config import DenoiserConfig, TrainConfig, from_dict, to_dict
 from ldmtool.data.lesions import ATTRIBUTES, lesion_attributes, lesion_class
@@ -23,7 +22,7 @@ from ldmtool.models.autoencoder import SliceAutoencoder
 from ldmtool.models.denoiser import LatentDenoiser
 from ldmtool.train.checkpoint import file_sha256, load_checkpoint, save_checkpoint, write_config_json
 from ldmtool.train.common import autocast, count_parameters, grad_scaler, make_ema, progress, warmup_cosine
-from ldmtool.train.distributed import DistInfo, StopFlag, barrier, replicas_in_sync, step_sync, wrap_ddp
+from ldmtool.train.distributed import DistInfo, StopFlag, barrier, finish, step_sync, wrap_ddp
 from ldmtool.train.state import check_resumable, fingerprint, load_state, restore, save_state, step_generator
 
 
@@ -115,8 +114,6 @@ def train_latent_diffusion(
     `stop`: a StopFlag; when it is raised the run saves its state and raises `Preempted`.
     """
     from torch.utils.data import DistributedSampler
-
-    from ldmtool.errors import Preempted
 
     info = dist or DistInfo(device=device)
     out_dir = Path(out_dir)
@@ -306,15 +303,7 @@ def train_latent_diffusion(
             epoch, position = epoch + 1, 0
         if halt_reason == "time":
             bar.console.print(f"stopping: --max-minutes {train_cfg.max_minutes} reached at step {step}")
-    barrier(info)  # rank 0 has written everything before any rank leaves
-    if halt_reason == "signal":
-        raise Preempted(
-            f"stopped by {stop.signal_name or 'a signal'} at step {step}/{total}; the training state is saved in {out_dir}: "
-            "run the same command again to resume"
-        )
-    in_sync = replicas_in_sync(model, info)
-    if in_sync is False:
-        raise LdmError(f"the {info.world} processes ended with different weights (DDP replicas diverged)")
+    in_sync = finish(info, model, stop, halt_reason == "signal", step, total, out_dir)
     if info.is_main:
         write_config_json(out_dir, {**config, "step": step, "metrics": history[-1] if history else {}})
     elapsed = time.perf_counter() - t0

@@ -5,7 +5,6 @@ import shutil
 
 import numpy as np
 import pydicom
-import pytest
 
 from ldmtool.io import read_dicom, read_nifti
 from ldmtool.train.checkpoint import file_sha256, load_checkpoint
