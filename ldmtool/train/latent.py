@@ -162,7 +162,7 @@ def train_latent_diffusion(
     steps_per_epoch = max(1, per_rank // bs)
     total = train_cfg.steps or steps_per_epoch * train_cfg.epochs
     settings = fingerprint({
-        "model": to_dict(model_cfg), "ae": ae_hash, "cases": data.case_ids, "seed": seed,
+        "model": to_dict(model_cfg), "ae": ae_hash, "cases": data.case_ids, "seed": seed, "world": info.world,
         "train": {k: v for k, v in to_dict(train_cfg).items() if k not in ("steps", "epochs", "max_minutes", "checkpoint_every", "checkpoint_minutes", "precision", "num_workers", "log_every")},
     })
     previous = load_state(out_dir) if resume != "never" else None

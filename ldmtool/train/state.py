@@ -174,6 +174,6 @@ def check_resumable(state: TrainingState, settings_hash: str, out_dir: Path) -> 
         raise LdmError(f"{out_dir / STATE_NAME} was written by another ldmtool version; use --restart or another --out")
     if state.meta.get("settings") != settings_hash:
         raise LdmError(
-            f"{out_dir} holds a training run with different settings (model, data or optimiser); "
+            f"{out_dir} holds a training run with different settings (model, data, optimiser or number of processes); "
             "use --restart to overwrite it, or another --out"
         )
