@@ -23,7 +23,7 @@ from ldmtool.train.checkpoint import load_checkpoint, save_checkpoint, write_con
 from ldmtool.errors import LdmError
 from ldmtool.train.common import autocast, count_parameters, grad_scaler, progress, warmup_cosine
 from ldmtool.train.distributed import DistInfo, StopFlag, finish, step_sync, wrap_ddp
-from ldmtool.train.state import check_resumable, fingerprint, load_state, restore, save_state, step_generator
+from ldmtool.train.state import previous_run, restore, save_state, step_generator
 
 
 @dataclass
@@ -227,17 +227,10 @@ def train_autoencoder(
         "val_cases": [] if val is None else val.case_ids,
         "seed": seed,
     }
-    settings = fingerprint({
+    previous, settings, elapsed_before = previous_run(out_dir, resume, {
         "model": to_dict(model_cfg), "loss": to_dict(loss_cfg), "preprocess": preprocess, "cases": data.case_ids, "seed": seed,
         "shape": list(data.images.shape), "world": info.world,
-        "train": {k: v for k, v in to_dict(train_cfg).items() if k not in ("epochs", "max_minutes", "checkpoint_every", "checkpoint_minutes", "precision", "num_workers", "log_every")},
-    })
-    previous = load_state(out_dir) if resume != "never" else None
-    if resume == "must" and previous is None:
-        raise LdmError(f"--resume: {out_dir} holds no training state to resume (train_state.safetensors)")
-    if previous is not None:
-        check_resumable(previous, settings, out_dir)
-    elapsed_before = float(previous.meta.get("elapsed_seconds", 0.0)) if previous else 0.0
+    }, to_dict(train_cfg))
     sched = warmup_cosine(opt, train_cfg.warmup_steps, total_steps, train_cfg.max_minutes, elapsed_before)
     scaler = grad_scaler(device, train_cfg.precision)
 

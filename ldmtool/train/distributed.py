@@ -3,12 +3,11 @@
 `torchrun --nproc_per_node=N -m ldmtool train-ldm ...` sets RANK / WORLD_SIZE / LOCAL_RANK /
 MASTER_ADDR / MASTER_PORT; `init_distributed` then joins the process group (nccl on CUDA, gloo on
 CPU), gives each process its own GPU, and the trainers wrap their model in DistributedDataParallel,
-split every global batch across ranks (each rank takes its share of one shared permutation, as
-DistributedSampler does), and write logs and checkpoints on rank 0 only.
+take each rank's share of the data with DistributedSampler, and write logs and checkpoints on rank 0 only.
 
 Pre-emption: SLURM sends SIGTERM (or the signal named by `--signal`) before it kills a job.
 `StopFlag` records it; the trainers finish the current step, agree across ranks to stop, write a
-full training state and exit with EXIT_REQUEUE, which the sbatch examples turn into a requeue.
+full training state and exit with `Preempted.exit_code` (75), which the sbatch examples turn into a requeue.
 """
 
 from __future__ import annotations
@@ -21,8 +20,6 @@ import torch
 import torch.distributed as dist
 
 from ldmtool.errors import Preempted
-
-EXIT_REQUEUE = Preempted.exit_code  # EX_TEMPFAIL (sysexits.h): "temporary failure, retry later"
 
 
 @dataclass
@@ -68,13 +65,6 @@ def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
 
     ids = [info.device.index] if info.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
-
-
-def rank_share(global_batch: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """This rank's part of a global batch (strided, as DistributedSampler splits an epoch)."""
-    if not info.enabled:
-        return global_batch
-    return global_batch[info.rank :: info.world]
 
 
 def _reduce_device(info: DistInfo) -> torch.device:

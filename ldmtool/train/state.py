@@ -168,6 +168,23 @@ def restore(
         torch.cuda.set_rng_state(rng["cuda"])
 
 
+# Settings that may change between sessions of one run (the LR schedule follows a new length).
+CHANGEABLE = ("steps", "epochs", "max_minutes", "checkpoint_every", "checkpoint_minutes", "precision", "num_workers", "log_every")
+
+
+def previous_run(out_dir: Path, resume: str, settings: dict[str, Any], train: dict[str, Any]) -> tuple[TrainingState | None, str, float]:
+    """The state to go on from (None to start afresh), the settings fingerprint of this run, and the
+    training seconds of earlier sessions. `resume`: "never" | "auto" | "must" (see the trainers)."""
+    settings_hash = fingerprint({**settings, "train": {k: v for k, v in train.items() if k not in CHANGEABLE}})
+    previous = load_state(out_dir) if resume != "never" else None
+    if resume == "must" and previous is None:
+        raise LdmError(f"--resume: {out_dir} holds no training state to resume ({STATE_NAME})")
+    if previous is not None:
+        check_resumable(previous, settings_hash, out_dir)
+    elapsed = float(previous.meta.get("elapsed_seconds", 0.0)) if previous else 0.0
+    return previous, settings_hash, elapsed
+
+
 def check_resumable(state: TrainingState, settings_hash: str, out_dir: Path) -> None:
     """Refuse to continue a run that was started with different settings."""
     if state.meta.get("format") != FORMAT:
