@@ -47,6 +47,9 @@ class SliceAutoencoder(nn.Module):
         self.pos_to_latent = nn.Sequential(nn.Linear(max(p, 1), 64), nn.SiLU(), nn.Linear(64, cfg.latent_channels))
         nn.init.zeros_(self.pos_to_latent[-1].weight)
         nn.init.zeros_(self.pos_to_latent[-1].bias)
+        # channels-last (NHWC) convolutions: ~15-20% faster on CPU (oneDNN) and the layout tensor
+        # cores want on GPU; make_input hands the network its input in the same layout
+        self.to(memory_format=torch.channels_last)
 
     @property
     def latent_channels(self) -> int:
@@ -64,7 +67,7 @@ class SliceAutoencoder(nn.Module):
                 raise ValueError("this autoencoder encodes labels; pass the label map")
             onehot = torch.nn.functional.one_hot(label.long(), self.num_classes).permute(0, 3, 1, 2)
             parts.append(onehot[:, 1:].to(image.dtype))
-        return torch.cat(parts, dim=1)
+        return torch.cat(parts, dim=1).contiguous(memory_format=torch.channels_last)
 
     def encode(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, C_data, H, W) from `make_input`; pos: (B,) in [0,1] → (z_mu, z_sigma), (B, L, h, w)."""
@@ -75,7 +78,7 @@ class SliceAutoencoder(nn.Module):
     def decode(self, z: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """z: (B, L, h, w); pos: (B,) → (B, C_img + num_classes, H, W): image then label logits."""
         bias = self.pos_to_latent(self._pos(pos).to(z.dtype))
-        return self.net.decode(z + bias[:, :, None, None])
+        return self.net.decode((z + bias[:, :, None, None]).contiguous(memory_format=torch.channels_last))
 
     def split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Split decoder output into (image, label logits or None)."""

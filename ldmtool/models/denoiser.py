@@ -34,6 +34,7 @@ class LatentDenoiser(nn.Module):
             with_conditioning=n_attributes > 0,
             cross_attention_dim=2 * n_attributes if n_attributes else None,
         )
+        self.to(memory_format=torch.channels_last_3d)  # NDHWC convolutions: faster on CPU and GPU
 
     def context(self, attributes: torch.Tensor | None, mask: torch.Tensor | None, batch: int, device) -> torch.Tensor | None:
         """(B, 1, 2A) context token, or None for an unconditioned network."""
@@ -50,6 +51,7 @@ class LatentDenoiser(nn.Module):
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.cfg.coordinates:
             x = torch.cat([x, coordinate_grid(x)], dim=1)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
         return self.unet(x, t, context=self.context(attributes, mask, x.shape[0], x.device))
 
 
