@@ -96,6 +96,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     cfg_dropout: float = 0.1  # classifier-free guidance: drop all conditioning this often
     min_snr_gamma: float | None = 5.0  # Min-SNR loss weighting of the denoiser (Hang et al. 2023); None = off
+    lesion_weight: float = 0.0  # denoiser: latent voxels over a lesion (±1 latent voxel) weigh 1 + this in the loss
     num_workers: int = 0
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU)
     log_every: int = 1
@@ -110,6 +111,8 @@ class TrainConfig:
             raise LdmError("val_fraction must be in [0, 1)")
         if self.epochs < 1 or self.batch_size < 1:
             raise LdmError("epochs and batch_size must be at least 1")
+        if self.lesion_weight < 0:
+            raise LdmError("lesion_weight must be ≥ 0")
 
 
 @dataclass
@@ -120,6 +123,11 @@ class AELossConfig:
     label_weight: float = 1.0  # weight of CE + Dice on the label channels
     ssim_weight: float = 0.0  # optional (1 - SSIM) term on the image channel
     lesion_oversample: float = 0.5  # fraction of each batch drawn from slices holding a rare label
+    latent_noise: float = 0.0  # decoder sees z + this × std(z) × N(0, 1) in training (robust decoding)
+
+    def __post_init__(self) -> None:
+        if self.latent_noise < 0 or not 0 <= self.lesion_oversample <= 1:
+            raise LdmError("ae_loss: latent_noise must be ≥ 0 and lesion_oversample in [0, 1]")
 
 
 @dataclass
@@ -148,6 +156,61 @@ class SampleConfig:
         for flag, value in (("--n", self.n), ("--batch-size", self.batch_size), ("--decode-batch", self.decode_batch)):
             if value < 1:
                 raise LdmError(f"{flag} must be at least 1; got {value}")
+
+
+@dataclass
+class SegModelConfig:
+    """The latent diffusion segmenter (LDSeg) or its deterministic UNet baseline.
+
+    LDSeg: a label encoder (one-hot mask → latent, ending in a parameter-free normalisation so the
+    label latent is standardised), an image encoder (image → latent of the same size, attention in
+    its lowest level), a time-conditioned UNet denoiser on [noisy label latent, image latent], and
+    a label decoder (latent → class logits). `dims` 2 works slice by slice on any volume; 3 on
+    whole volumes (small ones: e.g. 128×128×256 → 8×8×16 with five levels).
+    """
+
+    arch: str = "ldseg"  # ldseg | unet (MONAI UNet baseline of similar size, same loss and schedule)
+    dims: int = 2
+    channels: tuple[int, ...] = (16, 32, 64)  # encoder/decoder channels per level (downsampling 2^(n-1))
+    latent_channels: int = 4
+    num_res_blocks: int = 1
+    norm_num_groups: int = 8
+    attention: bool = True  # attention in the image encoder's lowest level
+    denoiser_channels: tuple[int, ...] = (32, 64)
+    num_head_channels: int = 16
+    num_train_timesteps: int = 1000
+    schedule: str = "cosine"
+    decoder_input: str = "paper"  # paper: ẑ0 = z_t − ε̂ (Zaman et al.) | x0: ẑ0 = (z_t − √(1−ᾱ)ε̂)/√ᾱ
+
+    def __post_init__(self) -> None:
+        _check_choice("arch", self.arch, ("ldseg", "unet"))
+        _check_choice("dims", self.dims, (2, 3))
+        _check_choice("schedule", self.schedule, ("linear_beta", "scaled_linear_beta", "cosine"))
+        _check_choice("decoder_input", self.decoder_input, ("paper", "x0"))
+        self.channels = tuple(int(c) for c in self.channels)
+        self.denoiser_channels = tuple(int(c) for c in self.denoiser_channels)
+        for name, chans in (("channels", self.channels), ("denoiser_channels", self.denoiser_channels)):
+            if not chans or any(c % self.norm_num_groups for c in chans):
+                raise LdmError(f"segmenter {name} {chans} must be multiples of norm_num_groups={self.norm_num_groups}")
+        if self.latent_channels < 1:
+            raise LdmError("latent_channels must be at least 1")
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+
+@dataclass
+class SegLossConfig:
+    """L = CE + dice_weight · Dice (on the decoded labels) + mse_weight · MSE(ε̂, ε)."""
+
+    dice_weight: float = 2.0  # γ
+    mse_weight: float = 1.0  # λ (LDSeg only)
+    oversample: float = 0.5  # share of each 2D batch drawn from slices holding the rarest class
+
+    def __post_init__(self) -> None:
+        if min(self.dice_weight, self.mse_weight) < 0 or not 0 <= self.oversample <= 1:
+            raise LdmError("seg_loss: weights must be ≥ 0 and oversample in [0, 1]")
 
 
 def _convert(tp: Any, value: Any) -> Any:

@@ -42,7 +42,7 @@ def callback(
 
 
 def _register() -> None:
-    from ldmtool.cli import demo, evaluate, pending, sample, stats, train_ae, train_ldm
+    from ldmtool.cli import demo, evaluate, pending, sample, segment, stats, train_ae, train_ldm
 
     app.command("demo-data")(demo.demo_data)
     app.command("train-ae")(train_ae.train_ae)
@@ -51,7 +51,8 @@ def _register() -> None:
     app.command("stats")(stats.stats)
     loose = {"allow_extra_args": True, "ignore_unknown_options": True}
     app.command("impute", context_settings=loose)(pending.impute)
-    app.command("segment", context_settings=loose)(pending.segment)
+    app.command("train-seg")(segment.train_seg)
+    app.command("segment")(segment.segment)
     app.command("evaluate")(evaluate.evaluate)
 
 

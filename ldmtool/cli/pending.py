@@ -14,9 +14,3 @@ def _not_yet(what: str) -> None:
 def impute(ctx: typer.Context) -> None:
     """Fill missing slices/voxels with latent self-guidance (LDMiss). [not available yet]"""
     _not_yet("impute")
-
-
-def segment(ctx: typer.Context) -> None:
-    """Segment volumes with a latent diffusion segmenter (LDSeg). [not available yet]"""
-    _not_yet("segment")
-

@@ -38,6 +38,7 @@ def train_ae(
     kl_weight: Annotated[Optional[float], typer.Option(help="KL weight (~1e-6).", rich_help_panel=MODEL)] = None,
     label_weight: Annotated[Optional[float], typer.Option(help="Weight of CE+Dice on the label channels.", rich_help_panel=MODEL)] = None,
     ssim_weight: Annotated[Optional[float], typer.Option(help="Weight of an optional 1-SSIM image term.", rich_help_panel=MODEL)] = None,
+    latent_noise: Annotated[Optional[float], typer.Option(help="Train the decoder on latents + this many latent std of Gaussian noise (robust decoding of diffusion samples).", rich_help_panel=MODEL)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Passes over all training slices.", rich_help_panel=TRAIN)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Slices per batch.", rich_help_panel=TRAIN)] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate.", rich_help_panel=TRAIN)] = None,
@@ -61,7 +62,7 @@ def train_ae(
         {**(cfg.get("preprocess") or {}), **{k: v for k, v in preprocess_flags(shape, spacing, intensity, ct_window).items() if v is not None}}
     )
     model_cfg = common.section(cfg, "autoencoder", AutoencoderConfig, {"channels": common.ints(channels, None, "--channels"), "latent_channels": latent_channels})
-    loss_cfg = common.section(cfg, "ae_loss", AELossConfig, {"kl_weight": kl_weight, "label_weight": label_weight, "ssim_weight": ssim_weight})
+    loss_cfg = common.section(cfg, "ae_loss", AELossConfig, {"kl_weight": kl_weight, "label_weight": label_weight, "ssim_weight": ssim_weight, "latent_noise": latent_noise})
     train_cfg = common.section(
         cfg, "ae_train", TrainConfig,
         {"epochs": epochs, "batch_size": batch_size, "lr": lr, "max_minutes": max_minutes, "val_fraction": val_fraction, "precision": precision, "checkpoint_every": checkpoint_every},

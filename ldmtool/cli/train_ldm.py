@@ -29,6 +29,7 @@ def train_ldm(
     lr: Annotated[Optional[float], typer.Option(help="Learning rate.", rich_help_panel=TRAIN)] = None,
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes.", rich_help_panel=TRAIN)] = None,
     ema_decay: Annotated[Optional[float], typer.Option(help="EMA decay of the weights used for sampling.", rich_help_panel=TRAIN)] = None,
+    lesion_weight: Annotated[Optional[float], typer.Option(help="Extra loss weight of latent voxels over lesions (1 + this).", rich_help_panel=TRAIN)] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16.", rich_help_panel=TRAIN)] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(help="Save the resumable training state every N steps (also every 10 min).", rich_help_panel=TRAIN)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Go on from the training state in --out (an error if there is none). Without it a state there is picked up automatically.", rich_help_panel=TRAIN)] = False,
@@ -52,7 +53,7 @@ def train_ldm(
     defaults = {"batch_size": 4, "epochs": 100}
     train_cfg = common.section(
         {"ldm_train": {**defaults, **(cfg.get("ldm_train") or {})}}, "ldm_train", TrainConfig,
-        {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr, "max_minutes": max_minutes, "ema_decay": ema_decay, "precision": precision, "checkpoint_every": checkpoint_every},
+        {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr, "max_minutes": max_minutes, "ema_decay": ema_decay, "lesion_weight": lesion_weight, "precision": precision, "checkpoint_every": checkpoint_every},
     )
     mode = common.resume_mode(resume, restart)
     with common.training_session(state, out, mode) as (info, stop):

@@ -106,9 +106,10 @@ class _DiffusionSampler:
 
     name = ""
 
-    def __init__(self, cfg: DenoiserConfig, steps: int, spacing: str = "trailing"):
+    def __init__(self, cfg: DenoiserConfig, steps: int, spacing: str = "trailing", clip: float | None = None):
         self.steps = steps
         self.spacing = spacing
+        self.clip = clip  # clamp x̂_0 to [−clip, clip] (and re-derive ε̂), for bounded targets
         self.prediction = cfg.prediction_type
         self.alphas_cumprod = training_scheduler(cfg).alphas_cumprod.double()
         self.timesteps = timestep_grid(cfg.num_train_timesteps, steps, spacing)
@@ -126,6 +127,9 @@ class _DiffusionSampler:
         else:  # v-prediction: v = √ᾱ ε − √(1−ᾱ) x_0
             x0 = a_t.sqrt() * x - (1 - a_t).sqrt() * out
             eps = a_t.sqrt() * out + (1 - a_t).sqrt() * x
+        if self.clip is not None:
+            x0 = x0.clamp(-self.clip, self.clip)
+            eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt().clamp_min(1e-8)
         return eps, x0
 
     def _next(self, i: int) -> int:
@@ -138,8 +142,8 @@ class DDIMSampler(_DiffusionSampler):
 
     name = "ddim"
 
-    def __init__(self, cfg: DenoiserConfig, steps: int, eta: float = 0.0, spacing: str = "trailing"):
-        super().__init__(cfg, steps, spacing)
+    def __init__(self, cfg: DenoiserConfig, steps: int, eta: float = 0.0, spacing: str = "trailing", clip: float | None = None):
+        super().__init__(cfg, steps, spacing, clip)
         self.eta = float(eta)
 
     def __call__(self, model: ModelFn, x: torch.Tensor, generator: Generators = None,

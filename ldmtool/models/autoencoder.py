@@ -85,7 +85,14 @@ class SliceAutoencoder(nn.Module):
         ci = self.image_channels
         return out[:, :ci], (out[:, ci:] if self.num_classes else None)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor):
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, latent_noise: float = 0.0):
+        """Encode, draw z, decode. `latent_noise` > 0 (training) adds Gaussian noise of that many
+        per-channel standard deviations of the batch's latents before decoding, so the decoder
+        also learns to map slightly-off latents (what a diffusion prior produces) to clean images
+        and masks."""
         z_mu, z_sigma = self.encode(x, pos)
         z = z_mu + z_sigma * torch.randn_like(z_sigma)
+        if latent_noise > 0:
+            scale = z_mu.detach().std(dim=(0, 2, 3), keepdim=True)
+            z = z + latent_noise * scale * torch.randn_like(z)
         return self.decode(z, pos), z_mu, z_sigma

@@ -281,7 +281,7 @@ def train_autoencoder(
                 label = None if train.labels is None else train.labels[case_idx, slice_idx].to(device)
                 pos = (slice_idx.float() / max(d - 1, 1)).to(device)
                 with autocast(device, train_cfg.precision):
-                    out, z_mu, z_sigma = net(ae.make_input(image, label), pos)
+                    out, z_mu, z_sigma = net(ae.make_input(image, label), pos, loss_cfg.latent_noise)
                 img, logits = ae.split(out.float())
                 loss, parts = loss_fn(img, logits, image, label, z_mu.float(), z_sigma.float())
                 opt.zero_grad(set_to_none=True)

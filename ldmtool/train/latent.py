@@ -55,6 +55,19 @@ def load_denoiser(path: Path, device: torch.device) -> tuple[LatentDenoiser, dic
     return model.to(device).eval(), config
 
 
+def lesion_latent_mask(labels: torch.Tensor, lesion_value: int, latent_hw: tuple[int, int]) -> torch.Tensor:
+    """(N, D, H, W) label maps → (N, 1, D, h, w) uint8: 1 where a latent voxel covers lesion voxels,
+    grown by one latent voxel in-plane (the lesion's rim and the tissue around it)."""
+    n, d, hh, ww = labels.shape
+    out = []
+    for i in range(n):  # one case at a time: the float copy of a whole large data set is not needed
+        les = (labels[i] == lesion_value).float()[:, None]  # (D, 1, H, W)
+        m = torch.nn.functional.adaptive_max_pool2d(les, latent_hw)
+        m = torch.nn.functional.max_pool2d(m, 3, stride=1, padding=1)
+        out.append(m[:, 0].to(torch.uint8))
+    return torch.stack(out)[:, None]
+
+
 def encode_dataset(ae: SliceAutoencoder, data: PreparedData, cache: Path | None, ae_hash: str, console=None) -> torch.Tensor:
     """Latent volumes (N, L, D, h, w) of every case, cached in `cache` (safetensors) by AE hash and cases."""
     from safetensors.torch import load_file, save_file
@@ -132,6 +145,10 @@ def train_latent_diffusion(
     mean = latents.mean(dim=(0, 2, 3, 4))
     std = latents.std(dim=(0, 2, 3, 4)).clamp_min(1e-6)
     z_all = (latents - mean[None, :, None, None, None]) / std[None, :, None, None, None]
+
+    lesion_map = None  # (N, 1, D, h, w) uint8: latent voxels over a lesion, for the loss weight
+    if train_cfg.lesion_weight > 0 and data.labels is not None and data.num_classes > 1:
+        lesion_map = lesion_latent_mask(data.labels, lesion_class(data.label_names), tuple(latents.shape[-2:]))
 
     attrs = None
     cond_cfg: dict[str, Any] = {}
@@ -218,7 +235,12 @@ def train_latent_diffusion(
             m = m.to(device)
         with autocast(device, train_cfg.precision):
             pred = net(zt, t, a, m)
-        per_sample = (pred.float() - target).pow(2).flatten(1).mean(1)
+        sq = (pred.float() - target).pow(2)
+        if lesion_map is None:
+            per_sample = sq.flatten(1).mean(1)
+        else:  # weighted mean: lesion regions count 1 + lesion_weight times, the loss keeps its scale
+            w = 1.0 + train_cfg.lesion_weight * lesion_map[idx].to(device, torch.float32)
+            per_sample = (sq * w).flatten(1).sum(1) / (w.flatten(1).sum(1) * sq.shape[1])
         return (per_sample * snr_weight(t)).mean()
 
     history: list[dict[str, float]] = []

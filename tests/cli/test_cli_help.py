@@ -8,7 +8,7 @@ import pytest
 
 from ldmtool import __version__
 
-COMMANDS = ("train-ae", "train-ldm", "sample", "impute", "segment", "evaluate", "demo-data", "stats")
+COMMANDS = ("train-ae", "train-ldm", "sample", "impute", "train-seg", "segment", "evaluate", "demo-data", "stats")
 ENV = {**os.environ, "COLUMNS": "120"}
 
 
@@ -20,7 +20,7 @@ def test_help_lists_commands(cli):
     assert "Traceback" not in r.both
 
 
-@pytest.mark.parametrize("command", ["train-ae", "train-ldm", "sample", "demo-data", "stats"])
+@pytest.mark.parametrize("command", ["train-ae", "train-ldm", "sample", "demo-data", "stats", "train-seg", "segment"])
 def test_command_help(cli, command):
     r = cli(command, "--help")
     assert r.code == 0 and "Usage" in r.out and "--help" in r.out
@@ -46,7 +46,7 @@ def test_cli_import_does_not_import_torch():
     assert proc.stdout.split() == ["False", "False"]
 
 
-@pytest.mark.parametrize("command", ["impute", "segment"])
+@pytest.mark.parametrize("command", ["impute"])
 @pytest.mark.parametrize("extra", [(), ("some/input", "--out", "x", "--flag")])
 def test_pending_commands(cli, command, extra):
     r = cli(command, *extra)

@@ -105,3 +105,27 @@ def test_no_position_features(make_ae):
         z, _ = ae.encode(x, torch.tensor([0.0, 1.0]))
         out = ae.decode(z, torch.tensor([0.0, 1.0]))
     assert out.shape == (2, 1, 8, 8)
+
+
+def test_latent_noise_perturbs_the_decoder_input_by_the_stated_scale(make_ae, monkeypatch):
+    ae = make_ae(num_classes=3)
+    x = ae.make_input(torch.rand(4, 1, 16, 16), torch.randint(0, 3, (4, 16, 16)))
+    pos = torch.full((4,), 0.5)
+    seen = []
+    real_decode = ae.decode
+    monkeypatch.setattr(ae, "decode", lambda z, p: seen.append(z) or real_decode(z, p))
+    with torch.no_grad():
+        z_mu, z_sigma = ae.encode(x, pos)
+        torch.manual_seed(1)
+        ae(x, pos)  # no extra noise: z = mu + sigma·ε
+        torch.manual_seed(1)
+        ae(x, pos, latent_noise=0.5)
+    plain, noisy = seen
+    extra = noisy - plain
+    ratio = extra.std(dim=(0, 2, 3)) / z_mu.std(dim=(0, 2, 3))
+    # noise of 0.5 latent std per channel (sampling error of 4·8·8 = 256 values per channel)
+    assert torch.all((ratio > 0.35) & (ratio < 0.65)), ratio
+    with pytest.raises(Exception, match="latent_noise"):
+        from ldmtool.config import AELossConfig
+
+        AELossConfig(latent_noise=-1.0)

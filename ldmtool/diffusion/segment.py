@@ -1,0 +1,182 @@
+"""`ldmtool segment`: label maps (and uncertainty) for NIfTI/DICOM volumes in their own geometry.
+
+Each input is brought to the model's orientation (a permutation/flip of axes, exactly invertible)
+and intensity scale, segmented in its own voxel grid (padded to the network's size multiple, then
+cropped back), and the result is put back into the input's axes, so the label map has the input's
+exact shape and affine. DICOM inputs give NIfTI outputs with the series' geometry.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel.orientations as nio
+import numpy as np
+import torch
+
+from ldmtool.config import SegModelConfig, from_dict
+from ldmtool.data.prepared import slices_to_volume, volume_to_slices
+from ldmtool.data.preprocess import PreprocessConfig, _intensity_range, _normalise, _reorient
+from ldmtool.errors import LdmError
+from ldmtool.io import write_nifti
+from ldmtool.io.atomic import atomic_write_text
+from ldmtool.io.dicom import is_dicom_file
+from ldmtool.io.nifti import is_nifti_path
+from ldmtool.io.readers import read_volume
+from ldmtool.io.volume import Volume
+from ldmtool.train.checkpoint import file_sha256, resolve_checkpoint
+from ldmtool.train.segmentation import load_segmenter, predict_volume
+
+
+@dataclass
+class SegmentedCase:
+    source: str
+    label_path: Path
+    shape: tuple[int, ...]
+    seconds: float
+    voxels_per_class: dict[str, int]
+    prob_path: Path | None = None
+    uncertainty_path: Path | None = None
+
+
+def _holds_dicom(folder: Path) -> bool:
+    return any(is_dicom_file(p) for p in sorted(folder.iterdir())[:50] if p.is_file())
+
+
+def expand_inputs(inputs: list[Path]) -> list[Path]:
+    """Files, DICOM series folders, and folders of NIfTI files (also their imagesTr/) → inputs."""
+    out: list[Path] = []
+    for path in inputs:
+        path = Path(path)
+        if not path.exists():
+            raise LdmError(f"{path} does not exist")
+        if path.is_file():
+            out.append(path)
+        elif _holds_dicom(path):
+            out.append(path)
+        else:
+            folder = path / "imagesTr" if (path / "imagesTr").is_dir() else path
+            found = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti_path(p))
+            found += sorted(p for p in folder.iterdir() if p.is_dir() and _holds_dicom(p))
+            if not found:
+                raise LdmError(f"{path} holds no NIfTI files or DICOM series to segment")
+            out.extend(found)
+    return out
+
+
+def output_stem(path: Path) -> str:
+    """case_0000.nii.gz → case; a DICOM folder → its name."""
+    name = path.name
+    for end in (".nii.gz", ".nii", ".dcm"):
+        if name.lower().endswith(end):
+            name = name[: -len(end)]
+            break
+    return name[:-5] if name.endswith("_0000") else name
+
+
+def _write_4d(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """(I, J, K, C) class probabilities as one 4D NIfTI (the input's affine), atomically."""
+    import nibabel as nib
+
+    from ldmtool.io.atomic import atomic_path
+
+    img = nib.Nifti1Image(array, affine)
+    img.set_sform(affine, code=1)
+    img.set_qform(affine, code=1)
+    img.header.set_xyzt_units("mm")
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+
+
+def segment_files(
+    inputs: list[Path],
+    model_path: Path,
+    out_dir: Path,
+    *,
+    steps: int = 2,
+    samples: int = 1,
+    batch_size: int = 16,
+    seed: int = 0,
+    device: torch.device = torch.device("cpu"),
+    precision: str = "auto",
+    console=None,
+) -> list[SegmentedCase]:
+    """Segment every input; write `<stem>_seg.nii.gz` (+ `_prob`, `_uncertainty` with samples > 1)."""
+    from ldmtool.train.common import progress
+
+    if steps < 1:
+        raise LdmError("--steps must be at least 1")
+    if samples < 1:
+        raise LdmError("--samples must be at least 1")
+    model_path = resolve_checkpoint(model_path)
+    model, config = load_segmenter(model_path, device)
+    cfg = from_dict(SegModelConfig, config["model"])
+    if cfg.arch == "unet" and samples > 1:
+        raise LdmError("--samples > 1 needs an LDSeg model; a UNet is deterministic")
+    pre = PreprocessConfig.from_dict(config.get("preprocess") or {})
+    names = {int(v): k for k, v in config["label_names"].items()}
+    files = expand_inputs(inputs)
+    stems = [output_stem(p) for p in files]
+    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    if dupes:
+        raise LdmError(f"several inputs would write the same output name ({', '.join(dupes)}); segment them into separate --out folders")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    results: list[SegmentedCase] = []
+    with progress(console) as bar:
+        task = bar.add_task("segment", total=len(files), rate="", info="")
+        for path, stem in zip(files, stems):
+            t0 = time.perf_counter()
+            volume = read_volume(path, allow_single_slice=True)
+            arr = np.asarray(volume.array, dtype=np.float32)
+            if arr.ndim != 3:
+                raise LdmError(f"{path} is not a 3D volume (shape {arr.shape})")
+            if cfg.dims == 3 and min(arr.shape) < 2:
+                raise LdmError(f"{path} is a 2D image (shape {arr.shape}) and this is a 3D model; segment it with a --dims 2 model")
+            src_codes = "".join(nio.aff2axcodes(volume.affine))
+            work, work_affine = arr, volume.affine
+            if pre.orientation != "none":
+                (work,), work_affine = _reorient([arr], volume.affine, pre.orientation)
+            work = _normalise(work, _intensity_range(work, pre), pre)
+            slices = torch.from_numpy(volume_to_slices(work).copy())  # (K, I, J)
+            probs, std = predict_volume(model, cfg, slices, steps=steps, samples=samples, batch=batch_size,
+                                        generator=gen, device=device, precision=precision)
+            label = probs.argmax(0)  # (K, I, J)
+            outputs = {"seg": slices_to_volume(label.numpy().astype(np.uint8))}
+            if std is not None:
+                outputs["prob"] = np.stack([slices_to_volume(p.numpy()) for p in probs], axis=-1).astype(np.float32)
+                # uncertainty: std over the draws of the probability of the class finally chosen
+                chosen = torch.gather(std, 0, label[None])[0]
+                outputs["uncertainty"] = slices_to_volume(chosen.numpy()).astype(np.float32)
+            written: dict[str, Path] = {}
+            for key, data in outputs.items():
+                if pre.orientation != "none":
+                    (data,), back_affine = _reorient([data], work_affine, src_codes)
+                    if not np.allclose(back_affine, volume.affine, atol=1e-4):
+                        raise LdmError(f"internal error: {path} could not be put back into its own axes")
+                if data.shape[:3] != arr.shape:
+                    raise LdmError(f"internal error: output shape {data.shape[:3]} differs from the input's {arr.shape}")
+                target = out_dir / f"{stem}_{key}.nii.gz"
+                if data.ndim == 3:
+                    write_nifti(Volume(np.ascontiguousarray(data), volume.affine.copy(), {}), target)
+                else:
+                    _write_4d(np.ascontiguousarray(data), volume.affine, target)
+                written[key] = target
+            counts = np.bincount(label.flatten().numpy(), minlength=len(names) or 1)
+            results.append(SegmentedCase(
+                source=str(path), label_path=written["seg"], shape=tuple(arr.shape), seconds=time.perf_counter() - t0,
+                voxels_per_class={names.get(c, str(c)): int(n) for c, n in enumerate(counts)},
+                prob_path=written.get("prob"), uncertainty_path=written.get("uncertainty"),
+            ))
+            bar.update(task, advance=1, info=path.name)
+    atomic_write_text(out_dir / "segment.json", json.dumps({
+        "model": str(model_path), "model_sha256": file_sha256(model_path), "arch": cfg.arch, "dims": cfg.dims,
+        "steps": steps, "samples": samples, "seed": seed, "device": str(device),
+        "cases": [{"source": r.source, "label": r.label_path.name, "seconds": round(r.seconds, 3),
+                   "voxels_per_class": r.voxels_per_class} for r in results],
+    }, indent=2) + "\n")
+    return results

@@ -1,0 +1,138 @@
+"""`ldmtool train-seg` and `ldmtool segment` end to end on the tiny config: train LDSeg (and the UNet
+baseline), segment a NIfTI in another orientation and a DICOM series, and check every output has
+the input's exact geometry; resume; bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ldmtool.io import read_volume
+from ldmtool.io.dicom_write import write_dicom_series
+
+from ldmtool.cli.main import main
+
+TINY_YAML = Path(__file__).resolve().parents[2] / "examples" / "tiny.yaml"
+
+
+def _must(*args) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert main(["--quiet", *[str(a) for a in args]]) == 0, args
+
+
+@pytest.fixture(scope="module")
+def seg_model(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("seg") / "LDSEG"
+    _must("train-seg", trained.data, "--out", out, "--config", TINY_YAML)
+    return out
+
+
+def test_train_seg_writes_a_checkpoint_with_per_epoch_validation_dice(seg_model):
+    history = json.loads((seg_model / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    for row in history:
+        assert 0.0 <= row["dice_head"] <= 1.0 and 0.0 <= row["dice_lesion"] <= 1.0
+    config = json.loads((seg_model / "config.json").read_text())
+    assert config["kind"] == "segmenter" and config["model"]["arch"] == "ldseg"
+    assert config["label_names"] == {"background": 0, "head": 1, "lesion": 2}
+    assert (seg_model / "model.safetensors").is_file()
+
+
+def test_rerun_of_a_finished_run_says_so(trained, seg_model, cli):
+    r = cli("train-seg", trained.data, "--out", seg_model, "--config", TINY_YAML)
+    assert r.code == 0 and "already holds a finished run" in r.out
+
+
+def test_segment_nifti_in_another_orientation_and_dicom_keeps_their_geometry(trained, seg_model, cli, tmp_path):
+    src = nib.load(trained.data / "imagesTr" / "phantom_000_0000.nii.gz")
+    # LPS-like axes with the first two swapped: segment must map its result back into them
+    odd = src.as_reoriented(np.array([[1, -1], [0, -1], [2, 1]]))
+    assert nib.aff2axcodes(odd.affine) != ("R", "A", "S")
+    odd_path = tmp_path / "odd.nii.gz"
+    nib.save(odd, odd_path)
+    dicom_dir = tmp_path / "series"
+    write_dicom_series(read_volume(trained.data / "imagesTr" / "phantom_001_0000.nii.gz"), dicom_dir, modality="MR")
+    out = tmp_path / "seg"
+    r = cli("segment", odd_path, dicom_dir, "--model", seg_model, "--out", out, "--samples", 2, "--steps", 2)
+    assert r.code == 0, r.both
+    for name, source in (("odd", read_volume(odd_path)), ("series", read_volume(dicom_dir))):
+        seg = nib.load(out / f"{name}_seg.nii.gz")
+        assert seg.shape == source.shape
+        np.testing.assert_allclose(seg.affine, source.affine, atol=1e-4)
+        assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
+        prob = nib.load(out / f"{name}_prob.nii.gz")
+        assert prob.shape == (*source.shape, 3)
+        np.testing.assert_allclose(np.asarray(prob.dataobj).sum(-1), 1.0, atol=1e-4)
+        unc = nib.load(out / f"{name}_uncertainty.nii.gz")
+        assert unc.shape == source.shape and np.asarray(unc.dataobj).min() >= 0
+    # the label map of the reoriented input is the segmentation of the original (same seed, same
+    # settings: the same z_T draws on the same RAS array), only in the input's axes
+    r = cli("segment", trained.data / "imagesTr" / "phantom_000_0000.nii.gz", "--model", seg_model, "--out", tmp_path / "orig",
+            "--samples", 2, "--steps", 2)
+    assert r.code == 0, r.both
+    orig = nib.load(tmp_path / "orig" / "phantom_000_seg.nii.gz")
+    back = nib.load(out / "odd_seg.nii.gz").as_reoriented(nib.orientations.io_orientation(odd.affine))
+    np.testing.assert_allclose(back.affine, orig.affine, atol=1e-4)
+    agree = (np.asarray(back.dataobj) == np.asarray(orig.dataobj)).mean()
+    assert agree > 0.999, agree
+    report = json.loads((out / "segment.json").read_text())
+    assert [c["label"] for c in report["cases"]] == ["odd_seg.nii.gz", "series_seg.nii.gz"]
+
+
+def test_unet_baseline_trains_and_segments_a_folder(trained, cli, tmp_path):
+    model = tmp_path / "UNET"
+    r = cli("--quiet", "train-seg", trained.data, "--out", model, "--config", TINY_YAML, "--arch", "unet")
+    assert r.code == 0, r.both
+    assert json.loads((model / "config.json").read_text())["model"]["arch"] == "unet"
+    r = cli("segment", trained.data, "--model", model, "--out", tmp_path / "seg")
+    assert r.code == 0, r.both
+    assert len(list((tmp_path / "seg").glob("*_seg.nii.gz"))) == 6
+    r = cli("segment", trained.data, "--model", model, "--out", tmp_path / "seg2", "--samples", 3)
+    assert r.code == 1 and "needs an LDSeg model" in r.err
+
+
+def _one_line_error(r, *words):
+    assert r.code != 0
+    lines = r.error_lines()
+    assert len(lines) == 1, r.err
+    assert "Traceback" not in r.both
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_bad_input(trained, seg_model, cli, tmp_path):
+    # a 2D file for a 3D model
+    model3 = tmp_path / "LDSEG3"
+    r = cli("--quiet", "train-seg", trained.data, "--out", model3, "--config", TINY_YAML, "--dims", 3, "--epochs", 1)
+    assert r.code == 0, r.both
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.rand(32, 32, 1).astype(np.float32), np.eye(4)), flat)
+    _one_line_error(cli("segment", flat, "--model", model3, "--out", tmp_path / "o1"), "2D", "3D model")
+    # image/label shape mismatch
+    bad = tmp_path / "bad"
+    shutil.copytree(trained.data, bad)
+    lab = nib.load(bad / "labelsTr" / "phantom_002.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(lab.dataobj)[:, :, :8], lab.affine), bad / "labelsTr" / "phantom_002.nii.gz")
+    _one_line_error(cli("train-seg", bad, "--out", tmp_path / "o2", "--config", TINY_YAML), "phantom_002", "shape")
+    # label values that dataset.json does not list
+    shutil.rmtree(bad)
+    shutil.copytree(trained.data, bad)
+    arr = np.asarray(lab.dataobj).copy()
+    arr[0, 0, 0] = 7
+    nib.save(nib.Nifti1Image(arr, lab.affine), bad / "labelsTr" / "phantom_002.nii.gz")
+    _one_line_error(cli("train-seg", bad, "--out", tmp_path / "o3", "--config", TINY_YAML), "[7]")
+    # missing input, NaN voxels, not a segmenter checkpoint
+    _one_line_error(cli("segment", tmp_path / "nope.nii.gz", "--model", seg_model, "--out", tmp_path / "o4"), "does not exist")
+    nan = np.random.rand(32, 32, 16).astype(np.float32)
+    nan[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(nan, np.eye(4)), tmp_path / "nan.nii.gz")
+    _one_line_error(cli("segment", tmp_path / "nan.nii.gz", "--model", seg_model, "--out", tmp_path / "o5"), "NaN")
+    _one_line_error(cli("segment", flat, "--model", trained.ae, "--out", tmp_path / "o6"), "autoencoder", "segmenter")
+    assert not (tmp_path / "o5").exists() or not list((tmp_path / "o5").glob("*.nii.gz"))
