@@ -180,7 +180,7 @@ class SegModelConfig:
     num_head_channels: int = 16
     num_train_timesteps: int = 1000
     schedule: str = "cosine"
-    decoder_input: str = "paper"  # paper: ẑ0 = z_t − ε̂ (Zaman et al.) | x0: ẑ0 = (z_t − √(1−ᾱ)ε̂)/√ᾱ
+    decoder_input: str = "x0"  # x0: ẑ0 = (z_t − √(1−ᾱ)ε̂)/√ᾱ, clamped (what DDIM decodes) | paper: ẑ0 = z_t − ε̂
 
     def __post_init__(self) -> None:
         _check_choice("arch", self.arch, ("ldseg", "unet"))

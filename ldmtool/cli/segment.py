@@ -23,7 +23,7 @@ def train_seg(
     channels: Annotated[Optional[str], typer.Option(help="Encoder/decoder channels per level, e.g. 16,32,64 (downsampling 2^(levels-1)).", rich_help_panel=MODEL)] = None,
     denoiser_channels: Annotated[Optional[str], typer.Option(help="LDSeg denoiser UNet channels per level, e.g. 32,64.", rich_help_panel=MODEL)] = None,
     latent_channels: Annotated[Optional[int], typer.Option(help="Label/image latent channels.", rich_help_panel=MODEL)] = None,
-    decoder_input: Annotated[Optional[str], typer.Option(help="paper: ẑ0 = z_t − ε̂ | x0: (z_t − √(1−ᾱ)ε̂)/√ᾱ (what DDIM hands the decoder).", rich_help_panel=MODEL)] = None,
+    decoder_input: Annotated[Optional[str], typer.Option(help="x0 (default): ẑ0 = (z_t − √(1−ᾱ)ε̂)/√ᾱ, what DDIM hands the decoder | paper: ẑ0 = z_t − ε̂.", rich_help_panel=MODEL)] = None,
     dice_weight: Annotated[Optional[float], typer.Option(help="γ: weight of the Dice term (loss = CE + γ·Dice + λ·MSE).", rich_help_panel=MODEL)] = None,
     mse_weight: Annotated[Optional[float], typer.Option(help="λ: weight of the noise MSE term.", rich_help_panel=MODEL)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the training slices (2D) or volumes (3D).", rich_help_panel=TRAIN)] = None,

@@ -6,9 +6,11 @@ and cosine decay, batches of slices (2D, a share drawn from slices holding the r
 volumes (3D). Validation Dice per class on held-out cases after every epoch; the best checkpoint
 is kept. The run is resumable like the other trainers (train_state.safetensors + state.json).
 
-LDSeg's clean-latent estimate fed to the label decoder in training is, by default, the paper's
-ẑ_0 = z_t − ε̂ (`decoder_input: paper`); `decoder_input: x0` uses the posterior-mean formula
-ẑ_0 = (z_t − √(1−ᾱ_t) ε̂)/√ᾱ_t (clamped), the quantity the DDIM sampler hands the decoder.
+LDSeg's clean-latent estimate fed to the label decoder in training is, by default, the x0 formula
+ẑ_0 = (z_t − √(1−ᾱ_t) ε̂)/√ᾱ_t, clamped to ±5 (`decoder_input: x0`): exactly what the DDIM sampler
+hands the decoder at inference. The paper's ẑ_0 = z_t − ε̂ (`decoder_input: paper`) is kept as an
+option; on the phantoms it trained a decoder that does not fit DDIM's output (300 steps, 12
+volumes of 48×48×24, 2 DDIM steps: Dice head / lesion 0.89 / 0.04 with `paper`, 0.96 / 0.84 with `x0`).
 """
 
 from __future__ import annotations
