@@ -78,6 +78,8 @@ def train_seg(
         state.console.print(f"{out} already holds a finished run; use --restart to train again")
     rows = {"checkpoint": str(result.path), "architecture": f"{model_cfg.arch} ({model_cfg.dims}D)",
             "parameters": f"{result.parameters / 1e6:.2f} M", "seconds": result.seconds}
+    if result.resumed_from is not None and not result.already_complete:
+        rows["resumed from step"] = result.resumed_from
     rows.update({k: v for k, v in result.best.items() if k != "score"})
     common.console.print(common.results_table("train-seg (best epoch)", rows))
 

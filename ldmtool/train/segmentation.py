@@ -123,14 +123,11 @@ def predict_volume(
 
 
 def dice_per_class(pred: torch.Tensor, truth: torch.Tensor, num_classes: int) -> list[float]:
-    """Dice of each foreground class between two (D, H, W) label maps (MONAI DiceMetric; a class
-    absent from both counts as 1, absent from one as 0)."""
-    from monai.metrics import DiceMetric
+    """Dice of each foreground class between two (D, H, W) label maps (a class absent from both
+    counts as 1, absent from one as 0)."""
+    from ldmtool.evaluate.segmentation import segmentation_metrics
 
-    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
-    p = F.one_hot(pred.long(), num_classes).movedim(-1, 0)[None]
-    t = F.one_hot(truth.long(), num_classes).movedim(-1, 0)[None]
-    return [float(v) for v in metric(p, t)[0]]
+    return segmentation_metrics(pred, truth, num_classes, metrics=("dice",))["dice"]
 
 
 # ------------------------------------------------------------------------------------------------

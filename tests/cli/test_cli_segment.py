@@ -50,6 +50,20 @@ def test_rerun_of_a_finished_run_says_so(trained, seg_model, cli):
     assert r.code == 0 and "already holds a finished run" in r.out
 
 
+def test_longer_rerun_resumes_where_the_first_stopped(trained, cli, tmp_path):
+    out = tmp_path / "R"
+    r = cli("--quiet", "train-seg", trained.data, "--out", out, "--config", TINY_YAML, "--arch", "unet", "--epochs", 1)
+    assert r.code == 0, r.both
+    first = json.loads((out / "state.json").read_text())["step"]
+    r = cli("train-seg", trained.data, "--out", out, "--config", TINY_YAML, "--arch", "unet", "--epochs", 2)
+    assert r.code == 0, r.both
+    assert "resumed from step" in r.out
+    history = json.loads((out / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2] and history[1]["step"] == 2 * first
+    r = cli("train-seg", trained.data, "--out", out, "--config", TINY_YAML, "--arch", "unet", "--epochs", 2, "--lr", 0.1)
+    assert r.code == 1 and "different settings" in r.err
+
+
 def test_segment_nifti_in_another_orientation_and_dicom_keeps_their_geometry(trained, seg_model, cli, tmp_path):
     src = nib.load(trained.data / "imagesTr" / "phantom_000_0000.nii.gz")
     # LPS-like axes with the first two swapped: segment must map its result back into them
