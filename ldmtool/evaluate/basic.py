@@ -15,8 +15,8 @@ def volume_stats(image: np.ndarray, label: np.ndarray | None, lesion: int | None
 
     mean_intensity: mean over all voxels; head_fraction: fraction of voxels with a foreground
     label; lesion_present: 1 if any lesion voxel; lesion_inside: fraction of lesion voxels with no
-    background voxel among their 26 neighbours; slice_mad: mean absolute difference between
-    adjacent slices along K (slice-to-slice coherence).
+    background voxel among their 26 neighbours; lesion_components: separate lesions (26-connected);
+    slice_mad: mean absolute difference between adjacent slices along K (slice-to-slice coherence).
     """
     image = np.asarray(image, dtype=np.float64)
     out = {
@@ -30,6 +30,7 @@ def volume_stats(image: np.ndarray, label: np.ndarray | None, lesion: int | None
             les = label == lesion
             out["lesion_present"] = float(les.any())
             if les.any():
+                out["lesion_components"] = float(ndimage.label(les, structure=np.ones((3, 3, 3)))[1])
                 near_bg = ndimage.binary_dilation(label == 0, structure=np.ones((3, 3, 3)))
                 out["lesion_inside"] = float((les & ~near_bg).sum() / les.sum())
                 out["lesion_voxels"] = float(les.sum())
@@ -87,5 +88,6 @@ def compare_folders(real: Path, synthetic: Path) -> list[tuple[str, float, float
     rv, sv = mean_of(r, "lesion_inside"), mean_of(s, "lesion_inside")
     rows.append(("lesion voxels inside the head (fraction)", rv, sv, "≥ 0.95", None if np.isnan(sv) else bool(sv >= 0.95)))
     rows.append(("mean lesion volume (voxels)", mean_of(r, "lesion_voxels"), mean_of(s, "lesion_voxels"), "", None))
+    rows.append(("lesions per volume (connected components)", mean_of(r, "lesion_components"), mean_of(s, "lesion_components"), "", None))
     rows.append(("image and mask share the affine", 1.0, float(same_affine), "yes", same_affine))
     return rows
