@@ -21,7 +21,7 @@ from ldmtool.models.autoencoder import SliceAutoencoder
 from ldmtool.models.position import slice_positions
 from ldmtool.train.checkpoint import load_checkpoint, save_checkpoint, write_config_json
 from ldmtool.errors import LdmError
-from ldmtool.train.common import autocast, count_parameters, grad_scaler, progress, warmup_cosine
+from ldmtool.train.common import autocast, count_parameters, grad_scaler, optimizer_step, progress, warmup_cosine
 from ldmtool.train.distributed import DistInfo, StopFlag, finish, step_sync, wrap_ddp
 from ldmtool.train.state import previous_run, restore, save_state, step_generator
 
@@ -284,11 +284,7 @@ def train_autoencoder(
                     out, z_mu, z_sigma = net(ae.make_input(image, label), pos, loss_cfg.latent_noise)
                 img, logits = ae.split(out.float())
                 loss, parts = loss_fn(img, logits, image, label, z_mu.float(), z_sigma.float())
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
+                optimizer_step(loss, ae, opt, scaler, sched, clip=None)
                 step += 1
                 seen += len(slice_idx) * info.world
                 for k, v in parts.items():

@@ -135,5 +135,19 @@ def progress(console: Console | None = None, transient: bool = False) -> Progres
     )
 
 
+def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   sched: torch.optim.lr_scheduler.LRScheduler, clip: float | None = 1.0) -> None:
+    """One update: backward through the grad scaler, optional gradient-norm clipping, optimiser
+    and LR-schedule step."""
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip is not None:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    scaler.step(opt)
+    scaler.update()
+    sched.step()
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

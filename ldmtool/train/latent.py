@@ -21,7 +21,7 @@ from ldmtool.io.atomic import atomic_path, atomic_write_text
 from ldmtool.models.autoencoder import SliceAutoencoder
 from ldmtool.models.denoiser import LatentDenoiser
 from ldmtool.train.checkpoint import file_sha256, load_checkpoint, save_checkpoint, write_config_json
-from ldmtool.train.common import autocast, count_parameters, grad_scaler, make_ema, progress, warmup_cosine
+from ldmtool.train.common import autocast, count_parameters, grad_scaler, optimizer_step, make_ema, progress, warmup_cosine
 from ldmtool.train.distributed import DistInfo, StopFlag, barrier, finish, step_sync, wrap_ddp
 from ldmtool.train.state import previous_run, restore, save_state, step_generator
 
@@ -282,13 +282,7 @@ def train_latent_diffusion(
             for idx in batches[position:]:
                 model.train()
                 loss = loss_on(idx, net, step_generator(seed, info.rank, step))
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
+                optimizer_step(loss, model, opt, scaler, sched)
                 ema.update_parameters(model)
                 step += 1
                 seen += len(idx) * info.world

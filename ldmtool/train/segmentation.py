@@ -31,7 +31,7 @@ from ldmtool.errors import LdmError
 from ldmtool.io.atomic import atomic_write_text
 from ldmtool.models.ldseg import LDSeg, build_segmenter, seg_schedule, size_multiple
 from ldmtool.train.checkpoint import load_checkpoint, save_checkpoint, write_config_json
-from ldmtool.train.common import autocast, count_parameters, grad_scaler, progress, warmup_cosine
+from ldmtool.train.common import autocast, count_parameters, grad_scaler, optimizer_step, progress, warmup_cosine
 from ldmtool.train.state import previous_run, restore, save_state, step_generator
 
 KIND = "segmenter"
@@ -306,13 +306,7 @@ def train_segmenter(
                 model.train()
                 x, y = batch_of(step, epoch, b, order)
                 loss, parts = loss_on(x, y, step_generator(seed, 0, step))
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
+                optimizer_step(loss, model, opt, scaler, sched)
                 step += 1
                 lv = float(loss.detach())
                 running = 0.98 * running + 0.02 * lv if step > 1 else lv
