@@ -217,17 +217,19 @@ def train_segmenter(
         "seed": seed,
     }
 
-    def batch_of(step: int, epoch: int, b: int, order: torch.Tensor | None):
-        if model_cfg.dims == 2:
-            case_idx, slice_idx = batches_2d[b]
-            x = train.images[case_idx, slice_idx][:, None]
-            y = train.labels[case_idx, slice_idx]
-        else:
-            idx = order[b * train_cfg.batch_size : (b + 1) * train_cfg.batch_size]
-            x = train.images[idx][:, None]
-            y = train.labels[idx]
-        x, _ = pad_to_multiple(x, mult, model_cfg.dims)
-        y, _ = pad_to_multiple(y, mult, model_cfg.dims)
+    def epoch_batches(epoch: int) -> list[tuple[torch.Tensor, ...]]:
+        """The epoch's batches as index tuples into the training arrays: (case, slice) indices in
+        2D, case indices in 3D; a function of (seed, epoch), so a resumed run sees the same ones."""
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+            return list(sampler)
+        order = torch.randperm(len(train_idx), generator=step_generator(seed, 0, epoch, 0x3D))
+        bs = train_cfg.batch_size
+        return [(order[s : s + bs],) for s in range(0, steps_per_epoch * bs, bs)]
+
+    def batch_of(sel: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, _ = pad_to_multiple(train.images[sel][:, None], mult, model_cfg.dims)
+        y, _ = pad_to_multiple(train.labels[sel], mult, model_cfg.dims)
         return x.to(device), y.to(device)
 
     def loss_on(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
@@ -296,15 +298,10 @@ def train_segmenter(
     with progress(console) as bar:
         task = bar.add_task("train-seg", total=total, completed=step, rate="", info="")
         while step < total and not halt:
-            order = None
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-                batches_2d = list(sampler)
-            else:
-                order = torch.randperm(len(train_idx), generator=step_generator(seed, 0, epoch, 0x3D))
+            batches = epoch_batches(epoch)
             for b in range(position, steps_per_epoch):
                 model.train()
-                x, y = batch_of(step, epoch, b, order)
+                x, y = batch_of(batches[b])
                 loss, parts = loss_on(x, y, step_generator(seed, 0, step))
                 optimizer_step(loss, model, opt, scaler, sched)
                 step += 1
