@@ -34,7 +34,7 @@ def train_seg(
     val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of cases held out for the per-epoch validation Dice.", rich_help_panel=TRAIN)] = None,
     val_steps: Annotated[int, typer.Option(help="DDIM steps of the LDSeg validation.", rich_help_panel=TRAIN)] = 2,
     precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16.", rich_help_panel=TRAIN)] = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option(help="Save the resumable training state every N steps (also every epoch and 10 min).", rich_help_panel=TRAIN)] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Save the resumable training state every N steps (also at the end, every 10 min, and at epoch ends a minute apart).", rich_help_panel=TRAIN)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Go on from the training state in --out (an error if there is none). Without it a state there is picked up automatically.", rich_help_panel=TRAIN)] = False,
     restart: Annotated[bool, typer.Option("--restart", help="Ignore and replace a training state in --out.", rich_help_panel=TRAIN)] = False,
 ) -> None:

@@ -43,6 +43,8 @@ class SegmentedCase:
 
 
 def _holds_dicom(folder: Path) -> bool:
+    """DICOM files directly in `folder` (not in sub-folders, unlike the data-set loader's check:
+    here a folder of series sub-folders is several inputs, not one)."""
     return any(is_dicom_file(p) for p in sorted(folder.iterdir())[:50] if p.is_file())
 
 

@@ -315,7 +315,9 @@ def train_segmenter(
                 elif stop is not None and stop.requested:
                     halt = "signal"
                 end_of_epoch = b == steps_per_epoch - 1
-                if end_of_epoch or step >= total or halt:
+                final = step >= total or bool(halt)
+                since_save = time.perf_counter() - last_save
+                if end_of_epoch or final:
                     row = {"epoch": epoch + 1, "step": step, "train_loss": running, **validate(),
                            "seconds": elapsed_before + time.perf_counter() - t0}
                     history.append(row)
@@ -326,13 +328,14 @@ def train_segmenter(
                         best = {"score": score, **{k: v for k, v in row.items() if k != "seconds"}}
                         save_checkpoint(path, model.state_dict(), {**config, "metrics": row})
                     atomic_write_text(out_dir / "history.json", json.dumps(history, indent=2))
+                # the resumable state: at the end, every checkpoint_every steps or checkpoint_minutes,
+                # and at an epoch's end unless the last one is under a minute old (tiny data sets
+                # have epochs of a few steps: one state write each would dominate the run)
+                if final or (train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0) \
+                        or since_save > 60 * train_cfg.checkpoint_minutes or (end_of_epoch and since_save > 60):
                     write_state(complete=step >= total or halt == "time")
                     last_save = time.perf_counter()
-                elif (train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0) or \
-                        time.perf_counter() - last_save > 60 * train_cfg.checkpoint_minutes:
-                    write_state(complete=False)
-                    last_save = time.perf_counter()
-                if step >= total or halt:
+                if final:
                     break
             epoch, position = epoch + 1, 0
         if halt == "time":
