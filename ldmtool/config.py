@@ -28,6 +28,7 @@ class AutoencoderConfig:
     norm_num_groups: int = 8
     attention: bool = False  # attention in the lowest level (slower; helps large slices)
     position_features: int = 8  # sinusoidal features of the normalised slice index (0 = off)
+    mask_channel: bool = False  # incomplete data: the encoder also sees the observed-voxel mask
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)

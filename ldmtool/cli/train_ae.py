@@ -33,7 +33,9 @@ def train_ae(
     spacing: Annotated[Optional[str], typer.Option(help="Resample to this voxel size x,y,z (mm).", rich_help_panel=DATA)] = None,
     intensity: Annotated[Optional[str], typer.Option(help="percentile | ct_window | none.", rich_help_panel=DATA)] = None,
     ct_window: Annotated[Optional[str], typer.Option(help="CT window level,width (HU), with --intensity ct_window.", rich_help_panel=DATA)] = None,
+    missing_rate: Annotated[float, typer.Option(help="Drop this fraction of every volume's voxels completely at random (MCAR, seeded by --seed), for missing-data experiments. Real gaps: NaN voxels or masksTr/ masks (1 = missing).", rich_help_panel=DATA)] = 0.0,
     channels: Annotated[Optional[str], typer.Option(help="Autoencoder channels per level, e.g. 16,32,64.", rich_help_panel=MODEL)] = None,
+    mask_channel: Annotated[Optional[bool], typer.Option("--mask-channel/--no-mask-channel", help="Incomplete data: give the encoder the observed-voxel mask as an extra channel.", rich_help_panel=MODEL)] = None,
     latent_channels: Annotated[Optional[int], typer.Option(help="Latent channels.", rich_help_panel=MODEL)] = None,
     kl_weight: Annotated[Optional[float], typer.Option(help="KL weight (~1e-6).", rich_help_panel=MODEL)] = None,
     label_weight: Annotated[Optional[float], typer.Option(help="Weight of CE+Dice on the label channels.", rich_help_panel=MODEL)] = None,
@@ -61,7 +63,7 @@ def train_ae(
     pre = PreprocessConfig.from_dict(
         {**(cfg.get("preprocess") or {}), **{k: v for k, v in preprocess_flags(shape, spacing, intensity, ct_window).items() if v is not None}}
     )
-    model_cfg = common.section(cfg, "autoencoder", AutoencoderConfig, {"channels": common.ints(channels, None, "--channels"), "latent_channels": latent_channels})
+    model_cfg = common.section(cfg, "autoencoder", AutoencoderConfig, {"channels": common.ints(channels, None, "--channels"), "latent_channels": latent_channels, "mask_channel": mask_channel})
     loss_cfg = common.section(cfg, "ae_loss", AELossConfig, {"kl_weight": kl_weight, "label_weight": label_weight, "ssim_weight": ssim_weight, "latent_noise": latent_noise})
     train_cfg = common.section(
         cfg, "ae_train", TrainConfig,
@@ -71,7 +73,7 @@ def train_ae(
     mode = common.resume_mode(resume, restart)
     with common.training_session(state, out, mode) as (info, stop):
         device = info.device
-        prepared = prepare_dataset(data, pre, series_uid=series, console=state.console)
+        prepared = prepare_dataset(data, pre, series_uid=series, console=state.console, missing_rate=missing_rate, seed=state.seed)
         factor = model_cfg.downsample
         d, h, w = prepared.images.shape[1:]
         if h % factor or w % factor:
@@ -79,10 +81,11 @@ def train_ae(
         state.console.print(
             f"{len(prepared.case_ids)} volumes of shape {prepared.volume_shape}, "
             f"{'labels: ' + ', '.join(prepared.label_names) if prepared.labels is not None else 'no labels'}; device {device}"
+            + (f"; {100 * prepared.missing_fraction:.1f}% of voxels missing" if prepared.observed is not None else "")
         )
         common.announce_scale(state, info, train_cfg.batch_size, train_cfg.lr, "slices")
         result = train_autoencoder(
-            prepared, out, model_cfg=model_cfg, loss_cfg=loss_cfg, train_cfg=train_cfg, preprocess=to_dict(pre),
+            prepared, out, model_cfg=model_cfg, loss_cfg=loss_cfg, train_cfg=train_cfg, preprocess=to_dict(pre), missing_rate=missing_rate,
             device=device, seed=state.seed, console=state.console, dist=info, resume=mode, stop=stop,
         )
     if not info.is_main:

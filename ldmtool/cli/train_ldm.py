@@ -20,6 +20,7 @@ def train_ldm(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the checkpoint.")],
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.")] = None,
     series: Annotated[Optional[str], typer.Option("--series", help="DICOM SeriesInstanceUID to read where a folder holds several series.")] = None,
+    missing_rate: Annotated[Optional[float], typer.Option(help="Simulated MCAR missing rate of the volumes before encoding (default: the autoencoder's, with the same masks for the same --seed).")] = None,
     channels: Annotated[Optional[str], typer.Option(help="UNet channels per level, e.g. 32,64,64.", rich_help_panel=MODEL)] = None,
     objective: Annotated[Optional[str], typer.Option(help="eps | v | flow (rectified flow, sampled with --sampler euler).", rich_help_panel=MODEL)] = None,
     condition_on: Annotated[Optional[str], typer.Option(help="none | lesion: condition on lesion volume/centroid/extent.", rich_help_panel=MODEL)] = None,
@@ -61,7 +62,9 @@ def train_ldm(
         ae_path = resolve_checkpoint(ae)
         ae_model, ae_cfg = load_autoencoder(ae_path, device)
         common.require_exists(data, "data set")
-        prepared = prepare_dataset(data, PreprocessConfig.from_dict(ae_cfg["preprocess"]), series_uid=series, console=state.console)
+        rate = float(ae_cfg.get("missing_rate", 0.0)) if missing_rate is None else missing_rate
+        prepared = prepare_dataset(data, PreprocessConfig.from_dict(ae_cfg["preprocess"]), series_uid=series, console=state.console,
+                                   missing_rate=rate, seed=state.seed)
         if list(prepared.volume_shape) != list(ae_cfg["volume_shape"]):
             raise LdmError(
                 f"volumes preprocess to {prepared.volume_shape} but the autoencoder was trained on {tuple(ae_cfg['volume_shape'])}"

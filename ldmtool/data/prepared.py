@@ -21,6 +21,8 @@ class PreparedData:
         affines: per-case 4x4 affines of the preprocessed space (array axes I, J, K).
         label_names: class name → integer value (background 0), empty when unlabelled.
         intensity_ranges: per-case (lo, hi) source intensities mapped to the normalised range.
+        observed: (N, D, H, W) uint8, 1 where a voxel's value is known, or None for complete data;
+            missing voxels hold 0 in `images`.
     """
 
     images: torch.Tensor
@@ -29,6 +31,11 @@ class PreparedData:
     affines: list[np.ndarray]
     label_names: dict[str, int] = field(default_factory=dict)
     intensity_ranges: list[tuple[float, float]] = field(default_factory=list)
+    observed: torch.Tensor | None = None
+
+    @property
+    def missing_fraction(self) -> float:
+        return 0.0 if self.observed is None else 1.0 - float(self.observed.float().mean())
 
     @property
     def num_classes(self) -> int:
@@ -64,6 +71,7 @@ class PreparedData:
             affines=[self.affines[i] for i in idx],
             label_names=dict(self.label_names),
             intensity_ranges=[self.intensity_ranges[i] for i in idx] if self.intensity_ranges else [],
+            observed=None if self.observed is None else self.observed[idx],
         )
 
 
@@ -78,25 +86,42 @@ def slices_to_volume(array: np.ndarray) -> np.ndarray:
 
 
 def prepare_dataset(
-    path: Path, preprocess_cfg, *, require_labels: bool = False, series_uid: str | None = None, console=None
+    path: Path, preprocess_cfg, *, require_labels: bool = False, series_uid: str | None = None, console=None,
+    missing_rate: float = 0.0, seed: int = 0,
 ) -> PreparedData:
     """Discover, read, check and preprocess every case of a data set folder (or one file).
 
-    `series_uid` picks one series where a DICOM folder holds several."""
+    `series_uid` picks one series where a DICOM folder holds several. Incomplete cases: NaN
+    voxels and masksTr/ masks mark missing voxels; `missing_rate` > 0 also drops that fraction
+    of every case's voxels completely at random (seeded by `seed` and the case's index), for
+    experiments. Missing voxels are 0 in `images` and 0 in `observed`."""
+    from ldmtool.data.missing import case_seed, mcar_mask
     from ldmtool.data.preprocess import preprocess_case
     from ldmtool.io import load_dataset
     from ldmtool.train.common import progress
 
+    if not 0.0 <= missing_rate < 1.0:
+        raise LdmError(f"--missing-rate must be in [0, 1); got {missing_rate}")
     ds = load_dataset(Path(path))
     if require_labels and not ds.has_labels:
         raise LdmError(f"{path} has no labels (expected imagesTr/ + labelsTr/ + dataset.json)")
-    images, labels, ids, affines, ranges = [], [], [], [], []
+    images, labels, ids, affines, ranges, observed = [], [], [], [], [], []
     with progress(console, transient=True) as bar:
         task = bar.add_task("reading volumes", total=len(ds.cases), rate="", info="")
-        for case in ds.cases:
+        for index, case in enumerate(ds.cases):
             image, label = ds.read(case, series_uid)
-            pc = preprocess_case(image, label, preprocess_cfg)
-            images.append(volume_to_slices(pc.image.array.astype(np.float32)))
+            missing = ds.read_missing(case, image)
+            nan = ~np.isfinite(np.asarray(image.array, dtype=np.float32))
+            if nan.any():
+                missing = nan if missing is None else (missing | nan)
+            pc = preprocess_case(image, label, preprocess_cfg, missing)
+            img = volume_to_slices(pc.image.array.astype(np.float32))
+            gone = np.zeros(img.shape, dtype=bool) if pc.missing is None else volume_to_slices(pc.missing.array.astype(bool))
+            if missing_rate > 0:
+                gone |= mcar_mask(img.shape, missing_rate, case_seed(seed, index))
+            img[gone] = 0.0
+            images.append(img)
+            observed.append(~gone)
             if pc.label is not None:
                 labels.append(volume_to_slices(pc.label.array.astype(np.uint8)))
             ids.append(case.case_id)
@@ -117,4 +142,5 @@ def prepare_dataset(
         affines=affines,
         label_names=label_names,
         intensity_ranges=ranges,
+        observed=torch.from_numpy(np.stack(observed).astype(np.uint8)) if any(not o.all() for o in observed) else None,
     )

@@ -190,6 +190,7 @@ class PreprocessedCase:
     image: Volume
     label: Volume | None = None
     intensity_range: tuple[float, float] = field(default=(0.0, 1.0))
+    missing: Volume | None = None  # uint8, 1 = missing voxel (only when missingness was given)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -320,23 +321,38 @@ def denormalise(
 
 
 def preprocess_case(
-    image: Volume, label: Volume | None, cfg: PreprocessConfig
+    image: Volume, label: Volume | None, cfg: PreprocessConfig, missing: np.ndarray | None = None
 ) -> PreprocessedCase:
-    """Bring one case to the configured orientation, spacing, shape and intensity scale."""
+    """Bring one case to the configured orientation, spacing, shape and intensity scale.
+
+    `missing` (bool, the image's shape; True = missing voxel) marks voxels whose values are not
+    known: they may be NaN, they do not count for the intensity range, and the mask goes through
+    the same geometry (a preprocessed voxel is missing when any missing voxel contributes to it).
+    """
     arr = np.asarray(image.array)
     if arr.ndim != 3:
         raise LdmError(f"image must be a 3D volume, got an array of shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
         raise LdmError(f"image must hold real numbers, got dtype {arr.dtype}")
     arr = arr.astype(np.float32, copy=False)
-    if not np.isfinite(arr).all():
+    finite = np.isfinite(arr)
+    if missing is not None:
+        missing = np.asarray(missing, dtype=bool)
+        if missing.shape != arr.shape:
+            raise LdmError(f"missing-voxel mask shape {missing.shape} does not match image shape {arr.shape}")
+        if not (finite | missing).all():
+            raise LdmError("image contains NaN or infinite values outside the missing voxels")
+        if missing.all():
+            raise LdmError("every voxel of the image is missing")
+    elif not finite.all():
         raise LdmError("image contains NaN or infinite values; fix or mask them before training")
     affine = np.asarray(image.affine, dtype=np.float64)
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise LdmError("image affine is not invertible; the file's geometry header is broken")
-    if float(arr.max()) == float(arr.min()):
+    known = arr if missing is None else arr[~missing]
+    if float(known.max()) == float(known.min()):
         raise LdmError(
-            f"image has zero intensity range (every voxel is {float(arr.min()):g}); "
+            f"image has zero intensity range (every voxel is {float(known.min()):g}); "
             "nothing to learn from it"
         )
 
@@ -360,17 +376,25 @@ def preprocess_case(
             raise LdmError("label must hold integer values, found fractional ones")
         lab = lab_arr.astype(np.uint8)
 
-    intensity_range = _intensity_range(arr, cfg)
+    intensity_range = _intensity_range(known, cfg)
+    gone = None  # missing-voxel mask as float: resampled with the image, > 0 where touched
+    if missing is not None:
+        arr = np.where(missing, np.float32(intensity_range[0]), arr)
+        gone = missing.astype(np.float32)
 
     # 1. orientation
     if cfg.orientation != "none":
-        arrays = [arr] if lab is None else [arr, lab]
-        arrays, affine = _reorient(arrays, affine, cfg.orientation)
+        arrays = [arr] + ([] if lab is None else [lab]) + ([] if gone is None else [gone])
+        arrays, new_affine = _reorient(arrays, affine, cfg.orientation)
         arr = arrays[0]
         lab = arrays[1] if lab is not None else None
+        gone = arrays[-1] if gone is not None else None
+        affine = new_affine
 
     # 2. spacing
     if cfg.spacing is not None:
+        if gone is not None:
+            gone, _, _ = _resample(gone, None, affine, cfg.spacing)
         arr, lab, affine = _resample(arr, lab, affine, cfg.spacing)
 
     # 3. intensity
@@ -382,6 +406,8 @@ def preprocess_case(
         arr, shift = _crop_or_pad(arr, cfg.shape, fill)
         if lab is not None:
             lab, _ = _crop_or_pad(lab, cfg.shape, 0)
+        if gone is not None:
+            gone, _ = _crop_or_pad(gone, cfg.shape, 0)
         translate = np.eye(4)
         translate[:3, 3] = shift
         affine = affine @ translate
@@ -393,4 +419,7 @@ def preprocess_case(
         lab_meta = dict(label.meta) if label is not None else {}
         out_label = Volume(np.ascontiguousarray(lab, dtype=np.uint8), affine.copy(), lab_meta)
     lo, hi = (float(v) for v in intensity_range)
-    return PreprocessedCase(out_image, out_label, (lo, hi))
+    out_missing = None
+    if gone is not None:
+        out_missing = Volume(np.ascontiguousarray(gone > 1e-3, dtype=np.uint8), affine.copy(), {})
+    return PreprocessedCase(out_image, out_label, (lo, hi), out_missing)

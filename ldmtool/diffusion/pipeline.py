@@ -13,13 +13,15 @@ from ldmtool.models.position import slice_positions
 
 @torch.inference_mode()
 def encode_volume(
-    ae: SliceAutoencoder, image: torch.Tensor, label: torch.Tensor | None, batch: int = 64
+    ae: SliceAutoencoder, image: torch.Tensor, label: torch.Tensor | None, batch: int = 64,
+    observed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Encode one volume to its latent volume using the posterior mean (not a sample).
 
     Args:
         image: (D, H, W) normalised image, slice axis first.
         label: (D, H, W) integer label map, or None.
+        observed: (D, H, W) 1 = known voxel, for incomplete volumes (None: complete).
     Returns:
         (L, D, h, w) latent volume.
     """
@@ -30,7 +32,8 @@ def encode_volume(
     for s in range(0, depth, batch):
         img = image[s : s + batch, None].to(device, torch.float32)
         lab = None if label is None else label[s : s + batch].to(device)
-        z_mu, _ = ae.encode(ae.make_input(img, lab), pos[s : s + batch])
+        obs = None if observed is None else observed[s : s + batch, None].to(device, torch.float32)
+        z_mu, _ = ae.encode(ae.make_input(img, lab, obs), pos[s : s + batch])
         out.append(z_mu)
     return torch.cat(out).transpose(0, 1).contiguous()  # (D, L, h, w) → (L, D, h, w)
 

@@ -80,6 +80,24 @@ def randn_like_rows(x: torch.Tensor, generator: Generators) -> torch.Tensor:
     return torch.stack([torch.randn(x.shape[1:], generator=g, device=g.device) for g in generator]).to(x)
 
 
+def output_to_eps_x0(out: torch.Tensor, x: torch.Tensor, a_t: torch.Tensor, prediction: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A denoiser's ε or v output at x_t → (ε̂, x̂_0 by Tweedie's formula). `a_t` is ᾱ_t, a scalar
+    or per-sample values broadcastable to x."""
+    if prediction == "epsilon":
+        return out, (x - (1 - a_t).sqrt() * out) / a_t.sqrt()
+    if prediction == "v_prediction":  # v = √ᾱ ε − √(1−ᾱ) x_0
+        return a_t.sqrt() * out + (1 - a_t).sqrt() * x, a_t.sqrt() * x - (1 - a_t).sqrt() * out
+    raise LdmError(f"a {prediction} denoiser has no noise prediction; guidance needs an ε or v denoiser")
+
+
+def eps_to_output(eps: torch.Tensor, x: torch.Tensor, a_t: torch.Tensor, prediction: str) -> torch.Tensor:
+    """The inverse of `output_to_eps_x0` for a given ε̂: the ε or v output whose conversion gives
+    back ε̂ (and x̂_0 = (x − √(1−ᾱ) ε̂)/√ᾱ), so a hook can hand a modified ε̂ to any sampler."""
+    if prediction == "epsilon":
+        return eps
+    return (eps - (1 - a_t).sqrt() * x) / a_t.sqrt()
+
+
 def timestep_grid(num_train: int, steps: int, spacing: str = "trailing") -> list[int]:
     """Descending inference timesteps (the conventions of Lin et al. 2024, "Common diffusion noise
     schedules and sample steps are flawed", Table 2):
@@ -121,12 +139,7 @@ class _DiffusionSampler:
     def _predict(self, model: ModelFn, x: torch.Tensor, t: int, a_t: torch.Tensor):
         """Model output → (predicted noise ε̂, predicted clean sample x̂_0)."""
         out = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).float()
-        if self.prediction == "epsilon":
-            eps = out
-            x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-        else:  # v-prediction: v = √ᾱ ε − √(1−ᾱ) x_0
-            x0 = a_t.sqrt() * x - (1 - a_t).sqrt() * out
-            eps = a_t.sqrt() * out + (1 - a_t).sqrt() * x
+        eps, x0 = output_to_eps_x0(out, x, a_t, self.prediction)
         if self.clip is not None:
             x0 = x0.clamp(-self.clip, self.clip)
             eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt().clamp_min(1e-8)

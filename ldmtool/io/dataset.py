@@ -2,7 +2,8 @@
 
 Layouts:
   * nnU-Net v2: ``imagesTr/CASE_0000.nii.gz`` (single channel), ``labelsTr/CASE.nii.gz`` and
-    ``dataset.json`` (``channel_names``, ``labels``, ``numTraining``, ``file_ending``);
+    ``dataset.json`` (``channel_names``, ``labels``, ``numTraining``, ``file_ending``), and optional
+    ``masksTr/CASE.nii.gz`` missing-voxel masks (1 = missing) for incomplete volumes;
   * a plain folder of .nii/.nii.gz files and/or subfolders each holding one DICOM series
     (a folder that directly holds DICOM files is one case);
   * a single volume file.
@@ -36,6 +37,7 @@ class Case:
     case_id: str
     image: Path
     label: Path | None = None
+    missing: Path | None = None  # masksTr/CASE: 1 = missing voxel (incomplete acquisitions)
 
 
 @dataclass
@@ -56,6 +58,21 @@ class Dataset:
     def read(self, case: Case, series_uid: str | None = None) -> tuple[Volume, Volume | None]:
         """Read and check one case's image and label (see :func:`read_case`)."""
         return read_case(case, self.label_names if self.label_names else None, series_uid)
+
+    def read_missing(self, case: Case, image: Volume) -> np.ndarray | None:
+        """The case's missing-voxel mask (masksTr/, 1 = missing) as bool, checked against its image."""
+        if case.missing is None:
+            return None
+        mask = read_volume(case.missing)
+        if mask.shape != image.shape:
+            raise LdmError(f"missing-voxel mask of {case.case_id} has shape {mask.shape} but its image has shape {image.shape}")
+        diff = float(np.max(np.abs(mask.affine - image.affine)))
+        if diff > AFFINE_TOL:
+            raise LdmError(f"missing-voxel mask of {case.case_id} is not aligned with its image (affines differ by up to {diff:.4g})")
+        values = np.asarray(mask.array)
+        if not np.isin(values, (0, 1)).all():
+            raise LdmError(f"missing-voxel mask of {case.case_id} must hold 0 (observed) and 1 (missing) only")
+        return values.astype(bool)
 
 
 def _strip_ending(name: str, ending: str) -> str:
@@ -141,7 +158,16 @@ def _load_nnunet(root: Path) -> Dataset:
             raise LdmError(f"case {unlabelled[0]} has no label (expected labelsTr/{unlabelled[0]}{ending})")
         if not label_names:
             raise LdmError(f"{json_path} has no 'labels' entry; it is needed with labelsTr")
-    cases = [Case(cid, images[cid], labels.get(cid)) for cid in sorted(images)]
+    masks: dict[str, Path] = {}
+    masks_dir = root / "masksTr"
+    if masks_dir.is_dir():  # optional: cases without a mask are complete
+        for f in sorted(masks_dir.iterdir()):
+            if f.is_file() and not f.name.startswith(".") and f.name.lower().endswith(ending.lower()):
+                masks[_strip_ending(f.name, ending)] = f
+        orphans = sorted(set(masks) - set(images))
+        if orphans:
+            raise LdmError(f"missing-voxel mask {masks[orphans[0]]} has no image (expected imagesTr/{orphans[0]}_0000{ending})")
+    cases = [Case(cid, images[cid], labels.get(cid), masks.get(cid)) for cid in sorted(images)]
     return Dataset(root, cases, channel_names, label_names, layout="nnunet")
 
 

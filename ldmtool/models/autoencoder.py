@@ -1,7 +1,8 @@
 """The 2D slice autoencoder of SBLDM: MONAI AutoencoderKL plus a slice-position embedding.
 
 Input channels: the image channel(s) followed by one-hot foreground label channels (when the data
-set has labels), followed by the position-feature planes. Output channels: the image channel(s)
+set has labels), the observed-voxel mask (with `mask_channel`), then the position-feature planes.
+Missing voxels (incomplete data) enter the encoder as zeros. Output channels: the image channel(s)
 followed by logits over all label classes (background included), so image and mask are encoded and
 decoded together and one sample is an image+mask pair.
 """
@@ -34,7 +35,7 @@ class SliceAutoencoder(nn.Module):
         n = len(cfg.channels)
         self.net = AutoencoderKL(
             spatial_dims=2,
-            in_channels=image_channels + fg + p,
+            in_channels=image_channels + fg + int(cfg.mask_channel) + p,
             out_channels=image_channels + num_classes,
             channels=cfg.channels,
             num_res_blocks=cfg.num_res_blocks,
@@ -59,14 +60,21 @@ class SliceAutoencoder(nn.Module):
         feats = position_features(pos, self.cfg.position_features)
         return feats if feats.shape[1] else pos[:, None] * 0
 
-    def make_input(self, image: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
-        """Stack image (B,Ci,H,W) and an integer label map (B,H,W) into the encoder's data channels."""
+    def make_input(self, image: torch.Tensor, label: torch.Tensor | None, observed: torch.Tensor | None = None) -> torch.Tensor:
+        """Stack image (B,Ci,H,W) and an integer label map (B,H,W) into the encoder's data channels.
+
+        `observed` (B,1,H,W), 1 = known voxel: missing image voxels are set to 0 and, with
+        `mask_channel`, the mask itself is a channel (all ones when not given: complete data)."""
+        if observed is not None:
+            image = image * observed.to(image.dtype)
         parts = [image]
         if self.num_classes:
             if label is None:
                 raise ValueError("this autoencoder encodes labels; pass the label map")
             onehot = torch.nn.functional.one_hot(label.long(), self.num_classes).permute(0, 3, 1, 2)
             parts.append(onehot[:, 1:].to(image.dtype))
+        if self.cfg.mask_channel:
+            parts.append(torch.ones_like(image[:, :1]) if observed is None else observed.to(image.dtype))
         return torch.cat(parts, dim=1).contiguous(memory_format=torch.channels_last)
 
     def encode(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

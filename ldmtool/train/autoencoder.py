@@ -63,8 +63,20 @@ def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
     return kl.flatten(1).sum(1).mean()
 
 
+def masked_l1(pred: torch.Tensor, target: torch.Tensor, observed: torch.Tensor | None) -> torch.Tensor:
+    """Mean absolute error over the observed voxels only (normalised by their count)."""
+    if observed is None:
+        return F.l1_loss(pred, target)
+    w = observed.to(pred.dtype)
+    return ((pred - target).abs() * w).sum() / w.sum().clamp_min(1.0)
+
+
 class AELoss(torch.nn.Module):
-    """L1 on the image + (CE + Dice) on the label logits + KL (+ optional 1 − SSIM)."""
+    """L1 on the image + (CE + Dice) on the label logits + KL (+ optional 1 − SSIM).
+
+    With incomplete data (`observed` given) the image terms count observed voxels only: L1 is
+    normalised by the observed count, and SSIM compares the image with the reconstruction where
+    missing voxels take the reconstruction's values (they add no error)."""
 
     def __init__(self, cfg: AELossConfig, num_classes: int) -> None:
         super().__init__()
@@ -76,12 +88,13 @@ class AELoss(torch.nn.Module):
         self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True) if num_classes else None
         self.ssim = SSIMLoss(spatial_dims=2, data_range=1.0) if cfg.ssim_weight > 0 else None
 
-    def forward(self, image, logits, target_image, target_label, z_mu, z_sigma) -> tuple[torch.Tensor, dict]:
-        parts = {"l1": F.l1_loss(image, target_image)}
+    def forward(self, image, logits, target_image, target_label, z_mu, z_sigma, observed=None) -> tuple[torch.Tensor, dict]:
+        parts = {"l1": masked_l1(image, target_image, observed)}
         if self.dice_ce is not None:
             parts["label"] = self.cfg.label_weight * self.dice_ce(logits, target_label[:, None].long())
         if self.ssim is not None:
-            parts["ssim"] = self.cfg.ssim_weight * self.ssim(image.clamp(0, 1), target_image)
+            target = target_image if observed is None else torch.where(observed.bool(), target_image, image.detach())
+            parts["ssim"] = self.cfg.ssim_weight * self.ssim(image.clamp(0, 1), target.clamp(0, 1))
         parts["kl"] = self.cfg.kl_weight * kl_loss(z_mu, z_sigma)
         return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
 
@@ -147,11 +160,15 @@ def validate_autoencoder(ae: SliceAutoencoder, data: PreparedData, loss_fn: AELo
     for i in range(len(data.case_ids)):
         image = data.images[i]
         label = None if data.labels is None else data.labels[i]
-        z = encode_volume(ae, image, label, batch)
+        obs = None if data.observed is None else data.observed[i]
+        z = encode_volume(ae, image, label, batch, observed=obs)
         rec, probs = decode_latents(ae, z[None], batch)
         target = image[None, None].float()
-        psnr(rec[None].clamp(0, 1), target)
-        ssim(rec[None].clamp(0, 1), target)
+        rec = rec[None].clamp(0, 1)
+        if obs is not None:  # incomplete: PSNR/SSIM on the observed voxels (missing ones add no error)
+            rec = torch.where(obs[None, None].bool(), rec, target)
+        psnr(rec, target)
+        ssim(rec, target)
         if probs is not None:
             k = probs.shape[1]
             pred = F.one_hot(probs.argmax(1), k).permute(0, 4, 1, 2, 3)
@@ -159,10 +176,11 @@ def validate_autoencoder(ae: SliceAutoencoder, data: PreparedData, loss_fn: AELo
             dice(pred, gt)
         # loss on this case's slices (posterior mean, deterministic)
         pos = slice_positions(image.shape[0], device)
-        x = ae.make_input(image[:, None].to(device), None if label is None else label.to(device))
+        obs_in = None if obs is None else obs[:, None].to(device, torch.float32)
+        x = ae.make_input(image[:, None].to(device), None if label is None else label.to(device), obs_in)
         z_mu, z_sigma = ae.encode(x, pos)
         img, logits = ae.split(ae.decode(z_mu, pos))
-        loss, _ = loss_fn(img, logits, image[:, None].to(device), None if label is None else label.to(device), z_mu, z_sigma)
+        loss, _ = loss_fn(img, logits, image[:, None].to(device), None if label is None else label.to(device), z_mu, z_sigma, obs_in)
         losses.append(float(loss))
     out = {"val_loss": float(np.mean(losses)), "psnr": float(psnr.aggregate()), "ssim": float(ssim.aggregate())}
     if data.labels is not None:
@@ -189,6 +207,7 @@ def train_autoencoder(
     dist: DistInfo | None = None,
     resume: str = "never",
     stop: StopFlag | None = None,
+    missing_rate: float = 0.0,
 ) -> AETrainResult:
     """Fit the slice autoencoder; keep the best checkpoint by held-out loss.
 
@@ -223,13 +242,15 @@ def train_autoencoder(
         "intensity_range": [float(np.mean([r[0] for r in data.intensity_ranges])), float(np.mean([r[1] for r in data.intensity_ranges]))]
         if data.intensity_ranges
         else None,
+        "missing_fraction": data.missing_fraction,
+        "missing_rate": missing_rate,  # simulated MCAR rate (train-ldm draws the same masks by default)
         "train_cases": train.case_ids,
         "val_cases": [] if val is None else val.case_ids,
         "seed": seed,
     }
     previous, settings, elapsed_before = previous_run(out_dir, resume, {
         "model": to_dict(model_cfg), "loss": to_dict(loss_cfg), "preprocess": preprocess, "cases": data.case_ids, "seed": seed,
-        "shape": list(data.images.shape), "world": info.world,
+        "shape": list(data.images.shape), "world": info.world, "missing": data.missing_fraction,
     }, to_dict(train_cfg))
     sched = warmup_cosine(opt, train_cfg.warmup_steps, total_steps, train_cfg.max_minutes, elapsed_before)
     scaler = grad_scaler(device, train_cfg.precision)
@@ -279,11 +300,12 @@ def train_autoencoder(
                 ae.train()
                 image = train.images[case_idx, slice_idx][:, None].to(device)
                 label = None if train.labels is None else train.labels[case_idx, slice_idx].to(device)
+                obs = None if train.observed is None else train.observed[case_idx, slice_idx][:, None].to(device, torch.float32)
                 pos = (slice_idx.float() / max(d - 1, 1)).to(device)
                 with autocast(device, train_cfg.precision):
-                    out, z_mu, z_sigma = net(ae.make_input(image, label), pos, loss_cfg.latent_noise)
+                    out, z_mu, z_sigma = net(ae.make_input(image, label, obs), pos, loss_cfg.latent_noise)
                 img, logits = ae.split(out.float())
-                loss, parts = loss_fn(img, logits, image, label, z_mu.float(), z_sigma.float())
+                loss, parts = loss_fn(img, logits, image, label, z_mu.float(), z_sigma.float(), obs)
                 optimizer_step(loss, ae, opt, scaler, sched, clip=None)
                 step += 1
                 seen += len(slice_idx) * info.world

@@ -72,7 +72,8 @@ def encode_dataset(ae: SliceAutoencoder, data: PreparedData, cache: Path | None,
     """Latent volumes (N, L, D, h, w) of every case, cached in `cache` (safetensors) by AE hash and cases."""
     from safetensors.torch import load_file, save_file
 
-    key = json.dumps({"ae": ae_hash, "cases": data.case_ids, "shape": list(data.images.shape)})
+    key = json.dumps({"ae": ae_hash, "cases": data.case_ids, "shape": list(data.images.shape),
+                      "observed": None if data.observed is None else int(data.observed.sum())})
     if cache is not None and cache.is_file():
         from safetensors import safe_open
 
@@ -84,7 +85,8 @@ def encode_dataset(ae: SliceAutoencoder, data: PreparedData, cache: Path | None,
         task = bar.add_task("encoding volumes", total=len(data.case_ids), rate="", info="")
         for i in range(len(data.case_ids)):
             label = None if data.labels is None else data.labels[i]
-            out.append(encode_volume(ae, data.images[i], label).cpu())
+            obs = None if data.observed is None else data.observed[i]
+            out.append(encode_volume(ae, data.images[i], label, observed=obs).cpu())
             bar.advance(task)
     latents = torch.stack(out)
     if cache is not None:
