@@ -42,15 +42,14 @@ def callback(
 
 
 def _register() -> None:
-    from ldmtool.cli import demo, evaluate, pending, sample, segment, stats, train_ae, train_ldm
+    from ldmtool.cli import demo, evaluate, impute, sample, segment, stats, train_ae, train_ldm
 
     app.command("demo-data")(demo.demo_data)
     app.command("train-ae")(train_ae.train_ae)
     app.command("train-ldm")(train_ldm.train_ldm)
     app.command("sample")(sample.sample)
     app.command("stats")(stats.stats)
-    loose = {"allow_extra_args": True, "ignore_unknown_options": True}
-    app.command("impute", context_settings=loose)(pending.impute)
+    app.command("impute")(impute.impute)
     app.command("train-seg")(segment.train_seg)
     app.command("segment")(segment.segment)
     app.command("evaluate")(evaluate.evaluate)

@@ -109,7 +109,7 @@ def prepare_dataset(
     with progress(console, transient=True) as bar:
         task = bar.add_task("reading volumes", total=len(ds.cases), rate="", info="")
         for index, case in enumerate(ds.cases):
-            image, label = ds.read(case, series_uid)
+            image, label = ds.read(case, series_uid, allow_nan=True)  # NaN voxels: missing
             missing = ds.read_missing(case, image)
             nan = ~np.isfinite(np.asarray(image.array, dtype=np.float32))
             if nan.any():

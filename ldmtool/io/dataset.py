@@ -55,9 +55,10 @@ class Dataset:
         """True if every case has a label map."""
         return bool(self.cases) and all(c.label is not None for c in self.cases)
 
-    def read(self, case: Case, series_uid: str | None = None) -> tuple[Volume, Volume | None]:
-        """Read and check one case's image and label (see :func:`read_case`)."""
-        return read_case(case, self.label_names if self.label_names else None, series_uid)
+    def read(self, case: Case, series_uid: str | None = None, allow_nan: bool = False) -> tuple[Volume, Volume | None]:
+        """Read and check one case's image and label (see :func:`read_case`); `allow_nan` lets NaN
+        image voxels through (missing data)."""
+        return read_case(case, self.label_names if self.label_names else None, series_uid, allow_nan)
 
     def read_missing(self, case: Case, image: Volume) -> np.ndarray | None:
         """The case's missing-voxel mask (masksTr/, 1 = missing) as bool, checked against its image."""
@@ -235,7 +236,7 @@ def _as_label_array(label: Volume, case_id: str) -> np.ndarray:
 
 
 def read_case(
-    case: Case, label_names: Mapping[str, int] | None = None, series_uid: str | None = None
+    case: Case, label_names: Mapping[str, int] | None = None, series_uid: str | None = None, allow_nan: bool = False
 ) -> tuple[Volume, Volume | None]:
     """Read a case's image and label and check they belong together.
 
@@ -243,7 +244,7 @@ def read_case(
     ``label_names`` is given) every label value listed in it. ``series_uid`` picks one series
     where an image folder holds several DICOM series. Returns (image, label or None).
     """
-    image = read_volume(case.image, series_uid=series_uid)
+    image = read_volume(case.image, series_uid=series_uid, allow_nan=allow_nan)
     if case.label is None:
         return image, None
     label = read_volume(case.label)

@@ -46,9 +46,15 @@ def _two_d(tmp):
 
 
 def _nan_voxels(tmp):
-    a = np.random.default_rng(0).random((16, 16, 8)).astype(np.float32)
-    a[3, 4, 5] = np.nan
+    """Every voxel NaN (a few NaN voxels are missing data, which training accepts)."""
+    a = np.full((16, 16, 8), np.nan, np.float32)
     return _nifti(tmp / "nan.nii.gz", a)
+
+
+def _inf_voxels(tmp):
+    a = np.random.default_rng(0).random((16, 16, 8)).astype(np.float32)
+    a[3, 4, 5] = np.inf
+    return _nifti(tmp / "inf.nii.gz", a)
 
 
 def _label_shape(tmp):
@@ -80,7 +86,8 @@ BAD_DATA = {
     "text file named .nii.gz": (_text_as_nifti, ""),
     "truncated case": (_truncated_case, "phantom_001"),
     "2D NIfTI": (_two_d, "2D"),
-    "NaN voxels": (_nan_voxels, "NaN"),
+    "all voxels NaN": (_nan_voxels, "every voxel of the image is missing"),
+    "infinite voxels": (_inf_voxels, "infinite"),
     "label shape": (_label_shape, "shape"),
     "empty folder": (_empty, "no volumes"),
     "two DICOM series": (_two_dicom_series, "series"),
@@ -120,7 +127,7 @@ def test_train_ae_new_out_folder_not_created(cli, tmp_path):
 def test_train_ldm_bad_data(cli, tmp_path, trained):
     out = tmp_path / "out"
     r = cli("train-ldm", _nan_voxels(tmp_path), "--ae", trained.ae, "--out", out, *TINY)
-    _check_one_line_error(r, contains="NaN")
+    _check_one_line_error(r, contains="missing")
     assert not out.exists()
 
 

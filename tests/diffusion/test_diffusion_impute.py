@@ -1,0 +1,93 @@
+"""Missing masks, geometry of imputation, and latent self-guided imputation with tiny models."""
+
+import numpy as np
+import pytest
+import torch
+
+from ldmtool.data.missing import mcar_mask, parse_slices
+from ldmtool.diffusion.impute import impute_latent, missing_mask, to_input_grid
+from ldmtool.errors import LdmError
+from ldmtool.models.autoencoder import SliceAutoencoder
+from ldmtool.models.denoiser import LatentDenoiser
+from ldmtool.config import to_dict
+from tests.conftest import tiny_ae_config, tiny_denoiser_config
+
+
+def test_parse_slices():
+    assert parse_slices("3,7,12-15", 20) == [3, 7, 12, 13, 14, 15]
+    assert parse_slices(" 1 , 1,0", 4) == [0, 1]
+    for bad in ("3,x", "5-2", "", "1-", "20", "-1"):
+        with pytest.raises(LdmError):
+            parse_slices(bad, 20)
+
+
+def test_missing_mask_sources_and_errors():
+    image = np.random.default_rng(0).random((6, 5, 4)).astype(np.float32)
+    image[0, 0, 0] = np.nan
+    gone = missing_mask(image, slices="1,3")
+    assert gone[0, 0, 0] and gone[..., 1].all() and gone[..., 3].all() and gone.sum() == 1 + 2 * 30
+    mask = np.zeros(image.shape, dtype=np.uint8)
+    mask[2, 2, 2] = 1
+    assert missing_mask(image, mask=mask)[2, 2, 2]
+    rate = missing_mask(np.ones((40, 40, 40)), simulate_mcar=0.3, seed=1).mean()
+    assert abs(rate - 0.3) < 0.01
+    with pytest.raises(LdmError, match="shape"):
+        missing_mask(image, mask=np.zeros((6, 5, 3)))
+    with pytest.raises(LdmError, match="0 .observed. and 1"):
+        missing_mask(image, mask=mask * 2)
+    with pytest.raises(LdmError, match="nothing is missing"):
+        missing_mask(np.ones((4, 4, 4)))
+    with pytest.raises(LdmError, match="every voxel is missing"):
+        missing_mask(np.ones((4, 4, 4)), mask=np.ones((4, 4, 4)))
+    with pytest.raises(LdmError, match="simulate-mcar"):
+        missing_mask(np.ones((4, 4, 4)), simulate_mcar=1.5)
+    assert np.array_equal(mcar_mask((5, 5), 0.5, 3), mcar_mask((5, 5), 0.5, 3))
+
+
+def test_to_input_grid_follows_the_affines():
+    vol = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    where = np.zeros(vol.shape, dtype=bool)
+    where[1, 2, 3] = where[3, 4, 5] = True
+    values, outside = to_input_grid(vol, np.eye(4), where, np.eye(4))
+    assert np.allclose(values, vol[where]) and outside == 0
+    # the model grid is the input grid flipped along its first axis: same world points
+    flip = np.diag([-1.0, 1, 1, 1])
+    flip[0, 3] = 3
+    values, outside = to_input_grid(vol[::-1].copy(), flip, where, np.eye(4))
+    assert np.allclose(values, vol[where]) and outside == 0
+    shifted = np.eye(4)
+    shifted[0, 3] = 10  # input voxels 10 mm away: outside the model grid
+    assert to_input_grid(vol, np.eye(4), where, shifted)[1] == 2
+
+
+def _tiny_models(depth=8, size=16):
+    torch.manual_seed(0)
+    ae = SliceAutoencoder(tiny_ae_config(), image_channels=1, num_classes=0).eval()
+    dcfg = tiny_denoiser_config()
+    ldm = LatentDenoiser(dcfg, 4).eval()
+    h = size // tiny_ae_config().downsample
+    cfg = {"model": to_dict(dcfg), "latent_shape": [4, depth, h, h], "latent_mean": [0.0] * 4, "latent_std": [1.0] * 4}
+    return ae, ldm, cfg
+
+
+def test_impute_latent_keeps_observed_voxels_exactly_and_fills_the_rest():
+    ae, ldm, cfg = _tiny_models()
+    image = torch.rand(8, 16, 16)
+    missing = torch.zeros(8, 16, 16, dtype=torch.bool)
+    missing[1::2] = True
+    out = impute_latent(ae, ldm, cfg, image, missing, samples=3, steps=3, batch_size=2, chunk=3)
+    assert out.shape == (3, 8, 16, 16)
+    assert torch.equal(out[:, ~missing], image[~missing].expand(3, -1))
+    assert torch.isfinite(out).all()
+    assert not torch.equal(out[0, missing], out[1, missing])  # independent imputations
+    again = impute_latent(ae, ldm, cfg, image, missing, samples=3, steps=3, batch_size=3, chunk=8)
+    torch.testing.assert_close(again, out, rtol=1e-4, atol=1e-4)  # a sample does not depend on batching
+
+
+def test_impute_latent_checks_the_depth_and_objective():
+    ae, ldm, cfg = _tiny_models()
+    with pytest.raises(LdmError, match="slices"):
+        impute_latent(ae, ldm, cfg, torch.rand(6, 16, 16), torch.ones(6, 16, 16, dtype=torch.bool), steps=2)
+    cfg["model"]["objective"] = "flow"
+    with pytest.raises(LdmError, match="flow"):
+        impute_latent(ae, ldm, cfg, torch.rand(8, 16, 16), torch.ones(8, 16, 16, dtype=torch.bool), steps=2)
