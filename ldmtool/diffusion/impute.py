@@ -184,7 +184,7 @@ def to_input_grid(model_volume: np.ndarray, model_affine: np.ndarray, where: np.
 
 def impute_file(
     source: Path, ae_path: Path, ldm_path: Path, out_dir: Path, *, mask: Path | None = None, slices: str | None = None,
-    simulate_mcar: float | None = None, samples: int = 1, steps: int = 50, guidance: float = 1.0, sampler: str = "ddim",
+    simulate_mcar: float | None = None, samples: int = 1, steps: int = 50, guidance: float = 0.5, sampler: str = "ddim",
     eta: float = 0.0, seed: int = 0, batch_size: int = 4, device: torch.device = torch.device("cpu"), console=None,
 ) -> ImputeResult:
     """Impute one NIfTI file or DICOM series; write NIfTI outputs in its geometry + provenance."""
