@@ -192,6 +192,7 @@ def impute_file(
     from ldmtool.diffusion.segment import output_stem
     from ldmtool.io import write_nifti
     from ldmtool.io.atomic import atomic_write_text
+    from ldmtool.io.dataset import read_aligned
     from ldmtool.io.readers import read_volume
     from ldmtool.train.autoencoder import load_autoencoder
     from ldmtool.train.checkpoint import file_sha256
@@ -212,10 +213,7 @@ def impute_file(
     raw = np.asarray(volume.array)
     mask_arr = None
     if mask is not None:
-        mvol = read_volume(Path(mask))
-        mask_arr = np.asarray(mvol.array)
-        if mask_arr.shape == raw.shape and not np.allclose(mvol.affine, volume.affine, atol=1e-3):
-            raise LdmError(f"--mask {mask} is not aligned with the volume (their affines differ)")
+        mask_arr = np.asarray(read_aligned(Path(mask), volume, f"--mask {mask}").array)
     gone = missing_mask(raw.astype(np.float64, copy=False), mask=mask_arr, slices=slices, simulate_mcar=simulate_mcar, seed=seed)
     image, miss, model_affine, irange = to_model_space(volume, gone, ae_cfg)
     if miss.all():

@@ -64,12 +64,7 @@ class Dataset:
         """The case's missing-voxel mask (masksTr/, 1 = missing) as bool, checked against its image."""
         if case.missing is None:
             return None
-        mask = read_volume(case.missing)
-        if mask.shape != image.shape:
-            raise LdmError(f"missing-voxel mask of {case.case_id} has shape {mask.shape} but its image has shape {image.shape}")
-        diff = float(np.max(np.abs(mask.affine - image.affine)))
-        if diff > AFFINE_TOL:
-            raise LdmError(f"missing-voxel mask of {case.case_id} is not aligned with its image (affines differ by up to {diff:.4g})")
+        mask = read_aligned(case.missing, image, f"missing-voxel mask of {case.case_id}")
         values = np.asarray(mask.array)
         if not np.isin(values, (0, 1)).all():
             raise LdmError(f"missing-voxel mask of {case.case_id} must hold 0 (observed) and 1 (missing) only")
@@ -235,6 +230,18 @@ def _as_label_array(label: Volume, case_id: str) -> np.ndarray:
     raise LdmError(f"label of {case_id} has values up to {hi:g}, too large for a label map")
 
 
+def read_aligned(path: Path, image: Volume, what: str) -> Volume:
+    """Read a volume that belongs to `image` (a label map, a mask): same shape, affines equal
+    within AFFINE_TOL, else an LdmError naming `what`."""
+    vol = read_volume(path)
+    if vol.shape != image.shape:
+        raise LdmError(f"{what} has shape {vol.shape} but its image has shape {image.shape}")
+    diff = float(np.max(np.abs(vol.affine - image.affine)))
+    if diff > AFFINE_TOL:
+        raise LdmError(f"{what} is not aligned with its image (affines differ by up to {diff:.4g})")
+    return vol
+
+
 def read_case(
     case: Case, label_names: Mapping[str, int] | None = None, series_uid: str | None = None, allow_nan: bool = False
 ) -> tuple[Volume, Volume | None]:
@@ -247,12 +254,7 @@ def read_case(
     image = read_volume(case.image, series_uid=series_uid, allow_nan=allow_nan)
     if case.label is None:
         return image, None
-    label = read_volume(case.label)
-    if label.shape != image.shape:
-        raise LdmError(f"label of {case.case_id} has shape {label.shape} but its image has shape {image.shape}")
-    diff = float(np.max(np.abs(label.affine - image.affine)))
-    if diff > AFFINE_TOL:
-        raise LdmError(f"label of {case.case_id} is not aligned with its image (affines differ by up to {diff:.4g})")
+    label = read_aligned(case.label, image, f"label of {case.case_id}")
     data = _as_label_array(label, case.case_id)
     if label_names is not None:
         unknown = sorted(set(np.unique(data).tolist()) - set(label_names.values()))

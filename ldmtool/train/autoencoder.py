@@ -149,13 +149,14 @@ class SliceSampler:
 
 @torch.inference_mode()
 def validate_autoencoder(ae: SliceAutoencoder, data: PreparedData, loss_fn: AELoss, batch: int = 64) -> dict[str, float]:
-    """Held-out PSNR/SSIM on the image, Dice per foreground class on the mask, and the loss."""
+    """Held-out PSNR/SSIM on the image, Dice per foreground class on the mask, and the loss.
+    Incomplete cases: PSNR over observed voxels, SSIM with missing voxels counted as exact."""
     from monai.metrics import DiceMetric, PSNRMetric, SSIMMetric
 
     ae.eval()
     psnr, ssim = PSNRMetric(max_val=1.0), SSIMMetric(spatial_dims=3, data_range=1.0)
     dice = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
-    losses = []
+    losses, psnr_obs = [], []
     device = next(ae.parameters()).device
     for i in range(len(data.case_ids)):
         image = data.images[i]
@@ -165,9 +166,13 @@ def validate_autoencoder(ae: SliceAutoencoder, data: PreparedData, loss_fn: AELo
         rec, probs = decode_latents(ae, z[None], batch)
         target = image[None, None].float()
         rec = rec[None].clamp(0, 1)
-        if obs is not None:  # incomplete: PSNR/SSIM on the observed voxels (missing ones add no error)
-            rec = torch.where(obs[None, None].bool(), rec, target)
-        psnr(rec, target)
+        if obs is None:
+            psnr(rec, target)
+        else:  # incomplete: PSNR over the observed voxels; SSIM with missing voxels set to the target's
+            keep = obs[None, None].bool()
+            mse = float(((rec - target)[keep] ** 2).mean())
+            psnr_obs.append(10 * math.log10(1.0 / max(mse, 1e-12)))
+            rec = torch.where(keep, rec, target)
         ssim(rec, target)
         if probs is not None:
             k = probs.shape[1]
@@ -182,7 +187,8 @@ def validate_autoencoder(ae: SliceAutoencoder, data: PreparedData, loss_fn: AELo
         img, logits = ae.split(ae.decode(z_mu, pos))
         loss, _ = loss_fn(img, logits, image[:, None].to(device), None if label is None else label.to(device), z_mu, z_sigma, obs_in)
         losses.append(float(loss))
-    out = {"val_loss": float(np.mean(losses)), "psnr": float(psnr.aggregate()), "ssim": float(ssim.aggregate())}
+    out = {"val_loss": float(np.mean(losses)), "psnr": float(np.mean(psnr_obs)) if psnr_obs else float(psnr.aggregate()),
+           "ssim": float(ssim.aggregate())}
     if data.labels is not None:
         per_case = dice.aggregate()  # (cases, classes-1), NaN where a class is absent from both
         names = {v: k for k, v in data.label_names.items()}
