@@ -192,15 +192,39 @@ def missing_mse(pred, truth, obs) -> float:
     return float(((pred - truth).pow(2) * m).sum() / m.sum())
 
 
+def load_results(path: Path | None) -> tuple[dict, dict]:
+    """Rows (and the mask-channel ablation) saved by earlier runs in a JSON-lines file."""
+    rows, ablation = {}, {}
+    if path is not None and path.is_file():
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            if "ablation" in rec:
+                ablation = {k == "True": v for k, v in rec["ablation"].items()}
+            else:
+                rows[(rec.pop("rate"), rec.pop("seed"))] = rec
+    return rows, ablation
+
+
+def _save(path: Path | None, record: dict) -> None:
+    if path is not None:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
 def mnist_experiment(args) -> dict:
+    """Train and impute for every (rate, seed); with --results, rows already in the file are kept
+    and skipped (a run can be resumed, or split over processes with their own --rates)."""
     torch.set_num_threads(args.threads)
+    rows, ablation = load_results(args.results)
+    t_start = time.perf_counter()
+    if args.report_only:
+        return {"rows": rows, "ablation": ablation, "seconds": sum(r["seconds"] for r in rows.values())}
     train, test = load_mnist(args.n_test)
     test_obs = mcar(test.shape, 0.5, 12345)
-    rows: dict[tuple[float, int], dict[str, float]] = {}
-    ablation = {}
-    t_start = time.perf_counter()
     for rate in args.rates:
         for seed in args.seeds:
+            if (rate, seed) in rows:
+                continue
             t0 = time.perf_counter()
             obs = mcar(train.shape, rate, 1000 + seed)
             x = train * obs
@@ -218,6 +242,7 @@ def mnist_experiment(args) -> dict:
                 row[method] = missing_mse(pred, test, test_obs)
             row["seconds"] = time.perf_counter() - t0
             rows[(rate, seed)] = row
+            _save(args.results, {"rate": rate, "seed": seed, **row})
             print(f"  rate {rate:.1f} seed {seed}: " + "  ".join(f"{k} {v:.4f}" for k, v in row.items()), flush=True)
             if rate == 0.5 and seed == args.seeds[0] and not args.no_ablation:
                 other = train_vae(x, obs, args.vae_steps, seed, mask_channel=not args.mask_channel)
@@ -227,6 +252,7 @@ def mnist_experiment(args) -> dict:
                 pred = impute_mnist("latent guidance", {"ae": other, "latent": unet2, "mean_z": m2, "std_z": s2}, test, test_obs,
                                     args.impute_steps, seed, args.eta, args.guidance)
                 ablation = {args.mask_channel: row["latent guidance"], (not args.mask_channel): missing_mse(pred, test, test_obs)}
+                _save(args.results, {"ablation": {str(k): v for k, v in ablation.items()}})
                 print(f"  mask-channel ablation (rate 0.5): with {ablation[True]:.4f}, without {ablation[False]:.4f}", flush=True)
     return {"rows": rows, "ablation": ablation, "seconds": time.perf_counter() - t_start}
 
@@ -358,6 +384,8 @@ def main() -> None:
     ap.add_argument("--phantom-models", type=Path, default=None, help="a `make demo` output folder (ae/, ldm/)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("imputation_mnist.png"))
+    ap.add_argument("--results", type=Path, default=None, help="JSON-lines file of MNIST rows: appended to, and rows in it are not run again")
+    ap.add_argument("--report-only", action="store_true", help="print the MNIST table and plot from --results without training")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"# ldmtool imputation benchmark — {platform.processor() or platform.machine()}, torch {torch.__version__}, "
