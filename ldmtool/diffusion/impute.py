@@ -79,8 +79,10 @@ def impute_latent(
     mean = torch.tensor(ldm_cfg["latent_mean"], device=device)[None, :, None, None, None]
     std = torch.tensor(ldm_cfg["latent_std"], device=device)[None, :, None, None, None]
     depth = image.shape[0]
-    if latent_shape[1] != depth:
-        raise LdmError(f"the volume has {depth} slices in model space but the denoiser expects {latent_shape[1]}")
+    f = ae.cfg.downsample
+    expect = (latent_shape[1], latent_shape[2] * f, latent_shape[3] * f)
+    if tuple(image.shape) != expect:
+        raise LdmError(f"the volume is {tuple(image.shape)} (slices, rows, columns) in model space but the models expect {expect}")
     keep = (~missing).float().to(device)
     target = (image.float().to(device) * keep)
     render = latent_renderer(ae, mean, std, depth)

@@ -86,7 +86,7 @@ def test_impute_latent_keeps_observed_voxels_exactly_and_fills_the_rest():
 
 def test_impute_latent_checks_the_depth_and_objective():
     ae, ldm, cfg = _tiny_models()
-    with pytest.raises(LdmError, match="slices"):
+    with pytest.raises(LdmError, match="model space"):
         impute_latent(ae, ldm, cfg, torch.rand(6, 16, 16), torch.ones(6, 16, 16, dtype=torch.bool), steps=2)
     cfg["model"]["objective"] = "flow"
     with pytest.raises(LdmError, match="flow"):
