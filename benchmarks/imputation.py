@@ -259,19 +259,21 @@ def mnist_experiment(args) -> dict:
 
 def mnist_report(res: dict, args, png: Path) -> None:
     rows = res["rows"]
-    print(f"\n### MNIST: MSE on the missing pixels (test missing rate 0.5, {args.n_test} test digits), mean ± sd over seeds {list(args.seeds)}\n")
-    print("| training missing rate | " + " | ".join(METHODS) + " | lowest |")
-    print("|---|" + "---|" * (len(METHODS) + 1))
+    rates = sorted({r for r, _ in rows})  # what was run (several processes may have shared the sweep)
+    seeds = {r: sorted(s for q, s in rows if q == r) for r in rates}
+    print(f"\n### MNIST: MSE on the missing pixels (test missing rate 0.5, {args.n_test} test digits), mean ± sd over seeds\n")
     means = {}
-    for rate in args.rates:
-        vals = {m: np.array([rows[(rate, s)][m] for s in args.seeds]) for m in METHODS}
+    print("| training missing rate | seeds | " + " | ".join(METHODS) + " | lowest |")
+    print("|---|---|" + "---|" * (len(METHODS) + 1))
+    for rate in rates:
+        vals = {m: np.array([rows[(rate, s)][m] for s in seeds[rate]]) for m in METHODS}
         means[rate] = {m: float(v.mean()) for m, v in vals.items()}
         best = min(means[rate], key=means[rate].get)
-        print(f"| {rate:.1f} | " + " | ".join(f"{v.mean():.4f} ± {v.std():.4f}" for v in vals.values()) + f" | {best} |")
-    lo, hi = min(args.rates), max(args.rates)
+        print(f"| {rate:.1f} | {len(seeds[rate])} | " + " | ".join(f"{v.mean():.4f} ± {v.std():.4f}" for v in vals.values()) + f" | {best} |")
+    lo, hi = min(rates), max(rates)
     rise = means[hi]["latent guidance"] / means[lo]["latent guidance"] - 1
-    wins = sum(min(means[r], key=means[r].get) == "latent guidance" for r in args.rates)
-    print(f"\nlatent guidance lowest at {wins} of {len(args.rates)} rates; its MSE rises {100 * rise:+.1f}% from rate {lo} to {hi} "
+    wins = sum(min(means[r], key=means[r].get) == "latent guidance" for r in rates)
+    print(f"\nlatent guidance lowest at {wins} of {len(rates)} rates; its MSE rises {100 * rise:+.1f}% from rate {lo} to {hi} "
           f"(target: lowest everywhere, rise < 25%)")
     if res["ablation"]:
         a = res["ablation"]
@@ -285,9 +287,9 @@ def mnist_report(res: dict, args, png: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for m in METHODS:
-        ys = [means[r][m] for r in args.rates]
-        sds = [float(np.std([rows[(r, s)][m] for s in args.seeds])) for r in args.rates]
-        ax.errorbar(args.rates, ys, yerr=sds, marker="o", capsize=3, label=m)
+        ys = [means[r][m] for r in rates]
+        sds = [float(np.std([rows[(r, s)][m] for s in seeds[r]])) for r in rates]
+        ax.errorbar(rates, ys, yerr=sds, marker="o", capsize=3, label=m)
     ax.set_xlabel("training missing rate (MCAR)")
     ax.set_ylabel("MSE on missing pixels")
     ax.set_title("MNIST imputation, test missing rate 0.5")
