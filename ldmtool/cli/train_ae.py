@@ -35,7 +35,7 @@ def train_ae(
     ct_window: Annotated[Optional[str], typer.Option(help="CT window level,width (HU), with --intensity ct_window.", rich_help_panel=DATA)] = None,
     missing_rate: Annotated[float, typer.Option(help="Drop this fraction of every volume's voxels completely at random (MCAR, seeded by --seed), for missing-data experiments. Real gaps: NaN voxels or masksTr/ masks (1 = missing).", rich_help_panel=DATA)] = 0.0,
     channels: Annotated[Optional[str], typer.Option(help="Autoencoder channels per level, e.g. 16,32,64.", rich_help_panel=MODEL)] = None,
-    mask_channel: Annotated[Optional[bool], typer.Option("--mask-channel/--no-mask-channel", help="Incomplete data: give the encoder the observed-voxel mask as an extra channel.", rich_help_panel=MODEL)] = None,
+    mask_channel: Annotated[Optional[bool], typer.Option("--mask-channel/--no-mask-channel", help="Give the encoder the observed-voxel mask as an extra channel (default: on when the data have missing voxels).", rich_help_panel=MODEL)] = None,
     latent_channels: Annotated[Optional[int], typer.Option(help="Latent channels.", rich_help_panel=MODEL)] = None,
     kl_weight: Annotated[Optional[float], typer.Option(help="KL weight (~1e-6).", rich_help_panel=MODEL)] = None,
     label_weight: Annotated[Optional[float], typer.Option(help="Weight of CE+Dice on the label channels.", rich_help_panel=MODEL)] = None,
@@ -74,6 +74,8 @@ def train_ae(
     with common.training_session(state, out, mode) as (info, stop):
         device = info.device
         prepared = prepare_dataset(data, pre, series_uid=series, console=state.console, missing_rate=missing_rate, seed=state.seed)
+        if mask_channel is None and "mask_channel" not in (cfg.get("autoencoder") or {}) and prepared.observed is not None:
+            model_cfg.mask_channel = True  # incomplete data: the mask input measurably helps (benchmarks/imputation.py)
         factor = model_cfg.downsample
         d, h, w = prepared.images.shape[1:]
         if h % factor or w % factor:

@@ -88,7 +88,7 @@ def test_impute_bad_input_is_one_clear_line(cli, trained, tmp_path, case):
 
 
 def test_training_on_incomplete_data(cli, trained, tmp_path):
-    """masksTr/ masks + a simulated MCAR rate + the observed-mask channel: train-ae, then train-ldm
+    """masksTr/ masks + a simulated MCAR rate (the observed-mask channel comes on): train-ae, then train-ldm
     (which draws the same simulated masks), then impute with the result."""
     import shutil
 
@@ -101,12 +101,13 @@ def test_training_on_incomplete_data(cli, trained, tmp_path):
         m[..., 2:4] = 1  # two missing slices
         nib.save(nib.Nifti1Image(m, img.affine), data / "masksTr" / f.name.replace("_0000", ""))
     ae, ldm = tmp_path / "AE", tmp_path / "LDM"
-    r = cli("train-ae", data, "--out", ae, "--config", TINY_YAML, "--missing-rate", 0.3, "--mask-channel", "--epochs", 1)
+    r = cli("train-ae", data, "--out", ae, "--config", TINY_YAML, "--missing-rate", 0.3, "--epochs", 1)
     assert r.code == 0, r.both
     assert "missing" in r.out
     cfg = json.loads((ae / "config.json").read_text())
-    assert cfg["missing_rate"] == 0.3 and cfg["model"]["mask_channel"] is True
+    assert cfg["missing_rate"] == 0.3 and cfg["model"]["mask_channel"] is True  # on by default for incomplete data
     assert 0.3 < cfg["missing_fraction"] < 0.4
+    assert json.loads((trained.ae / "config.json").read_text())["model"]["mask_channel"] is False  # complete data
     _must("train-ldm", data, "--ae", ae, "--out", ldm, "--config", TINY_YAML, "--steps", 2)
     r = cli("impute", _image(trained), "--ae", ae, "--ldm", ldm, "--out", tmp_path / "o", "--simulate-mcar", 0.5, "--steps", 2)
     assert r.code == 0, r.both
