@@ -8,10 +8,6 @@ class LdmError(Exception):
     """
 
 
-class NotAvailableError(LdmError):
-    """A command or option that this version of ldmtool does not provide yet."""
-
-
 class Preempted(LdmError):
     """Training stopped on a pre-emption signal after saving its state; rerunning resumes it.
 

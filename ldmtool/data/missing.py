@@ -19,8 +19,8 @@ def parse_slices(text: str, depth: int) -> list[int]:
         if not part:
             continue
         try:
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1) if not part.startswith("-") else (part, "")
+            if "-" in part[1:]:  # a range a-b (a leading "-" is a negative index: out of range below)
+                lo, hi = part.split("-", 1)
                 a, b = int(lo), int(hi)
                 if b < a:
                     raise ValueError

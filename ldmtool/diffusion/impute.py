@@ -260,7 +260,7 @@ def impute_file(
     prov = {
         "source": str(source), "outputs": {k: v.name for k, v in result.outputs.items()},
         "missing_voxels": result.missing_voxels, "total_voxels": result.total_voxels,
-        "missing_from": {"nan": bool((~np.isfinite(raw.astype(np.float64, copy=False))).any()) if np.issubdtype(raw.dtype, np.floating) else False,
+        "missing_from": {"nan": bool(np.issubdtype(raw.dtype, np.floating) and np.isnan(raw).any()),
                          "mask": None if mask is None else str(mask), "slices": slices, "simulate_mcar": simulate_mcar},
         "missing_outside_model_grid": outside, "samples": samples, "sampler": sampler, "steps": steps, "eta": eta,
         "guidance": guidance, "seed": seed, "intensity_range": list(irange), "seconds": result.seconds,
