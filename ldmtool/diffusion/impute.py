@@ -235,26 +235,24 @@ def impute_file(
                                      batch_size=batch_size, callback=tick)
     pre = PreprocessConfig.from_dict(ae_cfg["preprocess"])
     out_dtype = raw.dtype if np.issubdtype(raw.dtype, np.floating) else np.dtype(np.float32)
-    filled = []
+    fills = []  # (samples, missing voxels): only the missing voxels differ between samples
     outside = 0
     for k in range(samples):
         model_vol = denormalise(slices_to_volume(result_model[k].numpy()), irange, pre)
         values, outside = to_input_grid(model_vol, model_affine, gone, volume.affine)
-        full = raw.astype(out_dtype, copy=True)
-        full[gone] = values.astype(out_dtype)
-        filled.append(full)
+        fills.append(values)
+    fills = np.stack(fills).astype(np.float64)
     stem = output_stem(Path(source))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = ImputeResult(str(source), missing_voxels=int(gone.sum()), total_voxels=int(gone.size), outside=outside)
-    stack = np.stack(filled)
-    imputed = stack[0] if samples == 1 else stack.mean(0).astype(out_dtype)
-    imputed[~gone] = raw[~gone]  # the mean of identical values can differ in the last bit
-    meta = {"imputed": True}
-    result.outputs["imputed"] = write_nifti(volume.with_array(imputed, **meta), out_dir / f"{stem}_imputed.nii.gz")
+    imputed = raw.astype(out_dtype, copy=True)  # observed voxels: the input's values, untouched
+    imputed[gone] = fills.mean(0).astype(out_dtype)
+    result.outputs["imputed"] = write_nifti(volume.with_array(imputed, imputed=True), out_dir / f"{stem}_imputed.nii.gz")
     result.outputs["missing"] = write_nifti(volume.with_array(gone.astype(np.uint8)), out_dir / f"{stem}_missing.nii.gz")
     if samples > 1:
-        std_map = stack.astype(np.float64).std(0).astype(np.float32)
+        std_map = np.zeros(raw.shape, dtype=np.float32)
+        std_map[gone] = fills.std(0)
         result.outputs["std"] = write_nifti(volume.with_array(std_map), out_dir / f"{stem}_std.nii.gz")
     result.seconds = time.perf_counter() - t0
     prov = {
