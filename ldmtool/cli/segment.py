@@ -93,19 +93,22 @@ def segment(
     samples: Annotated[int, typer.Option(help="Draws per input (LDSeg); > 1 adds mean probabilities and an uncertainty map.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Slices per batch (2D models).")] = 16,
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")] = "auto",
+    dicom_seg: Annotated[bool, typer.Option("--dicom-seg/--no-dicom-seg", help="For DICOM inputs also write CASE_seg.dcm, a DICOM SEG referencing the source series.")] = True,
 ) -> None:
     """Segment volumes; label maps in each input's exact geometry (+ uncertainty with --samples)."""
     from ldmtool.diffusion.segment import segment_files
 
     state: common.State = ctx.obj
     results = segment_files(inputs, model, out, steps=steps, samples=samples, batch_size=batch_size, seed=state.seed,
-                            device=state.torch_device(), precision=precision, console=state.console)
+                            device=state.torch_device(), precision=precision, dicom_seg=dicom_seg,
+                            console=state.console)
     from rich.table import Table
 
     table = Table(title=f"segment: {len(results)} volume(s) → {out}", title_justify="left")
     for col in ("input", "shape", "label map", "seconds", "voxels per class"):
         table.add_column(col)
     for r in results:
-        table.add_row(Path(r.source).name, "×".join(map(str, r.shape)), r.label_path.name, f"{r.seconds:.2f}",
+        maps = r.label_path.name + (f" + {r.dicom_seg_path.name}" if r.dicom_seg_path else "")
+        table.add_row(Path(r.source).name, "×".join(map(str, r.shape)), maps, f"{r.seconds:.2f}",
                       ", ".join(f"{k} {v}" for k, v in r.voxels_per_class.items()))
     common.console.print(table)

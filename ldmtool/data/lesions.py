@@ -16,10 +16,15 @@ UNITS = {
 }
 
 
+def is_lesion_name(name: str) -> bool:
+    """A label name that says lesion, tumour, metastasis or nodule."""
+    return any(key in name.lower() for key in ("lesion", "tumor", "tumour", "metast", "nodule"))
+
+
 def lesion_class(label_names: dict[str, int]) -> int:
     """The label value treated as 'lesion': a class named like lesion/tumour, else the highest."""
     for name, value in label_names.items():
-        if any(key in name.lower() for key in ("lesion", "tumor", "tumour", "metast", "nodule")):
+        if is_lesion_name(name):
             return int(value)
     return int(max(label_names.values()))
 

@@ -3,7 +3,8 @@
 Each input is brought to the model's orientation (a permutation/flip of axes, exactly invertible)
 and intensity scale, segmented in its own voxel grid (padded to the network's size multiple, then
 cropped back), and the result is put back into the input's axes, so the label map has the input's
-exact shape and affine. DICOM inputs give NIfTI outputs with the series' geometry.
+exact shape and affine. DICOM inputs give NIfTI outputs with the series' geometry and a DICOM SEG
+that references the source images (ldmtool/io/dicom_seg.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class SegmentedCase:
     voxels_per_class: dict[str, int]
     prob_path: Path | None = None
     uncertainty_path: Path | None = None
+    dicom_seg_path: Path | None = None
+    dicom_seg_error: str | None = None
 
 
 def _holds_dicom(folder: Path) -> bool:
@@ -104,9 +107,11 @@ def segment_files(
     seed: int = 0,
     device: torch.device = torch.device("cpu"),
     precision: str = "auto",
+    dicom_seg: bool = True,
     console=None,
 ) -> list[SegmentedCase]:
-    """Segment every input; write `<stem>_seg.nii.gz` (+ `_prob`, `_uncertainty` with samples > 1)."""
+    """Segment every input; write `<stem>_seg.nii.gz` (+ `_prob`, `_uncertainty` with samples > 1,
+    + `<stem>_seg.dcm`, a DICOM SEG, for DICOM inputs unless `dicom_seg` is False)."""
     from ldmtool.train.common import progress
 
     if steps < 1:
@@ -155,6 +160,7 @@ def segment_files(
                 chosen = torch.gather(std, 0, label[None])[0]
                 outputs["uncertainty"] = slices_to_volume(chosen.numpy()).astype(np.float32)
             written: dict[str, Path] = {}
+            seg_error = None
             for key, data in outputs.items():
                 if pre.orientation != "none":
                     (data,), back_affine = _reorient([data], work_affine, src_codes)
@@ -168,17 +174,35 @@ def segment_files(
                 else:
                     _write_4d(np.ascontiguousarray(data), volume.affine, target)
                 written[key] = target
+                if key == "seg" and dicom_seg and volume.meta.get("slice_sources"):
+                    from ldmtool import __version__
+                    from ldmtool.io.dicom_seg import write_dicom_seg
+
+                    method = f"LDSeg, {steps} DDIM step(s)" if cfg.arch == "ldseg" else "UNet"
+                    try:
+                        write_dicom_seg(data, volume.meta["slice_sources"], names, out_dir / f"{stem}_seg.dcm",
+                                        algorithm="LDSeg" if cfg.arch == "ldseg" else "UNet", version=__version__,
+                                        description=f"ldmtool segmentation ({method})")
+                        written["dicom_seg"] = out_dir / f"{stem}_seg.dcm"
+                    except LdmError as exc:  # the NIfTI label map is written; the SEG is an extra
+                        seg_error = str(exc)
+                        if console is not None:
+                            console.print(f"[yellow]warning:[/] {path.name}: {exc}")
             counts = np.bincount(label.flatten().numpy(), minlength=len(names) or 1)
             results.append(SegmentedCase(
                 source=str(path), label_path=written["seg"], shape=tuple(arr.shape), seconds=time.perf_counter() - t0,
                 voxels_per_class={names.get(c, str(c)): int(n) for c, n in enumerate(counts)},
                 prob_path=written.get("prob"), uncertainty_path=written.get("uncertainty"),
+                dicom_seg_path=written.get("dicom_seg"), dicom_seg_error=seg_error,
             ))
             bar.update(task, advance=1, info=path.name)
     atomic_write_text(out_dir / "segment.json", json.dumps({
         "model": str(model_path), "model_sha256": file_sha256(model_path), "arch": cfg.arch, "dims": cfg.dims,
         "steps": steps, "samples": samples, "seed": seed, "device": str(device),
-        "cases": [{"source": r.source, "label": r.label_path.name, "seconds": round(r.seconds, 3),
+        "cases": [{"source": r.source, "label": r.label_path.name,
+                   **({"dicom_seg": r.dicom_seg_path.name} if r.dicom_seg_path else {}),
+                   **({"dicom_seg_error": r.dicom_seg_error} if r.dicom_seg_error else {}),
+                   "seconds": round(r.seconds, 3),
                    "voxels_per_class": r.voxels_per_class} for r in results],
     }, indent=2) + "\n")
     return results

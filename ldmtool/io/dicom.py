@@ -45,6 +45,8 @@ class _Slice:
     identity: bool  # no rescale applied; pixels keep their stored dtype
     instance: int | None
     source: str
+    file: str = ""  # the file the plane comes from
+    frame: int | None = None  # its 0-based frame index in a multi-frame file
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
@@ -206,6 +208,7 @@ def _classic_slice(path: Path) -> _Slice:
         identity=identity,
         instance=_int_or_none(ds.get("InstanceNumber")),
         source=source,
+        file=source,
     )
 
 
@@ -286,7 +289,7 @@ def _multiframe_slices(path: Path) -> list[_Slice]:
             slices.append(_Slice(position, orientation,
                                  (1.0, 1.0) if spacing is None else (float(spacing[0]), float(spacing[1])),
                                  float(thickness) if thickness else None, values, integral, identity,
-                                 None, label))
+                                 None, label, source, f))
         return slices
     offsets = _floats(ds.get("GridFrameOffsetVector"), n, "GridFrameOffsetVector", source)
     position = _floats(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", source)
@@ -301,7 +304,7 @@ def _multiframe_slices(path: Path) -> list[_Slice]:
         values, integral, identity = _rescaled(frames[f], slope, intercept)
         slices.append(_Slice(position + (offsets[f] - offsets[0]) * normal, orientation,
                              _pixel_spacing(ds, source), None, values, integral, identity,
-                             None, f"{source} frame {f + 1}"))
+                             None, f"{source} frame {f + 1}", source, f))
     return slices
 
 
@@ -337,8 +340,9 @@ def _order(slices: list[_Slice], normal: np.ndarray, label: str) -> list[_Slice]
     return ordered
 
 
-def _assemble(slices: list[_Slice], label: str, allow_single_slice: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Stack slices into an (I, J, K) array and build the RAS affine."""
+def _assemble(slices: list[_Slice], label: str,
+              allow_single_slice: bool) -> tuple[np.ndarray, np.ndarray, list[_Slice]]:
+    """Stack slices into an (I, J, K) array and build the RAS affine; also the slices in K order."""
     rows, cols = slices[0].pixels.shape
     if len(slices) == 1 and not allow_single_slice:
         raise LdmError(f"{label} is 2D (a single {rows}x{cols} slice); ldmtool needs 3D volumes")
@@ -365,7 +369,7 @@ def _assemble(slices: list[_Slice], label: str, allow_single_slice: bool) -> tup
     lps[:3, 1] = col * row_spacing
     lps[:3, 2] = step
     lps[:3, 3] = origin
-    return _stack(slices), LPS_TO_RAS @ lps
+    return _stack(slices), LPS_TO_RAS @ lps, slices
 
 
 def _stack(slices: list[_Slice]) -> np.ndarray:
@@ -403,7 +407,7 @@ def read_dicom(path: str | os.PathLike, series_uid: str | None = None, *,
         slices = _multiframe_slices(multi[0])
     else:
         slices = [_classic_slice(f) for f, _ in items]
-    array, affine = _assemble(slices, label, allow_single_slice)
+    array, affine, ordered = _assemble(slices, label, allow_single_slice)
     header = items[0][1]
     meta = {
         "format": "dicom",
@@ -412,5 +416,7 @@ def read_dicom(path: str | os.PathLike, series_uid: str | None = None, *,
         "series_uid": uid,
         "series_description": str(header.get("SeriesDescription", "") or ""),
         "n_files": len(items),
+        # where each slice k comes from: [file, frame index or None] (to reference the source, e.g. in DICOM SEG)
+        "slice_sources": [[s.file, s.frame] for s in ordered],
     }
     return Volume(array, affine, meta)

@@ -9,8 +9,10 @@ import shutil
 import warnings
 from pathlib import Path
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 
 from ldmtool.io import read_volume
@@ -98,6 +100,37 @@ def test_segment_nifti_in_another_orientation_and_dicom_keeps_their_geometry(tra
     assert agree > 0.999, agree
     report = json.loads((out / "segment.json").read_text())
     assert [c["label"] for c in report["cases"]] == ["odd_seg.nii.gz", "series_seg.nii.gz"]
+    # the DICOM input also gets a DICOM SEG on the source instances, equal to the NIfTI label map
+    assert report["cases"][1]["dicom_seg"] == "series_seg.dcm" and "dicom_seg" not in report["cases"][0]
+    assert not (out / "odd_seg.dcm").exists()
+    label = np.asarray(nib.load(out / "series_seg.nii.gz").dataobj)
+    seg = hd.seg.segread(out / "series_seg.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["head", "lesion"]
+    sources = read_volume(dicom_dir).meta["slice_sources"]
+    for k, (file, _) in enumerate(sources):
+        uid = pydicom.dcmread(file, stop_before_pixels=True).SOPInstanceUID
+        pixels = seg.get_pixels_by_source_instance([uid], segment_numbers=[1, 2])[0]
+        np.testing.assert_array_equal(pixels[..., 0], (label[:, :, k] == 1).T)
+        np.testing.assert_array_equal(pixels[..., 1], (label[:, :, k] == 2).T)
+    r = cli("segment", dicom_dir, "--model", seg_model, "--out", tmp_path / "noseg", "--no-dicom-seg")
+    assert r.code == 0, r.both
+    assert (tmp_path / "noseg" / "series_seg.nii.gz").is_file() and not (tmp_path / "noseg" / "series_seg.dcm").exists()
+
+
+def test_segment_a_real_ct_series(seg_model, cli, dicom_test_files, tmp_path):
+    # pydicom's five-slice CT (16×16, HU): a 2D model segments it in its own grid; NIfTI + SEG
+    folder = dicom_test_files / "dicomdirtests" / "98892001" / "CT5N"
+    r = cli("segment", folder, "--model", seg_model, "--out", tmp_path / "ct")
+    assert r.code == 0, r.both
+    source = read_volume(folder)
+    label = nib.load(tmp_path / "ct" / "CT5N_seg.nii.gz")
+    assert label.shape == source.shape
+    np.testing.assert_allclose(label.affine, source.affine, atol=1e-4)
+    seg = hd.seg.segread(tmp_path / "ct" / "CT5N_seg.dcm")
+    first = pydicom.dcmread(source.meta["slice_sources"][0][0], stop_before_pixels=True)
+    assert seg.StudyInstanceUID == first.StudyInstanceUID and seg.Rows == first.Rows
+    assert {ref.ReferencedSOPInstanceUID for ref in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} == {
+        pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f, _ in source.meta["slice_sources"]}
 
 
 def test_unet_baseline_trains_and_segments_a_folder(trained, cli, tmp_path):

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import nibabel
 import numpy as np
-import pydicom.data
 import pytest
 
 # Make the package importable when it is not installed (plain `pytest` from the repo root).
@@ -20,9 +19,9 @@ from ldmtool.io import Volume  # noqa: E402
 
 
 @pytest.fixture
-def pydicom_files() -> Path:
-    """pydicom's bundled test_files folder (no download)."""
-    return Path(os.path.dirname(pydicom.data.__file__)) / "test_files"
+def pydicom_files(dicom_test_files) -> Path:
+    """pydicom's bundled test_files folder (no download); the name the io tests use."""
+    return dicom_test_files
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ def test_ct_small_single_slice(pydicom_files):
     ipp = np.array([float(v) for v in ds.ImagePositionPatient])
     np.testing.assert_allclose(vol.affine[:3, 3], ipp * [-1, -1, 1])
     assert vol.meta["format"] == "dicom" and vol.meta["modality"] == "CT"
-    assert set(vol.meta) == {"format", "path", "modality", "series_uid", "series_description", "n_files"}
+    assert set(vol.meta) == {"format", "path", "modality", "series_uid", "series_description", "n_files", "slice_sources"}
 
 
 def test_five_slice_ct_series(pydicom_files):
