@@ -98,7 +98,7 @@ def eps_to_output(eps: torch.Tensor, x: torch.Tensor, a_t: torch.Tensor, predict
     return (eps - (1 - a_t).sqrt() * x) / a_t.sqrt()
 
 
-def timestep_grid(num_train: int, steps: int, spacing: str = "trailing") -> list[int]:
+def timestep_grid(num_train: int, steps: int, spacing: str = "trailing", start: int | None = None) -> list[int]:
     """Descending inference timesteps (the conventions of Lin et al. 2024, "Common diffusion noise
     schedules and sample steps are flawed", Table 2):
 
@@ -107,7 +107,13 @@ def timestep_grid(num_train: int, steps: int, spacing: str = "trailing") -> list
     - leading: 0, T//N, 2·T//N, ... reversed (MONAI's DDIMScheduler with steps_offset=0): the
       first step starts below T − 1, so few-step samples start from noise the model never saw.
     - linspace: N points evenly spaced over [0, T−1], reversed.
+
+    `start` < T − 1 puts the grid on the timesteps [0, start] instead (the first step at `start`).
     """
+    if start is not None:
+        if not 0 <= start < num_train:
+            raise LdmError(f"the first timestep must lie in [0, {num_train - 1}]; got {start}")
+        return timestep_grid(start + 1, steps, spacing)
     if spacing == "trailing":
         grid = np.round(np.arange(num_train, 0, -num_train / steps)).astype(np.int64) - 1
     elif spacing == "leading":
@@ -124,13 +130,14 @@ class _DiffusionSampler:
 
     name = ""
 
-    def __init__(self, cfg: DenoiserConfig, steps: int, spacing: str = "trailing", clip: float | None = None):
+    def __init__(self, cfg: DenoiserConfig, steps: int, spacing: str = "trailing", clip: float | None = None,
+                 start: int | None = None):
         self.steps = steps
         self.spacing = spacing
         self.clip = clip  # clamp x̂_0 to [−clip, clip] (and re-derive ε̂), for bounded targets
         self.prediction = cfg.prediction_type
         self.alphas_cumprod = training_scheduler(cfg).alphas_cumprod.double()
-        self.timesteps = timestep_grid(cfg.num_train_timesteps, steps, spacing)
+        self.timesteps = timestep_grid(cfg.num_train_timesteps, steps, spacing, start)
 
     def _ac(self, t: int, device) -> torch.Tensor:
         """ᾱ_t, with ᾱ = 1 before the first training step (t = −1, the clean end)."""
@@ -155,8 +162,9 @@ class DDIMSampler(_DiffusionSampler):
 
     name = "ddim"
 
-    def __init__(self, cfg: DenoiserConfig, steps: int, eta: float = 0.0, spacing: str = "trailing", clip: float | None = None):
-        super().__init__(cfg, steps, spacing, clip)
+    def __init__(self, cfg: DenoiserConfig, steps: int, eta: float = 0.0, spacing: str = "trailing", clip: float | None = None,
+                 start: int | None = None):
+        super().__init__(cfg, steps, spacing, clip, start)
         self.eta = float(eta)
 
     def __call__(self, model: ModelFn, x: torch.Tensor, generator: Generators = None,

@@ -10,6 +10,8 @@ has none, and torchattacks (classifiers only) would add a dependency for a few l
 
 from __future__ import annotations
 
+import warnings
+
 import time
 from dataclasses import dataclass
 
@@ -141,9 +143,15 @@ def dice_per_class(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> np.nd
 
 
 def evaluate_segmenter(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, n_classes: int,
-                       cfg: DownstreamConfig, device: torch.device, seed: int, perturb: str = "clean") -> np.ndarray:
+                       cfg: DownstreamConfig, device: torch.device, seed: int, perturb: str = "clean",
+                       extra: dict[str, list] | None = None) -> np.ndarray:
     """Mean Dice per foreground class over test volumes, with the test images perturbed by
-    `perturb` ∈ clean | noise | fgsm | pgd (attacks use the true labels: white-box)."""
+    `perturb` ∈ clean | noise | fgsm | pgd (attacks use the true labels: white-box). With a dict
+    `extra`, also fills extra['iou'] and extra['hd95'] (in voxels): per-class means over the test
+    volumes (MONAI MeanIoU, HausdorffDistanceMetric; HD95 over the volumes where the class is in
+    both the prediction and the truth)."""
+    from ldmtool.evaluate.segmentation import segmentation_metrics
+
     mult = 2 ** (len(cfg.channels) - 1)
     gen = torch.Generator().manual_seed(seed)
     scores = []
@@ -162,6 +170,16 @@ def evaluate_segmenter(model: torch.nn.Module, images: np.ndarray, labels: np.nd
         with torch.no_grad():
             pred = _seg_logits(model, x, mult).argmax(1).cpu().numpy()  # (K, I, J)
         scores.append(dice_per_class(pred.transpose(1, 2, 0), lab, n_classes))
+        if extra is not None:
+            m = segmentation_metrics(pred.transpose(1, 2, 0), lab, n_classes, metrics=("iou", "hd95"))
+            # like the Dice: a class absent from both prediction and truth is left out (NaN)
+            extra.setdefault("_iou", []).append(np.where(np.isnan(scores[-1]), np.nan, m["iou"]))
+            extra.setdefault("_hd95", []).append(m["hd95"])
+    if extra is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a class never predicted: NaN HD95
+            extra["iou"] = list(np.nanmean(np.array(extra.pop("_iou"), dtype=float), axis=0))
+            extra["hd95"] = list(np.nanmean(np.array(extra.pop("_hd95"), dtype=float), axis=0))
     return np.nanmean(np.stack(scores), axis=0)
 
 

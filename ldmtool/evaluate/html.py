@@ -52,6 +52,9 @@ def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
         key = "dice_mean" if u["task"] == "segmentation" else "accuracy"
         for src, res in u["results"].items():
             rows.append(("utility", f"{metric}, trained on {src}", _fmt(res[key]), f"on {u['n_test']} real test volumes"))
+            if "iou" in res:
+                rows.append(("utility", f"IoU, trained on {src}", _fmt(float(np.nanmean(list(res["iou"].values())))),
+                             "mean over classes"))
     if r:
         key = "dice_mean" if r["task"] == "segmentation" else "accuracy"
         for src, res in r["results"].items():
@@ -129,6 +132,10 @@ def render_html(report: dict, out_dir: Path) -> str:
         parts.append(f"<h2>Utility ({html.escape(u['task'])})</h2><p class='note'>{html.escape(u['model'])}; "
                      f"{u['steps']} steps, batch {u['batch_size']}, channels {u['channels']}; {html.escape(u['metric'])}.</p>")
         parts.append(_table(["trained on", key], [[k, v[key]] for k, v in u["results"].items()]))
+        if u["task"] == "segmentation" and all("iou" in v for v in u["results"].values()):
+            parts.append(_table(["trained on", "class", "Dice", "IoU", "HD95 (voxels)"],
+                                [[k, c, v["dice"][c], v["iou"][c], v["hd95_voxels"][c]]
+                                 for k, v in u["results"].items() for c in v["dice"]]))
     r = report.get("robustness")
     if r:
         key = "dice_mean" if r["task"] == "segmentation" else "accuracy"

@@ -273,14 +273,19 @@ def _downstream(report, cfg, real, syn, train, test, class_labels, device, seed,
         model = ds.train_segmenter(x, y, n_classes, dcfg, device, seed, on_step=step)
         scores = {}
         for p in perturbs:
-            d = ds.evaluate_segmenter(model, test.images, test.labels, n_classes, dcfg, device, seed, p)
+            extra = {} if p == "clean" else None
+            d = ds.evaluate_segmenter(model, test.images, test.labels, n_classes, dcfg, device, seed, p, extra)
             scores[p] = {"dice_mean": float(np.nanmean(d)), "dice": {c: float(v) for c, v in zip(fg, d)}}
+            if extra is not None:
+                scores[p]["iou"] = {c: float(v) for c, v in zip(fg, extra["iou"])}
+                scores[p]["hd95_voxels"] = {c: float(v) for c, v in zip(fg, extra["hd95"])}
             step()
         util[name] = scores["clean"]
         if "robustness" in only:
             rob[name] = {p: scores[p] for p in perturbs if p != "clean"}
     if "utility" in only:
-        report["utility"] = {"task": "segmentation", "metric": "Dice (3D, per foreground class, mean over test volumes)",
+        report["utility"] = {"task": "segmentation", "metric": "Dice (3D, per foreground class, mean over test volumes); "
+                             "also IoU and HD95 in voxels (MONAI)",
                              "model": "MONAI UNet 2D on axial slices, DiceCE loss", **settings, "results": util}
     if "robustness" in only:
         report["robustness"] = {"task": "segmentation", "epsilon": dcfg.epsilon, "pgd_steps": dcfg.pgd_steps,

@@ -242,6 +242,11 @@ def test_timestep_grids():
             assert 0 <= grid[-1] and grid[0] <= 999
     # the few-step regime: only trailing starts from pure noise
     assert timestep_grid(1000, 5, "trailing")[0] == 999 and timestep_grid(1000, 5, "leading")[0] == 800
+    # a later start: the same grid over [0, start]
+    assert timestep_grid(1000, 2, "trailing", start=966) == [966, 483]
+    assert timestep_grid(1000, 1, "trailing", start=966) == [966]
+    with pytest.raises(LdmError, match="first timestep"):
+        timestep_grid(1000, 2, start=1000)
 
 
 def test_dpmsolver_beats_ddim_at_few_steps():

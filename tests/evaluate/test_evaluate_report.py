@@ -54,6 +54,10 @@ def test_report_has_all_six_criteria(full_report):
     assert len(priv["suspicious_pairs"]) == 2
     assert rep["utility"]["task"] == "segmentation"
     assert set(rep["utility"]["results"]) == {"real", "synthetic", "real+synthetic"}
+    for res in rep["utility"]["results"].values():  # Dice, IoU and HD95 per class (MONAI)
+        assert set(res["iou"]) == set(res["dice"]) == set(res["hd95_voxels"])
+        for c in res["dice"]:
+            assert 0 <= res["iou"][c] <= res["dice"][c] + 1e-6 <= 1 + 1e-6  # IoU ≤ Dice per volume
     assert set(rep["robustness"]["results"]["real"]) == {"noise", "fgsm", "pgd"}
     assert rep["robustness"]["epsilon"] == 0.03
 

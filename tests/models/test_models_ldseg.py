@@ -68,6 +68,27 @@ def test_clipped_ddim_keeps_x0_bounded():
     assert out.abs().max() <= 5.0 + 1e-4
 
 
+def test_sampling_starts_where_the_signal_is_measurable():
+    from ldmtool.diffusion.samplers import training_scheduler
+    from ldmtool.train.segmentation import START_SIGNAL, sampling_start
+
+    cfg = tiny()
+    t = sampling_start(cfg)
+    ac = training_scheduler(seg_schedule(cfg)).alphas_cumprod.double()
+    assert ac[t].sqrt() >= START_SIGNAL > ac[t + 1].sqrt()
+    assert 900 < t < 999 and ac[999].sqrt() < 1e-4  # at t = T − 1 ẑ0 = (z − √(1−ᾱ)ε̂)/√ᾱ is noise × 2·10⁴
+    # predict_volume steps from there: the first model call sees t = sampling_start
+    seen = []
+    m = LDSeg(cfg, 3).eval()
+    forward = m.predict_noise
+    m.predict_noise = lambda z, tt, zi: (seen.append(int(tt[0])), forward(z, tt, zi))[1]
+    predict_volume(m, cfg, torch.rand(2, 8, 8), steps=2, generator=torch.Generator().manual_seed(0))
+    assert seen == [t, t // 2]
+    seen.clear()
+    predict_volume(m, cfg, torch.rand(2, 8, 8), steps=2, generator=torch.Generator().manual_seed(0), start=999)
+    assert seen == [999, 499]
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_predict_volume_probabilities_and_spread(dims):
     torch.manual_seed(0)
