@@ -95,7 +95,12 @@ def train(arch, data, names, args, out: Path, console):
     (imgs, labs) = data
     prepared = PreparedData(images=torch.from_numpy(np.ascontiguousarray(imgs)), labels=torch.from_numpy(np.ascontiguousarray(labs)),
                             case_ids=[f"c{i}" for i in range(len(imgs))], affines=[np.eye(4)] * len(imgs), label_names=names)
-    cfg = SegModelConfig(arch=arch, dims=2)
+    extra = {}
+    if args.channels:
+        extra["channels"] = tuple(int(c) for c in args.channels.split(","))
+    if args.latent_channels:
+        extra["latent_channels"] = args.latent_channels
+    cfg = SegModelConfig(arch=arch, dims=2, **extra)
     tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=50, val_fraction=0.0)
     t0 = time.perf_counter()
     result = train_segmenter(prepared, out, cfg, SegLossConfig(), tc, PreprocessConfig().to_dict(), torch.device("cpu"),
@@ -140,6 +145,8 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=8)
     ap.add_argument("--shape", default="64,64,32")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--channels", default=None, help="segmenter channels per level, e.g. 16,32 (default: SegModelConfig's)")
+    ap.add_argument("--latent-channels", type=int, default=None, help="LDSeg latent channels (default: SegModelConfig's)")
     ap.add_argument("--keep", type=Path, default=None,
                     help="keep the trained models in this folder and reuse them when run again with the same settings")
     args = ap.parse_args()
@@ -151,7 +158,9 @@ def main() -> None:
     shape = tuple(int(v) for v in args.shape.split(","))
     cases = {"phantoms": lambda: phantoms(args.n_train, args.n_test, shape), "mni152": mni152}
     lines = [f"# LDSeg vs UNet — {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-             f"torch {torch.__version__}; {args.steps} steps × batch {args.batch_size} per model, lr {args.lr:g}", ""]
+             f"torch {torch.__version__}; {args.steps} steps × batch {args.batch_size} per model, lr {args.lr:g}; "
+             f"segmenter channels {args.channels or ','.join(map(str, SegModelConfig().channels))}, "
+             f"LDSeg latent channels {args.latent_channels or SegModelConfig().latent_channels}", ""]
     with tempfile.TemporaryDirectory() as tmp:
         if args.keep:
             tmp = str(args.keep)

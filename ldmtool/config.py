@@ -29,6 +29,9 @@ class AutoencoderConfig:
     attention: bool = False  # attention in the lowest level (slower; helps large slices)
     position_features: int = 8  # sinusoidal features of the normalised slice index (0 = off)
     mask_channel: bool = False  # incomplete data: the encoder also sees the observed-voxel mask
+    # the encoder sees the label channels (true) or the image alone (false: the decoder still
+    # outputs the mask, read from the image content, so a sample's mask follows its image)
+    label_input: bool = True
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)

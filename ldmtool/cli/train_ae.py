@@ -36,6 +36,7 @@ def train_ae(
     missing_rate: Annotated[float, typer.Option(help="Drop this fraction of every volume's voxels completely at random (MCAR, seeded by --seed), for missing-data experiments. Real gaps: NaN voxels or masksTr/ masks (1 = missing).", rich_help_panel=DATA)] = 0.0,
     channels: Annotated[Optional[str], typer.Option(help="Autoencoder channels per level, e.g. 16,32,64.", rich_help_panel=MODEL)] = None,
     mask_channel: Annotated[Optional[bool], typer.Option("--mask-channel/--no-mask-channel", help="Give the encoder the observed-voxel mask as an extra channel (default: on when the data have missing voxels).", rich_help_panel=MODEL)] = None,
+    label_input: Annotated[Optional[bool], typer.Option("--label-input/--no-label-input", help="Give the encoder the label channels (default) or the image alone; the decoder outputs the mask either way, and without label input a sampled mask is the one its image shows.", rich_help_panel=MODEL)] = None,
     latent_channels: Annotated[Optional[int], typer.Option(help="Latent channels.", rich_help_panel=MODEL)] = None,
     kl_weight: Annotated[Optional[float], typer.Option(help="KL weight (~1e-6).", rich_help_panel=MODEL)] = None,
     label_weight: Annotated[Optional[float], typer.Option(help="Weight of CE+Dice on the label channels.", rich_help_panel=MODEL)] = None,
@@ -63,7 +64,7 @@ def train_ae(
     pre = PreprocessConfig.from_dict(
         {**(cfg.get("preprocess") or {}), **{k: v for k, v in preprocess_flags(shape, spacing, intensity, ct_window).items() if v is not None}}
     )
-    model_cfg = common.section(cfg, "autoencoder", AutoencoderConfig, {"channels": common.ints(channels, None, "--channels"), "latent_channels": latent_channels, "mask_channel": mask_channel})
+    model_cfg = common.section(cfg, "autoencoder", AutoencoderConfig, {"channels": common.ints(channels, None, "--channels"), "latent_channels": latent_channels, "mask_channel": mask_channel, "label_input": label_input})
     loss_cfg = common.section(cfg, "ae_loss", AELossConfig, {"kl_weight": kl_weight, "label_weight": label_weight, "ssim_weight": ssim_weight, "latent_noise": latent_noise})
     train_cfg = common.section(
         cfg, "ae_train", TrainConfig,

@@ -1,10 +1,12 @@
 """The 2D slice autoencoder of SBLDM: MONAI AutoencoderKL plus a slice-position embedding.
 
 Input channels: the image channel(s) followed by one-hot foreground label channels (when the data
-set has labels), the observed-voxel mask (with `mask_channel`), then the position-feature planes.
+set has labels and `label_input` is on), the observed-voxel mask (with `mask_channel`), then the position-feature planes.
 Missing voxels (incomplete data) enter the encoder as zeros. Output channels: the image channel(s)
 followed by logits over all label classes (background included), so image and mask are encoded and
-decoded together and one sample is an image+mask pair.
+decoded together and one sample is an image+mask pair. With `label_input` off the encoder sees the
+image alone and the decoder still outputs the mask: the latent then holds no mask information of
+its own, so the mask decoded from a sampled latent is the one its image shows.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class SliceAutoencoder(nn.Module):
         n = len(cfg.channels)
         self.net = AutoencoderKL(
             spatial_dims=2,
-            in_channels=image_channels + fg + int(cfg.mask_channel) + p,
+            in_channels=image_channels + (fg if cfg.label_input else 0) + int(cfg.mask_channel) + p,
             out_channels=image_channels + num_classes,
             channels=cfg.channels,
             num_res_blocks=cfg.num_res_blocks,
@@ -61,14 +63,15 @@ class SliceAutoencoder(nn.Module):
         return feats if feats.shape[1] else pos[:, None] * 0
 
     def make_input(self, image: torch.Tensor, label: torch.Tensor | None, observed: torch.Tensor | None = None) -> torch.Tensor:
-        """Stack image (B,Ci,H,W) and an integer label map (B,H,W) into the encoder's data channels.
+        """Stack image (B,Ci,H,W) and an integer label map (B,H,W) into the encoder's data channels
+        (the label is not used with `label_input` off).
 
         `observed` (B,1,H,W), 1 = known voxel: missing image voxels are set to 0 and, with
         `mask_channel`, the mask itself is a channel (all ones when not given: complete data)."""
         if observed is not None:
             image = image * observed.to(image.dtype)
         parts = [image]
-        if self.num_classes:
+        if self.num_classes and self.cfg.label_input:
             if label is None:
                 raise ValueError("this autoencoder encodes labels; pass the label map")
             onehot = torch.nn.functional.one_hot(label.long(), self.num_classes).permute(0, 3, 1, 2)

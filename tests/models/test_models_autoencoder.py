@@ -66,6 +66,21 @@ def test_make_input_needs_label_when_labelled(make_ae):
     assert x.shape == (1, 1, 4, 4)
 
 
+def test_label_input_off_encodes_the_image_alone_and_still_decodes_the_mask(make_ae):
+    ae = make_ae(num_classes=3, label_input=False)
+    image = torch.rand(2, 1, 8, 8)
+    a = ae.make_input(image, torch.zeros(2, 8, 8, dtype=torch.long))
+    b = ae.make_input(image, torch.full((2, 8, 8), 2))
+    assert a.shape == (2, 1, 8, 8)
+    torch.testing.assert_close(a, b)  # the label does not reach the encoder
+    torch.testing.assert_close(ae.make_input(image, None), a)
+    pos = torch.tensor([0.2, 0.8])
+    with torch.no_grad():
+        z, _ = ae.encode(a, pos)
+        _, logits = ae.split(ae.decode(z, pos))
+    assert logits.shape == (2, 3, 8, 8)
+
+
 def test_decoder_position_bias_starts_at_zero(make_ae):
     ae = make_ae(num_classes=3)
     z = torch.randn(2, 4, 8, 8)
