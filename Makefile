@@ -24,7 +24,7 @@ demo: install
 	$(BIN)/ldmtool demo-data $(DEMO)/data --n 96
 	$(BIN)/ldmtool train-ae $(DEMO)/data --out $(DEMO)/ae --config examples/demo.yaml
 	$(BIN)/ldmtool train-ldm $(DEMO)/data --ae $(DEMO)/ae --out $(DEMO)/ldm --config examples/demo.yaml
-	$(BIN)/ldmtool sample --ae $(DEMO)/ae --ldm $(DEMO)/ldm --out $(DEMO)/samples --n 16 --steps 50
+	$(BIN)/ldmtool sample --ae $(DEMO)/ae --ldm $(DEMO)/ldm --out $(DEMO)/samples --n 16 --config examples/demo.yaml
 	$(BIN)/ldmtool stats $(DEMO)/samples --real $(DEMO)/data
 	@echo "montage: $(DEMO)/samples/montage.png"
 
