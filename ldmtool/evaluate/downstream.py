@@ -10,9 +10,8 @@ has none, and torchattacks (classifiers only) would add a dependency for a few l
 
 from __future__ import annotations
 
-import warnings
-
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,7 +153,7 @@ def evaluate_segmenter(model: torch.nn.Module, images: np.ndarray, labels: np.nd
 
     mult = 2 ** (len(cfg.channels) - 1)
     gen = torch.Generator().manual_seed(seed)
-    scores = []
+    scores, ious, hd95s = [], [], []
     for vol, lab in zip(images, labels):
         x, y = axial_slices(vol[None], lab[None])
         x, y = x.to(device), y.to(device)
@@ -173,13 +172,13 @@ def evaluate_segmenter(model: torch.nn.Module, images: np.ndarray, labels: np.nd
         if extra is not None:
             m = segmentation_metrics(pred.transpose(1, 2, 0), lab, n_classes, metrics=("iou", "hd95"))
             # like the Dice: a class absent from both prediction and truth is left out (NaN)
-            extra.setdefault("_iou", []).append(np.where(np.isnan(scores[-1]), np.nan, m["iou"]))
-            extra.setdefault("_hd95", []).append(m["hd95"])
+            ious.append(np.where(np.isnan(scores[-1]), np.nan, m["iou"]))
+            hd95s.append(m["hd95"])
     if extra is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a class never predicted: NaN HD95
-            extra["iou"] = list(np.nanmean(np.array(extra.pop("_iou"), dtype=float), axis=0))
-            extra["hd95"] = list(np.nanmean(np.array(extra.pop("_hd95"), dtype=float), axis=0))
+            extra["iou"] = list(np.nanmean(np.array(ious, dtype=float), axis=0))
+            extra["hd95"] = list(np.nanmean(np.array(hd95s, dtype=float), axis=0))
     return np.nanmean(np.stack(scores), axis=0)
 
 

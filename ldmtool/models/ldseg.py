@@ -99,7 +99,12 @@ def build_segmenter(cfg: SegModelConfig, num_classes: int) -> nn.Module:
     """LDSeg or the UNet baseline, with channels-last convolutions (NHWC / NDHWC: faster on CPU,
     measured, and the layout GPU tensor cores use)."""
     model = LDSeg(cfg, num_classes) if cfg.arch == "ldseg" else build_unet(cfg, num_classes)
-    return model.to(memory_format=torch.channels_last if cfg.dims == 2 else torch.channels_last_3d)
+    return model.to(memory_format=memory_layout(cfg))
+
+
+def memory_layout(cfg: SegModelConfig) -> torch.memory_format:
+    """The segmenters' tensor layout: channels-last for 2D models, channels-last-3D for 3D ones."""
+    return torch.channels_last if cfg.dims == 2 else torch.channels_last_3d
 
 
 def size_multiple(cfg: SegModelConfig) -> int:

@@ -29,7 +29,7 @@ from ldmtool.config import SegLossConfig, SegModelConfig, TrainConfig, from_dict
 from ldmtool.data.prepared import PreparedData
 from ldmtool.errors import LdmError
 from ldmtool.io.atomic import atomic_write_text
-from ldmtool.models.ldseg import LDSeg, build_segmenter, seg_schedule, size_multiple
+from ldmtool.models.ldseg import LDSeg, build_segmenter, memory_layout, seg_schedule, size_multiple
 from ldmtool.train.checkpoint import load_checkpoint, save_checkpoint, write_config_json
 from ldmtool.train.common import autocast, count_parameters, grad_scaler, optimizer_step, progress, warmup_cosine
 from ldmtool.train.state import previous_run, restore, save_state, step_generator
@@ -111,7 +111,7 @@ def predict_volume(
     mult = size_multiple(cfg)
     sampler = (DDIMSampler(seg_schedule(cfg), steps, clip=LATENT_CLIP, start=sampling_start(cfg) if start is None else start)
                if isinstance(model, LDSeg) else None)
-    layout = torch.channels_last if cfg.dims == 2 else torch.channels_last_3d  # the models' layout (build_segmenter)
+    layout = memory_layout(cfg)
     chunks = [image[None]] if cfg.dims == 3 else [image[s : s + batch] for s in range(0, image.shape[0], batch)]
     means, stds = [], []
     for chunk in chunks:
