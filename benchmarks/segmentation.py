@@ -41,7 +41,8 @@ from ldmtool.config import SegLossConfig, SegModelConfig, TrainConfig  # noqa: E
 from ldmtool.data.prepared import PreparedData  # noqa: E402
 from ldmtool.data.preprocess import PreprocessConfig, _intensity_range, _normalise  # noqa: E402
 from ldmtool.evaluate.segmentation import segmentation_metrics  # noqa: E402
-from ldmtool.train.segmentation import load_segmenter, predict_volume, sampling_start, train_segmenter  # noqa: E402
+from ldmtool.train.common import resolve_device  # noqa: E402
+from ldmtool.train.segmentation import DEFAULT_STEPS, load_segmenter, predict_volume, sampling_start, train_segmenter  # noqa: E402
 
 STEPS_SWEEP = (1, 2, 5, 10, 50)
 SIGMAS = (0.0, 0.05, 0.1, 0.2)
@@ -103,7 +104,7 @@ def train(arch, data, names, args, out: Path, console):
     cfg = SegModelConfig(arch=arch, dims=2, **extra)
     tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=50, val_fraction=0.0)
     t0 = time.perf_counter()
-    result = train_segmenter(prepared, out, cfg, SegLossConfig(), tc, PreprocessConfig().to_dict(), torch.device("cpu"),
+    result = train_segmenter(prepared, out, cfg, SegLossConfig(), tc, PreprocessConfig().to_dict(), args.device,
                              seed=0, console=console, resume="auto" if args.keep else "never")
     timing = out / "benchmark_train_seconds.json"  # with --keep, a finished model is reused with its training time
     if result.already_complete and timing.is_file():
@@ -111,11 +112,12 @@ def train(arch, data, names, args, out: Path, console):
     else:
         seconds = time.perf_counter() - t0
         timing.write_text(json.dumps({"seconds": seconds}))
-    model, _ = load_segmenter(result.path, torch.device("cpu"))
+    model, _ = load_segmenter(result.path, args.device)
     return model, cfg, seconds, result.parameters
 
 
 def predict(model, cfg, imgs, steps=2, sigma=0.0, seed=0, start=None):
+    device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     gn = torch.Generator().manual_seed(seed + 99)
     preds, seconds = [], 0.0
@@ -124,7 +126,9 @@ def predict(model, cfg, imgs, steps=2, sigma=0.0, seed=0, start=None):
         if sigma:
             x = x + sigma * torch.randn(x.shape, generator=gn)
         t0 = time.perf_counter()
-        probs, _ = predict_volume(model, cfg, x, steps=steps, generator=g, batch=32, start=start)
+        probs, _ = predict_volume(model, cfg, x, steps=steps, generator=g, batch=32, start=start, device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         seconds += time.perf_counter() - t0
         preds.append(probs.argmax(0).numpy())
     return preds, seconds / len(imgs)
@@ -145,6 +149,7 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=8)
     ap.add_argument("--shape", default="64,64,32")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="auto | cpu | cuda (training and prediction)")
     ap.add_argument("--channels", default=None, help="segmenter channels per level, e.g. 16,32 (default: SegModelConfig's)")
     ap.add_argument("--latent-channels", type=int, default=None, help="LDSeg latent channels (default: SegModelConfig's)")
     ap.add_argument("--keep", type=Path, default=None,
@@ -152,12 +157,15 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.device = resolve_device(args.device)
     from rich.console import Console
 
     console = Console(stderr=True)
     shape = tuple(int(v) for v in args.shape.split(","))
     cases = {"phantoms": lambda: phantoms(args.n_train, args.n_test, shape), "mni152": mni152}
-    lines = [f"# LDSeg vs UNet — {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+    where = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else \
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    lines = [f"# LDSeg vs UNet — {where}, "
              f"torch {torch.__version__}; {args.steps} steps × batch {args.batch_size} per model, lr {args.lr:g}; "
              f"segmenter channels {args.channels or ','.join(map(str, SegModelConfig().channels))}, "
              f"LDSeg latent channels {args.latent_channels or SegModelConfig().latent_channels}", ""]
@@ -181,13 +189,14 @@ def main() -> None:
                       "|---" * (3 + 3 * len(cls)) + "|"]
             base = {}
             for arch, (model, cfg, secs, params) in models.items():
-                preds, _ = predict(model, cfg, timgs, steps=2)
-                s = scores(preds, tlabs, k, spacing)
-                base[arch] = s
-                lines.append(f"| {arch} (2 DDIM steps) | {params / 1e6:.2f} M | {secs:.0f} | " if arch == "ldseg" else
-                             f"| {arch} | {params / 1e6:.2f} M | {secs:.0f} | ")
-                lines[-1] += " | ".join(f"{v:.3f}" for v in s["dice"]) + " | " + " | ".join(f"{v:.3f}" for v in s["iou"]) + " | " \
-                    + " | ".join(f"{v:.1f}" for v in s["hd95"]) + " |"
+                for st in ((DEFAULT_STEPS, 2) if arch == "ldseg" else (1,)):
+                    preds, _ = predict(model, cfg, timgs, steps=st)
+                    s = scores(preds, tlabs, k, spacing)
+                    base[arch if arch == "unet" else st] = s
+                    name = f"{arch} ({st} DDIM step{'s' if st > 1 else ''})" if arch == "ldseg" else arch
+                    lines.append(f"| {name} | {params / 1e6:.2f} M | {secs:.0f} | ")
+                    lines[-1] += " | ".join(f"{v:.3f}" for v in s["dice"]) + " | " + " | ".join(f"{v:.3f}" for v in s["iou"]) \
+                        + " | " + " | ".join(f"{v:.1f}" for v in s["hd95"]) + " |"
             lines += ["", "| DDIM steps | " + " | ".join(f"Dice {c}" for c in cls) + " | mean Dice | s/volume |",
                       "|---" * (3 + len(cls)) + "|"]
             model, cfg = models["ldseg"][:2]
@@ -208,13 +217,14 @@ def main() -> None:
                 fp = sum(int((preds[i] == k - 1).sum()) for i in free)
                 lines.append(f"| {start}{' (default)' if start == sampling_start(cfg) else ''} | "
                              + " | ".join(f"{v:.3f}" for v in d) + f" | {np.mean(d):.3f} | {fp} |")
-            lines += ["", "| σ (image noise) | LDSeg mean Dice | UNet mean Dice |", "|---|---|---|"]
+            lines += ["", f"| σ (image noise) | LDSeg mean Dice ({DEFAULT_STEPS} DDIM step{'s' if DEFAULT_STEPS > 1 else ''}) | UNet mean Dice |",
+                      "|---|---|---|"]
             by_sigma = {}
             for sg in SIGMAS:
                 row = []
                 for arch in ("ldseg", "unet"):
                     m, c = models[arch][:2]
-                    preds, _ = predict(m, c, timgs, steps=2, sigma=sg)
+                    preds, _ = predict(m, c, timgs, steps=DEFAULT_STEPS, sigma=sg)
                     row.append(float(np.mean(scores(preds, tlabs, k, spacing)["dice"])))
                 by_sigma[sg] = row
                 lines.append(f"| {sg:g} | {row[0]:.3f} | {row[1]:.3f} |")
@@ -222,16 +232,22 @@ def main() -> None:
             for arch in ("ldseg", "unet"):
                 predict(*models[arch][:2], timgs[:1], steps=2)
             _, t_ld = predict(*models["ldseg"][:2], timgs, steps=2)
+            _, t_ld1 = predict(*models["ldseg"][:2], timgs, steps=1)
             _, t_un = predict(*models["unet"][:2], timgs, steps=2)
-            ld, un = float(np.mean(base["ldseg"]["dice"])), float(np.mean(base["unet"]["dice"]))
-            lines += ["", "| target | value | met |", "|---|---|---|",
-                      f"| clean mean Dice: LDSeg ≥ UNet − 0.02 | {ld:.3f} vs {un:.3f} | {'yes' if ld >= un - 0.02 else 'no'} |",
-                      f"| σ=0.2 mean Dice: LDSeg > UNet | {by_sigma[0.2][0]:.3f} vs {by_sigma[0.2][1]:.3f} | "
+            un = float(np.mean(base["unet"]["dice"]))
+            lines += ["", "| target | value | met |", "|---|---|---|"]
+            for st in sorted({DEFAULT_STEPS, 2}):
+                ld = float(np.mean(base[st]["dice"]))
+                lines.append(f"| clean mean Dice: LDSeg ({st} DDIM step{'s' if st > 1 else ''}"
+                             f"{', the default' if st == DEFAULT_STEPS else ''}) ≥ UNet − 0.02 | {ld:.3f} vs {un:.3f} | "
+                             f"{'yes' if ld >= un - 0.02 else 'no'} |")
+            lines += [f"| σ=0.2 mean Dice: LDSeg > UNet | {by_sigma[0.2][0]:.3f} vs {by_sigma[0.2][1]:.3f} | "
                       f"{'yes' if by_sigma[0.2][0] > by_sigma[0.2][1] else 'no'} |",
                       f"| 2-step Dice within 0.01 of 50-step | {by_steps[2]:.3f} vs {by_steps[50]:.3f} | "
                       f"{'yes' if abs(by_steps[2] - by_steps[50]) <= 0.01 or by_steps[2] > by_steps[50] else 'no'} |",
                       f"| s/volume: LDSeg (2 steps) ≤ 3× UNet | {t_ld:.3f} vs {t_un:.3f} ({t_ld / t_un:.1f}×) | "
-                      f"{'yes' if t_ld <= 3 * t_un else 'no'} |", ""]
+                      f"{'yes' if t_ld <= 3 * t_un else 'no'} |",
+                      f"| (s/volume: LDSeg with 1 DDIM step) | {t_ld1:.3f} vs {t_un:.3f} ({t_ld1 / t_un:.1f}×) | |", ""]
             print("\n".join(lines), flush=True)
             lines = []
 

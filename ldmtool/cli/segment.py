@@ -32,7 +32,7 @@ def train_seg(
     lr: Annotated[Optional[float], typer.Option(help="Learning rate.", rich_help_panel=TRAIN)] = None,
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes (best checkpoint kept).", rich_help_panel=TRAIN)] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of cases held out for the per-epoch validation Dice.", rich_help_panel=TRAIN)] = None,
-    val_steps: Annotated[int, typer.Option(help="DDIM steps of the LDSeg validation.", rich_help_panel=TRAIN)] = 2,
+    val_steps: Annotated[Optional[int], typer.Option(help="DDIM steps of the LDSeg validation [default: as segment, 1].", show_default=False, rich_help_panel=TRAIN)] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16.", rich_help_panel=TRAIN)] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(help="Save the resumable training state every N steps (also at the end, every 10 min, and at epoch ends a minute apart).", rich_help_panel=TRAIN)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Go on from the training state in --out (an error if there is none). Without it a state there is picked up automatically.", rich_help_panel=TRAIN)] = False,
@@ -60,7 +60,7 @@ def train_seg(
         "epochs": epochs, "steps": steps, "batch_size": batch_size, "lr": lr, "max_minutes": max_minutes,
         "val_fraction": val_fraction, "precision": precision, "checkpoint_every": checkpoint_every,
     })
-    if val_steps < 1:
+    if val_steps is not None and val_steps < 1:
         raise LdmError("--val-steps must be at least 1")
     common.require_exists(data, "data set")
     mode = common.resume_mode(resume, restart)
@@ -73,7 +73,8 @@ def train_seg(
             f"{model_cfg.arch} {model_cfg.dims}D, batch {train_cfg.batch_size}, learning rate {train_cfg.lr:g}, device {info.device}"
         )
         result = train_segmenter(prepared, out, model_cfg, loss_cfg, train_cfg, pre.to_dict(), info.device, seed=state.seed,
-                                 console=state.console, resume=mode, stop=stop, val_steps=val_steps)
+                                 console=state.console, resume=mode, stop=stop,
+                                 **({} if val_steps is None else {"val_steps": val_steps}))
     if result.already_complete:
         state.console.print(f"{out} already holds a finished run; use --restart to train again")
     rows = {"checkpoint": str(result.path), "architecture": f"{model_cfg.arch} ({model_cfg.dims}D)",
@@ -89,7 +90,7 @@ def segment(
     inputs: Annotated[list[Path], typer.Argument(help="NIfTI files, DICOM series folders, or folders of them.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Segmenter checkpoint (file or train-seg output folder).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
-    steps: Annotated[int, typer.Option(help="DDIM steps (LDSeg).")] = 2,
+    steps: Annotated[Optional[int], typer.Option(help="DDIM steps (LDSeg) [default: 1].", show_default=False)] = None,
     samples: Annotated[int, typer.Option(help="Draws per input (LDSeg); > 1 adds mean probabilities and an uncertainty map.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Slices per batch (2D models).")] = 16,
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")] = "auto",
@@ -99,7 +100,7 @@ def segment(
     from ldmtool.diffusion.segment import segment_files
 
     state: common.State = ctx.obj
-    results = segment_files(inputs, model, out, steps=steps, samples=samples, batch_size=batch_size, seed=state.seed,
+    results = segment_files(inputs, model, out, **({} if steps is None else {"steps": steps}), samples=samples, batch_size=batch_size, seed=state.seed,
                             device=state.torch_device(), precision=precision, dicom_seg=dicom_seg,
                             console=state.console)
     from rich.table import Table

@@ -28,6 +28,7 @@ from ldmtool.io.dicom import is_dicom_file
 from ldmtool.io.nifti import is_nifti_path
 from ldmtool.io.readers import read_volume
 from ldmtool.io.volume import Volume
+from ldmtool.train.segmentation import DEFAULT_STEPS
 from ldmtool.train.checkpoint import file_sha256, resolve_checkpoint
 from ldmtool.train.segmentation import load_segmenter, predict_volume
 
@@ -101,7 +102,7 @@ def segment_files(
     model_path: Path,
     out_dir: Path,
     *,
-    steps: int = 2,
+    steps: int = DEFAULT_STEPS,
     samples: int = 1,
     batch_size: int = 16,
     seed: int = 0,

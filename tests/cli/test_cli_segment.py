@@ -115,6 +115,7 @@ def test_segment_nifti_in_another_orientation_and_dicom_keeps_their_geometry(tra
     r = cli("segment", dicom_dir, "--model", seg_model, "--out", tmp_path / "noseg", "--no-dicom-seg")
     assert r.code == 0, r.both
     assert (tmp_path / "noseg" / "series_seg.nii.gz").is_file() and not (tmp_path / "noseg" / "series_seg.dcm").exists()
+    assert report["steps"] == 2 and json.loads((tmp_path / "noseg" / "segment.json").read_text())["steps"] == 1  # default: 1
 
 
 def test_segment_a_real_ct_series(seg_model, cli, dicom_test_files, tmp_path):
