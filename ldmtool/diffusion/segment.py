@@ -28,9 +28,8 @@ from ldmtool.io.dicom import is_dicom_file
 from ldmtool.io.nifti import is_nifti_path
 from ldmtool.io.readers import read_volume
 from ldmtool.io.volume import Volume
-from ldmtool.train.segmentation import DEFAULT_STEPS
 from ldmtool.train.checkpoint import file_sha256, resolve_checkpoint
-from ldmtool.train.segmentation import load_segmenter, predict_volume
+from ldmtool.train.segmentation import DEFAULT_STEPS, load_segmenter, predict_volume
 
 
 @dataclass
