@@ -44,8 +44,8 @@ LATENT_CLIP = 5.0  # |ẑ_0| bound of the standardised label latent (sampling an
 START_SIGNAL = 0.05
 # DDIM steps of `segment` (and of the validation Dice) unless asked otherwise. One step from that start
 # scored at least as well as two in every benchmark run (mean Dice, phantoms / MNI152, 600 training
-# steps on a CPU: 0.948 vs 0.947 / 0.755 vs 0.747; phantoms on a GPU: 0.951 vs 0.823 after 600 steps,
-# 0.978 vs 0.911 after 3000): each further step can add a few false lesion voxels.
+# steps on a CPU: 0.948 vs 0.947 / 0.755 vs 0.747; phantoms after 3000 steps: 0.980 vs 0.912 on a CPU,
+# 0.978 vs 0.911 on a GPU): each further step can add a few false lesion voxels.
 DEFAULT_STEPS = 1
 
 
