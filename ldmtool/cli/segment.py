@@ -43,7 +43,7 @@ def train_seg(
     from ldmtool.data.prepared import prepare_dataset
     from ldmtool.data.preprocess import PreprocessConfig
     from ldmtool.errors import LdmError
-    from ldmtool.train.segmentation import train_segmenter
+    from ldmtool.train.segmentation import DEFAULT_STEPS, train_segmenter
 
     state: common.State = ctx.obj
     cfg = load_yaml(config)
@@ -74,7 +74,7 @@ def train_seg(
         )
         result = train_segmenter(prepared, out, model_cfg, loss_cfg, train_cfg, pre.to_dict(), info.device, seed=state.seed,
                                  console=state.console, resume=mode, stop=stop,
-                                 **({} if val_steps is None else {"val_steps": val_steps}))
+                                 val_steps=DEFAULT_STEPS if val_steps is None else val_steps)
     if result.already_complete:
         state.console.print(f"{out} already holds a finished run; use --restart to train again")
     rows = {"checkpoint": str(result.path), "architecture": f"{model_cfg.arch} ({model_cfg.dims}D)",
@@ -98,9 +98,10 @@ def segment(
 ) -> None:
     """Segment volumes; label maps in each input's exact geometry (+ uncertainty with --samples)."""
     from ldmtool.diffusion.segment import segment_files
+    from ldmtool.train.segmentation import DEFAULT_STEPS
 
     state: common.State = ctx.obj
-    results = segment_files(inputs, model, out, **({} if steps is None else {"steps": steps}), samples=samples, batch_size=batch_size, seed=state.seed,
+    results = segment_files(inputs, model, out, steps=DEFAULT_STEPS if steps is None else steps, samples=samples, batch_size=batch_size, seed=state.seed,
                             device=state.torch_device(), precision=precision, dicom_seg=dicom_seg,
                             console=state.console)
     from rich.table import Table

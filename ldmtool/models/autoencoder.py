@@ -2,9 +2,9 @@
 
 Input channels: the image channel(s) followed by one-hot foreground label channels (when the data
 set has labels and `label_input` is on), the observed-voxel mask (with `mask_channel`), then the
-position-feature planes. Missing voxels (incomplete data) enter the encoder as zeros. Output channels: the image channel(s)
-followed by logits over all label classes (background included), so image and mask are encoded and
-decoded together and one sample is an image+mask pair. With `label_input` off the encoder sees the
+position-feature planes. Missing voxels (incomplete data) enter the encoder as zeros. Output
+channels: the image channel(s) followed by logits over all label classes (background included), so
+image and mask are encoded and decoded together and one sample is an image+mask pair. With `label_input` off the encoder sees the
 image alone and the decoder still outputs the mask: the latent then holds no mask information of
 its own, so the mask decoded from a sampled latent is the one its image shows.
 """
