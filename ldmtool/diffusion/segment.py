@@ -45,6 +45,20 @@ class SegmentedCase:
     dicom_seg_error: str | None = None
 
 
+@dataclass
+class _Prepared:
+    """An input read, put into the model's axes and intensity scale, waiting for the network."""
+
+    path: Path
+    stem: str
+    volume: Volume
+    arr: np.ndarray
+    work_affine: np.ndarray
+    src_codes: str
+    slices: torch.Tensor  # (K, I, J)
+    seconds: float
+
+
 def _holds_dicom(folder: Path) -> bool:
     """DICOM files directly in `folder` (not in sub-folders, unlike the data-set loader's check:
     here a folder of series sub-folders is several inputs, not one)."""
@@ -134,68 +148,104 @@ def segment_files(
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
     results: list[SegmentedCase] = []
+
+    def prepare(path: Path, stem: str) -> _Prepared:
+        t0 = time.perf_counter()
+        volume = read_volume(path, allow_single_slice=True)
+        arr = np.asarray(volume.array, dtype=np.float32)
+        if arr.ndim != 3:
+            raise LdmError(f"{path} is not a 3D volume (shape {arr.shape})")
+        if cfg.dims == 3 and min(arr.shape) < 2:
+            raise LdmError(f"{path} is a 2D image (shape {arr.shape}) and this is a 3D model; segment it with a --dims 2 model")
+        src_codes = "".join(nio.aff2axcodes(volume.affine))
+        work, work_affine = arr, volume.affine
+        if pre.orientation != "none":
+            (work,), work_affine = _reorient([arr], volume.affine, pre.orientation)
+        work = _normalise(work, _intensity_range(work, pre), pre)
+        slices = torch.from_numpy(volume_to_slices(work).copy())  # (K, I, J)
+        return _Prepared(path, stem, volume, arr, work_affine, src_codes, slices, time.perf_counter() - t0)
+
+    def finish(case: _Prepared, probs: torch.Tensor, std: torch.Tensor | None, predict_seconds: float) -> None:
+        t0 = time.perf_counter()
+        path, stem, volume, arr = case.path, case.stem, case.volume, case.arr
+        label = probs.argmax(0)  # (K, I, J)
+        outputs = {"seg": slices_to_volume(label.numpy().astype(np.uint8))}
+        if std is not None:
+            outputs["prob"] = np.stack([slices_to_volume(p.numpy()) for p in probs], axis=-1).astype(np.float32)
+            # uncertainty: std over the draws of the probability of the class finally chosen
+            chosen = torch.gather(std, 0, label[None])[0]
+            outputs["uncertainty"] = slices_to_volume(chosen.numpy()).astype(np.float32)
+        written: dict[str, Path] = {}
+        seg_error = None
+        for key, data in outputs.items():
+            if pre.orientation != "none":
+                (data,), back_affine = _reorient([data], case.work_affine, case.src_codes)
+                if not np.allclose(back_affine, volume.affine, atol=1e-4):
+                    raise LdmError(f"internal error: {path} could not be put back into its own axes")
+            if data.shape[:3] != arr.shape:
+                raise LdmError(f"internal error: output shape {data.shape[:3]} differs from the input's {arr.shape}")
+            target = out_dir / f"{stem}_{key}.nii.gz"
+            if data.ndim == 3:
+                write_nifti(Volume(np.ascontiguousarray(data), volume.affine.copy(), {}), target)
+            else:
+                _write_4d(np.ascontiguousarray(data), volume.affine, target)
+            written[key] = target
+            if key == "seg" and dicom_seg and volume.meta.get("slice_sources"):
+                from ldmtool import __version__
+                from ldmtool.io.dicom_seg import write_dicom_seg
+
+                method = f"LDSeg, {steps} DDIM step(s)" if cfg.arch == "ldseg" else "UNet"
+                try:
+                    write_dicom_seg(data, volume.meta["slice_sources"], names, out_dir / f"{stem}_seg.dcm",
+                                    algorithm="LDSeg" if cfg.arch == "ldseg" else "UNet", version=__version__,
+                                    description=f"ldmtool segmentation ({method})")
+                    written["dicom_seg"] = out_dir / f"{stem}_seg.dcm"
+                except LdmError as exc:  # the NIfTI label map is written; the SEG is an extra
+                    seg_error = str(exc)
+                    if console is not None:
+                        console.print(f"[yellow]warning:[/] {path.name}: {exc}")
+        counts = np.bincount(label.flatten().numpy(), minlength=len(names) or 1)
+        results.append(SegmentedCase(
+            source=str(path), label_path=written["seg"], shape=tuple(arr.shape),
+            seconds=case.seconds + predict_seconds + time.perf_counter() - t0,
+            voxels_per_class={names.get(c, str(c)): int(n) for c, n in enumerate(counts)},
+            prob_path=written.get("prob"), uncertainty_path=written.get("uncertainty"),
+            dicom_seg_path=written.get("dicom_seg"), dicom_seg_error=seg_error,
+        ))
+
+    # 2D models: consecutive inputs whose slices have the same size go through the network together
+    # while they fill at most one batch, so a folder of small volumes keeps a GPU busy (one volume
+    # of 32 slices of 64 × 64 per call is bound by kernel launches there: benchmarks/segmentation_speed.py)
+    group: list[_Prepared] = []
+
+    def flush() -> None:
+        if not group:
+            return
+        counts = [c.slices.shape[0] for c in group]
+        t0 = time.perf_counter()
+        probs, std = predict_volume(model, cfg, torch.cat([c.slices for c in group]), steps=steps, samples=samples,
+                                    batch=batch_size, generator=gen, device=device, precision=precision)
+        seconds = time.perf_counter() - t0
+        parts = zip(probs.split(counts, dim=1), std.split(counts, dim=1) if std is not None else [None] * len(group))
+        for case, (p, sd), n in zip(group, parts, counts):
+            finish(case, p, sd, seconds * n / sum(counts))
+            bar.update(task, advance=1, info=case.path.name)
+        group.clear()
+
     with progress(console) as bar:
         task = bar.add_task("segment", total=len(files), rate="", info="")
         for path, stem in zip(files, stems):
-            t0 = time.perf_counter()
-            volume = read_volume(path, allow_single_slice=True)
-            arr = np.asarray(volume.array, dtype=np.float32)
-            if arr.ndim != 3:
-                raise LdmError(f"{path} is not a 3D volume (shape {arr.shape})")
-            if cfg.dims == 3 and min(arr.shape) < 2:
-                raise LdmError(f"{path} is a 2D image (shape {arr.shape}) and this is a 3D model; segment it with a --dims 2 model")
-            src_codes = "".join(nio.aff2axcodes(volume.affine))
-            work, work_affine = arr, volume.affine
-            if pre.orientation != "none":
-                (work,), work_affine = _reorient([arr], volume.affine, pre.orientation)
-            work = _normalise(work, _intensity_range(work, pre), pre)
-            slices = torch.from_numpy(volume_to_slices(work).copy())  # (K, I, J)
-            probs, std = predict_volume(model, cfg, slices, steps=steps, samples=samples, batch=batch_size,
-                                        generator=gen, device=device, precision=precision)
-            label = probs.argmax(0)  # (K, I, J)
-            outputs = {"seg": slices_to_volume(label.numpy().astype(np.uint8))}
-            if std is not None:
-                outputs["prob"] = np.stack([slices_to_volume(p.numpy()) for p in probs], axis=-1).astype(np.float32)
-                # uncertainty: std over the draws of the probability of the class finally chosen
-                chosen = torch.gather(std, 0, label[None])[0]
-                outputs["uncertainty"] = slices_to_volume(chosen.numpy()).astype(np.float32)
-            written: dict[str, Path] = {}
-            seg_error = None
-            for key, data in outputs.items():
-                if pre.orientation != "none":
-                    (data,), back_affine = _reorient([data], work_affine, src_codes)
-                    if not np.allclose(back_affine, volume.affine, atol=1e-4):
-                        raise LdmError(f"internal error: {path} could not be put back into its own axes")
-                if data.shape[:3] != arr.shape:
-                    raise LdmError(f"internal error: output shape {data.shape[:3]} differs from the input's {arr.shape}")
-                target = out_dir / f"{stem}_{key}.nii.gz"
-                if data.ndim == 3:
-                    write_nifti(Volume(np.ascontiguousarray(data), volume.affine.copy(), {}), target)
-                else:
-                    _write_4d(np.ascontiguousarray(data), volume.affine, target)
-                written[key] = target
-                if key == "seg" and dicom_seg and volume.meta.get("slice_sources"):
-                    from ldmtool import __version__
-                    from ldmtool.io.dicom_seg import write_dicom_seg
-
-                    method = f"LDSeg, {steps} DDIM step(s)" if cfg.arch == "ldseg" else "UNet"
-                    try:
-                        write_dicom_seg(data, volume.meta["slice_sources"], names, out_dir / f"{stem}_seg.dcm",
-                                        algorithm="LDSeg" if cfg.arch == "ldseg" else "UNet", version=__version__,
-                                        description=f"ldmtool segmentation ({method})")
-                        written["dicom_seg"] = out_dir / f"{stem}_seg.dcm"
-                    except LdmError as exc:  # the NIfTI label map is written; the SEG is an extra
-                        seg_error = str(exc)
-                        if console is not None:
-                            console.print(f"[yellow]warning:[/] {path.name}: {exc}")
-            counts = np.bincount(label.flatten().numpy(), minlength=len(names) or 1)
-            results.append(SegmentedCase(
-                source=str(path), label_path=written["seg"], shape=tuple(arr.shape), seconds=time.perf_counter() - t0,
-                voxels_per_class={names.get(c, str(c)): int(n) for c, n in enumerate(counts)},
-                prob_path=written.get("prob"), uncertainty_path=written.get("uncertainty"),
-                dicom_seg_path=written.get("dicom_seg"), dicom_seg_error=seg_error,
-            ))
-            bar.update(task, advance=1, info=path.name)
+            try:
+                case = prepare(path, stem)
+            except LdmError:
+                flush()  # what was read before the bad input is still written
+                raise
+            fits = (cfg.dims == 2 and group and case.slices.shape[1:] == group[0].slices.shape[1:]
+                    and sum(c.slices.shape[0] for c in group) + case.slices.shape[0] <= batch_size)
+            if not fits:
+                flush()
+            group.append(case)
+        flush()
     atomic_write_text(out_dir / "segment.json", json.dumps({
         "model": str(model_path), "model_sha256": file_sha256(model_path), "arch": cfg.arch, "dims": cfg.dims,
         "steps": steps, "samples": samples, "seed": seed, "device": str(device),

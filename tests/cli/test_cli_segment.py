@@ -142,6 +142,14 @@ def test_unet_baseline_trains_and_segments_a_folder(trained, cli, tmp_path):
     r = cli("segment", trained.data, "--model", model, "--out", tmp_path / "seg")
     assert r.code == 0, r.both
     assert len(list((tmp_path / "seg").glob("*_seg.nii.gz"))) == 6
+    # all six volumes through the network in one batch: the same label map for each, in its own geometry
+    r = cli("segment", trained.data, "--model", model, "--out", tmp_path / "one", "--batch-size", 1000)
+    assert r.code == 0, r.both
+    for src in sorted((trained.data / "imagesTr").glob("*.nii.gz")):
+        name = src.name.replace("_0000.nii.gz", "_seg.nii.gz")
+        a, b = nib.load(tmp_path / "seg" / name), nib.load(tmp_path / "one" / name)
+        assert a.shape == b.shape == nib.load(src).shape and np.allclose(b.affine, nib.load(src).affine)
+        assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)), name
     r = cli("segment", trained.data, "--model", model, "--out", tmp_path / "seg2", "--samples", 3)
     assert r.code == 1 and "needs an LDSeg model" in r.err
 
