@@ -92,7 +92,7 @@ def segment(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     steps: Annotated[Optional[int], typer.Option(help="DDIM steps (LDSeg; default 1).", show_default=False)] = None,
     samples: Annotated[int, typer.Option(help="Draws per input (LDSeg); > 1 adds mean probabilities and an uncertainty map.")] = 1,
-    batch_size: Annotated[int, typer.Option(help="Slices per batch (2D models).")] = 16,
+    batch_size: Annotated[int, typer.Option(help="Slices per network call (2D models); consecutive inputs with the same slice size share one.")] = 16,
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")] = "auto",
     dicom_seg: Annotated[bool, typer.Option("--dicom-seg/--no-dicom-seg", help="For DICOM inputs also write CASE_seg.dcm, a DICOM SEG referencing the source series.")] = True,
 ) -> None:
