@@ -1,7 +1,7 @@
 """LDSeg vs the UNet baseline: accuracy, DDIM steps, robustness to image noise, speed.
 
     pip install -e '.[bench]'               # nilearn: the MNI152 template and its masks (offline)
-    python benchmarks/segmentation.py                     # both data sets, about 25 min on 2 CPU cores
+    python benchmarks/segmentation.py                     # both data sets at 3000 steps, about 2.5 h on 2 CPU cores
     python benchmarks/segmentation.py --steps 300 --only phantoms   # a quick look
 
 Two labelled data sets that need no download:
@@ -142,7 +142,7 @@ def scores(preds, labs, k, spacing):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=("phantoms", "mni152"), default=None)
-    ap.add_argument("--steps", type=int, default=600, help="optimisation steps per model")
+    ap.add_argument("--steps", type=int, default=3000, help="optimisation steps per model")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--n-train", type=int, default=32)
