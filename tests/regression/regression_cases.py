@@ -1,0 +1,102 @@
+"""The fixed-seed runs of `sample`, `impute` and `segment` whose outputs must not change.
+
+Shared by `make_fixtures.py` (which records the reference hashes) and `test_regression.py`.
+Hashes are of the voxel arrays and affines (not of the .nii.gz bytes, whose gzip header holds a time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+MODELS = HERE / "models"
+TINY_YAML = HERE.parent.parent / "examples" / "tiny.yaml"
+
+
+def run_ldmtool(*args) -> None:
+    from ldmtool.cli.main import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = main(["--quiet", *[str(a) for a in args]])
+    if code != 0:
+        raise AssertionError(f"ldmtool {' '.join(map(str, args))} exited {code}")
+
+
+def run_cases(root: Path) -> Path:
+    """Run every case into `root` (a fresh folder) and return it."""
+    m = MODELS
+    data = root / "data"
+    run_ldmtool("--seed", 3, "demo-data", data, "--n", 2, "--shape", "32,32,16")
+    case = data / "imagesTr" / "phantom_000_0000.nii.gz"
+    run_ldmtool("--seed", 5, "sample", "--ae", m / "ae", "--ldm", m / "ldm", "--out", root / "ddim",
+                "--n", 3, "--steps", 4, "--batch-size", 2)
+    run_ldmtool("--seed", 6, "sample", "--ae", m / "ae", "--ldm", m / "ldm", "--out", root / "ddim_eta",
+                "--n", 2, "--steps", 3, "--eta", 1)
+    run_ldmtool("--seed", 7, "sample", "--ae", m / "ae", "--ldm", m / "ldm", "--out", root / "dpm",
+                "--n", 2, "--steps", 4, "--sampler", "dpmpp2m", "--spacing", "linspace")
+    run_ldmtool("--seed", 8, "sample", "--ae", m / "ae", "--ldm", m / "ldmc", "--out", root / "cond",
+                "--n", 2, "--steps", 3, "--condition", "lesion_volume=5", "--guidance", 2)
+    run_ldmtool("--seed", 9, "impute", case, "--ae", m / "ae", "--ldm", m / "ldm", "--out", root / "imp",
+                "--missing-slices", "3,7-9", "--steps", 4)
+    run_ldmtool("--seed", 10, "impute", case, "--ae", m / "ae", "--ldm", m / "ldm", "--out", root / "imp2",
+                "--simulate-mcar", 0.3, "--steps", 3, "--samples", 2, "--eta", 1)
+    run_ldmtool("--seed", 11, "segment", case, "--model", m / "seg", "--out", root / "seg")
+    run_ldmtool("--seed", 12, "segment", case, "--model", m / "seg", "--out", root / "seg2",
+                "--samples", 2, "--steps", 2)
+    run_ldmtool("--seed", 13, "segment", case, "--model", m / "unet", "--out", root / "unet")
+    return root
+
+
+def train_models(root: Path) -> Path:
+    """Train the tiny reference models into `root` (ae, ldm, ldmc, seg, unet) and return it."""
+    data = root / "data"
+    run_ldmtool("demo-data", data, "--n", 6, "--shape", "32,32,16")
+    run_ldmtool("train-ae", data, "--out", root / "ae", "--config", TINY_YAML)
+    run_ldmtool("train-ldm", data, "--ae", root / "ae", "--out", root / "ldm", "--config", TINY_YAML)
+    run_ldmtool("train-ldm", data, "--ae", root / "ae", "--out", root / "ldmc", "--config", TINY_YAML,
+                "--condition-on", "lesion", "--steps", 2)
+    run_ldmtool("train-seg", data, "--out", root / "seg", "--config", TINY_YAML)
+    run_ldmtool("train-seg", data, "--out", root / "unet", "--config", TINY_YAML, "--arch", "unet")
+    return root
+
+
+MODEL_NAMES = ("ae", "ldm", "ldmc", "seg", "unet")
+
+
+def hash_models(root: Path) -> dict[str, str]:
+    """{model name: sha256 of its checkpoint's tensors (names, dtypes, shapes, bytes)}."""
+    from safetensors.numpy import load_file
+
+    out = {}
+    for name in MODEL_NAMES:
+        tensors = load_file(str(root / name / "model.safetensors"))
+        h = hashlib.sha256()
+        for key in sorted(tensors):
+            arr = tensors[key]
+            h.update(f"{key}{arr.dtype.str}{arr.shape}".encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+        out[f"train/{name}"] = h.hexdigest()
+    return out
+
+
+def hash_outputs(root: Path) -> dict[str, str]:
+    """{relative path: sha256 of dtype, shape, voxel bytes and affine} for every NIfTI under root."""
+    out = {}
+    for path in sorted(root.rglob("*.nii.gz")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith("data/"):
+            continue
+        img = nib.load(str(path))
+        arr = np.asanyarray(img.dataobj)
+        h = hashlib.sha256()
+        h.update(f"{arr.dtype.str}{arr.shape}".encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+        h.update(np.asarray(img.affine, dtype=np.float64).tobytes())
+        out[rel] = h.hexdigest()
+    return out
