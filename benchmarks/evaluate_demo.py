@@ -75,7 +75,7 @@ def main() -> None:
     from ldmtool.evaluate.html import write_report
     from ldmtool.evaluate.report import run_evaluation
     from ldmtool.io import load_dataset, read_nifti
-    from ldmtool.train.common import resolve_device
+    from ldmtool.runtime import resolve_device
 
     shape = tuple(read_nifti(load_dataset(args.train).cases[0].image).shape)
     n_test = len(load_dataset(args.test).cases)

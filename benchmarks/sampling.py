@@ -67,8 +67,8 @@ def _machine(device: torch.device) -> str:
 
 
 def load(args, device):
-    from ldmtool.train.autoencoder import load_autoencoder
-    from ldmtool.train.latent import load_denoiser
+    from ldmtool.models.loaders import load_autoencoder
+    from ldmtool.models.loaders import load_denoiser
 
     ae, ae_cfg = load_autoencoder(Path(args.ae), device)
     ldm, ldm_cfg = load_denoiser(Path(args.ldm), device)
@@ -83,7 +83,7 @@ def part_a_b(args, device, ae, ldm, ldm_cfg, parts: set[str]) -> list[tuple]:
     from ldmtool.diffusion.generate import generate
     from ldmtool.diffusion.pipeline import decode_latents
     from ldmtool.models.position import slice_positions
-    from ldmtool.train.common import autocast
+    from ldmtool.runtime import autocast
 
     b, steps = args.batch_size, args.steps
     shape = tuple(ldm_cfg["latent_shape"])
@@ -263,7 +263,7 @@ def decode_probe(method: str, depth: int, ae_path: str, decode_batch: int, devic
     from monai.networks.nets import AutoencoderKL
 
     from ldmtool.diffusion.pipeline import decode_latents
-    from ldmtool.train.autoencoder import load_autoencoder
+    from ldmtool.models.loaders import load_autoencoder
 
     device = torch.device(device_name)
     ae, cfg = load_autoencoder(Path(ae_path), device)
@@ -344,7 +344,7 @@ def main() -> None:
     p.add_argument("--depths", type=int, nargs="+", default=[32, 64, 128, 256])
     p.add_argument("--_probe", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
-    from ldmtool.train.common import resolve_device
+    from ldmtool.runtime import resolve_device
 
     device = resolve_device(args.device)
     if args._probe:

@@ -42,7 +42,9 @@ from ldmtool.data.prepared import PreparedData  # noqa: E402
 from ldmtool.data.preprocess import PreprocessConfig, _intensity_range, _normalise  # noqa: E402
 from ldmtool.evaluate.segmentation import segmentation_metrics  # noqa: E402
 from ldmtool.train.common import resolve_device  # noqa: E402
-from ldmtool.train.segmentation import DEFAULT_STEPS, load_segmenter, predict_volume, sampling_start, train_segmenter  # noqa: E402
+from ldmtool.pipelines.segmenter import DEFAULT_STEPS, predict_volume, sampling_start
+from ldmtool.models.loaders import load_segmenter
+from ldmtool.train.segmentation import train_segmenter  # noqa: E402
 
 STEPS_SWEEP = (1, 2, 5, 10, 50)
 SIGMAS = (0.0, 0.05, 0.1, 0.2)

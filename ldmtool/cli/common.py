@@ -26,7 +26,7 @@ class State:
         return Console(quiet=True) if self.quiet else console
 
     def torch_device(self):
-        from ldmtool.train.common import resolve_device
+        from ldmtool.runtime import resolve_device
 
         return resolve_device(self.device)
 

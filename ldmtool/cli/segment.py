@@ -43,7 +43,8 @@ def train_seg(
     from ldmtool.data.prepared import prepare_dataset
     from ldmtool.data.preprocess import PreprocessConfig
     from ldmtool.errors import LdmError
-    from ldmtool.train.segmentation import DEFAULT_STEPS, train_segmenter
+    from ldmtool.pipelines.segmenter import DEFAULT_STEPS
+    from ldmtool.train.segmentation import train_segmenter
 
     state: common.State = ctx.obj
     cfg = load_yaml(config)
@@ -98,7 +99,7 @@ def segment(
 ) -> None:
     """Segment volumes; label maps in each input's exact geometry (+ uncertainty with --samples)."""
     from ldmtool.diffusion.segment import segment_files
-    from ldmtool.train.segmentation import DEFAULT_STEPS
+    from ldmtool.pipelines.segmenter import DEFAULT_STEPS
 
     state: common.State = ctx.obj
     results = segment_files(inputs, model, out, steps=DEFAULT_STEPS if steps is None else steps, samples=samples, batch_size=batch_size, seed=state.seed,

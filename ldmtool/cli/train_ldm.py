@@ -41,8 +41,8 @@ def train_ldm(
     from ldmtool.data.prepared import prepare_dataset
     from ldmtool.data.preprocess import PreprocessConfig
     from ldmtool.errors import LdmError
-    from ldmtool.train.autoencoder import load_autoencoder
-    from ldmtool.train.checkpoint import resolve_checkpoint
+    from ldmtool.models.loaders import load_autoencoder
+    from ldmtool.models.checkpoint import resolve_checkpoint
     from ldmtool.train.latent import train_latent_diffusion
 
     state: common.State = ctx.obj

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ldmtool.errors import LdmError
+from ldmtool.io._util import is_lesion_name  # noqa: F401 (part of this module's API)
 
 ATTRIBUTES = ("lesion_volume", "lesion_x", "lesion_y", "lesion_z", "lesion_extent")
 UNITS = {
@@ -14,11 +15,6 @@ UNITS = {
     "lesion_z": "fraction of K",
     "lesion_extent": "mm",
 }
-
-
-def is_lesion_name(name: str) -> bool:
-    """A label name that says lesion, tumour, metastasis or nodule."""
-    return any(key in name.lower() for key in ("lesion", "tumor", "tumour", "metast", "nodule"))
 
 
 def lesion_class(label_names: dict[str, int]) -> int:

@@ -98,7 +98,7 @@ def prepare_dataset(
     from ldmtool.data.missing import case_seed, mcar_mask
     from ldmtool.data.preprocess import preprocess_case
     from ldmtool.io import load_dataset
-    from ldmtool.train.common import progress
+    from ldmtool.runtime import progress
 
     if not 0.0 <= missing_rate < 1.0:
         raise LdmError(f"--missing-rate must be in [0, 1); got {missing_rate}")

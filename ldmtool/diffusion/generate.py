@@ -25,7 +25,7 @@ from ldmtool.diffusion.samplers import make_sampler
 from ldmtool.errors import LdmError
 from ldmtool.io.atomic import atomic_write_text
 from ldmtool.models.denoiser import guided
-from ldmtool.train.checkpoint import file_sha256
+from ldmtool.models.checkpoint import file_sha256
 
 
 def sample_seed(base_seed: int, index: int, attempt: int = 0) -> int:
@@ -119,13 +119,14 @@ def generate(
     slice-batched decoding, then each file written to a temp name and renamed; the provenance
     JSON, written last, marks the sample finished."""
     from ldmtool.data.preprocess import PreprocessConfig, denormalise
-    from ldmtool.diffusion.resources import plan_memory, resolve_precision, resolve_shard, shard_device
+    from ldmtool.diffusion.resources import plan_memory, resolve_shard, shard_device
+    from ldmtool.runtime import resolve_precision
     from ldmtool.evaluate.montage import write_montage
     from ldmtool.io import Volume, write_dicom_series, write_nifti
     from ldmtool.models.position import slice_positions
-    from ldmtool.train.autoencoder import load_autoencoder
-    from ldmtool.train.common import autocast, progress
-    from ldmtool.train.latent import load_denoiser
+    from ldmtool.models.loaders import load_autoencoder
+    from ldmtool.runtime import autocast, progress
+    from ldmtool.models.loaders import load_denoiser
 
     if n < 1:
         raise LdmError("--n must be at least 1")

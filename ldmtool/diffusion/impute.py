@@ -196,10 +196,10 @@ def impute_file(
     from ldmtool.io.atomic import atomic_write_text
     from ldmtool.io.dataset import read_aligned
     from ldmtool.io.readers import read_volume
-    from ldmtool.train.autoencoder import load_autoencoder
-    from ldmtool.train.checkpoint import file_sha256
-    from ldmtool.train.common import progress
-    from ldmtool.train.latent import load_denoiser
+    from ldmtool.models.loaders import load_autoencoder
+    from ldmtool.models.checkpoint import file_sha256
+    from ldmtool.runtime import progress
+    from ldmtool.models.loaders import load_denoiser
 
     if samples < 1:
         raise LdmError("--samples must be at least 1")

@@ -76,19 +76,6 @@ def shard_device(device: torch.device, env: dict[str, str] | None = None) -> tor
     return device
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto → bf16 on CUDA (fp16 where bf16 is unsupported), fp32 on CPU."""
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise LdmError(f"--precision must be auto, fp32, bf16 or fp16; got {precision!r}")
-    if precision == "auto":
-        if device.type != "cuda":
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type != "cuda" and precision == "fp16":
-        raise LdmError("--precision fp16 needs a CUDA device (use fp32 or bf16 on CPU)")
-    return precision
-
-
 def available_bytes(device: torch.device) -> int:
     """Free memory now: CUDA free memory on a GPU, MemAvailable (cgroup limit aware) on the CPU."""
     if device.type == "cuda":

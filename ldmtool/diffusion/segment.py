@@ -28,8 +28,9 @@ from ldmtool.io.dicom import is_dicom_file
 from ldmtool.io.nifti import is_nifti_path
 from ldmtool.io.readers import read_volume
 from ldmtool.io.volume import Volume
-from ldmtool.train.checkpoint import file_sha256, resolve_checkpoint
-from ldmtool.train.segmentation import DEFAULT_STEPS, load_segmenter, predict_volume
+from ldmtool.models.checkpoint import file_sha256, resolve_checkpoint
+from ldmtool.pipelines.segmenter import DEFAULT_STEPS, predict_volume
+from ldmtool.models.loaders import load_segmenter
 
 
 @dataclass
@@ -126,7 +127,7 @@ def segment_files(
 ) -> list[SegmentedCase]:
     """Segment every input; write `<stem>_seg.nii.gz` (+ `_prob`, `_uncertainty` with samples > 1,
     + `<stem>_seg.dcm`, a DICOM SEG, for DICOM inputs unless `dicom_seg` is False)."""
-    from ldmtool.train.common import progress
+    from ldmtool.runtime import progress
 
     if steps < 1:
         raise LdmError("--steps must be at least 1")

@@ -65,7 +65,7 @@ def train_segmenter(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg:
     """Fit the 2D UNet on the axial slices of (N, I, J, K) images/labels for cfg.steps steps."""
     from monai.losses import DiceCELoss
 
-    from ldmtool.train.common import autocast
+    from ldmtool.runtime import autocast
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -194,7 +194,7 @@ def build_classifier(shape: tuple[int, int, int], n_classes: int, cfg: Downstrea
 
 def train_classifier(images: np.ndarray, classes: np.ndarray, n_classes: int, cfg: DownstreamConfig,
                      device: torch.device, seed: int, on_step=None) -> torch.nn.Module:
-    from ldmtool.train.common import autocast
+    from ldmtool.runtime import autocast
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

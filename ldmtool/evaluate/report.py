@@ -22,7 +22,7 @@ class _Stages:
     """One progress bar per stage (rich; plain lines in log files)."""
 
     def __init__(self, console) -> None:
-        from ldmtool.train.common import progress
+        from ldmtool.runtime import progress
 
         self.bar = progress(console)
         self.times: dict[str, float] = {}

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ldmtool.errors import LdmError
-from ldmtool.io._util import short_reason
+from ldmtool.io._util import is_lesion_name, short_reason
 from ldmtool.io.atomic import atomic_path
 
 
@@ -49,8 +49,6 @@ def write_dicom_seg(label: np.ndarray, slice_sources: list, label_names: dict[in
     BINARY DICOM SEG referencing the source images. Returns the number of segments written."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
-
-    from ldmtool.data.lesions import is_lesion_name
 
     label = np.asarray(label)
     if label.ndim != 3 or label.shape[2] != len(slice_sources):

@@ -7,7 +7,6 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -19,9 +18,10 @@ from ldmtool.diffusion.pipeline import decode_latents, encode_volume
 from ldmtool.io.atomic import atomic_write_text
 from ldmtool.models.autoencoder import SliceAutoencoder
 from ldmtool.models.position import slice_positions
-from ldmtool.train.checkpoint import load_checkpoint, save_checkpoint, write_config_json
+from ldmtool.models.checkpoint import save_checkpoint, write_config_json
 from ldmtool.errors import LdmError
-from ldmtool.train.common import autocast, count_parameters, grad_scaler, optimizer_step, progress, warmup_cosine
+from ldmtool.runtime import autocast, progress
+from ldmtool.train.common import count_parameters, grad_scaler, optimizer_step, warmup_cosine
 from ldmtool.train.distributed import DistInfo, StopFlag, finish, step_sync, wrap_ddp
 from ldmtool.train.state import previous_run, restore, save_state, step_generator
 
@@ -39,22 +39,6 @@ class AETrainResult:
     resumed_from: int | None = None
     in_sync: bool | None = None
     already_complete: bool = False
-
-
-def build_autoencoder(config: dict[str, Any]) -> SliceAutoencoder:
-    """Rebuild the autoencoder described by a checkpoint config."""
-    from ldmtool.config import from_dict
-
-    cfg = from_dict(AutoencoderConfig, config["model"])
-    return SliceAutoencoder(cfg, image_channels=1, num_classes=int(config["num_classes"]))
-
-
-def load_autoencoder(path: Path, device: torch.device) -> tuple[SliceAutoencoder, dict[str, Any]]:
-    """Load an autoencoder checkpoint (weights + config) onto `device`, in eval mode."""
-    tensors, config = load_checkpoint(path, kind="autoencoder")
-    ae = build_autoencoder(config)
-    ae.load_state_dict(tensors)
-    return ae.to(device).eval(), config
 
 
 def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:

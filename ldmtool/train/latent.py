@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ldmtool.config import DenoiserConfig, TrainConfig, from_dict, to_dict
+from ldmtool.config import DenoiserConfig, TrainConfig, to_dict
 from ldmtool.data.lesions import ATTRIBUTES, lesion_attributes, lesion_class
 from ldmtool.data.prepared import PreparedData, slices_to_volume
 from ldmtool.diffusion.pipeline import encode_volume
@@ -20,8 +20,9 @@ from ldmtool.errors import LdmError
 from ldmtool.io.atomic import atomic_path, atomic_write_text
 from ldmtool.models.autoencoder import SliceAutoencoder
 from ldmtool.models.denoiser import LatentDenoiser
-from ldmtool.train.checkpoint import file_sha256, load_checkpoint, save_checkpoint, write_config_json
-from ldmtool.train.common import autocast, count_parameters, grad_scaler, optimizer_step, make_ema, progress, warmup_cosine
+from ldmtool.models.checkpoint import file_sha256, save_checkpoint, write_config_json
+from ldmtool.runtime import autocast, progress
+from ldmtool.train.common import count_parameters, grad_scaler, optimizer_step, make_ema, warmup_cosine
 from ldmtool.train.distributed import DistInfo, StopFlag, barrier, finish, step_sync, wrap_ddp
 from ldmtool.train.state import previous_run, restore, save_state, step_generator
 
@@ -39,20 +40,6 @@ class LDMTrainResult:
     resumed_from: int | None = None  # the step a resumed run went on from
     in_sync: bool | None = None  # every rank ended with the same weights (None: one process)
     already_complete: bool = False
-
-
-def build_denoiser(config: dict[str, Any]) -> LatentDenoiser:
-    cfg = from_dict(DenoiserConfig, config["model"])
-    n_attr = len(config.get("conditioning", {}).get("attributes", []))
-    return LatentDenoiser(cfg, int(config["latent_shape"][0]), n_attr)
-
-
-def load_denoiser(path: Path, device: torch.device) -> tuple[LatentDenoiser, dict[str, Any]]:
-    """Load a latent-denoiser checkpoint (EMA weights + config) onto `device`, in eval mode."""
-    tensors, config = load_checkpoint(path, kind="latent-diffusion")
-    model = build_denoiser(config)
-    model.load_state_dict(tensors)
-    return model.to(device).eval(), config
 
 
 def lesion_latent_mask(labels: torch.Tensor, lesion_value: int, latent_hw: tuple[int, int]) -> torch.Tensor:

@@ -25,38 +25,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ldmtool.config import SegLossConfig, SegModelConfig, TrainConfig, from_dict, to_dict
+from ldmtool.config import SegLossConfig, SegModelConfig, TrainConfig, to_dict
 from ldmtool.data.prepared import PreparedData
 from ldmtool.errors import LdmError
 from ldmtool.io.atomic import atomic_write_text
-from ldmtool.models.ldseg import LDSeg, build_segmenter, memory_layout, seg_schedule, size_multiple
-from ldmtool.train.checkpoint import load_checkpoint, save_checkpoint, write_config_json
-from ldmtool.train.common import autocast, count_parameters, grad_scaler, optimizer_step, progress, warmup_cosine
+from ldmtool.pipelines.segmenter import DEFAULT_STEPS, LATENT_CLIP, pad_to_multiple, predict_volume
+from ldmtool.models.ldseg import LDSeg, build_segmenter, seg_schedule, size_multiple
+from ldmtool.models.checkpoint import save_checkpoint, write_config_json
+from ldmtool.runtime import autocast, progress
+from ldmtool.train.common import count_parameters, grad_scaler, optimizer_step, warmup_cosine
 from ldmtool.train.state import previous_run, restore, save_state, step_generator
 
 KIND = "segmenter"
-LATENT_CLIP = 5.0  # |ẑ_0| bound of the standardised label latent (sampling and decoder_input x0)
-# Sampling starts at the last timestep whose signal level √ᾱ_t is at least this (t = 966 of 1000 for
-# the cosine schedule), not at t = T − 1: there √ᾱ = 5e-5, so ẑ_0 = (z_t − √(1−ᾱ)ε̂)/√ᾱ multiplies
-# the error of ε̂ by 2·10⁴ and the first DDIM step hands the next one a clamped, meaningless ẑ_0.
-# z_T ~ N(0, I) stands for z_966 (whose signal part 0.05·z_0 it ignores). Measured with the same
-# models (benchmarks/results/segmentation.md), 2-step mean Dice: phantoms 0.932 → 0.947, MNI152 0.677 → 0.747.
-START_SIGNAL = 0.05
-# DDIM steps of `segment` (and of the validation Dice) unless asked otherwise. One step from that start
-# scored at least as well as two in every benchmark run (mean Dice, phantoms / MNI152, 600 training
-# steps on a CPU: 0.948 vs 0.947 / 0.755 vs 0.747; phantoms after 3000 steps: 0.980 vs 0.912 on a CPU,
-# 0.978 vs 0.911 on a GPU): each further step can add a few false lesion voxels.
-DEFAULT_STEPS = 1
-
-
-def sampling_start(cfg: SegModelConfig) -> int:
-    """First DDIM timestep of LDSeg sampling: the largest t with √ᾱ_t ≥ START_SIGNAL."""
-    from ldmtool.diffusion.samplers import training_scheduler
-
-    ac = training_scheduler(seg_schedule(cfg)).alphas_cumprod.double()
-    return int(torch.nonzero(ac.sqrt() >= START_SIGNAL).max())
-
-
 @dataclass
 class SegTrainResult:
     path: Path
@@ -66,83 +46,6 @@ class SegTrainResult:
     best: dict[str, float]
     resumed_from: int | None = None
     already_complete: bool = False
-
-
-# ------------------------------------------------------------------------------------------------
-# shapes
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int, dims: int) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Zero-pad the last `dims` axes up to a multiple of `multiple`; returns (padded, original sizes)."""
-    sizes = tuple(x.shape[-dims:])
-    pad: list[int] = []
-    for n in reversed(sizes):
-        pad += [0, (-n) % multiple]
-    return (F.pad(x, pad) if any(pad) else x), sizes
-
-
-def crop_to(x: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
-    return x[(...,) + tuple(slice(0, n) for n in sizes)]
-
-
-# ------------------------------------------------------------------------------------------------
-# inference
-
-
-@torch.no_grad()
-def predict_volume(
-    model: torch.nn.Module,
-    cfg: SegModelConfig,
-    image: torch.Tensor,
-    *,
-    steps: int = DEFAULT_STEPS,
-    samples: int = 1,
-    batch: int = 16,
-    generator: torch.Generator | None = None,
-    device: torch.device = torch.device("cpu"),
-    precision: str = "auto",
-    start: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Class probabilities of one normalised volume (D, H, W) → (K, D, H, W) on the CPU, and with
-    `samples` > 1 the per-voxel standard deviation over the draws of each class (K, D, H, W).
-
-    2D models see the D slices in batches of `batch`; 3D models the whole volume. LDSeg draws
-    z_T ~ N(0, I) from `generator` (CPU, so results do not depend on the device) and denoises it
-    in `steps` deterministic DDIM steps given the image latent, the first at timestep `start`
-    (default `sampling_start(cfg)`).
-    """
-    from ldmtool.diffusion.samplers import DDIMSampler
-
-    mult = size_multiple(cfg)
-    sampler = (DDIMSampler(seg_schedule(cfg), steps, clip=LATENT_CLIP, start=sampling_start(cfg) if start is None else start)
-               if isinstance(model, LDSeg) else None)
-    layout = memory_layout(cfg)
-    chunks = [image[None]] if cfg.dims == 3 else [image[s : s + batch] for s in range(0, image.shape[0], batch)]
-    means, stds = [], []
-    for chunk in chunks:
-        x = chunk[:, None].float() if cfg.dims == 2 else chunk[None].float()  # (B, 1, H, W) or (1, 1, D, H, W)
-        x, sizes = pad_to_multiple(x, mult, cfg.dims)
-        x = x.to(device).contiguous(memory_format=layout)
-        draws = []
-        with autocast(device, precision):
-            if sampler is None:
-                draws.append(torch.softmax(model(x).float(), dim=1))
-            else:
-                z_image = model.encode_image(x)
-                for _ in range(samples):
-                    z = torch.randn(z_image.shape, generator=generator).to(device)
-                    z0 = sampler(lambda zt, t: model.predict_noise(zt, t, z_image), z)
-                    draws.append(torch.softmax(model.decode(z0).float(), dim=1))
-        stack = torch.stack([crop_to(d, sizes).cpu() for d in draws])  # (S, B, K, ...)
-        means.append(stack.mean(0))
-        stds.append(stack.std(0, unbiased=False) if len(draws) > 1 else None)
-    if cfg.dims == 3:
-        mean = means[0][0]  # (K, D, H, W)
-        std = None if stds[0] is None else stds[0][0]
-    else:
-        mean = torch.cat(means).movedim(1, 0)  # (D, K, H, W) → (K, D, H, W)
-        std = None if stds[0] is None else torch.cat(stds).movedim(1, 0)
-    return mean, std
 
 
 def dice_per_class(pred: torch.Tensor, truth: torch.Tensor, num_classes: int) -> list[float]:
@@ -366,12 +269,3 @@ def train_segmenter(
     finish(DistInfo(device=device), model, stop, halt == "signal", step, total, out_dir)
     write_config_json(out_dir, {**config, "metrics": best})
     return SegTrainResult(path, history, count_parameters(model), time.perf_counter() - t0, best, resumed_from)
-
-
-def load_segmenter(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A segmenter checkpoint (weights + config) on `device`, in eval mode."""
-    tensors, config = load_checkpoint(path, kind=KIND)
-    cfg = from_dict(SegModelConfig, config["model"])
-    model = build_segmenter(cfg, int(config["num_classes"]))
-    model.load_state_dict(tensors)
-    return model.to(device).eval(), config

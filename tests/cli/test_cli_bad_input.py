@@ -166,7 +166,7 @@ def test_sample_corrupt_checkpoint(cli, tmp_path, trained):
 
 
 def test_sample_mismatched_autoencoder(cli, tmp_path, trained):
-    from ldmtool.train.checkpoint import load_checkpoint, save_checkpoint
+    from ldmtool.models.checkpoint import load_checkpoint, save_checkpoint
 
     tensors, config = load_checkpoint(trained.ae)
     key = next(iter(tensors))

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ldmtool.train.autoencoder import load_autoencoder
-from ldmtool.train.latent import load_denoiser
+from ldmtool.models.loaders import load_autoencoder
+from ldmtool.models.loaders import load_denoiser
 from ldmtool.train.state import STATE_NAME, load_state
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import numpy as np
 import pydicom
 
 from ldmtool.io import read_dicom, read_nifti
-from ldmtool.train.checkpoint import file_sha256, load_checkpoint
+from ldmtool.models.checkpoint import file_sha256, load_checkpoint
 
 PROVENANCE_KEYS = {"seed", "sampler", "steps", "seconds", "device", "autoencoder_sha256", "ldm_sha256", "index",
                    "files", "base_seed", "eta", "conditions"}

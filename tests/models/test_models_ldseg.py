@@ -6,7 +6,7 @@ import torch
 
 from ldmtool.config import SegModelConfig
 from ldmtool.models.ldseg import LDSeg, build_unet, seg_schedule, size_multiple
-from ldmtool.train.segmentation import crop_to, pad_to_multiple, predict_volume
+from ldmtool.pipelines.segmenter import crop_to, pad_to_multiple, predict_volume
 
 
 def tiny(dims=2, **kw):
@@ -70,7 +70,7 @@ def test_clipped_ddim_keeps_x0_bounded():
 
 def test_sampling_starts_where_the_signal_is_measurable():
     from ldmtool.diffusion.samplers import training_scheduler
-    from ldmtool.train.segmentation import START_SIGNAL, sampling_start
+    from ldmtool.pipelines.segmenter import START_SIGNAL, sampling_start
 
     cfg = tiny()
     t = sampling_start(cfg)

@@ -10,8 +10,9 @@ from rich.console import Console
 
 from ldmtool.config import AELossConfig, TrainConfig
 from ldmtool.models.autoencoder import SliceAutoencoder
-from ldmtool.train.autoencoder import AELoss, SliceSampler, load_autoencoder, train_autoencoder, validate_autoencoder
-from ldmtool.train.checkpoint import load_checkpoint
+from ldmtool.train.autoencoder import AELoss, SliceSampler, train_autoencoder, validate_autoencoder
+from ldmtool.models.loaders import load_autoencoder
+from ldmtool.models.checkpoint import load_checkpoint
 
 QUIET = Console(quiet=True)
 

@@ -15,8 +15,9 @@ from ldmtool.data.lesions import ATTRIBUTES
 from ldmtool.data.prepared import slices_to_volume
 from ldmtool.diffusion.pipeline import encode_volume
 from ldmtool.models.autoencoder import SliceAutoencoder
-from ldmtool.train.checkpoint import file_sha256, load_checkpoint, save_checkpoint
-from ldmtool.train.latent import dataset_attributes, load_denoiser, train_latent_diffusion
+from ldmtool.models.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from ldmtool.train.latent import dataset_attributes, train_latent_diffusion
+from ldmtool.models.loaders import load_denoiser
 
 QUIET = Console(quiet=True)
 CPU = torch.device("cpu")

@@ -9,13 +9,11 @@ import torch
 from safetensors.torch import save_file
 
 from ldmtool.errors import LdmError
-from ldmtool.train.checkpoint import (
+from ldmtool.models.checkpoint import (
     file_sha256,
     load_checkpoint,
-    prefixed,
     resolve_checkpoint,
     save_checkpoint,
-    unprefixed,
     write_config_json,
 )
 
@@ -71,7 +69,7 @@ def test_no_temp_files_left_and_overwrite(tmp_path):
 
 
 def test_failed_save_leaves_old_checkpoint(tmp_path, monkeypatch):
-    import ldmtool.train.checkpoint as ckpt
+    import ldmtool.models.checkpoint as ckpt
 
     save_checkpoint(tmp_path / "model.safetensors", _tensors(), CONFIG)
     before = (tmp_path / "model.safetensors").read_bytes()
@@ -164,12 +162,3 @@ def test_write_config_json(tmp_path):
     write_config_json(tmp_path, CONFIG)
     assert json.loads((tmp_path / "config.json").read_text(encoding="utf-8")) == CONFIG
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
-
-
-def test_prefixed_unprefixed():
-    state = {"a.b": torch.ones(1), "c": torch.zeros(1)}
-    both = {**prefixed("ema", state), **prefixed("net", {"a.b": torch.full((1,), 2.0)})}
-    assert set(both) == {"ema.a.b", "ema.c", "net.a.b"}
-    back = unprefixed("ema", both)
-    assert set(back) == {"a.b", "c"} and torch.equal(back["a.b"], state["a.b"])
-    assert unprefixed("em", both) == {}  # a prefix must end at a dot

@@ -1,0 +1,1 @@
+"""Loaded models as objects and the jobs built on them: generation, imputation, segmentation."""
