@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from ldmtool.config import SegLossConfig, SegModelConfig, TrainConfig  # noqa: E402
 from ldmtool.data.prepared import PreparedData  # noqa: E402
 from ldmtool.data.preprocess import PreprocessConfig, _intensity_range, _normalise  # noqa: E402
-from ldmtool.evaluate.segmentation import segmentation_metrics  # noqa: E402
+from ldmtool.metrics import segmentation_metrics  # noqa: E402
 from ldmtool.train.common import resolve_device  # noqa: E402
 from ldmtool.pipelines.segmenter import DEFAULT_STEPS, predict_volume, sampling_start
 from ldmtool.models.loaders import load_segmenter

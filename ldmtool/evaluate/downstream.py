@@ -10,7 +10,6 @@ has none, and torchattacks (classifiers only) would add a dependency for a few l
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ldmtool.errors import LdmError
+from ldmtool.metrics import segmentation_metrics
 
 
 @dataclass
@@ -131,16 +131,6 @@ def pgd(loss_of, x: torch.Tensor, eps: float, steps: int, generator: torch.Gener
     return adv.detach()
 
 
-def dice_per_class(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> np.ndarray:
-    """3D Dice per foreground class of one volume (MONAI DiceMetric; NaN where both are empty)."""
-    from monai.metrics import DiceMetric
-
-    p = F.one_hot(torch.from_numpy(pred).long(), n_classes).permute(3, 0, 1, 2)[None].float()
-    t = F.one_hot(torch.from_numpy(truth).long(), n_classes).permute(3, 0, 1, 2)[None].float()
-    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
-    return metric(p, t)[0].numpy()
-
-
 def evaluate_segmenter(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, n_classes: int,
                        cfg: DownstreamConfig, device: torch.device, seed: int, perturb: str = "clean",
                        extra: dict[str, list] | None = None) -> np.ndarray:
@@ -148,9 +138,7 @@ def evaluate_segmenter(model: torch.nn.Module, images: np.ndarray, labels: np.nd
     `perturb` ∈ clean | noise | fgsm | pgd (attacks use the true labels: white-box). With a dict
     `extra`, also fills extra['iou'] and extra['hd95'] (in voxels): per-class means over the test
     volumes (MONAI MeanIoU, HausdorffDistanceMetric; HD95 over the volumes where the class is in
-    both the prediction and the truth)."""
-    from ldmtool.evaluate.segmentation import segmentation_metrics
-
+    both the prediction and the truth). Absent classes are scored by the rule of ldmtool.metrics."""
     mult = 2 ** (len(cfg.channels) - 1)
     gen = torch.Generator().manual_seed(seed)
     scores, ious, hd95s = [], [], []
@@ -168,18 +156,18 @@ def evaluate_segmenter(model: torch.nn.Module, images: np.ndarray, labels: np.nd
             raise ValueError(perturb)
         with torch.no_grad():
             pred = _seg_logits(model, x, mult).argmax(1).cpu().numpy()  # (K, I, J)
-        scores.append(dice_per_class(pred.transpose(1, 2, 0), lab, n_classes))
+        m = segmentation_metrics(pred.transpose(1, 2, 0), lab, n_classes,
+                                 metrics=("dice", "iou", "hd95") if extra is not None else ("dice",))
+        scores.append(m["dice"])
         if extra is not None:
-            m = segmentation_metrics(pred.transpose(1, 2, 0), lab, n_classes, metrics=("iou", "hd95"))
-            # like the Dice: a class absent from both prediction and truth is left out (NaN)
-            ious.append(np.where(np.isnan(scores[-1]), np.nan, m["iou"]))
+            ious.append(m["iou"])
             hd95s.append(m["hd95"])
     if extra is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a class never predicted: NaN HD95
-            extra["iou"] = list(np.nanmean(np.array(ious, dtype=float), axis=0))
+            extra["iou"] = list(np.mean(np.array(ious, dtype=float), axis=0))
             extra["hd95"] = list(np.nanmean(np.array(hd95s, dtype=float), axis=0))
-    return np.nanmean(np.stack(scores), axis=0)
+    return np.mean(np.array(scores, dtype=float), axis=0)
 
 
 # ---------------------------------------------------------------- classification
@@ -292,7 +280,3 @@ def read_class_csv(path, sets) -> dict[str, list[str]]:
     if missing:
         raise LdmError(f"{path} has no class label for {len(missing)} case(s), e.g. {', '.join(missing[:3])}")
     return out
-
-
-def _elapsed(t0: float) -> float:
-    return round(time.perf_counter() - t0, 2)

@@ -19,16 +19,6 @@ from ldmtool.errors import LdmError
 VIEWS = ("axial", "coronal", "sagittal")
 
 
-def parse_views(text: str | None) -> tuple[str, ...]:
-    if not text:
-        return VIEWS
-    views = tuple(v.strip() for v in text.split(",") if v.strip())
-    bad = [v for v in views if v not in VIEWS]
-    if bad or not views:
-        raise LdmError(f"--views takes a comma-separated subset of {', '.join(VIEWS)}; got {text!r}")
-    return views
-
-
 def view_slices(volume: np.ndarray, view: str, fractions: tuple[float, ...]) -> list[np.ndarray]:
     """2D slices of an (I, J, K) RAS volume at relative positions along the view's normal.
 

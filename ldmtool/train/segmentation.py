@@ -51,7 +51,7 @@ class SegTrainResult:
 def dice_per_class(pred: torch.Tensor, truth: torch.Tensor, num_classes: int) -> list[float]:
     """Dice of each foreground class between two (D, H, W) label maps (a class absent from both
     counts as 1, absent from one as 0)."""
-    from ldmtool.evaluate.segmentation import segmentation_metrics
+    from ldmtool.metrics import segmentation_metrics
 
     return segmentation_metrics(pred, truth, num_classes, metrics=("dice",))["dice"]
 
