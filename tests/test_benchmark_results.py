@@ -1,0 +1,55 @@
+"""benchmarks/_results.py: every benchmark's results file carries its provenance stamp."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def results():
+    spec = importlib.util.spec_from_file_location("bench_results", REPO / "benchmarks" / "_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_recorded_run_writes_stamped_file(results, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [str(REPO / "benchmarks" / "demo.py"), "--steps", "3"])
+    with results.recorded("demo", directory=tmp_path):
+        print("| a | b |\n|---|---|\n| 1 | 2 |")
+        print("\x1b[1mbold\x1b[0m")
+    assert "| 1 | 2 |" in capsys.readouterr().out  # still shown
+    (path,) = tmp_path.glob("demo-*.md")
+    text = path.read_text()
+    assert text.startswith("# benchmarks/demo.py results")
+    for field in ("- commit: ", "- date: ", "- machine: ", "CPUs", "torch ", "- command: `python benchmarks/demo.py --steps 3`"):
+        assert field in text
+    assert "| 1 | 2 |" in text and "bold" in text and "\x1b" not in text
+
+
+def test_failed_or_disabled_run_writes_nothing(results, tmp_path):
+    with pytest.raises(RuntimeError):
+        with results.recorded("demo", directory=tmp_path):
+            print("partial")
+            raise RuntimeError("boom")
+    with results.recorded("demo", enabled=False, directory=tmp_path):
+        print("probe")
+    assert not list(tmp_path.iterdir())
+
+
+def test_commit_names_head(results):
+    c = results.commit()
+    assert c == "unknown" or len(c.removesuffix("+dirty")) == 40
+
+
+def test_every_benchmark_writes_through_the_helper():
+    scripts = [p for p in (REPO / "benchmarks").glob("*.py") if not p.name.startswith("_")]
+    assert scripts
+    for p in scripts:
+        assert f'recorded("{p.stem}"' in p.read_text(), f"{p.name} does not write its results file via _results.recorded"
