@@ -50,7 +50,7 @@ class SliceAutoencoder(nn.Module):
         self.pos_to_latent = nn.Sequential(nn.Linear(max(p, 1), 64), nn.SiLU(), nn.Linear(64, cfg.latent_channels))
         nn.init.zeros_(self.pos_to_latent[-1].weight)
         nn.init.zeros_(self.pos_to_latent[-1].bias)
-        # channels-last (NHWC) convolutions: ~15-20% faster on CPU (oneDNN) and the layout tensor
+        # channels-last (NHWC) convolutions: faster on CPU (oneDNN) and the layout tensor
         # cores want on GPU; make_input hands the network its input in the same layout
         self.to(memory_format=torch.channels_last)
 
