@@ -28,7 +28,11 @@ demo: install
 	$(BIN)/ldmtool stats $(DEMO)/samples --real $(DEMO)/data
 	@echo "montage: $(DEMO)/samples/montage.png"
 
+# Lint (ruff), format check, import layers (import-linter), then the tests; slow tests: --runslow.
 test: install
+	$(BIN)/ruff check ldmtool tests benchmarks
+	$(BIN)/ruff format --check ldmtool tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -18,9 +18,9 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -48,8 +48,11 @@ def commit() -> str:
 
 def machine() -> str:
     """Platform, CPU count, torch version and GPU name (when CUDA is present)."""
-    parts = [f"{platform.platform()} ({platform.processor() or platform.machine()})", f"{os.cpu_count()} CPUs",
-             f"Python {platform.python_version()}"]
+    parts = [
+        f"{platform.platform()} ({platform.processor() or platform.machine()})",
+        f"{os.cpu_count()} CPUs",
+        f"Python {platform.python_version()}",
+    ]
     try:
         import torch
 
@@ -75,11 +78,13 @@ def command_line(argv: list[str] | None = None) -> str:
 def header(name: str, argv: list[str] | None = None, now: _dt.datetime | None = None) -> str:
     """The markdown stamp at the top of a results file."""
     now = now or _dt.datetime.now().astimezone()
-    return (f"# benchmarks/{name}.py results\n\n"
-            f"- commit: {commit()}\n"
-            f"- date: {now.isoformat(timespec='seconds')}\n"
-            f"- machine: {machine()}\n"
-            f"- command: `{command_line(argv)}`\n\n")
+    return (
+        f"# benchmarks/{name}.py results\n\n"
+        f"- commit: {commit()}\n"
+        f"- date: {now.isoformat(timespec='seconds')}\n"
+        f"- machine: {machine()}\n"
+        f"- command: `{command_line(argv)}`\n\n"
+    )
 
 
 def results_path(name: str, now: _dt.datetime | None = None, directory: Path | None = None) -> Path:

@@ -29,9 +29,13 @@ def _onehot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(label, num_classes).movedim(-1, 0)[None].float()  # (1, K, *S)
 
 
-def segmentation_metrics(pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor, num_classes: int,
-                         spacing: tuple[float, ...] | None = None,
-                         metrics: tuple[str, ...] = METRICS) -> dict[str, list[float]]:
+def segmentation_metrics(
+    pred: np.ndarray | torch.Tensor,
+    truth: np.ndarray | torch.Tensor,
+    num_classes: int,
+    spacing: tuple[float, ...] | None = None,
+    metrics: tuple[str, ...] = METRICS,
+) -> dict[str, list[float]]:
     """Dice, IoU and HD95 of each foreground class between two integer label maps of one shape.
 
     Args:
@@ -53,15 +57,18 @@ def segmentation_metrics(pred: np.ndarray | torch.Tensor, truth: np.ndarray | to
         raise ValueError(f"prediction {tuple(np.shape(pred))} and truth {tuple(np.shape(truth))} differ in shape")
     p, t = _onehot(_label_tensor(pred), num_classes), _onehot(_label_tensor(truth), num_classes)
     out: dict[str, list[float]] = {}
+    overlap = {"include_background": False, "reduction": "none", "ignore_empty": False}  # absent from both: 1
     if "dice" in metrics:
-        out["dice"] = [float(v) for v in DiceMetric(include_background=False, reduction="none", ignore_empty=False)(p, t)[0]]
+        out["dice"] = [float(v) for v in DiceMetric(**overlap)(p, t)[0]]
     if "iou" in metrics:
-        out["iou"] = [float(v) for v in MeanIoU(include_background=False, reduction="none", ignore_empty=False)(p, t)[0]]
+        out["iou"] = [float(v) for v in MeanIoU(**overlap)(p, t)[0]]
     if "hd95" in metrics:
         hd = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")
         kwargs = {"spacing": list(spacing)} if spacing is not None else {}
-        out["hd95"] = [float(hd(p[:, [0, c]], t[:, [0, c]], **kwargs)[0, 0]) if p[0, c].any() and t[0, c].any()
-                       else float("nan") for c in range(1, num_classes)]
+        out["hd95"] = [
+            float(hd(p[:, [0, c]], t[:, [0, c]], **kwargs)[0, 0]) if p[0, c].any() and t[0, c].any() else float("nan")
+            for c in range(1, num_classes)
+        ]
     return out
 
 

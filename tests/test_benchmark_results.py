@@ -28,7 +28,8 @@ def test_recorded_run_writes_stamped_file(results, tmp_path, monkeypatch, capsys
     (path,) = tmp_path.glob("demo-*.md")
     text = path.read_text()
     assert text.startswith("# benchmarks/demo.py results")
-    for field in ("- commit: ", "- date: ", "- machine: ", "CPUs", "torch ", "- command: `python benchmarks/demo.py --steps 3`"):
+    command = "- command: `python benchmarks/demo.py --steps 3`"
+    for field in ("- commit: ", "- date: ", "- machine: ", "CPUs", "torch ", command):
         assert field in text
     assert "| 1 | 2 |" in text and "bold" in text and "\x1b" not in text
 
@@ -52,4 +53,4 @@ def test_every_benchmark_writes_through_the_helper():
     scripts = [p for p in (REPO / "benchmarks").glob("*.py") if not p.name.startswith("_")]
     assert scripts
     for p in scripts:
-        assert f'recorded("{p.stem}"' in p.read_text(), f"{p.name} does not write its results file via _results.recorded"
+        assert f'recorded("{p.stem}"' in p.read_text(), f"{p.name} does not write its results file via recorded()"

@@ -145,7 +145,7 @@ def evaluate_segmenter(model: torch.nn.Module, images: np.ndarray, labels: np.nd
     for vol, lab in zip(images, labels):
         x, y = axial_slices(vol[None], lab[None])
         x, y = x.to(device), y.to(device)
-        loss_of = lambda inp: _seg_loss(model, inp, y, mult)  # noqa: E731
+        loss_of = lambda inp: _seg_loss(model, inp, y, mult)  # noqa: E731, B023 (used within this iteration)
         if perturb == "noise":
             x = (x + cfg.noise_sigma * torch.randn(x.shape, generator=gen).to(device)).clamp(0, 1)
         elif perturb == "fgsm":

@@ -46,13 +46,30 @@ def check_report_in_browser(html_path: Path, screenshot: Path | None = None, tim
     html_path = Path(html_path).resolve()
     probe = html_path.with_name(html_path.stem + ".probe.html")
     probe.write_text(html_path.read_text().replace("</body>", _PROBE + "</body>"))
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--allow-file-access-from-files",
-             "--virtual-time-budget=10000"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--allow-file-access-from-files",
+        "--virtual-time-budget=10000",
+    ]
     try:
-        proc = subprocess.run([chromium, *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [chromium, *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=timeout
+        )
         if screenshot is not None:
-            subprocess.run([chromium, *flags, f"--screenshot={Path(screenshot).resolve()}", "--window-size=1200,2400",
-                            html_path.as_uri()], capture_output=True, timeout=timeout)
+            subprocess.run(
+                [
+                    chromium,
+                    *flags,
+                    f"--screenshot={Path(screenshot).resolve()}",
+                    "--window-size=1200,2400",
+                    html_path.as_uri(),
+                ],
+                capture_output=True,
+                timeout=timeout,
+            )
     finally:
         probe.unlink(missing_ok=True)
     m = re.search(r"IMAGES (\d+)/(\d+)", proc.stdout)
@@ -68,9 +85,29 @@ def test_report_images_render_in_chromium(sets_dir, tmp_path):
     out = tmp_path / "report"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        code = main(["evaluate", "--real", str(sets_dir / "test"), "--synthetic", str(sets_dir / "copies"),
-                     "--train", str(sets_dir / "train"), "--out", str(out), "--only", "fidelity,privacy,speed",
-                     "--views", "axial", "--slices-per-view", "1", "--image-size", "32", "--pairs", "2"])
+        code = main(
+            [
+                "evaluate",
+                "--real",
+                str(sets_dir / "test"),
+                "--synthetic",
+                str(sets_dir / "copies"),
+                "--train",
+                str(sets_dir / "train"),
+                "--out",
+                str(out),
+                "--only",
+                "fidelity,privacy,speed",
+                "--views",
+                "axial",
+                "--slices-per-view",
+                "1",
+                "--image-size",
+                "32",
+                "--pairs",
+                "2",
+            ]
+        )
     assert code == 0
     rep = json.loads((out / "report.json").read_text())
     expected = len(rep["figures"]) + len(rep["privacy"]["suspicious_pairs"])
