@@ -53,6 +53,7 @@ def _start_and_wait(cmd, out: Path, min_step: int) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow  # over 10 s: runs in CI (.ci/run) and with --runslow
 def test_two_processes_with_gloo(trained, tmp_path):
     ae_out, ldm_out = tmp_path / "ae", tmp_path / "ldm"
     r = _run([*TORCHRUN, "train-ae", trained.data, "--out", ae_out, "--config", TINY_YAML, "--epochs", 1])
@@ -75,6 +76,7 @@ def test_two_processes_with_gloo(trained, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+@pytest.mark.slow  # over 10 s: runs in CI (.ci/run) and with --runslow
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(trained, tmp_path):
     steps = ["--steps", 36, "--checkpoint-every", 3]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
@@ -116,6 +118,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(trained, tmp_path):
     assert r.returncode == 1 and "different settings" in r.stderr and "--restart" in r.stderr
 
 
+@pytest.mark.slow  # over 10 s: runs in CI (.ci/run) and with --runslow
 def test_sigterm_saves_state_and_exits_75(trained, tmp_path):
     out = tmp_path / "ae"
     cmd = [*LDMTOOL, "train-ae", trained.data, "--out", out, "--config", TINY_YAML, "--epochs", 400, "--checkpoint-every", 2]
@@ -138,6 +141,7 @@ def test_sigterm_saves_state_and_exits_75(trained, tmp_path):
     assert [h["epoch"] for h in history] == list(range(1, epochs + 1))
 
 
+@pytest.mark.slow  # over 10 s: runs in CI (.ci/run) and with --runslow
 def test_resume_without_state_is_a_clear_error(trained, tmp_path):
     r = _run(_ldm_cmd(trained, tmp_path / "none", "--resume", "--steps", 2))
     assert r.returncode == 1 and "no training state to resume" in r.stderr and "Traceback" not in r.stderr
@@ -147,6 +151,7 @@ def test_resume_without_state_is_a_clear_error(trained, tmp_path):
     assert r.returncode == 1 and "not a readable training state" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # over 10 s: runs in CI (.ci/run) and with --runslow
 def test_sigterm_to_torchrun_stops_both_ranks_at_one_step(trained, tmp_path):
     """torchrun passes SIGTERM on to its workers; they agree on the step to stop at, rank 0 saves."""
     out = tmp_path / "ldm"

@@ -79,6 +79,7 @@ def test_bad_slurm_environment():
         resolve_shard(None, {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "2"})
 
 
+@pytest.mark.slow  # over 10 s: runs in CI (.ci/run) and with --runslow
 def test_resume_after_sigkill_loses_and_duplicates_nothing(trained, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "ldmtool", "--quiet", "sample", "--ae", str(trained.ae), "--ldm", str(trained.ldm),
