@@ -1,6 +1,6 @@
 """Reading, writing and discovering volumes (NIfTI, DICOM) and data sets."""
 
-from ldmtool.io.atomic import atomic_path, atomic_write, atomic_write_bytes, atomic_write_text
+from ldmtool.io.atomic import atomic_path, atomic_write, atomic_write_bytes, atomic_write_text, check_writable_dir
 from ldmtool.io.dataset import Case, Dataset, load_dataset, read_case
 from ldmtool.io.dicom import read_dicom, write_dicom_series
 from ldmtool.io.nifti import read_nifti, write_nifti
@@ -15,6 +15,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_writable_dir",
     "load_dataset",
     "read_case",
     "read_dicom",

@@ -23,6 +23,7 @@ from pydicom.pixels import apply_modality_lut
 from ldmtool.errors import LdmError
 from ldmtool.io._util import short_reason
 from ldmtool.io.dicom_write import write_dicom_series
+from ldmtool.io.limits import check_voxel_count
 from ldmtool.io.volume import Volume
 
 __all__ = ["read_dicom", "write_dicom_series", "is_dicom_file"]
@@ -57,13 +58,42 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
 def _read_header(path: Path) -> Dataset | None:
     """The dataset without pixel data, or None if ``path`` is not a readable DICOM file."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return pydicom.dcmread(path, stop_before_pixels=True, force=False)
-    except InvalidDicomError:
+        return _header_or_raise(path)
+    except Exception:  # unreadable or garbled files
         return None
-    except Exception:  # unreadable or garbled files are skipped like non-DICOM files
-        return None
+
+
+def _header_or_raise(path: Path) -> Dataset:
+    """The dataset without pixel data; pydicom's exception if it cannot be read."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(path, stop_before_pixels=True, force=False)
+
+
+def _has_dicm_marker(path: Path) -> bool:
+    """True if the file carries the DICOM Part 10 marker ("DICM" after the 128-byte preamble)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _is_text(path: Path) -> bool:
+    """True for a small-looking text file (its first KiB is non-empty UTF-8 without NUL bytes)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1024)
+    except OSError:
+        return False
+    if not head or b"\0" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _is_dicomdir(ds: Dataset) -> bool:
@@ -78,6 +108,13 @@ def _is_image(ds: Dataset) -> bool:
     return "Rows" in ds and "Columns" in ds
 
 
+def _sop_class(ds: Dataset) -> str:
+    """The SOP class UID from the file meta (or the dataset); '' if absent."""
+    meta = getattr(ds, "file_meta", None)
+    sop = str(meta.get("MediaStorageSOPClassUID", "") or "") if meta is not None else ""
+    return sop or str(ds.get("SOPClassUID", "") or "")
+
+
 def _n_frames(ds: Dataset) -> int:
     """NumberOfFrames (1 if absent or malformed)."""
     try:
@@ -86,31 +123,88 @@ def _n_frames(ds: Dataset) -> int:
         return 1
 
 
-def _collect(path: Path) -> list[tuple[Path, Dataset]]:
-    """All DICOM image files under ``path`` (a file or a folder searched recursively)."""
-    if not path.exists():
-        raise LdmError(f"{path} does not exist")
-    if path.is_file():
-        ds = _read_header(path)
-        if ds is None:
-            raise LdmError(f"{path} is not a DICOM file")
-        if _is_dicomdir(ds):
-            raise LdmError(f"{path} is a DICOMDIR index; pass the folder that holds the images")
-        if not _is_image(ds):
-            raise LdmError(f"{path} is a DICOM file without an image ({ds.get('Modality', 'no modality')})")
-        return [(path, ds)]
+def _damaged(files: list[tuple[Path, str]]) -> LdmError:
+    """The one-line error for damaged files of a DICOM folder."""
+    first, reason = files[0]
+    more = f" (and {len(files) - 1} more: {', '.join(str(f) for f, _ in files[1:4])})" if len(files) > 1 else ""
+    return LdmError(f"{first} is a damaged DICOM file ({reason}){more}; remove or replace it, then rerun")
+
+
+_DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
+
+
+def _probe(f: Path) -> tuple[str, Dataset | str | None]:
+    """Classify one file of a folder: ("image", ds), ("other", ds), ("skip", None),
+    ("damaged", reason) or ("unknown", reason) (unreadable and without the DICM marker)."""
+    if f.name.startswith(".") or f.name.upper() == "DICOMDIR":
+        return "skip", None
+    try:
+        ds = _header_or_raise(f)
+    except InvalidDicomError:
+        marked = _has_dicm_marker(f) or f.suffix.lower() in _DICOM_SUFFIXES
+        return ("damaged" if marked else "unknown"), "no DICOM header"
+    except Exception as exc:
+        marked = _has_dicm_marker(f) or f.suffix.lower() in _DICOM_SUFFIXES
+        return ("damaged" if marked else "unknown"), short_reason(exc)
+    if _is_dicomdir(ds):
+        return "skip", None
+    return ("image" if _is_image(ds) else "other"), ds
+
+
+def _collect_folder(path: Path) -> tuple[list[tuple[Path, Dataset]], bool]:
+    """The DICOM image files under the folder ``path``, and whether it holds any file at all.
+
+    Rule for files that cannot be used (see :func:`read_dicom`): hidden files and DICOMDIR are
+    skipped; a file that fails to parse is damaged if it has the DICM marker, a DICOM suffix, or
+    the suffix of the image files next to it (and is not text), else ignored as non-DICOM; a parsed
+    file without an image (Rows, Columns) is damaged if it has no SOP class, or the series UID of
+    the image files found, or their SOP class and no series UID (an image file cut short before
+    its image attributes), else skipped (reports, structure sets, image-less file sets)."""
     found: list[tuple[Path, Dataset]] = []
+    others: list[tuple[Path, Dataset]] = []
+    unknown: list[tuple[Path, str]] = []
+    damaged: list[tuple[Path, str]] = []
     any_file = False
     for root, dirs, files in os.walk(path):
         dirs.sort()
         for name in sorted(files):
             any_file = True
-            if name.upper() == "DICOMDIR":
-                continue
             f = Path(root) / name
-            ds = _read_header(f)
-            if ds is not None and not _is_dicomdir(ds) and _is_image(ds):
-                found.append((f, ds))
+            kind, value = _probe(f)
+            bucket = {"image": found, "other": others, "damaged": damaged, "unknown": unknown}.get(kind)
+            if bucket is not None:
+                bucket.append((f, value))
+    sops = {_sop_class(ds) for _, ds in found}
+    series = {str(ds.get("SeriesInstanceUID", "") or "") for _, ds in found} - {""}
+    suffixes = {(f.parent, f.suffix.lower()) for f, _ in found}
+    for f, ds in others:
+        sop, uid = _sop_class(ds), str(ds.get("SeriesInstanceUID", "") or "")
+        if not sop or uid in series or (sop in sops and not uid):
+            damaged.append((f, "its header ends before the image attributes (Rows, Columns): the file is cut short"))
+    for f, reason in unknown:
+        if (f.parent, f.suffix.lower()) in suffixes and not _is_text(f):
+            damaged.append((f, reason))
+    if damaged:
+        raise _damaged(sorted(damaged))
+    return found, any_file
+
+
+def _collect(path: Path) -> list[tuple[Path, Dataset]]:
+    """All DICOM image files under ``path`` (a file or a folder searched recursively)."""
+    if not path.exists():
+        raise LdmError(f"{path} does not exist")
+    if path.is_file():
+        try:
+            ds = _header_or_raise(path)
+        except Exception as exc:
+            raise LdmError(f"{path} is not a DICOM file or is damaged ({short_reason(exc)}); "
+                           "pass a readable DICOM file or series folder") from None
+        if _is_dicomdir(ds):
+            raise LdmError(f"{path} is a DICOMDIR index; pass the folder that holds the images")
+        if not _is_image(ds):
+            raise LdmError(f"{path} is a DICOM file without an image ({ds.get('Modality', 'no modality')})")
+        return [(path, ds)]
+    found, any_file = _collect_folder(path)
     if not found:
         raise LdmError(f"{path} is an empty folder" if not any_file else f"no DICOM images found in {path}")
     return found
@@ -154,7 +248,7 @@ def _floats(value, n: int, what: str, source: str) -> np.ndarray | None:
 def _pixel_array(ds: Dataset, source: str) -> np.ndarray:
     """Decoded pixel data, with LdmError for missing, colour or undecodable data."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise LdmError(f"{source} holds no pixel data")
+        raise LdmError(f"{source} holds no pixel data (cut short?); remove or replace it")
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise LdmError(f"{source} is a colour image ({ds.get('PhotometricInterpretation')}); "
                        "ldmtool needs greyscale volumes")
@@ -165,7 +259,8 @@ def _pixel_array(ds: Dataset, source: str) -> np.ndarray:
             warnings.simplefilter("ignore")
             return np.asarray(ds.pixel_array)
     except Exception as exc:  # decoders raise many types for corrupt or unsupported data
-        raise LdmError(f"cannot decode the pixel data of {source} ({short_reason(exc)})") from None
+        raise LdmError(f"cannot decode the pixel data of {source} ({short_reason(exc)}); "
+                       "the file is damaged or cut short: remove or replace it") from None
 
 
 def _rescaled(raw: np.ndarray, slope: float, intercept: float) -> tuple[np.ndarray, bool, bool]:
@@ -185,7 +280,7 @@ def _classic_slice(path: Path) -> _Slice:
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, force=False)
     except Exception as exc:
-        raise LdmError(f"cannot read {source} ({short_reason(exc)})") from None
+        raise LdmError(f"cannot read {source} ({short_reason(exc)}); remove or replace it") from None
     raw = _pixel_array(ds, source)
     if raw.ndim != 2:
         raise LdmError(f"{source} has pixel data of shape {raw.shape}; expected one 2D frame")
@@ -263,7 +358,7 @@ def _multiframe_slices(path: Path) -> list[_Slice]:
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, force=False)
     except Exception as exc:
-        raise LdmError(f"cannot read {source} ({short_reason(exc)})") from None
+        raise LdmError(f"cannot read {source} ({short_reason(exc)}); remove or replace it") from None
     n = _n_frames(ds)
     frames = _pixel_array(ds, source)
     if frames.shape != (n, int(ds.Rows), int(ds.Columns)):
@@ -332,8 +427,10 @@ def _order(slices: list[_Slice], normal: np.ndarray, label: str) -> list[_Slice]
                        "time points?); ldmtool needs one slice per position")
     mean = (proj[idx][-1] - proj[idx][0]) / (len(slices) - 1)
     if np.max(np.abs(gaps - mean)) > max(0.01, 0.01 * mean):
-        raise LdmError(f"{label} has irregular slice spacing ({gaps.min():.4g} to {gaps.max():.4g} mm); "
-                       "ldmtool needs evenly spaced slices")
+        worst = int(np.argmax(np.abs(gaps - mean)))
+        raise LdmError(f"{label} has irregular slice spacing ({gaps.min():.4g} to {gaps.max():.4g} mm; "
+                       f"{gaps[worst]:.4g} mm between {ordered[worst].source} and {ordered[worst + 1].source}: "
+                       "a slice missing?); ldmtool needs evenly spaced slices")
     numbers = [s.instance for s in ordered]
     if None not in numbers and all(a > b for a, b in zip(numbers, numbers[1:], strict=False)):
         ordered.reverse()
@@ -388,6 +485,39 @@ def _stack(slices: list[_Slice]) -> np.ndarray:
     return data.astype(np.float32)
 
 
+_UNCOMPRESSED = {pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ExplicitVRBigEndian}
+
+
+def _check_declared_size(label: str, items: list[tuple[Path, Dataset]]) -> None:
+    """Before reading pixels: the memory guard on Rows x Columns x slices, and a file-size check
+    (uncompressed files must hold at least the pixel bytes their header declares)."""
+    first = items[0][1]
+    n = sum(_n_frames(ds) for _, ds in items)
+    check_voxel_count(label, (int(first.Columns), int(first.Rows), n))
+    for f, ds in items:
+        meta = getattr(ds, "file_meta", None)
+        syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+        if syntax not in _UNCOMPRESSED:
+            continue
+        try:
+            need = int(ds.Rows) * int(ds.Columns) * _n_frames(ds) * int(ds.get("BitsAllocated", 16) or 16) // 8
+        except (TypeError, ValueError):
+            continue
+        size = f.stat().st_size
+        if size < need:
+            raise LdmError(f"{f} is cut short: its header declares {ds.Rows}x{ds.Columns}x{_n_frames(ds)} pixels "
+                           f"({need:,} bytes) but the file holds {size:,} bytes; remove or replace it, then rerun")
+
+
+def _stored_dtype(ds: Dataset) -> str:
+    """The numpy type of the stored pixel values (BitsAllocated, PixelRepresentation)."""
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    if bits in (32, 64) and "PixelRepresentation" not in ds:  # Float / Double Float Pixel Data
+        return f"float{bits}"
+    bits = 8 if bits <= 8 else 16 if bits <= 16 else 32 if bits <= 32 else 64
+    return f"{'int' if int(ds.get('PixelRepresentation', 0) or 0) else 'uint'}{bits}"
+
+
 def read_dicom(path: str | os.PathLike, series_uid: str | None = None, *,
                allow_single_slice: bool = False) -> Volume:
     """Read one DICOM series (a file, or a folder searched recursively) into a Volume.
@@ -396,10 +526,22 @@ def read_dicom(path: str | os.PathLike, series_uid: str | None = None, *,
     ``series_uid`` picks one; otherwise LdmError lists them. A multi-frame file is read as a
     volume; a single slice is refused as 2D unless ``allow_single_slice``. Rescale
     slope/intercept are applied per slice. Integer results stay integer, others are float32.
+
+    Damaged files are refused, never dropped (a series read without its first or last slice
+    would look complete): LdmError names a file that looks like DICOM but cannot be read, i.e.
+    one with the DICM marker or a .dcm/.dicom/.ima suffix that fails to parse, one that fails
+    to parse and has the suffix of the image files next to it (unless it is text), one whose
+    header stops before its image attributes while its SOP class or series UID is that of the
+    images found, and one whose pixel data is shorter than its header declares. Hidden files
+    (.DS_Store), DICOMDIR, text files and other unparsable files are ignored. Before any
+    pixel data is read, Columns x Rows x slices is checked against the memory guard
+    (:mod:`ldmtool.io.limits`). ``meta["dtype"]`` is the stored pixel type and
+    ``meta["value_dtype"]`` the type of the returned array (exact for the values as read).
     """
     p = Path(path)
     uid, items = _pick_series(p, _collect(p), series_uid)
     label = str(p) if len(items) == 1 or p.is_file() else f"series {uid or '<no UID>'} in {p}"
+    _check_declared_size(label, items)
     multi = [f for f, ds in items if _n_frames(ds) > 1]
     if multi and len(items) > 1:
         raise LdmError(f"{label} mixes multi-frame files ({multi[0]}) with other files; pass one file")
@@ -416,6 +558,8 @@ def read_dicom(path: str | os.PathLike, series_uid: str | None = None, *,
         "series_uid": uid,
         "series_description": str(header.get("SeriesDescription", "") or ""),
         "n_files": len(items),
+        "dtype": _stored_dtype(header),  # the stored pixel type of the files
+        "value_dtype": str(array.dtype),  # a type that holds the values as read exactly (see _stack)
         # where each slice k comes from: [file, frame index or None] (to reference the source, e.g. in DICOM SEG)
         "slice_sources": [[s.file, s.frame] for s in ordered],
     }

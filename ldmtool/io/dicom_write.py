@@ -2,6 +2,15 @@
 
 Nothing is copied from any source dataset: every file gets new UIDs, anonymous patient
 values, ``ImageType DERIVED\\SECONDARY`` and a SeriesDescription containing "SYNTHETIC".
+
+IODs: modality CT writes CT Image Storage and MR writes MR Image Storage, so that viewers apply
+their CT/MR display and hanging protocols; the acquisition attributes these IODs require but a
+synthetic image does not have are present and empty (type 2: KVP, AcquisitionNumber, EchoTime,
+RepetitionTime, ...) or say so (ScanningSequence RM = research mode, ImageType value 3 AXIAL for
+CT, OTHER for MR). OT writes Secondary Capture Image Storage with the image plane attributes kept
+(as a Standard Extended SOP class) so that the series still stacks into a volume. An MR series of
+non-integer values carries RescaleSlope/RescaleIntercept, which the MR IOD does not list (dciodvfy
+warns; pydicom, highdicom and common viewers apply them).
 """
 
 from __future__ import annotations
@@ -27,6 +36,9 @@ from ldmtool.io.atomic import atomic_dir
 from ldmtool.io.volume import Volume
 
 SOP_CLASSES = {"OT": SecondaryCaptureImageStorage, "CT": CTImageStorage, "MR": MRImageStorage}
+_MODALITY_ALIASES = {"MRI": "MR", "OTHER": "OT", "": "OT"}
+_IMAGE_TYPE_3 = {"CT": "AXIAL", "MR": "OTHER"}
+new_uid = generate_uid  # fresh UIDs for callers that share a study or frame of reference
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _INT16 = np.iinfo(np.int16)
 _LEVELS = 65530  # int16 codes used by the linear rescale (a small margin below 65535)
@@ -94,7 +106,7 @@ def _base_dataset(modality: str, description: str, uids: dict, now: _dt.datetime
     """The attributes shared by every slice of the series (patient, study, series, equipment)."""
     ds = Dataset()
     ds.SOPClassUID = SOP_CLASSES[modality]
-    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.ImageType = ["DERIVED", "SECONDARY"] + ([_IMAGE_TYPE_3[modality]] if modality in _IMAGE_TYPE_3 else [])
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = date
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = time
@@ -111,6 +123,10 @@ def _base_dataset(modality: str, description: str, uids: dict, now: _dt.datetime
     ds.PatientID = "SYNTHETIC"
     ds.PatientBirthDate = ""
     ds.PatientSex = ""
+    ds.Laterality = ""  # type 2C: no paired organ is claimed
+    if modality in ("CT", "MR"):
+        ds.PatientPosition = ""
+        ds.AcquisitionNumber = ""
     if modality == "CT":
         ds.KVP = ""
     if modality == "MR":
@@ -118,16 +134,24 @@ def _base_dataset(modality: str, description: str, uids: dict, now: _dt.datetime
         ds.SequenceVariant = "NONE"
         ds.ScanOptions = ""
         ds.MRAcquisitionType = ""
+        ds.RepetitionTime = ""
         ds.EchoTime = ""
         ds.EchoTrainLength = ""
     ds.StudyInstanceUID = uids["study"]
     ds.SeriesInstanceUID = uids["series"]
     ds.StudyID = "1"
-    ds.SeriesNumber = 1
+    ds.SeriesNumber = uids.get("number", 1)
     ds.FrameOfReferenceUID = uids["frame"]
     ds.PositionReferenceIndicator = ""
     ds.BurnedInAnnotation = "NO"
     return ds
+
+
+def _orientation_letters(direction: np.ndarray) -> str:
+    """PatientOrientation letters of an LPS direction, most dominant first (e.g. "L", "PH")."""
+    letters = [("L", "R"), ("P", "A"), ("H", "F")]
+    order = np.argsort(-np.abs(direction))
+    return "".join(letters[i][0 if direction[i] > 0 else 1] for i in order if abs(direction[i]) > 1e-3)
 
 
 def _slice_dataset(base: Dataset, k: int, pixels: np.ndarray, geo: dict,
@@ -147,6 +171,7 @@ def _slice_dataset(base: Dataset, k: int, pixels: np.ndarray, geo: dict,
     position = geo["origin"] + k * geo["step"]
     ds.ImagePositionPatient = [_ds(v) for v in position]
     ds.ImageOrientationPatient = [_ds(v) for v in (*geo["row_cos"], *geo["col_cos"])]
+    ds.PatientOrientation = [_orientation_letters(geo["row_cos"]), _orientation_letters(geo["col_cos"])]
     ds.PixelSpacing = [_ds(v) for v in geo["pixel_spacing"]]
     ds.SliceThickness = _ds(geo["thickness"])
     ds.SpacingBetweenSlices = _ds(geo["thickness"])
@@ -155,6 +180,8 @@ def _slice_dataset(base: Dataset, k: int, pixels: np.ndarray, geo: dict,
     _pixel_module(ds, pixels)
     ds.RescaleSlope = _ds(slope)
     ds.RescaleIntercept = _ds(intercept)
+    if ds.Modality != "MR":  # the MR IOD has no modality LUT module
+        ds.RescaleType = "HU" if ds.Modality == "CT" else "US"
     ds.WindowCenter = _ds((window[0] + window[1]) / 2.0)
     ds.WindowWidth = _ds(max(window[1] - window[0], 1.0))
     ds.PixelData = np.ascontiguousarray(pixels).tobytes()
@@ -163,7 +190,8 @@ def _slice_dataset(base: Dataset, k: int, pixels: np.ndarray, geo: dict,
 
 def write_dicom_series(volume: Volume, out_dir: str | os.PathLike, *,
                        series_description: str = "SYNTHETIC (ldmtool)", modality: str = "OT",
-                       rescale: bool = True) -> Path:
+                       rescale: bool = True, study_uid: str | None = None,
+                       frame_of_reference_uid: str | None = None, series_number: int = 1) -> Path:
     """Write ``volume`` as one DICOM file per slice (axis k) into the new folder ``out_dir``.
 
     Values are stored as int16 with RescaleSlope/RescaleIntercept covering the value range
@@ -171,8 +199,14 @@ def write_dicom_series(volume: Volume, out_dir: str | os.PathLike, *,
     OT series). ``rescale=False`` stores rounded values with slope 1 and refuses values
     outside int16. The folder is written next to ``out_dir`` and renamed into place;
     ``out_dir`` must not exist or be empty. Returns ``out_dir``.
+
+    ``modality`` (CT, MR or OT) picks the IOD (see the module docstring). ``study_uid`` and
+    ``frame_of_reference_uid`` (fresh ones by default, e.g. from :func:`new_uid`) let several
+    series of one synthetic sample share a study and a patient coordinate system; the label map
+    of a sample goes with :func:`ldmtool.io.dicom_seg.write_synthetic_seg`, which takes both from
+    the image series.
     """
-    modality = modality.upper()
+    modality = _MODALITY_ALIASES.get(modality.upper(), modality.upper())
     if modality not in SOP_CLASSES:
         raise LdmError(f"unsupported DICOM modality {modality!r}; use one of {', '.join(SOP_CLASSES)}")
     out = Path(out_dir)
@@ -187,7 +221,8 @@ def write_dicom_series(volume: Volume, out_dir: str | os.PathLike, *,
     geo = _geometry(volume.affine)
     stored, slope, intercept = _quantise(array, modality, rescale)
     window = (float(array.min()), float(array.max()))
-    uids = {"study": generate_uid(), "series": generate_uid(), "frame": generate_uid()}
+    uids = {"study": study_uid or generate_uid(), "series": generate_uid(),
+            "frame": frame_of_reference_uid or generate_uid(), "number": int(series_number)}
     base = _base_dataset(modality, series_description, uids, _dt.datetime.now())
     with atomic_dir(out) as tmp:
         for k in range(stored.shape[2]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 from ldmtool.errors import LdmError
 from ldmtool.io._util import short_reason
 from ldmtool.io.atomic import atomic_path
+from ldmtool.io.limits import check_voxel_count
 from ldmtool.io.volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -40,6 +42,10 @@ def read_nifti(path: str | os.PathLike, *, allow_single_slice: bool = False) -> 
     files stored as integers without scaling keep their integer dtype. A 4D file whose 4th
     dimension is 1 is squeezed to 3D. ``allow_single_slice`` accepts volumes with a
     dimension of size 1 (otherwise rejected as 2D).
+
+    Before any voxel is read, the declared shape is checked against the memory guard
+    (:mod:`ldmtool.io.limits`) and an uncompressed file against the size its header declares.
+    ``meta["dtype"]`` is the on-disk type, ``meta["value_dtype"]`` the type of the returned array.
     """
     p = Path(path)
     if not p.exists():
@@ -52,10 +58,16 @@ def read_nifti(path: str | os.PathLike, *, allow_single_slice: bool = False) -> 
         raise LdmError(f"{p} is not a NIfTI file ({short_reason(exc)})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise LdmError(f"{p} is not a NIfTI file (nibabel reads it as {type(img).__name__})")
+    shape = tuple(int(s) for s in img.header.get_data_shape())
+    check_voxel_count(str(p), shape)
+    _check_file_size(p, img, shape)
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # truncated / corrupt compressed stream
-        raise LdmError(f"{p} is truncated or corrupt; cannot read its voxels ({short_reason(exc)})") from None
+        dims = "x".join(map(str, shape))
+        raise LdmError(f"{p} is truncated or corrupt: its header declares {dims} voxels of "
+                       f"{img.get_data_dtype()} that cannot be read ({short_reason(exc).removesuffix(' from')}); "
+                       "replace the file") from None
     data = np.asarray(_squeeze_to_3d(data, p, allow_single_slice))
     if not data.dtype.isnative:  # e.g. big-endian files; torch needs native byte order
         data = data.astype(data.dtype.newbyteorder("="))
@@ -63,12 +75,25 @@ def read_nifti(path: str | os.PathLike, *, allow_single_slice: bool = False) -> 
     meta = {
         "format": "nifti",
         "path": str(p),
-        "dtype": str(img.get_data_dtype()),
+        "dtype": str(img.get_data_dtype()),  # stored on disk
+        "value_dtype": str(data.dtype),  # of the values as read (float when scl_slope/scl_inter scale them)
         "zooms": tuple(float(z) for z in header.get_zooms()[:3]),
         "qform_code": int(header["qform_code"]),
         "sform_code": int(header["sform_code"]),
     }
     return Volume(data, np.asarray(img.affine, dtype=np.float64), meta)
+
+
+def _check_file_size(p: Path, img, shape: tuple[int, ...]) -> None:
+    """LdmError if an uncompressed file is shorter than its header's offset plus voxel bytes."""
+    if p.name.lower().endswith(".gz"):
+        return  # the compressed size says nothing; a short stream fails while reading
+    need = int(img.header.get("vox_offset", 0) or 0) + math.prod(shape) * img.get_data_dtype().itemsize
+    size = p.stat().st_size
+    if size < need:
+        dims = "x".join(map(str, shape))
+        raise LdmError(f"{p} is truncated: its header declares {dims} voxels of {img.get_data_dtype()} "
+                       f"({need:,} bytes with the header) but the file holds {size:,} bytes; replace the file")
 
 
 def _default_dtype(array: np.ndarray) -> np.dtype:
@@ -90,12 +115,31 @@ def _default_dtype(array: np.ndarray) -> np.dtype:
     return dtype
 
 
+def cast_to(array: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
+    """``array`` as ``dtype``; to an integer type values are rounded and clipped to its range
+    (never wrapped around), NaN becomes 0."""
+    dtype = np.dtype(dtype)
+    if array.dtype == dtype:
+        return array
+    if np.issubdtype(dtype, np.integer) and array.dtype != np.bool_:
+        info = np.iinfo(dtype)
+        if np.issubdtype(array.dtype, np.floating):
+            array = np.nan_to_num(np.rint(array), nan=0.0, posinf=info.max, neginf=info.min)
+            return np.clip(array, info.min, info.max).astype(dtype)
+        src = np.iinfo(array.dtype)
+        if src.min < info.min or src.max > info.max:
+            array = np.clip(array, max(info.min, src.min), min(info.max, src.max))
+    return array.astype(dtype)
+
+
 def write_nifti(volume: Volume, path: str | os.PathLike, dtype: np.dtype | str | None = None) -> Path:
     """Write ``volume`` as NIfTI (format from the suffix), atomically; returns the path.
 
     The affine is stored as both sform and qform (code 1, scanner coordinates) and units
-    are millimetres. ``dtype`` forces the on-disk type (default: the array's own type,
-    with bool stored as uint8 and int64 narrowed when the values fit).
+    are millimetres. ``dtype`` forces the on-disk type, e.g. the input's
+    ``volume.meta["value_dtype"]`` (to an integer type values are rounded and clipped, see
+    :func:`cast_to`); default: the array's own type, with bool stored as uint8 and int64
+    narrowed when the values fit).
     """
     p = Path(path)
     if not is_nifti_path(p):
@@ -104,10 +148,7 @@ def write_nifti(volume: Volume, path: str | os.PathLike, dtype: np.dtype | str |
     if array.ndim != 3:
         raise LdmError(f"cannot write {p}: volume has shape {array.shape}, expected 3D")
     out_dtype = np.dtype(dtype) if dtype is not None else _default_dtype(array)
-    if array.dtype != out_dtype:
-        if np.issubdtype(out_dtype, np.integer) and np.issubdtype(array.dtype, np.floating):
-            array = np.rint(array)
-        array = array.astype(out_dtype)
+    array = cast_to(array, out_dtype)
     affine = np.asarray(volume.affine, dtype=np.float64)
     img = nib.Nifti1Image(array, affine, dtype=out_dtype)
     img.set_sform(affine, code=1)

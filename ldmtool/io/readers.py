@@ -52,8 +52,9 @@ def check_finite(volume: Volume, name: str, *, allow_nan: bool = False) -> None:
 def write_volume(volume: Volume, path_or_dir: str | os.PathLike, fmt: str = "nifti", **kw) -> Path:
     """Write ``volume`` atomically as NIfTI (a .nii/.nii.gz path) or a DICOM series (a new folder).
 
-    Extra keywords go to :func:`write_nifti` (``dtype``) or :func:`write_dicom_series`
-    (``series_description``, ``modality``, ``rescale``). Returns the written path.
+    Extra keywords go to :func:`write_nifti` (``dtype``: rounded and clipped to an integer type)
+    or :func:`write_dicom_series` (``series_description``, ``modality``, ``rescale``,
+    ``study_uid``, ``frame_of_reference_uid``, ``series_number``). Returns the written path.
     """
     fmt = fmt.lower()
     if fmt == "nifti":

@@ -18,7 +18,10 @@ class Volume:
         affine: 4x4 voxel-index -> world (RAS+, mm) matrix, nibabel's convention. DICOM readers
             convert from DICOM's LPS patient coordinates.
         meta: free-form source metadata (format, source path, series UID, modality, ...). Never
-            copied into synthetic DICOM output.
+            copied into synthetic DICOM output. The readers set ``meta["dtype"]`` (the type
+            stored on disk) and ``meta["value_dtype"]`` (the type of ``array``, which holds the
+            values as read exactly): write a result in the input's type with
+            ``write_nifti(..., dtype=volume.meta["value_dtype"])`` (rounded and clipped).
     """
 
     array: np.ndarray

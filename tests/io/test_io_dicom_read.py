@@ -30,7 +30,9 @@ def test_ct_small_single_slice(pydicom_files):
     ipp = np.array([float(v) for v in ds.ImagePositionPatient])
     np.testing.assert_allclose(vol.affine[:3, 3], ipp * [-1, -1, 1])
     assert vol.meta["format"] == "dicom" and vol.meta["modality"] == "CT"
-    assert set(vol.meta) == {"format", "path", "modality", "series_uid", "series_description", "n_files", "slice_sources"}
+    assert set(vol.meta) == {"format", "path", "modality", "series_uid", "series_description", "n_files", "slice_sources",
+                             "dtype", "value_dtype"}
+    assert vol.meta["dtype"] == "int16" and vol.meta["value_dtype"] == str(vol.array.dtype)
 
 
 def test_five_slice_ct_series(pydicom_files):
@@ -94,8 +96,12 @@ def test_non_dicom_and_dicomdir_are_skipped(tmp_path, pydicom_files):
     shutil.copytree(pydicom_files / "dicomdirtests" / "98892001" / "CT5N", tmp_path / "s" / "deep")
     shutil.copy(pydicom_files / "dicomdirtests" / "DICOMDIR", tmp_path / "s" / "DICOMDIR")
     (tmp_path / "s" / "notes.txt").write_text("not dicom")
-    (tmp_path / "s" / "junk.dcm").write_bytes(b"\x00" * 10)
+    (tmp_path / "s" / "deep" / "README").write_text("a text file without suffix next to the slices")
+    (tmp_path / "s" / "deep" / ".DS_Store").write_bytes(b"\x00\x01Bud1" * 10)
     assert read_volume(tmp_path / "s").shape == (16, 16, 5)
+    (tmp_path / "s" / "junk.dcm").write_bytes(b"\x00" * 10)  # a .dcm file that is not readable: damaged
+    with pytest.raises(LdmError, match="junk.dcm is a damaged DICOM file.*remove or replace it"):
+        read_volume(tmp_path / "s")
 
 
 def test_missing_empty_and_non_dicom(tmp_path, pydicom_files):

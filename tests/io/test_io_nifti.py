@@ -138,3 +138,66 @@ def test_nibabel_anatomical(nibabel_files):
     np.testing.assert_array_equal(vol.array, np.asanyarray(img.dataobj))
     assert nib.aff2axcodes(vol.affine) == ("L", "A", "S")
     assert vol.array.dtype.isnative  # stored big-endian; returned in native byte order
+
+
+def _nifti_bytes(shape, dtype=np.int16) -> bytes:
+    img = nib.Nifti1Image(np.zeros(shape, dtype), np.eye(4))
+    return img.header.binaryblock + b"\x00" * 4 + np.zeros(shape, dtype).tobytes()
+
+
+def test_memory_guard_refuses_huge_declared_shape(tmp_path):
+    """A tiny .nii.gz declaring 1024x1024x512 voxels is refused before anything is allocated."""
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((1024, 1024, 512))
+    hdr.set_data_dtype(np.float32)
+    path = tmp_path / "huge.nii.gz"
+    path.write_bytes(gzip.compress(hdr.binaryblock + b"\x00" * 4 + b"\x00" * 1000))
+    assert path.stat().st_size < 10_000
+    with pytest.raises(LdmError, match=r"huge.nii.gz declares 1024x1024x512 voxels .*above the limit .*LDMTOOL_MAX_VOXELS"):
+        read_volume(path)
+
+
+def test_memory_guard_environment_override(tmp_path, make_volume, monkeypatch):
+    path = write_nifti(make_volume(shape=(6, 5, 4)), tmp_path / "a.nii.gz")
+    monkeypatch.setenv("LDMTOOL_MAX_VOXELS", "100")
+    with pytest.raises(LdmError, match="6x5x4 voxels .*limit of 100 voxels"):
+        read_nifti(path)
+    monkeypatch.setenv("LDMTOOL_MAX_VOXELS", "120")
+    assert read_nifti(path).shape == (6, 5, 4)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_header_declares_more_than_the_file_holds(tmp_path, suffix):
+    full = _nifti_bytes((8, 8, 16))
+    short = full[: 352 + 8 * 8 * 8 * 2]  # half of the voxels
+    path = tmp_path / f"short{suffix}"
+    path.write_bytes(gzip.compress(short) if suffix == ".nii.gz" else short)
+    with pytest.raises(LdmError, match=r"short.nii(.gz)? is truncated.*8x8x16 voxels of int16.*replace the file") as err:
+        read_volume(path)
+    assert "\n" not in str(err.value)
+
+
+def test_dtypes_in_meta_and_integer_output_clipped(tmp_path, make_volume):
+    vol = make_volume(dtype=np.int16, low=-1000, high=1000)
+    back = read_nifti(write_nifti(vol, tmp_path / "ct.nii.gz"))
+    assert back.meta["dtype"] == "int16" and back.meta["value_dtype"] == "int16"
+    # a float result written in the input's dtype: rounded and clipped, never wrapped
+    result = back.array.astype(np.float32) * 100.0 + 0.4
+    out = read_nifti(write_nifti(back.with_array(result), tmp_path / "out.nii.gz", dtype=back.meta["value_dtype"]))
+    assert out.array.dtype == np.int16
+    np.testing.assert_array_equal(out.array, np.clip(np.rint(result), -32768, 32767))
+    values = np.zeros((6, 5, 4))
+    values[0, 0, :3] = [-5.0, 3.6, 300.0]
+    u8 = read_nifti(write_nifti(vol.with_array(values), tmp_path / "u8.nii", dtype="uint8"))
+    np.testing.assert_array_equal(u8.array[0, 0, :3], [0, 4, 255])
+    wide = vol.with_array(np.full((6, 5, 4), 70000, np.int32))
+    assert read_nifti(write_nifti(wide, tmp_path / "i16.nii", dtype=np.int16)).array.max() == 32767
+
+
+def test_scaled_file_value_dtype_is_float(tmp_path, make_volume):
+    data = make_volume(dtype=np.int16, high=100).array
+    img = nib.Nifti1Image(data, np.eye(4))
+    img.header.set_slope_inter(0.5, 10)
+    nib.save(img, tmp_path / "s.nii.gz")
+    vol = read_nifti(tmp_path / "s.nii.gz")
+    assert vol.meta["dtype"] == "int16" and np.dtype(vol.meta["value_dtype"]).kind == "f"
