@@ -217,8 +217,32 @@ class SegLossConfig:
             raise LdmError("seg_loss: weights must be ≥ 0 and oversample in [0, 1]")
 
 
-def _convert(tp: Any, value: Any) -> Any:
-    """Convert a YAML/JSON value to the annotated dataclass field type."""
+def _short(value: Any, limit: int = 60) -> str:
+    """repr of a value cut to `limit` characters (a YAML alias can expand to megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + " …" + text[-3:]
+
+
+def _number(value: Any) -> float | None:
+    """A YAML number, or a string PyYAML left unparsed that is one (`1e-3` is a string in YAML 1.1)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _convert(tp: Any, value: Any, name: str = "value") -> Any:
+    """Convert a YAML/JSON value to the annotated dataclass field type, strictly.
+
+    Nothing is coerced silently: 2.7 or `true` for an integer field, a word for a number, a number
+    for a flag are errors naming the field. Strings that spell a number (`1e-3`) are numbers.
+    """
     if isinstance(tp, str):
         tp = eval(tp, vars(typing) | globals())  # annotations are strings under `from __future__`
     origin = get_origin(tp)
@@ -228,26 +252,49 @@ def _convert(tp: Any, value: Any) -> Any:
         args = [a for a in get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _convert(args[0], value)
-    if origin is tuple and isinstance(value, (list, tuple)):
+        return _convert(args[0], value, name)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise LdmError(f"{name} must be a list; got {_short(value)}")
         args = get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v) for v in value)
-        return tuple(_convert(a, v) for a, v in zip(args, value))
-    if tp in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return tp(value)
+            return tuple(_convert(args[0], v, name) for v in value)
+        if len(args) != len(value):
+            raise LdmError(f"{name} must have {len(args)} entries; got {_short(value)}")
+        return tuple(_convert(a, v, name) for a, v in zip(args, value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise LdmError(f"{name} must be true or false; got {_short(value)}")
+        return value
+    if tp is int:
+        num = _number(value)
+        if num is None or not float(num).is_integer():
+            raise LdmError(f"{name} must be a whole number; got {_short(value)}")
+        return int(num)
+    if tp is float:
+        num = _number(value)
+        if num is None:
+            raise LdmError(f"{name} must be a number; got {_short(value)}")
+        return float(num)
+    if tp is str and not isinstance(value, str):
+        raise LdmError(f"{name} must be text; got {_short(value)}")
     return value
 
 
-def from_dict(cls: type, data: dict) -> Any:
-    """Build dataclass `cls` from a (possibly nested) dict; unknown keys are an error."""
+def from_dict(cls: type, data: dict, section: str | None = None) -> Any:
+    """Build dataclass `cls` from a (possibly nested) dict; unknown keys are an error.
+
+    `section` (a YAML section name) prefixes field names in errors: `ae_train.epochs must be …`.
+    """
     if not isinstance(data, dict):
         raise LdmError(f"expected a mapping for {cls.__name__}, got {type(data).__name__}")
     names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(names)
+    unknown = sorted(map(str, set(data) - set(names)))
     if unknown:
-        raise LdmError(f"unknown {cls.__name__} setting(s): {', '.join(sorted(unknown))}; allowed: {', '.join(names)}")
-    kwargs = {k: _convert(names[k].type, v) for k, v in data.items()}
+        hint = _did_you_mean(unknown[0], names)
+        raise LdmError(f"unknown {cls.__name__} setting(s): {', '.join(_short(u, 40) for u in unknown)}{hint}; "
+                       f"allowed: {', '.join(names)}")
+    kwargs = {k: _convert(names[k].type, v, f"{section}.{k}" if section else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
     except TypeError as exc:
@@ -267,8 +314,20 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+# Every section a config file may hold (one file can serve all commands).
+SECTIONS = ("preprocess", "autoencoder", "ae_loss", "ae_train", "denoiser", "ldm_train", "seg_model", "seg_loss",
+            "seg_train", "sample", "evaluate")
+
+
+def _did_you_mean(name: str, allowed) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(allowed), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def load_yaml(path: Path | None) -> dict:
-    """Read a YAML config file into a dict (empty when no path)."""
+    """Read a YAML config file into a dict (empty when no path); unknown sections are an error."""
     if path is None:
         return {}
     import yaml
@@ -282,6 +341,13 @@ def load_yaml(path: Path | None) -> dict:
         raise LdmError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise LdmError(f"config file {p} must hold a mapping of sections")
+    unknown = sorted(map(str, set(data) - set(SECTIONS)))
+    if unknown:
+        raise LdmError(f"config file {p}: unknown section {_short(unknown[0], 40)}{_did_you_mean(unknown[0], SECTIONS)}; "
+                       f"sections are {', '.join(SECTIONS)}")
+    for name, body in data.items():
+        if body is not None and not isinstance(body, dict):
+            raise LdmError(f"config file {p}: section {name} must be a mapping of settings; got {_short(body)}")
     return data
 
 

@@ -86,7 +86,7 @@ def section(config: dict, name: str, cls, flags: dict):
     data = config.get(name) or {}
     if not isinstance(data, dict):
         raise LdmError(f"config section {name!r} must be a mapping")
-    return from_dict(cls, merge(data, flags))
+    return from_dict(cls, merge(data, flags), section=name)
 
 
 def resume_mode(resume: bool, restart: bool) -> str:

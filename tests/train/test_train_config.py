@@ -1,6 +1,7 @@
 """Typed configuration: dict round trips, unknown keys, validation, merging flags over YAML."""
 
 import json
+import re
 
 import pytest
 
@@ -112,3 +113,55 @@ def test_schedule_args_and_prediction_type():
     assert DenoiserConfig(objective="v").prediction_type == "v_prediction"
     assert DenoiserConfig().prediction_type == "epsilon"
     assert DenoiserConfig().attention_levels == (False, False, True)
+
+
+# --- strict config files: nothing coerced silently, unknown sections named ---------------------
+
+
+def _yaml(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("text, message", [
+    ("autoencodr:\n  channels: [8, 16]\n", "unknown section 'autoencodr' (did you mean autoencoder?)"),
+    ("ae_train: 3\n", "section ae_train must be a mapping"),
+])
+def test_config_file_sections_checked(tmp_path, text, message):
+    from ldmtool.config import load_yaml
+
+    with pytest.raises(LdmError, match=re.escape(message)):
+        load_yaml(_yaml(tmp_path, text))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("channels", [8.5, 16], "channels must be a whole number; got 8.5"),
+    ("attention", 1, "attention must be true or false; got 1"),
+    ("latent_channels", True, "latent_channels must be a whole number; got True"),
+    ("latent_channels", "four", "latent_channels must be a whole number; got 'four'"),
+    ("channels", "8,16", "channels must be a list"),
+])
+def test_no_silent_coercion(field, value, message):
+    from ldmtool.config import AutoencoderConfig, from_dict
+
+    with pytest.raises(LdmError, match=re.escape(message)):
+        from_dict(AutoencoderConfig, {field: value}, section="autoencoder")
+
+
+def test_yaml_number_spelled_as_string_is_a_number(tmp_path):
+    """PyYAML reads `1e-3` (no dot) as a string; it is a number to a float field."""
+    from ldmtool.config import AELossConfig, from_dict, load_yaml
+
+    data = load_yaml(_yaml(tmp_path, "ae_loss:\n  kl_weight: 1e-3\n"))
+    assert from_dict(AELossConfig, data["ae_loss"]).kl_weight == 1e-3
+
+
+def test_huge_alias_value_gives_a_short_error(tmp_path):
+    from ldmtool.config import AutoencoderConfig, from_dict, load_yaml
+
+    big = "{" + ", ".join(f"k{i}: [1, 2, 3]" for i in range(5000)) + "}"
+    data = load_yaml(_yaml(tmp_path, f"preprocess: {{}}\nautoencoder:\n  channels: {big}\n"))
+    with pytest.raises(LdmError) as err:
+        from_dict(AutoencoderConfig, data["autoencoder"])
+    assert len(str(err.value)) < 300
