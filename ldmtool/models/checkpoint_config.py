@@ -14,7 +14,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ldmtool.config import AutoencoderConfig, DenoiserConfig, SegModelConfig, from_dict, to_dict
+from ldmtool.config import (
+    AutoencoderConfig,
+    DenoiserConfig,
+    SegModelConfig,
+    from_dict,
+    to_dict,
+)
 from ldmtool.data.preprocess import PreprocessConfig
 from ldmtool.errors import LdmError
 
@@ -142,7 +148,7 @@ class AutoencoderCheckpoint(_DictView):
     kind: str = "autoencoder"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "autoencoder checkpoint") -> "AutoencoderCheckpoint":
+    def from_dict(cls, data: dict[str, Any], source: str = "autoencoder checkpoint") -> AutoencoderCheckpoint:
         f = _Fields(data, source, "autoencoder")
         f.kind("autoencoder")
         irange = f.get("intensity_range", required=False)
@@ -190,7 +196,7 @@ class LatentDiffusionCheckpoint(_DictView):
         return list(self.conditioning.get("attributes") or [])
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "latent diffusion checkpoint") -> "LatentDiffusionCheckpoint":
+    def from_dict(cls, data: dict[str, Any], source: str = "latent diffusion checkpoint") -> LatentDiffusionCheckpoint:
         f = _Fields(data, source, "latent diffusion")
         f.kind("latent-diffusion")
         shape = f.shape("latent_shape", 4)
@@ -234,7 +240,7 @@ class SegmenterCheckpoint(_DictView):
     kind: str = "segmenter"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "segmenter checkpoint") -> "SegmenterCheckpoint":
+    def from_dict(cls, data: dict[str, Any], source: str = "segmenter checkpoint") -> SegmenterCheckpoint:
         f = _Fields(data, source, "segmenter")
         f.kind("segmenter")
         f.get("label_names")  # required: the names of the output classes

@@ -7,10 +7,14 @@ from typing import Any
 
 import torch
 
-from ldmtool.config import AutoencoderConfig, DenoiserConfig, SegModelConfig, from_dict
+from ldmtool.config import AutoencoderConfig, DenoiserConfig, from_dict
 from ldmtool.models.autoencoder import SliceAutoencoder
 from ldmtool.models.checkpoint import load_checkpoint, resolve_checkpoint
-from ldmtool.models.checkpoint_config import AutoencoderCheckpoint, LatentDiffusionCheckpoint, SegmenterCheckpoint
+from ldmtool.models.checkpoint_config import (
+    AutoencoderCheckpoint,
+    LatentDiffusionCheckpoint,
+    SegmenterCheckpoint,
+)
 from ldmtool.models.denoiser import LatentDenoiser
 from ldmtool.models.ldseg import build_segmenter
 

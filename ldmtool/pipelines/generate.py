@@ -20,7 +20,12 @@ import numpy as np
 import torch
 
 from ldmtool import __version__
-from ldmtool.diffusion.resources import MemoryPlan, plan_memory, resolve_shard, shard_device
+from ldmtool.diffusion.resources import (
+    MemoryPlan,
+    plan_memory,
+    resolve_shard,
+    shard_device,
+)
 from ldmtool.diffusion.samplers import sample_seed
 from ldmtool.errors import LdmError
 from ldmtool.io import Volume, write_dicom_series, write_nifti

@@ -23,8 +23,8 @@ import torch
 
 from ldmtool import __version__
 from ldmtool.data.prepared import slices_to_volume, volume_to_slices
-from ldmtool.io.atomic import atomic_write_text
 from ldmtool.errors import LdmError
+from ldmtool.io.atomic import atomic_write_text
 from ldmtool.models.checkpoint import file_sha256
 from ldmtool.models.checkpoint_config import AutoencoderCheckpoint
 from ldmtool.pipelines.latent_diffusion import LatentDiffusionPipeline

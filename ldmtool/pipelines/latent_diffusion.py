@@ -30,7 +30,10 @@ from ldmtool.diffusion.samplers import (
 from ldmtool.errors import LdmError
 from ldmtool.models.autoencoder import SliceAutoencoder
 from ldmtool.models.checkpoint import file_sha256, resolve_checkpoint
-from ldmtool.models.checkpoint_config import AutoencoderCheckpoint, LatentDiffusionCheckpoint
+from ldmtool.models.checkpoint_config import (
+    AutoencoderCheckpoint,
+    LatentDiffusionCheckpoint,
+)
 from ldmtool.models.denoiser import LatentDenoiser, guided
 from ldmtool.models.loaders import load_autoencoder, load_denoiser
 from ldmtool.runtime import autocast, resolve_precision
@@ -65,7 +68,7 @@ class LatentDiffusionPipeline:
 
     @classmethod
     def from_pretrained(cls, ae_path: Path, ldm_path: Path, device: torch.device = torch.device("cpu"),
-                        precision: str = "auto") -> "LatentDiffusionPipeline":
+                        precision: str = "auto") -> LatentDiffusionPipeline:
         """Load an autoencoder and a latent denoiser trained on it (files or training folders)."""
         precision = resolve_precision(precision, device)
         ae_path, ldm_path = resolve_checkpoint(ae_path), resolve_checkpoint(ldm_path)

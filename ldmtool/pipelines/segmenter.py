@@ -6,10 +6,10 @@ baseline is one forward pass. Used by `segment` and by the validation of `train-
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
-
-from pathlib import Path
 
 from ldmtool.config import SegModelConfig
 from ldmtool.data.preprocess import PreprocessConfig
@@ -122,7 +122,7 @@ class Segmenter:
         self.device, self.precision = device, precision
 
     @classmethod
-    def from_pretrained(cls, path: Path, device: torch.device = torch.device("cpu"), precision: str = "auto") -> "Segmenter":
+    def from_pretrained(cls, path: Path, device: torch.device = torch.device("cpu"), precision: str = "auto") -> Segmenter:
         """Load a segmenter checkpoint (file or train-seg output folder)."""
         resolve_precision(precision, device)  # a bad --precision fails before the model loads
         path = resolve_checkpoint(path)
