@@ -84,7 +84,7 @@ class _Fields:
         value = self.get(name)
         try:
             return from_dict(cls, value)
-        except LdmError as exc:
+        except (LdmError, ValueError, TypeError) as exc:
             raise self.fail(name, f"is not a valid {cls.__name__} ({exc})") from None
 
     def preprocess(self) -> PreprocessConfig:
