@@ -312,7 +312,7 @@ def phantom_experiment(args, work: Path) -> dict:
     from monai.metrics import PSNRMetric, SSIMMetric
 
     from ldmtool.data.preprocess import PreprocessConfig, _intensity_range, _normalise
-    from ldmtool.diffusion.impute import impute_file
+    from ldmtool.pipelines.impute import impute_file
     from ldmtool.io.readers import read_volume
 
     if args.phantom_models:

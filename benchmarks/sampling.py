@@ -67,28 +67,23 @@ def _machine(device: torch.device) -> str:
 
 
 def load(args, device):
-    from ldmtool.models.loaders import load_autoencoder
-    from ldmtool.models.loaders import load_denoiser
+    from ldmtool.pipelines.latent_diffusion import LatentDiffusionPipeline
 
-    ae, ae_cfg = load_autoencoder(Path(args.ae), device)
-    ldm, ldm_cfg = load_denoiser(Path(args.ldm), device)
-    return ae, ae_cfg, ldm, ldm_cfg
+    return LatentDiffusionPipeline.from_pretrained(Path(args.ae), Path(args.ldm), device=device)
 
 
-def part_a_b(args, device, ae, ldm, ldm_cfg, parts: set[str]) -> list[tuple]:
+def part_a_b(args, device, pipe, parts: set[str]) -> list[tuple]:
     from monai.inferers import LatentDiffusionInferer
     from monai.networks.schedulers import DDIMScheduler
 
-    from ldmtool.config import DenoiserConfig, from_dict
-    from ldmtool.diffusion.generate import generate
-    from ldmtool.diffusion.pipeline import decode_latents
     from ldmtool.models.position import slice_positions
+    from ldmtool.pipelines.generate import generate
     from ldmtool.runtime import autocast
 
+    ae, ldm = pipe.ae, pipe.ldm
     b, steps = args.batch_size, args.steps
-    shape = tuple(ldm_cfg["latent_shape"])
-    mean = torch.tensor(ldm_cfg["latent_mean"], device=device)[None, :, None, None, None]
-    std = torch.tensor(ldm_cfg["latent_std"], device=device)[None, :, None, None, None]
+    shape = pipe.latent_shape
+    mean, std = pipe.latent_mean, pipe.latent_std
     x = torch.randn((b, *shape), device=device)
     t = torch.full((b,), 500, dtype=torch.long, device=device)
     precision = "bf16" if device.type == "cuda" else "fp32"
@@ -98,8 +93,7 @@ def part_a_b(args, device, ae, ldm, ldm_cfg, parts: set[str]) -> list[tuple]:
             ldm(x, t)
 
     def dec():
-        with torch.inference_mode(), autocast(device, precision):
-            decode_latents(ae, x * std + mean, args.decode_batch, labels_only=True)
+        pipe.decode(x, args.decode_batch)
 
     t_fwd, t_dec = _timeit(fwd, device), _timeit(dec, device)
     floor = steps * t_fwd + t_dec
@@ -112,17 +106,10 @@ def part_a_b(args, device, ae, ldm, ldm_cfg, parts: set[str]) -> list[tuple]:
                        batch_size=b, decode_batch=args.decode_batch, device=device, seed=1)
     per_batch = res.seconds / args.batches
     ours_per_volume = res.seconds / n
-    from ldmtool.diffusion.generate import initial_noise, sample_generators
-    from ldmtool.diffusion.samplers import make_sampler
-    from ldmtool.models.denoiser import guided
-
-    smp = make_sampler("ddim", from_dict(DenoiserConfig, ldm_cfg["model"]), steps)
+    smp = pipe.make_sampler("ddim", steps)
 
     def loop():  # what `sample` does per batch, without writing files
-        with torch.inference_mode(), autocast(device, precision):
-            gens = sample_generators(list(range(b)))
-            z = smp(guided(ldm, None, None), initial_noise(shape, gens).to(device), generator=gens)
-            decode_latents(ae, z.float() * std + mean, args.decode_batch, labels_only=True)
+        pipe.sample(list(range(b)), sampler=smp, decode_batch=args.decode_batch)
 
     loop_per_volume = _timeit(loop, device, repeat=args.batches) / b
     if "a" in parts:
@@ -132,7 +119,7 @@ def part_a_b(args, device, ae, ldm, ldm_cfg, parts: set[str]) -> list[tuple]:
         rows.append(("a", "ldmtool sample, per batch (files written)", f"{per_batch:.3f} s",
                      f"overhead ratio {per_batch / floor:.3f} (target ≤ 1.10)"))
     if "b" in parts:
-        dcfg = from_dict(DenoiserConfig, ldm_cfg["model"])
+        dcfg = pipe.ldm_config.model
 
         class Decoder(torch.nn.Module):
             """MONAI's inferer calls decode_stage_2_outputs(z): decode every slice at once."""
@@ -208,26 +195,21 @@ def bootstrap(a: np.ndarray, b: np.ndarray, per: int, reps: int = 20, seed: int 
     return float(np.std(vals))
 
 
-def part_c(args, device, ldm, ldm_cfg) -> list[tuple]:
-    from ldmtool.config import DenoiserConfig, from_dict
-    from ldmtool.diffusion.generate import initial_noise, sample_generators, sample_seed
-    from ldmtool.diffusion.samplers import make_sampler
+def part_c(args, device, pipe) -> list[tuple]:
+    from ldmtool.diffusion.samplers import sample_seed
     from ldmtool.models.denoiser import guided
 
-    dcfg = from_dict(DenoiserConfig, ldm_cfg["model"])
-    shape = tuple(ldm_cfg["latent_shape"])
-    depth = shape[1]
+    depth = pipe.latent_shape[1]
 
     def run(name, steps, seed):
-        smp = make_sampler(name, dcfg, steps)
+        smp = pipe.make_sampler(name, steps)
         outs = []
         t0 = time.perf_counter()
         for b0 in range(0, args.quality_n, args.batch_size):
             idx = list(range(b0, min(b0 + args.batch_size, args.quality_n)))
-            gens = sample_generators([sample_seed(seed, k) for k in idx])
-            with torch.inference_mode():
-                x = initial_noise(shape, gens).to(device)
-                outs.append(smp(guided(ldm, None, None), x, generator=gens).float().cpu())
+            with torch.inference_mode():  # fp32: the latents themselves are compared
+                z = pipe.denoise([sample_seed(seed, k) for k in idx], smp, guided(pipe.ldm, None, None))
+                outs.append(z.float().cpu())
         return torch.cat(outs), time.perf_counter() - t0
 
     cache = Path(args.ldm) / "latents.safetensors" if Path(args.ldm).is_dir() else Path(args.ldm).parent / "latents.safetensors"
@@ -236,8 +218,7 @@ def part_c(args, device, ldm, ldm_cfg) -> list[tuple]:
         from safetensors.torch import load_file
 
         lat = load_file(str(cache))["latents"].float()
-        m = torch.tensor(ldm_cfg["latent_mean"])[None, :, None, None, None]
-        s = torch.tensor(ldm_cfg["latent_std"])[None, :, None, None, None]
+        m, s = pipe.latent_mean.cpu(), pipe.latent_std.cpu()
         real = slice_features((lat - m) / s)
     console.print(f"(c) reference: DDPM 1000 steps × {args.quality_n} samples ...")
     ref, ref_sec = run("ddpm", 1000, seed=1000)
@@ -269,7 +250,7 @@ def decode_probe(method: str, depth: int, ae_path: str, decode_batch: int, devic
     ae, cfg = load_autoencoder(Path(ae_path), device)
     mc = ae.cfg
     down = 2 ** (len(mc.channels) - 1)
-    h = w = int(cfg["volume_shape"][0]) // down
+    h = w = int(cfg.volume_shape[0]) // down
     if method == "slice":
         z = torch.randn(1, mc.latent_channels, depth, h, w, device=device)
         fn = lambda: decode_latents(ae, z, decode_batch, labels_only=True)  # noqa: E731
@@ -354,20 +335,20 @@ def main() -> None:
         if not Path(path).exists():
             sys.exit(f"{path} not found: run `make demo` first or pass --ae/--ldm")
     parts = set(args.parts.split(","))
-    ae, ae_cfg, ldm, ldm_cfg = load(args, device)
-    console.print(f"machine: {_machine(device)}; torch {torch.__version__}; latent {ldm_cfg['latent_shape']}")
+    pipe = load(args, device)
+    console.print(f"machine: {_machine(device)}; torch {torch.__version__}; latent {list(pipe.latent_shape)}")
     if parts & {"a", "b"}:
         table = Table(title=f"(a) overhead and (b) vs MONAI — DDIM {args.steps} steps, batch {args.batch_size}")
         for col in ("part", "what", "value", "result"):
             table.add_column(col)
-        for row in part_a_b(args, device, ae, ldm, ldm_cfg, parts):
+        for row in part_a_b(args, device, pipe, parts):
             table.add_row(*row)
         console.print(table)
     if "c" in parts:
         table = Table(title=f"(c) quality vs steps — Fréchet distance of latent slice features, {args.quality_n} samples each")
         for col in ("part", "sampler", "FD to DDPM-1000 (± bootstrap sd)", "FD to real latents", "speed"):
             table.add_column(col)
-        for row in part_c(args, device, ldm, ldm_cfg):
+        for row in part_c(args, device, pipe):
             table.add_row(*row)
         console.print(table)
     if "d" in parts:

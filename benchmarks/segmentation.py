@@ -42,8 +42,7 @@ from ldmtool.data.prepared import PreparedData  # noqa: E402
 from ldmtool.data.preprocess import PreprocessConfig, _intensity_range, _normalise  # noqa: E402
 from ldmtool.metrics import segmentation_metrics  # noqa: E402
 from ldmtool.train.common import resolve_device  # noqa: E402
-from ldmtool.pipelines.segmenter import DEFAULT_STEPS, predict_volume, sampling_start
-from ldmtool.models.loaders import load_segmenter
+from ldmtool.pipelines.segmenter import DEFAULT_STEPS, Segmenter, sampling_start
 from ldmtool.train.segmentation import train_segmenter  # noqa: E402
 
 STEPS_SWEEP = (1, 2, 5, 10, 50)
@@ -114,12 +113,12 @@ def train(arch, data, names, args, out: Path, console):
     else:
         seconds = time.perf_counter() - t0
         timing.write_text(json.dumps({"seconds": seconds}))
-    model, _ = load_segmenter(result.path, args.device)
+    model = Segmenter.from_pretrained(result.path, args.device)
     return model, cfg, seconds, result.parameters
 
 
-def predict(model, cfg, imgs, steps=2, sigma=0.0, seed=0, start=None, batch=32):
-    device = next(model.parameters()).device
+def predict(model: Segmenter, cfg, imgs, steps=2, sigma=0.0, seed=0, start=None, batch=32):
+    device = model.device
     g = torch.Generator().manual_seed(seed)
     gn = torch.Generator().manual_seed(seed + 99)
     preds, seconds = [], 0.0
@@ -128,7 +127,7 @@ def predict(model, cfg, imgs, steps=2, sigma=0.0, seed=0, start=None, batch=32):
         if sigma:
             x = x + sigma * torch.randn(x.shape, generator=gn)
         t0 = time.perf_counter()
-        probs, _ = predict_volume(model, cfg, x, steps=steps, generator=g, batch=batch, start=start, device=device)
+        probs, _ = model.predict(x, steps=steps, generator=g, batch=batch, start=start)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds += time.perf_counter() - t0

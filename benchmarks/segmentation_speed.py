@@ -5,7 +5,7 @@
 
 Both segmenters are built with the default SegModelConfig (LDSeg 1.2 M parameters, the UNet scaled
 to about as many) and random weights: the cost of a forward pass does not depend on the weights, so
-no training is needed. Each row runs `predict_volume` (the code behind `ldmtool segment`) on one
+no training is needed. Each row runs `Segmenter.predict` (the code behind `ldmtool segment`) on one
 volume of random intensities, after one warm-up pass, and times the mean of a few repeats, LDSeg and
 UNet side by side in one process. "slices per batch" is what one network call sees: a row whose
 batch holds several volumes' slices is what `segment` does with a folder of small volumes of the
@@ -28,8 +28,8 @@ sys.path.insert(0, str(REPO))
 
 from ldmtool.config import SegModelConfig  # noqa: E402
 from ldmtool.models.ldseg import build_segmenter  # noqa: E402
+from ldmtool.pipelines.segmenter import Segmenter  # noqa: E402
 from ldmtool.train.common import resolve_device  # noqa: E402
-from ldmtool.train.segmentation import predict_volume  # noqa: E402
 
 # (slices per volume, H, W, volumes per batch, slices per batch)
 CPU_CASES = ((32, 64, 64, 1, 32), (32, 64, 64, 8, 256), (16, 256, 256, 1, 16))
@@ -49,12 +49,10 @@ def main() -> None:
     models = {}
     for arch in ("ldseg", "unet"):
         cfg = SegModelConfig(arch=arch, dims=2)
-        models[arch] = (build_segmenter(cfg, args.classes).to(dev).eval(), cfg)
+        models[arch] = Segmenter(build_segmenter(cfg, args.classes).to(dev).eval(), cfg, device=dev)
 
     def run(arch: str, steps: int, x: torch.Tensor, batch: int) -> None:
-        model, cfg = models[arch]
-        with torch.no_grad():
-            predict_volume(model, cfg, x, steps=steps, batch=batch, generator=torch.Generator().manual_seed(0), device=dev)
+        models[arch].predict(x, steps=steps, batch=batch, generator=torch.Generator().manual_seed(0))
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 

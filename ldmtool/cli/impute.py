@@ -34,7 +34,7 @@ def impute(
     used), CASE_std.nii.gz (with --samples above 1) and CASE_impute.json (provenance), all in the
     input's geometry.
     """
-    from ldmtool.diffusion.impute import impute_file
+    from ldmtool.pipelines.impute import impute_file
     from ldmtool.errors import LdmError
 
     state: common.State = ctx.obj

@@ -42,7 +42,7 @@ def sample(
     """
     from ldmtool.config import SampleConfig, load_yaml
     from ldmtool.data.lesions import parse_conditions
-    from ldmtool.diffusion.generate import generate
+    from ldmtool.pipelines.generate import generate
 
     state: common.State = ctx.obj
     cfg = common.section(
@@ -51,12 +51,13 @@ def sample(
          "decode_batch": decode_batch, "format": fmt, "guidance": guidance, "precision": precision,
          "compile": compile, "max_memory_gb": max_memory, "reject_memorized": reject_memorized},
     )
+    memfilter = _memorization_filter(cfg.reject_memorized, train, state)
     result = generate(
         ae, ldm, out, n=cfg.n, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta, spacing=cfg.spacing,
         batch_size=cfg.batch_size, decode_batch=cfg.decode_batch, seed=state.seed, fmt=cfg.format,
         conditions=parse_conditions(condition), guidance=cfg.guidance, device=state.torch_device(),
         precision=cfg.precision, compile=cfg.compile, shard=shard, max_memory_gb=cfg.max_memory_gb,
-        reject_memorized=cfg.reject_memorized, train_dir=train, console=state.console,
+        memorization_filter=memfilter, console=state.console,
     )
     rows = {
         "written": len(result.written),
@@ -77,3 +78,16 @@ def sample(
     if (Path(out) / "montage.png").is_file():
         rows["montage"] = str(Path(out) / "montage.png")
     common.console.print(common.results_table("sample", rows))
+
+
+def _memorization_filter(threshold: float | None, train: Path | None, state: common.State):
+    """The filter of --reject-memorized (None without it), scoring on the device this shard samples on."""
+    if threshold is None:
+        return None
+    from ldmtool.diffusion.resources import shard_device
+    from ldmtool.errors import LdmError
+    from ldmtool.evaluate.privacy import MemorizationFilter
+
+    if train is None:
+        raise LdmError("--reject-memorized needs --train DIR: the training volumes to compare against")
+    return MemorizationFilter(Path(train), threshold=threshold, device=shard_device(state.torch_device()))

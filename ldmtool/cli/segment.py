@@ -98,7 +98,7 @@ def segment(
     dicom_seg: Annotated[bool, typer.Option("--dicom-seg/--no-dicom-seg", help="For DICOM inputs also write CASE_seg.dcm, a DICOM SEG referencing the source series.")] = True,
 ) -> None:
     """Segment volumes; label maps in each input's exact geometry (+ uncertainty with --samples)."""
-    from ldmtool.diffusion.segment import segment_files
+    from ldmtool.pipelines.segment import segment_files
     from ldmtool.pipelines.segmenter import DEFAULT_STEPS
 
     state: common.State = ctx.obj

@@ -77,3 +77,21 @@ def decode_latents(
         return image, lab.reshape(b, depth, *lab.shape[1:])
     lab = lab.reshape(b, depth, lab.shape[1], *lab.shape[2:]).transpose(1, 2)
     return image, lab
+
+
+def latent_renderer(ae: SliceAutoencoder, mean: torch.Tensor, std: torch.Tensor, depth: int):
+    """render(piece, index) for `guidance.observed_error`: standardised latent slices
+    (B, L, d, h, w) at slice range index[2] → decoded images (B, d, H, W), differentiably."""
+    device = next(ae.parameters()).device
+    positions = slice_positions(depth, device)
+
+    def render(piece: torch.Tensor, index: tuple[slice, ...]) -> torch.Tensor:
+        b, c, d, h, w = piece.shape
+        z = piece * std + mean
+        flat = z.transpose(1, 2).reshape(b * d, c, h, w)
+        span = index[2] if len(index) > 2 else slice(None)
+        pos = positions[span].repeat(b)
+        image, _ = ae.split(ae.decode(flat, pos).float())
+        return image[:, 0].reshape(b, d, *image.shape[2:])
+
+    return render

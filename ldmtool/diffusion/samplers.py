@@ -36,6 +36,24 @@ SAMPLERS = DIFFUSION_SAMPLERS + FLOW_SAMPLERS
 SPACINGS = ("trailing", "leading", "linspace")
 
 
+def sample_seed(base_seed: int, index: int, attempt: int = 0) -> int:
+    """Seed of sample `index`: independent of batching and sharding. `attempt` > 0 gives the
+    replacement candidates of a sample rejected as a near-copy of a training volume."""
+    entropy = [int(base_seed), int(index)] + ([int(attempt)] if attempt else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def sample_generators(seeds: list[int]) -> list[torch.Generator]:
+    """One CPU generator per sample: it draws the sample's initial noise, then any noise a
+    stochastic sampler adds, so a sample depends on its own seed only (not on batch or device)."""
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def initial_noise(shape: tuple[int, ...], generators: list[torch.Generator]) -> torch.Tensor:
+    """(B, *shape) standard normal noise, row b drawn from generators[b]."""
+    return torch.stack([torch.randn(shape, generator=g) for g in generators])
+
+
 class Sampler(Protocol):
     name: str
     steps: int

@@ -31,7 +31,7 @@ def montage_png(real, synthetic, path: Path, n: int = 6) -> Path:
     """Axial and coronal mid-slices: real volumes (top) above synthetic ones (bottom)."""
     from PIL import Image
 
-    from ldmtool.evaluate.montage import montage
+    from ldmtool.pipelines.montage import montage
     from ldmtool.io.atomic import atomic_path
 
     def grid(vs):

@@ -6,12 +6,18 @@ baseline is one forward pass. Used by `segment` and by the validation of `train-
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
 from ldmtool.config import SegModelConfig
+from ldmtool.data.preprocess import PreprocessConfig
+from ldmtool.models.checkpoint import resolve_checkpoint
+from ldmtool.models.checkpoint_config import SegmenterCheckpoint
 from ldmtool.models.ldseg import LDSeg, memory_layout, seg_schedule, size_multiple
-from ldmtool.runtime import autocast
+from ldmtool.models.loaders import load_segmenter
+from ldmtool.runtime import autocast, resolve_precision
 
 LATENT_CLIP = 5.0  # |ẑ_0| bound of the standardised label latent (sampling and decoder_input x0)
 # Sampling starts at the last timestep whose signal level √ᾱ_t is at least this (t = 966 of 1000 for
@@ -35,9 +41,6 @@ def sampling_start(cfg: SegModelConfig) -> int:
     return int(torch.nonzero(ac.sqrt() >= START_SIGNAL).max())
 
 
-
-
-
 def pad_to_multiple(x: torch.Tensor, multiple: int, dims: int) -> tuple[torch.Tensor, tuple[int, ...]]:
     """Zero-pad the last `dims` axes up to a multiple of `multiple`; returns (padded, original sizes)."""
     sizes = tuple(x.shape[-dims:])
@@ -49,9 +52,6 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, dims: int) -> tuple[torch.Te
 
 def crop_to(x: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
     return x[(...,) + tuple(slice(0, n) for n in sizes)]
-
-
-
 
 
 @torch.no_grad()
@@ -108,3 +108,39 @@ def predict_volume(
         mean = torch.cat(means).movedim(1, 0)  # (D, K, H, W) → (K, D, H, W)
         std = None if stds[0] is None else torch.cat(stds).movedim(1, 0)
     return mean, std
+
+
+class Segmenter:
+    """A trained segmenter (LDSeg or UNet) on one device, with its label names and preprocessing."""
+
+    def __init__(self, model: torch.nn.Module, model_config: SegModelConfig, *, label_names: dict[str, int] | None = None,
+                 preprocess: PreprocessConfig | None = None, device: torch.device = torch.device("cpu"),
+                 precision: str = "auto", config: SegmenterCheckpoint | None = None, path: Path | None = None):
+        self.model, self.model_config, self.config, self.path = model, model_config, config, path
+        self.label_names: dict[str, int] = dict(label_names or {})
+        self.preprocess = preprocess or PreprocessConfig()
+        self.device, self.precision = device, precision
+
+    @classmethod
+    def from_pretrained(cls, path: Path, device: torch.device = torch.device("cpu"), precision: str = "auto") -> Segmenter:
+        """Load a segmenter checkpoint (file or train-seg output folder)."""
+        resolve_precision(precision, device)  # a bad --precision fails before the model loads
+        path = resolve_checkpoint(path)
+        model, config = load_segmenter(path, device)
+        return cls(model, config.model, label_names=config.label_names, preprocess=config.preprocess, device=device,
+                   precision=precision, config=config, path=path)
+
+    @property
+    def arch(self) -> str:
+        return self.model_config.arch
+
+    @property
+    def dims(self) -> int:
+        return self.model_config.dims
+
+    def predict(self, image: torch.Tensor, steps: int = DEFAULT_STEPS, samples: int = 1, batch: int = 16,
+                generator: torch.Generator | None = None, start: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class probabilities (K, D, H, W) of one normalised volume (D, H, W), and with `samples` > 1
+        their per-voxel standard deviation over the draws (see `predict_volume`)."""
+        return predict_volume(self.model, self.model_config, image, steps=steps, samples=samples, batch=batch,
+                              generator=generator, device=self.device, precision=self.precision, start=start)

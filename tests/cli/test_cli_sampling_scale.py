@@ -169,7 +169,7 @@ def test_near_copies_are_rejected_and_replaced(trained, cli, tmp_path):
     # "Training set" = the very samples this command makes first (same seeds): every first
     # candidate is an exact copy and must be rejected; its replacement (the sample's next seed)
     # is written instead, and the rejection is counted in the provenance.
-    from ldmtool.diffusion.generate import sample_seed
+    from ldmtool.diffusion.samplers import sample_seed
 
     first = tmp_path / "first"
     assert _sample(cli, trained, first, "--n", 2, "--batch-size", 2).code == 0

@@ -5,11 +5,13 @@ import pytest
 import torch
 
 from ldmtool.data.missing import mcar_mask, parse_slices
-from ldmtool.diffusion.impute import impute_latent, missing_mask, to_input_grid
 from ldmtool.errors import LdmError
 from ldmtool.models.autoencoder import SliceAutoencoder
+from ldmtool.models.checkpoint_config import AutoencoderCheckpoint, LatentDiffusionCheckpoint
 from ldmtool.models.denoiser import LatentDenoiser
 from ldmtool.config import to_dict
+from ldmtool.pipelines.impute import missing_mask, to_input_grid
+from ldmtool.pipelines.latent_diffusion import LatentDiffusionPipeline
 from tests.conftest import tiny_ae_config, tiny_denoiser_config
 
 
@@ -60,34 +62,38 @@ def test_to_input_grid_follows_the_affines():
     assert to_input_grid(vol, np.eye(4), where, shifted)[1] == 2
 
 
-def _tiny_models(depth=8, size=16):
+def _tiny_pipeline(depth=8, size=16, objective=None):
     torch.manual_seed(0)
     ae = SliceAutoencoder(tiny_ae_config(), image_channels=1, num_classes=0).eval()
     dcfg = tiny_denoiser_config()
     ldm = LatentDenoiser(dcfg, 4).eval()
     h = size // tiny_ae_config().downsample
-    cfg = {"model": to_dict(dcfg), "latent_shape": [4, depth, h, h], "latent_mean": [0.0] * 4, "latent_std": [1.0] * 4}
-    return ae, ldm, cfg
+    geometry = {"volume_shape": [size, size, depth], "reference_affine": np.eye(4).tolist()}
+    ae_cfg = AutoencoderCheckpoint.from_dict({"kind": "autoencoder", "model": to_dict(tiny_ae_config()), "num_classes": 0, **geometry})
+    model = to_dict(dcfg) | ({"objective": objective} if objective else {})
+    ldm_cfg = LatentDiffusionCheckpoint.from_dict({"kind": "latent-diffusion", "model": model, "latent_shape": [4, depth, h, h],
+                                                   "latent_mean": [0.0] * 4, "latent_std": [1.0] * 4, **geometry})
+    return LatentDiffusionPipeline(ae, ae_cfg, ldm, ldm_cfg, device=torch.device("cpu"))
 
 
-def test_impute_latent_keeps_observed_voxels_exactly_and_fills_the_rest():
-    ae, ldm, cfg = _tiny_models()
+def test_impute_keeps_observed_voxels_exactly_and_fills_the_rest():
+    pipe = _tiny_pipeline()
     image = torch.rand(8, 16, 16)
     missing = torch.zeros(8, 16, 16, dtype=torch.bool)
     missing[1::2] = True
-    out = impute_latent(ae, ldm, cfg, image, missing, samples=3, steps=3, batch_size=2, chunk=3)
+    out = pipe.impute(image, missing, samples=3, steps=3, batch_size=2, chunk=3)
     assert out.shape == (3, 8, 16, 16)
     assert torch.equal(out[:, ~missing], image[~missing].expand(3, -1))
     assert torch.isfinite(out).all()
     assert not torch.equal(out[0, missing], out[1, missing])  # independent imputations
-    again = impute_latent(ae, ldm, cfg, image, missing, samples=3, steps=3, batch_size=3, chunk=8)
+    again = pipe.impute(image, missing, samples=3, steps=3, batch_size=3, chunk=8)
     torch.testing.assert_close(again, out, rtol=1e-4, atol=1e-4)  # a sample does not depend on batching
 
 
-def test_impute_latent_checks_the_depth_and_objective():
-    ae, ldm, cfg = _tiny_models()
+def test_impute_checks_the_depth_and_objective():
+    pipe = _tiny_pipeline()
     with pytest.raises(LdmError, match="model space"):
-        impute_latent(ae, ldm, cfg, torch.rand(6, 16, 16), torch.ones(6, 16, 16, dtype=torch.bool), steps=2)
-    cfg["model"]["objective"] = "flow"
+        pipe.impute(torch.rand(6, 16, 16), torch.ones(6, 16, 16, dtype=torch.bool), steps=2)
+    pipe = _tiny_pipeline(objective="flow")
     with pytest.raises(LdmError, match="flow"):
-        impute_latent(ae, ldm, cfg, torch.rand(8, 16, 16), torch.ones(8, 16, 16, dtype=torch.bool), steps=2)
+        pipe.impute(torch.rand(8, 16, 16), torch.ones(8, 16, 16, dtype=torch.bool), steps=2)

@@ -2,7 +2,8 @@
 
 import torch
 
-from ldmtool.diffusion.generate import initial_noise, sample_generators, sample_name, sample_seed
+from ldmtool.diffusion.samplers import initial_noise, sample_generators, sample_seed
+from ldmtool.pipelines.generate import sample_name
 
 
 def test_sample_seed_deterministic_and_distinct():

@@ -1,0 +1,213 @@
+"""A trained latent diffusion model as one object: autoencoder + latent denoiser, ready to sample.
+
+`LatentDiffusionPipeline.from_pretrained(ae, ldm)` loads both checkpoints, checks that the denoiser
+was trained on this autoencoder, and keeps what inference needs (latent statistics, preprocessing,
+reference affine, label names). Noise → sampler → slice-wise decode exists here only: `sample`,
+`impute` and the benchmarks all go through these methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ldmtool.data.prepared import slices_to_volume
+from ldmtool.data.preprocess import PreprocessConfig, denormalise
+from ldmtool.diffusion.guidance import SelfGuidance, observed_error, slice_chunks
+from ldmtool.diffusion.pipeline import decode_latents, encode_volume, latent_renderer
+from ldmtool.diffusion.samplers import (
+    Sampler,
+    initial_noise,
+    make_sampler,
+    sample_generators,
+    sample_seed,
+    training_scheduler,
+)
+from ldmtool.errors import LdmError
+from ldmtool.models.autoencoder import SliceAutoencoder
+from ldmtool.models.checkpoint import file_sha256, resolve_checkpoint
+from ldmtool.models.checkpoint_config import (
+    AutoencoderCheckpoint,
+    LatentDiffusionCheckpoint,
+)
+from ldmtool.models.denoiser import LatentDenoiser, guided
+from ldmtool.models.loaders import load_autoencoder, load_denoiser
+from ldmtool.runtime import autocast, resolve_precision
+
+
+@dataclass
+class SampledVolume:
+    """One decoded sample, in the training geometry (I, J, K)."""
+
+    seed: int
+    image: np.ndarray  # float32, intensities in the source scale (normalised if none was recorded)
+    label: np.ndarray | None  # uint8 label map, or None for an image-only autoencoder
+
+
+class LatentDiffusionPipeline:
+    """Autoencoder + latent denoiser on one device, with the settings they were trained with."""
+
+    def __init__(self, ae: SliceAutoencoder, ae_config: AutoencoderCheckpoint, ldm: LatentDenoiser,
+                 ldm_config: LatentDiffusionCheckpoint, *, device: torch.device, precision: str = "fp32",
+                 ae_path: Path | None = None, ldm_path: Path | None = None, ae_sha256: str | None = None):
+        self.ae, self.ae_config, self.ldm, self.ldm_config = ae, ae_config, ldm, ldm_config
+        self.device, self.precision = device, precision
+        self.ae_path, self.ldm_path, self.ae_sha256 = ae_path, ldm_path, ae_sha256
+        self.denoiser: Callable = ldm  # what the samplers call; `compile()` replaces it
+        self.latent_shape = tuple(ldm_config.latent_shape)
+        self.latent_mean = torch.tensor(ldm_config.latent_mean, device=device)[None, :, None, None, None]
+        self.latent_std = torch.tensor(ldm_config.latent_std, device=device)[None, :, None, None, None]
+        self.preprocess: PreprocessConfig = ae_config.preprocess
+        self.intensity_range = ae_config.intensity_range
+        self.reference_affine = np.asarray(ae_config.reference_affine)
+        self.label_names: dict[str, int] = dict(ae_config.label_names)
+
+    @classmethod
+    def from_pretrained(cls, ae_path: Path, ldm_path: Path, device: torch.device = torch.device("cpu"),
+                        precision: str = "auto") -> LatentDiffusionPipeline:
+        """Load an autoencoder and a latent denoiser trained on it (files or training folders)."""
+        precision = resolve_precision(precision, device)
+        ae_path, ldm_path = resolve_checkpoint(ae_path), resolve_checkpoint(ldm_path)
+        ae, ae_cfg = load_autoencoder(ae_path, device)
+        ldm, ldm_cfg = load_denoiser(ldm_path, device)
+        ae_hash = file_sha256(ae_path)
+        if ldm_cfg.autoencoder_sha256 != ae_hash:
+            raise LdmError(f"{ldm_path} was trained on a different autoencoder than {ae_path}")
+        return cls(ae, ae_cfg, ldm, ldm_cfg, device=device, precision=precision, ae_path=ae_path, ldm_path=ldm_path,
+                   ae_sha256=ae_hash)
+
+    def compile(self) -> None:
+        """torch.compile the denoiser the samplers call."""
+        try:
+            self.denoiser = torch.compile(self.ldm)
+        except Exception as exc:  # noqa: BLE001 - torch.compile raises many kinds
+            raise LdmError(f"--compile failed: {type(exc).__name__}: {exc}") from None
+
+    def make_sampler(self, sampler: str = "ddim", steps: int = 50, eta: float = 0.0, spacing: str = "trailing") -> Sampler:
+        """A sampler by name for this denoiser's schedule and objective."""
+        return make_sampler(sampler, self.ldm_config.model, steps, eta, spacing)
+
+    # ---------------------------------------------------------------------------------- latents
+
+    def encode(self, image: torch.Tensor, label: torch.Tensor | None = None, observed: torch.Tensor | None = None,
+               batch: int = 64) -> torch.Tensor:
+        """Normalised volume slices (D, H, W) → standardised latent volume (L, D, h, w)."""
+        z = encode_volume(self.ae, image, label, batch=batch, observed=observed)
+        return (z - self.latent_mean[0]) / self.latent_std[0]
+
+    def conditioning(self, conditions: dict[str, float] | None, batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Standardised attribute tensor and mask (B, A) for the requested conditions (None if none)."""
+        if not conditions:
+            return None, None
+        names = self.ldm_config.attributes
+        if not names:
+            raise LdmError("this latent diffusion model was trained without conditioning; retrain with --condition-on lesion")
+        cond = self.ldm_config.conditioning
+        mean, std = np.asarray(cond["mean"]), np.asarray(cond["std"])
+        a = np.zeros(len(names), dtype=np.float32)
+        m = np.zeros(len(names), dtype=np.float32)
+        for name, value in conditions.items():
+            if name not in names:
+                raise LdmError(f"this model is conditioned on {', '.join(names)}, not {name}")
+            i = names.index(name)
+            a[i] = (value - mean[i]) / std[i]
+            m[i] = 1.0
+        rep = lambda v: torch.from_numpy(v)[None].repeat(batch, 1).to(self.device)  # noqa: E731
+        return rep(a), rep(m)
+
+    def denoise(self, seeds: Sequence[int], sampler: Sampler, model: Callable, callback=None) -> torch.Tensor:
+        """Run `sampler` from the initial noise of `seeds` (one CPU generator per sample, which also
+        draws any noise the sampler adds) → standardised latents (B, L, D, h, w) on the device."""
+        gens = sample_generators(list(seeds))
+        x = initial_noise(self.latent_shape, gens).to(self.device)
+        return sampler(model, x, generator=gens, callback=callback)
+
+    def sample_latents(self, seeds: Sequence[int], *, sampler: str | Sampler = "ddim", steps: int = 50, eta: float = 0.0,
+                       spacing: str = "trailing", conditions: dict[str, float] | None = None,
+                       guidance: float = 1.0) -> torch.Tensor:
+        """Standardised latents (B, L, D, h, w), one per seed, with classifier-free guidance when conditioned."""
+        smp = self.make_sampler(sampler, steps, eta, spacing) if isinstance(sampler, str) else sampler
+        with torch.inference_mode():
+            attrs, mask = self.conditioning(conditions, len(seeds))
+            with autocast(self.device, self.precision):
+                return self.denoise(seeds, smp, guided(self.denoiser, attrs, mask, guidance))
+
+    def decode(self, latents: torch.Tensor, decode_batch: int = 64) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Standardised latents (B, L, D, h, w) → per volume (image in the source scale, label map),
+        both (I, J, K), decoded `decode_batch` slices at a time."""
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            z = latents.float() * self.latent_std + self.latent_mean
+            images, labels = decode_latents(self.ae, z, decode_batch, labels_only=True)
+        return [self._to_volume(images[j], None if labels is None else labels[j]) for j in range(images.shape[0])]
+
+    def _to_volume(self, image: torch.Tensor, label: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray | None]:
+        img = slices_to_volume(image.float().numpy())
+        if self.intensity_range is not None:
+            img = denormalise(img, self.intensity_range, self.preprocess)
+        return img, None if label is None else slices_to_volume(label.numpy())
+
+    def sample(self, seeds: Sequence[int], *, sampler: str | Sampler = "ddim", steps: int = 50, eta: float = 0.0,
+               spacing: str = "trailing", conditions: dict[str, float] | None = None, guidance: float = 1.0,
+               decode_batch: int = 64) -> list[SampledVolume]:
+        """Generate one image volume (source intensity scale) and label map per seed.
+
+        A sample depends on its seed only, not on the other seeds of the call or on the device's
+        batch: noise comes from one CPU generator per seed."""
+        z = self.sample_latents(seeds, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
+                                conditions=conditions, guidance=guidance)
+        return [SampledVolume(int(s), img, lab) for s, (img, lab) in zip(seeds, self.decode(z, decode_batch))]
+
+    # --------------------------------------------------------------------------------- imputation
+
+    def impute(self, image: torch.Tensor, missing: torch.Tensor, *, samples: int = 1, steps: int = 50,
+               guidance: float = 1.0, sampler: str = "ddim", eta: float = 0.0, seed: int = 0, batch_size: int = 4,
+               chunk: int = 16, callback: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Fill the missing voxels of one volume in model space with latent self-guidance (LDMiss).
+
+        Args:
+            image: (D, H, W) normalised volume, slice axis first (missing voxels: any value).
+            missing: (D, H, W) bool, True = missing.
+            samples: independent imputations (seeds `sample_seed(seed, k)`).
+            chunk: latent slices decoded at once inside the guidance (bounds its memory).
+            callback: called with the number of finished denoising steps (for a progress bar).
+        Returns:
+            (samples, D, H, W) on the CPU: observed voxels exactly `image`'s, missing ones imputed.
+        """
+        dcfg = self.ldm_config.model
+        if dcfg.objective == "flow":
+            raise LdmError("impute needs an eps or v denoiser (self-guidance uses the noise prediction); this one is flow")
+        smp = self.make_sampler(sampler, steps, eta)
+        self._check_model_space(image)
+        keep = (~missing).float().to(self.device)
+        target = image.float().to(self.device) * keep
+        render = latent_renderer(self.ae, self.latent_mean, self.latent_std, image.shape[0])
+        alphas = training_scheduler(dcfg).alphas_cumprod
+        uncond = guided(self.ldm, None, None)
+        for p in list(self.ae.parameters()) + list(self.ldm.parameters()):
+            p.requires_grad_(False)  # gradients flow to the latent only
+        out, done = [], 0
+        for start in range(0, samples, batch_size):
+            b = min(batch_size, samples - start)
+            error = observed_error(render, target.expand(b, -1, -1, -1), keep.expand(b, -1, -1, -1), slice_chunks(chunk))
+            hook = SelfGuidance(uncond, alphas, dcfg.prediction_type, error, guidance)
+
+            def step_done(i, t, x_t, x0, _base=done):
+                if callback is not None:
+                    callback(_base + i + 1)
+
+            z = self.denoise([sample_seed(seed, k) for k in range(start, start + b)], smp, hook, callback=step_done)
+            done += len(smp.timesteps)
+            with torch.inference_mode():
+                decoded, _ = decode_latents(self.ae, z.float() * self.latent_std + self.latent_mean, chunk * 4)
+            out.append(torch.where(missing[None], decoded.float(), image[None].float()))
+        return torch.cat(out)
+
+    def _check_model_space(self, image: torch.Tensor) -> None:
+        f = self.ae.cfg.downsample
+        expect = (self.latent_shape[1], self.latent_shape[2] * f, self.latent_shape[3] * f)
+        if tuple(image.shape) != expect:
+            raise LdmError(f"the volume is {tuple(image.shape)} (slices, rows, columns) in model space but the models expect {expect}")
