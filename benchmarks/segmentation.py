@@ -41,7 +41,7 @@ from ldmtool.config import SegLossConfig, SegModelConfig, TrainConfig  # noqa: E
 from ldmtool.data.prepared import PreparedData  # noqa: E402
 from ldmtool.data.preprocess import PreprocessConfig, _intensity_range, _normalise  # noqa: E402
 from ldmtool.metrics import segmentation_metrics  # noqa: E402
-from ldmtool.train.common import resolve_device  # noqa: E402
+from ldmtool.runtime import resolve_device  # noqa: E402
 from ldmtool.pipelines.segmenter import DEFAULT_STEPS, Segmenter, sampling_start
 from ldmtool.train.segmentation import train_segmenter  # noqa: E402
 

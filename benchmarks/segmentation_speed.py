@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 from ldmtool.config import SegModelConfig  # noqa: E402
 from ldmtool.models.ldseg import build_segmenter  # noqa: E402
 from ldmtool.pipelines.segmenter import Segmenter  # noqa: E402
-from ldmtool.train.common import resolve_device  # noqa: E402
+from ldmtool.runtime import resolve_device  # noqa: E402
 
 # (slices per volume, H, W, volumes per batch, slices per batch)
 CPU_CASES = ((32, 64, 64, 1, 32), (32, 64, 64, 8, 256), (16, 256, 256, 1, 16))
