@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -35,7 +36,12 @@ from ldmtool.config import LoopConfig, to_dict
 from ldmtool.io.atomic import atomic_write_text
 from ldmtool.models.checkpoint import save_checkpoint, write_config_json
 from ldmtool.runtime import progress
-from ldmtool.train.common import count_parameters, grad_scaler, optimizer_step, warmup_cosine
+from ldmtool.train.common import (
+    count_parameters,
+    grad_scaler,
+    optimizer_step,
+    warmup_cosine,
+)
 from ldmtool.train.distributed import DistInfo, StopFlag, finish, step_sync, wrap_ddp
 from ldmtool.train.state import previous_run, restore, save_state
 
