@@ -110,7 +110,7 @@ class LoopConfig:
     warmup_steps: int = 100
     max_minutes: float | None = None  # stop early (and keep the best checkpoint) after this long
     val_fraction: float = 0.1
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     checkpoint_every: int | None = None  # steps between resumable training states
     checkpoint_minutes: float = 10.0  # and at least this often in wall time, so a kill loses little work
 

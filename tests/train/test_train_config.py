@@ -152,3 +152,20 @@ def test_example_yaml_sections_build(tiny_yaml):
         for section, cls in (("ae_train", AETrainConfig), ("ldm_train", LDMTrainConfig), ("seg_train", SegTrainConfig)):
             if section in cfg:
                 from_dict(cls, cfg[section])
+
+
+@pytest.mark.parametrize("command,cls", [("train-ae", AETrainConfig), ("train-ldm", LDMTrainConfig), ("train-seg", SegTrainConfig)])
+def test_cli_help_defaults_come_from_the_config(command, cls):
+    import dataclasses
+
+    import typer
+
+    from ldmtool.cli.common import default
+    from ldmtool.cli.main import app
+
+    params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
+    names = {f.name for f in dataclasses.fields(cls)} & set(params)
+    assert {"epochs", "steps", "batch_size", "lr", "max_minutes", "precision", "checkpoint_every"} <= names
+    for name in names:
+        assert params[name].show_default == default(cls, name), name
+    assert default(LDMTrainConfig, "batch_size") == "4" and default(AETrainConfig, "lr") == "0.0002"
