@@ -6,8 +6,8 @@ import pytest
 
 from ldmtool.config import (
     AELossConfig,
-    AutoencoderConfig,
     AETrainConfig,
+    AutoencoderConfig,
     DenoiserConfig,
     LDMTrainConfig,
     SegTrainConfig,
