@@ -37,7 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ldmtool.config import SegLossConfig, SegModelConfig, TrainConfig  # noqa: E402
+from ldmtool.config import SegLossConfig, SegModelConfig, SegTrainConfig  # noqa: E402
 from ldmtool.data.prepared import PreparedData  # noqa: E402
 from ldmtool.data.preprocess import PreprocessConfig, _intensity_range, _normalise  # noqa: E402
 from ldmtool.metrics import segmentation_metrics  # noqa: E402
@@ -103,7 +103,7 @@ def train(arch, data, names, args, out: Path, console):
     if args.latent_channels:
         extra["latent_channels"] = args.latent_channels
     cfg = SegModelConfig(arch=arch, dims=2, **extra)
-    tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=50, val_fraction=0.0)
+    tc = SegTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=50, val_fraction=0.0)
     t0 = time.perf_counter()
     result = train_segmenter(prepared, out, cfg, SegLossConfig(), tc, PreprocessConfig().to_dict(), args.device,
                              seed=0, console=console, resume="auto" if args.keep else "never")

@@ -85,9 +85,22 @@ class DenoiserConfig:
         return {"beta_start": self.beta_start, "beta_end": self.beta_end}
 
 
+def _check_range(name: str, value: float | None, low: float, high: float | None = None, *,
+                 low_open: bool = False, high_open: bool = False) -> None:
+    """One-line error naming `name` when `value` lies outside [low, high] (open ends as asked;
+    no upper end when `high` is None; None values pass: the setting is off)."""
+    if value is None:
+        return
+    ok = (value > low if low_open else value >= low) and (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        what = f"{'>' if low_open else '≥'} {low:g}" if high is None else \
+            f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise LdmError(f"{name} must be {what}; got {value!r}")
+
+
 @dataclass
-class TrainConfig:
-    """Optimisation settings shared by the trainers."""
+class LoopConfig:
+    """Settings of the one training loop (`ldmtool.train.loop`), shared by every trainer's config."""
 
     epochs: int = 10
     steps: int | None = None  # total optimisation steps; when set it wins over epochs
@@ -95,28 +108,51 @@ class TrainConfig:
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_steps: int = 100
-    max_minutes: float | None = None  # stop early (and keep the best/last checkpoint) after this long
+    max_minutes: float | None = None  # stop early (and keep the best checkpoint) after this long
     val_fraction: float = 0.1
-    ema_decay: float = 0.999
-    cfg_dropout: float = 0.1  # classifier-free guidance: drop all conditioning this often
-    min_snr_gamma: float | None = 5.0  # Min-SNR loss weighting of the denoiser (Hang et al. 2023); None = off
-    lesion_weight: float = 0.0  # denoiser: latent voxels over a lesion (±1 latent voxel) weigh 1 + this in the loss
-    num_workers: int = 0
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU)
-    log_every: int = 1
-    checkpoint_every: int | None = None  # steps between resumable training states (default: the evaluation interval)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    checkpoint_every: int | None = None  # steps between resumable training states
     checkpoint_minutes: float = 10.0  # and at least this often in wall time, so a kill loses little work
 
     def __post_init__(self) -> None:
         _check_choice("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise LdmError("checkpoint_every must be at least 1 step")
-        if not 0 <= self.val_fraction < 1:
-            raise LdmError("val_fraction must be in [0, 1)")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise LdmError("epochs and batch_size must be at least 1")
-        if self.lesion_weight < 0:
-            raise LdmError("lesion_weight must be ≥ 0")
+        for name in ("epochs", "steps", "batch_size", "checkpoint_every"):
+            _check_range(name, getattr(self, name), 1)
+        _check_range("warmup_steps", self.warmup_steps, 0)
+        _check_range("lr", self.lr, 0, low_open=True)
+        _check_range("weight_decay", self.weight_decay, 0)
+        _check_range("max_minutes", self.max_minutes, 0, low_open=True)
+        _check_range("checkpoint_minutes", self.checkpoint_minutes, 0, low_open=True)
+        _check_range("val_fraction", self.val_fraction, 0, 1, high_open=True)
+
+
+@dataclass
+class AETrainConfig(LoopConfig):
+    """Training of the slice autoencoder (YAML section `ae_train`); best checkpoint: lowest held-out loss."""
+
+
+@dataclass
+class LDMTrainConfig(LoopConfig):
+    """Training of the latent denoiser (YAML section `ldm_train`); the checkpoint is the latest EMA."""
+
+    epochs: int = 100
+    batch_size: int = 4
+    ema_decay: float = 0.999
+    cfg_dropout: float = 0.1  # classifier-free guidance: drop all conditioning this often
+    min_snr_gamma: float | None = 5.0  # Min-SNR loss weighting (Hang et al. 2023); None = off
+    lesion_weight: float = 0.0  # latent voxels over a lesion (±1 latent voxel) weigh 1 + this in the loss
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_range("ema_decay", self.ema_decay, 0, 1, high_open=True)
+        _check_range("cfg_dropout", self.cfg_dropout, 0, 1)
+        _check_range("min_snr_gamma", self.min_snr_gamma, 0, low_open=True)
+        _check_range("lesion_weight", self.lesion_weight, 0)
+
+
+@dataclass
+class SegTrainConfig(LoopConfig):
+    """Training of a segmenter (YAML section `seg_train`); best checkpoint: highest mean held-out Dice."""
 
 
 @dataclass
@@ -373,7 +409,10 @@ def dumps(obj: Any) -> str:
 __all__ = [
     "AutoencoderConfig",
     "DenoiserConfig",
-    "TrainConfig",
+    "LoopConfig",
+    "AETrainConfig",
+    "LDMTrainConfig",
+    "SegTrainConfig",
     "AELossConfig",
     "SampleConfig",
     "from_dict",

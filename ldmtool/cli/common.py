@@ -89,6 +89,18 @@ def section(config: dict, name: str, cls, flags: dict):
     return from_dict(cls, merge(data, flags), section=name)
 
 
+def default(cls, name: str) -> str:
+    """The default of dataclass field `name` of `cls`, as --help shows it (flags default to None
+    so that a YAML value is overridden only by a flag that was given)."""
+    import dataclasses
+
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            return "off" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
 def resume_mode(resume: bool, restart: bool) -> str:
     """--resume: a training state must be there; --restart: ignore (and replace) it; neither: go
     on automatically when the output folder holds one (what a requeued batch job needs)."""

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ldmtool.cli import common
+from ldmtool.config import SegTrainConfig
 
 MODEL = "Model"
 TRAIN = "Training"
@@ -26,20 +27,20 @@ def train_seg(
     decoder_input: Annotated[Optional[str], typer.Option(help="x0 (default): ẑ0 = (z_t − √(1−ᾱ)ε̂)/√ᾱ, what DDIM hands the decoder | paper: ẑ0 = z_t − ε̂.", rich_help_panel=MODEL)] = None,
     dice_weight: Annotated[Optional[float], typer.Option(help="γ: weight of the Dice term (loss = CE + γ·Dice + λ·MSE).", rich_help_panel=MODEL)] = None,
     mse_weight: Annotated[Optional[float], typer.Option(help="λ: weight of the noise MSE term.", rich_help_panel=MODEL)] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Passes over the training slices (2D) or volumes (3D).", rich_help_panel=TRAIN)] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Optimisation steps (wins over --epochs).", rich_help_panel=TRAIN)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Slices (2D) or volumes (3D) per batch.", rich_help_panel=TRAIN)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate.", rich_help_panel=TRAIN)] = None,
-    max_minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes (best checkpoint kept).", rich_help_panel=TRAIN)] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of cases held out for the per-epoch validation Dice.", rich_help_panel=TRAIN)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Passes over the training slices (2D) or volumes (3D).", show_default=common.default(SegTrainConfig, "epochs"), rich_help_panel=TRAIN)] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimisation steps (wins over --epochs).", show_default=common.default(SegTrainConfig, "steps"), rich_help_panel=TRAIN)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Slices (2D) or volumes (3D) per batch.", show_default=common.default(SegTrainConfig, "batch_size"), rich_help_panel=TRAIN)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate.", show_default=common.default(SegTrainConfig, "lr"), rich_help_panel=TRAIN)] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes (best checkpoint kept).", show_default=common.default(SegTrainConfig, "max_minutes"), rich_help_panel=TRAIN)] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of cases held out for the per-epoch validation Dice (the best checkpoint has the highest mean).", show_default=common.default(SegTrainConfig, "val_fraction"), rich_help_panel=TRAIN)] = None,
     val_steps: Annotated[Optional[int], typer.Option(help="DDIM steps of the LDSeg validation (default 1, as segment).", show_default=False, rich_help_panel=TRAIN)] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16.", rich_help_panel=TRAIN)] = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option(help="Save the resumable training state every N steps (also at the end, every 10 min, and at epoch ends a minute apart).", rich_help_panel=TRAIN)] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16.", show_default=common.default(SegTrainConfig, "precision"), rich_help_panel=TRAIN)] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Save the resumable training state every N steps (also every 10 min and at the end).", show_default=common.default(SegTrainConfig, "checkpoint_every"), rich_help_panel=TRAIN)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Go on from the training state in --out (an error if there is none). Without it a state there is picked up automatically.", rich_help_panel=TRAIN)] = False,
     restart: Annotated[bool, typer.Option("--restart", help="Ignore and replace a training state in --out.", rich_help_panel=TRAIN)] = False,
 ) -> None:
     """Train a segmenter: LDSeg (latent diffusion, uncertainty by sampling) or the UNet baseline."""
-    from ldmtool.config import SegLossConfig, SegModelConfig, TrainConfig, load_yaml
+    from ldmtool.config import SegLossConfig, SegModelConfig, load_yaml
     from ldmtool.data.prepared import prepare_dataset
     from ldmtool.data.preprocess import PreprocessConfig
     from ldmtool.errors import LdmError
@@ -57,7 +58,7 @@ def train_seg(
         "latent_channels": latent_channels, "decoder_input": decoder_input,
     })
     loss_cfg = common.section(cfg, "seg_loss", SegLossConfig, {"dice_weight": dice_weight, "mse_weight": mse_weight})
-    train_cfg = common.section(cfg, "seg_train", TrainConfig, {
+    train_cfg = common.section(cfg, "seg_train", SegTrainConfig, {
         "epochs": epochs, "steps": steps, "batch_size": batch_size, "lr": lr, "max_minutes": max_minutes,
         "val_fraction": val_fraction, "precision": precision, "checkpoint_every": checkpoint_every,
     })
@@ -82,7 +83,7 @@ def train_seg(
             "parameters": f"{result.parameters / 1e6:.2f} M", "seconds": result.seconds}
     if result.resumed_from is not None and not result.already_complete:
         rows["resumed from step"] = result.resumed_from
-    rows.update({k: v for k, v in result.best.items() if k != "score"})
+    rows.update({k: v for k, v in result.best.items() if k != "seconds"})
     common.console.print(common.results_table("train-seg (best epoch)", rows))
 
 

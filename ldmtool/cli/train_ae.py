@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ldmtool.cli import common
+from ldmtool.config import AETrainConfig
 
 DATA = "Data"
 MODEL = "Model"
@@ -42,18 +43,19 @@ def train_ae(
     label_weight: Annotated[Optional[float], typer.Option(help="Weight of CE+Dice on the label channels.", rich_help_panel=MODEL)] = None,
     ssim_weight: Annotated[Optional[float], typer.Option(help="Weight of an optional 1-SSIM image term.", rich_help_panel=MODEL)] = None,
     latent_noise: Annotated[Optional[float], typer.Option(help="Train the decoder on latents + this many latent std of Gaussian noise (robust decoding of diffusion samples).", rich_help_panel=MODEL)] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Passes over all training slices.", rich_help_panel=TRAIN)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Slices per batch.", rich_help_panel=TRAIN)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate.", rich_help_panel=TRAIN)] = None,
-    max_minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes (best checkpoint kept).", rich_help_panel=TRAIN)] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of cases held out for validation.", rich_help_panel=TRAIN)] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16.", rich_help_panel=TRAIN)] = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option(help="Save the resumable training state every N steps (also every 10 min).", rich_help_panel=TRAIN)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Passes over all training slices.", show_default=common.default(AETrainConfig, "epochs"), rich_help_panel=TRAIN)] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimisation steps (wins over --epochs).", show_default=common.default(AETrainConfig, "steps"), rich_help_panel=TRAIN)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Slices per batch (per process).", show_default=common.default(AETrainConfig, "batch_size"), rich_help_panel=TRAIN)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate.", show_default=common.default(AETrainConfig, "lr"), rich_help_panel=TRAIN)] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes (best checkpoint kept).", show_default=common.default(AETrainConfig, "max_minutes"), rich_help_panel=TRAIN)] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of cases held out for validation (the best checkpoint has the lowest held-out loss).", show_default=common.default(AETrainConfig, "val_fraction"), rich_help_panel=TRAIN)] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16.", show_default=common.default(AETrainConfig, "precision"), rich_help_panel=TRAIN)] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Save the resumable training state every N steps (also every 10 min and at the end).", show_default=common.default(AETrainConfig, "checkpoint_every"), rich_help_panel=TRAIN)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Go on from the training state in --out (an error if there is none). Without it a state there is picked up automatically.", rich_help_panel=TRAIN)] = False,
     restart: Annotated[bool, typer.Option("--restart", help="Ignore and replace a training state in --out.", rich_help_panel=TRAIN)] = False,
 ) -> None:
     """Train the 2D slice autoencoder (image + label channels, slice-position embedding)."""
-    from ldmtool.config import AELossConfig, AutoencoderConfig, TrainConfig, load_yaml, to_dict
+    from ldmtool.config import AELossConfig, AutoencoderConfig, load_yaml, to_dict
     from ldmtool.data.preprocess import PreprocessConfig
     from ldmtool.data.prepared import prepare_dataset
     from ldmtool.errors import LdmError
@@ -66,10 +68,10 @@ def train_ae(
     )
     model_cfg = common.section(cfg, "autoencoder", AutoencoderConfig, {"channels": common.ints(channels, None, "--channels"), "latent_channels": latent_channels, "mask_channel": mask_channel, "label_input": label_input})
     loss_cfg = common.section(cfg, "ae_loss", AELossConfig, {"kl_weight": kl_weight, "label_weight": label_weight, "ssim_weight": ssim_weight, "latent_noise": latent_noise})
-    train_cfg = common.section(
-        cfg, "ae_train", TrainConfig,
-        {"epochs": epochs, "batch_size": batch_size, "lr": lr, "max_minutes": max_minutes, "val_fraction": val_fraction, "precision": precision, "checkpoint_every": checkpoint_every},
-    )
+    train_cfg = common.section(cfg, "ae_train", AETrainConfig, {
+        "epochs": epochs, "steps": steps, "batch_size": batch_size, "lr": lr, "max_minutes": max_minutes,
+        "val_fraction": val_fraction, "precision": precision, "checkpoint_every": checkpoint_every,
+    })
     common.require_exists(data, "data set")
     mode = common.resume_mode(resume, restart)
     with common.training_session(state, out, mode) as (info, stop):
@@ -95,7 +97,7 @@ def train_ae(
         return
     if result.already_complete:
         state.console.print(f"{out} already holds a finished run; use --restart to train again")
-    rows = {"checkpoint": str(result.best_path), "parameters": f"{result.parameters / 1e6:.2f} M", "slices/s": result.slices_per_second}
-    rows.update({k: v for k, v in result.best_metrics.items() if k in ("epoch", "psnr", "ssim", "val_loss") or k.startswith("dice_")})
+    rows = {"checkpoint": str(result.path), "parameters": f"{result.parameters / 1e6:.2f} M", "slices/s": result.items_per_second}
+    rows.update({k: v for k, v in result.best.items() if k in ("epoch", "psnr", "ssim", "val_loss") or k.startswith("dice_")})
     rows.update(common.scale_rows(result))
     common.console.print(common.results_table("train-ae: best checkpoint (held-out cases)", rows))

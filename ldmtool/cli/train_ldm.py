@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ldmtool.cli import common
+from ldmtool.config import LDMTrainConfig
 
 MODEL = "Model"
 TRAIN = "Training"
@@ -24,20 +25,20 @@ def train_ldm(
     channels: Annotated[Optional[str], typer.Option(help="UNet channels per level, e.g. 32,64,64.", rich_help_panel=MODEL)] = None,
     objective: Annotated[Optional[str], typer.Option(help="eps | v | flow (rectified flow, sampled with --sampler euler).", rich_help_panel=MODEL)] = None,
     condition_on: Annotated[Optional[str], typer.Option(help="none | lesion: condition on lesion volume/centroid/extent.", rich_help_panel=MODEL)] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Optimisation steps (wins over --epochs).", rich_help_panel=TRAIN)] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Passes over the training volumes.", rich_help_panel=TRAIN)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Latent volumes per batch.", rich_help_panel=TRAIN)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate.", rich_help_panel=TRAIN)] = None,
-    max_minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes.", rich_help_panel=TRAIN)] = None,
-    ema_decay: Annotated[Optional[float], typer.Option(help="EMA decay of the weights used for sampling.", rich_help_panel=TRAIN)] = None,
-    lesion_weight: Annotated[Optional[float], typer.Option(help="Extra loss weight of latent voxels over lesions (1 + this).", rich_help_panel=TRAIN)] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16.", rich_help_panel=TRAIN)] = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option(help="Save the resumable training state every N steps (also every 10 min).", rich_help_panel=TRAIN)] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimisation steps (wins over --epochs).", show_default=common.default(LDMTrainConfig, "steps"), rich_help_panel=TRAIN)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Passes over the training volumes.", show_default=common.default(LDMTrainConfig, "epochs"), rich_help_panel=TRAIN)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Latent volumes per batch (per process).", show_default=common.default(LDMTrainConfig, "batch_size"), rich_help_panel=TRAIN)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate.", show_default=common.default(LDMTrainConfig, "lr"), rich_help_panel=TRAIN)] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes.", show_default=common.default(LDMTrainConfig, "max_minutes"), rich_help_panel=TRAIN)] = None,
+    ema_decay: Annotated[Optional[float], typer.Option(help="EMA decay of the weights used for sampling (the checkpoint is the latest EMA).", show_default=common.default(LDMTrainConfig, "ema_decay"), rich_help_panel=TRAIN)] = None,
+    lesion_weight: Annotated[Optional[float], typer.Option(help="Extra loss weight of latent voxels over lesions (1 + this).", show_default=common.default(LDMTrainConfig, "lesion_weight"), rich_help_panel=TRAIN)] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16.", show_default=common.default(LDMTrainConfig, "precision"), rich_help_panel=TRAIN)] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Save the resumable training state every N steps (also every 10 min and at the end).", show_default=common.default(LDMTrainConfig, "checkpoint_every"), rich_help_panel=TRAIN)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Go on from the training state in --out (an error if there is none). Without it a state there is picked up automatically.", rich_help_panel=TRAIN)] = False,
     restart: Annotated[bool, typer.Option("--restart", help="Ignore and replace a training state in --out.", rich_help_panel=TRAIN)] = False,
 ) -> None:
     """Encode volumes slice by slice into latent volumes and train the 3D denoising UNet."""
-    from ldmtool.config import DenoiserConfig, TrainConfig, load_yaml
+    from ldmtool.config import DenoiserConfig, load_yaml
     from ldmtool.data.prepared import prepare_dataset
     from ldmtool.data.preprocess import PreprocessConfig
     from ldmtool.errors import LdmError
@@ -51,11 +52,10 @@ def train_ldm(
         cfg, "denoiser", DenoiserConfig,
         {"channels": common.ints(channels, None, "--channels"), "objective": objective, "condition_on": condition_on},
     )
-    defaults = {"batch_size": 4, "epochs": 100}
-    train_cfg = common.section(
-        {"ldm_train": {**defaults, **(cfg.get("ldm_train") or {})}}, "ldm_train", TrainConfig,
-        {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr, "max_minutes": max_minutes, "ema_decay": ema_decay, "lesion_weight": lesion_weight, "precision": precision, "checkpoint_every": checkpoint_every},
-    )
+    train_cfg = common.section(cfg, "ldm_train", LDMTrainConfig, {
+        "steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr, "max_minutes": max_minutes, "ema_decay": ema_decay,
+        "lesion_weight": lesion_weight, "precision": precision, "checkpoint_every": checkpoint_every,
+    })
     mode = common.resume_mode(resume, restart)
     with common.training_session(state, out, mode) as (info, stop):
         device = info.device
@@ -83,9 +83,9 @@ def train_ldm(
         state.console.print(f"{out} already holds a finished run (step {last.get('step', '?')}); use --restart to train again")
     rows = {
         "checkpoint": str(result.path),
-        "latent volume (C, D, h, w)": "×".join(map(str, result.latent_shape)),
+        "latent volume (C, D, h, w)": "×".join(map(str, result.summary["latent_shape"])),
         "parameters": f"{result.parameters / 1e6:.2f} M",
-        "latent volumes/s": result.volumes_per_second,
+        "latent volumes/s": result.items_per_second,
         "steps": last.get("step", 0),
         "train loss (EMA of batches)": last.get("train_loss", float("nan")),
         **common.scale_rows(result),

@@ -2,43 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import math
-import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ldmtool.config import AELossConfig, AutoencoderConfig, TrainConfig, to_dict
+from ldmtool.config import AELossConfig, AETrainConfig, AutoencoderConfig, to_dict
 from ldmtool.data.prepared import PreparedData
 from ldmtool.diffusion.pipeline import decode_latents, encode_volume
-from ldmtool.io.atomic import atomic_write_text
+from ldmtool.errors import LdmError
 from ldmtool.models.autoencoder import SliceAutoencoder
 from ldmtool.models.position import slice_positions
-from ldmtool.models.checkpoint import save_checkpoint, write_config_json
-from ldmtool.errors import LdmError
-from ldmtool.runtime import autocast, progress
-from ldmtool.train.common import count_parameters, grad_scaler, optimizer_step, warmup_cosine
-from ldmtool.train.distributed import DistInfo, StopFlag, finish, step_sync, wrap_ddp
-from ldmtool.train.state import previous_run, restore, save_state, step_generator
-
-
-@dataclass
-class AETrainResult:
-    best_path: Path
-    best_metrics: dict[str, float]
-    history: list[dict[str, float]]
-    slices_per_second: float
-    parameters: int
-    world_size: int = 1
-    effective_batch_size: int = 0
-    lr: float = 0.0
-    resumed_from: int | None = None
-    in_sync: bool | None = None
-    already_complete: bool = False
+from ldmtool.runtime import autocast
+from ldmtool.train.distributed import DistInfo, StopFlag
+from ldmtool.train.loop import LoopState, Trainer, TrainResult, run_training
+from ldmtool.train.state import step_generator
 
 
 def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
@@ -183,13 +164,85 @@ def validate_autoencoder(ae: SliceAutoencoder, data: PreparedData, loss_fn: AELo
     return out
 
 
+class AutoencoderTrainer(Trainer):
+    """The slice autoencoder for `run_training`: batches of slices, L1 + label + KL (+ SSIM) loss,
+    validation on held-out volumes; best checkpoint: the lowest held-out loss (without held-out
+    cases: the lowest training L1 + label loss of an epoch). Also keeps last.safetensors."""
+
+    kind, label, unit = "autoencoder", "train-ae", "slices"
+    best_key, best_mode, keep_last, clip_grad = "val_loss", "min", True, None
+
+    def __init__(self, data: PreparedData, *, model_cfg: AutoencoderConfig, loss_cfg: AELossConfig, train_cfg: AETrainConfig,
+                 preprocess: dict, info: DistInfo, seed: int = 0, missing_rate: float = 0.0) -> None:
+        self.cfg, self.info, self.seed, self.loss_cfg = train_cfg, info, seed, loss_cfg
+        device = info.device
+        torch.manual_seed(seed)
+        self.train, self.val = data.split(train_cfg.val_fraction, seed)
+        self.model = SliceAutoencoder(model_cfg, image_channels=1, num_classes=data.num_classes).to(device)
+        self.loss_fn = AELoss(loss_cfg, data.num_classes).to(device)
+        self.sampler = SliceSampler(self.train, train_cfg.batch_size, loss_cfg.lesion_oversample, seed, info.rank, info.world)
+        self.steps_per_epoch = len(self.sampler)
+        self.depth = data.images.shape[1]
+        self.config = self._checkpoint_config(data, model_cfg, preprocess, missing_rate)
+        self.settings = {
+            "model": to_dict(model_cfg), "loss": to_dict(loss_cfg), "preprocess": preprocess, "cases": data.case_ids, "seed": seed,
+            "shape": list(data.images.shape), "world": info.world, "missing": data.missing_fraction,
+        }
+
+    def _checkpoint_config(self, data: PreparedData, model_cfg: AutoencoderConfig, preprocess: dict, missing_rate: float) -> dict:
+        d, h, w = data.images.shape[1:]
+        ranges = data.intensity_ranges
+        return {
+            "kind": self.kind, "model": to_dict(model_cfg), "loss": to_dict(self.loss_cfg), "train": to_dict(self.cfg),
+            "preprocess": preprocess, "num_classes": data.num_classes, "label_names": data.label_names,
+            "slice_shape": [h, w], "depth": d, "volume_shape": list(data.volume_shape),
+            "reference_affine": np.asarray(data.affines[0]).tolist(),
+            "intensity_range": [float(np.mean([r[0] for r in ranges])), float(np.mean([r[1] for r in ranges]))] if ranges else None,
+            "missing_fraction": data.missing_fraction,
+            "missing_rate": missing_rate,  # simulated MCAR rate (train-ldm draws the same masks by default)
+            "train_cases": self.train.case_ids, "val_cases": [] if self.val is None else self.val.case_ids, "seed": self.seed,
+        }
+
+    def epoch_batches(self, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        self.sampler.set_epoch(epoch)
+        return list(self.sampler)
+
+    def train_step(self, net, batch, step):
+        case_idx, slice_idx = batch
+        ae, train, device = self.model, self.train, self.info.device
+        ae.train()
+        image = train.images[case_idx, slice_idx][:, None].to(device)
+        label = None if train.labels is None else train.labels[case_idx, slice_idx].to(device)
+        obs = None if train.observed is None else train.observed[case_idx, slice_idx][:, None].to(device, torch.float32)
+        pos = (slice_idx.float() / max(self.depth - 1, 1)).to(device)
+        with autocast(device, self.cfg.precision):
+            out, z_mu, z_sigma = net(ae.make_input(image, label, obs), pos, self.loss_cfg.latent_noise)
+        img, logits = ae.split(out.float())
+        loss, parts = self.loss_fn(img, logits, image, label, z_mu.float(), z_sigma.float(), obs)
+        return loss, parts, len(slice_idx)
+
+    def train_metrics(self, loop: LoopState) -> dict[str, float]:
+        return {f"train_{k}": v / self.steps_per_epoch for k, v in loop.epoch_sums.items()}
+
+    def validation_step(self) -> dict[str, float]:
+        # every rank validates (MONAI's metrics all-gather when a process group exists)
+        return {} if self.val is None else validate_autoencoder(self.model, self.val, self.loss_fn)
+
+    def score(self, row: dict[str, Any]) -> float:
+        return row["val_loss"] if "val_loss" in row else row.get("train_l1", 0.0) + row.get("train_label", 0.0)
+
+    def report(self, row: dict[str, Any]) -> str:
+        shown = "  ".join(f"{k} {v:.3f}" for k, v in row.items() if v is not None and (k in ("psnr", "ssim") or k.startswith("dice_")))
+        return f"epoch {row['epoch']}  loss {self.score(row):.4f}  {shown}"
+
+
 def train_autoencoder(
     data: PreparedData,
     out_dir: Path,
     *,
     model_cfg: AutoencoderConfig,
     loss_cfg: AELossConfig,
-    train_cfg: TrainConfig,
+    train_cfg: AETrainConfig,
     preprocess: dict,
     device: torch.device,
     seed: int = 0,
@@ -198,152 +251,12 @@ def train_autoencoder(
     resume: str = "never",
     stop: StopFlag | None = None,
     missing_rate: float = 0.0,
-) -> AETrainResult:
-    """Fit the slice autoencoder; keep the best checkpoint by held-out loss.
+) -> TrainResult:
+    """Fit the slice autoencoder; model.safetensors is the checkpoint of the lowest held-out loss.
 
-    `dist`, `resume` and `stop` as in `train_latent_diffusion`: `batch_size` slices per process
-    and step, DDP gradients, rank 0 validates and writes; a resumed run goes on at the same batch
-    of the same epoch.
-    """
+    `dist`: the torchrun process group (`batch_size` slices per process and step, DDP gradients,
+    rank 0 writes); `resume` and `stop` as in `run_training`."""
     info = dist or DistInfo(device=device)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    train, val = data.split(train_cfg.val_fraction, seed)
-    ae = SliceAutoencoder(model_cfg, image_channels=1, num_classes=data.num_classes).to(device)
-    loss_fn = AELoss(loss_cfg, data.num_classes).to(device)
-    opt = torch.optim.AdamW(ae.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    sampler = SliceSampler(train, train_cfg.batch_size, loss_cfg.lesion_oversample, seed, info.rank, info.world)
-    per_epoch = len(sampler)
-    total_steps = per_epoch * train_cfg.epochs
-    d, h, w = data.images.shape[1:]
-    config = {
-        "kind": "autoencoder",
-        "model": to_dict(model_cfg),
-        "loss": to_dict(loss_cfg),
-        "train": to_dict(train_cfg),
-        "preprocess": preprocess,
-        "num_classes": data.num_classes,
-        "label_names": data.label_names,
-        "slice_shape": [h, w],
-        "depth": d,
-        "volume_shape": list(data.volume_shape),
-        "reference_affine": np.asarray(data.affines[0]).tolist(),
-        "intensity_range": [float(np.mean([r[0] for r in data.intensity_ranges])), float(np.mean([r[1] for r in data.intensity_ranges]))]
-        if data.intensity_ranges
-        else None,
-        "missing_fraction": data.missing_fraction,
-        "missing_rate": missing_rate,  # simulated MCAR rate (train-ldm draws the same masks by default)
-        "train_cases": train.case_ids,
-        "val_cases": [] if val is None else val.case_ids,
-        "seed": seed,
-    }
-    previous, settings, elapsed_before = previous_run(out_dir, resume, {
-        "model": to_dict(model_cfg), "loss": to_dict(loss_cfg), "preprocess": preprocess, "cases": data.case_ids, "seed": seed,
-        "shape": list(data.images.shape), "world": info.world, "missing": data.missing_fraction,
-    }, to_dict(train_cfg))
-    sched = warmup_cosine(opt, train_cfg.warmup_steps, total_steps, train_cfg.max_minutes, elapsed_before)
-    scaler = grad_scaler(device, train_cfg.precision)
-
-    history: list[dict[str, float]] = []
-    best = math.inf
-    best_metrics: dict[str, float] = {}
-    best_path = out_dir / "model.safetensors"
-    step, run = 0, {}
-    if previous is not None:
-        restore(previous, modules={"model": ae}, optimizer=opt, scheduler=sched, scaler=scaler)
-        m = previous.meta
-        step, run, history = previous.step, dict(m["epoch_sums"]), list(m["history"])
-        best = m["best_score"] if m["best_score"] is not None else math.inf
-        best_metrics = m["best_metrics"]
-    resumed_from = step if previous is not None else None
-    budget = None if train_cfg.max_minutes is None else 60 * train_cfg.max_minutes
-    result_args = dict(parameters=count_parameters(ae), world_size=info.world, effective_batch_size=train_cfg.batch_size * info.world,
-                       lr=train_cfg.lr, resumed_from=resumed_from)
-    if step >= total_steps or (budget is not None and elapsed_before >= budget):
-        return AETrainResult(best_path, best_metrics, history, 0.0, **result_args, already_complete=True)
-    net = wrap_ddp(ae, info)
-    t0 = time.perf_counter()
-    seen = 0
-    save_every = train_cfg.checkpoint_every  # besides every epoch end
-    last_save = time.perf_counter()
-
-    def write_state(complete: bool) -> None:
-        save_state(out_dir, modules={"model": ae}, optimizer=opt, scheduler=sched, scaler=scaler, meta={
-            "kind": "autoencoder", "settings": settings, "step": step, "total_steps": total_steps, "epoch_sums": run,
-            "history": history, "best_score": None if math.isinf(best) else best, "best_metrics": best_metrics,
-            "elapsed_seconds": elapsed_before + time.perf_counter() - t0, "complete": complete, "world_size": info.world,
-            "effective_batch_size": train_cfg.batch_size * info.world,
-        })
-
-    halt_reason = ""
-    start_epoch, position = divmod(step, per_epoch)
-    with progress(console) as bar:
-        task = bar.add_task("train-ae", total=total_steps, completed=step, rate="", info="")
-        for epoch in range(start_epoch, train_cfg.epochs):
-            sampler.set_epoch(epoch)
-            if epoch > start_epoch:
-                run = {}
-            for b, (case_idx, slice_idx) in enumerate(sampler):
-                if epoch == start_epoch and b < position:
-                    continue  # done before the run was resumed
-                ae.train()
-                image = train.images[case_idx, slice_idx][:, None].to(device)
-                label = None if train.labels is None else train.labels[case_idx, slice_idx].to(device)
-                obs = None if train.observed is None else train.observed[case_idx, slice_idx][:, None].to(device, torch.float32)
-                pos = (slice_idx.float() / max(d - 1, 1)).to(device)
-                with autocast(device, train_cfg.precision):
-                    out, z_mu, z_sigma = net(ae.make_input(image, label, obs), pos, loss_cfg.latent_noise)
-                img, logits = ae.split(out.float())
-                loss, parts = loss_fn(img, logits, image, label, z_mu.float(), z_sigma.float(), obs)
-                optimizer_step(loss, ae, opt, scaler, sched, clip=None)
-                step += 1
-                seen += len(slice_idx) * info.world
-                for k, v in parts.items():
-                    run[k] = run.get(k, 0.0) + v
-                out_of_time = budget is not None and elapsed_before + time.perf_counter() - t0 > budget
-                lv, (out_of_time, signalled) = step_sync(float(loss.detach()), [out_of_time, bool(stop and stop.requested)], info)
-                halt_reason = "signal" if signalled else ("time" if out_of_time else "")
-                rate = seen / (time.perf_counter() - t0)
-                bar.update(task, advance=1, rate=f"{rate:.0f} slices/s", info=f"epoch {epoch + 1} loss {lv:.4f}")
-                end_of_epoch = b == per_epoch - 1
-                timed_save = time.perf_counter() - last_save > 60 * train_cfg.checkpoint_minutes
-                if info.is_main and not end_of_epoch and (halt_reason == "signal" or timed_save or (save_every and step % save_every == 0)):
-                    write_state(complete=False)
-                    last_save = time.perf_counter()
-                if halt_reason:
-                    break
-            if halt_reason == "signal" and not end_of_epoch:
-                break  # mid-epoch: state saved above; validation happens when the epoch is finished
-            # every rank validates (MONAI's metrics all-gather when a process group exists, and the
-            # other ranks would wait for rank 0 anyway); rank 0 alone prints and writes
-            metrics = {"epoch": epoch + 1, "step": step, **{f"train_{k}": v / per_epoch for k, v in run.items()}}
-            if val is not None:
-                metrics.update(validate_autoencoder(ae, val, loss_fn))
-                score = metrics["val_loss"]
-            else:
-                score = metrics.get("train_l1", 0.0) + metrics.get("train_label", 0.0)
-            metrics["seconds"] = elapsed_before + time.perf_counter() - t0
-            history.append(metrics)
-            is_best = score < best
-            if is_best:
-                best, best_metrics = score, metrics
-            run = {}
-            if info.is_main:
-                shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if v is not None and (k in ("psnr", "ssim") or k.startswith("dice_")))
-                bar.console.print(f"epoch {epoch + 1}/{train_cfg.epochs}  loss {score:.4f}  {shown}")
-                save_checkpoint(out_dir / "last.safetensors", ae.state_dict(), {**config, "metrics": metrics})
-                if is_best:
-                    save_checkpoint(best_path, ae.state_dict(), {**config, "metrics": metrics})
-                atomic_write_text(out_dir / "history.json", json.dumps(history, indent=2))
-                write_state(complete=step >= total_steps or halt_reason == "time")
-                last_save = time.perf_counter()
-            if halt_reason:
-                if halt_reason == "time":
-                    bar.console.print(f"stopping: --max-minutes {train_cfg.max_minutes} reached")
-                break
-    in_sync = finish(info, ae, stop, halt_reason == "signal", step, total_steps, out_dir)
-    elapsed = time.perf_counter() - t0
-    if info.is_main:  # config.json beside the weights describes the best checkpoint
-        write_config_json(out_dir, {**config, "metrics": best_metrics})
-    return AETrainResult(best_path, best_metrics, history, seen / elapsed, **result_args, in_sync=in_sync)
+    trainer = AutoencoderTrainer(data, model_cfg=model_cfg, loss_cfg=loss_cfg, train_cfg=train_cfg, preprocess=preprocess,
+                                 info=info, seed=seed, missing_rate=missing_rate)
+    return run_training(trainer, out_dir, resume=resume, stop=stop, console=console)

@@ -3,43 +3,27 @@
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ldmtool.config import DenoiserConfig, TrainConfig, to_dict
+from ldmtool.config import DenoiserConfig, LDMTrainConfig, to_dict
 from ldmtool.data.lesions import ATTRIBUTES, lesion_attributes, lesion_class
 from ldmtool.data.prepared import PreparedData, slices_to_volume
 from ldmtool.diffusion.pipeline import encode_volume
 from ldmtool.diffusion.samplers import training_scheduler
 from ldmtool.errors import LdmError
-from ldmtool.io.atomic import atomic_path, atomic_write_text
+from ldmtool.io.atomic import atomic_path
 from ldmtool.models.autoencoder import SliceAutoencoder
+from ldmtool.models.checkpoint import file_sha256
 from ldmtool.models.denoiser import LatentDenoiser
-from ldmtool.models.checkpoint import file_sha256, save_checkpoint, write_config_json
 from ldmtool.runtime import autocast, progress
-from ldmtool.train.common import count_parameters, grad_scaler, optimizer_step, make_ema, warmup_cosine
-from ldmtool.train.distributed import DistInfo, StopFlag, barrier, finish, step_sync, wrap_ddp
-from ldmtool.train.state import previous_run, restore, save_state, step_generator
-
-
-@dataclass
-class LDMTrainResult:
-    path: Path
-    history: list[dict[str, float]]
-    volumes_per_second: float
-    parameters: int
-    latent_shape: tuple[int, ...]
-    world_size: int = 1
-    effective_batch_size: int = 0
-    lr: float = 0.0
-    resumed_from: int | None = None  # the step a resumed run went on from
-    in_sync: bool | None = None  # every rank ended with the same weights (None: one process)
-    already_complete: bool = False
+from ldmtool.train.common import make_ema
+from ldmtool.train.distributed import DistInfo, StopFlag, barrier
+from ldmtool.train.loop import Trainer, TrainResult, run_training
+from ldmtool.train.state import step_generator
 
 
 def lesion_latent_mask(labels: torch.Tensor, lesion_value: int, latent_hw: tuple[int, int]) -> torch.Tensor:
@@ -92,6 +76,139 @@ def dataset_attributes(data: PreparedData) -> np.ndarray:
     return np.stack(rows)
 
 
+def standardised_latents(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z, mean, std): latents standardised per channel (latent channels differ a lot in spread,
+    one scalar is not enough)."""
+    mean = latents.mean(dim=(0, 2, 3, 4))
+    std = latents.std(dim=(0, 2, 3, 4)).clamp_min(1e-6)
+    return (latents - mean[None, :, None, None, None]) / std[None, :, None, None, None], mean, std
+
+
+def standardised_attributes(data: PreparedData) -> tuple[torch.Tensor, dict[str, Any]]:
+    """(N, A) standardised lesion attributes and the conditioning record of the checkpoint."""
+    raw = dataset_attributes(data)
+    a_mean, a_std = raw.mean(0), raw.std(0) + 1e-6
+    record = {
+        "attributes": list(ATTRIBUTES),
+        "mean": a_mean.tolist(),
+        "std": a_std.tolist(),
+        "lesion_class": lesion_class(data.label_names),
+        "train_range": [raw.min(0).tolist(), raw.max(0).tolist()],
+    }
+    return torch.from_numpy((raw - a_mean) / a_std).float(), record
+
+
+class DenoiserTrainer(Trainer):
+    """The 3D latent denoiser for `run_training`: batches of standardised latent volumes, the
+    diffusion (or flow) loss with Min-SNR and lesion weights, an EMA of the weights.
+
+    Best checkpoint: by design the latest EMA weights (no score picks it; the held-out loss of the
+    EMA is recorded in history.json). Evaluated every 10% of the run, at most 500 steps apart."""
+
+    kind, label, unit = "latent-diffusion", "train-ldm", "vol"
+
+    def __init__(self, data: PreparedData, latents: torch.Tensor, ae_config: dict[str, Any], ae_hash: str, *,
+                 model_cfg: DenoiserConfig, train_cfg: LDMTrainConfig, info: DistInfo, seed: int = 0) -> None:
+        from torch.utils.data import DistributedSampler
+
+        self.cfg, self.info, self.seed, self.model_cfg = train_cfg, info, seed, model_cfg
+        device = info.device
+        self.z_all, mean, std = standardised_latents(latents)  # (N, L, D, h, w)
+        self.lesion_map = None  # (N, 1, D, h, w) uint8: latent voxels over a lesion, for the loss weight
+        if train_cfg.lesion_weight > 0 and data.labels is not None and data.num_classes > 1:
+            self.lesion_map = lesion_latent_mask(data.labels, lesion_class(data.label_names), tuple(latents.shape[-2:]))
+        condition = model_cfg.condition_on == "lesion"
+        self.attrs, cond_cfg = standardised_attributes(data) if condition else (None, {})
+        train_idx, self.val_idx = (torch.tensor(i, dtype=torch.long) for i in data.split_indices(train_cfg.val_fraction, seed))
+        self.train_idx = train_idx
+        self.model = LatentDenoiser(model_cfg, latents.shape[1], len(ATTRIBUTES) if condition else 0).to(device)
+        self.ema = make_ema(self.model, train_cfg.ema_decay)
+        if len(train_idx) < info.world:
+            raise LdmError(f"{len(train_idx)} training volumes cannot be shared by {info.world} processes")
+        # DistributedSampler: one shuffled order per epoch (seeded by seed + epoch), each rank its share
+        self.sampler = DistributedSampler(range(len(train_idx)), num_replicas=info.world, rank=info.rank, shuffle=True,
+                                          seed=seed, drop_last=True)
+        self.steps_per_epoch = max(1, len(self.sampler) // train_cfg.batch_size)
+        self.noise_sched = training_scheduler(model_cfg)
+        self.flow = model_cfg.objective == "flow"
+        self.alphas_cumprod = None if self.flow else self.noise_sched.alphas_cumprod.to(device)
+        self.latent_shape = tuple(latents.shape[1:])
+        self.settings = {"model": to_dict(model_cfg), "ae": ae_hash, "cases": data.case_ids, "seed": seed, "world": info.world}
+        self.config = {
+            "kind": self.kind, "model": to_dict(model_cfg), "train": to_dict(train_cfg), "latent_shape": list(self.latent_shape),
+            "latent_mean": mean.tolist(), "latent_std": std.tolist(), "conditioning": cond_cfg, "autoencoder_sha256": ae_hash,
+            "volume_shape": ae_config["volume_shape"], "reference_affine": ae_config["reference_affine"],
+            "label_names": ae_config["label_names"], "train_cases": [data.case_ids[i] for i in train_idx], "seed": seed,
+        }
+
+    def snr_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """Min-SNR-γ weights: min(SNR, γ)/SNR for ε, min(SNR, γ)/(SNR + 1) for v (1 when off, and
+        for flow, whose velocity target already has unit scale at every t)."""
+        gamma = self.cfg.min_snr_gamma
+        if gamma is None or self.flow:
+            return torch.ones_like(t, dtype=torch.float32)
+        snr = self.alphas_cumprod[t] / (1 - self.alphas_cumprod[t])
+        clipped = snr.clamp(max=gamma)
+        return (clipped / snr if self.model_cfg.objective == "eps" else clipped / (snr + 1)).float()
+
+    def loss_on(self, idx: torch.Tensor, net, g: torch.Generator | None) -> torch.Tensor:
+        """The weighted denoising loss of the volumes `idx`, noise and times drawn from `g`."""
+        device, sched, cfg = self.info.device, self.noise_sched, self.cfg
+        z0 = self.z_all[idx].to(device)
+        b = z0.shape[0]
+        noise = torch.randn(z0.shape, generator=g).to(device)
+        t = torch.randint(0, self.model_cfg.num_train_timesteps, (b,), generator=g).to(device)
+        zt = sched.add_noise(z0, noise, t)
+        if self.flow:  # MONAI RFlowScheduler: z_t = (1 − t/T) z_0 + (t/T) noise, velocity z_0 − noise
+            target = z0 - noise
+        elif self.model_cfg.objective == "eps":
+            target = noise
+        else:
+            target = sched.get_velocity(z0, noise, t)
+        a = m = None
+        if self.attrs is not None:
+            a = self.attrs[idx].to(device)
+            # drop single attributes (partial conditioning) and, cfg_dropout of the time, all of them
+            m = (torch.rand(a.shape, generator=g) > 0.3).float()
+            m = m * (torch.rand(b, 1, generator=g) > cfg.cfg_dropout).float()
+            m = m.to(device)
+        with autocast(device, cfg.precision):
+            pred = net(zt, t, a, m)
+        sq = (pred.float() - target).pow(2)
+        if self.lesion_map is None:
+            per_sample = sq.flatten(1).mean(1)
+        else:  # weighted mean: lesion regions count 1 + lesion_weight times, the loss keeps its scale
+            w = 1.0 + cfg.lesion_weight * self.lesion_map[idx].to(device, torch.float32)
+            per_sample = (sq * w).flatten(1).sum(1) / (w.flatten(1).sum(1) * sq.shape[1])
+        return (per_sample * self.snr_weight(t)).mean()
+
+    def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
+        self.sampler.set_epoch(epoch)
+        mine = self.train_idx[torch.tensor(list(self.sampler), dtype=torch.long)]
+        bs, per_rank = self.cfg.batch_size, len(self.sampler)
+        return [mine[s : s + bs] for s in range(0, max(per_rank - bs + 1, 1), bs)]
+
+    def train_step(self, net, batch, step):
+        self.model.train()
+        return self.loss_on(batch, net, step_generator(self.seed, self.info.rank, step)), {}, len(batch)
+
+    def validation_step(self) -> dict[str, float]:
+        if not len(self.val_idx):
+            return {}
+        with torch.no_grad():
+            vg = torch.Generator().manual_seed(1234)  # the same noise every time: comparable
+            return {"val_loss": float(self.loss_on(self.val_idx, self.ema.module.eval(), vg))}
+
+    def eval_every(self, total: int) -> int:
+        return max(1, min(total // 10 if total >= 10 else 1, 500))
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return self.ema.module.state_dict()
+
+    def summary(self) -> dict[str, Any]:
+        return {"latent_shape": self.latent_shape}
+
+
 def train_latent_diffusion(
     data: PreparedData,
     ae: SliceAutoencoder,
@@ -100,23 +217,20 @@ def train_latent_diffusion(
     out_dir: Path,
     *,
     model_cfg: DenoiserConfig,
-    train_cfg: TrainConfig,
+    train_cfg: LDMTrainConfig,
     device: torch.device,
     seed: int = 0,
     console=None,
     dist: DistInfo | None = None,
     resume: str = "never",
     stop: StopFlag | None = None,
-) -> LDMTrainResult:
-    """Encode the data set slice by slice, then fit the 3D denoiser on the latent volumes.
+) -> TrainResult:
+    """Encode the data set slice by slice (cached in `out_dir`), then fit the 3D denoiser on the
+    latent volumes; model.safetensors holds the latest EMA weights.
 
     `dist`: the torchrun process group (each process takes `batch_size` volumes of every step,
-    gradients are all-reduced by DDP, rank 0 alone writes). `resume`: "never" starts afresh,
-    "auto" goes on from a training state in `out_dir` when there is one, "must" requires one.
-    `stop`: a StopFlag; when it is raised the run saves its state and raises `Preempted`.
+    gradients are all-reduced by DDP, rank 0 alone writes); `resume` and `stop` as in `run_training`.
     """
-    from torch.utils.data import DistributedSampler
-
     info = dist or DistInfo(device=device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -130,180 +244,5 @@ def train_latent_diffusion(
     barrier(info)
     if not info.is_main:
         latents = encode_dataset(ae, data, cache, ae_hash, None)
-    # Per-channel standardisation: latent channels differ a lot in spread (one scalar is not enough).
-    mean = latents.mean(dim=(0, 2, 3, 4))
-    std = latents.std(dim=(0, 2, 3, 4)).clamp_min(1e-6)
-    z_all = (latents - mean[None, :, None, None, None]) / std[None, :, None, None, None]
-
-    lesion_map = None  # (N, 1, D, h, w) uint8: latent voxels over a lesion, for the loss weight
-    if train_cfg.lesion_weight > 0 and data.labels is not None and data.num_classes > 1:
-        lesion_map = lesion_latent_mask(data.labels, lesion_class(data.label_names), tuple(latents.shape[-2:]))
-
-    attrs = None
-    cond_cfg: dict[str, Any] = {}
-    condition = model_cfg.condition_on == "lesion"
-    if condition:
-        raw = dataset_attributes(data)
-        a_mean, a_std = raw.mean(0), raw.std(0) + 1e-6
-        attrs = torch.from_numpy((raw - a_mean) / a_std).float()
-        cond_cfg = {
-            "attributes": list(ATTRIBUTES),
-            "mean": a_mean.tolist(),
-            "std": a_std.tolist(),
-            "lesion_class": lesion_class(data.label_names),
-            "train_range": [raw.min(0).tolist(), raw.max(0).tolist()],
-        }
-
-    train_idx, val_idx = (torch.tensor(i, dtype=torch.long) for i in data.split_indices(train_cfg.val_fraction, seed))
-    model = LatentDenoiser(model_cfg, latents.shape[1], len(ATTRIBUTES) if condition else 0).to(device)
-    ema = make_ema(model, train_cfg.ema_decay)
-    opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    n_train = len(train_idx)
-    if n_train < info.world:
-        raise LdmError(f"{n_train} training volumes cannot be shared by {info.world} processes")
-    # DistributedSampler: one shuffled order per epoch (seeded by seed + epoch), each rank its share
-    sampler = DistributedSampler(range(n_train), num_replicas=info.world, rank=info.rank, shuffle=True, seed=seed, drop_last=True)
-    bs = train_cfg.batch_size
-    per_rank = len(sampler)
-    steps_per_epoch = max(1, per_rank // bs)
-    total = train_cfg.steps or steps_per_epoch * train_cfg.epochs
-    previous, settings, elapsed_before = previous_run(out_dir, resume, {
-        "model": to_dict(model_cfg), "ae": ae_hash, "cases": data.case_ids, "seed": seed, "world": info.world,
-    }, to_dict(train_cfg))
-    sched = warmup_cosine(opt, train_cfg.warmup_steps, total, train_cfg.max_minutes, elapsed_before)
-    scaler = grad_scaler(device, train_cfg.precision)
-    noise_sched = training_scheduler(model_cfg)
-    T = model_cfg.num_train_timesteps
-
-    config = {
-        "kind": "latent-diffusion",
-        "model": to_dict(model_cfg),
-        "train": to_dict(train_cfg),
-        "latent_shape": list(latents.shape[1:]),
-        "latent_mean": mean.tolist(),
-        "latent_std": std.tolist(),
-        "conditioning": cond_cfg,
-        "autoencoder_sha256": ae_hash,
-        "volume_shape": ae_config["volume_shape"],
-        "reference_affine": ae_config["reference_affine"],
-        "label_names": ae_config["label_names"],
-        "train_cases": [data.case_ids[i] for i in train_idx],
-        "seed": seed,
-    }
-
-    flow = model_cfg.objective == "flow"
-    alphas_cumprod = None if flow else noise_sched.alphas_cumprod.to(device)
-
-    def snr_weight(t: torch.Tensor) -> torch.Tensor:
-        """Min-SNR-γ weights: min(SNR, γ)/SNR for ε, min(SNR, γ)/(SNR + 1) for v (1 when off, and
-        for flow, whose velocity target already has unit scale at every t)."""
-        if train_cfg.min_snr_gamma is None or flow:
-            return torch.ones_like(t, dtype=torch.float32)
-        snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
-        clipped = snr.clamp(max=train_cfg.min_snr_gamma)
-        return (clipped / snr if model_cfg.objective == "eps" else clipped / (snr + 1)).float()
-
-    def loss_on(idx: torch.Tensor, net, g: torch.Generator | None) -> torch.Tensor:
-        z0 = z_all[idx].to(device)
-        b = z0.shape[0]
-        noise = torch.randn(z0.shape, generator=g).to(device)
-        t = torch.randint(0, T, (b,), generator=g).to(device)
-        zt = noise_sched.add_noise(z0, noise, t)
-        if flow:  # MONAI RFlowScheduler: z_t = (1 − t/T) z_0 + (t/T) noise, velocity z_0 − noise
-            target = z0 - noise
-        elif model_cfg.objective == "eps":
-            target = noise
-        else:
-            target = noise_sched.get_velocity(z0, noise, t)
-        a = m = None
-        if attrs is not None:
-            a = attrs[idx].to(device)
-            # drop single attributes (partial conditioning) and, cfg_dropout of the time, all of them
-            m = (torch.rand(a.shape, generator=g) > 0.3).float()
-            m = m * (torch.rand(b, 1, generator=g) > train_cfg.cfg_dropout).float()
-            m = m.to(device)
-        with autocast(device, train_cfg.precision):
-            pred = net(zt, t, a, m)
-        sq = (pred.float() - target).pow(2)
-        if lesion_map is None:
-            per_sample = sq.flatten(1).mean(1)
-        else:  # weighted mean: lesion regions count 1 + lesion_weight times, the loss keeps its scale
-            w = 1.0 + train_cfg.lesion_weight * lesion_map[idx].to(device, torch.float32)
-            per_sample = (sq * w).flatten(1).sum(1) / (w.flatten(1).sum(1) * sq.shape[1])
-        return (per_sample * snr_weight(t)).mean()
-
-    history: list[dict[str, float]] = []
-    step, seen, running = 0, 0, 0.0
-    if previous is not None:
-        restore(previous, modules={"model": model, "ema": ema}, optimizer=opt, scheduler=sched, scaler=scaler)
-        step, seen, running = previous.step, int(previous.meta["seen"]), float(previous.meta["running_loss"])
-        history = list(previous.meta.get("history", []))
-    resumed_from = step if previous is not None else None
-    budget = None if train_cfg.max_minutes is None else 60 * train_cfg.max_minutes
-    path = out_dir / "model.safetensors"
-    result_args = dict(parameters=count_parameters(model), latent_shape=tuple(latents.shape[1:]), world_size=info.world,
-                       effective_batch_size=bs * info.world, lr=train_cfg.lr, resumed_from=resumed_from)
-    if step >= total or (budget is not None and elapsed_before >= budget):
-        return LDMTrainResult(path, history, 0.0, **result_args, already_complete=True)
-    net = wrap_ddp(model, info)
-    t0 = time.perf_counter()
-    seen_here = 0
-    eval_every = max(1, min(total // 10 if total >= 10 else 1, 500))
-    save_every = train_cfg.checkpoint_every or eval_every
-    last_save = time.perf_counter()
-
-    def write_state(complete: bool) -> None:
-        elapsed = elapsed_before + time.perf_counter() - t0
-        save_state(out_dir, modules={"model": model, "ema": ema}, optimizer=opt, scheduler=sched, scaler=scaler, meta={
-            "kind": "latent-diffusion", "settings": settings, "step": step, "total_steps": total, "seen": seen,
-            "running_loss": running, "history": history, "elapsed_seconds": elapsed, "complete": complete,
-            "world_size": info.world, "effective_batch_size": bs * info.world,
-        })
-
-    halt_reason = ""
-    epoch, position = divmod(step, steps_per_epoch)
-    with progress(console) as bar:
-        task = bar.add_task("train-ldm", total=total, completed=step, rate="", info="")
-        while step < total and not halt_reason:
-            sampler.set_epoch(epoch)
-            mine = train_idx[torch.tensor(list(sampler), dtype=torch.long)]
-            batches = [mine[s : s + bs] for s in range(0, max(per_rank - bs + 1, 1), bs)]
-            for idx in batches[position:]:
-                model.train()
-                loss = loss_on(idx, net, step_generator(seed, info.rank, step))
-                optimizer_step(loss, model, opt, scaler, sched)
-                ema.update_parameters(model)
-                step += 1
-                seen += len(idx) * info.world
-                seen_here += len(idx) * info.world
-                out_of_time = budget is not None and elapsed_before + time.perf_counter() - t0 > budget
-                lv, (out_of_time, signalled) = step_sync(float(loss.detach()), [out_of_time, bool(stop and stop.requested)], info)
-                running = 0.98 * running + 0.02 * lv if step > 1 else lv
-                rate = seen_here / (time.perf_counter() - t0)
-                bar.update(task, advance=1, rate=f"{rate:.1f} vol/s", info=f"loss {running:.4f}")
-                halt_reason = "signal" if signalled else ("time" if out_of_time else "")
-                evaluate = step % eval_every == 0 or step == total or halt_reason
-                timed_save = time.perf_counter() - last_save > 60 * train_cfg.checkpoint_minutes
-                if info.is_main and (evaluate or step % save_every == 0 or timed_save):
-                    if evaluate:
-                        row = {"step": step, "train_loss": running, "seconds": elapsed_before + time.perf_counter() - t0}
-                        if len(val_idx):
-                            with torch.no_grad():
-                                vg = torch.Generator().manual_seed(1234)  # same noise every time: comparable
-                                row["val_loss"] = float(loss_on(val_idx, ema.module.eval(), vg))
-                        history.append(row)
-                        save_checkpoint(path, ema.module.state_dict(), {**config, "step": step, "metrics": row})
-                        atomic_write_text(out_dir / "history.json", json.dumps(history, indent=2))
-                    write_state(complete=step >= total or halt_reason == "time")
-                    last_save = time.perf_counter()
-                if step >= total or halt_reason:
-                    break
-            epoch, position = epoch + 1, 0
-        if halt_reason == "time":
-            bar.console.print(f"stopping: --max-minutes {train_cfg.max_minutes} reached at step {step}")
-    in_sync = finish(info, model, stop, halt_reason == "signal", step, total, out_dir)
-    if info.is_main:
-        write_config_json(out_dir, {**config, "step": step, "metrics": history[-1] if history else {}})
-    elapsed = time.perf_counter() - t0
-    return LDMTrainResult(path, history, seen_here / elapsed, **result_args, in_sync=in_sync)
-
+    trainer = DenoiserTrainer(data, latents, ae_config, ae_hash, model_cfg=model_cfg, train_cfg=train_cfg, info=info, seed=seed)
+    return run_training(trainer, out_dir, resume=resume, stop=stop, console=console)

@@ -15,9 +15,6 @@ volumes of 48×48×24, 2 DDIM steps: Dice head / lesion 0.89 / 0.04 with `paper`
 
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,27 +22,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ldmtool.config import SegLossConfig, SegModelConfig, TrainConfig, to_dict
+from ldmtool.config import SegLossConfig, SegModelConfig, SegTrainConfig, to_dict
 from ldmtool.data.prepared import PreparedData
 from ldmtool.errors import LdmError
-from ldmtool.io.atomic import atomic_write_text
 from ldmtool.pipelines.segmenter import DEFAULT_STEPS, LATENT_CLIP, pad_to_multiple, predict_volume
 from ldmtool.models.ldseg import LDSeg, build_segmenter, seg_schedule, size_multiple
-from ldmtool.models.checkpoint import save_checkpoint, write_config_json
-from ldmtool.runtime import autocast, progress
-from ldmtool.train.common import count_parameters, grad_scaler, optimizer_step, warmup_cosine
-from ldmtool.train.state import previous_run, restore, save_state, step_generator
+from ldmtool.runtime import autocast
+from ldmtool.train.autoencoder import SliceSampler
+from ldmtool.train.distributed import DistInfo, StopFlag
+from ldmtool.train.loop import LoopState, Trainer, TrainResult, run_training
+from ldmtool.train.state import step_generator
 
 KIND = "segmenter"
-@dataclass
-class SegTrainResult:
-    path: Path
-    history: list[dict[str, float]]
-    parameters: int
-    seconds: float
-    best: dict[str, float]
-    resumed_from: int | None = None
-    already_complete: bool = False
 
 
 def dice_per_class(pred: torch.Tensor, truth: torch.Tensor, num_classes: int) -> list[float]:
@@ -68,36 +56,12 @@ def _loss_fn(cfg: SegLossConfig):
                       lambda_dice=cfg.dice_weight, lambda_ce=1.0)
 
 
-def train_segmenter(
-    data: PreparedData,
-    out_dir: Path,
-    model_cfg: SegModelConfig,
-    loss_cfg: SegLossConfig,
-    train_cfg: TrainConfig,
-    preprocess: dict[str, Any],
-    device: torch.device,
-    *,
-    seed: int = 0,
-    console=None,
-    resume: str = "never",
-    stop=None,
-    val_steps: int = DEFAULT_STEPS,
-) -> SegTrainResult:
-    """Fit a segmenter to `data` (labels required); best checkpoint (mean validation Dice) in `out_dir`."""
-    from ldmtool.train.autoencoder import SliceSampler
-    from ldmtool.train.distributed import DistInfo, finish
-
+def check_segmentation_data(data: PreparedData, model_cfg: SegModelConfig) -> None:
+    """One-line errors for data a segmenter cannot train on (no labels, too small for the model)."""
     if data.labels is None:
         raise LdmError("train-seg needs labels (imagesTr/ + labelsTr/ + dataset.json)")
-    num_classes = data.num_classes
-    if num_classes < 2:
+    if data.num_classes < 2:
         raise LdmError("train-seg needs at least one foreground class in dataset.json")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    train_idx, val_idx = data.split_indices(train_cfg.val_fraction, seed)
-    train = data.subset(train_idx)
-    val = data.subset(val_idx) if val_idx else None
     mult = size_multiple(model_cfg)
     d, h, w = data.images.shape[1:]
     if model_cfg.dims == 3 and min(d, h, w) < mult:
@@ -106,166 +70,132 @@ def train_segmenter(
     if model_cfg.dims == 2 and min(h, w) < mult:
         raise LdmError(f"slices of {h}×{w} are too small for this model (it downsamples by {mult}); use fewer --channels levels")
 
-    model = build_segmenter(model_cfg, num_classes).to(device)
-    ldseg = isinstance(model, LDSeg)
-    opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    if model_cfg.dims == 2:
-        sampler = SliceSampler(train, train_cfg.batch_size, loss_cfg.oversample, seed)
-        steps_per_epoch = len(sampler)
-    else:
-        sampler = None
-        steps_per_epoch = max(1, len(train_idx) // train_cfg.batch_size)
-    total = train_cfg.steps or steps_per_epoch * train_cfg.epochs
-    previous, settings, elapsed_before = previous_run(out_dir, resume, {
-        "kind": KIND, "model": to_dict(model_cfg), "loss": to_dict(loss_cfg), "cases": data.case_ids, "seed": seed,
-        "preprocess": preprocess,
-    }, to_dict(train_cfg))
-    sched = warmup_cosine(opt, train_cfg.warmup_steps, total, train_cfg.max_minutes, elapsed_before)
-    scaler = grad_scaler(device, train_cfg.precision)
-    loss_fn = _loss_fn(loss_cfg)
-    noise_sched = None
-    if ldseg:
-        from ldmtool.diffusion.samplers import training_scheduler
 
-        noise_sched = training_scheduler(seg_schedule(model_cfg))
-        alphas = noise_sched.alphas_cumprod.to(device)
+class SegmenterTrainer(Trainer):
+    """LDSeg or the UNet baseline for `run_training` (one process): batches of slices (2D, a share
+    from slices holding the rarest class) or volumes (3D); validation Dice per class on held-out
+    cases at every epoch end. Best checkpoint: the highest mean held-out Dice (without held-out
+    cases: the lowest running training loss)."""
 
-    config = {
-        "kind": KIND,
-        "model": to_dict(model_cfg),
-        "loss": to_dict(loss_cfg),
-        "train": to_dict(train_cfg),
-        "preprocess": preprocess,
-        "label_names": data.label_names,
-        "num_classes": num_classes,
-        "train_cases": [data.case_ids[i] for i in train_idx],
-        "val_cases": [data.case_ids[i] for i in val_idx],
-        "seed": seed,
-    }
+    kind, label = KIND, "train-seg"
+    best_key, best_mode = "dice_mean", "max"
 
-    def epoch_batches(epoch: int) -> list[tuple[torch.Tensor, ...]]:
-        """The epoch's batches as index tuples into the training arrays: (case, slice) indices in
-        2D, case indices in 3D; a function of (seed, epoch), so a resumed run sees the same ones."""
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-            return list(sampler)
-        order = torch.randperm(len(train_idx), generator=step_generator(seed, 0, epoch, 0x3D))
-        bs = train_cfg.batch_size
-        return [(order[s : s + bs],) for s in range(0, steps_per_epoch * bs, bs)]
+    def __init__(self, data: PreparedData, *, model_cfg: SegModelConfig, loss_cfg: SegLossConfig, train_cfg: SegTrainConfig,
+                 preprocess: dict[str, Any], device: torch.device, seed: int = 0, val_steps: int = DEFAULT_STEPS) -> None:
+        check_segmentation_data(data, model_cfg)
+        self.cfg, self.info, self.seed = train_cfg, DistInfo(device=device), seed
+        self.model_cfg, self.loss_cfg, self.val_steps = model_cfg, loss_cfg, val_steps
+        self.num_classes, self.label_names = data.num_classes, data.label_names
+        torch.manual_seed(seed)
+        train_idx, val_idx = data.split_indices(train_cfg.val_fraction, seed)
+        self.train, self.n_train = data.subset(train_idx), len(train_idx)
+        self.val = data.subset(val_idx) if val_idx else None
+        self.mult = size_multiple(model_cfg)
+        self.model = build_segmenter(model_cfg, data.num_classes).to(device)
+        self.ldseg = isinstance(self.model, LDSeg)
+        self.unit = "slices" if model_cfg.dims == 2 else "volumes"
+        self.sampler = SliceSampler(self.train, train_cfg.batch_size, loss_cfg.oversample, seed) if model_cfg.dims == 2 else None
+        self.steps_per_epoch = len(self.sampler) if self.sampler is not None else max(1, self.n_train // train_cfg.batch_size)
+        self.loss_fn = _loss_fn(loss_cfg)
+        if self.ldseg:
+            from ldmtool.diffusion.samplers import training_scheduler
 
-    def batch_of(sel: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        x, _ = pad_to_multiple(train.images[sel][:, None], mult, model_cfg.dims)
-        y, _ = pad_to_multiple(train.labels[sel], mult, model_cfg.dims)
-        return x.to(device), y.to(device)
+            self.noise_sched = training_scheduler(seg_schedule(model_cfg))
+            self.alphas = self.noise_sched.alphas_cumprod.to(device)
+        self.settings = {"kind": KIND, "model": to_dict(model_cfg), "loss": to_dict(loss_cfg), "cases": data.case_ids,
+                         "seed": seed, "preprocess": preprocess}
+        self.config = {
+            "kind": KIND, "model": to_dict(model_cfg), "loss": to_dict(loss_cfg), "train": to_dict(train_cfg),
+            "preprocess": preprocess, "label_names": data.label_names, "num_classes": data.num_classes,
+            "train_cases": [data.case_ids[i] for i in train_idx], "val_cases": [data.case_ids[i] for i in val_idx], "seed": seed,
+        }
 
-    def loss_on(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        with autocast(device, train_cfg.precision):
-            if not ldseg:
+    def epoch_batches(self, epoch: int) -> list[tuple[torch.Tensor, ...]]:
+        """Index tuples into the training arrays: (case, slice) in 2D, (case,) in 3D."""
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+            return list(self.sampler)
+        order = torch.randperm(self.n_train, generator=step_generator(self.seed, 0, epoch, 0x3D))
+        bs = self.cfg.batch_size
+        return [(order[s : s + bs],) for s in range(0, self.steps_per_epoch * bs, bs)]
+
+    def train_step(self, net, batch, step):
+        self.model.train()
+        dims, device = self.model_cfg.dims, self.info.device
+        x, _ = pad_to_multiple(self.train.images[batch][:, None], self.mult, dims)
+        y, _ = pad_to_multiple(self.train.labels[batch], self.mult, dims)
+        loss, parts = self.loss_on(x.to(device), y.to(device), step_generator(self.seed, 0, step))
+        return loss, parts, x.shape[0]
+
+    def loss_on(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        """CE + γ·Dice on the (decoded) logits, + λ·MSE on the noise for LDSeg."""
+        model, cfg, device = self.model, self.model_cfg, self.info.device
+        with autocast(device, self.cfg.precision):
+            if not self.ldseg:
                 logits = model(x)
                 parts = {}
             else:
                 z_label = model.encode_label(y)
                 z_image = model.encode_image(x)
                 noise = torch.randn(z_label.shape, generator=g).to(device)
-                t = torch.randint(0, model_cfg.num_train_timesteps, (x.shape[0],), generator=g).to(device)
-                z_t = noise_sched.add_noise(z_label, noise, t)
+                t = torch.randint(0, cfg.num_train_timesteps, (x.shape[0],), generator=g).to(device)
+                z_t = self.noise_sched.add_noise(z_label, noise, t)
                 eps = model.predict_noise(z_t, t, z_image)
-                if model_cfg.decoder_input == "paper":
+                if cfg.decoder_input == "paper":
                     z0 = z_t - eps
                 else:
-                    a = alphas[t].reshape(-1, *([1] * (z_t.ndim - 1)))
+                    a = self.alphas[t].reshape(-1, *([1] * (z_t.ndim - 1)))
                     z0 = ((z_t - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-LATENT_CLIP, LATENT_CLIP)
                 logits = model.decode(z0)
-                parts = {"mse": loss_cfg.mse_weight * F.mse_loss(eps.float(), noise)}
-        parts["dice_ce"] = loss_fn(logits.float(), y[:, None].long())
+                parts = {"mse": self.loss_cfg.mse_weight * F.mse_loss(eps.float(), noise)}
+        parts["dice_ce"] = self.loss_fn(logits.float(), y[:, None].long())
         return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
 
-    def validate() -> dict[str, float]:
-        if val is None:
+    def validation_step(self) -> dict[str, float]:
+        """Dice per foreground class on the held-out volumes (DDIM with `val_steps` steps), and their mean."""
+        if self.val is None:
             return {}
-        model.eval()
+        self.model.eval()
         scores = []
-        for i in range(len(val.case_ids)):
-            g = torch.Generator().manual_seed(seed + i)
-            probs, _ = predict_volume(model, model_cfg, val.images[i], steps=val_steps, generator=g, device=device,
-                                      precision=train_cfg.precision)
-            scores.append(dice_per_class(probs.argmax(0), val.labels[i], num_classes))
+        for i in range(len(self.val.case_ids)):
+            g = torch.Generator().manual_seed(self.seed + i)
+            probs, _ = predict_volume(self.model, self.model_cfg, self.val.images[i], steps=self.val_steps, generator=g,
+                                      device=self.info.device, precision=self.cfg.precision)
+            scores.append(dice_per_class(probs.argmax(0), self.val.labels[i], self.num_classes))
         mean = np.mean(scores, axis=0)
-        names = {v: k for k, v in data.label_names.items()}
-        out = {f"dice_{names.get(c, c)}": float(mean[c - 1]) for c in range(1, num_classes)}
+        names = {v: k for k, v in self.label_names.items()}
+        out = {f"dice_{names.get(c, c)}": float(mean[c - 1]) for c in range(1, self.num_classes)}
         out["dice_mean"] = float(mean.mean())
         return out
 
-    history: list[dict[str, float]] = []
-    step, running, best = 0, 0.0, {}
-    if previous is not None:
-        restore(previous, modules={"model": model}, optimizer=opt, scheduler=sched, scaler=scaler)
-        step, running = previous.step, float(previous.meta["running_loss"])
-        history = list(previous.meta.get("history", []))
-        best = dict(previous.meta.get("best", {}))
-    resumed_from = step if previous is not None else None
-    budget = None if train_cfg.max_minutes is None else 60 * train_cfg.max_minutes
-    path = out_dir / "model.safetensors"
-    if step >= total or (budget is not None and elapsed_before >= budget):
-        return SegTrainResult(path, history, count_parameters(model), 0.0, best, resumed_from, already_complete=True)
+    def train_metrics(self, loop: LoopState) -> dict[str, float]:
+        return {"train_loss": loop.running_loss}
 
-    def write_state(complete: bool) -> None:
-        save_state(out_dir, modules={"model": model}, optimizer=opt, scheduler=sched, scaler=scaler, meta={
-            "kind": KIND, "settings": settings, "step": step, "total_steps": total, "running_loss": running,
-            "history": history, "best": best, "elapsed_seconds": elapsed_before + time.perf_counter() - t0,
-            "complete": complete, "world_size": 1, "effective_batch_size": train_cfg.batch_size,
-        })
+    def score(self, row: dict[str, Any]) -> float:
+        return row.get("dice_mean", -row["train_loss"])  # no held-out cases: the lowest training loss
 
-    t0 = time.perf_counter()
-    last_save = t0
-    halt = ""
-    epoch, position = divmod(step, steps_per_epoch)
-    unit = "slices" if model_cfg.dims == 2 else "volumes"
-    with progress(console) as bar:
-        task = bar.add_task("train-seg", total=total, completed=step, rate="", info="")
-        while step < total and not halt:
-            batches = epoch_batches(epoch)
-            for b in range(position, steps_per_epoch):
-                model.train()
-                x, y = batch_of(batches[b])
-                loss, parts = loss_on(x, y, step_generator(seed, 0, step))
-                optimizer_step(loss, model, opt, scaler, sched)
-                step += 1
-                lv = float(loss.detach())
-                running = 0.98 * running + 0.02 * lv if step > 1 else lv
-                elapsed = time.perf_counter() - t0
-                rate = (step - (resumed_from or 0)) * x.shape[0] / max(elapsed, 1e-9)
-                bar.update(task, advance=1, rate=f"{rate:.1f} {unit}/s", info=f"epoch {epoch + 1} loss {running:.4f}")
-                if budget is not None and elapsed_before + elapsed > budget:
-                    halt = "time"
-                elif stop is not None and stop.requested:
-                    halt = "signal"
-                end_of_epoch = b == steps_per_epoch - 1
-                final = step >= total or bool(halt)
-                since_save = time.perf_counter() - last_save
-                if end_of_epoch or final:
-                    row = {"epoch": epoch + 1, "step": step, "train_loss": running, **validate(),
-                           "seconds": elapsed_before + time.perf_counter() - t0}
-                    history.append(row)
-                    shown = "  ".join(f"{k} {v:.3f}" for k, v in row.items() if k.startswith("dice_"))
-                    bar.console.print(f"epoch {epoch + 1}  loss {running:.4f}  {shown}")
-                    score = row.get("dice_mean", -running)  # no validation cases: lowest training loss
-                    if not best or score >= best.get("score", -np.inf):
-                        best = {"score": score, **{k: v for k, v in row.items() if k != "seconds"}}
-                        save_checkpoint(path, model.state_dict(), {**config, "metrics": row})
-                    atomic_write_text(out_dir / "history.json", json.dumps(history, indent=2))
-                # the resumable state: at the end, every checkpoint_every steps or checkpoint_minutes,
-                # and at an epoch's end unless the last one is under a minute old (tiny data sets
-                # have epochs of a few steps: one state write each would dominate the run)
-                if final or (train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0) \
-                        or since_save > 60 * train_cfg.checkpoint_minutes or (end_of_epoch and since_save > 60):
-                    write_state(complete=step >= total or halt == "time")
-                    last_save = time.perf_counter()
-                if final:
-                    break
-            epoch, position = epoch + 1, 0
-        if halt == "time":
-            bar.console.print(f"stopping: --max-minutes {train_cfg.max_minutes} reached at step {step}")
-    finish(DistInfo(device=device), model, stop, halt == "signal", step, total, out_dir)
-    write_config_json(out_dir, {**config, "metrics": best})
-    return SegTrainResult(path, history, count_parameters(model), time.perf_counter() - t0, best, resumed_from)
+    def report(self, row: dict[str, Any]) -> str:
+        shown = "  ".join(f"{k} {v:.3f}" for k, v in row.items() if k.startswith("dice_"))
+        return f"epoch {row['epoch']}  loss {row['train_loss']:.4f}  {shown}"
+
+
+def train_segmenter(
+    data: PreparedData,
+    out_dir: Path,
+    model_cfg: SegModelConfig,
+    loss_cfg: SegLossConfig,
+    train_cfg: SegTrainConfig,
+    preprocess: dict[str, Any],
+    device: torch.device,
+    *,
+    seed: int = 0,
+    console=None,
+    resume: str = "never",
+    stop: StopFlag | None = None,
+    val_steps: int = DEFAULT_STEPS,
+) -> TrainResult:
+    """Fit a segmenter to `data` (labels required) in one process; model.safetensors in `out_dir`
+    is the checkpoint of the highest mean held-out Dice. `resume` and `stop` as in `run_training`."""
+    trainer = SegmenterTrainer(data, model_cfg=model_cfg, loss_cfg=loss_cfg, train_cfg=train_cfg, preprocess=preprocess,
+                               device=device, seed=seed, val_steps=val_steps)
+    return run_training(trainer, out_dir, resume=resume, stop=stop, console=console)

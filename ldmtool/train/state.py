@@ -33,7 +33,7 @@ from ldmtool.io.atomic import atomic_path, atomic_write_text
 STATE_NAME = "train_state.safetensors"
 SUMMARY_NAME = "state.json"
 META_KEY = "ldmtool_train_state"
-FORMAT = 1
+FORMAT = 2  # 2: the metadata of the one training loop (ldmtool.train.loop.LoopState)
 
 
 def step_generator(*keys: int) -> torch.Generator:
@@ -169,7 +169,7 @@ def restore(
 
 
 # Settings that may change between sessions of one run (the LR schedule follows a new length).
-CHANGEABLE = ("steps", "epochs", "max_minutes", "checkpoint_every", "checkpoint_minutes", "precision", "num_workers", "log_every")
+CHANGEABLE = ("steps", "epochs", "max_minutes", "checkpoint_every", "checkpoint_minutes", "precision")
 
 
 def previous_run(out_dir: Path, resume: str, settings: dict[str, Any], train: dict[str, Any]) -> tuple[TrainingState | None, str, float]:

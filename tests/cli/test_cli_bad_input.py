@@ -250,3 +250,25 @@ def test_error_suggests_only_existing_flags(cli, tmp_path, dicom_test_files):
     _check_one_line_error(r, contains="series")
     suggested = set(re.findall(r"(--[a-z][a-z-]+)", r.err))
     assert suggested <= _options("train-ae"), suggested - _options("train-ae")
+
+
+@pytest.mark.parametrize("command,args,contains", [
+    ("train-ldm", ("--steps", "0"), "steps must be ≥ 1"),  # not silently 200 steps
+    ("train-ae", ("--max-minutes", "0"), "max_minutes must be > 0"),  # not a results table naming a missing checkpoint
+    ("train-ae", ("--max-minutes", "-1"), "max_minutes must be > 0"),
+    ("train-seg", ("--lr", "0"), "lr must be > 0"),
+    ("train-seg", ("--batch-size", "0"), "batch_size must be ≥ 1"),
+    ("train-ae", ("--val-fraction", "1"), "val_fraction must be in [0, 1)"),
+])
+def test_train_settings_out_of_range(cli, tmp_path, trained, command, args, contains):
+    extra = ("--ae", trained.ae) if command == "train-ldm" else ()
+    r = cli(command, trained.data, *extra, "--out", tmp_path / "o", *TINY, *args)
+    _check_one_line_error(r, contains=contains)
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_config_field_of_another_trainer_is_an_error(cli, tmp_path, trained):
+    cfg = tmp_path / "ae.yaml"
+    cfg.write_text("ae_train:\n  epochs: 1\n  ema_decay: 0.99\n")  # the autoencoder keeps no EMA
+    r = cli("train-ae", trained.data, "--out", tmp_path / "o", "--config", cfg)
+    _check_one_line_error(r, contains="ema_decay")

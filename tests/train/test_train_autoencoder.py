@@ -8,7 +8,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from ldmtool.config import AELossConfig, TrainConfig
+from ldmtool.config import AELossConfig, AETrainConfig
 from ldmtool.models.autoencoder import SliceAutoencoder
 from ldmtool.train.autoencoder import AELoss, SliceSampler, train_autoencoder, validate_autoencoder
 from ldmtool.models.loaders import load_autoencoder
@@ -87,7 +87,7 @@ def _train(data, out, ae_config, seed=0, epochs=3):
         warnings.simplefilter("ignore", UserWarning)
         return train_autoencoder(
             data, out, model_cfg=ae_config(), loss_cfg=AELossConfig(),
-            train_cfg=TrainConfig(epochs=epochs, batch_size=8, warmup_steps=2, lr=1e-3, val_fraction=0.25),
+            train_cfg=AETrainConfig(epochs=epochs, batch_size=8, warmup_steps=2, lr=1e-3, val_fraction=0.25),
             preprocess={"orientation": "RAS"}, device=torch.device("cpu"), seed=seed, console=QUIET,
         )
 
@@ -102,14 +102,14 @@ def test_train_autoencoder_tiny(tmp_path, phantom_data, ae_config, seed):
     assert [h["val_loss"] for h in history] == [h["val_loss"] for h in result.history]
     assert history[-1]["val_loss"] < history[0]["val_loss"]
     assert history[-1]["train_l1"] < history[0]["train_l1"]
-    assert result.best_path == out / "model.safetensors"
-    assert result.best_metrics["val_loss"] == min(h["val_loss"] for h in history)
+    assert result.path == out / "model.safetensors"
+    assert result.best["val_loss"] == min(h["val_loss"] for h in history)
 
     _, best_cfg = load_checkpoint(out / "model.safetensors", kind="autoencoder")
     _, last_cfg = load_checkpoint(out / "last.safetensors", kind="autoencoder")
     assert last_cfg["metrics"]["epoch"] == 3
-    assert best_cfg["metrics"]["val_loss"] == result.best_metrics["val_loss"]
-    assert best_cfg["metrics"]["epoch"] == result.best_metrics["epoch"]
+    assert best_cfg["metrics"]["val_loss"] == result.best["val_loss"]
+    assert best_cfg["metrics"]["epoch"] == result.best["epoch"]
     on_disk = json.loads((out / "config.json").read_text())
     assert json.dumps(on_disk, sort_keys=True) == json.dumps(best_cfg, sort_keys=True)  # (NaN-safe equality)
     assert best_cfg["num_classes"] == 3 and best_cfg["label_names"] == phantom_data.label_names

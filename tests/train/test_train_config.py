@@ -7,9 +7,11 @@ import pytest
 
 from ldmtool.config import (
     AELossConfig,
+    AETrainConfig,
     AutoencoderConfig,
     DenoiserConfig,
-    TrainConfig,
+    LDMTrainConfig,
+    SegTrainConfig,
     dumps,
     from_dict,
     load_yaml,
@@ -23,7 +25,9 @@ from ldmtool.errors import LdmError
     AutoencoderConfig(channels=(8, 16), norm_num_groups=4, latent_channels=3, attention=True, position_features=6),
     DenoiserConfig(channels=(8, 16, 16), norm_num_groups=4, objective="v", schedule="cosine", condition_on="lesion",
                    attention_levels=(False, True, True)),
-    TrainConfig(epochs=3, steps=7, batch_size=2, lr=1e-3, max_minutes=0.5, precision="fp32"),
+    AETrainConfig(epochs=3, steps=7, batch_size=2, lr=1e-3, max_minutes=0.5, precision="fp32"),
+    LDMTrainConfig(steps=7, ema_decay=0.99, min_snr_gamma=None, lesion_weight=2.0),
+    SegTrainConfig(epochs=2, val_fraction=0.2, checkpoint_every=5),
     AELossConfig(kl_weight=1e-5, ssim_weight=0.2),
 ])
 def test_round_trip_through_json(obj):
@@ -44,7 +48,7 @@ def test_to_dict_is_json_safe_and_from_dict_restores_tuples():
 
 
 def test_numeric_conversion():
-    cfg = from_dict(TrainConfig, {"lr": 1, "epochs": 2.0, "steps": None, "max_minutes": 3})
+    cfg = from_dict(LDMTrainConfig, {"lr": 1, "epochs": 2.0, "steps": None, "max_minutes": 3})
     assert isinstance(cfg.lr, float) and cfg.lr == 1.0
     assert isinstance(cfg.epochs, int) and cfg.epochs == 2
     assert cfg.steps is None and cfg.max_minutes == 3.0 and isinstance(cfg.max_minutes, float)
@@ -56,7 +60,7 @@ def test_unknown_key_error():
         from_dict(AutoencoderConfig, {"channels": [8, 16], "norm_num_groups": 4, "chanels": [1]})
     assert "chanels" in str(err.value) and "latent_channels" in str(err.value)  # lists the allowed names
     with pytest.raises(LdmError, match="expected a mapping"):
-        from_dict(TrainConfig, [1, 2])
+        from_dict(AETrainConfig, [1, 2])
 
 
 @pytest.mark.parametrize("cls,data,match", [
@@ -66,9 +70,23 @@ def test_unknown_key_error():
     (DenoiserConfig, {"condition_on": "age"}, "condition_on"),
     (DenoiserConfig, {"schedule": "quadratic"}, "schedule"),
     (DenoiserConfig, {"channels": [8, 16], "norm_num_groups": 4, "attention_levels": [True]}, "attention_levels"),
-    (TrainConfig, {"val_fraction": 1.0}, "val_fraction"),
-    (TrainConfig, {"epochs": 0}, "at least 1"),
-    (TrainConfig, {"precision": "fp8"}, "precision"),
+    (AETrainConfig, {"val_fraction": 1.0}, "val_fraction"),
+    (AETrainConfig, {"epochs": 0}, "epochs must be ≥ 1"),
+    (AETrainConfig, {"precision": "fp8"}, "precision"),
+    (SegTrainConfig, {"steps": 0}, "steps must be ≥ 1; got 0"),
+    (LDMTrainConfig, {"steps": 0}, "steps must be ≥ 1; got 0"),
+    (LDMTrainConfig, {"max_minutes": 0}, "max_minutes must be > 0"),
+    (AETrainConfig, {"max_minutes": -1.0}, "max_minutes must be > 0"),
+    (SegTrainConfig, {"lr": 0.0}, "lr must be > 0"),
+    (AETrainConfig, {"batch_size": 0}, "batch_size must be ≥ 1"),
+    (SegTrainConfig, {"val_fraction": -0.1}, r"val_fraction must be in \[0, 1\)"),
+    (LDMTrainConfig, {"ema_decay": 1.0}, "ema_decay"),
+    (LDMTrainConfig, {"cfg_dropout": 1.5}, "cfg_dropout"),
+    (LDMTrainConfig, {"lesion_weight": -1}, "lesion_weight"),
+    (AETrainConfig, {"checkpoint_every": 0}, "checkpoint_every"),
+    (AETrainConfig, {"ema_decay": 0.9}, "unknown AETrainConfig setting"),  # the autoencoder keeps no EMA
+    (SegTrainConfig, {"lesion_weight": 1.0}, "unknown SegTrainConfig setting"),
+    (LDMTrainConfig, {"num_workers": 2}, "unknown LDMTrainConfig setting"),
 ])
 def test_validation_errors(cls, data, match):
     with pytest.raises(LdmError, match=match):
@@ -165,3 +183,41 @@ def test_huge_alias_value_gives_a_short_error(tmp_path):
     with pytest.raises(LdmError) as err:
         from_dict(AutoencoderConfig, data["autoencoder"])
     assert len(str(err.value)) < 300
+
+@pytest.mark.parametrize("cls", [AETrainConfig, LDMTrainConfig, SegTrainConfig])
+def test_train_config_errors_are_one_line_and_name_the_field(cls):
+    for field_name, bad in (("steps", 0), ("max_minutes", 0.0), ("lr", -1e-3), ("batch_size", 0), ("val_fraction", 1.5)):
+        with pytest.raises(LdmError) as err:
+            cls(**{field_name: bad})
+        assert "\n" not in str(err.value) and str(err.value).startswith(field_name)
+
+
+def test_denoiser_defaults_live_in_its_config():
+    assert (LDMTrainConfig().epochs, LDMTrainConfig().batch_size) == (100, 4)
+    assert (AETrainConfig().epochs, AETrainConfig().batch_size) == (10, 32)
+
+
+def test_example_yaml_sections_build(tiny_yaml):
+    root = tiny_yaml.parent
+    for path in sorted(root.glob("*.yaml")):
+        cfg = load_yaml(path)
+        for section, cls in (("ae_train", AETrainConfig), ("ldm_train", LDMTrainConfig), ("seg_train", SegTrainConfig)):
+            if section in cfg:
+                from_dict(cls, cfg[section])
+
+
+@pytest.mark.parametrize("command,cls", [("train-ae", AETrainConfig), ("train-ldm", LDMTrainConfig), ("train-seg", SegTrainConfig)])
+def test_cli_help_defaults_come_from_the_config(command, cls):
+    import dataclasses
+
+    import typer
+
+    from ldmtool.cli.common import default
+    from ldmtool.cli.main import app
+
+    params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
+    names = {f.name for f in dataclasses.fields(cls)} & set(params)
+    assert {"epochs", "steps", "batch_size", "lr", "max_minutes", "precision", "checkpoint_every"} <= names
+    for name in names:
+        assert params[name].show_default == default(cls, name), name
+    assert default(LDMTrainConfig, "batch_size") == "4" and default(AETrainConfig, "lr") == "0.0002"

@@ -10,7 +10,7 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 import ldmtool.train.latent as latent_mod
-from ldmtool.config import TrainConfig, to_dict
+from ldmtool.config import LDMTrainConfig, to_dict
 from ldmtool.data.lesions import ATTRIBUTES
 from ldmtool.data.prepared import slices_to_volume
 from ldmtool.diffusion.pipeline import encode_volume
@@ -44,7 +44,7 @@ def _train(data, ae_setup, out, denoiser_config, condition_on="lesion", steps=3)
         warnings.simplefilter("ignore", UserWarning)
         return train_latent_diffusion(
             data, ae, ae_cfg, ae_path, out, model_cfg=denoiser_config(condition_on=condition_on),
-            train_cfg=TrainConfig(steps=steps, batch_size=2, warmup_steps=1, lr=1e-3, val_fraction=0.25),
+            train_cfg=LDMTrainConfig(steps=steps, batch_size=2, warmup_steps=1, lr=1e-3, val_fraction=0.25),
             device=CPU, seed=0, console=QUIET,
         )
 
@@ -61,7 +61,7 @@ def test_conditioned_checkpoint_contents(conditioned_run, ae_setup, phantom_data
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "history.json", "latents.safetensors", "model.safetensors", "state.json", "train_state.safetensors"]
     assert result.path == out / "model.safetensors"
     tensors, cfg = load_checkpoint(out, kind="latent-diffusion")
-    assert cfg["latent_shape"] == [4, 16, 16, 16] and result.latent_shape == (4, 16, 16, 16)
+    assert cfg["latent_shape"] == [4, 16, 16, 16] and result.summary["latent_shape"] == (4, 16, 16, 16)
     assert len(cfg["latent_mean"]) == len(cfg["latent_std"]) == 4
     assert all(s > 0 for s in cfg["latent_std"])
     assert cfg["autoencoder_sha256"] == file_sha256(ae_path)
