@@ -84,8 +84,16 @@ def main() -> None:
     rows = []
     for name, folder in sets.items():
         print(f"== {name}: {folder}", flush=True)
-        rep = run_evaluation(args.test, folder, args.out / "reports" / folder.name, cfg, train_dir=args.train,
-                             test_dir=args.test, device=resolve_device(args.device), seed=0)
+        rep = run_evaluation(
+            args.test,
+            folder,
+            args.out / "reports" / folder.name,
+            cfg,
+            train_dir=args.train,
+            test_dir=args.test,
+            device=resolve_device(args.device),
+            seed=0,
+        )
         write_report(rep, args.out / "reports" / folder.name)
         rows.append((name, rep))
     (args.out / "summary.json").write_text(json.dumps({n: r for n, r in rows}, indent=2, default=str))
@@ -97,32 +105,68 @@ def main() -> None:
             rep = rep[k]
         return fmt.format(rep) if isinstance(rep, (int, float)) else str(rep)
 
-    head = ["set", "precision ↑", "recall ↑", "FID ↓", "pairwise SSIM", "pairwise MS-SSIM", "samples/s", "max SSIM to train ↓",
-            "flagged", "NN ratio", "Dice syn", "Dice real+syn", "Dice syn FGSM", "Dice syn PGD", "Dice syn noise"]
+    head = [
+        "set",
+        "precision ↑",
+        "recall ↑",
+        "FID ↓",
+        "pairwise SSIM",
+        "pairwise MS-SSIM",
+        "samples/s",
+        "max SSIM to train ↓",
+        "flagged",
+        "NN ratio",
+        "Dice syn",
+        "Dice real+syn",
+        "Dice syn FGSM",
+        "Dice syn PGD",
+        "Dice syn noise",
+    ]
     print()
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for name, rep in rows:
-        u, r, p = rep.get("utility", {}).get("results", {}), rep.get("robustness", {}).get("results", {}), rep.get("privacy", {})
-        print("| " + " | ".join([
-            name, g(rep, "fidelity", "precision"), g(rep, "diversity", "recall"), g(rep, "fidelity", "fid", fmt="{:.1f}"),
-            g(rep, "diversity", "pairwise_ssim_synthetic"), g(rep, "diversity", "pairwise_ms_ssim_synthetic", "value"),
-            g(rep, "speed", "samples_per_second", fmt="{:.2f}"),
-            g(p, "max_ssim_mean"), f"{p.get('flagged', '–')}/{len(p.get('per_sample', []))}", g(p, "memorisation", "ratio"),
-            g(u, "synthetic", "dice_mean"), g(u, "real+synthetic", "dice_mean"), g(r, "synthetic", "fgsm", "dice_mean"),
-            g(r, "synthetic", "pgd", "dice_mean"), g(r, "synthetic", "noise", "dice_mean"),
-        ]) + " |")
+        u, r, p = (
+            rep.get("utility", {}).get("results", {}),
+            rep.get("robustness", {}).get("results", {}),
+            rep.get("privacy", {}),
+        )
+        print(
+            "| "
+            + " | ".join(
+                [
+                    name,
+                    g(rep, "fidelity", "precision"),
+                    g(rep, "diversity", "recall"),
+                    g(rep, "fidelity", "fid", fmt="{:.1f}"),
+                    g(rep, "diversity", "pairwise_ssim_synthetic"),
+                    g(rep, "diversity", "pairwise_ms_ssim_synthetic", "value"),
+                    g(rep, "speed", "samples_per_second", fmt="{:.2f}"),
+                    g(p, "max_ssim_mean"),
+                    f"{p.get('flagged', '–')}/{len(p.get('per_sample', []))}",
+                    g(p, "memorisation", "ratio"),
+                    g(u, "synthetic", "dice_mean"),
+                    g(u, "real+synthetic", "dice_mean"),
+                    g(r, "synthetic", "fgsm", "dice_mean"),
+                    g(r, "synthetic", "pgd", "dice_mean"),
+                    g(r, "synthetic", "noise", "dice_mean"),
+                ]
+            )
+            + " |"
+        )
     first = rows[0][1]
     print()
-    print(f"reference: real training set → Dice {g(first, 'utility', 'results', 'real', 'dice_mean')} "
-          f"(FGSM {g(first, 'robustness', 'results', 'real', 'fgsm', 'dice_mean')}, "
-          f"PGD {g(first, 'robustness', 'results', 'real', 'pgd', 'dice_mean')}, "
-          f"noise {g(first, 'robustness', 'results', 'real', 'noise', 'dice_mean')}); "
-          f"held-out real max SSIM to train {g(first, 'privacy', 'heldout_max_ssim_mean')}; "
-          f"pairwise SSIM / MS-SSIM of real {g(first, 'diversity', 'pairwise_ssim_real')} / "
-          f"{g(first, 'diversity', 'pairwise_ms_ssim_real', 'value')}; "
-          f"extractor {first.get('feature_extractor', {}).get('name')}; settings: seg_steps={cfg.seg_steps}, "
-          f"image_size={cfg.image_size}, slices_per_view={cfg.slices_per_view}, ε={cfg.epsilon}, σ_noise={cfg.noise_sigma}")
+    print(
+        f"reference: real training set → Dice {g(first, 'utility', 'results', 'real', 'dice_mean')} "
+        f"(FGSM {g(first, 'robustness', 'results', 'real', 'fgsm', 'dice_mean')}, "
+        f"PGD {g(first, 'robustness', 'results', 'real', 'pgd', 'dice_mean')}, "
+        f"noise {g(first, 'robustness', 'results', 'real', 'noise', 'dice_mean')}); "
+        f"held-out real max SSIM to train {g(first, 'privacy', 'heldout_max_ssim_mean')}; "
+        f"pairwise SSIM / MS-SSIM of real {g(first, 'diversity', 'pairwise_ssim_real')} / "
+        f"{g(first, 'diversity', 'pairwise_ms_ssim_real', 'value')}; "
+        f"extractor {first.get('feature_extractor', {}).get('name')}; settings: seg_steps={cfg.seg_steps}, "
+        f"image_size={cfg.image_size}, slices_per_view={cfg.slices_per_view}, ε={cfg.epsilon}, σ_noise={cfg.noise_sigma}"
+    )
 
 
 if __name__ == "__main__":

@@ -77,12 +77,16 @@ def mcar(shape, rate: float, seed: int) -> torch.Tensor:
 
 
 def _cosine(opt, steps: int):
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)))
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps))
+    )
 
 
 def train_vae(x, obs, steps: int, seed: int, mask_channel: bool, batch: int = 32):
     torch.manual_seed(seed)
-    cfg = AutoencoderConfig(channels=(16, 32, 32), latent_channels=4, norm_num_groups=8, position_features=0, mask_channel=mask_channel)
+    cfg = AutoencoderConfig(
+        channels=(16, 32, 32), latent_channels=4, norm_num_groups=8, position_features=0, mask_channel=mask_channel
+    )
     ae = SliceAutoencoder(cfg, image_channels=1, num_classes=0)
     loss_fn = AELoss(AELossConfig(kl_weight=1e-6), 0)
     opt = torch.optim.AdamW(ae.parameters(), lr=2e-3)
@@ -105,8 +109,12 @@ def train_vae(x, obs, steps: int, seed: int, mask_channel: bool, batch: int = 32
 
 @torch.no_grad()
 def encode_all(ae, x, obs, batch: int = 500) -> torch.Tensor:
-    return torch.cat([ae.encode(ae.make_input(x[s : s + batch], None, obs[s : s + batch]), torch.zeros(len(x[s : s + batch])))[0]
-                      for s in range(0, len(x), batch)])
+    return torch.cat(
+        [
+            ae.encode(ae.make_input(x[s : s + batch], None, obs[s : s + batch]), torch.zeros(len(x[s : s + batch])))[0]
+            for s in range(0, len(x), batch)
+        ]
+    )
 
 
 def denoiser_cfg() -> DenoiserConfig:
@@ -116,8 +124,16 @@ def denoiser_cfg() -> DenoiserConfig:
 def make_unet(channels_in: int, channels: tuple[int, ...], attention: tuple[bool, ...]):
     from monai.networks.nets import DiffusionModelUNet
 
-    return DiffusionModelUNet(spatial_dims=2, in_channels=channels_in, out_channels=channels_in, channels=channels,
-                              attention_levels=attention, num_res_blocks=1, norm_num_groups=8, num_head_channels=32)
+    return DiffusionModelUNet(
+        spatial_dims=2,
+        in_channels=channels_in,
+        out_channels=channels_in,
+        channels=channels,
+        attention_levels=attention,
+        num_res_blocks=1,
+        norm_num_groups=8,
+        num_head_channels=32,
+    )
 
 
 def train_ddpm(net, data, obs, steps: int, seed: int, batch: int = 64, lr: float = 1e-3):
@@ -154,7 +170,9 @@ def run_sampler(hook, shape, steps: int, seed: int, eta: float) -> torch.Tensor:
     return smp(hook, x, generator=g)
 
 
-def impute_mnist(method: str, models: dict, test, test_obs, steps: int, seed: int, eta: float, scale: float) -> torch.Tensor:
+def impute_mnist(
+    method: str, models: dict, test, test_obs, steps: int, seed: int, eta: float, scale: float
+) -> torch.Tensor:
     alphas = training_scheduler(denoiser_cfg()).alphas_cumprod
     target = test * test_obs
     for p in [p for m in models.values() if isinstance(m, torch.nn.Module) for p in m.parameters()]:
@@ -174,11 +192,15 @@ def impute_mnist(method: str, models: dict, test, test_obs, steps: int, seed: in
             out = render(z, None)
     elif method == "pixel guidance":
         unet = models["pixel"]
-        hook = SelfGuidance(lambda x, t: unet(x, t), alphas, "epsilon", observed_error(lambda p, _i: p, target, test_obs), scale)
+        hook = SelfGuidance(
+            lambda x, t: unet(x, t), alphas, "epsilon", observed_error(lambda p, _i: p, target, test_obs), scale
+        )
         out = run_sampler(hook, tuple(test.shape), steps, seed, eta)
     elif method == "pixel replacement":
         unet = models["pixel"]
-        hook = Replacement(lambda x, t: unet(x, t), alphas, "epsilon", target, test_obs, torch.Generator().manual_seed(seed + 1))
+        hook = Replacement(
+            lambda x, t: unet(x, t), alphas, "epsilon", target, test_obs, torch.Generator().manual_seed(seed + 1)
+        )
         with torch.no_grad():  # ancestral sampling (eta 1), as RePaint: deterministic DDIM does not blend the parts
             out = run_sampler(hook, tuple(test.shape), steps, seed, 1.0)
     else:
@@ -232,10 +254,21 @@ def mnist_experiment(args) -> dict:
             lat = encode_all(ae, x, obs)
             mean_z = lat.mean(dim=(0, 2, 3), keepdim=True)
             std_z = lat.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-            latent_unet = train_ddpm(make_unet(4, (64, 128), (False, True)), (lat - mean_z) / std_z, None, args.ldm_steps, seed)
-            pixel_unet = train_ddpm(make_unet(1, (16, 32, 32), (False, False, True)), x, obs, args.pixel_steps, seed, batch=32)
-            mean_img = (x.sum(0, keepdim=True) / obs.sum(0, keepdim=True).clamp_min(1))
-            models = {"ae": ae, "latent": latent_unet, "mean_z": mean_z, "std_z": std_z, "pixel": pixel_unet, "mean": mean_img}
+            latent_unet = train_ddpm(
+                make_unet(4, (64, 128), (False, True)), (lat - mean_z) / std_z, None, args.ldm_steps, seed
+            )
+            pixel_unet = train_ddpm(
+                make_unet(1, (16, 32, 32), (False, False, True)), x, obs, args.pixel_steps, seed, batch=32
+            )
+            mean_img = x.sum(0, keepdim=True) / obs.sum(0, keepdim=True).clamp_min(1)
+            models = {
+                "ae": ae,
+                "latent": latent_unet,
+                "mean_z": mean_z,
+                "std_z": std_z,
+                "pixel": pixel_unet,
+                "mean": mean_img,
+            }
             row = {}
             for method in METHODS:
                 pred = impute_mnist(method, models, test, test_obs, args.impute_steps, seed, args.eta, args.guidance)
@@ -249,11 +282,25 @@ def mnist_experiment(args) -> dict:
                 lat2 = encode_all(other, x, obs)
                 m2, s2 = lat2.mean(dim=(0, 2, 3), keepdim=True), lat2.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
                 unet2 = train_ddpm(make_unet(4, (64, 128), (False, True)), (lat2 - m2) / s2, None, args.ldm_steps, seed)
-                pred = impute_mnist("latent guidance", {"ae": other, "latent": unet2, "mean_z": m2, "std_z": s2}, test, test_obs,
-                                    args.impute_steps, seed, args.eta, args.guidance)
-                ablation = {args.mask_channel: row["latent guidance"], (not args.mask_channel): missing_mse(pred, test, test_obs)}
+                pred = impute_mnist(
+                    "latent guidance",
+                    {"ae": other, "latent": unet2, "mean_z": m2, "std_z": s2},
+                    test,
+                    test_obs,
+                    args.impute_steps,
+                    seed,
+                    args.eta,
+                    args.guidance,
+                )
+                ablation = {
+                    args.mask_channel: row["latent guidance"],
+                    (not args.mask_channel): missing_mse(pred, test, test_obs),
+                }
                 _save(args.results, {"ablation": {str(k): v for k, v in ablation.items()}})
-                print(f"  mask-channel ablation (rate 0.5): with {ablation[True]:.4f}, without {ablation[False]:.4f}", flush=True)
+                print(
+                    f"  mask-channel ablation (rate 0.5): with {ablation[True]:.4f}, without {ablation[False]:.4f}",
+                    flush=True,
+                )
     return {"rows": rows, "ablation": ablation, "seconds": time.perf_counter() - t_start}
 
 
@@ -261,7 +308,9 @@ def mnist_report(res: dict, args, png: Path) -> None:
     rows = res["rows"]
     rates = sorted({r for r, _ in rows})  # what was run (several processes may have shared the sweep)
     seeds = {r: sorted(s for q, s in rows if q == r) for r in rates}
-    print(f"\n### MNIST: MSE on the missing pixels (test missing rate 0.5, {args.n_test} test digits), mean ± sd over seeds\n")
+    print(
+        f"\n### MNIST: MSE on the missing pixels (test missing rate 0.5, {args.n_test} test digits), mean ± sd over seeds\n"
+    )
     means = {}
     print("| training missing rate | seeds | " + " | ".join(METHODS) + " | lowest |")
     print("|---|---|" + "---|" * (len(METHODS) + 1))
@@ -269,17 +318,27 @@ def mnist_report(res: dict, args, png: Path) -> None:
         vals = {m: np.array([rows[(rate, s)][m] for s in seeds[rate]]) for m in METHODS}
         means[rate] = {m: float(v.mean()) for m, v in vals.items()}
         best = min(means[rate], key=means[rate].get)
-        print(f"| {rate:.1f} | {len(seeds[rate])} | " + " | ".join(f"{v.mean():.4f} ± {v.std():.4f}" for v in vals.values()) + f" | {best} |")
+        print(
+            f"| {rate:.1f} | {len(seeds[rate])} | "
+            + " | ".join(f"{v.mean():.4f} ± {v.std():.4f}" for v in vals.values())
+            + f" | {best} |"
+        )
     lo, hi = min(rates), max(rates)
     rise = means[hi]["latent guidance"] / means[lo]["latent guidance"] - 1
     wins = sum(min(means[r], key=means[r].get) == "latent guidance" for r in rates)
-    print(f"\nlatent guidance lowest at {wins} of {len(rates)} rates; its MSE rises {100 * rise:+.1f}% from rate {lo} to {hi} "
-          f"(target: lowest everywhere, rise < 25%)")
+    print(
+        f"\nlatent guidance lowest at {wins} of {len(rates)} rates; its MSE rises {100 * rise:+.1f}% from rate {lo} to {hi} "
+        f"(target: lowest everywhere, rise < 25%)"
+    )
     if res["ablation"]:
         a = res["ablation"]
-        print(f"VAE observed-mask input channel (rate 0.5, seed {args.seeds[0]}): latent-guidance MSE with {a[True]:.4f}, without {a[False]:.4f}")
-    print(f"settings: VAE {args.vae_steps} steps, latent DDPM {args.ldm_steps}, pixel DDPM {args.pixel_steps} (batches of 32, 64, 32 digits); "
-          f"DDIM {args.impute_steps} steps, eta {args.eta} (replacement: 1), guidance {args.guidance}; {res['seconds'] / 60:.1f} min")
+        print(
+            f"VAE observed-mask input channel (rate 0.5, seed {args.seeds[0]}): latent-guidance MSE with {a[True]:.4f}, without {a[False]:.4f}"
+        )
+    print(
+        f"settings: VAE {args.vae_steps} steps, latent DDPM {args.ldm_steps}, pixel DDPM {args.pixel_steps} (batches of 32, 64, 32 digits); "
+        f"DDIM {args.impute_steps} steps, eta {args.eta} (replacement: 1), guidance {args.guidance}; {res['seconds'] / 60:.1f} min"
+    )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -312,8 +371,8 @@ def phantom_experiment(args, work: Path) -> dict:
     from monai.metrics import PSNRMetric, SSIMMetric
 
     from ldmtool.data.preprocess import PreprocessConfig, _intensity_range, _normalise
-    from ldmtool.pipelines.impute import impute_file
     from ldmtool.io.readers import read_volume
+    from ldmtool.pipelines.impute import impute_file
 
     if args.phantom_models:
         ae, ldm = Path(args.phantom_models) / "ae", Path(args.phantom_models) / "ldm"
@@ -333,22 +392,34 @@ def phantom_experiment(args, work: Path) -> dict:
         truth = read_volume(path).array.astype(np.float32)
         depth = truth.shape[2]
         odd = list(range(1, depth, 2))
-        res = impute_file(path, ae, ldm, work / "imputed", slices=",".join(map(str, odd)), steps=args.phantom_steps,
-                          guidance=args.phantom_guidance, seed=0, samples=1)
+        res = impute_file(
+            path,
+            ae,
+            ldm,
+            work / "imputed",
+            slices=",".join(map(str, odd)),
+            steps=args.phantom_steps,
+            guidance=args.phantom_guidance,
+            seed=0,
+            samples=1,
+        )
         seconds.append(res.seconds)
         imputed = read_volume(res.outputs["imputed"]).array.astype(np.float32)
         interp = truth.copy()
         for k in odd:
             interp[..., k] = truth[..., k - 1] if k + 1 >= depth else 0.5 * (truth[..., k - 1] + truth[..., k + 1])
         rng = _intensity_range(truth, pre)
-        norm = lambda v: _normalise(v, rng, pre)  # noqa: E731
+        norm = lambda v, rng=rng: _normalise(v, rng, pre)  # noqa: E731
         t_sl = torch.from_numpy(norm(truth)[..., odd]).permute(2, 0, 1)[:, None]  # (missing slices, 1, I, J)
         for name, vol in (("latent guidance", imputed), ("linear interpolation", interp)):
             p_sl = torch.from_numpy(norm(vol)[..., odd]).permute(2, 0, 1)[:, None]
             scores[name]["psnr"].append(float(PSNRMetric(max_val=1.0)(p_sl, t_sl).mean()))
             scores[name]["ssim"].append(float(SSIMMetric(spatial_dims=2, data_range=1.0)(p_sl, t_sl).mean()))
-        print(f"  {path.name}: latent PSNR {scores['latent guidance']['psnr'][-1]:.2f} SSIM {scores['latent guidance']['ssim'][-1]:.3f} | "
-              f"linear PSNR {scores['linear interpolation']['psnr'][-1]:.2f} SSIM {scores['linear interpolation']['ssim'][-1]:.3f}", flush=True)
+        print(
+            f"  {path.name}: latent PSNR {scores['latent guidance']['psnr'][-1]:.2f} SSIM {scores['latent guidance']['ssim'][-1]:.3f} | "
+            f"linear PSNR {scores['linear interpolation']['psnr'][-1]:.2f} SSIM {scores['linear interpolation']['ssim'][-1]:.3f}",
+            flush=True,
+        )
     return {"scores": scores, "seconds": seconds, "models": str(ae.parent)}
 
 
@@ -359,11 +430,15 @@ def phantom_report(res: dict, args) -> None:
     print("| method | PSNR (dB) | SSIM |")
     print("|---|---|---|")
     for name, v in s.items():
-        print(f"| {name} | {np.mean(v['psnr']):.2f} ± {np.std(v['psnr']):.2f} | {np.mean(v['ssim']):.4f} ± {np.std(v['ssim']):.4f} |")
+        print(
+            f"| {name} | {np.mean(v['psnr']):.2f} ± {np.std(v['psnr']):.2f} | {np.mean(v['ssim']):.4f} ± {np.std(v['ssim']):.4f} |"
+        )
     better = np.mean(s["latent guidance"]["ssim"]) > np.mean(s["linear interpolation"]["ssim"])
-    print(f"\nlatent guidance {'beats' if better else 'does not beat'} linear interpolation in SSIM (target: beats); "
-          f"models: {res['models']}; DDIM {args.phantom_steps} steps, guidance {args.phantom_guidance}; "
-          f"{np.mean(res['seconds']):.1f} s per volume (impute_file, incl. model loading)")
+    print(
+        f"\nlatent guidance {'beats' if better else 'does not beat'} linear interpolation in SSIM (target: beats); "
+        f"models: {res['models']}; DDIM {args.phantom_steps} steps, guidance {args.phantom_guidance}; "
+        f"{np.mean(res['seconds']):.1f} s per volume (impute_file, incl. model loading)"
+    )
 
 
 def main() -> None:
@@ -386,12 +461,21 @@ def main() -> None:
     ap.add_argument("--phantom-models", type=Path, default=None, help="a `make demo` output folder (ae/, ldm/)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("imputation_mnist.png"))
-    ap.add_argument("--results", type=Path, default=None, help="JSON-lines file of MNIST rows: appended to, and rows in it are not run again")
-    ap.add_argument("--report-only", action="store_true", help="print the MNIST table and plot from --results without training")
+    ap.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="JSON-lines file of MNIST rows: appended to, and rows in it are not run again",
+    )
+    ap.add_argument(
+        "--report-only", action="store_true", help="print the MNIST table and plot from --results without training"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"# ldmtool imputation benchmark — {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"# ldmtool imputation benchmark — {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     if args.only in (None, "mnist"):
         mnist_report(mnist_experiment(args), args, args.out)
     if args.only in (None, "phantoms"):

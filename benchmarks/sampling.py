@@ -100,10 +100,29 @@ def part_a_b(args, device, pipe, parts: set[str]) -> list[tuple]:
     rows = []
     n = b * args.batches
     with tempfile.TemporaryDirectory() as tmp:
-        generate(Path(args.ae), Path(args.ldm), Path(tmp) / "warm", n=b, steps=2, batch_size=b,
-                 decode_batch=args.decode_batch, device=device, seed=99)  # warm-up (allocator, caches)
-        res = generate(Path(args.ae), Path(args.ldm), Path(tmp) / "s", n=n, sampler="ddim", steps=steps,
-                       batch_size=b, decode_batch=args.decode_batch, device=device, seed=1)
+        generate(
+            Path(args.ae),
+            Path(args.ldm),
+            Path(tmp) / "warm",
+            n=b,
+            steps=2,
+            batch_size=b,
+            decode_batch=args.decode_batch,
+            device=device,
+            seed=99,
+        )  # warm-up (allocator, caches)
+        res = generate(
+            Path(args.ae),
+            Path(args.ldm),
+            Path(tmp) / "s",
+            n=n,
+            sampler="ddim",
+            steps=steps,
+            batch_size=b,
+            decode_batch=args.decode_batch,
+            device=device,
+            seed=1,
+        )
     per_batch = res.seconds / args.batches
     ours_per_volume = res.seconds / n
     smp = pipe.make_sampler("ddim", steps)
@@ -116,8 +135,14 @@ def part_a_b(args, device, pipe, parts: set[str]) -> list[tuple]:
         rows.append(("a", f"one denoiser call, batch {b}", f"{t_fwd:.4f} s", ""))
         rows.append(("a", f"one full decode, batch {b} (decode batch {args.decode_batch})", f"{t_dec:.4f} s", ""))
         rows.append(("a", f"floor = {steps} × call + decode", f"{floor:.3f} s", ""))
-        rows.append(("a", "ldmtool sample, per batch (files written)", f"{per_batch:.3f} s",
-                     f"overhead ratio {per_batch / floor:.3f} (target ≤ 1.10)"))
+        rows.append(
+            (
+                "a",
+                "ldmtool sample, per batch (files written)",
+                f"{per_batch:.3f} s",
+                f"overhead ratio {per_batch / floor:.3f} (target ≤ 1.10)",
+            )
+        )
     if "b" in parts:
         dcfg = pipe.ldm_config.model
 
@@ -142,8 +167,13 @@ def part_a_b(args, device, pipe, parts: set[str]) -> list[tuple]:
             def forward(self, x, timesteps, context=None):
                 return self.ldm(x, timesteps.long().expand(x.shape[0]))
 
-        sched = DDIMScheduler(num_train_timesteps=dcfg.num_train_timesteps, schedule=dcfg.schedule,
-                              prediction_type=dcfg.prediction_type, clip_sample=False, **dcfg.schedule_args())
+        sched = DDIMScheduler(
+            num_train_timesteps=dcfg.num_train_timesteps,
+            schedule=dcfg.schedule,
+            prediction_type=dcfg.prediction_type,
+            clip_sample=False,
+            **dcfg.schedule_args(),
+        )
         sched.set_timesteps(steps)
         inferer = LatentDiffusionInferer(sched, scale_factor=1.0)
         dn, de = Denoiser().eval(), Decoder().eval()
@@ -151,8 +181,9 @@ def part_a_b(args, device, pipe, parts: set[str]) -> list[tuple]:
         def monai_batch():
             with autocast(device, precision):
                 noise = torch.randn((b, *shape), device=device)
-                out = inferer.sample(input_noise=noise, autoencoder_model=de, diffusion_model=dn,
-                                     scheduler=sched, verbose=False)
+                out = inferer.sample(
+                    input_noise=noise, autoencoder_model=de, diffusion_model=dn, scheduler=sched, verbose=False
+                )
                 out.float().cpu()
 
         monai_batch()  # warm-up
@@ -162,12 +193,30 @@ def part_a_b(args, device, pipe, parts: set[str]) -> list[tuple]:
             monai_batch()
         _sync(device)
         monai_per_volume = (time.perf_counter() - t0) / n
-        rows.append(("b", "MONAI LatentDiffusionInferer + DDIMScheduler, per volume (no files)",
-                     f"{monai_per_volume:.3f} s", ""))
-        rows.append(("b", "ldmtool sampler + decode, per volume (no files)", f"{loop_per_volume:.3f} s",
-                     f"ldmtool/MONAI = {loop_per_volume / monai_per_volume:.3f} (target ≤ 1)"))
-        rows.append(("b", "ldmtool sample, per volume (files written)", f"{ours_per_volume:.3f} s",
-                     f"ldmtool/MONAI = {ours_per_volume / monai_per_volume:.3f}"))
+        rows.append(
+            (
+                "b",
+                "MONAI LatentDiffusionInferer + DDIMScheduler, per volume (no files)",
+                f"{monai_per_volume:.3f} s",
+                "",
+            )
+        )
+        rows.append(
+            (
+                "b",
+                "ldmtool sampler + decode, per volume (no files)",
+                f"{loop_per_volume:.3f} s",
+                f"ldmtool/MONAI = {loop_per_volume / monai_per_volume:.3f} (target ≤ 1)",
+            )
+        )
+        rows.append(
+            (
+                "b",
+                "ldmtool sample, per volume (files written)",
+                f"{ours_per_volume:.3f} s",
+                f"ldmtool/MONAI = {ours_per_volume / monai_per_volume:.3f}",
+            )
+        )
     return rows
 
 
@@ -212,7 +261,11 @@ def part_c(args, device, pipe) -> list[tuple]:
                 outs.append(z.float().cpu())
         return torch.cat(outs), time.perf_counter() - t0
 
-    cache = Path(args.ldm) / "latents.safetensors" if Path(args.ldm).is_dir() else Path(args.ldm).parent / "latents.safetensors"
+    cache = (
+        Path(args.ldm) / "latents.safetensors"
+        if Path(args.ldm).is_dir()
+        else Path(args.ldm).parent / "latents.safetensors"
+    )
     real = None
     if cache.is_file():
         from safetensors.torch import load_file
@@ -226,16 +279,31 @@ def part_c(args, device, pipe) -> list[tuple]:
     ref2, _ = run("ddpm", 1000, seed=2000) if args.reference_twice else (None, 0)
     rows = []
     if ref2 is not None:
-        rows.append(("c", "DDPM 1000 (second seed set) — noise floor",
-                     f"{frechet(slice_features(ref2), ref_f):.4f}", "", ""))
-    rows.append(("c", "DDPM 1000 (reference)", "0", f"{frechet(ref_f, real):.4f}" if real is not None else "—",
-                 f"{ref_sec / args.quality_n:.2f} s/vol"))
+        rows.append(
+            ("c", "DDPM 1000 (second seed set) — noise floor", f"{frechet(slice_features(ref2), ref_f):.4f}", "", "")
+        )
+    rows.append(
+        (
+            "c",
+            "DDPM 1000 (reference)",
+            "0",
+            f"{frechet(ref_f, real):.4f}" if real is not None else "—",
+            f"{ref_sec / args.quality_n:.2f} s/vol",
+        )
+    )
     for name, steps in (("ddim", 10), ("ddim", 25), ("ddim", 50), ("dpmpp2m", 10), ("dpmpp2m", 20)):
         z, sec = run(name, steps, seed=3000)
         f = slice_features(z)
         fd = frechet(f, ref_f)
-        rows.append(("c", f"{name} {steps}", f"{fd:.4f} ± {bootstrap(f, ref_f, depth):.4f}",
-                     f"{frechet(f, real):.4f}" if real is not None else "—", f"{sec / args.quality_n:.2f} s/vol"))
+        rows.append(
+            (
+                "c",
+                f"{name} {steps}",
+                f"{fd:.4f} ± {bootstrap(f, ref_f, depth):.4f}",
+                f"{frechet(f, real):.4f}" if real is not None else "—",
+                f"{sec / args.quality_n:.2f} s/vol",
+            )
+        )
     return rows
 
 
@@ -255,10 +323,22 @@ def decode_probe(method: str, depth: int, ae_path: str, decode_batch: int, devic
         z = torch.randn(1, mc.latent_channels, depth, h, w, device=device)
         fn = lambda: decode_latents(ae, z, decode_batch, labels_only=True)  # noqa: E731
     else:
-        net = AutoencoderKL(spatial_dims=3, in_channels=1, out_channels=1 + ae.num_classes, channels=mc.channels,
-                            num_res_blocks=mc.num_res_blocks, attention_levels=(False,) * len(mc.channels),
-                            latent_channels=mc.latent_channels, norm_num_groups=mc.norm_num_groups,
-                            with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False).to(device).eval()
+        net = (
+            AutoencoderKL(
+                spatial_dims=3,
+                in_channels=1,
+                out_channels=1 + ae.num_classes,
+                channels=mc.channels,
+                num_res_blocks=mc.num_res_blocks,
+                attention_levels=(False,) * len(mc.channels),
+                latent_channels=mc.latent_channels,
+                norm_num_groups=mc.norm_num_groups,
+                with_encoder_nonlocal_attn=False,
+                with_decoder_nonlocal_attn=False,
+            )
+            .to(device)
+            .eval()
+        )
         z = torch.randn(1, mc.latent_channels, depth // down, h, w, device=device)
 
         def fn():
@@ -297,16 +377,37 @@ def part_d(args, device) -> list[tuple]:
     rows = []
     for depth in args.depths:
         for method in ("slice", "3d"):
-            cmd = [sys.executable, __file__, "--_probe", method, str(depth), "--ae", args.ae,
-                   "--decode-batch", str(args.decode_batch), "--device", str(device)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--_probe",
+                method,
+                str(depth),
+                "--ae",
+                args.ae,
+                "--decode-batch",
+                str(args.decode_batch),
+                "--device",
+                str(device),
+            ]
             r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
             if r.returncode != 0:
-                rows.append(("d", f"D={depth}", method, "failed: " + (r.stderr.strip().splitlines() or ["?"])[-1], "", ""))
+                rows.append(
+                    ("d", f"D={depth}", method, "failed: " + (r.stderr.strip().splitlines() or ["?"])[-1], "", "")
+                )
                 continue
             res = json.loads(r.stdout.strip().splitlines()[-1])
             label = "slice-by-slice (ldmtool)" if method == "slice" else "MONAI 3D AutoencoderKL"
-            rows.append(("d", f"D={depth}", label, f"{res['seconds']:.3f} s", f"{res['rss_growth_mib']:.0f} MiB",
-                         "—" if res["gpu_mib"] is None else f"{res['gpu_mib']:.0f} MiB"))
+            rows.append(
+                (
+                    "d",
+                    f"D={depth}",
+                    label,
+                    f"{res['seconds']:.3f} s",
+                    f"{res['rss_growth_mib']:.0f} MiB",
+                    "—" if res["gpu_mib"] is None else f"{res['gpu_mib']:.0f} MiB",
+                )
+            )
     return rows
 
 
@@ -345,7 +446,9 @@ def main() -> None:
             table.add_row(*row)
         console.print(table)
     if "c" in parts:
-        table = Table(title=f"(c) quality vs steps — Fréchet distance of latent slice features, {args.quality_n} samples each")
+        table = Table(
+            title=f"(c) quality vs steps — Fréchet distance of latent slice features, {args.quality_n} samples each"
+        )
         for col in ("part", "sampler", "FD to DDPM-1000 (± bootstrap sd)", "FD to real latents", "speed"):
             table.add_column(col)
         for row in part_c(args, device, pipe):

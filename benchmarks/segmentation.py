@@ -41,8 +41,8 @@ from ldmtool.config import SegLossConfig, SegModelConfig, SegTrainConfig  # noqa
 from ldmtool.data.prepared import PreparedData  # noqa: E402
 from ldmtool.data.preprocess import PreprocessConfig, _intensity_range, _normalise  # noqa: E402
 from ldmtool.metrics import segmentation_metrics  # noqa: E402
-from ldmtool.runtime import resolve_device  # noqa: E402
 from ldmtool.pipelines.segmenter import DEFAULT_STEPS, Segmenter, sampling_start
+from ldmtool.runtime import resolve_device  # noqa: E402
 from ldmtool.train.segmentation import train_segmenter  # noqa: E402
 
 STEPS_SWEEP = (1, 2, 5, 10, 50)
@@ -95,8 +95,13 @@ def mni152():
 
 def train(arch, data, names, args, out: Path, console):
     (imgs, labs) = data
-    prepared = PreparedData(images=torch.from_numpy(np.ascontiguousarray(imgs)), labels=torch.from_numpy(np.ascontiguousarray(labs)),
-                            case_ids=[f"c{i}" for i in range(len(imgs))], affines=[np.eye(4)] * len(imgs), label_names=names)
+    prepared = PreparedData(
+        images=torch.from_numpy(np.ascontiguousarray(imgs)),
+        labels=torch.from_numpy(np.ascontiguousarray(labs)),
+        case_ids=[f"c{i}" for i in range(len(imgs))],
+        affines=[np.eye(4)] * len(imgs),
+        label_names=names,
+    )
     extra = {}
     if args.channels:
         extra["channels"] = tuple(int(c) for c in args.channels.split(","))
@@ -105,8 +110,18 @@ def train(arch, data, names, args, out: Path, console):
     cfg = SegModelConfig(arch=arch, dims=2, **extra)
     tc = SegTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=50, val_fraction=0.0)
     t0 = time.perf_counter()
-    result = train_segmenter(prepared, out, cfg, SegLossConfig(), tc, PreprocessConfig().to_dict(), args.device,
-                             seed=0, console=console, resume="auto" if args.keep else "never")
+    result = train_segmenter(
+        prepared,
+        out,
+        cfg,
+        SegLossConfig(),
+        tc,
+        PreprocessConfig().to_dict(),
+        args.device,
+        seed=0,
+        console=console,
+        resume="auto" if args.keep else "never",
+    )
     timing = out / "benchmark_train_seconds.json"  # with --keep, a finished model is reused with its training time
     if result.already_complete and timing.is_file():
         seconds = json.loads(timing.read_text())["seconds"]
@@ -151,10 +166,18 @@ def main() -> None:
     ap.add_argument("--shape", default="64,64,32")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu", help="auto | cpu | cuda (training and prediction)")
-    ap.add_argument("--channels", default=None, help="segmenter channels per level, e.g. 16,32 (default: SegModelConfig's)")
-    ap.add_argument("--latent-channels", type=int, default=None, help="LDSeg latent channels (default: SegModelConfig's)")
-    ap.add_argument("--keep", type=Path, default=None,
-                    help="keep the trained models in this folder and reuse them when run again with the same settings")
+    ap.add_argument(
+        "--channels", default=None, help="segmenter channels per level, e.g. 16,32 (default: SegModelConfig's)"
+    )
+    ap.add_argument(
+        "--latent-channels", type=int, default=None, help="LDSeg latent channels (default: SegModelConfig's)"
+    )
+    ap.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="keep the trained models in this folder and reuse them when run again with the same settings",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -164,12 +187,18 @@ def main() -> None:
     console = Console(stderr=True)
     shape = tuple(int(v) for v in args.shape.split(","))
     cases = {"phantoms": lambda: phantoms(args.n_train, args.n_test, shape), "mni152": mni152}
-    where = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else \
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    lines = [f"# LDSeg vs UNet — {where}, "
-             f"torch {torch.__version__}; {args.steps} steps × batch {args.batch_size} per model, lr {args.lr:g}; "
-             f"segmenter channels {args.channels or ','.join(map(str, SegModelConfig().channels))}, "
-             f"LDSeg latent channels {args.latent_channels or SegModelConfig().latent_channels}", ""]
+    where = (
+        torch.cuda.get_device_name(args.device)
+        if args.device.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
+    lines = [
+        f"# LDSeg vs UNet — {where}, "
+        f"torch {torch.__version__}; {args.steps} steps × batch {args.batch_size} per model, lr {args.lr:g}; "
+        f"segmenter channels {args.channels or ','.join(map(str, SegModelConfig().channels))}, "
+        f"LDSeg latent channels {args.latent_channels or SegModelConfig().latent_channels}",
+        "",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         if args.keep:
             tmp = str(args.keep)
@@ -179,27 +208,45 @@ def main() -> None:
             train_set, (timgs, tlabs), names, spacing = make()
             k = len(names)
             cls = [n for n, v in sorted(names.items(), key=lambda kv: kv[1]) if v > 0]
-            console.print(f"[bold]{name}[/]: {train_set[0].shape[0]}×{train_set[0].shape[1]} training slices of "
-                          f"{train_set[0].shape[2]}×{train_set[0].shape[3]}, {timgs.shape[0]}×{timgs.shape[1]} test slices")
+            console.print(
+                f"[bold]{name}[/]: {train_set[0].shape[0]}×{train_set[0].shape[1]} training slices of "
+                f"{train_set[0].shape[2]}×{train_set[0].shape[3]}, {timgs.shape[0]}×{timgs.shape[1]} test slices"
+            )
             models = {}
             for arch in ("ldseg", "unet"):
                 models[arch] = train(arch, train_set, names, args, Path(tmp) / f"{name}-{arch}", console)
             lines += [f"## {name}", ""]
-            lines += ["| model | parameters | train s | " + " | ".join(f"Dice {c}" for c in cls) + " | "
-                      + " | ".join(f"IoU {c}" for c in cls) + " | " + " | ".join(f"HD95 {c} (mm)" for c in cls) + " |",
-                      "|---" * (3 + 3 * len(cls)) + "|"]
+            lines += [
+                "| model | parameters | train s | "
+                + " | ".join(f"Dice {c}" for c in cls)
+                + " | "
+                + " | ".join(f"IoU {c}" for c in cls)
+                + " | "
+                + " | ".join(f"HD95 {c} (mm)" for c in cls)
+                + " |",
+                "|---" * (3 + 3 * len(cls)) + "|",
+            ]
             base = {}
             for arch, (model, cfg, secs, params) in models.items():
-                for st in ((DEFAULT_STEPS, 2) if arch == "ldseg" else (1,)):
+                for st in (DEFAULT_STEPS, 2) if arch == "ldseg" else (1,):
                     preds, _ = predict(model, cfg, timgs, steps=st)
                     s = scores(preds, tlabs, k, spacing)
                     base[arch if arch == "unet" else st] = s
                     name = f"{arch} ({st} DDIM step{'s' if st > 1 else ''})" if arch == "ldseg" else arch
                     lines.append(f"| {name} | {params / 1e6:.2f} M | {secs:.0f} | ")
-                    lines[-1] += " | ".join(f"{v:.3f}" for v in s["dice"]) + " | " + " | ".join(f"{v:.3f}" for v in s["iou"]) \
-                        + " | " + " | ".join(f"{v:.1f}" for v in s["hd95"]) + " |"
-            lines += ["", "| DDIM steps | " + " | ".join(f"Dice {c}" for c in cls) + " | mean Dice | s/volume |",
-                      "|---" * (3 + len(cls)) + "|"]
+                    lines[-1] += (
+                        " | ".join(f"{v:.3f}" for v in s["dice"])
+                        + " | "
+                        + " | ".join(f"{v:.3f}" for v in s["iou"])
+                        + " | "
+                        + " | ".join(f"{v:.1f}" for v in s["hd95"])
+                        + " |"
+                    )
+            lines += [
+                "",
+                "| DDIM steps | " + " | ".join(f"Dice {c}" for c in cls) + " | mean Dice | s/volume |",
+                "|---" * (3 + len(cls)) + "|",
+            ]
             model, cfg = models["ldseg"][:2]
             by_steps = {}
             for st in STEPS_SWEEP:
@@ -209,17 +256,27 @@ def main() -> None:
                 lines.append(f"| {st} | " + " | ".join(f"{v:.3f}" for v in d) + f" | {np.mean(d):.3f} | {sec:.3f} |")
             # where sampling starts: t = T − 1 (pure noise, ẑ_0 meaningless) vs the default (√ᾱ ≥ 0.05)
             free = [i for i in range(len(tlabs)) if not (tlabs[i] == k - 1).any()]
-            lines += ["", f"| first DDIM timestep (2 steps) | " + " | ".join(f"Dice {c}" for c in cls)
-                      + f" | mean Dice | voxels labelled {cls[-1]} in the {len(free)} test volumes without it |",
-                      "|---" * (3 + len(cls)) + "|"]
+            lines += [
+                "",
+                "| first DDIM timestep (2 steps) | "
+                + " | ".join(f"Dice {c}" for c in cls)
+                + f" | mean Dice | voxels labelled {cls[-1]} in the {len(free)} test volumes without it |",
+                "|---" * (3 + len(cls)) + "|",
+            ]
             for start in (cfg.num_train_timesteps - 1, sampling_start(cfg)):
                 preds, _ = predict(model, cfg, timgs, steps=2, start=start)
                 d = scores(preds, tlabs, k, spacing)["dice"]
                 fp = sum(int((preds[i] == k - 1).sum()) for i in free)
-                lines.append(f"| {start}{' (default)' if start == sampling_start(cfg) else ''} | "
-                             + " | ".join(f"{v:.3f}" for v in d) + f" | {np.mean(d):.3f} | {fp} |")
-            lines += ["", f"| σ (image noise) | LDSeg mean Dice ({DEFAULT_STEPS} DDIM step{'s' if DEFAULT_STEPS > 1 else ''}) | UNet mean Dice |",
-                      "|---|---|---|"]
+                lines.append(
+                    f"| {start}{' (default)' if start == sampling_start(cfg) else ''} | "
+                    + " | ".join(f"{v:.3f}" for v in d)
+                    + f" | {np.mean(d):.3f} | {fp} |"
+                )
+            lines += [
+                "",
+                f"| σ (image noise) | LDSeg mean Dice ({DEFAULT_STEPS} DDIM step{'s' if DEFAULT_STEPS > 1 else ''}) | UNet mean Dice |",
+                "|---|---|---|",
+            ]
             by_sigma = {}
             for sg in SIGMAS:
                 row = []
@@ -244,19 +301,25 @@ def main() -> None:
             lines += ["", "| target | value | met |", "|---|---|---|"]
             for st in sorted({DEFAULT_STEPS, 2}):
                 ld = float(np.mean(base[st]["dice"]))
-                lines.append(f"| clean mean Dice: LDSeg ({st} DDIM step{'s' if st > 1 else ''}"
-                             f"{', the default' if st == DEFAULT_STEPS else ''}) ≥ UNet − 0.02 | {ld:.3f} vs {un:.3f} | "
-                             f"{'yes' if ld >= un - 0.02 else 'no'} |")
-            lines += [f"| σ=0.2 mean Dice: LDSeg > UNet | {by_sigma[0.2][0]:.3f} vs {by_sigma[0.2][1]:.3f} | "
-                      f"{'yes' if by_sigma[0.2][0] > by_sigma[0.2][1] else 'no'} |",
-                      f"| 2-step Dice within 0.01 of 50-step | {by_steps[2]:.3f} vs {by_steps[50]:.3f} | "
-                      f"{'yes' if abs(by_steps[2] - by_steps[50]) <= 0.01 or by_steps[2] > by_steps[50] else 'no'} |",
-                      f"| s/volume: LDSeg (2 steps) ≤ 3× UNet | {t_ld:.3f} vs {t_un:.3f} ({t_ld / t_un:.1f}×) | "
-                      f"{'yes' if t_ld <= 3 * t_un else 'no'} |",
-                      f"| (s/volume: LDSeg with 1 DDIM step) | {t_ld1:.3f} vs {t_un:.3f} ({t_ld1 / t_un:.1f}×) | |"]
+                lines.append(
+                    f"| clean mean Dice: LDSeg ({st} DDIM step{'s' if st > 1 else ''}"
+                    f"{', the default' if st == DEFAULT_STEPS else ''}) ≥ UNet − 0.02 | {ld:.3f} vs {un:.3f} | "
+                    f"{'yes' if ld >= un - 0.02 else 'no'} |"
+                )
+            lines += [
+                f"| σ=0.2 mean Dice: LDSeg > UNet | {by_sigma[0.2][0]:.3f} vs {by_sigma[0.2][1]:.3f} | "
+                f"{'yes' if by_sigma[0.2][0] > by_sigma[0.2][1] else 'no'} |",
+                f"| 2-step Dice within 0.01 of 50-step | {by_steps[2]:.3f} vs {by_steps[50]:.3f} | "
+                f"{'yes' if abs(by_steps[2] - by_steps[50]) <= 0.01 or by_steps[2] > by_steps[50] else 'no'} |",
+                f"| s/volume: LDSeg (2 steps) ≤ 3× UNet | {t_ld:.3f} vs {t_un:.3f} ({t_ld / t_un:.1f}×) | "
+                f"{'yes' if t_ld <= 3 * t_un else 'no'} |",
+                f"| (s/volume: LDSeg with 1 DDIM step) | {t_ld1:.3f} vs {t_un:.3f} ({t_ld1 / t_un:.1f}×) | |",
+            ]
             if len(timgs) > 1:
-                lines.append(f"| (s/volume: LDSeg, 2 steps, the {len(timgs)} test volumes in one batch) | {b_ld:.3f} vs "
-                             f"{b_un:.3f} ({b_ld / b_un:.1f}×) | |")
+                lines.append(
+                    f"| (s/volume: LDSeg, 2 steps, the {len(timgs)} test volumes in one batch) | {b_ld:.3f} vs "
+                    f"{b_un:.3f} ({b_ld / b_un:.1f}×) | |"
+                )
             lines.append("")
             print("\n".join(lines), flush=True)
             lines = []

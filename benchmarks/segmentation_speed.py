@@ -33,8 +33,13 @@ from ldmtool.runtime import resolve_device  # noqa: E402
 
 # (slices per volume, H, W, volumes per batch, slices per batch)
 CPU_CASES = ((32, 64, 64, 1, 32), (32, 64, 64, 8, 256), (16, 256, 256, 1, 16))
-GPU_CASES = ((32, 64, 64, 1, 32), (32, 64, 64, 8, 256), (128, 256, 256, 1, 32), (128, 256, 256, 1, 128),
-             (64, 512, 512, 1, 16))
+GPU_CASES = (
+    (32, 64, 64, 1, 32),
+    (32, 64, 64, 8, 256),
+    (128, 256, 256, 1, 32),
+    (128, 256, 256, 1, 128),
+    (64, 512, 512, 1, 16),
+)
 
 
 def main() -> None:
@@ -56,13 +61,20 @@ def main() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else \
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    where = (
+        torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
     params = {a: sum(p.numel() for p in m.parameters()) / 1e6 for a, (m, _) in models.items()}
-    print(f"# Segmenter inference speed — {where}, torch {torch.__version__}; LDSeg {params['ldseg']:.2f} M, "
-          f"UNet {params['unet']:.2f} M parameters (random weights)\n")
-    print("| volume (slices × H × W) | volumes per batch | slices per batch | LDSeg 1 step s/volume | "
-          "LDSeg 2 steps s/volume | UNet s/volume | LDSeg 1 step / UNet | LDSeg 2 steps / UNet |")
+    print(
+        f"# Segmenter inference speed — {where}, torch {torch.__version__}; LDSeg {params['ldseg']:.2f} M, "
+        f"UNet {params['unet']:.2f} M parameters (random weights)\n"
+    )
+    print(
+        "| volume (slices × H × W) | volumes per batch | slices per batch | LDSeg 1 step s/volume | "
+        "LDSeg 2 steps s/volume | UNet s/volume | LDSeg 1 step / UNet | LDSeg 2 steps / UNet |"
+    )
     print("|---|---|---|---|---|---|---|---|", flush=True)
     for d, h, w, nvol, batch in cases:
         x = torch.rand(d * nvol, h, w)
@@ -73,8 +85,11 @@ def main() -> None:
             for _ in range(args.repeats):
                 run(arch, steps, x, batch)
             t[steps if arch == "ldseg" else 0] = (time.perf_counter() - t0) / args.repeats / nvol
-        print(f"| {d} × {h} × {w} | {nvol} | {batch} | {t[1]:.4f} | {t[2]:.4f} | {t[0]:.4f} | "
-              f"{t[1] / t[0]:.1f}× | {t[2] / t[0]:.1f}× |", flush=True)
+        print(
+            f"| {d} × {h} × {w} | {nvol} | {batch} | {t[1]:.4f} | {t[2]:.4f} | {t[0]:.4f} | "
+            f"{t[1] / t[0]:.1f}× | {t[2] / t[0]:.1f}× |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,19 @@ def _config(path: Path, base: Path, ae_epochs: int, ldm_steps: int, ldm_batch: i
 
 def _run(cmd: list, threads: int, procs: int, device: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
-    launch = [sys.executable, "-m", "ldmtool"] if procs == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", "-m", "ldmtool"]
+    launch = (
+        [sys.executable, "-m", "ldmtool"]
+        if procs == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={procs}",
+            "-m",
+            "ldmtool",
+        ]
+    )
     full = [*launch, "--quiet", "--device", device, *map(str, cmd)]
     r = subprocess.run(full, capture_output=True, text=True, env=env, cwd=REPO)
     if r.returncode != 0:
@@ -87,8 +98,11 @@ def main() -> None:
     ae = work / "ae_ref"
     _run(["train-ae", data, "--out", ae, "--config", cfg], args.threads, 1, "cpu")
 
-    setups = [("1 process, 1 thread", 1, 1, "cpu"), (f"1 process, {args.threads} threads", args.threads, 1, "cpu"),
-              ("2 processes × 1 thread (gloo)", 1, 2, "cpu")]
+    setups = [
+        ("1 process, 1 thread", 1, 1, "cpu"),
+        (f"1 process, {args.threads} threads", args.threads, 1, "cpu"),
+        ("2 processes × 1 thread (gloo)", 1, 2, "cpu"),
+    ]
     if args.gpu and torch.cuda.is_available():
         setups.append((f"1 GPU ({torch.cuda.get_device_name(0)})", args.threads, 1, "cuda"))
     rows = []
@@ -101,14 +115,36 @@ def main() -> None:
         rows.append((name, procs, *_throughput(ae_out), *_throughput(ldm_out)))
 
     base_ae, base_ldm = rows[0][2], rows[0][5]
-    table = Table(title=f"training throughput ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__})")
-    for col in ("setup", "train-ae slices/s", "AE batch", "train-ldm latent vol/s", "LDM batch", "AE × 1-thread", "LDM × 1-thread", "efficiency AE / LDM"):
+    table = Table(
+        title=f"training throughput ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__})"
+    )
+    for col in (
+        "setup",
+        "train-ae slices/s",
+        "AE batch",
+        "train-ldm latent vol/s",
+        "LDM batch",
+        "AE × 1-thread",
+        "LDM × 1-thread",
+        "efficiency AE / LDM",
+    ):
         table.add_column(col, justify="right" if col != "setup" else "left")
     for name, procs, ae_t, ae_b, _, ldm_t, ldm_b, _ in rows:
         eff = f"{ae_t / (procs * base_ae):.2f} / {ldm_t / (procs * base_ldm):.2f}" if procs > 1 else "–"
-        table.add_row(name, f"{ae_t:.1f}", str(ae_b), f"{ldm_t:.2f}", str(ldm_b), f"{ae_t / base_ae:.2f}", f"{ldm_t / base_ldm:.2f}", eff)
+        table.add_row(
+            name,
+            f"{ae_t:.1f}",
+            str(ae_b),
+            f"{ldm_t:.2f}",
+            str(ldm_b),
+            f"{ae_t / base_ae:.2f}",
+            f"{ldm_t / base_ldm:.2f}",
+            eff,
+        )
     console.print(table)
-    console.print(f"config {args.config.name}, {args.ae_epochs} AE epoch(s), {args.ldm_steps} LDM steps; outputs in {work}")
+    console.print(
+        f"config {args.config.name}, {args.ae_epochs} AE epoch(s), {args.ldm_steps} LDM steps; outputs in {work}"
+    )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,9 @@ class AutoencoderConfig:
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
         if any(c % self.norm_num_groups for c in self.channels):
-            raise LdmError(f"autoencoder channels {self.channels} must be multiples of norm_num_groups={self.norm_num_groups}")
+            raise LdmError(
+                f"autoencoder channels {self.channels} must be multiples of norm_num_groups={self.norm_num_groups}"
+            )
         if self.position_features % 2:
             raise LdmError("position_features must be even (sin/cos pairs)")
 
@@ -71,7 +73,9 @@ class DenoiserConfig:
         if len(self.attention_levels) != len(self.channels):
             raise LdmError("denoiser attention_levels must have one entry per channels entry")
         if any(c % self.norm_num_groups for c in self.channels):
-            raise LdmError(f"denoiser channels {self.channels} must be multiples of norm_num_groups={self.norm_num_groups}")
+            raise LdmError(
+                f"denoiser channels {self.channels} must be multiples of norm_num_groups={self.norm_num_groups}"
+            )
         _check_choice("objective", self.objective, ("eps", "v", "flow"))
         _check_choice("schedule", self.schedule, ("linear_beta", "scaled_linear_beta", "cosine"))
 
@@ -85,16 +89,28 @@ class DenoiserConfig:
         return {"beta_start": self.beta_start, "beta_end": self.beta_end}
 
 
-def _check_range(name: str, value: float | None, low: float, high: float | None = None, *,
-                 low_open: bool = False, high_open: bool = False) -> None:
+def _check_range(
+    name: str,
+    value: float | None,
+    low: float,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
     """One-line error naming `name` when `value` lies outside [low, high] (open ends as asked;
     no upper end when `high` is None; None values pass: the setting is off)."""
     if value is None:
         return
-    ok = (value > low if low_open else value >= low) and (high is None or (value < high if high_open else value <= high))
+    ok = (value > low if low_open else value >= low) and (
+        high is None or (value < high if high_open else value <= high)
+    )
     if not ok:
-        what = f"{'>' if low_open else '≥'} {low:g}" if high is None else \
-            f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        what = (
+            f"{'>' if low_open else '≥'} {low:g}"
+            if high is None
+            else f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        )
         raise LdmError(f"{name} must be {what}; got {value!r}")
 
 
@@ -328,8 +344,10 @@ def from_dict(cls: type, data: dict, section: str | None = None) -> Any:
     unknown = sorted(map(str, set(data) - set(names)))
     if unknown:
         hint = _did_you_mean(unknown[0], names)
-        raise LdmError(f"unknown {cls.__name__} setting(s): {', '.join(_short(u, 40) for u in unknown)}{hint}; "
-                       f"allowed: {', '.join(names)}")
+        raise LdmError(
+            f"unknown {cls.__name__} setting(s): {', '.join(_short(u, 40) for u in unknown)}{hint}; "
+            f"allowed: {', '.join(names)}"
+        )
     kwargs = {k: _convert(names[k].type, v, f"{section}.{k}" if section else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -351,8 +369,19 @@ def to_dict(obj: Any) -> Any:
 
 
 # Every section a config file may hold (one file can serve all commands).
-SECTIONS = ("preprocess", "autoencoder", "ae_loss", "ae_train", "denoiser", "ldm_train", "seg_model", "seg_loss",
-            "seg_train", "sample", "evaluate")
+SECTIONS = (
+    "preprocess",
+    "autoencoder",
+    "ae_loss",
+    "ae_train",
+    "denoiser",
+    "ldm_train",
+    "seg_model",
+    "seg_loss",
+    "seg_train",
+    "sample",
+    "evaluate",
+)
 
 
 def _did_you_mean(name: str, allowed) -> str:
@@ -379,8 +408,10 @@ def load_yaml(path: Path | None) -> dict:
         raise LdmError(f"config file {p} must hold a mapping of sections")
     unknown = sorted(map(str, set(data) - set(SECTIONS)))
     if unknown:
-        raise LdmError(f"config file {p}: unknown section {_short(unknown[0], 40)}{_did_you_mean(unknown[0], SECTIONS)}; "
-                       f"sections are {', '.join(SECTIONS)}")
+        raise LdmError(
+            f"config file {p}: unknown section {_short(unknown[0], 40)}{_did_you_mean(unknown[0], SECTIONS)}; "
+            f"sections are {', '.join(SECTIONS)}"
+        )
     for name, body in data.items():
         if body is not None and not isinstance(body, dict):
             raise LdmError(f"config file {p}: section {name} must be a mapping of settings; got {_short(body)}")
@@ -457,11 +488,25 @@ class EvaluateConfig:
         self.seg_channels = tuple(int(c) for c in self.seg_channels)
         bad = [c for c in self.only if c not in CRITERIA]
         if bad or not self.only:
-            raise LdmError(f"--only takes a comma-separated subset of {', '.join(CRITERIA)}; got {', '.join(self.only) or 'nothing'}")
+            raise LdmError(
+                f"--only takes a comma-separated subset of {', '.join(CRITERIA)}; got {', '.join(self.only) or 'nothing'}"
+            )
         bad = [v for v in self.views if v not in ("axial", "coronal", "sagittal")]
         if bad or not self.views:
-            raise LdmError(f"--views takes a comma-separated subset of axial, coronal, sagittal; got {', '.join(self.views) or 'nothing'}")
-        for name in ("slices_per_view", "image_size", "k", "q", "repeats", "seg_steps", "seg_batch_size", "pgd_steps", "deepfool_iters"):
+            raise LdmError(
+                f"--views takes a comma-separated subset of axial, coronal, sagittal; got {', '.join(self.views) or 'nothing'}"
+            )
+        for name in (
+            "slices_per_view",
+            "image_size",
+            "k",
+            "q",
+            "repeats",
+            "seg_steps",
+            "seg_batch_size",
+            "pgd_steps",
+            "deepfool_iters",
+        ):
             if getattr(self, name) < 1:
                 raise LdmError(f"{name.replace('_', '-')} must be at least 1; got {getattr(self, name)}")
         if not 0 < self.flag_ssim <= 1:

@@ -22,6 +22,10 @@ def demo_data(
 
     state: common.State = ctx.obj
     path = write_demo_dataset(
-        out, n_cases=n, shape=common.ints(shape, 3, "--shape"), spacing=common.floats(spacing, 3, "--spacing"), seed=state.seed
+        out,
+        n_cases=n,
+        shape=common.ints(shape, 3, "--shape"),
+        spacing=common.floats(spacing, 3, "--spacing"),
+        seed=state.seed,
     )
     state.console.print(f"wrote {n} phantom volumes with labels to [bold]{path}[/]")

@@ -14,15 +14,45 @@ MISSING = "What is missing"
 
 def impute(
     ctx: typer.Context,
-    source: Annotated[Path, typer.Argument(help="Incomplete volume: NIfTI file or DICOM series folder (NaN voxels count as missing).")],
+    source: Annotated[
+        Path, typer.Argument(help="Incomplete volume: NIfTI file or DICOM series folder (NaN voxels count as missing).")
+    ],
     ae: Annotated[Path, typer.Option("--ae", help="Autoencoder checkpoint (file or folder).")],
     ldm: Annotated[Path, typer.Option("--ldm", help="Latent diffusion checkpoint (file or folder).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
-    mask: Annotated[Optional[Path], typer.Option("--mask", help="Missing-voxel mask in the volume's grid, 1 = missing.", rich_help_panel=MISSING)] = None,
-    missing_slices: Annotated[Optional[str], typer.Option("--missing-slices", help="Missing slices along the third array axis, 0-based: 3,7,12-15.", rich_help_panel=MISSING)] = None,
-    simulate_mcar: Annotated[Optional[float], typer.Option("--simulate-mcar", help="Also drop this fraction of voxels at random (seeded by --seed), for benchmarking.", rich_help_panel=MISSING)] = None,
-    samples: Annotated[int, typer.Option("--samples", help="Independent imputations; above 1 the output is their mean and a per-voxel std map is written.")] = 1,
-    guidance: Annotated[float, typer.Option(help="Self-guidance strength: the observed-voxel gradient at this multiple of the score's norm (0.25-0.5 did best on the demo phantoms; larger values overshoot).")] = 0.5,
+    mask: Annotated[
+        Optional[Path],
+        typer.Option("--mask", help="Missing-voxel mask in the volume's grid, 1 = missing.", rich_help_panel=MISSING),
+    ] = None,
+    missing_slices: Annotated[
+        Optional[str],
+        typer.Option(
+            "--missing-slices",
+            help="Missing slices along the third array axis, 0-based: 3,7,12-15.",
+            rich_help_panel=MISSING,
+        ),
+    ] = None,
+    simulate_mcar: Annotated[
+        Optional[float],
+        typer.Option(
+            "--simulate-mcar",
+            help="Also drop this fraction of voxels at random (seeded by --seed), for benchmarking.",
+            rich_help_panel=MISSING,
+        ),
+    ] = None,
+    samples: Annotated[
+        int,
+        typer.Option(
+            "--samples",
+            help="Independent imputations; above 1 the output is their mean and a per-voxel std map is written.",
+        ),
+    ] = 1,
+    guidance: Annotated[
+        float,
+        typer.Option(
+            help="Self-guidance strength: the observed-voxel gradient at this multiple of the score's norm (0.25-0.5 did best on the demo phantoms; larger values overshoot)."
+        ),
+    ] = 0.5,
     steps: Annotated[int, typer.Option(help="Denoising steps.")] = 50,
     sampler: Annotated[str, typer.Option(help="ddim | ddpm | dpmpp2m.")] = "ddim",
     eta: Annotated[float, typer.Option(help="DDIM eta (0 = deterministic given the seed).")] = 0.0,
@@ -34,8 +64,8 @@ def impute(
     used), CASE_std.nii.gz (with --samples above 1) and CASE_impute.json (provenance), all in the
     input's geometry.
     """
-    from ldmtool.pipelines.impute import impute_file
     from ldmtool.errors import LdmError
+    from ldmtool.pipelines.impute import impute_file
 
     state: common.State = ctx.obj
     common.require_exists(source, "input volume")
@@ -46,9 +76,22 @@ def impute(
     if batch_size < 1:
         raise LdmError("--batch-size must be at least 1")
     result = impute_file(
-        source, ae, ldm, out, mask=mask, slices=missing_slices, simulate_mcar=simulate_mcar, samples=samples,
-        steps=steps, guidance=guidance, sampler=sampler, eta=eta, seed=state.seed, batch_size=batch_size,
-        device=state.torch_device(), console=state.console,
+        source,
+        ae,
+        ldm,
+        out,
+        mask=mask,
+        slices=missing_slices,
+        simulate_mcar=simulate_mcar,
+        samples=samples,
+        steps=steps,
+        guidance=guidance,
+        sampler=sampler,
+        eta=eta,
+        seed=state.seed,
+        batch_size=batch_size,
+        device=state.torch_device(),
+        console=state.console,
     )
     rows = {
         "input": result.source,

@@ -36,7 +36,9 @@ def callback(
     seed: Annotated[int, typer.Option(help="Base random seed.")] = 0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks and details.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and final results.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     ctx.obj = common.State(device=device, seed=seed, verbose=verbose, quiet=quiet)
 

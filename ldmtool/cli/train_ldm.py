@@ -16,46 +16,146 @@ TRAIN = "Training"
 
 def train_ldm(
     ctx: typer.Context,
-    data: Annotated[Path, typer.Argument(help="The data set the autoencoder was trained on (or another one in the same geometry).")],
+    data: Annotated[
+        Path, typer.Argument(help="The data set the autoencoder was trained on (or another one in the same geometry).")
+    ],
     ae: Annotated[Path, typer.Option("--ae", help="Autoencoder checkpoint (file or train-ae output folder).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the checkpoint.")],
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.")] = None,
-    series: Annotated[Optional[str], typer.Option("--series", help="DICOM SeriesInstanceUID to read where a folder holds several series.")] = None,
-    missing_rate: Annotated[Optional[float], typer.Option(help="Simulated MCAR missing rate of the volumes before encoding (default: the autoencoder's, with the same masks for the same --seed).")] = None,
-    channels: Annotated[Optional[str], typer.Option(help="UNet channels per level, e.g. 32,64,64.", rich_help_panel=MODEL)] = None,
-    objective: Annotated[Optional[str], typer.Option(help="eps | v | flow (rectified flow, sampled with --sampler euler).", rich_help_panel=MODEL)] = None,
-    condition_on: Annotated[Optional[str], typer.Option(help="none | lesion: condition on lesion volume/centroid/extent.", rich_help_panel=MODEL)] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Optimisation steps (wins over --epochs).", show_default=common.default(LDMTrainConfig, "steps"), rich_help_panel=TRAIN)] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Passes over the training volumes.", show_default=common.default(LDMTrainConfig, "epochs"), rich_help_panel=TRAIN)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Latent volumes per batch (per process).", show_default=common.default(LDMTrainConfig, "batch_size"), rich_help_panel=TRAIN)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate.", show_default=common.default(LDMTrainConfig, "lr"), rich_help_panel=TRAIN)] = None,
-    max_minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes.", show_default=common.default(LDMTrainConfig, "max_minutes"), rich_help_panel=TRAIN)] = None,
-    ema_decay: Annotated[Optional[float], typer.Option(help="EMA decay of the weights used for sampling (the checkpoint is the latest EMA).", show_default=common.default(LDMTrainConfig, "ema_decay"), rich_help_panel=TRAIN)] = None,
-    lesion_weight: Annotated[Optional[float], typer.Option(help="Extra loss weight of latent voxels over lesions (1 + this).", show_default=common.default(LDMTrainConfig, "lesion_weight"), rich_help_panel=TRAIN)] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16.", show_default=common.default(LDMTrainConfig, "precision"), rich_help_panel=TRAIN)] = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option(help="Save the resumable training state every N steps (also every 10 min and at the end).", show_default=common.default(LDMTrainConfig, "checkpoint_every"), rich_help_panel=TRAIN)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Go on from the training state in --out (an error if there is none). Without it a state there is picked up automatically.", rich_help_panel=TRAIN)] = False,
-    restart: Annotated[bool, typer.Option("--restart", help="Ignore and replace a training state in --out.", rich_help_panel=TRAIN)] = False,
+    series: Annotated[
+        Optional[str],
+        typer.Option("--series", help="DICOM SeriesInstanceUID to read where a folder holds several series."),
+    ] = None,
+    missing_rate: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Simulated MCAR missing rate of the volumes before encoding (default: the autoencoder's, with the same masks for the same --seed)."
+        ),
+    ] = None,
+    channels: Annotated[
+        Optional[str], typer.Option(help="UNet channels per level, e.g. 32,64,64.", rich_help_panel=MODEL)
+    ] = None,
+    objective: Annotated[
+        Optional[str],
+        typer.Option(help="eps | v | flow (rectified flow, sampled with --sampler euler).", rich_help_panel=MODEL),
+    ] = None,
+    condition_on: Annotated[
+        Optional[str],
+        typer.Option(help="none | lesion: condition on lesion volume/centroid/extent.", rich_help_panel=MODEL),
+    ] = None,
+    steps: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Optimisation steps (wins over --epochs).",
+            show_default=common.default(LDMTrainConfig, "steps"),
+            rich_help_panel=TRAIN,
+        ),
+    ] = None,
+    epochs: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Passes over the training volumes.",
+            show_default=common.default(LDMTrainConfig, "epochs"),
+            rich_help_panel=TRAIN,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Latent volumes per batch (per process).",
+            show_default=common.default(LDMTrainConfig, "batch_size"),
+            rich_help_panel=TRAIN,
+        ),
+    ] = None,
+    lr: Annotated[
+        Optional[float],
+        typer.Option(help="Learning rate.", show_default=common.default(LDMTrainConfig, "lr"), rich_help_panel=TRAIN),
+    ] = None,
+    max_minutes: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Stop after this many minutes.",
+            show_default=common.default(LDMTrainConfig, "max_minutes"),
+            rich_help_panel=TRAIN,
+        ),
+    ] = None,
+    ema_decay: Annotated[
+        Optional[float],
+        typer.Option(
+            help="EMA decay of the weights used for sampling (the checkpoint is the latest EMA).",
+            show_default=common.default(LDMTrainConfig, "ema_decay"),
+            rich_help_panel=TRAIN,
+        ),
+    ] = None,
+    lesion_weight: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Extra loss weight of latent voxels over lesions (1 + this).",
+            show_default=common.default(LDMTrainConfig, "lesion_weight"),
+            rich_help_panel=TRAIN,
+        ),
+    ] = None,
+    precision: Annotated[
+        Optional[str],
+        typer.Option(
+            help="auto | fp32 | bf16 | fp16.",
+            show_default=common.default(LDMTrainConfig, "precision"),
+            rich_help_panel=TRAIN,
+        ),
+    ] = None,
+    checkpoint_every: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Save the resumable training state every N steps (also every 10 min and at the end).",
+            show_default=common.default(LDMTrainConfig, "checkpoint_every"),
+            rich_help_panel=TRAIN,
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Go on from the training state in --out (an error if there is none). Without it a state there is picked up automatically.",
+            rich_help_panel=TRAIN,
+        ),
+    ] = False,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Ignore and replace a training state in --out.", rich_help_panel=TRAIN)
+    ] = False,
 ) -> None:
     """Encode volumes slice by slice into latent volumes and train the 3D denoising UNet."""
     from ldmtool.config import DenoiserConfig, load_yaml
     from ldmtool.data.prepared import prepare_dataset
     from ldmtool.data.preprocess import PreprocessConfig
     from ldmtool.errors import LdmError
-    from ldmtool.models.loaders import load_autoencoder
     from ldmtool.models.checkpoint import resolve_checkpoint
+    from ldmtool.models.loaders import load_autoencoder
     from ldmtool.train.latent import train_latent_diffusion
 
     state: common.State = ctx.obj
     cfg = load_yaml(config)
     model_cfg = common.section(
-        cfg, "denoiser", DenoiserConfig,
+        cfg,
+        "denoiser",
+        DenoiserConfig,
         {"channels": common.ints(channels, None, "--channels"), "objective": objective, "condition_on": condition_on},
     )
-    train_cfg = common.section(cfg, "ldm_train", LDMTrainConfig, {
-        "steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr, "max_minutes": max_minutes, "ema_decay": ema_decay,
-        "lesion_weight": lesion_weight, "precision": precision, "checkpoint_every": checkpoint_every,
-    })
+    train_cfg = common.section(
+        cfg,
+        "ldm_train",
+        LDMTrainConfig,
+        {
+            "steps": steps,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "max_minutes": max_minutes,
+            "ema_decay": ema_decay,
+            "lesion_weight": lesion_weight,
+            "precision": precision,
+            "checkpoint_every": checkpoint_every,
+        },
+    )
     mode = common.resume_mode(resume, restart)
     with common.training_session(state, out, mode) as (info, stop):
         device = info.device
@@ -63,24 +163,45 @@ def train_ldm(
         ae_model, ae_cfg = load_autoencoder(ae_path, device)
         common.require_exists(data, "data set")
         rate = float(ae_cfg.get("missing_rate", 0.0)) if missing_rate is None else missing_rate
-        prepared = prepare_dataset(data, PreprocessConfig.from_dict(ae_cfg["preprocess"]), series_uid=series, console=state.console,
-                                   missing_rate=rate, seed=state.seed)
+        prepared = prepare_dataset(
+            data,
+            PreprocessConfig.from_dict(ae_cfg["preprocess"]),
+            series_uid=series,
+            console=state.console,
+            missing_rate=rate,
+            seed=state.seed,
+        )
         if list(prepared.volume_shape) != list(ae_cfg["volume_shape"]):
             raise LdmError(
                 f"volumes preprocess to {prepared.volume_shape} but the autoencoder was trained on {tuple(ae_cfg['volume_shape'])}"
             )
         if prepared.num_classes != int(ae_cfg["num_classes"]):
-            raise LdmError(f"data set has {prepared.num_classes} label classes but the autoencoder expects {ae_cfg['num_classes']}")
+            raise LdmError(
+                f"data set has {prepared.num_classes} label classes but the autoencoder expects {ae_cfg['num_classes']}"
+            )
         common.announce_scale(state, info, train_cfg.batch_size, train_cfg.lr, "latent volumes")
         result = train_latent_diffusion(
-            prepared, ae_model, ae_cfg, ae_path, out, model_cfg=model_cfg, train_cfg=train_cfg, device=device, seed=state.seed,
-            console=state.console, dist=info, resume=mode, stop=stop,
+            prepared,
+            ae_model,
+            ae_cfg,
+            ae_path,
+            out,
+            model_cfg=model_cfg,
+            train_cfg=train_cfg,
+            device=device,
+            seed=state.seed,
+            console=state.console,
+            dist=info,
+            resume=mode,
+            stop=stop,
         )
     if not info.is_main:
         return
     last = result.history[-1] if result.history else {}
     if result.already_complete:
-        state.console.print(f"{out} already holds a finished run (step {last.get('step', '?')}); use --restart to train again")
+        state.console.print(
+            f"{out} already holds a finished run (step {last.get('step', '?')}); use --restart to train again"
+        )
     rows = {
         "checkpoint": str(result.path),
         "latent volume (C, D, h, w)": "×".join(map(str, result.summary["latent_shape"])),

@@ -55,7 +55,9 @@ def parse_conditions(items: list[str] | None) -> dict[str, float]:
                 raise LdmError(f"--condition expects name=value, got {part!r}")
             name, value = (s.strip() for s in part.split("=", 1))
             if name not in ATTRIBUTES:
-                raise LdmError(f"unknown condition {name!r}; known: {', '.join(f'{a} ({UNITS[a]})' for a in ATTRIBUTES)}")
+                raise LdmError(
+                    f"unknown condition {name!r}; known: {', '.join(f'{a} ({UNITS[a]})' for a in ATTRIBUTES)}"
+                )
             try:
                 out[name] = float(value)
             except ValueError:

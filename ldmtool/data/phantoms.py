@@ -55,9 +55,7 @@ def _check_shape(shape: tuple[int, int, int]) -> tuple[int, int, int]:
     return out  # type: ignore[return-value]
 
 
-def make_phantom(
-    rng: np.random.Generator, shape: tuple[int, int, int] = (64, 64, 32)
-) -> tuple[np.ndarray, np.ndarray]:
+def make_phantom(rng: np.random.Generator, shape: tuple[int, int, int] = (64, 64, 32)) -> tuple[np.ndarray, np.ndarray]:
     """Generate one head phantom.
 
     Args:
@@ -190,9 +188,7 @@ def _place_lesion(
         box = tuple(int(b - a) for a, b in zip(lo, hi))
         gx, gy, gz = np.ogrid[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
         rho = np.sqrt(
-            ((gx - centre[0]) / radius) ** 2
-            + ((gy - centre[1]) / radius) ** 2
-            + ((gz - centre[2]) * zr / radius) ** 2
+            ((gx - centre[0]) / radius) ** 2 + ((gy - centre[1]) / radius) ** 2 + ((gz - centre[2]) * zr / radius) ** 2
         )
         warp = np.clip(_smooth_noise(rng, box, max(radius / 2.5, 1.0)), -1.0, 1.0)
         mask = rho <= 1.0 + max_warp * warp
@@ -266,9 +262,7 @@ def write_demo_dataset(
     if out.exists() and not out.is_dir():
         raise LdmError(f"{out} exists and is not a folder; choose another output folder")
     if out.is_dir() and any(out.iterdir()) and not _is_demo_set(out):
-        raise LdmError(
-            f"{out} is not empty and is not an ldmtool demo dataset; choose an empty folder"
-        )
+        raise LdmError(f"{out} is not empty and is not an ldmtool demo dataset; choose an empty folder")
     images_dir, labels_dir = out / "imagesTr", out / "labelsTr"
     try:
         images_dir.mkdir(parents=True, exist_ok=True)

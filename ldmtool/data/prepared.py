@@ -57,12 +57,12 @@ class PreparedData:
         perm = np.random.default_rng(seed).permutation(n)
         return sorted(map(int, perm[n_val:])), sorted(map(int, perm[:n_val]))
 
-    def split(self, val_fraction: float, seed: int = 0) -> tuple["PreparedData", "PreparedData | None"]:
+    def split(self, val_fraction: float, seed: int = 0) -> tuple[PreparedData, PreparedData | None]:
         """Split by case into (train, validation); validation is None when there is too little data."""
         train, val = self.split_indices(val_fraction, seed)
         return self.subset(train), (self.subset(val) if val else None)
 
-    def subset(self, idx) -> "PreparedData":
+    def subset(self, idx) -> PreparedData:
         idx = list(map(int, idx))
         return PreparedData(
             images=self.images[idx],
@@ -86,8 +86,14 @@ def slices_to_volume(array: np.ndarray) -> np.ndarray:
 
 
 def prepare_dataset(
-    path: Path, preprocess_cfg, *, require_labels: bool = False, series_uid: str | None = None, console=None,
-    missing_rate: float = 0.0, seed: int = 0,
+    path: Path,
+    preprocess_cfg,
+    *,
+    require_labels: bool = False,
+    series_uid: str | None = None,
+    console=None,
+    missing_rate: float = 0.0,
+    seed: int = 0,
 ) -> PreparedData:
     """Discover, read, check and preprocess every case of a data set folder (or one file).
 
@@ -116,7 +122,11 @@ def prepare_dataset(
                 missing = nan if missing is None else (missing | nan)
             pc = preprocess_case(image, label, preprocess_cfg, missing)
             img = volume_to_slices(pc.image.array.astype(np.float32))
-            gone = np.zeros(img.shape, dtype=bool) if pc.missing is None else volume_to_slices(pc.missing.array.astype(bool))
+            gone = (
+                np.zeros(img.shape, dtype=bool)
+                if pc.missing is None
+                else volume_to_slices(pc.missing.array.astype(bool))
+            )
             if missing_rate > 0:
                 gone |= mcar_mask(img.shape, missing_rate, case_seed(seed, index))
             img[gone] = 0.0

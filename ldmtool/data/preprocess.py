@@ -73,17 +73,14 @@ class PreprocessConfig:
         # orientation
         if not isinstance(self.orientation, str):
             raise LdmError(
-                f"orientation must be 3 axis letters such as 'RAS' or 'LPS', or 'none'; "
-                f"got {self.orientation!r}"
+                f"orientation must be 3 axis letters such as 'RAS' or 'LPS', or 'none'; got {self.orientation!r}"
             )
         code = self.orientation.strip()
         if code.lower() == "none":
             self.orientation = "none"
         else:
             code = code.upper()
-            ok = len(code) == 3 and all(
-                sum(ch in pair for ch in code) == 1 for pair in _AXIS_PAIRS
-            )
+            ok = len(code) == 3 and all(sum(ch in pair for ch in code) == 1 for pair in _AXIS_PAIRS)
             if not ok:
                 raise LdmError(
                     f"orientation must be 3 axis letters with one of L/R, one of P/A and one of "
@@ -122,9 +119,7 @@ class PreprocessConfig:
 
         # intensity
         if self.intensity not in _INTENSITY_MODES:
-            raise LdmError(
-                f"intensity must be one of {', '.join(_INTENSITY_MODES)}; got {self.intensity!r}"
-            )
+            raise LdmError(f"intensity must be one of {', '.join(_INTENSITY_MODES)}; got {self.intensity!r}")
         hint = "two numbers (low, high) with 0 <= low < high <= 100"
         pl, ph = _float_tuple(self.percentiles, 2, "percentiles", hint)
         if not (0.0 <= pl < ph <= 100.0):
@@ -138,9 +133,7 @@ class PreprocessConfig:
                 raise LdmError(f"ct_window must be {hint}, got {self.ct_window!r}")
             self.ct_window = (level, width)
         elif self.intensity == "ct_window":
-            raise LdmError(
-                "intensity 'ct_window' needs ct_window = (level, width) in HU, e.g. [40, 400]"
-            )
+            raise LdmError("intensity 'ct_window' needs ct_window = (level, width) in HU, e.g. [40, 400]")
 
         hint = "two numbers (low, high) with low < high"
         lo, hi = _float_tuple(self.out_range, 2, "out_range", hint)
@@ -161,7 +154,7 @@ class PreprocessConfig:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "PreprocessConfig":
+    def from_dict(cls, data: dict[str, Any] | None) -> PreprocessConfig:
         """Inverse of to_dict; missing keys take their defaults, unknown keys are an error."""
         if data is None:
             return cls()
@@ -171,8 +164,7 @@ class PreprocessConfig:
         unknown = sorted(set(data) - set(allowed))
         if unknown:
             raise LdmError(
-                f"unknown preprocessing option(s) {', '.join(map(str, unknown))}; "
-                f"allowed: {', '.join(allowed)}"
+                f"unknown preprocessing option(s) {', '.join(map(str, unknown))}; allowed: {', '.join(allowed)}"
             )
         return cls(**data)
 
@@ -198,9 +190,7 @@ class PreprocessedCase:
 # ------------------------------------------------------------------------------------------------
 
 
-def _reorient(
-    arrays: list[np.ndarray], affine: np.ndarray, axcodes: str
-) -> tuple[list[np.ndarray], np.ndarray]:
+def _reorient(arrays: list[np.ndarray], affine: np.ndarray, axcodes: str) -> tuple[list[np.ndarray], np.ndarray]:
     """Permute/flip the arrays so their axes follow `axcodes`; returns the exact new affine."""
     src = nio.io_orientation(affine)
     dst = nio.axcodes2ornt(tuple(axcodes))
@@ -249,9 +239,7 @@ def _resample(
     return out_image, out_label, affine @ index_map
 
 
-def _crop_or_pad(
-    array: np.ndarray, shape: tuple[int, int, int], fill: float
-) -> tuple[np.ndarray, np.ndarray]:
+def _crop_or_pad(array: np.ndarray, shape: tuple[int, int, int], fill: float) -> tuple[np.ndarray, np.ndarray]:
     """Centre crop/pad; returns the array and the shift s (old index = new index + s)."""
     shift = np.zeros(3)
     pads, crops = [], []
@@ -291,9 +279,7 @@ def _intensity_range(array: np.ndarray, cfg: PreprocessConfig) -> tuple[float, f
     return lo, hi
 
 
-def _normalise(
-    array: np.ndarray, intensity_range: tuple[float, float], cfg: PreprocessConfig
-) -> np.ndarray:
+def _normalise(array: np.ndarray, intensity_range: tuple[float, float], cfg: PreprocessConfig) -> np.ndarray:
     if cfg.intensity == "none":
         return array.astype(np.float32, copy=False)
     lo, hi = intensity_range
@@ -302,9 +288,7 @@ def _normalise(
     return (out_lo + scaled * (out_hi - out_lo)).astype(np.float32)
 
 
-def denormalise(
-    array: np.ndarray, intensity_range: tuple[float, float], cfg: PreprocessConfig
-) -> np.ndarray:
+def denormalise(array: np.ndarray, intensity_range: tuple[float, float], cfg: PreprocessConfig) -> np.ndarray:
     """Map normalised values (cfg.out_range) back to source units (inverse of the normalisation
     for values that were inside the clip range). Returns float32."""
     arr = np.asarray(array, dtype=np.float32)
@@ -352,26 +336,21 @@ def preprocess_case(
     known = arr if missing is None else arr[~missing]
     if float(known.max()) == float(known.min()):
         raise LdmError(
-            f"image has zero intensity range (every voxel is {float(known.min()):g}); "
-            "nothing to learn from it"
+            f"image has zero intensity range (every voxel is {float(known.min()):g}); nothing to learn from it"
         )
 
     lab = None
     if label is not None:
         lab_arr = np.asarray(label.array)
         if lab_arr.shape != arr.shape:
-            raise LdmError(
-                f"label shape {lab_arr.shape} does not match image shape {arr.shape}"
-            )
+            raise LdmError(f"label shape {lab_arr.shape} does not match image shape {arr.shape}")
         if not np.allclose(np.asarray(label.affine), affine, rtol=1e-4, atol=1e-2):
             raise LdmError("label geometry (affine) does not match the image's")
         if not np.issubdtype(lab_arr.dtype, np.number) or not np.isfinite(lab_arr).all():
             raise LdmError("label must hold finite integer values")
         if lab_arr.size and (lab_arr.min() < 0 or lab_arr.max() > 255):
             raise LdmError("label values must be integers in 0..255")
-        fractional = not np.issubdtype(lab_arr.dtype, np.integer) and not np.all(
-            lab_arr == np.round(lab_arr)
-        )
+        fractional = not np.issubdtype(lab_arr.dtype, np.integer) and not np.all(lab_arr == np.round(lab_arr))
         if fractional:
             raise LdmError("label must hold integer values, found fractional ones")
         lab = lab_arr.astype(np.uint8)

@@ -15,7 +15,7 @@ so DDIM, DDPM and DPM-Solver++ impute without knowing it:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -28,8 +28,12 @@ ErrorGrad = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 Chunk = tuple[tuple[slice, ...], tuple[slice, ...]]  # (index into x̂_0, index into the data)
 
 
-def observed_error(render: Callable[[torch.Tensor, tuple[slice, ...]], torch.Tensor], observed: torch.Tensor,
-                   mask: torch.Tensor, chunks: Callable[[torch.Tensor], list[Chunk]] | None = None) -> ErrorGrad:
+def observed_error(
+    render: Callable[[torch.Tensor, tuple[slice, ...]], torch.Tensor],
+    observed: torch.Tensor,
+    mask: torch.Tensor,
+    chunks: Callable[[torch.Tensor], list[Chunk]] | None = None,
+) -> ErrorGrad:
     """E(x̂_0) = Σ mask · (render(x̂_0) − observed)² per sample, and ∂E/∂x̂_0.
 
     `render(piece, index)` maps a piece of x̂_0 (`x̂_0[index]`) to data space. `chunks(x̂_0)` may
@@ -82,7 +86,9 @@ class SelfGuidance:
     The last step's error is kept in `last_error` (per sample), for progress reports and tests.
     """
 
-    def __init__(self, model: ModelFn, alphas_cumprod: torch.Tensor, prediction: str, error: ErrorGrad, scale: float = 1.0):
+    def __init__(
+        self, model: ModelFn, alphas_cumprod: torch.Tensor, prediction: str, error: ErrorGrad, scale: float = 1.0
+    ):
         self.model, self.prediction, self.error, self.scale = model, prediction, error, float(scale)
         self.alphas_cumprod = alphas_cumprod.double()
         self.last_error: torch.Tensor | None = None
@@ -111,15 +117,24 @@ class Replacement:
     """RePaint-style replacement as a model function: the observed part of x_t is replaced by the
     observation noised to level t before the denoiser sees it (noise from `generator`)."""
 
-    def __init__(self, model: ModelFn, alphas_cumprod: torch.Tensor, prediction: str, observed: torch.Tensor,
-                 mask: torch.Tensor, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        model: ModelFn,
+        alphas_cumprod: torch.Tensor,
+        prediction: str,
+        observed: torch.Tensor,
+        mask: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ):
         self.model, self.prediction, self.observed, self.mask = model, prediction, observed, mask
         self.alphas_cumprod = alphas_cumprod.double()
         self.generator = generator
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         a = append_dims(self.alphas_cumprod.to(x.device)[t].float(), x.ndim)
-        z = torch.randn(x.shape, generator=self.generator, device=self.generator.device if self.generator else x.device).to(x)
+        z = torch.randn(
+            x.shape, generator=self.generator, device=self.generator.device if self.generator else x.device
+        ).to(x)
         noised = a.sqrt() * self.observed + (1 - a).sqrt() * z
         x_in = self.mask * noised + (1 - self.mask) * x
         eps_in, x0 = output_to_eps_x0(self.model(x_in, t).float(), x_in, a, self.prediction)

@@ -13,7 +13,10 @@ from ldmtool.models.position import slice_positions
 
 @torch.inference_mode()
 def encode_volume(
-    ae: SliceAutoencoder, image: torch.Tensor, label: torch.Tensor | None, batch: int = 64,
+    ae: SliceAutoencoder,
+    image: torch.Tensor,
+    label: torch.Tensor | None,
+    batch: int = 64,
     observed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Encode one volume to its latent volume using the posterior mean (not a sample).

@@ -156,15 +156,25 @@ class MemoryPlan:
         return self.arrays + max(self.denoiser, self.decoder)
 
     def summary(self) -> str:
-        return (f"~{self.needed / GIB:.2f} GiB per batch (arrays {self.arrays / GIB:.2f}, denoiser "
-                f"{self.denoiser / GIB:.2f}, decoder {self.decoder / GIB:.2f}) of "
-                f"{self.available / GIB:.2f} GiB {self.limit_source}")
+        return (
+            f"~{self.needed / GIB:.2f} GiB per batch (arrays {self.arrays / GIB:.2f}, denoiser "
+            f"{self.denoiser / GIB:.2f}, decoder {self.decoder / GIB:.2f}) of "
+            f"{self.available / GIB:.2f} GiB {self.limit_source}"
+        )
 
 
 def plan_memory(
-    denoise_call, denoiser: torch.nn.Module, decode_call, decoder: torch.nn.Module, *,
-    batch_size: int, decode_batch: int, latent_shape: tuple[int, ...], volume_shape: tuple[int, ...],
-    device: torch.device, max_memory_gb: float | None,
+    denoise_call,
+    denoiser: torch.nn.Module,
+    decode_call,
+    decoder: torch.nn.Module,
+    *,
+    batch_size: int,
+    decode_batch: int,
+    latent_shape: tuple[int, ...],
+    volume_shape: tuple[int, ...],
+    device: torch.device,
+    max_memory_gb: float | None,
 ) -> MemoryPlan:
     """Estimate one batch's memory and fail before any work if it exceeds what is available.
 

@@ -18,7 +18,8 @@ Notation (DDIM paper, Song et al. 2021): ᾱ_t = alphas_cumprod[t], x_t = √ᾱ
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -59,8 +60,9 @@ class Sampler(Protocol):
     steps: int
     timesteps: list[int]
 
-    def __call__(self, model: ModelFn, x: torch.Tensor, generator: Generators = None,
-                 callback: Callback | None = None) -> torch.Tensor: ...
+    def __call__(
+        self, model: ModelFn, x: torch.Tensor, generator: Generators = None, callback: Callback | None = None
+    ) -> torch.Tensor: ...
 
 
 def training_scheduler(cfg: DenoiserConfig):
@@ -98,7 +100,9 @@ def randn_like_rows(x: torch.Tensor, generator: Generators) -> torch.Tensor:
     return torch.stack([torch.randn(x.shape[1:], generator=g, device=g.device) for g in generator]).to(x)
 
 
-def output_to_eps_x0(out: torch.Tensor, x: torch.Tensor, a_t: torch.Tensor, prediction: str) -> tuple[torch.Tensor, torch.Tensor]:
+def output_to_eps_x0(
+    out: torch.Tensor, x: torch.Tensor, a_t: torch.Tensor, prediction: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A denoiser's ε or v output at x_t → (ε̂, x̂_0 by Tweedie's formula). `a_t` is ᾱ_t, a scalar
     or per-sample values broadcastable to x."""
     if prediction == "epsilon":
@@ -148,8 +152,14 @@ class _DiffusionSampler:
 
     name = ""
 
-    def __init__(self, cfg: DenoiserConfig, steps: int, spacing: str = "trailing", clip: float | None = None,
-                 start: int | None = None):
+    def __init__(
+        self,
+        cfg: DenoiserConfig,
+        steps: int,
+        spacing: str = "trailing",
+        clip: float | None = None,
+        start: int | None = None,
+    ):
         self.steps = steps
         self.spacing = spacing
         self.clip = clip  # clamp x̂_0 to [−clip, clip] (and re-derive ε̂), for bounded targets
@@ -180,13 +190,21 @@ class DDIMSampler(_DiffusionSampler):
 
     name = "ddim"
 
-    def __init__(self, cfg: DenoiserConfig, steps: int, eta: float = 0.0, spacing: str = "trailing", clip: float | None = None,
-                 start: int | None = None):
+    def __init__(
+        self,
+        cfg: DenoiserConfig,
+        steps: int,
+        eta: float = 0.0,
+        spacing: str = "trailing",
+        clip: float | None = None,
+        start: int | None = None,
+    ):
         super().__init__(cfg, steps, spacing, clip, start)
         self.eta = float(eta)
 
-    def __call__(self, model: ModelFn, x: torch.Tensor, generator: Generators = None,
-                 callback: Callback | None = None) -> torch.Tensor:
+    def __call__(
+        self, model: ModelFn, x: torch.Tensor, generator: Generators = None, callback: Callback | None = None
+    ) -> torch.Tensor:
         for i, t in enumerate(self.timesteps):
             t_prev = self._next(i)
             a_t, a_prev = self._ac(t, x.device), self._ac(t_prev, x.device)
@@ -224,8 +242,9 @@ class DPMSolverPP2MSampler(_DiffusionSampler):
     name = "dpmpp2m"
     eta = 0.0
 
-    def __call__(self, model: ModelFn, x: torch.Tensor, generator: Generators = None,
-                 callback: Callback | None = None) -> torch.Tensor:
+    def __call__(
+        self, model: ModelFn, x: torch.Tensor, generator: Generators = None, callback: Callback | None = None
+    ) -> torch.Tensor:
         ac = self.alphas_cumprod
         lam = lambda t: 0.5 * (torch.log(ac[t]) - torch.log1p(-ac[t]))  # noqa: E731  λ = log α − log σ
         x0_prev, h_prev = None, None
@@ -264,8 +283,9 @@ class EulerFlowSampler:
         self.scheduler.set_timesteps(steps)
         self.timesteps = [int(t) for t in self.scheduler.timesteps]
 
-    def __call__(self, model: ModelFn, x: torch.Tensor, generator: Generators = None,
-                 callback: Callback | None = None) -> torch.Tensor:
+    def __call__(
+        self, model: ModelFn, x: torch.Tensor, generator: Generators = None, callback: Callback | None = None
+    ) -> torch.Tensor:
         for i, t in enumerate(self.timesteps):
             t_next = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else 0
             v = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).float()
@@ -288,11 +308,15 @@ def make_sampler(name: str, cfg: DenoiserConfig, steps: int, eta: float = 0.0, s
         raise LdmError(f"--sampler must be one of {', '.join(SAMPLERS)}; got {name!r}")
     if cfg.objective == "flow":
         if name not in FLOW_SAMPLERS:
-            raise LdmError(f"this denoiser was trained with the flow objective: use --sampler {' or '.join(FLOW_SAMPLERS)}")
+            raise LdmError(
+                f"this denoiser was trained with the flow objective: use --sampler {' or '.join(FLOW_SAMPLERS)}"
+            )
         return EulerFlowSampler(cfg, steps, spacing)
     if name in FLOW_SAMPLERS:
-        raise LdmError(f"--sampler {name} needs a denoiser trained with --objective flow; "
-                       f"this one is {cfg.objective}: use {', '.join(DIFFUSION_SAMPLERS)}")
+        raise LdmError(
+            f"--sampler {name} needs a denoiser trained with --objective flow; "
+            f"this one is {cfg.objective}: use {', '.join(DIFFUSION_SAMPLERS)}"
+        )
     if name == "ddim":
         return DDIMSampler(cfg, steps, eta, spacing)
     if name == "ddpm":

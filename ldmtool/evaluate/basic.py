@@ -86,8 +86,18 @@ def compare_folders(real: Path, synthetic: Path) -> list[tuple[str, float, float
     rv, sv = mean_of(r, "lesion_present"), mean_of(s, "lesion_present")
     rows.append(("volumes with a lesion (fraction)", rv, sv, "≥ 0.5", None if np.isnan(sv) else bool(sv >= 0.5)))
     rv, sv = mean_of(r, "lesion_inside"), mean_of(s, "lesion_inside")
-    rows.append(("lesion voxels inside the head (fraction)", rv, sv, "≥ 0.95", None if np.isnan(sv) else bool(sv >= 0.95)))
+    rows.append(
+        ("lesion voxels inside the head (fraction)", rv, sv, "≥ 0.95", None if np.isnan(sv) else bool(sv >= 0.95))
+    )
     rows.append(("mean lesion volume (voxels)", mean_of(r, "lesion_voxels"), mean_of(s, "lesion_voxels"), "", None))
-    rows.append(("lesions per volume (connected components)", mean_of(r, "lesion_components"), mean_of(s, "lesion_components"), "", None))
+    rows.append(
+        (
+            "lesions per volume (connected components)",
+            mean_of(r, "lesion_components"),
+            mean_of(s, "lesion_components"),
+            "",
+            None,
+        )
+    )
     rows.append(("image and mask share the affine", 1.0, float(same_affine), "yes", same_affine))
     return rows

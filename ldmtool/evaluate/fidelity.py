@@ -120,8 +120,9 @@ def pairwise_ms_ssim(images: np.ndarray, pairs: int = 50, seed: int = 0, device:
         return {"value": None, "reason": f"volumes of shape {list(images.shape[1:])} are too small for MS-SSIM"}
     n, k = setting
     w = np.asarray(MS_SSIM_WEIGHTS[:n])
-    metric = MultiScaleSSIMMetric(spatial_dims=3, data_range=1.0, kernel_size=k, weights=tuple((w / w.sum()).tolist()),
-                                  reduction="none")
+    metric = MultiScaleSSIMMetric(
+        spatial_dims=3, data_range=1.0, kernel_size=k, weights=tuple((w / w.sum()).tolist()), reduction="none"
+    )
     rng = np.random.default_rng(seed)
     a = rng.integers(0, len(images), pairs)
     b = (a + rng.integers(1, len(images), pairs)) % len(images)

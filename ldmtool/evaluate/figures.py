@@ -31,8 +31,8 @@ def montage_png(real, synthetic, path: Path, n: int = 6) -> Path:
     """Axial and coronal mid-slices: real volumes (top) above synthetic ones (bottom)."""
     from PIL import Image
 
-    from ldmtool.pipelines.montage import montage
     from ldmtool.io.atomic import atomic_path
+    from ldmtool.pipelines.montage import montage
 
     def grid(vs):
         vols = [(vs.images[i], None if vs.labels is None else vs.labels[i]) for i in range(min(n, len(vs)))]
@@ -102,7 +102,9 @@ def precision_recall_png(per_view: dict, overall: tuple[float, float], path: Pat
     return _save(fig, path)
 
 
-def utility_png(clean: dict[str, float], perturbed: dict[str, dict[str, float]] | None, metric: str, path: Path) -> Path:
+def utility_png(
+    clean: dict[str, float], perturbed: dict[str, dict[str, float]] | None, metric: str, path: Path
+) -> Path:
     """Bars per training source: clean score and, when present, scores under each perturbation."""
     plt = _plt()
     sources = list(clean)

@@ -25,43 +25,85 @@ def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
     rows = []
     f, d, s, p, u, r = (report.get(k) for k in ("fidelity", "diversity", "speed", "privacy", "utility", "robustness"))
     if f:
-        rows += [("fidelity", f"precision (k={f['k']})", _fmt(f["precision"]), "higher is better, 1 = all inside real"),
-                 ("fidelity", "FID", _fmt(f["fid"]), "lower is better, 0 = same feature statistics")]
+        rows += [
+            ("fidelity", f"precision (k={f['k']})", _fmt(f["precision"]), "higher is better, 1 = all inside real"),
+            ("fidelity", "FID", _fmt(f["fid"]), "lower is better, 0 = same feature statistics"),
+        ]
     if d:
-        rows += [("diversity", f"recall (k={d['k']})", _fmt(d["recall"]), "higher is better"),
-                 ("diversity", "MMD (linear, features)", _fmt(d["mmd_linear"]), "lower is better"),
-                 ("diversity", "pairwise SSIM synthetic / real",
-                  f"{_fmt(d['pairwise_ssim_synthetic'])} / {_fmt(d['pairwise_ssim_real'])}", "close to real; high = repetitive")]
+        rows += [
+            ("diversity", f"recall (k={d['k']})", _fmt(d["recall"]), "higher is better"),
+            ("diversity", "MMD (linear, features)", _fmt(d["mmd_linear"]), "lower is better"),
+            (
+                "diversity",
+                "pairwise SSIM synthetic / real",
+                f"{_fmt(d['pairwise_ssim_synthetic'])} / {_fmt(d['pairwise_ssim_real'])}",
+                "close to real; high = repetitive",
+            ),
+        ]
         ms_s, ms_r = d.get("pairwise_ms_ssim_synthetic", {}), d.get("pairwise_ms_ssim_real", {})
         if ms_s.get("value") is not None:
-            rows.append(("diversity", "pairwise MS-SSIM synthetic / real", f"{_fmt(ms_s['value'])} / {_fmt(ms_r.get('value'))}",
-                         f"{ms_s['scales']} scales, window {ms_s['window']}; close to real"))
+            rows.append(
+                (
+                    "diversity",
+                    "pairwise MS-SSIM synthetic / real",
+                    f"{_fmt(ms_s['value'])} / {_fmt(ms_r.get('value'))}",
+                    f"{ms_s['scales']} scales, window {ms_s['window']}; close to real",
+                )
+            )
     if s and s.get("available"):
         dev = ", ".join(s["devices"])
-        rows += [("speed", "samples/s", _fmt(s["samples_per_second"]), f"from provenance, {s['n_samples']} samples on {dev}")]
+        rows += [
+            ("speed", "samples/s", _fmt(s["samples_per_second"]), f"from provenance, {s['n_samples']} samples on {dev}")
+        ]
     if p:
         m = p["memorisation"]
-        rows += [("privacy", f"max SSIM to train (q={p['q']}, {p['repeats']} repeats)", _fmt(p["max_ssim_mean"]),
-                  "lower is more private" + (f"; held-out real: {_fmt(p['heldout_max_ssim_mean'])}" if "heldout_max_ssim_mean" in p else "")),
-                 ("privacy", f"flagged (SSIM > {p['flag_threshold']:g})", f"{p['flagged']} ({100 * p['flagged_share']:.0f}%)",
-                  "near-copies of training volumes"),
-                 ("privacy", "memorisation ratio (NN distance)", _fmt(m.get("ratio")),
-                  "synthetic→train / held-out→train; < 1 = closer than unseen real data")]
+        rows += [
+            (
+                "privacy",
+                f"max SSIM to train (q={p['q']}, {p['repeats']} repeats)",
+                _fmt(p["max_ssim_mean"]),
+                "lower is more private"
+                + (f"; held-out real: {_fmt(p['heldout_max_ssim_mean'])}" if "heldout_max_ssim_mean" in p else ""),
+            ),
+            (
+                "privacy",
+                f"flagged (SSIM > {p['flag_threshold']:g})",
+                f"{p['flagged']} ({100 * p['flagged_share']:.0f}%)",
+                "near-copies of training volumes",
+            ),
+            (
+                "privacy",
+                "memorisation ratio (NN distance)",
+                _fmt(m.get("ratio")),
+                "synthetic→train / held-out→train; < 1 = closer than unseen real data",
+            ),
+        ]
     if u:
         metric = "Dice" if u["task"] == "segmentation" else "accuracy"
         key = "dice_mean" if u["task"] == "segmentation" else "accuracy"
         for src, res in u["results"].items():
-            rows.append(("utility", f"{metric}, trained on {src}", _fmt(res[key]), f"on {u['n_test']} real test volumes"))
+            rows.append(
+                ("utility", f"{metric}, trained on {src}", _fmt(res[key]), f"on {u['n_test']} real test volumes")
+            )
             if "iou" in res:
-                rows.append(("utility", f"IoU, trained on {src}", _fmt(float(np.nanmean(list(res["iou"].values())))),
-                             "mean over classes"))
+                rows.append(
+                    (
+                        "utility",
+                        f"IoU, trained on {src}",
+                        _fmt(float(np.nanmean(list(res["iou"].values())))),
+                        "mean over classes",
+                    )
+                )
     if r:
         key = "dice_mean" if r["task"] == "segmentation" else "accuracy"
         for src, res in r["results"].items():
             for pert, val in res.items():
-                label = {"fgsm": f"FGSM ε={r.get('epsilon')}", "pgd": f"PGD ε={r.get('epsilon')}, {r.get('pgd_steps')} steps",
-                         "noise": f"Gaussian noise σ={r.get('noise_sigma')}",
-                         "deepfool": f"DeepFool {r.get('deepfool_iterations')} it."}.get(pert, pert)
+                label = {
+                    "fgsm": f"FGSM ε={r.get('epsilon')}",
+                    "pgd": f"PGD ε={r.get('epsilon')}, {r.get('pgd_steps')} steps",
+                    "noise": f"Gaussian noise σ={r.get('noise_sigma')}",
+                    "deepfool": f"DeepFool {r.get('deepfool_iterations')} it.",
+                }.get(pert, pert)
                 rows.append(("robustness", f"{src}: {label}", _fmt(val[key]), f"clean {_fmt(r['clean'][src][key])}"))
     for crit, why in report.get("skipped", {}).items():
         rows.append((crit, "not computed", "–", why))
@@ -89,32 +131,67 @@ figcaption{font-size:.85em;color:#555}code{background:#f3f3f3;padding:0 3px}.not
 
 def render_html(report: dict, out_dir: Path) -> str:
     out_dir = Path(out_dir)
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ldmtool evaluation report</title>"
-             f"<style>{_CSS}</style></head><body><h1>Synthetic data report</h1>"]
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ldmtool evaluation report</title>"
+        f"<style>{_CSS}</style></head><body><h1>Synthetic data report</h1>"
+    ]
     inp = report.get("inputs", {})
-    parts.append("<h2>Inputs</h2>" + _table(["set", "path", "volumes", "shape"],
-                 [[k, v["path"], v["n"], "×".join(map(str, v["shape"]))] for k, v in inp.items() if isinstance(v, dict)]))
-    parts.append(f"<p class='note'>{html.escape(inp.get('note', ''))}. ldmtool {report['ldmtool_version']}, "
-                 f"device {report['device']}, seed {report['seed']}, {report['seconds']} s.</p>")
+    parts.append(
+        "<h2>Inputs</h2>"
+        + _table(
+            ["set", "path", "volumes", "shape"],
+            [[k, v["path"], v["n"], "×".join(map(str, v["shape"]))] for k, v in inp.items() if isinstance(v, dict)],
+        )
+    )
+    parts.append(
+        f"<p class='note'>{html.escape(inp.get('note', ''))}. ldmtool {report['ldmtool_version']}, "
+        f"device {report['device']}, seed {report['seed']}, {report['seconds']} s.</p>"
+    )
     fe = report.get("feature_extractor")
     if fe:
-        parts.append(f"<p>Feature extractor: <code>{html.escape(fe['name'])}</code>, views {', '.join(fe['views'])}, "
-                     f"{fe['slices_per_view']} slices per view, {fe['image_size']} px. <span class='note'>{html.escape(fe['note'])}.</span></p>")
-    parts.append("<h2>Summary</h2>" + _table(["criterion", "measure", "value", "how to read"], [list(r) for r in summary_rows(report)]))
+        parts.append(
+            f"<p>Feature extractor: <code>{html.escape(fe['name'])}</code>, views {', '.join(fe['views'])}, "
+            f"{fe['slices_per_view']} slices per view, {fe['image_size']} px. <span class='note'>{html.escape(fe['note'])}.</span></p>"
+        )
+    parts.append(
+        "<h2>Summary</h2>"
+        + _table(["criterion", "measure", "value", "how to read"], [list(r) for r in summary_rows(report)])
+    )
     figs = report.get("figures", {})
     if "montage" in figs:
-        parts.append("<h2>Real (top) and synthetic (bottom)</h2>" + _img(out_dir / figs["montage"], "axial and coronal mid-slices"))
+        parts.append(
+            "<h2>Real (top) and synthetic (bottom)</h2>"
+            + _img(out_dir / figs["montage"], "axial and coronal mid-slices")
+        )
     f = report.get("fidelity")
     if f:
-        parts.append("<h2>Fidelity and diversity</h2>" + _table(
-            ["view", "precision", "recall", "FID"], [[v, x["precision"], x["recall"], x["fid"]] for v, x in f["per_view"].items()]))
+        parts.append(
+            "<h2>Fidelity and diversity</h2>"
+            + _table(
+                ["view", "precision", "recall", "FID"],
+                [[v, x["precision"], x["recall"], x["fid"]] for v, x in f["per_view"].items()],
+            )
+        )
         parts.append(f"<p class='note'>{html.escape(f['definition'])}</p>")
     if "precision_recall" in figs:
         parts.append(_img(out_dir / figs["precision_recall"], "improved precision and recall"))
     s = report.get("speed")
     if s and s.get("available"):
-        parts.append("<h2>Sampling speed</h2>" + _table(["samples/s", "s/sample (mean)", "devices", "samplers", "source"],
-                     [[s["samples_per_second"], s["seconds_per_sample_mean"], json.dumps(s["devices"]), json.dumps(s["samplers"]), s["source"]]]))
+        parts.append(
+            "<h2>Sampling speed</h2>"
+            + _table(
+                ["samples/s", "s/sample (mean)", "devices", "samplers", "source"],
+                [
+                    [
+                        s["samples_per_second"],
+                        s["seconds_per_sample_mean"],
+                        json.dumps(s["devices"]),
+                        json.dumps(s["samplers"]),
+                        s["source"],
+                    ]
+                ],
+            )
+        )
     p = report.get("privacy")
     if p:
         parts.append("<h2>Privacy</h2>")
@@ -122,27 +199,47 @@ def render_html(report: dict, out_dir: Path) -> str:
         if "privacy_ssim" in figs:
             parts.append(_img(out_dir / figs["privacy_ssim"], "highest SSIM to a training volume"))
         m = p["memorisation"]
-        parts.append(_table(["measure", "value"], [[k, json.dumps(v) if isinstance(v, list) else v] for k, v in m.items()]))
+        parts.append(
+            _table(["measure", "value"], [[k, json.dumps(v) if isinstance(v, list) else v] for k, v in m.items()])
+        )
         parts.append("<h3>Most suspicious pairs</h3>")
         for pair in p["suspicious_pairs"]:
-            parts.append(_img(out_dir / pair["figure"], f"{pair['synthetic']} vs {pair['train']}: SSIM {pair['max_ssim']:.3f}"))
+            parts.append(
+                _img(out_dir / pair["figure"], f"{pair['synthetic']} vs {pair['train']}: SSIM {pair['max_ssim']:.3f}")
+            )
     u = report.get("utility")
     if u:
         key = "dice_mean" if u["task"] == "segmentation" else "accuracy"
-        parts.append(f"<h2>Utility ({html.escape(u['task'])})</h2><p class='note'>{html.escape(u['model'])}; "
-                     f"{u['steps']} steps, batch {u['batch_size']}, channels {u['channels']}; {html.escape(u['metric'])}.</p>")
+        parts.append(
+            f"<h2>Utility ({html.escape(u['task'])})</h2><p class='note'>{html.escape(u['model'])}; "
+            f"{u['steps']} steps, batch {u['batch_size']}, channels {u['channels']}; {html.escape(u['metric'])}.</p>"
+        )
         parts.append(_table(["trained on", key], [[k, v[key]] for k, v in u["results"].items()]))
         if u["task"] == "segmentation" and all("iou" in v for v in u["results"].values()):
-            parts.append(_table(["trained on", "class", "Dice", "IoU", "HD95 (voxels)"],
-                                [[k, c, v["dice"][c], v["iou"][c], v["hd95_voxels"][c]]
-                                 for k, v in u["results"].items() for c in v["dice"]]))
+            parts.append(
+                _table(
+                    ["trained on", "class", "Dice", "IoU", "HD95 (voxels)"],
+                    [
+                        [k, c, v["dice"][c], v["iou"][c], v["hd95_voxels"][c]]
+                        for k, v in u["results"].items()
+                        for c in v["dice"]
+                    ],
+                )
+            )
     r = report.get("robustness")
     if r:
         key = "dice_mean" if r["task"] == "segmentation" else "accuracy"
         conds = sorted({c for v in r["results"].values() for c in v})
-        parts.append("<h2>Robustness</h2>" + _table(["trained on", "clean"] + conds,
-                     [[k, r["clean"][k][key]] + [v[c][key] for c in conds] for k, v in r["results"].items()]))
-        parts.append(f"<p class='note'>{html.escape(json.dumps({k: v for k, v in r.items() if k not in ('clean', 'results')}))}</p>")
+        parts.append(
+            "<h2>Robustness</h2>"
+            + _table(
+                ["trained on", "clean"] + conds,
+                [[k, r["clean"][k][key]] + [v[c][key] for c in conds] for k, v in r["results"].items()],
+            )
+        )
+        parts.append(
+            f"<p class='note'>{html.escape(json.dumps({k: v for k, v in r.items() if k not in ('clean', 'results')}))}</p>"
+        )
     if "utility" in figs:
         parts.append(_img(out_dir / figs["utility"], "downstream scores on real test volumes"))
     parts.append("<p class='note'>Every number and its settings: <code>report.json</code>.</p></body></html>")

@@ -27,7 +27,9 @@ def ssim_window(shape: tuple[int, ...], largest: int = 11) -> int:
 
 
 @torch.inference_mode()
-def ssim_batch(a: np.ndarray, b: np.ndarray, device: torch.device | None = None, win_size: int | None = None) -> np.ndarray:
+def ssim_batch(
+    a: np.ndarray, b: np.ndarray, device: torch.device | None = None, win_size: int | None = None
+) -> np.ndarray:
     """3D SSIM of pairs (a[n], b[n]) of (I, J, K) volumes in [0, 1] (MONAI's SSIMMetric) → (N,)."""
     from monai.metrics import SSIMMetric
 
@@ -88,13 +90,15 @@ def memorisation(syn_emb: np.ndarray, train_emb: np.ndarray, heldout_emb: np.nda
         return out
     d_real = nn_distances(heldout_emb, train_emb)
     p5 = float(np.percentile(d_real, 5))
-    out.update({
-        "heldout_to_train_median": float(np.median(d_real)),
-        "heldout_to_train_quartiles": [float(x) for x in np.percentile(d_real, [25, 50, 75])],
-        # < 1: synthetic samples are closer to the training set than unseen real volumes are
-        "ratio": float(np.median(d_syn) / max(np.median(d_real), 1e-12)),
-        "share_closer_than_heldout_p5": float((d_syn < p5).mean()),
-    })
+    out.update(
+        {
+            "heldout_to_train_median": float(np.median(d_real)),
+            "heldout_to_train_quartiles": [float(x) for x in np.percentile(d_real, [25, 50, 75])],
+            # < 1: synthetic samples are closer to the training set than unseen real volumes are
+            "ratio": float(np.median(d_syn) / max(np.median(d_real), 1e-12)),
+            "share_closer_than_heldout_p5": float((d_syn < p5).mean()),
+        }
+    )
     return out
 
 
@@ -120,8 +124,13 @@ class MemorizationFilter:
         device: where SSIM runs.
     """
 
-    def __init__(self, train, threshold: float = 0.95, device: torch.device | str | None = None,
-                 case_ids: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        train,
+        threshold: float = 0.95,
+        device: torch.device | str | None = None,
+        case_ids: list[str] | None = None,
+    ) -> None:
         from ldmtool.evaluate.volumes import load_volume_set, normalise01
 
         if not 0.0 < float(threshold) <= 1.0:

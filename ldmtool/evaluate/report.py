@@ -55,7 +55,12 @@ def _heldout(real: VolumeSet, train: VolumeSet | None, test: VolumeSet | None) -
     """Real volumes the generator did not see: --test, else --real when it is not --train."""
     if test is not None:
         return test
-    if train is not None and real.root is not None and train.root is not None and real.root.resolve() != train.root.resolve():
+    if (
+        train is not None
+        and real.root is not None
+        and train.root is not None
+        and real.root.resolve() != train.root.resolve()
+    ):
         return real
     return None
 
@@ -102,13 +107,17 @@ def run_evaluation(
         step()
         sets: dict[str, VolumeSet | None] = {"real": real}
         for name in ("synthetic", "train", "test"):
-            sets[name] = load_volume_set(paths[name], name, shape=real.shape, max_cases=cfg.max_cases) if paths[name] else None
+            sets[name] = (
+                load_volume_set(paths[name], name, shape=real.shape, max_cases=cfg.max_cases) if paths[name] else None
+            )
             if paths[name]:
                 step()
         syn, train, test = sets["synthetic"], sets["train"], sets["test"]
         report["inputs"] = {k: _summary_set(v) for k, v in sets.items()}
-        report["inputs"]["note"] = (f"images scaled to [0, 1] per volume (0.5/99.5 percentiles); other sets resized "
-                                    f"to the real set's shape {list(real.shape)}")
+        report["inputs"]["note"] = (
+            f"images scaled to [0, 1] per volume (0.5/99.5 percentiles); other sets resized "
+            f"to the real set's shape {list(real.shape)}"
+        )
         heldout = _heldout(real, train, test)
 
         # 2. features
@@ -116,9 +125,13 @@ def run_evaluation(
         need_feats = bool(only & {"fidelity", "diversity"}) or ("privacy" in only and train is not None)
         if need_feats:
             extractor = load_extractor(feature_extractor, cfg.image_size)
-            report["feature_extractor"] = {"name": extractor.name, "image_size": cfg.image_size, "views": list(cfg.views),
-                                           "slices_per_view": cfg.slices_per_view,
-                                           "note": "numbers are comparable only between reports with the same extractor"}
+            report["feature_extractor"] = {
+                "name": extractor.name,
+                "image_size": cfg.image_size,
+                "views": list(cfg.views),
+                "slices_per_view": cfg.slices_per_view,
+                "note": "numbers are comparable only between reports with the same extractor",
+            }
             todo = {"real": real, "synthetic": syn}
             if "privacy" in only and train is not None:
                 todo["train"] = train
@@ -144,10 +157,15 @@ def run_evaluation(
             step()
             points = {"real_points": len(r_all), "synthetic_points": len(s_all), "k": cfg.k}
             if "fidelity" in only:
-                report["fidelity"] = {"precision": prec, "fid": fid_all, "per_view": per_view, **points,
-                                      "definition": "improved precision (Kynkäänniemi et al. 2019): share of synthetic view "
-                                      "features inside the k-NN balls of real ones; FID: the Fréchet distance of MONAI's FIDMetric, computed "
-                                      "exactly from the samples"}
+                report["fidelity"] = {
+                    "precision": prec,
+                    "fid": fid_all,
+                    "per_view": per_view,
+                    **points,
+                    "definition": "improved precision (Kynkäänniemi et al. 2019): share of synthetic view "
+                    "features inside the k-NN balls of real ones; FID: the Fréchet distance of MONAI's FIDMetric, computed "
+                    "exactly from the samples",
+                }
             from ldmtool.evaluate.figures import precision_recall_png
 
             precision_recall_png(per_view, (prec, rec), fig_dir / "precision_recall.png")
@@ -183,13 +201,22 @@ def run_evaluation(
                 s_max, s_arg = pv.max_ssim_to_set(syn.images, train.images, device, on_query=step)
                 mean, std, q_used = pv.repeated_mean(s_max, cfg.q, cfg.repeats, seed)
                 priv = {
-                    "max_ssim_mean": mean, "max_ssim_std_over_repeats": std, "q": q_used, "repeats": cfg.repeats,
+                    "max_ssim_mean": mean,
+                    "max_ssim_std_over_repeats": std,
+                    "q": q_used,
+                    "repeats": cfg.repeats,
                     "ssim_window": pv.ssim_window(train.shape),
                     "flag_threshold": cfg.flag_ssim,
                     "flagged": int((s_max > cfg.flag_ssim).sum()),
                     "flagged_share": float((s_max > cfg.flag_ssim).mean()),
-                    "per_sample": [{"synthetic": syn.case_ids[i], "nearest_train": train.case_ids[int(s_arg[i])],
-                                    "max_ssim": float(s_max[i])} for i in range(len(syn))],
+                    "per_sample": [
+                        {
+                            "synthetic": syn.case_ids[i],
+                            "nearest_train": train.case_ids[int(s_arg[i])],
+                            "max_ssim": float(s_max[i]),
+                        }
+                        for i in range(len(syn))
+                    ],
                     "definition": "for q random synthetic volumes the highest 3D SSIM to any training volume, averaged, "
                     "repeated; lower is more private",
                 }
@@ -199,17 +226,25 @@ def run_evaluation(
                     priv["heldout_max_ssim_mean"] = float(h_max.mean())
                     priv["heldout_set"] = heldout.name
                 priv["memorisation"] = pv.memorisation(
-                    volume_embedding(feats["synthetic"]), volume_embedding(feats["train"]),
-                    volume_embedding(feats["heldout"]) if "heldout" in feats else None)
+                    volume_embedding(feats["synthetic"]),
+                    volume_embedding(feats["train"]),
+                    volume_embedding(feats["heldout"]) if "heldout" in feats else None,
+                )
                 order = np.argsort(-s_max)[: cfg.pairs]
-                priv["suspicious_pairs"] = [{"synthetic": syn.case_ids[i], "train": train.case_ids[int(s_arg[i])],
-                                             "max_ssim": float(s_max[i])} for i in order]
+                priv["suspicious_pairs"] = [
+                    {"synthetic": syn.case_ids[i], "train": train.case_ids[int(s_arg[i])], "max_ssim": float(s_max[i])}
+                    for i in order
+                ]
                 from ldmtool.evaluate.figures import pair_png, ssim_histogram_png
 
                 for rank, i in enumerate(order):
                     name = f"privacy_pair_{rank + 1}.png"
-                    pair_png(syn.images[i], train.images[int(s_arg[i])], fig_dir / name,
-                             f"{syn.case_ids[i]} vs {train.case_ids[int(s_arg[i])]}  SSIM {s_max[i]:.3f}")
+                    pair_png(
+                        syn.images[i],
+                        train.images[int(s_arg[i])],
+                        fig_dir / name,
+                        f"{syn.case_ids[i]} vs {train.case_ids[int(s_arg[i])]}  SSIM {s_max[i]:.3f}",
+                    )
                     priv["suspicious_pairs"][rank]["figure"] = f"figures/{name}"
                 ssim_histogram_png(s_max, h_max, cfg.flag_ssim, fig_dir / "privacy_ssim.png")
                 report["figures"]["privacy_ssim"] = "figures/privacy_ssim.png"
@@ -233,9 +268,16 @@ def _downstream(report, cfg, real, syn, train, test, class_labels, device, seed,
     """Train the downstream model on real / synthetic / both; test on real test volumes."""
     from ldmtool.evaluate import downstream as ds
 
-    dcfg = ds.DownstreamConfig(channels=cfg.seg_channels, steps=cfg.seg_steps, batch_size=cfg.seg_batch_size,
-                               lr=cfg.seg_lr, epsilon=cfg.epsilon, pgd_steps=cfg.pgd_steps,
-                               noise_sigma=cfg.noise_sigma, deepfool_iters=cfg.deepfool_iters)
+    dcfg = ds.DownstreamConfig(
+        channels=cfg.seg_channels,
+        steps=cfg.seg_steps,
+        batch_size=cfg.seg_batch_size,
+        lr=cfg.seg_lr,
+        epsilon=cfg.epsilon,
+        pgd_steps=cfg.pgd_steps,
+        noise_sigma=cfg.noise_sigma,
+        deepfool_iters=cfg.deepfool_iters,
+    )
     only = set(cfg.only)
     base = train if train is not None else real
     if test is None:
@@ -245,10 +287,18 @@ def _downstream(report, cfg, real, syn, train, test, class_labels, device, seed,
     if base.root is not None and test.root is not None and base.root.resolve() == test.root.resolve():
         report.setdefault("warnings", []).append(
             f"the real training set for utility ({base.name}) is the test set: give --train so 'trained on real' "
-            "is not tested on its own training data")
+            "is not tested on its own training data"
+        )
     sources = {"real": base, "synthetic": syn}
-    settings = {"channels": list(dcfg.channels), "steps": dcfg.steps, "batch_size": dcfg.batch_size, "lr": dcfg.lr,
-                "trained_on_real": base.name, "test_set": test.name, "n_test": len(test)}
+    settings = {
+        "channels": list(dcfg.channels),
+        "steps": dcfg.steps,
+        "batch_size": dcfg.batch_size,
+        "lr": dcfg.lr,
+        "trained_on_real": base.name,
+        "test_set": test.name,
+        "n_test": len(test),
+    }
     if class_labels is not None:
         _classification(report, cfg, dcfg, sources, test, class_labels, device, seed, st, settings, fig_dir)
         return
@@ -284,18 +334,33 @@ def _downstream(report, cfg, real, syn, train, test, class_labels, device, seed,
         if "robustness" in only:
             rob[name] = {p: scores[p] for p in perturbs if p != "clean"}
     if "utility" in only:
-        report["utility"] = {"task": "segmentation", "metric": "Dice (3D, per foreground class, mean over test volumes); "
-                             "also IoU and HD95 in voxels (MONAI)",
-                             "model": "MONAI UNet 2D on axial slices, DiceCE loss", **settings, "results": util}
+        report["utility"] = {
+            "task": "segmentation",
+            "metric": "Dice (3D, per foreground class, mean over test volumes); also IoU and HD95 in voxels (MONAI)",
+            "model": "MONAI UNet 2D on axial slices, DiceCE loss",
+            **settings,
+            "results": util,
+        }
     if "robustness" in only:
-        report["robustness"] = {"task": "segmentation", "epsilon": dcfg.epsilon, "pgd_steps": dcfg.pgd_steps,
-                                "pgd_step_size": 2.5 * dcfg.epsilon / dcfg.pgd_steps, "noise_sigma": dcfg.noise_sigma,
-                                "note": "white-box L∞ attacks on [0, 1] intensities using the true labels; Gaussian "
-                                "noise clipped to [0, 1]", "clean": util, "results": rob}
+        report["robustness"] = {
+            "task": "segmentation",
+            "epsilon": dcfg.epsilon,
+            "pgd_steps": dcfg.pgd_steps,
+            "pgd_step_size": 2.5 * dcfg.epsilon / dcfg.pgd_steps,
+            "noise_sigma": dcfg.noise_sigma,
+            "note": "white-box L∞ attacks on [0, 1] intensities using the true labels; Gaussian "
+            "noise clipped to [0, 1]",
+            "clean": util,
+            "results": rob,
+        }
     from ldmtool.evaluate.figures import utility_png
 
-    utility_png({k: v["dice_mean"] for k, v in util.items()},
-                {k: {p: s["dice_mean"] for p, s in v.items()} for k, v in rob.items()}, "mean Dice", fig_dir / "utility.png")
+    utility_png(
+        {k: v["dice_mean"] for k, v in util.items()},
+        {k: {p: s["dice_mean"] for p, s in v.items()} for k, v in rob.items()},
+        "mean Dice",
+        fig_dir / "utility.png",
+    )
     report["figures"]["utility"] = "figures/utility.png"
 
 
@@ -313,8 +378,10 @@ def _classification(report, cfg, dcfg, sources, test, class_labels, device, seed
     train_sets = {
         "real": (sources["real"].images, cls_of(sources["real"])),
         "synthetic": (sources["synthetic"].images, cls_of(sources["synthetic"])),
-        "real+synthetic": (np.concatenate([sources["real"].images, sources["synthetic"].images]),
-                           np.concatenate([cls_of(sources["real"]), cls_of(sources["synthetic"])])),
+        "real+synthetic": (
+            np.concatenate([sources["real"].images, sources["synthetic"].images]),
+            np.concatenate([cls_of(sources["real"]), cls_of(sources["synthetic"])]),
+        ),
     }
     perturbs = ["clean"] + (["noise", "deepfool"] if "robustness" in only else [])
     util, rob = {}, {}
@@ -330,13 +397,28 @@ def _classification(report, cfg, dcfg, sources, test, class_labels, device, seed
         if "robustness" in only:
             rob[name] = {p: scores[p] for p in perturbs if p != "clean"}
     if "utility" in only:
-        report["utility"] = {"task": "classification", "metric": "accuracy", "classes": classes,
-                             "model": "MONAI Classifier (3D)", **settings, "results": util}
+        report["utility"] = {
+            "task": "classification",
+            "metric": "accuracy",
+            "classes": classes,
+            "model": "MONAI Classifier (3D)",
+            **settings,
+            "results": util,
+        }
     if "robustness" in only:
-        report["robustness"] = {"task": "classification", "deepfool_iterations": dcfg.deepfool_iters,
-                                "noise_sigma": dcfg.noise_sigma, "clean": util, "results": rob}
+        report["robustness"] = {
+            "task": "classification",
+            "deepfool_iterations": dcfg.deepfool_iters,
+            "noise_sigma": dcfg.noise_sigma,
+            "clean": util,
+            "results": rob,
+        }
     from ldmtool.evaluate.figures import utility_png
 
-    utility_png({k: v["accuracy"] for k, v in util.items()},
-                {k: {p: s["accuracy"] for p, s in v.items()} for k, v in rob.items()}, "accuracy", fig_dir / "utility.png")
+    utility_png(
+        {k: v["accuracy"] for k, v in util.items()},
+        {k: {p: s["accuracy"] for p, s in v.items()} for k, v in rob.items()},
+        "accuracy",
+        fig_dir / "utility.png",
+    )
     report["figures"]["utility"] = "figures/utility.png"

@@ -61,8 +61,10 @@ def _reraise(exc: OSError, path: Path):
 def _check_target(final: Path, *, folder: bool) -> None:
     """LdmError before any work if ``final`` cannot become a file (or folder) at all."""
     if len(os.fsencode(final.name)) > _NAME_MAX:
-        raise LdmError(f"cannot write {final}: the name is {len(os.fsencode(final.name))} bytes long, "
-                       f"more than the {_NAME_MAX} a file system allows; use a shorter output name")
+        raise LdmError(
+            f"cannot write {final}: the name is {len(os.fsencode(final.name))} bytes long, "
+            f"more than the {_NAME_MAX} a file system allows; use a shorter output name"
+        )
     if not folder and final.is_dir():
         raise LdmError(f"cannot write {final}: it is a folder; choose a file name that is not a folder")
     if folder and final.exists() and not final.is_dir():
@@ -112,8 +114,10 @@ def check_writable_dir(path: str | os.PathLike, need_bytes: int = 0) -> Path:
             with contextlib.suppress(OSError):
                 d.rmdir()
     if need_bytes and free < need_bytes:
-        raise LdmError(f"cannot write {p}: {free / 2**20:.0f} MiB free on its disk, {need_bytes / 2**20:.0f} MiB "
-                       "needed; free space there or choose an output folder on another disk")
+        raise LdmError(
+            f"cannot write {p}: {free / 2**20:.0f} MiB free on its disk, {need_bytes / 2**20:.0f} MiB "
+            "needed; free space there or choose an output folder on another disk"
+        )
     return p
 
 

@@ -99,14 +99,16 @@ def _read_dataset_json(path: Path) -> dict:
 def _parse_labels(raw, source: Path) -> dict[str, int]:
     """nnU-Net labels as {name: value}; accepts v2 ({"background": 0}) and v1 ({"0": "background"})."""
     if not isinstance(raw, dict) or not raw:
-        raise LdmError(f"{source}: 'labels' must be a non-empty object such as {{\"background\": 0, \"lesion\": 1}}")
+        raise LdmError(f'{source}: \'labels\' must be a non-empty object such as {{"background": 0, "lesion": 1}}')
     if all(isinstance(v, str) for v in raw.values()) and all(str(k).isdigit() for k in raw):
         raw = {v: int(k) for k, v in raw.items()}  # nnU-Net v1 style
     labels: dict[str, int] = {}
     for name, value in raw.items():
         if isinstance(value, bool) or not isinstance(value, int):
-            raise LdmError(f"{source}: label {name!r} has value {value!r}; ldmtool needs one integer per "
-                           "label (region-based labels are not supported)")
+            raise LdmError(
+                f"{source}: label {name!r} has value {value!r}; ldmtool needs one integer per "
+                "label (region-based labels are not supported)"
+            )
         labels[str(name)] = value
     if len(set(labels.values())) != len(labels):
         raise LdmError(f"{source}: several labels share a value: {labels}")
@@ -120,11 +122,13 @@ def _load_nnunet(root: Path) -> Dataset:
     ending = str(info.get("file_ending", ".nii.gz"))
     raw_channels = info.get("channel_names", info.get("modality")) or {}
     if not isinstance(raw_channels, dict):
-        raise LdmError(f"{json_path}: 'channel_names' must be an object such as {{\"0\": \"CT\"}}")
+        raise LdmError(f'{json_path}: \'channel_names\' must be an object such as {{"0": "CT"}}')
     channel_names = {str(k): str(v) for k, v in raw_channels.items()}
     if len(channel_names) > 1:
-        raise LdmError(f"{json_path} lists {len(channel_names)} channels ({', '.join(channel_names.values())}); "
-                       "ldmtool supports single-channel images only")
+        raise LdmError(
+            f"{json_path} lists {len(channel_names)} channels ({', '.join(channel_names.values())}); "
+            "ldmtool supports single-channel images only"
+        )
     label_names = _parse_labels(info["labels"], json_path) if "labels" in info else {}
 
     images: dict[str, Path] = {}
@@ -135,8 +139,7 @@ def _load_nnunet(root: Path) -> Dataset:
         if not m:
             raise LdmError(f"{f} is not named CASE_0000{ending} as nnU-Net expects")
         if m["channel"] != "0000":
-            raise LdmError(f"{f} is channel {m['channel']}; ldmtool supports single-channel images only "
-                           "(channel 0000)")
+            raise LdmError(f"{f} is channel {m['channel']}; ldmtool supports single-channel images only (channel 0000)")
         images[m["case"]] = f
     if not images:
         raise LdmError(f"no volumes found in {images_dir}")
@@ -162,7 +165,9 @@ def _load_nnunet(root: Path) -> Dataset:
                 masks[_strip_ending(f.name, ending)] = f
         orphans = sorted(set(masks) - set(images))
         if orphans:
-            raise LdmError(f"missing-voxel mask {masks[orphans[0]]} has no image (expected imagesTr/{orphans[0]}_0000{ending})")
+            raise LdmError(
+                f"missing-voxel mask {masks[orphans[0]]} has no image (expected imagesTr/{orphans[0]}_0000{ending})"
+            )
     cases = [Case(cid, images[cid], labels.get(cid), masks.get(cid)) for cid in sorted(images)]
     return Dataset(root, cases, channel_names, label_names, layout="nnunet")
 
@@ -192,8 +197,9 @@ def _load_folder(root: Path) -> Dataset:
             direct_dicom = direct_dicom or (entry.is_file() and is_dicom_file(entry))
             continue
         if case.case_id in cases:
-            raise LdmError(f"{root} has two volumes named {case.case_id} ({cases[case.case_id].image.name}, "
-                           f"{entry.name})")
+            raise LdmError(
+                f"{root} has two volumes named {case.case_id} ({cases[case.case_id].image.name}, {entry.name})"
+            )
         cases[case.case_id] = case
     if not cases and direct_dicom:
         return Dataset(root, [Case(root.name, root)], layout="folder")
@@ -259,6 +265,8 @@ def read_case(
     if label_names is not None:
         unknown = sorted(set(np.unique(data).tolist()) - set(label_names.values()))
         if unknown:
-            raise LdmError(f"label of {case.case_id} contains values {unknown} not listed in the data set's "
-                           f"labels {dict(label_names)}")
+            raise LdmError(
+                f"label of {case.case_id} contains values {unknown} not listed in the data set's "
+                f"labels {dict(label_names)}"
+            )
     return image, label.with_array(data)

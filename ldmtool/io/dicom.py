@@ -197,8 +197,10 @@ def _collect(path: Path) -> list[tuple[Path, Dataset]]:
         try:
             ds = _header_or_raise(path)
         except Exception as exc:
-            raise LdmError(f"{path} is not a DICOM file or is damaged ({short_reason(exc)}); "
-                           "pass a readable DICOM file or series folder") from None
+            raise LdmError(
+                f"{path} is not a DICOM file or is damaged ({short_reason(exc)}); "
+                "pass a readable DICOM file or series folder"
+            ) from None
         if _is_dicomdir(ds):
             raise LdmError(f"{path} is a DICOMDIR index; pass the folder that holds the images")
         if not _is_image(ds):
@@ -250,8 +252,9 @@ def _pixel_array(ds: Dataset, source: str) -> np.ndarray:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise LdmError(f"{source} holds no pixel data (cut short?); remove or replace it")
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        raise LdmError(f"{source} is a colour image ({ds.get('PhotometricInterpretation')}); "
-                       "ldmtool needs greyscale volumes")
+        raise LdmError(
+            f"{source} is a colour image ({ds.get('PhotometricInterpretation')}); ldmtool needs greyscale volumes"
+        )
     if str(ds.get("PhotometricInterpretation", "MONOCHROME2")) not in ("MONOCHROME1", "MONOCHROME2"):
         raise LdmError(f"{source} is a {ds.PhotometricInterpretation} image; ldmtool needs greyscale volumes")
     try:
@@ -259,8 +262,10 @@ def _pixel_array(ds: Dataset, source: str) -> np.ndarray:
             warnings.simplefilter("ignore")
             return np.asarray(ds.pixel_array)
     except Exception as exc:  # decoders raise many types for corrupt or unsupported data
-        raise LdmError(f"cannot decode the pixel data of {source} ({short_reason(exc)}); "
-                       "the file is damaged or cut short: remove or replace it") from None
+        raise LdmError(
+            f"cannot decode the pixel data of {source} ({short_reason(exc)}); "
+            "the file is damaged or cut short: remove or replace it"
+        ) from None
 
 
 def _rescaled(raw: np.ndarray, slope: float, intercept: float) -> tuple[np.ndarray, bool, bool]:
@@ -339,8 +344,7 @@ def _int_or_none(value) -> int | None:
 
 def _group_attr(ds: Dataset, frame: int, sequence: str, attr: str):
     """An attribute from a functional group: per-frame first, then shared; None if absent."""
-    for groups, index in (("PerFrameFunctionalGroupsSequence", frame),
-                          ("SharedFunctionalGroupsSequence", 0)):
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
         seq = ds.get(groups)
         if seq is None or len(seq) <= index:
             continue
@@ -367,12 +371,16 @@ def _multiframe_slices(path: Path) -> list[_Slice]:
     if ds.get("PerFrameFunctionalGroupsSequence"):
         for f in range(n):
             label = f"{source} frame {f + 1}"
-            position = _floats(_group_attr(ds, f, "PlanePositionSequence", "ImagePositionPatient"),
-                               3, "ImagePositionPatient", label)
-            orientation = _floats(_group_attr(ds, f, "PlaneOrientationSequence", "ImageOrientationPatient"),
-                                  6, "ImageOrientationPatient", label)
-            spacing = _floats(_group_attr(ds, f, "PixelMeasuresSequence", "PixelSpacing"),
-                              2, "PixelSpacing", label)
+            position = _floats(
+                _group_attr(ds, f, "PlanePositionSequence", "ImagePositionPatient"), 3, "ImagePositionPatient", label
+            )
+            orientation = _floats(
+                _group_attr(ds, f, "PlaneOrientationSequence", "ImageOrientationPatient"),
+                6,
+                "ImageOrientationPatient",
+                label,
+            )
+            spacing = _floats(_group_attr(ds, f, "PixelMeasuresSequence", "PixelSpacing"), 2, "PixelSpacing", label)
             thickness = _group_attr(ds, f, "PixelMeasuresSequence", "SliceThickness")
             slope = _group_attr(ds, f, "PixelValueTransformationSequence", "RescaleSlope")
             intercept = _group_attr(ds, f, "PixelValueTransformationSequence", "RescaleIntercept")
@@ -381,10 +389,21 @@ def _multiframe_slices(path: Path) -> list[_Slice]:
             if intercept is None:
                 intercept = ds.get("RescaleIntercept", 0.0)
             values, integral, identity = _rescaled(frames[f], float(slope or 1.0), float(intercept or 0.0))
-            slices.append(_Slice(position, orientation,
-                                 (1.0, 1.0) if spacing is None else (float(spacing[0]), float(spacing[1])),
-                                 float(thickness) if thickness else None, values, integral, identity,
-                                 None, label, source, f))
+            slices.append(
+                _Slice(
+                    position,
+                    orientation,
+                    (1.0, 1.0) if spacing is None else (float(spacing[0]), float(spacing[1])),
+                    float(thickness) if thickness else None,
+                    values,
+                    integral,
+                    identity,
+                    None,
+                    label,
+                    source,
+                    f,
+                )
+            )
         return slices
     offsets = _floats(ds.get("GridFrameOffsetVector"), n, "GridFrameOffsetVector", source)
     position = _floats(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", source)
@@ -397,9 +416,21 @@ def _multiframe_slices(path: Path) -> list[_Slice]:
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0) * scale
     for f in range(n):
         values, integral, identity = _rescaled(frames[f], slope, intercept)
-        slices.append(_Slice(position + (offsets[f] - offsets[0]) * normal, orientation,
-                             _pixel_spacing(ds, source), None, values, integral, identity,
-                             None, f"{source} frame {f + 1}", source, f))
+        slices.append(
+            _Slice(
+                position + (offsets[f] - offsets[0]) * normal,
+                orientation,
+                _pixel_spacing(ds, source),
+                None,
+                values,
+                integral,
+                identity,
+                None,
+                f"{source} frame {f + 1}",
+                source,
+                f,
+            )
+        )
     return slices
 
 
@@ -423,22 +454,27 @@ def _order(slices: list[_Slice], normal: np.ndarray, label: str) -> list[_Slice]
     gaps = np.diff(proj[idx])
     if np.any(gaps < _POSITION_TOL_MM):
         n_dup = int(np.sum(gaps < _POSITION_TOL_MM))
-        raise LdmError(f"{label} has {n_dup} duplicate slice position(s) (several echoes, phases or "
-                       "time points?); ldmtool needs one slice per position")
+        raise LdmError(
+            f"{label} has {n_dup} duplicate slice position(s) (several echoes, phases or "
+            "time points?); ldmtool needs one slice per position"
+        )
     mean = (proj[idx][-1] - proj[idx][0]) / (len(slices) - 1)
     if np.max(np.abs(gaps - mean)) > max(0.01, 0.01 * mean):
         worst = int(np.argmax(np.abs(gaps - mean)))
-        raise LdmError(f"{label} has irregular slice spacing ({gaps.min():.4g} to {gaps.max():.4g} mm; "
-                       f"{gaps[worst]:.4g} mm between {ordered[worst].source} and {ordered[worst + 1].source}: "
-                       "a slice missing?); ldmtool needs evenly spaced slices")
+        raise LdmError(
+            f"{label} has irregular slice spacing ({gaps.min():.4g} to {gaps.max():.4g} mm; "
+            f"{gaps[worst]:.4g} mm between {ordered[worst].source} and {ordered[worst + 1].source}: "
+            "a slice missing?); ldmtool needs evenly spaced slices"
+        )
     numbers = [s.instance for s in ordered]
     if None not in numbers and all(a > b for a, b in zip(numbers, numbers[1:], strict=False)):
         ordered.reverse()
     return ordered
 
 
-def _assemble(slices: list[_Slice], label: str,
-              allow_single_slice: bool) -> tuple[np.ndarray, np.ndarray, list[_Slice]]:
+def _assemble(
+    slices: list[_Slice], label: str, allow_single_slice: bool
+) -> tuple[np.ndarray, np.ndarray, list[_Slice]]:
     """Stack slices into an (I, J, K) array and build the RAS affine; also the slices in K order."""
     rows, cols = slices[0].pixels.shape
     if len(slices) == 1 and not allow_single_slice:
@@ -485,7 +521,11 @@ def _stack(slices: list[_Slice]) -> np.ndarray:
     return data.astype(np.float32)
 
 
-_UNCOMPRESSED = {pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ExplicitVRBigEndian}
+_UNCOMPRESSED = {
+    pydicom.uid.ImplicitVRLittleEndian,
+    pydicom.uid.ExplicitVRLittleEndian,
+    pydicom.uid.ExplicitVRBigEndian,
+}
 
 
 def _check_declared_size(label: str, items: list[tuple[Path, Dataset]]) -> None:
@@ -505,8 +545,10 @@ def _check_declared_size(label: str, items: list[tuple[Path, Dataset]]) -> None:
             continue
         size = f.stat().st_size
         if size < need:
-            raise LdmError(f"{f} is cut short: its header declares {ds.Rows}x{ds.Columns}x{_n_frames(ds)} pixels "
-                           f"({need:,} bytes) but the file holds {size:,} bytes; remove or replace it, then rerun")
+            raise LdmError(
+                f"{f} is cut short: its header declares {ds.Rows}x{ds.Columns}x{_n_frames(ds)} pixels "
+                f"({need:,} bytes) but the file holds {size:,} bytes; remove or replace it, then rerun"
+            )
 
 
 def _stored_dtype(ds: Dataset) -> str:
@@ -518,8 +560,7 @@ def _stored_dtype(ds: Dataset) -> str:
     return f"{'int' if int(ds.get('PixelRepresentation', 0) or 0) else 'uint'}{bits}"
 
 
-def read_dicom(path: str | os.PathLike, series_uid: str | None = None, *,
-               allow_single_slice: bool = False) -> Volume:
+def read_dicom(path: str | os.PathLike, series_uid: str | None = None, *, allow_single_slice: bool = False) -> Volume:
     """Read one DICOM series (a file, or a folder searched recursively) into a Volume.
 
     A folder may hold non-DICOM files and DICOMDIR indexes (skipped). With several series,

@@ -47,16 +47,33 @@ def _source_datasets(slice_sources: list) -> tuple[list, np.ndarray]:
         raise LdmError(f"cannot read the source DICOM files again for the SEG output ({short_reason(exc)})") from None
 
 
-def write_dicom_seg(label: np.ndarray, slice_sources: list, label_names: dict[int, str], path: Path, *,
-                    algorithm: str, version: str, description: str) -> int:
+def write_dicom_seg(
+    label: np.ndarray,
+    slice_sources: list,
+    label_names: dict[int, str],
+    path: Path,
+    *,
+    algorithm: str,
+    version: str,
+    description: str,
+) -> int:
     """Write `label` (I, J, K: the DICOM input's own voxel grid, as read by `read_dicom`) as a
     BINARY DICOM SEG referencing the source images. Returns the number of segments written."""
     label = np.asarray(label)
     if label.ndim != 3 or label.shape[2] != len(slice_sources):
         raise LdmError(f"internal error: label map {label.shape} does not match {len(slice_sources)} source slices")
     datasets, order = _source_datasets(slice_sources)
-    return _write_seg(label, datasets, order, label_names, path, algorithm=algorithm, version=version,
-                      description=description, series_number=900)
+    return _write_seg(
+        label,
+        datasets,
+        order,
+        label_names,
+        path,
+        algorithm=algorithm,
+        version=version,
+        description=description,
+        series_number=900,
+    )
 
 
 def _synthetic_series(image_series_dir: Path) -> list:
@@ -69,16 +86,27 @@ def _synthetic_series(image_series_dir: Path) -> list:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
-    if any("SYNTHETIC" not in str(ds.get("SeriesDescription", "")).upper() for ds in datasets) or \
-            len({ds.SeriesInstanceUID for ds in datasets}) != 1:
-        raise LdmError(f"{image_series_dir} is not one synthetic series written by ldmtool; "
-                       "a synthetic label map can only be written on top of one")
+    if (
+        any("SYNTHETIC" not in str(ds.get("SeriesDescription", "")).upper() for ds in datasets)
+        or len({ds.SeriesInstanceUID for ds in datasets}) != 1
+    ):
+        raise LdmError(
+            f"{image_series_dir} is not one synthetic series written by ldmtool; "
+            "a synthetic label map can only be written on top of one"
+        )
     return sorted(datasets, key=lambda ds: int(ds.InstanceNumber))
 
 
-def write_synthetic_seg(label: np.ndarray, image_series_dir: Path, label_names: dict[int, str], path: Path, *,
-                        series_description: str = "SYNTHETIC ldmtool label", algorithm: str = "ldmtool",
-                        version: str = "1") -> int:
+def write_synthetic_seg(
+    label: np.ndarray,
+    image_series_dir: Path,
+    label_names: dict[int, str],
+    path: Path,
+    *,
+    series_description: str = "SYNTHETIC ldmtool label",
+    algorithm: str = "ldmtool",
+    version: str = "1",
+) -> int:
     """Write the label map of a synthetic sample as a BINARY DICOM SEG on its synthetic image series.
 
     `label` is (I, J, K) in the grid of the volume written to `image_series_dir` by
@@ -90,16 +118,37 @@ def write_synthetic_seg(label: np.ndarray, image_series_dir: Path, label_names: 
     datasets = _synthetic_series(Path(image_series_dir))
     rows, cols = int(datasets[0].Rows), int(datasets[0].Columns)
     if label.ndim != 3 or label.shape != (cols, rows, len(datasets)):
-        raise LdmError(f"internal error: label map {label.shape} does not match the image series "
-                       f"({cols}x{rows}x{len(datasets)}) in {image_series_dir}")
+        raise LdmError(
+            f"internal error: label map {label.shape} does not match the image series "
+            f"({cols}x{rows}x{len(datasets)}) in {image_series_dir}"
+        )
     if "SYNTHETIC" not in series_description.upper():
         series_description = f"SYNTHETIC {series_description}"
-    return _write_seg(label, datasets, np.arange(len(datasets)), label_names, path, algorithm=algorithm,
-                      version=version, description=series_description, series_number=2)
+    return _write_seg(
+        label,
+        datasets,
+        np.arange(len(datasets)),
+        label_names,
+        path,
+        algorithm=algorithm,
+        version=version,
+        description=series_description,
+        series_number=2,
+    )
 
 
-def _write_seg(label: np.ndarray, datasets: list, order: np.ndarray, label_names: dict[int, str], path: Path, *,
-               algorithm: str, version: str, description: str, series_number: int) -> int:
+def _write_seg(
+    label: np.ndarray,
+    datasets: list,
+    order: np.ndarray,
+    label_names: dict[int, str],
+    path: Path,
+    *,
+    algorithm: str,
+    version: str,
+    description: str,
+    series_number: int,
+) -> int:
     """Build the SEG (one BINARY segment per nonzero class) on `datasets` and write it atomically."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -108,29 +157,49 @@ def _write_seg(label: np.ndarray, datasets: list, order: np.ndarray, label_names
     # (frames, rows, cols, segments): the volume's axis 0 runs along a DICOM row (columns), axis 1 down the rows
     frames = np.transpose(label, (2, 1, 0))[order]
     stacked = np.stack([frames == c for c in classes], axis=-1).astype(np.uint8)
-    algo = hd.AlgorithmIdentificationSequence(name=algorithm, family=codes.cid7162.ArtificialIntelligence, version=version)
+    algo = hd.AlgorithmIdentificationSequence(
+        name=algorithm, family=codes.cid7162.ArtificialIntelligence, version=version
+    )
     segments = []
     for number, c in enumerate(classes, start=1):
         if is_lesion_name(label_names[c]):
             category, kind = codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Lesion
         else:
             category, kind = codes.SCT.Tissue, codes.SCT.Tissue
-        segments.append(hd.seg.SegmentDescription(
-            segment_number=number, segment_label=label_names[c][:64], segmented_property_category=category,
-            segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algo))
+        segments.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=label_names[c][:64],
+                segmented_property_category=category,
+                segmented_property_type=kind,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algo,
+            )
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             seg = hd.seg.Segmentation(
-                source_images=datasets, pixel_array=stacked, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-                segment_descriptions=segments, series_instance_uid=hd.UID(), series_number=series_number,
-                sop_instance_uid=hd.UID(), instance_number=1, manufacturer="ldmtool", manufacturer_model_name=algorithm,
-                software_versions=version, device_serial_number="none", series_description=description[:64],
-                content_label="SEGMENTATION", omit_empty_frames=False,
+                source_images=datasets,
+                pixel_array=stacked,
+                segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                segment_descriptions=segments,
+                series_instance_uid=hd.UID(),
+                series_number=series_number,
+                sop_instance_uid=hd.UID(),
+                instance_number=1,
+                manufacturer="ldmtool",
+                manufacturer_model_name=algorithm,
+                software_versions=version,
+                device_serial_number="none",
+                series_description=description[:64],
+                content_label="SEGMENTATION",
+                omit_empty_frames=False,
             )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise LdmError(f"cannot build a DICOM SEG for this series ({short_reason(exc)}); use the NIfTI label map") from None
+        raise LdmError(
+            f"cannot build a DICOM SEG for this series ({short_reason(exc)}); use the NIfTI label map"
+        ) from None
     with atomic_path(path) as tmp:
         seg.save_as(tmp, enforce_file_format=True)
     return len(segments)

@@ -66,8 +66,9 @@ def _quantise(array: np.ndarray, modality: str, rescale: bool) -> tuple[np.ndarr
     if (integral or not rescale) and fits:
         return np.rint(array).astype(np.int16), 1.0, 0.0
     if not rescale:
-        raise LdmError(f"values span {lo:g} to {hi:g}, which do not fit int16 without rescaling; "
-                       "write with rescale enabled")
+        raise LdmError(
+            f"values span {lo:g} to {hi:g}, which do not fit int16 without rescaling; write with rescale enabled"
+        )
     slope = float(_ds((hi - lo) / _LEVELS)) if hi > lo else 1.0
     intercept = float(_ds((hi + lo) / 2.0))
     stored = np.rint((np.asarray(array, dtype=np.float64) - intercept) / slope)
@@ -86,8 +87,13 @@ def _geometry(affine: np.ndarray) -> dict:
         raise LdmError("cannot write DICOM: the affine's first two voxel axes are not perpendicular")
     normal = np.cross(row_cos, col_cos)
     return {
-        "row_cos": row_cos, "col_cos": col_cos, "normal": normal, "origin": lps[:3, 3], "step": ck,
-        "pixel_spacing": (row_spacing, col_spacing), "thickness": abs(float(ck @ normal)),
+        "row_cos": row_cos,
+        "col_cos": col_cos,
+        "normal": normal,
+        "origin": lps[:3, 3],
+        "step": ck,
+        "pixel_spacing": (row_spacing, col_spacing),
+        "thickness": abs(float(ck @ normal)),
     }
 
 
@@ -154,8 +160,9 @@ def _orientation_letters(direction: np.ndarray) -> str:
     return "".join(letters[i][0 if direction[i] > 0 else 1] for i in order if abs(direction[i]) > 1e-3)
 
 
-def _slice_dataset(base: Dataset, k: int, pixels: np.ndarray, geo: dict,
-                   slope: float, intercept: float, window: tuple[float, float]) -> Dataset:
+def _slice_dataset(
+    base: Dataset, k: int, pixels: np.ndarray, geo: dict, slope: float, intercept: float, window: tuple[float, float]
+) -> Dataset:
     """One slice: a copy of ``base`` plus its UID, position and pixel data."""
     ds = Dataset()
     ds.update(base)
@@ -188,10 +195,17 @@ def _slice_dataset(base: Dataset, k: int, pixels: np.ndarray, geo: dict,
     return ds
 
 
-def write_dicom_series(volume: Volume, out_dir: str | os.PathLike, *,
-                       series_description: str = "SYNTHETIC (ldmtool)", modality: str = "OT",
-                       rescale: bool = True, study_uid: str | None = None,
-                       frame_of_reference_uid: str | None = None, series_number: int = 1) -> Path:
+def write_dicom_series(
+    volume: Volume,
+    out_dir: str | os.PathLike,
+    *,
+    series_description: str = "SYNTHETIC (ldmtool)",
+    modality: str = "OT",
+    rescale: bool = True,
+    study_uid: str | None = None,
+    frame_of_reference_uid: str | None = None,
+    series_number: int = 1,
+) -> Path:
     """Write ``volume`` as one DICOM file per slice (axis k) into the new folder ``out_dir``.
 
     Values are stored as int16 with RescaleSlope/RescaleIntercept covering the value range
@@ -221,8 +235,12 @@ def write_dicom_series(volume: Volume, out_dir: str | os.PathLike, *,
     geo = _geometry(volume.affine)
     stored, slope, intercept = _quantise(array, modality, rescale)
     window = (float(array.min()), float(array.max()))
-    uids = {"study": study_uid or generate_uid(), "series": generate_uid(),
-            "frame": frame_of_reference_uid or generate_uid(), "number": int(series_number)}
+    uids = {
+        "study": study_uid or generate_uid(),
+        "series": generate_uid(),
+        "frame": frame_of_reference_uid or generate_uid(),
+        "number": int(series_number),
+    }
     base = _base_dataset(modality, series_description, uids, _dt.datetime.now())
     with atomic_dir(out) as tmp:
         for k in range(stored.shape[2]):

@@ -30,7 +30,9 @@ def voxel_limit() -> int:
     try:
         value = int(float(raw))
     except ValueError:
-        raise LdmError(f"{ENV_VAR}={raw!r} is not a number; set it to a voxel count such as {DEFAULT_MAX_VOXELS}") from None
+        raise LdmError(
+            f"{ENV_VAR}={raw!r} is not a number; set it to a voxel count such as {DEFAULT_MAX_VOXELS}"
+        ) from None
     if value <= 0:
         raise LdmError(f"{ENV_VAR}={raw!r} must be a positive voxel count")
     return value
@@ -42,5 +44,7 @@ def check_voxel_count(source: str, shape: Sequence[int]) -> None:
     limit = voxel_limit()
     if n > limit:
         dims = "x".join(str(int(s)) for s in shape)
-        raise LdmError(f"{source} declares {dims} voxels ({n:,}, {n * 4 / 2**30:.1f} GiB as float32), above the "
-                       f"limit of {limit:,} voxels; check the file, or raise the limit with {ENV_VAR}=N")
+        raise LdmError(
+            f"{source} declares {dims} voxels ({n:,}, {n * 4 / 2**30:.1f} GiB as float32), above the "
+            f"limit of {limit:,} voxels; check the file, or raise the limit with {ENV_VAR}=N"
+        )

@@ -65,9 +65,11 @@ def read_nifti(path: str | os.PathLike, *, allow_single_slice: bool = False) -> 
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # truncated / corrupt compressed stream
         dims = "x".join(map(str, shape))
-        raise LdmError(f"{p} is truncated or corrupt: its header declares {dims} voxels of "
-                       f"{img.get_data_dtype()} that cannot be read ({short_reason(exc).removesuffix(' from')}); "
-                       "replace the file") from None
+        raise LdmError(
+            f"{p} is truncated or corrupt: its header declares {dims} voxels of "
+            f"{img.get_data_dtype()} that cannot be read ({short_reason(exc).removesuffix(' from')}); "
+            "replace the file"
+        ) from None
     data = np.asarray(_squeeze_to_3d(data, p, allow_single_slice))
     if not data.dtype.isnative:  # e.g. big-endian files; torch needs native byte order
         data = data.astype(data.dtype.newbyteorder("="))
@@ -92,8 +94,10 @@ def _check_file_size(p: Path, img, shape: tuple[int, ...]) -> None:
     size = p.stat().st_size
     if size < need:
         dims = "x".join(map(str, shape))
-        raise LdmError(f"{p} is truncated: its header declares {dims} voxels of {img.get_data_dtype()} "
-                       f"({need:,} bytes with the header) but the file holds {size:,} bytes; replace the file")
+        raise LdmError(
+            f"{p} is truncated: its header declares {dims} voxels of {img.get_data_dtype()} "
+            f"({need:,} bytes with the header) but the file holds {size:,} bytes; replace the file"
+        )
 
 
 def _default_dtype(array: np.ndarray) -> np.dtype:

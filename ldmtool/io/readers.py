@@ -15,8 +15,9 @@ from ldmtool.io.volume import Volume
 FORMATS = ("nifti", "dicom")
 
 
-def read_volume(path: str | os.PathLike, *, series_uid: str | None = None,
-                allow_nan: bool = False, allow_single_slice: bool = False) -> Volume:
+def read_volume(
+    path: str | os.PathLike, *, series_uid: str | None = None, allow_nan: bool = False, allow_single_slice: bool = False
+) -> Volume:
     """Read a NIfTI file, a DICOM file or a DICOM series folder into a checked 3D Volume.
 
     Dispatch: .nii/.nii.gz -> NIfTI; a folder, a .dcm file or any file with the DICOM

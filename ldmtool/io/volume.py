@@ -42,7 +42,7 @@ class Volume:
         """Voxel size in mm along each array axis (column norms of the affine)."""
         return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
 
-    def with_array(self, array: np.ndarray, **meta: Any) -> "Volume":
+    def with_array(self, array: np.ndarray, **meta: Any) -> Volume:
         """A new Volume with the same geometry and another array (same spatial shape)."""
         if array.shape[:3] != self.array.shape[:3]:
             raise ValueError(f"shape {array.shape} does not match {self.array.shape}")

@@ -62,7 +62,9 @@ class SliceAutoencoder(nn.Module):
         feats = position_features(pos, self.cfg.position_features)
         return feats if feats.shape[1] else pos[:, None] * 0
 
-    def make_input(self, image: torch.Tensor, label: torch.Tensor | None, observed: torch.Tensor | None = None) -> torch.Tensor:
+    def make_input(
+        self, image: torch.Tensor, label: torch.Tensor | None, observed: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Stack image (B,Ci,H,W) and an integer label map (B,H,W) into the encoder's data channels
         (the label is not used with `label_input` off).
 

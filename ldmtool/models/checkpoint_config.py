@@ -47,7 +47,9 @@ class _Fields:
         return self.data[name]
 
     def numbers(self, name: str, value: Any, length: int | None = None) -> tuple[float, ...]:
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        ok = isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        )
         if not ok or (length is not None and len(value) != length):
             size = f"{length} " if length is not None else ""
             raise self.fail(name, f"must be a list of {size}numbers; got {_short(value)}")
@@ -57,7 +59,9 @@ class _Fields:
 
     def shape(self, name: str, length: int | None = None) -> tuple[int, ...]:
         value = self.get(name)
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        ok = isinstance(value, (list, tuple)) and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+        )
         if not ok or not value or (length is not None and len(value) != length):
             raise self.fail(name, f"must be {length or 'some'} positive whole numbers; got {_short(value)}")
         return tuple(value)
@@ -70,7 +74,9 @@ class _Fields:
 
     def labels(self) -> dict[str, int]:
         value = self.get("label_names", required=False, default={}) or {}
-        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, int) and v >= 0 for k, v in value.items()):
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and v >= 0 for k, v in value.items()
+        ):
             raise self.fail("label_names", f"must map names to class numbers ≥ 0; got {_short(value)}")
         return dict(value)
 
@@ -155,23 +161,36 @@ class AutoencoderCheckpoint(_DictView):
         if irange is not None:
             irange = f.numbers("intensity_range", irange, 2)
             if not irange[0] < irange[1] or max(abs(v) for v in irange) > PLAUSIBLE_INTENSITY:
-                raise f.fail("intensity_range", f"must be [low, high] with low < high and |value| ≤ {PLAUSIBLE_INTENSITY:g}; got {_short(list(irange))}")
+                raise f.fail(
+                    "intensity_range",
+                    f"must be [low, high] with low < high and |value| ≤ {PLAUSIBLE_INTENSITY:g}; got {_short(list(irange))}",
+                )
         rate = f.get("missing_rate", required=False, default=0.0)
         if rate is None:
             rate = 0.0
         if not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
             raise f.fail("missing_rate", f"must be in [0, 1); got {_short(rate)}")
         return cls(
-            model=f.typed("model", AutoencoderConfig), num_classes=f.count("num_classes"), label_names=f.labels(),
-            volume_shape=f.shape("volume_shape", 3), reference_affine=f.affine(), preprocess=f.preprocess(),
-            intensity_range=irange, missing_rate=float(rate),
+            model=f.typed("model", AutoencoderConfig),
+            num_classes=f.count("num_classes"),
+            label_names=f.labels(),
+            volume_shape=f.shape("volume_shape", 3),
+            reference_affine=f.affine(),
+            preprocess=f.preprocess(),
+            intensity_range=irange,
+            missing_rate=float(rate),
             extra=f.extra("label_names", "preprocess", "intensity_range", "missing_rate"),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**copy.deepcopy(self.extra), "kind": self.kind, "model": to_dict(self.model),
-                "num_classes": self.num_classes, "volume_shape": list(self.volume_shape),
-                "reference_affine": [list(r) for r in self.reference_affine]}
+        return {
+            **copy.deepcopy(self.extra),
+            "kind": self.kind,
+            "model": to_dict(self.model),
+            "num_classes": self.num_classes,
+            "volume_shape": list(self.volume_shape),
+            "reference_affine": [list(r) for r in self.reference_affine],
+        }
 
 
 @dataclass(frozen=True)
@@ -216,16 +235,27 @@ class LatentDiffusionCheckpoint(_DictView):
         if sha is not None and not isinstance(sha, str):
             raise f.fail("autoencoder_sha256", f"must be a hex string; got {_short(sha)}")
         return cls(
-            model=f.typed("model", DenoiserConfig), latent_shape=shape, latent_mean=mean, latent_std=std,
-            conditioning=copy.deepcopy(cond), autoencoder_sha256=sha, volume_shape=f.shape("volume_shape", 3),
-            reference_affine=f.affine(), label_names=f.labels(),
+            model=f.typed("model", DenoiserConfig),
+            latent_shape=shape,
+            latent_mean=mean,
+            latent_std=std,
+            conditioning=copy.deepcopy(cond),
+            autoencoder_sha256=sha,
+            volume_shape=f.shape("volume_shape", 3),
+            reference_affine=f.affine(),
+            label_names=f.labels(),
             extra=f.extra("conditioning", "autoencoder_sha256", "label_names", "latent_mean", "latent_std"),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**copy.deepcopy(self.extra), "kind": self.kind, "model": to_dict(self.model),
-                "latent_shape": list(self.latent_shape), "volume_shape": list(self.volume_shape),
-                "reference_affine": [list(r) for r in self.reference_affine]}
+        return {
+            **copy.deepcopy(self.extra),
+            "kind": self.kind,
+            "model": to_dict(self.model),
+            "latent_shape": list(self.latent_shape),
+            "volume_shape": list(self.volume_shape),
+            "reference_affine": [list(r) for r in self.reference_affine],
+        }
 
 
 @dataclass(frozen=True)
@@ -244,9 +274,18 @@ class SegmenterCheckpoint(_DictView):
         f = _Fields(data, source, "segmenter")
         f.kind("segmenter")
         f.get("label_names")  # required: the names of the output classes
-        return cls(model=f.typed("model", SegModelConfig), num_classes=f.count("num_classes"), label_names=f.labels(),
-                   preprocess=f.preprocess(), extra=f.extra("label_names", "preprocess"))
+        return cls(
+            model=f.typed("model", SegModelConfig),
+            num_classes=f.count("num_classes"),
+            label_names=f.labels(),
+            preprocess=f.preprocess(),
+            extra=f.extra("label_names", "preprocess"),
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**copy.deepcopy(self.extra), "kind": self.kind, "model": to_dict(self.model),
-                "num_classes": self.num_classes}
+        return {
+            **copy.deepcopy(self.extra),
+            "kind": self.kind,
+            "model": to_dict(self.model),
+            "num_classes": self.num_classes,
+        }

@@ -36,7 +36,9 @@ class LatentDenoiser(nn.Module):
         )
         self.to(memory_format=torch.channels_last_3d)  # NDHWC convolutions: faster on CPU and GPU
 
-    def context(self, attributes: torch.Tensor | None, mask: torch.Tensor | None, batch: int, device) -> torch.Tensor | None:
+    def context(
+        self, attributes: torch.Tensor | None, mask: torch.Tensor | None, batch: int, device
+    ) -> torch.Tensor | None:
         """(B, 1, 2A) context token, or None for an unconditioned network."""
         if not self.n_attributes:
             return None
@@ -47,8 +49,9 @@ class LatentDenoiser(nn.Module):
             mask = torch.ones_like(attributes)
         return torch.cat([attributes * mask, mask], dim=1)[:, None]
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, attributes: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, attributes: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.cfg.coordinates:
             x = torch.cat([x, coordinate_grid(x)], dim=1)
         x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -79,9 +82,12 @@ def guided(model: LatentDenoiser, attributes: torch.Tensor | None, mask: torch.T
         return lambda x, t: model(x, t, attributes, mask)
 
     def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        both = model(torch.cat([x, x]), torch.cat([t, t]),
-                     torch.cat([attributes, torch.zeros_like(attributes)]),
-                     torch.cat([mask, torch.zeros_like(mask)]))
+        both = model(
+            torch.cat([x, x]),
+            torch.cat([t, t]),
+            torch.cat([attributes, torch.zeros_like(attributes)]),
+            torch.cat([mask, torch.zeros_like(mask)]),
+        )
         c, u = both.chunk(2)
         return u + scale * (c - u)
 

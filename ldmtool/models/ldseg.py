@@ -34,23 +34,47 @@ class LDSeg(nn.Module):
         # use_flash_attention: torch's scaled_dot_product_attention, the same attention without the
         # (tokens × tokens) matrix in memory; the image encoder's lowest level has (H/4)·(W/4) tokens,
         # 16 384 for a 512 × 512 slice (faster already at 256 × 256 on a CPU; same weights)
-        common = dict(spatial_dims=sd, channels=cfg.channels, num_res_blocks=[cfg.num_res_blocks] * n,
-                      norm_num_groups=cfg.norm_num_groups, norm_eps=1e-6, use_flash_attention=True)
+        common = dict(
+            spatial_dims=sd,
+            channels=cfg.channels,
+            num_res_blocks=[cfg.num_res_blocks] * n,
+            norm_num_groups=cfg.norm_num_groups,
+            norm_eps=1e-6,
+            use_flash_attention=True,
+        )
         self.label_encoder = nn.Sequential(
-            Encoder(in_channels=num_classes, out_channels=lat, attention_levels=[False] * n, with_nonlocal_attn=False, **common),
+            Encoder(
+                in_channels=num_classes,
+                out_channels=lat,
+                attention_levels=[False] * n,
+                with_nonlocal_attn=False,
+                **common,
+            ),
             # standardised label latent: zero mean, unit variance over each sample's latent
             nn.GroupNorm(1, lat, affine=False),
         )
         attn = [False] * (n - 1) + [cfg.attention]
-        self.image_encoder = Encoder(in_channels=image_channels, out_channels=lat, attention_levels=attn,
-                                     with_nonlocal_attn=cfg.attention, **common)
-        self.label_decoder = Decoder(in_channels=lat, out_channels=num_classes, attention_levels=[False] * n,
-                                     with_nonlocal_attn=False, **common)
+        self.image_encoder = Encoder(
+            in_channels=image_channels,
+            out_channels=lat,
+            attention_levels=attn,
+            with_nonlocal_attn=cfg.attention,
+            **common,
+        )
+        self.label_decoder = Decoder(
+            in_channels=lat, out_channels=num_classes, attention_levels=[False] * n, with_nonlocal_attn=False, **common
+        )
         dn = len(cfg.denoiser_channels)
         self.denoiser = DiffusionModelUNet(
-            spatial_dims=sd, in_channels=2 * lat, out_channels=lat, channels=cfg.denoiser_channels,
-            attention_levels=tuple([False] * (dn - 1) + [True]), num_res_blocks=cfg.num_res_blocks,
-            norm_num_groups=cfg.norm_num_groups, num_head_channels=cfg.num_head_channels, use_flash_attention=True,
+            spatial_dims=sd,
+            in_channels=2 * lat,
+            out_channels=lat,
+            channels=cfg.denoiser_channels,
+            attention_levels=tuple([False] * (dn - 1) + [True]),
+            num_res_blocks=cfg.num_res_blocks,
+            norm_num_groups=cfg.norm_num_groups,
+            num_head_channels=cfg.num_head_channels,
+            use_flash_attention=True,
         )
 
     def encode_label(self, label: torch.Tensor) -> torch.Tensor:
@@ -72,18 +96,31 @@ class LDSeg(nn.Module):
 
 def seg_schedule(cfg: SegModelConfig) -> DenoiserConfig:
     """The noise schedule of an LDSeg model as the samplers know it (ε prediction)."""
-    return DenoiserConfig(channels=cfg.denoiser_channels, norm_num_groups=cfg.norm_num_groups, objective="eps",
-                          num_train_timesteps=cfg.num_train_timesteps, schedule=cfg.schedule, coordinates=False)
+    return DenoiserConfig(
+        channels=cfg.denoiser_channels,
+        norm_num_groups=cfg.norm_num_groups,
+        objective="eps",
+        num_train_timesteps=cfg.num_train_timesteps,
+        schedule=cfg.schedule,
+        coordinates=False,
+    )
 
 
 def _unet(cfg: SegModelConfig, num_classes: int, image_channels: int, width: int) -> nn.Module:
     chans = tuple(width * c for c in cfg.channels) + (width * cfg.channels[-1],)
-    return UNet(spatial_dims=cfg.dims, in_channels=image_channels, out_channels=num_classes, channels=chans,
-                strides=(2,) * (len(chans) - 1), num_res_units=cfg.num_res_blocks)
+    return UNet(
+        spatial_dims=cfg.dims,
+        in_channels=image_channels,
+        out_channels=num_classes,
+        channels=chans,
+        strides=(2,) * (len(chans) - 1),
+        num_res_units=cfg.num_res_blocks,
+    )
 
 
 def unet_width(cfg: SegModelConfig, num_classes: int, image_channels: int = 1) -> int:
     """The channel multiplier that gives the UNet the parameter count closest to LDSeg's."""
+
     def count(m: nn.Module) -> int:
         return sum(p.numel() for p in m.parameters())
 

@@ -114,17 +114,44 @@ def generate(
     if compile:
         pipe.compile()
     threshold = None if memorization_filter is None else memorization_filter.threshold
-    settings = {"base_seed": seed, "sampler": smp.name, "steps": steps, "eta": getattr(smp, "eta", eta),
-                "spacing": smp.spacing, "guidance": guidance, "conditions": conditions or {}, "format": fmt,
-                "precision": pipe.precision, "reject_memorized": threshold,
-                "autoencoder_sha256": pipe.ae_sha256, "ldm_sha256": file_sha256(pipe.ldm_path)}
-    job = _SampleJob(pipe, smp, Path(out_dir), settings, fmt, conditions or {}, guidance, batch_size, decode_batch,
-                     compile, part, memorization_filter)
+    settings = {
+        "base_seed": seed,
+        "sampler": smp.name,
+        "steps": steps,
+        "eta": getattr(smp, "eta", eta),
+        "spacing": smp.spacing,
+        "guidance": guidance,
+        "conditions": conditions or {},
+        "format": fmt,
+        "precision": pipe.precision,
+        "reject_memorized": threshold,
+        "autoencoder_sha256": pipe.ae_sha256,
+        "ldm_sha256": file_sha256(pipe.ldm_path),
+    }
+    job = _SampleJob(
+        pipe,
+        smp,
+        Path(out_dir),
+        settings,
+        fmt,
+        conditions or {},
+        guidance,
+        batch_size,
+        decode_batch,
+        compile,
+        part,
+        memorization_filter,
+    )
     mine = [k for k in range(n) if part.owns(k)]
     todo = job.prepare(mine)
     job.result = GenerateResult(
-        skipped=[sample_name(k) for k in mine if k not in set(todo)], out_dir=job.out_dir, shard=str(part),
-        device=_device_name(pipe.device), precision=pipe.precision, memory=memory.summary(), others=n - len(mine),
+        skipped=[sample_name(k) for k in mine if k not in set(todo)],
+        out_dir=job.out_dir,
+        shard=str(part),
+        device=_device_name(pipe.device),
+        precision=pipe.precision,
+        memory=memory.summary(),
+        others=n - len(mine),
     )
     job.run(todo, console)
     _write_dataset_json(job.out_dir, pipe.label_names, n, fmt)
@@ -150,20 +177,44 @@ def _plan(pipe: LatentDiffusionPipeline, batch_size: int, decode_batch: int, max
 
     volume_shape = tuple(pipe.ae_config.volume_shape)
     return plan_memory(
-        denoise_once, pipe.ldm, decode_once, pipe.ae, batch_size=batch_size,
-        decode_batch=min(decode_batch, depth * batch_size), latent_shape=latent_shape, volume_shape=volume_shape,
-        device=pipe.device, max_memory_gb=max_memory_gb,
+        denoise_once,
+        pipe.ldm,
+        decode_once,
+        pipe.ae,
+        batch_size=batch_size,
+        decode_batch=min(decode_batch, depth * batch_size),
+        latent_shape=latent_shape,
+        volume_shape=volume_shape,
+        device=pipe.device,
+        max_memory_gb=max_memory_gb,
     )
 
 
 class _SampleJob:
     """The samples of one shard: sampled a batch at a time, written by a background thread."""
 
-    def __init__(self, pipe: LatentDiffusionPipeline, smp, out_dir: Path, settings: dict[str, Any], fmt: str,
-                 conditions: dict[str, float], guidance: float, batch_size: int, decode_batch: int, compiled: bool,
-                 part, memorization_filter: MemorizationFilter | None):
+    def __init__(
+        self,
+        pipe: LatentDiffusionPipeline,
+        smp,
+        out_dir: Path,
+        settings: dict[str, Any],
+        fmt: str,
+        conditions: dict[str, float],
+        guidance: float,
+        batch_size: int,
+        decode_batch: int,
+        compiled: bool,
+        part,
+        memorization_filter: MemorizationFilter | None,
+    ):
         self.pipe, self.smp, self.out_dir, self.settings, self.fmt = pipe, smp, out_dir, settings, fmt
-        self.conditions, self.guidance, self.batch_size, self.decode_batch = conditions, guidance, batch_size, decode_batch
+        self.conditions, self.guidance, self.batch_size, self.decode_batch = (
+            conditions,
+            guidance,
+            batch_size,
+            decode_batch,
+        )
         self.compiled, self.part, self.memfilter = compiled, part, memorization_filter
         self.prov_dir = out_dir / "provenance"
         self.result = GenerateResult()
@@ -214,8 +265,9 @@ class _SampleJob:
         """Sample one batch of (index, attempt); returns the accepted (index, volume, extra
         provenance) and the (index, attempt) of candidates to draw again."""
         seeds = [sample_seed(self.settings["base_seed"], k, a) for k, a in batch]
-        volumes = self.pipe.sample(seeds, sampler=self.smp, conditions=self.conditions, guidance=self.guidance,
-                                   decode_batch=self.decode_batch)
+        volumes = self.pipe.sample(
+            seeds, sampler=self.smp, conditions=self.conditions, guidance=self.guidance, decode_batch=self.decode_batch
+        )
         items, again = [], []
         for (k, attempt), vol in zip(batch, volumes):
             extra: dict[str, Any] = {}
@@ -230,8 +282,11 @@ class _SampleJob:
                         )
                     again.append((k, attempt + 1))
                     continue
-                extra = {"memorization_ssim": chk.score, "nearest_training_case": chk.nearest,
-                         "rejected_candidates": attempt}
+                extra = {
+                    "memorization_ssim": chk.score,
+                    "nearest_training_case": chk.nearest,
+                    "rejected_candidates": attempt,
+                }
             items.append((k, vol, extra))
         return items, again
 
@@ -241,11 +296,23 @@ class _SampleJob:
             name = sample_name(k)
             files = self.write_files(name, vol)
             prov = {
-                "sample": name, "index": k, "seed": vol.seed, **self.settings, **extra, "seconds": per_sample,
-                "batch_size": batch_len, "decode_batch": self.decode_batch, "compiled": bool(self.compiled),
-                "shard": str(self.part), "device": self.result.device, "files": files,
-                "ae": str(self.pipe.ae_path), "ldm": str(self.pipe.ldm_path), "ldmtool_version": __version__,
-                "torch_version": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "sample": name,
+                "index": k,
+                "seed": vol.seed,
+                **self.settings,
+                **extra,
+                "seconds": per_sample,
+                "batch_size": batch_len,
+                "decode_batch": self.decode_batch,
+                "compiled": bool(self.compiled),
+                "shard": str(self.part),
+                "device": self.result.device,
+                "files": files,
+                "ae": str(self.pipe.ae_path),
+                "ldm": str(self.pipe.ldm_path),
+                "ldmtool_version": __version__,
+                "torch_version": torch.__version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             atomic_write_text(self.prov_dir / f"{name}.json", json.dumps(prov, indent=2))
             self.result.written.append(name)
@@ -269,7 +336,9 @@ class _SampleJob:
         if label_vol is not None:
             files["label"] = f"dicom/{name}/label"
             _replace_partial(self.out_dir / files["label"])
-            write_dicom_series(label_vol, self.out_dir / files["label"], series_description=f"SYNTHETIC ldmtool {name} label")
+            write_dicom_series(
+                label_vol, self.out_dir / files["label"], series_description=f"SYNTHETIC ldmtool {name} label"
+            )
         return files
 
 

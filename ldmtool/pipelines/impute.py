@@ -40,8 +40,14 @@ class ImputeResult:
     outside: int = 0  # missing voxels outside the model's field of view (filled from its edge)
 
 
-def missing_mask(image: np.ndarray, *, mask: np.ndarray | None = None, slices: str | None = None,
-                 simulate_mcar: float | None = None, seed: int = 0) -> np.ndarray:
+def missing_mask(
+    image: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    slices: str | None = None,
+    simulate_mcar: float | None = None,
+    seed: int = 0,
+) -> np.ndarray:
     """Missing voxels of `image` (True = missing): NaN/inf voxels, plus a mask (1 = missing), plus
     whole slices along the third array axis, plus simulated MCAR voxels. Errors for a mask of
     the wrong shape, a volume with nothing missing or nothing observed."""
@@ -61,9 +67,13 @@ def missing_mask(image: np.ndarray, *, mask: np.ndarray | None = None, slices: s
             raise LdmError(f"--simulate-mcar must be in (0, 1); got {simulate_mcar}")
         gone |= mcar_mask(image.shape, simulate_mcar, seed)
     if not gone.any():
-        raise LdmError("nothing is missing: give --mask, --missing-slices or --simulate-mcar, or NaN voxels in the volume")
+        raise LdmError(
+            "nothing is missing: give --mask, --missing-slices or --simulate-mcar, or NaN voxels in the volume"
+        )
     if gone.all():
-        raise LdmError("every voxel is missing: nothing to guide the imputation (use `ldmtool sample` to generate volumes)")
+        raise LdmError(
+            "every voxel is missing: nothing to guide the imputation (use `ldmtool sample` to generate volumes)"
+        )
     return gone
 
 
@@ -83,7 +93,9 @@ def to_model_space(volume, gone: np.ndarray, ae_cfg: AutoencoderCheckpoint):
     return volume_to_slices(arr), volume_to_slices(miss).astype(bool), affine, pc.intensity_range
 
 
-def to_input_grid(model_volume: np.ndarray, model_affine: np.ndarray, where: np.ndarray, input_affine: np.ndarray) -> tuple[np.ndarray, int]:
+def to_input_grid(
+    model_volume: np.ndarray, model_affine: np.ndarray, where: np.ndarray, input_affine: np.ndarray
+) -> tuple[np.ndarray, int]:
     """Values of a model-space volume (I, J, K) at the input voxels `where` (bool, the input's
     shape), by linear interpolation through the affines; also how many fell outside its grid."""
     from scipy.ndimage import map_coordinates
@@ -98,9 +110,23 @@ def to_input_grid(model_volume: np.ndarray, model_affine: np.ndarray, where: np.
 
 
 def impute_file(
-    source: Path, ae_path: Path, ldm_path: Path, out_dir: Path, *, mask: Path | None = None, slices: str | None = None,
-    simulate_mcar: float | None = None, samples: int = 1, steps: int = 50, guidance: float = 0.5, sampler: str = "ddim",
-    eta: float = 0.0, seed: int = 0, batch_size: int = 4, device: torch.device = torch.device("cpu"), console=None,
+    source: Path,
+    ae_path: Path,
+    ldm_path: Path,
+    out_dir: Path,
+    *,
+    mask: Path | None = None,
+    slices: str | None = None,
+    simulate_mcar: float | None = None,
+    samples: int = 1,
+    steps: int = 50,
+    guidance: float = 0.5,
+    sampler: str = "ddim",
+    eta: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 4,
+    device: torch.device = torch.device("cpu"),
+    console=None,
 ) -> ImputeResult:
     """Impute one NIfTI file or DICOM series; write NIfTI outputs in its geometry + provenance."""
     if samples < 1:
@@ -114,22 +140,51 @@ def impute_file(
     if miss.all():
         raise LdmError("no observed voxel is left in the model's field of view: nothing to guide the imputation")
     label = f"impute {Path(source).name}", f"{100 * gone.mean():.1f}% missing"
-    result_model = _impute_with_progress(pipe, torch.from_numpy(image), torch.from_numpy(miss), label, console,
-                                         samples=samples, steps=steps, guidance=guidance, sampler=sampler, eta=eta,
-                                         seed=seed, batch_size=batch_size)
+    result_model = _impute_with_progress(
+        pipe,
+        torch.from_numpy(image),
+        torch.from_numpy(miss),
+        label,
+        console,
+        samples=samples,
+        steps=steps,
+        guidance=guidance,
+        sampler=sampler,
+        eta=eta,
+        seed=seed,
+        batch_size=batch_size,
+    )
     fills, outside = _fills_on_input_grid(pipe, result_model, irange, model_affine, gone, volume.affine)
     result = ImputeResult(str(source), missing_voxels=int(gone.sum()), total_voxels=int(gone.size), outside=outside)
     stem = _write_outputs(result, volume, raw, gone, fills, Path(out_dir), Path(source))
     result.seconds = time.perf_counter() - t0
     prov = {
-        "source": str(source), "outputs": {k: v.name for k, v in result.outputs.items()},
-        "missing_voxels": result.missing_voxels, "total_voxels": result.total_voxels,
-        "missing_from": {"nan": bool(np.issubdtype(raw.dtype, np.floating) and np.isnan(raw).any()),
-                         "mask": None if mask is None else str(mask), "slices": slices, "simulate_mcar": simulate_mcar},
-        "missing_outside_model_grid": outside, "samples": samples, "sampler": sampler, "steps": steps, "eta": eta,
-        "guidance": guidance, "seed": seed, "intensity_range": list(irange), "seconds": result.seconds,
-        "device": str(device), "ae": str(ae_path), "ldm": str(ldm_path), "autoencoder_sha256": pipe.ae_sha256,
-        "ldm_sha256": file_sha256(ldm_path), "ldmtool_version": __version__, "torch_version": torch.__version__,
+        "source": str(source),
+        "outputs": {k: v.name for k, v in result.outputs.items()},
+        "missing_voxels": result.missing_voxels,
+        "total_voxels": result.total_voxels,
+        "missing_from": {
+            "nan": bool(np.issubdtype(raw.dtype, np.floating) and np.isnan(raw).any()),
+            "mask": None if mask is None else str(mask),
+            "slices": slices,
+            "simulate_mcar": simulate_mcar,
+        },
+        "missing_outside_model_grid": outside,
+        "samples": samples,
+        "sampler": sampler,
+        "steps": steps,
+        "eta": eta,
+        "guidance": guidance,
+        "seed": seed,
+        "intensity_range": list(irange),
+        "seconds": result.seconds,
+        "device": str(device),
+        "ae": str(ae_path),
+        "ldm": str(ldm_path),
+        "autoencoder_sha256": pipe.ae_sha256,
+        "ldm_sha256": file_sha256(ldm_path),
+        "ldmtool_version": __version__,
+        "torch_version": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     result.outputs["provenance"] = Path(out_dir) / f"{stem}_impute.json"
@@ -147,12 +202,15 @@ def _read_incomplete(source: Path, mask: Path | None, slices: str | None, simula
     mask_arr = None
     if mask is not None:
         mask_arr = np.asarray(read_aligned(Path(mask), volume, f"--mask {mask}").array)
-    gone = missing_mask(raw.astype(np.float64, copy=False), mask=mask_arr, slices=slices, simulate_mcar=simulate_mcar, seed=seed)
+    gone = missing_mask(
+        raw.astype(np.float64, copy=False), mask=mask_arr, slices=slices, simulate_mcar=simulate_mcar, seed=seed
+    )
     return volume, raw, gone
 
 
-def _impute_with_progress(pipe: LatentDiffusionPipeline, image: torch.Tensor, missing: torch.Tensor,
-                          label: tuple[str, str], console, **kwargs) -> torch.Tensor:
+def _impute_with_progress(
+    pipe: LatentDiffusionPipeline, image: torch.Tensor, missing: torch.Tensor, label: tuple[str, str], console, **kwargs
+) -> torch.Tensor:
     """`pipe.impute` with a progress bar over the denoising steps of all batches."""
     from ldmtool.runtime import progress
 
@@ -168,8 +226,14 @@ def _impute_with_progress(pipe: LatentDiffusionPipeline, image: torch.Tensor, mi
         return pipe.impute(image, missing, callback=tick, **kwargs)
 
 
-def _fills_on_input_grid(pipe: LatentDiffusionPipeline, result_model: torch.Tensor, irange, model_affine: np.ndarray,
-                         gone: np.ndarray, input_affine: np.ndarray) -> tuple[np.ndarray, int]:
+def _fills_on_input_grid(
+    pipe: LatentDiffusionPipeline,
+    result_model: torch.Tensor,
+    irange,
+    model_affine: np.ndarray,
+    gone: np.ndarray,
+    input_affine: np.ndarray,
+) -> tuple[np.ndarray, int]:
     """(samples, missing voxels) imputed values in source units on the input's grid, and how many
     missing voxels fell outside the model's grid."""
     from ldmtool.data.preprocess import denormalise
@@ -182,8 +246,9 @@ def _fills_on_input_grid(pipe: LatentDiffusionPipeline, result_model: torch.Tens
     return np.stack(fills).astype(np.float64), outside
 
 
-def _write_outputs(result: ImputeResult, volume, raw: np.ndarray, gone: np.ndarray, fills: np.ndarray,
-                   out_dir: Path, source: Path) -> str:
+def _write_outputs(
+    result: ImputeResult, volume, raw: np.ndarray, gone: np.ndarray, fills: np.ndarray, out_dir: Path, source: Path
+) -> str:
     """Write `<stem>_imputed`, `_missing` (and `_std` for several samples) in the input's geometry; returns the stem."""
     from ldmtool.io import write_nifti
     from ldmtool.pipelines.segment import output_stem
@@ -193,8 +258,12 @@ def _write_outputs(result: ImputeResult, volume, raw: np.ndarray, gone: np.ndarr
     out_dir.mkdir(parents=True, exist_ok=True)
     imputed = raw.astype(out_dtype, copy=True)  # observed voxels: the input's values, untouched
     imputed[gone] = fills.mean(0).astype(out_dtype)
-    result.outputs["imputed"] = write_nifti(volume.with_array(imputed, imputed=True), out_dir / f"{stem}_imputed.nii.gz")
-    result.outputs["missing"] = write_nifti(volume.with_array(gone.astype(np.uint8)), out_dir / f"{stem}_missing.nii.gz")
+    result.outputs["imputed"] = write_nifti(
+        volume.with_array(imputed, imputed=True), out_dir / f"{stem}_imputed.nii.gz"
+    )
+    result.outputs["missing"] = write_nifti(
+        volume.with_array(gone.astype(np.uint8)), out_dir / f"{stem}_missing.nii.gz"
+    )
     if fills.shape[0] > 1:
         std_map = np.zeros(raw.shape, dtype=np.float32)
         std_map[gone] = fills.std(0)

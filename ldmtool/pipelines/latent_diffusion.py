@@ -8,9 +8,9 @@ reference affine, label names). Noise → sampler → slice-wise decode exists h
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -51,9 +51,19 @@ class SampledVolume:
 class LatentDiffusionPipeline:
     """Autoencoder + latent denoiser on one device, with the settings they were trained with."""
 
-    def __init__(self, ae: SliceAutoencoder, ae_config: AutoencoderCheckpoint, ldm: LatentDenoiser,
-                 ldm_config: LatentDiffusionCheckpoint, *, device: torch.device, precision: str = "fp32",
-                 ae_path: Path | None = None, ldm_path: Path | None = None, ae_sha256: str | None = None):
+    def __init__(
+        self,
+        ae: SliceAutoencoder,
+        ae_config: AutoencoderCheckpoint,
+        ldm: LatentDenoiser,
+        ldm_config: LatentDiffusionCheckpoint,
+        *,
+        device: torch.device,
+        precision: str = "fp32",
+        ae_path: Path | None = None,
+        ldm_path: Path | None = None,
+        ae_sha256: str | None = None,
+    ):
         self.ae, self.ae_config, self.ldm, self.ldm_config = ae, ae_config, ldm, ldm_config
         self.device, self.precision = device, precision
         self.ae_path, self.ldm_path, self.ae_sha256 = ae_path, ldm_path, ae_sha256
@@ -67,8 +77,9 @@ class LatentDiffusionPipeline:
         self.label_names: dict[str, int] = dict(ae_config.label_names)
 
     @classmethod
-    def from_pretrained(cls, ae_path: Path, ldm_path: Path, device: torch.device = torch.device("cpu"),
-                        precision: str = "auto") -> LatentDiffusionPipeline:
+    def from_pretrained(
+        cls, ae_path: Path, ldm_path: Path, device: torch.device = torch.device("cpu"), precision: str = "auto"
+    ) -> LatentDiffusionPipeline:
         """Load an autoencoder and a latent denoiser trained on it (files or training folders)."""
         precision = resolve_precision(precision, device)
         ae_path, ldm_path = resolve_checkpoint(ae_path), resolve_checkpoint(ldm_path)
@@ -77,8 +88,17 @@ class LatentDiffusionPipeline:
         ae_hash = file_sha256(ae_path)
         if ldm_cfg.autoencoder_sha256 != ae_hash:
             raise LdmError(f"{ldm_path} was trained on a different autoencoder than {ae_path}")
-        return cls(ae, ae_cfg, ldm, ldm_cfg, device=device, precision=precision, ae_path=ae_path, ldm_path=ldm_path,
-                   ae_sha256=ae_hash)
+        return cls(
+            ae,
+            ae_cfg,
+            ldm,
+            ldm_cfg,
+            device=device,
+            precision=precision,
+            ae_path=ae_path,
+            ldm_path=ldm_path,
+            ae_sha256=ae_hash,
+        )
 
     def compile(self) -> None:
         """torch.compile the denoiser the samplers call."""
@@ -87,25 +107,36 @@ class LatentDiffusionPipeline:
         except Exception as exc:  # noqa: BLE001 - torch.compile raises many kinds
             raise LdmError(f"--compile failed: {type(exc).__name__}: {exc}") from None
 
-    def make_sampler(self, sampler: str = "ddim", steps: int = 50, eta: float = 0.0, spacing: str = "trailing") -> Sampler:
+    def make_sampler(
+        self, sampler: str = "ddim", steps: int = 50, eta: float = 0.0, spacing: str = "trailing"
+    ) -> Sampler:
         """A sampler by name for this denoiser's schedule and objective."""
         return make_sampler(sampler, self.ldm_config.model, steps, eta, spacing)
 
     # ---------------------------------------------------------------------------------- latents
 
-    def encode(self, image: torch.Tensor, label: torch.Tensor | None = None, observed: torch.Tensor | None = None,
-               batch: int = 64) -> torch.Tensor:
+    def encode(
+        self,
+        image: torch.Tensor,
+        label: torch.Tensor | None = None,
+        observed: torch.Tensor | None = None,
+        batch: int = 64,
+    ) -> torch.Tensor:
         """Normalised volume slices (D, H, W) → standardised latent volume (L, D, h, w)."""
         z = encode_volume(self.ae, image, label, batch=batch, observed=observed)
         return (z - self.latent_mean[0]) / self.latent_std[0]
 
-    def conditioning(self, conditions: dict[str, float] | None, batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def conditioning(
+        self, conditions: dict[str, float] | None, batch: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Standardised attribute tensor and mask (B, A) for the requested conditions (None if none)."""
         if not conditions:
             return None, None
         names = self.ldm_config.attributes
         if not names:
-            raise LdmError("this latent diffusion model was trained without conditioning; retrain with --condition-on lesion")
+            raise LdmError(
+                "this latent diffusion model was trained without conditioning; retrain with --condition-on lesion"
+            )
         cond = self.ldm_config.conditioning
         mean, std = np.asarray(cond["mean"]), np.asarray(cond["std"])
         a = np.zeros(len(names), dtype=np.float32)
@@ -126,9 +157,17 @@ class LatentDiffusionPipeline:
         x = initial_noise(self.latent_shape, gens).to(self.device)
         return sampler(model, x, generator=gens, callback=callback)
 
-    def sample_latents(self, seeds: Sequence[int], *, sampler: str | Sampler = "ddim", steps: int = 50, eta: float = 0.0,
-                       spacing: str = "trailing", conditions: dict[str, float] | None = None,
-                       guidance: float = 1.0) -> torch.Tensor:
+    def sample_latents(
+        self,
+        seeds: Sequence[int],
+        *,
+        sampler: str | Sampler = "ddim",
+        steps: int = 50,
+        eta: float = 0.0,
+        spacing: str = "trailing",
+        conditions: dict[str, float] | None = None,
+        guidance: float = 1.0,
+    ) -> torch.Tensor:
         """Standardised latents (B, L, D, h, w), one per seed, with classifier-free guidance when conditioned."""
         smp = self.make_sampler(sampler, steps, eta, spacing) if isinstance(sampler, str) else sampler
         with torch.inference_mode():
@@ -150,22 +189,44 @@ class LatentDiffusionPipeline:
             img = denormalise(img, self.intensity_range, self.preprocess)
         return img, None if label is None else slices_to_volume(label.numpy())
 
-    def sample(self, seeds: Sequence[int], *, sampler: str | Sampler = "ddim", steps: int = 50, eta: float = 0.0,
-               spacing: str = "trailing", conditions: dict[str, float] | None = None, guidance: float = 1.0,
-               decode_batch: int = 64) -> list[SampledVolume]:
+    def sample(
+        self,
+        seeds: Sequence[int],
+        *,
+        sampler: str | Sampler = "ddim",
+        steps: int = 50,
+        eta: float = 0.0,
+        spacing: str = "trailing",
+        conditions: dict[str, float] | None = None,
+        guidance: float = 1.0,
+        decode_batch: int = 64,
+    ) -> list[SampledVolume]:
         """Generate one image volume (source intensity scale) and label map per seed.
 
         A sample depends on its seed only, not on the other seeds of the call or on the device's
         batch: noise comes from one CPU generator per seed."""
-        z = self.sample_latents(seeds, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
-                                conditions=conditions, guidance=guidance)
+        z = self.sample_latents(
+            seeds, sampler=sampler, steps=steps, eta=eta, spacing=spacing, conditions=conditions, guidance=guidance
+        )
         return [SampledVolume(int(s), img, lab) for s, (img, lab) in zip(seeds, self.decode(z, decode_batch))]
 
     # --------------------------------------------------------------------------------- imputation
 
-    def impute(self, image: torch.Tensor, missing: torch.Tensor, *, samples: int = 1, steps: int = 50,
-               guidance: float = 1.0, sampler: str = "ddim", eta: float = 0.0, seed: int = 0, batch_size: int = 4,
-               chunk: int = 16, callback: Callable[[int], None] | None = None) -> torch.Tensor:
+    def impute(
+        self,
+        image: torch.Tensor,
+        missing: torch.Tensor,
+        *,
+        samples: int = 1,
+        steps: int = 50,
+        guidance: float = 1.0,
+        sampler: str = "ddim",
+        eta: float = 0.0,
+        seed: int = 0,
+        batch_size: int = 4,
+        chunk: int = 16,
+        callback: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
         """Fill the missing voxels of one volume in model space with latent self-guidance (LDMiss).
 
         Args:
@@ -179,7 +240,9 @@ class LatentDiffusionPipeline:
         """
         dcfg = self.ldm_config.model
         if dcfg.objective == "flow":
-            raise LdmError("impute needs an eps or v denoiser (self-guidance uses the noise prediction); this one is flow")
+            raise LdmError(
+                "impute needs an eps or v denoiser (self-guidance uses the noise prediction); this one is flow"
+            )
         smp = self.make_sampler(sampler, steps, eta)
         self._check_model_space(image)
         keep = (~missing).float().to(self.device)
@@ -192,7 +255,9 @@ class LatentDiffusionPipeline:
         out, done = [], 0
         for start in range(0, samples, batch_size):
             b = min(batch_size, samples - start)
-            error = observed_error(render, target.expand(b, -1, -1, -1), keep.expand(b, -1, -1, -1), slice_chunks(chunk))
+            error = observed_error(
+                render, target.expand(b, -1, -1, -1), keep.expand(b, -1, -1, -1), slice_chunks(chunk)
+            )
             hook = SelfGuidance(uncond, alphas, dcfg.prediction_type, error, guidance)
 
             def step_done(i, t, x_t, x0, _base=done):
@@ -210,4 +275,6 @@ class LatentDiffusionPipeline:
         f = self.ae.cfg.downsample
         expect = (self.latent_shape[1], self.latent_shape[2] * f, self.latent_shape[3] * f)
         if tuple(image.shape) != expect:
-            raise LdmError(f"the volume is {tuple(image.shape)} (slices, rows, columns) in model space but the models expect {expect}")
+            raise LdmError(
+                f"the volume is {tuple(image.shape)} (slices, rows, columns) in model space but the models expect {expect}"
+            )

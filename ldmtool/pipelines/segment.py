@@ -138,8 +138,12 @@ def segment_files(
     stems = [output_stem(p) for p in files]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
-        raise LdmError(f"several inputs would write the same output name ({', '.join(dupes)}); segment them into separate --out folders")
-    job = _SegmentJob(seg, Path(out_dir), steps, samples, batch_size, torch.Generator().manual_seed(seed), dicom_seg, console)
+        raise LdmError(
+            f"several inputs would write the same output name ({', '.join(dupes)}); segment them into separate --out folders"
+        )
+    job = _SegmentJob(
+        seg, Path(out_dir), steps, samples, batch_size, torch.Generator().manual_seed(seed), dicom_seg, console
+    )
     job.out_dir.mkdir(parents=True, exist_ok=True)
     with progress(console) as bar:
         task = bar.add_task("segment", total=len(files), rate="", info="")
@@ -165,7 +169,9 @@ def prepare_case(path: Path, stem: str, seg: Segmenter) -> _Prepared:
     if arr.ndim != 3:
         raise LdmError(f"{path} is not a 3D volume (shape {arr.shape})")
     if seg.dims == 3 and min(arr.shape) < 2:
-        raise LdmError(f"{path} is a 2D image (shape {arr.shape}) and this is a 3D model; segment it with a --dims 2 model")
+        raise LdmError(
+            f"{path} is a 2D image (shape {arr.shape}) and this is a 3D model; segment it with a --dims 2 model"
+        )
     src_codes = "".join(nio.aff2axcodes(volume.affine))
     work, work_affine = arr, volume.affine
     if pre.orientation != "none":
@@ -182,8 +188,17 @@ class _SegmentJob:
     while they fill at most one batch, so a folder of small volumes keeps a GPU busy (one volume
     of 32 slices of 64 × 64 per call is bound by kernel launches there: benchmarks/segmentation_speed.py)."""
 
-    def __init__(self, seg: Segmenter, out_dir: Path, steps: int, samples: int, batch_size: int,
-                 generator: torch.Generator, dicom_seg: bool, console):
+    def __init__(
+        self,
+        seg: Segmenter,
+        out_dir: Path,
+        steps: int,
+        samples: int,
+        batch_size: int,
+        generator: torch.Generator,
+        dicom_seg: bool,
+        console,
+    ):
         self.seg, self.out_dir, self.steps, self.samples, self.batch_size = seg, out_dir, steps, samples, batch_size
         self.generator, self.dicom_seg, self.console = generator, dicom_seg, console
         self.names = {int(v): k for k, v in seg.label_names.items()}
@@ -194,8 +209,12 @@ class _SegmentJob:
     def add(self, case: _Prepared) -> None:
         """Queue an input; run the queued ones first if it cannot share their network call."""
         group = self.group
-        fits = (self.seg.dims == 2 and group and case.slices.shape[1:] == group[0].slices.shape[1:]
-                and sum(c.slices.shape[0] for c in group) + case.slices.shape[0] <= self.batch_size)
+        fits = (
+            self.seg.dims == 2
+            and group
+            and case.slices.shape[1:] == group[0].slices.shape[1:]
+            and sum(c.slices.shape[0] for c in group) + case.slices.shape[0] <= self.batch_size
+        )
         if not fits:
             self.flush()
         group.append(case)
@@ -207,8 +226,13 @@ class _SegmentJob:
             return
         counts = [c.slices.shape[0] for c in group]
         t0 = time.perf_counter()
-        probs, std = self.seg.predict(torch.cat([c.slices for c in group]), steps=self.steps, samples=self.samples,
-                                      batch=self.batch_size, generator=self.generator)
+        probs, std = self.seg.predict(
+            torch.cat([c.slices for c in group]),
+            steps=self.steps,
+            samples=self.samples,
+            batch=self.batch_size,
+            generator=self.generator,
+        )
         seconds = time.perf_counter() - t0
         parts = zip(probs.split(counts, dim=1), std.split(counts, dim=1) if std is not None else [None] * len(group))
         for case, (p, sd), n in zip(group, parts, counts):
@@ -239,13 +263,19 @@ class _SegmentJob:
             if key == "seg" and self.dicom_seg and case.volume.meta.get("slice_sources"):
                 seg_error = self.write_dicom_seg(case, data, written)
         counts = np.bincount(label.flatten().numpy(), minlength=len(self.names) or 1)
-        self.results.append(SegmentedCase(
-            source=str(case.path), label_path=written["seg"], shape=tuple(case.arr.shape),
-            seconds=case.seconds + predict_seconds + time.perf_counter() - t0,
-            voxels_per_class={self.names.get(c, str(c)): int(n) for c, n in enumerate(counts)},
-            prob_path=written.get("prob"), uncertainty_path=written.get("uncertainty"),
-            dicom_seg_path=written.get("dicom_seg"), dicom_seg_error=seg_error,
-        ))
+        self.results.append(
+            SegmentedCase(
+                source=str(case.path),
+                label_path=written["seg"],
+                shape=tuple(case.arr.shape),
+                seconds=case.seconds + predict_seconds + time.perf_counter() - t0,
+                voxels_per_class={self.names.get(c, str(c)): int(n) for c, n in enumerate(counts)},
+                prob_path=written.get("prob"),
+                uncertainty_path=written.get("uncertainty"),
+                dicom_seg_path=written.get("dicom_seg"),
+                dicom_seg_error=seg_error,
+            )
+        )
 
     def to_input_axes(self, case: _Prepared, data: np.ndarray) -> np.ndarray:
         """An output in the model's axes → the input's axes (exactly: a permutation/flip)."""
@@ -266,9 +296,15 @@ class _SegmentJob:
         method = f"LDSeg, {self.steps} DDIM step(s)" if arch == "ldseg" else "UNet"
         target = self.out_dir / f"{case.stem}_seg.dcm"
         try:
-            write_dicom_seg(data, case.volume.meta["slice_sources"], self.names, target,
-                            algorithm="LDSeg" if arch == "ldseg" else "UNet", version=__version__,
-                            description=f"ldmtool segmentation ({method})")
+            write_dicom_seg(
+                data,
+                case.volume.meta["slice_sources"],
+                self.names,
+                target,
+                algorithm="LDSeg" if arch == "ldseg" else "UNet",
+                version=__version__,
+                description=f"ldmtool segmentation ({method})",
+            )
         except LdmError as exc:  # the NIfTI label map is written; the SEG is an extra
             if self.console is not None:
                 self.console.print(f"[yellow]warning:[/] {case.path.name}: {exc}")
@@ -280,12 +316,31 @@ class _SegmentJob:
 def _write_summary(job: _SegmentJob, seed: int) -> None:
     """segment.json: the model, the settings and one row per input."""
     seg = job.seg
-    atomic_write_text(job.out_dir / "segment.json", json.dumps({
-        "model": str(seg.path), "model_sha256": file_sha256(seg.path), "arch": seg.arch, "dims": seg.dims,
-        "steps": job.steps, "samples": job.samples, "seed": seed, "device": str(seg.device),
-        "cases": [{"source": r.source, "label": r.label_path.name,
-                   **({"dicom_seg": r.dicom_seg_path.name} if r.dicom_seg_path else {}),
-                   **({"dicom_seg_error": r.dicom_seg_error} if r.dicom_seg_error else {}),
-                   "seconds": round(r.seconds, 3),
-                   "voxels_per_class": r.voxels_per_class} for r in job.results],
-    }, indent=2) + "\n")
+    atomic_write_text(
+        job.out_dir / "segment.json",
+        json.dumps(
+            {
+                "model": str(seg.path),
+                "model_sha256": file_sha256(seg.path),
+                "arch": seg.arch,
+                "dims": seg.dims,
+                "steps": job.steps,
+                "samples": job.samples,
+                "seed": seed,
+                "device": str(seg.device),
+                "cases": [
+                    {
+                        "source": r.source,
+                        "label": r.label_path.name,
+                        **({"dicom_seg": r.dicom_seg_path.name} if r.dicom_seg_path else {}),
+                        **({"dicom_seg_error": r.dicom_seg_error} if r.dicom_seg_error else {}),
+                        "seconds": round(r.seconds, 3),
+                        "voxels_per_class": r.voxels_per_class,
+                    }
+                    for r in job.results
+                ],
+            },
+            indent=2,
+        )
+        + "\n",
+    )

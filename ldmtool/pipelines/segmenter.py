@@ -79,8 +79,11 @@ def predict_volume(
     from ldmtool.diffusion.samplers import DDIMSampler
 
     mult = size_multiple(cfg)
-    sampler = (DDIMSampler(seg_schedule(cfg), steps, clip=LATENT_CLIP, start=sampling_start(cfg) if start is None else start)
-               if isinstance(model, LDSeg) else None)
+    sampler = (
+        DDIMSampler(seg_schedule(cfg), steps, clip=LATENT_CLIP, start=sampling_start(cfg) if start is None else start)
+        if isinstance(model, LDSeg)
+        else None
+    )
     layout = memory_layout(cfg)
     chunks = [image[None]] if cfg.dims == 3 else [image[s : s + batch] for s in range(0, image.shape[0], batch)]
     means, stds = [], []
@@ -96,7 +99,7 @@ def predict_volume(
                 z_image = model.encode_image(x)
                 for _ in range(samples):
                     z = torch.randn(z_image.shape, generator=generator).to(device)
-                    z0 = sampler(lambda zt, t: model.predict_noise(zt, t, z_image), z)
+                    z0 = sampler(lambda zt, t, zi=z_image: model.predict_noise(zt, t, zi), z)
                     draws.append(torch.softmax(model.decode(z0).float(), dim=1))
         stack = torch.stack([crop_to(d, sizes).cpu() for d in draws])  # (S, B, K, ...)
         means.append(stack.mean(0))
@@ -113,22 +116,41 @@ def predict_volume(
 class Segmenter:
     """A trained segmenter (LDSeg or UNet) on one device, with its label names and preprocessing."""
 
-    def __init__(self, model: torch.nn.Module, model_config: SegModelConfig, *, label_names: dict[str, int] | None = None,
-                 preprocess: PreprocessConfig | None = None, device: torch.device = torch.device("cpu"),
-                 precision: str = "auto", config: SegmenterCheckpoint | None = None, path: Path | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        model_config: SegModelConfig,
+        *,
+        label_names: dict[str, int] | None = None,
+        preprocess: PreprocessConfig | None = None,
+        device: torch.device = torch.device("cpu"),
+        precision: str = "auto",
+        config: SegmenterCheckpoint | None = None,
+        path: Path | None = None,
+    ):
         self.model, self.model_config, self.config, self.path = model, model_config, config, path
         self.label_names: dict[str, int] = dict(label_names or {})
         self.preprocess = preprocess or PreprocessConfig()
         self.device, self.precision = device, precision
 
     @classmethod
-    def from_pretrained(cls, path: Path, device: torch.device = torch.device("cpu"), precision: str = "auto") -> Segmenter:
+    def from_pretrained(
+        cls, path: Path, device: torch.device = torch.device("cpu"), precision: str = "auto"
+    ) -> Segmenter:
         """Load a segmenter checkpoint (file or train-seg output folder)."""
         resolve_precision(precision, device)  # a bad --precision fails before the model loads
         path = resolve_checkpoint(path)
         model, config = load_segmenter(path, device)
-        return cls(model, config.model, label_names=config.label_names, preprocess=config.preprocess, device=device,
-                   precision=precision, config=config, path=path)
+        return cls(
+            model,
+            config.model,
+            label_names=config.label_names,
+            preprocess=config.preprocess,
+            device=device,
+            precision=precision,
+            config=config,
+            path=path,
+        )
 
     @property
     def arch(self) -> str:
@@ -138,9 +160,26 @@ class Segmenter:
     def dims(self) -> int:
         return self.model_config.dims
 
-    def predict(self, image: torch.Tensor, steps: int = DEFAULT_STEPS, samples: int = 1, batch: int = 16,
-                generator: torch.Generator | None = None, start: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def predict(
+        self,
+        image: torch.Tensor,
+        steps: int = DEFAULT_STEPS,
+        samples: int = 1,
+        batch: int = 16,
+        generator: torch.Generator | None = None,
+        start: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Class probabilities (K, D, H, W) of one normalised volume (D, H, W), and with `samples` > 1
         their per-voxel standard deviation over the draws (see `predict_volume`)."""
-        return predict_volume(self.model, self.model_config, image, steps=steps, samples=samples, batch=batch,
-                              generator=generator, device=self.device, precision=self.precision, start=start)
+        return predict_volume(
+            self.model,
+            self.model_config,
+            image,
+            steps=steps,
+            samples=samples,
+            batch=batch,
+            generator=generator,
+            device=self.device,
+            precision=self.precision,
+            start=start,
+        )

@@ -50,10 +50,14 @@ class AELoss(torch.nn.Module):
         self.cfg = cfg
         self.num_classes = num_classes
         # batch=True: Dice over the whole batch, so slices without a small class do not dominate.
-        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True) if num_classes else None
+        self.dice_ce = (
+            DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True) if num_classes else None
+        )
         self.ssim = SSIMLoss(spatial_dims=2, data_range=1.0) if cfg.ssim_weight > 0 else None
 
-    def forward(self, image, logits, target_image, target_label, z_mu, z_sigma, observed=None) -> tuple[torch.Tensor, dict]:
+    def forward(
+        self, image, logits, target_image, target_label, z_mu, z_sigma, observed=None
+    ) -> tuple[torch.Tensor, dict]:
         parts = {"l1": masked_l1(image, target_image, observed)}
         if self.dice_ce is not None:
             parts["label"] = self.cfg.label_weight * self.dice_ce(logits, target_label[:, None].long())
@@ -76,13 +80,17 @@ class SliceSampler:
     function of (seed, rank, epoch) only, which is what lets a resumed run go on mid-epoch.
     """
 
-    def __init__(self, data: PreparedData, batch_size: int, rare_fraction: float, seed: int = 0, rank: int = 0, world: int = 1):
+    def __init__(
+        self, data: PreparedData, batch_size: int, rare_fraction: float, seed: int = 0, rank: int = 0, world: int = 1
+    ):
         from torch.utils.data import DistributedSampler
 
         n, d = data.images.shape[:2]
         if n * d < world:
             raise LdmError(f"{n * d} slices cannot be shared by {world} processes")
-        self.plain = DistributedSampler(range(n * d), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.plain = DistributedSampler(
+            range(n * d), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
         self.rare = torch.empty(0, dtype=torch.long)
         if data.labels is not None and rare_fraction > 0 and data.num_classes > 1:
             rare_class = data.num_classes - 1
@@ -113,7 +121,9 @@ class SliceSampler:
 
 
 @torch.inference_mode()
-def validate_autoencoder(ae: SliceAutoencoder, data: PreparedData, loss_fn: AELoss, batch: int = 64) -> dict[str, float]:
+def validate_autoencoder(
+    ae: SliceAutoencoder, data: PreparedData, loss_fn: AELoss, batch: int = 64
+) -> dict[str, float]:
     """Held-out PSNR/SSIM on the image, Dice per foreground class on the mask, and the loss.
     Incomplete cases: PSNR over observed voxels, SSIM with missing voxels counted as exact."""
     from monai.metrics import DiceMetric, PSNRMetric, SSIMMetric
@@ -150,10 +160,15 @@ def validate_autoencoder(ae: SliceAutoencoder, data: PreparedData, loss_fn: AELo
         x = ae.make_input(image[:, None].to(device), None if label is None else label.to(device), obs_in)
         z_mu, z_sigma = ae.encode(x, pos)
         img, logits = ae.split(ae.decode(z_mu, pos))
-        loss, _ = loss_fn(img, logits, image[:, None].to(device), None if label is None else label.to(device), z_mu, z_sigma, obs_in)
+        loss, _ = loss_fn(
+            img, logits, image[:, None].to(device), None if label is None else label.to(device), z_mu, z_sigma, obs_in
+        )
         losses.append(float(loss))
-    out = {"val_loss": float(np.mean(losses)), "psnr": float(np.mean(psnr_obs)) if psnr_obs else float(psnr.aggregate()),
-           "ssim": float(ssim.aggregate())}
+    out = {
+        "val_loss": float(np.mean(losses)),
+        "psnr": float(np.mean(psnr_obs)) if psnr_obs else float(psnr.aggregate()),
+        "ssim": float(ssim.aggregate()),
+    }
     if data.labels is not None:
         per_case = dice.aggregate()  # (cases, classes-1), NaN where a class is absent from both
         names = {v: k for k, v in data.label_names.items()}
@@ -172,35 +187,66 @@ class AutoencoderTrainer(Trainer):
     kind, label, unit = "autoencoder", "train-ae", "slices"
     best_key, best_mode, keep_last, clip_grad = "val_loss", "min", True, None
 
-    def __init__(self, data: PreparedData, *, model_cfg: AutoencoderConfig, loss_cfg: AELossConfig, train_cfg: AETrainConfig,
-                 preprocess: dict, info: DistInfo, seed: int = 0, missing_rate: float = 0.0) -> None:
+    def __init__(
+        self,
+        data: PreparedData,
+        *,
+        model_cfg: AutoencoderConfig,
+        loss_cfg: AELossConfig,
+        train_cfg: AETrainConfig,
+        preprocess: dict,
+        info: DistInfo,
+        seed: int = 0,
+        missing_rate: float = 0.0,
+    ) -> None:
         self.cfg, self.info, self.seed, self.loss_cfg = train_cfg, info, seed, loss_cfg
         device = info.device
         torch.manual_seed(seed)
         self.train, self.val = data.split(train_cfg.val_fraction, seed)
         self.model = SliceAutoencoder(model_cfg, image_channels=1, num_classes=data.num_classes).to(device)
         self.loss_fn = AELoss(loss_cfg, data.num_classes).to(device)
-        self.sampler = SliceSampler(self.train, train_cfg.batch_size, loss_cfg.lesion_oversample, seed, info.rank, info.world)
+        self.sampler = SliceSampler(
+            self.train, train_cfg.batch_size, loss_cfg.lesion_oversample, seed, info.rank, info.world
+        )
         self.steps_per_epoch = len(self.sampler)
         self.depth = data.images.shape[1]
         self.config = self._checkpoint_config(data, model_cfg, preprocess, missing_rate)
         self.settings = {
-            "model": to_dict(model_cfg), "loss": to_dict(loss_cfg), "preprocess": preprocess, "cases": data.case_ids, "seed": seed,
-            "shape": list(data.images.shape), "world": info.world, "missing": data.missing_fraction,
+            "model": to_dict(model_cfg),
+            "loss": to_dict(loss_cfg),
+            "preprocess": preprocess,
+            "cases": data.case_ids,
+            "seed": seed,
+            "shape": list(data.images.shape),
+            "world": info.world,
+            "missing": data.missing_fraction,
         }
 
-    def _checkpoint_config(self, data: PreparedData, model_cfg: AutoencoderConfig, preprocess: dict, missing_rate: float) -> dict:
+    def _checkpoint_config(
+        self, data: PreparedData, model_cfg: AutoencoderConfig, preprocess: dict, missing_rate: float
+    ) -> dict:
         d, h, w = data.images.shape[1:]
         ranges = data.intensity_ranges
         return {
-            "kind": self.kind, "model": to_dict(model_cfg), "loss": to_dict(self.loss_cfg), "train": to_dict(self.cfg),
-            "preprocess": preprocess, "num_classes": data.num_classes, "label_names": data.label_names,
-            "slice_shape": [h, w], "depth": d, "volume_shape": list(data.volume_shape),
+            "kind": self.kind,
+            "model": to_dict(model_cfg),
+            "loss": to_dict(self.loss_cfg),
+            "train": to_dict(self.cfg),
+            "preprocess": preprocess,
+            "num_classes": data.num_classes,
+            "label_names": data.label_names,
+            "slice_shape": [h, w],
+            "depth": d,
+            "volume_shape": list(data.volume_shape),
             "reference_affine": np.asarray(data.affines[0]).tolist(),
-            "intensity_range": [float(np.mean([r[0] for r in ranges])), float(np.mean([r[1] for r in ranges]))] if ranges else None,
+            "intensity_range": [float(np.mean([r[0] for r in ranges])), float(np.mean([r[1] for r in ranges]))]
+            if ranges
+            else None,
             "missing_fraction": data.missing_fraction,
             "missing_rate": missing_rate,  # simulated MCAR rate (train-ldm draws the same masks by default)
-            "train_cases": self.train.case_ids, "val_cases": [] if self.val is None else self.val.case_ids, "seed": self.seed,
+            "train_cases": self.train.case_ids,
+            "val_cases": [] if self.val is None else self.val.case_ids,
+            "seed": self.seed,
         }
 
     def epoch_batches(self, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -232,7 +278,9 @@ class AutoencoderTrainer(Trainer):
         return row["val_loss"] if "val_loss" in row else row.get("train_l1", 0.0) + row.get("train_label", 0.0)
 
     def report(self, row: dict[str, Any]) -> str:
-        shown = "  ".join(f"{k} {v:.3f}" for k, v in row.items() if v is not None and (k in ("psnr", "ssim") or k.startswith("dice_")))
+        shown = "  ".join(
+            f"{k} {v:.3f}" for k, v in row.items() if v is not None and (k in ("psnr", "ssim") or k.startswith("dice_"))
+        )
         return f"epoch {row['epoch']}  loss {self.score(row):.4f}  {shown}"
 
 
@@ -257,6 +305,14 @@ def train_autoencoder(
     `dist`: the torchrun process group (`batch_size` slices per process and step, DDP gradients,
     rank 0 writes); `resume` and `stop` as in `run_training`."""
     info = dist or DistInfo(device=device)
-    trainer = AutoencoderTrainer(data, model_cfg=model_cfg, loss_cfg=loss_cfg, train_cfg=train_cfg, preprocess=preprocess,
-                                 info=info, seed=seed, missing_rate=missing_rate)
+    trainer = AutoencoderTrainer(
+        data,
+        model_cfg=model_cfg,
+        loss_cfg=loss_cfg,
+        train_cfg=train_cfg,
+        preprocess=preprocess,
+        info=info,
+        seed=seed,
+        missing_rate=missing_rate,
+    )
     return run_training(trainer, out_dir, resume=resume, stop=stop, console=console)

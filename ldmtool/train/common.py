@@ -29,7 +29,11 @@ def make_ema(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.Aver
 
 
 def warmup_cosine(
-    optimizer: torch.optim.Optimizer, warmup: int, total: int, max_minutes: float | None = None, elapsed_before: float = 0.0
+    optimizer: torch.optim.Optimizer,
+    warmup: int,
+    total: int,
+    max_minutes: float | None = None,
+    elapsed_before: float = 0.0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up then cosine decay to 10% of the base LR.
 
@@ -51,8 +55,14 @@ def warmup_cosine(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                   sched: torch.optim.lr_scheduler.LRScheduler, clip: float | None = 1.0) -> None:
+def optimizer_step(
+    loss: torch.Tensor,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    clip: float | None = 1.0,
+) -> None:
     """One update: backward through the grad scaler, optional gradient-norm clipping, optimiser
     and LR-schedule step."""
     opt.zero_grad(set_to_none=True)

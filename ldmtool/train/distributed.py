@@ -103,12 +103,16 @@ def replicas_in_sync(model: torch.nn.Module, info: DistInfo) -> bool | None:
         return None
     with torch.no_grad():
         sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
-        check = torch.stack([sums.sum(), (sums * torch.arange(1, len(sums) + 1, dtype=torch.float64, device=sums.device)).sum()])
+        check = torch.stack(
+            [sums.sum(), (sums * torch.arange(1, len(sums) + 1, dtype=torch.float64, device=sums.device)).sum()]
+        )
     copies = gather_tensors(check, info)
     return all(torch.allclose(c, copies[0], rtol=1e-9, atol=0) for c in copies)
 
 
-def finish(info: DistInfo, model: torch.nn.Module, stop: "StopFlag | None", signalled: bool, step: int, total: int, out_dir) -> bool | None:
+def finish(
+    info: DistInfo, model: torch.nn.Module, stop: StopFlag | None, signalled: bool, step: int, total: int, out_dir
+) -> bool | None:
     """End of a training run on every rank: wait until rank 0 has written everything (torchrun
     stops all workers as soon as one exits non-zero), raise `Preempted` after a stop signal, and
     check that the DDP replicas ended with the same weights (returns that check, None for one process)."""
@@ -145,7 +149,7 @@ class StopFlag:
         self.requested = True
         self.signal_name = signal.Signals(signum).name
 
-    def __enter__(self) -> "StopFlag":
+    def __enter__(self) -> StopFlag:
         for s in self.SIGNALS:
             try:
                 self._old[s] = signal.signal(s, self._handle)

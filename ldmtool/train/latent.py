@@ -39,12 +39,20 @@ def lesion_latent_mask(labels: torch.Tensor, lesion_value: int, latent_hw: tuple
     return torch.stack(out)[:, None]
 
 
-def encode_dataset(ae: SliceAutoencoder, data: PreparedData, cache: Path | None, ae_hash: str, console=None) -> torch.Tensor:
+def encode_dataset(
+    ae: SliceAutoencoder, data: PreparedData, cache: Path | None, ae_hash: str, console=None
+) -> torch.Tensor:
     """Latent volumes (N, L, D, h, w) of every case, cached in `cache` (safetensors) by AE hash and cases."""
     from safetensors.torch import load_file, save_file
 
-    key = json.dumps({"ae": ae_hash, "cases": data.case_ids, "shape": list(data.images.shape),
-                      "observed": None if data.observed is None else int(data.observed.sum())})
+    key = json.dumps(
+        {
+            "ae": ae_hash,
+            "cases": data.case_ids,
+            "shape": list(data.images.shape),
+            "observed": None if data.observed is None else int(data.observed.sum()),
+        }
+    )
     if cache is not None and cache.is_file():
         from safetensors import safe_open
 
@@ -107,8 +115,18 @@ class DenoiserTrainer(Trainer):
 
     kind, label, unit = "latent-diffusion", "train-ldm", "vol"
 
-    def __init__(self, data: PreparedData, latents: torch.Tensor, ae_config: dict[str, Any], ae_hash: str, *,
-                 model_cfg: DenoiserConfig, train_cfg: LDMTrainConfig, info: DistInfo, seed: int = 0) -> None:
+    def __init__(
+        self,
+        data: PreparedData,
+        latents: torch.Tensor,
+        ae_config: dict[str, Any],
+        ae_hash: str,
+        *,
+        model_cfg: DenoiserConfig,
+        train_cfg: LDMTrainConfig,
+        info: DistInfo,
+        seed: int = 0,
+    ) -> None:
         from torch.utils.data import DistributedSampler
 
         self.cfg, self.info, self.seed, self.model_cfg = train_cfg, info, seed, model_cfg
@@ -119,26 +137,44 @@ class DenoiserTrainer(Trainer):
             self.lesion_map = lesion_latent_mask(data.labels, lesion_class(data.label_names), tuple(latents.shape[-2:]))
         condition = model_cfg.condition_on == "lesion"
         self.attrs, cond_cfg = standardised_attributes(data) if condition else (None, {})
-        train_idx, self.val_idx = (torch.tensor(i, dtype=torch.long) for i in data.split_indices(train_cfg.val_fraction, seed))
+        train_idx, self.val_idx = (
+            torch.tensor(i, dtype=torch.long) for i in data.split_indices(train_cfg.val_fraction, seed)
+        )
         self.train_idx = train_idx
         self.model = LatentDenoiser(model_cfg, latents.shape[1], len(ATTRIBUTES) if condition else 0).to(device)
         self.ema = make_ema(self.model, train_cfg.ema_decay)
         if len(train_idx) < info.world:
             raise LdmError(f"{len(train_idx)} training volumes cannot be shared by {info.world} processes")
         # DistributedSampler: one shuffled order per epoch (seeded by seed + epoch), each rank its share
-        self.sampler = DistributedSampler(range(len(train_idx)), num_replicas=info.world, rank=info.rank, shuffle=True,
-                                          seed=seed, drop_last=True)
+        self.sampler = DistributedSampler(
+            range(len(train_idx)), num_replicas=info.world, rank=info.rank, shuffle=True, seed=seed, drop_last=True
+        )
         self.steps_per_epoch = max(1, len(self.sampler) // train_cfg.batch_size)
         self.noise_sched = training_scheduler(model_cfg)
         self.flow = model_cfg.objective == "flow"
         self.alphas_cumprod = None if self.flow else self.noise_sched.alphas_cumprod.to(device)
         self.latent_shape = tuple(latents.shape[1:])
-        self.settings = {"model": to_dict(model_cfg), "ae": ae_hash, "cases": data.case_ids, "seed": seed, "world": info.world}
+        self.settings = {
+            "model": to_dict(model_cfg),
+            "ae": ae_hash,
+            "cases": data.case_ids,
+            "seed": seed,
+            "world": info.world,
+        }
         self.config = {
-            "kind": self.kind, "model": to_dict(model_cfg), "train": to_dict(train_cfg), "latent_shape": list(self.latent_shape),
-            "latent_mean": mean.tolist(), "latent_std": std.tolist(), "conditioning": cond_cfg, "autoencoder_sha256": ae_hash,
-            "volume_shape": ae_config["volume_shape"], "reference_affine": ae_config["reference_affine"],
-            "label_names": ae_config["label_names"], "train_cases": [data.case_ids[i] for i in train_idx], "seed": seed,
+            "kind": self.kind,
+            "model": to_dict(model_cfg),
+            "train": to_dict(train_cfg),
+            "latent_shape": list(self.latent_shape),
+            "latent_mean": mean.tolist(),
+            "latent_std": std.tolist(),
+            "conditioning": cond_cfg,
+            "autoencoder_sha256": ae_hash,
+            "volume_shape": ae_config["volume_shape"],
+            "reference_affine": ae_config["reference_affine"],
+            "label_names": ae_config["label_names"],
+            "train_cases": [data.case_ids[i] for i in train_idx],
+            "seed": seed,
         }
 
     def snr_weight(self, t: torch.Tensor) -> torch.Tensor:
@@ -244,5 +280,7 @@ def train_latent_diffusion(
     barrier(info)
     if not info.is_main:
         latents = encode_dataset(ae, data, cache, ae_hash, None)
-    trainer = DenoiserTrainer(data, latents, ae_config, ae_hash, model_cfg=model_cfg, train_cfg=train_cfg, info=info, seed=seed)
+    trainer = DenoiserTrainer(
+        data, latents, ae_config, ae_hash, model_cfg=model_cfg, train_cfg=train_cfg, info=info, seed=seed
+    )
     return run_training(trainer, out_dir, resume=resume, stop=stop, console=console)

@@ -131,8 +131,16 @@ class LoopState:
     best_score: float | None = None
 
     def meta(self) -> dict[str, Any]:
-        return {"step": self.step, "total_steps": self.total, "seen": self.seen, "running_loss": self.running_loss,
-                "epoch_sums": self.epoch_sums, "history": self.history, "best": self.best, "best_score": self.best_score}
+        return {
+            "step": self.step,
+            "total_steps": self.total,
+            "seen": self.seen,
+            "running_loss": self.running_loss,
+            "epoch_sums": self.epoch_sums,
+            "history": self.history,
+            "best": self.best,
+            "best_score": self.best_score,
+        }
 
     def load(self, meta: dict[str, Any]) -> None:
         self.step, self.seen, self.running_loss = int(meta["step"]), int(meta["seen"]), float(meta["running_loss"])
@@ -167,8 +175,9 @@ def is_better(score: float | None, best: float | None, mode: str) -> bool:
     return score <= best if mode == "min" else score >= best
 
 
-def run_training(trainer: Trainer, out_dir: Path, *, resume: str = "never", stop: StopFlag | None = None,
-                 console=None) -> TrainResult:
+def run_training(
+    trainer: Trainer, out_dir: Path, *, resume: str = "never", stop: StopFlag | None = None, console=None
+) -> TrainResult:
     """Train `trainer` into `out_dir` (model.safetensors, history.json, config.json, the state).
 
     `resume`: "never" | "auto" | "must" (see the module docstring). Raises `Preempted` after a
@@ -185,9 +194,18 @@ def run_training(trainer: Trainer, out_dir: Path, *, resume: str = "never", stop
     if previous is not None:
         restore(previous, modules=trainer.state_modules(), optimizer=opt, scheduler=sched, scaler=scaler)
         loop.load(previous.meta)
-    result = TrainResult(out_dir / BEST_NAME, loop.best or {}, loop.best_score, loop.history, count_parameters(trainer.model),
-                         world_size=info.world, effective_batch_size=cfg.batch_size * info.world, lr=cfg.lr,
-                         resumed_from=None if previous is None else loop.step, summary=trainer.summary())
+    result = TrainResult(
+        out_dir / BEST_NAME,
+        loop.best or {},
+        loop.best_score,
+        loop.history,
+        count_parameters(trainer.model),
+        world_size=info.world,
+        effective_batch_size=cfg.batch_size * info.world,
+        lr=cfg.lr,
+        resumed_from=None if previous is None else loop.step,
+        summary=trainer.summary(),
+    )
     budget = None if cfg.max_minutes is None else 60 * cfg.max_minutes
     if loop.step >= total or (budget is not None and elapsed_before >= budget):
         result.already_complete = True
@@ -210,8 +228,19 @@ def _checkpoint_config(trainer: Trainer, row: dict[str, Any]) -> dict[str, Any]:
 class _Session:
     """One session of a run: the epochs and steps between start (or resume) and stop."""
 
-    def __init__(self, trainer: Trainer, loop: LoopState, out_dir: Path, opt, sched, scaler, stop: StopFlag | None,
-                 settings_hash: str, elapsed_before: float, budget: float | None) -> None:
+    def __init__(
+        self,
+        trainer: Trainer,
+        loop: LoopState,
+        out_dir: Path,
+        opt,
+        sched,
+        scaler,
+        stop: StopFlag | None,
+        settings_hash: str,
+        elapsed_before: float,
+        budget: float | None,
+    ) -> None:
         self.trainer, self.loop, self.out_dir = trainer, loop, out_dir
         self.opt, self.sched, self.scaler, self.stop = opt, sched, scaler, stop
         self.settings_hash, self.elapsed_before, self.budget = settings_hash, elapsed_before, budget
@@ -238,7 +267,12 @@ class _Session:
                 for b in range(position, per_epoch):
                     self.step(batches[b])
                     rate = self.seen_here / max(time.perf_counter() - self.t0, 1e-9)
-                    bar.update(task, advance=1, rate=f"{rate:.1f} {t.unit}/s", info=f"epoch {epoch + 1} loss {loop.running_loss:.4f}")
+                    bar.update(
+                        task,
+                        advance=1,
+                        rate=f"{rate:.1f} {t.unit}/s",
+                        info=f"epoch {epoch + 1} loss {loop.running_loss:.4f}",
+                    )
                     final = loop.step >= loop.total
                     regular = b == per_epoch - 1 if every is None else loop.step % every == 0
                     evaluated = regular or final or self.halt == "time"
@@ -297,13 +331,30 @@ class _Session:
         """Whether to write the training state after this step (see the module docstring)."""
         every = self.trainer.cfg.checkpoint_every
         since = time.perf_counter() - self.last_save
-        return (final or bool(self.halt) or bool(every and self.loop.step % every == 0)
-                or since > 60 * self.trainer.cfg.checkpoint_minutes or (evaluated and since > 60))
+        return (
+            final
+            or bool(self.halt)
+            or bool(every and self.loop.step % every == 0)
+            or since > 60 * self.trainer.cfg.checkpoint_minutes
+            or (evaluated and since > 60)
+        )
 
     def save_state(self, complete: bool) -> None:
         t = self.trainer
-        save_state(self.out_dir, modules=t.state_modules(), optimizer=self.opt, scheduler=self.sched, scaler=self.scaler, meta={
-            "kind": t.kind, "settings": self.settings_hash, **self.loop.meta(), "elapsed_seconds": self.elapsed(),
-            "complete": complete, "world_size": t.info.world, "effective_batch_size": t.cfg.batch_size * t.info.world,
-        })
+        save_state(
+            self.out_dir,
+            modules=t.state_modules(),
+            optimizer=self.opt,
+            scheduler=self.sched,
+            scaler=self.scaler,
+            meta={
+                "kind": t.kind,
+                "settings": self.settings_hash,
+                **self.loop.meta(),
+                "elapsed_seconds": self.elapsed(),
+                "complete": complete,
+                "world_size": t.info.world,
+                "effective_batch_size": t.cfg.batch_size * t.info.world,
+            },
+        )
         self.last_save = time.perf_counter()

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from ldmtool.config import SegLossConfig, SegModelConfig, SegTrainConfig, to_dict
 from ldmtool.data.prepared import PreparedData
 from ldmtool.errors import LdmError
-from ldmtool.pipelines.segmenter import DEFAULT_STEPS, LATENT_CLIP, pad_to_multiple, predict_volume
 from ldmtool.models.ldseg import LDSeg, build_segmenter, seg_schedule, size_multiple
+from ldmtool.pipelines.segmenter import DEFAULT_STEPS, LATENT_CLIP, pad_to_multiple, predict_volume
 from ldmtool.runtime import autocast
 from ldmtool.train.autoencoder import SliceSampler
 from ldmtool.train.distributed import DistInfo, StopFlag
@@ -52,8 +52,9 @@ def _loss_fn(cfg: SegLossConfig):
     from monai.losses import DiceCELoss
 
     # batch=True: Dice over the whole batch, so slices without a small class do not dominate
-    return DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True,
-                      lambda_dice=cfg.dice_weight, lambda_ce=1.0)
+    return DiceCELoss(
+        to_onehot_y=True, softmax=True, include_background=False, batch=True, lambda_dice=cfg.dice_weight, lambda_ce=1.0
+    )
 
 
 def check_segmentation_data(data: PreparedData, model_cfg: SegModelConfig) -> None:
@@ -65,10 +66,14 @@ def check_segmentation_data(data: PreparedData, model_cfg: SegModelConfig) -> No
     mult = size_multiple(model_cfg)
     d, h, w = data.images.shape[1:]
     if model_cfg.dims == 3 and min(d, h, w) < mult:
-        raise LdmError(f"volumes of {d}×{h}×{w} (slices × rows × columns) are too small for this 3D model "
-                       f"(it downsamples by {mult}); use --dims 2 or fewer --channels levels")
+        raise LdmError(
+            f"volumes of {d}×{h}×{w} (slices × rows × columns) are too small for this 3D model "
+            f"(it downsamples by {mult}); use --dims 2 or fewer --channels levels"
+        )
     if model_cfg.dims == 2 and min(h, w) < mult:
-        raise LdmError(f"slices of {h}×{w} are too small for this model (it downsamples by {mult}); use fewer --channels levels")
+        raise LdmError(
+            f"slices of {h}×{w} are too small for this model (it downsamples by {mult}); use fewer --channels levels"
+        )
 
 
 class SegmenterTrainer(Trainer):
@@ -80,8 +85,18 @@ class SegmenterTrainer(Trainer):
     kind, label = KIND, "train-seg"
     best_key, best_mode = "dice_mean", "max"
 
-    def __init__(self, data: PreparedData, *, model_cfg: SegModelConfig, loss_cfg: SegLossConfig, train_cfg: SegTrainConfig,
-                 preprocess: dict[str, Any], device: torch.device, seed: int = 0, val_steps: int = DEFAULT_STEPS) -> None:
+    def __init__(
+        self,
+        data: PreparedData,
+        *,
+        model_cfg: SegModelConfig,
+        loss_cfg: SegLossConfig,
+        train_cfg: SegTrainConfig,
+        preprocess: dict[str, Any],
+        device: torch.device,
+        seed: int = 0,
+        val_steps: int = DEFAULT_STEPS,
+    ) -> None:
         check_segmentation_data(data, model_cfg)
         self.cfg, self.info, self.seed = train_cfg, DistInfo(device=device), seed
         self.model_cfg, self.loss_cfg, self.val_steps = model_cfg, loss_cfg, val_steps
@@ -94,20 +109,37 @@ class SegmenterTrainer(Trainer):
         self.model = build_segmenter(model_cfg, data.num_classes).to(device)
         self.ldseg = isinstance(self.model, LDSeg)
         self.unit = "slices" if model_cfg.dims == 2 else "volumes"
-        self.sampler = SliceSampler(self.train, train_cfg.batch_size, loss_cfg.oversample, seed) if model_cfg.dims == 2 else None
-        self.steps_per_epoch = len(self.sampler) if self.sampler is not None else max(1, self.n_train // train_cfg.batch_size)
+        self.sampler = (
+            SliceSampler(self.train, train_cfg.batch_size, loss_cfg.oversample, seed) if model_cfg.dims == 2 else None
+        )
+        self.steps_per_epoch = (
+            len(self.sampler) if self.sampler is not None else max(1, self.n_train // train_cfg.batch_size)
+        )
         self.loss_fn = _loss_fn(loss_cfg)
         if self.ldseg:
             from ldmtool.diffusion.samplers import training_scheduler
 
             self.noise_sched = training_scheduler(seg_schedule(model_cfg))
             self.alphas = self.noise_sched.alphas_cumprod.to(device)
-        self.settings = {"kind": KIND, "model": to_dict(model_cfg), "loss": to_dict(loss_cfg), "cases": data.case_ids,
-                         "seed": seed, "preprocess": preprocess}
+        self.settings = {
+            "kind": KIND,
+            "model": to_dict(model_cfg),
+            "loss": to_dict(loss_cfg),
+            "cases": data.case_ids,
+            "seed": seed,
+            "preprocess": preprocess,
+        }
         self.config = {
-            "kind": KIND, "model": to_dict(model_cfg), "loss": to_dict(loss_cfg), "train": to_dict(train_cfg),
-            "preprocess": preprocess, "label_names": data.label_names, "num_classes": data.num_classes,
-            "train_cases": [data.case_ids[i] for i in train_idx], "val_cases": [data.case_ids[i] for i in val_idx], "seed": seed,
+            "kind": KIND,
+            "model": to_dict(model_cfg),
+            "loss": to_dict(loss_cfg),
+            "train": to_dict(train_cfg),
+            "preprocess": preprocess,
+            "label_names": data.label_names,
+            "num_classes": data.num_classes,
+            "train_cases": [data.case_ids[i] for i in train_idx],
+            "val_cases": [data.case_ids[i] for i in val_idx],
+            "seed": seed,
         }
 
     def epoch_batches(self, epoch: int) -> list[tuple[torch.Tensor, ...]]:
@@ -159,8 +191,15 @@ class SegmenterTrainer(Trainer):
         scores = []
         for i in range(len(self.val.case_ids)):
             g = torch.Generator().manual_seed(self.seed + i)
-            probs, _ = predict_volume(self.model, self.model_cfg, self.val.images[i], steps=self.val_steps, generator=g,
-                                      device=self.info.device, precision=self.cfg.precision)
+            probs, _ = predict_volume(
+                self.model,
+                self.model_cfg,
+                self.val.images[i],
+                steps=self.val_steps,
+                generator=g,
+                device=self.info.device,
+                precision=self.cfg.precision,
+            )
             scores.append(dice_per_class(probs.argmax(0), self.val.labels[i], self.num_classes))
         mean = np.mean(scores, axis=0)
         names = {v: k for k, v in self.label_names.items()}
@@ -196,6 +235,14 @@ def train_segmenter(
 ) -> TrainResult:
     """Fit a segmenter to `data` (labels required) in one process; model.safetensors in `out_dir`
     is the checkpoint of the highest mean held-out Dice. `resume` and `stop` as in `run_training`."""
-    trainer = SegmenterTrainer(data, model_cfg=model_cfg, loss_cfg=loss_cfg, train_cfg=train_cfg, preprocess=preprocess,
-                               device=device, seed=seed, val_steps=val_steps)
+    trainer = SegmenterTrainer(
+        data,
+        model_cfg=model_cfg,
+        loss_cfg=loss_cfg,
+        train_cfg=train_cfg,
+        preprocess=preprocess,
+        device=device,
+        seed=seed,
+        val_steps=val_steps,
+    )
     return run_training(trainer, out_dir, resume=resume, stop=stop, console=console)

@@ -119,7 +119,11 @@ def save_state(
     path = out_dir / STATE_NAME
     with atomic_path(path) as tmp:
         save_file(flat, str(tmp), metadata={META_KEY: json.dumps(full, default=float)})
-    summary = {k: meta[k] for k in ("step", "total_steps", "complete", "elapsed_seconds", "world_size", "effective_batch_size") if k in meta}
+    summary = {
+        k: meta[k]
+        for k in ("step", "total_steps", "complete", "elapsed_seconds", "world_size", "effective_batch_size")
+        if k in meta
+    }
     atomic_write_text(out_dir / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
     return path
 
@@ -134,8 +138,10 @@ def load_state(out_dir: Path) -> TrainingState | None:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {})[META_KEY])
     except (SafetensorError, OSError, ValueError, KeyError) as exc:
-        raise LdmError(f"{path} is not a readable training state ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-                       "delete it or use --restart") from None
+        raise LdmError(
+            f"{path} is not a readable training state ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            "delete it or use --restart"
+        ) from None
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, v in flat.items():
         part, name = key.split("/", 1)
@@ -172,7 +178,9 @@ def restore(
 CHANGEABLE = ("steps", "epochs", "max_minutes", "checkpoint_every", "checkpoint_minutes", "precision")
 
 
-def previous_run(out_dir: Path, resume: str, settings: dict[str, Any], train: dict[str, Any]) -> tuple[TrainingState | None, str, float]:
+def previous_run(
+    out_dir: Path, resume: str, settings: dict[str, Any], train: dict[str, Any]
+) -> tuple[TrainingState | None, str, float]:
     """The state to go on from (None to start afresh), the settings fingerprint of this run, and the
     training seconds of earlier sessions. `resume`: "never" | "auto" | "must" (see the trainers)."""
     settings_hash = fingerprint({**settings, "train": {k: v for k, v in train.items() if k not in CHANGEABLE}})

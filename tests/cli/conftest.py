@@ -74,6 +74,18 @@ def trained(tmp_path_factory) -> Trained:
 def conditioned_ldm(trained) -> Path:
     """A latent diffusion model conditioned on lesion attributes (same autoencoder)."""
     out = trained.root / "LDMC"
-    _must("train-ldm", trained.data, "--ae", trained.ae, "--out", out, "--config", TINY_YAML,
-          "--condition-on", "lesion", "--steps", 2)
+    _must(
+        "train-ldm",
+        trained.data,
+        "--ae",
+        trained.ae,
+        "--out",
+        out,
+        "--config",
+        TINY_YAML,
+        "--condition-on",
+        "lesion",
+        "--steps",
+        2,
+    )
     return out

@@ -59,11 +59,21 @@ def _inf_voxels(tmp):
 
 def _label_shape(tmp):
     root = tmp / "mismatch"
-    write_nifti(Volume(np.random.default_rng(0).random((16, 16, 8)).astype(np.float32), AFFINE, {}),
-                root / "imagesTr" / "case_000_0000.nii.gz")
+    write_nifti(
+        Volume(np.random.default_rng(0).random((16, 16, 8)).astype(np.float32), AFFINE, {}),
+        root / "imagesTr" / "case_000_0000.nii.gz",
+    )
     write_nifti(Volume(np.zeros((16, 16, 4), np.uint8), AFFINE, {}), root / "labelsTr" / "case_000.nii.gz")
-    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MR"}, "labels": {"background": 0, "lesion": 1},
-                                                   "numTraining": 1, "file_ending": ".nii.gz"}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "MR"},
+                "labels": {"background": 0, "lesion": 1},
+                "numTraining": 1,
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
     return root
 
 
@@ -178,13 +188,16 @@ def test_sample_mismatched_autoencoder(cli, tmp_path, trained):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("args,contains", [
-    (("--steps", "0"), "--steps"),
-    (("--sampler", "euler"), "--sampler"),
-    (("--format", "png"), "--format"),
-    (("--n", "0"), "--n"),
-    (("--batch-size", "0"), "--batch-size"),
-])
+@pytest.mark.parametrize(
+    "args,contains",
+    [
+        (("--steps", "0"), "--steps"),
+        (("--sampler", "euler"), "--sampler"),
+        (("--format", "png"), "--format"),
+        (("--n", "0"), "--n"),
+        (("--batch-size", "0"), "--batch-size"),
+    ],
+)
 def test_sample_bad_options(cli, tmp_path, trained, args, contains):
     out = tmp_path / "S"
     r = cli("sample", "--ae", trained.ae, "--ldm", trained.ldm, "--out", out, *args)
@@ -252,14 +265,21 @@ def test_error_suggests_only_existing_flags(cli, tmp_path, dicom_test_files):
     assert suggested <= _options("train-ae"), suggested - _options("train-ae")
 
 
-@pytest.mark.parametrize("command,args,contains", [
-    ("train-ldm", ("--steps", "0"), "steps must be ≥ 1"),  # not silently 200 steps
-    ("train-ae", ("--max-minutes", "0"), "max_minutes must be > 0"),  # not a results table naming a missing checkpoint
-    ("train-ae", ("--max-minutes", "-1"), "max_minutes must be > 0"),
-    ("train-seg", ("--lr", "0"), "lr must be > 0"),
-    ("train-seg", ("--batch-size", "0"), "batch_size must be ≥ 1"),
-    ("train-ae", ("--val-fraction", "1"), "val_fraction must be in [0, 1)"),
-])
+@pytest.mark.parametrize(
+    "command,args,contains",
+    [
+        ("train-ldm", ("--steps", "0"), "steps must be ≥ 1"),  # not silently 200 steps
+        (
+            "train-ae",
+            ("--max-minutes", "0"),
+            "max_minutes must be > 0",
+        ),  # not a results table naming a missing checkpoint
+        ("train-ae", ("--max-minutes", "-1"), "max_minutes must be > 0"),
+        ("train-seg", ("--lr", "0"), "lr must be > 0"),
+        ("train-seg", ("--batch-size", "0"), "batch_size must be ≥ 1"),
+        ("train-ae", ("--val-fraction", "1"), "val_fraction must be in [0, 1)"),
+    ],
+)
 def test_train_settings_out_of_range(cli, tmp_path, trained, command, args, contains):
     extra = ("--ae", trained.ae) if command == "train-ldm" else ()
     r = cli(command, trained.data, *extra, "--out", tmp_path / "o", *TINY, *args)

@@ -13,15 +13,24 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ldmtool.models.loaders import load_autoencoder
-from ldmtool.models.loaders import load_denoiser
+from ldmtool.models.loaders import load_autoencoder, load_denoiser
 from ldmtool.train.state import STATE_NAME, load_state
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_YAML = REPO / "examples" / "tiny.yaml"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "COLUMNS": "200"}
 LDMTOOL = [sys.executable, "-m", "ldmtool", "--device", "cpu"]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ldmtool", "--device", "cpu"]
+TORCHRUN = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    "--nproc_per_node=2",
+    "-m",
+    "ldmtool",
+    "--device",
+    "cpu",
+]
 
 
 def _run(cmd, timeout=240):
@@ -41,11 +50,15 @@ def _state_step(out: Path) -> int:
 
 def _start_and_wait(cmd, out: Path, min_step: int) -> subprocess.Popen:
     """Start `cmd` and return once it has saved a training state at `min_step` or later."""
-    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO)
+    proc = subprocess.Popen(
+        [str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO
+    )
     deadline = time.monotonic() + 180
     while _state_step(out) < min_step:
         if proc.poll() is not None:
-            raise AssertionError(f"training ended (rc {proc.returncode}) before a state was saved: {proc.stderr.read()[-2000:]}")
+            raise AssertionError(
+                f"training ended (rc {proc.returncode}) before a state was saved: {proc.stderr.read()[-2000:]}"
+            )
         if time.monotonic() > deadline:
             proc.kill()
             raise AssertionError("no training state was saved in time")
@@ -64,7 +77,9 @@ def test_two_processes_with_gloo(trained, tmp_path):
     ae, cfg = load_autoencoder(ae_out, torch.device("cpu"))
     assert cfg["kind"] == "autoencoder" and json.loads((ae_out / "state.json").read_text())["world_size"] == 2
 
-    r = _run([*TORCHRUN, "train-ldm", trained.data, "--ae", ae_out, "--out", ldm_out, "--config", TINY_YAML, "--steps", 4])
+    r = _run(
+        [*TORCHRUN, "train-ldm", trained.data, "--ae", ae_out, "--out", ldm_out, "--config", TINY_YAML, "--steps", 4]
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "effective batch 4" in " ".join(r.stdout.split()) and "weights identical on all ranks │ yes" in r.stdout
     model, cfg = load_denoiser(ldm_out, torch.device("cpu"))
@@ -72,7 +87,23 @@ def test_two_processes_with_gloo(trained, tmp_path):
     state = load_state(ldm_out)
     assert state.meta["world_size"] == 2 and state.meta["effective_batch_size"] == 4 and state.step == 4
     # the sampler accepts the model trained by two processes
-    r = _run([*LDMTOOL, "--quiet", "sample", "--ae", ae_out, "--ldm", ldm_out, "--out", tmp_path / "s", "--n", 1, "--steps", 2])
+    r = _run(
+        [
+            *LDMTOOL,
+            "--quiet",
+            "sample",
+            "--ae",
+            ae_out,
+            "--ldm",
+            ldm_out,
+            "--out",
+            tmp_path / "s",
+            "--n",
+            1,
+            "--steps",
+            2,
+        ]
+    )
     assert r.returncode == 0, r.stderr[-2000:]
 
 
@@ -121,7 +152,19 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(trained, tmp_path):
 @pytest.mark.slow  # over 10 s: runs in CI (.ci/run) and with --runslow
 def test_sigterm_saves_state_and_exits_75(trained, tmp_path):
     out = tmp_path / "ae"
-    cmd = [*LDMTOOL, "train-ae", trained.data, "--out", out, "--config", TINY_YAML, "--epochs", 400, "--checkpoint-every", 2]
+    cmd = [
+        *LDMTOOL,
+        "train-ae",
+        trained.data,
+        "--out",
+        out,
+        "--config",
+        TINY_YAML,
+        "--epochs",
+        400,
+        "--checkpoint-every",
+        2,
+    ]
     proc = _start_and_wait(cmd, out, min_step=2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -155,8 +198,21 @@ def test_resume_without_state_is_a_clear_error(trained, tmp_path):
 def test_sigterm_to_torchrun_stops_both_ranks_at_one_step(trained, tmp_path):
     """torchrun passes SIGTERM on to its workers; they agree on the step to stop at, rank 0 saves."""
     out = tmp_path / "ldm"
-    cmd = [*TORCHRUN, "train-ldm", trained.data, "--ae", trained.ae, "--out", out, "--config", TINY_YAML,
-           "--steps", 5000, "--checkpoint-every", 2]
+    cmd = [
+        *TORCHRUN,
+        "train-ldm",
+        trained.data,
+        "--ae",
+        trained.ae,
+        "--out",
+        out,
+        "--config",
+        TINY_YAML,
+        "--steps",
+        5000,
+        "--checkpoint-every",
+        2,
+    ]
     proc = _start_and_wait(cmd, out, min_step=2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=90)
@@ -164,7 +220,20 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_one_step(trained, tmp_path):
     state = load_state(out)
     assert state.meta["complete"] is False and state.meta["world_size"] == 2 and state.step >= 2
     stopped_at = state.step
-    r = _run([*TORCHRUN, "train-ldm", trained.data, "--ae", trained.ae, "--out", out, "--config", TINY_YAML,
-              "--steps", stopped_at + 2])
+    r = _run(
+        [
+            *TORCHRUN,
+            "train-ldm",
+            trained.data,
+            "--ae",
+            trained.ae,
+            "--out",
+            out,
+            "--config",
+            TINY_YAML,
+            "--steps",
+            stopped_at + 2,
+        ]
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert load_state(out).step == stopped_at + 2 and f"resumed from step │ {stopped_at}" in " ".join(r.stdout.split())

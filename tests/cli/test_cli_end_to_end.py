@@ -9,8 +9,20 @@ import pydicom
 from ldmtool.io import read_dicom, read_nifti
 from ldmtool.models.checkpoint import file_sha256, load_checkpoint
 
-PROVENANCE_KEYS = {"seed", "sampler", "steps", "seconds", "device", "autoencoder_sha256", "ldm_sha256", "index",
-                   "files", "base_seed", "eta", "conditions"}
+PROVENANCE_KEYS = {
+    "seed",
+    "sampler",
+    "steps",
+    "seconds",
+    "device",
+    "autoencoder_sha256",
+    "ldm_sha256",
+    "index",
+    "files",
+    "base_seed",
+    "eta",
+    "conditions",
+}
 
 
 def _names(folder):
@@ -34,8 +46,22 @@ def _sample_arrays(folder, index):
 
 
 def test_training_outputs(trained):
-    assert _names(trained.ae) == ["config.json", "history.json", "last.safetensors", "model.safetensors", "state.json", "train_state.safetensors"]
-    assert _names(trained.ldm) == ["config.json", "history.json", "latents.safetensors", "model.safetensors", "state.json", "train_state.safetensors"]
+    assert _names(trained.ae) == [
+        "config.json",
+        "history.json",
+        "last.safetensors",
+        "model.safetensors",
+        "state.json",
+        "train_state.safetensors",
+    ]
+    assert _names(trained.ldm) == [
+        "config.json",
+        "history.json",
+        "latents.safetensors",
+        "model.safetensors",
+        "state.json",
+        "train_state.safetensors",
+    ]
     _, ae_cfg = load_checkpoint(trained.ae, kind="autoencoder")
     _, ldm_cfg = load_checkpoint(trained.ldm, kind="latent-diffusion")
     assert ae_cfg["volume_shape"] == [32, 32, 16] and ae_cfg["num_classes"] == 3
@@ -60,7 +86,10 @@ def test_sample_outputs(trained):
         assert prov["seconds"] > 0 and prov["device"].startswith("cpu")
         assert prov["autoencoder_sha256"] == file_sha256(trained.ae)
         assert prov["ldm_sha256"] == file_sha256(trained.ldm)
-        assert prov["files"] == {"image": f"imagesTr/synth_{i:05d}_0000.nii.gz", "label": f"labelsTr/synth_{i:05d}.nii.gz"}
+        assert prov["files"] == {
+            "image": f"imagesTr/synth_{i:05d}_0000.nii.gz",
+            "label": f"labelsTr/synth_{i:05d}.nii.gz",
+        }
         seeds.add(prov["seed"])
     assert len(seeds) == 3
 
@@ -88,8 +117,10 @@ def test_rerun_skips_finished_samples(trained, cli, tmp_path):
     assert _snapshot(out) == before
     assert "skipped" in r.out
     assert any("skipped" in line and line.rstrip(" │|").split()[-1] == "3" for line in r.out.splitlines())
-    assert any(line.split("│")[1:2] and "written" in line and line.rstrip(" │|").split()[-1] == "0"
-               for line in r.out.splitlines())
+    assert any(
+        line.split("│")[1:2] and "written" in line and line.rstrip(" │|").split()[-1] == "0"
+        for line in r.out.splitlines()
+    )
 
     r = cli("sample", "--ae", trained.ae, "--ldm", trained.ldm, "--out", out, "--n", 4, "--steps", 3, "--batch-size", 2)
     assert r.code == 0, r.both
@@ -104,8 +135,23 @@ def test_sample_independent_of_batch_size(trained, cli, tmp_path):
     results = {}
     for bs in (1, 3):
         out = tmp_path / f"bs{bs}"
-        r = cli("sample", "--ae", trained.ae, "--ldm", trained.ldm, "--out", out, "--n", 3, "--steps", 3,
-                "--batch-size", bs, "--decode-batch", 5 if bs == 1 else 64)
+        r = cli(
+            "sample",
+            "--ae",
+            trained.ae,
+            "--ldm",
+            trained.ldm,
+            "--out",
+            out,
+            "--n",
+            3,
+            "--steps",
+            3,
+            "--batch-size",
+            bs,
+            "--decode-batch",
+            5 if bs == 1 else 64,
+        )
         assert r.code == 0, r.both
         results[bs] = out
     ref_img, ref_lab = _sample_arrays(trained.samples, 2)  # written with --batch-size 2
@@ -126,8 +172,23 @@ def test_ddpm_sample_independent_of_batch_size(trained, cli, tmp_path):
     arrays = []
     for bs in (1, 3):
         out = tmp_path / f"bs{bs}"
-        r = cli("sample", "--ae", trained.ae, "--ldm", trained.ldm, "--out", out, "--n", 3, "--steps", 3,
-                "--sampler", "ddpm", "--batch-size", bs)
+        r = cli(
+            "sample",
+            "--ae",
+            trained.ae,
+            "--ldm",
+            trained.ldm,
+            "--out",
+            out,
+            "--n",
+            3,
+            "--steps",
+            3,
+            "--sampler",
+            "ddpm",
+            "--batch-size",
+            bs,
+        )
         assert r.code == 0, r.both
         arrays.append(_sample_arrays(out, 2)[0])
     np.testing.assert_allclose(arrays[0], arrays[1], atol=1e-4 * max(1.0, float(np.abs(arrays[1]).max())), rtol=1e-4)
@@ -135,8 +196,9 @@ def test_ddpm_sample_independent_of_batch_size(trained, cli, tmp_path):
 
 def test_sample_dicom(trained, cli, tmp_path):
     out = tmp_path / "SD"
-    r = cli("sample", "--ae", trained.ae, "--ldm", trained.ldm, "--out", out, "--n", 1, "--steps", 3,
-            "--format", "dicom")
+    r = cli(
+        "sample", "--ae", trained.ae, "--ldm", trained.ldm, "--out", out, "--n", 1, "--steps", 3, "--format", "dicom"
+    )
     assert r.code == 0, r.both
     image_dir, label_dir = out / "dicom" / "synth_00000" / "image", out / "dicom" / "synth_00000" / "label"
     image, label = read_dicom(image_dir), read_dicom(label_dir)
@@ -166,8 +228,23 @@ def test_stats(trained, cli):
 
 def test_conditioned_sampling(trained, conditioned_ldm, cli, tmp_path):
     out = tmp_path / "SC"
-    r = cli("sample", "--ae", trained.ae, "--ldm", conditioned_ldm, "--out", out, "--n", 2, "--steps", 2,
-            "--condition", "lesion_volume=2", "--guidance", 2)
+    r = cli(
+        "sample",
+        "--ae",
+        trained.ae,
+        "--ldm",
+        conditioned_ldm,
+        "--out",
+        out,
+        "--n",
+        2,
+        "--steps",
+        2,
+        "--condition",
+        "lesion_volume=2",
+        "--guidance",
+        2,
+    )
     assert r.code == 0, r.both
     assert len(list((out / "imagesTr").iterdir())) == 2
     prov = json.loads((out / "provenance" / "synth_00001.json").read_text())
@@ -178,8 +255,21 @@ def test_conditioned_sampling(trained, conditioned_ldm, cli, tmp_path):
 
 def test_condition_on_unconditioned_model(trained, cli, tmp_path):
     out = tmp_path / "SU"
-    r = cli("sample", "--ae", trained.ae, "--ldm", trained.ldm, "--out", out, "--n", 1, "--steps", 2,
-            "--condition", "lesion_volume=2")
+    r = cli(
+        "sample",
+        "--ae",
+        trained.ae,
+        "--ldm",
+        trained.ldm,
+        "--out",
+        out,
+        "--n",
+        1,
+        "--steps",
+        2,
+        "--condition",
+        "lesion_volume=2",
+    )
     assert r.code == 1
     lines = r.error_lines()
     assert len(lines) == 1 and "error" in lines[0] and "without conditioning" in lines[0]
@@ -187,7 +277,18 @@ def test_condition_on_unconditioned_model(trained, cli, tmp_path):
 
 
 def test_unknown_condition_name(trained, conditioned_ldm, cli, tmp_path):
-    r = cli("sample", "--ae", trained.ae, "--ldm", conditioned_ldm, "--out", tmp_path / "x", "--n", 1,
-            "--condition", "size=2")
+    r = cli(
+        "sample",
+        "--ae",
+        trained.ae,
+        "--ldm",
+        conditioned_ldm,
+        "--out",
+        tmp_path / "x",
+        "--n",
+        1,
+        "--condition",
+        "size=2",
+    )
     assert r.code == 1 and len(r.error_lines()) == 1 and "unknown condition" in r.err
     assert not (tmp_path / "x").exists()

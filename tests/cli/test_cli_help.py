@@ -20,7 +20,9 @@ def test_help_lists_commands(cli):
     assert "Traceback" not in r.both
 
 
-@pytest.mark.parametrize("command", ["train-ae", "train-ldm", "sample", "impute", "demo-data", "stats", "train-seg", "segment"])
+@pytest.mark.parametrize(
+    "command", ["train-ae", "train-ldm", "sample", "impute", "demo-data", "stats", "train-seg", "segment"]
+)
 def test_command_help(cli, command):
     r = cli(command, "--help")
     assert r.code == 0 and "Usage" in r.out and "--help" in r.out
@@ -32,8 +34,9 @@ def test_version(cli):
 
 
 def test_help_in_a_real_process():
-    proc = subprocess.run([sys.executable, "-m", "ldmtool", "--help"], capture_output=True, text=True,
-                          timeout=120, env=ENV)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ldmtool", "--help"], capture_output=True, text=True, timeout=120, env=ENV
+    )
     assert proc.returncode == 0, proc.stderr
     for command in COMMANDS:
         assert command in proc.stdout
@@ -47,8 +50,25 @@ def test_cli_import_does_not_import_torch():
 
 
 def test_missing_input_is_one_line_in_a_real_process(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "ldmtool", "impute", str(tmp_path / "nope.nii.gz"), "--ae", "a",
-                           "--ldm", "l", "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120, env=ENV)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ldmtool",
+            "impute",
+            str(tmp_path / "nope.nii.gz"),
+            "--ae",
+            "a",
+            "--ldm",
+            "l",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+    )
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "does not exist" in lines[0]

@@ -16,8 +16,22 @@ def _image(trained):
 def test_impute_missing_slices_keeps_observed_voxels_bit_exactly(cli, trained, tmp_path):
     src = _image(trained)
     out = tmp_path / "imp"
-    r = cli("impute", src, "--ae", trained.ae, "--ldm", trained.ldm, "--out", out, "--missing-slices", "1,3,5-7",
-            "--samples", 2, "--steps", 3)
+    r = cli(
+        "impute",
+        src,
+        "--ae",
+        trained.ae,
+        "--ldm",
+        trained.ldm,
+        "--out",
+        out,
+        "--missing-slices",
+        "1,3,5-7",
+        "--samples",
+        2,
+        "--steps",
+        3,
+    )
     assert r.code == 0, r.both
     stem = src.name.replace("_0000.nii.gz", "")
     img, imp = nib.load(src), nib.load(out / f"{stem}_imputed.nii.gz")
@@ -33,9 +47,25 @@ def test_impute_missing_slices_keeps_observed_voxels_bit_exactly(cli, trained, t
     assert prov["missing_voxels"] == int(gone.sum()) and prov["samples"] == 2 and prov["steps"] == 3
     assert prov["missing_from"]["slices"] == "1,3,5-7"
     # imputations are seeded: the same command gives the same volume
-    r = cli("impute", src, "--ae", trained.ae, "--ldm", trained.ldm, "--out", tmp_path / "again", "--missing-slices", "1,3,5-7",
-            "--samples", 2, "--steps", 3)
-    assert r.code == 0 and np.array_equal(np.asanyarray(nib.load(tmp_path / "again" / f"{stem}_imputed.nii.gz").dataobj), y)
+    r = cli(
+        "impute",
+        src,
+        "--ae",
+        trained.ae,
+        "--ldm",
+        trained.ldm,
+        "--out",
+        tmp_path / "again",
+        "--missing-slices",
+        "1,3,5-7",
+        "--samples",
+        2,
+        "--steps",
+        3,
+    )
+    assert r.code == 0 and np.array_equal(
+        np.asanyarray(nib.load(tmp_path / "again" / f"{stem}_imputed.nii.gz").dataobj), y
+    )
 
 
 def test_impute_nan_voxels_and_a_mask_file(cli, trained, tmp_path):
@@ -48,7 +78,20 @@ def test_impute_nan_voxels_and_a_mask_file(cli, trained, tmp_path):
     mask[:, :5, :] = 1
     mask_path = tmp_path / "mask.nii.gz"
     nib.save(nib.Nifti1Image(mask, src.affine), mask_path)
-    r = cli("impute", nan_path, "--ae", trained.ae, "--ldm", trained.ldm, "--out", tmp_path / "o", "--mask", mask_path, "--steps", 2)
+    r = cli(
+        "impute",
+        nan_path,
+        "--ae",
+        trained.ae,
+        "--ldm",
+        trained.ldm,
+        "--out",
+        tmp_path / "o",
+        "--mask",
+        mask_path,
+        "--steps",
+        2,
+    )
     assert r.code == 0, r.both
     y = np.asanyarray(nib.load(tmp_path / "o" / "holes_imputed.nii.gz").dataobj)
     gone = np.isnan(x) | mask.astype(bool)
@@ -56,7 +99,9 @@ def test_impute_nan_voxels_and_a_mask_file(cli, trained, tmp_path):
     assert not (tmp_path / "o" / "holes_std.nii.gz").exists()  # one sample: no std map
 
 
-@pytest.mark.parametrize("case", ["mask shape", "nothing missing", "everything missing", "bad slices", "slice out of range"])
+@pytest.mark.parametrize(
+    "case", ["mask shape", "nothing missing", "everything missing", "bad slices", "slice out of range"]
+)
 def test_impute_bad_input_is_one_clear_line(cli, trained, tmp_path, case):
     src = _image(trained)
     img = nib.load(src)
@@ -109,7 +154,20 @@ def test_training_on_incomplete_data(cli, trained, tmp_path):
     assert 0.3 < cfg["missing_fraction"] < 0.4
     assert json.loads((trained.ae / "config.json").read_text())["model"]["mask_channel"] is False  # complete data
     _must("train-ldm", data, "--ae", ae, "--out", ldm, "--config", TINY_YAML, "--steps", 2)
-    r = cli("impute", _image(trained), "--ae", ae, "--ldm", ldm, "--out", tmp_path / "o", "--simulate-mcar", 0.5, "--steps", 2)
+    r = cli(
+        "impute",
+        _image(trained),
+        "--ae",
+        ae,
+        "--ldm",
+        ldm,
+        "--out",
+        tmp_path / "o",
+        "--simulate-mcar",
+        0.5,
+        "--steps",
+        2,
+    )
     assert r.code == 0, r.both
     r = cli("train-ae", data, "--out", tmp_path / "bad", "--config", TINY_YAML, "--missing-rate", 1.0)
     assert r.code == 1 and "--missing-rate" in r.err

@@ -21,8 +21,9 @@ TINY_YAML = REPO / "examples" / "tiny.yaml"
 
 
 def _files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for sub in ("imagesTr", "labelsTr", "provenance")
-                  for p in (folder / sub).iterdir())
+    return sorted(
+        str(p.relative_to(folder)) for sub in ("imagesTr", "labelsTr", "provenance") for p in (folder / sub).iterdir()
+    )
 
 
 def _image(folder: Path, k: int) -> np.ndarray:
@@ -82,8 +83,25 @@ def test_bad_slurm_environment():
 @pytest.mark.slow  # over 10 s: runs in CI (.ci/run) and with --runslow
 def test_resume_after_sigkill_loses_and_duplicates_nothing(trained, tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "ldmtool", "--quiet", "sample", "--ae", str(trained.ae), "--ldm", str(trained.ldm),
-           "--out", str(out), "--n", "6", "--steps", "150", "--batch-size", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ldmtool",
+        "--quiet",
+        "sample",
+        "--ae",
+        str(trained.ae),
+        "--ldm",
+        str(trained.ldm),
+        "--out",
+        str(out),
+        "--n",
+        "6",
+        "--steps",
+        "150",
+        "--batch-size",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -120,8 +138,9 @@ def test_memory_check_fails_before_any_work(trained, cli, tmp_path):
     assert not (out / "provenance").exists() or not any((out / "provenance").iterdir())
 
 
-@pytest.mark.parametrize("sampler,extra", [("dpmpp2m", ()), ("ddim", ("--spacing", "linspace")),
-                                           ("ddpm", ("--spacing", "leading"))])
+@pytest.mark.parametrize(
+    "sampler,extra", [("dpmpp2m", ()), ("ddim", ("--spacing", "linspace")), ("ddpm", ("--spacing", "leading"))]
+)
 def test_samplers_on_the_cli(trained, cli, tmp_path, sampler, extra):
     out = tmp_path / sampler
     r = _sample(cli, trained, out, "--n", 1, "--sampler", sampler, *extra)
@@ -140,8 +159,21 @@ def test_euler_needs_a_flow_model(trained, cli, tmp_path):
 
 def test_flow_objective_end_to_end(trained, cli, tmp_path):
     ldm = tmp_path / "LDMF"
-    r = cli("--quiet", "train-ldm", trained.data, "--ae", trained.ae, "--out", ldm, "--config", TINY_YAML,
-            "--objective", "flow", "--steps", 2)
+    r = cli(
+        "--quiet",
+        "train-ldm",
+        trained.data,
+        "--ae",
+        trained.ae,
+        "--out",
+        ldm,
+        "--config",
+        TINY_YAML,
+        "--objective",
+        "flow",
+        "--steps",
+        2,
+    )
     assert r.code == 0, r.both
     out = tmp_path / "flow"
     r = cli("sample", "--ae", trained.ae, "--ldm", ldm, "--out", out, "--n", 1, "--steps", 4, "--sampler", "euler")

@@ -15,10 +15,9 @@ import numpy as np
 import pydicom
 import pytest
 
+from ldmtool.cli.main import main
 from ldmtool.io import read_volume
 from ldmtool.io.dicom_write import write_dicom_series
-
-from ldmtool.cli.main import main
 
 TINY_YAML = Path(__file__).resolve().parents[2] / "examples" / "tiny.yaml"
 
@@ -62,7 +61,9 @@ def test_longer_rerun_resumes_where_the_first_stopped(trained, cli, tmp_path):
     assert "resumed from step" in r.out
     history = json.loads((out / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2] and history[1]["step"] == 2 * first
-    r = cli("train-seg", trained.data, "--out", out, "--config", TINY_YAML, "--arch", "unet", "--epochs", 2, "--lr", 0.1)
+    r = cli(
+        "train-seg", trained.data, "--out", out, "--config", TINY_YAML, "--arch", "unet", "--epochs", 2, "--lr", 0.1
+    )
     assert r.code == 1 and "different settings" in r.err
 
 
@@ -90,8 +91,18 @@ def test_segment_nifti_in_another_orientation_and_dicom_keeps_their_geometry(tra
         assert unc.shape == source.shape and np.asarray(unc.dataobj).min() >= 0
     # the label map of the reoriented input is the segmentation of the original (same seed, same
     # settings: the same z_T draws on the same RAS array), only in the input's axes
-    r = cli("segment", trained.data / "imagesTr" / "phantom_000_0000.nii.gz", "--model", seg_model, "--out", tmp_path / "orig",
-            "--samples", 2, "--steps", 2)
+    r = cli(
+        "segment",
+        trained.data / "imagesTr" / "phantom_000_0000.nii.gz",
+        "--model",
+        seg_model,
+        "--out",
+        tmp_path / "orig",
+        "--samples",
+        2,
+        "--steps",
+        2,
+    )
     assert r.code == 0, r.both
     orig = nib.load(tmp_path / "orig" / "phantom_000_seg.nii.gz")
     back = nib.load(out / "odd_seg.nii.gz").as_reoriented(nib.orientations.io_orientation(odd.affine))
@@ -115,7 +126,9 @@ def test_segment_nifti_in_another_orientation_and_dicom_keeps_their_geometry(tra
     r = cli("segment", dicom_dir, "--model", seg_model, "--out", tmp_path / "noseg", "--no-dicom-seg")
     assert r.code == 0, r.both
     assert (tmp_path / "noseg" / "series_seg.nii.gz").is_file() and not (tmp_path / "noseg" / "series_seg.dcm").exists()
-    assert report["steps"] == 2 and json.loads((tmp_path / "noseg" / "segment.json").read_text())["steps"] == 1  # default: 1
+    assert (
+        report["steps"] == 2 and json.loads((tmp_path / "noseg" / "segment.json").read_text())["steps"] == 1
+    )  # default: 1
 
 
 def test_segment_a_real_ct_series(seg_model, cli, dicom_test_files, tmp_path):
@@ -131,7 +144,8 @@ def test_segment_a_real_ct_series(seg_model, cli, dicom_test_files, tmp_path):
     first = pydicom.dcmread(source.meta["slice_sources"][0][0], stop_before_pixels=True)
     assert seg.StudyInstanceUID == first.StudyInstanceUID and seg.Rows == first.Rows
     assert {ref.ReferencedSOPInstanceUID for ref in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} == {
-        pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f, _ in source.meta["slice_sources"]}
+        pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f, _ in source.meta["slice_sources"]
+    }
 
 
 def test_unet_baseline_trains_and_segments_a_folder(trained, cli, tmp_path):
@@ -185,7 +199,9 @@ def test_bad_input(trained, seg_model, cli, tmp_path):
     nib.save(nib.Nifti1Image(arr, lab.affine), bad / "labelsTr" / "phantom_002.nii.gz")
     _one_line_error(cli("train-seg", bad, "--out", tmp_path / "o3", "--config", TINY_YAML), "[7]")
     # missing input, NaN voxels, not a segmenter checkpoint
-    _one_line_error(cli("segment", tmp_path / "nope.nii.gz", "--model", seg_model, "--out", tmp_path / "o4"), "does not exist")
+    _one_line_error(
+        cli("segment", tmp_path / "nope.nii.gz", "--model", seg_model, "--out", tmp_path / "o4"), "does not exist"
+    )
     nan = np.random.rand(32, 32, 16).astype(np.float32)
     nan[3, 3, 3] = np.nan
     nib.save(nib.Nifti1Image(nan, np.eye(4)), tmp_path / "nan.nii.gz")

@@ -107,12 +107,8 @@ def test_write_demo_dataset_layout_and_affine(tmp_path) -> None:
     assert info["labels"] == {"background": 0, "head": 1, "lesion": 2}
     assert info["numTraining"] == 3 and info["file_ending"] == ".nii.gz"
     assert isinstance(info["description"], str)
-    assert sorted(p.name for p in (out / "imagesTr").iterdir()) == [
-        f"phantom_{i:03d}_0000.nii.gz" for i in range(3)
-    ]
-    assert sorted(p.name for p in (out / "labelsTr").iterdir()) == [
-        f"phantom_{i:03d}.nii.gz" for i in range(3)
-    ]
+    assert sorted(p.name for p in (out / "imagesTr").iterdir()) == [f"phantom_{i:03d}_0000.nii.gz" for i in range(3)]
+    assert sorted(p.name for p in (out / "labelsTr").iterdir()) == [f"phantom_{i:03d}.nii.gz" for i in range(3)]
     img = nib.load(out / "imagesTr" / "phantom_001_0000.nii.gz")
     lab = nib.load(out / "labelsTr" / "phantom_001.nii.gz")
     assert img.shape == shape and lab.shape == shape

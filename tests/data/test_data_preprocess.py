@@ -33,16 +33,12 @@ def random_volume(shape, affine, seed=0) -> Volume:
 
 
 def las_affine() -> np.ndarray:
-    return np.array(
-        [[-2.0, 0, 0, 40.0], [0, 3.0, 0, -50.0], [0, 0, 4.0, -30.0], [0, 0, 0, 1]]
-    )
+    return np.array([[-2.0, 0, 0, 40.0], [0, 3.0, 0, -50.0], [0, 0, 4.0, -30.0], [0, 0, 0, 1]])
 
 
 def lps_permuted_affine() -> np.ndarray:
     # array axis 0 -> world y (posterior), axis 1 -> world z (superior), axis 2 -> world x (left)
-    return np.array(
-        [[0, 0, -1.5, 20.0], [-2.0, 0, 0, 35.0], [0, 2.5, 0, -10.0], [0, 0, 0, 1]]
-    )
+    return np.array([[0, 0, -1.5, 20.0], [-2.0, 0, 0, 35.0], [0, 2.5, 0, -10.0], [0, 0, 0, 1]])
 
 
 @pytest.mark.parametrize("affine", [las_affine(), lps_permuted_affine()])
@@ -71,9 +67,7 @@ def test_other_orientation_codes_and_none() -> None:
     vol = random_volume((6, 7, 8), np.diag([1.0, 2.0, 3.0, 1.0]))
     out = preprocess_case(vol, None, PreprocessConfig(orientation="lps", **GEOMETRY_ONLY))
     assert nib.aff2axcodes(out.image.affine) == ("L", "P", "S")
-    kept = preprocess_case(
-        Volume(vol.array, las_affine()), None, PreprocessConfig(orientation="none", **GEOMETRY_ONLY)
-    )
+    kept = preprocess_case(Volume(vol.array, las_affine()), None, PreprocessConfig(orientation="none", **GEOMETRY_ONLY))
     np.testing.assert_allclose(kept.image.affine, las_affine())
     np.testing.assert_array_equal(kept.image.array, vol.array)
 
@@ -98,9 +92,7 @@ def test_resampling_shape_extent_and_values() -> None:
         oi, oj, ok = np.meshgrid(*(np.arange(n) for n in out.image.shape), indexing="ij")
         oc = np.stack([oi, oj, ok, np.ones_like(oi)], axis=-1) @ out.image.affine.T
         expect = oc[..., 0] + 2 * oc[..., 2]
-        src = np.stack([oi, oj, ok, np.ones_like(oi)], axis=-1) @ (
-            np.linalg.inv(affine) @ out.image.affine
-        ).T
+        src = np.stack([oi, oj, ok, np.ones_like(oi)], axis=-1) @ (np.linalg.inv(affine) @ out.image.affine).T
         inside = np.all((src[..., :3] >= 0) & (src[..., :3] <= np.array(shape) - 1), axis=-1)
         np.testing.assert_allclose(out.image.array[inside], expect[inside], atol=1e-3)
 

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from ldmtool.config import to_dict
 from ldmtool.data.missing import mcar_mask, parse_slices
 from ldmtool.errors import LdmError
 from ldmtool.models.autoencoder import SliceAutoencoder
 from ldmtool.models.checkpoint_config import AutoencoderCheckpoint, LatentDiffusionCheckpoint
 from ldmtool.models.denoiser import LatentDenoiser
-from ldmtool.config import to_dict
 from ldmtool.pipelines.impute import missing_mask, to_input_grid
 from ldmtool.pipelines.latent_diffusion import LatentDiffusionPipeline
 from tests.conftest import tiny_ae_config, tiny_denoiser_config
@@ -69,10 +69,20 @@ def _tiny_pipeline(depth=8, size=16, objective=None):
     ldm = LatentDenoiser(dcfg, 4).eval()
     h = size // tiny_ae_config().downsample
     geometry = {"volume_shape": [size, size, depth], "reference_affine": np.eye(4).tolist()}
-    ae_cfg = AutoencoderCheckpoint.from_dict({"kind": "autoencoder", "model": to_dict(tiny_ae_config()), "num_classes": 0, **geometry})
+    ae_cfg = AutoencoderCheckpoint.from_dict(
+        {"kind": "autoencoder", "model": to_dict(tiny_ae_config()), "num_classes": 0, **geometry}
+    )
     model = to_dict(dcfg) | ({"objective": objective} if objective else {})
-    ldm_cfg = LatentDiffusionCheckpoint.from_dict({"kind": "latent-diffusion", "model": model, "latent_shape": [4, depth, h, h],
-                                                   "latent_mean": [0.0] * 4, "latent_std": [1.0] * 4, **geometry})
+    ldm_cfg = LatentDiffusionCheckpoint.from_dict(
+        {
+            "kind": "latent-diffusion",
+            "model": model,
+            "latent_shape": [4, depth, h, h],
+            "latent_mean": [0.0] * 4,
+            "latent_std": [1.0] * 4,
+            **geometry,
+        }
+    )
     return LatentDiffusionPipeline(ae, ae_cfg, ldm, ldm_cfg, device=torch.device("cpu"))
 
 

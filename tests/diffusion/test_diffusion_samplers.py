@@ -104,8 +104,12 @@ def test_output_shape_and_model_calls(name, dims):
         seen_t.append(int(t[0]))
         return 0.1 * x
 
-    out = smp(model, _noise(shape), generator=torch.Generator().manual_seed(0),
-              callback=lambda i, t, x, x0: cb.append((i, t, x.shape, x0.shape)))
+    out = smp(
+        model,
+        _noise(shape),
+        generator=torch.Generator().manual_seed(0),
+        callback=lambda i, t, x, x0: cb.append((i, t, x.shape, x0.shape)),
+    )
     assert out.shape == shape and torch.isfinite(out).all()
     assert len(seen_t) == 4
     assert all(a > b for a, b in zip(seen_t, seen_t[1:]))  # timesteps strictly decrease
@@ -178,7 +182,9 @@ def test_full_ddpm_matches_gaussian_data():
     assert abs(float(out.std()) - 0.5) < 0.03
 
 
-@pytest.mark.parametrize("name,steps", [("ddim", 3), ("ddim", 25), ("ddpm", 7), ("ddpm", 1000), ("dpmpp2m", 3), ("dpmpp2m", 20)])
+@pytest.mark.parametrize(
+    "name,steps", [("ddim", 3), ("ddim", 25), ("ddpm", 7), ("ddpm", 1000), ("dpmpp2m", 3), ("dpmpp2m", 20)]
+)
 def test_point_mass_data_is_recovered_exactly(name, steps):
     smp = make_sampler(name, _cfg(), steps)
     model = point_mass_model(smp.alphas_cumprod, 0.42)
@@ -207,15 +213,16 @@ def test_make_sampler_kinds():
     assert make_sampler("ddim", cfg, cfg.num_train_timesteps).steps == cfg.num_train_timesteps
     assert make_sampler("ddim", _cfg(objective="v"), 3).prediction == "v_prediction"
     assert training_scheduler(cfg).prediction_type == "epsilon"
-    torch.testing.assert_close(training_scheduler(cfg).alphas_cumprod.double(), make_sampler("ddim", cfg, 3).alphas_cumprod)
+    torch.testing.assert_close(
+        training_scheduler(cfg).alphas_cumprod.double(), make_sampler("ddim", cfg, 3).alphas_cumprod
+    )
     # trailing grid: starts at the last training timestep, evenly spaced
     assert make_sampler("ddim", cfg, 4).timesteps == [999, 749, 499, 249]
 
 
-
-
-@pytest.mark.parametrize("name,steps", [("bogus", 10), ("DDIM ", 10), ("ddim", 0), ("ddpm", 0), ("ddim", -1),
-                                        ("ddim", 1001), ("ddpm", 1001)])
+@pytest.mark.parametrize(
+    "name,steps", [("bogus", 10), ("DDIM ", 10), ("ddim", 0), ("ddpm", 0), ("ddim", -1), ("ddim", 1001), ("ddpm", 1001)]
+)
 def test_make_sampler_errors(name, steps):
     with pytest.raises(LdmError) as err:
         make_sampler(name, _cfg(), steps)

@@ -37,8 +37,9 @@ def sets_dir(tmp_path_factory) -> Path:
     copies = root / "copies"
     shutil.copytree(root / "train", copies)
     (copies / "provenance").mkdir()
-    for i, img in enumerate(sorted((copies / "imagesTr").glob("*_0000.nii.gz"))):
+    for img in sorted((copies / "imagesTr").glob("*_0000.nii.gz")):
         case = img.name[: -len("_0000.nii.gz")]
         (copies / "provenance" / f"{case}.json").write_text(
-            json.dumps({"sample": case, "seconds": 0.5, "device": "cpu (test)", "sampler": "ddim", "steps": 10}))
+            json.dumps({"sample": case, "seconds": 0.5, "device": "cpu (test)", "sampler": "ddim", "steps": 10})
+        )
     return root

@@ -44,7 +44,9 @@ def test_real_vs_noise(real_feats, extractor, make_phantoms):
     p, _ = fd.precision_recall(real_feats, noise_feats, k=3)
     assert p < 0.05
     images, _ = make_phantoms(8, seed=4)
-    other = flatten_views(embed_views((images / images.max()).clip(0, 1), extractor, ("axial", "coronal"), 2, torch.device("cpu")))
+    other = flatten_views(
+        embed_views((images / images.max()).clip(0, 1), extractor, ("axial", "coronal"), 2, torch.device("cpu"))
+    )
     fid_real = fd.fid(real_feats, other)
     fid_noise = fd.fid(real_feats, noise_feats)
     assert fid_noise > 5 * fid_real, (fid_noise, fid_real)

@@ -9,8 +9,24 @@ import pytest
 
 from ldmtool.cli.main import main
 
-TINY = ["--views", "axial,coronal", "--slices-per-view", "1", "--image-size", "32", "--seg-steps", "4",
-        "--seg-channels", "4,8", "--q", "3", "--repeats", "2", "--pairs", "2"]
+TINY = [
+    "--views",
+    "axial,coronal",
+    "--slices-per-view",
+    "1",
+    "--image-size",
+    "32",
+    "--seg-steps",
+    "4",
+    "--seg-channels",
+    "4,8",
+    "--q",
+    "3",
+    "--repeats",
+    "2",
+    "--pairs",
+    "2",
+]
 
 
 def run(capsys, *args):
@@ -28,8 +44,22 @@ def full_report(sets_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        code = main(["evaluate", "--real", str(sets_dir / "test"), "--synthetic", str(sets_dir / "copies"),
-                     "--train", str(sets_dir / "train"), "--test", str(sets_dir / "test"), "--out", str(out), *TINY])
+        code = main(
+            [
+                "evaluate",
+                "--real",
+                str(sets_dir / "test"),
+                "--synthetic",
+                str(sets_dir / "copies"),
+                "--train",
+                str(sets_dir / "train"),
+                "--test",
+                str(sets_dir / "test"),
+                "--out",
+                str(out),
+                *TINY,
+            ]
+        )
     assert code == 0
     return out, json.loads((out / "report.json").read_text())
 
@@ -74,8 +104,21 @@ def test_report_html_is_self_contained(full_report):
 
 
 def test_only_subset_and_terminal_table(sets_dir, tmp_path, capsys):
-    code, out, err = run(capsys, "evaluate", "--real", sets_dir / "test", "--synthetic", sets_dir / "copies",
-                         "--train", sets_dir / "train", "--out", tmp_path / "r", "--only", "fidelity,privacy", *TINY)
+    code, out, err = run(
+        capsys,
+        "evaluate",
+        "--real",
+        sets_dir / "test",
+        "--synthetic",
+        sets_dir / "copies",
+        "--train",
+        sets_dir / "train",
+        "--out",
+        tmp_path / "r",
+        "--only",
+        "fidelity,privacy",
+        *TINY,
+    )
     assert code == 0, err
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     assert "fidelity" in rep and "privacy" in rep
@@ -86,8 +129,19 @@ def test_only_subset_and_terminal_table(sets_dir, tmp_path, capsys):
 
 
 def test_skipped_criteria_say_why(sets_dir, tmp_path, capsys):
-    code, _, err = run(capsys, "evaluate", "--real", sets_dir / "test", "--synthetic", sets_dir / "train",
-                       "--out", tmp_path / "r", "--only", "speed,privacy,utility", *TINY)
+    code, _, err = run(
+        capsys,
+        "evaluate",
+        "--real",
+        sets_dir / "test",
+        "--synthetic",
+        sets_dir / "train",
+        "--out",
+        tmp_path / "r",
+        "--only",
+        "speed,privacy,utility",
+        *TINY,
+    )
     assert code == 0, err
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     assert "--train" in rep["skipped"]["privacy"]
@@ -101,12 +155,30 @@ def test_classification_from_csv(sets_dir, tmp_path, capsys):
     rows = ["case,label"]
     for name in ("train", "copies", "test"):
         for c in load_dataset(sets_dir / name).cases:
-            rows.append(f"{'synthetic' if name == 'copies' else name}/{c.case_id},{'a' if int(c.case_id[-1]) % 2 else 'b'}")
+            rows.append(
+                f"{'synthetic' if name == 'copies' else name}/{c.case_id},{'a' if int(c.case_id[-1]) % 2 else 'b'}"
+            )
     csv = tmp_path / "classes.csv"
     csv.write_text("\n".join(rows) + "\n")
-    code, _, err = run(capsys, "evaluate", "--real", sets_dir / "test", "--synthetic", sets_dir / "copies",
-                       "--train", sets_dir / "train", "--test", sets_dir / "test", "--out", tmp_path / "r",
-                       "--only", "utility,robustness", "--class-labels", csv, *TINY)
+    code, _, err = run(
+        capsys,
+        "evaluate",
+        "--real",
+        sets_dir / "test",
+        "--synthetic",
+        sets_dir / "copies",
+        "--train",
+        sets_dir / "train",
+        "--test",
+        sets_dir / "test",
+        "--out",
+        tmp_path / "r",
+        "--only",
+        "utility,robustness",
+        "--class-labels",
+        csv,
+        *TINY,
+    )
     assert code == 0, err
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     assert rep["utility"]["task"] == "classification" and rep["utility"]["classes"] == ["a", "b"]
@@ -141,11 +213,26 @@ def test_bad_input_is_one_red_line(sets_dir, tmp_path, capsys, case):
 def test_torchscript_extractor(sets_dir, tmp_path, capsys):
     import torch
 
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    )
     path = tmp_path / "feat.pt"
     torch.jit.script(net).save(str(path))
-    code, _, err = run(capsys, "evaluate", "--real", sets_dir / "test", "--synthetic", sets_dir / "test",
-                       "--out", tmp_path / "r", "--only", "fidelity", "--feature-extractor", path, *TINY)
+    code, _, err = run(
+        capsys,
+        "evaluate",
+        "--real",
+        sets_dir / "test",
+        "--synthetic",
+        sets_dir / "test",
+        "--out",
+        tmp_path / "r",
+        "--only",
+        "fidelity",
+        "--feature-extractor",
+        path,
+        *TINY,
+    )
     assert code == 0, err
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     assert rep["feature_extractor"]["name"] == "torchscript:feat.pt"
@@ -156,8 +243,19 @@ def test_mixed_shapes_are_resized(sets_dir, tmp_path, capsys):
     from ldmtool.data.phantoms import write_demo_dataset
 
     write_demo_dataset(tmp_path / "big", n_cases=3, shape=(40, 40, 16), seed=5)
-    code, _, err = run(capsys, "evaluate", "--real", sets_dir / "test", "--synthetic", tmp_path / "big",
-                       "--out", tmp_path / "r", "--only", "fidelity", *TINY)
+    code, _, err = run(
+        capsys,
+        "evaluate",
+        "--real",
+        sets_dir / "test",
+        "--synthetic",
+        tmp_path / "big",
+        "--out",
+        tmp_path / "r",
+        "--only",
+        "fidelity",
+        *TINY,
+    )
     assert code == 0, err
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     assert rep["inputs"]["synthetic"]["shape"] == [32, 32, 16]
@@ -165,9 +263,23 @@ def test_mixed_shapes_are_resized(sets_dir, tmp_path, capsys):
 
 def test_config_file_and_flag_override(sets_dir, tmp_path, capsys):
     cfg = tmp_path / "eval.yaml"
-    cfg.write_text("evaluate:\n  only: [fidelity]\n  views: [sagittal]\n  slices_per_view: 2\n  image_size: 32\n  k: 2\n")
-    code, _, err = run(capsys, "evaluate", "--real", sets_dir / "test", "--synthetic", sets_dir / "train",
-                       "--out", tmp_path / "r", "--config", cfg, "--k", "1")
+    cfg.write_text(
+        "evaluate:\n  only: [fidelity]\n  views: [sagittal]\n  slices_per_view: 2\n  image_size: 32\n  k: 2\n"
+    )
+    code, _, err = run(
+        capsys,
+        "evaluate",
+        "--real",
+        sets_dir / "test",
+        "--synthetic",
+        sets_dir / "train",
+        "--out",
+        tmp_path / "r",
+        "--config",
+        cfg,
+        "--k",
+        "1",
+    )
     assert code == 0, err
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     assert rep["settings"]["views"] == ["sagittal"] and rep["settings"]["k"] == 1
@@ -176,8 +288,21 @@ def test_config_file_and_flag_override(sets_dir, tmp_path, capsys):
 
 
 def test_warns_when_real_training_set_is_the_test_set(sets_dir, tmp_path, capsys):
-    code, out, err = run(capsys, "evaluate", "--real", sets_dir / "test", "--synthetic", sets_dir / "copies",
-                         "--test", sets_dir / "test", "--out", tmp_path / "r", "--only", "utility", *TINY)
+    code, out, err = run(
+        capsys,
+        "evaluate",
+        "--real",
+        sets_dir / "test",
+        "--synthetic",
+        sets_dir / "copies",
+        "--test",
+        sets_dir / "test",
+        "--out",
+        tmp_path / "r",
+        "--only",
+        "utility",
+        *TINY,
+    )
     assert code == 0, err
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     assert any("is the test set" in w for w in rep["warnings"])

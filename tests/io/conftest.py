@@ -42,8 +42,9 @@ def _affine(spacing=(1.0, 1.5, 2.0), flip_x=False, origin=(-10.0, 20.0, 5.5)) ->
 def make_volume():
     """Factory: make_volume(shape, dtype=float32, flip_x=False, seed=0, spacing=..., affine=None)."""
 
-    def make(shape=(6, 5, 4), dtype=np.float32, flip_x=False, seed=0, spacing=(1.0, 1.5, 2.0),
-             affine=None, low=0, high=3) -> Volume:
+    def make(
+        shape=(6, 5, 4), dtype=np.float32, flip_x=False, seed=0, spacing=(1.0, 1.5, 2.0), affine=None, low=0, high=3
+    ) -> Volume:
         rng = np.random.default_rng(seed)
         if np.issubdtype(np.dtype(dtype), np.integer):
             array = rng.integers(low, high, size=shape).astype(dtype)

@@ -84,10 +84,12 @@ def _only_final_files(folder):
 
 def test_file_where_a_folder_is_needed(tmp_path):
     (tmp_path / "out").write_text("a file")
-    for call in (lambda: atomic_write_text(tmp_path / "out" / "a.txt", "x"),
-                 lambda: write_nifti(_volume(), tmp_path / "out" / "sub" / "a.nii.gz"),
-                 lambda: write_dicom_series(_volume(), tmp_path / "out" / "series"),
-                 lambda: check_writable_dir(tmp_path / "out" / "deeper")):
+    for call in (
+        lambda: atomic_write_text(tmp_path / "out" / "a.txt", "x"),
+        lambda: write_nifti(_volume(), tmp_path / "out" / "sub" / "a.nii.gz"),
+        lambda: write_dicom_series(_volume(), tmp_path / "out" / "series"),
+        lambda: check_writable_dir(tmp_path / "out" / "deeper"),
+    ):
         with pytest.raises(LdmError, match=r"out is a file, not a folder; choose another output path") as err:
             call()
         assert "\n" not in str(err.value)
@@ -105,11 +107,17 @@ def test_folder_where_a_file_is_needed(tmp_path):
     _only_final_files(tmp_path)
 
 
-@pytest.mark.parametrize("err, words", [
-    (PermissionError(errno.EACCES, "Permission denied"), "permission denied; choose an output folder you can write to"),
-    (OSError(errno.ENOSPC, "No space left on device"), "no space left on the device; free space there"),
-    (OSError(errno.EROFS, "Read-only file system"), "read-only file system"),
-])
+@pytest.mark.parametrize(
+    "err, words",
+    [
+        (
+            PermissionError(errno.EACCES, "Permission denied"),
+            "permission denied; choose an output folder you can write to",
+        ),
+        (OSError(errno.ENOSPC, "No space left on device"), "no space left on the device; free space there"),
+        (OSError(errno.EROFS, "Read-only file system"), "read-only file system"),
+    ],
+)
 def test_write_failures_are_user_errors_and_leave_nothing(tmp_path, monkeypatch, err, words):
     target = tmp_path / "out" / "a.nii.gz"
 
@@ -175,10 +183,13 @@ def test_check_writable_dir_leaves_nothing(tmp_path):
         check_writable_dir(tmp_path / "existing", need_bytes=2**62)
 
 
-@pytest.mark.parametrize("err, words", [
-    (PermissionError(errno.EACCES, "Permission denied"), "permission denied"),
-    (OSError(errno.ENOSPC, "No space left on device"), "no space left"),
-])
+@pytest.mark.parametrize(
+    "err, words",
+    [
+        (PermissionError(errno.EACCES, "Permission denied"), "permission denied"),
+        (OSError(errno.ENOSPC, "No space left on device"), "no space left"),
+    ],
+)
 def test_check_writable_dir_refuses(tmp_path, monkeypatch, err, words):
     real_open = os.open
 

@@ -19,8 +19,7 @@ def _nnunet(root, make_volume, cases=("case_001", "case_002"), labels=LABELS, wi
         write_nifti(image, root / "imagesTr" / f"{cid}_0000.nii.gz")
         write_nifti(make_volume(dtype=np.uint8, seed=10 + i, high=3), root / "labelsTr" / f"{cid}.nii.gz")
     if with_json:
-        info = {"channel_names": {"0": "MRI"}, "labels": labels, "numTraining": len(cases),
-                "file_ending": ".nii.gz"}
+        info = {"channel_names": {"0": "MRI"}, "labels": labels, "numTraining": len(cases), "file_ending": ".nii.gz"}
         (root / "dataset.json").write_text(json.dumps(info))
     return root
 

@@ -26,8 +26,11 @@ def _cut(path, keep):
 
 
 @pytest.mark.parametrize("which", [0, 2, -1], ids=["first", "middle", "last"])
-@pytest.mark.parametrize("keep", [0, 60, 132, 400, 1200, -200, -1],
-                         ids=["empty", "in-preamble", "marker-only", "in-meta", "in-header", "in-pixels", "one-byte"])
+@pytest.mark.parametrize(
+    "keep",
+    [0, 60, 132, 400, 1200, -200, -1],
+    ids=["empty", "in-preamble", "marker-only", "in-meta", "in-header", "in-pixels", "one-byte"],
+)
 def test_cut_slice_is_named(ct5, which, keep):
     folder, files = ct5
     bad = files[which]
@@ -56,8 +59,9 @@ def test_text_and_hidden_files_are_ignored(ct5):
 
 def test_irregular_spacing_names_the_gap(pydicom_files):
     with pytest.raises(LdmError, match="irregular slice spacing.* mm between .* and .*a slice missing"):
-        read_dicom(pydicom_files / "dicomdirtests" / "77654033",
-                   series_uid="1.3.6.1.4.1.5962.1.1.0.0.0.1196530851.28319.0.2")
+        read_dicom(
+            pydicom_files / "dicomdirtests" / "77654033", series_uid="1.3.6.1.4.1.5962.1.1.0.0.0.1196530851.28319.0.2"
+        )
 
 
 def _ct_slice(path, rows, cols, frames=1, pixels=True):

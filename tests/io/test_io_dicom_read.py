@@ -30,8 +30,17 @@ def test_ct_small_single_slice(pydicom_files):
     ipp = np.array([float(v) for v in ds.ImagePositionPatient])
     np.testing.assert_allclose(vol.affine[:3, 3], ipp * [-1, -1, 1])
     assert vol.meta["format"] == "dicom" and vol.meta["modality"] == "CT"
-    assert set(vol.meta) == {"format", "path", "modality", "series_uid", "series_description", "n_files", "slice_sources",
-                             "dtype", "value_dtype"}
+    assert set(vol.meta) == {
+        "format",
+        "path",
+        "modality",
+        "series_uid",
+        "series_description",
+        "n_files",
+        "slice_sources",
+        "dtype",
+        "value_dtype",
+    }
     assert vol.meta["dtype"] == "int16" and vol.meta["value_dtype"] == str(vol.array.dtype)
 
 
@@ -58,6 +67,7 @@ def test_five_slice_ct_series(pydicom_files):
         np.testing.assert_allclose(vol.array[:, :, k], values.T)
         instances.append(number)
     assert instances == sorted(instances)  # k follows InstanceNumber (positions descend in this series)
+
 
 def test_whole_test_tree_lists_series_and_picks_one(pydicom_files):
     root = pydicom_files / "dicomdirtests"

@@ -32,8 +32,13 @@ def _sample(shape=(12, 10, 6)):
 def written(request, tmp_path):
     image, label = _sample()
     study = new_uid()
-    series = write_dicom_series(image, tmp_path / "s" / "image", modality=request.param, study_uid=study,
-                                series_description="SYNTHETIC ldmtool sample_0000")
+    series = write_dicom_series(
+        image,
+        tmp_path / "s" / "image",
+        modality=request.param,
+        study_uid=study,
+        series_description="SYNTHETIC ldmtool sample_0000",
+    )
     n = write_synthetic_seg(label, series, NAMES, tmp_path / "s" / "label_seg.dcm")
     return request.param, study, series, tmp_path / "s" / "label_seg.dcm", label, n
 
@@ -46,11 +51,16 @@ def test_image_and_seg_share_study_and_frame_of_reference(written):
     assert {ds.StudyInstanceUID for ds in images} == {study} == {seg.StudyInstanceUID}
     assert {ds.FrameOfReferenceUID for ds in images} == {seg.FrameOfReferenceUID}
     assert {ds.Modality for ds in images} == {modality}
-    sop = {"CT": pydicom.uid.CTImageStorage, "MR": pydicom.uid.MRImageStorage,
-           "OT": pydicom.uid.SecondaryCaptureImageStorage}[modality]
+    sop = {
+        "CT": pydicom.uid.CTImageStorage,
+        "MR": pydicom.uid.MRImageStorage,
+        "OT": pydicom.uid.SecondaryCaptureImageStorage,
+    }[modality]
     assert {ds.SOPClassUID for ds in images} == {sop}
     # the SEG references every image instance
-    referenced = {item.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for item in s.ReferencedInstanceSequence}
+    referenced = {
+        item.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for item in s.ReferencedInstanceSequence
+    }
     assert referenced == {ds.SOPInstanceUID for ds in images}
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == images[0].SeriesInstanceUID
     # the segments lie on the right slices: rebuild the label map from the SEG
@@ -75,8 +85,9 @@ def test_fresh_uids_unless_shared(tmp_path):
     b = pydicom.dcmread(next(write_dicom_series(image, tmp_path / "b").glob("*.dcm")))
     assert a.StudyInstanceUID != b.StudyInstanceUID and a.FrameOfReferenceUID != b.FrameOfReferenceUID
     frame = new_uid()
-    c = pydicom.dcmread(next(write_dicom_series(image, tmp_path / "c", frame_of_reference_uid=frame,
-                                                series_number=3).glob("*.dcm")))
+    c = pydicom.dcmread(
+        next(write_dicom_series(image, tmp_path / "c", frame_of_reference_uid=frame, series_number=3).glob("*.dcm"))
+    )
     assert c.FrameOfReferenceUID == frame and c.SeriesNumber == 3
 
 

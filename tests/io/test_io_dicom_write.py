@@ -69,8 +69,13 @@ def test_constant_and_large_range(tmp_path, make_volume):
 
 def test_synthetic_markers_and_no_identifiers(tmp_path, make_volume):
     vol = make_volume()
-    vol.meta.update(PatientName="DOE^JANE", PatientID="MRN-778899", path="/hospital/secret/src_scan.nii.gz",
-                    series_description="Private Source Series", series_uid="1.2.840.99999.1.2.3")
+    vol.meta.update(
+        PatientName="DOE^JANE",
+        PatientID="MRN-778899",
+        path="/hospital/secret/src_scan.nii.gz",
+        series_description="Private Source Series",
+        series_uid="1.2.840.99999.1.2.3",
+    )
     out = write_dicom_series(vol, tmp_path / "anon")
     for f in out.iterdir():
         raw = f.read_bytes()

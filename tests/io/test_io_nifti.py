@@ -153,7 +153,9 @@ def test_memory_guard_refuses_huge_declared_shape(tmp_path):
     path = tmp_path / "huge.nii.gz"
     path.write_bytes(gzip.compress(hdr.binaryblock + b"\x00" * 4 + b"\x00" * 1000))
     assert path.stat().st_size < 10_000
-    with pytest.raises(LdmError, match=r"huge.nii.gz declares 1024x1024x512 voxels .*above the limit .*LDMTOOL_MAX_VOXELS"):
+    with pytest.raises(
+        LdmError, match=r"huge.nii.gz declares 1024x1024x512 voxels .*above the limit .*LDMTOOL_MAX_VOXELS"
+    ):
         read_volume(path)
 
 
@@ -172,7 +174,9 @@ def test_header_declares_more_than_the_file_holds(tmp_path, suffix):
     short = full[: 352 + 8 * 8 * 8 * 2]  # half of the voxels
     path = tmp_path / f"short{suffix}"
     path.write_bytes(gzip.compress(short) if suffix == ".nii.gz" else short)
-    with pytest.raises(LdmError, match=r"short.nii(.gz)? is truncated.*8x8x16 voxels of int16.*replace the file") as err:
+    with pytest.raises(
+        LdmError, match=r"short.nii(.gz)? is truncated.*8x8x16 voxels of int16.*replace the file"
+    ) as err:
         read_volume(path)
     assert "\n" not in str(err.value)
 

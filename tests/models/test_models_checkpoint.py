@@ -17,8 +17,15 @@ from ldmtool.models.checkpoint import (
     write_config_json,
 )
 
-CONFIG = {"kind": "autoencoder", "model": {"channels": [8, 16]}, "num_classes": 3, "affine": [[1.5, 0], [0, 1]],
-          "label_names": {"background": 0, "lesion": 2}, "note": "ünïcode ✓", "nothing": None}
+CONFIG = {
+    "kind": "autoencoder",
+    "model": {"channels": [8, 16]},
+    "num_classes": 3,
+    "affine": [[1.5, 0], [0, 1]],
+    "label_names": {"background": 0, "lesion": 2},
+    "note": "ünïcode ✓",
+    "nothing": None,
+}
 
 
 def _tensors():

@@ -10,8 +10,9 @@ from ldmtool.pipelines.segmenter import crop_to, pad_to_multiple, predict_volume
 
 
 def tiny(dims=2, **kw):
-    return SegModelConfig(dims=dims, channels=(8, 16), denoiser_channels=(8, 16), norm_num_groups=4,
-                          num_head_channels=8, **kw)
+    return SegModelConfig(
+        dims=dims, channels=(8, 16), denoiser_channels=(8, 16), norm_num_groups=4, num_head_channels=8, **kw
+    )
 
 
 @pytest.mark.parametrize("dims,size", [(2, (16, 24)), (3, (8, 16, 16))])
@@ -63,7 +64,9 @@ def test_clipped_ddim_keeps_x0_bounded():
     seen = []
     sampler = DDIMSampler(seg_schedule(tiny()), 2, clip=5.0)
     # a model that predicts a wildly wrong ε: unclipped, x̂0 at t=999 would be ~1e5
-    out = sampler(lambda x, t: torch.full_like(x, -50.0), torch.zeros(1, 4, 4, 4), callback=lambda i, t, x, x0: seen.append(x0))
+    out = sampler(
+        lambda x, t: torch.full_like(x, -50.0), torch.zeros(1, 4, 4, 4), callback=lambda i, t, x, x0: seen.append(x0)
+    )
     assert all(x0.abs().max() <= 5.0 for x0 in seen)
     assert out.abs().max() <= 5.0 + 1e-4
 

@@ -13,8 +13,13 @@ from ldmtool.pipelines.latent_diffusion import LatentDiffusionPipeline
 from ldmtool.pipelines.segmenter import Segmenter
 
 MODELS = Path(__file__).resolve().parents[1] / "regression" / "models"
-TYPES = {"ae": AutoencoderCheckpoint, "ldm": LatentDiffusionCheckpoint, "ldmc": LatentDiffusionCheckpoint,
-         "seg": SegmenterCheckpoint, "unet": SegmenterCheckpoint}
+TYPES = {
+    "ae": AutoencoderCheckpoint,
+    "ldm": LatentDiffusionCheckpoint,
+    "ldmc": LatentDiffusionCheckpoint,
+    "seg": SegmenterCheckpoint,
+    "unet": SegmenterCheckpoint,
+}
 
 
 @pytest.mark.parametrize("name", sorted(TYPES))
@@ -40,28 +45,34 @@ def _one_line_error(fn, *words):
         assert w in msg, msg
 
 
-@pytest.mark.parametrize("change,field", [
-    (lambda c: c.update(intensity_range=[0.0, 1e308]), "intensity_range"),
-    (lambda c: c.update(intensity_range=[5.0, 1.0]), "intensity_range"),
-    (lambda c: c.update(intensity_range=[0.0, math.nan]), "intensity_range"),
-    (lambda c: c.pop("volume_shape"), "volume_shape"),
-    (lambda c: c.update(volume_shape=[32, 0, 16]), "volume_shape"),
-    (lambda c: c.update(reference_affine=[[1, 0], [0, 1]]), "reference_affine"),
-    (lambda c: c.pop("model"), "model"),
-    (lambda c: c["model"].update(channels="many"), "model"),
-])
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        (lambda c: c.update(intensity_range=[0.0, 1e308]), "intensity_range"),
+        (lambda c: c.update(intensity_range=[5.0, 1.0]), "intensity_range"),
+        (lambda c: c.update(intensity_range=[0.0, math.nan]), "intensity_range"),
+        (lambda c: c.pop("volume_shape"), "volume_shape"),
+        (lambda c: c.update(volume_shape=[32, 0, 16]), "volume_shape"),
+        (lambda c: c.update(reference_affine=[[1, 0], [0, 1]]), "reference_affine"),
+        (lambda c: c.pop("model"), "model"),
+        (lambda c: c["model"].update(channels="many"), "model"),
+    ],
+)
 def test_damaged_autoencoder_fields(tmp_path, change, field):
     ae = _tampered(tmp_path, "ae", change)
     _one_line_error(lambda: LatentDiffusionPipeline.from_pretrained(ae, MODELS / "ldm"), f"'{field}'", str(ae))
 
 
-@pytest.mark.parametrize("change,field", [
-    (lambda c: c.update(latent_std=[math.nan, 1.0, 1.0, 1.0]), "latent_std"),
-    (lambda c: c.update(latent_std=[0.0, 1.0, 1.0, 1.0]), "latent_std"),
-    (lambda c: c.update(latent_mean=[0.0]), "latent_mean"),
-    (lambda c: c.pop("latent_shape"), "latent_shape"),
-    (lambda c: c.update(latent_shape=[4, -16, 16, 16]), "latent_shape"),
-])
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        (lambda c: c.update(latent_std=[math.nan, 1.0, 1.0, 1.0]), "latent_std"),
+        (lambda c: c.update(latent_std=[0.0, 1.0, 1.0, 1.0]), "latent_std"),
+        (lambda c: c.update(latent_mean=[0.0]), "latent_mean"),
+        (lambda c: c.pop("latent_shape"), "latent_shape"),
+        (lambda c: c.update(latent_shape=[4, -16, 16, 16]), "latent_shape"),
+    ],
+)
 def test_damaged_latent_diffusion_fields(tmp_path, change, field):
     ldm = _tampered(tmp_path, "ldm", change)
     _one_line_error(lambda: LatentDiffusionPipeline.from_pretrained(MODELS / "ae", ldm), f"'{field}'", str(ldm))
@@ -72,11 +83,14 @@ def test_damaged_conditioning(tmp_path):
     _one_line_error(lambda: LatentDiffusionPipeline.from_pretrained(MODELS / "ae", ldm), "'conditioning.std'")
 
 
-@pytest.mark.parametrize("change,field", [
-    (lambda c: c.pop("label_names"), "label_names"),
-    (lambda c: c.update(num_classes=-1), "num_classes"),
-    (lambda c: c.update(preprocess={"bogus": 1}), "preprocess"),
-])
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        (lambda c: c.pop("label_names"), "label_names"),
+        (lambda c: c.update(num_classes=-1), "num_classes"),
+        (lambda c: c.update(preprocess={"bogus": 1}), "preprocess"),
+    ],
+)
 def test_damaged_segmenter_fields(tmp_path, change, field):
     seg = _tampered(tmp_path, "seg", change)
     _one_line_error(lambda: Segmenter.from_pretrained(seg, torch.device("cpu")), f"'{field}'")

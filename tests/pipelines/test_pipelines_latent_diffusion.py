@@ -55,7 +55,7 @@ def test_sample_shapes_and_seed_determinism(pipe):
 def test_sample_latents_decode_and_encode(pipe):
     z = pipe.sample_latents([0], sampler="dpmpp2m", steps=2)
     assert z.shape == (1, 4, 16, 16, 16)
-    (img, lab), = pipe.decode(z, decode_batch=16)
+    ((img, lab),) = pipe.decode(z, decode_batch=16)
     assert img.shape == lab.shape == (32, 32, 16)
     slices, labels = torch.rand(16, 32, 32), torch.randint(0, 3, (16, 32, 32))
     assert pipe.encode(slices, labels).shape == (4, 16, 16, 16)  # the latent shape

@@ -34,21 +34,118 @@ def run_cases(root: Path) -> Path:
     data = root / "data"
     run_ldmtool("--seed", 3, "demo-data", data, "--n", 2, "--shape", "32,32,16")
     case = data / "imagesTr" / "phantom_000_0000.nii.gz"
-    run_ldmtool("--seed", 5, "sample", "--ae", m / "ae", "--ldm", m / "ldm", "--out", root / "ddim",
-                "--n", 3, "--steps", 4, "--batch-size", 2)
-    run_ldmtool("--seed", 6, "sample", "--ae", m / "ae", "--ldm", m / "ldm", "--out", root / "ddim_eta",
-                "--n", 2, "--steps", 3, "--eta", 1)
-    run_ldmtool("--seed", 7, "sample", "--ae", m / "ae", "--ldm", m / "ldm", "--out", root / "dpm",
-                "--n", 2, "--steps", 4, "--sampler", "dpmpp2m", "--spacing", "linspace")
-    run_ldmtool("--seed", 8, "sample", "--ae", m / "ae", "--ldm", m / "ldmc", "--out", root / "cond",
-                "--n", 2, "--steps", 3, "--condition", "lesion_volume=5", "--guidance", 2)
-    run_ldmtool("--seed", 9, "impute", case, "--ae", m / "ae", "--ldm", m / "ldm", "--out", root / "imp",
-                "--missing-slices", "3,7-9", "--steps", 4)
-    run_ldmtool("--seed", 10, "impute", case, "--ae", m / "ae", "--ldm", m / "ldm", "--out", root / "imp2",
-                "--simulate-mcar", 0.3, "--steps", 3, "--samples", 2, "--eta", 1)
+    run_ldmtool(
+        "--seed",
+        5,
+        "sample",
+        "--ae",
+        m / "ae",
+        "--ldm",
+        m / "ldm",
+        "--out",
+        root / "ddim",
+        "--n",
+        3,
+        "--steps",
+        4,
+        "--batch-size",
+        2,
+    )
+    run_ldmtool(
+        "--seed",
+        6,
+        "sample",
+        "--ae",
+        m / "ae",
+        "--ldm",
+        m / "ldm",
+        "--out",
+        root / "ddim_eta",
+        "--n",
+        2,
+        "--steps",
+        3,
+        "--eta",
+        1,
+    )
+    run_ldmtool(
+        "--seed",
+        7,
+        "sample",
+        "--ae",
+        m / "ae",
+        "--ldm",
+        m / "ldm",
+        "--out",
+        root / "dpm",
+        "--n",
+        2,
+        "--steps",
+        4,
+        "--sampler",
+        "dpmpp2m",
+        "--spacing",
+        "linspace",
+    )
+    run_ldmtool(
+        "--seed",
+        8,
+        "sample",
+        "--ae",
+        m / "ae",
+        "--ldm",
+        m / "ldmc",
+        "--out",
+        root / "cond",
+        "--n",
+        2,
+        "--steps",
+        3,
+        "--condition",
+        "lesion_volume=5",
+        "--guidance",
+        2,
+    )
+    run_ldmtool(
+        "--seed",
+        9,
+        "impute",
+        case,
+        "--ae",
+        m / "ae",
+        "--ldm",
+        m / "ldm",
+        "--out",
+        root / "imp",
+        "--missing-slices",
+        "3,7-9",
+        "--steps",
+        4,
+    )
+    run_ldmtool(
+        "--seed",
+        10,
+        "impute",
+        case,
+        "--ae",
+        m / "ae",
+        "--ldm",
+        m / "ldm",
+        "--out",
+        root / "imp2",
+        "--simulate-mcar",
+        0.3,
+        "--steps",
+        3,
+        "--samples",
+        2,
+        "--eta",
+        1,
+    )
     run_ldmtool("--seed", 11, "segment", case, "--model", m / "seg", "--out", root / "seg")
-    run_ldmtool("--seed", 12, "segment", case, "--model", m / "seg", "--out", root / "seg2",
-                "--samples", 2, "--steps", 2)
+    run_ldmtool(
+        "--seed", 12, "segment", case, "--model", m / "seg", "--out", root / "seg2", "--samples", 2, "--steps", 2
+    )
     run_ldmtool("--seed", 13, "segment", case, "--model", m / "unet", "--out", root / "unet")
     return root
 
@@ -59,8 +156,20 @@ def train_models(root: Path) -> Path:
     run_ldmtool("demo-data", data, "--n", 6, "--shape", "32,32,16")
     run_ldmtool("train-ae", data, "--out", root / "ae", "--config", TINY_YAML)
     run_ldmtool("train-ldm", data, "--ae", root / "ae", "--out", root / "ldm", "--config", TINY_YAML)
-    run_ldmtool("train-ldm", data, "--ae", root / "ae", "--out", root / "ldmc", "--config", TINY_YAML,
-                "--condition-on", "lesion", "--steps", 2)
+    run_ldmtool(
+        "train-ldm",
+        data,
+        "--ae",
+        root / "ae",
+        "--out",
+        root / "ldmc",
+        "--config",
+        TINY_YAML,
+        "--condition-on",
+        "lesion",
+        "--steps",
+        2,
+    )
     run_ldmtool("train-seg", data, "--out", root / "seg", "--config", TINY_YAML)
     run_ldmtool("train-seg", data, "--out", root / "unet", "--config", TINY_YAML, "--arch", "unet")
     return root

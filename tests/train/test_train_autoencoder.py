@@ -10,9 +10,9 @@ from rich.console import Console
 
 from ldmtool.config import AELossConfig, AETrainConfig
 from ldmtool.models.autoencoder import SliceAutoencoder
-from ldmtool.train.autoencoder import AELoss, SliceSampler, train_autoencoder, validate_autoencoder
-from ldmtool.models.loaders import load_autoencoder
 from ldmtool.models.checkpoint import load_checkpoint
+from ldmtool.models.loaders import load_autoencoder
+from ldmtool.train.autoencoder import AELoss, SliceSampler, train_autoencoder, validate_autoencoder
 
 QUIET = Console(quiet=True)
 
@@ -37,7 +37,7 @@ def test_slice_sampler_lesion_share(phantom_data, fraction, batch):
         assert cases.shape == slices.shape == (batch,)
         assert int(cases.max()) < n and int(slices.max()) < d and int(cases.min()) >= 0
         pairs = list(zip(cases.tolist(), slices.tolist()))
-        assert all(p in rare for p in pairs[batch - n_rare:])  # the oversampled part is all lesion slices
+        assert all(p in rare for p in pairs[batch - n_rare :])  # the oversampled part is all lesion slices
         plain_seen += pairs[: batch - n_rare]
     assert len(set(plain_seen)) == len(plain_seen)  # the plain part is a permutation without repeats
     # lesion slices make up at least the requested share of everything drawn
@@ -51,8 +51,7 @@ def test_slice_sampler_without_oversampling(phantom_data):
     idx = [(c, s) for cs, ss in sampler for c, s in zip(cs.tolist(), ss.tolist())]
     n, d = phantom_data.images.shape[:2]
     assert len(idx) == n * d and len(set(idx)) == n * d  # one epoch = every slice once
-    again = [(c, s) for cs, ss in SliceSampler(phantom_data, 16, 0.0, seed=0)
-             for c, s in zip(cs.tolist(), ss.tolist())]
+    again = [(c, s) for cs, ss in SliceSampler(phantom_data, 16, 0.0, seed=0) for c, s in zip(cs.tolist(), ss.tolist())]
     assert idx == again
 
 
@@ -86,9 +85,15 @@ def _train(data, out, ae_config, seed=0, epochs=3):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return train_autoencoder(
-            data, out, model_cfg=ae_config(), loss_cfg=AELossConfig(),
+            data,
+            out,
+            model_cfg=ae_config(),
+            loss_cfg=AELossConfig(),
             train_cfg=AETrainConfig(epochs=epochs, batch_size=8, warmup_steps=2, lr=1e-3, val_fraction=0.25),
-            preprocess={"orientation": "RAS"}, device=torch.device("cpu"), seed=seed, console=QUIET,
+            preprocess={"orientation": "RAS"},
+            device=torch.device("cpu"),
+            seed=seed,
+            console=QUIET,
         )
 
 
@@ -96,7 +101,14 @@ def _train(data, out, ae_config, seed=0, epochs=3):
 def test_train_autoencoder_tiny(tmp_path, phantom_data, ae_config, seed):
     out = tmp_path / "ae"
     result = _train(phantom_data, out, ae_config, seed=seed)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "history.json", "last.safetensors", "model.safetensors", "state.json", "train_state.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "history.json",
+        "last.safetensors",
+        "model.safetensors",
+        "state.json",
+        "train_state.safetensors",
+    ]
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert [h["val_loss"] for h in history] == [h["val_loss"] for h in result.history]

@@ -21,15 +21,24 @@ from ldmtool.config import (
 from ldmtool.errors import LdmError
 
 
-@pytest.mark.parametrize("obj", [
-    AutoencoderConfig(channels=(8, 16), norm_num_groups=4, latent_channels=3, attention=True, position_features=6),
-    DenoiserConfig(channels=(8, 16, 16), norm_num_groups=4, objective="v", schedule="cosine", condition_on="lesion",
-                   attention_levels=(False, True, True)),
-    AETrainConfig(epochs=3, steps=7, batch_size=2, lr=1e-3, max_minutes=0.5, precision="fp32"),
-    LDMTrainConfig(steps=7, ema_decay=0.99, min_snr_gamma=None, lesion_weight=2.0),
-    SegTrainConfig(epochs=2, val_fraction=0.2, checkpoint_every=5),
-    AELossConfig(kl_weight=1e-5, ssim_weight=0.2),
-])
+@pytest.mark.parametrize(
+    "obj",
+    [
+        AutoencoderConfig(channels=(8, 16), norm_num_groups=4, latent_channels=3, attention=True, position_features=6),
+        DenoiserConfig(
+            channels=(8, 16, 16),
+            norm_num_groups=4,
+            objective="v",
+            schedule="cosine",
+            condition_on="lesion",
+            attention_levels=(False, True, True),
+        ),
+        AETrainConfig(epochs=3, steps=7, batch_size=2, lr=1e-3, max_minutes=0.5, precision="fp32"),
+        LDMTrainConfig(steps=7, ema_decay=0.99, min_snr_gamma=None, lesion_weight=2.0),
+        SegTrainConfig(epochs=2, val_fraction=0.2, checkpoint_every=5),
+        AELossConfig(kl_weight=1e-5, ssim_weight=0.2),
+    ],
+)
 def test_round_trip_through_json(obj):
     data = to_dict(obj)
     back = from_dict(type(obj), json.loads(json.dumps(data)))
@@ -63,31 +72,34 @@ def test_unknown_key_error():
         from_dict(AETrainConfig, [1, 2])
 
 
-@pytest.mark.parametrize("cls,data,match", [
-    (AutoencoderConfig, {"channels": [8, 12], "norm_num_groups": 8}, "multiples of norm_num_groups"),
-    (AutoencoderConfig, {"position_features": 3}, "even"),
-    (DenoiserConfig, {"objective": "x0"}, "objective"),
-    (DenoiserConfig, {"condition_on": "age"}, "condition_on"),
-    (DenoiserConfig, {"schedule": "quadratic"}, "schedule"),
-    (DenoiserConfig, {"channels": [8, 16], "norm_num_groups": 4, "attention_levels": [True]}, "attention_levels"),
-    (AETrainConfig, {"val_fraction": 1.0}, "val_fraction"),
-    (AETrainConfig, {"epochs": 0}, "epochs must be ≥ 1"),
-    (AETrainConfig, {"precision": "fp8"}, "precision"),
-    (SegTrainConfig, {"steps": 0}, "steps must be ≥ 1; got 0"),
-    (LDMTrainConfig, {"steps": 0}, "steps must be ≥ 1; got 0"),
-    (LDMTrainConfig, {"max_minutes": 0}, "max_minutes must be > 0"),
-    (AETrainConfig, {"max_minutes": -1.0}, "max_minutes must be > 0"),
-    (SegTrainConfig, {"lr": 0.0}, "lr must be > 0"),
-    (AETrainConfig, {"batch_size": 0}, "batch_size must be ≥ 1"),
-    (SegTrainConfig, {"val_fraction": -0.1}, r"val_fraction must be in \[0, 1\)"),
-    (LDMTrainConfig, {"ema_decay": 1.0}, "ema_decay"),
-    (LDMTrainConfig, {"cfg_dropout": 1.5}, "cfg_dropout"),
-    (LDMTrainConfig, {"lesion_weight": -1}, "lesion_weight"),
-    (AETrainConfig, {"checkpoint_every": 0}, "checkpoint_every"),
-    (AETrainConfig, {"ema_decay": 0.9}, "unknown AETrainConfig setting"),  # the autoencoder keeps no EMA
-    (SegTrainConfig, {"lesion_weight": 1.0}, "unknown SegTrainConfig setting"),
-    (LDMTrainConfig, {"num_workers": 2}, "unknown LDMTrainConfig setting"),
-])
+@pytest.mark.parametrize(
+    "cls,data,match",
+    [
+        (AutoencoderConfig, {"channels": [8, 12], "norm_num_groups": 8}, "multiples of norm_num_groups"),
+        (AutoencoderConfig, {"position_features": 3}, "even"),
+        (DenoiserConfig, {"objective": "x0"}, "objective"),
+        (DenoiserConfig, {"condition_on": "age"}, "condition_on"),
+        (DenoiserConfig, {"schedule": "quadratic"}, "schedule"),
+        (DenoiserConfig, {"channels": [8, 16], "norm_num_groups": 4, "attention_levels": [True]}, "attention_levels"),
+        (AETrainConfig, {"val_fraction": 1.0}, "val_fraction"),
+        (AETrainConfig, {"epochs": 0}, "epochs must be ≥ 1"),
+        (AETrainConfig, {"precision": "fp8"}, "precision"),
+        (SegTrainConfig, {"steps": 0}, "steps must be ≥ 1; got 0"),
+        (LDMTrainConfig, {"steps": 0}, "steps must be ≥ 1; got 0"),
+        (LDMTrainConfig, {"max_minutes": 0}, "max_minutes must be > 0"),
+        (AETrainConfig, {"max_minutes": -1.0}, "max_minutes must be > 0"),
+        (SegTrainConfig, {"lr": 0.0}, "lr must be > 0"),
+        (AETrainConfig, {"batch_size": 0}, "batch_size must be ≥ 1"),
+        (SegTrainConfig, {"val_fraction": -0.1}, r"val_fraction must be in \[0, 1\)"),
+        (LDMTrainConfig, {"ema_decay": 1.0}, "ema_decay"),
+        (LDMTrainConfig, {"cfg_dropout": 1.5}, "cfg_dropout"),
+        (LDMTrainConfig, {"lesion_weight": -1}, "lesion_weight"),
+        (AETrainConfig, {"checkpoint_every": 0}, "checkpoint_every"),
+        (AETrainConfig, {"ema_decay": 0.9}, "unknown AETrainConfig setting"),  # the autoencoder keeps no EMA
+        (SegTrainConfig, {"lesion_weight": 1.0}, "unknown SegTrainConfig setting"),
+        (LDMTrainConfig, {"num_workers": 2}, "unknown LDMTrainConfig setting"),
+    ],
+)
 def test_validation_errors(cls, data, match):
     with pytest.raises(LdmError, match=match):
         from_dict(cls, data)
@@ -142,10 +154,13 @@ def _yaml(tmp_path, text):
     return p
 
 
-@pytest.mark.parametrize("text, message", [
-    ("autoencodr:\n  channels: [8, 16]\n", "unknown section 'autoencodr' (did you mean autoencoder?)"),
-    ("ae_train: 3\n", "section ae_train must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("autoencodr:\n  channels: [8, 16]\n", "unknown section 'autoencodr' (did you mean autoencoder?)"),
+        ("ae_train: 3\n", "section ae_train must be a mapping"),
+    ],
+)
 def test_config_file_sections_checked(tmp_path, text, message):
     from ldmtool.config import load_yaml
 
@@ -153,13 +168,16 @@ def test_config_file_sections_checked(tmp_path, text, message):
         load_yaml(_yaml(tmp_path, text))
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("channels", [8.5, 16], "channels must be a whole number; got 8.5"),
-    ("attention", 1, "attention must be true or false; got 1"),
-    ("latent_channels", True, "latent_channels must be a whole number; got True"),
-    ("latent_channels", "four", "latent_channels must be a whole number; got 'four'"),
-    ("channels", "8,16", "channels must be a list"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("channels", [8.5, 16], "channels must be a whole number; got 8.5"),
+        ("attention", 1, "attention must be true or false; got 1"),
+        ("latent_channels", True, "latent_channels must be a whole number; got True"),
+        ("latent_channels", "four", "latent_channels must be a whole number; got 'four'"),
+        ("channels", "8,16", "channels must be a list"),
+    ],
+)
 def test_no_silent_coercion(field, value, message):
     from ldmtool.config import AutoencoderConfig, from_dict
 
@@ -184,9 +202,16 @@ def test_huge_alias_value_gives_a_short_error(tmp_path):
         from_dict(AutoencoderConfig, data["autoencoder"])
     assert len(str(err.value)) < 300
 
+
 @pytest.mark.parametrize("cls", [AETrainConfig, LDMTrainConfig, SegTrainConfig])
 def test_train_config_errors_are_one_line_and_name_the_field(cls):
-    for field_name, bad in (("steps", 0), ("max_minutes", 0.0), ("lr", -1e-3), ("batch_size", 0), ("val_fraction", 1.5)):
+    for field_name, bad in (
+        ("steps", 0),
+        ("max_minutes", 0.0),
+        ("lr", -1e-3),
+        ("batch_size", 0),
+        ("val_fraction", 1.5),
+    ):
         with pytest.raises(LdmError) as err:
             cls(**{field_name: bad})
         assert "\n" not in str(err.value) and str(err.value).startswith(field_name)
@@ -206,7 +231,9 @@ def test_example_yaml_sections_build(tiny_yaml):
                 from_dict(cls, cfg[section])
 
 
-@pytest.mark.parametrize("command,cls", [("train-ae", AETrainConfig), ("train-ldm", LDMTrainConfig), ("train-seg", SegTrainConfig)])
+@pytest.mark.parametrize(
+    "command,cls", [("train-ae", AETrainConfig), ("train-ldm", LDMTrainConfig), ("train-seg", SegTrainConfig)]
+)
 def test_cli_help_defaults_come_from_the_config(command, cls):
     import dataclasses
 

@@ -11,12 +11,17 @@ from ldmtool.errors import LdmError
 
 def _data(n):
     return PreparedData(
-        images=torch.zeros(n, 2, 4, 4), labels=None, case_ids=[f"c{i}" for i in range(n)],
-        affines=[np.eye(4) * (i + 1) for i in range(n)], intensity_ranges=[(float(i), i + 1.0) for i in range(n)],
+        images=torch.zeros(n, 2, 4, 4),
+        labels=None,
+        case_ids=[f"c{i}" for i in range(n)],
+        affines=[np.eye(4) * (i + 1) for i in range(n)],
+        intensity_ranges=[(float(i), i + 1.0) for i in range(n)],
     )
 
 
-@pytest.mark.parametrize("n,frac,n_val", [(10, 0.2, 2), (7, 0.1, 1), (2, 0.1, 1), (1, 0.5, 0), (5, 0.0, 0), (20, 0.5, 10)])
+@pytest.mark.parametrize(
+    "n,frac,n_val", [(10, 0.2, 2), (7, 0.1, 1), (2, 0.1, 1), (1, 0.5, 0), (5, 0.0, 0), (20, 0.5, 10)]
+)
 def test_split_indices(n, frac, n_val):
     data = _data(n)
     train, val = data.split_indices(frac, seed=3)
@@ -93,12 +98,15 @@ def test_parse_conditions_valid():
     assert parse_conditions(["lesion_y=1", "lesion_y=2"]) == {"lesion_y": 2.0}
 
 
-@pytest.mark.parametrize("items,match", [
-    (["lesion_volume"], "name=value"),
-    (["size=3"], "unknown condition"),
-    (["lesion_volume=big"], "needs a number"),
-    (["lesion_x=0.5,lesion_y"], "name=value"),
-])
+@pytest.mark.parametrize(
+    "items,match",
+    [
+        (["lesion_volume"], "name=value"),
+        (["size=3"], "unknown condition"),
+        (["lesion_volume=big"], "needs a number"),
+        (["lesion_x=0.5,lesion_y"], "name=value"),
+    ],
+)
 def test_parse_conditions_invalid(items, match):
     with pytest.raises(LdmError, match=match) as err:
         parse_conditions(items)

@@ -16,8 +16,8 @@ from ldmtool.data.prepared import slices_to_volume
 from ldmtool.diffusion.pipeline import encode_volume
 from ldmtool.models.autoencoder import SliceAutoencoder
 from ldmtool.models.checkpoint import file_sha256, load_checkpoint, save_checkpoint
-from ldmtool.train.latent import dataset_attributes, train_latent_diffusion
 from ldmtool.models.loaders import load_denoiser
+from ldmtool.train.latent import dataset_attributes, train_latent_diffusion
 
 QUIET = Console(quiet=True)
 CPU = torch.device("cpu")
@@ -26,9 +26,15 @@ CPU = torch.device("cpu")
 def _make_ae(folder, data, ae_config, seed):
     torch.manual_seed(seed)
     ae = SliceAutoencoder(ae_config(), num_classes=data.num_classes).eval()
-    config = {"kind": "autoencoder", "model": to_dict(ae_config()), "num_classes": data.num_classes,
-              "label_names": data.label_names, "volume_shape": list(data.volume_shape),
-              "reference_affine": np.asarray(data.affines[0]).tolist(), "preprocess": {}}
+    config = {
+        "kind": "autoencoder",
+        "model": to_dict(ae_config()),
+        "num_classes": data.num_classes,
+        "label_names": data.label_names,
+        "volume_shape": list(data.volume_shape),
+        "reference_affine": np.asarray(data.affines[0]).tolist(),
+        "preprocess": {},
+    }
     path = save_checkpoint(folder / "model.safetensors", ae.state_dict(), config)
     return ae, config, path
 
@@ -43,9 +49,16 @@ def _train(data, ae_setup, out, denoiser_config, condition_on="lesion", steps=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return train_latent_diffusion(
-            data, ae, ae_cfg, ae_path, out, model_cfg=denoiser_config(condition_on=condition_on),
+            data,
+            ae,
+            ae_cfg,
+            ae_path,
+            out,
+            model_cfg=denoiser_config(condition_on=condition_on),
             train_cfg=LDMTrainConfig(steps=steps, batch_size=2, warmup_steps=1, lr=1e-3, val_fraction=0.25),
-            device=CPU, seed=0, console=QUIET,
+            device=CPU,
+            seed=0,
+            console=QUIET,
         )
 
 
@@ -58,7 +71,14 @@ def conditioned_run(tmp_path_factory, phantom_data, ae_setup, denoiser_config):
 def test_conditioned_checkpoint_contents(conditioned_run, ae_setup, phantom_data):
     out, result = conditioned_run
     _, _, ae_path = ae_setup
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "history.json", "latents.safetensors", "model.safetensors", "state.json", "train_state.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "history.json",
+        "latents.safetensors",
+        "model.safetensors",
+        "state.json",
+        "train_state.safetensors",
+    ]
     assert result.path == out / "model.safetensors"
     tensors, cfg = load_checkpoint(out, kind="latent-diffusion")
     assert cfg["latent_shape"] == [4, 16, 16, 16] and result.summary["latent_shape"] == (4, 16, 16, 16)

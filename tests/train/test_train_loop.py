@@ -32,8 +32,20 @@ class LinearTrainer(Trainer):
 
     kind, label, unit = "fake", "fake", "points"
 
-    def __init__(self, cfg, *, seed=0, scores=None, best_key="val", best_mode="min", keep_last=False, ema=False,
-                 stop_after=None, stop=None, sleep=0.0):
+    def __init__(
+        self,
+        cfg,
+        *,
+        seed=0,
+        scores=None,
+        best_key="val",
+        best_mode="min",
+        keep_last=False,
+        ema=False,
+        stop_after=None,
+        stop=None,
+        sleep=0.0,
+    ):
         self.cfg, self.info, self.seed = cfg, DistInfo(device=CPU), seed
         torch.manual_seed(seed)
         self.model = torch.nn.Linear(3, 1)
@@ -82,7 +94,14 @@ def test_uninterrupted_run_writes_the_loop_files(tmp_path):
     out = tmp_path / "run"
     result = run_training(LinearTrainer(_cfg(), keep_last=True), out)
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["config.json", "history.json", "last.safetensors", "model.safetensors", "state.json", "train_state.safetensors"]
+    assert names == [
+        "config.json",
+        "history.json",
+        "last.safetensors",
+        "model.safetensors",
+        "state.json",
+        "train_state.safetensors",
+    ]
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3] and [h["step"] for h in history] == [6, 12, 18]
     assert history == result.history
@@ -124,7 +143,9 @@ def test_resume_after_a_stop_goes_on_to_identical_weights(tmp_path):
             assert torch.equal(a[k], b[k]), k
     h_whole = json.loads((whole / "history.json").read_text())
     h_cut = json.loads((cut / "history.json").read_text())
-    assert [(h["step"], h["train_loss"], h["val"]) for h in h_cut] == [(h["step"], h["train_loss"], h["val"]) for h in h_whole]
+    assert [(h["step"], h["train_loss"], h["val"]) for h in h_cut] == [
+        (h["step"], h["train_loss"], h["val"]) for h in h_whole
+    ]
 
 
 def test_time_budget_stops_the_run_and_counts_as_complete(tmp_path):
@@ -137,12 +158,15 @@ def test_time_budget_stops_the_run_and_counts_as_complete(tmp_path):
     assert run_training(LinearTrainer(_cfg(epochs=10_000, max_minutes=0.3 / 60)), out, resume="auto").already_complete
 
 
-@pytest.mark.parametrize("mode,scores,best_epoch", [
-    ("min", [3.0, 1.0, 2.0], 2),
-    ("max", [3.0, 1.0, 2.0], 1),
-    ("min", [2.0, 1.0, 1.0], 3),  # ties go to the later evaluation
-    ("max", [1.0, 5.0, 5.0], 3),
-])
+@pytest.mark.parametrize(
+    "mode,scores,best_epoch",
+    [
+        ("min", [3.0, 1.0, 2.0], 2),
+        ("max", [3.0, 1.0, 2.0], 1),
+        ("min", [2.0, 1.0, 1.0], 3),  # ties go to the later evaluation
+        ("max", [1.0, 5.0, 5.0], 3),
+    ],
+)
 def test_best_checkpoint_by_the_stated_score_and_direction(tmp_path, mode, scores, best_epoch):
     out = tmp_path / "run"
     trainer = LinearTrainer(_cfg(), scores=scores, best_mode=mode)
