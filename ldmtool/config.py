@@ -13,6 +13,23 @@ from typing import Any, Literal, get_args, get_origin
 from ldmtool.errors import LdmError
 
 
+def setting(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
+    """A dataclass field whose `help` (what `--help` shows and the docs say) lives in its metadata.
+
+    The one place a setting is described: the CLI reads the text and the default from here
+    (`ldmtool.cli.common.opt`), and library functions take their defaults from the class attribute.
+    """
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+def help_of(cls: type, name: str) -> str:
+    """The help text of setting `name` of dataclass `cls` (KeyError when there is no such field)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.metadata.get("help", "")
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
 def _check_choice(name: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
         raise LdmError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
@@ -22,16 +39,22 @@ def _check_choice(name: str, value: Any, allowed: tuple) -> None:
 class AutoencoderConfig:
     """The 2D slice autoencoder (MONAI AutoencoderKL) with a slice-position embedding."""
 
-    channels: tuple[int, ...] = (16, 32, 64)
-    num_res_blocks: int = 1
-    latent_channels: int = 4
-    norm_num_groups: int = 8
-    attention: bool = False  # attention in the lowest level (slower; helps large slices)
-    position_features: int = 8  # sinusoidal features of the normalised slice index (0 = off)
-    mask_channel: bool = False  # incomplete data: the encoder also sees the observed-voxel mask
-    # the encoder sees the label channels (true) or the image alone (false: the decoder still
-    # outputs the mask, read from the image content, so a sample's mask follows its image)
-    label_input: bool = True
+    channels: tuple[int, ...] = setting((16, 32, 64), "Autoencoder channels per level, e.g. 16,32,64.")
+    num_res_blocks: int = setting(1, "Residual blocks per level.")
+    latent_channels: int = setting(4, "Latent channels.")
+    norm_num_groups: int = setting(8, "Group-norm groups (every channel count must be a multiple).")
+    attention: bool = setting(False, "Attention in the lowest level (slower; helps large slices).")
+    position_features: int = setting(8, "Sinusoidal features of the normalised slice index (0 = off).")
+    mask_channel: bool = setting(
+        False,
+        "Give the encoder the observed-voxel mask as an extra channel "
+        "(train-ae turns it on when the data have missing voxels).",
+    )
+    label_input: bool = setting(
+        True,
+        "Give the encoder the label channels (true) or the image alone (false); the decoder outputs the "
+        "mask either way, and without label input a sampled mask is the one its image shows.",
+    )
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -51,18 +74,22 @@ class AutoencoderConfig:
 class DenoiserConfig:
     """The 3D denoising UNet (MONAI DiffusionModelUNet) on latent volumes C×D×h×w."""
 
-    channels: tuple[int, ...] = (32, 64, 64)
-    attention_levels: tuple[bool, ...] | None = None  # default: attention in the lowest level only
-    num_res_blocks: int = 1
-    norm_num_groups: int = 8
-    num_head_channels: int = 16
-    objective: str = "eps"  # eps | v | flow (rectified flow: velocity x_0 − noise, Euler sampler)
-    num_train_timesteps: int = 1000
-    schedule: str = "scaled_linear_beta"
-    beta_start: float = 0.0015
-    beta_end: float = 0.0195
-    condition_on: str = "none"  # none | lesion (lesion volume, centroid, extent from the labels)
-    coordinates: bool = True  # feed voxel coordinates (z, y, x in [-1, 1]) as extra input channels
+    channels: tuple[int, ...] = setting((32, 64, 64), "UNet channels per level, e.g. 32,64,64.")
+    attention_levels: tuple[bool, ...] | None = setting(
+        None, "Attention per level (default: in the lowest level only)."
+    )
+    num_res_blocks: int = setting(1, "Residual blocks per level.")
+    norm_num_groups: int = setting(8, "Group-norm groups (every channel count must be a multiple).")
+    num_head_channels: int = setting(16, "Channels per attention head.")
+    objective: str = setting(
+        "eps", "eps | v | flow (rectified flow: velocity x_0 − noise, sampled with --sampler euler)."
+    )
+    num_train_timesteps: int = setting(1000, "Diffusion timesteps of training.")
+    schedule: str = setting("scaled_linear_beta", "Noise schedule: linear_beta | scaled_linear_beta | cosine.")
+    beta_start: float = setting(0.0015, "First beta of the (scaled) linear schedule.")
+    beta_end: float = setting(0.0195, "Last beta of the (scaled) linear schedule.")
+    condition_on: str = setting("none", "none | lesion: condition on lesion volume/centroid/extent (from the labels).")
+    coordinates: bool = setting(True, "Feed voxel coordinates (z, y, x in [-1, 1]) as extra input channels.")
 
     def __post_init__(self) -> None:
         _check_choice("condition_on", self.condition_on, ("none", "lesion"))
@@ -118,17 +145,26 @@ def _check_range(
 class LoopConfig:
     """Settings of the one training loop (`ldmtool.train.loop`), shared by every trainer's config."""
 
-    epochs: int = 10
-    steps: int | None = None  # total optimisation steps; when set it wins over epochs
-    batch_size: int = 32
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
-    max_minutes: float | None = None  # stop early (and keep the best checkpoint) after this long
-    val_fraction: float = 0.1
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    checkpoint_every: int | None = None  # steps between resumable training states
-    checkpoint_minutes: float = 10.0  # and at least this often in wall time, so a kill loses little work
+    epochs: int = setting(10, "Passes over the training data.")
+    steps: int | None = setting(None, "Optimisation steps (wins over --epochs).")
+    batch_size: int = setting(32, "Training items per batch (per process).")
+    lr: float = setting(2e-4, "Learning rate.")
+    weight_decay: float = setting(0.0, "AdamW weight decay.")
+    warmup_steps: int = setting(100, "Steps of linear learning-rate warm-up.")
+    max_minutes: float | None = setting(None, "Stop after this many minutes (the best checkpoint so far is kept).")
+    val_fraction: float = setting(
+        0.1, "Fraction of cases held out for validation (it picks the best checkpoint where the trainer keeps one)."
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = setting(
+        "auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."
+    )
+    checkpoint_every: int | None = setting(
+        None,
+        "Save the resumable training state every N steps (also every checkpoint_minutes of wall time and at the end).",
+    )
+    checkpoint_minutes: float = setting(
+        10.0, "Save the resumable training state at least this often in wall time, so a kill loses little work."
+    )
 
     def __post_init__(self) -> None:
         _check_choice("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
@@ -146,17 +182,22 @@ class LoopConfig:
 class AETrainConfig(LoopConfig):
     """Training of the slice autoencoder (YAML section `ae_train`); best checkpoint: lowest held-out loss."""
 
+    epochs: int = setting(LoopConfig.epochs, "Passes over all training slices.")
+    batch_size: int = setting(LoopConfig.batch_size, "Slices per batch (per process).")
+
 
 @dataclass
 class LDMTrainConfig(LoopConfig):
     """Training of the latent denoiser (YAML section `ldm_train`); the checkpoint is the latest EMA."""
 
-    epochs: int = 100
-    batch_size: int = 4
-    ema_decay: float = 0.999
-    cfg_dropout: float = 0.1  # classifier-free guidance: drop all conditioning this often
-    min_snr_gamma: float | None = 5.0  # Min-SNR loss weighting (Hang et al. 2023); None = off
-    lesion_weight: float = 0.0  # latent voxels over a lesion (±1 latent voxel) weigh 1 + this in the loss
+    epochs: int = setting(100, "Passes over the training volumes.")
+    batch_size: int = setting(4, "Latent volumes per batch (per process).")
+    ema_decay: float = setting(0.999, "EMA decay of the weights used for sampling (the checkpoint is the latest EMA).")
+    cfg_dropout: float = setting(0.1, "Classifier-free guidance: drop all conditioning this often.")
+    min_snr_gamma: float | None = setting(5.0, "Min-SNR loss weighting (Hang et al. 2023); null = off.")
+    lesion_weight: float = setting(
+        0.0, "Extra loss weight of latent voxels over lesions (±1 latent voxel): they weigh 1 + this."
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -170,16 +211,22 @@ class LDMTrainConfig(LoopConfig):
 class SegTrainConfig(LoopConfig):
     """Training of a segmenter (YAML section `seg_train`); best checkpoint: highest mean held-out Dice."""
 
+    epochs: int = setting(LoopConfig.epochs, "Passes over the training slices (2D) or volumes (3D).")
+    batch_size: int = setting(LoopConfig.batch_size, "Slices (2D) or volumes (3D) per batch.")
+
 
 @dataclass
 class AELossConfig:
     """Loss of the slice autoencoder: L1 image + label CE/Dice + KL (+ optional SSIM)."""
 
-    kl_weight: float = 1e-6
-    label_weight: float = 1.0  # weight of CE + Dice on the label channels
-    ssim_weight: float = 0.0  # optional (1 - SSIM) term on the image channel
-    lesion_oversample: float = 0.5  # fraction of each batch drawn from slices holding a rare label
-    latent_noise: float = 0.0  # decoder sees z + this × std(z) × N(0, 1) in training (robust decoding)
+    kl_weight: float = setting(1e-6, "KL weight (~1e-6).")
+    label_weight: float = setting(1.0, "Weight of CE + Dice on the label channels.")
+    ssim_weight: float = setting(0.0, "Weight of an optional (1 - SSIM) term on the image channel.")
+    lesion_oversample: float = setting(0.5, "Fraction of each batch drawn from slices holding a rare label.")
+    latent_noise: float = setting(
+        0.0,
+        "Train the decoder on latents + this many latent std of Gaussian noise (robust decoding of diffusion samples).",
+    )
 
     def __post_init__(self) -> None:
         if self.latent_noise < 0 or not 0 <= self.lesion_oversample <= 1:
@@ -190,19 +237,25 @@ class AELossConfig:
 class SampleConfig:
     """Settings of `ldmtool sample` (YAML section `sample`)."""
 
-    n: int = 8
-    sampler: str = "ddim"
-    steps: int = 50
-    eta: float = 0.0
-    batch_size: int = 4
-    decode_batch: int = 64
-    format: str = "nifti"
-    guidance: float = 1.0
-    spacing: str = "trailing"  # trailing | leading | linspace (diffusion samplers)
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
-    compile: bool = False  # torch.compile the denoiser
-    max_memory_gb: float | None = None  # refuse a job whose batch needs more (default: free memory)
-    reject_memorized: float | None = None  # discard samples whose max SSIM to a training volume exceeds it
+    n: int = setting(8, "Number of samples (of the whole job, all shards).")
+    sampler: str = setting("ddim", "ddim | ddpm | dpmpp2m (DPM-Solver++ 2M) | euler (flow models).")
+    steps: int = setting(50, "Sampling steps.")
+    eta: float = setting(0.0, "DDIM eta, 0 = deterministic.")
+    batch_size: int = setting(4, "Latent volumes sampled at once.")
+    decode_batch: int = setting(64, "Slices decoded at once.")
+    format: str = setting("nifti", "nifti | dicom.")
+    guidance: float = setting(1.0, "Classifier-free guidance scale (with --condition).")
+    spacing: str = setting("trailing", "Timestep spacing: trailing | leading | linspace.")
+    precision: str = setting("auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16.")
+    compile: bool = setting(False, "torch.compile the denoiser (pays off for large jobs on GPU).")
+    max_memory_gb: float | None = setting(
+        None, "Memory limit in GiB for one batch (default: free memory); checked before any work."
+    )
+    reject_memorized: float | None = setting(
+        None,
+        "Discard (and count in provenance) samples whose highest SSIM to a training volume exceeds this, "
+        "e.g. 0.95; needs --train.",
+    )
 
     def __post_init__(self) -> None:
         _check_choice("--sampler", self.sampler, ("ddim", "ddpm", "dpmpp2m", "euler"))
@@ -210,6 +263,53 @@ class SampleConfig:
         _check_choice("--precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _check_choice("--format", self.format, ("nifti", "dicom"))
         for flag, value in (("--n", self.n), ("--batch-size", self.batch_size), ("--decode-batch", self.decode_batch)):
+            if value < 1:
+                raise LdmError(f"{flag} must be at least 1; got {value}")
+
+
+@dataclass
+class ImputeConfig:
+    """Settings of `ldmtool impute` (YAML section `impute`) and of the imputation functions."""
+
+    samples: int = setting(
+        1, "Independent imputations; above 1 the output is their mean and a per-voxel std map is written."
+    )
+    guidance: float = setting(
+        0.5,
+        "Self-guidance strength: the observed-voxel gradient at this multiple of the score's norm "
+        "(0.25-0.5 did best on the demo phantoms; larger values overshoot).",
+    )
+    steps: int = setting(50, "Denoising steps.")
+    sampler: str = setting("ddim", "ddim | ddpm | dpmpp2m.")
+    eta: float = setting(0.0, "DDIM eta (0 = deterministic given the seed).")
+    batch_size: int = setting(4, "Imputations run at once.")
+
+    def __post_init__(self) -> None:
+        _check_choice("--sampler", self.sampler, ("ddim", "ddpm", "dpmpp2m"))
+        for flag, value in (("--samples", self.samples), ("--steps", self.steps), ("--batch-size", self.batch_size)):
+            if value < 1:
+                raise LdmError(f"{flag} must be at least 1; got {value}")
+        _check_range("--guidance", self.guidance, 0)
+        _check_range("--eta", self.eta, 0)
+
+
+@dataclass
+class SegmentConfig:
+    """Settings of `ldmtool segment` (YAML section `segment`) and of `Segmenter.predict`."""
+
+    steps: int = setting(1, "DDIM steps of LDSeg (the UNet baseline takes one pass).")
+    samples: int = setting(1, "Draws per input (LDSeg); > 1 adds mean probabilities and an uncertainty map.")
+    batch_size: int = setting(
+        16, "Slices per network call (2D models); consecutive inputs with the same slice size share one."
+    )
+    precision: str = setting("auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16.")
+    dicom_seg: bool = setting(
+        True, "For DICOM inputs also write CASE_seg.dcm, a DICOM SEG referencing the source series."
+    )
+
+    def __post_init__(self) -> None:
+        _check_choice("--precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        for flag, value in (("--steps", self.steps), ("--samples", self.samples), ("--batch-size", self.batch_size)):
             if value < 1:
                 raise LdmError(f"{flag} must be at least 1; got {value}")
 
@@ -225,18 +325,26 @@ class SegModelConfig:
     whole volumes (small ones: e.g. 128×128×256 → 8×8×16 with five levels).
     """
 
-    arch: str = "ldseg"  # ldseg | unet (MONAI UNet baseline of similar size, same loss and schedule)
-    dims: int = 2
-    channels: tuple[int, ...] = (16, 32, 64)  # encoder/decoder channels per level (downsampling 2^(n-1))
-    latent_channels: int = 4
-    num_res_blocks: int = 1
-    norm_num_groups: int = 8
-    attention: bool = True  # attention in the image encoder's lowest level
-    denoiser_channels: tuple[int, ...] = (32, 64)
-    num_head_channels: int = 16
-    num_train_timesteps: int = 1000
-    schedule: str = "cosine"
-    decoder_input: str = "x0"  # x0: ẑ0 = (z_t − √(1−ᾱ)ε̂)/√ᾱ, clamped (what DDIM decodes) | paper: ẑ0 = z_t − ε̂
+    arch: str = setting(
+        "ldseg",
+        "ldseg (latent diffusion) | unet (deterministic MONAI UNet baseline of similar size, same loss and schedule).",
+    )
+    dims: int = setting(2, "2: slice by slice (any volume); 3: whole volumes (small ones).")
+    channels: tuple[int, ...] = setting(
+        (16, 32, 64), "Encoder/decoder channels per level, e.g. 16,32,64 (downsampling 2^(levels-1))."
+    )
+    latent_channels: int = setting(4, "Label/image latent channels.")
+    num_res_blocks: int = setting(1, "Residual blocks per level.")
+    norm_num_groups: int = setting(8, "Group-norm groups (every channel count must be a multiple).")
+    attention: bool = setting(True, "Attention in the image encoder's lowest level.")
+    denoiser_channels: tuple[int, ...] = setting((32, 64), "LDSeg denoiser UNet channels per level, e.g. 32,64.")
+    num_head_channels: int = setting(16, "Channels per attention head.")
+    num_train_timesteps: int = setting(1000, "Diffusion timesteps of training.")
+    schedule: str = setting("cosine", "Noise schedule: linear_beta | scaled_linear_beta | cosine.")
+    decoder_input: str = setting(
+        "x0",
+        "x0: ẑ0 = (z_t − √(1−ᾱ)ε̂)/√ᾱ, clamped, what DDIM hands the decoder | paper: ẑ0 = z_t − ε̂.",
+    )
 
     def __post_init__(self) -> None:
         _check_choice("arch", self.arch, ("ldseg", "unet"))
@@ -260,9 +368,9 @@ class SegModelConfig:
 class SegLossConfig:
     """L = CE + dice_weight · Dice (on the decoded labels) + mse_weight · MSE(ε̂, ε)."""
 
-    dice_weight: float = 2.0  # γ
-    mse_weight: float = 1.0  # λ (LDSeg only)
-    oversample: float = 0.5  # share of each 2D batch drawn from slices holding the rarest class
+    dice_weight: float = setting(2.0, "γ: weight of the Dice term (loss = CE + γ·Dice + λ·MSE).")
+    mse_weight: float = setting(1.0, "λ: weight of the noise MSE term (LDSeg only).")
+    oversample: float = setting(0.5, "Share of each 2D batch drawn from slices holding the rarest class.")
 
     def __post_init__(self) -> None:
         if min(self.dice_weight, self.mse_weight) < 0 or not 0 <= self.oversample <= 1:
@@ -380,6 +488,8 @@ SECTIONS = (
     "seg_loss",
     "seg_train",
     "sample",
+    "impute",
+    "segment",
     "evaluate",
 )
 
@@ -446,6 +556,13 @@ __all__ = [
     "SegTrainConfig",
     "AELossConfig",
     "SampleConfig",
+    "ImputeConfig",
+    "SegmentConfig",
+    "SegModelConfig",
+    "SegLossConfig",
+    "EvaluateConfig",
+    "setting",
+    "help_of",
     "from_dict",
     "to_dict",
     "load_yaml",
@@ -463,24 +580,24 @@ CRITERIA = ("fidelity", "diversity", "speed", "utility", "robustness", "privacy"
 class EvaluateConfig:
     """Settings of `ldmtool evaluate` (YAML section `evaluate`)."""
 
-    only: tuple[str, ...] = CRITERIA  # criteria to compute
-    views: tuple[str, ...] = ("axial", "coronal", "sagittal")
-    slices_per_view: int = 3  # 2D images per view and volume (spread over the central 60%)
-    image_size: int = 128  # views are resized to this before the feature network
-    k: int = 3  # nearest neighbours of improved precision/recall
-    q: int = 100  # synthetic samples per privacy repeat
-    repeats: int = 10  # privacy repeats
-    flag_ssim: float = 0.95  # a synthetic volume with max SSIM to training data above this is flagged
-    pairs: int = 4  # most suspicious synthetic/train pairs shown as PNGs
-    seg_channels: tuple[int, ...] = (16, 32, 64)  # downstream UNet / classifier channels
-    seg_steps: int = 300  # downstream training steps
-    seg_batch_size: int = 16
-    seg_lr: float = 3e-3
-    epsilon: float = 0.03  # FGSM/PGD L∞ budget on [0, 1] intensities
-    pgd_steps: int = 5
-    noise_sigma: float = 0.05  # Gaussian noise std on [0, 1] intensities
-    deepfool_iters: int = 5
-    max_cases: int | None = None  # read at most this many volumes per set
+    only: tuple[str, ...] = setting(CRITERIA, "Criteria to compute, e.g. fidelity,privacy.")
+    views: tuple[str, ...] = setting(("axial", "coronal", "sagittal"), "2D views to embed: axial,coronal,sagittal.")
+    slices_per_view: int = setting(3, "2D images per view and volume (spread over the central 60%).")
+    image_size: int = setting(128, "Views are resized to this many pixels before the feature network.")
+    k: int = setting(3, "Nearest neighbours of (improved) precision/recall.")
+    q: int = setting(100, "Synthetic samples per privacy repeat.")
+    repeats: int = setting(10, "Privacy repeats.")
+    flag_ssim: float = setting(0.95, "Flag synthetic volumes whose max SSIM to a training volume is above this.")
+    pairs: int = setting(4, "Most suspicious synthetic/train pairs shown as PNGs.")
+    seg_channels: tuple[int, ...] = setting((16, 32, 64), "Downstream UNet / classifier channels per level.")
+    seg_steps: int = setting(300, "Downstream training steps.")
+    seg_batch_size: int = setting(16, "Downstream batch size (slices or volumes).")
+    seg_lr: float = setting(3e-3, "Downstream learning rate.")
+    epsilon: float = setting(0.03, "FGSM/PGD L∞ budget on [0, 1] intensities.")
+    pgd_steps: int = setting(5, "PGD steps.")
+    noise_sigma: float = setting(0.05, "Gaussian noise std on [0, 1] intensities.")
+    deepfool_iters: int = setting(5, "DeepFool iterations.")
+    max_cases: int | None = setting(None, "Read at most this many volumes per set.")
 
     def __post_init__(self) -> None:
         self.only = tuple(self.only)

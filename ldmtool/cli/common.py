@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import typer
 from rich.console import Console
 
 from ldmtool.errors import LdmError
@@ -80,13 +82,20 @@ def results_table(title: str, rows: dict[str, object]):
 
 
 def section(config: dict, name: str, cls, flags: dict):
-    """Build dataclass `cls` from YAML section `name`, overridden by flags that were given."""
+    """Build dataclass `cls` from YAML section `name`, overridden by the flags that were given.
+
+    `flags` may hold anything (a command passes its `locals()`): only entries named like a field
+    of `cls` and not None count, so a command's parameters map to settings by name.
+    """
+    import dataclasses
+
     from ldmtool.config import from_dict, merge
 
     data = config.get(name) or {}
     if not isinstance(data, dict):
         raise LdmError(f"config section {name!r} must be a mapping")
-    return from_dict(cls, merge(data, flags), section=name)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return from_dict(cls, merge(data, {k: v for k, v in flags.items() if k in fields}), section=name)
 
 
 def default(cls, name: str) -> str:
@@ -97,8 +106,26 @@ def default(cls, name: str) -> str:
     for f in dataclasses.fields(cls):
         if f.name == name:
             value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            return "off" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+            if value is None:
+                return "off"
+            if isinstance(value, (tuple, list)):
+                return ",".join(map(str, value))
+            return f"{value:g}" if isinstance(value, float) else str(value)
     raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+def opt(cls, name: str, *param_decls: str, panel: str | None = None, **kw) -> Any:
+    """The typer option of setting `name` of dataclass `cls`: help text and shown default come from
+    the field (`ldmtool.config.setting`), so they are written once. `kw` goes to `typer.Option`.
+
+    Declare it with a None default (`steps: Annotated[Optional[int], opt(SampleConfig, "steps")] = None`)
+    so that a YAML value is overridden only by a flag that was given.
+    """
+    from ldmtool.config import help_of
+
+    return typer.Option(
+        *param_decls, help=help_of(cls, name), show_default=default(cls, name), rich_help_panel=panel, **kw
+    )
 
 
 def resume_mode(resume: bool, restart: bool) -> str:

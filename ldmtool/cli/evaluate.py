@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ldmtool.cli import common
+from ldmtool.config import EvaluateConfig
 
 DATA, FEAT, PRIV, DOWN = "Data", "Features", "Privacy", "Utility and robustness"
 
@@ -58,13 +59,8 @@ def evaluate(
     config: Annotated[
         Optional[Path], typer.Option("--config", "-c", help="YAML config (section `evaluate`); flags override it.")
     ] = None,
-    only: Annotated[
-        Optional[str], typer.Option(help="Criteria to compute, e.g. fidelity,privacy. [default: all six]")
-    ] = None,
-    views: Annotated[
-        Optional[str],
-        typer.Option(help="2D views to embed: axial,coronal,sagittal. [default: all]", rich_help_panel=FEAT),
-    ] = None,
+    only: Annotated[Optional[str], common.opt(EvaluateConfig, "only")] = None,
+    views: Annotated[Optional[str], common.opt(EvaluateConfig, "views", panel=FEAT)] = None,
     feature_extractor: Annotated[
         Optional[Path],
         typer.Option(
@@ -73,55 +69,22 @@ def evaluate(
             rich_help_panel=FEAT,
         ),
     ] = None,
-    slices_per_view: Annotated[
-        Optional[int], typer.Option(help="2D images per view and volume. [default: 3]", rich_help_panel=FEAT)
-    ] = None,
-    image_size: Annotated[
-        Optional[int], typer.Option(help="Views are resized to this many pixels. [default: 128]", rich_help_panel=FEAT)
-    ] = None,
-    k: Annotated[
-        Optional[int],
-        typer.Option("--k", help="Nearest neighbours of precision/recall. [default: 3]", rich_help_panel=FEAT),
-    ] = None,
-    q: Annotated[
-        Optional[int],
-        typer.Option("--q", help="Synthetic samples per privacy repeat. [default: 100]", rich_help_panel=PRIV),
-    ] = None,
-    repeats: Annotated[Optional[int], typer.Option(help="Privacy repeats. [default: 10]", rich_help_panel=PRIV)] = None,
-    flag_ssim: Annotated[
-        Optional[float],
-        typer.Option(
-            help="Flag synthetic volumes with max SSIM to train above this. [default: 0.95]", rich_help_panel=PRIV
-        ),
-    ] = None,
-    pairs: Annotated[
-        Optional[int], typer.Option(help="Most suspicious pairs shown as PNGs. [default: 4]", rich_help_panel=PRIV)
-    ] = None,
-    seg_channels: Annotated[
-        Optional[str],
-        typer.Option(help="Downstream model channels per level. [default: 16,32,64]", rich_help_panel=DOWN),
-    ] = None,
-    seg_steps: Annotated[
-        Optional[int], typer.Option(help="Downstream training steps. [default: 300]", rich_help_panel=DOWN)
-    ] = None,
-    seg_batch_size: Annotated[
-        Optional[int],
-        typer.Option(help="Downstream batch size (slices or volumes). [default: 16]", rich_help_panel=DOWN),
-    ] = None,
-    epsilon: Annotated[
-        Optional[float],
-        typer.Option(help="FGSM/PGD L∞ budget on [0,1] intensities. [default: 0.03]", rich_help_panel=DOWN),
-    ] = None,
-    noise_sigma: Annotated[
-        Optional[float],
-        typer.Option(help="Gaussian noise std on [0,1] intensities. [default: 0.05]", rich_help_panel=DOWN),
-    ] = None,
-    max_cases: Annotated[
-        Optional[int], typer.Option(help="Read at most this many volumes per set.", rich_help_panel=DATA)
-    ] = None,
+    slices_per_view: Annotated[Optional[int], common.opt(EvaluateConfig, "slices_per_view", panel=FEAT)] = None,
+    image_size: Annotated[Optional[int], common.opt(EvaluateConfig, "image_size", panel=FEAT)] = None,
+    k: Annotated[Optional[int], common.opt(EvaluateConfig, "k", "--k", panel=FEAT)] = None,
+    q: Annotated[Optional[int], common.opt(EvaluateConfig, "q", "--q", panel=PRIV)] = None,
+    repeats: Annotated[Optional[int], common.opt(EvaluateConfig, "repeats", panel=PRIV)] = None,
+    flag_ssim: Annotated[Optional[float], common.opt(EvaluateConfig, "flag_ssim", panel=PRIV)] = None,
+    pairs: Annotated[Optional[int], common.opt(EvaluateConfig, "pairs", panel=PRIV)] = None,
+    seg_channels: Annotated[Optional[str], common.opt(EvaluateConfig, "seg_channels", panel=DOWN)] = None,
+    seg_steps: Annotated[Optional[int], common.opt(EvaluateConfig, "seg_steps", panel=DOWN)] = None,
+    seg_batch_size: Annotated[Optional[int], common.opt(EvaluateConfig, "seg_batch_size", panel=DOWN)] = None,
+    epsilon: Annotated[Optional[float], common.opt(EvaluateConfig, "epsilon", panel=DOWN)] = None,
+    noise_sigma: Annotated[Optional[float], common.opt(EvaluateConfig, "noise_sigma", panel=DOWN)] = None,
+    max_cases: Annotated[Optional[int], common.opt(EvaluateConfig, "max_cases", panel=DATA)] = None,
 ) -> None:
     """Judge synthetic data: fidelity, diversity, speed, utility, robustness and privacy."""
-    from ldmtool.config import EvaluateConfig, load_yaml
+    from ldmtool.config import load_yaml
     from ldmtool.evaluate.html import summary_rows, write_report
     from ldmtool.evaluate.report import run_evaluation
 
@@ -129,28 +92,9 @@ def evaluate(
     for path, what in ((real, "--real"), (synthetic, "--synthetic"), (train, "--train"), (test, "--test")):
         if path is not None:
             common.require_exists(path, f"{what} folder")
-    cfg = common.section(
-        load_yaml(config),
-        "evaluate",
-        EvaluateConfig,
-        {
-            "only": _csv(only),
-            "views": _csv(views),
-            "slices_per_view": slices_per_view,
-            "image_size": image_size,
-            "k": k,
-            "q": q,
-            "repeats": repeats,
-            "flag_ssim": flag_ssim,
-            "pairs": pairs,
-            "seg_channels": list(common.ints(seg_channels, None, "--seg-channels")) if seg_channels else None,
-            "seg_steps": seg_steps,
-            "seg_batch_size": seg_batch_size,
-            "epsilon": epsilon,
-            "noise_sigma": noise_sigma,
-            "max_cases": max_cases,
-        },
-    )
+    only, views = _csv(only), _csv(views)
+    seg_channels = common.ints(seg_channels, None, "--seg-channels")
+    cfg = common.section(load_yaml(config), "evaluate", EvaluateConfig, locals())
     report = run_evaluation(
         real,
         synthetic,

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ldmtool.cli import common
+from ldmtool.config import ImputeConfig
 
 MISSING = "What is missing"
 
@@ -20,6 +21,9 @@ def impute(
     ae: Annotated[Path, typer.Option("--ae", help="Autoencoder checkpoint (file or folder).")],
     ldm: Annotated[Path, typer.Option("--ldm", help="Latent diffusion checkpoint (file or folder).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    config: Annotated[
+        Optional[Path], typer.Option("--config", "-c", help="YAML config (section `impute`); flags override it.")
+    ] = None,
     mask: Annotated[
         Optional[Path],
         typer.Option("--mask", help="Missing-voxel mask in the volume's grid, 1 = missing.", rich_help_panel=MISSING),
@@ -40,23 +44,12 @@ def impute(
             rich_help_panel=MISSING,
         ),
     ] = None,
-    samples: Annotated[
-        int,
-        typer.Option(
-            "--samples",
-            help="Independent imputations; above 1 the output is their mean and a per-voxel std map is written.",
-        ),
-    ] = 1,
-    guidance: Annotated[
-        float,
-        typer.Option(
-            help="Self-guidance strength: the observed-voxel gradient at this multiple of the score's norm (0.25-0.5 did best on the demo phantoms; larger values overshoot)."
-        ),
-    ] = 0.5,
-    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 50,
-    sampler: Annotated[str, typer.Option(help="ddim | ddpm | dpmpp2m.")] = "ddim",
-    eta: Annotated[float, typer.Option(help="DDIM eta (0 = deterministic given the seed).")] = 0.0,
-    batch_size: Annotated[int, typer.Option(help="Imputations run at once.")] = 4,
+    samples: Annotated[Optional[int], common.opt(ImputeConfig, "samples", "--samples")] = None,
+    guidance: Annotated[Optional[float], common.opt(ImputeConfig, "guidance")] = None,
+    steps: Annotated[Optional[int], common.opt(ImputeConfig, "steps")] = None,
+    sampler: Annotated[Optional[str], common.opt(ImputeConfig, "sampler")] = None,
+    eta: Annotated[Optional[float], common.opt(ImputeConfig, "eta")] = None,
+    batch_size: Annotated[Optional[int], common.opt(ImputeConfig, "batch_size")] = None,
 ) -> None:
     """Fill missing slices/voxels of a volume (LDMiss latent self-guidance); observed voxels are kept exactly.
 
@@ -64,17 +57,14 @@ def impute(
     used), CASE_std.nii.gz (with --samples above 1) and CASE_impute.json (provenance), all in the
     input's geometry.
     """
-    from ldmtool.errors import LdmError
+    from ldmtool.config import load_yaml
     from ldmtool.pipelines.impute import impute_file
 
     state: common.State = ctx.obj
     common.require_exists(source, "input volume")
     if mask is not None:
         common.require_exists(mask, "--mask")
-    if steps < 1:
-        raise LdmError("--steps must be at least 1")
-    if batch_size < 1:
-        raise LdmError("--batch-size must be at least 1")
+    cfg = common.section(load_yaml(config), "impute", ImputeConfig, locals())
     result = impute_file(
         source,
         ae,
@@ -83,13 +73,13 @@ def impute(
         mask=mask,
         slices=missing_slices,
         simulate_mcar=simulate_mcar,
-        samples=samples,
-        steps=steps,
-        guidance=guidance,
-        sampler=sampler,
-        eta=eta,
+        samples=cfg.samples,
+        steps=cfg.steps,
+        guidance=cfg.guidance,
+        sampler=cfg.sampler,
+        eta=cfg.eta,
         seed=state.seed,
-        batch_size=batch_size,
+        batch_size=cfg.batch_size,
         device=state.torch_device(),
         console=state.console,
     )

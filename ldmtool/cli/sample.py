@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ldmtool.cli import common
+from ldmtool.config import SampleConfig
 
 SCALE = "Scale-out and speed"
 
@@ -22,38 +23,21 @@ def sample(
     config: Annotated[
         Optional[Path], typer.Option("--config", "-c", help="YAML config (section `sample`); flags override it.")
     ] = None,
-    n: Annotated[
-        Optional[int], typer.Option("--n", help="Number of samples (of the whole job, all shards). [default: 8]")
-    ] = None,
-    sampler: Annotated[
-        Optional[str],
-        typer.Option(help="ddim | ddpm | dpmpp2m (DPM-Solver++ 2M) | euler (flow models). [default: ddim]"),
-    ] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Sampling steps. [default: 50]")] = None,
-    eta: Annotated[Optional[float], typer.Option(help="DDIM eta, 0 = deterministic. [default: 0]")] = None,
-    spacing: Annotated[
-        Optional[str], typer.Option(help="Timestep spacing: trailing | leading | linspace. [default: trailing]")
-    ] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Latent volumes sampled at once. [default: 4]")] = None,
-    decode_batch: Annotated[Optional[int], typer.Option(help="Slices decoded at once. [default: 64]")] = None,
-    fmt: Annotated[Optional[str], typer.Option("--format", help="nifti | dicom. [default: nifti]")] = None,
+    n: Annotated[Optional[int], common.opt(SampleConfig, "n", "--n")] = None,
+    sampler: Annotated[Optional[str], common.opt(SampleConfig, "sampler")] = None,
+    steps: Annotated[Optional[int], common.opt(SampleConfig, "steps")] = None,
+    eta: Annotated[Optional[float], common.opt(SampleConfig, "eta")] = None,
+    spacing: Annotated[Optional[str], common.opt(SampleConfig, "spacing")] = None,
+    batch_size: Annotated[Optional[int], common.opt(SampleConfig, "batch_size")] = None,
+    decode_batch: Annotated[Optional[int], common.opt(SampleConfig, "decode_batch")] = None,
+    format: Annotated[Optional[str], common.opt(SampleConfig, "format", "--format")] = None,
     condition: Annotated[
         Optional[list[str]], typer.Option(help="Lesion attribute, e.g. lesion_volume=5 (ml); repeatable.")
     ] = None,
-    guidance: Annotated[
-        Optional[float], typer.Option(help="Classifier-free guidance scale (with --condition). [default: 1]")
-    ] = None,
-    precision: Annotated[
-        Optional[str],
-        typer.Option(help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16.", rich_help_panel=SCALE),
-    ] = None,
+    guidance: Annotated[Optional[float], common.opt(SampleConfig, "guidance")] = None,
+    precision: Annotated[Optional[str], common.opt(SampleConfig, "precision", panel=SCALE)] = None,
     compile: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--compile/--no-compile",
-            help="torch.compile the denoiser (pays off for large jobs on GPU).",
-            rich_help_panel=SCALE,
-        ),
+        Optional[bool], common.opt(SampleConfig, "compile", "--compile/--no-compile", panel=SCALE)
     ] = None,
     shard: Annotated[
         Optional[str],
@@ -62,19 +46,10 @@ def sample(
             rich_help_panel=SCALE,
         ),
     ] = None,
-    reject_memorized: Annotated[
-        Optional[float],
-        typer.Option(
-            help="Discard (and count in provenance) samples whose highest SSIM to a training volume exceeds this, e.g. 0.95; needs --train."
-        ),
-    ] = None,
+    reject_memorized: Annotated[Optional[float], common.opt(SampleConfig, "reject_memorized")] = None,
     train: Annotated[Optional[Path], typer.Option("--train", help="Training data set, for --reject-memorized.")] = None,
-    max_memory: Annotated[
-        Optional[float],
-        typer.Option(
-            help="Memory limit in GiB for one batch (default: free memory); checked before any work.",
-            rich_help_panel=SCALE,
-        ),
+    max_memory_gb: Annotated[
+        Optional[float], common.opt(SampleConfig, "max_memory_gb", "--max-memory", panel=SCALE)
     ] = None,
 ) -> None:
     """Sample new volumes (image + mask) in the training geometry, with provenance per sample.
@@ -82,31 +57,12 @@ def sample(
     Re-running the same command resumes: finished samples are skipped. Shards of one job (--shard,
     SLURM arrays, torchrun) write exactly the samples a single run would.
     """
-    from ldmtool.config import SampleConfig, load_yaml
+    from ldmtool.config import load_yaml
     from ldmtool.data.lesions import parse_conditions
     from ldmtool.pipelines.generate import generate
 
     state: common.State = ctx.obj
-    cfg = common.section(
-        load_yaml(config),
-        "sample",
-        SampleConfig,
-        {
-            "n": n,
-            "sampler": sampler,
-            "steps": steps,
-            "eta": eta,
-            "spacing": spacing,
-            "batch_size": batch_size,
-            "decode_batch": decode_batch,
-            "format": fmt,
-            "guidance": guidance,
-            "precision": precision,
-            "compile": compile,
-            "max_memory_gb": max_memory,
-            "reject_memorized": reject_memorized,
-        },
-    )
+    cfg = common.section(load_yaml(config), "sample", SampleConfig, locals())
     memfilter = _memorization_filter(cfg.reject_memorized, train, state)
     result = generate(
         ae,

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ldmtool.cli import common
-from ldmtool.config import SegTrainConfig
+from ldmtool.config import SegLossConfig, SegmentConfig, SegModelConfig, SegTrainConfig
 
 MODEL = "Model"
 TRAIN = "Training"
@@ -28,110 +28,30 @@ def train_seg(
             help="YAML config (sections seg_model, seg_loss, seg_train, preprocess); flags override it.",
         ),
     ] = None,
-    arch: Annotated[
-        Optional[str],
-        typer.Option(
-            help="ldseg (latent diffusion) | unet (deterministic MONAI UNet baseline).", rich_help_panel=MODEL
-        ),
-    ] = None,
-    dims: Annotated[
-        Optional[int],
-        typer.Option(help="2: slice by slice (any volume); 3: whole volumes (small ones).", rich_help_panel=MODEL),
-    ] = None,
-    channels: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Encoder/decoder channels per level, e.g. 16,32,64 (downsampling 2^(levels-1)).", rich_help_panel=MODEL
-        ),
-    ] = None,
-    denoiser_channels: Annotated[
-        Optional[str], typer.Option(help="LDSeg denoiser UNet channels per level, e.g. 32,64.", rich_help_panel=MODEL)
-    ] = None,
-    latent_channels: Annotated[
-        Optional[int], typer.Option(help="Label/image latent channels.", rich_help_panel=MODEL)
-    ] = None,
-    decoder_input: Annotated[
-        Optional[str],
-        typer.Option(
-            help="x0 (default): ẑ0 = (z_t − √(1−ᾱ)ε̂)/√ᾱ, what DDIM hands the decoder | paper: ẑ0 = z_t − ε̂.",
-            rich_help_panel=MODEL,
-        ),
-    ] = None,
-    dice_weight: Annotated[
-        Optional[float],
-        typer.Option(help="γ: weight of the Dice term (loss = CE + γ·Dice + λ·MSE).", rich_help_panel=MODEL),
-    ] = None,
-    mse_weight: Annotated[
-        Optional[float], typer.Option(help="λ: weight of the noise MSE term.", rich_help_panel=MODEL)
-    ] = None,
-    epochs: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Passes over the training slices (2D) or volumes (3D).",
-            show_default=common.default(SegTrainConfig, "epochs"),
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
-    steps: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Optimisation steps (wins over --epochs).",
-            show_default=common.default(SegTrainConfig, "steps"),
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
-    batch_size: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Slices (2D) or volumes (3D) per batch.",
-            show_default=common.default(SegTrainConfig, "batch_size"),
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
-    lr: Annotated[
-        Optional[float],
-        typer.Option(help="Learning rate.", show_default=common.default(SegTrainConfig, "lr"), rich_help_panel=TRAIN),
-    ] = None,
-    max_minutes: Annotated[
-        Optional[float],
-        typer.Option(
-            help="Stop after this many minutes (best checkpoint kept).",
-            show_default=common.default(SegTrainConfig, "max_minutes"),
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
-    val_fraction: Annotated[
-        Optional[float],
-        typer.Option(
-            help="Fraction of cases held out for the per-epoch validation Dice (the best checkpoint has the highest mean).",
-            show_default=common.default(SegTrainConfig, "val_fraction"),
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
+    arch: Annotated[Optional[str], common.opt(SegModelConfig, "arch", panel=MODEL)] = None,
+    dims: Annotated[Optional[int], common.opt(SegModelConfig, "dims", panel=MODEL)] = None,
+    channels: Annotated[Optional[str], common.opt(SegModelConfig, "channels", panel=MODEL)] = None,
+    denoiser_channels: Annotated[Optional[str], common.opt(SegModelConfig, "denoiser_channels", panel=MODEL)] = None,
+    latent_channels: Annotated[Optional[int], common.opt(SegModelConfig, "latent_channels", panel=MODEL)] = None,
+    decoder_input: Annotated[Optional[str], common.opt(SegModelConfig, "decoder_input", panel=MODEL)] = None,
+    dice_weight: Annotated[Optional[float], common.opt(SegLossConfig, "dice_weight", panel=MODEL)] = None,
+    mse_weight: Annotated[Optional[float], common.opt(SegLossConfig, "mse_weight", panel=MODEL)] = None,
+    epochs: Annotated[Optional[int], common.opt(SegTrainConfig, "epochs", panel=TRAIN)] = None,
+    steps: Annotated[Optional[int], common.opt(SegTrainConfig, "steps", panel=TRAIN)] = None,
+    batch_size: Annotated[Optional[int], common.opt(SegTrainConfig, "batch_size", panel=TRAIN)] = None,
+    lr: Annotated[Optional[float], common.opt(SegTrainConfig, "lr", panel=TRAIN)] = None,
+    max_minutes: Annotated[Optional[float], common.opt(SegTrainConfig, "max_minutes", panel=TRAIN)] = None,
+    val_fraction: Annotated[Optional[float], common.opt(SegTrainConfig, "val_fraction", panel=TRAIN)] = None,
     val_steps: Annotated[
         Optional[int],
         typer.Option(
-            help="DDIM steps of the LDSeg validation (default 1, as segment).",
-            show_default=False,
+            help="DDIM steps of the LDSeg validation (as segment's --steps).",
+            show_default=common.default(SegmentConfig, "steps"),
             rich_help_panel=TRAIN,
         ),
     ] = None,
-    precision: Annotated[
-        Optional[str],
-        typer.Option(
-            help="auto | fp32 | bf16 | fp16.",
-            show_default=common.default(SegTrainConfig, "precision"),
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
-    checkpoint_every: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Save the resumable training state every N steps (also every 10 min and at the end).",
-            show_default=common.default(SegTrainConfig, "checkpoint_every"),
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
+    precision: Annotated[Optional[str], common.opt(SegTrainConfig, "precision", panel=TRAIN)] = None,
+    checkpoint_every: Annotated[Optional[int], common.opt(SegTrainConfig, "checkpoint_every", panel=TRAIN)] = None,
     resume: Annotated[
         bool,
         typer.Option(
@@ -145,11 +65,10 @@ def train_seg(
     ] = False,
 ) -> None:
     """Train a segmenter: LDSeg (latent diffusion, uncertainty by sampling) or the UNet baseline."""
-    from ldmtool.config import SegLossConfig, SegModelConfig, load_yaml
+    from ldmtool.config import load_yaml
     from ldmtool.data.prepared import prepare_dataset
     from ldmtool.data.preprocess import PreprocessConfig
     from ldmtool.errors import LdmError
-    from ldmtool.pipelines.segmenter import DEFAULT_STEPS
     from ldmtool.train.segmentation import train_segmenter
 
     state: common.State = ctx.obj
@@ -159,35 +78,11 @@ def train_seg(
         raise LdmError(
             "train-seg works in the data's own voxel grid: remove preprocess.spacing / preprocess.shape from the config"
         )
-    model_cfg = common.section(
-        cfg,
-        "seg_model",
-        SegModelConfig,
-        {
-            "arch": arch,
-            "dims": dims,
-            "channels": common.ints(channels, None, "--channels"),
-            "denoiser_channels": common.ints(denoiser_channels, None, "--denoiser-channels"),
-            "latent_channels": latent_channels,
-            "decoder_input": decoder_input,
-        },
-    )
-    loss_cfg = common.section(cfg, "seg_loss", SegLossConfig, {"dice_weight": dice_weight, "mse_weight": mse_weight})
-    train_cfg = common.section(
-        cfg,
-        "seg_train",
-        SegTrainConfig,
-        {
-            "epochs": epochs,
-            "steps": steps,
-            "batch_size": batch_size,
-            "lr": lr,
-            "max_minutes": max_minutes,
-            "val_fraction": val_fraction,
-            "precision": precision,
-            "checkpoint_every": checkpoint_every,
-        },
-    )
+    channels = common.ints(channels, None, "--channels")
+    denoiser_channels = common.ints(denoiser_channels, None, "--denoiser-channels")
+    model_cfg = common.section(cfg, "seg_model", SegModelConfig, locals())
+    loss_cfg = common.section(cfg, "seg_loss", SegLossConfig, locals())
+    train_cfg = common.section(cfg, "seg_train", SegTrainConfig, locals())
     if val_steps is not None and val_steps < 1:
         raise LdmError("--val-steps must be at least 1")
     common.require_exists(data, "data set")
@@ -212,7 +107,7 @@ def train_seg(
             console=state.console,
             resume=mode,
             stop=stop,
-            val_steps=DEFAULT_STEPS if val_steps is None else val_steps,
+            val_steps=SegmentConfig.steps if val_steps is None else val_steps,
         )
     if result.already_complete:
         state.console.print(f"{out} already holds a finished run; use --restart to train again")
@@ -235,41 +130,32 @@ def segment(
         Path, typer.Option("--model", "-m", help="Segmenter checkpoint (file or train-seg output folder).")
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
-    steps: Annotated[Optional[int], typer.Option(help="DDIM steps (LDSeg; default 1).", show_default=False)] = None,
-    samples: Annotated[
-        int, typer.Option(help="Draws per input (LDSeg); > 1 adds mean probabilities and an uncertainty map.")
-    ] = 1,
-    batch_size: Annotated[
-        int,
-        typer.Option(
-            help="Slices per network call (2D models); consecutive inputs with the same slice size share one."
-        ),
-    ] = 16,
-    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")] = "auto",
-    dicom_seg: Annotated[
-        bool,
-        typer.Option(
-            "--dicom-seg/--no-dicom-seg",
-            help="For DICOM inputs also write CASE_seg.dcm, a DICOM SEG referencing the source series.",
-        ),
-    ] = True,
+    config: Annotated[
+        Optional[Path], typer.Option("--config", "-c", help="YAML config (section `segment`); flags override it.")
+    ] = None,
+    steps: Annotated[Optional[int], common.opt(SegmentConfig, "steps")] = None,
+    samples: Annotated[Optional[int], common.opt(SegmentConfig, "samples")] = None,
+    batch_size: Annotated[Optional[int], common.opt(SegmentConfig, "batch_size")] = None,
+    precision: Annotated[Optional[str], common.opt(SegmentConfig, "precision")] = None,
+    dicom_seg: Annotated[Optional[bool], common.opt(SegmentConfig, "dicom_seg", "--dicom-seg/--no-dicom-seg")] = None,
 ) -> None:
     """Segment volumes; label maps in each input's exact geometry (+ uncertainty with --samples)."""
+    from ldmtool.config import load_yaml
     from ldmtool.pipelines.segment import segment_files
-    from ldmtool.pipelines.segmenter import DEFAULT_STEPS
 
     state: common.State = ctx.obj
+    cfg = common.section(load_yaml(config), "segment", SegmentConfig, locals())
     results = segment_files(
         inputs,
         model,
         out,
-        steps=DEFAULT_STEPS if steps is None else steps,
-        samples=samples,
-        batch_size=batch_size,
+        steps=cfg.steps,
+        samples=cfg.samples,
+        batch_size=cfg.batch_size,
         seed=state.seed,
         device=state.torch_device(),
-        precision=precision,
-        dicom_seg=dicom_seg,
+        precision=cfg.precision,
+        dicom_seg=cfg.dicom_seg,
         console=state.console,
     )
     from rich.table import Table

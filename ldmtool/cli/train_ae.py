@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ldmtool.cli import common
-from ldmtool.config import AETrainConfig
+from ldmtool.config import AELossConfig, AETrainConfig, AutoencoderConfig
 
 DATA = "Data"
 MODEL = "Model"
@@ -58,100 +58,26 @@ def train_ae(
             rich_help_panel=DATA,
         ),
     ] = 0.0,
-    channels: Annotated[
-        Optional[str], typer.Option(help="Autoencoder channels per level, e.g. 16,32,64.", rich_help_panel=MODEL)
-    ] = None,
+    channels: Annotated[Optional[str], common.opt(AutoencoderConfig, "channels", panel=MODEL)] = None,
     mask_channel: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--mask-channel/--no-mask-channel",
-            help="Give the encoder the observed-voxel mask as an extra channel (default: on when the data have missing voxels).",
-            rich_help_panel=MODEL,
-        ),
+        Optional[bool], common.opt(AutoencoderConfig, "mask_channel", "--mask-channel/--no-mask-channel", panel=MODEL)
     ] = None,
     label_input: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--label-input/--no-label-input",
-            help="Give the encoder the label channels (default) or the image alone; the decoder outputs the mask either way, and without label input a sampled mask is the one its image shows.",
-            rich_help_panel=MODEL,
-        ),
+        Optional[bool], common.opt(AutoencoderConfig, "label_input", "--label-input/--no-label-input", panel=MODEL)
     ] = None,
-    latent_channels: Annotated[Optional[int], typer.Option(help="Latent channels.", rich_help_panel=MODEL)] = None,
-    kl_weight: Annotated[Optional[float], typer.Option(help="KL weight (~1e-6).", rich_help_panel=MODEL)] = None,
-    label_weight: Annotated[
-        Optional[float], typer.Option(help="Weight of CE+Dice on the label channels.", rich_help_panel=MODEL)
-    ] = None,
-    ssim_weight: Annotated[
-        Optional[float], typer.Option(help="Weight of an optional 1-SSIM image term.", rich_help_panel=MODEL)
-    ] = None,
-    latent_noise: Annotated[
-        Optional[float],
-        typer.Option(
-            help="Train the decoder on latents + this many latent std of Gaussian noise (robust decoding of diffusion samples).",
-            rich_help_panel=MODEL,
-        ),
-    ] = None,
-    epochs: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Passes over all training slices.",
-            show_default=common.default(AETrainConfig, "epochs"),
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
-    steps: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Optimisation steps (wins over --epochs).",
-            show_default=common.default(AETrainConfig, "steps"),
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
-    batch_size: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Slices per batch (per process).",
-            show_default=common.default(AETrainConfig, "batch_size"),
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
-    lr: Annotated[
-        Optional[float],
-        typer.Option(help="Learning rate.", show_default=common.default(AETrainConfig, "lr"), rich_help_panel=TRAIN),
-    ] = None,
-    max_minutes: Annotated[
-        Optional[float],
-        typer.Option(
-            help="Stop after this many minutes (best checkpoint kept).",
-            show_default=common.default(AETrainConfig, "max_minutes"),
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
-    val_fraction: Annotated[
-        Optional[float],
-        typer.Option(
-            help="Fraction of cases held out for validation (the best checkpoint has the lowest held-out loss).",
-            show_default=common.default(AETrainConfig, "val_fraction"),
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
-    precision: Annotated[
-        Optional[str],
-        typer.Option(
-            help="auto | fp32 | bf16 | fp16.",
-            show_default=common.default(AETrainConfig, "precision"),
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
-    checkpoint_every: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Save the resumable training state every N steps (also every 10 min and at the end).",
-            show_default=common.default(AETrainConfig, "checkpoint_every"),
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
+    latent_channels: Annotated[Optional[int], common.opt(AutoencoderConfig, "latent_channels", panel=MODEL)] = None,
+    kl_weight: Annotated[Optional[float], common.opt(AELossConfig, "kl_weight", panel=MODEL)] = None,
+    label_weight: Annotated[Optional[float], common.opt(AELossConfig, "label_weight", panel=MODEL)] = None,
+    ssim_weight: Annotated[Optional[float], common.opt(AELossConfig, "ssim_weight", panel=MODEL)] = None,
+    latent_noise: Annotated[Optional[float], common.opt(AELossConfig, "latent_noise", panel=MODEL)] = None,
+    epochs: Annotated[Optional[int], common.opt(AETrainConfig, "epochs", panel=TRAIN)] = None,
+    steps: Annotated[Optional[int], common.opt(AETrainConfig, "steps", panel=TRAIN)] = None,
+    batch_size: Annotated[Optional[int], common.opt(AETrainConfig, "batch_size", panel=TRAIN)] = None,
+    lr: Annotated[Optional[float], common.opt(AETrainConfig, "lr", panel=TRAIN)] = None,
+    max_minutes: Annotated[Optional[float], common.opt(AETrainConfig, "max_minutes", panel=TRAIN)] = None,
+    val_fraction: Annotated[Optional[float], common.opt(AETrainConfig, "val_fraction", panel=TRAIN)] = None,
+    precision: Annotated[Optional[str], common.opt(AETrainConfig, "precision", panel=TRAIN)] = None,
+    checkpoint_every: Annotated[Optional[int], common.opt(AETrainConfig, "checkpoint_every", panel=TRAIN)] = None,
     resume: Annotated[
         bool,
         typer.Option(
@@ -165,7 +91,7 @@ def train_ae(
     ] = False,
 ) -> None:
     """Train the 2D slice autoencoder (image + label channels, slice-position embedding)."""
-    from ldmtool.config import AELossConfig, AutoencoderConfig, load_yaml, to_dict
+    from ldmtool.config import load_yaml, to_dict
     from ldmtool.data.prepared import prepare_dataset
     from ldmtool.data.preprocess import PreprocessConfig
     from ldmtool.errors import LdmError
@@ -179,43 +105,10 @@ def train_ae(
             **{k: v for k, v in preprocess_flags(shape, spacing, intensity, ct_window).items() if v is not None},
         }
     )
-    model_cfg = common.section(
-        cfg,
-        "autoencoder",
-        AutoencoderConfig,
-        {
-            "channels": common.ints(channels, None, "--channels"),
-            "latent_channels": latent_channels,
-            "mask_channel": mask_channel,
-            "label_input": label_input,
-        },
-    )
-    loss_cfg = common.section(
-        cfg,
-        "ae_loss",
-        AELossConfig,
-        {
-            "kl_weight": kl_weight,
-            "label_weight": label_weight,
-            "ssim_weight": ssim_weight,
-            "latent_noise": latent_noise,
-        },
-    )
-    train_cfg = common.section(
-        cfg,
-        "ae_train",
-        AETrainConfig,
-        {
-            "epochs": epochs,
-            "steps": steps,
-            "batch_size": batch_size,
-            "lr": lr,
-            "max_minutes": max_minutes,
-            "val_fraction": val_fraction,
-            "precision": precision,
-            "checkpoint_every": checkpoint_every,
-        },
-    )
+    channels = common.ints(channels, None, "--channels")
+    model_cfg = common.section(cfg, "autoencoder", AutoencoderConfig, locals())
+    loss_cfg = common.section(cfg, "ae_loss", AELossConfig, locals())
+    train_cfg = common.section(cfg, "ae_train", AETrainConfig, locals())
     common.require_exists(data, "data set")
     mode = common.resume_mode(resume, restart)
     with common.training_session(state, out, mode) as (info, stop):

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ldmtool.cli import common
-from ldmtool.config import LDMTrainConfig
+from ldmtool.config import DenoiserConfig, LDMTrainConfig
 
 MODEL = "Model"
 TRAIN = "Training"
@@ -32,85 +32,18 @@ def train_ldm(
             help="Simulated MCAR missing rate of the volumes before encoding (default: the autoencoder's, with the same masks for the same --seed)."
         ),
     ] = None,
-    channels: Annotated[
-        Optional[str], typer.Option(help="UNet channels per level, e.g. 32,64,64.", rich_help_panel=MODEL)
-    ] = None,
-    objective: Annotated[
-        Optional[str],
-        typer.Option(help="eps | v | flow (rectified flow, sampled with --sampler euler).", rich_help_panel=MODEL),
-    ] = None,
-    condition_on: Annotated[
-        Optional[str],
-        typer.Option(help="none | lesion: condition on lesion volume/centroid/extent.", rich_help_panel=MODEL),
-    ] = None,
-    steps: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Optimisation steps (wins over --epochs).",
-            show_default=common.default(LDMTrainConfig, "steps"),
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
-    epochs: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Passes over the training volumes.",
-            show_default=common.default(LDMTrainConfig, "epochs"),
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
-    batch_size: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Latent volumes per batch (per process).",
-            show_default=common.default(LDMTrainConfig, "batch_size"),
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
-    lr: Annotated[
-        Optional[float],
-        typer.Option(help="Learning rate.", show_default=common.default(LDMTrainConfig, "lr"), rich_help_panel=TRAIN),
-    ] = None,
-    max_minutes: Annotated[
-        Optional[float],
-        typer.Option(
-            help="Stop after this many minutes.",
-            show_default=common.default(LDMTrainConfig, "max_minutes"),
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
-    ema_decay: Annotated[
-        Optional[float],
-        typer.Option(
-            help="EMA decay of the weights used for sampling (the checkpoint is the latest EMA).",
-            show_default=common.default(LDMTrainConfig, "ema_decay"),
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
-    lesion_weight: Annotated[
-        Optional[float],
-        typer.Option(
-            help="Extra loss weight of latent voxels over lesions (1 + this).",
-            show_default=common.default(LDMTrainConfig, "lesion_weight"),
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
-    precision: Annotated[
-        Optional[str],
-        typer.Option(
-            help="auto | fp32 | bf16 | fp16.",
-            show_default=common.default(LDMTrainConfig, "precision"),
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
-    checkpoint_every: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Save the resumable training state every N steps (also every 10 min and at the end).",
-            show_default=common.default(LDMTrainConfig, "checkpoint_every"),
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
+    channels: Annotated[Optional[str], common.opt(DenoiserConfig, "channels", panel=MODEL)] = None,
+    objective: Annotated[Optional[str], common.opt(DenoiserConfig, "objective", panel=MODEL)] = None,
+    condition_on: Annotated[Optional[str], common.opt(DenoiserConfig, "condition_on", panel=MODEL)] = None,
+    steps: Annotated[Optional[int], common.opt(LDMTrainConfig, "steps", panel=TRAIN)] = None,
+    epochs: Annotated[Optional[int], common.opt(LDMTrainConfig, "epochs", panel=TRAIN)] = None,
+    batch_size: Annotated[Optional[int], common.opt(LDMTrainConfig, "batch_size", panel=TRAIN)] = None,
+    lr: Annotated[Optional[float], common.opt(LDMTrainConfig, "lr", panel=TRAIN)] = None,
+    max_minutes: Annotated[Optional[float], common.opt(LDMTrainConfig, "max_minutes", panel=TRAIN)] = None,
+    ema_decay: Annotated[Optional[float], common.opt(LDMTrainConfig, "ema_decay", panel=TRAIN)] = None,
+    lesion_weight: Annotated[Optional[float], common.opt(LDMTrainConfig, "lesion_weight", panel=TRAIN)] = None,
+    precision: Annotated[Optional[str], common.opt(LDMTrainConfig, "precision", panel=TRAIN)] = None,
+    checkpoint_every: Annotated[Optional[int], common.opt(LDMTrainConfig, "checkpoint_every", panel=TRAIN)] = None,
     resume: Annotated[
         bool,
         typer.Option(
@@ -124,7 +57,7 @@ def train_ldm(
     ] = False,
 ) -> None:
     """Encode volumes slice by slice into latent volumes and train the 3D denoising UNet."""
-    from ldmtool.config import DenoiserConfig, load_yaml
+    from ldmtool.config import load_yaml
     from ldmtool.data.prepared import prepare_dataset
     from ldmtool.data.preprocess import PreprocessConfig
     from ldmtool.errors import LdmError
@@ -134,28 +67,9 @@ def train_ldm(
 
     state: common.State = ctx.obj
     cfg = load_yaml(config)
-    model_cfg = common.section(
-        cfg,
-        "denoiser",
-        DenoiserConfig,
-        {"channels": common.ints(channels, None, "--channels"), "objective": objective, "condition_on": condition_on},
-    )
-    train_cfg = common.section(
-        cfg,
-        "ldm_train",
-        LDMTrainConfig,
-        {
-            "steps": steps,
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "lr": lr,
-            "max_minutes": max_minutes,
-            "ema_decay": ema_decay,
-            "lesion_weight": lesion_weight,
-            "precision": precision,
-            "checkpoint_every": checkpoint_every,
-        },
-    )
+    channels = common.ints(channels, None, "--channels")
+    model_cfg = common.section(cfg, "denoiser", DenoiserConfig, locals())
+    train_cfg = common.section(cfg, "ldm_train", LDMTrainConfig, locals())
     mode = common.resume_mode(resume, restart)
     with common.training_session(state, out, mode) as (info, stop):
         device = info.device

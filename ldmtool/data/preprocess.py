@@ -20,6 +20,7 @@ import numpy as np
 from nibabel import orientations as nio
 from scipy import ndimage as ndi
 
+from ldmtool.config import setting
 from ldmtool.errors import LdmError
 from ldmtool.io.volume import Volume
 
@@ -61,13 +62,19 @@ class PreprocessConfig:
         out_range: (low, high) of the normalised intensities.
     """
 
-    orientation: str = "RAS"
-    spacing: tuple[float, float, float] | None = None
-    shape: tuple[int, int, int] | None = None
-    intensity: IntensityMode = "percentile"
-    percentiles: tuple[float, float] = (0.5, 99.5)
-    ct_window: tuple[float, float] | None = None
-    out_range: tuple[float, float] = (0.0, 1.0)
+    orientation: str = setting(
+        "RAS", "Axis codes of the output array (any permutation of L/R, P/A, I/S), or none to keep the input's."
+    )
+    spacing: tuple[float, float, float] | None = setting(
+        None, "Resample to this voxel size x,y,z (mm); one number means isotropic (default: the input's)."
+    )
+    shape: tuple[int, int, int] | None = setting(None, "Crop/pad volumes to I,J,K after resampling.")
+    intensity: IntensityMode = setting("percentile", "percentile | ct_window | none.")
+    percentiles: tuple[float, float] = setting((0.5, 99.5), "Low, high percentiles clipped to with percentile.")
+    ct_window: tuple[float, float] | None = setting(
+        None, "CT window level,width (HU), with --intensity ct_window (e.g. 40,400 soft tissue)."
+    )
+    out_range: tuple[float, float] = setting((0.0, 1.0), "Low, high of the normalised intensities.")
 
     def __post_init__(self) -> None:
         # orientation

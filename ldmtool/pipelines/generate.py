@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ldmtool import __version__
+from ldmtool.config import SampleConfig
 from ldmtool.diffusion.resources import (
     MemoryPlan,
     plan_memory,
@@ -77,22 +78,22 @@ def generate(
     ldm_path: Path,
     out_dir: Path,
     *,
-    n: int,
-    sampler: str = "ddim",
-    steps: int = 50,
-    eta: float = 0.0,
-    spacing: str = "trailing",
-    batch_size: int = 4,
-    decode_batch: int = 64,
+    n: int = SampleConfig.n,
+    sampler: str = SampleConfig.sampler,
+    steps: int = SampleConfig.steps,
+    eta: float = SampleConfig.eta,
+    spacing: str = SampleConfig.spacing,
+    batch_size: int = SampleConfig.batch_size,
+    decode_batch: int = SampleConfig.decode_batch,
     seed: int = 0,
-    fmt: str = "nifti",
+    fmt: str = SampleConfig.format,
     conditions: dict[str, float] | None = None,
-    guidance: float = 1.0,
+    guidance: float = SampleConfig.guidance,
     device: torch.device = torch.device("cpu"),
-    precision: str = "auto",
-    compile: bool = False,
+    precision: str = SampleConfig.precision,
+    compile: bool = SampleConfig.compile,
     shard: str | None = None,
-    max_memory_gb: float | None = None,
+    max_memory_gb: float | None = SampleConfig.max_memory_gb,
     memorization_filter: MemorizationFilter | None = None,
     console=None,
 ) -> GenerateResult:
@@ -102,6 +103,20 @@ def generate(
     a batch at a time (`LatentDiffusionPipeline.sample`), each file written to a temp name and
     renamed; the provenance JSON, written last, marks the sample finished. With a
     `memorization_filter`, candidates it rejects are replaced by new draws of the same sample."""
+    SampleConfig(  # the CLI's checks and messages
+        n=n,
+        sampler=sampler,
+        steps=steps,
+        eta=eta,
+        spacing=spacing,
+        batch_size=batch_size,
+        decode_batch=decode_batch,
+        format=fmt,
+        guidance=guidance,
+        precision=precision,
+        compile=compile,
+        max_memory_gb=max_memory_gb,
+    )
     if n < 1:
         raise LdmError("--n must be at least 1")
     if fmt not in ("nifti", "dicom"):

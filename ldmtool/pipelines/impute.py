@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ldmtool import __version__
+from ldmtool.config import ImputeConfig
 from ldmtool.data.prepared import slices_to_volume, volume_to_slices
 from ldmtool.errors import LdmError
 from ldmtool.io.atomic import atomic_write_text
@@ -118,17 +119,20 @@ def impute_file(
     mask: Path | None = None,
     slices: str | None = None,
     simulate_mcar: float | None = None,
-    samples: int = 1,
-    steps: int = 50,
-    guidance: float = 0.5,
-    sampler: str = "ddim",
-    eta: float = 0.0,
+    samples: int = ImputeConfig.samples,
+    steps: int = ImputeConfig.steps,
+    guidance: float = ImputeConfig.guidance,
+    sampler: str = ImputeConfig.sampler,
+    eta: float = ImputeConfig.eta,
     seed: int = 0,
-    batch_size: int = 4,
+    batch_size: int = ImputeConfig.batch_size,
     device: torch.device = torch.device("cpu"),
     console=None,
 ) -> ImputeResult:
     """Impute one NIfTI file or DICOM series; write NIfTI outputs in its geometry + provenance."""
+    ImputeConfig(  # the CLI's checks and messages
+        samples=samples, guidance=guidance, steps=steps, sampler=sampler, eta=eta, batch_size=batch_size
+    )
     if samples < 1:
         raise LdmError("--samples must be at least 1")
     if guidance < 0:

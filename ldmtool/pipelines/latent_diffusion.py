@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ldmtool.config import ImputeConfig, SampleConfig
 from ldmtool.data.prepared import slices_to_volume
 from ldmtool.data.preprocess import PreprocessConfig, denormalise
 from ldmtool.diffusion.guidance import SelfGuidance, observed_error, slice_chunks
@@ -108,7 +109,11 @@ class LatentDiffusionPipeline:
             raise LdmError(f"--compile failed: {type(exc).__name__}: {exc}") from None
 
     def make_sampler(
-        self, sampler: str = "ddim", steps: int = 50, eta: float = 0.0, spacing: str = "trailing"
+        self,
+        sampler: str = SampleConfig.sampler,
+        steps: int = SampleConfig.steps,
+        eta: float = SampleConfig.eta,
+        spacing: str = SampleConfig.spacing,
     ) -> Sampler:
         """A sampler by name for this denoiser's schedule and objective."""
         return make_sampler(sampler, self.ldm_config.model, steps, eta, spacing)
@@ -193,18 +198,26 @@ class LatentDiffusionPipeline:
         self,
         seeds: Sequence[int],
         *,
-        sampler: str | Sampler = "ddim",
-        steps: int = 50,
-        eta: float = 0.0,
-        spacing: str = "trailing",
+        sampler: str | Sampler = SampleConfig.sampler,
+        steps: int = SampleConfig.steps,
+        eta: float = SampleConfig.eta,
+        spacing: str = SampleConfig.spacing,
         conditions: dict[str, float] | None = None,
-        guidance: float = 1.0,
-        decode_batch: int = 64,
+        guidance: float = SampleConfig.guidance,
+        decode_batch: int = SampleConfig.decode_batch,
     ) -> list[SampledVolume]:
         """Generate one image volume (source intensity scale) and label map per seed.
 
         A sample depends on its seed only, not on the other seeds of the call or on the device's
         batch: noise comes from one CPU generator per seed."""
+        SampleConfig(  # the CLI's checks and messages (a Sampler object is taken as it is)
+            sampler=sampler if isinstance(sampler, str) else SampleConfig.sampler,
+            steps=steps,
+            eta=eta,
+            spacing=spacing,
+            guidance=guidance,
+            decode_batch=decode_batch,
+        )
         z = self.sample_latents(
             seeds, sampler=sampler, steps=steps, eta=eta, spacing=spacing, conditions=conditions, guidance=guidance
         )
@@ -217,13 +230,13 @@ class LatentDiffusionPipeline:
         image: torch.Tensor,
         missing: torch.Tensor,
         *,
-        samples: int = 1,
-        steps: int = 50,
-        guidance: float = 1.0,
-        sampler: str = "ddim",
-        eta: float = 0.0,
+        samples: int = ImputeConfig.samples,
+        steps: int = ImputeConfig.steps,
+        guidance: float = ImputeConfig.guidance,
+        sampler: str = ImputeConfig.sampler,
+        eta: float = ImputeConfig.eta,
         seed: int = 0,
-        batch_size: int = 4,
+        batch_size: int = ImputeConfig.batch_size,
         chunk: int = 16,
         callback: Callable[[int], None] | None = None,
     ) -> torch.Tensor:
@@ -238,6 +251,9 @@ class LatentDiffusionPipeline:
         Returns:
             (samples, D, H, W) on the CPU: observed voxels exactly `image`'s, missing ones imputed.
         """
+        ImputeConfig(  # the CLI's checks and messages
+            samples=samples, guidance=guidance, steps=steps, sampler=sampler, eta=eta, batch_size=batch_size
+        )
         dcfg = self.ldm_config.model
         if dcfg.objective == "flow":
             raise LdmError(

@@ -18,6 +18,7 @@ import nibabel.orientations as nio
 import numpy as np
 import torch
 
+from ldmtool.config import SegmentConfig
 from ldmtool.data.prepared import slices_to_volume, volume_to_slices
 from ldmtool.data.preprocess import _intensity_range, _normalise, _reorient
 from ldmtool.errors import LdmError
@@ -28,7 +29,7 @@ from ldmtool.io.nifti import is_nifti_path
 from ldmtool.io.readers import read_volume
 from ldmtool.io.volume import Volume
 from ldmtool.models.checkpoint import file_sha256
-from ldmtool.pipelines.segmenter import DEFAULT_STEPS, Segmenter
+from ldmtool.pipelines.segmenter import Segmenter
 
 
 @dataclass
@@ -114,17 +115,20 @@ def segment_files(
     model_path: Path,
     out_dir: Path,
     *,
-    steps: int = DEFAULT_STEPS,
-    samples: int = 1,
-    batch_size: int = 16,
+    steps: int = SegmentConfig.steps,
+    samples: int = SegmentConfig.samples,
+    batch_size: int = SegmentConfig.batch_size,
     seed: int = 0,
     device: torch.device = torch.device("cpu"),
-    precision: str = "auto",
-    dicom_seg: bool = True,
+    precision: str = SegmentConfig.precision,
+    dicom_seg: bool = SegmentConfig.dicom_seg,
     console=None,
 ) -> list[SegmentedCase]:
     """Segment every input; write `<stem>_seg.nii.gz` (+ `_prob`, `_uncertainty` with samples > 1,
     + `<stem>_seg.dcm`, a DICOM SEG, for DICOM inputs unless `dicom_seg` is False)."""
+    SegmentConfig(  # the CLI's checks and messages
+        steps=steps, samples=samples, batch_size=batch_size, precision=precision, dicom_seg=dicom_seg
+    )
     from ldmtool.runtime import progress
 
     if steps < 1:

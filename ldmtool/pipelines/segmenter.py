@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ldmtool.config import SegModelConfig
+from ldmtool.config import SegmentConfig, SegModelConfig
 from ldmtool.data.preprocess import PreprocessConfig
 from ldmtool.models.checkpoint import resolve_checkpoint
 from ldmtool.models.checkpoint_config import SegmenterCheckpoint
@@ -30,7 +30,7 @@ START_SIGNAL = 0.05
 # scored at least as well as two in every benchmark run (mean Dice, phantoms / MNI152, 600 training
 # steps on a CPU: 0.948 vs 0.947 / 0.755 vs 0.747; phantoms after 3000 steps: 0.980 vs 0.912 on a CPU,
 # 0.978 vs 0.911 on a GPU): each further step can add a few false lesion voxels.
-DEFAULT_STEPS = 1
+DEFAULT_STEPS = SegmentConfig.steps  # DDIM steps of LDSeg inference (and of its validation in training)
 
 
 def sampling_start(cfg: SegModelConfig) -> int:
@@ -61,8 +61,8 @@ def predict_volume(
     image: torch.Tensor,
     *,
     steps: int = DEFAULT_STEPS,
-    samples: int = 1,
-    batch: int = 16,
+    samples: int = SegmentConfig.samples,
+    batch: int = SegmentConfig.batch_size,
     generator: torch.Generator | None = None,
     device: torch.device = torch.device("cpu"),
     precision: str = "auto",
@@ -164,13 +164,14 @@ class Segmenter:
         self,
         image: torch.Tensor,
         steps: int = DEFAULT_STEPS,
-        samples: int = 1,
-        batch: int = 16,
+        samples: int = SegmentConfig.samples,
+        batch: int = SegmentConfig.batch_size,
         generator: torch.Generator | None = None,
         start: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Class probabilities (K, D, H, W) of one normalised volume (D, H, W), and with `samples` > 1
         their per-voxel standard deviation over the draws (see `predict_volume`)."""
+        SegmentConfig(steps=steps, samples=samples, batch_size=batch)  # the CLI's checks and messages
         return predict_volume(
             self.model,
             self.model_config,
