@@ -152,7 +152,7 @@ def _fit_shapes(cases, cfg: PreprocessConfig, policy: ShapePolicy, multiple, con
         return cases, cfg
     target = choose_shape(shapes, multiple)
     if console is not None:
-        why = summarise_shapes(shapes) if uneven else f"volumes of {shapes[0]}"
+        why = summarise_shapes(shapes) if uneven else f"all {len(shapes)} volumes are {shapes[0]}"
         console.print(
             f"training shape {target} chosen from the data ({why}): the per-axis maximum rounded up to a "
             f"multiple of {tuple(multiple)}; every case is centre-padded, none cropped (set --shape to choose)",
