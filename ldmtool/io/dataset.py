@@ -272,7 +272,7 @@ def read_case(
         if unknown:
             listed = sorted(set(label_names.values()))
             raise LdmError(
-                f"label of {case.case_id} contains {len(unknown)} value(s) ({summarise(unknown)}) not listed in "
-                f"the data set's labels ({summarise(listed, 6)}); fix dataset.json or merge values with --labels"
+                f"label of {case.case_id} contains values [{summarise(unknown)}] not listed in the data set's "
+                f"labels [{summarise(listed, 6)}]; fix dataset.json or merge values with --labels"
             )
     return image, label.with_array(data)

@@ -94,7 +94,7 @@ def test_label_values_and_alignment(tmp_path, make_volume):
     root = _nnunet(tmp_path / "d", make_volume)
     ds = load_dataset(root)
     write_nifti(make_volume(dtype=np.uint8, high=6), ds.cases[0].label)
-    with pytest.raises(LdmError, match=r"3 value\(s\) \(3, 4, 5\) not listed"):
+    with pytest.raises(LdmError, match=r"values \[3, 4, 5\] not listed"):
         ds.read(ds.cases[0])
     shifted = make_volume(dtype=np.uint8)
     shifted.affine[0, 3] += 0.5
