@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ldmtool.cli import common
+from ldmtool.cli.train_ae import LABELS_HELP
 from ldmtool.config import SegLossConfig, SegmentConfig, SegModelConfig, SegTrainConfig
 
 MODEL = "Model"
@@ -17,7 +18,10 @@ TRAIN = "Training"
 def train_seg(
     ctx: typer.Context,
     data: Annotated[
-        Path, typer.Argument(help="nnU-Net style folder: imagesTr/, labelsTr/, dataset.json (label names).")
+        Path,
+        typer.Argument(
+            help="nnU-Net style folder: imagesTr/, labelsTr/, dataset.json (label names; without it they are inferred). Volumes may differ in shape."
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the checkpoint.")],
     config: Annotated[
@@ -63,20 +67,26 @@ def train_seg(
     restart: Annotated[
         bool, typer.Option("--restart", help="Ignore and replace a training state in --out.", rich_help_panel=TRAIN)
     ] = False,
+    labels: Annotated[Optional[str], typer.Option(help=LABELS_HELP + " segment writes these class ids.")] = None,
 ) -> None:
     """Train a segmenter: LDSeg (latent diffusion, uncertainty by sampling) or the UNet baseline."""
     from ldmtool.config import load_yaml
+    from ldmtool.data.labels import parse_labels
     from ldmtool.data.prepared import prepare_dataset
     from ldmtool.data.preprocess import PreprocessConfig
     from ldmtool.errors import LdmError
+    from ldmtool.io._util import summarise
     from ldmtool.train.segmentation import train_segmenter
 
     state: common.State = ctx.obj
     cfg = load_yaml(config)
     pre = PreprocessConfig.from_dict(cfg.get("preprocess") or {})
+    if labels is not None:
+        pre = PreprocessConfig.from_dict({**pre.to_dict(), "labels": parse_labels(labels).to_dict()})
     if pre.spacing is not None or pre.shape is not None:
         raise LdmError(
-            "train-seg works in the data's own voxel grid: remove preprocess.spacing / preprocess.shape from the config"
+            "train-seg trains in each volume's own voxel grid (volumes of different shapes are fine) and segment "
+            "writes in it: remove preprocess.spacing / preprocess.shape from the config"
         )
     channels = common.ints(channels, None, "--channels")
     denoiser_channels = common.ints(denoiser_channels, None, "--denoiser-channels")
@@ -90,9 +100,14 @@ def train_seg(
     with common.training_session(state, out, mode) as (info, stop):
         if info.enabled:
             raise LdmError("train-seg runs in one process; start it without torchrun")
-        prepared = prepare_dataset(data, pre, require_labels=True, console=state.console)
+        prepared = prepare_dataset(data, pre, require_labels=True, console=state.console, shapes="pad")
+        sizes = (
+            f"of shape {prepared.volume_shape}"
+            if prepared.shapes is None
+            else f"of {len(set(prepared.shapes))} shapes up to {prepared.volume_shape} (batches padded to their largest)"
+        )
         state.console.print(
-            f"{len(prepared.case_ids)} volumes of shape {prepared.volume_shape}, labels: {', '.join(prepared.label_names)}; "
+            f"{len(prepared.case_ids)} volumes {sizes}, labels: {summarise(list(prepared.label_names), 8)}; "
             f"{model_cfg.arch} {model_cfg.dims}D, batch {train_cfg.batch_size}, learning rate {train_cfg.lr:g}, device {info.device}"
         )
         result = train_segmenter(

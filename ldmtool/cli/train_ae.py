@@ -13,14 +13,22 @@ from ldmtool.config import AELossConfig, AETrainConfig, AutoencoderConfig
 DATA = "Data"
 MODEL = "Model"
 TRAIN = "Training"
+LABELS_HELP = (
+    "Merge/rename label values into classes: brain=1-255 | anterior=1,posterior=2 | 'csf=4,11,46;gm=100-130' "
+    "| a .json/.yaml file {name: [values or 'lo-hi' ranges]}. Classes get ids 1, 2, … in the order named; "
+    "unlisted values become background (0). Stored in the checkpoint; later commands use the merged classes."
+)
 
 
-def preprocess_flags(shape, spacing, intensity, ct_window) -> dict:
+def preprocess_flags(shape, spacing, intensity, ct_window, labels=None) -> dict:
+    from ldmtool.data.labels import parse_labels
+
     return {
         "shape": common.ints(shape, 3, "--shape"),
         "spacing": common.floats(spacing, 3, "--spacing"),
         "intensity": intensity,
         "ct_window": common.floats(ct_window, 2, "--ct-window"),
+        "labels": None if labels is None else parse_labels(labels).to_dict(),
     }
 
 
@@ -89,9 +97,10 @@ def train_ae(
     restart: Annotated[
         bool, typer.Option("--restart", help="Ignore and replace a training state in --out.", rich_help_panel=TRAIN)
     ] = False,
+    labels: Annotated[Optional[str], typer.Option(help=LABELS_HELP, rich_help_panel=DATA)] = None,
 ) -> None:
     """Train the 2D slice autoencoder (image + label channels, slice-position embedding)."""
-    from ldmtool.config import load_yaml, to_dict
+    from ldmtool.config import DenoiserConfig, load_yaml, to_dict
     from ldmtool.data.prepared import prepare_dataset
     from ldmtool.data.preprocess import PreprocessConfig
     from ldmtool.errors import LdmError
@@ -102,7 +111,9 @@ def train_ae(
     pre = PreprocessConfig.from_dict(
         {
             **(cfg.get("preprocess") or {}),
-            **{k: v for k, v in preprocess_flags(shape, spacing, intensity, ct_window).items() if v is not None},
+            **{
+                k: v for k, v in preprocess_flags(shape, spacing, intensity, ct_window, labels).items() if v is not None
+            },
         }
     )
     channels = common.ints(channels, None, "--channels")
@@ -113,9 +124,20 @@ def train_ae(
     mode = common.resume_mode(resume, restart)
     with common.training_session(state, out, mode) as (info, stop):
         device = info.device
+        # a training shape chosen from the data fits the autoencoder and the denoiser's downsampling
+        levels = 2 ** (len(common.section(cfg, "denoiser", DenoiserConfig, {}).channels) - 1)
+        multiple = (model_cfg.downsample * levels, model_cfg.downsample * levels, levels)
         prepared = prepare_dataset(
-            data, pre, series_uid=series, console=state.console, missing_rate=missing_rate, seed=state.seed
+            data,
+            pre,
+            series_uid=series,
+            console=state.console,
+            missing_rate=missing_rate,
+            seed=state.seed,
+            shapes="auto",
+            multiple=multiple,
         )
+        pre = prepared.preprocess
         if (
             mask_channel is None
             and "mask_channel" not in (cfg.get("autoencoder") or {})

@@ -1,14 +1,29 @@
-"""Load a data set once, preprocess every case, and hold it as slice-first tensors in memory."""
+"""Load a data set once, preprocess every case, and hold it as slice-first tensors in memory.
+
+Volumes of different shapes (after preprocessing) are handled one of three ways (`shapes=`):
+"same" refuses them (one line, the shapes summarised); "auto" (the generators) centre-pads/crops
+every case to a training shape chosen from the data, the per-axis maximum rounded up to the
+model's size multiple, so no case loses a voxel, and records it in the returned preprocessing
+config; "pad" (the segmenters) keeps every case in its own voxel grid, stored at the start of a
+common array with its true size in `PreparedData.shapes`, for batches padded to their largest member.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
+from ldmtool.data.labels import infer_label_names, inferred_warning
+from ldmtool.data.preprocess import PreprocessConfig, PreprocessedCase, fit_shape, preprocess_case
 from ldmtool.errors import LdmError
+from ldmtool.io._util import summarise_shapes
+
+ShapePolicy = Literal["same", "auto", "pad"]
 
 
 @dataclass
@@ -23,6 +38,10 @@ class PreparedData:
         intensity_ranges: per-case (lo, hi) source intensities mapped to the normalised range.
         observed: (N, D, H, W) uint8, 1 where a voxel's value is known, or None for complete data;
             missing voxels hold 0 in `images`.
+        shapes: per-case (D, H, W) sizes where cases of different shapes share the arrays (each at
+            the start, zero-padded after), or None when every case fills them.
+        preprocess: the preprocessing applied (with the training shape chosen from the data, if
+            one was), or None.
     """
 
     images: torch.Tensor
@@ -32,6 +51,12 @@ class PreparedData:
     label_names: dict[str, int] = field(default_factory=dict)
     intensity_ranges: list[tuple[float, float]] = field(default_factory=list)
     observed: torch.Tensor | None = None
+    shapes: list[tuple[int, int, int]] | None = None
+    preprocess: PreprocessConfig | None = None
+
+    def case_size(self, i: int) -> tuple[int, int, int]:
+        """(D, H, W) of case i without padding."""
+        return tuple(self.images.shape[1:]) if self.shapes is None else self.shapes[i]
 
     @property
     def missing_fraction(self) -> float:
@@ -72,6 +97,8 @@ class PreparedData:
             label_names=dict(self.label_names),
             intensity_ranges=[self.intensity_ranges[i] for i in idx] if self.intensity_ranges else [],
             observed=None if self.observed is None else self.observed[idx],
+            shapes=None if self.shapes is None else [self.shapes[i] for i in idx],
+            preprocess=self.preprocess,
         )
 
 
@@ -85,72 +112,129 @@ def slices_to_volume(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(array, 0, 2))
 
 
+def choose_shape(shapes: list[tuple[int, ...]], multiple: tuple[int, int, int]) -> tuple[int, int, int]:
+    """A training shape for volumes of `shapes` (I, J, K): the per-axis maximum rounded up to `multiple`."""
+    return tuple(int(math.ceil(max(s[a] for s in shapes) / multiple[a]) * multiple[a]) for a in range(3))
+
+
+def _read_cases(ds, cfg: PreprocessConfig, series_uid, console) -> list[PreprocessedCase]:
+    """Read, check and preprocess every case (NaN voxels and masksTr/ masks: missing)."""
+    from ldmtool.runtime import progress
+
+    out = []
+    with progress(console, transient=True) as bar:
+        task = bar.add_task("reading volumes", total=len(ds.cases), rate="", info="")
+        for case in ds.cases:
+            image, label = ds.read(case, series_uid, allow_nan=True)
+            missing = ds.read_missing(case, image)
+            nan = ~np.isfinite(np.asarray(image.array, dtype=np.float32))
+            if nan.any():
+                missing = nan if missing is None else (missing | nan)
+            out.append(preprocess_case(image, label, cfg, missing))
+            bar.advance(task)
+    return out
+
+
+def _fit_shapes(cases, cfg: PreprocessConfig, policy: ShapePolicy, multiple, console):
+    """Apply the shape policy; returns (cases, effective config)."""
+    shapes = [tuple(pc.image.shape) for pc in cases]
+    uneven = len(set(shapes)) > 1
+    if policy == "pad" or cfg.shape is not None:
+        return cases, cfg
+    if policy == "same":
+        if uneven:
+            raise LdmError(
+                f"volumes have different shapes after preprocessing ({summarise_shapes(shapes)}); "
+                "set a common target shape with --shape I,J,K (or preprocess.shape in the config)"
+            )
+        return cases, cfg
+    if not uneven and all(n % m == 0 for n, m in zip(shapes[0], multiple)):
+        return cases, cfg
+    target = choose_shape(shapes, multiple)
+    if console is not None:
+        why = summarise_shapes(shapes) if uneven else f"all {len(shapes)} volumes are {shapes[0]}"
+        console.print(
+            f"training shape {target} chosen from the data ({why}): the per-axis maximum rounded up to a "
+            f"multiple of {tuple(multiple)}; every case is centre-padded, none cropped (set --shape to choose)",
+            highlight=False,
+        )
+    cfg = PreprocessConfig.from_dict({**cfg.to_dict(), "shape": list(target)})
+    return [fit_shape(pc, target) for pc in cases], cfg
+
+
+def _stack(arrays: list[np.ndarray], fill=0) -> np.ndarray:
+    """Arrays of different shapes at the start of one zero-filled (N, *max shape) array."""
+    if len({a.shape for a in arrays}) == 1:
+        return np.stack(arrays)
+    size = tuple(max(a.shape[k] for a in arrays) for k in range(arrays[0].ndim))
+    out = np.full((len(arrays), *size), fill, dtype=arrays[0].dtype)
+    for i, a in enumerate(arrays):
+        out[(i, *(slice(0, n) for n in a.shape))] = a
+    return out
+
+
 def prepare_dataset(
     path: Path,
-    preprocess_cfg,
+    preprocess_cfg: PreprocessConfig,
     *,
     require_labels: bool = False,
     series_uid: str | None = None,
     console=None,
     missing_rate: float = 0.0,
     seed: int = 0,
+    shapes: ShapePolicy = "same",
+    multiple: tuple[int, int, int] = (1, 1, 1),
 ) -> PreparedData:
     """Discover, read, check and preprocess every case of a data set folder (or one file).
 
     `series_uid` picks one series where a DICOM folder holds several. Incomplete cases: NaN
     voxels and masksTr/ masks mark missing voxels; `missing_rate` > 0 also drops that fraction
     of every case's voxels completely at random (seeded by `seed` and the case's index), for
-    experiments. Missing voxels are 0 in `images` and 0 in `observed`."""
+    experiments. Missing voxels are 0 in `images` and 0 in `observed`. `shapes` says what to do
+    with volumes of different shapes (see the module docstring; `multiple`: the size multiple
+    of "auto"). Labels without dataset.json names are named from the values found (a warning)."""
     from ldmtool.data.missing import case_seed, mcar_mask
-    from ldmtool.data.preprocess import preprocess_case
     from ldmtool.io import load_dataset
-    from ldmtool.runtime import progress
 
     if not 0.0 <= missing_rate < 1.0:
         raise LdmError(f"--missing-rate must be in [0, 1); got {missing_rate}")
     ds = load_dataset(Path(path))
     if require_labels and not ds.has_labels:
-        raise LdmError(f"{path} has no labels (expected imagesTr/ + labelsTr/ + dataset.json)")
-    images, labels, ids, affines, ranges, observed = [], [], [], [], [], []
-    with progress(console, transient=True) as bar:
-        task = bar.add_task("reading volumes", total=len(ds.cases), rate="", info="")
-        for index, case in enumerate(ds.cases):
-            image, label = ds.read(case, series_uid, allow_nan=True)  # NaN voxels: missing
-            missing = ds.read_missing(case, image)
-            nan = ~np.isfinite(np.asarray(image.array, dtype=np.float32))
-            if nan.any():
-                missing = nan if missing is None else (missing | nan)
-            pc = preprocess_case(image, label, preprocess_cfg, missing)
-            img = volume_to_slices(pc.image.array.astype(np.float32))
-            gone = (
-                np.zeros(img.shape, dtype=bool)
-                if pc.missing is None
-                else volume_to_slices(pc.missing.array.astype(bool))
-            )
-            if missing_rate > 0:
-                gone |= mcar_mask(img.shape, missing_rate, case_seed(seed, index))
-            img[gone] = 0.0
-            images.append(img)
-            observed.append(~gone)
-            if pc.label is not None:
-                labels.append(volume_to_slices(pc.label.array.astype(np.uint8)))
-            ids.append(case.case_id)
-            affines.append(pc.image.affine)
-            ranges.append(tuple(float(v) for v in pc.intensity_range))
-            bar.advance(task)
-    shapes = {a.shape for a in images}
-    if len(shapes) > 1:
-        raise LdmError(
-            f"volumes have different shapes after preprocessing ({', '.join(str(s[::-1]) for s in sorted(shapes))}); "
-            "set a common target shape with --shape I,J,K (or preprocess.shape in the config)"
+        raise LdmError(f"{path} has no labels (expected imagesTr/ + labelsTr/, named in dataset.json or --labels)")
+    cases, cfg = _fit_shapes(
+        _read_cases(ds, preprocess_cfg, series_uid, console), preprocess_cfg, shapes, multiple, console
+    )
+    images, labels, observed, found = [], [], [], np.zeros(256, dtype=bool)
+    for index, pc in enumerate(cases):
+        img = volume_to_slices(pc.image.array.astype(np.float32))
+        gone = (
+            np.zeros(img.shape, dtype=bool) if pc.missing is None else volume_to_slices(pc.missing.array.astype(bool))
         )
+        if missing_rate > 0:
+            gone |= mcar_mask(img.shape, missing_rate, case_seed(seed, index))
+        img[gone] = 0.0
+        images.append(img)
+        observed.append(~gone)
+        if pc.label is not None:
+            labels.append(volume_to_slices(pc.label.array.astype(np.uint8)))
+            if ds.labels_inferred and cfg.labels is None:
+                found |= np.bincount(labels[-1].ravel(), minlength=256).astype(bool)
     label_names = dict(ds.label_names) if ds.has_labels else {}
+    if ds.has_labels and cfg.labels is not None:
+        label_names = cfg.label_map.label_names
+    elif ds.has_labels and ds.labels_inferred:
+        label_names = infer_label_names(np.flatnonzero(found))
+        if console is not None:
+            console.print(f"[yellow]warning:[/] {inferred_warning(ds.root, label_names)}", highlight=False)
+    sizes = [a.shape for a in images]
     return PreparedData(
-        images=torch.from_numpy(np.stack(images)),
-        labels=torch.from_numpy(np.stack(labels)) if labels else None,
-        case_ids=ids,
-        affines=affines,
+        images=torch.from_numpy(_stack(images)),
+        labels=torch.from_numpy(_stack(labels)) if labels else None,
+        case_ids=[c.case_id for c in ds.cases],
+        affines=[pc.image.affine for pc in cases],
         label_names=label_names,
-        intensity_ranges=ranges,
-        observed=torch.from_numpy(np.stack(observed).astype(np.uint8)) if any(not o.all() for o in observed) else None,
+        intensity_ranges=[tuple(float(v) for v in pc.intensity_range) for pc in cases],
+        observed=torch.from_numpy(_stack(observed).astype(np.uint8)) if any(not o.all() for o in observed) else None,
+        shapes=sizes if len(set(sizes)) > 1 else None,
+        preprocess=cfg,
     )

@@ -1,7 +1,7 @@
 """Preprocessing applied to every training case and recorded in the model config.
 
-Order: reorient -> resample to the target spacing -> normalise intensities -> centre crop/pad to
-the target shape. Image and label go through identical geometry; every step updates the affine,
+Order: label mapping (merge/rename, ldmtool/data/labels.py) -> reorient -> resample to the target
+spacing -> normalise intensities (per case) -> centre crop/pad to the target shape. Image and label go through identical geometry; every step updates the affine,
 so the returned Volume's affine maps its array's voxel indices to the same world (RAS+, mm)
 points as the input (a world point keeps its anatomy).
 
@@ -21,10 +21,11 @@ from nibabel import orientations as nio
 from scipy import ndimage as ndi
 
 from ldmtool.config import setting
+from ldmtool.data.labels import LabelMap, parse_labels
 from ldmtool.errors import LdmError
 from ldmtool.io.volume import Volume
 
-__all__ = ["PreprocessConfig", "PreprocessedCase", "denormalise", "preprocess_case"]
+__all__ = ["PreprocessConfig", "PreprocessedCase", "denormalise", "fit_shape", "preprocess_case"]
 
 IntensityMode = Literal["percentile", "ct_window", "none"]
 _INTENSITY_MODES = ("percentile", "ct_window", "none")
@@ -60,6 +61,8 @@ class PreprocessConfig:
         percentiles: (low, high) percentiles for "percentile", 0 <= low < high <= 100.
         ct_window: (level, width) in HU, required for "ct_window" (e.g. (40, 400) soft tissue).
         out_range: (low, high) of the normalised intensities.
+        labels: label mapping {class name: [[lo, hi], ...] source value ranges} (see
+            ldmtool/data/labels.py); None keeps the label values as they are.
     """
 
     orientation: str = setting(
@@ -75,6 +78,9 @@ class PreprocessConfig:
         None, "CT window level,width (HU), with --intensity ct_window (e.g. 40,400 soft tissue)."
     )
     out_range: tuple[float, float] = setting((0.0, 1.0), "Low, high of the normalised intensities.")
+    labels: dict[str, list[list[int]]] | None = setting(
+        None, "Label mapping {class name: [[lo, hi], ...] source value ranges}; none keeps label values as they are."
+    )
 
     def __post_init__(self) -> None:
         # orientation
@@ -147,6 +153,13 @@ class PreprocessConfig:
         if not lo < hi:
             raise LdmError(f"out_range must be {hint}, got {self.out_range!r}")
         self.out_range = (lo, hi)
+        if self.labels is not None:
+            self.labels = self.label_map.to_dict()
+
+    @property
+    def label_map(self) -> LabelMap | None:
+        """The label mapping as a LabelMap, or None."""
+        return parse_labels(self.labels)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (tuples become lists)."""
@@ -158,6 +171,7 @@ class PreprocessConfig:
             "percentiles": list(self.percentiles),
             "ct_window": list(self.ct_window) if self.ct_window is not None else None,
             "out_range": list(self.out_range),
+            **({"labels": self.labels} if self.labels is not None else {}),
         }
 
     @classmethod
@@ -268,6 +282,36 @@ def _crop_or_pad(array: np.ndarray, shape: tuple[int, int, int], fill: float) ->
     return np.ascontiguousarray(out), shift
 
 
+def _fit(arr, lab, gone, affine, shape):
+    """Centre crop/pad image (fill: its minimum), label and missing mask (fill 0); shifted affine."""
+    arr, shift = _crop_or_pad(arr, shape, float(arr.min()))
+    if lab is not None:
+        lab, _ = _crop_or_pad(lab, shape, 0)
+    if gone is not None:
+        gone, _ = _crop_or_pad(gone, shape, 0)
+    translate = np.eye(4)
+    translate[:3, 3] = shift
+    return arr, lab, gone, affine @ translate
+
+
+def fit_shape(pc: PreprocessedCase, shape: tuple[int, int, int]) -> PreprocessedCase:
+    """A preprocessed case centre-cropped/padded to `shape` (the last preprocessing step, for a
+    shape chosen after all cases were preprocessed)."""
+    if tuple(pc.image.shape) == tuple(shape):
+        return pc
+    arr, lab, gone, affine = _fit(
+        pc.image.array,
+        None if pc.label is None else pc.label.array,
+        None if pc.missing is None else pc.missing.array,
+        np.asarray(pc.image.affine, dtype=np.float64),
+        shape,
+    )
+    image = Volume(np.ascontiguousarray(arr, dtype=np.float32), affine.copy(), dict(pc.image.meta))
+    label = None if lab is None else Volume(np.ascontiguousarray(lab), affine.copy(), dict(pc.label.meta))
+    missing = None if gone is None else Volume(np.ascontiguousarray(gone), affine.copy(), {})
+    return PreprocessedCase(image, label, pc.intensity_range, missing)
+
+
 # ------------------------------------------------------------------------------------------------
 # intensity
 # ------------------------------------------------------------------------------------------------
@@ -349,6 +393,8 @@ def preprocess_case(
     lab = None
     if label is not None:
         lab_arr = np.asarray(label.array)
+        if cfg.labels is not None and lab_arr.shape == arr.shape:
+            lab_arr = cfg.label_map.apply(lab_arr)
         if lab_arr.shape != arr.shape:
             raise LdmError(f"label shape {lab_arr.shape} does not match image shape {arr.shape}")
         if not np.allclose(np.asarray(label.affine), affine, rtol=1e-4, atol=1e-2):
@@ -356,7 +402,10 @@ def preprocess_case(
         if not np.issubdtype(lab_arr.dtype, np.number) or not np.isfinite(lab_arr).all():
             raise LdmError("label must hold finite integer values")
         if lab_arr.size and (lab_arr.min() < 0 or lab_arr.max() > 255):
-            raise LdmError("label values must be integers in 0..255")
+            raise LdmError(
+                f"label values must be integers in 0..255, found {lab_arr.min():g}..{lab_arr.max():g}; "
+                "merge them into classes with --labels (e.g. --labels brain=1-1000)"
+            )
         fractional = not np.issubdtype(lab_arr.dtype, np.integer) and not np.all(lab_arr == np.round(lab_arr))
         if fractional:
             raise LdmError("label must hold integer values, found fractional ones")
@@ -388,15 +437,7 @@ def preprocess_case(
 
     # 4. shape
     if cfg.shape is not None and tuple(arr.shape) != tuple(cfg.shape):
-        fill = float(arr.min())
-        arr, shift = _crop_or_pad(arr, cfg.shape, fill)
-        if lab is not None:
-            lab, _ = _crop_or_pad(lab, cfg.shape, 0)
-        if gone is not None:
-            gone, _ = _crop_or_pad(gone, cfg.shape, 0)
-        translate = np.eye(4)
-        translate[:3, 3] = shift
-        affine = affine @ translate
+        arr, lab, gone, affine = _fit(arr, lab, gone, affine, cfg.shape)
 
     meta = dict(image.meta)
     out_image = Volume(np.ascontiguousarray(arr, dtype=np.float32), affine.copy(), meta)

@@ -3,7 +3,9 @@
 Layouts:
   * nnU-Net v2: ``imagesTr/CASE_0000.nii.gz`` (single channel), ``labelsTr/CASE.nii.gz`` and
     ``dataset.json`` (``channel_names``, ``labels``, ``numTraining``, ``file_ending``), and optional
-    ``masksTr/CASE.nii.gz`` missing-voxel masks (1 = missing) for incomplete volumes;
+    ``masksTr/CASE.nii.gz`` missing-voxel masks (1 = missing) for incomplete volumes; without
+    dataset.json (or its ``labels``) the label names are inferred from the label maps when they are
+    read (``Dataset.labels_inferred``);
   * a plain folder of .nii/.nii.gz files and/or subfolders each holding one DICOM series
     (a folder that directly holds DICOM files is one case);
   * a single volume file.
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ldmtool.errors import LdmError
+from ldmtool.io._util import summarise
 from ldmtool.io.dicom import is_dicom_file
 from ldmtool.io.nifti import is_nifti_path
 from ldmtool.io.readers import read_volume
@@ -49,6 +52,7 @@ class Dataset:
     channel_names: dict[str, str] = field(default_factory=dict)
     label_names: dict[str, int] = field(default_factory=dict)
     layout: str = "folder"  # "nnunet", "folder" or "file"
+    labels_inferred: bool = False  # labelsTr/ without dataset.json labels: names come from the values found
 
     @property
     def has_labels(self) -> bool:
@@ -111,14 +115,16 @@ def _parse_labels(raw, source: Path) -> dict[str, int]:
             )
         labels[str(name)] = value
     if len(set(labels.values())) != len(labels):
-        raise LdmError(f"{source}: several labels share a value: {labels}")
+        shared = sorted({v for v in labels.values() if list(labels.values()).count(v) > 1})
+        names = [n for n, v in labels.items() if v in shared]
+        raise LdmError(f"{source}: several labels share a value ({summarise(names, 4)} share {summarise(shared)})")
     return labels
 
 
 def _load_nnunet(root: Path) -> Dataset:
     """An nnU-Net v2 raw data set folder (imagesTr, optional labelsTr, dataset.json)."""
     images_dir, labels_dir, json_path = root / "imagesTr", root / "labelsTr", root / "dataset.json"
-    info = _read_dataset_json(json_path) if (labels_dir.is_dir() or json_path.exists()) else {}
+    info = _read_dataset_json(json_path) if json_path.exists() else {}
     ending = str(info.get("file_ending", ".nii.gz"))
     raw_channels = info.get("channel_names", info.get("modality")) or {}
     if not isinstance(raw_channels, dict):
@@ -155,8 +161,6 @@ def _load_nnunet(root: Path) -> Dataset:
         unlabelled = sorted(set(images) - set(labels))
         if unlabelled:
             raise LdmError(f"case {unlabelled[0]} has no label (expected labelsTr/{unlabelled[0]}{ending})")
-        if not label_names:
-            raise LdmError(f"{json_path} has no 'labels' entry; it is needed with labelsTr")
     masks: dict[str, Path] = {}
     masks_dir = root / "masksTr"
     if masks_dir.is_dir():  # optional: cases without a mask are complete
@@ -169,7 +173,8 @@ def _load_nnunet(root: Path) -> Dataset:
                 f"missing-voxel mask {masks[orphans[0]]} has no image (expected imagesTr/{orphans[0]}_0000{ending})"
             )
     cases = [Case(cid, images[cid], labels.get(cid), masks.get(cid)) for cid in sorted(images)]
-    return Dataset(root, cases, channel_names, label_names, layout="nnunet")
+    inferred = bool(labels) and not label_names
+    return Dataset(root, cases, channel_names, label_names, layout="nnunet", labels_inferred=inferred)
 
 
 def _holds_dicom(folder: Path) -> bool:
@@ -265,8 +270,9 @@ def read_case(
     if label_names is not None:
         unknown = sorted(set(np.unique(data).tolist()) - set(label_names.values()))
         if unknown:
+            listed = sorted(set(label_names.values()))
             raise LdmError(
-                f"label of {case.case_id} contains values {unknown} not listed in the data set's "
-                f"labels {dict(label_names)}"
+                f"label of {case.case_id} contains values [{summarise(unknown)}] not listed in the data set's "
+                f"labels [{summarise(listed, 6)}]; fix dataset.json or merge values with --labels"
             )
     return image, label.with_array(data)

@@ -2,7 +2,8 @@
 
 Each input is brought to the model's orientation (a permutation/flip of axes, exactly invertible)
 and intensity scale, segmented in its own voxel grid (padded to the network's size multiple, then
-cropped back), and the result is put back into the input's axes, so the label map has the input's
+cropped back; tiled with sliding windows where larger than the training patch: see
+pipelines/segmenter.py), and the result is put back into the input's axes, so the label map has the input's
 exact shape and affine. DICOM inputs give NIfTI outputs with the series' geometry and a DICOM SEG
 that references the source images (ldmtool/io/dicom_seg.py).
 """

@@ -2,6 +2,11 @@
 
 LDSeg denoises a label latent in a few DDIM steps given the image latent and decodes it; the UNet
 baseline is one forward pass. Used by `segment` and by the validation of `train-seg`.
+
+Input sizes: an input no larger than the training patch (the checkpoint's `patch_size`, the largest
+training slice or volume) is zero-padded to the network's size multiple and cropped back; a larger
+one is tiled with MONAI's `sliding_window_inference` (windows of the patch size, a quarter overlap,
+Gaussian blending), so the network never sees a context larger than it was trained on.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import torch.nn.functional as F
 
 from ldmtool.config import SegmentConfig, SegModelConfig
 from ldmtool.data.preprocess import PreprocessConfig
+from ldmtool.errors import LdmError
 from ldmtool.models.checkpoint import resolve_checkpoint
 from ldmtool.models.checkpoint_config import SegmenterCheckpoint
 from ldmtool.models.ldseg import LDSeg, memory_layout, seg_schedule, size_multiple
@@ -67,6 +73,7 @@ def predict_volume(
     device: torch.device = torch.device("cpu"),
     precision: str = "auto",
     start: int | None = None,
+    patch: tuple[int, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Class probabilities of one normalised volume (D, H, W) → (K, D, H, W) on the CPU, and with
     `samples` > 1 the per-voxel standard deviation over the draws of each class (K, D, H, W).
@@ -74,7 +81,8 @@ def predict_volume(
     2D models see the D slices in batches of `batch`; 3D models the whole volume. LDSeg draws
     z_T ~ N(0, I) from `generator` (CPU, so results do not depend on the device) and denoises it
     in `steps` deterministic DDIM steps given the image latent, the first at timestep `start`
-    (default `sampling_start(cfg)`).
+    (default `sampling_start(cfg)`). Slices (2D) or volumes (3D) larger than `patch` along an axis
+    are tiled with sliding windows of that size.
     """
     from ldmtool.diffusion.samplers import DDIMSampler
 
@@ -87,20 +95,29 @@ def predict_volume(
     layout = memory_layout(cfg)
     chunks = [image[None]] if cfg.dims == 3 else [image[s : s + batch] for s in range(0, image.shape[0], batch)]
     means, stds = [], []
-    for chunk in chunks:
-        x = chunk[:, None].float() if cfg.dims == 2 else chunk[None].float()  # (B, 1, H, W) or (1, 1, D, H, W)
-        x, sizes = pad_to_multiple(x, mult, cfg.dims)
-        x = x.to(device).contiguous(memory_format=layout)
-        draws = []
+
+    def draws_of(x: torch.Tensor) -> list[torch.Tensor]:
+        """Softmax probabilities of each draw for a padded batch x (on the device)."""
+        x = x.contiguous(memory_format=layout)
         with autocast(device, precision):
             if sampler is None:
-                draws.append(torch.softmax(model(x).float(), dim=1))
-            else:
-                z_image = model.encode_image(x)
-                for _ in range(samples):
-                    z = torch.randn(z_image.shape, generator=generator).to(device)
-                    z0 = sampler(lambda zt, t, zi=z_image: model.predict_noise(zt, t, zi), z)
-                    draws.append(torch.softmax(model.decode(z0).float(), dim=1))
+                return [torch.softmax(model(x).float(), dim=1)]
+            z_image, draws = model.encode_image(x), []
+            for _ in range(samples):
+                z = torch.randn(z_image.shape, generator=generator).to(device)
+                z0 = sampler(lambda zt, t, zi=z_image: model.predict_noise(zt, t, zi), z)
+                draws.append(torch.softmax(model.decode(z0).float(), dim=1))
+            return draws
+
+    for chunk in chunks:
+        x = chunk[:, None].float() if cfg.dims == 2 else chunk[None].float()  # (B, 1, H, W) or (1, 1, D, H, W)
+        if patch is not None and any(n > p for n, p in zip(x.shape[2:], patch)):
+            mean, std = _tiled(draws_of, x.to(device), tuple(patch), samples, batch)
+            means.append(mean)
+            stds.append(std)
+            continue
+        x, sizes = pad_to_multiple(x, mult, cfg.dims)
+        draws = draws_of(x.to(device))
         stack = torch.stack([crop_to(d, sizes).cpu() for d in draws])  # (S, B, K, ...)
         means.append(stack.mean(0))
         stds.append(stack.std(0, unbiased=False) if len(draws) > 1 else None)
@@ -111,6 +128,33 @@ def predict_volume(
         mean = torch.cat(means).movedim(1, 0)  # (D, K, H, W) → (K, D, H, W)
         std = None if stds[0] is None else torch.cat(stds).movedim(1, 0)
     return mean, std
+
+
+def _tiled(draws_of, x: torch.Tensor, patch: tuple[int, ...], samples: int, batch: int):
+    """(mean, std or None) of the draws over sliding windows of size `patch` (MONAI inferer)."""
+    from monai.inferers import sliding_window_inference
+
+    def predictor(window: torch.Tensor) -> torch.Tensor:
+        stack = torch.stack(draws_of(window))
+        return torch.cat([stack.mean(0), stack.std(0, unbiased=False)], 1) if samples > 1 else stack.mean(0)
+
+    out = sliding_window_inference(
+        x, patch, max(1, batch), predictor, overlap=0.25, mode="gaussian", progress=False
+    ).cpu()
+    if samples == 1:
+        return out, None
+    k = out.shape[1] // 2
+    return out[:, :k], out[:, k:]
+
+
+def checked_patch(value, dims: int, source: str) -> tuple[int, ...] | None:
+    """The checkpoint's `patch_size` as a tuple (None when absent: inputs are never tiled)."""
+    if value is None:
+        return None
+    ok = isinstance(value, (list, tuple)) and len(value) == dims
+    if not ok or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        raise LdmError(f"{source}: field 'patch_size' must be {dims} positive whole numbers; got {value!r}")
+    return tuple(value)
 
 
 class Segmenter:
@@ -127,8 +171,10 @@ class Segmenter:
         precision: str = "auto",
         config: SegmenterCheckpoint | None = None,
         path: Path | None = None,
+        patch_size: tuple[int, ...] | None = None,
     ):
         self.model, self.model_config, self.config, self.path = model, model_config, config, path
+        self.patch_size = patch_size  # inputs larger than this are tiled (see predict_volume)
         self.label_names: dict[str, int] = dict(label_names or {})
         self.preprocess = preprocess or PreprocessConfig()
         self.device, self.precision = device, precision
@@ -150,6 +196,7 @@ class Segmenter:
             precision=precision,
             config=config,
             path=path,
+            patch_size=checked_patch(config.get("patch_size"), config.model.dims, str(path)),
         )
 
     @property
@@ -183,4 +230,5 @@ class Segmenter:
             device=self.device,
             precision=self.precision,
             start=start,
+            patch=self.patch_size,
         )

@@ -4,7 +4,10 @@ Both train on the same data with the same loss terms and schedule:
 L = CE + γ·Dice (on the decoded label probabilities) [+ λ·MSE(ε̂, ε) for LDSeg], AdamW with warmup
 and cosine decay, batches of slices (2D, a share drawn from slices holding the rarest class) or of
 volumes (3D). Validation Dice per class on held-out cases after every epoch; the best checkpoint
-is kept. The run is resumable like the other trainers (train_state.safetensors + state.json).
+is kept. Volumes of different shapes train in their own voxel grids: each batch is zero-padded to
+its largest member (rounded up to the network's size multiple), 2D batches draw only slices that
+exist, and the checkpoint records the largest training size as `patch_size` (segment tiles larger
+inputs with windows of that size). The run is resumable like the other trainers (train_state.safetensors + state.json).
 
 LDSeg's clean-latent estimate fed to the label decoder in training is, by default, the x0 formula
 ẑ_0 = (z_t − √(1−ᾱ_t) ε̂)/√ᾱ_t, clamped to ±5 (`decoder_input: x0`): exactly what the DDIM sampler
@@ -60,9 +63,9 @@ def _loss_fn(cfg: SegLossConfig):
 def check_segmentation_data(data: PreparedData, model_cfg: SegModelConfig) -> None:
     """One-line errors for data a segmenter cannot train on (no labels, too small for the model)."""
     if data.labels is None:
-        raise LdmError("train-seg needs labels (imagesTr/ + labelsTr/ + dataset.json)")
+        raise LdmError("train-seg needs labels (imagesTr/ + labelsTr/)")
     if data.num_classes < 2:
-        raise LdmError("train-seg needs at least one foreground class in dataset.json")
+        raise LdmError("train-seg needs at least one foreground class (dataset.json labels or --labels)")
     mult = size_multiple(model_cfg)
     d, h, w = data.images.shape[1:]
     if model_cfg.dims == 3 and min(d, h, w) < mult:
@@ -74,6 +77,36 @@ def check_segmentation_data(data: PreparedData, model_cfg: SegModelConfig) -> No
         raise LdmError(
             f"slices of {h}×{w} are too small for this model (it downsamples by {mult}); use fewer --channels levels"
         )
+
+
+class _ValidSliceSampler(SliceSampler):
+    """SliceSampler over the slices that exist where cases of different depths share the arrays."""
+
+    def __init__(self, data: PreparedData, batch_size: int, rare_fraction: float, seed: int = 0):
+        super().__init__(data, batch_size, rare_fraction, seed)
+        d = data.images.shape[1]
+        exists = torch.zeros(len(data.case_ids), d, dtype=torch.bool)
+        for i in range(len(data.case_ids)):
+            exists[i, : data.case_size(i)[0]] = True
+        self.valid = torch.nonzero(exists.flatten()).flatten()  # flat (case, slice) indices that exist
+        self.plain = type(self.plain)(
+            range(len(self.valid)), num_replicas=1, rank=0, shuffle=True, seed=seed, drop_last=True
+        )
+        self.rare = self.rare[exists.flatten()[self.rare]] if len(self.rare) else self.rare
+
+    def __iter__(self):
+        for cases, slices in super().__iter__():
+            flat = cases * self.depth + slices
+            plain = flat[: self.batch_size - self.n_rare]  # positions into self.valid
+            flat = torch.cat([self.valid[plain], flat[len(plain) :]])
+            yield flat // self.depth, flat % self.depth
+
+
+def patch_size(data: PreparedData, dims: int, multiple: int) -> list[int]:
+    """The largest training input, (H, W) in 2D or (D, H, W) in 3D, rounded up to `multiple`."""
+    sizes = [data.case_size(i) for i in range(len(data.case_ids))]
+    largest = [max(s[k] for s in sizes) for k in range(3)][-dims:]
+    return [n + (-n) % multiple for n in largest]
 
 
 class SegmenterTrainer(Trainer):
@@ -109,8 +142,9 @@ class SegmenterTrainer(Trainer):
         self.model = build_segmenter(model_cfg, data.num_classes).to(device)
         self.ldseg = isinstance(self.model, LDSeg)
         self.unit = "slices" if model_cfg.dims == 2 else "volumes"
+        sampler = SliceSampler if data.shapes is None else _ValidSliceSampler
         self.sampler = (
-            SliceSampler(self.train, train_cfg.batch_size, loss_cfg.oversample, seed) if model_cfg.dims == 2 else None
+            sampler(self.train, train_cfg.batch_size, loss_cfg.oversample, seed) if model_cfg.dims == 2 else None
         )
         self.steps_per_epoch = (
             len(self.sampler) if self.sampler is not None else max(1, self.n_train // train_cfg.batch_size)
@@ -137,6 +171,7 @@ class SegmenterTrainer(Trainer):
             "preprocess": preprocess,
             "label_names": data.label_names,
             "num_classes": data.num_classes,
+            "patch_size": patch_size(data, model_cfg.dims, self.mult),
             "train_cases": [data.case_ids[i] for i in train_idx],
             "val_cases": [data.case_ids[i] for i in val_idx],
             "seed": seed,
@@ -154,10 +189,20 @@ class SegmenterTrainer(Trainer):
     def train_step(self, net, batch, step):
         self.model.train()
         dims, device = self.model_cfg.dims, self.info.device
-        x, _ = pad_to_multiple(self.train.images[batch][:, None], self.mult, dims)
-        y, _ = pad_to_multiple(self.train.labels[batch], self.mult, dims)
+        crop = (...,) + self.batch_extent(batch[0])
+        x, _ = pad_to_multiple(self.train.images[batch][crop][:, None], self.mult, dims)
+        y, _ = pad_to_multiple(self.train.labels[batch][crop], self.mult, dims)
         loss, parts = self.loss_on(x.to(device), y.to(device), step_generator(self.seed, 0, step))
         return loss, parts, x.shape[0]
+
+    def batch_extent(self, cases: torch.Tensor) -> tuple[slice, ...]:
+        """Slices of the last `dims` axes holding the largest of these cases (all of them when the
+        cases share one shape)."""
+        if self.train.shapes is None:
+            return ()
+        sizes = [self.train.shapes[int(c)] for c in cases.reshape(-1)]
+        largest = [max(s[k] for s in sizes) for k in range(3)]
+        return tuple(slice(0, n) for n in largest[-self.model_cfg.dims :])
 
     def loss_on(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         """CE + γ·Dice on the (decoded) logits, + λ·MSE on the noise for LDSeg."""
@@ -191,16 +236,17 @@ class SegmenterTrainer(Trainer):
         scores = []
         for i in range(len(self.val.case_ids)):
             g = torch.Generator().manual_seed(self.seed + i)
+            own = tuple(slice(0, n) for n in self.val.case_size(i))
             probs, _ = predict_volume(
                 self.model,
                 self.model_cfg,
-                self.val.images[i],
+                self.val.images[i][own],
                 steps=self.val_steps,
                 generator=g,
                 device=self.info.device,
                 precision=self.cfg.precision,
             )
-            scores.append(dice_per_class(probs.argmax(0), self.val.labels[i], self.num_classes))
+            scores.append(dice_per_class(probs.argmax(0), self.val.labels[i][own], self.num_classes))
         mean = np.mean(scores, axis=0)
         names = {v: k for k, v in self.label_names.items()}
         out = {f"dice_{names.get(c, c)}": float(mean[c - 1]) for c in range(1, self.num_classes)}

@@ -208,3 +208,64 @@ def test_bad_input(trained, seg_model, cli, tmp_path):
     _one_line_error(cli("segment", tmp_path / "nan.nii.gz", "--model", seg_model, "--out", tmp_path / "o5"), "NaN")
     _one_line_error(cli("segment", flat, "--model", trained.ae, "--out", tmp_path / "o6"), "autoencoder", "segmenter")
     assert not (tmp_path / "o5").exists() or not list((tmp_path / "o5").glob("*.nii.gz"))
+
+
+def _uneven_folder(root: Path) -> Path:
+    """Labelled cases of different shapes without dataset.json; label values 0, 3, 7."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    for i, shape in enumerate([(20, 18, 6), (16, 22, 5), (18, 14, 7), (22, 20, 4)]):
+        img = rng.random(shape).astype(np.float32) * (255 if i % 2 else 1e6)
+        lab = np.where(img > 0.7 * img.max(), 3, 0) + np.where(img > 0.9 * img.max(), 4, 0)
+        nib.save(
+            nib.Nifti1Image(img.astype(np.uint8) if i % 2 else img, np.eye(4)), root / "imagesTr" / f"c{i}_0000.nii.gz"
+        )
+        nib.save(nib.Nifti1Image(lab.astype(np.uint8), np.eye(4)), root / "labelsTr" / f"c{i}.nii.gz")
+    return root
+
+
+def test_train_seg_on_shapes_that_differ_with_labels_merged(cli, tmp_path):
+    data = _uneven_folder(tmp_path / "data")
+    out = tmp_path / "M"
+    r = cli(
+        "train-seg",
+        data,
+        "--out",
+        out,
+        "--config",
+        TINY_YAML,
+        "--arch",
+        "unet",
+        "--steps",
+        "2",
+        "--labels",
+        "bright=3,7",
+    )
+    assert r.code == 0, r.err
+    config = json.loads((out / "config.json").read_text())
+    assert config["label_names"] == {"background": 0, "bright": 1}
+    assert config["preprocess"]["labels"] == {"bright": [[3, 3], [7, 7]]}
+    seg = tmp_path / "S"
+    big = tmp_path / "big.nii.gz"  # larger than the training patch: tiled
+    nib.save(nib.Nifti1Image(np.random.default_rng(1).random((40, 35, 3)).astype(np.float32), np.eye(4)), big)
+    r = cli("segment", data / "imagesTr", big, "--model", out, "--out", seg)
+    assert r.code == 0, r.err
+    for name, shape in [("c0", (20, 18, 6)), ("c1", (16, 22, 5)), ("big", (40, 35, 3))]:
+        out_img = nib.load(seg / f"{name}_seg.nii.gz")
+        assert out_img.shape == shape and set(np.unique(np.asarray(out_img.dataobj))) <= {0, 1}
+
+
+def test_train_seg_infers_labels_without_dataset_json(cli, tmp_path):
+    data = _uneven_folder(tmp_path / "data")
+    r = cli("train-seg", data, "--out", tmp_path / "M", "--config", TINY_YAML, "--arch", "unet", "--steps", "1")
+    assert r.code == 0, r.err
+    assert "no dataset.json labels" in " ".join(r.out.split()) and "--labels" in r.out
+    config = json.loads((tmp_path / "M" / "config.json").read_text())
+    assert config["label_names"] == {"background": 0, "label_3": 3, "label_7": 7}
+
+
+def test_bad_labels_flag_is_one_line(cli, tmp_path):
+    data = _uneven_folder(tmp_path / "data")
+    r = cli("train-seg", data, "--out", tmp_path / "M", "--config", TINY_YAML, "--labels", "3-7")
+    assert r.code == 1 and "must start with a class name" in r.err and r.err.strip().count("\n") == 0

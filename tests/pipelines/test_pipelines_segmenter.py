@@ -34,3 +34,37 @@ def test_ldseg_samples_give_a_spread():
 def test_from_pretrained_refuses_other_checkpoints():
     with pytest.raises(LdmError, match="expected a segmenter"):
         Segmenter.from_pretrained(MODELS / "ae")
+
+
+@pytest.mark.parametrize("name", ["seg", "unet"])
+def test_inputs_larger_than_the_patch_are_tiled(name):
+    """Slices larger than the training patch go through sliding windows; the output keeps the input's size."""
+    seg = Segmenter.from_pretrained(MODELS / name)
+    assert seg.patch_size is None  # checkpoints without patch_size are never tiled
+    image = torch.rand(3, 45, 37)
+    whole, _ = seg.predict(image, generator=torch.Generator().manual_seed(0))
+    seg.patch_size = (32, 32)
+    tiled, std = seg.predict(image, samples=1, generator=torch.Generator().manual_seed(0))
+    assert tiled.shape == whole.shape == (3, 3, 45, 37) and std is None
+    torch.testing.assert_close(tiled.sum(0), torch.ones(3, 45, 37))
+    small = torch.rand(2, 20, 24)  # smaller than the patch: padded, not tiled
+    seg.patch_size = None
+    ref, _ = seg.predict(small, generator=torch.Generator().manual_seed(0))
+    seg.patch_size = (32, 32)
+    out, _ = seg.predict(small, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_tiled_ldseg_samples_keep_their_spread():
+    seg = Segmenter.from_pretrained(MODELS / "seg")
+    seg.patch_size = (32, 32)
+    probs, std = seg.predict(torch.rand(2, 40, 48), samples=3, generator=torch.Generator().manual_seed(1))
+    assert probs.shape == std.shape == (3, 2, 40, 48) and (std >= 0).all()
+
+
+def test_bad_patch_size_is_one_line():
+    from ldmtool.pipelines.segmenter import checked_patch
+
+    assert checked_patch([32, 48], 2, "x") == (32, 48)
+    with pytest.raises(LdmError, match="patch_size"):
+        checked_patch([32, 0], 2, "x")

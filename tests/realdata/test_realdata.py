@@ -1,0 +1,61 @@
+"""Optional runs on the real data beside the project (`../shared/data` from the repository root):
+marked slow, skipped when the folder is absent (a fresh clone has no data)."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+from ldmtool.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(os.environ.get("LDMTOOL_SHARED_DATA", ROOT.parent / "shared" / "data"))
+TINY_YAML = ROOT / "examples" / "tiny.yaml"
+
+
+def _subset(src: Path, dst: Path, n: int, with_json: bool) -> Path:
+    """Links to the first `n` cases of an nnU-Net folder (the data stay where they are)."""
+    (dst / "imagesTr").mkdir(parents=True)
+    (dst / "labelsTr").mkdir()
+    for image in sorted((src / "imagesTr").glob("*_0000.nii.gz"))[:n]:
+        case = image.name[: -len("_0000.nii.gz")]
+        (dst / "imagesTr" / image.name).symlink_to(image)
+        (dst / "labelsTr" / f"{case}.nii.gz").symlink_to(src / "labelsTr" / f"{case}.nii.gz")
+    if with_json and (src / "dataset.json").is_file():
+        (dst / "dataset.json").symlink_to(src / "dataset.json")
+    return dst
+
+
+def _run(*args) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return main(["--quiet", *map(str, args)])
+
+
+@pytest.mark.slow
+def test_train_seg_and_segment_on_hippocampus_cases_of_different_shapes(tmp_path):
+    src = DATA / "msd_hippocampus"
+    if not src.is_dir():
+        pytest.skip(f"{src} is absent")
+    data = _subset(src, tmp_path / "hippo", 6, with_json=True)
+    assert _run("train-seg", data, "--out", tmp_path / "M", "--config", TINY_YAML, "--steps", "4") == 0
+    assert _run("segment", data / "imagesTr", "--model", tmp_path / "M", "--out", tmp_path / "S") == 0
+    assert len(list((tmp_path / "S").glob("*_seg.nii.gz"))) == 6
+
+
+@pytest.mark.slow
+def test_train_ae_on_ixi_with_brain_label_merged(tmp_path):
+    src = DATA / "ixi_t1_2mm"
+    if not src.is_dir():
+        pytest.skip(f"{src} is absent")
+    data = _subset(src, tmp_path / "ixi", 4, with_json=False)
+    out = tmp_path / "A"
+    args = ("train-ae", data, "--out", out, "--config", TINY_YAML, "--steps", "2", "--spacing", "4,4,4")
+    assert _run(*args, "--labels", "brain=1-255") == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["label_names"] == {"background": 0, "brain": 1}
+    assert config["preprocess"]["shape"] is not None  # chosen from the data (a multiple of the downsampling)
