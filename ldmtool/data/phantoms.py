@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,24 @@ def _check_shape(shape: tuple[int, int, int]) -> tuple[int, int, int]:
     return out  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class _HeadFrame:
+    """Voxel coordinates relative to the head centre, in the grid and in the rotated head frame.
+
+    x, y, z broadcast over the (I, J, K) grid; xr is left-right and yr back-front in the head
+    frame; ax, ay, az are the ellipsoid's semi-axes in voxels.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    z: np.ndarray
+    xr: np.ndarray
+    yr: np.ndarray
+    ax: float
+    ay: float
+    az: float
+
+
 def make_phantom(rng: np.random.Generator, shape: tuple[int, int, int] = (64, 64, 32)) -> tuple[np.ndarray, np.ndarray]:
     """Generate one head phantom.
 
@@ -70,9 +89,26 @@ def make_phantom(rng: np.random.Generator, shape: tuple[int, int, int] = (64, 64
     """
     nx, ny, nz = _check_shape(shape)
     zr = 4.0 / 3.0  # slice thickness in units of the in-plane voxel size
-    sampling = (1.0, 1.0, zr)
+    scale = min(nx, ny) / 64.0
+    frame = _head_frame(rng, (nx, ny, nz))
+    head, skull, brain = _head_masks(rng, frame)
+    # Depth into the brain in in-plane voxel units (slices are thicker), for lesion placement.
+    brain_depth = ndi.distance_transform_edt(brain, sampling=(1.0, 1.0, zr))
+    image, texture = _brain_image(rng, head, skull, brain, brain_depth, scale)
+    ventricles = _ventricles(rng, frame, brain)
+    image[ventricles] = _VENTRICLE
+    lesions = _add_lesions(rng, image, texture, brain_depth, ventricles, scale, zr)
+    image = _acquire(rng, image, frame)
 
-    # --- head ellipsoid: size, in-plane rotation and shift --------------------------------------
+    label = np.zeros(head.shape, dtype=np.uint8)
+    label[head] = 1
+    label[lesions] = 2
+    return image, label
+
+
+def _head_frame(rng: np.random.Generator, shape: tuple[int, int, int]) -> _HeadFrame:
+    """Draw the head ellipsoid's size, in-plane rotation and shift; return its coordinate frame."""
+    nx, ny, nz = shape
     ax = rng.uniform(0.70, 0.80) * nx / 2.0  # left-right semi-axis (heads are narrower ...)
     ay = rng.uniform(0.75, 0.85) * ny / 2.0  # ... than they are long front-to-back)
     az = rng.uniform(0.80, 0.95) * nz / 2.0
@@ -87,48 +123,75 @@ def make_phantom(rng: np.random.Generator, shape: tuple[int, int, int] = (64, 64
     c, s = np.float32(np.cos(theta)), np.float32(np.sin(theta))
     xr = c * x + s * y  # head frame: xr left-right, yr back-front
     yr = -s * x + c * y
+    return _HeadFrame(x, y, z, xr, yr, ax, ay, az)
 
+
+def _head_masks(rng: np.random.Generator, f: _HeadFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(head, skull, brain) masks: an egg-shaped head, a thin outer skull, the brain inside the CSF gap."""
     # Egg-shaped: a little narrower at the front than at the back.
-    width = ax * (1.0 - np.float32(rng.uniform(0.05, 0.10)) * np.clip(yr / ay, -1.0, 1.0))
-    head = (xr / width) ** 2 + (yr / ay) ** 2 + (z / az) ** 2 <= 1.0
+    width = f.ax * (1.0 - np.float32(rng.uniform(0.05, 0.10)) * np.clip(f.yr / f.ay, -1.0, 1.0))
+    head = (f.xr / width) ** 2 + (f.yr / f.ay) ** 2 + (f.z / f.az) ** 2 <= 1.0
     depth = ndi.distance_transform_edt(head)  # in voxels; 1 at the outer surface
     skull = head & (depth <= _SKULL_THICKNESS)
     brain = head & (depth > _SKULL_THICKNESS + _GAP_THICKNESS)
-    # Depth into the brain in in-plane voxel units (slices are thicker), for lesion placement.
-    brain_depth = ndi.distance_transform_edt(brain, sampling=sampling)
+    return head, skull, brain
 
-    # --- brain: grey cortex over white matter, boundary wobbling with smooth noise -------------
-    scale = min(nx, ny) / 64.0
-    wobble = _smooth_noise(rng, (nx, ny, nz), 3.0 * scale)
-    texture = _smooth_noise(rng, (nx, ny, nz), 1.5 * scale)
+
+def _brain_image(
+    rng: np.random.Generator,
+    head: np.ndarray,
+    skull: np.ndarray,
+    brain: np.ndarray,
+    brain_depth: np.ndarray,
+    scale: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Intensities of skull, CSF gap and brain (grey cortex over white matter, boundary wobbling).
+
+    Returns:
+        (image, texture): the image and the smooth noise field that textures the tissue.
+    """
+    wobble = _smooth_noise(rng, head.shape, 3.0 * scale)
+    texture = _smooth_noise(rng, head.shape, 1.5 * scale)
     cortex = 3.5 * scale + 1.5 * scale * wobble
     white = 1.0 / (1.0 + np.exp(-(brain_depth - cortex) / (0.7 * scale)))
-    image = np.zeros((nx, ny, nz), dtype=np.float32)
+    image = np.zeros(head.shape, dtype=np.float32)
     image[head] = _CSF_GAP
     tissue = _GREY + (_WHITE - _GREY) * white + 0.025 * texture
     image[brain] = tissue[brain]
     image[skull] = _SKULL
+    return image, texture
 
-    # --- two lateral ventricles near the centre: close at the front, diverging towards the back
-    ventricles = np.zeros(head.shape, dtype=bool)
-    v_off = rng.uniform(0.10, 0.14) * ax
-    v_len = rng.uniform(0.30, 0.38) * ay
-    v_wid = rng.uniform(0.07, 0.10) * ax
-    v_hgt = rng.uniform(0.18, 0.25) * az
-    v_y = rng.uniform(-0.05, 0.05) * ay
-    v_z = rng.uniform(0.0, 0.10) * az
+
+def _ventricles(rng: np.random.Generator, f: _HeadFrame, brain: np.ndarray) -> np.ndarray:
+    """Two lateral ventricles near the centre, inside the brain: close at the front, diverging towards the back."""
+    ventricles = np.zeros(brain.shape, dtype=bool)
+    v_off = rng.uniform(0.10, 0.14) * f.ax
+    v_len = rng.uniform(0.30, 0.38) * f.ay
+    v_wid = rng.uniform(0.07, 0.10) * f.ax
+    v_hgt = rng.uniform(0.18, 0.25) * f.az
+    v_y = rng.uniform(-0.05, 0.05) * f.ay
+    v_z = rng.uniform(0.0, 0.10) * f.az
     for side in (-1.0, 1.0):
         phi = np.float32(-side * np.deg2rad(rng.uniform(8.0, 16.0)))
-        dx = xr - np.float32(side * v_off)
-        dy = yr - np.float32(v_y)
+        dx = f.xr - np.float32(side * v_off)
+        dy = f.yr - np.float32(v_y)
         u = np.cos(phi) * dx - np.sin(phi) * dy
         v = np.sin(phi) * dx + np.cos(phi) * dy
-        ventricles |= (u / v_wid) ** 2 + (v / v_len) ** 2 + ((z - v_z) / v_hgt) ** 2 <= 1.0
-    ventricles &= brain
-    image[ventricles] = _VENTRICLE
+        ventricles |= (u / v_wid) ** 2 + (v / v_len) ** 2 + ((f.z - v_z) / v_hgt) ** 2 <= 1.0
+    return ventricles & brain
 
-    # --- lesions -------------------------------------------------------------------------------
-    lesions = np.zeros(head.shape, dtype=bool)
+
+def _add_lesions(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    texture: np.ndarray,
+    brain_depth: np.ndarray,
+    ventricles: np.ndarray,
+    scale: float,
+    zr: float,
+) -> np.ndarray:
+    """Paint zero to three lesions (bright core, slightly darker rim) into `image`; returns their mask."""
+    lesions = np.zeros(image.shape, dtype=bool)
     n_lesions = int(rng.integers(0, 4))
     for _ in range(n_lesions):
         blob = _place_lesion(rng, brain_depth, ventricles, lesions, scale, zr)
@@ -142,21 +205,20 @@ def make_phantom(rng: np.random.Generator, shape: tuple[int, int, int] = (64, 64
         patch[rim] = level - rng.uniform(0.04, 0.06)
         patch[core] = level + 0.02 * texture[sl][core]
         lesions[sl] |= mask
+    return lesions
 
-    # --- acquisition: partial volume blur, smooth bias field, Rician noise --------------------
+
+def _acquire(rng: np.random.Generator, image: np.ndarray, f: _HeadFrame) -> np.ndarray:
+    """Acquisition: partial volume blur, a smooth linear bias field and Rician noise."""
+    nx, ny, nz = image.shape
     image = ndi.gaussian_filter(image, 0.5)
     grad = rng.standard_normal(3)
     grad *= rng.uniform(0.02, 0.06) / max(float(np.linalg.norm(grad)), 1e-6)
-    image *= 1.0 + (grad[0] * x / nx + grad[1] * y / ny + grad[2] * z / nz) * 2.0
+    image *= 1.0 + (grad[0] * f.x / nx + grad[1] * f.y / ny + grad[2] * f.z / nz) * 2.0
     sigma = np.float32(rng.uniform(0.012, 0.022))
     real = image + sigma * rng.standard_normal(image.shape, dtype=np.float32)
     imag = sigma * rng.standard_normal(image.shape, dtype=np.float32)
-    image = np.sqrt(real * real + imag * imag).astype(np.float32)
-
-    label = np.zeros(head.shape, dtype=np.uint8)
-    label[head] = 1
-    label[lesions] = 2
-    return image, label
+    return np.sqrt(real * real + imag * imag).astype(np.float32)
 
 
 def _place_lesion(

@@ -23,93 +23,121 @@ def _fmt(v) -> str:
 def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
     """(criterion, measure, value, how to read it) rows: the terminal table and the HTML summary."""
     rows = []
-    f, d, s, p, u, r = (report.get(k) for k in ("fidelity", "diversity", "speed", "privacy", "utility", "robustness"))
-    if f:
-        rows += [
-            ("fidelity", f"precision (k={f['k']})", _fmt(f["precision"]), "higher is better, 1 = all inside real"),
-            ("fidelity", "FID", _fmt(f["fid"]), "lower is better, 0 = same feature statistics"),
-        ]
-    if d:
-        rows += [
-            ("diversity", f"recall (k={d['k']})", _fmt(d["recall"]), "higher is better"),
-            ("diversity", "MMD (linear, features)", _fmt(d["mmd_linear"]), "lower is better"),
-            (
-                "diversity",
-                "pairwise SSIM synthetic / real",
-                f"{_fmt(d['pairwise_ssim_synthetic'])} / {_fmt(d['pairwise_ssim_real'])}",
-                "close to real; high = repetitive",
-            ),
-        ]
-        ms_s, ms_r = d.get("pairwise_ms_ssim_synthetic", {}), d.get("pairwise_ms_ssim_real", {})
-        if ms_s.get("value") is not None:
-            rows.append(
-                (
-                    "diversity",
-                    "pairwise MS-SSIM synthetic / real",
-                    f"{_fmt(ms_s['value'])} / {_fmt(ms_r.get('value'))}",
-                    f"{ms_s['scales']} scales, window {ms_s['window']}; close to real",
-                )
-            )
-    if s and s.get("available"):
-        dev = ", ".join(s["devices"])
-        rows += [
-            ("speed", "samples/s", _fmt(s["samples_per_second"]), f"from provenance, {s['n_samples']} samples on {dev}")
-        ]
-    if p:
-        m = p["memorisation"]
-        rows += [
-            (
-                "privacy",
-                f"max SSIM to train (q={p['q']}, {p['repeats']} repeats)",
-                _fmt(p["max_ssim_mean"]),
-                "lower is more private"
-                + (f"; held-out real: {_fmt(p['heldout_max_ssim_mean'])}" if "heldout_max_ssim_mean" in p else ""),
-            ),
-            (
-                "privacy",
-                f"flagged (SSIM > {p['flag_threshold']:g})",
-                f"{p['flagged']} ({100 * p['flagged_share']:.0f}%)",
-                "near-copies of training volumes",
-            ),
-            (
-                "privacy",
-                "memorisation ratio (NN distance)",
-                _fmt(m.get("ratio")),
-                "synthetic→train / held-out→train; < 1 = closer than unseen real data",
-            ),
-        ]
-    if u:
-        metric = "Dice" if u["task"] == "segmentation" else "accuracy"
-        key = "dice_mean" if u["task"] == "segmentation" else "accuracy"
-        for src, res in u["results"].items():
-            rows.append(
-                ("utility", f"{metric}, trained on {src}", _fmt(res[key]), f"on {u['n_test']} real test volumes")
-            )
-            if "iou" in res:
-                rows.append(
-                    (
-                        "utility",
-                        f"IoU, trained on {src}",
-                        _fmt(float(np.nanmean(list(res["iou"].values())))),
-                        "mean over classes",
-                    )
-                )
-    if r:
-        key = "dice_mean" if r["task"] == "segmentation" else "accuracy"
-        for src, res in r["results"].items():
-            for pert, val in res.items():
-                label = {
-                    "fgsm": f"FGSM ε={r.get('epsilon')}",
-                    "pgd": f"PGD ε={r.get('epsilon')}, {r.get('pgd_steps')} steps",
-                    "noise": f"Gaussian noise σ={r.get('noise_sigma')}",
-                    "deepfool": f"DeepFool {r.get('deepfool_iterations')} it.",
-                }.get(pert, pert)
-                rows.append(("robustness", f"{src}: {label}", _fmt(val[key]), f"clean {_fmt(r['clean'][src][key])}"))
+    for key, criterion_rows in _CRITERION_ROWS:
+        if report.get(key):
+            rows += criterion_rows(report[key])
     for crit, why in report.get("skipped", {}).items():
         rows.append((crit, "not computed", "–", why))
     for text in report.get("warnings", []):
         rows.append(("warning", "", "", text))
     return rows
+
+
+def _fidelity_rows(f: dict) -> list[tuple[str, str, str, str]]:
+    return [
+        ("fidelity", f"precision (k={f['k']})", _fmt(f["precision"]), "higher is better, 1 = all inside real"),
+        ("fidelity", "FID", _fmt(f["fid"]), "lower is better, 0 = same feature statistics"),
+    ]
+
+
+def _diversity_rows(d: dict) -> list[tuple[str, str, str, str]]:
+    rows = [
+        ("diversity", f"recall (k={d['k']})", _fmt(d["recall"]), "higher is better"),
+        ("diversity", "MMD (linear, features)", _fmt(d["mmd_linear"]), "lower is better"),
+        (
+            "diversity",
+            "pairwise SSIM synthetic / real",
+            f"{_fmt(d['pairwise_ssim_synthetic'])} / {_fmt(d['pairwise_ssim_real'])}",
+            "close to real; high = repetitive",
+        ),
+    ]
+    ms_s, ms_r = d.get("pairwise_ms_ssim_synthetic", {}), d.get("pairwise_ms_ssim_real", {})
+    if ms_s.get("value") is not None:
+        rows.append(
+            (
+                "diversity",
+                "pairwise MS-SSIM synthetic / real",
+                f"{_fmt(ms_s['value'])} / {_fmt(ms_r.get('value'))}",
+                f"{ms_s['scales']} scales, window {ms_s['window']}; close to real",
+            )
+        )
+    return rows
+
+
+def _speed_rows(s: dict) -> list[tuple[str, str, str, str]]:
+    if not s.get("available"):
+        return []
+    dev = ", ".join(s["devices"])
+    return [
+        ("speed", "samples/s", _fmt(s["samples_per_second"]), f"from provenance, {s['n_samples']} samples on {dev}")
+    ]
+
+
+def _privacy_rows(p: dict) -> list[tuple[str, str, str, str]]:
+    heldout = f"; held-out real: {_fmt(p['heldout_max_ssim_mean'])}" if "heldout_max_ssim_mean" in p else ""
+    return [
+        (
+            "privacy",
+            f"max SSIM to train (q={p['q']}, {p['repeats']} repeats)",
+            _fmt(p["max_ssim_mean"]),
+            "lower is more private" + heldout,
+        ),
+        (
+            "privacy",
+            f"flagged (SSIM > {p['flag_threshold']:g})",
+            f"{p['flagged']} ({100 * p['flagged_share']:.0f}%)",
+            "near-copies of training volumes",
+        ),
+        (
+            "privacy",
+            "memorisation ratio (NN distance)",
+            _fmt(p["memorisation"].get("ratio")),
+            "synthetic→train / held-out→train; < 1 = closer than unseen real data",
+        ),
+    ]
+
+
+def _utility_rows(u: dict) -> list[tuple[str, str, str, str]]:
+    metric = "Dice" if u["task"] == "segmentation" else "accuracy"
+    key = _score_key(u)
+    rows = []
+    for src, res in u["results"].items():
+        rows.append(("utility", f"{metric}, trained on {src}", _fmt(res[key]), f"on {u['n_test']} real test volumes"))
+        if "iou" in res:
+            mean_iou = float(np.nanmean(list(res["iou"].values())))
+            rows.append(("utility", f"IoU, trained on {src}", _fmt(mean_iou), "mean over classes"))
+    return rows
+
+
+def _robustness_rows(r: dict) -> list[tuple[str, str, str, str]]:
+    key = _score_key(r)
+    labels = {
+        "fgsm": f"FGSM ε={r.get('epsilon')}",
+        "pgd": f"PGD ε={r.get('epsilon')}, {r.get('pgd_steps')} steps",
+        "noise": f"Gaussian noise σ={r.get('noise_sigma')}",
+        "deepfool": f"DeepFool {r.get('deepfool_iterations')} it.",
+    }
+    rows = []
+    for src, res in r["results"].items():
+        for pert, val in res.items():
+            label = labels.get(pert, pert)
+            rows.append(("robustness", f"{src}: {label}", _fmt(val[key]), f"clean {_fmt(r['clean'][src][key])}"))
+    return rows
+
+
+def _score_key(section: dict) -> str:
+    """The headline score of a utility or robustness section: mean Dice or accuracy."""
+    return "dice_mean" if section["task"] == "segmentation" else "accuracy"
+
+
+_CRITERION_ROWS = (
+    ("fidelity", _fidelity_rows),
+    ("diversity", _diversity_rows),
+    ("speed", _speed_rows),
+    ("privacy", _privacy_rows),
+    ("utility", _utility_rows),
+    ("robustness", _robustness_rows),
+)
 
 
 def _img(path: Path, alt: str) -> str:
@@ -130,120 +158,139 @@ figcaption{font-size:.85em;color:#555}code{background:#f3f3f3;padding:0 3px}.not
 
 
 def render_html(report: dict, out_dir: Path) -> str:
+    """The whole report as one self-contained HTML page (figures embedded as data URIs)."""
     out_dir = Path(out_dir)
+    figs = report.get("figures", {})
     parts = [
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ldmtool evaluation report</title>"
         f"<style>{_CSS}</style></head><body><h1>Synthetic data report</h1>"
     ]
-    inp = report.get("inputs", {})
+    parts += _inputs_section(report)
     parts.append(
+        "<h2>Summary</h2>"
+        + _table(["criterion", "measure", "value", "how to read"], [list(r) for r in summary_rows(report)])
+    )
+    if "montage" in figs:
+        parts.append(
+            "<h2>Real (top) and synthetic (bottom)</h2>"
+            + _img(out_dir / figs["montage"], "axial and coronal mid-slices")
+        )
+    if report.get("fidelity"):
+        parts += _fidelity_section(report["fidelity"])
+    if "precision_recall" in figs:
+        parts.append(_img(out_dir / figs["precision_recall"], "improved precision and recall"))
+    if report.get("speed") and report["speed"].get("available"):
+        parts.append(_speed_section(report["speed"]))
+    if report.get("privacy"):
+        parts += _privacy_section(report["privacy"], figs, out_dir)
+    if report.get("utility"):
+        parts += _utility_section(report["utility"])
+    if report.get("robustness"):
+        parts += _robustness_section(report["robustness"])
+    if "utility" in figs:
+        parts.append(_img(out_dir / figs["utility"], "downstream scores on real test volumes"))
+    parts.append("<p class='note'>Every number and its settings: <code>report.json</code>.</p></body></html>")
+    return "\n".join(parts)
+
+
+def _inputs_section(report: dict) -> list[str]:
+    """The input sets, the run's settings line and the feature extractor."""
+    inp = report.get("inputs", {})
+    parts = [
         "<h2>Inputs</h2>"
         + _table(
             ["set", "path", "volumes", "shape"],
             [[k, v["path"], v["n"], "×".join(map(str, v["shape"]))] for k, v in inp.items() if isinstance(v, dict)],
-        )
-    )
-    parts.append(
+        ),
         f"<p class='note'>{html.escape(inp.get('note', ''))}. ldmtool {report['ldmtool_version']}, "
-        f"device {report['device']}, seed {report['seed']}, {report['seconds']} s.</p>"
-    )
+        f"device {report['device']}, seed {report['seed']}, {report['seconds']} s.</p>",
+    ]
     fe = report.get("feature_extractor")
     if fe:
         parts.append(
             f"<p>Feature extractor: <code>{html.escape(fe['name'])}</code>, views {', '.join(fe['views'])}, "
             f"{fe['slices_per_view']} slices per view, {fe['image_size']} px. <span class='note'>{html.escape(fe['note'])}.</span></p>"
         )
-    parts.append(
-        "<h2>Summary</h2>"
-        + _table(["criterion", "measure", "value", "how to read"], [list(r) for r in summary_rows(report)])
-    )
-    figs = report.get("figures", {})
-    if "montage" in figs:
+    return parts
+
+
+def _fidelity_section(f: dict) -> list[str]:
+    """Per-view precision, recall and FID, and their definition."""
+    return [
+        "<h2>Fidelity and diversity</h2>"
+        + _table(
+            ["view", "precision", "recall", "FID"],
+            [[v, x["precision"], x["recall"], x["fid"]] for v, x in f["per_view"].items()],
+        ),
+        f"<p class='note'>{html.escape(f['definition'])}</p>",
+    ]
+
+
+def _speed_section(s: dict) -> str:
+    """Sampling speed read from the provenance sidecars."""
+    row = [
+        s["samples_per_second"],
+        s["seconds_per_sample_mean"],
+        json.dumps(s["devices"]),
+        json.dumps(s["samplers"]),
+        s["source"],
+    ]
+    return "<h2>Sampling speed</h2>" + _table(["samples/s", "s/sample (mean)", "devices", "samplers", "source"], [row])
+
+
+def _privacy_section(p: dict, figs: dict, out_dir: Path) -> list[str]:
+    """Max-SSIM histogram, memorisation measures and the most suspicious pairs."""
+    parts = [
+        "<h2>Privacy</h2>",
+        f"<p class='note'>{html.escape(p['definition'])}; 3D SSIM window {p['ssim_window']}.</p>",
+    ]
+    if "privacy_ssim" in figs:
+        parts.append(_img(out_dir / figs["privacy_ssim"], "highest SSIM to a training volume"))
+    m = p["memorisation"]
+    parts.append(_table(["measure", "value"], [[k, json.dumps(v) if isinstance(v, list) else v] for k, v in m.items()]))
+    parts.append("<h3>Most suspicious pairs</h3>")
+    for pair in p["suspicious_pairs"]:
         parts.append(
-            "<h2>Real (top) and synthetic (bottom)</h2>"
-            + _img(out_dir / figs["montage"], "axial and coronal mid-slices")
+            _img(out_dir / pair["figure"], f"{pair['synthetic']} vs {pair['train']}: SSIM {pair['max_ssim']:.3f}")
         )
-    f = report.get("fidelity")
-    if f:
+    return parts
+
+
+def _utility_section(u: dict) -> list[str]:
+    """Downstream scores per training source (and per class for segmentation)."""
+    key = _score_key(u)
+    parts = [
+        f"<h2>Utility ({html.escape(u['task'])})</h2><p class='note'>{html.escape(u['model'])}; "
+        f"{u['steps']} steps, batch {u['batch_size']}, channels {u['channels']}; {html.escape(u['metric'])}.</p>",
+        _table(["trained on", key], [[k, v[key]] for k, v in u["results"].items()]),
+    ]
+    if u["task"] == "segmentation" and all("iou" in v for v in u["results"].values()):
         parts.append(
-            "<h2>Fidelity and diversity</h2>"
-            + _table(
-                ["view", "precision", "recall", "FID"],
-                [[v, x["precision"], x["recall"], x["fid"]] for v, x in f["per_view"].items()],
-            )
-        )
-        parts.append(f"<p class='note'>{html.escape(f['definition'])}</p>")
-    if "precision_recall" in figs:
-        parts.append(_img(out_dir / figs["precision_recall"], "improved precision and recall"))
-    s = report.get("speed")
-    if s and s.get("available"):
-        parts.append(
-            "<h2>Sampling speed</h2>"
-            + _table(
-                ["samples/s", "s/sample (mean)", "devices", "samplers", "source"],
+            _table(
+                ["trained on", "class", "Dice", "IoU", "HD95 (voxels)"],
                 [
-                    [
-                        s["samples_per_second"],
-                        s["seconds_per_sample_mean"],
-                        json.dumps(s["devices"]),
-                        json.dumps(s["samplers"]),
-                        s["source"],
-                    ]
+                    [k, c, v["dice"][c], v["iou"][c], v["hd95_voxels"][c]]
+                    for k, v in u["results"].items()
+                    for c in v["dice"]
                 ],
             )
         )
-    p = report.get("privacy")
-    if p:
-        parts.append("<h2>Privacy</h2>")
-        parts.append(f"<p class='note'>{html.escape(p['definition'])}; 3D SSIM window {p['ssim_window']}.</p>")
-        if "privacy_ssim" in figs:
-            parts.append(_img(out_dir / figs["privacy_ssim"], "highest SSIM to a training volume"))
-        m = p["memorisation"]
-        parts.append(
-            _table(["measure", "value"], [[k, json.dumps(v) if isinstance(v, list) else v] for k, v in m.items()])
-        )
-        parts.append("<h3>Most suspicious pairs</h3>")
-        for pair in p["suspicious_pairs"]:
-            parts.append(
-                _img(out_dir / pair["figure"], f"{pair['synthetic']} vs {pair['train']}: SSIM {pair['max_ssim']:.3f}")
-            )
-    u = report.get("utility")
-    if u:
-        key = "dice_mean" if u["task"] == "segmentation" else "accuracy"
-        parts.append(
-            f"<h2>Utility ({html.escape(u['task'])})</h2><p class='note'>{html.escape(u['model'])}; "
-            f"{u['steps']} steps, batch {u['batch_size']}, channels {u['channels']}; {html.escape(u['metric'])}.</p>"
-        )
-        parts.append(_table(["trained on", key], [[k, v[key]] for k, v in u["results"].items()]))
-        if u["task"] == "segmentation" and all("iou" in v for v in u["results"].values()):
-            parts.append(
-                _table(
-                    ["trained on", "class", "Dice", "IoU", "HD95 (voxels)"],
-                    [
-                        [k, c, v["dice"][c], v["iou"][c], v["hd95_voxels"][c]]
-                        for k, v in u["results"].items()
-                        for c in v["dice"]
-                    ],
-                )
-            )
-    r = report.get("robustness")
-    if r:
-        key = "dice_mean" if r["task"] == "segmentation" else "accuracy"
-        conds = sorted({c for v in r["results"].values() for c in v})
-        parts.append(
-            "<h2>Robustness</h2>"
-            + _table(
-                ["trained on", "clean"] + conds,
-                [[k, r["clean"][k][key]] + [v[c][key] for c in conds] for k, v in r["results"].items()],
-            )
-        )
-        parts.append(
-            f"<p class='note'>{html.escape(json.dumps({k: v for k, v in r.items() if k not in ('clean', 'results')}))}</p>"
-        )
-    if "utility" in figs:
-        parts.append(_img(out_dir / figs["utility"], "downstream scores on real test volumes"))
-    parts.append("<p class='note'>Every number and its settings: <code>report.json</code>.</p></body></html>")
-    return "\n".join(parts)
+    return parts
+
+
+def _robustness_section(r: dict) -> list[str]:
+    """Scores under each perturbation beside the clean score, and the attack settings."""
+    key = _score_key(r)
+    conds = sorted({c for v in r["results"].values() for c in v})
+    settings = {k: v for k, v in r.items() if k not in ("clean", "results")}
+    return [
+        "<h2>Robustness</h2>"
+        + _table(
+            ["trained on", "clean"] + conds,
+            [[k, r["clean"][k][key]] + [v[c][key] for c in conds] for k, v in r["results"].items()],
+        ),
+        f"<p class='note'>{html.escape(json.dumps(settings))}</p>",
+    ]
 
 
 def write_report(report: dict, out_dir: Path) -> dict[str, Path]:

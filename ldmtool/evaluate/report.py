@@ -8,6 +8,7 @@ into report.json, report.html (self-contained) and figures/*.png.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,26 @@ def _heldout(real: VolumeSet, train: VolumeSet | None, test: VolumeSet | None) -
     return None
 
 
+@dataclass
+class _Run:
+    """What every criterion reads: the settings, the volume sets, where figures go and the stage bars."""
+
+    cfg: EvaluateConfig
+    real: VolumeSet
+    syn: VolumeSet | None
+    train: VolumeSet | None
+    test: VolumeSet | None
+    heldout: VolumeSet | None  # real volumes the generator did not see (see `_heldout`)
+    device: torch.device
+    seed: int
+    fig_dir: Path
+    stages: _Stages
+
+    @property
+    def only(self) -> set[str]:
+        return set(self.cfg.only)
+
+
 def run_evaluation(
     real_dir: Path,
     synthetic_dir: Path,
@@ -80,14 +101,8 @@ def run_evaluation(
     console=None,
 ) -> dict:
     """Compute the selected criteria; returns the report dict (also written by `write_report`)."""
-    from ldmtool.evaluate import fidelity as fd
-    from ldmtool.evaluate import privacy as pv
-    from ldmtool.evaluate.features import embed_views, flatten_views, load_extractor, volume_embedding
-    from ldmtool.evaluate.speed import read_speed
-
     t_start = time.perf_counter()
-    out_dir = Path(out_dir)
-    fig_dir = out_dir / "figures"
+    fig_dir = Path(out_dir) / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     only = set(cfg.only)
     report: dict = {
@@ -100,174 +115,213 @@ def run_evaluation(
         "figures": {},
     }
     with _Stages(console) as st:
-        # 1. volumes
         paths = {"real": real_dir, "synthetic": synthetic_dir, "train": train_dir, "test": test_dir}
-        step = st.stage("reading volumes", sum(p is not None for p in paths.values()))
-        real = load_volume_set(real_dir, "real", max_cases=cfg.max_cases)
-        step()
-        sets: dict[str, VolumeSet | None] = {"real": real}
-        for name in ("synthetic", "train", "test"):
-            sets[name] = (
-                load_volume_set(paths[name], name, shape=real.shape, max_cases=cfg.max_cases) if paths[name] else None
-            )
-            if paths[name]:
-                step()
-        syn, train, test = sets["synthetic"], sets["train"], sets["test"]
-        report["inputs"] = {k: _summary_set(v) for k, v in sets.items()}
-        report["inputs"]["note"] = (
-            f"images scaled to [0, 1] per volume (0.5/99.5 percentiles); other sets resized "
-            f"to the real set's shape {list(real.shape)}"
-        )
-        heldout = _heldout(real, train, test)
-
-        # 2. features
-        feats: dict[str, dict[str, np.ndarray]] = {}
-        need_feats = bool(only & {"fidelity", "diversity"}) or ("privacy" in only and train is not None)
-        if need_feats:
-            extractor = load_extractor(feature_extractor, cfg.image_size)
-            report["feature_extractor"] = {
-                "name": extractor.name,
-                "image_size": cfg.image_size,
-                "views": list(cfg.views),
-                "slices_per_view": cfg.slices_per_view,
-                "note": "numbers are comparable only between reports with the same extractor",
-            }
-            todo = {"real": real, "synthetic": syn}
-            if "privacy" in only and train is not None:
-                todo["train"] = train
-                if heldout is not None:
-                    todo["heldout"] = heldout
-            step = st.stage("features", sum(len(v) for v in todo.values()))
-            for name, vs in todo.items():
-                feats[name] = embed_views(vs.images, extractor, cfg.views, cfg.slices_per_view, device, on_volume=step)
-
-        # 3. fidelity and diversity
+        sets = _read_sets(report, paths, cfg, st)
+        real, train, test = sets["real"], sets["train"], sets["test"]
+        run = _Run(cfg, real, sets["synthetic"], train, test, _heldout(real, train, test), device, seed, fig_dir, st)
+        feats = _features(report, run, feature_extractor)
         if only & {"fidelity", "diversity"}:
-            step = st.stage("fidelity / diversity", len(cfg.views) + 2)
-            r_all, s_all = flatten_views(feats["real"]), flatten_views(feats["synthetic"])
-            prec, rec = fd.precision_recall(r_all, s_all, cfg.k)
-            per_view = {}
-            for v in cfg.views:
-                r_v = feats["real"][v].reshape(-1, feats["real"][v].shape[-1])
-                s_v = feats["synthetic"][v].reshape(-1, feats["synthetic"][v].shape[-1])
-                p_v, rc_v = fd.precision_recall(r_v, s_v, cfg.k)
-                per_view[v] = {"precision": p_v, "recall": rc_v, "fid": fd.fid(r_v, s_v)}
-                step()
-            fid_all = fd.fid(r_all, s_all)
-            step()
-            points = {"real_points": len(r_all), "synthetic_points": len(s_all), "k": cfg.k}
-            if "fidelity" in only:
-                report["fidelity"] = {
-                    "precision": prec,
-                    "fid": fid_all,
-                    "per_view": per_view,
-                    **points,
-                    "definition": "improved precision (Kynkäänniemi et al. 2019): share of synthetic view "
-                    "features inside the k-NN balls of real ones; FID: the Fréchet distance of MONAI's FIDMetric, computed "
-                    "exactly from the samples",
-                }
-            from ldmtool.evaluate.figures import precision_recall_png
-
-            precision_recall_png(per_view, (prec, rec), fig_dir / "precision_recall.png")
-            report["figures"]["precision_recall"] = "figures/precision_recall.png"
-            if "diversity" in only:
-                report["diversity"] = {
-                    "recall": rec,
-                    "mmd_linear": fd.mmd(r_all, s_all, seed),
-                    "pairwise_ssim_synthetic": fd.pairwise_ssim(syn.images, seed=seed, device=device),
-                    "pairwise_ssim_real": fd.pairwise_ssim(real.images, seed=seed, device=device),
-                    "pairwise_ms_ssim_synthetic": fd.pairwise_ms_ssim(syn.images, seed=seed, device=device),
-                    "pairwise_ms_ssim_real": fd.pairwise_ms_ssim(real.images, seed=seed, device=device),
-                    **points,
-                    "definition": "improved recall: share of real view features inside the k-NN balls of synthetic ones; "
-                    "MMD: MONAI MMDMetric (linear kernel) on features; pairwise (MS-)SSIM: mean 3D SSIM / MS-SSIM of 50 random pairs "
-                    "within a set (lower = more varied)",
-                }
-            step()
-
-        # 4. speed
+            _fidelity_diversity(report, run, feats)
         if "speed" in only:
-            report["speed"] = read_speed(synthetic_dir)
-            if not report["speed"]["available"]:
-                report["skipped"]["speed"] = report["speed"]["reason"]
-
-        # 5. privacy
+            _speed(report, synthetic_dir)
         if "privacy" in only:
-            if train is None:
-                report["skipped"]["privacy"] = "needs --train (the generator's training set)"
-            else:
-                n_ref = len(syn) + (len(heldout) if heldout is not None else 0)
-                step = st.stage("privacy (max SSIM)", n_ref)
-                s_max, s_arg = pv.max_ssim_to_set(syn.images, train.images, device, on_query=step)
-                mean, std, q_used = pv.repeated_mean(s_max, cfg.q, cfg.repeats, seed)
-                priv = {
-                    "max_ssim_mean": mean,
-                    "max_ssim_std_over_repeats": std,
-                    "q": q_used,
-                    "repeats": cfg.repeats,
-                    "ssim_window": pv.ssim_window(train.shape),
-                    "flag_threshold": cfg.flag_ssim,
-                    "flagged": int((s_max > cfg.flag_ssim).sum()),
-                    "flagged_share": float((s_max > cfg.flag_ssim).mean()),
-                    "per_sample": [
-                        {
-                            "synthetic": syn.case_ids[i],
-                            "nearest_train": train.case_ids[int(s_arg[i])],
-                            "max_ssim": float(s_max[i]),
-                        }
-                        for i in range(len(syn))
-                    ],
-                    "definition": "for q random synthetic volumes the highest 3D SSIM to any training volume, averaged, "
-                    "repeated; lower is more private",
-                }
-                h_max = None
-                if heldout is not None:
-                    h_max, _ = pv.max_ssim_to_set(heldout.images, train.images, device, on_query=step)
-                    priv["heldout_max_ssim_mean"] = float(h_max.mean())
-                    priv["heldout_set"] = heldout.name
-                priv["memorisation"] = pv.memorisation(
-                    volume_embedding(feats["synthetic"]),
-                    volume_embedding(feats["train"]),
-                    volume_embedding(feats["heldout"]) if "heldout" in feats else None,
-                )
-                order = np.argsort(-s_max)[: cfg.pairs]
-                priv["suspicious_pairs"] = [
-                    {"synthetic": syn.case_ids[i], "train": train.case_ids[int(s_arg[i])], "max_ssim": float(s_max[i])}
-                    for i in order
-                ]
-                from ldmtool.evaluate.figures import pair_png, ssim_histogram_png
-
-                for rank, i in enumerate(order):
-                    name = f"privacy_pair_{rank + 1}.png"
-                    pair_png(
-                        syn.images[i],
-                        train.images[int(s_arg[i])],
-                        fig_dir / name,
-                        f"{syn.case_ids[i]} vs {train.case_ids[int(s_arg[i])]}  SSIM {s_max[i]:.3f}",
-                    )
-                    priv["suspicious_pairs"][rank]["figure"] = f"figures/{name}"
-                ssim_histogram_png(s_max, h_max, cfg.flag_ssim, fig_dir / "privacy_ssim.png")
-                report["figures"]["privacy_ssim"] = "figures/privacy_ssim.png"
-                report["privacy"] = priv
-
-        # 6. utility and robustness
+            _privacy(report, run, feats)
         if only & {"utility", "robustness"}:
-            _downstream(report, cfg, real, syn, train, test, class_labels, device, seed, st, fig_dir)
-
-        # 7. montage figure
+            _downstream(report, run, class_labels)
         from ldmtool.evaluate.figures import montage_png
 
-        montage_png(real, syn, fig_dir / "montage.png")
+        montage_png(real, run.syn, fig_dir / "montage.png")
         report["figures"]["montage"] = "figures/montage.png"
         report["stage_seconds"] = st.times
     report["seconds"] = round(time.perf_counter() - t_start, 2)
     return report
 
 
-def _downstream(report, cfg, real, syn, train, test, class_labels, device, seed, st, fig_dir) -> None:
+def _read_sets(report: dict, paths: dict[str, Path | None], cfg: EvaluateConfig, st: _Stages) -> dict:
+    """Read the real set and, resized to its shape, the others that were given; note them in the report."""
+    step = st.stage("reading volumes", sum(p is not None for p in paths.values()))
+    real = load_volume_set(paths["real"], "real", max_cases=cfg.max_cases)
+    step()
+    sets: dict[str, VolumeSet | None] = {"real": real}
+    for name in ("synthetic", "train", "test"):
+        sets[name] = (
+            load_volume_set(paths[name], name, shape=real.shape, max_cases=cfg.max_cases) if paths[name] else None
+        )
+        if paths[name]:
+            step()
+    report["inputs"] = {k: _summary_set(v) for k, v in sets.items()}
+    report["inputs"]["note"] = (
+        f"images scaled to [0, 1] per volume (0.5/99.5 percentiles); other sets resized "
+        f"to the real set's shape {list(real.shape)}"
+    )
+    return sets
+
+
+def _features(report: dict, run: _Run, feature_extractor: Path | None) -> dict[str, dict[str, np.ndarray]]:
+    """Per-view features of the sets the selected criteria need ({} when none needs them)."""
+    from ldmtool.evaluate.features import embed_views, load_extractor
+
+    cfg, only = run.cfg, run.only
+    need_privacy = "privacy" in only and run.train is not None
+    if not (only & {"fidelity", "diversity"} or need_privacy):
+        return {}
+    extractor = load_extractor(feature_extractor, cfg.image_size)
+    report["feature_extractor"] = {
+        "name": extractor.name,
+        "image_size": cfg.image_size,
+        "views": list(cfg.views),
+        "slices_per_view": cfg.slices_per_view,
+        "note": "numbers are comparable only between reports with the same extractor",
+    }
+    todo = {"real": run.real, "synthetic": run.syn}
+    if need_privacy:
+        todo["train"] = run.train
+        if run.heldout is not None:
+            todo["heldout"] = run.heldout
+    step = run.stages.stage("features", sum(len(v) for v in todo.values()))
+    return {
+        name: embed_views(vs.images, extractor, cfg.views, cfg.slices_per_view, run.device, on_volume=step)
+        for name, vs in todo.items()
+    }
+
+
+def _fidelity_diversity(report: dict, run: _Run, feats: dict[str, dict[str, np.ndarray]]) -> None:
+    """Improved precision/recall and FID (all views and per view); the diversity measures."""
+    from ldmtool.evaluate import fidelity as fd
+    from ldmtool.evaluate.features import flatten_views
+    from ldmtool.evaluate.figures import precision_recall_png
+
+    cfg = run.cfg
+    step = run.stages.stage("fidelity / diversity", len(cfg.views) + 2)
+    r_all, s_all = flatten_views(feats["real"]), flatten_views(feats["synthetic"])
+    prec, rec = fd.precision_recall(r_all, s_all, cfg.k)
+    per_view = {}
+    for v in cfg.views:
+        r_v = feats["real"][v].reshape(-1, feats["real"][v].shape[-1])
+        s_v = feats["synthetic"][v].reshape(-1, feats["synthetic"][v].shape[-1])
+        p_v, rc_v = fd.precision_recall(r_v, s_v, cfg.k)
+        per_view[v] = {"precision": p_v, "recall": rc_v, "fid": fd.fid(r_v, s_v)}
+        step()
+    fid_all = fd.fid(r_all, s_all)
+    step()
+    points = {"real_points": len(r_all), "synthetic_points": len(s_all), "k": cfg.k}
+    if "fidelity" in run.only:
+        report["fidelity"] = {
+            "precision": prec,
+            "fid": fid_all,
+            "per_view": per_view,
+            **points,
+            "definition": "improved precision (Kynkäänniemi et al. 2019): share of synthetic view "
+            "features inside the k-NN balls of real ones; FID: the Fréchet distance of MONAI's FIDMetric, computed "
+            "exactly from the samples",
+        }
+    precision_recall_png(per_view, (prec, rec), run.fig_dir / "precision_recall.png")
+    report["figures"]["precision_recall"] = "figures/precision_recall.png"
+    if "diversity" in run.only:
+        report["diversity"] = _diversity(run, r_all, s_all, rec, points)
+    step()
+
+
+def _diversity(run: _Run, r_all: np.ndarray, s_all: np.ndarray, recall: float, points: dict) -> dict:
+    """Recall, feature MMD and within-set pairwise (MS-)SSIM of the synthetic and the real set."""
+    from ldmtool.evaluate import fidelity as fd
+
+    syn, real, seed, device = run.syn.images, run.real.images, run.seed, run.device
+    return {
+        "recall": recall,
+        "mmd_linear": fd.mmd(r_all, s_all, seed),
+        "pairwise_ssim_synthetic": fd.pairwise_ssim(syn, seed=seed, device=device),
+        "pairwise_ssim_real": fd.pairwise_ssim(real, seed=seed, device=device),
+        "pairwise_ms_ssim_synthetic": fd.pairwise_ms_ssim(syn, seed=seed, device=device),
+        "pairwise_ms_ssim_real": fd.pairwise_ms_ssim(real, seed=seed, device=device),
+        **points,
+        "definition": "improved recall: share of real view features inside the k-NN balls of synthetic ones; "
+        "MMD: MONAI MMDMetric (linear kernel) on features; pairwise (MS-)SSIM: mean 3D SSIM / MS-SSIM of 50 random pairs "
+        "within a set (lower = more varied)",
+    }
+
+
+def _speed(report: dict, synthetic_dir: Path) -> None:
+    """Sampling speed from the synthetic set's provenance sidecars."""
+    from ldmtool.evaluate.speed import read_speed
+
+    report["speed"] = read_speed(synthetic_dir)
+    if not report["speed"]["available"]:
+        report["skipped"]["speed"] = report["speed"]["reason"]
+
+
+def _privacy(report: dict, run: _Run, feats: dict[str, dict[str, np.ndarray]]) -> None:
+    """Max SSIM of synthetic (and held-out real) volumes to the training set, memorisation, suspicious pairs."""
+    from ldmtool.evaluate import privacy as pv
+    from ldmtool.evaluate.features import volume_embedding
+    from ldmtool.evaluate.figures import ssim_histogram_png
+
+    cfg, syn, train, heldout = run.cfg, run.syn, run.train, run.heldout
+    if train is None:
+        report["skipped"]["privacy"] = "needs --train (the generator's training set)"
+        return
+    step = run.stages.stage("privacy (max SSIM)", len(syn) + (len(heldout) if heldout is not None else 0))
+    s_max, s_arg = pv.max_ssim_to_set(syn.images, train.images, run.device, on_query=step)
+    mean, std, q_used = pv.repeated_mean(s_max, cfg.q, cfg.repeats, run.seed)
+    priv = {
+        "max_ssim_mean": mean,
+        "max_ssim_std_over_repeats": std,
+        "q": q_used,
+        "repeats": cfg.repeats,
+        "ssim_window": pv.ssim_window(train.shape),
+        "flag_threshold": cfg.flag_ssim,
+        "flagged": int((s_max > cfg.flag_ssim).sum()),
+        "flagged_share": float((s_max > cfg.flag_ssim).mean()),
+        "per_sample": [
+            {"synthetic": syn.case_ids[i], "nearest_train": train.case_ids[int(s_arg[i])], "max_ssim": float(s_max[i])}
+            for i in range(len(syn))
+        ],
+        "definition": "for q random synthetic volumes the highest 3D SSIM to any training volume, averaged, "
+        "repeated; lower is more private",
+    }
+    h_max = None
+    if heldout is not None:
+        h_max, _ = pv.max_ssim_to_set(heldout.images, train.images, run.device, on_query=step)
+        priv["heldout_max_ssim_mean"] = float(h_max.mean())
+        priv["heldout_set"] = heldout.name
+    priv["memorisation"] = pv.memorisation(
+        volume_embedding(feats["synthetic"]),
+        volume_embedding(feats["train"]),
+        volume_embedding(feats["heldout"]) if "heldout" in feats else None,
+    )
+    priv["suspicious_pairs"] = _suspicious_pairs(run, s_max, s_arg)
+    ssim_histogram_png(s_max, h_max, cfg.flag_ssim, run.fig_dir / "privacy_ssim.png")
+    report["figures"]["privacy_ssim"] = "figures/privacy_ssim.png"
+    report["privacy"] = priv
+
+
+def _suspicious_pairs(run: _Run, s_max: np.ndarray, s_arg: np.ndarray) -> list[dict]:
+    """The `cfg.pairs` synthetic volumes closest to a training volume, each drawn beside it as a PNG."""
+    from ldmtool.evaluate.figures import pair_png
+
+    syn, train = run.syn, run.train
+    pairs = []
+    for rank, i in enumerate(np.argsort(-s_max)[: run.cfg.pairs]):
+        nearest = int(s_arg[i])
+        name = f"privacy_pair_{rank + 1}.png"
+        title = f"{syn.case_ids[i]} vs {train.case_ids[nearest]}  SSIM {s_max[i]:.3f}"
+        pair_png(syn.images[i], train.images[nearest], run.fig_dir / name, title)
+        pairs.append(
+            {
+                "synthetic": syn.case_ids[i],
+                "train": train.case_ids[nearest],
+                "max_ssim": float(s_max[i]),
+                "figure": f"figures/{name}",
+            }
+        )
+    return pairs
+
+
+def _downstream(report: dict, run: _Run, class_labels: Path | None) -> None:
     """Train the downstream model on real / synthetic / both; test on real test volumes."""
     from ldmtool.evaluate import downstream as ds
 
+    cfg, syn, test = run.cfg, run.syn, run.test
     dcfg = ds.DownstreamConfig(
         channels=cfg.seg_channels,
         steps=cfg.seg_steps,
@@ -278,10 +332,9 @@ def _downstream(report, cfg, real, syn, train, test, class_labels, device, seed,
         noise_sigma=cfg.noise_sigma,
         deepfool_iters=cfg.deepfool_iters,
     )
-    only = set(cfg.only)
-    base = train if train is not None else real
+    base = run.train if run.train is not None else run.real
     if test is None:
-        for c in only & {"utility", "robustness"}:
+        for c in run.only & {"utility", "robustness"}:
             report["skipped"][c] = "needs --test (real test volumes with labels)"
         return
     if base.root is not None and test.root is not None and base.root.resolve() == test.root.resolve():
@@ -289,7 +342,6 @@ def _downstream(report, cfg, real, syn, train, test, class_labels, device, seed,
             f"the real training set for utility ({base.name}) is the test set: give --train so 'trained on real' "
             "is not tested on its own training data"
         )
-    sources = {"real": base, "synthetic": syn}
     settings = {
         "channels": list(dcfg.channels),
         "steps": dcfg.steps,
@@ -300,13 +352,19 @@ def _downstream(report, cfg, real, syn, train, test, class_labels, device, seed,
         "n_test": len(test),
     }
     if class_labels is not None:
-        _classification(report, cfg, dcfg, sources, test, class_labels, device, seed, st, settings, fig_dir)
+        _classification(report, run, dcfg, base, class_labels, settings)
         return
     if any(v.labels is None for v in (base, syn, test)):
         missing = [v.name for v in (base, syn, test) if v.labels is None]
-        for c in only & {"utility", "robustness"}:
+        for c in run.only & {"utility", "robustness"}:
             report["skipped"][c] = f"no label maps in {', '.join(missing)} (give --class-labels CSV for classification)"
         return
+    _segmentation(report, run, dcfg, base, settings)
+
+
+def _segmentation(report: dict, run: _Run, dcfg, base: VolumeSet, settings: dict) -> None:
+    """Segmenters trained on real / synthetic / both, scored on the test set clean and perturbed."""
+    syn, test = run.syn, run.test
     n_classes = int(max(max(v.label_names.values(), default=0) for v in (base, syn, test)))
     n_classes = max(n_classes, int(max(base.labels.max(), syn.labels.max(), test.labels.max()))) + 1
     names = {v: k for k, v in (test.label_names or base.label_names).items()}
@@ -316,24 +374,14 @@ def _downstream(report, cfg, real, syn, train, test, class_labels, device, seed,
         "synthetic": (syn.images, syn.labels),
         "real+synthetic": (np.concatenate([base.images, syn.images]), np.concatenate([base.labels, syn.labels])),
     }
-    perturbs = ["clean"] + (["noise", "fgsm", "pgd"] if "robustness" in only else [])
+    perturbs = ["clean"] + (["noise", "fgsm", "pgd"] if "robustness" in run.only else [])
     util, rob = {}, {}
     for name, (x, y) in train_sets.items():
-        step = st.stage(f"segmenter on {name}", dcfg.steps + len(perturbs))
-        model = ds.train_segmenter(x, y, n_classes, dcfg, device, seed, on_step=step)
-        scores = {}
-        for p in perturbs:
-            extra = {} if p == "clean" else None
-            d = ds.evaluate_segmenter(model, test.images, test.labels, n_classes, dcfg, device, seed, p, extra)
-            scores[p] = {"dice_mean": float(np.nanmean(d)), "dice": {c: float(v) for c, v in zip(fg, d)}}
-            if extra is not None:
-                scores[p]["iou"] = {c: float(v) for c, v in zip(fg, extra["iou"])}
-                scores[p]["hd95_voxels"] = {c: float(v) for c, v in zip(fg, extra["hd95"])}
-            step()
+        scores = _segmenter_scores(run, dcfg, name, x, y, n_classes, fg, perturbs)
         util[name] = scores["clean"]
-        if "robustness" in only:
+        if "robustness" in run.only:
             rob[name] = {p: scores[p] for p in perturbs if p != "clean"}
-    if "utility" in only:
+    if "utility" in run.only:
         report["utility"] = {
             "task": "segmentation",
             "metric": "Dice (3D, per foreground class, mean over test volumes); also IoU and HD95 in voxels (MONAI)",
@@ -341,7 +389,7 @@ def _downstream(report, cfg, real, syn, train, test, class_labels, device, seed,
             **settings,
             "results": util,
         }
-    if "robustness" in only:
+    if "robustness" in run.only:
         report["robustness"] = {
             "task": "segmentation",
             "epsilon": dcfg.epsilon,
@@ -353,22 +401,36 @@ def _downstream(report, cfg, real, syn, train, test, class_labels, device, seed,
             "clean": util,
             "results": rob,
         }
-    from ldmtool.evaluate.figures import utility_png
-
-    utility_png(
-        {k: v["dice_mean"] for k, v in util.items()},
-        {k: {p: s["dice_mean"] for p, s in v.items()} for k, v in rob.items()},
-        "mean Dice",
-        fig_dir / "utility.png",
-    )
-    report["figures"]["utility"] = "figures/utility.png"
+    _utility_figure(report, run, util, rob, "dice_mean", "mean Dice")
 
 
-def _classification(report, cfg, dcfg, sources, test, class_labels, device, seed, st, settings, fig_dir) -> None:
+def _segmenter_scores(
+    run: _Run, dcfg, name: str, x: np.ndarray, y: np.ndarray, n_classes: int, fg: list[str], perturbs: list[str]
+) -> dict[str, dict]:
+    """Train one segmenter on (x, y); its Dice (and, perturbed, IoU and HD95) per test condition."""
     from ldmtool.evaluate import downstream as ds
 
-    only = set(cfg.only)
-    table = ds.read_class_csv(class_labels, [sources["real"], sources["synthetic"], test])
+    test = run.test
+    step = run.stages.stage(f"segmenter on {name}", dcfg.steps + len(perturbs))
+    model = ds.train_segmenter(x, y, n_classes, dcfg, run.device, run.seed, on_step=step)
+    scores = {}
+    for p in perturbs:
+        extra = {} if p == "clean" else None
+        d = ds.evaluate_segmenter(model, test.images, test.labels, n_classes, dcfg, run.device, run.seed, p, extra)
+        scores[p] = {"dice_mean": float(np.nanmean(d)), "dice": {c: float(v) for c, v in zip(fg, d)}}
+        if extra is not None:
+            scores[p]["iou"] = {c: float(v) for c, v in zip(fg, extra["iou"])}
+            scores[p]["hd95_voxels"] = {c: float(v) for c, v in zip(fg, extra["hd95"])}
+        step()
+    return scores
+
+
+def _classification(report: dict, run: _Run, dcfg, base: VolumeSet, class_labels: Path, settings: dict) -> None:
+    """Classifiers (labels from the CSV) trained on real / synthetic / both, scored clean and perturbed."""
+    from ldmtool.evaluate import downstream as ds
+
+    syn, test, only = run.syn, run.test, run.only
+    table = ds.read_class_csv(class_labels, [base, syn, test])
     classes = sorted({c for v in table.values() for c in v})
     to_int = {c: i for i, c in enumerate(classes)}
 
@@ -376,22 +438,22 @@ def _classification(report, cfg, dcfg, sources, test, class_labels, device, seed
         return np.array([to_int[c] for c in table[vs.name]])
 
     train_sets = {
-        "real": (sources["real"].images, cls_of(sources["real"])),
-        "synthetic": (sources["synthetic"].images, cls_of(sources["synthetic"])),
+        "real": (base.images, cls_of(base)),
+        "synthetic": (syn.images, cls_of(syn)),
         "real+synthetic": (
-            np.concatenate([sources["real"].images, sources["synthetic"].images]),
-            np.concatenate([cls_of(sources["real"]), cls_of(sources["synthetic"])]),
+            np.concatenate([base.images, syn.images]),
+            np.concatenate([cls_of(base), cls_of(syn)]),
         ),
     }
     perturbs = ["clean"] + (["noise", "deepfool"] if "robustness" in only else [])
     util, rob = {}, {}
     y_test = cls_of(test)
     for name, (x, y) in train_sets.items():
-        step = st.stage(f"classifier on {name}", dcfg.steps + len(perturbs))
-        model = ds.train_classifier(x, y, len(classes), dcfg, device, seed, on_step=step)
+        step = run.stages.stage(f"classifier on {name}", dcfg.steps + len(perturbs))
+        model = ds.train_classifier(x, y, len(classes), dcfg, run.device, run.seed, on_step=step)
         scores = {}
         for p in perturbs:
-            scores[p] = ds.evaluate_classifier(model, test.images, y_test, len(classes), dcfg, device, seed, p)
+            scores[p] = ds.evaluate_classifier(model, test.images, y_test, len(classes), dcfg, run.device, run.seed, p)
             step()
         util[name] = scores["clean"]
         if "robustness" in only:
@@ -413,12 +475,17 @@ def _classification(report, cfg, dcfg, sources, test, class_labels, device, seed
             "clean": util,
             "results": rob,
         }
+    _utility_figure(report, run, util, rob, "accuracy", "accuracy")
+
+
+def _utility_figure(report: dict, run: _Run, util: dict, rob: dict, key: str, label: str) -> None:
+    """Bar chart of the clean (and perturbed) downstream scores per training source."""
     from ldmtool.evaluate.figures import utility_png
 
     utility_png(
-        {k: v["accuracy"] for k, v in util.items()},
-        {k: {p: s["accuracy"] for p, s in v.items()} for k, v in rob.items()},
-        "accuracy",
-        fig_dir / "utility.png",
+        {k: v[key] for k, v in util.items()},
+        {k: {p: s[key] for p, s in v.items()} for k, v in rob.items()},
+        label,
+        run.fig_dir / "utility.png",
     )
     report["figures"]["utility"] = "figures/utility.png"
