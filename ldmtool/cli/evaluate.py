@@ -151,6 +151,9 @@ def evaluate(
             "max_cases": max_cases,
         },
     )
+    from ldmtool.io import check_writable_dir
+
+    check_writable_dir(out)  # before hours of evaluation
     report = run_evaluation(
         real,
         synthetic,

@@ -253,8 +253,22 @@ def segment(
             help="For DICOM inputs also write CASE_seg.dcm, a DICOM SEG referencing the source series.",
         ),
     ] = True,
+    series: Annotated[
+        Optional[str],
+        typer.Option("--series", help="SeriesInstanceUID to read where a DICOM folder holds several series."),
+    ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Write into a non-empty --out that is not an earlier segment output: files of the same names are replaced, nothing else is changed or deleted.",
+        ),
+    ] = False,
 ) -> None:
-    """Segment volumes; label maps in each input's exact geometry (+ uncertainty with --samples)."""
+    """Segment volumes; label maps in each input's exact geometry (+ uncertainty with --samples).
+
+    Each run leaves its record in --out/runs/segment-TIME.json (the latest also as segment.json).
+    A non-empty --out that is not an earlier segment output is refused unless --overwrite."""
     from ldmtool.pipelines.segment import segment_files
     from ldmtool.pipelines.segmenter import DEFAULT_STEPS
 
@@ -271,6 +285,8 @@ def segment(
         precision=precision,
         dicom_seg=dicom_seg,
         console=state.console,
+        series_uid=series,
+        overwrite=overwrite,
     )
     from rich.table import Table
 

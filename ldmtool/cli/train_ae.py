@@ -163,6 +163,14 @@ def train_ae(
     restart: Annotated[
         bool, typer.Option("--restart", help="Ignore and replace a training state in --out.", rich_help_panel=TRAIN)
     ] = False,
+    modality: Annotated[
+        Optional[str],
+        typer.Option(
+            "--modality",
+            help="CT | MR | OT: modality of NIfTI training data, for `sample --format dicom` (DICOM data: its Modality tag; default OT, CT with --intensity ct_window).",
+            rich_help_panel=DATA,
+        ),
+    ] = None,
 ) -> None:
     """Train the 2D slice autoencoder (image + label channels, slice-position embedding)."""
     from ldmtool.config import AELossConfig, AutoencoderConfig, load_yaml, to_dict
@@ -217,6 +225,8 @@ def train_ae(
         },
     )
     common.require_exists(data, "data set")
+    if modality is not None and modality.upper() not in MODALITIES:
+        raise LdmError(f"--modality must be one of {', '.join(MODALITIES)}; got {modality!r}")
     mode = common.resume_mode(resume, restart)
     with common.training_session(state, out, mode) as (info, stop):
         device = info.device
@@ -249,6 +259,7 @@ def train_ae(
             train_cfg=train_cfg,
             preprocess=to_dict(pre),
             missing_rate=missing_rate,
+            modality=training_modality(modality, prepared.modalities, pre.intensity),
             device=device,
             seed=state.seed,
             console=state.console,
@@ -270,3 +281,18 @@ def train_ae(
     )
     rows.update(common.scale_rows(result))
     common.console.print(common.results_table("train-ae: best checkpoint (held-out cases)", rows))
+
+
+MODALITIES = ("CT", "MR", "OT")
+
+
+def training_modality(flag: str | None, found: list[str], intensity: str) -> str:
+    """The modality recorded for synthetic DICOM: --modality, else the DICOM data's one Modality
+    (CT or MR; others OT), else CT for --intensity ct_window, else OT."""
+    if flag is not None:
+        return flag.upper()
+    tags = set(found) - {""}
+    if len(tags) == 1:
+        tag = tags.pop()
+        return tag if tag in MODALITIES else "OT"
+    return "CT" if intensity == "ct_window" and not tags else "OT"

@@ -32,6 +32,7 @@ class PreparedData:
     label_names: dict[str, int] = field(default_factory=dict)
     intensity_ranges: list[tuple[float, float]] = field(default_factory=list)
     observed: torch.Tensor | None = None
+    modalities: list[str] = field(default_factory=list)  # DICOM Modality per case ("" for NIfTI)
 
     @property
     def missing_fraction(self) -> float:
@@ -111,7 +112,7 @@ def prepare_dataset(
     ds = load_dataset(Path(path))
     if require_labels and not ds.has_labels:
         raise LdmError(f"{path} has no labels (expected imagesTr/ + labelsTr/ + dataset.json)")
-    images, labels, ids, affines, ranges, observed = [], [], [], [], [], []
+    images, labels, ids, affines, ranges, observed, modalities = [], [], [], [], [], [], []
     with progress(console, transient=True) as bar:
         task = bar.add_task("reading volumes", total=len(ds.cases), rate="", info="")
         for index, case in enumerate(ds.cases):
@@ -135,6 +136,7 @@ def prepare_dataset(
             if pc.label is not None:
                 labels.append(volume_to_slices(pc.label.array.astype(np.uint8)))
             ids.append(case.case_id)
+            modalities.append(str(image.meta.get("modality", "") or ""))
             affines.append(pc.image.affine)
             ranges.append(tuple(float(v) for v in pc.intensity_range))
             bar.advance(task)
@@ -153,4 +155,5 @@ def prepare_dataset(
         label_names=label_names,
         intensity_ranges=ranges,
         observed=torch.from_numpy(np.stack(observed).astype(np.uint8)) if any(not o.all() for o in observed) else None,
+        modalities=modalities,
     )
