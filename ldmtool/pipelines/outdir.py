@@ -123,14 +123,17 @@ def clear_temps(out: Path, pattern: str) -> None:
 
 
 def write_run_record(out: Path, command: str, text: str, latest: str) -> Path:
-    """Write this run's record as `runs/COMMAND-YYYYmmdd-HHMMSS.json` (never replacing an earlier
-    run's) and as `latest` (the newest run's record); returns the path in runs/."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    """Write this run's record as `runs/COMMAND-YYYYmmdd-HHMMSS-mmm.json` (milliseconds: the names
+    sort by time; an earlier run's is never replaced) and as `latest` (the newest run's record);
+    returns the path in runs/."""
+    now = time.time()
     runs = Path(out) / RUNS
-    path, n = runs / f"{command}-{stamp}.json", 1
-    while path.exists():
-        n += 1
-        path = runs / f"{command}-{stamp}-{n}.json"
+    while True:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f"-{int(now * 1000) % 1000:03d}"
+        path = runs / f"{command}-{stamp}.json"
+        if not path.exists():
+            break
+        now += 0.001
     atomic_write_text(path, text)
     atomic_write_text(Path(out) / latest, text)
     return path
