@@ -123,18 +123,11 @@ def generate(
             pipe.compile()
         threshold = None if memorization_filter is None else memorization_filter.threshold
         settings = {
+            **_job_settings(pipe, smp, steps, eta, fmt),
             "base_seed": seed,
-            "sampler": smp.name,
-            "steps": steps,
-            "eta": getattr(smp, "eta", eta),
-            "spacing": smp.spacing,
             "guidance": guidance,
             "conditions": conditions or {},
-            "format": fmt,
-            "precision": pipe.precision,
             "reject_memorized": threshold,
-            "autoencoder_sha256": pipe.ae_sha256,
-            "ldm_sha256": file_sha256(pipe.ldm_path),
         }
         job = _SampleJob(
             pipe,
@@ -152,20 +145,40 @@ def generate(
         )
         mine = [k for k in range(n) if part.owns(k)]
         todo = job.prepare(mine)
-        job.result = GenerateResult(
-            skipped=[sample_name(k) for k in mine if k not in set(todo)],
-            out_dir=job.out_dir,
-            shard=str(part),
-            device=_device_name(pipe.device),
-            precision=pipe.precision,
-            memory=memory.summary(),
-            others=n - len(mine),
-        )
+        job.result = _result(job, mine, todo, n, memory)
         job.run(todo, console)
         _write_dataset_json(job.out_dir, pipe.label_names, n, fmt)
         if fmt == "nifti" and part.index == 0:
             write_montage(job.out_dir, job.out_dir / "montage.png", max_samples=8)
         return job.result
+
+
+def _result(job: _SampleJob, mine: list[int], todo: list[int], n: int, memory: MemoryPlan) -> GenerateResult:
+    """The result of a job before it runs: what is skipped, where, on what."""
+    return GenerateResult(
+        skipped=[sample_name(k) for k in mine if k not in set(todo)],
+        out_dir=job.out_dir,
+        shard=str(job.part),
+        device=_device_name(job.pipe.device),
+        precision=job.pipe.precision,
+        memory=memory.summary(),
+        others=n - len(mine),
+    )
+
+
+def _job_settings(pipe: LatentDiffusionPipeline, smp, steps: int, eta: float, fmt: str) -> dict[str, Any]:
+    """The sampler, format and model settings a resumed folder must share (with the seed, guidance,
+    conditions and memorisation threshold)."""
+    return {
+        "sampler": smp.name,
+        "steps": steps,
+        "eta": getattr(smp, "eta", eta),
+        "spacing": smp.spacing,
+        "format": fmt,
+        "precision": pipe.precision,
+        "autoencoder_sha256": pipe.ae_sha256,
+        "ldm_sha256": file_sha256(pipe.ldm_path),
+    }
 
 
 def _plan(pipe: LatentDiffusionPipeline, batch_size: int, decode_batch: int, max_memory_gb: float | None) -> MemoryPlan:
