@@ -141,17 +141,21 @@ def training_session(state: State, out: Path, mode: str):
     """Join the torchrun process group (if launched by torchrun), catch SIGTERM/SIGUSR1 for a
     clean pre-emption, silence every rank but 0, and leave the group at the end.
 
+    The output folder is checked for writability first (nothing is created). A training state
+    there is replaced (--restart, mode "never") only once the new run's data are loaded and its
+    model built (`run_training`), so a run refused for bad data leaves the old one intact.
+
     Yields (DistInfo, StopFlag)."""
+    from ldmtool.io import check_writable_dir
     from ldmtool.train.distributed import StopFlag, init_distributed, shutdown
-    from ldmtool.train.state import STATE_NAME
 
     info = init_distributed(state.torch_device())
     try:
         if not info.is_main:
             state.quiet = True
+        if info.is_main:
+            check_writable_dir(out)
         if info.is_main and Path(out).is_dir():
-            if mode == "never":
-                (Path(out) / STATE_NAME).unlink(missing_ok=True)
             for tmp in Path(out).glob(".*.tmp-*"):  # left by a killed run (one run owns an output folder)
                 tmp.unlink(missing_ok=True)
         with StopFlag() as stop:

@@ -19,13 +19,17 @@ def demo_data(
 ) -> None:
     """Write head-like phantoms with 0-3 lesions and label masks (background / head / lesion)."""
     from ldmtool.data.phantoms import write_demo_dataset
+    from ldmtool.io import check_writable_dir
 
     state: common.State = ctx.obj
+    shape_ = common.ints(shape, 3, "--shape")
+    spacing_ = common.floats(spacing, 3, "--spacing")
+    check_writable_dir(out)
     path = write_demo_dataset(
         out,
         n_cases=n,
-        shape=common.ints(shape, 3, "--shape"),
-        spacing=common.floats(spacing, 3, "--spacing"),
+        shape=shape_,
+        spacing=spacing_,
         seed=state.seed,
     )
     state.console.print(f"wrote {n} phantom volumes with labels to [bold]{path}[/]")

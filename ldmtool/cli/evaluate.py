@@ -95,6 +95,9 @@ def evaluate(
     only, views = _csv(only), _csv(views)
     seg_channels = common.ints(seg_channels, None, "--seg-channels")
     cfg = common.section(load_yaml(config), "evaluate", EvaluateConfig, locals())
+    from ldmtool.io import check_writable_dir
+
+    check_writable_dir(out)  # before hours of evaluation
     report = run_evaluation(
         real,
         synthetic,

@@ -50,12 +50,25 @@ def impute(
     sampler: Annotated[Optional[str], common.opt(ImputeConfig, "sampler")] = None,
     eta: Annotated[Optional[float], common.opt(ImputeConfig, "eta")] = None,
     batch_size: Annotated[Optional[int], common.opt(ImputeConfig, "batch_size")] = None,
+    series: Annotated[
+        Optional[str],
+        typer.Option("--series", help="SeriesInstanceUID to read where the DICOM folder holds several series."),
+    ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Write into a non-empty --out that is not an earlier impute output: files of the same names are replaced, nothing else is changed or deleted.",
+        ),
+    ] = False,
 ) -> None:
     """Fill missing slices/voxels of a volume (LDMiss latent self-guidance); observed voxels are kept exactly.
 
     Writes CASE_imputed.nii.gz (the mean of --samples imputations), CASE_missing.nii.gz (the mask
-    used), CASE_std.nii.gz (with --samples above 1) and CASE_impute.json (provenance), all in the
-    input's geometry.
+    used), CASE_std.nii.gz (with --samples above 1) and CASE_impute.json (provenance of the latest
+    run; every run's is kept in runs/), all in the input's geometry, the imputed volume in the
+    input's value type. A non-empty --out that is not an earlier impute output is refused unless
+    --overwrite.
     """
     from ldmtool.config import load_yaml
     from ldmtool.pipelines.impute import impute_file
@@ -82,6 +95,8 @@ def impute(
         batch_size=cfg.batch_size,
         device=state.torch_device(),
         console=state.console,
+        series_uid=series,
+        overwrite=overwrite,
     )
     rows = {
         "input": result.source,

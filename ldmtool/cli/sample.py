@@ -51,18 +51,28 @@ def sample(
     max_memory_gb: Annotated[
         Optional[float], common.opt(SampleConfig, "max_memory_gb", "--max-memory", panel=SCALE)
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Write into a non-empty --out that is not an earlier sample output: files of the same names are replaced, nothing else is changed or deleted (another data set's dataset.json is never replaced).",
+        ),
+    ] = False,
 ) -> None:
     """Sample new volumes (image + mask) in the training geometry, with provenance per sample.
 
     Re-running the same command resumes: finished samples are skipped. Shards of one job (--shard,
-    SLURM arrays, torchrun) write exactly the samples a single run would.
+    SLURM arrays, torchrun) write exactly the samples a single run would. A non-empty --out that
+    is not an earlier sample output (e.g. a real data set) is refused unless --overwrite.
     """
     from ldmtool.config import load_yaml
     from ldmtool.data.lesions import parse_conditions
     from ldmtool.pipelines.generate import generate
+    from ldmtool.pipelines.outdir import check_output_dir
 
     state: common.State = ctx.obj
     cfg = common.section(load_yaml(config), "sample", SampleConfig, locals())
+    check_output_dir(out, "sample", overwrite)  # before the training set of --reject-memorized is read
     memfilter = _memorization_filter(cfg.reject_memorized, train, state)
     result = generate(
         ae,
@@ -86,6 +96,7 @@ def sample(
         max_memory_gb=cfg.max_memory_gb,
         memorization_filter=memfilter,
         console=state.console,
+        overwrite=overwrite,
     )
     rows = {
         "written": len(result.written),

@@ -153,8 +153,22 @@ def segment(
     batch_size: Annotated[Optional[int], common.opt(SegmentConfig, "batch_size")] = None,
     precision: Annotated[Optional[str], common.opt(SegmentConfig, "precision")] = None,
     dicom_seg: Annotated[Optional[bool], common.opt(SegmentConfig, "dicom_seg", "--dicom-seg/--no-dicom-seg")] = None,
+    series: Annotated[
+        Optional[str],
+        typer.Option("--series", help="SeriesInstanceUID to read where a DICOM folder holds several series."),
+    ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Write into a non-empty --out that is not an earlier segment output: files of the same names are replaced, nothing else is changed or deleted.",
+        ),
+    ] = False,
 ) -> None:
-    """Segment volumes; label maps in each input's exact geometry (+ uncertainty with --samples)."""
+    """Segment volumes; label maps in each input's exact geometry (+ uncertainty with --samples).
+
+    Each run leaves its record in --out/runs/segment-TIME.json (the latest also as segment.json).
+    A non-empty --out that is not an earlier segment output is refused unless --overwrite."""
     from ldmtool.config import load_yaml
     from ldmtool.pipelines.segment import segment_files
 
@@ -172,6 +186,8 @@ def segment(
         precision=cfg.precision,
         dicom_seg=cfg.dicom_seg,
         console=state.console,
+        series_uid=series,
+        overwrite=overwrite,
     )
     from rich.table import Table
 

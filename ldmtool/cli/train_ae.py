@@ -98,6 +98,14 @@ def train_ae(
         bool, typer.Option("--restart", help="Ignore and replace a training state in --out.", rich_help_panel=TRAIN)
     ] = False,
     labels: Annotated[Optional[str], typer.Option(help=LABELS_HELP, rich_help_panel=DATA)] = None,
+    modality: Annotated[
+        Optional[str],
+        typer.Option(
+            "--modality",
+            help="CT | MR | OT: modality of NIfTI training data, for `sample --format dicom` (DICOM data: its Modality tag; default OT, CT with --intensity ct_window).",
+            rich_help_panel=DATA,
+        ),
+    ] = None,
 ) -> None:
     """Train the 2D slice autoencoder (image + label channels, slice-position embedding)."""
     from ldmtool.config import DenoiserConfig, load_yaml, to_dict
@@ -121,6 +129,8 @@ def train_ae(
     loss_cfg = common.section(cfg, "ae_loss", AELossConfig, locals())
     train_cfg = common.section(cfg, "ae_train", AETrainConfig, locals())
     common.require_exists(data, "data set")
+    if modality is not None and modality.upper() not in MODALITIES:
+        raise LdmError(f"--modality must be one of {', '.join(MODALITIES)}; got {modality!r}")
     mode = common.resume_mode(resume, restart)
     with common.training_session(state, out, mode) as (info, stop):
         device = info.device
@@ -164,6 +174,7 @@ def train_ae(
             train_cfg=train_cfg,
             preprocess=to_dict(pre),
             missing_rate=missing_rate,
+            modality=training_modality(modality, prepared.modalities, pre.intensity),
             device=device,
             seed=state.seed,
             console=state.console,
@@ -173,6 +184,11 @@ def train_ae(
         )
     if not info.is_main:
         return
+    _report(state, out, result)
+
+
+def _report(state: common.State, out: Path, result) -> None:
+    """The final table: the best checkpoint's held-out scores and how the run was spread."""
     if result.already_complete:
         state.console.print(f"{out} already holds a finished run; use --restart to train again")
     rows = {
@@ -185,3 +201,18 @@ def train_ae(
     )
     rows.update(common.scale_rows(result))
     common.console.print(common.results_table("train-ae: best checkpoint (held-out cases)", rows))
+
+
+MODALITIES = ("CT", "MR", "OT")
+
+
+def training_modality(flag: str | None, found: list[str], intensity: str) -> str:
+    """The modality recorded for synthetic DICOM: --modality, else the DICOM data's one Modality
+    (CT or MR; others OT), else CT for --intensity ct_window, else OT."""
+    if flag is not None:
+        return flag.upper()
+    tags = set(found) - {""}
+    if len(tags) == 1:
+        tag = tags.pop()
+        return tag if tag in MODALITIES else "OT"
+    return "CT" if intensity == "ct_window" and not tags else "OT"

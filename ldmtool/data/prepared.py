@@ -58,6 +58,8 @@ class PreparedData:
         """(D, H, W) of case i without padding."""
         return tuple(self.images.shape[1:]) if self.shapes is None else self.shapes[i]
 
+    modalities: list[str] = field(default_factory=list)  # DICOM Modality per case ("" for NIfTI)
+
     @property
     def missing_fraction(self) -> float:
         return 0.0 if self.observed is None else 1.0 - float(self.observed.float().mean())
@@ -237,4 +239,5 @@ def prepare_dataset(
         observed=torch.from_numpy(_stack(observed).astype(np.uint8)) if any(not o.all() for o in observed) else None,
         shapes=sizes if len(set(sizes)) > 1 else None,
         preprocess=cfg,
+        modalities=[str(pc.image.meta.get("modality", "") or "") for pc in cases],
     )

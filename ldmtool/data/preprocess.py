@@ -355,6 +355,28 @@ def denormalise(array: np.ndarray, intensity_range: tuple[float, float], cfg: Pr
 # ------------------------------------------------------------------------------------------------
 
 
+def _checked_label(label: Volume, shape: tuple[int, ...], affine: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """The label array (uint8) after the configured label mapping, checked against its image."""
+    lab_arr = np.asarray(label.array)
+    if cfg.labels is not None and lab_arr.shape == shape:
+        lab_arr = cfg.label_map.apply(lab_arr)
+    if lab_arr.shape != shape:
+        raise LdmError(f"label shape {lab_arr.shape} does not match image shape {shape}")
+    if not np.allclose(np.asarray(label.affine), affine, rtol=1e-4, atol=1e-2):
+        raise LdmError("label geometry (affine) does not match the image's")
+    if not np.issubdtype(lab_arr.dtype, np.number) or not np.isfinite(lab_arr).all():
+        raise LdmError("label must hold finite integer values")
+    if lab_arr.size and (lab_arr.min() < 0 or lab_arr.max() > 255):
+        raise LdmError(
+            f"label values must be integers in 0..255, found {lab_arr.min():g}..{lab_arr.max():g}; "
+            "merge them into classes with --labels (e.g. --labels brain=1-1000)"
+        )
+    fractional = not np.issubdtype(lab_arr.dtype, np.integer) and not np.all(lab_arr == np.round(lab_arr))
+    if fractional:
+        raise LdmError("label must hold integer values, found fractional ones")
+    return lab_arr.astype(np.uint8)
+
+
 def preprocess_case(
     image: Volume, label: Volume | None, cfg: PreprocessConfig, missing: np.ndarray | None = None
 ) -> PreprocessedCase:
@@ -390,26 +412,7 @@ def preprocess_case(
             f"image has zero intensity range (every voxel is {float(known.min()):g}); nothing to learn from it"
         )
 
-    lab = None
-    if label is not None:
-        lab_arr = np.asarray(label.array)
-        if cfg.labels is not None and lab_arr.shape == arr.shape:
-            lab_arr = cfg.label_map.apply(lab_arr)
-        if lab_arr.shape != arr.shape:
-            raise LdmError(f"label shape {lab_arr.shape} does not match image shape {arr.shape}")
-        if not np.allclose(np.asarray(label.affine), affine, rtol=1e-4, atol=1e-2):
-            raise LdmError("label geometry (affine) does not match the image's")
-        if not np.issubdtype(lab_arr.dtype, np.number) or not np.isfinite(lab_arr).all():
-            raise LdmError("label must hold finite integer values")
-        if lab_arr.size and (lab_arr.min() < 0 or lab_arr.max() > 255):
-            raise LdmError(
-                f"label values must be integers in 0..255, found {lab_arr.min():g}..{lab_arr.max():g}; "
-                "merge them into classes with --labels (e.g. --labels brain=1-1000)"
-            )
-        fractional = not np.issubdtype(lab_arr.dtype, np.integer) and not np.all(lab_arr == np.round(lab_arr))
-        if fractional:
-            raise LdmError("label must hold integer values, found fractional ones")
-        lab = lab_arr.astype(np.uint8)
+    lab = None if label is None else _checked_label(label, arr.shape, affine, cfg)
 
     intensity_range = _intensity_range(known, cfg)
     gone = None  # missing-voxel mask as float: resampled with the image, > 0 where touched

@@ -65,7 +65,14 @@ def load_checkpoint(path: Path, kind: str | None = None) -> tuple[dict[str, torc
         raise LdmError(f"{path} is not a readable safetensors checkpoint ({str(exc).splitlines()[0]})") from None
     if META_KEY not in meta:
         raise LdmError(f"{path} is a safetensors file but not an ldmtool checkpoint (no config inside)")
-    config = json.loads(meta[META_KEY])
+    try:
+        config = json.loads(meta[META_KEY])
+    except ValueError as exc:
+        raise LdmError(f"{path}: its config metadata is not valid JSON ({exc}); the checkpoint is damaged") from None
+    if not isinstance(config, dict):
+        raise LdmError(
+            f"{path}: its config metadata is a JSON {type(config).__name__}, not a mapping; the checkpoint is damaged"
+        )
     if kind is not None and config.get("kind") != kind:
         raise LdmError(f"{path} is a {config.get('kind', 'unknown')} checkpoint, expected a {kind} checkpoint")
     return tensors, config

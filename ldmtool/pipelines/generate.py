@@ -35,8 +35,10 @@ from ldmtool.models.checkpoint import file_sha256
 from ldmtool.models.position import slice_positions
 from ldmtool.pipelines.latent_diffusion import LatentDiffusionPipeline, SampledVolume
 from ldmtool.pipelines.montage import write_montage
+from ldmtool.pipelines.outdir import check_output_dir, output_dir
 from ldmtool.runtime import autocast, progress
 
+MODALITIES = ("CT", "MR", "OT")  # what synthetic DICOM series are written as
 MAX_ATTEMPTS = 20  # candidates per sample under --reject-memorized
 
 
@@ -96,13 +98,15 @@ def generate(
     max_memory_gb: float | None = SampleConfig.max_memory_gb,
     memorization_filter: MemorizationFilter | None = None,
     console=None,
+    overwrite: bool = False,
 ) -> GenerateResult:
     """Sample `n` image+mask volumes into `out_dir` (nnU-Net layout + provenance + montage).
 
     This process makes the samples of its shard (see `resolve_shard`) that are not finished yet,
     a batch at a time (`LatentDiffusionPipeline.sample`), each file written to a temp name and
     renamed; the provenance JSON, written last, marks the sample finished. With a
-    `memorization_filter`, candidates it rejects are replaced by new draws of the same sample."""
+    `memorization_filter`, candidates it rejects are replaced by new draws of the same sample.
+    `out_dir` must be new, empty or an earlier sample output (`overwrite`: see `pipelines.outdir`)."""
     SampleConfig(  # the CLI's checks and messages
         n=n,
         sampler=sampler,
@@ -122,57 +126,74 @@ def generate(
     if fmt not in ("nifti", "dicom"):
         raise LdmError(f"--format must be nifti or dicom; got {fmt!r}")
     part = resolve_shard(shard)
-    pipe = LatentDiffusionPipeline.from_pretrained(ae_path, ldm_path, device=shard_device(device), precision=precision)
-    smp = pipe.make_sampler(sampler, steps, eta, spacing)
-    pipe.conditioning(conditions, 1)  # fails now if the model cannot take the conditions
-    memory = _plan(pipe, batch_size, decode_batch, max_memory_gb)  # fail now, not after hours
-    if compile:
-        pipe.compile()
-    threshold = None if memorization_filter is None else memorization_filter.threshold
-    settings = {
-        "base_seed": seed,
+    check_output_dir(out_dir, "sample", overwrite)
+    with output_dir(out_dir):
+        pipe = LatentDiffusionPipeline.from_pretrained(
+            ae_path, ldm_path, device=shard_device(device), precision=precision
+        )
+        smp = pipe.make_sampler(sampler, steps, eta, spacing)
+        pipe.conditioning(conditions, 1)  # fails now if the model cannot take the conditions
+        memory = _plan(pipe, batch_size, decode_batch, max_memory_gb)  # fail now, not after hours
+        if compile:
+            pipe.compile()
+        threshold = None if memorization_filter is None else memorization_filter.threshold
+        settings = {
+            **_job_settings(pipe, smp, steps, eta, fmt),
+            "base_seed": seed,
+            "guidance": guidance,
+            "conditions": conditions or {},
+            "reject_memorized": threshold,
+        }
+        job = _SampleJob(
+            pipe,
+            smp,
+            Path(out_dir),
+            settings,
+            fmt,
+            conditions or {},
+            guidance,
+            batch_size,
+            decode_batch,
+            compile,
+            part,
+            memorization_filter,
+        )
+        mine = [k for k in range(n) if part.owns(k)]
+        todo = job.prepare(mine)
+        job.result = _result(job, mine, todo, n, memory)
+        job.run(todo, console)
+        _write_dataset_json(job.out_dir, pipe.label_names, n, fmt)
+        if fmt == "nifti" and part.index == 0:
+            write_montage(job.out_dir, job.out_dir / "montage.png", max_samples=8)
+        return job.result
+
+
+def _result(job: _SampleJob, mine: list[int], todo: list[int], n: int, memory: MemoryPlan) -> GenerateResult:
+    """The result of a job before it runs: what is skipped, where, on what."""
+    return GenerateResult(
+        skipped=[sample_name(k) for k in mine if k not in set(todo)],
+        out_dir=job.out_dir,
+        shard=str(job.part),
+        device=_device_name(job.pipe.device),
+        precision=job.pipe.precision,
+        memory=memory.summary(),
+        others=n - len(mine),
+    )
+
+
+def _job_settings(pipe: LatentDiffusionPipeline, smp, steps: int, eta: float, fmt: str) -> dict[str, Any]:
+    """The sampler, format and model settings a resumed folder must share (with the seed, guidance,
+    conditions and memorisation threshold)."""
+    return {
         "sampler": smp.name,
         "steps": steps,
         "eta": getattr(smp, "eta", eta),
         "spacing": smp.spacing,
-        "guidance": guidance,
-        "conditions": conditions or {},
         "format": fmt,
         "precision": pipe.precision,
-        "reject_memorized": threshold,
         "autoencoder_sha256": pipe.ae_sha256,
         "ldm_sha256": file_sha256(pipe.ldm_path),
     }
-    job = _SampleJob(
-        pipe,
-        smp,
-        Path(out_dir),
-        settings,
-        fmt,
-        conditions or {},
-        guidance,
-        batch_size,
-        decode_batch,
-        compile,
-        part,
-        memorization_filter,
-    )
-    mine = [k for k in range(n) if part.owns(k)]
-    todo = job.prepare(mine)
-    job.result = GenerateResult(
-        skipped=[sample_name(k) for k in mine if k not in set(todo)],
-        out_dir=job.out_dir,
-        shard=str(part),
-        device=_device_name(pipe.device),
-        precision=pipe.precision,
-        memory=memory.summary(),
-        others=n - len(mine),
-    )
-    job.run(todo, console)
-    _write_dataset_json(job.out_dir, pipe.label_names, n, fmt)
-    if fmt == "nifti" and part.index == 0:
-        write_montage(job.out_dir, job.out_dir / "montage.png", max_samples=8)
-    return job.result
 
 
 def _plan(pipe: LatentDiffusionPipeline, batch_size: int, decode_batch: int, max_memory_gb: float | None) -> MemoryPlan:
@@ -232,6 +253,7 @@ class _SampleJob:
         )
         self.compiled, self.part, self.memfilter = compiled, part, memorization_filter
         self.prov_dir = out_dir / "provenance"
+        self.modality = training_modality(pipe)
         self.result = GenerateResult()
 
     def prepare(self, mine: list[int]) -> list[int]:
@@ -345,16 +367,44 @@ class _SampleJob:
                 files["label"] = f"labelsTr/{name}.nii.gz"
                 write_nifti(label_vol, self.out_dir / files["label"])
             return files
+        from ldmtool.io.dicom_seg import write_synthetic_seg
+        from ldmtool.io.dicom_write import new_uid
+
         files["image"] = f"dicom/{name}/image"
         _replace_partial(self.out_dir / files["image"])
-        write_dicom_series(image_vol, self.out_dir / files["image"], series_description=f"SYNTHETIC ldmtool {name}")
+        study, frame = new_uid(), new_uid()  # image and SEG of a sample: one study, one frame of reference
+        write_dicom_series(
+            image_vol,
+            self.out_dir / files["image"],
+            series_description=f"SYNTHETIC ldmtool {name}",
+            modality=self.modality,
+            study_uid=study,
+            frame_of_reference_uid=frame,
+            series_number=1,
+        )
         if label_vol is not None:
-            files["label"] = f"dicom/{name}/label"
-            _replace_partial(self.out_dir / files["label"])
-            write_dicom_series(
-                label_vol, self.out_dir / files["label"], series_description=f"SYNTHETIC ldmtool {name} label"
+            files["label"] = f"dicom/{name}/label.dcm"
+            names = {int(v): k for k, v in self.pipe.label_names.items()}
+            write_synthetic_seg(
+                label_vol.array,
+                self.out_dir / files["image"],
+                names,
+                self.out_dir / files["label"],
+                series_description=f"SYNTHETIC ldmtool {name} label",
+                version=__version__,
             )
         return files
+
+
+def training_modality(pipe: LatentDiffusionPipeline) -> str:
+    """The DICOM Modality of the autoencoder's training data (recorded by train-ae; OT for older checkpoints)."""
+    modality = pipe.ae_config.get("modality") or "OT"
+    if modality not in MODALITIES:
+        raise LdmError(
+            f"{pipe.ae_path}: field 'modality' is {modality!r}, expected one of {', '.join(MODALITIES)}; "
+            "the checkpoint is damaged or was edited by hand"
+        )
+    return modality
 
 
 def _check_resumable(prov_dir: Path, settings: dict) -> None:

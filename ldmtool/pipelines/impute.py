@@ -25,10 +25,10 @@ from ldmtool import __version__
 from ldmtool.config import ImputeConfig
 from ldmtool.data.prepared import slices_to_volume, volume_to_slices
 from ldmtool.errors import LdmError
-from ldmtool.io.atomic import atomic_write_text
 from ldmtool.models.checkpoint import file_sha256
 from ldmtool.models.checkpoint_config import AutoencoderCheckpoint
 from ldmtool.pipelines.latent_diffusion import LatentDiffusionPipeline
+from ldmtool.pipelines.outdir import check_output_dir, clear_temps, output_dir, write_run_record
 
 
 @dataclass
@@ -128,8 +128,13 @@ def impute_file(
     batch_size: int = ImputeConfig.batch_size,
     device: torch.device = torch.device("cpu"),
     console=None,
+    series_uid: str | None = None,
+    overwrite: bool = False,
 ) -> ImputeResult:
-    """Impute one NIfTI file or DICOM series; write NIfTI outputs in its geometry + provenance."""
+    """Impute one NIfTI file or DICOM series (`series_uid`: which, in a folder holding several);
+    write NIfTI outputs in its geometry (the imputed volume in the input's value type) and the
+    run record (`runs/impute-CASE-TIME.json`, the latest also as `CASE_impute.json`). `out_dir`
+    must be new, empty or an earlier impute output (`overwrite`: see `pipelines.outdir`)."""
     ImputeConfig(  # the CLI's checks and messages
         samples=samples, guidance=guidance, steps=steps, sampler=sampler, eta=eta, batch_size=batch_size
     )
@@ -137,9 +142,35 @@ def impute_file(
         raise LdmError("--samples must be at least 1")
     if guidance < 0:
         raise LdmError("--guidance must be ≥ 0")
+    check_output_dir(out_dir, "impute", overwrite)  # before any work
+    with output_dir(Path(out_dir)):
+        return _impute(
+            source,
+            ae_path,
+            ldm_path,
+            Path(out_dir),
+            mask,
+            slices,
+            simulate_mcar,
+            series_uid,
+            seed,
+            device,
+            console,
+            samples=samples,
+            steps=steps,
+            guidance=guidance,
+            sampler=sampler,
+            eta=eta,
+            batch_size=batch_size,
+        )
+
+
+def _impute(source, ae_path, ldm_path, out_dir, mask, slices, simulate_mcar, series_uid, seed, device, console, **kw):
+    """The body of `impute_file` (its arguments; `kw`: the sampling settings)."""
+    samples, steps, guidance, sampler, eta = kw["samples"], kw["steps"], kw["guidance"], kw["sampler"], kw["eta"]
     t0 = time.perf_counter()
     pipe = LatentDiffusionPipeline.from_pretrained(ae_path, ldm_path, device=device)
-    volume, raw, gone = _read_incomplete(Path(source), mask, slices, simulate_mcar, seed)
+    volume, raw, gone = _read_incomplete(Path(source), mask, slices, simulate_mcar, seed, series_uid)
     image, miss, model_affine, irange = to_model_space(volume, gone, pipe.ae_config)
     if miss.all():
         raise LdmError("no observed voxel is left in the model's field of view: nothing to guide the imputation")
@@ -150,13 +181,8 @@ def impute_file(
         torch.from_numpy(miss),
         label,
         console,
-        samples=samples,
-        steps=steps,
-        guidance=guidance,
-        sampler=sampler,
-        eta=eta,
         seed=seed,
-        batch_size=batch_size,
+        **kw,
     )
     fills, outside = _fills_on_input_grid(pipe, result_model, irange, model_affine, gone, volume.affine)
     result = ImputeResult(str(source), missing_voxels=int(gone.sum()), total_voxels=int(gone.size), outside=outside)
@@ -191,17 +217,19 @@ def impute_file(
         "torch_version": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    result.outputs["provenance"] = Path(out_dir) / f"{stem}_impute.json"
-    atomic_write_text(result.outputs["provenance"], json.dumps(prov, indent=2))
+    write_run_record(out_dir, f"impute-{stem}", json.dumps(prov, indent=2), f"{stem}_impute.json")
+    result.outputs["provenance"] = out_dir / f"{stem}_impute.json"
     return result
 
 
-def _read_incomplete(source: Path, mask: Path | None, slices: str | None, simulate_mcar: float | None, seed: int):
+def _read_incomplete(
+    source: Path, mask: Path | None, slices: str | None, simulate_mcar: float | None, seed: int, series_uid=None
+):
     """(volume, its array, missing voxels) of the input; NaN voxels count as missing."""
     from ldmtool.io.dataset import read_aligned
     from ldmtool.io.readers import read_volume
 
-    volume = read_volume(source, allow_nan=True)
+    volume = read_volume(source, series_uid=series_uid, allow_nan=True)
     raw = np.asarray(volume.array)
     mask_arr = None
     if mask is not None:
@@ -257,13 +285,21 @@ def _write_outputs(
     from ldmtool.io import write_nifti
     from ldmtool.pipelines.segment import output_stem
 
-    out_dtype = raw.dtype if np.issubdtype(raw.dtype, np.floating) else np.dtype(np.float32)
+    value_dtype = np.dtype(volume.meta.get("value_dtype", raw.dtype))
+    floating = not np.issubdtype(value_dtype, np.integer)
+    if floating:
+        out_dtype = raw.dtype if np.issubdtype(raw.dtype, np.floating) else np.dtype(np.float32)
+    else:  # computed in float64, written in the input's integer type
+        out_dtype = np.dtype(np.float64)
     stem = output_stem(source)
     out_dir.mkdir(parents=True, exist_ok=True)
+    clear_temps(out_dir, f"{stem}_*")  # left by a run of this case killed while writing
     imputed = raw.astype(out_dtype, copy=True)  # observed voxels: the input's values, untouched
     imputed[gone] = fills.mean(0).astype(out_dtype)
-    result.outputs["imputed"] = write_nifti(
-        volume.with_array(imputed, imputed=True), out_dir / f"{stem}_imputed.nii.gz"
+    result.outputs["imputed"] = write_nifti(  # integer input: imputed values rounded and clipped to its type
+        volume.with_array(imputed, imputed=True),
+        out_dir / f"{stem}_imputed.nii.gz",
+        dtype=None if floating else value_dtype,
     )
     result.outputs["missing"] = write_nifti(
         volume.with_array(gone.astype(np.uint8)), out_dir / f"{stem}_missing.nii.gz"

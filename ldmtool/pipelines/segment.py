@@ -24,12 +24,12 @@ from ldmtool.data.prepared import slices_to_volume, volume_to_slices
 from ldmtool.data.preprocess import _intensity_range, _normalise, _reorient
 from ldmtool.errors import LdmError
 from ldmtool.io import write_nifti
-from ldmtool.io.atomic import atomic_write_text
 from ldmtool.io.dicom import is_dicom_file
 from ldmtool.io.nifti import is_nifti_path
 from ldmtool.io.readers import read_volume
 from ldmtool.io.volume import Volume
 from ldmtool.models.checkpoint import file_sha256
+from ldmtool.pipelines.outdir import check_output_dir, output_dir, write_run_record
 from ldmtool.pipelines.segmenter import Segmenter
 
 
@@ -124,9 +124,14 @@ def segment_files(
     precision: str = SegmentConfig.precision,
     dicom_seg: bool = SegmentConfig.dicom_seg,
     console=None,
+    series_uid: str | None = None,
+    overwrite: bool = False,
 ) -> list[SegmentedCase]:
     """Segment every input; write `<stem>_seg.nii.gz` (+ `_prob`, `_uncertainty` with samples > 1,
-    + `<stem>_seg.dcm`, a DICOM SEG, for DICOM inputs unless `dicom_seg` is False)."""
+    + `<stem>_seg.dcm`, a DICOM SEG, for DICOM inputs unless `dicom_seg` is False) and the run
+    record (`runs/segment-TIME.json`, the latest also as `segment.json`). `series_uid` picks the
+    series of DICOM folders holding several; `out_dir` must be new, empty or an earlier segment
+    output (`overwrite`: see `pipelines.outdir`)."""
     SegmentConfig(  # the CLI's checks and messages
         steps=steps, samples=samples, batch_size=batch_size, precision=precision, dicom_seg=dicom_seg
     )
@@ -136,6 +141,7 @@ def segment_files(
         raise LdmError("--steps must be at least 1")
     if samples < 1:
         raise LdmError("--samples must be at least 1")
+    check_output_dir(out_dir, "segment", overwrite)
     seg = Segmenter.from_pretrained(model_path, device, precision)
     if seg.arch == "unet" and samples > 1:
         raise LdmError("--samples > 1 needs an LDSeg model; a UNet is deterministic")
@@ -149,27 +155,30 @@ def segment_files(
     job = _SegmentJob(
         seg, Path(out_dir), steps, samples, batch_size, torch.Generator().manual_seed(seed), dicom_seg, console
     )
-    job.out_dir.mkdir(parents=True, exist_ok=True)
-    with progress(console) as bar:
+    with output_dir(job.out_dir), progress(console) as bar:
+        job.out_dir.mkdir(parents=True, exist_ok=True)
         task = bar.add_task("segment", total=len(files), rate="", info="")
         job.advance = lambda name: bar.update(task, advance=1, info=name)
         for path, stem in zip(files, stems):
             try:
-                case = prepare_case(path, stem, seg)
-            except LdmError:
-                job.flush()  # what was read before the bad input is still written
+                case = prepare_case(path, stem, seg, series_uid)
+            except LdmError as exc:
+                job.flush()  # what was read before the bad input is still written, and recorded
+                if job.results:
+                    _write_summary(job, seed, error=str(exc))
                 raise
             job.add(case)
         job.flush()
-    _write_summary(job, seed)
+        _write_summary(job, seed)
     return job.results
 
 
-def prepare_case(path: Path, stem: str, seg: Segmenter) -> _Prepared:
-    """Read an input and put it into the model's axes and intensity scale."""
+def prepare_case(path: Path, stem: str, seg: Segmenter, series_uid: str | None = None) -> _Prepared:
+    """Read an input (`series_uid`: the series of a DICOM folder holding several) and put it
+    into the model's axes and intensity scale."""
     t0 = time.perf_counter()
     pre = seg.preprocess
-    volume = read_volume(path, allow_single_slice=True)
+    volume = read_volume(path, series_uid=series_uid, allow_single_slice=True)
     arr = np.asarray(volume.array, dtype=np.float32)
     if arr.ndim != 3:
         raise LdmError(f"{path} is not a 3D volume (shape {arr.shape})")
@@ -318,11 +327,13 @@ class _SegmentJob:
         return None
 
 
-def _write_summary(job: _SegmentJob, seed: int) -> None:
-    """segment.json: the model, the settings and one row per input."""
+def _write_summary(job: _SegmentJob, seed: int, error: str | None = None) -> None:
+    """The run record (runs/segment-TIME.json, and segment.json as the latest): the model, the
+    settings and one row per input."""
     seg = job.seg
-    atomic_write_text(
-        job.out_dir / "segment.json",
+    write_run_record(
+        job.out_dir,
+        "segment",
         json.dumps(
             {
                 "model": str(seg.path),
@@ -333,6 +344,7 @@ def _write_summary(job: _SegmentJob, seed: int) -> None:
                 "samples": job.samples,
                 "seed": seed,
                 "device": str(seg.device),
+                **({"error": error} if error else {}),
                 "cases": [
                     {
                         "source": r.source,
@@ -348,4 +360,5 @@ def _write_summary(job: _SegmentJob, seed: int) -> None:
             indent=2,
         )
         + "\n",
+        "segment.json",
     )

@@ -129,7 +129,9 @@ def validate_autoencoder(
     from monai.metrics import DiceMetric, PSNRMetric, SSIMMetric
 
     ae.eval()
-    psnr, ssim = PSNRMetric(max_val=1.0), SSIMMetric(spatial_dims=3, data_range=1.0)
+    # MONAI's 11-voxel window, narrowed (odd) along axes of thin volumes, which it could not slide over
+    window = tuple(min(11, n - 1 + n % 2) for n in data.images.shape[1:])
+    psnr, ssim = PSNRMetric(max_val=1.0), SSIMMetric(spatial_dims=3, data_range=1.0, win_size=window)
     dice = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
     losses, psnr_obs = [], []
     device = next(ae.parameters()).device
@@ -198,6 +200,7 @@ class AutoencoderTrainer(Trainer):
         info: DistInfo,
         seed: int = 0,
         missing_rate: float = 0.0,
+        modality: str = "OT",
     ) -> None:
         self.cfg, self.info, self.seed, self.loss_cfg = train_cfg, info, seed, loss_cfg
         device = info.device
@@ -211,6 +214,7 @@ class AutoencoderTrainer(Trainer):
         self.steps_per_epoch = len(self.sampler)
         self.depth = data.images.shape[1]
         self.config = self._checkpoint_config(data, model_cfg, preprocess, missing_rate)
+        self.config["modality"] = modality  # of the training data: what synthetic DICOM is written as
         self.settings = {
             "model": to_dict(model_cfg),
             "loss": to_dict(loss_cfg),
@@ -299,11 +303,13 @@ def train_autoencoder(
     resume: str = "never",
     stop: StopFlag | None = None,
     missing_rate: float = 0.0,
+    modality: str = "OT",
 ) -> TrainResult:
     """Fit the slice autoencoder; model.safetensors is the checkpoint of the lowest held-out loss.
 
     `dist`: the torchrun process group (`batch_size` slices per process and step, DDP gradients,
-    rank 0 writes); `resume` and `stop` as in `run_training`."""
+    rank 0 writes); `resume` and `stop` as in `run_training`. `modality` (CT, MR or OT) is that
+    of the training data, recorded in the checkpoint for synthetic DICOM."""
     info = dist or DistInfo(device=device)
     trainer = AutoencoderTrainer(
         data,
@@ -314,5 +320,6 @@ def train_autoencoder(
         info=info,
         seed=seed,
         missing_rate=missing_rate,
+        modality=modality,
     )
     return run_training(trainer, out_dir, resume=resume, stop=stop, console=console)

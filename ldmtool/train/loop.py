@@ -43,7 +43,7 @@ from ldmtool.train.common import (
     warmup_cosine,
 )
 from ldmtool.train.distributed import DistInfo, StopFlag, finish, step_sync, wrap_ddp
-from ldmtool.train.state import previous_run, restore, save_state
+from ldmtool.train.state import STATE_NAME, previous_run, restore, save_state
 
 BEST_NAME = "model.safetensors"
 LAST_NAME = "last.safetensors"
@@ -185,6 +185,8 @@ def run_training(
     cfg, info = trainer.cfg, trainer.info
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if resume == "never" and info.is_main:  # data loaded and model built: now the old state may go
+        (out_dir / STATE_NAME).unlink(missing_ok=True)
     total = cfg.steps or trainer.steps_per_epoch * cfg.epochs
     opt = torch.optim.AdamW(trainer.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     previous, settings_hash, elapsed_before = previous_run(out_dir, resume, trainer.settings, to_dict(cfg))

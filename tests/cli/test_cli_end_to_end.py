@@ -200,21 +200,28 @@ def test_sample_dicom(trained, cli, tmp_path):
         "sample", "--ae", trained.ae, "--ldm", trained.ldm, "--out", out, "--n", 1, "--steps", 3, "--format", "dicom"
     )
     assert r.code == 0, r.both
-    image_dir, label_dir = out / "dicom" / "synth_00000" / "image", out / "dicom" / "synth_00000" / "label"
-    image, label = read_dicom(image_dir), read_dicom(label_dir)
-    assert image.shape == label.shape == (32, 32, 16)
-    assert "SYNTHETIC" in image.meta["series_description"] and "SYNTHETIC" in label.meta["series_description"]
+    image_dir, seg_path = out / "dicom" / "synth_00000" / "image", out / "dicom" / "synth_00000" / "label.dcm"
+    image = read_dicom(image_dir)
+    assert image.shape == (32, 32, 16)
+    assert "SYNTHETIC" in image.meta["series_description"]
     first = pydicom.dcmread(sorted(p for p in image_dir.iterdir() if p.is_file())[0])
     assert "SYNTHETIC" in first.SeriesDescription
+    assert first.Modality == "OT"  # the phantoms are NIfTI, trained without --modality
+    # the label map is a DICOM SEG in the image's study and frame of reference
+    seg = pydicom.dcmread(seg_path)
+    assert seg.Modality == "SEG" and "SYNTHETIC" in seg.SeriesDescription
+    assert seg.StudyInstanceUID == first.StudyInstanceUID
+    assert seg.FrameOfReferenceUID == first.FrameOfReferenceUID
+    prov = json.loads((out / "provenance" / "synth_00000.json").read_text())
+    assert prov["files"] == {"image": "dicom/synth_00000/image", "label": "dicom/synth_00000/label.dcm"}
+    label = _seg_label_map(seg_path, image_dir, image.shape)
     # same index and seed as the NIfTI sample 0 written with the same models
     ref_img, ref_lab = _sample_arrays(trained.samples, 0)
     span = float(np.ptp(ref_img))
     np.testing.assert_allclose(np.asarray(image.array), ref_img, atol=2e-3 * span)
-    assert (np.asarray(label.array) != ref_lab).mean() < 1e-3
+    assert (label != ref_lab).mean() < 1e-3
     _, ae_cfg = load_checkpoint(trained.ae)
     np.testing.assert_allclose(image.affine, np.asarray(ae_cfg["reference_affine"]), atol=1e-3)
-    prov = json.loads((out / "provenance" / "synth_00000.json").read_text())
-    assert prov["files"] == {"image": "dicom/synth_00000/image", "label": "dicom/synth_00000/label"}
     assert not (out / "imagesTr").exists() or not any((out / "imagesTr").iterdir())
 
 
@@ -292,3 +299,24 @@ def test_unknown_condition_name(trained, conditioned_ldm, cli, tmp_path):
     )
     assert r.code == 1 and len(r.error_lines()) == 1 and "unknown condition" in r.err
     assert not (tmp_path / "x").exists()
+
+
+def _seg_label_map(seg_path, image_dir, shape):
+    """The (I, J, K) label map of a synthetic DICOM SEG on its image series (slice k = InstanceNumber k + 1;
+    segment n = the n-th nonzero class, as io/dicom_seg.py writes them)."""
+    import highdicom as hd
+
+    seg = hd.seg.segread(seg_path)
+    by_number = {}
+    for p in (p for p in image_dir.iterdir() if p.is_file()):
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+        by_number[int(ds.InstanceNumber)] = ds.SOPInstanceUID
+    numbers = [int(s.SegmentNumber) for s in seg.SegmentSequence]
+    label = np.zeros(shape, dtype=np.uint8)
+    for k in range(shape[2]):
+        pixels = seg.get_pixels_by_source_instance(
+            [by_number[k + 1]], segment_numbers=numbers, assert_missing_frames_are_empty=True
+        )[0]
+        for i, number in enumerate(numbers):
+            label[:, :, k][pixels[..., i].T > 0] = number
+    return label
