@@ -9,6 +9,7 @@ import typer
 
 from ldmtool.cli import common
 from ldmtool.config import AELossConfig, AETrainConfig, AutoencoderConfig
+from ldmtool.data.preprocess_config import PreprocessConfig
 
 DATA = "Data"
 MODEL = "Model"
@@ -46,19 +47,10 @@ def train_ae(
         Optional[str],
         typer.Option("--series", help="DICOM SeriesInstanceUID to read where a folder holds several series."),
     ] = None,
-    shape: Annotated[
-        Optional[str], typer.Option(help="Crop/pad volumes to I,J,K after resampling.", rich_help_panel=DATA)
-    ] = None,
-    spacing: Annotated[
-        Optional[str], typer.Option(help="Resample to this voxel size x,y,z (mm).", rich_help_panel=DATA)
-    ] = None,
-    intensity: Annotated[
-        Optional[str], typer.Option(help="percentile | ct_window | none.", rich_help_panel=DATA)
-    ] = None,
-    ct_window: Annotated[
-        Optional[str],
-        typer.Option(help="CT window level,width (HU), with --intensity ct_window.", rich_help_panel=DATA),
-    ] = None,
+    shape: Annotated[Optional[str], common.opt(PreprocessConfig, "shape", panel=DATA)] = None,
+    spacing: Annotated[Optional[str], common.opt(PreprocessConfig, "spacing", panel=DATA)] = None,
+    intensity: Annotated[Optional[str], common.opt(PreprocessConfig, "intensity", panel=DATA)] = None,
+    ct_window: Annotated[Optional[str], common.opt(PreprocessConfig, "ct_window", panel=DATA)] = None,
     missing_rate: Annotated[
         float,
         typer.Option(
@@ -110,7 +102,6 @@ def train_ae(
     """Train the 2D slice autoencoder (image + label channels, slice-position embedding)."""
     from ldmtool.config import DenoiserConfig, load_yaml, to_dict
     from ldmtool.data.prepared import prepare_dataset
-    from ldmtool.data.preprocess import PreprocessConfig
     from ldmtool.errors import LdmError
     from ldmtool.train.autoencoder import train_autoencoder
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ldmtool.config import AutoencoderConfig, DenoiserConfig, from_dict
+from ldmtool.errors import LdmError
 from ldmtool.models.autoencoder import SliceAutoencoder
 from ldmtool.models.checkpoint import load_checkpoint, resolve_checkpoint
 from ldmtool.models.checkpoint_config import (
@@ -17,6 +18,19 @@ from ldmtool.models.checkpoint_config import (
 )
 from ldmtool.models.denoiser import LatentDenoiser
 from ldmtool.models.ldseg import build_segmenter
+
+
+def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Put a checkpoint's tensors into the network its config describes; weights that do not fit it
+    (missing, unexpected or of another shape: an edited or mixed-up file) are a one-line error."""
+    try:
+        load_weights(model, tensors, path)
+    except RuntimeError as exc:
+        detail = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), "weights do not fit the model")
+        raise LdmError(
+            f"{path}: its weights do not fit the model its config describes ({detail[:160]}); "
+            "the checkpoint is damaged or was edited by hand"
+        ) from None
 
 
 def build_autoencoder(config: AutoencoderCheckpoint | dict[str, Any]) -> SliceAutoencoder:
@@ -33,7 +47,7 @@ def load_autoencoder(path: Path, device: torch.device) -> tuple[SliceAutoencoder
     tensors, raw = load_checkpoint(path, kind="autoencoder")
     config = AutoencoderCheckpoint.from_dict(raw, source=str(path))
     ae = build_autoencoder(config)
-    ae.load_state_dict(tensors)
+    load_weights(ae, tensors, path)
     return ae.to(device).eval(), config
 
 
@@ -52,7 +66,7 @@ def load_denoiser(path: Path, device: torch.device) -> tuple[LatentDenoiser, Lat
     tensors, raw = load_checkpoint(path, kind="latent-diffusion")
     config = LatentDiffusionCheckpoint.from_dict(raw, source=str(path))
     model = build_denoiser(config)
-    model.load_state_dict(tensors)
+    load_weights(model, tensors, path)
     return model.to(device).eval(), config
 
 
@@ -62,5 +76,5 @@ def load_segmenter(path: Path, device: torch.device) -> tuple[torch.nn.Module, S
     tensors, raw = load_checkpoint(path, kind="segmenter")
     config = SegmenterCheckpoint.from_dict(raw, source=str(path))
     model = build_segmenter(config.model, config.num_classes)
-    model.load_state_dict(tensors)
+    load_weights(model, tensors, path)
     return model.to(device).eval(), config

@@ -169,3 +169,28 @@ def test_write_config_json(tmp_path):
     write_config_json(tmp_path, CONFIG)
     assert json.loads((tmp_path / "config.json").read_text(encoding="utf-8")) == CONFIG
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+def test_weights_that_do_not_fit_their_config_are_one_line(tmp_path):
+    """A checkpoint whose tensors do not match the network its config describes is refused."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from ldmtool.models.loaders import load_autoencoder
+
+    src = Path(__file__).resolve().parents[1] / "regression" / "models" / "ae" / "model.safetensors"
+    with safe_open(str(src), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    name = sorted(tensors)[0]
+    tensors[name] = torch.zeros(tuple(s + 1 for s in tensors[name].shape))
+    bad = tmp_path / "model.safetensors"
+    save_file(tensors, str(bad), metadata=meta)
+    with pytest.raises(LdmError, match="weights do not fit the model") as err:
+        load_autoencoder(bad, torch.device("cpu"))
+    assert "\n" not in str(err.value)
+    del tensors[name]
+    save_file(tensors, str(bad), metadata=meta)
+    with pytest.raises(LdmError, match="weights do not fit the model"):
+        load_autoencoder(bad, torch.device("cpu"))
