@@ -144,7 +144,7 @@ def train_ae(
             and "mask_channel" not in (cfg.get("autoencoder") or {})
             and prepared.observed is not None
         ):
-            model_cfg.mask_channel = True  # incomplete data: the mask input measurably helps (benchmarks/imputation.py)
+            model_cfg.mask_channel = True  # incomplete data: the mask input helps (benchmarks/results/imputation.md)
         factor = model_cfg.downsample
         d, h, w = prepared.images.shape[1:]
         if h % factor or w % factor:

@@ -200,7 +200,7 @@ class _SegmentJob:
 
     2D models: consecutive inputs whose slices have the same size go through the network together
     while they fill at most one batch, so a folder of small volumes keeps a GPU busy (one volume
-    of 32 slices of 64 × 64 per call is bound by kernel launches there: benchmarks/segmentation_speed.py)."""
+    of 32 slices of 64 × 64 per call is bound by kernel launches there: benchmarks/results/segmentation.md)."""
 
     def __init__(
         self,

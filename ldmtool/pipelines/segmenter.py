@@ -29,13 +29,12 @@ LATENT_CLIP = 5.0  # |ẑ_0| bound of the standardised label latent (sampling an
 # Sampling starts at the last timestep whose signal level √ᾱ_t is at least this (t = 966 of 1000 for
 # the cosine schedule), not at t = T − 1: there √ᾱ = 5e-5, so ẑ_0 = (z_t − √(1−ᾱ)ε̂)/√ᾱ multiplies
 # the error of ε̂ by 2·10⁴ and the first DDIM step hands the next one a clamped, meaningless ẑ_0.
-# z_T ~ N(0, I) stands for z_966 (whose signal part 0.05·z_0 it ignores). Measured with the same
-# models (benchmarks/results/segmentation.md), 2-step mean Dice: phantoms 0.932 → 0.947, MNI152 0.677 → 0.747.
+# z_T ~ N(0, I) stands for z_966 (whose signal part 0.05·z_0 it ignores). With the same models this
+# start raised the 2-step mean Dice on both benchmark cases (benchmarks/results/segmentation.md).
 START_SIGNAL = 0.05
 # DDIM steps of `segment` (and of the validation Dice) unless asked otherwise. One step from that start
-# scored at least as well as two in every benchmark run (mean Dice, phantoms / MNI152, 600 training
-# steps on a CPU: 0.948 vs 0.947 / 0.755 vs 0.747; phantoms after 3000 steps: 0.980 vs 0.912 on a CPU,
-# 0.978 vs 0.911 on a GPU): each further step can add a few false lesion voxels.
+# scored at least as well as two in every benchmark run (benchmarks/results/segmentation.md): each
+# further step can add a few false lesion voxels.
 DEFAULT_STEPS = SegmentConfig.steps  # DDIM steps of LDSeg inference (and of its validation in training)
 
 

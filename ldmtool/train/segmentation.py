@@ -12,8 +12,8 @@ inputs with windows of that size). The run is resumable like the other trainers 
 LDSeg's clean-latent estimate fed to the label decoder in training is, by default, the x0 formula
 ẑ_0 = (z_t − √(1−ᾱ_t) ε̂)/√ᾱ_t, clamped to ±5 (`decoder_input: x0`): exactly what the DDIM sampler
 hands the decoder at inference. The paper's ẑ_0 = z_t − ε̂ (`decoder_input: paper`) is kept as an
-option; on the phantoms it trained a decoder that does not fit DDIM's output (300 steps, 12
-volumes of 48×48×24, 2 DDIM steps: Dice head / lesion 0.89 / 0.04 with `paper`, 0.96 / 0.84 with `x0`).
+option; on the phantoms it trained a decoder that does not fit DDIM's output, lesion Dice near
+zero (benchmarks/results/unstamped_runs.md, "LDSeg decoder input").
 """
 
 from __future__ import annotations
