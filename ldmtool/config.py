@@ -464,7 +464,10 @@ def from_dict(cls: type, data: dict, section: str | None = None) -> Any:
 
 
 def to_dict(obj: Any) -> Any:
-    """JSON-safe dict of a dataclass (tuples become lists)."""
+    """JSON-safe dict of a dataclass (tuples become lists); a dataclass with its own `to_dict` (e.g.
+    PreprocessConfig, which leaves out unset optional keys so older readers accept it) uses that."""
+    if dataclasses.is_dataclass(obj) and callable(getattr(type(obj), "to_dict", None)):
+        return obj.to_dict()
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if hasattr(obj, "to_dict"):

@@ -24,7 +24,7 @@ def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path:
     """Put a checkpoint's tensors into the network its config describes; weights that do not fit it
     (missing, unexpected or of another shape: an edited or mixed-up file) are a one-line error."""
     try:
-        load_weights(model, tensors, path)
+        model.load_state_dict(tensors)
     except RuntimeError as exc:
         detail = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), "weights do not fit the model")
         raise LdmError(
