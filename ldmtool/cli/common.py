@@ -128,6 +128,28 @@ def opt(cls, name: str, *param_decls: str, panel: str | None = None, **kw) -> An
     )
 
 
+LABELS_HELP = (
+    "Merge/rename label values into classes: brain=1-255 | anterior=1,posterior=2 | 'csf=4,11,46;gm=100-130' "
+    "| a .json/.yaml file {name: [values or 'lo-hi' ranges]}. Classes get ids 1, 2, … in the order named; "
+    "unlisted values become background (0). Stored in the checkpoint; later commands use the merged classes."
+)
+
+
+def resume_flag(panel: str | None = None):
+    """--resume, shared by the trainers."""
+    return typer.Option(
+        "--resume",
+        help="Go on from the training state in --out (an error if there is none). "
+        "Without it a state there is picked up automatically.",
+        rich_help_panel=panel,
+    )
+
+
+def restart_flag(panel: str | None = None):
+    """--restart, shared by the trainers."""
+    return typer.Option("--restart", help="Ignore and replace a training state in --out.", rich_help_panel=panel)
+
+
 def resume_mode(resume: bool, restart: bool) -> str:
     """--resume: a training state must be there; --restart: ignore (and replace) it; neither: go
     on automatically when the output folder holds one (what a requeued batch job needs)."""

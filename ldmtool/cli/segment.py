@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from ldmtool.cli import common
-from ldmtool.cli.train_ae import LABELS_HELP
 from ldmtool.config import SegLossConfig, SegmentConfig, SegModelConfig, SegTrainConfig
 
 MODEL = "Model"
@@ -56,18 +55,9 @@ def train_seg(
     ] = None,
     precision: Annotated[Optional[str], common.opt(SegTrainConfig, "precision", panel=TRAIN)] = None,
     checkpoint_every: Annotated[Optional[int], common.opt(SegTrainConfig, "checkpoint_every", panel=TRAIN)] = None,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="Go on from the training state in --out (an error if there is none). Without it a state there is picked up automatically.",
-            rich_help_panel=TRAIN,
-        ),
-    ] = False,
-    restart: Annotated[
-        bool, typer.Option("--restart", help="Ignore and replace a training state in --out.", rich_help_panel=TRAIN)
-    ] = False,
-    labels: Annotated[Optional[str], typer.Option(help=LABELS_HELP + " segment writes these class ids.")] = None,
+    resume: Annotated[bool, common.resume_flag(TRAIN)] = False,
+    restart: Annotated[bool, common.restart_flag(TRAIN)] = False,
+    labels: Annotated[Optional[str], typer.Option(help=common.LABELS_HELP + " segment writes these class ids.")] = None,
 ) -> None:
     """Train a segmenter: LDSeg (latent diffusion, uncertainty by sampling) or the UNet baseline."""
     from ldmtool.config import load_yaml

@@ -14,11 +14,6 @@ from ldmtool.data.preprocess_config import PreprocessConfig
 DATA = "Data"
 MODEL = "Model"
 TRAIN = "Training"
-LABELS_HELP = (
-    "Merge/rename label values into classes: brain=1-255 | anterior=1,posterior=2 | 'csf=4,11,46;gm=100-130' "
-    "| a .json/.yaml file {name: [values or 'lo-hi' ranges]}. Classes get ids 1, 2, … in the order named; "
-    "unlisted values become background (0). Stored in the checkpoint; later commands use the merged classes."
-)
 
 
 def preprocess_flags(shape, spacing, intensity, ct_window, labels=None) -> dict:
@@ -78,18 +73,9 @@ def train_ae(
     val_fraction: Annotated[Optional[float], common.opt(AETrainConfig, "val_fraction", panel=TRAIN)] = None,
     precision: Annotated[Optional[str], common.opt(AETrainConfig, "precision", panel=TRAIN)] = None,
     checkpoint_every: Annotated[Optional[int], common.opt(AETrainConfig, "checkpoint_every", panel=TRAIN)] = None,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="Go on from the training state in --out (an error if there is none). Without it a state there is picked up automatically.",
-            rich_help_panel=TRAIN,
-        ),
-    ] = False,
-    restart: Annotated[
-        bool, typer.Option("--restart", help="Ignore and replace a training state in --out.", rich_help_panel=TRAIN)
-    ] = False,
-    labels: Annotated[Optional[str], typer.Option(help=LABELS_HELP, rich_help_panel=DATA)] = None,
+    resume: Annotated[bool, common.resume_flag(TRAIN)] = False,
+    restart: Annotated[bool, common.restart_flag(TRAIN)] = False,
+    labels: Annotated[Optional[str], typer.Option(help=common.LABELS_HELP, rich_help_panel=DATA)] = None,
     modality: Annotated[
         Optional[str],
         typer.Option(

@@ -44,17 +44,8 @@ def train_ldm(
     lesion_weight: Annotated[Optional[float], common.opt(LDMTrainConfig, "lesion_weight", panel=TRAIN)] = None,
     precision: Annotated[Optional[str], common.opt(LDMTrainConfig, "precision", panel=TRAIN)] = None,
     checkpoint_every: Annotated[Optional[int], common.opt(LDMTrainConfig, "checkpoint_every", panel=TRAIN)] = None,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="Go on from the training state in --out (an error if there is none). Without it a state there is picked up automatically.",
-            rich_help_panel=TRAIN,
-        ),
-    ] = False,
-    restart: Annotated[
-        bool, typer.Option("--restart", help="Ignore and replace a training state in --out.", rich_help_panel=TRAIN)
-    ] = False,
+    resume: Annotated[bool, common.resume_flag(TRAIN)] = False,
+    restart: Annotated[bool, common.restart_flag(TRAIN)] = False,
 ) -> None:
     """Encode volumes slice by slice into latent volumes and train the 3D denoising UNet."""
     from ldmtool.config import load_yaml

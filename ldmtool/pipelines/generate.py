@@ -121,10 +121,6 @@ def generate(
         compile=compile,
         max_memory_gb=max_memory_gb,
     )
-    if n < 1:
-        raise LdmError("--n must be at least 1")
-    if fmt not in ("nifti", "dicom"):
-        raise LdmError(f"--format must be nifti or dicom; got {fmt!r}")
     part = resolve_shard(shard)
     check_output_dir(out_dir, "sample", overwrite)
     with output_dir(out_dir):

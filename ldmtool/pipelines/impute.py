@@ -138,10 +138,6 @@ def impute_file(
     ImputeConfig(  # the CLI's checks and messages
         samples=samples, guidance=guidance, steps=steps, sampler=sampler, eta=eta, batch_size=batch_size
     )
-    if samples < 1:
-        raise LdmError("--samples must be at least 1")
-    if guidance < 0:
-        raise LdmError("--guidance must be ≥ 0")
     check_output_dir(out_dir, "impute", overwrite)  # before any work
     with output_dir(Path(out_dir)):
         return _impute(

@@ -137,10 +137,6 @@ def segment_files(
     )
     from ldmtool.runtime import progress
 
-    if steps < 1:
-        raise LdmError("--steps must be at least 1")
-    if samples < 1:
-        raise LdmError("--samples must be at least 1")
     check_output_dir(out_dir, "segment", overwrite)
     seg = Segmenter.from_pretrained(model_path, device, precision)
     if seg.arch == "unet" and samples > 1:
