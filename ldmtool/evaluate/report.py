@@ -145,14 +145,17 @@ def _read_sets(report: dict, paths: dict[str, Path | None], cfg: EvaluateConfig,
     sets: dict[str, VolumeSet | None] = {"real": real}
     for name in ("synthetic", "train", "test"):
         sets[name] = (
-            load_volume_set(paths[name], name, shape=real.shape, max_cases=cfg.max_cases) if paths[name] else None
+            load_volume_set(paths[name], name, shape=real.shape, max_cases=cfg.max_cases, spacing=real.spacing)
+            if paths[name]
+            else None
         )
         if paths[name]:
             step()
     report["inputs"] = {k: _summary_set(v) for k, v in sets.items()}
     report["inputs"]["note"] = (
-        f"images scaled to [0, 1] per volume (0.5/99.5 percentiles); other sets resized "
-        f"to the real set's shape {list(real.shape)}"
+        f"images scaled to [0, 1] per volume (0.5/99.5 percentiles); every volume brought to the "
+        f"real set's shape {list(real.shape)} (its per-axis maximum): centre pad/crop on the real set's voxel "
+        "size, resized otherwise"
     )
     return sets
 

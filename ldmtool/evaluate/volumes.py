@@ -20,6 +20,7 @@ class VolumeSet:
     labels: np.ndarray | None
     case_ids: list[str]
     label_names: dict[str, int] = field(default_factory=dict)
+    spacing: tuple[float, float, float] | None = None  # voxel size (mm) of the first case as read
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -54,13 +55,34 @@ def resize_volume(array: np.ndarray, shape: tuple[int, ...], label: bool = False
     return F.interpolate(t, size=tuple(shape), mode="trilinear", align_corners=False)[0, 0].numpy()
 
 
+def fit_volume(array: np.ndarray, shape: tuple[int, ...], same_grid: bool, label: bool = False) -> np.ndarray:
+    """Bring an (I, J, K) array to `shape`: centre pad/crop when it is on the same voxel grid as
+    the reference (same spacing: only the field of view differs, so nothing is stretched), else
+    resize (trilinear for images, nearest for labels)."""
+    if tuple(array.shape) == tuple(shape):
+        return array
+    if not same_grid:
+        return resize_volume(array, shape, label=label)
+    from monai.transforms import ResizeWithPadOrCrop
+
+    out = ResizeWithPadOrCrop(tuple(shape), mode="constant")(np.asarray(array)[None])
+    return np.asarray(out)[0].astype(array.dtype)
+
+
 def load_volume_set(
-    path: Path, name: str, shape: tuple[int, int, int] | None = None, max_cases: int | None = None, console=None
+    path: Path,
+    name: str,
+    shape: tuple[int, int, int] | None = None,
+    max_cases: int | None = None,
+    console=None,
+    spacing: tuple[float, float, float] | None = None,
 ) -> VolumeSet:
     """Read every case of a data set (nnU-Net layout or a folder of volumes).
 
-    Images are scaled to [0, 1] per volume (0.5/99.5 percentiles). With `shape`, volumes of another
-    shape are resized to it (labels by nearest neighbour); without it, all cases must share one shape.
+    Images are scaled to [0, 1] per volume (0.5/99.5 percentiles). Every case is brought to one
+    shape: `shape` when given, else the per-axis maximum of the set's shapes. A case whose voxel
+    size is `spacing` (default: the first case's) is centre padded/cropped to it (same grid, only
+    the field of view differs); one of another voxel size is resized (labels by nearest neighbour).
     """
     from ldmtool.io import load_dataset
 
@@ -68,8 +90,7 @@ def load_volume_set(
     cases = ds.cases[:max_cases] if max_cases else ds.cases
     if not cases:
         raise LdmError(f"no volumes found in {path}")
-    images, labels, ids = [], [], []
-    has_labels = ds.has_labels
+    raw, ids = [], []
     for case in cases:
         img, lab = ds.read(case)
         arr = np.asarray(img.array)
@@ -77,18 +98,22 @@ def load_volume_set(
             raise LdmError(f"{case.image}: evaluate needs 3D single-channel volumes, got shape {arr.shape}")
         if not np.all(np.isfinite(arr)):
             raise LdmError(f"{case.image} holds NaN or infinite values")
-        target = shape or (images[0].shape if images else arr.shape)
-        if shape is None and arr.shape != target:
-            raise LdmError(f"{path}: volumes have different shapes ({target} and {arr.shape} for {case.case_id})")
-        images.append(resize_volume(normalise01(arr), target))
-        if has_labels:
-            labels.append(resize_volume(np.asarray(lab.array), target, label=True).astype(np.int64))
+        raw.append((normalise01(arr), None if lab is None else np.asarray(lab.array), img.spacing))
         ids.append(case.case_id)
+    ref_spacing = tuple(spacing) if spacing is not None else raw[0][2]
+    target = tuple(shape) if shape is not None else tuple(max(r[0].shape[a] for r in raw) for a in range(3))
+    images, labels = [], []
+    for arr, lab, sp in raw:
+        same = bool(np.allclose(sp, ref_spacing, rtol=0.01))
+        images.append(fit_volume(arr, target, same))
+        if ds.has_labels:
+            labels.append(fit_volume(lab, target, same, label=True).astype(np.int64))
     return VolumeSet(
         name=name,
         root=Path(path),
         images=np.stack(images).astype(np.float32),
-        labels=np.stack(labels) if has_labels else None,
+        labels=np.stack(labels) if ds.has_labels else None,
         case_ids=ids,
         label_names=dict(ds.label_names),
+        spacing=ref_spacing,
     )
