@@ -601,11 +601,20 @@ class EvaluateConfig:
     noise_sigma: float = setting(0.05, "Gaussian noise std on [0, 1] intensities.")
     deepfool_iters: int = setting(5, "DeepFool iterations.")
     max_cases: int | None = setting(None, "Read at most this many volumes per set.")
+    utility_curve: tuple[int, ...] = setting(
+        (), "Real training sizes N of the augmentation curve, e.g. 10,20,50 (empty = no curve)."
+    )
+    curve_ratios: tuple[float, ...] = setting(
+        (1.0, 2.0, 5.0), "Synthetic cases added per real case on the augmentation curve, e.g. 1,2,5."
+    )
+    curve_seeds: int = setting(3, "Repeats (random real/synthetic subsets and model seeds) per curve point.")
 
     def __post_init__(self) -> None:
         self.only = tuple(self.only)
         self.views = tuple(self.views)
         self.seg_channels = tuple(int(c) for c in self.seg_channels)
+        self.utility_curve = tuple(int(n) for n in self.utility_curve)
+        self.curve_ratios = tuple(float(r) for r in self.curve_ratios)
         bad = [c for c in self.only if c not in CRITERIA]
         if bad or not self.only:
             raise LdmError(
@@ -635,3 +644,15 @@ class EvaluateConfig:
             raise LdmError("epsilon and noise-sigma must be non-negative")
         if len(self.seg_channels) < 2:
             raise LdmError("seg-channels needs at least two levels, e.g. 8,16,32")
+        self._check_curve()
+
+    def _check_curve(self) -> None:
+        """One-line errors for the augmentation-curve settings."""
+        sizes = ",".join(map(str, self.utility_curve))
+        if any(n < 1 for n in self.utility_curve) or len(set(self.utility_curve)) != len(self.utility_curve):
+            raise LdmError(f"utility-curve sizes must be distinct whole numbers ≥ 1, e.g. 10,20,50; got {sizes}")
+        if not self.curve_ratios or any(not r > 0 for r in self.curve_ratios):
+            ratios = ",".join(f"{r:g}" for r in self.curve_ratios) or "nothing"
+            raise LdmError(f"curve-ratios must be one or more numbers > 0, e.g. 1,2,5; got {ratios}")
+        if self.curve_seeds < 1:
+            raise LdmError(f"curve-seeds must be at least 1; got {self.curve_seeds}")

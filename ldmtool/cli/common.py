@@ -106,7 +106,7 @@ def default(cls, name: str) -> str:
     for f in dataclasses.fields(cls):
         if f.name == name:
             value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            if value is None:
+            if value is None or value == ():
                 return "off"
             if isinstance(value, (tuple, list)):
                 return ",".join(map(str, value))

@@ -11,6 +11,7 @@ from ldmtool.cli import common
 from ldmtool.config import EvaluateConfig
 
 DATA, FEAT, PRIV, DOWN = "Data", "Features", "Privacy", "Utility and robustness"
+CURVE = "Augmentation curve"
 
 
 def _csv(text: str | None) -> tuple[str, ...] | None:
@@ -81,6 +82,9 @@ def evaluate(
     seg_batch_size: Annotated[Optional[int], common.opt(EvaluateConfig, "seg_batch_size", panel=DOWN)] = None,
     epsilon: Annotated[Optional[float], common.opt(EvaluateConfig, "epsilon", panel=DOWN)] = None,
     noise_sigma: Annotated[Optional[float], common.opt(EvaluateConfig, "noise_sigma", panel=DOWN)] = None,
+    utility_curve: Annotated[Optional[str], common.opt(EvaluateConfig, "utility_curve", panel=CURVE)] = None,
+    curve_ratios: Annotated[Optional[str], common.opt(EvaluateConfig, "curve_ratios", panel=CURVE)] = None,
+    curve_seeds: Annotated[Optional[int], common.opt(EvaluateConfig, "curve_seeds", panel=CURVE)] = None,
     max_cases: Annotated[Optional[int], common.opt(EvaluateConfig, "max_cases", panel=DATA)] = None,
 ) -> None:
     """Judge synthetic data: fidelity, diversity, speed, utility, robustness and privacy."""
@@ -94,6 +98,8 @@ def evaluate(
             common.require_exists(path, f"{what} folder")
     only, views = _csv(only), _csv(views)
     seg_channels = common.ints(seg_channels, None, "--seg-channels")
+    utility_curve = common.ints(utility_curve, None, "--utility-curve")
+    curve_ratios = common.floats(curve_ratios, None, "--curve-ratios")
     cfg = common.section(load_yaml(config), "evaluate", EvaluateConfig, locals())
     from ldmtool.io import check_writable_dir
 

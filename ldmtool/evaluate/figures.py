@@ -120,3 +120,24 @@ def utility_png(
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def utility_curve_png(
+    sizes: list[int], curves: dict[str, tuple[list[float], list[float]]], metric: str, path: Path
+) -> Path:
+    """Score vs real training size N (log axis), one line per training condition {name: (means, stds)};
+    error bars are the std over repeats. Lines are nudged sideways a little so the bars do not overlap."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    nudge = np.linspace(-0.03, 0.03, len(curves)) if len(curves) > 1 else [0.0]
+    for shift, (name, (mean, std)) in zip(nudge, curves.items()):
+        x = np.asarray(sizes, dtype=float) * (1 + shift)
+        ax.errorbar(x, mean, yerr=std, marker="o", markersize=4, capsize=3, label=name)
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("real training cases N")
+    ax.set_ylabel(f"{metric} on real test")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -109,6 +109,20 @@ def _utility_rows(u: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _utility_curve_rows(c: dict) -> list[tuple[str, str, str, str]]:
+    metric = "Dice" if c["task"] == "segmentation" else "accuracy"
+    n, best = c["smallest_N"], c["best_at_smallest_N"]
+    real = c["results"][str(n)]["real"]
+    return [
+        (
+            "utility curve",
+            f"gain at N={n} ({best} vs real)",
+            f"{c['gain_at_smallest_N']:+.3f} {metric}",
+            f"real alone {_fmt(real['mean'])} ± {_fmt(real['std'])} over {c['seeds']} repeats",
+        )
+    ]
+
+
 def _robustness_rows(r: dict) -> list[tuple[str, str, str, str]]:
     key = _score_key(r)
     labels = {
@@ -136,6 +150,7 @@ _CRITERION_ROWS = (
     ("speed", _speed_rows),
     ("privacy", _privacy_rows),
     ("utility", _utility_rows),
+    ("utility_curve", _utility_curve_rows),
     ("robustness", _robustness_rows),
 )
 
@@ -189,6 +204,8 @@ def render_html(report: dict, out_dir: Path) -> str:
         parts += _robustness_section(report["robustness"])
     if "utility" in figs:
         parts.append(_img(out_dir / figs["utility"], "downstream scores on real test volumes"))
+    if report.get("utility_curve"):
+        parts += _utility_curve_section(report["utility_curve"], figs, out_dir)
     parts.append("<p class='note'>Every number and its settings: <code>report.json</code>.</p></body></html>")
     return "\n".join(parts)
 
@@ -275,6 +292,27 @@ def _utility_section(u: dict) -> list[str]:
                 ],
             )
         )
+    return parts
+
+
+def _utility_curve_section(c: dict, figs: dict, out_dir: Path) -> list[str]:
+    """The augmentation curve: mean ± std over repeats per size and condition, the figure, the subset rule."""
+
+    def cell(p: dict) -> str:
+        return f"{_fmt(p['mean'])} ± {_fmt(p['std'])} ({p['n_real']}+{p['n_synthetic']})"
+
+    parts = [
+        f"<h2>Augmentation curve ({html.escape(c['task'])})</h2><p class='note'>{html.escape(c['model'])}, "
+        f"{c['steps']} steps; {html.escape(c['metric'])} on {c['n_test']} real test volumes, mean ± std over "
+        f"{c['seeds']} repeats; in brackets real + synthetic training cases.</p>",
+        _table(
+            ["N"] + c["conditions"],
+            [[n] + [cell(c["results"][str(n)][k]) for k in c["conditions"]] for n in c["sizes"]],
+        ),
+        f"<p class='note'>Subsets: {html.escape(c['subset_rule'])}.</p>",
+    ]
+    if "utility_curve" in figs:
+        parts.append(_img(out_dir / figs["utility_curve"], "score vs real training cases N (std over repeats)"))
     return parts
 
 

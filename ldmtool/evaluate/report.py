@@ -119,6 +119,10 @@ def run_evaluation(
         sets = _read_sets(report, paths, cfg, st)
         real, train, test = sets["real"], sets["train"], sets["test"]
         run = _Run(cfg, real, sets["synthetic"], train, test, _heldout(real, train, test), device, seed, fig_dir, st)
+        if "utility" in only and cfg.utility_curve and test is not None:
+            from ldmtool.evaluate.utility_curve import usable_sizes
+
+            usable_sizes(cfg.utility_curve, len(train if train is not None else real))  # no size fits: fail now
         feats = _features(report, run, feature_extractor)
         if only & {"fidelity", "diversity"}:
             _fidelity_diversity(report, run, feats)
@@ -337,7 +341,7 @@ def _downstream(report: dict, run: _Run, class_labels: Path | None) -> None:
     )
     base = run.train if run.train is not None else run.real
     if test is None:
-        for c in run.only & {"utility", "robustness"}:
+        for c in _downstream_criteria(run):
             report["skipped"][c] = "needs --test (real test volumes with labels)"
         return
     if base.root is not None and test.root is not None and base.root.resolve() == test.root.resolve():
@@ -359,10 +363,16 @@ def _downstream(report: dict, run: _Run, class_labels: Path | None) -> None:
         return
     if any(v.labels is None for v in (base, syn, test)):
         missing = [v.name for v in (base, syn, test) if v.labels is None]
-        for c in run.only & {"utility", "robustness"}:
+        for c in _downstream_criteria(run):
             report["skipped"][c] = f"no label maps in {', '.join(missing)} (give --class-labels CSV for classification)"
         return
     _segmentation(report, run, dcfg, base, settings)
+
+
+def _downstream_criteria(run: _Run) -> list[str]:
+    """The selected criteria that train downstream models (the augmentation curve counts as one)."""
+    names = sorted(run.only & {"utility", "robustness"})
+    return names + (["utility_curve"] if "utility" in run.only and run.cfg.utility_curve else [])
 
 
 def _segmentation(report: dict, run: _Run, dcfg, base: VolumeSet, settings: dict) -> None:
@@ -405,6 +415,12 @@ def _segmentation(report: dict, run: _Run, dcfg, base: VolumeSet, settings: dict
             "results": rob,
         }
     _utility_figure(report, run, util, rob, "dice_mean", "mean Dice")
+    from ldmtool.evaluate.utility_curve import CurveTask, add_utility_curve
+
+    task = CurveTask(
+        "segmentation", train_sets["real"], train_sets["synthetic"], (test.images, test.labels), n_classes, fg
+    )
+    add_utility_curve(report, run, dcfg, task)
 
 
 def _segmenter_scores(
@@ -479,6 +495,12 @@ def _classification(report: dict, run: _Run, dcfg, base: VolumeSet, class_labels
             "results": rob,
         }
     _utility_figure(report, run, util, rob, "accuracy", "accuracy")
+    from ldmtool.evaluate.utility_curve import CurveTask, add_utility_curve
+
+    task = CurveTask(
+        "classification", train_sets["real"], train_sets["synthetic"], (test.images, y_test), len(classes), classes
+    )
+    add_utility_curve(report, run, dcfg, task)
 
 
 def _utility_figure(report: dict, run: _Run, util: dict, rob: dict, key: str, label: str) -> None:
