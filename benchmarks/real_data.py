@@ -581,15 +581,13 @@ def parse(argv=None):
     return args
 
 
-def main() -> None:
-    args = parse()
+def missing_data(args) -> list[str]:
+    """The data folders the chosen parts need that are not there."""
     need = {"ixi": "ixi_t1_2mm", "impute": "ixi_t1_2mm", "hippo-seg": "msd_hippocampus", "augment": "msd_hippocampus"}
-    missing = sorted({need[p] for p in args.only if not (args.data / need[p] / "imagesTr").is_dir()})
-    if missing:
-        print(
-            f"real data not found: {', '.join(str(args.data / m) for m in missing)} — nothing to do (give --data DIR)"
-        )
-        return
+    return sorted({str(args.data / need[p]) for p in args.only if not (args.data / need[p] / "imagesTr").is_dir()})
+
+
+def main(args) -> None:
     import tempfile
 
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="ldmtool-real-")
@@ -624,5 +622,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    arguments = parse()
+    if missing_data(arguments):
+        # a fresh clone without the data: nothing to measure and no results file
+        print(f"real data not found: {', '.join(missing_data(arguments))} — nothing to do (give --data DIR)")
+        sys.exit(0)
     with recorded("real_data"):
-        main()
+        main(arguments)

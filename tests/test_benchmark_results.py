@@ -54,3 +54,19 @@ def test_every_benchmark_writes_through_the_helper():
     assert scripts
     for p in scripts:
         assert f'recorded("{p.stem}"' in p.read_text(), f"{p.name} does not write its results file via recorded()"
+
+
+def test_real_data_benchmark_without_data_says_so_and_exits_0(tmp_path):
+    import subprocess
+
+    env = {"LDMTOOL_RESULTS_DIR": str(tmp_path / "results"), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "real_data.py"), "--data", str(tmp_path / "absent")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "real data not found" in proc.stdout and str(tmp_path / "absent") in proc.stdout
+    assert not any((tmp_path / "absent").parent.glob("ldmtool-real-*"))

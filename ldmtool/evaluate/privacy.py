@@ -41,22 +41,66 @@ def ssim_batch(
     return metric(ta, tb).reshape(-1).double().cpu().numpy()
 
 
+class OneToManySSIM:
+    """3D SSIM of one volume against every volume of a reference set, as MONAI's SSIMMetric
+    defines it (Gaussian window of σ 1.5, k1 0.01, k2 0.03, data range 1, valid filtering) but
+    computed the way one-to-many needs: the Gaussian applied as three 1D passes instead of one 3D
+    kernel, and each reference volume's local means and variances filtered once, not once per
+    pair. Same values up to float rounding (tests compare it with SSIMMetric); MONAI filters both
+    volumes of every pair with the full 3D kernel, far too slow for hundreds of pairs per query.
+    """
+
+    def __init__(self, reference: np.ndarray, win: int, device: torch.device | None = None, batch: int = 16) -> None:
+        self.device = device or torch.device("cpu")
+        self.batch = batch
+        x = torch.arange(win, dtype=torch.float32) - (win - 1) / 2
+        g = torch.exp(-((x / 1.5) ** 2) / 2)
+        self.kernels = [
+            (g / g.sum()).reshape(shape).to(self.device)
+            for shape in ((1, 1, win, 1, 1), (1, 1, 1, win, 1), (1, 1, 1, 1, win))
+        ]
+        self.reference = torch.as_tensor(np.asarray(reference, dtype=np.float32))[:, None]
+        self.stats = [
+            self._moments(self.reference[i : i + batch].to(self.device)) for i in range(0, len(reference), batch)
+        ]
+
+    def _filter(self, x: torch.Tensor) -> torch.Tensor:
+        for k in self.kernels:
+            x = torch.nn.functional.conv3d(x, k)
+        return x
+
+    def _moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu = self._filter(x)
+        return mu, self._filter(x * x) - mu * mu
+
+    @torch.inference_mode()
+    def __call__(self, query: np.ndarray) -> np.ndarray:
+        """SSIM of `query` (I, J, K) in [0, 1] with each reference volume → (R,)."""
+        c1, c2 = 0.01**2, 0.03**2
+        x = torch.as_tensor(np.asarray(query, dtype=np.float32))[None, None].to(self.device)
+        mu_x, var_x = self._moments(x)
+        out = []
+        for i, (mu_y, var_y) in zip(range(0, len(self.reference), self.batch), self.stats):
+            y = self.reference[i : i + self.batch].to(self.device)
+            cov = self._filter(x * y) - mu_x * mu_y
+            ssim = ((2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)) * ((2 * cov + c2) / (var_x + var_y + c2))
+            out.append(ssim.flatten(1).mean(1).double().cpu())
+        return torch.cat(out).numpy()
+
+
 def max_ssim_to_set(
     queries: np.ndarray, reference: np.ndarray, device: torch.device | None = None, batch: int = 16, on_query=None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For each query volume the highest SSIM to any reference volume, and which one.
+    """For each query volume the highest 3D SSIM to any reference volume, and which one.
 
     Returns (max_ssim (Q,), argmax index into reference (Q,))."""
+    ssim = OneToManySSIM(reference, ssim_window(reference.shape[1:]), device, batch)
     best = np.full(len(queries), -np.inf)
     where = np.zeros(len(queries), dtype=np.int64)
-    win = ssim_window(reference.shape[1:])
     for q, vol in enumerate(queries):
-        for r0 in range(0, len(reference), batch):
-            ref = reference[r0 : r0 + batch]
-            s = ssim_batch(np.repeat(vol[None], len(ref), 0), ref, device, win)
-            j = int(np.argmax(s))
-            if s[j] > best[q]:
-                best[q], where[q] = s[j], r0 + j
+        s = ssim(vol)
+        where[q] = int(np.argmax(s))
+        best[q] = s[where[q]]
         if on_query is not None:
             on_query()
     return best, where
@@ -112,8 +156,8 @@ class MemorizationCheck:
 class MemorizationFilter:
     """Reject generated volumes that are near-copies of training volumes.
 
-    The score is the report's privacy score: the highest 3D SSIM (MONAI SSIMMetric, window
-    `ssim_window(train shape)`) between the volume and any training volume, each scaled to [0, 1]
+    The score is the report's privacy score: the highest 3D SSIM (`OneToManySSIM`, MONAI's
+    SSIMMetric definition, window `ssim_window(train shape)`) between the volume and any training volume, each scaled to [0, 1]
     between its 0.5 and 99.5 intensity percentiles; volumes of another shape are resized to the
     training shape first.
 
@@ -148,6 +192,7 @@ class MemorizationFilter:
             self.case_ids = case_ids or [f"train_{i}" for i in range(len(arr))]
         self.checked = 0
         self.rejected = 0
+        self._ssim: OneToManySSIM | None = None
 
     def score(self, image: np.ndarray) -> tuple[float, int]:
         """(highest SSIM to a training volume, index of that volume) for one (I, J, K) image."""
@@ -157,8 +202,11 @@ class MemorizationFilter:
         if image.ndim != 3:
             raise LdmError(f"a generated image must be a 3D array; got shape {image.shape}")
         vol = resize_volume(normalise01(image), self.train.shape[1:])
-        best, where = max_ssim_to_set(vol[None], self.train, self.device)
-        return float(best[0]), int(where[0])
+        if self._ssim is None:  # the training volumes' local statistics, filtered once
+            self._ssim = OneToManySSIM(self.train, ssim_window(self.train.shape[1:]), self.device)
+        s = self._ssim(vol)
+        j = int(np.argmax(s))
+        return float(s[j]), j
 
     def check(self, image: np.ndarray) -> MemorizationCheck:
         """Score one volume, count it, and say whether to reject it."""

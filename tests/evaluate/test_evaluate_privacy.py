@@ -76,3 +76,20 @@ def test_memorization_filter_bad_input():
         f.check(np.zeros((8, 8)))
     with pytest.raises(LdmError):
         f.check(np.full((8, 8, 8), np.nan))
+
+
+def test_one_to_many_ssim_equals_monai_ssim_metric():
+    import numpy as np
+
+    from ldmtool.evaluate.privacy import OneToManySSIM, max_ssim_to_set, ssim_batch, ssim_window
+
+    rng = np.random.default_rng(0)
+    ref = rng.random((5, 14, 16, 12)).astype(np.float32)
+    ref[2] = np.clip(ref[2] * 0.5 + 0.2, 0, 1)
+    query = np.clip(ref[3] + 0.05 * rng.standard_normal(ref[3].shape), 0, 1).astype(np.float32)
+    win = ssim_window(ref.shape[1:])
+    fast = OneToManySSIM(ref, win, batch=2)(query)  # batch 2: chunks of the reference set
+    monai = ssim_batch(np.repeat(query[None], len(ref), 0), ref, win_size=win)
+    assert np.allclose(fast, monai, atol=1e-5)
+    best, where = max_ssim_to_set(query[None], ref)
+    assert int(where[0]) == 3 and abs(best[0] - monai[3]) < 1e-5
