@@ -191,20 +191,24 @@ def ixi_part(args, run: Runner, work: Path) -> dict:
     cfg = REPO / "examples" / "ixi_cpu.yaml"
     sp = ",".join([f"{args.ixi_spacing:g}"] * 3)
     ae, ldm, samples = work / "ae", work / "ldm", work / "samples"
-    t["train-ae"] = run(
-        "train-ae",
-        train,
-        "--out",
-        ae,
-        "--config",
-        cfg,
-        "--spacing",
-        sp,
-        "--labels",
-        "brain=1-255",
-        "--max-minutes",
-        args.ixi_ae_minutes,
-    )
+    if args.ixi_ae:  # an autoencoder trained earlier (same data split and config), e.g. on a GPU
+        shutil.copytree(args.ixi_ae, ae)
+        print(f"  autoencoder: {args.ixi_ae} (not trained in this run)", flush=True)
+    else:
+        t["train-ae"] = run(
+            "train-ae",
+            train,
+            "--out",
+            ae,
+            "--config",
+            cfg,
+            "--spacing",
+            sp,
+            "--labels",
+            "brain=1-255",
+            "--max-minutes",
+            args.ixi_ae_minutes,
+        )
     t["train-ldm"] = run(
         "train-ldm", train, "--ae", ae, "--out", ldm, "--config", cfg, "--max-minutes", args.ixi_ldm_minutes
     )
@@ -564,6 +568,7 @@ def parse(argv=None):
     p.add_argument("--ixi-ae-minutes", type=float, default=20.0)
     p.add_argument("--ixi-ldm-minutes", type=float, default=35.0)
     p.add_argument("--ixi-samples", type=int, default=32)
+    p.add_argument("--ixi-ae", type=Path, default=None, help="reuse this train-ae output instead of training one")
     p.add_argument("--impute-cases", type=int, default=8)
     p.add_argument("--impute-steps", type=int, default=50)
     p.add_argument("--seg-minutes", type=float, default=12.0, help="training minutes of LDSeg and of the UNet each")
