@@ -417,7 +417,7 @@ def score_segmentations(pred_dir: Path, truth: Path, ids: list[str], n_classes: 
             np.asarray(lab.dataobj).astype(np.int64),
             n_classes,
             metrics=("dice", "hd95"),
-            spacing=lab.header.get_zooms()[:3],
+            spacing=tuple(float(z) for z in lab.header.get_zooms()[:3]),
         )
         dice.append(m["dice"])
         hd.append(m["hd95"])
@@ -442,9 +442,15 @@ def hippo_seg_part(args, run: Runner, work: Path) -> dict:
     res = {"split": {"train": train_ids, "test": test_ids}, "models": {}}
     for arch in ("ldseg", "unet"):
         model = work / arch
-        secs = run(
-            "train-seg", train, "--out", model, "--arch", arch, "--epochs", 10000, "--max-minutes", args.seg_minutes
-        )
+        reuse = args.seg_ldseg if arch == "ldseg" else None
+        if reuse:  # a model trained earlier on the same split and budget
+            shutil.copytree(reuse, model)
+            print(f"  {arch}: {reuse} (not trained in this run)", flush=True)
+            secs = float(json.loads((model / "history.json").read_text())[-1]["seconds"])
+        else:
+            secs = run(
+                "train-seg", train, "--out", model, "--arch", arch, "--epochs", 10000, "--max-minutes", args.seg_minutes
+            )
         t0 = time.perf_counter()
         run("segment", test / "imagesTr", "--model", model, "--out", work / f"{arch}_seg", "--steps", args.seg_steps)
         seg_s = time.perf_counter() - t0
@@ -572,6 +578,9 @@ def parse(argv=None):
     p.add_argument("--impute-cases", type=int, default=8)
     p.add_argument("--impute-steps", type=int, default=50)
     p.add_argument("--seg-minutes", type=float, default=12.0, help="training minutes of LDSeg and of the UNet each")
+    p.add_argument(
+        "--seg-ldseg", type=Path, default=None, help="reuse this train-seg LDSeg output instead of training one"
+    )
     p.add_argument("--seg-steps", type=int, default=2, help="LDSeg DDIM steps at segmentation")
     p.add_argument("--aug-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[10, 20, 50])
     p.add_argument("--aug-ratios", type=lambda s: [float(x) for x in s.split(",")], default=[1.0, 2.0, 5.0])
