@@ -88,11 +88,15 @@ class DenoiserConfig:
     schedule: str = setting("scaled_linear_beta", "Noise schedule: linear_beta | scaled_linear_beta | cosine.")
     beta_start: float = setting(0.0015, "First beta of the (scaled) linear schedule.")
     beta_end: float = setting(0.0195, "Last beta of the (scaled) linear schedule.")
-    condition_on: str = setting("none", "none | lesion: condition on lesion volume/centroid/extent (from the labels).")
+    condition_on: str | tuple[str, ...] = setting(
+        "none",
+        "none, or a comma list of what to condition on: lesion (volume/centroid/extent, from the labels) "
+        "and/or columns of the train-ldm --covariates table, e.g. lesion,age,sex.",
+    )
     coordinates: bool = setting(True, "Feed voxel coordinates (z, y, x in [-1, 1]) as extra input channels.")
 
     def __post_init__(self) -> None:
-        _check_choice("condition_on", self.condition_on, ("none", "lesion"))
+        self.condition_on = _condition_list(self.condition_on)
         self.channels = tuple(int(c) for c in self.channels)
         if self.attention_levels is None:
             self.attention_levels = tuple([False] * (len(self.channels) - 1) + [True])
@@ -107,6 +111,11 @@ class DenoiserConfig:
         _check_choice("schedule", self.schedule, ("linear_beta", "scaled_linear_beta", "cosine"))
 
     @property
+    def condition_names(self) -> tuple[str, ...]:
+        """What the model is conditioned on: "lesion" and/or covariate columns (empty: nothing)."""
+        return () if self.condition_on == "none" else tuple(self.condition_on.split(","))
+
+    @property
     def prediction_type(self) -> str:
         return {"eps": "epsilon", "v": "v_prediction", "flow": "flow"}[self.objective]
 
@@ -114,6 +123,19 @@ class DenoiserConfig:
         if self.schedule == "cosine":
             return {}
         return {"beta_start": self.beta_start, "beta_end": self.beta_end}
+
+
+def _condition_list(value: str | tuple[str, ...]) -> str:
+    """`condition_on` as stored: "none" or the names joined by commas (a YAML list or a comma string)."""
+    names = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(n).strip() for n in names]
+    if names == ["none"] or not value:
+        return "none"
+    if any(not n or n == "none" for n in names) or len(set(names)) != len(names):
+        raise LdmError(
+            f"condition_on must be none or a list of distinct names (lesion and/or covariate columns); got {value!r}"
+        )
+    return ",".join(names)
 
 
 def _check_range(
@@ -412,7 +434,12 @@ def _convert(tp: Any, value: Any, name: str = "value") -> Any:
         args = [a for a in get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _convert(args[0], value, name)
+        for alt in args[:-1]:  # the first type the value fits (`str | tuple[str, ...]`)
+            try:
+                return _convert(alt, value, name)
+            except LdmError:
+                pass
+        return _convert(args[-1], value, name)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise LdmError(f"{name} must be a list; got {_short(value)}")

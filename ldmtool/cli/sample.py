@@ -32,7 +32,11 @@ def sample(
     decode_batch: Annotated[Optional[int], common.opt(SampleConfig, "decode_batch")] = None,
     format: Annotated[Optional[str], common.opt(SampleConfig, "format", "--format")] = None,
     condition: Annotated[
-        Optional[list[str]], typer.Option(help="Lesion attribute, e.g. lesion_volume=5 (ml); repeatable.")
+        Optional[list[str]],
+        typer.Option(
+            help="An attribute the model was conditioned on: lesion_volume=5 (ml), a covariate "
+            "age=40, a two-level one by name sex=F; repeatable."
+        ),
     ] = None,
     guidance: Annotated[Optional[float], common.opt(SampleConfig, "guidance")] = None,
     precision: Annotated[Optional[str], common.opt(SampleConfig, "precision", panel=SCALE)] = None,

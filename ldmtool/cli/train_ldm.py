@@ -35,6 +35,15 @@ def train_ldm(
     channels: Annotated[Optional[str], common.opt(DenoiserConfig, "channels", panel=MODEL)] = None,
     objective: Annotated[Optional[str], common.opt(DenoiserConfig, "objective", panel=MODEL)] = None,
     condition_on: Annotated[Optional[str], common.opt(DenoiserConfig, "condition_on", panel=MODEL)] = None,
+    covariates: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--covariates",
+            help="Table of per-case covariates (CSV, or TSV by extension; header; first column = case id) "
+            "whose columns --condition-on may name: numeric, or two levels such as M/F.",
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
     steps: Annotated[Optional[int], common.opt(LDMTrainConfig, "steps", panel=TRAIN)] = None,
     epochs: Annotated[Optional[int], common.opt(LDMTrainConfig, "epochs", panel=TRAIN)] = None,
     batch_size: Annotated[Optional[int], common.opt(LDMTrainConfig, "batch_size", panel=TRAIN)] = None,
@@ -54,13 +63,16 @@ def train_ldm(
     from ldmtool.errors import LdmError
     from ldmtool.models.checkpoint import resolve_checkpoint
     from ldmtool.models.loaders import load_autoencoder
-    from ldmtool.train.latent import train_latent_diffusion
+    from ldmtool.train.latent import check_condition_inputs, train_latent_diffusion
 
     state: common.State = ctx.obj
     cfg = load_yaml(config)
     channels = common.ints(channels, None, "--channels")
     model_cfg = common.section(cfg, "denoiser", DenoiserConfig, locals())
     train_cfg = common.section(cfg, "ldm_train", LDMTrainConfig, locals())
+    check_condition_inputs(model_cfg.condition_names, covariates)  # before volumes are read
+    if covariates is not None:
+        common.require_exists(covariates, "covariates table")
     mode = common.resume_mode(resume, restart)
     with common.training_session(state, out, mode) as (info, stop):
         device = info.device
@@ -99,6 +111,7 @@ def train_ldm(
             dist=info,
             resume=mode,
             stop=stop,
+            covariates=covariates,
         )
     if not info.is_main:
         return

@@ -44,9 +44,10 @@ def lesion_attributes(label_ijk: np.ndarray, lesion_value: int, spacing: tuple[f
     return np.array([volume_ml, *centroid, extent.max()], dtype=np.float32)
 
 
-def parse_conditions(items: list[str] | None) -> dict[str, float]:
-    """Parse `--condition name=value` items; unknown names are an error listing the known ones."""
-    out: dict[str, float] = {}
+def parse_conditions(items: list[str] | None) -> dict[str, float | str]:
+    """Parse `--condition name=value` items: numbers, or text (a level of a two-level covariate such
+    as sex=F). Lesion attributes need numbers; which names a model takes, the model says."""
+    out: dict[str, float | str] = {}
     for item in items or []:
         for part in item.split(","):
             if not part.strip():
@@ -54,12 +55,12 @@ def parse_conditions(items: list[str] | None) -> dict[str, float]:
             if "=" not in part:
                 raise LdmError(f"--condition expects name=value, got {part!r}")
             name, value = (s.strip() for s in part.split("=", 1))
-            if name not in ATTRIBUTES:
-                raise LdmError(
-                    f"unknown condition {name!r}; known: {', '.join(f'{a} ({UNITS[a]})' for a in ATTRIBUTES)}"
-                )
+            if not name or not value:
+                raise LdmError(f"--condition expects name=value, got {part!r}")
             try:
                 out[name] = float(value)
             except ValueError:
-                raise LdmError(f"--condition {name} needs a number, got {value!r}") from None
+                if name in ATTRIBUTES:
+                    raise LdmError(f"--condition {name} needs a number ({UNITS[name]}), got {value!r}") from None
+                out[name] = value
     return out

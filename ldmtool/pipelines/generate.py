@@ -89,7 +89,7 @@ def generate(
     decode_batch: int = SampleConfig.decode_batch,
     seed: int = 0,
     fmt: str = SampleConfig.format,
-    conditions: dict[str, float] | None = None,
+    conditions: dict[str, float | str] | None = None,
     guidance: float = SampleConfig.guidance,
     device: torch.device = torch.device("cpu"),
     precision: str = SampleConfig.precision,
@@ -129,6 +129,8 @@ def generate(
         )
         smp = pipe.make_sampler(sampler, steps, eta, spacing)
         pipe.conditioning(conditions, 1)  # fails now if the model cannot take the conditions
+        for text in pipe.out_of_range(conditions) if console is not None else []:
+            console.print(f"[yellow]warning:[/] {text}", highlight=False)
         memory = _plan(pipe, batch_size, decode_batch, max_memory_gb)  # fail now, not after hours
         if compile:
             pipe.compile()
@@ -232,7 +234,7 @@ class _SampleJob:
         out_dir: Path,
         settings: dict[str, Any],
         fmt: str,
-        conditions: dict[str, float],
+        conditions: dict[str, float | str],
         guidance: float,
         batch_size: int,
         decode_batch: int,

@@ -132,15 +132,17 @@ class LatentDiffusionPipeline:
         return (z - self.latent_mean[0]) / self.latent_std[0]
 
     def conditioning(
-        self, conditions: dict[str, float] | None, batch: int
+        self, conditions: dict[str, float | str] | None, batch: int
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Standardised attribute tensor and mask (B, A) for the requested conditions (None if none)."""
+        """Standardised attribute tensor and mask (B, A) for the requested conditions (None if none):
+        numbers for numeric attributes, a level's name (or its 0/1 code) for two-level covariates."""
         if not conditions:
             return None, None
         names = self.ldm_config.attributes
         if not names:
             raise LdmError(
-                "this latent diffusion model was trained without conditioning; retrain with --condition-on lesion"
+                "this latent diffusion model was trained without conditioning; "
+                "retrain with --condition-on lesion or covariate columns (--covariates TABLE)"
             )
         cond = self.ldm_config.conditioning
         mean, std = np.asarray(cond["mean"]), np.asarray(cond["std"])
@@ -148,12 +150,41 @@ class LatentDiffusionPipeline:
         m = np.zeros(len(names), dtype=np.float32)
         for name, value in conditions.items():
             if name not in names:
-                raise LdmError(f"this model is conditioned on {', '.join(names)}, not {name}")
+                raise LdmError(
+                    f"unknown condition {name!r}: this model is conditioned on {', '.join(names)}, not {name}"
+                )
             i = names.index(name)
-            a[i] = (value - mean[i]) / std[i]
+            a[i] = (self._condition_value(name, value) - mean[i]) / std[i]
             m[i] = 1.0
         rep = lambda v: torch.from_numpy(v)[None].repeat(batch, 1).to(self.device)  # noqa: E731
         return rep(a), rep(m)
+
+    def _condition_value(self, name: str, value: float | str) -> float:
+        """The raw value of one condition: a number, or the 0/1 code of a two-level covariate's level."""
+        levels = (self.ldm_config.conditioning.get("levels") or {}).get(name)
+        if levels:
+            if value in levels:
+                return float(levels.index(value))
+            if not isinstance(value, str) and value in (0, 1):
+                return float(value)
+            raise LdmError(f"--condition {name} must be one of {', '.join(levels)}; got {value!r}")
+        if isinstance(value, str):
+            raise LdmError(f"--condition {name} needs a number, got {value!r}")
+        return float(value)
+
+    def out_of_range(self, conditions: dict[str, float | str] | None) -> list[str]:
+        """One warning per numeric condition outside the range the model saw in training."""
+        cond = self.ldm_config.conditioning
+        names, span = self.ldm_config.attributes, cond.get("train_range")
+        levels = cond.get("levels") or {}
+        out = []
+        for name, value in (conditions or {}).items():
+            if span is None or name not in names or name in levels or isinstance(value, str):
+                continue
+            lo, hi = span[0][names.index(name)], span[1][names.index(name)]
+            if not lo <= value <= hi:
+                out.append(f"{name}={value:g} is outside the training range [{lo:g}, {hi:g}]: the model extrapolates")
+        return out
 
     def denoise(self, seeds: Sequence[int], sampler: Sampler, model: Callable, callback=None) -> torch.Tensor:
         """Run `sampler` from the initial noise of `seeds` (one CPU generator per sample, which also
@@ -170,7 +201,7 @@ class LatentDiffusionPipeline:
         steps: int = 50,
         eta: float = 0.0,
         spacing: str = "trailing",
-        conditions: dict[str, float] | None = None,
+        conditions: dict[str, float | str] | None = None,
         guidance: float = 1.0,
     ) -> torch.Tensor:
         """Standardised latents (B, L, D, h, w), one per seed, with classifier-free guidance when conditioned."""
@@ -202,7 +233,7 @@ class LatentDiffusionPipeline:
         steps: int = SampleConfig.steps,
         eta: float = SampleConfig.eta,
         spacing: str = SampleConfig.spacing,
-        conditions: dict[str, float] | None = None,
+        conditions: dict[str, float | str] | None = None,
         guidance: float = SampleConfig.guidance,
         decode_batch: int = SampleConfig.decode_batch,
     ) -> list[SampledVolume]:

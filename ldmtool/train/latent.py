@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ldmtool.config import DenoiserConfig, LDMTrainConfig, to_dict
+from ldmtool.data.covariates import read_covariates
 from ldmtool.data.lesions import ATTRIBUTES, lesion_attributes, lesion_class
 from ldmtool.data.prepared import PreparedData, slices_to_volume
 from ldmtool.diffusion.pipeline import encode_volume
@@ -106,6 +107,67 @@ def standardised_attributes(data: PreparedData) -> tuple[torch.Tensor, dict[str,
     return torch.from_numpy((raw - a_mean) / a_std).float(), record
 
 
+def covariate_attributes(
+    data: PreparedData, columns: list[str], table: Path, console=None
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """(N, A) standardised covariates (0 where missing), their (N, A) 0/1 availability and the
+    conditioning record (mean/std, two-level columns' levels, range, the table and its missing counts).
+
+    A case without a value of a column is trained unconditioned on it (its mask entry is 0)."""
+    raw, names, levels = read_covariates(table, data.case_ids, columns)
+    known = ~np.isnan(raw)
+    missing = {n: int((~known[:, a]).sum()) for a, n in enumerate(names)}
+    if any(missing.values()) and console is not None:
+        counts = ", ".join(f"{n} for {k}" for n, k in missing.items() if k)
+        console.print(
+            f"[yellow]warning:[/] {Path(table).name} has no value of {counts} of the {len(data.case_ids)} "
+            "cases; they are trained unconditioned on that column",
+            highlight=False,
+        )
+    mean, std = np.nanmean(raw, 0), np.nanstd(raw, 0) + 1e-6
+    record = {
+        "attributes": names,
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+        "train_range": [np.nanmin(raw, 0).tolist(), np.nanmax(raw, 0).tolist()],
+        "levels": levels,
+        "covariates": {"table": str(table), "sha256": file_sha256(Path(table)), "missing": missing},
+    }
+    z = np.where(known, (raw - mean) / std, 0.0)
+    return torch.from_numpy(z).float(), torch.from_numpy(known).float(), record
+
+
+def check_condition_inputs(names: tuple[str, ...], covariates: Path | None) -> list[str]:
+    """The covariate columns among `condition_on` names; an error when they and the table do not go together."""
+    columns = [n for n in names if n != "lesion"]
+    if columns and covariates is None:
+        raise LdmError(f"--condition-on {','.join(columns)} needs --covariates TABLE (a CSV with those columns)")
+    if covariates is not None and not columns:
+        raise LdmError("--covariates needs --condition-on naming its columns, e.g. --condition-on age,sex")
+    return columns
+
+
+def conditioning_inputs(
+    data: PreparedData, names: tuple[str, ...], covariates: Path | None, console=None
+) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, Any]]:
+    """(attributes (N, A), availability (N, A) or None when every value is known, checkpoint record)
+    for `condition_on` names: "lesion" (the lesion attributes, first) and columns of the `covariates` table."""
+    columns = check_condition_inputs(names, covariates)
+    if not names:
+        return None, None, {}
+    attrs, record = standardised_attributes(data) if "lesion" in names else (None, {})
+    if not columns:
+        return attrs, None, record
+    cov, known, cov_record = covariate_attributes(data, columns, covariates, console)
+    if attrs is None:
+        return cov, known, cov_record
+    merged = {**record, **cov_record}  # lesion attributes first, then the columns
+    for key in ("attributes", "mean", "std"):
+        merged[key] = [*record[key], *cov_record[key]]
+    merged["train_range"] = [[*record["train_range"][i], *cov_record["train_range"][i]] for i in (0, 1)]
+    return torch.cat([attrs, cov], 1), torch.cat([torch.ones_like(attrs), known], 1), merged
+
+
 class DenoiserTrainer(Trainer):
     """The 3D latent denoiser for `run_training`: batches of standardised latent volumes, the
     diffusion (or flow) loss with Min-SNR and lesion weights, an EMA of the weights.
@@ -126,7 +188,10 @@ class DenoiserTrainer(Trainer):
         train_cfg: LDMTrainConfig,
         info: DistInfo,
         seed: int = 0,
+        conditioning: tuple[torch.Tensor | None, torch.Tensor | None, dict[str, Any]] | None = None,
     ) -> None:
+        """`conditioning`: what `conditioning_inputs` returns (computed here from the lesion
+        attributes when None)."""
         from torch.utils.data import DistributedSampler
 
         self.cfg, self.info, self.seed, self.model_cfg = train_cfg, info, seed, model_cfg
@@ -135,13 +200,15 @@ class DenoiserTrainer(Trainer):
         self.lesion_map = None  # (N, 1, D, h, w) uint8: latent voxels over a lesion, for the loss weight
         if train_cfg.lesion_weight > 0 and data.labels is not None and data.num_classes > 1:
             self.lesion_map = lesion_latent_mask(data.labels, lesion_class(data.label_names), tuple(latents.shape[-2:]))
-        condition = model_cfg.condition_on == "lesion"
-        self.attrs, cond_cfg = standardised_attributes(data) if condition else (None, {})
+        if conditioning is None:
+            conditioning = conditioning_inputs(data, model_cfg.condition_names, None)
+        self.attrs, self.known, cond_cfg = conditioning  # known: (N, A) 1 where a case has the value
         train_idx, self.val_idx = (
             torch.tensor(i, dtype=torch.long) for i in data.split_indices(train_cfg.val_fraction, seed)
         )
         self.train_idx = train_idx
-        self.model = LatentDenoiser(model_cfg, latents.shape[1], len(ATTRIBUTES) if condition else 0).to(device)
+        n_attributes = len(cond_cfg.get("attributes", []))
+        self.model = LatentDenoiser(model_cfg, latents.shape[1], n_attributes).to(device)
         self.ema = make_ema(self.model, train_cfg.ema_decay)
         if len(train_idx) < info.world:
             raise LdmError(f"{len(train_idx)} training volumes cannot be shared by {info.world} processes")
@@ -207,6 +274,8 @@ class DenoiserTrainer(Trainer):
             # drop single attributes (partial conditioning) and, cfg_dropout of the time, all of them
             m = (torch.rand(a.shape, generator=g) > 0.3).float()
             m = m * (torch.rand(b, 1, generator=g) > cfg.cfg_dropout).float()
+            if self.known is not None:  # a missing value is never given: unconditioned on it
+                m = m * self.known[idx]
             m = m.to(device)
         with autocast(device, cfg.precision):
             pred = net(zt, t, a, m)
@@ -260,19 +329,24 @@ def train_latent_diffusion(
     dist: DistInfo | None = None,
     resume: str = "never",
     stop: StopFlag | None = None,
+    covariates: Path | None = None,
 ) -> TrainResult:
     """Encode the data set slice by slice (cached in `out_dir`), then fit the 3D denoiser on the
     latent volumes; model.safetensors holds the latest EMA weights.
 
     `dist`: the torchrun process group (each process takes `batch_size` volumes of every step,
-    gradients are all-reduced by DDP, rank 0 alone writes); `resume` and `stop` as in `run_training`.
+    gradients are all-reduced by DDP, rank 0 alone writes); `resume` and `stop` as in `run_training`;
+    `covariates`: the table of the covariate columns among `model_cfg.condition_on`.
     """
     info = dist or DistInfo(device=device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    if model_cfg.condition_on == "lesion" and data.labels is None:
+    if "lesion" in model_cfg.condition_names and data.labels is None:
         raise LdmError("--condition-on lesion needs labels (imagesTr/ + labelsTr/ + dataset.json)")
+    conditioning = conditioning_inputs(
+        data, model_cfg.condition_names, covariates, console if info.is_main else None
+    )  # before encoding: a bad table fails at once
     ae_hash = file_sha256(ae_path)
     cache = out_dir / "latents.safetensors"
     if info.is_main:  # rank 0 encodes and writes the cache; the others then read it
@@ -281,6 +355,14 @@ def train_latent_diffusion(
     if not info.is_main:
         latents = encode_dataset(ae, data, cache, ae_hash, None)
     trainer = DenoiserTrainer(
-        data, latents, ae_config, ae_hash, model_cfg=model_cfg, train_cfg=train_cfg, info=info, seed=seed
+        data,
+        latents,
+        ae_config,
+        ae_hash,
+        model_cfg=model_cfg,
+        train_cfg=train_cfg,
+        info=info,
+        seed=seed,
+        conditioning=conditioning,
     )
     return run_training(trainer, out_dir, resume=resume, stop=stop, console=console)

@@ -78,7 +78,7 @@ def test_unknown_key_error():
         (AutoencoderConfig, {"channels": [8, 12], "norm_num_groups": 8}, "multiples of norm_num_groups"),
         (AutoencoderConfig, {"position_features": 3}, "even"),
         (DenoiserConfig, {"objective": "x0"}, "objective"),
-        (DenoiserConfig, {"condition_on": "age"}, "condition_on"),
+        (DenoiserConfig, {"condition_on": "age,age"}, "condition_on"),
         (DenoiserConfig, {"schedule": "quadratic"}, "schedule"),
         (DenoiserConfig, {"channels": [8, 16], "norm_num_groups": 4, "attention_levels": [True]}, "attention_levels"),
         (AETrainConfig, {"val_fraction": 1.0}, "val_fraction"),
