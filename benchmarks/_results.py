@@ -39,11 +39,19 @@ def _git(*args: str) -> str | None:
 
 
 def commit() -> str:
-    """HEAD's hash, with "+dirty" when tracked or untracked files differ from it ("unknown" outside git)."""
+    """HEAD's hash, with "+dirty" when tracked or untracked files differ from it ("unknown" outside git).
+
+    New files under benchmarks/results/ (what benchmarks write, e.g. a run's own figures) do not
+    count: they are outputs, not code."""
     head = _git("rev-parse", "HEAD")
     if head is None:
         return "unknown"
-    return head + ("+dirty" if _git("status", "--porcelain") else "")
+    changes = [
+        line
+        for line in (_git("status", "--porcelain", "--untracked-files=all") or "").splitlines()
+        if not (line.startswith("?? ") and line[3:].startswith("benchmarks/results/"))
+    ]
+    return head + ("+dirty" if changes else "")
 
 
 def machine() -> str:
