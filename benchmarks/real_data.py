@@ -21,6 +21,14 @@ Parts (--only, comma-separated):
              and with 50 % of voxels missing at random (MCAR), filled by `ldmtool impute` (latent
              self-guidance) vs linear and cubic interpolation between slices, and vs Gaussian
              normalised convolution (MCAR); PSNR and SSIM on the missing voxels inside the brain.
+  age        train-ae (brain tissue and ventricles as two classes) + train-ldm conditioned on age
+             (`--condition-on age --covariates meta/participants.csv`) on the same 100 brains
+             (--age-ae-minutes + --age-ldm-minutes), `sample --condition age=A` --age-samples
+             brains per age in --age-values; brain fraction of the head (brain tissue voxels over
+             an intensity head mask) and ventricle volume (ml) measured the same way on the
+             samples' generated labels and on all real brains' labels (as the generator saw them);
+             the synthetic age slope (difference of the group means over the age difference, its
+             bootstrap interval) against the real least-squares slope and its 95 % interval.
   hippo-seg  `train-seg` LDSeg and the UNet baseline for the same wall time (--seg-minutes each)
              on 160 hippocampus cases; `segment` the 48 held-out cases; Dice per class and HD95 (mm).
   augment    for N in --aug-sizes: a generator (train-ae + train-ldm, --aug-gen-minutes each) on N
@@ -53,7 +61,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks._results import RESULTS_DIR, commit, recorded  # noqa: E402
 
-PARTS = ("ixi", "impute", "hippo-seg", "augment")
+PARTS = ("ixi", "impute", "age", "hippo-seg", "augment")
 
 
 # ---------------------------------------------------------------- plumbing
@@ -285,6 +293,176 @@ def ixi_report(res: dict, args) -> None:
         print(f"| {view} | {v['real']:.4f} | {v['synthetic']:.4f} | {v['ratio']:.2f} |")
     print(f"\nseconds: {json.dumps({k: round(v) for k, v in res['seconds'].items()})}")
     print(f"montages: {res['montages']['samples']}, {res['montages']['evaluate']}")
+
+
+# ---------------------------------------------------------------- age conditioning
+
+# DLMUSE region ids (Neuromorphometrics numbering): 4 third ventricle, 11 fourth ventricle,
+# 49/50 inferior lateral ventricles, 51/52 lateral ventricles; every other id > 0 is brain tissue.
+AGE_LABELS = "brain=1-3,5-10,12-48,53-1000;ventricles=4,11,49-52"
+
+
+def head_mask(image: np.ndarray, threshold: float = 0.1) -> np.ndarray:
+    """The head: voxels above `threshold` of the robust [0, 1] range, closed, holes filled, the
+    largest connected part. The same rule for real and synthetic volumes."""
+    from scipy import ndimage
+
+    from ldmtool.evaluate.volumes import normalise01
+
+    m = ndimage.binary_fill_holes(ndimage.binary_closing(normalise01(image) > threshold, iterations=2))
+    parts, n = ndimage.label(m)
+    if n > 1:
+        sizes = ndimage.sum(m, parts, range(1, n + 1))
+        m = parts == 1 + int(np.argmax(sizes))
+    return m
+
+
+def age_measures(image: np.ndarray, label: np.ndarray, names: dict, voxel_ml: float) -> dict[str, float]:
+    """Brain fraction of the head and ventricle volume (ml) of one volume and its label map."""
+    head = head_mask(image)
+    brain = (label == names["brain"]) & head
+    return {
+        "brain_fraction": float(brain.sum() / max(head.sum(), 1)),
+        "ventricles_ml": float((label == names["ventricles"]).sum() * voxel_ml),
+    }
+
+
+def real_age_table(src: Path, ae: Path, participants: Path) -> list[dict]:
+    """Every real brain with an age, preprocessed as the generator's training data were
+    (orientation, spacing, shape, label merging of the autoencoder's settings), measured."""
+    import csv
+
+    from ldmtool.data.prepared import prepare_dataset, slices_to_volume
+    from ldmtool.data.preprocess import PreprocessConfig
+
+    pre = PreprocessConfig.from_dict(json.loads((ae / "config.json").read_text())["preprocess"])
+    data = prepare_dataset(src, pre)
+    ages = {r["MRID"]: r["Age"] for r in csv.DictReader(participants.open())}
+    voxel_ml = float(np.prod(pre.spacing)) / 1000.0
+    rows = []
+    for i, case in enumerate(data.case_ids):
+        if not ages.get(case):
+            continue
+        image = slices_to_volume(data.images[i].numpy())
+        label = slices_to_volume(data.labels[i].numpy())
+        rows.append({"case": case, "age": float(ages[case]), **age_measures(image, label, data.label_names, voxel_ml)})
+    return rows
+
+
+def synthetic_age_table(folder: Path, age: float) -> list[dict]:
+    """The samples of one requested age, measured on their generated label maps."""
+    import nibabel as nib
+
+    names = json.loads((folder / "dataset.json").read_text())["labels"]
+    rows = []
+    for f in sorted((folder / "imagesTr").glob("*_0000.nii.gz")):
+        img = nib.load(f)
+        lab = np.asarray(nib.load(folder / "labelsTr" / f.name.replace("_0000.nii.gz", ".nii.gz")).dataobj)
+        voxel_ml = float(np.prod(img.header.get_zooms()[:3])) / 1000.0
+        rows.append({"case": f.name, "age": age, **age_measures(img.get_fdata(dtype=np.float32), lab, names, voxel_ml)})
+    return rows
+
+
+def real_slope(ages: np.ndarray, values: np.ndarray) -> dict[str, float]:
+    """Least-squares slope per year with its 95 % interval (t distribution)."""
+    from scipy import stats
+
+    fit = stats.linregress(ages, values)
+    half = stats.t.ppf(0.975, len(ages) - 2) * fit.stderr
+    return {"slope": fit.slope, "low": fit.slope - half, "high": fit.slope + half, "r": fit.rvalue, "n": len(ages)}
+
+
+def synthetic_slope(groups: dict[float, np.ndarray], seed: int = 0, reps: int = 2000) -> dict[str, float]:
+    """Slope between the youngest and oldest requested ages (difference of group means over the age
+    difference) with a 95 % bootstrap interval (cases resampled within each group)."""
+    (a0, v0), (a1, v1) = sorted(groups.items())[0], sorted(groups.items())[-1]
+    rng = np.random.default_rng(seed)
+    boot = [(rng.choice(v1, len(v1)).mean() - rng.choice(v0, len(v0)).mean()) / (a1 - a0) for _ in range(reps)]
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"slope": (v1.mean() - v0.mean()) / (a1 - a0), "low": float(lo), "high": float(hi)}
+
+
+def age_part(args, run: Runner, work: Path) -> dict:
+    src = args.data / "ixi_t1_2mm"
+    participants = src / "meta" / "participants.csv"
+    train_ids, test_ids = split(cases_of(src), 48, args.split_seed)
+    print(f"\n## IXI age conditioning: {len(train_ids)} train brains (split seed {args.split_seed})", flush=True)
+    train = link_subset(src, work / "train", train_ids)
+    cfg = REPO / "examples" / "ixi_cpu.yaml"
+    sp = ",".join([f"{args.ixi_spacing:g}"] * 3)
+    ae, ldm, t = work / "ae", work / "ldm", {}
+    if args.age_ae:
+        shutil.copytree(args.age_ae, ae)
+        print(f"  autoencoder: {args.age_ae} (not trained in this run)", flush=True)
+    else:
+        t["train-ae"] = run(
+            "train-ae", train, "--out", ae, "--config", cfg, "--spacing", sp, "--labels", AGE_LABELS,
+            "--max-minutes", args.age_ae_minutes,
+        )  # fmt: skip
+    t["train-ldm"] = run(
+        "train-ldm", train, "--ae", ae, "--out", ldm, "--config", cfg, "--condition-on", "age",
+        "--covariates", participants, "--max-minutes", args.age_ldm_minutes,
+    )  # fmt: skip
+    synthetic, montages = [], {}
+    for age in args.age_values:
+        out = work / f"samples_age{age:g}"
+        t[f"sample age={age:g}"] = run(
+            "sample", "--ae", ae, "--ldm", ldm, "--out", out, "--n", args.age_samples, "--config", cfg,
+            "--condition", f"age={age:g}",
+        )  # fmt: skip
+        synthetic += synthetic_age_table(out, age)
+        montages[f"age {age:g}"] = save_png(out / "montage.png", f"ixi-age{age:g}")
+    real = real_age_table(src, ae, participants)
+    summary = {}
+    for key in ("brain_fraction", "ventricles_ml"):
+        r = real_slope(np.array([x["age"] for x in real]), np.array([x[key] for x in real]))
+        groups = {a: np.array([x[key] for x in synthetic if x["age"] == a]) for a in args.age_values}
+        s = synthetic_slope(groups, seed=args.seed)
+        fit = {
+            a: float(np.mean([x[key] for x in real]) + r["slope"] * (a - np.mean([x["age"] for x in real])))
+            for a in args.age_values
+        }
+        summary[key] = {
+            "real": r,
+            "synthetic": s,
+            "real_fit_at": fit,
+            "synthetic_mean_at": {a: float(g.mean()) for a, g in groups.items()},
+            "inside": bool(r["low"] <= s["slope"] <= r["high"]),
+        }
+    ckpt = json.loads((ldm / "config.json").read_text())
+    return {
+        "split": {"train": train_ids},
+        "seconds": t,
+        "ldm_steps": (ckpt.get("metrics") or {}).get("step"),
+        "summary": summary,
+        "real": real,
+        "synthetic": synthetic,
+        "montages": montages,
+    }
+
+
+def age_report(res: dict, args) -> None:
+    ages = " vs ".join(f"{a:g}" for a in args.age_values)
+    print(
+        f"\n### IXI age conditioning (samples asked for age {ages}, {args.age_samples} each; real: {res['summary']['brain_fraction']['real']['n']} brains)\n"
+    )
+    print(
+        "| measure | real slope / year [95 % CI] | synthetic slope / year [95 % bootstrap] | inside real CI | real fit at ages | synthetic means |"
+    )
+    print("|---|---|---|---|---|---|")
+    for key, s in res["summary"].items():
+        r, y = s["real"], s["synthetic"]
+        nd = 5 if key == "brain_fraction" else 3
+        digits = 3 if key == "brain_fraction" else 1
+        at = " / ".join(fmt(v, digits) for v in s["real_fit_at"].values())
+        means = " / ".join(fmt(v, digits) for v in s["synthetic_mean_at"].values())
+        print(
+            f"| {key} | {fmt(r['slope'], nd)} [{fmt(r['low'], nd)}, {fmt(r['high'], nd)}] (r = {fmt(r['r'], 2)}) "
+            f"| {fmt(y['slope'], nd)} [{fmt(y['low'], nd)}, {fmt(y['high'], nd)}] | {'yes' if s['inside'] else 'no'} "
+            f"| {at} | {means} |"
+        )
+    print(f"\nLDM steps: {res['ldm_steps']}; seconds: {json.dumps({k: round(v) for k, v in res['seconds'].items()})}")
+    print(f"montages: {', '.join(res['montages'].values())}")
 
 
 # ---------------------------------------------------------------- imputation
@@ -575,6 +753,13 @@ def parse(argv=None):
     p.add_argument("--ixi-ldm-minutes", type=float, default=35.0)
     p.add_argument("--ixi-samples", type=int, default=32)
     p.add_argument("--ixi-ae", type=Path, default=None, help="reuse this train-ae output instead of training one")
+    p.add_argument("--age-ae-minutes", type=float, default=15.0)
+    p.add_argument("--age-ldm-minutes", type=float, default=30.0)
+    p.add_argument("--age-samples", type=int, default=16, help="samples per requested age")
+    p.add_argument("--age-values", type=lambda s: [float(x) for x in s.split(",")], default=[25.0, 75.0])
+    p.add_argument(
+        "--age-ae", type=Path, default=None, help="reuse this train-ae output (two classes: brain, ventricles)"
+    )
     p.add_argument("--impute-cases", type=int, default=8)
     p.add_argument("--impute-steps", type=int, default=50)
     p.add_argument("--seg-minutes", type=float, default=12.0, help="training minutes of LDSeg and of the UNet each")
@@ -597,7 +782,13 @@ def parse(argv=None):
 
 def missing_data(args) -> list[str]:
     """The data folders the chosen parts need that are not there."""
-    need = {"ixi": "ixi_t1_2mm", "impute": "ixi_t1_2mm", "hippo-seg": "msd_hippocampus", "augment": "msd_hippocampus"}
+    need = {
+        "ixi": "ixi_t1_2mm",
+        "impute": "ixi_t1_2mm",
+        "age": "ixi_t1_2mm",
+        "hippo-seg": "msd_hippocampus",
+        "augment": "msd_hippocampus",
+    }
     return sorted({str(args.data / need[p]) for p in args.only if not (args.data / need[p] / "imagesTr").is_dir()})
 
 
@@ -615,6 +806,7 @@ def main(args) -> None:
     steps = {
         "ixi": (lambda w: ixi_part(args, Runner(w, args.device, args.seed), w), ixi_report),
         "impute": (lambda w: impute_part(args, Runner(w, args.device, args.seed), w, work / "ixi"), impute_report),
+        "age": (lambda w: age_part(args, Runner(w, args.device, args.seed), w), age_report),
         "hippo-seg": (lambda w: hippo_seg_part(args, Runner(w, args.device, args.seed), w), hippo_seg_report),
         "augment": (lambda w: augment_part(args, Runner(w, args.device, args.seed), w), augment_report),
     }

@@ -71,6 +71,17 @@ def column_values(name: str, cells: list[str]) -> tuple[list[float], list[str] |
     return [math.nan if c.lower() in MISSING else float(levels.index(c)) for c in cells], levels
 
 
+def column_index(header: list[str], name: str, path: Path) -> int:
+    """Where column `name` is: the exact name, else the one column equal to it ignoring case
+    (`age` finds `Age`)."""
+    if name in header[1:]:
+        return header.index(name, 1)
+    folded = [j for j, h in enumerate(header) if j > 0 and h.casefold() == name.casefold()]
+    if len(folded) == 1:
+        return folded[0]
+    raise LdmError(f"covariates table {path} has no column {name!r}; columns: {', '.join(header[1:])}")
+
+
 def read_covariates(
     path: Path, case_ids: list[str], columns: list[str]
 ) -> tuple[np.ndarray, list[str], dict[str, list[str]]]:
@@ -85,14 +96,11 @@ def read_covariates(
         the column names; {column: [level coded 0, level coded 1]} for two-level columns.
     """
     header, rows = read_table(path)
-    unknown = [c for c in columns if c not in header[1:]]
-    if unknown:
-        raise LdmError(f"covariates table {path} has no column {unknown[0]!r}; columns: {', '.join(header[1:])}")
     index = match_cases([r[0] for r in rows], list(case_ids), path)
     values = np.full((len(case_ids), len(columns)), np.nan)
     levels: dict[str, list[str]] = {}
     for a, name in enumerate(columns):
-        j = header.index(name)
+        j = column_index(header, name, path)
         coded, lv = column_values(name, [r[j] for r in rows])
         if lv is not None:
             levels[name] = lv

@@ -30,6 +30,17 @@ def test_read_covariates_tsv_and_prefix_ids(tmp_path):
     assert levels == {}
 
 
+def test_read_covariates_column_names_ignore_case_when_unambiguous(tmp_path):
+    t = _table(tmp_path / "t.csv", "MRID,Age,Sex\nc1,30,M\nc2,40,F\n")
+    values, names, levels = read_covariates(t, ["c1", "c2"], ["age", "sex"])
+    assert names == ["age", "sex"] and levels == {"sex": ["F", "M"]}
+    np.testing.assert_array_equal(values[:, 0], [30.0, 40.0])
+    both = _table(tmp_path / "b.csv", "id,Age,AGE\nc1,30,31\n")
+    with pytest.raises(LdmError, match="has no column 'age'"):
+        read_covariates(both, ["c1"], ["age"])
+    assert read_covariates(both, ["c1"], ["AGE"])[0][0, 0] == 31.0
+
+
 @pytest.mark.parametrize(
     "column,match",
     [
