@@ -90,8 +90,9 @@ class DenoiserConfig:
     beta_end: float = setting(0.0195, "Last beta of the (scaled) linear schedule.")
     condition_on: str | tuple[str, ...] = setting(
         "none",
-        "none, or a comma list of what to condition on: lesion (volume/centroid/extent, from the labels) "
-        "and/or columns of the train-ldm --covariates table, e.g. lesion,age,sex.",
+        "none, or a comma list of what to condition on: labels (the label map itself: mask-to-image, "
+        "`sample --labels DIR`), lesion (volume/centroid/extent, from the labels) and/or columns of the "
+        "train-ldm --covariates table, e.g. lesion,age,sex.",
     )
     coordinates: bool = setting(True, "Feed voxel coordinates (z, y, x in [-1, 1]) as extra input channels.")
 
@@ -112,7 +113,7 @@ class DenoiserConfig:
 
     @property
     def condition_names(self) -> tuple[str, ...]:
-        """What the model is conditioned on: "lesion" and/or covariate columns (empty: nothing)."""
+        """What the model is conditioned on: "labels", "lesion" and/or covariate columns (empty: nothing)."""
         return () if self.condition_on == "none" else tuple(self.condition_on.split(","))
 
     @property

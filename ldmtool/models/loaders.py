@@ -54,10 +54,11 @@ def load_autoencoder(path: Path, device: torch.device) -> tuple[SliceAutoencoder
 def build_denoiser(config: LatentDiffusionCheckpoint | dict[str, Any]) -> LatentDenoiser:
     """Rebuild the latent denoiser described by a checkpoint config."""
     if isinstance(config, LatentDiffusionCheckpoint):
-        return LatentDenoiser(config.model, config.latent_shape[0], len(config.attributes))
+        return LatentDenoiser(config.model, config.latent_shape[0], len(config.attributes), config.label_channels)
     cfg = from_dict(DenoiserConfig, config["model"])
-    n_attr = len(config.get("conditioning", {}).get("attributes", []))
-    return LatentDenoiser(cfg, int(config["latent_shape"][0]), n_attr)
+    cond = config.get("conditioning", {})
+    n_attr = len(cond.get("attributes", []))
+    return LatentDenoiser(cfg, int(config["latent_shape"][0]), n_attr, int(cond.get("label_channels", 0)))
 
 
 def load_denoiser(path: Path, device: torch.device) -> tuple[LatentDenoiser, LatentDiffusionCheckpoint]:

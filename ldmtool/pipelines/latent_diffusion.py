@@ -35,7 +35,7 @@ from ldmtool.models.checkpoint_config import (
     AutoencoderCheckpoint,
     LatentDiffusionCheckpoint,
 )
-from ldmtool.models.denoiser import LatentDenoiser, guided
+from ldmtool.models.denoiser import LatentDenoiser, guided, label_grid
 from ldmtool.models.loaders import load_autoencoder, load_denoiser
 from ldmtool.runtime import autocast, resolve_precision
 
@@ -186,6 +186,18 @@ class LatentDiffusionPipeline:
                 out.append(f"{name}={value:g} is outside the training range [{lo:g}, {hi:g}]: the model extrapolates")
         return out
 
+    def label_condition(self, labels: torch.Tensor) -> torch.Tensor:
+        """(B, D, H, W) integer label maps in model space (slice axis first) → the denoiser's
+        label-map condition (B, C, D, h, w) on the device; an error for a model not trained on maps."""
+        channels = self.ldm_config.label_channels
+        if not channels:
+            raise LdmError(
+                "this latent diffusion model was not trained on label maps; retrain with --condition-on labels"
+            )
+        if int(labels.max()) >= channels:
+            raise LdmError(f"label value {int(labels.max())} is beyond the model's {channels} classes")
+        return label_grid(labels, channels, self.ae.cfg.downsample).to(self.device)
+
     def denoise(self, seeds: Sequence[int], sampler: Sampler, model: Callable, callback=None) -> torch.Tensor:
         """Run `sampler` from the initial noise of `seeds` (one CPU generator per sample, which also
         draws any noise the sampler adds) → standardised latents (B, L, D, h, w) on the device."""
@@ -203,13 +215,15 @@ class LatentDiffusionPipeline:
         spacing: str = "trailing",
         conditions: dict[str, float | str] | None = None,
         guidance: float = 1.0,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Standardised latents (B, L, D, h, w), one per seed, with classifier-free guidance when conditioned."""
+        """Standardised latents (B, L, D, h, w), one per seed, with classifier-free guidance when
+        conditioned (`labels`: one label-map condition per seed, from `label_condition`)."""
         smp = self.make_sampler(sampler, steps, eta, spacing) if isinstance(sampler, str) else sampler
         with torch.inference_mode():
             attrs, mask = self.conditioning(conditions, len(seeds))
             with autocast(self.device, self.precision):
-                return self.denoise(seeds, smp, guided(self.denoiser, attrs, mask, guidance))
+                return self.denoise(seeds, smp, guided(self.denoiser, attrs, mask, guidance, labels))
 
     def decode(self, latents: torch.Tensor, decode_batch: int = 64) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """Standardised latents (B, L, D, h, w) → per volume (image in the source scale, label map),
@@ -236,8 +250,10 @@ class LatentDiffusionPipeline:
         conditions: dict[str, float | str] | None = None,
         guidance: float = SampleConfig.guidance,
         decode_batch: int = SampleConfig.decode_batch,
+        labels: torch.Tensor | None = None,
     ) -> list[SampledVolume]:
-        """Generate one image volume (source intensity scale) and label map per seed.
+        """Generate one image volume (source intensity scale) and label map per seed (`labels`:
+        a label-map condition per seed, from `label_condition`, for mask-to-image models).
 
         A sample depends on its seed only, not on the other seeds of the call or on the device's
         batch: noise comes from one CPU generator per seed."""
@@ -250,7 +266,14 @@ class LatentDiffusionPipeline:
             decode_batch=decode_batch,
         )
         z = self.sample_latents(
-            seeds, sampler=sampler, steps=steps, eta=eta, spacing=spacing, conditions=conditions, guidance=guidance
+            seeds,
+            sampler=sampler,
+            steps=steps,
+            eta=eta,
+            spacing=spacing,
+            conditions=conditions,
+            guidance=guidance,
+            labels=labels,
         )
         return [SampledVolume(int(s), img, lab) for s, (img, lab) in zip(seeds, self.decode(z, decode_batch))]
 

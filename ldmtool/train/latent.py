@@ -19,7 +19,7 @@ from ldmtool.errors import LdmError
 from ldmtool.io.atomic import atomic_path
 from ldmtool.models.autoencoder import SliceAutoencoder
 from ldmtool.models.checkpoint import file_sha256
-from ldmtool.models.denoiser import LatentDenoiser
+from ldmtool.models.denoiser import LatentDenoiser, label_grid
 from ldmtool.runtime import autocast, progress
 from ldmtool.train.common import make_ema
 from ldmtool.train.distributed import DistInfo, StopFlag, barrier
@@ -139,7 +139,7 @@ def covariate_attributes(
 
 def check_condition_inputs(names: tuple[str, ...], covariates: Path | None) -> list[str]:
     """The covariate columns among `condition_on` names; an error when they and the table do not go together."""
-    columns = [n for n in names if n != "lesion"]
+    columns = [n for n in names if n not in ("lesion", "labels")]
     if columns and covariates is None:
         raise LdmError(f"--condition-on {','.join(columns)} needs --covariates TABLE (a CSV with those columns)")
     if covariates is not None and not columns:
@@ -153,8 +153,18 @@ def conditioning_inputs(
     """(attributes (N, A), availability (N, A) or None when every value is known, checkpoint record)
     for `condition_on` names: "lesion" (the lesion attributes, first) and columns of the `covariates` table."""
     columns = check_condition_inputs(names, covariates)
+    record = {"label_channels": data.num_classes} if "labels" in names else {}
+    names = tuple(n for n in names if n != "labels")
     if not names:
-        return None, None, {}
+        return None, None, record
+    attrs, known, rec = _attribute_inputs(data, names, columns, covariates, console)
+    return attrs, known, {**rec, **record}
+
+
+def _attribute_inputs(
+    data: PreparedData, names: tuple[str, ...], columns: list[str], covariates: Path | None, console=None
+) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, Any]]:
+    """`conditioning_inputs` for the attributes: the lesion attributes and the covariate columns."""
     attrs, record = standardised_attributes(data) if "lesion" in names else (None, {})
     if not columns:
         return attrs, None, record
@@ -208,7 +218,10 @@ class DenoiserTrainer(Trainer):
         )
         self.train_idx = train_idx
         n_attributes = len(cond_cfg.get("attributes", []))
-        self.model = LatentDenoiser(model_cfg, latents.shape[1], n_attributes).to(device)
+        self.label_channels = int(cond_cfg.get("label_channels", 0))  # mask-to-image: the map as input channels
+        self.labels = data.labels if self.label_channels else None  # (N, D, H, W) uint8
+        self.latent_factor = data.images.shape[-1] // latents.shape[-1]
+        self.model = LatentDenoiser(model_cfg, latents.shape[1], n_attributes, self.label_channels).to(device)
         self.ema = make_ema(self.model, train_cfg.ema_decay)
         if len(train_idx) < info.world:
             raise LdmError(f"{len(train_idx)} training volumes cannot be shared by {info.world} processes")
@@ -277,8 +290,12 @@ class DenoiserTrainer(Trainer):
             if self.known is not None:  # a missing value is never given: unconditioned on it
                 m = m * self.known[idx]
             m = m.to(device)
+        lab = None
+        if self.labels is not None:  # the label map on the latent grid, dropped cfg_dropout of the time
+            lab = label_grid(self.labels[idx], self.label_channels, self.latent_factor)
+            lab = (lab * (torch.rand(b, generator=g) > cfg.cfg_dropout).float()[:, None, None, None, None]).to(device)
         with autocast(device, cfg.precision):
-            pred = net(zt, t, a, m)
+            pred = net(zt, t, a, m) if lab is None else net(zt, t, a, m, lab)
         sq = (pred.float() - target).pow(2)
         if self.lesion_map is None:
             per_sample = sq.flatten(1).mean(1)
@@ -342,8 +359,9 @@ def train_latent_diffusion(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    if "lesion" in model_cfg.condition_names and data.labels is None:
-        raise LdmError("--condition-on lesion needs labels (imagesTr/ + labelsTr/ + dataset.json)")
+    for name in ("lesion", "labels"):
+        if name in model_cfg.condition_names and data.labels is None:
+            raise LdmError(f"--condition-on {name} needs labels (imagesTr/ + labelsTr/ + dataset.json)")
     conditioning = conditioning_inputs(
         data, model_cfg.condition_names, covariates, console if info.is_main else None
     )  # before encoding: a bad table fails at once
