@@ -291,6 +291,29 @@ class SampleConfig:
 
 
 @dataclass
+class InpaintConfig:
+    """Settings of `ldmtool inpaint` (YAML section `inpaint`)."""
+
+    method: str = setting(
+        "repaint",
+        "repaint (the latent outside the region replaced by the input's, noised to each step's level) | "
+        "guidance (impute's latent self-guidance on the voxels outside the region).",
+    )
+    steps: int = setting(50, "Denoising steps.")
+    sampler: str = setting("ddim", "ddim | ddpm | dpmpp2m.")
+    eta: float = setting(0.0, "DDIM eta (0 = deterministic given the seed).")
+    guidance: float = setting(1.0, "Classifier-free guidance scale of the conditions (label map, --condition).")
+    self_guidance: float = setting(0.5, "Self-guidance strength of --method guidance (as impute --guidance).")
+
+    def __post_init__(self) -> None:
+        _check_choice("--method", self.method, ("repaint", "guidance"))
+        _check_choice("--sampler", self.sampler, ("ddim", "ddpm", "dpmpp2m"))
+        _check_range("--steps", self.steps, 1)
+        _check_range("--guidance", self.guidance, 0)
+        _check_range("--self-guidance", self.self_guidance, 0)
+
+
+@dataclass
 class ImputeConfig:
     """Settings of `ldmtool impute` (YAML section `impute`) and of the imputation functions."""
 
@@ -520,6 +543,7 @@ SECTIONS = (
     "seg_train",
     "sample",
     "impute",
+    "inpaint",
     "segment",
     "evaluate",
 )
@@ -588,6 +612,7 @@ __all__ = [
     "AELossConfig",
     "SampleConfig",
     "ImputeConfig",
+    "InpaintConfig",
     "SegmentConfig",
     "SegModelConfig",
     "SegLossConfig",

@@ -18,7 +18,7 @@ import torch
 from ldmtool.config import ImputeConfig, SampleConfig
 from ldmtool.data.prepared import slices_to_volume
 from ldmtool.data.preprocess import PreprocessConfig, denormalise
-from ldmtool.diffusion.guidance import SelfGuidance, observed_error, slice_chunks
+from ldmtool.diffusion.guidance import Replacement, SelfGuidance, observed_error, slice_chunks
 from ldmtool.diffusion.pipeline import decode_latents, encode_volume, latent_renderer
 from ldmtool.diffusion.samplers import (
     Sampler,
@@ -293,6 +293,7 @@ class LatentDiffusionPipeline:
         batch_size: int = ImputeConfig.batch_size,
         chunk: int = 16,
         callback: Callable[[int], None] | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Fill the missing voxels of one volume in model space with latent self-guidance (LDMiss).
 
@@ -302,6 +303,7 @@ class LatentDiffusionPipeline:
             samples: independent imputations (seeds `sample_seed(seed, k)`).
             chunk: latent slices decoded at once inside the guidance (bounds its memory).
             callback: called with the number of finished denoising steps (for a progress bar).
+            labels: (1, C, D, h, w) label-map condition (`label_condition`) of a mask-to-image model.
         Returns:
             (samples, D, H, W) on the CPU: observed voxels exactly `image`'s, missing ones imputed.
         """
@@ -319,7 +321,6 @@ class LatentDiffusionPipeline:
         target = image.float().to(self.device) * keep
         render = latent_renderer(self.ae, self.latent_mean, self.latent_std, image.shape[0])
         alphas = training_scheduler(dcfg).alphas_cumprod
-        uncond = guided(self.ldm, None, None)
         for p in list(self.ae.parameters()) + list(self.ldm.parameters()):
             p.requires_grad_(False)  # gradients flow to the latent only
         out, done = [], 0
@@ -328,7 +329,8 @@ class LatentDiffusionPipeline:
             error = observed_error(
                 render, target.expand(b, -1, -1, -1), keep.expand(b, -1, -1, -1), slice_chunks(chunk)
             )
-            hook = SelfGuidance(uncond, alphas, dcfg.prediction_type, error, guidance)
+            lab = None if labels is None else labels.expand(b, -1, -1, -1, -1)
+            hook = SelfGuidance(guided(self.ldm, None, None, labels=lab), alphas, dcfg.prediction_type, error, guidance)
 
             def step_done(i, t, x_t, x0, _base=done):
                 if callback is not None:
@@ -340,6 +342,44 @@ class LatentDiffusionPipeline:
                 decoded, _ = decode_latents(self.ae, z.float() * self.latent_std + self.latent_mean, chunk * 4)
             out.append(torch.where(missing[None], decoded.float(), image[None].float()))
         return torch.cat(out)
+
+    def inpaint_latents(
+        self,
+        known: torch.Tensor,
+        keep: torch.Tensor,
+        *,
+        seed: int = 0,
+        sampler: str = SampleConfig.sampler,
+        steps: int = SampleConfig.steps,
+        eta: float = SampleConfig.eta,
+        conditions: dict[str, float | str] | None = None,
+        guidance: float = SampleConfig.guidance,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Regenerate the latent voxels outside `keep` with RePaint-style replacement.
+
+        Args:
+            known: (L, D, h, w) standardised latent of the volume (`encode`).
+            keep: (D, h, w) 1 where the latent is kept, 0 where it is regenerated.
+            labels: (1, C, D, h, w) label-map condition (`label_condition`), for mask-to-image models.
+        Returns:
+            (1, L, D, h, w) standardised latent: `known` where kept, sampled elsewhere; before every
+            step the kept part of x_t is the known latent noised to that step's level.
+        """
+        dcfg = self.ldm_config.model
+        if dcfg.objective == "flow":
+            raise LdmError("inpaint --method repaint needs an eps or v denoiser; this one is flow")
+        smp = self.make_sampler(sampler, steps, eta)
+        known = known[None].float().to(self.device)
+        m = keep[None, None].float().to(self.device)
+        with torch.inference_mode():
+            attrs, mask = self.conditioning(conditions, 1)
+            model = guided(self.denoiser, attrs, mask, guidance, labels)
+            alphas = training_scheduler(dcfg).alphas_cumprod
+            hook = Replacement(model, alphas, dcfg.prediction_type, known, m, torch.Generator().manual_seed(seed))
+            with autocast(self.device, self.precision):
+                z = self.denoise([sample_seed(seed, 0)], smp, hook)
+        return m * known + (1 - m) * z.float()
 
     def _check_model_space(self, image: torch.Tensor) -> None:
         f = self.ae.cfg.downsample

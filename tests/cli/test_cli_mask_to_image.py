@@ -7,21 +7,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
-
-from tests.cli.conftest import TINY_YAML, _must
-
-
-@pytest.fixture(scope="module")
-def label_ldm(trained) -> Path:
-    """A tiny latent diffusion model conditioned on the label map (same autoencoder)."""
-    out = trained.root / "LDML"
-    if not (out / "model.safetensors").is_file():
-        _must(
-            "train-ldm", trained.data, "--ae", trained.ae, "--out", out, "--config", TINY_YAML,
-            "--condition-on", "labels", "--steps", 2,
-        )  # fmt: skip
-    return out
 
 
 def _maps(trained, tmp_path: Path) -> Path:
