@@ -1,0 +1,49 @@
+"""The denoiser's label-map condition (mask-to-image): the latent grid, the unconditional zero map, guidance."""
+
+from __future__ import annotations
+
+import torch
+
+from ldmtool.config import DenoiserConfig
+from ldmtool.models.denoiser import LatentDenoiser, guided, label_grid
+
+
+def _model(label_channels: int) -> LatentDenoiser:
+    torch.manual_seed(0)
+    cfg = DenoiserConfig(channels=(8, 16), norm_num_groups=4, num_head_channels=8)
+    model = LatentDenoiser(cfg, 4, label_channels=label_channels).eval()
+    with torch.no_grad():  # MONAI zero-initialises the output convolution: give it weights to see through
+        for p in model.unet.out.parameters():
+            p.normal_(0, 0.1)
+    return model
+
+
+def test_label_grid_fractions():
+    labels = torch.zeros(1, 2, 4, 4, dtype=torch.uint8)
+    labels[0, :, :2, :2] = 2
+    labels[0, :, 0, 2] = 1
+    grid = label_grid(labels, 3, 2)
+    assert grid.shape == (1, 3, 2, 2, 2)
+    assert torch.allclose(grid.sum(1), torch.ones(1, 2, 2, 2))
+    assert grid[0, 2, 0, 0, 0] == 1 and grid[0, 1, 0, 0, 1] == 0.25
+
+
+def test_zero_map_is_unconditional_and_guidance_mixes():
+    model = _model(3)
+    x, t = torch.randn(2, 4, 4, 4, 4), torch.tensor([10, 500])
+    labels = label_grid(torch.randint(0, 3, (2, 4, 8, 8)), 3, 2)
+    with torch.no_grad():
+        u = model(x, t)
+        assert torch.equal(u, model(x, t, labels=torch.zeros_like(labels)))
+        c = model(x, t, labels=labels)
+        assert not torch.allclose(u, c)
+        assert torch.allclose(guided(model, None, None, 1.0, labels)(x, t), c)
+        assert torch.allclose(guided(model, None, None, 3.0, labels)(x, t), u + 3.0 * (c - u), atol=1e-5)
+
+
+def test_unconditioned_model_ignores_a_map():
+    model = _model(0)
+    assert model.unet.conv_in.conv.in_channels == 4 + 3  # latent + coordinates, as before
+    x, t = torch.randn(1, 4, 4, 4, 4), torch.tensor([3])
+    with torch.no_grad():
+        assert torch.equal(guided(model, None, None, 2.0, torch.ones(1, 3, 4, 4, 4))(x, t), model(x, t))
