@@ -140,15 +140,14 @@ def inpaint_file(
         raise LdmError("--label and --healthy exclude each other: insert a class, or fill with normal tissue")
     check_output_dir(out_dir, "inpaint", overwrite)
     with output_dir(Path(out_dir)):
-        return _inpaint(source, ae_path, ldm_path, Path(out_dir), region, labels, label, healthy, conditions,
-                        cfg, seed, device)  # fmt: skip
+        paths = (Path(source), Path(ae_path), Path(ldm_path), Path(out_dir), Path(region), labels)
+        return _inpaint(*paths, label, healthy, conditions, cfg, seed, device, console)
 
 
 def _inpaint(
-    source, ae_path, ldm_path, out_dir, region_path, labels_path, label, healthy, conditions, cfg, seed, device
+    source, ae_path, ldm_path, out_dir, region_path, labels_path, label, healthy, conditions, cfg, seed, device, console
 ):
     """The body of `inpaint_file` (its arguments)."""
-    from ldmtool.io.dataset import read_aligned
     from ldmtool.io.readers import read_volume
 
     t0 = time.perf_counter()
@@ -163,33 +162,17 @@ def _inpaint(
         raise LdmError(
             f"--region {region_path} lies outside the model's field of view: nothing of it can be regenerated"
         )
-    given = (
-        None
-        if labels_path is None
-        else np.asarray(read_aligned(Path(labels_path), volume, f"--labels {labels_path}").array)
-    )
-    current = (
-        given if given is not None or not pipe.label_names else _estimate_labels(pipe, image, model_affine, volume)
-    )
-    target = (
-        None if current is None else target_labels(current.astype(np.uint8), region, pipe.label_names, label, healthy)
-    )
-    shape = tuple(int(v) for v in pipe.ae_config.volume_shape)
-    model_labels = (
-        None
-        if target is None
-        else volume_to_slices(label_to_model_space(volume.with_array(target), pipe.preprocess, shape)[0])
-    )
+    target, model_labels = _target(pipe, volume, region, image, model_affine, labels_path, label, healthy)
+    if label is not None and not pipe.ldm_config.label_channels and not pipe.ldm_config.attributes and console:
+        console.print(
+            f"[yellow]warning:[/] {pipe.ldm_path} takes no label map or lesion attributes: the region is "
+            f"labelled {label}, but nothing tells the model to draw one there",
+            highlight=False,
+        )
     conditions = _conditions(pipe, conditions, model_labels, model_affine)
     new_image, new_labels = _fill(pipe, cfg, image, miss, model_labels, conditions, seed)
     fills, _ = to_input_grid(denormalise(new_image, irange, pipe.preprocess), model_affine, region, volume.affine)
-    if (
-        target is not None
-        and new_labels is not None
-        and label is None
-        and not healthy
-        and not pipe.ldm_config.label_channels
-    ):
+    if new_labels is not None and target is not None and not (label or healthy or pipe.ldm_config.label_channels):
         target[region] = to_input_grid(new_labels, model_affine, region, volume.affine, order=0)[0].astype(target.dtype)
     result = InpaintResult(str(source), region_voxels=int(region.sum()), total_voxels=int(region.size))
     result.conditions = conditions or {}
@@ -222,6 +205,23 @@ def _inpaint(
     write_run_record(out_dir, f"inpaint-{stem}", json.dumps(prov, indent=2), f"{stem}_inpaint.json")
     result.outputs["provenance"] = out_dir / f"{stem}_inpaint.json"
     return result
+
+
+def _target(pipe, volume: Volume, region, image, model_affine, labels_path, label, healthy):
+    """(target label map on the input's grid, the same in model space (D, H, W)), both None for an
+    image-only model: the given (or estimated) map with the region set as `target_labels` says."""
+    from ldmtool.io.dataset import read_aligned
+
+    if not pipe.label_names:
+        return None, None
+    if labels_path is not None:
+        current = np.asarray(read_aligned(Path(labels_path), volume, f"--labels {labels_path}").array)
+    else:
+        current = _estimate_labels(pipe, image, model_affine, volume)
+    target = target_labels(current.astype(np.uint8), region, pipe.label_names, label, healthy)
+    shape = tuple(int(v) for v in pipe.ae_config.volume_shape)
+    model = label_to_model_space(volume.with_array(target), pipe.preprocess, shape)[0]
+    return target, volume_to_slices(model)
 
 
 def _estimate_labels(pipe: LatentDiffusionPipeline, image: np.ndarray, model_affine, volume: Volume) -> np.ndarray:
