@@ -95,6 +95,11 @@ class DenoiserConfig:
         "train-ldm --covariates table, e.g. lesion,age,sex.",
     )
     coordinates: bool = setting(True, "Feed voxel coordinates (z, y, x in [-1, 1]) as extra input channels.")
+    label_branch: str = setting(
+        "concat",
+        "How --condition-on labels enters the denoiser: concat (the map on the latent grid as extra input "
+        "channels) | controlnet (a MONAI ControlNet branch on the map adding residuals to the UNet's blocks).",
+    )
 
     def __post_init__(self) -> None:
         self.condition_on = _condition_list(self.condition_on)
@@ -110,6 +115,15 @@ class DenoiserConfig:
             )
         _check_choice("objective", self.objective, ("eps", "v", "flow"))
         _check_choice("schedule", self.schedule, ("linear_beta", "scaled_linear_beta", "cosine"))
+        _check_choice("label_branch", self.label_branch, ("concat", "controlnet"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form; `label_branch` only when it is not the default, so the configs of models
+        without it (and the checkpoints written before it existed) read and compare as they were."""
+        out = {f.name: to_dict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        if out["label_branch"] == "concat":
+            del out["label_branch"]
+        return out
 
     @property
     def condition_names(self) -> tuple[str, ...]:

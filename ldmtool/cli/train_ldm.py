@@ -35,6 +35,7 @@ def train_ldm(
     channels: Annotated[Optional[str], common.opt(DenoiserConfig, "channels", panel=MODEL)] = None,
     objective: Annotated[Optional[str], common.opt(DenoiserConfig, "objective", panel=MODEL)] = None,
     condition_on: Annotated[Optional[str], common.opt(DenoiserConfig, "condition_on", panel=MODEL)] = None,
+    label_branch: Annotated[Optional[str], common.opt(DenoiserConfig, "label_branch", panel=MODEL)] = None,
     covariates: Annotated[
         Optional[Path],
         typer.Option(

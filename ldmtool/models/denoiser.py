@@ -19,7 +19,8 @@ class LatentDenoiser(nn.Module):
 
     With `label_channels > 0` (mask-to-image) a label map brought to the latent grid (`label_grid`:
     the fraction of each class under every latent voxel, background included) is concatenated to
-    the input; all zeros (what no real map gives) is the unconditional model.
+    the input (`cfg.label_branch` "concat") or fed to a MONAI ControlNet whose residuals are added
+    to the UNet's blocks ("controlnet"); all zeros (what no real map gives) is the unconditional model.
     """
 
     def __init__(
@@ -29,10 +30,9 @@ class LatentDenoiser(nn.Module):
         self.cfg = cfg
         self.n_attributes = n_attributes
         self.label_channels = label_channels
-        self.unet = DiffusionModelUNet(
+        concat = label_channels if cfg.label_branch == "concat" else 0
+        shared = dict(
             spatial_dims=3,
-            in_channels=latent_channels + (3 if cfg.coordinates else 0) + label_channels,
-            out_channels=latent_channels,
             channels=cfg.channels,
             attention_levels=cfg.attention_levels,
             num_res_blocks=cfg.num_res_blocks,
@@ -41,6 +41,18 @@ class LatentDenoiser(nn.Module):
             with_conditioning=n_attributes > 0,
             cross_attention_dim=2 * n_attributes if n_attributes else None,
         )
+        in_channels = latent_channels + (3 if cfg.coordinates else 0)
+        self.unet = DiffusionModelUNet(in_channels=in_channels + concat, out_channels=latent_channels, **shared)
+        self.controlnet = None
+        if label_channels and not concat:  # the map at the latent grid's own size: one embedding level
+            from monai.networks.nets import ControlNet
+
+            self.controlnet = ControlNet(
+                in_channels=in_channels,
+                conditioning_embedding_in_channels=label_channels,
+                conditioning_embedding_num_channels=(cfg.channels[0],),
+                **shared,
+            )
         self.to(memory_format=torch.channels_last_3d)  # NDHWC convolutions: faster on CPU and GPU
 
     def context(
@@ -67,12 +79,17 @@ class LatentDenoiser(nn.Module):
         """`labels`: (B, label_channels, D, h, w) from `label_grid` (None: unconditioned on a map)."""
         if self.cfg.coordinates:
             x = torch.cat([x, coordinate_grid(x)], dim=1)
-        if self.label_channels:
-            if labels is None:
-                labels = x.new_zeros((x.shape[0], self.label_channels, *x.shape[2:]))
+        context = self.context(attributes, mask, x.shape[0], x.device)
+        if self.label_channels and labels is None:
+            labels = x.new_zeros((x.shape[0], self.label_channels, *x.shape[2:]))
+        if self.label_channels and self.controlnet is None:
             x = torch.cat([x, labels.to(x.dtype)], dim=1)
         x = x.contiguous(memory_format=torch.channels_last_3d)
-        return self.unet(x, t, context=self.context(attributes, mask, x.shape[0], x.device))
+        if self.controlnet is None:
+            return self.unet(x, t, context=context)
+        cond = labels.to(x.dtype).contiguous(memory_format=torch.channels_last_3d)
+        down, mid = self.controlnet(x, t, controlnet_cond=cond, context=context)
+        return self.unet(x, t, context=context, down_block_additional_residuals=down, mid_block_additional_residual=mid)
 
 
 def coordinate_grid(x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from tests.cli.conftest import TINY_YAML
+
 
 def _maps(trained, tmp_path: Path) -> Path:
     """Two label maps: one from the data set, one in another geometry (cropped, flipped, other spacing)."""
@@ -83,3 +85,17 @@ def test_mask_to_image_errors(cli, trained, label_ldm, tmp_path):
     assert r.code == 1 and "--n does not go with --labels" in r.err
     r = cli(*base, "--ldm", label_ldm, "--deform", 2)
     assert r.code == 1 and "--labels DIR" in r.err
+
+
+def test_mask_to_image_controlnet_branch(cli, trained, tmp_path):
+    maps = _maps(trained, tmp_path)
+    ldm = tmp_path / "LDMCN"
+    r = cli("train-ldm", trained.data, "--ae", trained.ae, "--out", ldm, "--config", TINY_YAML,
+            "--condition-on", "labels", "--label-branch", "controlnet", "--steps", 2)  # fmt: skip
+    assert r.code == 0, r.both
+    out = tmp_path / "C"
+    r = cli("sample", "--ae", trained.ae, "--ldm", ldm, "--labels", maps, "--out", out, "--steps", 2, "--guidance", 2)
+    assert r.code == 0, r.both
+    src = nib.load(maps / "b.nii.gz")
+    image = nib.load(out / "imagesTr" / "synth_b_000_0000.nii.gz")
+    assert image.shape == src.shape and np.allclose(image.affine, src.affine, atol=1e-4)

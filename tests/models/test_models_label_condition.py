@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ldmtool.config import DenoiserConfig
 from ldmtool.models.denoiser import LatentDenoiser, guided, label_grid
 
 
-def _model(label_channels: int) -> LatentDenoiser:
+def _model(label_channels: int, branch: str = "concat") -> LatentDenoiser:
     torch.manual_seed(0)
-    cfg = DenoiserConfig(channels=(8, 16), norm_num_groups=4, num_head_channels=8)
+    cfg = DenoiserConfig(channels=(8, 16), norm_num_groups=4, num_head_channels=8, label_branch=branch)
     model = LatentDenoiser(cfg, 4, label_channels=label_channels).eval()
-    with torch.no_grad():  # MONAI zero-initialises the output convolution: give it weights to see through
-        for p in model.unet.out.parameters():
-            p.normal_(0, 0.1)
+    with torch.no_grad():  # MONAI zero-initialises output and ControlNet convolutions: give them weights
+        zero = [model.unet.out] if model.controlnet is None else [model.unet.out, model.controlnet]
+        for module in zero:
+            for p in module.parameters():
+                if not p.abs().sum():
+                    p.normal_(0, 0.1)
     return model
 
 
@@ -28,8 +32,9 @@ def test_label_grid_fractions():
     assert grid[0, 2, 0, 0, 0] == 1 and grid[0, 1, 0, 0, 1] == 0.25
 
 
-def test_zero_map_is_unconditional_and_guidance_mixes():
-    model = _model(3)
+@pytest.mark.parametrize("branch", ["concat", "controlnet"])
+def test_zero_map_is_unconditional_and_guidance_mixes(branch):
+    model = _model(3, branch)
     x, t = torch.randn(2, 4, 4, 4, 4), torch.tensor([10, 500])
     labels = label_grid(torch.randint(0, 3, (2, 4, 8, 8)), 3, 2)
     with torch.no_grad():
@@ -47,3 +52,8 @@ def test_unconditioned_model_ignores_a_map():
     x, t = torch.randn(1, 4, 4, 4, 4), torch.tensor([3])
     with torch.no_grad():
         assert torch.equal(guided(model, None, None, 2.0, torch.ones(1, 3, 4, 4, 4))(x, t), model(x, t))
+
+
+def test_controlnet_branch_keeps_the_unet_input():
+    model = _model(3, "controlnet")
+    assert model.unet.conv_in.conv.in_channels == 4 + 3 and model.controlnet is not None
