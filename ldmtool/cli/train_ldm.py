@@ -45,6 +45,15 @@ def train_ldm(
             rich_help_panel=MODEL,
         ),
     ] = None,
+    init: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--init",
+            help="Start from this latent denoiser (same autoencoder): fine-tuning, e.g. a mask-to-image model "
+            "(--condition-on labels) from one trained on normal volumes, on a few annotated cases.",
+            rich_help_panel=TRAIN,
+        ),
+    ] = None,
     steps: Annotated[Optional[int], common.opt(LDMTrainConfig, "steps", panel=TRAIN)] = None,
     epochs: Annotated[Optional[int], common.opt(LDMTrainConfig, "epochs", panel=TRAIN)] = None,
     batch_size: Annotated[Optional[int], common.opt(LDMTrainConfig, "batch_size", panel=TRAIN)] = None,
@@ -113,6 +122,7 @@ def train_ldm(
             resume=mode,
             stop=stop,
             covariates=covariates,
+            init=init,
         )
     if not info.is_main:
         return

@@ -99,3 +99,23 @@ def test_mask_to_image_controlnet_branch(cli, trained, tmp_path):
     src = nib.load(maps / "b.nii.gz")
     image = nib.load(out / "imagesTr" / "synth_b_000_0000.nii.gz")
     assert image.shape == src.shape and np.allclose(image.affine, src.affine, atol=1e-4)
+
+
+def test_fine_tune_from_a_model_of_normal_volumes(cli, trained, tmp_path):
+    few = tmp_path / "few"  # three annotated cases
+    cli("demo-data", few, "--n", 3, "--shape", "32,32,16")
+    out = tmp_path / "FT"
+    r = cli("train-ldm", few, "--ae", trained.ae, "--out", out, "--config", TINY_YAML, "--condition-on", "labels",
+            "--init", trained.ldm, "--steps", 2)  # fmt: skip
+    assert r.code == 0, r.both
+    from ldmtool.models.checkpoint import file_sha256, resolve_checkpoint
+    from ldmtool.models.loaders import read_denoiser
+
+    _, cfg = read_denoiser(out)
+    assert cfg.get("init_sha256") == file_sha256(resolve_checkpoint(trained.ldm))
+    other = tmp_path / "AE2"
+    r = cli("train-ae", few, "--out", other, "--config", TINY_YAML)
+    assert r.code == 0, r.both
+    r = cli("train-ldm", few, "--ae", other, "--out", tmp_path / "FT2", "--config", TINY_YAML,
+            "--condition-on", "labels", "--init", trained.ldm, "--steps", 2)  # fmt: skip
+    assert r.code == 1 and "trained on another autoencoder" in r.err and len(r.error_lines()) == 1

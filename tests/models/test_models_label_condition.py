@@ -57,3 +57,19 @@ def test_unconditioned_model_ignores_a_map():
 def test_controlnet_branch_keeps_the_unet_input():
     model = _model(3, "controlnet")
     assert model.unet.conv_in.conv.in_channels == 4 + 3 and model.controlnet is not None
+
+
+@pytest.mark.parametrize("branch", ["concat", "controlnet"])
+def test_fine_tuning_starts_where_the_source_model_is(branch):
+    from ldmtool.models.loaders import transfer_weights
+
+    base = _model(0)
+    tuned = LatentDenoiser(base.cfg.__class__(**{**vars(base.cfg), "label_branch": branch}), 4, label_channels=3)
+    assert transfer_weights(tuned.eval(), base.state_dict(), "base") > 0
+    x, t = torch.randn(1, 4, 4, 4, 4), torch.tensor([7])
+    labels = label_grid(torch.randint(0, 3, (1, 4, 8, 8)), 3, 2)
+    with torch.no_grad():
+        expect = base(x, t)
+        assert torch.allclose(tuned(x, t), expect, atol=1e-6)  # the unconditional model is the source
+        if branch == "controlnet":  # zero-initialised residuals: any map, the source's output
+            assert torch.allclose(tuned(x, t, labels=labels), expect, atol=1e-6)
