@@ -55,10 +55,10 @@ def remap_labels(label: np.ndarray, names: dict[str, int], model_names: dict[str
     return lut[label.astype(np.int64)].astype(label.dtype)
 
 
-def deform_label_map(label: np.ndarray, count: int, seed: int) -> list[np.ndarray]:
-    """`count` new label maps from one: seeded random elastic + affine deformations (MONAI
-    Rand3DElastic: rotation up to ±0.15 rad, scaling ±10 %, shifts up to 5 % of the size, a smooth
-    displacement field), nearest-neighbour so every value stays a label; same shape and dtype."""
+def deform_label_map(label: np.ndarray, seed: int) -> np.ndarray:
+    """A new label map from one: a seeded random elastic + affine deformation (MONAI Rand3DElastic:
+    rotation up to ±0.15 rad, scaling ±10 %, shifts up to 5 % of the size, a smooth displacement
+    field), nearest-neighbour so every value stays a label; same shape and dtype."""
     from monai.transforms import Rand3DElastic
 
     size = np.asarray(label.shape, dtype=np.float64)
@@ -72,10 +72,6 @@ def deform_label_map(label: np.ndarray, count: int, seed: int) -> list[np.ndarra
         mode="nearest",
         padding_mode="zeros",
     )
-    transform.set_random_state(seed)
-    src = np.asarray(label).astype(np.float32)[None]
-    out = []
-    for _ in range(count):
-        warped = np.asarray(transform(src))[0]
-        out.append(np.rint(warped).astype(label.dtype))
-    return out
+    transform.set_random_state(int(seed) % 2**32)  # numpy RandomState seeds are 32-bit
+    warped = np.asarray(transform(np.asarray(label).astype(np.float32)[None]))[0]
+    return np.rint(warped).astype(label.dtype)

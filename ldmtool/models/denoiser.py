@@ -105,9 +105,10 @@ def coordinate_grid(x: torch.Tensor) -> torch.Tensor:
 
 def label_grid(labels: torch.Tensor, num_classes: int, factor: int) -> torch.Tensor:
     """(B, D, H, W) integer label maps (slice axis first) → (B, num_classes, D, H/factor, W/factor):
-    the fraction of each class under every latent voxel (the slice autoencoder's latent grid)."""
-    onehot = torch.nn.functional.one_hot(labels.long(), num_classes).permute(0, 4, 1, 2, 3).float()
-    return torch.nn.functional.avg_pool3d(onehot, (1, factor, factor))
+    the fraction of each class under every latent voxel (the slice autoencoder's latent grid).
+    One class at a time: memory holds one float volume, never a one-hot copy of the batch."""
+    pool = torch.nn.functional.avg_pool3d
+    return torch.cat([pool((labels == c).float()[:, None], (1, factor, factor)) for c in range(num_classes)], 1)
 
 
 def guided(

@@ -43,13 +43,14 @@ from ldmtool.pipelines.segment import output_stem
 
 @dataclass
 class MapJob:
-    """One sample to make: its name, seed, the label map (in its own grid) and where it came from."""
+    """One sample to make: its name, seed, the label map it follows and, for new anatomy, which
+    seeded deformation of it (the map is read, and deformed, only when the sample is made)."""
 
     name: str
     seed: int
-    label: Volume
     source: Path
-    deformation: int | None  # index of the seeded deformation, None for the map itself
+    deformation: int | None = None  # index of the deformation, None for the map itself
+    deform_seed: int | None = None
 
 
 def find_label_maps(folder: Path) -> tuple[list[Path], dict[str, int] | None]:
@@ -74,41 +75,54 @@ def find_label_maps(folder: Path) -> tuple[list[Path], dict[str, int] | None]:
     return maps, None
 
 
-def map_jobs(
-    maps: list[Path],
-    names: dict[str, int] | None,
-    model_names: dict[str, int],
-    *,
-    per_label: int,
-    deform: int,
-    seed: int,
-) -> list[MapJob]:
-    """Every sample of the job, in order: per map, the map itself (or `deform` seeded deformations
-    of it) `per_label` times each; sample k has seed `sample_seed(seed, k)`."""
+def read_label_map(path: Path, names: dict[str, int] | None, model_names: dict[str, int]) -> Volume:
+    """A label map in the model's label values (remapped by name with its dataset.json's `names`);
+    one-line errors for non-integer values or values the model does not know."""
     from ldmtool.io.readers import read_volume
 
+    vol = read_volume(path)
+    arr = np.asarray(vol.array)
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(arr == np.rint(arr)):
+            raise LdmError(f"{path} holds non-integer values; a label map holds integer classes")
+        arr = np.rint(arr).astype(np.int64)
+    if names is not None:
+        arr = remap_labels(arr, names, model_names, str(path))
+    unknown = sorted(set(np.unique(arr).tolist()) - set(model_names.values()))
+    if unknown:
+        known = ", ".join(f"{n}={v}" for n, v in model_names.items())
+        raise LdmError(f"{path} holds label values {unknown[:5]} the model does not know (its labels: {known})")
+    return vol.with_array(arr.astype(np.uint8))
+
+
+def map_jobs(maps: list[Path], *, per_label: int, deform: int, seed: int) -> list[MapJob]:
+    """Every sample of the job, in order: per map, the map itself (or `deform` seeded deformations
+    of it) `per_label` times each; sample k has seed `sample_seed(seed, k)`, deformation d of map i
+    the seed `sample_seed(seed, i, d + 1)`."""
     jobs: list[MapJob] = []
     for i, path in enumerate(maps):
-        vol = read_volume(path)
-        arr = np.asarray(vol.array)
-        if not np.issubdtype(arr.dtype, np.integer) and not np.all(arr == np.rint(arr)):
-            raise LdmError(f"{path} holds non-integer values; a label map holds integer classes")
-        arr = np.rint(arr).astype(np.int64) if not np.issubdtype(arr.dtype, np.integer) else arr
-        if names is not None:
-            arr = remap_labels(arr, names, model_names, str(path))
-        unknown = sorted(set(np.unique(arr).tolist()) - set(model_names.values()))
-        if unknown:
-            known = ", ".join(f"{n}={v}" for n, v in model_names.items())
-            raise LdmError(f"{path} holds label values {unknown[:5]} the model does not know (its labels: {known})")
-        arr = arr.astype(np.uint8)
         stem = output_stem(path)
-        variants = [(None, arr)] if not deform else list(enumerate(deform_label_map(arr, deform, seed + 7919 * i)))
-        for d, lab in variants:
+        for d in [None] if not deform else range(deform):
             for j in range(per_label):
                 tag = f"{stem}_{j:03d}" if d is None else f"{stem}_d{d:03d}_{j:03d}"
-                k = len(jobs)
-                jobs.append(MapJob(f"synth_{tag}", sample_seed(seed, k), vol.with_array(lab), path, d))
+                dseed = None if d is None else sample_seed(seed, i, d + 1)
+                jobs.append(MapJob(f"synth_{tag}", sample_seed(seed, len(jobs)), path, d, dseed))
     return jobs
+
+
+class _Maps:
+    """Label maps of the jobs, read (and deformed) when needed; the last map read is kept."""
+
+    def __init__(self, names: dict[str, int] | None, model_names: dict[str, int]):
+        self.names, self.model_names, self.last = names, model_names, (None, None)
+
+    def __call__(self, job: MapJob) -> Volume:
+        if self.last[0] != job.source:
+            self.last = (job.source, read_label_map(job.source, self.names, self.model_names))
+        vol = self.last[1]
+        if job.deform_seed is None:
+            return vol
+        return vol.with_array(deform_label_map(np.asarray(vol.array), job.deform_seed))
 
 
 def generate_from_labels(
@@ -159,7 +173,9 @@ def generate_from_labels(
                 f"{pipe.ldm_path} was not trained on label maps; train one with train-ldm --condition-on labels"
             )
         smp = pipe.make_sampler(sampler, steps, eta, spacing)
-        jobs = map_jobs(maps, names, pipe.label_names, per_label=per_label, deform=deform, seed=seed)
+        for path in maps:  # every map checked before any sampling
+            read_label_map(path, names, pipe.label_names)
+        jobs = map_jobs(maps, per_label=per_label, deform=deform, seed=seed)
         settings = {
             **_job_settings(pipe, smp, steps, eta, "nifti"),
             "base_seed": seed,
@@ -174,12 +190,13 @@ def generate_from_labels(
         _check_resumable(prov_dir, settings)
         todo = [j for j in jobs if not (prov_dir / f"{j.name}.json").is_file()]
         result = GenerateResult(
-            skipped=[j.name for j in jobs if j not in todo],
+            skipped=sorted({j.name for j in jobs} - {j.name for j in todo}),
             out_dir=out_dir,
             device=_device_name(pipe.device),
             precision=pipe.precision,
         )
-        _run(pipe, smp, todo, settings, out_dir, result, guidance, batch_size, decode_batch, console)
+        labels = _Maps(names, pipe.label_names)
+        _run(pipe, smp, todo, labels, settings, out_dir, result, guidance, batch_size, decode_batch, console)
         _write_dataset_json(out_dir, pipe.label_names, len(jobs), "nifti")
         from ldmtool.pipelines.montage import write_montage
 
@@ -187,7 +204,7 @@ def generate_from_labels(
         return result
 
 
-def _run(pipe, smp, todo, settings, out_dir, result, guidance, batch_size, decode_batch, console) -> None:
+def _run(pipe, smp, todo, labels, settings, out_dir, result, guidance, batch_size, decode_batch, console) -> None:
     """Sample and write the jobs `todo`, a batch at a time, with a progress bar."""
     from ldmtool.runtime import progress
 
@@ -198,7 +215,8 @@ def _run(pipe, smp, todo, settings, out_dir, result, guidance, batch_size, decod
         for s in range(0, len(todo), batch_size):
             batch = todo[s : s + batch_size]
             t1 = time.perf_counter()
-            spaces = [label_to_model_space(j.label, pipe.preprocess, shape) for j in batch]
+            maps = [labels(j) for j in batch]
+            spaces = [label_to_model_space(m, pipe.preprocess, shape) for m in maps]
             cond = torch.stack([torch.from_numpy(volume_to_slices(lab)) for lab, _ in spaces])
             vols = pipe.sample(
                 [j.seed for j in batch],
@@ -208,29 +226,29 @@ def _run(pipe, smp, todo, settings, out_dir, result, guidance, batch_size, decod
                 labels=pipe.label_condition(cond),
             )
             per_sample = (time.perf_counter() - t1) / len(batch)
-            for job, vol, (_, model_affine) in zip(batch, vols, spaces):
-                _write_sample(job, vol.image, model_affine, settings, out_dir, per_sample, result, pipe)
+            for job, label, vol, (_, model_affine) in zip(batch, maps, vols, spaces):
+                _write_sample(job, label, vol.image, model_affine, settings, out_dir, per_sample, result, pipe)
             bar.update(task, advance=len(batch), info=batch[-1].name)
     result.seconds = time.perf_counter() - t0
     result.seconds_per_sample = result.seconds / max(1, len(result.written))
 
 
-def _write_sample(job: MapJob, image: np.ndarray, model_affine, settings, out_dir, per_sample, result, pipe) -> None:
+def _write_sample(
+    job: MapJob, label: Volume, image: np.ndarray, model_affine, settings, out_dir, per_sample, result, pipe
+) -> None:
     """The image in the map's grid, the map as its label, provenance last (it marks the sample done)."""
-    where = np.ones(job.label.shape, dtype=bool)
-    values, _ = to_input_grid(image, model_affine, where, job.label.affine)
+    where = np.ones(label.shape, dtype=bool)
+    values, _ = to_input_grid(image, model_affine, where, label.affine)
     files = {"image": f"imagesTr/{job.name}_0000.nii.gz", "label": f"labelsTr/{job.name}.nii.gz"}
     meta: dict[str, Any] = {"synthetic": True}
-    write_nifti(
-        Volume(values.reshape(job.label.shape).astype(np.float32), job.label.affine, meta), out_dir / files["image"]
-    )
-    write_nifti(job.label, out_dir / files["label"])
+    write_nifti(Volume(values.reshape(label.shape).astype(np.float32), label.affine, meta), out_dir / files["image"])
+    write_nifti(label, out_dir / files["label"])
     prov = {
         "sample": job.name,
         "seed": job.seed,
         **settings,
         "label_map": str(job.source),
-        "deformation": job.deformation,
+        "deformation": None if job.deformation is None else {"index": job.deformation, "seed": job.deform_seed},
         "seconds": per_sample,
         "files": files,
         "ae": str(pipe.ae_path),

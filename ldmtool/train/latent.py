@@ -306,8 +306,8 @@ class DenoiserTrainer(Trainer):
             m = m.to(device)
         lab = None
         if self.labels is not None:  # the label map on the latent grid, dropped cfg_dropout of the time
-            lab = label_grid(self.labels[idx], self.label_channels, self.latent_factor)
-            lab = (lab * (torch.rand(b, generator=g) > cfg.cfg_dropout).float()[:, None, None, None, None]).to(device)
+            lab = label_grid(self.labels[idx].to(device), self.label_channels, self.latent_factor)
+            lab = lab * (torch.rand(b, generator=g) > cfg.cfg_dropout).float().to(device)[:, None, None, None, None]
         with autocast(device, cfg.precision):
             pred = net(zt, t, a, m) if lab is None else net(zt, t, a, m, lab)
         sq = (pred.float() - target).pow(2)

@@ -30,7 +30,8 @@ def test_model_space_geometry():
 
 def test_deformations_are_seeded_and_keep_labels():
     lab = _map()
-    a, b = deform_label_map(lab, 2, seed=5), deform_label_map(lab, 2, seed=5)
+    a = [deform_label_map(lab, seed=s) for s in (5, 6)]
+    b = [deform_label_map(lab, seed=s) for s in (5, 6)]
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not np.array_equal(a[0], a[1]) and not np.array_equal(a[0], lab)
     for d in a:
