@@ -90,10 +90,16 @@ class DenoiserConfig:
     beta_end: float = setting(0.0195, "Last beta of the (scaled) linear schedule.")
     condition_on: str | tuple[str, ...] = setting(
         "none",
-        "none, or a comma list of what to condition on: lesion (volume/centroid/extent, from the labels) "
-        "and/or columns of the train-ldm --covariates table, e.g. lesion,age,sex.",
+        "none, or a comma list of what to condition on: labels (the label map itself: mask-to-image, "
+        "`sample --labels DIR`), lesion (volume/centroid/extent, from the labels) and/or columns of the "
+        "train-ldm --covariates table, e.g. lesion,age,sex.",
     )
     coordinates: bool = setting(True, "Feed voxel coordinates (z, y, x in [-1, 1]) as extra input channels.")
+    label_branch: str = setting(
+        "concat",
+        "How --condition-on labels enters the denoiser: concat (the map on the latent grid as extra input "
+        "channels) | controlnet (a MONAI ControlNet branch on the map adding residuals to the UNet's blocks).",
+    )
 
     def __post_init__(self) -> None:
         self.condition_on = _condition_list(self.condition_on)
@@ -109,10 +115,19 @@ class DenoiserConfig:
             )
         _check_choice("objective", self.objective, ("eps", "v", "flow"))
         _check_choice("schedule", self.schedule, ("linear_beta", "scaled_linear_beta", "cosine"))
+        _check_choice("label_branch", self.label_branch, ("concat", "controlnet"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form; `label_branch` only when it is not the default, so the configs of models
+        without it (and the checkpoints written before it existed) read and compare as they were."""
+        out = {f.name: to_dict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        if out["label_branch"] == "concat":
+            del out["label_branch"]
+        return out
 
     @property
     def condition_names(self) -> tuple[str, ...]:
-        """What the model is conditioned on: "lesion" and/or covariate columns (empty: nothing)."""
+        """What the model is conditioned on: "labels", "lesion" and/or covariate columns (empty: nothing)."""
         return () if self.condition_on == "none" else tuple(self.condition_on.split(","))
 
     @property
@@ -287,6 +302,29 @@ class SampleConfig:
         for flag, value in (("--n", self.n), ("--batch-size", self.batch_size), ("--decode-batch", self.decode_batch)):
             if value < 1:
                 raise LdmError(f"{flag} must be at least 1; got {value}")
+
+
+@dataclass
+class InpaintConfig:
+    """Settings of `ldmtool inpaint` (YAML section `inpaint`)."""
+
+    method: str = setting(
+        "repaint",
+        "repaint (the latent outside the region replaced by the input's, noised to each step's level) | "
+        "guidance (impute's latent self-guidance on the voxels outside the region).",
+    )
+    steps: int = setting(50, "Denoising steps.")
+    sampler: str = setting("ddim", "ddim | ddpm | dpmpp2m.")
+    eta: float = setting(0.0, "DDIM eta (0 = deterministic given the seed).")
+    guidance: float = setting(1.0, "Classifier-free guidance scale of the conditions (label map, --condition).")
+    self_guidance: float = setting(0.5, "Self-guidance strength of --method guidance (as impute --guidance).")
+
+    def __post_init__(self) -> None:
+        _check_choice("--method", self.method, ("repaint", "guidance"))
+        _check_choice("--sampler", self.sampler, ("ddim", "ddpm", "dpmpp2m"))
+        _check_range("--steps", self.steps, 1)
+        _check_range("--guidance", self.guidance, 0)
+        _check_range("--self-guidance", self.self_guidance, 0)
 
 
 @dataclass
@@ -519,6 +557,7 @@ SECTIONS = (
     "seg_train",
     "sample",
     "impute",
+    "inpaint",
     "segment",
     "evaluate",
 )
@@ -587,6 +626,7 @@ __all__ = [
     "AELossConfig",
     "SampleConfig",
     "ImputeConfig",
+    "InpaintConfig",
     "SegmentConfig",
     "SegModelConfig",
     "SegLossConfig",

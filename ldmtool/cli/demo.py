@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -16,6 +16,13 @@ def demo_data(
     n: Annotated[int, typer.Option("--n", help="Number of phantom volumes.")] = 48,
     shape: Annotated[str, typer.Option(help="Volume shape I,J,K (K = axial slices).")] = "64,64,32",
     spacing: Annotated[str, typer.Option(help="Voxel size in mm, x,y,z.")] = "3,3,4",
+    lesion_cases: Annotated[
+        Optional[int],
+        typer.Option(
+            "--lesion-cases",
+            help="Only the first K phantoms get lesions; the others are their lesion-free twins (normal anatomy).",
+        ),
+    ] = None,
 ) -> None:
     """Write head-like phantoms with 0-3 lesions and label masks (background / head / lesion)."""
     from ldmtool.data.phantoms import write_demo_dataset
@@ -31,5 +38,6 @@ def demo_data(
         shape=shape_,
         spacing=spacing_,
         seed=state.seed,
+        lesion_cases=lesion_cases,
     )
     state.console.print(f"wrote {n} phantom volumes with labels to [bold]{path}[/]")

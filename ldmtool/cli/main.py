@@ -44,7 +44,7 @@ def callback(
 
 
 def _register() -> None:
-    from ldmtool.cli import demo, evaluate, impute, sample, segment, stats, train_ae, train_ldm
+    from ldmtool.cli import demo, evaluate, impute, inpaint, sample, segment, stats, train_ae, train_ldm
 
     app.command("demo-data")(demo.demo_data)
     app.command("train-ae")(train_ae.train_ae)
@@ -52,6 +52,7 @@ def _register() -> None:
     app.command("sample")(sample.sample)
     app.command("stats")(stats.stats)
     app.command("impute")(impute.impute)
+    app.command("inpaint")(inpaint.inpaint)
     app.command("train-seg")(segment.train_seg)
     app.command("segment")(segment.segment)
     app.command("evaluate")(evaluate.evaluate)

@@ -11,6 +11,7 @@ from ldmtool.cli import common
 from ldmtool.config import SampleConfig
 
 SCALE = "Scale-out and speed"
+MASK = "Mask-to-image"
 
 
 def sample(
@@ -39,6 +40,27 @@ def sample(
         ),
     ] = None,
     guidance: Annotated[Optional[float], common.opt(SampleConfig, "guidance")] = None,
+    labels: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--labels",
+            help="Mask-to-image: a folder of label maps (or an nnU-Net data set: its labelsTr/); one image per "
+            "map in that map's geometry (needs a model trained with --condition-on labels). Replaces --n.",
+            rich_help_panel=MASK,
+        ),
+    ] = None,
+    per_label: Annotated[
+        int, typer.Option("--per-label", help="Images per label map (different seeds).", rich_help_panel=MASK)
+    ] = 1,
+    deform: Annotated[
+        int,
+        typer.Option(
+            "--deform",
+            help="New anatomy: this many seeded random elastic/affine deformations of every map, each "
+            "sampled --per-label times (0 = the maps themselves).",
+            rich_help_panel=MASK,
+        ),
+    ] = 0,
     precision: Annotated[Optional[str], common.opt(SampleConfig, "precision", panel=SCALE)] = None,
     compile: Annotated[
         Optional[bool], common.opt(SampleConfig, "compile", "--compile/--no-compile", panel=SCALE)
@@ -76,6 +98,12 @@ def sample(
 
     state: common.State = ctx.obj
     cfg = common.section(load_yaml(config), "sample", SampleConfig, locals())
+    if labels is not None:
+        return _sample_from_labels(state, cfg, ae, ldm, out, labels, per_label, deform, overwrite, locals())
+    if per_label != 1 or deform:
+        from ldmtool.errors import LdmError
+
+        raise LdmError("--per-label and --deform go with --labels DIR (the label maps to generate images for)")
     check_output_dir(out, "sample", overwrite)  # before the training set of --reject-memorized is read
     memfilter = _memorization_filter(cfg.reject_memorized, train, state)
     result = generate(
@@ -136,3 +164,47 @@ def _memorization_filter(threshold: float | None, train: Path | None, state: com
     if train is None:
         raise LdmError("--reject-memorized needs --train DIR: the training volumes to compare against")
     return MemorizationFilter(Path(train), threshold=threshold, device=shard_device(state.torch_device()))
+
+
+def _sample_from_labels(state, cfg, ae, ldm, out, labels, per_label, deform, overwrite, given) -> None:
+    """`sample --labels DIR`: mask-to-image, then the results table."""
+    from ldmtool.errors import LdmError
+    from ldmtool.pipelines.mask_to_image import generate_from_labels
+
+    clash = [f for f, k in (("--n", "n"), ("--shard", "shard"), ("--reject-memorized", "reject_memorized")) if given[k]]
+    if clash or given["condition"]:
+        raise LdmError(
+            f"{(clash or ['--condition'])[0]} does not go with --labels (one sample per map and --per-label)"
+        )
+    if cfg.format != "nifti":
+        raise LdmError("--labels writes NIfTI only (each image in its label map's geometry); drop --format dicom")
+    common.require_exists(labels, "--labels folder")
+    result = generate_from_labels(
+        ae,
+        ldm,
+        labels,
+        out,
+        per_label=per_label,
+        deform=deform,
+        sampler=cfg.sampler,
+        steps=cfg.steps,
+        eta=cfg.eta,
+        spacing=cfg.spacing,
+        guidance=cfg.guidance,
+        batch_size=cfg.batch_size,
+        decode_batch=cfg.decode_batch,
+        seed=state.seed,
+        device=state.torch_device(),
+        precision=cfg.precision,
+        console=state.console,
+        overwrite=overwrite,
+    )
+    rows = {
+        "written": len(result.written),
+        "already there (skipped)": len(result.skipped),
+        "seconds": result.seconds,
+        "seconds per sample": result.seconds_per_sample,
+        "device": f"{result.device}, {result.precision}",
+        "output": str(out),
+    }
+    common.console.print(common.results_table("sample --labels", rows))

@@ -35,6 +35,7 @@ def train_ldm(
     channels: Annotated[Optional[str], common.opt(DenoiserConfig, "channels", panel=MODEL)] = None,
     objective: Annotated[Optional[str], common.opt(DenoiserConfig, "objective", panel=MODEL)] = None,
     condition_on: Annotated[Optional[str], common.opt(DenoiserConfig, "condition_on", panel=MODEL)] = None,
+    label_branch: Annotated[Optional[str], common.opt(DenoiserConfig, "label_branch", panel=MODEL)] = None,
     covariates: Annotated[
         Optional[Path],
         typer.Option(
@@ -42,6 +43,15 @@ def train_ldm(
             help="Table of per-case covariates (CSV, or TSV by extension; header; first column = case id) "
             "whose columns --condition-on may name: numeric, or two levels such as M/F.",
             rich_help_panel=MODEL,
+        ),
+    ] = None,
+    init: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--init",
+            help="Start from this latent denoiser (same autoencoder): fine-tuning, e.g. a mask-to-image model "
+            "(--condition-on labels) from one trained on normal volumes, on a few annotated cases.",
+            rich_help_panel=TRAIN,
         ),
     ] = None,
     steps: Annotated[Optional[int], common.opt(LDMTrainConfig, "steps", panel=TRAIN)] = None,
@@ -112,6 +122,7 @@ def train_ldm(
             resume=mode,
             stop=stop,
             covariates=covariates,
+            init=init,
         )
     if not info.is_main:
         return

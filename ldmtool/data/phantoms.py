@@ -74,8 +74,11 @@ class _HeadFrame:
     az: float
 
 
-def make_phantom(rng: np.random.Generator, shape: tuple[int, int, int] = (64, 64, 32)) -> tuple[np.ndarray, np.ndarray]:
-    """Generate one head phantom.
+def make_phantom(
+    rng: np.random.Generator, shape: tuple[int, int, int] = (64, 64, 32), lesions: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Generate one head phantom (`lesions` False: its lesion-free twin, the same head and noise
+    from the same generator state, without the lesions).
 
     Args:
         rng: the only source of randomness; the same generator state gives identical output.
@@ -97,12 +100,14 @@ def make_phantom(rng: np.random.Generator, shape: tuple[int, int, int] = (64, 64
     image, texture = _brain_image(rng, head, skull, brain, brain_depth, scale)
     ventricles = _ventricles(rng, frame, brain)
     image[ventricles] = _VENTRICLE
-    lesions = _add_lesions(rng, image, texture, brain_depth, ventricles, scale, zr)
+    # the lesions are drawn either way (the same random numbers follow), painted only when asked
+    drawn = _add_lesions(rng, image if lesions else image.copy(), texture, brain_depth, ventricles, scale, zr)
     image = _acquire(rng, image, frame)
 
     label = np.zeros(head.shape, dtype=np.uint8)
     label[head] = 1
-    label[lesions] = 2
+    if lesions:
+        label[drawn] = 2
     return image, label
 
 
@@ -302,8 +307,12 @@ def write_demo_dataset(
     shape: tuple[int, int, int] = (64, 64, 32),
     spacing: tuple[float, float, float] = (3.0, 3.0, 4.0),
     seed: int = 0,
+    lesion_cases: int | None = None,
 ) -> Path:
     """Write `n_cases` phantoms as an nnU-Net v2 raw dataset and return the folder.
+
+    `lesion_cases` K: only the first K phantoms have lesions, the others are their lesion-free
+    twins (normal anatomy, e.g. to train on normal volumes and fine-tune on a few lesions).
 
     Layout: imagesTr/phantom_000_0000.nii.gz (float32, MR-like units ~0..1000),
     labelsTr/phantom_000.nii.gz (uint8: 0 background, 1 head, 2 lesion), dataset.json.
@@ -313,6 +322,8 @@ def write_demo_dataset(
     shape = _check_shape(shape)
     if isinstance(n_cases, bool) or not isinstance(n_cases, (int, np.integer)) or n_cases < 1:
         raise LdmError(f"number of demo cases must be a positive integer, got {n_cases!r}")
+    if lesion_cases is not None and not 0 <= lesion_cases <= n_cases:
+        raise LdmError(f"--lesion-cases must be in 0..{n_cases} (the number of phantoms); got {lesion_cases}")
     try:
         spacing = tuple(float(s) for s in spacing)  # type: ignore[assignment]
     except (TypeError, ValueError):
@@ -339,7 +350,7 @@ def write_demo_dataset(
         affine = _demo_affine(shape, spacing)  # type: ignore[arg-type]
         for i in range(int(n_cases)):
             rng = np.random.default_rng([int(seed), i])
-            image, label = make_phantom(rng, shape)
+            image, label = make_phantom(rng, shape, lesions=lesion_cases is None or i < lesion_cases)
             gain = rng.uniform(900.0, 1100.0)  # scanner-like global scale; preprocessing undoes it
             case = f"phantom_{i:03d}"
             meta = {"source": "ldmtool phantom", "case": case}
@@ -353,7 +364,9 @@ def write_demo_dataset(
             "name": DEMO_DATASET_NAME,
             "description": (
                 f"Procedural MR-like head phantoms with 0-3 lesions (seed {int(seed)}, "
-                f"shape {list(shape)}, spacing {list(spacing)} mm); not real patient data."
+                f"shape {list(shape)}, spacing {list(spacing)} mm"
+                + ("" if lesion_cases is None else f"; lesions in the first {int(lesion_cases)} only")
+                + "); not real patient data."
             ),
             "channel_names": {"0": "MR"},
             "labels": {"background": 0, "head": 1, "lesion": 2},

@@ -214,6 +214,11 @@ class LatentDiffusionCheckpoint(_DictView):
         """Names of the attributes the model was conditioned on (empty: unconditional)."""
         return list(self.conditioning.get("attributes") or [])
 
+    @property
+    def label_channels(self) -> int:
+        """Classes of the label map the model was conditioned on (0: not a mask-to-image model)."""
+        return int(self.conditioning.get("label_channels") or 0)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "latent diffusion checkpoint") -> LatentDiffusionCheckpoint:
         f = _Fields(data, source, "latent diffusion")
@@ -231,6 +236,9 @@ class LatentDiffusionCheckpoint(_DictView):
             f.numbers("conditioning.mean", cond.get("mean"), len(names))
             if not all(s > 0 for s in f.numbers("conditioning.std", cond.get("std"), len(names))):
                 raise f.fail("conditioning.std", f"must be positive; got {_short(cond.get('std'))}")
+        channels = cond.get("label_channels", 0)
+        if isinstance(channels, bool) or not isinstance(channels, int) or not 0 <= channels <= 256:
+            raise f.fail("conditioning.label_channels", f"must be a whole number in 0..256; got {_short(channels)}")
         sha = f.get("autoencoder_sha256", required=False)
         if sha is not None and not isinstance(sha, str):
             raise f.fail("autoencoder_sha256", f"must be a hex string; got {_short(sha)}")

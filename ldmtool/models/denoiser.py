@@ -1,4 +1,4 @@
-"""The 3D latent denoiser (MONAI DiffusionModelUNet) with optional lesion-attribute conditioning."""
+"""The 3D latent denoiser (MONAI DiffusionModelUNet) with optional attribute and label-map conditioning."""
 
 from __future__ import annotations
 
@@ -16,16 +16,23 @@ class LatentDenoiser(nn.Module):
     `[a · m, m]`, where `a` are standardised lesion attributes and `m` a 0/1 mask saying which
     attributes are given. An all-zero mask is the unconditional model, so one network serves
     conditional, partially conditional and unconditional sampling (classifier-free guidance).
+
+    With `label_channels > 0` (mask-to-image) a label map brought to the latent grid (`label_grid`:
+    the fraction of each class under every latent voxel, background included) is concatenated to
+    the input (`cfg.label_branch` "concat") or fed to a MONAI ControlNet whose residuals are added
+    to the UNet's blocks ("controlnet"); all zeros (what no real map gives) is the unconditional model.
     """
 
-    def __init__(self, cfg: DenoiserConfig, latent_channels: int, n_attributes: int = 0) -> None:
+    def __init__(
+        self, cfg: DenoiserConfig, latent_channels: int, n_attributes: int = 0, label_channels: int = 0
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.n_attributes = n_attributes
-        self.unet = DiffusionModelUNet(
+        self.label_channels = label_channels
+        concat = label_channels if cfg.label_branch == "concat" else 0
+        shared = dict(
             spatial_dims=3,
-            in_channels=latent_channels + (3 if cfg.coordinates else 0),
-            out_channels=latent_channels,
             channels=cfg.channels,
             attention_levels=cfg.attention_levels,
             num_res_blocks=cfg.num_res_blocks,
@@ -34,6 +41,18 @@ class LatentDenoiser(nn.Module):
             with_conditioning=n_attributes > 0,
             cross_attention_dim=2 * n_attributes if n_attributes else None,
         )
+        in_channels = latent_channels + (3 if cfg.coordinates else 0)
+        self.unet = DiffusionModelUNet(in_channels=in_channels + concat, out_channels=latent_channels, **shared)
+        self.controlnet = None
+        if label_channels and not concat:  # the map at the latent grid's own size: one embedding level
+            from monai.networks.nets import ControlNet
+
+            self.controlnet = ControlNet(
+                in_channels=in_channels,
+                conditioning_embedding_in_channels=label_channels,
+                conditioning_embedding_num_channels=(cfg.channels[0],),
+                **shared,
+            )
         self.to(memory_format=torch.channels_last_3d)  # NDHWC convolutions: faster on CPU and GPU
 
     def context(
@@ -50,12 +69,27 @@ class LatentDenoiser(nn.Module):
         return torch.cat([attributes * mask, mask], dim=1)[:, None]
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, attributes: torch.Tensor | None = None, mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        attributes: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`labels`: (B, label_channels, D, h, w) from `label_grid` (None: unconditioned on a map)."""
         if self.cfg.coordinates:
             x = torch.cat([x, coordinate_grid(x)], dim=1)
+        context = self.context(attributes, mask, x.shape[0], x.device)
+        if self.label_channels and labels is None:
+            labels = x.new_zeros((x.shape[0], self.label_channels, *x.shape[2:]))
+        if self.label_channels and self.controlnet is None:
+            x = torch.cat([x, labels.to(x.dtype)], dim=1)
         x = x.contiguous(memory_format=torch.channels_last_3d)
-        return self.unet(x, t, context=self.context(attributes, mask, x.shape[0], x.device))
+        if self.controlnet is None:
+            return self.unet(x, t, context=context)
+        cond = labels.to(x.dtype).contiguous(memory_format=torch.channels_last_3d)
+        down, mid = self.controlnet(x, t, controlnet_cond=cond, context=context)
+        return self.unet(x, t, context=context, down_block_additional_residuals=down, mid_block_additional_residual=mid)
 
 
 def coordinate_grid(x: torch.Tensor) -> torch.Tensor:
@@ -69,25 +103,44 @@ def coordinate_grid(x: torch.Tensor) -> torch.Tensor:
     return grid[None].expand(x.shape[0], -1, -1, -1, -1)
 
 
-def guided(model: LatentDenoiser, attributes: torch.Tensor | None, mask: torch.Tensor | None, scale: float = 1.0):
+def label_grid(labels: torch.Tensor, num_classes: int, factor: int) -> torch.Tensor:
+    """(B, D, H, W) integer label maps (slice axis first) → (B, num_classes, D, H/factor, W/factor):
+    the fraction of each class under every latent voxel (the slice autoencoder's latent grid).
+    One class at a time: memory holds one float volume, never a one-hot copy of the batch."""
+    pool = torch.nn.functional.avg_pool3d
+    return torch.cat([pool((labels == c).float()[:, None], (1, factor, factor)) for c in range(num_classes)], 1)
+
+
+def guided(
+    model: LatentDenoiser,
+    attributes: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    scale: float = 1.0,
+    labels: torch.Tensor | None = None,
+):
     """A `model(x, t)` function for the samplers, with classifier-free guidance when conditioned.
 
-    out = u + scale · (c − u), u = unconditional output, c = conditional output.
+    out = u + scale · (c − u), u = unconditional output (no attributes, no label map), c = conditional
+    output. `labels`: a (B, C, D, h, w) label-map condition from `label_grid` (label-conditioned models).
     """
-    if attributes is None or not model.n_attributes:
+    if attributes is not None and not model.n_attributes:
+        attributes = None
+    if labels is not None and not getattr(model, "label_channels", 0):
+        labels = None
+    if attributes is None and labels is None:
         return lambda x, t: model(x, t)
-    if mask is None:
+    if attributes is not None and mask is None:
         mask = torch.ones_like(attributes)
     if scale == 1.0:
-        return lambda x, t: model(x, t, attributes, mask)
+        return lambda x, t: model(x, t, attributes, mask, labels)
 
     def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        both = model(
-            torch.cat([x, x]),
-            torch.cat([t, t]),
-            torch.cat([attributes, torch.zeros_like(attributes)]),
-            torch.cat([mask, torch.zeros_like(mask)]),
-        )
+        a = m = lab = None
+        if attributes is not None:
+            a, m = torch.cat([attributes, torch.zeros_like(attributes)]), torch.cat([mask, torch.zeros_like(mask)])
+        if labels is not None:
+            lab = torch.cat([labels, torch.zeros_like(labels)])
+        both = model(torch.cat([x, x]), torch.cat([t, t]), a, m, lab)
         c, u = both.chunk(2)
         return u + scale * (c - u)
 

@@ -54,10 +54,11 @@ def load_autoencoder(path: Path, device: torch.device) -> tuple[SliceAutoencoder
 def build_denoiser(config: LatentDiffusionCheckpoint | dict[str, Any]) -> LatentDenoiser:
     """Rebuild the latent denoiser described by a checkpoint config."""
     if isinstance(config, LatentDiffusionCheckpoint):
-        return LatentDenoiser(config.model, config.latent_shape[0], len(config.attributes))
+        return LatentDenoiser(config.model, config.latent_shape[0], len(config.attributes), config.label_channels)
     cfg = from_dict(DenoiserConfig, config["model"])
-    n_attr = len(config.get("conditioning", {}).get("attributes", []))
-    return LatentDenoiser(cfg, int(config["latent_shape"][0]), n_attr)
+    cond = config.get("conditioning", {})
+    n_attr = len(cond.get("attributes", []))
+    return LatentDenoiser(cfg, int(config["latent_shape"][0]), n_attr, int(cond.get("label_channels", 0)))
 
 
 def load_denoiser(path: Path, device: torch.device) -> tuple[LatentDenoiser, LatentDiffusionCheckpoint]:
@@ -68,6 +69,45 @@ def load_denoiser(path: Path, device: torch.device) -> tuple[LatentDenoiser, Lat
     model = build_denoiser(config)
     load_weights(model, tensors, path)
     return model.to(device).eval(), config
+
+
+def read_denoiser(path: Path) -> tuple[dict[str, torch.Tensor], LatentDiffusionCheckpoint]:
+    """A latent-denoiser checkpoint's tensors and checked config, without building the network."""
+    path = resolve_checkpoint(path)
+    tensors, raw = load_checkpoint(path, kind="latent-diffusion")
+    return tensors, LatentDiffusionCheckpoint.from_dict(raw, source=str(path))
+
+
+def transfer_weights(model: LatentDenoiser, tensors: dict[str, torch.Tensor], source: str) -> int:
+    """Start `model` from another denoiser's weights (fine-tuning); returns how many tensors came over.
+
+    Tensors of the same name and shape are copied. The first convolution of a model with label-map
+    input channels takes the source's weights for its other channels and zeros for the map's, and
+    a ControlNet branch starts as a copy of the source UNet's encoder (its outputs are zero-
+    initialised), so the new model at step 0 computes what the source did."""
+    own = model.state_dict()
+    new = {}
+    for key, value in own.items():
+        src = tensors.get(key)
+        if src is None and key.startswith("controlnet."):
+            src = tensors.get("unet." + key[len("controlnet.") :])
+        if src is None:
+            continue
+        if src.shape == value.shape:
+            new[key] = src
+        elif key == "unet.conv_in.conv.weight" and src.shape[0] == value.shape[0] and src.shape[1] < value.shape[1]:
+            widened = torch.zeros_like(value)
+            widened[:, : src.shape[1]] = src
+            new[key] = widened
+    unet = [k for k in own if k.startswith("unet.") and "attn2" not in k]  # cross-attention may be new
+    missing = [k for k in unet if k not in new]
+    if missing:
+        raise LdmError(
+            f"--init {source}: its weights do not fit this denoiser (e.g. {missing[0]}); "
+            "fine-tune with the same denoiser channels, levels and objective as that model"
+        )
+    model.load_state_dict(new, strict=False)
+    return len(new)
 
 
 def load_segmenter(path: Path, device: torch.device) -> tuple[torch.nn.Module, SegmenterCheckpoint]:

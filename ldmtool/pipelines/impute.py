@@ -95,10 +95,11 @@ def to_model_space(volume, gone: np.ndarray, ae_cfg: AutoencoderCheckpoint):
 
 
 def to_input_grid(
-    model_volume: np.ndarray, model_affine: np.ndarray, where: np.ndarray, input_affine: np.ndarray
+    model_volume: np.ndarray, model_affine: np.ndarray, where: np.ndarray, input_affine: np.ndarray, order: int = 1
 ) -> tuple[np.ndarray, int]:
     """Values of a model-space volume (I, J, K) at the input voxels `where` (bool, the input's
-    shape), by linear interpolation through the affines; also how many fell outside its grid."""
+    shape), by linear interpolation through the affines (`order` 0: nearest, for label maps);
+    also how many fell outside its grid."""
     from scipy.ndimage import map_coordinates
 
     ijk = np.stack(np.nonzero(where)).astype(np.float64)  # (3, M): the voxels to fill only
@@ -106,7 +107,7 @@ def to_input_grid(
     coords = m[:3, :3] @ ijk + m[:3, 3:4]
     shape = np.asarray(model_volume.shape)[:, None]
     outside = int(np.any((coords < -0.5) | (coords > shape - 0.5), axis=0).sum())
-    values = map_coordinates(model_volume.astype(np.float32), coords, order=1, mode="nearest")
+    values = map_coordinates(model_volume.astype(np.float32), coords, order=order, mode="nearest")
     return values, outside
 
 

@@ -18,7 +18,7 @@ import torch
 from ldmtool.config import ImputeConfig, SampleConfig
 from ldmtool.data.prepared import slices_to_volume
 from ldmtool.data.preprocess import PreprocessConfig, denormalise
-from ldmtool.diffusion.guidance import SelfGuidance, observed_error, slice_chunks
+from ldmtool.diffusion.guidance import Replacement, SelfGuidance, observed_error, slice_chunks
 from ldmtool.diffusion.pipeline import decode_latents, encode_volume, latent_renderer
 from ldmtool.diffusion.samplers import (
     Sampler,
@@ -35,7 +35,7 @@ from ldmtool.models.checkpoint_config import (
     AutoencoderCheckpoint,
     LatentDiffusionCheckpoint,
 )
-from ldmtool.models.denoiser import LatentDenoiser, guided
+from ldmtool.models.denoiser import LatentDenoiser, guided, label_grid
 from ldmtool.models.loaders import load_autoencoder, load_denoiser
 from ldmtool.runtime import autocast, resolve_precision
 
@@ -186,6 +186,18 @@ class LatentDiffusionPipeline:
                 out.append(f"{name}={value:g} is outside the training range [{lo:g}, {hi:g}]: the model extrapolates")
         return out
 
+    def label_condition(self, labels: torch.Tensor) -> torch.Tensor:
+        """(B, D, H, W) integer label maps in model space (slice axis first) → the denoiser's
+        label-map condition (B, C, D, h, w) on the device; an error for a model not trained on maps."""
+        channels = self.ldm_config.label_channels
+        if not channels:
+            raise LdmError(
+                "this latent diffusion model was not trained on label maps; retrain with --condition-on labels"
+            )
+        if int(labels.max()) >= channels:
+            raise LdmError(f"label value {int(labels.max())} is beyond the model's {channels} classes")
+        return label_grid(labels, channels, self.ae.cfg.downsample).to(self.device)
+
     def denoise(self, seeds: Sequence[int], sampler: Sampler, model: Callable, callback=None) -> torch.Tensor:
         """Run `sampler` from the initial noise of `seeds` (one CPU generator per sample, which also
         draws any noise the sampler adds) → standardised latents (B, L, D, h, w) on the device."""
@@ -203,13 +215,15 @@ class LatentDiffusionPipeline:
         spacing: str = "trailing",
         conditions: dict[str, float | str] | None = None,
         guidance: float = 1.0,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Standardised latents (B, L, D, h, w), one per seed, with classifier-free guidance when conditioned."""
+        """Standardised latents (B, L, D, h, w), one per seed, with classifier-free guidance when
+        conditioned (`labels`: one label-map condition per seed, from `label_condition`)."""
         smp = self.make_sampler(sampler, steps, eta, spacing) if isinstance(sampler, str) else sampler
         with torch.inference_mode():
             attrs, mask = self.conditioning(conditions, len(seeds))
             with autocast(self.device, self.precision):
-                return self.denoise(seeds, smp, guided(self.denoiser, attrs, mask, guidance))
+                return self.denoise(seeds, smp, guided(self.denoiser, attrs, mask, guidance, labels))
 
     def decode(self, latents: torch.Tensor, decode_batch: int = 64) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """Standardised latents (B, L, D, h, w) → per volume (image in the source scale, label map),
@@ -236,8 +250,10 @@ class LatentDiffusionPipeline:
         conditions: dict[str, float | str] | None = None,
         guidance: float = SampleConfig.guidance,
         decode_batch: int = SampleConfig.decode_batch,
+        labels: torch.Tensor | None = None,
     ) -> list[SampledVolume]:
-        """Generate one image volume (source intensity scale) and label map per seed.
+        """Generate one image volume (source intensity scale) and label map per seed (`labels`:
+        a label-map condition per seed, from `label_condition`, for mask-to-image models).
 
         A sample depends on its seed only, not on the other seeds of the call or on the device's
         batch: noise comes from one CPU generator per seed."""
@@ -250,7 +266,14 @@ class LatentDiffusionPipeline:
             decode_batch=decode_batch,
         )
         z = self.sample_latents(
-            seeds, sampler=sampler, steps=steps, eta=eta, spacing=spacing, conditions=conditions, guidance=guidance
+            seeds,
+            sampler=sampler,
+            steps=steps,
+            eta=eta,
+            spacing=spacing,
+            conditions=conditions,
+            guidance=guidance,
+            labels=labels,
         )
         return [SampledVolume(int(s), img, lab) for s, (img, lab) in zip(seeds, self.decode(z, decode_batch))]
 
@@ -270,6 +293,7 @@ class LatentDiffusionPipeline:
         batch_size: int = ImputeConfig.batch_size,
         chunk: int = 16,
         callback: Callable[[int], None] | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Fill the missing voxels of one volume in model space with latent self-guidance (LDMiss).
 
@@ -279,6 +303,7 @@ class LatentDiffusionPipeline:
             samples: independent imputations (seeds `sample_seed(seed, k)`).
             chunk: latent slices decoded at once inside the guidance (bounds its memory).
             callback: called with the number of finished denoising steps (for a progress bar).
+            labels: (1, C, D, h, w) label-map condition (`label_condition`) of a mask-to-image model.
         Returns:
             (samples, D, H, W) on the CPU: observed voxels exactly `image`'s, missing ones imputed.
         """
@@ -296,7 +321,6 @@ class LatentDiffusionPipeline:
         target = image.float().to(self.device) * keep
         render = latent_renderer(self.ae, self.latent_mean, self.latent_std, image.shape[0])
         alphas = training_scheduler(dcfg).alphas_cumprod
-        uncond = guided(self.ldm, None, None)
         for p in list(self.ae.parameters()) + list(self.ldm.parameters()):
             p.requires_grad_(False)  # gradients flow to the latent only
         out, done = [], 0
@@ -305,7 +329,8 @@ class LatentDiffusionPipeline:
             error = observed_error(
                 render, target.expand(b, -1, -1, -1), keep.expand(b, -1, -1, -1), slice_chunks(chunk)
             )
-            hook = SelfGuidance(uncond, alphas, dcfg.prediction_type, error, guidance)
+            lab = None if labels is None else labels.expand(b, -1, -1, -1, -1)
+            hook = SelfGuidance(guided(self.ldm, None, None, labels=lab), alphas, dcfg.prediction_type, error, guidance)
 
             def step_done(i, t, x_t, x0, _base=done):
                 if callback is not None:
@@ -317,6 +342,44 @@ class LatentDiffusionPipeline:
                 decoded, _ = decode_latents(self.ae, z.float() * self.latent_std + self.latent_mean, chunk * 4)
             out.append(torch.where(missing[None], decoded.float(), image[None].float()))
         return torch.cat(out)
+
+    def inpaint_latents(
+        self,
+        known: torch.Tensor,
+        keep: torch.Tensor,
+        *,
+        seed: int = 0,
+        sampler: str = SampleConfig.sampler,
+        steps: int = SampleConfig.steps,
+        eta: float = SampleConfig.eta,
+        conditions: dict[str, float | str] | None = None,
+        guidance: float = SampleConfig.guidance,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Regenerate the latent voxels outside `keep` with RePaint-style replacement.
+
+        Args:
+            known: (L, D, h, w) standardised latent of the volume (`encode`).
+            keep: (D, h, w) 1 where the latent is kept, 0 where it is regenerated.
+            labels: (1, C, D, h, w) label-map condition (`label_condition`), for mask-to-image models.
+        Returns:
+            (1, L, D, h, w) standardised latent: `known` where kept, sampled elsewhere; before every
+            step the kept part of x_t is the known latent noised to that step's level.
+        """
+        dcfg = self.ldm_config.model
+        if dcfg.objective == "flow":
+            raise LdmError("inpaint --method repaint needs an eps or v denoiser; this one is flow")
+        smp = self.make_sampler(sampler, steps, eta)
+        known = known[None].float().to(self.device)
+        m = keep[None, None].float().to(self.device)
+        with torch.inference_mode():
+            attrs, mask = self.conditioning(conditions, 1)
+            model = guided(self.denoiser, attrs, mask, guidance, labels)
+            alphas = training_scheduler(dcfg).alphas_cumprod
+            hook = Replacement(model, alphas, dcfg.prediction_type, known, m, torch.Generator().manual_seed(seed))
+            with autocast(self.device, self.precision):
+                z = self.denoise([sample_seed(seed, 0)], smp, hook)
+        return m * known + (1 - m) * z.float()
 
     def _check_model_space(self, image: torch.Tensor) -> None:
         f = self.ae.cfg.downsample

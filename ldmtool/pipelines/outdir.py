@@ -1,11 +1,11 @@
-"""Output folders of `sample`, `segment` and `impute`: never written into while they hold someone else's data.
+"""Output folders of `sample`, `segment`, `impute` and `inpaint`: never written into while they hold someone else's data.
 
 A command writes into `--out` when the folder is new, empty, or its own earlier output (it holds
 the command's marker file, or only files with the names the command writes); a re-run there resumes (`sample`) or adds/replaces its own outputs.
 Any other non-empty folder is refused with one line naming what is there, unless `overwrite`:
 then the command writes beside what is there, replacing only files with the names it writes,
 deleting nothing. A folder this run created is removed again if the run fails before writing
-anything into it. Every run of `segment`/`impute` leaves its own record in `runs/`.
+anything into it. Every run of `segment`/`impute`/`inpaint` leaves its own record in `runs/`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ MARKERS = {
     "sample": ("provenance/synth_*.json",),
     "segment": ("segment.json", f"{RUNS}/segment-*.json"),
     "impute": ("*_impute.json", f"{RUNS}/impute-*.json"),
+    "inpaint": ("*_inpaint.json", f"{RUNS}/inpaint-*.json"),
 }
 # files a run writes before its marker (shards of one `sample` job start side by side; a run
 # can be killed between its outputs and its record): a folder holding only these is not foreign
@@ -35,6 +36,7 @@ OWN_FILES = {
     "sample": ("imagesTr/synth_*", "labelsTr/synth_*", "provenance/synth_*", "dicom/synth_*", "montage.png"),
     "segment": ("*_seg.nii.gz", "*_seg.dcm", "*_prob.nii.gz", "*_uncertainty.nii.gz"),
     "impute": ("*_imputed.nii.gz", "*_missing.nii.gz", "*_std.nii.gz"),
+    "inpaint": ("*_inpainted.nii.gz", "*_inpainted_label.nii.gz", "*_region.nii.gz"),
 }
 
 

@@ -19,7 +19,8 @@ from ldmtool.errors import LdmError
 from ldmtool.io.atomic import atomic_path
 from ldmtool.models.autoencoder import SliceAutoencoder
 from ldmtool.models.checkpoint import file_sha256
-from ldmtool.models.denoiser import LatentDenoiser
+from ldmtool.models.denoiser import LatentDenoiser, label_grid
+from ldmtool.models.loaders import read_denoiser, transfer_weights
 from ldmtool.runtime import autocast, progress
 from ldmtool.train.common import make_ema
 from ldmtool.train.distributed import DistInfo, StopFlag, barrier
@@ -85,11 +86,16 @@ def dataset_attributes(data: PreparedData) -> np.ndarray:
     return np.stack(rows)
 
 
-def standardised_latents(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def standardised_latents(
+    latents: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(z, mean, std): latents standardised per channel (latent channels differ a lot in spread,
-    one scalar is not enough)."""
-    mean = latents.mean(dim=(0, 2, 3, 4))
-    std = latents.std(dim=(0, 2, 3, 4)).clamp_min(1e-6)
+    one scalar is not enough); `stats`: a given (mean, std), e.g. those of the model fine-tuned from."""
+    if stats is not None:
+        mean, std = (torch.as_tensor(v, dtype=latents.dtype) for v in stats)
+    else:
+        mean = latents.mean(dim=(0, 2, 3, 4))
+        std = latents.std(dim=(0, 2, 3, 4)).clamp_min(1e-6)
     return (latents - mean[None, :, None, None, None]) / std[None, :, None, None, None], mean, std
 
 
@@ -139,7 +145,7 @@ def covariate_attributes(
 
 def check_condition_inputs(names: tuple[str, ...], covariates: Path | None) -> list[str]:
     """The covariate columns among `condition_on` names; an error when they and the table do not go together."""
-    columns = [n for n in names if n != "lesion"]
+    columns = [n for n in names if n not in ("lesion", "labels")]
     if columns and covariates is None:
         raise LdmError(f"--condition-on {','.join(columns)} needs --covariates TABLE (a CSV with those columns)")
     if covariates is not None and not columns:
@@ -153,8 +159,18 @@ def conditioning_inputs(
     """(attributes (N, A), availability (N, A) or None when every value is known, checkpoint record)
     for `condition_on` names: "lesion" (the lesion attributes, first) and columns of the `covariates` table."""
     columns = check_condition_inputs(names, covariates)
+    record = {"label_channels": data.num_classes} if "labels" in names else {}
+    names = tuple(n for n in names if n != "labels")
     if not names:
-        return None, None, {}
+        return None, None, record
+    attrs, known, rec = _attribute_inputs(data, names, columns, covariates, console)
+    return attrs, known, {**rec, **record}
+
+
+def _attribute_inputs(
+    data: PreparedData, names: tuple[str, ...], columns: list[str], covariates: Path | None, console=None
+) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, Any]]:
+    """`conditioning_inputs` for the attributes: the lesion attributes and the covariate columns."""
     attrs, record = standardised_attributes(data) if "lesion" in names else (None, {})
     if not columns:
         return attrs, None, record
@@ -189,14 +205,17 @@ class DenoiserTrainer(Trainer):
         info: DistInfo,
         seed: int = 0,
         conditioning: tuple[torch.Tensor | None, torch.Tensor | None, dict[str, Any]] | None = None,
+        init: tuple[dict[str, torch.Tensor], Any, str, str] | None = None,
     ) -> None:
         """`conditioning`: what `conditioning_inputs` returns (computed here from the lesion
-        attributes when None)."""
+        attributes when None); `init`: (tensors, checked config, sha256, path) of a latent denoiser to
+        start from (fine-tuning: its weights and its latent standardisation)."""
         from torch.utils.data import DistributedSampler
 
         self.cfg, self.info, self.seed, self.model_cfg = train_cfg, info, seed, model_cfg
         device = info.device
-        self.z_all, mean, std = standardised_latents(latents)  # (N, L, D, h, w)
+        stats = None if init is None else (init[1].latent_mean, init[1].latent_std)
+        self.z_all, mean, std = standardised_latents(latents, stats)  # (N, L, D, h, w)
         self.lesion_map = None  # (N, 1, D, h, w) uint8: latent voxels over a lesion, for the loss weight
         if train_cfg.lesion_weight > 0 and data.labels is not None and data.num_classes > 1:
             self.lesion_map = lesion_latent_mask(data.labels, lesion_class(data.label_names), tuple(latents.shape[-2:]))
@@ -208,7 +227,13 @@ class DenoiserTrainer(Trainer):
         )
         self.train_idx = train_idx
         n_attributes = len(cond_cfg.get("attributes", []))
-        self.model = LatentDenoiser(model_cfg, latents.shape[1], n_attributes).to(device)
+        self.label_channels = int(cond_cfg.get("label_channels", 0))  # mask-to-image: the map as input channels
+        self.labels = data.labels if self.label_channels else None  # (N, D, H, W) uint8
+        self.latent_factor = data.images.shape[-1] // latents.shape[-1]
+        self.model = LatentDenoiser(model_cfg, latents.shape[1], n_attributes, self.label_channels)
+        if init is not None:
+            transfer_weights(self.model, init[0], init[3])
+        self.model = self.model.to(device)
         self.ema = make_ema(self.model, train_cfg.ema_decay)
         if len(train_idx) < info.world:
             raise LdmError(f"{len(train_idx)} training volumes cannot be shared by {info.world} processes")
@@ -227,6 +252,7 @@ class DenoiserTrainer(Trainer):
             "cases": data.case_ids,
             "seed": seed,
             "world": info.world,
+            **({} if init is None else {"init": init[2]}),
         }
         self.config = {
             "kind": self.kind,
@@ -242,6 +268,7 @@ class DenoiserTrainer(Trainer):
             "label_names": ae_config["label_names"],
             "train_cases": [data.case_ids[i] for i in train_idx],
             "seed": seed,
+            **({} if init is None else {"init_sha256": init[2]}),
         }
 
     def snr_weight(self, t: torch.Tensor) -> torch.Tensor:
@@ -277,8 +304,12 @@ class DenoiserTrainer(Trainer):
             if self.known is not None:  # a missing value is never given: unconditioned on it
                 m = m * self.known[idx]
             m = m.to(device)
+        lab = None
+        if self.labels is not None:  # the label map on the latent grid, dropped cfg_dropout of the time
+            lab = label_grid(self.labels[idx].to(device), self.label_channels, self.latent_factor)
+            lab = lab * (torch.rand(b, generator=g) > cfg.cfg_dropout).float().to(device)[:, None, None, None, None]
         with autocast(device, cfg.precision):
-            pred = net(zt, t, a, m)
+            pred = net(zt, t, a, m) if lab is None else net(zt, t, a, m, lab)
         sq = (pred.float() - target).pow(2)
         if self.lesion_map is None:
             per_sample = sq.flatten(1).mean(1)
@@ -330,30 +361,39 @@ def train_latent_diffusion(
     resume: str = "never",
     stop: StopFlag | None = None,
     covariates: Path | None = None,
+    init: Path | None = None,
 ) -> TrainResult:
     """Encode the data set slice by slice (cached in `out_dir`), then fit the 3D denoiser on the
     latent volumes; model.safetensors holds the latest EMA weights.
 
     `dist`: the torchrun process group (each process takes `batch_size` volumes of every step,
     gradients are all-reduced by DDP, rank 0 alone writes); `resume` and `stop` as in `run_training`;
-    `covariates`: the table of the covariate columns among `model_cfg.condition_on`.
+    `covariates`: the table of the covariate columns among `model_cfg.condition_on`; `init`: a
+    latent denoiser trained on the same autoencoder to start from (fine-tuning, e.g. a mask-to-image
+    model from one trained on normal volumes, on a few annotated cases).
     """
     info = dist or DistInfo(device=device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    if "lesion" in model_cfg.condition_names and data.labels is None:
-        raise LdmError("--condition-on lesion needs labels (imagesTr/ + labelsTr/ + dataset.json)")
+    for name in ("lesion", "labels"):
+        if name in model_cfg.condition_names and data.labels is None:
+            raise LdmError(f"--condition-on {name} needs labels (imagesTr/ + labelsTr/ + dataset.json)")
     conditioning = conditioning_inputs(
         data, model_cfg.condition_names, covariates, console if info.is_main else None
     )  # before encoding: a bad table fails at once
     ae_hash = file_sha256(ae_path)
+    start = None if init is None else _init_model(init, ae_hash)
     cache = out_dir / "latents.safetensors"
     if info.is_main:  # rank 0 encodes and writes the cache; the others then read it
         latents = encode_dataset(ae, data, cache, ae_hash, console)  # (N, L, D, h, w)
     barrier(info)
     if not info.is_main:
         latents = encode_dataset(ae, data, cache, ae_hash, None)
+    if start is not None and list(start[1].latent_shape) != list(latents.shape[1:]):
+        raise LdmError(
+            f"--init {init} has latent volumes {tuple(start[1].latent_shape)} but these are {tuple(latents.shape[1:])}"
+        )
     trainer = DenoiserTrainer(
         data,
         latents,
@@ -364,5 +404,18 @@ def train_latent_diffusion(
         info=info,
         seed=seed,
         conditioning=conditioning,
+        init=start,
     )
     return run_training(trainer, out_dir, resume=resume, stop=stop, console=console)
+
+
+def _init_model(path: Path, ae_hash: str) -> tuple[dict[str, torch.Tensor], Any, str, str]:
+    """(tensors, checked config, sha256, path) of the `--init` denoiser; an error unless it was
+    trained on this autoencoder."""
+    from ldmtool.models.checkpoint import resolve_checkpoint
+
+    path = resolve_checkpoint(path)
+    tensors, config = read_denoiser(path)
+    if config.autoencoder_sha256 != ae_hash:
+        raise LdmError(f"--init {path} was trained on another autoencoder; fine-tune on the one it was trained on")
+    return tensors, config, file_sha256(path), str(path)

@@ -89,3 +89,14 @@ def conditioned_ldm(trained) -> Path:
         2,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def label_ldm(trained) -> Path:
+    """A latent diffusion model conditioned on the label map (mask-to-image; same autoencoder)."""
+    out = trained.root / "LDML"
+    _must(
+        "train-ldm", trained.data, "--ae", trained.ae, "--out", out, "--config", TINY_YAML,
+        "--condition-on", "labels", "--steps", 2,
+    )  # fmt: skip
+    return out

@@ -1,0 +1,309 @@
+"""`ldmtool inpaint`: regenerate a region of a volume, everything outside it bit for bit the input's.
+
+The volume (and its label map) is brought into the models' space as `impute` does, the region
+through the same geometry. Two ways to fill it:
+
+- `repaint`: the volume is encoded; the latent voxels over the region (grown by one latent voxel)
+  are sampled while, before every step, the others are replaced by the input's latent noised to
+  that step's level (RePaint, Lugmayr et al. 2022, in latent space: `guidance.Replacement`).
+- `guidance`: `impute`'s latent self-guidance with the region as the missing voxels.
+
+A model trained with `--condition-on labels` is conditioned on the target label map: the input's
+map with the region set to `--label NAME` (a lesion inserted where the region is) or, with
+`--healthy`, to the nearest labels around it that are neither region nor lesion (a lesion removed).
+The decoded image is mapped back to the input's grid and written into the region only; the label
+map written beside it is that target map (for other models: the input's map with the region
+labelled as the autoencoder's decoder labels the new content).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+from ldmtool import __version__
+from ldmtool.config import InpaintConfig
+from ldmtool.data.label_maps import label_to_model_space
+from ldmtool.data.lesions import ATTRIBUTES, lesion_attributes, lesion_class
+from ldmtool.data.prepared import slices_to_volume, volume_to_slices
+from ldmtool.data.preprocess import denormalise
+from ldmtool.diffusion.pipeline import decode_latents, encode_volume
+from ldmtool.errors import LdmError
+from ldmtool.io import Volume, write_nifti
+from ldmtool.models.checkpoint import file_sha256
+from ldmtool.pipelines.impute import to_input_grid, to_model_space
+from ldmtool.pipelines.latent_diffusion import LatentDiffusionPipeline
+from ldmtool.pipelines.outdir import check_output_dir, clear_temps, output_dir, write_run_record
+
+
+@dataclass
+class InpaintResult:
+    source: str
+    outputs: dict[str, Path] = field(default_factory=dict)
+    region_voxels: int = 0
+    total_voxels: int = 0
+    seconds: float = 0.0
+    seam: dict[str, float] = field(default_factory=dict)
+    conditions: dict[str, float | str] = field(default_factory=dict)
+
+
+def read_region(path: Path, volume: Volume) -> np.ndarray:
+    """The region mask (bool, the volume's grid) of file `path`; one-line errors for a mask of another
+    shape or geometry, one that is empty, or one that covers the whole volume."""
+    from ldmtool.io.dataset import read_aligned
+
+    mask = np.asarray(read_aligned(Path(path), volume, f"--region {path}").array)
+    if not np.isfinite(mask).all():
+        raise LdmError(f"--region {path} holds NaN or infinite values; it must be 0 (keep) and 1 (regenerate)")
+    region = mask != 0
+    if not region.any():
+        raise LdmError(f"--region {path} is empty: mark the voxels to regenerate with 1")
+    if region.all():
+        raise LdmError(f"--region {path} covers the whole volume: nothing is kept (use `ldmtool sample`)")
+    return region
+
+
+def target_labels(
+    labels: np.ndarray, region: np.ndarray, names: dict[str, int], label: str | None, healthy: bool
+) -> np.ndarray:
+    """The label map after inpainting: `labels` with the region set to class `label`, or (`healthy`)
+    to the nearest label outside the region that is not the lesion class (unchanged otherwise)."""
+    out = labels.copy()
+    if label is not None:
+        if label not in names:
+            raise LdmError(f"--label {label!r} is not one of the model's labels ({', '.join(names)})")
+        out[region] = names[label]
+    elif healthy:
+        lesion = lesion_class(names)
+        unusable = region | (labels == lesion)
+        if unusable.all():
+            raise LdmError("--healthy needs normal tissue outside the region; the label map holds none")
+        _, idx = ndi.distance_transform_edt(unusable, return_indices=True)
+        out[region] = labels[tuple(i[region] for i in idx)]
+    return out
+
+
+def seam_score(image: np.ndarray, region: np.ndarray) -> dict[str, float]:
+    """Gradient magnitude across the region's border against that inside real tissue.
+
+    Returns the mean gradient magnitude (per voxel) over the border shell (region voxels touching
+    the outside and outside voxels touching the region), and the median and 95th percentile of the
+    gradient magnitude in real tissue (voxels more than three voxels from the region, brighter than
+    10 % of their 1st-99th percentile range); `within`: the border value is at most that 95th
+    percentile (a seamless fill)."""
+    img = np.asarray(image, dtype=np.float64)
+    grad = np.sqrt(sum(g**2 for g in np.gradient(img)))
+    border = (region & ~ndi.binary_erosion(region)) | (ndi.binary_dilation(region) & ~region)
+    away = ~ndi.binary_dilation(region, iterations=3)
+    lo, hi = np.percentile(img[away], [1, 99]) if away.any() else (0.0, 1.0)
+    tissue = away & (img > lo + 0.1 * (hi - lo))
+    ref = grad[tissue] if tissue.any() else grad[away]
+    p50, p95 = (float(v) for v in np.percentile(ref, [50, 95])) if ref.size else (0.0, 0.0)
+    seam = float(grad[border].mean())
+    return {"border_gradient": seam, "tissue_gradient_p50": p50, "tissue_gradient_p95": p95, "within": seam <= p95}
+
+
+def inpaint_file(
+    source: Path,
+    ae_path: Path,
+    ldm_path: Path,
+    out_dir: Path,
+    *,
+    region: Path,
+    labels: Path | None = None,
+    label: str | None = None,
+    healthy: bool = False,
+    conditions: dict[str, float | str] | None = None,
+    cfg: InpaintConfig | None = None,
+    seed: int = 0,
+    device: torch.device = torch.device("cpu"),
+    console=None,
+    overwrite: bool = False,
+) -> InpaintResult:
+    """Regenerate `region` of one NIfTI file or DICOM series; write `<stem>_inpainted.nii.gz` (the
+    input's geometry and value type, bit-exact outside the region), `<stem>_region.nii.gz`, the label
+    map `<stem>_inpainted_label.nii.gz` (when there is one) and the run record `<stem>_inpaint.json`.
+
+    Args:
+        labels: the volume's label map (same grid); without it, one is estimated by the autoencoder.
+        label: the class the region becomes (a lesion inserted); `healthy`: a lesion removed.
+        conditions: attribute conditions (`--condition`); lesion attributes default to the region's.
+    """
+    cfg = cfg or InpaintConfig()
+    if label is not None and healthy:
+        raise LdmError("--label and --healthy exclude each other: insert a class, or fill with normal tissue")
+    check_output_dir(out_dir, "inpaint", overwrite)
+    with output_dir(Path(out_dir)):
+        paths = (Path(source), Path(ae_path), Path(ldm_path), Path(out_dir), Path(region), labels)
+        return _inpaint(*paths, label, healthy, conditions, cfg, seed, device, console)
+
+
+def _inpaint(
+    source, ae_path, ldm_path, out_dir, region_path, labels_path, label, healthy, conditions, cfg, seed, device, console
+):
+    """The body of `inpaint_file` (its arguments)."""
+    from ldmtool.io.readers import read_volume
+
+    t0 = time.perf_counter()
+    volume = read_volume(Path(source))
+    raw = np.asarray(volume.array)
+    region = read_region(region_path, volume)
+    pipe = LatentDiffusionPipeline.from_pretrained(ae_path, ldm_path, device=device)
+    if (label is not None or healthy) and not pipe.label_names:
+        raise LdmError("--label and --healthy need a model trained with label maps (labelsTr/ + dataset.json)")
+    image, miss, model_affine, irange = to_model_space(volume, region, pipe.ae_config)
+    if not miss.any():
+        raise LdmError(
+            f"--region {region_path} lies outside the model's field of view: nothing of it can be regenerated"
+        )
+    target, model_labels = _target(pipe, volume, region, image, model_affine, labels_path, label, healthy)
+    if label is not None and not pipe.ldm_config.label_channels and not pipe.ldm_config.attributes and console:
+        console.print(
+            f"[yellow]warning:[/] {pipe.ldm_path} takes no label map or lesion attributes: the region is "
+            f"labelled {label}, but nothing tells the model to draw one there",
+            highlight=False,
+        )
+    conditions = _conditions(pipe, conditions, model_labels, model_affine)
+    new_image, new_labels = _fill(pipe, cfg, image, miss, model_labels, conditions, seed)
+    fills, _ = to_input_grid(denormalise(new_image, irange, pipe.preprocess), model_affine, region, volume.affine)
+    if new_labels is not None and target is not None and not (label or healthy or pipe.ldm_config.label_channels):
+        target[region] = to_input_grid(new_labels, model_affine, region, volume.affine, order=0)[0].astype(target.dtype)
+    result = InpaintResult(str(source), region_voxels=int(region.sum()), total_voxels=int(region.size))
+    result.conditions = conditions or {}
+    stem = _write_outputs(result, volume, raw, region, fills, target, out_dir, Path(source))
+    result.seconds = time.perf_counter() - t0
+    prov = {
+        "source": str(source),
+        "region": str(region_path),
+        "labels": None if labels_path is None else str(labels_path),
+        "label": label,
+        "healthy": healthy,
+        "conditions": result.conditions,
+        "outputs": {k: v.name for k, v in result.outputs.items()},
+        "region_voxels": result.region_voxels,
+        "total_voxels": result.total_voxels,
+        "seam": result.seam,
+        **{k: getattr(cfg, k) for k in ("method", "steps", "sampler", "eta", "guidance", "self_guidance")},
+        "seed": seed,
+        "intensity_range": list(irange),
+        "seconds": result.seconds,
+        "device": str(device),
+        "ae": str(ae_path),
+        "ldm": str(ldm_path),
+        "autoencoder_sha256": pipe.ae_sha256,
+        "ldm_sha256": file_sha256(pipe.ldm_path),
+        "ldmtool_version": __version__,
+        "torch_version": torch.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_run_record(out_dir, f"inpaint-{stem}", json.dumps(prov, indent=2), f"{stem}_inpaint.json")
+    result.outputs["provenance"] = out_dir / f"{stem}_inpaint.json"
+    return result
+
+
+def _target(pipe, volume: Volume, region, image, model_affine, labels_path, label, healthy):
+    """(target label map on the input's grid, the same in model space (D, H, W)), both None for an
+    image-only model: the given (or estimated) map with the region set as `target_labels` says."""
+    from ldmtool.io.dataset import read_aligned
+
+    if not pipe.label_names:
+        return None, None
+    if labels_path is not None:
+        current = np.asarray(read_aligned(Path(labels_path), volume, f"--labels {labels_path}").array)
+    else:
+        current = _estimate_labels(pipe, image, model_affine, volume)
+    target = target_labels(current.astype(np.uint8), region, pipe.label_names, label, healthy)
+    shape = tuple(int(v) for v in pipe.ae_config.volume_shape)
+    model = label_to_model_space(volume.with_array(target), pipe.preprocess, shape)[0]
+    return target, volume_to_slices(model)
+
+
+def _estimate_labels(pipe: LatentDiffusionPipeline, image: np.ndarray, model_affine, volume: Volume) -> np.ndarray:
+    """The volume's label map as the autoencoder sees it (encoded with an empty map, decoded), on its grid."""
+    img = torch.from_numpy(image)
+    z = encode_volume(pipe.ae, img, torch.zeros(img.shape, dtype=torch.uint8))
+    _, lab = decode_latents(pipe.ae, z[None], labels_only=True)
+    every = np.ones(volume.shape, dtype=bool)
+    values, _ = to_input_grid(slices_to_volume(lab[0].numpy()), model_affine, every, volume.affine, order=0)
+    return values.reshape(volume.shape).astype(np.uint8)
+
+
+def _conditions(pipe, conditions, model_labels, model_affine) -> dict[str, float | str] | None:
+    """The requested conditions; lesion attributes the model takes and none was given come from the
+    target label map (the region's size and place)."""
+    names = pipe.ldm_config.attributes
+    lesion_names = [n for n in ATTRIBUTES if n in names]
+    conditions = dict(conditions or {})
+    if not lesion_names or model_labels is None or any(n in conditions for n in lesion_names):
+        return conditions or None
+    spacing = tuple(np.linalg.norm(np.asarray(model_affine)[:3, :3], axis=0))
+    attrs = lesion_attributes(slices_to_volume(model_labels), lesion_class(pipe.label_names), spacing)
+    conditions.update({n: float(v) for n, v in zip(ATTRIBUTES, attrs) if n in lesion_names})
+    return conditions
+
+
+def _fill(
+    pipe, cfg: InpaintConfig, image, miss, model_labels, conditions, seed
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(regenerated image (I, J, K) normalised, decoded label map or None) in model space."""
+    img, gone = torch.from_numpy(image), torch.from_numpy(miss)
+    cond = None
+    if pipe.ldm_config.label_channels and model_labels is not None:
+        cond = pipe.label_condition(torch.from_numpy(model_labels)[None])
+    if cfg.method == "guidance":
+        if conditions:
+            raise LdmError("--method guidance takes no --condition (it samples unconditionally); use --method repaint")
+        out = pipe.impute(img, gone, samples=1, steps=cfg.steps, guidance=cfg.self_guidance, sampler=cfg.sampler,
+                          eta=cfg.eta, seed=seed, labels=cond)  # fmt: skip
+        return slices_to_volume(out[0].numpy()), None
+    f = pipe.ae.cfg.downsample
+    enc_labels = None if model_labels is None else torch.from_numpy(model_labels)
+    known = pipe.encode(img, enc_labels if pipe.label_names else None)  # (L, D, h, w)
+    regen = torch.nn.functional.max_pool2d(gone.float()[:, None], f)[:, 0]  # (D, h, w): latent voxels over the region
+    regen = torch.nn.functional.max_pool3d(regen[None, None], 3, stride=1, padding=1)[0, 0]  # grown by one
+    z = pipe.inpaint_latents(known, 1 - regen, seed=seed, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta,
+                             conditions=conditions, guidance=cfg.guidance, labels=cond)  # fmt: skip
+    with torch.inference_mode():
+        dec, lab = decode_latents(pipe.ae, z.float() * pipe.latent_std + pipe.latent_mean, labels_only=True)
+    return slices_to_volume(dec[0].float().numpy()), None if lab is None else slices_to_volume(lab[0].numpy())
+
+
+def _write_outputs(result, volume: Volume, raw, region, fills, target, out_dir: Path, source: Path) -> str:
+    """`<stem>_inpainted` (input's value type: outside the region the input's values, untouched),
+    `<stem>_region`, `<stem>_inpainted_label`; the seam score; returns the stem."""
+    from ldmtool.pipelines.segment import output_stem
+
+    value_dtype = np.dtype(volume.meta.get("value_dtype", raw.dtype))
+    floating = not np.issubdtype(value_dtype, np.integer)
+    out_dtype = (
+        (raw.dtype if np.issubdtype(raw.dtype, np.floating) else np.dtype(np.float32)) if floating else np.float64
+    )
+    stem = output_stem(source)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clear_temps(out_dir, f"{stem}_*")
+    out = raw.astype(out_dtype, copy=True)
+    out[region] = fills.astype(out_dtype)
+    result.outputs["inpainted"] = write_nifti(
+        volume.with_array(out, inpainted=True),
+        out_dir / f"{stem}_inpainted.nii.gz",
+        dtype=None if floating else value_dtype,
+    )
+    result.outputs["region"] = write_nifti(
+        volume.with_array(region.astype(np.uint8)), out_dir / f"{stem}_region.nii.gz"
+    )
+    if target is not None:
+        result.outputs["label"] = write_nifti(volume.with_array(target), out_dir / f"{stem}_inpainted_label.nii.gz")
+    written = np.asarray(out if floating else np.clip(np.rint(out), *_limits(value_dtype)), dtype=np.float64)
+    result.seam = seam_score(written, region)
+    return stem
+
+
+def _limits(dtype: np.dtype) -> tuple[int, int]:
+    info = np.iinfo(dtype)
+    return info.min, info.max

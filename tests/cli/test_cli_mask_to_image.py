@@ -1,0 +1,121 @@
+"""`train-ldm --condition-on labels` and `sample --labels DIR [--per-label K] [--deform K]` on tiny models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from tests.cli.conftest import TINY_YAML
+
+
+def _maps(trained, tmp_path: Path) -> Path:
+    """Two label maps: one from the data set, one in another geometry (cropped, flipped, other spacing)."""
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    src = sorted((trained.data / "labelsTr").glob("*.nii.gz"))[0]
+    img = nib.load(src)
+    nib.save(img, folder / "a.nii.gz")
+    arr = np.asarray(img.dataobj)[2:30, ::-1, 1:15].copy()
+    affine = img.affine @ np.diag([1.0, -1.0, 1.0, 1.0])
+    affine[:3, 3] = img.affine[:3, :3] @ [2, 31, 1] + img.affine[:3, 3]
+    affine[:3, :3] *= 1.1
+    nib.save(nib.Nifti1Image(arr.astype(np.uint8), affine), folder / "b.nii.gz")
+    return folder
+
+
+def test_mask_to_image_geometry(cli, trained, label_ldm, tmp_path):
+    maps = _maps(trained, tmp_path)
+    out = tmp_path / "M"
+    args = ["sample", "--ae", trained.ae, "--ldm", label_ldm, "--labels", maps, "--out", out, "--steps", 2]
+    r = cli(*args, "--per-label", 2, "--guidance", 2.0)
+    assert r.code == 0, r.both
+    for stem in ("a", "b"):
+        src = nib.load(maps / f"{stem}.nii.gz")
+        for j in range(2):
+            name = f"synth_{stem}_{j:03d}"
+            image = nib.load(out / "imagesTr" / f"{name}_0000.nii.gz")
+            label = nib.load(out / "labelsTr" / f"{name}.nii.gz")
+            assert image.shape == src.shape and np.allclose(image.affine, src.affine, atol=1e-4)
+            assert np.array_equal(np.asarray(label.dataobj), np.asarray(src.dataobj))
+            assert np.isfinite(image.get_fdata()).all()
+            prov = json.loads((out / "provenance" / f"{name}.json").read_text())
+            assert prov["label_map"] == str(maps / f"{stem}.nii.gz") and prov["guidance"] == 2.0
+    a0 = nib.load(out / "imagesTr" / "synth_a_000_0000.nii.gz").get_fdata()
+    a1 = nib.load(out / "imagesTr" / "synth_a_001_0000.nii.gz").get_fdata()
+    assert not np.array_equal(a0, a1)  # two seeds, two images
+    assert json.loads((out / "dataset.json").read_text())["numTraining"] == 4
+    again = cli(*args, "--per-label", 2, "--guidance", 2.0)  # resumes: nothing left to do
+    assert again.code == 0 and "already there" in again.out
+
+
+def test_mask_to_image_deform(cli, trained, label_ldm, tmp_path):
+    maps = _maps(trained, tmp_path)
+    (maps / "b.nii.gz").unlink()
+    out = tmp_path / "D"
+    r = cli("--seed", 3, "sample", "--ae", trained.ae, "--ldm", label_ldm, "--labels", maps, "--out", out,
+            "--steps", 2, "--deform", 2)  # fmt: skip
+    assert r.code == 0, r.both
+    src = np.asarray(nib.load(maps / "a.nii.gz").dataobj)
+    d0 = np.asarray(nib.load(out / "labelsTr" / "synth_a_d000_000.nii.gz").dataobj)
+    d1 = np.asarray(nib.load(out / "labelsTr" / "synth_a_d001_000.nii.gz").dataobj)
+    assert d0.shape == src.shape and set(np.unique(d0)) <= set(np.unique(src))
+    assert not np.array_equal(d0, src) and not np.array_equal(d0, d1)
+    assert (d0 > 0).sum() > 0.5 * (src > 0).sum()  # deformed, not destroyed
+
+
+def test_mask_to_image_errors(cli, trained, label_ldm, tmp_path):
+    maps = _maps(trained, tmp_path)
+    base = ["sample", "--ae", trained.ae, "--out", tmp_path / "E", "--steps", 2]
+    r = cli(*base, "--ldm", trained.ldm, "--labels", maps)
+    assert r.code == 1 and "not trained on label maps" in r.err and len(r.error_lines()) == 1
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    src = nib.load(maps / "a.nii.gz")
+    nib.save(nib.Nifti1Image(np.full(src.shape, 9, np.uint8), src.affine), bad / "x.nii.gz")
+    r = cli(*base, "--ldm", label_ldm, "--labels", bad)
+    assert r.code == 1 and "label values [9]" in r.err and len(r.error_lines()) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = cli(*base, "--ldm", label_ldm, "--labels", empty)
+    assert r.code == 1 and "no NIfTI label maps" in r.err
+    r = cli(*base, "--ldm", label_ldm, "--labels", maps, "--n", 3)
+    assert r.code == 1 and "--n does not go with --labels" in r.err
+    r = cli(*base, "--ldm", label_ldm, "--deform", 2)
+    assert r.code == 1 and "--labels DIR" in r.err
+
+
+def test_mask_to_image_controlnet_branch(cli, trained, tmp_path):
+    maps = _maps(trained, tmp_path)
+    ldm = tmp_path / "LDMCN"
+    r = cli("train-ldm", trained.data, "--ae", trained.ae, "--out", ldm, "--config", TINY_YAML,
+            "--condition-on", "labels", "--label-branch", "controlnet", "--steps", 2)  # fmt: skip
+    assert r.code == 0, r.both
+    out = tmp_path / "C"
+    r = cli("sample", "--ae", trained.ae, "--ldm", ldm, "--labels", maps, "--out", out, "--steps", 2, "--guidance", 2)
+    assert r.code == 0, r.both
+    src = nib.load(maps / "b.nii.gz")
+    image = nib.load(out / "imagesTr" / "synth_b_000_0000.nii.gz")
+    assert image.shape == src.shape and np.allclose(image.affine, src.affine, atol=1e-4)
+
+
+def test_fine_tune_from_a_model_of_normal_volumes(cli, trained, tmp_path):
+    few = tmp_path / "few"  # three annotated cases
+    cli("demo-data", few, "--n", 3, "--shape", "32,32,16")
+    out = tmp_path / "FT"
+    r = cli("train-ldm", few, "--ae", trained.ae, "--out", out, "--config", TINY_YAML, "--condition-on", "labels",
+            "--init", trained.ldm, "--steps", 2)  # fmt: skip
+    assert r.code == 0, r.both
+    from ldmtool.models.checkpoint import file_sha256, resolve_checkpoint
+    from ldmtool.models.loaders import read_denoiser
+
+    _, cfg = read_denoiser(out)
+    assert cfg.get("init_sha256") == file_sha256(resolve_checkpoint(trained.ldm))
+    other = tmp_path / "AE2"
+    r = cli("train-ae", few, "--out", other, "--config", TINY_YAML)
+    assert r.code == 0, r.both
+    r = cli("train-ldm", few, "--ae", other, "--out", tmp_path / "FT2", "--config", TINY_YAML,
+            "--condition-on", "labels", "--init", trained.ldm, "--steps", 2)  # fmt: skip
+    assert r.code == 1 and "trained on another autoencoder" in r.err and len(r.error_lines()) == 1

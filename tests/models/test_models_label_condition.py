@@ -1,0 +1,75 @@
+"""The denoiser's label-map condition (mask-to-image): the latent grid, the unconditional zero map, guidance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ldmtool.config import DenoiserConfig
+from ldmtool.models.denoiser import LatentDenoiser, guided, label_grid
+
+
+def _model(label_channels: int, branch: str = "concat") -> LatentDenoiser:
+    torch.manual_seed(0)
+    cfg = DenoiserConfig(channels=(8, 16), norm_num_groups=4, num_head_channels=8, label_branch=branch)
+    model = LatentDenoiser(cfg, 4, label_channels=label_channels).eval()
+    with torch.no_grad():  # MONAI zero-initialises output and ControlNet convolutions: give them weights
+        zero = [model.unet.out] if model.controlnet is None else [model.unet.out, model.controlnet]
+        for module in zero:
+            for p in module.parameters():
+                if not p.abs().sum():
+                    p.normal_(0, 0.1)
+    return model
+
+
+def test_label_grid_fractions():
+    labels = torch.zeros(1, 2, 4, 4, dtype=torch.uint8)
+    labels[0, :, :2, :2] = 2
+    labels[0, :, 0, 2] = 1
+    grid = label_grid(labels, 3, 2)
+    assert grid.shape == (1, 3, 2, 2, 2)
+    assert torch.allclose(grid.sum(1), torch.ones(1, 2, 2, 2))
+    assert grid[0, 2, 0, 0, 0] == 1 and grid[0, 1, 0, 0, 1] == 0.25
+
+
+@pytest.mark.parametrize("branch", ["concat", "controlnet"])
+def test_zero_map_is_unconditional_and_guidance_mixes(branch):
+    model = _model(3, branch)
+    x, t = torch.randn(2, 4, 4, 4, 4), torch.tensor([10, 500])
+    labels = label_grid(torch.randint(0, 3, (2, 4, 8, 8)), 3, 2)
+    with torch.no_grad():
+        u = model(x, t)
+        assert torch.equal(u, model(x, t, labels=torch.zeros_like(labels)))
+        c = model(x, t, labels=labels)
+        assert not torch.allclose(u, c)
+        assert torch.allclose(guided(model, None, None, 1.0, labels)(x, t), c)
+        assert torch.allclose(guided(model, None, None, 3.0, labels)(x, t), u + 3.0 * (c - u), atol=1e-5)
+
+
+def test_unconditioned_model_ignores_a_map():
+    model = _model(0)
+    assert model.unet.conv_in.conv.in_channels == 4 + 3  # latent + coordinates, as before
+    x, t = torch.randn(1, 4, 4, 4, 4), torch.tensor([3])
+    with torch.no_grad():
+        assert torch.equal(guided(model, None, None, 2.0, torch.ones(1, 3, 4, 4, 4))(x, t), model(x, t))
+
+
+def test_controlnet_branch_keeps_the_unet_input():
+    model = _model(3, "controlnet")
+    assert model.unet.conv_in.conv.in_channels == 4 + 3 and model.controlnet is not None
+
+
+@pytest.mark.parametrize("branch", ["concat", "controlnet"])
+def test_fine_tuning_starts_where_the_source_model_is(branch):
+    from ldmtool.models.loaders import transfer_weights
+
+    base = _model(0)
+    tuned = LatentDenoiser(base.cfg.__class__(**{**vars(base.cfg), "label_branch": branch}), 4, label_channels=3)
+    assert transfer_weights(tuned.eval(), base.state_dict(), "base") > 0
+    x, t = torch.randn(1, 4, 4, 4, 4), torch.tensor([7])
+    labels = label_grid(torch.randint(0, 3, (1, 4, 8, 8)), 3, 2)
+    with torch.no_grad():
+        expect = base(x, t)
+        assert torch.allclose(tuned(x, t), expect, atol=1e-6)  # the unconditional model is the source
+        if branch == "controlnet":  # zero-initialised residuals: any map, the source's output
+            assert torch.allclose(tuned(x, t, labels=labels), expect, atol=1e-6)
