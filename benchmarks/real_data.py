@@ -31,9 +31,11 @@ Parts (--only, comma-separated):
              bootstrap interval) against the real least-squares slope and its 95 % interval.
   hippo-seg  `train-seg` LDSeg and the UNet baseline for the same wall time (--seg-minutes each)
              on 160 hippocampus cases; `segment` the 48 held-out cases; Dice per class and HD95 (mm).
-  augment    for N in --aug-sizes: a generator (train-ae + train-ldm, --aug-gen-minutes each) on N
-             real training cases (nested subsets), `sample` max(--aug-ratios)·N image+label pairs,
-             then `evaluate --only utility --utility-curve N` (--aug-seeds seeds): downstream
+  augment    for N in --aug-sizes and each generator of --aug-modes (train-ae + train-ldm,
+             --aug-gen-minutes each) on N real training cases (nested subsets): max(--aug-ratios)·N
+             image+label pairs, sampled jointly from noise (joint) or generated from seeded
+             elastic/affine deformations of the N real label maps by a mask-to-image model
+             (labels: `train-ldm --condition-on labels`, `sample --labels --deform`), then `evaluate --only utility --utility-curve N` (--aug-seeds seeds): downstream
              segmenters on the N real cases alone, with r·N synthetic, and synthetic only, tested
              on the 48 held-out cases.
 
@@ -664,47 +666,48 @@ def hippo_seg_report(res: dict, args) -> None:
 # ---------------------------------------------------------------- augmentation curve
 
 
+def _generator(run: Runner, sub: Path, d: Path, cfg: Path, mode: str, n_syn: int, args) -> dict[str, float]:
+    """Train a generator on the real cases `sub` and write n_syn synthetic image+label pairs to
+    d/synthetic. joint: image and label sampled together from noise; labels: a mask-to-image model
+    (`--condition-on labels`) given seeded elastic/affine deformations of the real label maps."""
+    t = {"train-ae": run("train-ae", sub, "--out", d / "ae", "--config", cfg, "--max-minutes", args.aug_gen_minutes)}
+    extra = ["--condition-on", "labels"] if mode == "labels" else []
+    t["train-ldm"] = run(
+        "train-ldm", sub, "--ae", d / "ae", "--out", d / "ldm", "--config", cfg, *extra,
+        "--max-minutes", args.aug_gen_minutes,
+    )  # fmt: skip
+    what = (
+        ["--n", n_syn] if mode == "joint" else ["--labels", sub, "--deform", int(np.ceil(n_syn / len(cases_of(sub))))]
+    )
+    t["sample"] = run("sample", "--ae", d / "ae", "--ldm", d / "ldm", "--out", d / "synthetic", *what, "--config", cfg)
+    return t
+
+
 def augment_part(args, run: Runner, work: Path) -> dict:
     src = args.data / "msd_hippocampus"
     train_ids, test_ids = split(cases_of(src), 48, args.split_seed)
     test = link_subset(src, work / "test", test_ids)
     cfg = REPO / "examples" / "hippocampus.yaml"
     ratios = ",".join(f"{r:g}" for r in args.aug_ratios)
-    out = {"sizes": args.aug_sizes, "curves": {}, "seconds": {}}
+    out = {"sizes": args.aug_sizes, "modes": args.aug_modes, "curves": {}, "seconds": {}, "montages": {}}
     print(
-        f"\n## Augmentation curve: N = {args.aug_sizes} real cases (nested, first N of the training permutation), {len(test_ids)} held out",
+        f"\n## Augmentation curve: N = {args.aug_sizes} real cases (nested, first N of the training permutation), {len(test_ids)} held out; generators: {', '.join(args.aug_modes)}",
         flush=True,
     )
     for n in args.aug_sizes:
-        d = work / f"N{n}"
-        sub = link_subset(src, d / "real", train_ids[:n])
-        t = {}
-        t["train-ae"] = run("train-ae", sub, "--out", d / "ae", "--config", cfg, "--max-minutes", args.aug_gen_minutes)
-        t["train-ldm"] = run(
-            "train-ldm",
-            sub,
-            "--ae",
-            d / "ae",
-            "--out",
-            d / "ldm",
-            "--config",
-            cfg,
-            "--max-minutes",
-            args.aug_gen_minutes,
-        )
-        n_syn = int(np.ceil(max(args.aug_ratios) * n))
-        t["sample"] = run(
-            "sample", "--ae", d / "ae", "--ldm", d / "ldm", "--out", d / "synthetic", "--n", n_syn, "--config", cfg
-        )
-        t["evaluate"] = run(
-            "evaluate", "--only", "utility", "--real", test, "--synthetic", d / "synthetic", "--train", sub, "--test", test,
-            "--utility-curve", n, "--curve-ratios", ratios, "--curve-seeds", args.aug_seeds, "--seg-steps", args.aug_seg_steps, "--out", d / "report",
-        )  # fmt: skip
-        rep = json.loads((d / "report" / "report.json").read_text())
-        out["curves"][n] = rep["utility_curve"]
-        out["seconds"][n] = t
-        if n == args.aug_sizes[0]:
-            out["montage"] = save_png(d / "synthetic" / "montage.png", f"hippocampus-N{n}-samples")
+        sub = link_subset(src, work / f"N{n}" / "real", train_ids[:n])
+        for mode in args.aug_modes:
+            d = work / f"N{n}" / mode
+            t = _generator(run, sub, d, cfg, mode, int(np.ceil(max(args.aug_ratios) * n)), args)
+            t["evaluate"] = run(
+                "evaluate", "--only", "utility", "--real", test, "--synthetic", d / "synthetic", "--train", sub, "--test", test,
+                "--utility-curve", n, "--curve-ratios", ratios, "--curve-seeds", args.aug_seeds, "--seg-steps", args.aug_seg_steps, "--out", d / "report",
+            )  # fmt: skip
+            rep = json.loads((d / "report" / "report.json").read_text())
+            out["curves"][f"{n}/{mode}"] = rep["utility_curve"]
+            out["seconds"][f"{n}/{mode}"] = t
+            if n == args.aug_sizes[0]:
+                out["montages"][mode] = save_png(d / "synthetic" / "montage.png", f"hippocampus-N{n}-{mode}-samples")
     return out
 
 
@@ -712,24 +715,29 @@ def augment_report(res: dict, args) -> None:
     print(
         f"\n### Augmentation: downstream 2D UNet ({args.aug_seg_steps} steps) Dice on held-out real hippocampus, mean ± std over {args.aug_seeds} seeds\n"
     )
-    conds = list(next(iter(next(iter(res["curves"].values()))["results"].values())).keys())
-    print("| N real | " + " | ".join(conds) + " |")
-    print("|---" * (len(conds) + 1) + "|")
-    for n, curve in res["curves"].items():
-        row = curve["results"][str(n)] if str(n) in curve["results"] else curve["results"][n]
-        print(f"| {n} | " + " | ".join(f"{row[c]['mean']:.3f} ± {row[c]['std']:.3f}" for c in conds) + " |")
-    print("\nbest real+synthetic − real alone, per N (targets: ≥ +0.02 at the smallest N, ≥ −0.005 at the largest):")
-    for n, curve in res["curves"].items():
-        row = curve["results"][str(n)] if str(n) in curve["results"] else curve["results"][n]
+    print(
+        f"generators (train-ae + train-ldm, {args.aug_gen_minutes:g} + {args.aug_gen_minutes:g} min per N): joint = image and label map sampled together from noise; "
+        "labels = mask-to-image from seeded elastic/affine deformations of the N real label maps\n"
+    )
+    rows = {}
+    for key, curve in res["curves"].items():
+        n = key.split("/")[0]
+        rows[key] = curve["results"][n]
+    conds = list(next(iter(rows.values())).keys())
+    print("| N real | generator | " + " | ".join(conds) + " |")
+    print("|---" * (len(conds) + 2) + "|")
+    for key, row in rows.items():
+        n, mode = key.split("/")
+        print(f"| {n} | {mode} | " + " | ".join(f"{row[c]['mean']:.3f} ± {row[c]['std']:.3f}" for c in conds) + " |")
+    print("\nbest real+synthetic − real alone (targets: ≥ +0.02 at the smallest N, ≥ −0.005 at the largest):")
+    for key, row in rows.items():
         mixed = [c for c in row if c.startswith("real+")]
         best = max(mixed, key=lambda c: row[c]["mean"])
         syn = [c for c in row if c.startswith("synthetic")]
         syn_gap = f"; synthetic only − real {row[syn[0]]['mean'] - row['real']['mean']:+.3f}" if syn else ""
-        print(
-            f"  N={n}: {best} {row[best]['mean'] - row['real']['mean']:+.3f}{syn_gap} (generator: {args.aug_gen_minutes:g} + {args.aug_gen_minutes:g} min)"
-        )
-    if "montage" in res:
-        print(f"montage of synthetic cases: {res['montage']}")
+        print(f"  N={key}: {best} {row[best]['mean'] - row['real']['mean']:+.3f}{syn_gap}")
+    for mode, png in res.get("montages", {}).items():
+        print(f"montage of synthetic cases ({mode}): {png}")
 
 
 # ---------------------------------------------------------------- main
@@ -771,10 +779,18 @@ def parse(argv=None):
     p.add_argument("--aug-ratios", type=lambda s: [float(x) for x in s.split(",")], default=[1.0, 2.0, 5.0])
     p.add_argument("--aug-seeds", type=int, default=3)
     p.add_argument("--aug-gen-minutes", type=float, default=4.0, help="minutes of train-ae and of train-ldm, per N")
+    p.add_argument(
+        "--aug-modes",
+        type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
+        default=["joint", "labels"],
+        help="generators compared: joint (image+label from noise), labels (mask-to-image from deformed real maps)",
+    )
     p.add_argument("--aug-seg-steps", type=int, default=400, help="downstream segmenter steps")
     args = p.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [s for s in args.only if s not in PARTS]
+    if set(args.aug_modes) - {"joint", "labels"}:
+        p.error("--aug-modes takes joint and/or labels")
     if bad:
         p.error(f"unknown part(s) {', '.join(bad)}; choose from {', '.join(PARTS)}")
     return args
