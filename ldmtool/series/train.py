@@ -100,6 +100,7 @@ class SeriesTrainer(Trainer):
             if train.outcome is None
             else np.where(np.isnan(train.outcome), None, train.outcome).tolist(),
             "source_format": data.source.get("format"),
+            "source_time_style": data.source.get("time_style", "hours"),
             "stays": {"train": len(train_idx), "validation": len(self.val_idx), "sha256": ids_hash},
             "graph_edges": int(adjacency.sum() // 2),
             "seed": seed,
