@@ -260,7 +260,9 @@ def _read_wide_csv(path: Path, col: _Collector) -> None:
     low = [h.lower() for h in header]
     t_col = _find(low, _TIME)
     if t_col is None:
-        raise LdmError(f"{path}: no time column in the header; a wide table needs columns [id,]time,VARIABLE,...")
+        raise LdmError(
+            f"{path}: no time column in the header; a long table needs columns id,time,variable,value, a wide one [id,]time,VARIABLE,..."
+        )
     id_col = _find(low, _ID)
     value_cols = [i for i in range(len(header)) if i not in (t_col, id_col)]
     if not value_cols:
