@@ -93,13 +93,12 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, seed: int = 0):
 
 def auroc(scores: np.ndarray, y: np.ndarray) -> float:
     """Area under the ROC curve (Mann–Whitney, ties counted half); NaN with one class only."""
-    from scipy.stats import rankdata
-
     y = np.asarray(y).astype(bool)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if not n_pos or not n_neg:
         return float("nan")
-    ranks = rankdata(scores)
+    values, inverse, counts = np.unique(np.asarray(scores), return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]  # average ranks, 1-based
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 

@@ -90,3 +90,21 @@ def test_synthesis_conditioned_on_outcome(trained):
     assert (a.outcome == 1).all()
     sparse = model.synthesise(4, steps=3, seed=1, sparse=True)
     assert 0 < np.isnan(sparse.values).mean() < 1
+
+
+def test_resumed_training_reaches_the_weights_of_an_uninterrupted_one(tmp_path):
+    from safetensors.torch import load_file
+
+    def run(out, steps, resume="never"):
+        cfg = SeriesTrainConfig(**{**TINY_TRAIN, "steps": steps})
+        return train_series(
+            tiny_data(), out, model_cfg=SeriesModelConfig(**TINY_MODEL), train_cfg=cfg,
+            device=torch.device("cpu"), seed=0, resume=resume,
+        )  # fmt: skip
+
+    run(tmp_path / "a", 3)
+    assert run(tmp_path / "a", 5, resume="must").resumed_from == 3
+    run(tmp_path / "b", 5)
+    a, b = (load_file(str(tmp_path / x / "train_state.safetensors")) for x in "ab")
+    weights = [k for k in a if k.startswith("model/")]
+    assert weights and all(torch.equal(a[k], b[k]) for k in weights)
