@@ -3,6 +3,7 @@ mean / LOCF / linear interpolation, at an equal wall-clock training budget.
 
     python benchmarks/series.py                                  # everything, 10 min per trained method
     python benchmarks/series.py --stays 400 --minutes 0.5 --samples 2 --methods mean,locf,linear,lssdm   # smoke run
+    python benchmarks/series.py --test-stays 200 --samples 5      # bounds the sampling time of LSSDM and CSDI on a CPU
 
 Data: `../shared/data/physionet2012/` beside the repository (or --data DIR) with set-a.tar.gz and
 Outcomes-a.txt; without them the script says so and exits 0. Stays are read by ldmtool's reader
@@ -11,7 +12,8 @@ once by a seeded permutation (--split-seed): 64 % train, 16 % validation, 20 % t
 benchmarks do. In the test stays --rates of the observed values are hidden at random (seeded) and
 imputed; MAE and RMSE are on values normalised by the training means and standard deviations,
 CRPS is CSDI's normalised quantile-loss CRPS (from --samples draws for LSSDM and CSDI; a point
-estimate's CRPS is its normalised absolute error).
+estimate's CRPS is its normalised absolute error). LSSDM samples with --steps of its 50 timesteps
+(ancestral), CSDI with all 50 (PyPOTS's sampler).
 
 Every trained method gets --minutes of training wall time: LSSDM through its time budget; a PyPOTS
 model is timed over one epoch, then trained afresh for as many epochs as fit the budget. The
@@ -54,7 +56,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--rates", default="0.1,0.5,0.9", help="Fractions of the observed test values hidden.")
     p.add_argument("--minutes", type=float, default=10.0, help="Training wall time of every trained method.")
     p.add_argument("--samples", type=int, default=10, help="Draws per stay of LSSDM and CSDI (CRPS, median).")
-    p.add_argument("--steps", type=int, default=None, help="LSSDM sampling steps (default: all 50).")
+    p.add_argument("--steps", type=int, default=10, help="LSSDM sampling steps (DDPM on a 10-step grid of 50).")
+    p.add_argument("--test-stays", type=int, default=0, help="Impute only the first N test stays (0: all).")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--tstr-n", type=int, default=1000, help="Synthetic stays for TSTR (0: skip).")
     p.add_argument("--device", default="cpu")
@@ -294,6 +297,9 @@ def main(args) -> None:
     data = load(args)
     parts = split(len(data.ids), args.split_seed)
     train, val, test = parts
+    if args.test_stays:
+        test = test[: args.test_stays]
+        parts = (train, val, test)
     norm = normalisation(data.subset(train))
     normalise, fill = Normaliser(norm), np.asarray(norm["mean"])
     truth = data.values[test]
