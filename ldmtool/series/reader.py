@@ -111,7 +111,8 @@ def detect_format(path: Path) -> str:
         raise LdmError(
             f"{path}: unknown table type; use .csv/.tsv (long or wide), .parquet (long) or PhysioNet .txt files"
         )
-    header = [h.strip().lower() for h in _rows(path)[0]] if _rows(path) else []
+    rows = _rows(path)
+    header = [h.strip().lower() for h in rows[0]] if rows else []
     return "long-csv" if _find(header, _VARIABLE) is not None and _find(header, _VALUE) is not None else "wide-csv"
 
 
