@@ -92,19 +92,35 @@ def test_synthesis_conditioned_on_outcome(trained):
     assert 0 < np.isnan(sparse.values).mean() < 1
 
 
-def test_resumed_training_reaches_the_weights_of_an_uninterrupted_one(tmp_path):
+class _StopAfter:
+    """A StopFlag stand-in: a stop is requested from the `n`-th step on (as if SIGTERM came then)."""
+
+    signal_name = "SIGTERM"
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, 0
+
+    @property
+    def requested(self) -> bool:
+        self.calls += 1
+        return self.calls >= self.n
+
+
+def test_preempted_training_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
     from safetensors.torch import load_file
 
-    def run(out, steps, resume="never"):
-        cfg = SeriesTrainConfig(**{**TINY_TRAIN, "steps": steps})
+    from ldmtool.errors import Preempted
+
+    def run(out, resume="never", stop=None):
         return train_series(
-            tiny_data(), out, model_cfg=SeriesModelConfig(**TINY_MODEL), train_cfg=cfg,
-            device=torch.device("cpu"), seed=0, resume=resume,
+            tiny_data(), out, model_cfg=SeriesModelConfig(**TINY_MODEL), train_cfg=SeriesTrainConfig(**TINY_TRAIN),
+            device=torch.device("cpu"), seed=0, resume=resume, stop=stop,
         )  # fmt: skip
 
-    run(tmp_path / "a", 3)
-    assert run(tmp_path / "a", 5, resume="must").resumed_from == 3
-    run(tmp_path / "b", 5)
+    with pytest.raises(Preempted, match="SIGTERM at step 3"):
+        run(tmp_path / "a", stop=_StopAfter(3))
+    assert run(tmp_path / "a", resume="must").resumed_from == 3
+    run(tmp_path / "b")
     a, b = (load_file(str(tmp_path / x / "train_state.safetensors")) for x in "ab")
     weights = [k for k in a if k.startswith("model/")]
     assert weights and all(torch.equal(a[k], b[k]) for k in weights)
