@@ -44,7 +44,7 @@ def callback(
 
 
 def _register() -> None:
-    from ldmtool.cli import demo, evaluate, impute, inpaint, sample, segment, stats, train_ae, train_ldm
+    from ldmtool.cli import demo, evaluate, impute, inpaint, sample, segment, series, stats, train_ae, train_ldm
 
     app.command("demo-data")(demo.demo_data)
     app.command("train-ae")(train_ae.train_ae)
@@ -56,6 +56,9 @@ def _register() -> None:
     app.command("train-seg")(segment.train_seg)
     app.command("segment")(segment.segment)
     app.command("evaluate")(evaluate.evaluate)
+    app.command("train-series")(series.train_series)
+    app.command("impute-series")(series.impute_series)
+    app.command("sample-series")(series.sample_series)
 
 
 _register()

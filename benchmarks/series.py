@@ -1,0 +1,351 @@
+"""Clinical time series on PhysioNet/CinC 2012 set A: LSSDM vs PyPOTS (SAITS, BRITS, CSDI) and
+mean / LOCF / linear interpolation, at an equal wall-clock training budget.
+
+    python benchmarks/series.py                                  # everything, 10 min per trained method
+    python benchmarks/series.py --stays 400 --minutes 0.5 --samples 2 --methods mean,locf,linear,lssdm   # smoke run
+    python benchmarks/series.py --test-stays 200 --samples 5      # bounds the sampling time of LSSDM and CSDI on a CPU
+
+Data: `../shared/data/physionet2012/` beside the repository (or --data DIR) with set-a.tar.gz and
+Outcomes-a.txt; without them the script says so and exits 0. Stays are read by ldmtool's reader
+(hourly grid, 48 steps, 37 variables; the stays without any observation are left out) and split
+once by a seeded permutation (--split-seed): 64 % train, 16 % validation, 20 % test, as PyPOTS's
+benchmarks do. In the test stays --rates of the observed values are hidden at random (seeded) and
+imputed; MAE and RMSE are on values normalised by the training means and standard deviations,
+CRPS is CSDI's normalised quantile-loss CRPS (from --samples draws for LSSDM and CSDI; a point
+estimate's CRPS is its normalised absolute error). LSSDM samples with --steps of its 50 timesteps
+(ancestral), CSDI with all 50 (PyPOTS's sampler).
+
+Every trained method gets --minutes of training wall time: LSSDM through its time budget; a PyPOTS
+model is timed over one epoch, then trained afresh for as many epochs as fit the budget. The
+seconds column is training plus imputation of every rate.
+
+Downstream: in-hospital mortality AUROC of a logistic regression on per-stay features (mean, min,
+max, last value and observed fraction of every variable, plus age, sex, height, ICU type) of each
+method's imputation of the test stays at the first rate, pooled over 5-fold cross-validation.
+Synthesis: --tstr-n synthetic stays from LSSDM (outcome drawn at the training rate, observed
+cells drawn at the training observation rates) train the same regression, tested on the real test
+stays (TSTR), beside the same regression trained on the real training stays (TRTR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks._results import recorded  # noqa: E402
+
+BASELINES = ("mean", "locf", "linear")
+PYPOTS = ("saits", "brits", "csdi")
+METHODS = (*BASELINES, "lssdm", *PYPOTS)
+
+
+def parse(argv=None) -> argparse.Namespace:
+    shared = Path(os.environ.get("LDMTOOL_SHARED_DATA", REPO.parent / "shared" / "data"))
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, default=shared / "physionet2012")
+    p.add_argument("--stays", type=int, default=0, help="Use the first N stays only (0: all).")
+    p.add_argument("--rates", default="0.1,0.5,0.9", help="Fractions of the observed test values hidden.")
+    p.add_argument("--minutes", type=float, default=10.0, help="Training wall time of every trained method.")
+    p.add_argument("--samples", type=int, default=10, help="Draws per stay of LSSDM and CSDI (CRPS, median).")
+    p.add_argument("--steps", type=int, default=10, help="LSSDM sampling steps (DDPM on a 10-step grid of 50).")
+    p.add_argument("--test-stays", type=int, default=0, help="Impute only the first N test stays (0: all).")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--tstr-n", type=int, default=1000, help="Synthetic stays for TSTR (0: skip).")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "ldmtool-series-cache")
+    args = p.parse_args(argv)
+    args.rates = [float(r) for r in args.rates.split(",")]
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = set(args.methods) - set(METHODS)
+    if unknown:
+        p.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    return args
+
+
+# ---------------------------------------------------------------- data
+
+
+def load(args):
+    """Set A on the hourly grid (cached as .npz keyed by the archive's size and time)."""
+    from ldmtool.series.reader import Grid, SeriesData, read_table
+
+    archive = args.data / "set-a.tar.gz"
+    st = archive.stat()
+    key = hashlib.sha256(f"{archive.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    cache = args.cache / f"physionet2012-a-{key}.npz"
+    if cache.is_file():
+        z = np.load(cache, allow_pickle=False)
+        src = {"format": "physionet", "time_style": "hhmm", "path": str(archive)}
+        data = SeriesData(
+            list(z["ids"]),
+            list(z["variables"]),
+            z["values"],
+            list(z["static_names"]),
+            z["static"],
+            Grid(48, 1.0),
+            src,
+            z["outcome"],
+        )
+    else:
+        t0 = time.perf_counter()
+        data = read_table(archive, skip_empty=True)
+        print(f"read {len(data.ids)} stays in {time.perf_counter() - t0:.0f} s", flush=True)
+        args.cache.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, ids=np.array(data.ids), variables=np.array(data.variables), values=data.values,
+                 static_names=np.array(data.static_names), static=data.static, outcome=data.outcome)  # fmt: skip
+    if args.stays:
+        data = data.subset(np.arange(min(args.stays, len(data.ids))))
+    return data
+
+
+def split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, validation, test) indices: 64 / 16 / 20 % of a seeded permutation."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_test, n_val = int(round(0.2 * n)), int(round(0.16 * n))
+    return np.sort(order[n_test + n_val :]), np.sort(order[n_test : n_test + n_val]), np.sort(order[:n_test])
+
+
+def hide(values: np.ndarray, rate: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values with `rate` of the observed cells set to NaN, mask of those cells)."""
+    rng = np.random.default_rng(seed)
+    hidden = ~np.isnan(values) & (rng.random(values.shape) < rate)
+    return np.where(hidden, np.nan, values), hidden
+
+
+# ---------------------------------------------------------------- methods
+
+
+class Normaliser:
+    def __init__(self, norm: dict) -> None:
+        self.mean, self.std = np.asarray(norm["mean"]), np.asarray(norm["std"])
+
+    def __call__(self, v: np.ndarray) -> np.ndarray:
+        return (v - self.mean) / self.std
+
+
+def run_baseline(name: str, inputs: dict[float, np.ndarray], fill: np.ndarray) -> dict:
+    from ldmtool.series.metrics import linear, locf
+
+    t0 = time.perf_counter()
+    fn = {
+        "mean": lambda v: np.where(np.isnan(v), fill, v),
+        "locf": lambda v: locf(v, fill),
+        "linear": lambda v: linear(v, fill),
+    }[name]
+    out = {r: fn(v)[:, None] for r, v in inputs.items()}
+    return {"draws": out, "train_seconds": 0.0, "seconds": time.perf_counter() - t0}
+
+
+def run_lssdm(args, data, train, val, test_data, inputs, work: Path) -> dict:
+    """Train on train + validation stays for --minutes, impute each rate's inputs (raw units)."""
+    import torch
+
+    from ldmtool.series.config import SeriesModelConfig, SeriesTrainConfig
+    from ldmtool.series.pipeline import SeriesModel
+    from ldmtool.series.train import train_series
+
+    fit = data.subset(np.concatenate([train, val]))
+    t0 = time.perf_counter()
+    cfg = SeriesTrainConfig(epochs=10_000, max_minutes=args.minutes, val_fraction=0.2, checkpoint_minutes=60)
+    res = train_series(
+        fit,
+        work / "lssdm",
+        model_cfg=SeriesModelConfig(),
+        train_cfg=cfg,
+        device=torch.device(args.device),
+        seed=args.seed,
+    )
+    train_s = time.perf_counter() - t0
+    print(
+        f"lssdm: {res.best.get('step', '?')} steps in {train_s:.0f} s, held-out loss {res.best.get('val_loss', float('nan')):.4f}",
+        flush=True,
+    )
+    model = SeriesModel.load(work / "lssdm", args.device)
+    t1 = time.perf_counter()
+    draws = {}
+    for r, v in inputs.items():
+        test_data.values = v
+        draws[r] = model.impute(test_data, samples=args.samples, steps=args.steps, seed=args.seed, batch_size=128)
+    return {"draws": draws, "train_seconds": train_s, "seconds": train_s + time.perf_counter() - t1, "model": model}
+
+
+def _pypots_model(name: str, t: int, v: int, epochs: int, device: str):
+    from pypots.imputation import BRITS, CSDI, SAITS
+
+    common = dict(epochs=epochs, batch_size=32, patience=None, device=device, verbose=False)
+    if name == "saits":
+        return SAITS(
+            n_steps=t, n_features=v, n_layers=2, d_model=64, n_heads=4, d_k=16, d_v=16, d_ffn=128, dropout=0.1, **common
+        )
+    if name == "brits":
+        return BRITS(n_steps=t, n_features=v, rnn_hidden_size=64, **common)
+    return CSDI(n_steps=t, n_features=v, n_layers=2, n_heads=4, n_channels=32, d_time_embedding=64,
+                d_feature_embedding=8, d_diffusion_embedding=64, n_diffusion_steps=50, **common)  # fmt: skip
+
+
+def run_pypots(name: str, args, x_train, x_val, inputs) -> dict:
+    """PyPOTS model `name` on normalised arrays (NaN missing): one timed epoch sets the epochs of
+    the budget, then a fresh model trains for them and imputes."""
+    t, v = x_train.shape[1:]
+    val_in, _ = hide(x_val, 0.1, args.seed + 99)
+    val_set = {"X": val_in, "X_ori": x_val}
+    probe = _pypots_model(name, t, v, 1, args.device)
+    t0 = time.perf_counter()
+    probe.fit({"X": x_train}, val_set)
+    epoch_s = time.perf_counter() - t0
+    epochs = max(1, int(args.minutes * 60 / max(epoch_s, 1e-6)))
+    model = _pypots_model(name, t, v, epochs, args.device)
+    t0 = time.perf_counter()
+    model.fit({"X": x_train}, val_set)
+    train_s = time.perf_counter() - t0
+    print(f"{name}: {epochs} epochs ({epoch_s:.0f} s each) in {train_s:.0f} s", flush=True)
+    t1 = time.perf_counter()
+    draws = {}
+    for r, x in inputs.items():
+        if name == "csdi":
+            out = model.predict({"X": x}, n_sampling_times=args.samples)["imputation"]  # (N, K, T, V)
+        else:
+            out = model.predict({"X": x})["imputation"][:, None]
+        draws[r] = np.asarray(out, dtype=float)
+    return {"draws": draws, "train_seconds": train_s, "seconds": train_s + time.perf_counter() - t1}
+
+
+# ---------------------------------------------------------------- scores and report
+
+
+def score(draws: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> dict:
+    """MAE and RMSE of the median, CRPS of the draws, on the hidden cells (normalised units)."""
+    from ldmtool.series.metrics import crps, mae, rmse
+
+    med = np.median(draws, axis=1)
+    return {"mae": mae(med, truth, mask), "rmse": rmse(med, truth, mask), "crps": crps(draws, truth, mask)}
+
+
+def tstr(args, model, data, train, test) -> dict:
+    """AUROC on the real test stays of the regression trained on synthetic (TSTR) and on real (TRTR) stays."""
+    from ldmtool.series.metrics import auroc, fit_logistic, stay_features
+
+    real_test = stay_features(data.values[test], data.static[test])
+    y_test = data.outcome[test]
+    trtr = fit_logistic(stay_features(data.values[train], data.static[train]), data.outcome[train])
+    out = {"trtr": auroc(trtr(real_test), y_test)}
+    if model is not None and args.tstr_n:
+        t0 = time.perf_counter()
+        syn = model.synthesise(args.tstr_n, steps=args.steps, seed=args.seed + 1, sparse=True, batch_size=128)
+        out["synth_seconds"] = time.perf_counter() - t0
+        if len(np.unique(syn.outcome)) == 2:
+            clf = fit_logistic(stay_features(syn.values, syn.static), syn.outcome)
+            out["tstr"] = auroc(clf(real_test), y_test)
+        out["synthetic_deaths"] = float(np.mean(syn.outcome))
+    return out
+
+
+def report(args, rows: dict, auc: dict, synth: dict, n: dict) -> None:
+    print(f"\n## PhysioNet 2012 set A: {n['train']} train / {n['val']} validation / {n['test']} test stays, "
+          f"{n['vars']} variables × 48 h; {args.minutes:g} min of training per trained method\n")  # fmt: skip
+    print("Imputation of hidden observed test values (normalised units; CRPS: CSDI's normalised CRPS)\n")
+    print("| method | " + " | ".join(f"MAE {r:g} | RMSE {r:g} | CRPS {r:g}" for r in args.rates) + " | seconds |")
+    print("|---|" + "---|" * (3 * len(args.rates) + 1))
+    for m, res in rows.items():
+        cells = " | ".join(f"{res[r]['mae']:.3f} | {res[r]['rmse']:.3f} | {res[r]['crps']:.3f}" for r in args.rates)
+        print(f"| {m} | {cells} | {res['seconds']:.0f} |")
+    print(
+        f"\nIn-hospital mortality AUROC (logistic regression, 5-fold CV on the test stays, imputed at rate {args.rates[0]:g})\n"
+    )
+    print("| data | AUROC |\n|---|---|")
+    for m, a in auc.items():
+        print(f"| {m} | {a:.3f} |")
+    if synth:
+        print("\nSynthetic stays (LSSDM sample-series, sparse): mortality AUROC on the real test stays\n")
+        print("| trained on | AUROC |\n|---|---|")
+        print(f"| real training stays (TRTR) | {synth['trtr']:.3f} |")
+        if "tstr" in synth:
+            print(f"| {args.tstr_n} synthetic stays (TSTR; {100 * synth['synthetic_deaths']:.0f}% deaths, "
+                  f"{synth['synth_seconds']:.0f} s to sample) | {synth['tstr']:.3f} |")  # fmt: skip
+
+
+def run_method(m, args, data, parts, raw_inputs, norm_inputs, fill, normalise, work):
+    train, val, test = parts
+    if m in BASELINES:
+        return run_baseline(m, raw_inputs, fill), True
+    if m == "lssdm":
+        return run_lssdm(args, data, train, val, data.subset(test), raw_inputs, work), True
+    return run_pypots(m, args, normalise(data.values[train]), normalise(data.values[val]), norm_inputs), False
+
+
+def main(args) -> None:
+    import tempfile
+
+    import torch
+
+    from ldmtool.series.metrics import cv_auroc, stay_features
+    from ldmtool.series.prepare import normalisation
+
+    torch.set_num_threads(args.threads)
+    data = load(args)
+    parts = split(len(data.ids), args.split_seed)
+    train, val, test = parts
+    if args.test_stays:
+        test = test[: args.test_stays]
+        parts = (train, val, test)
+    norm = normalisation(data.subset(train))
+    normalise, fill = Normaliser(norm), np.asarray(norm["mean"])
+    truth = data.values[test]
+    hidden = {r: hide(truth, r, args.seed + int(1000 * r)) for r in args.rates}
+    raw_inputs = {r: h[0] for r, h in hidden.items()}
+    norm_inputs = {r: normalise(v) for r, v in raw_inputs.items()}
+    rows, auc, model = (
+        {},
+        {
+            "observed values only": cv_auroc(
+                stay_features(raw_inputs[args.rates[0]], data.static[test]), data.outcome[test]
+            )
+        },
+        None,
+    )
+    with tempfile.TemporaryDirectory(prefix="ldmtool-series-") as work:
+        for m in args.methods:
+            if m in PYPOTS and not _has_pypots():
+                print(f"{m}: skipped (PyPOTS is not installed: pip install pypots)", flush=True)
+                continue
+            res, raw = run_method(m, args, data, parts, raw_inputs, norm_inputs, fill, normalise, Path(work))
+            model = res.get("model", model)
+            draws = {r: normalise(d) if raw else d for r, d in res["draws"].items()}
+            rows[m] = {r: score(draws[r], normalise(truth), hidden[r][1]) for r in args.rates}
+            rows[m]["seconds"] = res["seconds"]
+            first = np.median(draws[args.rates[0]], 1) * normalise.std + normalise.mean
+            auc[m] = cv_auroc(stay_features(first, data.static[test]), data.outcome[test])
+            print(f"{m}: " + ", ".join(f"{r:g}: MAE {rows[m][r]['mae']:.3f}" for r in args.rates), flush=True)
+        synth = tstr(args, model, data, train, test)
+    n = {"train": len(train), "val": len(val), "test": len(test), "vars": len(data.variables)}
+    report(args, rows, auc, synth, n)
+
+
+def _has_pypots() -> bool:
+    try:
+        import pypots  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    arguments = parse()
+    if not (arguments.data / "set-a.tar.gz").is_file():
+        # a fresh clone without the data: nothing to measure and no results file
+        print(f"PhysioNet 2012 set A not found: {arguments.data / 'set-a.tar.gz'} — nothing to do (give --data DIR)")
+        sys.exit(0)
+    with recorded("series"):
+        main(arguments)

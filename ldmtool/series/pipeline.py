@@ -1,0 +1,187 @@
+"""A loaded LSSDM: `SeriesModel.load(path)` then `.impute(data, samples=K)` or `.synthesise(n)`.
+
+Sampling: the shared DDPM/DDIM samplers (`ldmtool.diffusion.samplers`) on the model's noise
+schedule; the model function closes over the observed values, their mask, the coarse
+reconstruction and the condition. Every (stay, sample) row draws its noise from its own generator
+seeded by (seed, row), so results do not depend on the batch size or on which stays run together.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ldmtool.diffusion.samplers import DDIMSampler, initial_noise, sample_generators, sample_seed
+from ldmtool.errors import LdmError
+from ldmtool.models.checkpoint import load_checkpoint
+from ldmtool.runtime import progress
+from ldmtool.series.config import SeriesModelConfig
+from ldmtool.series.model import LSSDM
+from ldmtool.series.prepare import to_tensors
+from ldmtool.series.reader import Grid, SeriesData, read_table
+from ldmtool.series.train import KIND
+
+
+@dataclass
+class SeriesModel:
+    """Weights (EMA), config and device of a trained LSSDM."""
+
+    model: LSSDM
+    config: dict[str, Any]
+    device: torch.device
+    path: Path | None = None
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device | str = "cpu") -> SeriesModel:
+        tensors, config = load_checkpoint(path, kind=KIND)
+        from ldmtool.config import from_dict
+
+        cfg = from_dict(SeriesModelConfig, config["model"], section="model")
+        g = config["grid"]
+        model = LSSDM(cfg, len(config["variables"]), int(g["steps"]), len(config["static_names"]), tensors["adjacency"])
+        model.load_state_dict(tensors)
+        device = torch.device(device)
+        return cls(model.to(device).eval(), config, device, Path(path))
+
+    @property
+    def grid(self) -> Grid:
+        return Grid(self.config["grid"]["steps"], self.config["grid"]["step_hours"])
+
+    def read(self, path: Path, *, skip_empty: bool = False, outcomes: Path | None = None) -> SeriesData:
+        """A table read with this model's variables, descriptors and grid."""
+        return read_table(
+            path,
+            variables=self.config["variables"],
+            static_names=tuple(self.config["static_names"]),
+            grid=self.grid,
+            skip_empty=skip_empty,
+            outcomes=outcomes,
+            outcome_column=self.config.get("outcome") or "In-hospital_death",
+        )
+
+    def sampler(self, steps: int | None, eta: float = 1.0) -> DDIMSampler:
+        cfg = self.model.cfg.schedule()
+        steps = steps or cfg.num_train_timesteps
+        if not 1 <= steps <= cfg.num_train_timesteps:
+            raise LdmError(f"--steps must be between 1 and {cfg.num_train_timesteps}; got {steps}")
+        return DDIMSampler(cfg, steps, eta)
+
+    @torch.no_grad()
+    def _draw(self, x, m, static, known, y, seeds: list[int], sampler: DDIMSampler) -> torch.Tensor:
+        """Normalised samples (B, T, V): observed cells as given, the others drawn."""
+        dev = self.device
+        x, m, static, known, y = (t.to(dev) for t in (x, m, static, known, y))
+        cond = self.model.condition(static, known, y)
+        coarse, _, _ = self.model.coarse(x, m, cond)
+        gens = sample_generators(seeds)
+        x_t = initial_noise(tuple(x.shape[1:]), gens).to(dev)
+        fn = lambda z, t: self.model.denoise(z, t, x, m, coarse, cond)
+        out = sampler(fn, x_t, generator=gens)
+        return torch.where(m, x, out).cpu()
+
+    def _denormalise(self, z: np.ndarray) -> np.ndarray:
+        n = self.config["normalisation"]
+        v = z * np.asarray(n["std"]) + np.asarray(n["mean"])
+        return np.clip(v, np.asarray(n["min"]), np.asarray(n["max"]))
+
+    def impute(
+        self,
+        data: SeriesData,
+        *,
+        samples: int = 10,
+        steps: int | None = None,
+        seed: int = 0,
+        batch_size: int = 64,
+        console=None,
+    ) -> np.ndarray:
+        """(N, K, T, V) imputations of `data` in its units: observed cells equal `data.values`
+        exactly, the others K draws each (clipped to the training range of their variable).
+        Draw j of a stay is seeded by (seed, stay id, j): the same whatever else is in the table."""
+        if samples < 1:
+            raise LdmError(f"--samples must be at least 1; got {samples}")
+        tens = to_tensors(data, self.config["normalisation"])
+        sampler = self.sampler(steps)
+        n, k = len(data.ids), samples
+        keys = [zlib.crc32(sid.encode()) for sid in data.ids]  # a stay's draws depend on its id, not its row
+        rows = [(i, j) for i in range(n) for j in range(k)]
+        out = np.empty((n, k, *data.values.shape[1:]))
+        with progress(console, transient=True) as bar:
+            task = bar.add_task("impute-series", total=len(rows), rate="", info=f"{n} stays × {k} samples")
+            for s in range(0, len(rows), batch_size):
+                chunk = rows[s : s + batch_size]
+                idx = torch.tensor([i for i, _ in chunk])
+                seeds = [sample_seed(seed, keys[i], j) for i, j in chunk]
+                z = self._draw(
+                    tens.x[idx], tens.m[idx], tens.static[idx], tens.known[idx], tens.outcome[idx], seeds, sampler
+                )
+                for r, (i, j) in enumerate(chunk):
+                    out[i, j] = self._denormalise(z[r].double().numpy())
+                bar.advance(task, len(chunk))
+        return np.where(data.observed[:, None], data.values[:, None], out)
+
+    def synthesise(
+        self,
+        n: int,
+        *,
+        outcome: int | None = None,
+        steps: int | None = None,
+        seed: int = 0,
+        batch_size: int = 64,
+        sparse: bool = False,
+        console=None,
+    ) -> SeriesData:
+        """`n` synthetic stays on the model's grid: descriptors drawn from the training stays (of the
+        same outcome when conditioned), values drawn by the diffusion model with nothing observed.
+
+        Args:
+            outcome: 0 or 1 conditions every stay on it; None draws it at the training rate
+                (or leaves it unknown when the model was trained without outcomes).
+            sparse: keep each value with the training probability of an observation in its cell
+                and outcome, so the stays look like recorded ones; otherwise every cell is filled.
+        """
+        cfg, rng = self.config, np.random.default_rng(seed)
+        y = self._outcomes(n, outcome, rng)
+        static = self._descriptors(y, rng)
+        t, v = cfg["grid"]["steps"], len(cfg["variables"])
+        empty = SeriesData(
+            [f"synthetic-{i:05d}" for i in range(n)],
+            list(cfg["variables"]),
+            np.full((n, t, v), np.nan),
+            list(cfg["static_names"]),
+            static,
+            self.grid,
+            {"format": cfg.get("source_format") or "long-csv", "time_style": cfg.get("source_time_style", "hours")},
+            None if np.isnan(y).all() else y,
+        )
+        values = self.impute(empty, samples=1, steps=steps, seed=seed, batch_size=batch_size, console=console)[:, 0]
+        if sparse:
+            rates = np.asarray(cfg["observation_rates"])[np.nan_to_num(y, nan=0).astype(int)]
+            values = np.where(rng.random(values.shape) < rates, values, np.nan)
+        empty.values = values
+        return empty
+
+    def _outcomes(self, n: int, outcome: int | None, rng: np.random.Generator) -> np.ndarray:
+        if outcome is not None:
+            if self.config.get("outcome") is None:
+                raise LdmError("this model was trained without outcomes; train it with --outcomes to condition on one")
+            if outcome not in (0, 1):
+                raise LdmError(f"--outcome must be 0 or 1; got {outcome}")
+            return np.full(n, float(outcome))
+        rate = self.config.get("outcome_rate")
+        return np.full(n, np.nan) if rate is None else (rng.random(n) < rate).astype(float)
+
+    def _descriptors(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(n, S) descriptors of training stays drawn at random (of the same outcome where known)."""
+        pool = np.array(self.config["train_static"], dtype=float).reshape(-1, len(self.config["static_names"]))
+        pool_y = self.config.get("train_outcome")
+        pool_y = np.full(len(pool), np.nan) if pool_y is None else np.array(pool_y, dtype=float)
+        out = np.empty((len(y), pool.shape[1]))
+        for i, yi in enumerate(y):
+            cand = np.flatnonzero(pool_y == yi) if not np.isnan(yi) else np.arange(len(pool))
+            out[i] = pool[rng.choice(cand if len(cand) else np.arange(len(pool)))]
+        return out

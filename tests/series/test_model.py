@@ -1,0 +1,126 @@
+"""LSSDM parts, training on the shared loop, and the loaded model's imputation and synthesis."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ldmtool.series.config import SeriesModelConfig, SeriesTrainConfig
+from ldmtool.series.model import linear_fill, variable_graph
+from ldmtool.series.pipeline import SeriesModel
+from ldmtool.series.train import train_series
+from tests.series.conftest import tiny_data
+
+TINY_MODEL = dict(channels=8, heads=2, gcn_hidden=8, latent_dim=4, score_layers=1, num_train_timesteps=10)
+TINY_TRAIN = dict(steps=6, batch_size=8, warmup_steps=2)
+
+
+def test_linear_fill():
+    x = torch.tensor([[[0.0], [2.0], [0.0], [0.0], [8.0], [0.0]]])
+    m = torch.tensor([[[False], [True], [False], [False], [True], [False]]])
+    assert linear_fill(x, m)[0, :, 0].tolist() == [2.0, 2.0, 4.0, 6.0, 8.0, 8.0]
+    assert linear_fill(x, torch.zeros_like(m)).abs().sum() == 0  # nothing observed: the mean (0)
+
+
+def test_variable_graph_links_correlated_variables():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(50, 10))
+    values = np.stack([a, a + 0.01 * rng.normal(size=a.shape), rng.normal(size=a.shape)], -1)
+    adj = variable_graph(values, k=1)
+    assert (adj == adj.T).all() and adj[0, 1] == 1 and np.trace(adj) == 0
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("series_model")
+    result = train_series(
+        tiny_data(),
+        out,
+        model_cfg=SeriesModelConfig(**TINY_MODEL),
+        train_cfg=SeriesTrainConfig(**TINY_TRAIN),
+        device=torch.device("cpu"),
+        seed=0,
+    )
+    return out, result
+
+
+def test_training_is_seeded(trained, tmp_path):
+    out, _ = trained
+    train_series(
+        tiny_data(),
+        tmp_path,
+        model_cfg=SeriesModelConfig(**TINY_MODEL),
+        train_cfg=SeriesTrainConfig(**TINY_TRAIN),
+        device=torch.device("cpu"),
+        seed=0,
+    )
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(tmp_path / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_impute_keeps_observed_values_and_is_seeded(trained):
+    out, _ = trained
+    model = SeriesModel.load(out)
+    data = tiny_data(n=5, seed=3)
+    draws = model.impute(data, samples=3, steps=4, seed=7, batch_size=4)
+    obs = data.observed
+    assert draws.shape == (5, 3, *data.values.shape[1:])
+    assert np.array_equal(draws[:, 1][obs], data.values[obs])  # observed values exactly
+    assert np.isfinite(draws).all()
+    assert not np.allclose(draws[:, 0][~obs], draws[:, 1][~obs])  # draws differ
+    np.testing.assert_array_equal(draws, model.impute(data, samples=3, steps=4, seed=7, batch_size=4))
+    again = model.impute(
+        data, samples=3, steps=4, seed=7, batch_size=7
+    )  # other batching: the same up to float rounding
+    np.testing.assert_allclose(draws, again, rtol=0, atol=1e-4)
+    alone = model.impute(data.subset([2]), samples=3, steps=4, seed=7)  # a stay's draws do not depend on the others
+    np.testing.assert_allclose(alone[0], draws[2], rtol=0, atol=1e-4)
+
+
+def test_synthesis_conditioned_on_outcome(trained):
+    out, _ = trained
+    model = SeriesModel.load(out)
+    a = model.synthesise(4, outcome=1, steps=3, seed=1)
+    b = model.synthesise(4, outcome=1, steps=3, seed=1)
+    assert np.isfinite(a.values).all() and a.values.shape == (4, 12, 4)
+    np.testing.assert_array_equal(a.values, b.values)
+    assert (a.outcome == 1).all()
+    sparse = model.synthesise(4, steps=3, seed=1, sparse=True)
+    assert 0 < np.isnan(sparse.values).mean() < 1
+
+
+class _StopAfter:
+    """A StopFlag stand-in: a stop is requested from the `n`-th step on (as if SIGTERM came then)."""
+
+    signal_name = "SIGTERM"
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, 0
+
+    @property
+    def requested(self) -> bool:
+        self.calls += 1
+        return self.calls >= self.n
+
+
+def test_preempted_training_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
+    from safetensors.torch import load_file
+
+    from ldmtool.errors import Preempted
+
+    def run(out, resume="never", stop=None):
+        return train_series(
+            tiny_data(), out, model_cfg=SeriesModelConfig(**TINY_MODEL), train_cfg=SeriesTrainConfig(**TINY_TRAIN),
+            device=torch.device("cpu"), seed=0, resume=resume, stop=stop,
+        )  # fmt: skip
+
+    with pytest.raises(Preempted, match="SIGTERM at step 3"):
+        run(tmp_path / "a", stop=_StopAfter(3))
+    assert run(tmp_path / "a", resume="must").resumed_from == 3
+    run(tmp_path / "b")
+    a, b = (load_file(str(tmp_path / x / "train_state.safetensors")) for x in "ab")
+    weights = [k for k in a if k.startswith("model/")]
+    assert weights and all(torch.equal(a[k], b[k]) for k in weights)
