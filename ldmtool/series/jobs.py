@@ -193,7 +193,7 @@ def sample_table(
         "steps": steps or model.model.cfg.num_train_timesteps,
         "seed": seed,
         "grid": model.config["grid"],
-        "descriptors": "drawn from the training stays (of the same outcome)",
+        "descriptors": "drawn from a Gaussian copula of the training stays' descriptors (of the same outcome)",
         "outputs": {k: str(v.name) for k, v in outputs.items()},
         "seconds": round(result.seconds, 3),
     }

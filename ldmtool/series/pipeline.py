@@ -135,8 +135,9 @@ class SeriesModel:
         sparse: bool = False,
         console=None,
     ) -> SeriesData:
-        """`n` synthetic stays on the model's grid: descriptors drawn from the training stays (of the
-        same outcome when conditioned), values drawn by the diffusion model with nothing observed.
+        """`n` synthetic stays on the model's grid: descriptors drawn from the training stays'
+        distribution (a Gaussian copula, see ldmtool.series.descriptors; of the same outcome when
+        conditioned), values drawn by the diffusion model with nothing observed.
 
         Args:
             outcome: 0 or 1 conditions every stay on it; None draws it at the training rate
@@ -176,12 +177,7 @@ class SeriesModel:
         return np.full(n, np.nan) if rate is None else (rng.random(n) < rate).astype(float)
 
     def _descriptors(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """(n, S) descriptors of training stays drawn at random (of the same outcome where known)."""
-        pool = np.array(self.config["train_static"], dtype=float).reshape(-1, len(self.config["static_names"]))
-        pool_y = self.config.get("train_outcome")
-        pool_y = np.full(len(pool), np.nan) if pool_y is None else np.array(pool_y, dtype=float)
-        out = np.empty((len(y), pool.shape[1]))
-        for i, yi in enumerate(y):
-            cand = np.flatnonzero(pool_y == yi) if not np.isnan(yi) else np.arange(len(pool))
-            out[i] = pool[rng.choice(cand if len(cand) else np.arange(len(pool)))]
-        return out
+        """(n, S) descriptors drawn from the stored copula (of the same outcome where known)."""
+        from ldmtool.series.descriptors import draw_descriptors
+
+        return draw_descriptors(self.config["descriptors"], y, rng)

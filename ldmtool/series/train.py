@@ -13,6 +13,7 @@ from ldmtool.config import to_dict
 from ldmtool.diffusion.samplers import training_scheduler
 from ldmtool.errors import LdmError
 from ldmtool.series.config import SeriesModelConfig, SeriesTrainConfig
+from ldmtool.series.descriptors import descriptor_model
 from ldmtool.series.model import LSSDM, UNKNOWN_OUTCOME, variable_graph
 from ldmtool.series.prepare import normalisation, to_tensors
 from ldmtool.series.reader import SeriesData
@@ -95,10 +96,7 @@ class SeriesTrainer(Trainer):
             "outcome": None if data.outcome is None else data.source.get("outcome_column", "outcome"),
             "outcome_rate": None if data.outcome is None else float(np.nanmean(train.outcome)),
             "observation_rates": observation_rates(train),
-            "train_static": np.where(np.isnan(train.static), None, train.static).tolist(),
-            "train_outcome": None
-            if train.outcome is None
-            else np.where(np.isnan(train.outcome), None, train.outcome).tolist(),
+            "descriptors": descriptor_model(train.static, train.outcome),
             "source_format": data.source.get("format"),
             "source_time_style": data.source.get("time_style", "hours"),
             "stays": {"train": len(train_idx), "validation": len(self.val_idx), "sha256": ids_hash},

@@ -8,7 +8,21 @@ import pytest
 
 from ldmtool import __version__
 
-COMMANDS = ("train-ae", "train-ldm", "sample", "impute", "train-seg", "segment", "evaluate", "demo-data", "stats")
+COMMANDS = (
+    "train-ae",
+    "train-ldm",
+    "sample",
+    "impute",
+    "inpaint",
+    "train-seg",
+    "segment",
+    "evaluate",
+    "demo-data",
+    "stats",
+    "train-series",
+    "impute-series",
+    "sample-series",
+)
 ENV = {**os.environ, "COLUMNS": "120"}
 
 
