@@ -82,9 +82,18 @@ def mmd(real: np.ndarray, fake: np.ndarray, seed: int = 0) -> float:
     return float(MMDMetric()(r[:, None], f[:, None]))
 
 
-def pairwise_ssim(images: np.ndarray, pairs: int = 50, seed: int = 0, device: torch.device | None = None) -> float:
-    """Mean 3D SSIM between random pairs of different volumes of one set (lower = more diverse)."""
-    from ldmtool.evaluate.privacy import ssim_batch
+def _take(images, idx: np.ndarray) -> np.ndarray:
+    """images[idx] of an array, or the cases read from a streamed `VolumeSet`."""
+    return images.stack(idx) if hasattr(images, "stack") else np.asarray(images)[idx]
+
+
+@torch.inference_mode()
+def pairwise_ssim(images, pairs: int = 50, seed: int = 0, device: torch.device | None = None) -> float:
+    """Mean 3D SSIM (MONAI's SSIMMetric definition) between random pairs of different volumes of
+    one set (lower = more diverse); `images` an array (N, I, J, K) or a `VolumeSet`, read a pair
+    at a time."""
+    from ldmtool.evaluate.nnsearch import gaussian_taps, ssim_pair, ssim_stats
+    from ldmtool.evaluate.privacy import ssim_window
 
     n = len(images)
     if n < 2:
@@ -92,7 +101,15 @@ def pairwise_ssim(images: np.ndarray, pairs: int = 50, seed: int = 0, device: to
     rng = np.random.default_rng(seed)
     a = rng.integers(0, n, pairs)
     b = (a + rng.integers(1, n, pairs)) % n
-    return float(np.mean(ssim_batch(images[a], images[b], device)))
+    device = device or torch.device("cpu")
+    taps = gaussian_taps(ssim_window(tuple(images.shape[1:])))
+    vals = [
+        ssim_pair(
+            ssim_stats(_take(images, [i])[0], taps, device), ssim_stats(_take(images, [j])[0], taps, device), taps
+        )
+        for i, j in zip(a, b)
+    ]
+    return float(np.mean(vals))
 
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, MONAI's default
@@ -110,7 +127,7 @@ def ms_ssim_setting(shape: tuple[int, ...]) -> tuple[int, int] | None:
     return None
 
 
-def pairwise_ms_ssim(images: np.ndarray, pairs: int = 50, seed: int = 0, device: torch.device | None = None) -> dict:
+def pairwise_ms_ssim(images, pairs: int = 50, seed: int = 0, device: torch.device | None = None) -> dict:
     """Mean 3D MS-SSIM (MONAI MultiScaleSSIMMetric) between random pairs of different volumes of
     one set; small volumes use fewer scales and a smaller window (recorded with the value)."""
     from monai.metrics import MultiScaleSSIMMetric
@@ -129,8 +146,8 @@ def pairwise_ms_ssim(images: np.ndarray, pairs: int = 50, seed: int = 0, device:
     device = device or torch.device("cpu")
     vals = []
     with torch.inference_mode():
-        for i0 in range(0, pairs, 16):
-            ta = torch.as_tensor(images[a[i0 : i0 + 16]])[:, None].float().to(device)
-            tb = torch.as_tensor(images[b[i0 : i0 + 16]])[:, None].float().to(device)
+        for i0 in range(0, pairs, 4):  # 4 pairs at a time: bounded memory at full size
+            ta = torch.as_tensor(_take(images, a[i0 : i0 + 4]))[:, None].float().to(device)
+            tb = torch.as_tensor(_take(images, b[i0 : i0 + 4]))[:, None].float().to(device)
             vals.append(metric(ta, tb).reshape(-1).double().cpu().numpy())
     return {"value": float(np.concatenate(vals).mean()), "scales": n, "window": k, "pairs": pairs}

@@ -36,8 +36,10 @@ class VolumeSet:
         self.name, self.root, self.case_ids = name, root, list(case_ids)
         self.label_names = dict(label_names or {})
         self.spacing = spacing  # voxel size (mm) of the first case as read
-        self._images, self._labels, self._reader = images, labels, reader
+        self._store = {"images": images, "labels": labels}  # shared with aliases
+        self._reader = reader
         self._shape = tuple(shape) if shape is not None else tuple(images.shape[1:])
+        self._reader = reader
         self.has_labels = labels is not None if has_labels is None else bool(has_labels)
         self.files = files or [[] for _ in self.case_ids]  # per case: image (and label) file
 
@@ -50,13 +52,41 @@ class VolumeSet:
 
     @property
     def in_memory(self) -> bool:
-        return self._images is not None
+        return self._store["images"] is not None
+
+    def alias(self, name: str) -> VolumeSet:
+        """The same cases under another name, sharing reader and loaded arrays (one folder, one read)."""
+        twin = VolumeSet(
+            name,
+            self.root,
+            None,
+            None,
+            self.case_ids,
+            self.label_names,
+            self.spacing,
+            reader=self._reader,
+            shape=self.shape,
+            has_labels=self.has_labels,
+            files=self.files,
+        )
+        twin._store = self._store
+        return twin
+
+    @property
+    def key(self) -> int:
+        """Equal for a set and its aliases."""
+        return id(self._store)
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Case i: image (I, J, K) float32 in [0, 1] and uint8 label map (None without labels)."""
-        if self._images is not None:
-            return self._images[i], None if self._labels is None else self._labels[i]
+        images, labels = self._store["images"], self._store["labels"]
+        if images is not None:
+            return images[i], None if labels is None else labels[i]
         return self._reader(i)
+
+    def stack(self, indices) -> np.ndarray:
+        """Images of the given cases (K, I, J, K), read as needed."""
+        return np.stack([self.volume(int(i)) for i in indices])
 
     def volume(self, i: int) -> np.ndarray:
         return self.read(i)[0]
@@ -75,22 +105,22 @@ class VolumeSet:
         for _, img, lab in self.iter_volumes():
             imgs.append(img)
             labs.append(lab)
-        self._images = np.stack(imgs).astype(np.float32)
-        self._labels = np.stack(labs) if self.has_labels else None
+        self._store["labels"] = np.stack(labs) if self.has_labels else None
+        self._store["images"] = np.stack(imgs).astype(np.float32)
 
     @property
     def images(self) -> np.ndarray:
-        if self._images is None:
+        if self._store["images"] is None:
             self._load_all()
-        return self._images
+        return self._store["images"]
 
     @property
     def labels(self) -> np.ndarray | None:
         if not self.has_labels:
             return None
-        if self._images is None:
+        if self._store["images"] is None:
             self._load_all()
-        return self._labels
+        return self._store["labels"]
 
 
 def normalise01(image: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
