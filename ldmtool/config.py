@@ -626,6 +626,7 @@ class EvaluateConfig:
     nn_recall_check: int = setting(
         3, "Privacy queries searched exhaustively too, to report the recall of the nearest neighbour."
     )
+    radiomics: bool = setting(True, "With fidelity: radiomic attributes of real and synthetic volumes (FRD, SaD/PaD).")
     cache_dir: str = setting(
         "", "Per-volume feature cache ('' = $LDMTOOL_CACHE_DIR or ~/.cache/ldmtool/evaluate; 'none' = off)."
     )

@@ -135,6 +135,8 @@ def run_evaluation(
         feats = {name: view_features(a, cfg.views) for name, a in arrays.items() if f"view:{cfg.views[0]}" in a}
         if only & {"fidelity", "diversity"}:
             _fidelity_diversity(report, run, feats)
+        if "fidelity" in only:
+            _attributes(report, run, arrays)
         if "speed" in only:
             _speed(report, synthetic_dir)
         if "privacy" in only:
@@ -204,13 +206,28 @@ def _features(report: dict, run: _Run, feature_extractor: Path | None) -> dict[s
         if run.heldout is not None:
             todo["heldout"] = run.heldout
     factor = coarse_factor(run.real.shape) if need_privacy else None
-    spec = EmbedSpec(extractor, cfg.views, cfg.slices_per_view, factor)
-    cache = _feature_cache(run, extractor.name, feature_extractor, coarse_factor(run.real.shape))
-    distinct = {vs.key: vs for vs in todo.values()}
-    step = run.stages.stage("features", sum(len(v) for v in distinct.values()))
+    names, n_labels = _label_layout(run)
+    specs = {
+        name: EmbedSpec(
+            extractor,
+            cfg.views,
+            cfg.slices_per_view,
+            factor,
+            radiomics="fidelity" in only and cfg.radiomics and name in ("real", "synthetic"),
+            label_names=names,
+            n_labels=n_labels,
+        )
+        for name in todo
+    }
+    cache = _feature_cache(run, extractor.name, feature_extractor, coarse_factor(run.real.shape), names)
+    distinct = {}  # one pass per folder, computing what any of its names needs
+    for name, vs in todo.items():
+        prev = distinct.get(vs.key)
+        distinct[vs.key] = (vs, specs[name] if prev is None or specs[name].radiomics else prev[1])
+    step = run.stages.stage("features", sum(len(v) for v, _ in distinct.values()))
     done: dict[int, dict[str, np.ndarray]] = {}
-    for vs in distinct.values():
-        done[vs.key] = embed_set(vs, spec, cache, run.device, on_volume=step)
+    for key, (vs, spec) in distinct.items():
+        done[key] = embed_set(vs, spec, cache, run.device, on_volume=step)
     report["feature_cache"] = {
         **cache.summary(),
         "note": "per-volume features keyed by the SHA-256 of the volume files and the settings",
@@ -218,7 +235,33 @@ def _features(report: dict, run: _Run, feature_extractor: Path | None) -> dict[s
     return {name: done[vs.key] for name, vs in todo.items()}
 
 
-def _feature_cache(run: _Run, extractor_name: str, extractor_file: Path | None, factor: int | None):
+def _label_layout(run: _Run) -> tuple[dict[str, int], int]:
+    """Label names and the number of label values (1..n) of the radiomic region attributes."""
+    names = run.real.label_names or (run.syn.label_names if run.syn is not None else {})
+    return dict(names), int(max(names.values(), default=0))
+
+
+def _attributes(report: dict, run: _Run, arrays: dict[str, dict[str, np.ndarray]]) -> None:
+    """FRD and SaD/PaD of the radiomic attributes of the real and the synthetic set."""
+    from ldmtool.evaluate.attributes import attribute_report
+    from ldmtool.evaluate.radiomics import attribute_names
+
+    if "radiomics" not in arrays.get("synthetic", {}):
+        return
+    names, n_labels = _label_layout(run)
+    step = run.stages.stage("radiomic attributes (FRD, SaD, PaD)", 1)
+    real, syn = arrays["real"]["radiomics"], arrays["synthetic"]["radiomics"]
+    report["attributes"] = {
+        **attribute_report(attribute_names(names, n_labels), real, syn),
+        "real_cases": len(real),
+        "synthetic_cases": len(syn),
+    }
+    step()
+
+
+def _feature_cache(
+    run: _Run, extractor_name: str, extractor_file: Path | None, factor: int | None, label_names: dict[str, int]
+):
     """The on-disk per-volume cache (`cfg.cache_dir`; 'none' turns it off) for these settings."""
     from ldmtool.evaluate.cache import FeatureCache, default_cache_dir, files_digest
 
@@ -233,6 +276,7 @@ def _feature_cache(run: _Run, extractor_name: str, extractor_file: Path | None, 
         "image_size": cfg.image_size,
         "slices_per_view": cfg.slices_per_view,
         "descriptor_factor": factor,
+        "label_names": label_names,
     }
     return FeatureCache(folder, settings)
 

@@ -1,4 +1,5 @@
-"""One streaming pass over a volume set: per case its view features and coarse privacy descriptor.
+"""One streaming pass over a volume set: per case its view features, coarse privacy descriptor and
+radiomic attributes.
 
 Volumes are read, embedded and released one at a time (memory: one volume), and each case's
 arrays come from the on-disk `FeatureCache` when its files and the settings are unchanged.
@@ -24,6 +25,8 @@ class EmbedSpec:
     slices_per_view: int
     descriptor_factor: int | None
     radiomics: bool = False
+    label_names: dict[str, int] | None = None  # the label layout of the radiomic region attributes
+    n_labels: int = 0
 
 
 def embed_set(
@@ -49,7 +52,7 @@ def embed_set(
             if spec.radiomics:
                 from ldmtool.evaluate.radiomics import radiomic_features
 
-                got["radiomics"] = radiomic_features(img, lab)[1]
+                got["radiomics"] = radiomic_features(img, lab, spec.label_names, spec.n_labels)[1]
             cache.put(key, got)
         rows.append({k: got[k] for k in wanted})
         if on_volume is not None:

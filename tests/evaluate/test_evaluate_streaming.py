@@ -51,11 +51,21 @@ def test_same_folder_is_read_once_and_second_run_hits_the_cache(sets_dir, tmp_pa
     rep2 = _run(sets_dir, tmp_path / "b", tmp_path / "cache", only=("fidelity",))
     assert rep2["feature_cache"]["hits"] == 12 and rep2["feature_cache"]["misses"] == 0
     assert rep2["fidelity"]["fid"] == pytest.approx(rep["fidelity"]["fid"], rel=1e-6)
+    # synthetic = the real volumes: radiomic statistics identical
+    attrs = rep2["attributes"]
+    assert attrs["frd"] == pytest.approx(0, abs=1e-6) and attrs["sad"] < 0.01 and attrs["attributes_used"] > 10
+    from ldmtool.evaluate.html import write_report
+
+    page = write_report(rep2, tmp_path / "b")["html"].read_text()
+    assert "Most different attributes" in page and "FRD (radiomics)" in page
 
 
 def test_only_speed_reads_provenance_only(sets_dir, tmp_path, reads):
     rep = _run(sets_dir, tmp_path / "r", "none", only=("speed",))
     assert rep["speed"]["n_samples"] == 6 and sum(reads.values()) == 0
+    from ldmtool.evaluate.html import write_report
+
+    write_report(rep, tmp_path / "r")
 
 
 def test_exhaustive_search_matches_two_stage(sets_dir, tmp_path):
