@@ -165,6 +165,8 @@ class MemorizationFilter:
         threshold: reject when the score exceeds it (e.g. 0.95).
         device: where SSIM runs.
         candidates: training volumes re-ranked by exact SSIM per check (None: every one).
+        cache_bytes: memory for training volumes and their filtered moments. A folder is read
+            once to index it; its volumes are read again only as candidates, when not cached.
     """
 
     def __init__(
@@ -174,27 +176,42 @@ class MemorizationFilter:
         device: torch.device | str | None = None,
         case_ids: list[str] | None = None,
         candidates: int | None = 8,
+        cache_bytes: int = 4 * 1024**3,
     ) -> None:
-        from ldmtool.evaluate.nnsearch import SSIMIndex
-        from ldmtool.evaluate.volumes import load_volume_set, normalise01
+        from ldmtool.evaluate.nnsearch import SSIMIndex, coarse_factor, volume_descriptor
+        from ldmtool.evaluate.volumes import normalise01, open_volume_set
 
         if not 0.0 < float(threshold) <= 1.0:
             raise LdmError(f"the memorisation threshold must be in (0, 1]; got {threshold}")
         self.threshold = float(threshold)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         if isinstance(train, (str, Path)):
-            vs = load_volume_set(Path(train), "train")
-            self.train, self.case_ids = vs.images, vs.case_ids
+            vs = open_volume_set(Path(train), "train")
+            self.shape, self.case_ids, load = vs.shape, vs.case_ids, vs.volume
+            factor = coarse_factor(self.shape)
+            desc = np.stack([volume_descriptor(img, factor) for _, img, _ in vs.iter_volumes()])
         else:
             arr = np.asarray(train, dtype=np.float32)
             if arr.ndim != 4 or len(arr) == 0:
                 raise LdmError(f"training volumes must be an array (N, I, J, K); got shape {arr.shape}")
-            self.train = np.stack([normalise01(v) for v in arr])
+            volumes = np.stack([normalise01(v) for v in arr])
+            self.shape, load = volumes.shape[1:], volumes.__getitem__
             self.case_ids = case_ids or [f"train_{i}" for i in range(len(arr))]
+            factor = coarse_factor(self.shape)
+            desc = np.stack([volume_descriptor(v, factor) for v in volumes])
         self.checked = 0
         self.rejected = 0
-        k = len(self.train) if candidates is None else int(candidates)
-        self.index = SSIMIndex.from_volumes(self.train, ssim_window(self.train.shape[1:]), device=self.device, k=k)
+        exhaustive = candidates is None
+        self.index = SSIMIndex(
+            desc,
+            load,
+            ssim_window(self.shape),
+            factor,
+            self.device,
+            k=len(desc) if exhaustive else int(candidates),
+            margin=None if exhaustive else 0.1,
+            cache_bytes=cache_bytes,
+        )
 
     def score(self, image: np.ndarray) -> tuple[float, int]:
         """(highest SSIM to a training volume, index of that volume) for one (I, J, K) image."""
@@ -203,7 +220,7 @@ class MemorizationFilter:
         image = np.asarray(image, dtype=np.float32)
         if image.ndim != 3:
             raise LdmError(f"a generated image must be a 3D array; got shape {image.shape}")
-        vol = resize_volume(normalise01(image), self.train.shape[1:])
+        vol = resize_volume(normalise01(image), self.shape)
         return self.index.search(vol)
 
     def check(self, image: np.ndarray) -> MemorizationCheck:
