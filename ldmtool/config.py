@@ -626,6 +626,9 @@ class EvaluateConfig:
     nn_recall_check: int = setting(
         3, "Privacy queries searched exhaustively too, to report the recall of the nearest neighbour."
     )
+    audit_steps: int = setting(
+        200, "Training steps of the contrastive encoder of the memorisation audit (0 = no audit)."
+    )
     radiomics: bool = setting(True, "With fidelity: radiomic attributes of real and synthetic volumes (FRD, SaD/PaD).")
     cache_dir: str = setting(
         "", "Per-volume feature cache ('' = $LDMTOOL_CACHE_DIR or ~/.cache/ldmtool/evaluate; 'none' = off)."
@@ -678,8 +681,8 @@ class EvaluateConfig:
                 raise LdmError(f"{name.replace('_', '-')} must be at least 1; got {getattr(self, name)}")
         if not 0 < self.flag_ssim <= 1:
             raise LdmError(f"flag-ssim must be in (0, 1]; got {self.flag_ssim}")
-        if self.nn_candidates < 0 or self.nn_recall_check < 0 or self.nn_margin < 0:
-            raise LdmError("nn-candidates, nn-recall-check and nn-margin must be at least 0")
+        if min(self.nn_candidates, self.nn_recall_check, self.nn_margin, self.audit_steps) < 0:
+            raise LdmError("nn-candidates, nn-recall-check, nn-margin and audit-steps must be at least 0")
         if self.epsilon < 0 or self.noise_sigma < 0:
             raise LdmError("epsilon and noise-sigma must be non-negative")
         if len(self.seg_channels) < 2:

@@ -75,7 +75,7 @@ def _speed_rows(s: dict) -> list[tuple[str, str, str, str]]:
 
 def _privacy_rows(p: dict) -> list[tuple[str, str, str, str]]:
     heldout = f"; held-out real: {_fmt(p['heldout_max_ssim_mean'])}" if "heldout_max_ssim_mean" in p else ""
-    return [
+    rows = [
         (
             "privacy",
             f"max SSIM to train (q={p['q']}, {p['repeats']} repeats)",
@@ -95,6 +95,19 @@ def _privacy_rows(p: dict) -> list[tuple[str, str, str, str]]:
             "synthetic→train / held-out→train; < 1 = closer than unseen real data",
         ),
     ]
+    if p.get("audit"):
+        a = p["audit"]
+        rows.append(
+            (
+                "privacy",
+                "copies (contrastive audit)",
+                f"{a['copies']} ({100 * a['copy_share']:.0f}%); {100 * a['training_share_copied']:.0f}% of train copied",
+                "closer to a training case than any held-out case is; 0 is best",
+            )
+        )
+    if p.get("membership") and p["membership"].get("auc") is not None:
+        rows.append(("privacy", "membership AUC (denoiser loss)", _fmt(p["membership"]["auc"]), "0.5 = no signal"))
+    return rows
 
 
 def _utility_rows(u: dict) -> list[tuple[str, str, str, str]]:

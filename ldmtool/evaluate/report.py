@@ -81,6 +81,7 @@ class _Run:
     seed: int
     fig_dir: Path
     stages: _Stages
+    generator: tuple[Path, Path] | None = None  # (autoencoder, denoiser) for membership inference
 
     @property
     def only(self) -> set[str]:
@@ -100,6 +101,7 @@ def run_evaluation(
     device: torch.device = torch.device("cpu"),
     seed: int = 0,
     console=None,
+    generator: tuple[Path, Path] | None = None,
 ) -> dict:
     """Compute the selected criteria; returns the report dict (also written by `write_report`)."""
     t_start = time.perf_counter()
@@ -124,7 +126,8 @@ def run_evaluation(
     with _Stages(console) as st:
         sets = _read_sets(report, paths, cfg, st)
         real, train, test = sets["real"], sets["train"], sets["test"]
-        run = _Run(cfg, real, sets["synthetic"], train, test, _heldout(real, train, test), device, seed, fig_dir, st)
+        heldout = _heldout(real, train, test)
+        run = _Run(cfg, real, sets["synthetic"], train, test, heldout, device, seed, fig_dir, st, generator)
         if "utility" in only and cfg.utility_curve and test is not None:
             from ldmtool.evaluate.utility_curve import usable_sizes
 
@@ -389,10 +392,47 @@ def _privacy(report: dict, run: _Run, feats: dict, arrays: dict[str, dict[str, n
         volume_embedding(feats["train"]),
         volume_embedding(feats["heldout"]) if "heldout" in feats else None,
     )
+    if heldout is not None and cfg.audit_steps > 0:
+        priv["audit"] = _copy_audit(run, arrays)
+    if run.generator is not None:
+        priv["membership"] = _membership(run)
     priv["suspicious_pairs"] = _suspicious_pairs(run, s_max, s_arg)
     ssim_histogram_png(s_max, h_max, cfg.flag_ssim, run.fig_dir / "privacy_ssim.png")
     report["figures"]["privacy_ssim"] = "figures/privacy_ssim.png"
     report["privacy"] = priv
+
+
+def _copy_audit(run: _Run, arrays: dict[str, dict[str, np.ndarray]]) -> dict:
+    """Copies in a contrastive embedding trained on the training set (`audit.copy_audit`)."""
+    from ldmtool.evaluate import audit
+
+    step = run.stages.stage("memorisation audit (contrastive)", 1)
+    enc = audit.train_encoder(arrays["train"]["descriptor"], steps=run.cfg.audit_steps, seed=run.seed)
+    res = audit.copy_audit(*(audit.embed(enc, arrays[k]["descriptor"]) for k in ("synthetic", "train", "heldout")))
+    step()
+    return {
+        **{k: v for k, v in res.items() if not k.endswith("_index")},
+        "copies_synthetic": [run.syn.case_ids[i] for i in res["copy_index"][:20]],
+        "copied_train": [run.train.case_ids[i] for i in res["copied_index"][:20]],
+        "encoder_steps": run.cfg.audit_steps,
+        "definition": "a synthetic volume is a copy when, in an embedding trained contrastively (SimCLR) on the "
+        "training set, it is closer to its nearest training volume than every held-out real volume is "
+        "(Dar et al.); training_share_copied: training cases with at least one copy",
+    }
+
+
+def _membership(run: _Run) -> dict:
+    """Membership inference on the generator (`audit.membership_inference`)."""
+    from ldmtool.evaluate.audit import membership_inference
+    from ldmtool.pipelines.latent_diffusion import LatentDiffusionPipeline
+
+    if run.heldout is None:
+        return {"auc": None, "note": "needs held-out real volumes (--test or a --real set distinct from --train)"}
+    step = run.stages.stage("membership inference", 1)
+    pipe = LatentDiffusionPipeline.from_pretrained(*run.generator, device=run.device)
+    res = membership_inference(pipe, run.train.root, run.heldout.root, max_cases=run.cfg.max_cases or 50)
+    step()
+    return res
 
 
 def _ssim_index(run: _Run, descriptors: np.ndarray):
