@@ -659,6 +659,20 @@ class EvaluateConfig:
     repeats: int = setting(10, "Privacy repeats.")
     flag_ssim: float = setting(0.95, "Flag synthetic volumes whose max SSIM to a training volume is above this.")
     pairs: int = setting(4, "Most suspicious synthetic/train pairs shown as PNGs.")
+    nn_candidates: int = setting(
+        8, "Training volumes re-ranked by exact SSIM per privacy query after the coarse stage (0 = exhaustive)."
+    )
+    nn_margin: float = setting(0.1, "Re-rank only candidates within this coarse SSIM of the best one.")
+    nn_recall_check: int = setting(
+        3, "Privacy queries searched exhaustively too, to report the recall of the nearest neighbour."
+    )
+    audit_steps: int = setting(
+        200, "Training steps of the contrastive encoder of the memorisation audit (0 = no audit)."
+    )
+    radiomics: bool = setting(True, "With fidelity: radiomic attributes of real and synthetic volumes (FRD, SaD/PaD).")
+    cache_dir: str = setting(
+        "", "Per-volume feature cache ('' = $LDMTOOL_CACHE_DIR or ~/.cache/ldmtool/evaluate; 'none' = off)."
+    )
     seg_channels: tuple[int, ...] = setting((16, 32, 64), "Downstream UNet / classifier channels per level.")
     seg_steps: int = setting(300, "Downstream training steps.")
     seg_batch_size: int = setting(16, "Downstream batch size (slices or volumes).")
@@ -707,6 +721,8 @@ class EvaluateConfig:
                 raise LdmError(f"{name.replace('_', '-')} must be at least 1; got {getattr(self, name)}")
         if not 0 < self.flag_ssim <= 1:
             raise LdmError(f"flag-ssim must be in (0, 1]; got {self.flag_ssim}")
+        if min(self.nn_candidates, self.nn_recall_check, self.nn_margin, self.audit_steps) < 0:
+            raise LdmError("nn-candidates, nn-recall-check, nn-margin and audit-steps must be at least 0")
         if self.epsilon < 0 or self.noise_sigma < 0:
             raise LdmError("epsilon and noise-sigma must be non-negative")
         if len(self.seg_channels) < 2:

@@ -57,6 +57,16 @@ def evaluate(
             rich_help_panel=DOWN,
         ),
     ] = None,
+    ae: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--ae", help="The generator's autoencoder: with --ldm, membership inference.", rich_help_panel=PRIV
+        ),
+    ] = None,
+    ldm: Annotated[
+        Optional[Path],
+        typer.Option("--ldm", help="The generator's latent denoiser (membership inference).", rich_help_panel=PRIV),
+    ] = None,
     config: Annotated[
         Optional[Path], typer.Option("--config", "-c", help="YAML config (section `evaluate`); flags override it.")
     ] = None,
@@ -77,6 +87,11 @@ def evaluate(
     repeats: Annotated[Optional[int], common.opt(EvaluateConfig, "repeats", panel=PRIV)] = None,
     flag_ssim: Annotated[Optional[float], common.opt(EvaluateConfig, "flag_ssim", panel=PRIV)] = None,
     pairs: Annotated[Optional[int], common.opt(EvaluateConfig, "pairs", panel=PRIV)] = None,
+    nn_candidates: Annotated[Optional[int], common.opt(EvaluateConfig, "nn_candidates", panel=PRIV)] = None,
+    nn_margin: Annotated[Optional[float], common.opt(EvaluateConfig, "nn_margin", panel=PRIV)] = None,
+    nn_recall_check: Annotated[Optional[int], common.opt(EvaluateConfig, "nn_recall_check", panel=PRIV)] = None,
+    audit_steps: Annotated[Optional[int], common.opt(EvaluateConfig, "audit_steps", panel=PRIV)] = None,
+    cache_dir: Annotated[Optional[str], common.opt(EvaluateConfig, "cache_dir", panel=FEAT)] = None,
     seg_channels: Annotated[Optional[str], common.opt(EvaluateConfig, "seg_channels", panel=DOWN)] = None,
     seg_steps: Annotated[Optional[int], common.opt(EvaluateConfig, "seg_steps", panel=DOWN)] = None,
     seg_batch_size: Annotated[Optional[int], common.opt(EvaluateConfig, "seg_batch_size", panel=DOWN)] = None,
@@ -96,6 +111,10 @@ def evaluate(
     for path, what in ((real, "--real"), (synthetic, "--synthetic"), (train, "--train"), (test, "--test")):
         if path is not None:
             common.require_exists(path, f"{what} folder")
+    if (ae is None) != (ldm is None):
+        from ldmtool.errors import LdmError
+
+        raise LdmError("membership inference needs both --ae and --ldm (the generator under audit)")
     only, views = _csv(only), _csv(views)
     seg_channels = common.ints(seg_channels, None, "--seg-channels")
     utility_curve = common.ints(utility_curve, None, "--utility-curve")
@@ -116,6 +135,7 @@ def evaluate(
         device=state.torch_device(),
         seed=state.seed,
         console=state.console,
+        generator=(ae, ldm) if ae is not None and ldm is not None else None,
     )
     files = write_report(report, out)
     from rich.table import Table

@@ -82,9 +82,18 @@ def mmd(real: np.ndarray, fake: np.ndarray, seed: int = 0) -> float:
     return float(MMDMetric()(r[:, None], f[:, None]))
 
 
-def pairwise_ssim(images: np.ndarray, pairs: int = 50, seed: int = 0, device: torch.device | None = None) -> float:
-    """Mean 3D SSIM between random pairs of different volumes of one set (lower = more diverse)."""
-    from ldmtool.evaluate.privacy import ssim_batch
+def _take(images, idx: np.ndarray) -> np.ndarray:
+    """images[idx] of an array, or the cases read from a streamed `VolumeSet`."""
+    return images.stack(idx) if hasattr(images, "stack") else np.asarray(images)[idx]
+
+
+@torch.inference_mode()
+def pairwise_ssim(images, pairs: int = 50, seed: int = 0, device: torch.device | None = None) -> float:
+    """Mean 3D SSIM (MONAI's SSIMMetric definition) between random pairs of different volumes of
+    one set (lower = more diverse); `images` an array (N, I, J, K) or a `VolumeSet`, read a pair
+    at a time."""
+    from ldmtool.evaluate.nnsearch import gaussian_taps, ssim_pair, ssim_stats
+    from ldmtool.evaluate.privacy import ssim_window
 
     n = len(images)
     if n < 2:
@@ -92,7 +101,15 @@ def pairwise_ssim(images: np.ndarray, pairs: int = 50, seed: int = 0, device: to
     rng = np.random.default_rng(seed)
     a = rng.integers(0, n, pairs)
     b = (a + rng.integers(1, n, pairs)) % n
-    return float(np.mean(ssim_batch(images[a], images[b], device)))
+    device = device or torch.device("cpu")
+    taps = gaussian_taps(ssim_window(tuple(images.shape[1:])))
+    vals = [
+        ssim_pair(
+            ssim_stats(_take(images, [i])[0], taps, device), ssim_stats(_take(images, [j])[0], taps, device), taps
+        )
+        for i, j in zip(a, b)
+    ]
+    return float(np.mean(vals))
 
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, MONAI's default
@@ -110,27 +127,53 @@ def ms_ssim_setting(shape: tuple[int, ...]) -> tuple[int, int] | None:
     return None
 
 
-def pairwise_ms_ssim(images: np.ndarray, pairs: int = 50, seed: int = 0, device: torch.device | None = None) -> dict:
-    """Mean 3D MS-SSIM (MONAI MultiScaleSSIMMetric) between random pairs of different volumes of
-    one set; small volumes use fewer scales and a smaller window (recorded with the value)."""
-    from monai.metrics import MultiScaleSSIMMetric
+@torch.inference_mode()
+def ms_ssim_pair(x: torch.Tensor, y: torch.Tensor, win: int, weights: tuple[float, ...]) -> float:
+    """3D MS-SSIM of two volumes (I, J, K) as MONAI's MultiScaleSSIMMetric defines it (Gaussian
+    σ 1.5, k1 0.01, k2 0.03, data range 1; mean contrast-sensitivity per scale, mean SSIM at the
+    last, average-pooled by 2 between scales), with the separable shift-and-add filter."""
+    from ldmtool.evaluate.nnsearch import C1, C2, gaussian_filter_valid, gaussian_taps
 
-    setting = ms_ssim_setting(images.shape[1:])
+    taps = gaussian_taps(win)
+    x, y = x[None].float(), y[None].float()
+    parts = []
+    for s in range(len(weights)):
+        mx, my = gaussian_filter_valid(x, taps), gaussian_filter_valid(y, taps)
+        sxx = gaussian_filter_valid(x * x, taps) - mx * mx
+        syy = gaussian_filter_valid(y * y, taps) - my * my
+        sxy = gaussian_filter_valid(x * y, taps) - mx * my
+        cs = (2 * sxy + C2) / (sxx + syy + C2)
+        if s == len(weights) - 1:
+            parts.append(torch.relu((((2 * mx * my + C1) / (mx * mx + my * my + C1)) * cs).mean()))
+        else:
+            parts.append(torch.relu(cs.mean()))
+            x = torch.nn.functional.avg_pool3d(x[None], 2)[0]
+            y = torch.nn.functional.avg_pool3d(y[None], 2)[0]
+    w = torch.tensor(weights, dtype=torch.float32)
+    return float(torch.prod(torch.stack(parts) ** w))
+
+
+def pairwise_ms_ssim(images, pairs: int = 50, seed: int = 0, device: torch.device | None = None) -> dict:
+    """Mean 3D MS-SSIM (MONAI's MultiScaleSSIMMetric definition, `ms_ssim_pair`) between random
+    pairs of different volumes of one set, read a pair at a time; small volumes use fewer scales
+    and a smaller window (recorded with the value)."""
+    setting = ms_ssim_setting(tuple(images.shape[1:]))
     if len(images) < 2 or setting is None:
         return {"value": None, "reason": f"volumes of shape {list(images.shape[1:])} are too small for MS-SSIM"}
     n, k = setting
     w = np.asarray(MS_SSIM_WEIGHTS[:n])
-    metric = MultiScaleSSIMMetric(
-        spatial_dims=3, data_range=1.0, kernel_size=k, weights=tuple((w / w.sum()).tolist()), reduction="none"
-    )
+    weights = tuple((w / w.sum()).tolist())
     rng = np.random.default_rng(seed)
     a = rng.integers(0, len(images), pairs)
     b = (a + rng.integers(1, len(images), pairs)) % len(images)
     device = device or torch.device("cpu")
-    vals = []
-    with torch.inference_mode():
-        for i0 in range(0, pairs, 16):
-            ta = torch.as_tensor(images[a[i0 : i0 + 16]])[:, None].float().to(device)
-            tb = torch.as_tensor(images[b[i0 : i0 + 16]])[:, None].float().to(device)
-            vals.append(metric(ta, tb).reshape(-1).double().cpu().numpy())
-    return {"value": float(np.concatenate(vals).mean()), "scales": n, "window": k, "pairs": pairs}
+    vals = [
+        ms_ssim_pair(
+            torch.as_tensor(_take(images, [i])[0]).to(device),
+            torch.as_tensor(_take(images, [j])[0]).to(device),
+            k,
+            weights,
+        )
+        for i, j in zip(a, b)
+    ]
+    return {"value": float(np.mean(vals)), "scales": n, "window": k, "pairs": pairs}

@@ -35,7 +35,7 @@ def montage_png(real, synthetic, path: Path, n: int = 6) -> Path:
     from ldmtool.pipelines.montage import montage
 
     def grid(vs):
-        vols = [(vs.images[i], None if vs.labels is None else vs.labels[i]) for i in range(min(n, len(vs)))]
+        vols = [vs.read(i) for i in range(min(n, len(vs)))]
         return montage(vols, lesion=None, scale=3)
 
     a, b = grid(real), grid(synthetic)

@@ -75,7 +75,7 @@ def _speed_rows(s: dict) -> list[tuple[str, str, str, str]]:
 
 def _privacy_rows(p: dict) -> list[tuple[str, str, str, str]]:
     heldout = f"; held-out real: {_fmt(p['heldout_max_ssim_mean'])}" if "heldout_max_ssim_mean" in p else ""
-    return [
+    rows = [
         (
             "privacy",
             f"max SSIM to train (q={p['q']}, {p['repeats']} repeats)",
@@ -95,6 +95,19 @@ def _privacy_rows(p: dict) -> list[tuple[str, str, str, str]]:
             "synthetic→train / held-out→train; < 1 = closer than unseen real data",
         ),
     ]
+    if p.get("audit"):
+        a = p["audit"]
+        rows.append(
+            (
+                "privacy",
+                "copies (contrastive audit)",
+                f"{a['copies']} ({100 * a['copy_share']:.0f}%); {100 * a['training_share_copied']:.0f}% of train copied",
+                "closer to a training case than any held-out case is; 0 is best",
+            )
+        )
+    if p.get("membership") and p["membership"].get("auc") is not None:
+        rows.append(("privacy", "membership AUC (denoiser loss)", _fmt(p["membership"]["auc"]), "0.5 = no signal"))
+    return rows
 
 
 def _utility_rows(u: dict) -> list[tuple[str, str, str, str]]:
@@ -144,8 +157,22 @@ def _score_key(section: dict) -> str:
     return "dice_mean" if section["task"] == "segmentation" else "accuracy"
 
 
+def _attributes_rows(a: dict) -> list[tuple[str, str, str, str]]:
+    top = a["most_different"][0]["attribute"] if a["most_different"] else "–"
+    return [
+        ("fidelity", "FRD (radiomics)", _fmt(a["frd"]), "lower is better, 0 = same radiomic statistics"),
+        (
+            "fidelity",
+            "SaD / PaD (attributes)",
+            f"{_fmt(a['sad'])} / {_fmt(a['pad'])}",
+            f"lower is better; most different: {top}",
+        ),
+    ]
+
+
 _CRITERION_ROWS = (
     ("fidelity", _fidelity_rows),
+    ("attributes", _attributes_rows),
     ("diversity", _diversity_rows),
     ("speed", _speed_rows),
     ("privacy", _privacy_rows),
@@ -192,6 +219,8 @@ def render_html(report: dict, out_dir: Path) -> str:
         )
     if report.get("fidelity"):
         parts += _fidelity_section(report["fidelity"])
+    if report.get("attributes"):
+        parts += _attributes_section(report["attributes"])
     if "precision_recall" in figs:
         parts.append(_img(out_dir / figs["precision_recall"], "improved precision and recall"))
     if report.get("speed") and report["speed"].get("available"):
@@ -217,9 +246,13 @@ def _inputs_section(report: dict) -> list[str]:
         "<h2>Inputs</h2>"
         + _table(
             ["set", "path", "volumes", "shape"],
-            [[k, v["path"], v["n"], "×".join(map(str, v["shape"]))] for k, v in inp.items() if isinstance(v, dict)],
+            [
+                [k, v["path"], v.get("n"), "×".join(map(str, v["shape"])) if v.get("shape") else None]
+                for k, v in inp.items()
+                if isinstance(v, dict)
+            ],
         ),
-        f"<p class='note'>{html.escape(inp.get('note', ''))}. ldmtool {report['ldmtool_version']}, "
+        f"<p class='note'>{html.escape(inp.get('note', 'no volume read'))}. ldmtool {report['ldmtool_version']}, "
         f"device {report['device']}, seed {report['seed']}, {report['seconds']} s.</p>",
     ]
     fe = report.get("feature_extractor")
@@ -243,6 +276,22 @@ def _fidelity_section(f: dict) -> list[str]:
     ]
 
 
+def _attributes_section(a: dict) -> list[str]:
+    """FRD, SaD and PaD with the attributes and pairs that differ most between real and synthetic."""
+    return [
+        "<h2>Medical attributes (radiomics)</h2>"
+        + _table(["FRD", "SaD", "PaD", "attributes used"], [[a["frd"], a["sad"], a["pad"], a["attributes_used"]]])
+        + "<h3>Most different attributes</h3>"
+        + _table(
+            ["attribute", "SaD (KL)", "real mean", "synthetic mean"],
+            [[r["attribute"], r["sad"], r["real_mean"], r["synthetic_mean"]] for r in a["most_different"]],
+        )
+        + "<h3>Most different pairs of attributes</h3>"
+        + _table(["attributes", "PaD"], [[" × ".join(r["attributes"]), r["pad"]] for r in a["most_different_pairs"]]),
+        f"<p class='note'>{html.escape(a['definition'])}</p>",
+    ]
+
+
 def _speed_section(s: dict) -> str:
     """Sampling speed read from the provenance sidecars."""
     row = [
@@ -263,6 +312,15 @@ def _privacy_section(p: dict, figs: dict, out_dir: Path) -> list[str]:
     ]
     if "privacy_ssim" in figs:
         parts.append(_img(out_dir / figs["privacy_ssim"], "highest SSIM to a training volume"))
+    search = p.get("search")
+    if search:
+        rec = search["recall_vs_exhaustive"]
+        parts.append(
+            f"<p class='note'>Nearest training volume: {html.escape(search['method'])} search "
+            f"({html.escape(search['coarse_stage'])}; exact SSIM on at most {search['candidates_max']} candidates, "
+            f"{_fmt(search['exact_pairs_per_query'])} pairs per query); recall of the exhaustive nearest neighbour "
+            f"{_fmt(rec.get('recall'))} on {rec.get('checked')} queries.</p>"
+        )
     m = p["memorisation"]
     parts.append(_table(["measure", "value"], [[k, json.dumps(v) if isinstance(v, list) else v] for k, v in m.items()]))
     parts.append("<h3>Most suspicious pairs</h3>")

@@ -44,56 +44,53 @@ def ssim_batch(
 class OneToManySSIM:
     """3D SSIM of one volume against every volume of a reference set, as MONAI's SSIMMetric
     defines it (Gaussian window of σ 1.5, k1 0.01, k2 0.03, data range 1, valid filtering) but
-    computed the way one-to-many needs: the Gaussian applied as three 1D passes instead of one 3D
-    kernel, and each reference volume's local means and variances filtered once, not once per
-    pair. Same values up to float rounding (tests compare it with SSIMMetric); MONAI filters both
-    volumes of every pair with the full 3D kernel, far too slow for hundreds of pairs per query.
+    computed the way one-to-many needs: the Gaussian applied as three 1D shift-and-add passes
+    (`nnsearch.gaussian_filter_valid`) instead of one 3D kernel, and each reference volume's local
+    means and variances filtered once, not once per pair. Same values up to float rounding (tests
+    compare it with SSIMMetric).
     """
 
     def __init__(self, reference: np.ndarray, win: int, device: torch.device | None = None, batch: int = 16) -> None:
+        from ldmtool.evaluate.nnsearch import gaussian_taps, ssim_stats
+
         self.device = device or torch.device("cpu")
-        self.batch = batch
-        x = torch.arange(win, dtype=torch.float32) - (win - 1) / 2
-        g = torch.exp(-((x / 1.5) ** 2) / 2)
-        self.kernels = [
-            (g / g.sum()).reshape(shape).to(self.device)
-            for shape in ((1, 1, win, 1, 1), (1, 1, 1, win, 1), (1, 1, 1, 1, win))
-        ]
-        self.reference = torch.as_tensor(np.asarray(reference, dtype=np.float32))[:, None]
-        self.stats = [
-            self._moments(self.reference[i : i + batch].to(self.device)) for i in range(0, len(reference), batch)
-        ]
-
-    def _filter(self, x: torch.Tensor) -> torch.Tensor:
-        for k in self.kernels:
-            x = torch.nn.functional.conv3d(x, k)
-        return x
-
-    def _moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu = self._filter(x)
-        return mu, self._filter(x * x) - mu * mu
+        self.taps = gaussian_taps(win)
+        ref = torch.as_tensor(np.asarray(reference, dtype=np.float32))
+        self.stats = [ssim_stats(ref[i : i + batch], self.taps, self.device) for i in range(0, len(ref), batch)]
 
     @torch.inference_mode()
     def __call__(self, query: np.ndarray) -> np.ndarray:
         """SSIM of `query` (I, J, K) in [0, 1] with each reference volume → (R,)."""
-        c1, c2 = 0.01**2, 0.03**2
-        x = torch.as_tensor(np.asarray(query, dtype=np.float32))[None, None].to(self.device)
-        mu_x, var_x = self._moments(x)
-        out = []
-        for i, (mu_y, var_y) in zip(range(0, len(self.reference), self.batch), self.stats):
-            y = self.reference[i : i + self.batch].to(self.device)
-            cov = self._filter(x * y) - mu_x * mu_y
-            ssim = ((2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)) * ((2 * cov + c2) / (var_x + var_y + c2))
-            out.append(ssim.flatten(1).mean(1).double().cpu())
-        return torch.cat(out).numpy()
+        from ldmtool.evaluate.nnsearch import ssim_batch_stats, ssim_stats
+
+        q = ssim_stats(np.asarray(query, dtype=np.float32)[None], self.taps, self.device)
+        return np.concatenate([ssim_batch_stats(q, s, self.taps) for s in self.stats])
 
 
 def max_ssim_to_set(
-    queries: np.ndarray, reference: np.ndarray, device: torch.device | None = None, batch: int = 16, on_query=None
+    queries: np.ndarray,
+    reference: np.ndarray,
+    device: torch.device | None = None,
+    batch: int = 16,
+    on_query=None,
+    candidates: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each query volume the highest 3D SSIM to any reference volume, and which one.
 
+    `candidates`: None searches exhaustively; k uses the two-stage `nnsearch.SSIMIndex` (exact
+    SSIM on the k best candidates of the coarse stage).
+
     Returns (max_ssim (Q,), argmax index into reference (Q,))."""
+    if candidates is not None:
+        from ldmtool.evaluate.nnsearch import SSIMIndex
+
+        index = SSIMIndex.from_volumes(reference, ssim_window(reference.shape[1:]), device=device, k=candidates)
+        best, where = np.zeros(len(queries)), np.zeros(len(queries), dtype=np.int64)
+        for q, vol in enumerate(queries):
+            best[q], where[q] = index.search(vol)
+            if on_query is not None:
+                on_query()
+        return best, where
     ssim = OneToManySSIM(reference, ssim_window(reference.shape[1:]), device, batch)
     best = np.full(len(queries), -np.inf)
     where = np.zeros(len(queries), dtype=np.int64)
@@ -156,16 +153,20 @@ class MemorizationCheck:
 class MemorizationFilter:
     """Reject generated volumes that are near-copies of training volumes.
 
-    The score is the report's privacy score: the highest 3D SSIM (`OneToManySSIM`, MONAI's
-    SSIMMetric definition, window `ssim_window(train shape)`) between the volume and any training volume, each scaled to [0, 1]
-    between its 0.5 and 99.5 intensity percentiles; volumes of another shape are resized to the
-    training shape first.
+    The score is the report's privacy score: the highest 3D SSIM (MONAI's SSIMMetric definition,
+    window `ssim_window(train shape)`) between the volume and a training volume, each scaled to
+    [0, 1] between its 0.5 and 99.5 intensity percentiles; volumes of another shape are resized to
+    the training shape first. The search is two-stage (`nnsearch.SSIMIndex`, built once per
+    filter): exact SSIM on the `candidates` training volumes ranked best by a coarse SSIM.
 
     Args:
         train: a data set folder (nnU-Net layout or a folder of volumes) or an array (N, I, J, K)
             of training images in their original intensities.
         threshold: reject when the score exceeds it (e.g. 0.95).
         device: where SSIM runs.
+        candidates: training volumes re-ranked by exact SSIM per check (None: every one).
+        cache_bytes: memory for training volumes and their filtered moments. A folder is read
+            once to index it; its volumes are read again only as candidates, when not cached.
     """
 
     def __init__(
@@ -174,25 +175,43 @@ class MemorizationFilter:
         threshold: float = 0.95,
         device: torch.device | str | None = None,
         case_ids: list[str] | None = None,
+        candidates: int | None = 8,
+        cache_bytes: int = 4 * 1024**3,
     ) -> None:
-        from ldmtool.evaluate.volumes import load_volume_set, normalise01
+        from ldmtool.evaluate.nnsearch import SSIMIndex, coarse_factor, volume_descriptor
+        from ldmtool.evaluate.volumes import normalise01, open_volume_set
 
         if not 0.0 < float(threshold) <= 1.0:
             raise LdmError(f"the memorisation threshold must be in (0, 1]; got {threshold}")
         self.threshold = float(threshold)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         if isinstance(train, (str, Path)):
-            vs = load_volume_set(Path(train), "train")
-            self.train, self.case_ids = vs.images, vs.case_ids
+            vs = open_volume_set(Path(train), "train")
+            self.shape, self.case_ids, load = vs.shape, vs.case_ids, vs.volume
+            factor = coarse_factor(self.shape)
+            desc = np.stack([volume_descriptor(img, factor) for _, img, _ in vs.iter_volumes()])
         else:
             arr = np.asarray(train, dtype=np.float32)
             if arr.ndim != 4 or len(arr) == 0:
                 raise LdmError(f"training volumes must be an array (N, I, J, K); got shape {arr.shape}")
-            self.train = np.stack([normalise01(v) for v in arr])
+            volumes = np.stack([normalise01(v) for v in arr])
+            self.shape, load = volumes.shape[1:], volumes.__getitem__
             self.case_ids = case_ids or [f"train_{i}" for i in range(len(arr))]
+            factor = coarse_factor(self.shape)
+            desc = np.stack([volume_descriptor(v, factor) for v in volumes])
         self.checked = 0
         self.rejected = 0
-        self._ssim: OneToManySSIM | None = None
+        exhaustive = candidates is None
+        self.index = SSIMIndex(
+            desc,
+            load,
+            ssim_window(self.shape),
+            factor,
+            self.device,
+            k=len(desc) if exhaustive else int(candidates),
+            margin=None if exhaustive else 0.1,
+            cache_bytes=cache_bytes,
+        )
 
     def score(self, image: np.ndarray) -> tuple[float, int]:
         """(highest SSIM to a training volume, index of that volume) for one (I, J, K) image."""
@@ -201,12 +220,8 @@ class MemorizationFilter:
         image = np.asarray(image, dtype=np.float32)
         if image.ndim != 3:
             raise LdmError(f"a generated image must be a 3D array; got shape {image.shape}")
-        vol = resize_volume(normalise01(image), self.train.shape[1:])
-        if self._ssim is None:  # the training volumes' local statistics, filtered once
-            self._ssim = OneToManySSIM(self.train, ssim_window(self.train.shape[1:]), self.device)
-        s = self._ssim(vol)
-        j = int(np.argmax(s))
-        return float(s[j]), j
+        vol = resize_volume(normalise01(image), self.shape)
+        return self.index.search(vol)
 
     def check(self, image: np.ndarray) -> MemorizationCheck:
         """Score one volume, count it, and say whether to reject it."""

@@ -16,7 +16,8 @@ import torch
 
 from ldmtool import __version__
 from ldmtool.config import EvaluateConfig, to_dict
-from ldmtool.evaluate.volumes import VolumeSet, load_volume_set
+from ldmtool.evaluate.nnsearch import recall_vs_exhaustive
+from ldmtool.evaluate.volumes import VolumeSet, open_volume_set
 
 
 class _Stages:
@@ -80,6 +81,7 @@ class _Run:
     seed: int
     fig_dir: Path
     stages: _Stages
+    generator: tuple[Path, Path] | None = None  # (autoencoder, denoiser) for membership inference
 
     @property
     def only(self) -> set[str]:
@@ -99,6 +101,7 @@ def run_evaluation(
     device: torch.device = torch.device("cpu"),
     seed: int = 0,
     console=None,
+    generator: tuple[Path, Path] | None = None,
 ) -> dict:
     """Compute the selected criteria; returns the report dict (also written by `write_report`)."""
     t_start = time.perf_counter()
@@ -114,22 +117,33 @@ def run_evaluation(
         "skipped": {},
         "figures": {},
     }
+    paths = {"real": real_dir, "synthetic": synthetic_dir, "train": train_dir, "test": test_dir}
+    if only == {"speed"}:  # provenance only: no volume is read
+        report["inputs"] = {k: None if v is None else {"path": str(v)} for k, v in paths.items()}
+        _speed(report, synthetic_dir)
+        report["seconds"] = round(time.perf_counter() - t_start, 2)
+        return report
     with _Stages(console) as st:
-        paths = {"real": real_dir, "synthetic": synthetic_dir, "train": train_dir, "test": test_dir}
         sets = _read_sets(report, paths, cfg, st)
         real, train, test = sets["real"], sets["train"], sets["test"]
-        run = _Run(cfg, real, sets["synthetic"], train, test, _heldout(real, train, test), device, seed, fig_dir, st)
+        heldout = _heldout(real, train, test)
+        run = _Run(cfg, real, sets["synthetic"], train, test, heldout, device, seed, fig_dir, st, generator)
         if "utility" in only and cfg.utility_curve and test is not None:
             from ldmtool.evaluate.utility_curve import usable_sizes
 
             usable_sizes(cfg.utility_curve, len(train if train is not None else real))  # no size fits: fail now
-        feats = _features(report, run, feature_extractor)
+        from ldmtool.evaluate.stream import view_features
+
+        arrays = _features(report, run, feature_extractor)
+        feats = {name: view_features(a, cfg.views) for name, a in arrays.items() if f"view:{cfg.views[0]}" in a}
         if only & {"fidelity", "diversity"}:
             _fidelity_diversity(report, run, feats)
+        if "fidelity" in only:
+            _attributes(report, run, arrays)
         if "speed" in only:
             _speed(report, synthetic_dir)
         if "privacy" in only:
-            _privacy(report, run, feats)
+            _privacy(report, run, feats, arrays)
         if only & {"utility", "robustness"}:
             _downstream(report, run, class_labels)
         from ldmtool.evaluate.figures import montage_png
@@ -142,19 +156,25 @@ def run_evaluation(
 
 
 def _read_sets(report: dict, paths: dict[str, Path | None], cfg: EvaluateConfig, st: _Stages) -> dict:
-    """Read the real set and, resized to its shape, the others that were given; note them in the report."""
-    step = st.stage("reading volumes", sum(p is not None for p in paths.values()))
-    real = load_volume_set(paths["real"], "real", max_cases=cfg.max_cases)
+    """Open the real set and, brought to its shape, the others that were given (read case by case
+    later; a folder named twice is opened once); note them in the report."""
+    step = st.stage("opening volume sets", sum(p is not None for p in paths.values()))
+    real = open_volume_set(paths["real"], "real", max_cases=cfg.max_cases)
     step()
     sets: dict[str, VolumeSet | None] = {"real": real}
+    opened = {Path(paths["real"]).resolve(): real}
     for name in ("synthetic", "train", "test"):
-        sets[name] = (
-            load_volume_set(paths[name], name, shape=real.shape, max_cases=cfg.max_cases, spacing=real.spacing)
-            if paths[name]
-            else None
-        )
-        if paths[name]:
-            step()
+        if not paths[name]:
+            sets[name] = None
+            continue
+        where = Path(paths[name]).resolve()
+        if where in opened:
+            sets[name] = opened[where].alias(name)
+        else:
+            sets[name] = opened[where] = open_volume_set(
+                paths[name], name, shape=real.shape, max_cases=cfg.max_cases, spacing=real.spacing
+            )
+        step()
     report["inputs"] = {k: _summary_set(v) for k, v in sets.items()}
     report["inputs"]["note"] = (
         f"images scaled to [0, 1] per volume (0.5/99.5 percentiles); every volume brought to the "
@@ -165,8 +185,11 @@ def _read_sets(report: dict, paths: dict[str, Path | None], cfg: EvaluateConfig,
 
 
 def _features(report: dict, run: _Run, feature_extractor: Path | None) -> dict[str, dict[str, np.ndarray]]:
-    """Per-view features of the sets the selected criteria need ({} when none needs them)."""
-    from ldmtool.evaluate.features import embed_views, load_extractor
+    """Per-case arrays of the sets the selected criteria need, one streaming pass per folder:
+    view features, the coarse privacy descriptor ({} when nothing needs them)."""
+    from ldmtool.evaluate.features import load_extractor
+    from ldmtool.evaluate.nnsearch import coarse_factor
+    from ldmtool.evaluate.stream import EmbedSpec, embed_set
 
     cfg, only = run.cfg, run.only
     need_privacy = "privacy" in only and run.train is not None
@@ -185,11 +208,80 @@ def _features(report: dict, run: _Run, feature_extractor: Path | None) -> dict[s
         todo["train"] = run.train
         if run.heldout is not None:
             todo["heldout"] = run.heldout
-    step = run.stages.stage("features", sum(len(v) for v in todo.values()))
-    return {
-        name: embed_views(vs.images, extractor, cfg.views, cfg.slices_per_view, run.device, on_volume=step)
-        for name, vs in todo.items()
+    factor = coarse_factor(run.real.shape) if need_privacy else None
+    names, n_labels = _label_layout(run)
+    specs = {
+        name: EmbedSpec(
+            extractor,
+            cfg.views,
+            cfg.slices_per_view,
+            factor,
+            radiomics="fidelity" in only and cfg.radiomics and name in ("real", "synthetic"),
+            label_names=names,
+            n_labels=n_labels,
+        )
+        for name in todo
     }
+    cache = _feature_cache(run, extractor.name, feature_extractor, coarse_factor(run.real.shape), names)
+    distinct = {}  # one pass per folder, computing what any of its names needs
+    for name, vs in todo.items():
+        prev = distinct.get(vs.key)
+        distinct[vs.key] = (vs, specs[name] if prev is None or specs[name].radiomics else prev[1])
+    step = run.stages.stage("features", sum(len(v) for v, _ in distinct.values()))
+    done: dict[int, dict[str, np.ndarray]] = {}
+    for key, (vs, spec) in distinct.items():
+        done[key] = embed_set(vs, spec, cache, run.device, on_volume=step)
+    report["feature_cache"] = {
+        **cache.summary(),
+        "note": "per-volume features keyed by the SHA-256 of the volume files and the settings",
+    }
+    return {name: done[vs.key] for name, vs in todo.items()}
+
+
+def _label_layout(run: _Run) -> tuple[dict[str, int], int]:
+    """Label names and the number of label values (1..n) of the radiomic region attributes."""
+    names = run.real.label_names or (run.syn.label_names if run.syn is not None else {})
+    return dict(names), int(max(names.values(), default=0))
+
+
+def _attributes(report: dict, run: _Run, arrays: dict[str, dict[str, np.ndarray]]) -> None:
+    """FRD and SaD/PaD of the radiomic attributes of the real and the synthetic set."""
+    from ldmtool.evaluate.attributes import attribute_report
+    from ldmtool.evaluate.radiomics import attribute_names
+
+    if "radiomics" not in arrays.get("synthetic", {}):
+        return
+    names, n_labels = _label_layout(run)
+    step = run.stages.stage("radiomic attributes (FRD, SaD, PaD)", 1)
+    real, syn = arrays["real"]["radiomics"], arrays["synthetic"]["radiomics"]
+    report["attributes"] = {
+        **attribute_report(attribute_names(names, n_labels), real, syn),
+        "real_cases": len(real),
+        "synthetic_cases": len(syn),
+    }
+    step()
+
+
+def _feature_cache(
+    run: _Run, extractor_name: str, extractor_file: Path | None, factor: int | None, label_names: dict[str, int]
+):
+    """The on-disk per-volume cache (`cfg.cache_dir`; 'none' turns it off) for these settings."""
+    from ldmtool.evaluate.cache import FeatureCache, default_cache_dir, files_digest
+
+    cfg = run.cfg
+    where = cfg.cache_dir.strip()
+    folder = None if where.lower() in ("none", "off") else Path(where) if where else default_cache_dir()
+    settings = {
+        "shape": list(run.real.shape),
+        "spacing": [round(float(x), 4) for x in run.real.spacing],
+        "extractor": extractor_name,
+        "extractor_file": files_digest([extractor_file]) if extractor_file else None,
+        "image_size": cfg.image_size,
+        "slices_per_view": cfg.slices_per_view,
+        "descriptor_factor": factor,
+        "label_names": label_names,
+    }
+    return FeatureCache(folder, settings)
 
 
 def _fidelity_diversity(report: dict, run: _Run, feats: dict[str, dict[str, np.ndarray]]) -> None:
@@ -233,7 +325,7 @@ def _diversity(run: _Run, r_all: np.ndarray, s_all: np.ndarray, recall: float, p
     """Recall, feature MMD and within-set pairwise (MS-)SSIM of the synthetic and the real set."""
     from ldmtool.evaluate import fidelity as fd
 
-    syn, real, seed, device = run.syn.images, run.real.images, run.seed, run.device
+    syn, real, seed, device = run.syn, run.real, run.seed, run.device
     return {
         "recall": recall,
         "mmd_linear": fd.mmd(r_all, s_all, seed),
@@ -257,7 +349,7 @@ def _speed(report: dict, synthetic_dir: Path) -> None:
         report["skipped"]["speed"] = report["speed"]["reason"]
 
 
-def _privacy(report: dict, run: _Run, feats: dict[str, dict[str, np.ndarray]]) -> None:
+def _privacy(report: dict, run: _Run, feats: dict, arrays: dict[str, dict[str, np.ndarray]]) -> None:
     """Max SSIM of synthetic (and held-out real) volumes to the training set, memorisation, suspicious pairs."""
     from ldmtool.evaluate import privacy as pv
     from ldmtool.evaluate.features import volume_embedding
@@ -267,8 +359,9 @@ def _privacy(report: dict, run: _Run, feats: dict[str, dict[str, np.ndarray]]) -
     if train is None:
         report["skipped"]["privacy"] = "needs --train (the generator's training set)"
         return
+    index = _ssim_index(run, arrays["train"]["descriptor"])
     step = run.stages.stage("privacy (max SSIM)", len(syn) + (len(heldout) if heldout is not None else 0))
-    s_max, s_arg = pv.max_ssim_to_set(syn.images, train.images, run.device, on_query=step)
+    s_max, s_arg = _nearest(index, syn, arrays["synthetic"]["descriptor"], step)
     mean, std, q_used = pv.repeated_mean(s_max, cfg.q, cfg.repeats, run.seed)
     priv = {
         "max_ssim_mean": mean,
@@ -286,20 +379,102 @@ def _privacy(report: dict, run: _Run, feats: dict[str, dict[str, np.ndarray]]) -
         "definition": "for q random synthetic volumes the highest 3D SSIM to any training volume, averaged, "
         "repeated; lower is more private",
     }
+    n_queries = len(syn)
     h_max = None
     if heldout is not None:
-        h_max, _ = pv.max_ssim_to_set(heldout.images, train.images, run.device, on_query=step)
+        h_max, _ = _nearest(index, heldout, arrays["heldout"]["descriptor"], step)
         priv["heldout_max_ssim_mean"] = float(h_max.mean())
         priv["heldout_set"] = heldout.name
+        n_queries += len(heldout)
+    priv["search"] = _search_summary(run, index, s_arg, s_max, n_queries)
     priv["memorisation"] = pv.memorisation(
         volume_embedding(feats["synthetic"]),
         volume_embedding(feats["train"]),
         volume_embedding(feats["heldout"]) if "heldout" in feats else None,
     )
+    if heldout is not None and cfg.audit_steps > 0:
+        priv["audit"] = _copy_audit(run, arrays)
+    if run.generator is not None:
+        priv["membership"] = _membership(run)
     priv["suspicious_pairs"] = _suspicious_pairs(run, s_max, s_arg)
     ssim_histogram_png(s_max, h_max, cfg.flag_ssim, run.fig_dir / "privacy_ssim.png")
     report["figures"]["privacy_ssim"] = "figures/privacy_ssim.png"
     report["privacy"] = priv
+
+
+def _copy_audit(run: _Run, arrays: dict[str, dict[str, np.ndarray]]) -> dict:
+    """Copies in a contrastive embedding trained on the training set (`audit.copy_audit`)."""
+    from ldmtool.evaluate import audit
+
+    step = run.stages.stage("memorisation audit (contrastive)", 1)
+    enc = audit.train_encoder(arrays["train"]["descriptor"], steps=run.cfg.audit_steps, seed=run.seed)
+    res = audit.copy_audit(*(audit.embed(enc, arrays[k]["descriptor"]) for k in ("synthetic", "train", "heldout")))
+    step()
+    return {
+        **{k: v for k, v in res.items() if not k.endswith("_index")},
+        "copies_synthetic": [run.syn.case_ids[i] for i in res["copy_index"][:20]],
+        "copied_train": [run.train.case_ids[i] for i in res["copied_index"][:20]],
+        "encoder_steps": run.cfg.audit_steps,
+        "definition": "a synthetic volume is a copy when, in an embedding trained contrastively (SimCLR) on the "
+        "training set, it is closer to its nearest training volume than every held-out real volume is "
+        "(Dar et al.); training_share_copied: training cases with at least one copy",
+    }
+
+
+def _membership(run: _Run) -> dict:
+    """Membership inference on the generator (`audit.membership_inference`)."""
+    from ldmtool.evaluate.audit import membership_inference
+    from ldmtool.pipelines.latent_diffusion import LatentDiffusionPipeline
+
+    if run.heldout is None:
+        return {"auc": None, "note": "needs held-out real volumes (--test or a --real set distinct from --train)"}
+    step = run.stages.stage("membership inference", 1)
+    pipe = LatentDiffusionPipeline.from_pretrained(*run.generator, device=run.device)
+    res = membership_inference(pipe, run.train.root, run.heldout.root, max_cases=run.cfg.max_cases or 50)
+    step()
+    return res
+
+
+def _ssim_index(run: _Run, descriptors: np.ndarray):
+    """The two-stage SSIM index over the training set (its volumes read again only as candidates)."""
+    from ldmtool.evaluate.nnsearch import SSIMIndex, coarse_factor
+    from ldmtool.evaluate.privacy import ssim_window
+
+    cfg, train = run.cfg, run.train
+    exhaustive = cfg.nn_candidates == 0
+    return SSIMIndex(
+        descriptors,
+        train.volume,
+        ssim_window(train.shape),
+        coarse_factor(run.real.shape),
+        run.device,
+        k=len(train) if exhaustive else cfg.nn_candidates,
+        margin=None if exhaustive else cfg.nn_margin,
+    )
+
+
+def _nearest(index, vs: VolumeSet, descriptors: np.ndarray, step) -> tuple[np.ndarray, np.ndarray]:
+    """Two-stage highest SSIM to a training volume, and which, for each volume of a set (streamed)."""
+    best, where = np.zeros(len(vs)), np.zeros(len(vs), dtype=np.int64)
+    for i in range(len(vs)):
+        best[i], where[i] = index.search(vs.volume(i), descriptors[i])
+        step()
+    return best, where
+
+
+def _search_summary(run: _Run, index, s_arg: np.ndarray, s_max: np.ndarray, n_queries: int) -> dict:
+    """How the nearest training volumes were found, and the recall against exhaustive search."""
+    cfg = run.cfg
+    pairs = index.pairs
+    recall = recall_vs_exhaustive(index, run.syn.volume, s_arg, s_max, cfg.nn_recall_check, run.seed)
+    return {
+        "method": "exhaustive" if cfg.nn_candidates == 0 else "two-stage",
+        "coarse_stage": f"SSIM (window 5) of volumes average-pooled by {index.factor} per axis, every training volume",
+        "candidates_max": index.k,
+        "margin": index.margin,
+        "exact_pairs_per_query": pairs / max(n_queries, 1),
+        "recall_vs_exhaustive": recall,
+    }
 
 
 def _suspicious_pairs(run: _Run, s_max: np.ndarray, s_arg: np.ndarray) -> list[dict]:
@@ -312,7 +487,7 @@ def _suspicious_pairs(run: _Run, s_max: np.ndarray, s_arg: np.ndarray) -> list[d
         nearest = int(s_arg[i])
         name = f"privacy_pair_{rank + 1}.png"
         title = f"{syn.case_ids[i]} vs {train.case_ids[nearest]}  SSIM {s_max[i]:.3f}"
-        pair_png(syn.images[i], train.images[nearest], run.fig_dir / name, title)
+        pair_png(syn.volume(int(i)), train.volume(nearest), run.fig_dir / name, title)
         pairs.append(
             {
                 "synthetic": syn.case_ids[i],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -10,24 +9,118 @@ import numpy as np
 from ldmtool.errors import LdmError
 
 
-@dataclass
 class VolumeSet:
-    """Images (N, I, J, K) scaled to [0, 1] per volume, optional labels, case ids, label names."""
+    """Images (N, I, J, K) scaled to [0, 1] per volume, optional uint8 labels, case ids, label names.
 
-    name: str
-    root: Path | None
-    images: np.ndarray
-    labels: np.ndarray | None
-    case_ids: list[str]
-    label_names: dict[str, int] = field(default_factory=dict)
-    spacing: tuple[float, float, float] | None = None  # voxel size (mm) of the first case as read
+    Either held in memory (arrays given) or read case by case from a data set (`open_volume_set`):
+    `volume(i)` / `label(i)` / `iter_volumes()` read one case at a time and release it, so a
+    stage that streams holds one volume; `images` / `labels` read the whole set once (and keep it)
+    for the stages that need every volume at once (downstream training).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        root: Path | None,
+        images: np.ndarray | None,
+        labels: np.ndarray | None,
+        case_ids: list[str],
+        label_names: dict[str, int] | None = None,
+        spacing: tuple[float, float, float] | None = None,
+        *,
+        reader=None,
+        shape: tuple[int, int, int] | None = None,
+        has_labels: bool | None = None,
+        files: list[list[Path]] | None = None,
+    ) -> None:
+        self.name, self.root, self.case_ids = name, root, list(case_ids)
+        self.label_names = dict(label_names or {})
+        self.spacing = spacing  # voxel size (mm) of the first case as read
+        self._store = {"images": images, "labels": labels}  # shared with aliases
+        self._reader = reader
+        self._shape = tuple(shape) if shape is not None else tuple(images.shape[1:])
+        self._reader = reader
+        self.has_labels = labels is not None if has_labels is None else bool(has_labels)
+        self.files = files or [[] for _ in self.case_ids]  # per case: image (and label) file
 
     def __len__(self) -> int:
         return len(self.case_ids)
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+        return self._shape  # type: ignore[return-value]
+
+    @property
+    def in_memory(self) -> bool:
+        return self._store["images"] is not None
+
+    def alias(self, name: str) -> VolumeSet:
+        """The same cases under another name, sharing reader and loaded arrays (one folder, one read)."""
+        twin = VolumeSet(
+            name,
+            self.root,
+            None,
+            None,
+            self.case_ids,
+            self.label_names,
+            self.spacing,
+            reader=self._reader,
+            shape=self.shape,
+            has_labels=self.has_labels,
+            files=self.files,
+        )
+        twin._store = self._store
+        return twin
+
+    @property
+    def key(self) -> int:
+        """Equal for a set and its aliases."""
+        return id(self._store)
+
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Case i: image (I, J, K) float32 in [0, 1] and uint8 label map (None without labels)."""
+        images, labels = self._store["images"], self._store["labels"]
+        if images is not None:
+            return images[i], None if labels is None else labels[i]
+        return self._reader(i)
+
+    def stack(self, indices) -> np.ndarray:
+        """Images of the given cases (K, I, J, K), read as needed."""
+        return np.stack([self.volume(int(i)) for i in indices])
+
+    def volume(self, i: int) -> np.ndarray:
+        return self.read(i)[0]
+
+    def label(self, i: int) -> np.ndarray | None:
+        return self.read(i)[1]
+
+    def iter_volumes(self):
+        """(index, image, label) one case at a time."""
+        for i in range(len(self)):
+            img, lab = self.read(i)
+            yield i, img, lab
+
+    def _load_all(self) -> None:
+        imgs, labs = [], []
+        for _, img, lab in self.iter_volumes():
+            imgs.append(img)
+            labs.append(lab)
+        self._store["labels"] = np.stack(labs) if self.has_labels else None
+        self._store["images"] = np.stack(imgs).astype(np.float32)
+
+    @property
+    def images(self) -> np.ndarray:
+        if self._store["images"] is None:
+            self._load_all()
+        return self._store["images"]
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        if not self.has_labels:
+            return None
+        if self._store["images"] is None:
+            self._load_all()
+        return self._store["labels"]
 
 
 def normalise01(image: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
@@ -69,6 +162,87 @@ def fit_volume(array: np.ndarray, shape: tuple[int, ...], same_grid: bool, label
     return np.asarray(out)[0].astype(array.dtype)
 
 
+def _geometry(ds, case) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """(shape, voxel size) of a case from its NIfTI header without reading voxels (else a full read)."""
+    name = case.image.name.lower()
+    if case.image.is_file() and (name.endswith(".nii") or name.endswith(".nii.gz")):
+        import nibabel as nib
+
+        hdr = nib.load(str(case.image)).header
+        shape = tuple(int(s) for s in hdr.get_data_shape())
+        shape = shape[:3] if len(shape) == 4 and shape[3] == 1 else shape
+        return shape, tuple(float(z) for z in hdr.get_zooms()[:3])
+    img, _ = ds.read(case)
+    return tuple(np.asarray(img.array).shape), tuple(img.spacing)
+
+
+def _label_uint8(lab: np.ndarray, case) -> np.ndarray:
+    lab = np.asarray(lab)
+    if lab.size and (lab.min() < 0 or lab.max() > 255):
+        raise LdmError(f"{case.label}: label values must be 0-255 for evaluation; got {lab.min()}-{lab.max()}")
+    return lab.astype(np.uint8)
+
+
+def open_volume_set(
+    path: Path,
+    name: str,
+    shape: tuple[int, int, int] | None = None,
+    max_cases: int | None = None,
+    spacing: tuple[float, float, float] | None = None,
+) -> VolumeSet:
+    """A data set (nnU-Net layout or a folder of volumes) to be read case by case.
+
+    Images are scaled to [0, 1] per volume (0.5/99.5 percentiles). Every case is brought to one
+    shape: `shape` when given, else the per-axis maximum of the set's shapes (from the file
+    headers). A case whose voxel size is `spacing` (default: the first case's) is centre
+    padded/cropped to it (same grid, only the field of view differs); one of another voxel size is
+    resized (labels by nearest neighbour). Labels are uint8.
+    """
+    from ldmtool.io import load_dataset
+
+    ds = load_dataset(path)
+    cases = ds.cases[:max_cases] if max_cases else ds.cases
+    if not cases:
+        raise LdmError(f"no volumes found in {path}")
+    first_img, _ = ds.read(cases[0])
+    ref_spacing = tuple(spacing) if spacing is not None else tuple(first_img.spacing)
+    if shape is None:
+        shapes = [tuple(np.asarray(first_img.array).shape)] + [_geometry(ds, c)[0] for c in cases[1:]]
+        bad = [(c, s) for c, s in zip(cases, shapes) if len(s) != 3]
+        if bad:
+            raise LdmError(f"{bad[0][0].image}: evaluate needs 3D single-channel volumes, got shape {bad[0][1]}")
+        shape = tuple(max(s[a] for s in shapes) for a in range(3))
+    target = tuple(int(s) for s in shape)
+
+    def reader(i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        case = cases[i]
+        img, lab = ds.read(case)
+        arr = np.asarray(img.array)
+        if arr.ndim != 3:
+            raise LdmError(f"{case.image}: evaluate needs 3D single-channel volumes, got shape {arr.shape}")
+        if not np.all(np.isfinite(arr)):
+            raise LdmError(f"{case.image} holds NaN or infinite values")
+        same = bool(np.allclose(img.spacing, ref_spacing, rtol=0.01))
+        image = fit_volume(normalise01(arr), target, same).astype(np.float32)
+        if not ds.has_labels:
+            return image, None
+        return image, fit_volume(_label_uint8(lab.array, case), target, same, label=True)
+
+    return VolumeSet(
+        name,
+        Path(path),
+        None,
+        None,
+        [c.case_id for c in cases],
+        dict(ds.label_names),
+        ref_spacing,
+        reader=reader,
+        shape=target,
+        has_labels=ds.has_labels,
+        files=[[c.image] + ([c.label] if c.label is not None else []) for c in cases],
+    )
+
+
 def load_volume_set(
     path: Path,
     name: str,
@@ -77,43 +251,7 @@ def load_volume_set(
     console=None,
     spacing: tuple[float, float, float] | None = None,
 ) -> VolumeSet:
-    """Read every case of a data set (nnU-Net layout or a folder of volumes).
-
-    Images are scaled to [0, 1] per volume (0.5/99.5 percentiles). Every case is brought to one
-    shape: `shape` when given, else the per-axis maximum of the set's shapes. A case whose voxel
-    size is `spacing` (default: the first case's) is centre padded/cropped to it (same grid, only
-    the field of view differs); one of another voxel size is resized (labels by nearest neighbour).
-    """
-    from ldmtool.io import load_dataset
-
-    ds = load_dataset(path)
-    cases = ds.cases[:max_cases] if max_cases else ds.cases
-    if not cases:
-        raise LdmError(f"no volumes found in {path}")
-    raw, ids = [], []
-    for case in cases:
-        img, lab = ds.read(case)
-        arr = np.asarray(img.array)
-        if arr.ndim != 3:
-            raise LdmError(f"{case.image}: evaluate needs 3D single-channel volumes, got shape {arr.shape}")
-        if not np.all(np.isfinite(arr)):
-            raise LdmError(f"{case.image} holds NaN or infinite values")
-        raw.append((normalise01(arr), None if lab is None else np.asarray(lab.array), img.spacing))
-        ids.append(case.case_id)
-    ref_spacing = tuple(spacing) if spacing is not None else raw[0][2]
-    target = tuple(shape) if shape is not None else tuple(max(r[0].shape[a] for r in raw) for a in range(3))
-    images, labels = [], []
-    for arr, lab, sp in raw:
-        same = bool(np.allclose(sp, ref_spacing, rtol=0.01))
-        images.append(fit_volume(arr, target, same))
-        if ds.has_labels:
-            labels.append(fit_volume(lab, target, same, label=True).astype(np.int64))
-    return VolumeSet(
-        name=name,
-        root=Path(path),
-        images=np.stack(images).astype(np.float32),
-        labels=np.stack(labels) if ds.has_labels else None,
-        case_ids=ids,
-        label_names=dict(ds.label_names),
-        spacing=ref_spacing,
-    )
+    """Read every case of a data set into memory (see `open_volume_set` for the normalisation)."""
+    vs = open_volume_set(path, name, shape=shape, max_cases=max_cases, spacing=spacing)
+    vs.images  # noqa: B018 - read now
+    return vs

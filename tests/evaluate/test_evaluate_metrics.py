@@ -99,3 +99,22 @@ def test_pairwise_ms_ssim(make_phantoms):
     assert fd.pairwise_ms_ssim(images, pairs=4)["value"] < 0.95
     assert fd.ms_ssim_setting((200, 200, 200)) == (5, 11)
     assert fd.pairwise_ms_ssim(np.zeros((3, 4, 4, 4)))["value"] is None
+
+
+def test_fast_ssim_and_ms_ssim_equal_monai():
+    import torch
+    from monai.metrics import MultiScaleSSIMMetric
+
+    from ldmtool.evaluate import fidelity as fd
+    from ldmtool.evaluate.privacy import ssim_batch
+
+    rng = np.random.default_rng(3)
+    a = rng.random((2, 26, 28, 24)).astype(np.float32)
+    a[1] = np.clip(0.6 * a[0] + 0.4 * a[1], 0, 1)
+    n, k = fd.ms_ssim_setting(a.shape[1:])
+    w = np.asarray(fd.MS_SSIM_WEIGHTS[:n])
+    weights = tuple((w / w.sum()).tolist())
+    monai = MultiScaleSSIMMetric(spatial_dims=3, data_range=1.0, kernel_size=k, weights=weights, reduction="none")
+    ref = float(monai(torch.from_numpy(a[:1, None]), torch.from_numpy(a[1:, None])).reshape(-1)[0])
+    assert fd.ms_ssim_pair(torch.from_numpy(a[0]), torch.from_numpy(a[1]), k, weights) == pytest.approx(ref, abs=1e-5)
+    assert fd.pairwise_ssim(a, pairs=1) == pytest.approx(float(ssim_batch(a[:1], a[1:])[0]), abs=1e-5)

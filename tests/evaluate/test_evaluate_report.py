@@ -82,6 +82,9 @@ def test_report_has_all_six_criteria(full_report):
     assert priv["heldout_max_ssim_mean"] < 0.95
     assert priv["memorisation"]["ratio"] < 0.05
     assert len(priv["suspicious_pairs"]) == 2
+    # the contrastive audit finds every copy, and every training case copied
+    assert priv["audit"]["copy_share"] == 1.0 and priv["audit"]["training_share_copied"] == 1.0
+    assert priv["search"]["recall_vs_exhaustive"]["recall"] == 1.0
     assert rep["utility"]["task"] == "segmentation"
     assert set(rep["utility"]["results"]) == {"real", "synthetic", "real+synthetic"}
     for res in rep["utility"]["results"].values():  # Dice, IoU and HD95 per class (MONAI)

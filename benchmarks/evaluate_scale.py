@@ -1,0 +1,267 @@
+"""Wall time and peak memory of `evaluate` and `sample --reject-memorized` against the number and
+size of volumes: the streaming two-stage path against the exhaustive in-memory one, with the recall
+of the nearest training volume.
+
+    python benchmarks/evaluate_scale.py --ixi /work/shared/data/ixi_t1_2mm --work runs/scale \
+        --shape 160,192,160 --train 20,40 --synthetic 25,50 --real 10 --old-max 25
+
+Volume sets are built from real IXI T1 brains (2 mm), resampled to --shape and stored as uint8
+NIfTI: `train_N` (brains; beyond the brains available, left-right flipped copies), `real` (other
+brains: evaluate's --real), `syn_M` (other brains with a little noise, and every 10th volume a
+near-copy of a training brain, so there are known answers). Each measurement runs in its own
+process (peak memory = that process's maximum resident set):
+
+* new: `run_evaluation` with fidelity, diversity and privacy (the criteria whose cost grows
+  with the number of volumes; speed reads sidecars; utility/robustness train fixed-step models),
+  a fresh feature cache, then a second run over the same folders (cache warm);
+* old: every set read into memory, exhaustive max SSIM of every synthetic volume to every
+  training volume (the previous privacy stage; SSIM through the fast separable filter, so this
+  understates the old cost; `monai_pair_s` is one pair through MONAI's SSIMMetric, as before);
+* reject: `MemorizationFilter` on the training folder (index built once), then seconds per
+  checked sample.
+The last table fits time = a + b·synthetic + c·train over the new runs and extrapolates to 1,000
+synthetic × 300 training volumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _ints(text: str) -> list[int]:
+    return [int(t) for t in text.split(",") if t.strip()]
+
+
+def _write(vol: np.ndarray, path: Path) -> None:
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.clip(vol * 255, 0, 255).astype(np.uint8), np.diag([1.0, 1.0, 1.0, 1.0]))
+    nib.save(img, str(path))
+
+
+def build_sets(ixi: Path, work: Path, shape: tuple[int, ...], n_train: list[int], n_syn: list[int], n_real: int):
+    """Resampled brains written once per size; returns {set name: folder}."""
+    from ldmtool.evaluate.volumes import open_volume_set, resize_volume
+
+    src = open_volume_set(ixi, "ixi")
+    n_src = len(src)
+    n_tr_brains = min(max(n_train), n_src // 2)
+    root = work / "x".join(map(str, shape))
+    cache: dict[int, np.ndarray] = {}
+
+    def brain(i: int) -> np.ndarray:
+        if i not in cache:
+            cache[i] = resize_volume(src.volume(i), shape)
+        return cache[i]
+
+    sets = {}
+    for n in n_train:  # brains 0..n_tr_brains-1, then their left-right flips
+        sets[f"train_{n}"] = folder = root / f"train_{n}" / "imagesTr"
+        for j in range(n):
+            p = folder / f"t{j:04d}_0000.nii.gz"
+            if not p.exists():
+                v = brain(j % n_tr_brains)
+                _write(v[::-1] if j >= n_tr_brains else v, p)
+    others = list(range(n_tr_brains, n_src))
+    sets["real"] = folder = root / "real" / "imagesTr"
+    for j in range(n_real):
+        p = folder / f"r{j:04d}_0000.nii.gz"
+        if not p.exists():
+            _write(brain(others[j % len(others)]), p)
+    rng = np.random.default_rng(0)
+    for n in n_syn:
+        sets[f"syn_{n}"] = folder = root / f"syn_{n}" / "imagesTr"
+        for j in range(n):
+            p = folder / f"s{j:04d}_0000.nii.gz"
+            if p.exists():
+                continue
+            base = brain(j % min(n_train)) if j % 10 == 0 else brain(others[(n_real + j) % len(others)])
+            _write(np.clip(base + rng.normal(scale=0.01, size=base.shape), 0, 1), p)
+    return {k: v.parent for k, v in sets.items()}
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_new(a) -> dict:
+    """One `run_evaluation` (fidelity, diversity, privacy); cold then warm feature cache."""
+    import warnings
+
+    from ldmtool.config import EvaluateConfig
+    from ldmtool.evaluate.report import run_evaluation
+
+    warnings.simplefilter("ignore")
+    cfg = EvaluateConfig(
+        only=("fidelity", "diversity", "privacy"),
+        cache_dir=a.cache,
+        nn_recall_check=a.recall_queries,
+        nn_candidates=a.candidates,
+    )
+    out = {}
+    for run in ("cold", "warm"):
+        t0 = time.perf_counter()
+        rep = run_evaluation(Path(a.real), Path(a.syn), Path(a.out) / run, cfg, train_dir=Path(a.train))
+        out[f"{run}_s"] = time.perf_counter() - t0
+    search = rep["privacy"]["search"]
+    return {
+        **out,
+        "stage_seconds": rep["stage_seconds"],
+        "recall": search["recall_vs_exhaustive"].get("recall"),
+        "recall_checked": search["recall_vs_exhaustive"].get("checked"),
+        "pairs_per_query": search["exact_pairs_per_query"],
+        "flagged": rep["privacy"]["flagged"],
+        "peak_mb": _peak_mb(),
+    }
+
+
+def child_old(a) -> dict:
+    """The exhaustive in-memory privacy stage, and one pair through MONAI's SSIMMetric."""
+    from ldmtool.evaluate.privacy import max_ssim_to_set, ssim_batch
+    from ldmtool.evaluate.volumes import load_volume_set
+
+    t0 = time.perf_counter()
+    real = load_volume_set(Path(a.real), "real")
+    syn = load_volume_set(Path(a.syn), "synthetic", shape=real.shape, spacing=real.spacing)
+    train = load_volume_set(Path(a.train), "train", shape=real.shape, spacing=real.spacing)
+    read_s = time.perf_counter() - t0
+    best, _ = max_ssim_to_set(syn.images, train.images)
+    t1 = time.perf_counter()
+    ssim_batch(syn.images[:1], train.images[:1])
+    return {
+        "read_s": read_s,
+        "search_s": t1 - t0 - read_s,
+        "monai_pair_s": time.perf_counter() - t1,
+        "flagged": int((best > 0.95).sum()),
+        "peak_mb": _peak_mb(),
+    }
+
+
+def child_reject(a) -> dict:
+    """MemorizationFilter on the training folder: build once, then seconds per checked sample."""
+    from ldmtool.evaluate.privacy import MemorizationFilter
+    from ldmtool.evaluate.volumes import open_volume_set
+
+    t0 = time.perf_counter()
+    f = MemorizationFilter(Path(a.train), threshold=0.95, candidates=a.candidates or None)
+    build_s = time.perf_counter() - t0
+    syn = open_volume_set(Path(a.syn), "synthetic")
+    n = min(a.reject_samples, len(syn))
+    vols = [syn.volume(i) for i in range(n)]
+    t1 = time.perf_counter()
+    rejected = sum(f.check(v).reject for v in vols)
+    return {
+        "build_s": build_s,
+        "per_sample_s": (time.perf_counter() - t1) / max(n, 1),
+        "samples": n,
+        "rejected": rejected,
+        "peak_mb": _peak_mb(),
+    }
+
+
+def measure(mode: str, args: argparse.Namespace, **paths) -> dict:
+    """Run one child process; its JSON result."""
+    cmd = [sys.executable, __file__, "--child", mode, "--candidates", str(args.candidates)]
+    cmd += ["--recall-queries", str(args.recall_queries), "--reject-samples", str(args.reject_samples)]
+    for k, v in paths.items():
+        cmd += [f"--{k}", str(v)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise SystemExit(f"{mode} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def fit_extrapolate(rows: list[dict], n_syn: int = 1000, n_train: int = 300) -> str:
+    """Least-squares time = a + b·synthetic + c·train over the new runs, at (n_syn, n_train)."""
+    x = np.array([[1.0, r["synthetic"], r["train"]] for r in rows])
+    y = np.array([r["cold_s"] for r in rows])
+    if len(rows) < 3 or np.linalg.matrix_rank(x) < 3:
+        return "(need three runs varying synthetic and train to extrapolate)"
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    pred = coef @ [1.0, n_syn, n_train]
+    return (
+        f"time ≈ {coef[0]:.1f} s + {coef[1]:.2f} s × synthetic + {coef[2]:.2f} s × train; "
+        f"{n_syn} × {n_train}: {pred / 60:.1f} min"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ixi", default="/work/shared/data/ixi_t1_2mm")
+    ap.add_argument("--work", default="runs/evaluate_scale")
+    ap.add_argument("--shape", default="160,192,160")
+    ap.add_argument("--train", default="20,40", help="training set sizes")
+    ap.add_argument("--synthetic", default="25,50", help="synthetic set sizes")
+    ap.add_argument("--real", type=int, default=10)
+    ap.add_argument("--old-max", type=int, default=25, help="run the exhaustive path up to this many synthetic")
+    ap.add_argument("--candidates", type=int, default=8)
+    ap.add_argument("--recall-queries", type=int, default=10)
+    ap.add_argument("--reject-samples", type=int, default=10)
+    a = ap.parse_args()
+    shape = tuple(_ints(a.shape))
+    work = Path(a.work)
+    n_train, n_syn = _ints(a.train), _ints(a.synthetic)
+    sets = build_sets(Path(a.ixi), work, shape, n_train, n_syn, a.real)
+    configs = [(n_syn[0], t) for t in n_train] + [(s, n_train[0]) for s in n_syn[1:]]
+    rows = []
+    for s, t in configs:
+        paths = dict(real=sets["real"], syn=sets[f"syn_{s}"], train=sets[f"train_{t}"])
+        tag = f"{s}x{t}"
+        new = measure("new", a, **paths, cache=work / "cache" / tag, out=work / "reports" / tag)
+        rej = measure("reject", a, **paths)
+        old = measure("old", a, **paths) if s <= a.old_max else None
+        rows.append({"synthetic": s, "train": t, **new, "reject": rej, "old": old})
+    print(f"## evaluate at {'×'.join(map(str, shape))}, {a.real} real volumes, candidates {a.candidates}\n")
+    print(
+        "| synthetic | train | new cold s | new warm s | new peak MB | NN recall (checked) | exact pairs/query "
+        "| old s (read + search) | old peak MB | MONAI SSIM pair s | reject build s | reject s/sample | reject peak MB |"
+    )
+    print("|" + "---|" * 13)
+    for r in rows:
+        o, j = r["old"], r["reject"]
+        cells = [r["synthetic"], r["train"], f"{r['cold_s']:.1f}", f"{r['warm_s']:.1f}", f"{r['peak_mb']:.0f}"]
+        cells += [f"{r['recall']} ({r['recall_checked']})", f"{r['pairs_per_query']:.2f}"]
+        if o:
+            cells += [f"{o['read_s']:.1f} + {o['search_s']:.1f}", f"{o['peak_mb']:.0f}", f"{o['monai_pair_s']:.2f}"]
+        else:
+            cells += ["–", "–", "–"]
+        cells += [f"{j['build_s']:.1f}", f"{j['per_sample_s']:.2f}", f"{j['peak_mb']:.0f}"]
+        print("| " + " | ".join(map(str, cells)) + " |")
+    print("\nstage seconds (cold):", json.dumps({f"{r['synthetic']}x{r['train']}": r["stage_seconds"] for r in rows}))
+    print("\nlinear fit of the new path:", fit_extrapolate(rows))
+
+
+def _child() -> None:
+    ap = argparse.ArgumentParser()
+    for k in ("child", "real", "syn", "train", "cache", "out"):
+        ap.add_argument(f"--{k}")
+    for k in ("candidates", "recall_queries", "reject_samples"):
+        ap.add_argument(f"--{k.replace('_', '-')}", type=int)
+    a = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", "2")))
+    result = {"new": child_new, "old": child_old, "reject": child_reject}[a.child](a)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    if "--child" in sys.argv:
+        _child()
+    else:
+        from _results import recorded  # benchmarks/_results.py: the stamped results file
+
+        with recorded("evaluate_scale"):
+            main()

@@ -1,0 +1,239 @@
+"""Nearest training volume by 3D SSIM in two stages, so privacy scales to real studies.
+
+1. An index of training volumes in a small descriptor space (each volume average-pooled to a
+   coarse grid, centred and scaled to unit norm): plain torch top-k gives k candidates per query.
+2. Exact 3D SSIM (MONAI's SSIMMetric definition: Gaussian window σ 1.5, k1 0.01, k2 0.03, data
+   range 1, valid filtering) between the query and those candidates only. The Gaussian is
+   applied as three 1D shift-and-add passes, and each volume's local mean and variance are
+   filtered once and kept in a memory-bounded cache, so a pair costs one filtered product.
+
+The recall of the true nearest neighbour (exhaustive SSIM over every training volume) is
+measured on a sample of queries by `recall_vs_exhaustive` and reported beside the scores.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+C1, C2 = 0.01**2, 0.03**2
+COARSE_WIN = 5  # SSIM window of the coarse stage
+
+
+def gaussian_taps(win: int, sigma: float = 1.5) -> list[float]:
+    """The normalised 1D Gaussian window of MONAI's SSIM."""
+    x = np.arange(win, dtype=np.float64) - (win - 1) / 2
+    g = np.exp(-((x / sigma) ** 2) / 2)
+    return [float(v) for v in g / g.sum()]
+
+
+def gaussian_filter_valid(x: torch.Tensor, taps: Sequence[float]) -> torch.Tensor:
+    """Separable Gaussian over the last three axes, valid region only (as MONAI's conv3d).
+
+    Shift-and-add: one multiply-add of a shifted view per tap and axis, an order of magnitude
+    faster on a CPU than conv3d with a (w, 1, 1) kernel."""
+    w = len(taps)
+    for axis in (-3, -2, -1):
+        n = x.shape[axis] - w + 1
+        acc = x.narrow(axis, 0, n) * taps[0]
+        for t in range(1, w):
+            acc.add_(x.narrow(axis, t, n), alpha=taps[t])
+        x = acc
+    return x
+
+
+@dataclass
+class SSIMStats:
+    """A volume (I, J, K) in [0, 1] with its Gaussian-filtered local mean and variance (valid region)."""
+
+    vol: torch.Tensor
+    mu: torch.Tensor
+    var: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.element_size() * t.nelement() for t in (self.vol, self.mu, self.var))
+
+
+def ssim_stats(volume: np.ndarray | torch.Tensor, taps: Sequence[float], device: torch.device) -> SSIMStats:
+    """Filter a volume's local moments once."""
+    v = torch.as_tensor(np.asarray(volume, dtype=np.float32)).to(device)
+    mu = gaussian_filter_valid(v, taps)
+    var = gaussian_filter_valid(v * v, taps).sub_(mu * mu)
+    return SSIMStats(v, mu, var)
+
+
+def ssim_pair(a: SSIMStats, b: SSIMStats, taps: Sequence[float]) -> float:
+    """Mean SSIM of two volumes from their cached moments: one filtered product per pair."""
+    cov = gaussian_filter_valid(a.vol * b.vol, taps).sub_(a.mu * b.mu)
+    num = (2 * a.mu * b.mu + C1).mul_(cov.mul_(2).add_(C2))
+    den = (a.mu * a.mu + b.mu * b.mu + C1).mul_(a.var + b.var + C2)
+    return float(num.div_(den).double().mean())
+
+
+def coarse_factor(shape: Sequence[int], smallest: int = 24) -> int:
+    """The average-pooling factor of the coarse stage: the largest that keeps every axis ≥ `smallest`."""
+    return max(1, min(int(s) for s in shape) // smallest)
+
+
+@torch.inference_mode()
+def volume_descriptor(volume: np.ndarray, factor: int) -> np.ndarray:
+    """The coarse-stage descriptor of a volume: average-pooled by `factor` per axis (float32)."""
+    t = torch.as_tensor(np.asarray(volume, dtype=np.float32))[None, None]
+    if factor > 1:
+        t = torch.nn.functional.avg_pool3d(t, factor)
+    return t[0, 0].numpy()  # (I/f, J/f, K/f)
+
+
+class SSIMIndex:
+    """Two-stage nearest training volume by 3D SSIM (see the module docstring).
+
+    Stage 1 scores every training volume by SSIM of the volumes average-pooled by `factor`
+    (batched, their moments filtered once); stage 2 re-ranks the best k by exact SSIM.
+
+    Args:
+        descriptors: (N, i, j, k) coarse training volumes (`descriptor`).
+        load: index → training volume (I, J, K) in [0, 1]; called only for candidates (and on
+            cache misses), so the volumes may stay on disk.
+        win: SSIM window of the full-size volumes (`privacy.ssim_window(shape)`).
+        factor: the pooling factor that made the descriptors.
+        k: at most this many candidates re-ranked by exact SSIM per query (k ≥ N: exhaustive).
+        margin: only candidates whose coarse SSIM is within `margin` of the best coarse SSIM are
+            re-ranked (None: always k); a near-copy stands far above the rest and costs one pair.
+        cache_bytes: memory for the training volumes' filtered moments (least recently used go).
+    """
+
+    def __init__(
+        self,
+        descriptors: np.ndarray,
+        load: Callable[[int], np.ndarray],
+        win: int,
+        factor: int,
+        device: torch.device | None = None,
+        k: int = 8,
+        margin: float | None = 0.1,
+        cache_bytes: int = 2 * 1024**3,
+    ) -> None:
+        self.device = device or torch.device("cpu")
+        self.factor, self.load, self.taps, self.k = int(factor), load, gaussian_taps(win), int(k)
+        self.margin = margin
+        coarse = torch.as_tensor(np.asarray(descriptors, dtype=np.float32))
+        self.coarse_taps = gaussian_taps(max(1, min(COARSE_WIN, _odd(min(coarse.shape[1:])))))
+        self.coarse = [ssim_stats(coarse[i : i + 64], self.coarse_taps, self.device) for i in range(0, len(coarse), 64)]
+        self.n = len(coarse)
+        self.cache_bytes = int(cache_bytes)
+        self._cache: OrderedDict[int, SSIMStats] = OrderedDict()
+        self.pairs = 0  # exact SSIM pairs computed
+
+    @classmethod
+    def from_volumes(cls, volumes: np.ndarray, win: int, **kw) -> SSIMIndex:
+        """An index over training volumes held in memory (N, I, J, K)."""
+        factor = kw.pop("factor", None) or coarse_factor(volumes.shape[1:])
+        desc = np.stack([volume_descriptor(v, factor) for v in volumes])
+        return cls(desc, lambda j: volumes[j], win, factor, **kw)
+
+    def descriptor(self, volume: np.ndarray) -> np.ndarray:
+        """The coarse descriptor of a query volume, as the index's were made."""
+        return volume_descriptor(volume, self.factor)
+
+    def __len__(self) -> int:
+        return self.n
+
+    @torch.inference_mode()
+    def coarse_ssim(self, descriptor: np.ndarray) -> np.ndarray:
+        """Stage 1: SSIM of the coarse query to every coarse training volume → (N,)."""
+        q = ssim_stats(descriptor[None], self.coarse_taps, self.device)
+        return np.concatenate([ssim_batch_stats(q, s, self.coarse_taps) for s in self.coarse])
+
+    def candidates(self, descriptor: np.ndarray, k: int | None = None) -> np.ndarray:
+        """Indices of the (at most k) training volumes with the highest coarse SSIM, best first."""
+        k = min(self.k if k is None else int(k), len(self))
+        coarse = self.coarse_ssim(descriptor)
+        order = np.argsort(-coarse, kind="stable")[:k]
+        if self.margin is None:
+            return order
+        return order[coarse[order] >= coarse[order[0]] - self.margin]
+
+    def _stats(self, j: int) -> SSIMStats:
+        if j in self._cache:
+            self._cache.move_to_end(j)
+            return self._cache[j]
+        s = ssim_stats(self.load(j), self.taps, self.device)
+        self._cache[j] = s
+        while len(self._cache) > 1 and sum(v.nbytes for v in self._cache.values()) > self.cache_bytes:
+            self._cache.popitem(last=False)
+        return s
+
+    @torch.inference_mode()
+    def ssim_to(self, volume: np.ndarray, indices: Sequence[int]) -> np.ndarray:
+        """Exact SSIM of one query volume (I, J, K) in [0, 1] to the given training volumes."""
+        q = ssim_stats(volume, self.taps, self.device)
+        out = np.array([ssim_pair(q, self._stats(int(j)), self.taps) for j in indices], dtype=np.float64)
+        self.pairs += len(out)
+        return out
+
+    def search(self, volume: np.ndarray, descriptor: np.ndarray | None = None) -> tuple[float, int]:
+        """(highest exact SSIM among the candidates, index of that training volume)."""
+        cand = self.candidates(self.descriptor(volume) if descriptor is None else descriptor)
+        s = self.ssim_to(volume, cand)
+        best = int(np.argmax(s))
+        return float(s[best]), int(cand[best])
+
+    def exhaustive(self, volume: np.ndarray) -> tuple[float, int]:
+        """(highest SSIM to any training volume, its index): every pair, for checking recall."""
+        s = self.ssim_to(volume, range(len(self)))
+        best = int(np.argmax(s))
+        return float(s[best]), best
+
+
+def _odd(n: int) -> int:
+    return n if n % 2 else n - 1
+
+
+def ssim_batch_stats(q: SSIMStats, refs: SSIMStats, taps: Sequence[float]) -> np.ndarray:
+    """Mean SSIM of one query (1, I, J, K) against a batch of references (B, I, J, K) → (B,)."""
+    cov = gaussian_filter_valid(refs.vol * q.vol, taps).sub_(refs.mu * q.mu)
+    num = (2 * refs.mu * q.mu + C1).mul_(cov.mul_(2).add_(C2))
+    den = (refs.mu * refs.mu + q.mu * q.mu + C1).mul_(refs.var + q.var + C2)
+    return num.div_(den).flatten(1).double().mean(1).cpu().numpy()
+
+
+def recall_vs_exhaustive(
+    index: SSIMIndex,
+    load_query: Callable[[int], np.ndarray],
+    found: np.ndarray,
+    found_ssim: np.ndarray,
+    n_check: int,
+    seed: int = 0,
+) -> dict:
+    """Share of sampled queries whose two-stage nearest training volume is the exhaustive one.
+
+    A different index with the same SSIM (to 1e-6, a tie) counts as found.
+
+    Args:
+        load_query: query index → volume in [0, 1].
+        found, found_ssim: the two-stage argmax and max SSIM of every query.
+        n_check: queries checked exhaustively (capped at the number of queries)."""
+    n = min(int(n_check), len(found))
+    if n == 0 or len(index) == 0:
+        return {"checked": 0, "recall": None}
+    rng = np.random.default_rng(seed)
+    picks = np.sort(rng.choice(len(found), n, replace=False))
+    hits, gaps = 0, []
+    for i in picks:
+        s, j = index.exhaustive(load_query(int(i)))
+        hit = j == int(found[i]) or abs(s - float(found_ssim[i])) <= 1e-6
+        hits += int(hit)
+        gaps.append(s - float(found_ssim[i]))
+    return {
+        "checked": n,
+        "recall": hits / n,
+        "max_ssim_shortfall": float(max(gaps)),
+        "candidates_per_query": min(index.k, len(index)),
+        "definition": "share of randomly chosen queries whose nearest training volume by exact 3D SSIM "
+        "(exhaustive search) is among the re-ranked candidates",
+    }
