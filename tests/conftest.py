@@ -77,6 +77,15 @@ def phantom_prepared(n: int = 4, shape=PHANTOM_SHAPE, spacing=(3.0, 3.0, 4.0), s
     )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _feature_cache_in_tmp(tmp_path_factory):
+    """Keep the per-volume feature cache of `evaluate` (every test, CLI runs included) out of the user's cache folder."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LDMTOOL_CACHE_DIR", str(tmp_path_factory.mktemp("feature_cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def ae_config():
     """Factory for a tiny AutoencoderConfig: ae_config(**overrides)."""

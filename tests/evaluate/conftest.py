@@ -20,15 +20,6 @@ def phantoms(n: int, seed: int, shape=SHAPE) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _feature_cache_in_tmp(tmp_path_factory):
-    """Keep the per-volume feature cache of `evaluate` out of the user's cache folder."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LDMTOOL_CACHE_DIR", str(tmp_path_factory.mktemp("feature_cache")))
-    yield
-    mp.undo()
-
-
 @pytest.fixture(scope="session")
 def make_phantoms():
     """make_phantoms(n, seed) → (images (n, 32, 32, 16), labels)."""
