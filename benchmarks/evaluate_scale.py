@@ -2,7 +2,7 @@
 size of volumes: the streaming two-stage path against the exhaustive in-memory one, with the recall
 of the nearest training volume.
 
-    python benchmarks/evaluate_scale.py --ixi /work/shared/data/ixi_t1_2mm --work runs/scale \
+    python benchmarks/evaluate_scale.py --work runs/scale \
         --shape 160,192,160 --train 20,40 --synthetic 25,50 --real 10 --old-max 25
 
 Volume sets are built from real IXI T1 brains (2 mm), resampled to --shape and stored as uint8
@@ -199,7 +199,7 @@ def fit_extrapolate(rows: list[dict], n_syn: int = 1000, n_train: int = 300) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ixi", default="/work/shared/data/ixi_t1_2mm")
+    ap.add_argument("--ixi", default=str(REPO.parent / "shared" / "data" / "ixi_t1_2mm"), help="IXI T1 folder")
     ap.add_argument("--work", default="runs/evaluate_scale")
     ap.add_argument("--shape", default="160,192,160")
     ap.add_argument("--train", default="20,40", help="training set sizes")
@@ -210,6 +210,9 @@ def main() -> None:
     ap.add_argument("--recall-queries", type=int, default=10)
     ap.add_argument("--reject-samples", type=int, default=10)
     a = ap.parse_args()
+    if not (Path(a.ixi) / "imagesTr").is_dir():
+        print(f"IXI brains not found at {a.ixi} — nothing to do (give --ixi DIR)", file=sys.stderr)  # no results file
+        return
     shape = tuple(_ints(a.shape))
     work = Path(a.work)
     n_train, n_syn = _ints(a.train), _ints(a.synthetic)

@@ -70,3 +70,26 @@ def test_real_data_benchmark_without_data_says_so_and_exits_0(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "real data not found" in proc.stdout and str(tmp_path / "absent") in proc.stdout
     assert not any((tmp_path / "absent").parent.glob("ldmtool-real-*"))
+
+
+@pytest.mark.parametrize(
+    "script,args,message",
+    [
+        ("evaluate_scale.py", ["--ixi"], "IXI brains not found"),
+        ("series.py", ["--data"], ""),
+    ],
+)
+def test_data_benchmarks_without_data_exit_0_and_write_nothing(tmp_path, script, args, message):
+    import subprocess
+
+    env = {"LDMTOOL_RESULTS_DIR": str(tmp_path / "results"), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args, str(tmp_path / "absent")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert message in proc.stdout + proc.stderr and str(tmp_path / "absent") in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
