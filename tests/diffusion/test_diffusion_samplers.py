@@ -11,7 +11,7 @@ from ldmtool.diffusion.samplers import (
     SPACINGS,
     DDIMSampler,
     DDPMSampler,
-    DPMSolverPP2MSampler,
+    DPMSolverPPSampler,
     EulerFlowSampler,
     make_sampler,
     timestep_grid,
@@ -268,7 +268,7 @@ def test_euler_flow_uses_monai_rflow_grid():
     assert isinstance(smp, EulerFlowSampler)
     assert smp.timesteps == [1000, 750, 500, 250]
     assert type(smp.scheduler).__name__ == "RFlowScheduler"
-    assert isinstance(make_sampler("dpmpp2m", _cfg(), 4), DPMSolverPP2MSampler)
+    assert isinstance(make_sampler("dpmpp2m", _cfg(), 4), DPMSolverPPSampler)
 
 
 @pytest.mark.parametrize("name,objective", [("euler", "eps"), ("euler", "v"), ("ddim", "flow"), ("dpmpp2m", "flow")])
