@@ -12,7 +12,12 @@ What comes from MONAI (`monai.networks.schedulers`) and what is written here:
 - the DDIM/DDPM update is written out here because MONAI's `step` draws the noise of a whole batch
   from one generator; per-sample generators (a list, one per row) are what make a sample
   independent of the batch it ran in;
-- DPM-Solver++(2M) is written out here because MONAI has no DPM-Solver.
+- the multistep solvers DPM-Solver++(2M, 3M) and UniPC-bh2 (orders 2, 3) are written out here
+  because MONAI has none. diffusers' DPMSolverMultistepScheduler and UniPCMultistepScheduler would
+  fit (deterministic solvers draw no per-sample noise), but they bring diffusers and
+  huggingface_hub as dependencies and their import into every `sample` run, for about a hundred
+  lines of update formulas; these reproduce diffusers' results on the same timesteps to float32
+  precision (tests/diffusion/test_diffusion_samplers.py holds diffusers' numbers).
 Notation (DDIM paper, Song et al. 2021): ᾱ_t = alphas_cumprod[t], x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε.
 """
 
