@@ -14,7 +14,9 @@
     64 samples each (--quality-n); 95% bootstrap intervals resampling whole volumes of both sets,
     and the paired interval of each distance minus DDIM-50's (all samplers share their seeds);
     also each set against the real training latents. Sampling cost is denoiser calls: every
-    sampler here makes one call per step.
+    sampler here makes one call per step. A deterministic reference (--reference-sampler unipc3
+    --reference-steps 100: the converged probability-flow ODE) shares the samplers' seeds, so each
+    sample's distance to its own exact answer (RMSE) measures the solver's error directly.
 (d) depth scaling: seconds and peak RSS of decoding one volume of depth D = 32..256 slice by slice
     (this package) vs a MONAI 3D AutoencoderKL of the same widths decoding the same volume, each
     measured in a fresh process.
@@ -274,14 +276,15 @@ def part_c(args, device, pipe) -> list[tuple]:
 
     def run(name, steps, seed):
         smp = pipe.make_sampler(name, steps)
-        outs = []
+        outs, zs = [], []
         t0 = time.perf_counter()
         for b0 in range(0, n, bs):
             idx = list(range(b0, min(b0 + bs, n)))
             with torch.inference_mode():  # fp32: the latents themselves are compared
                 z = pipe.denoise([sample_seed(seed, k) for k in idx], smp, guided(pipe.ldm, None, None))
                 outs.append(slice_features(z))
-        return np.concatenate(outs), (time.perf_counter() - t0) / n, smp.spacing
+                zs.append(z.float().cpu())
+        return np.concatenate(outs), (time.perf_counter() - t0) / n, smp.spacing, torch.cat(zs)
 
     cache = (
         Path(args.ldm) / "latents.safetensors"
@@ -295,24 +298,40 @@ def part_c(args, device, pipe) -> list[tuple]:
         lat = load_file(str(cache))["latents"].float()
         m, s = pipe.latent_mean.cpu(), pipe.latent_std.cpu()
         real = slice_features((lat - m) / s)
-    console.print(f"(c) reference: DDPM {args.reference_steps} steps × {n} samples ...")
-    ref_f, ref_sec, _ = run("ddpm", args.reference_steps, seed=1000)
+    ref_name = args.reference_sampler
+    paired = ref_name != "ddpm"
+    console.print(f"(c) reference: {ref_name} {args.reference_steps} steps × {n} samples ...")
+    # a deterministic reference shares the samplers' seeds: each sample then has its own exact answer
+    ref_f, ref_sec, _, ref_z = run(ref_name, args.reference_steps, seed=3000 if paired else 1000)
     objective = pipe.ldm_config.model.objective
     solvers = [s for s in args.solvers.split(",") if (s == "euler") == (objective == "flow")]
-    sets, info = {}, {}
+    sets, info, rmse = {}, {}, {}
     if args.reference_twice:
-        sets["ddpm-floor"], sec, _ = run("ddpm", args.reference_steps, seed=2000)
-        info["ddpm-floor"] = ("ddpm (second seed set): noise floor", args.reference_steps, "trailing", sec)
-    for name in solvers:
-        for calls in args.calls:
-            console.print(f"(c) {name}, {calls} calls ...")
-            key = f"{name}-{calls}"
-            sets[key], sec, spacing = run(name, calls, seed=3000)
-            info[key] = (name, calls, spacing, sec)
+        sets["ref-floor"], sec, _, _ = run(ref_name, args.reference_steps, seed=2000)
+        info["ref-floor"] = (f"{ref_name} (second seed set): noise floor", args.reference_steps, "", sec)
+    runs = [(name, calls) for name in solvers for calls in args.calls]
+    if "ddim" in solvers and args.baseline_steps not in args.calls:
+        runs.insert(0, ("ddim", args.baseline_steps))
+    for name, calls in runs:
+        console.print(f"(c) {name}, {calls} calls ...")
+        key = f"{name}-{calls}"
+        sets[key], sec, spacing, z = run(name, calls, seed=3000)
+        info[key] = (name, calls, spacing, sec)
+        rmse[key] = f"{float((z - ref_z).pow(2).mean().sqrt()):.4f}" if paired else "—"
     boots = bootstrap_frechet(sets, ref_f, depth, args.bootstrap)
-    base = "ddim-50" if "ddim-50" in sets else None
+    base = f"ddim-{args.baseline_steps}" if f"ddim-{args.baseline_steps}" in sets else None
     rows = [
-        ("c", f"ddpm (reference), {args.reference_steps} steps", "", "0", "", "", _real(ref_f, real), f"{ref_sec:.2f}")
+        (
+            "c",
+            f"{ref_name} (reference)",
+            "",
+            str(args.reference_steps),
+            "0",
+            "",
+            "0",
+            _real(ref_f, real),
+            f"{ref_sec:.2f}",
+        )
     ]
     for key, f in sets.items():
         name, calls, spacing, sec = info[key]
@@ -325,6 +344,7 @@ def part_c(args, device, pipe) -> list[tuple]:
                 str(calls),
                 f"{frechet(f, ref_f):.4f}",
                 f"{_interval(boots[key])}  Δ {diff}" if diff else _interval(boots[key]),
+                rmse.get(key, "—"),
                 _real(f, real),
                 f"{sec:.2f}",
             )
@@ -336,8 +356,14 @@ def part_c(args, device, pipe) -> list[tuple]:
             best = min(ok, key=lambda k: info[k][1]) if ok else None
             verdict = f"{info[best][1]} calls" if best else "none at ≤ 10 calls"
             console.print(
-                f"(c) {name}: fewest calls whose FD is ≤ DDIM-50's (paired 95% interval of Δ reaches 0): {verdict}"
+                f"(c) {name}: fewest calls whose FD is ≤ DDIM-{args.baseline_steps}'s "
+                f"(paired 95% interval of Δ reaches 0): {verdict}"
             )
+            if paired:
+                close = [k for k in few if float(rmse[k]) <= float(rmse[base])]
+                best = min(close, key=lambda k: info[k][1]) if close else None
+                verdict = f"{info[best][1]} calls" if best else "none at ≤ 10 calls"
+                console.print(f"(c) {name}: fewest calls whose RMSE is ≤ DDIM-{args.baseline_steps}'s: {verdict}")
     return rows
 
 
@@ -465,7 +491,9 @@ def main() -> None:
     p.add_argument(
         "--solvers", default="ddim,dpmpp2m,dpmpp3m,unipc2,unipc3,euler", help="(c): samplers (each at its auto spacing)"
     )
-    p.add_argument("--reference-steps", type=int, default=1000, help="(c): steps of the DDPM reference set")
+    p.add_argument("--reference-sampler", default="ddpm", help="(c): sampler of the reference set")
+    p.add_argument("--reference-steps", type=int, default=1000, help="(c): steps of the reference set")
+    p.add_argument("--baseline-steps", type=int, default=50, help="(c): the DDIM run the others are compared to")
     p.add_argument("--bootstrap", type=int, default=500, help="(c): bootstrap replicates")
     p.add_argument("--reference-twice", action="store_true", help="(c): a second DDPM-1000 set as noise floor")
     p.add_argument("--depths", type=int, nargs="+", default=[32, 64, 128, 256])
@@ -500,8 +528,9 @@ def main() -> None:
             "sampler",
             "spacing",
             "calls",
-            f"FD to DDPM-{args.reference_steps}",
-            "95% interval  (Δ: paired interval of FD − DDIM-50's)",
+            f"FD to {args.reference_sampler}-{args.reference_steps}",
+            f"95% interval  (Δ: paired interval of FD − DDIM-{args.baseline_steps}'s)",
+            "RMSE to reference (same seeds)",
             "FD to real latents",
             "s/vol",
         ):
