@@ -274,8 +274,8 @@ def part_c(args, device, pipe) -> list[tuple]:
     depth = pipe.latent_shape[1]
     n, bs = args.quality_n, args.quality_batch
 
-    def run(name, steps, seed):
-        smp = pipe.make_sampler(name, steps)
+    def run(name, steps, seed, spacing="auto"):
+        smp = pipe.make_sampler(name, steps, spacing=spacing)
         outs, zs = [], []
         t0 = time.perf_counter()
         for b0 in range(0, n, bs):
@@ -315,7 +315,7 @@ def part_c(args, device, pipe) -> list[tuple]:
     for name, calls in runs:
         console.print(f"(c) {name}, {calls} calls ...")
         key = f"{name}-{calls}"
-        sets[key], sec, spacing, z = run(name, calls, seed=3000)
+        sets[key], sec, spacing, z = run(name, calls, seed=3000, spacing="auto" if name == "ddim" else args.spacing)
         info[key] = (name, calls, spacing, sec)
         rmse[key] = f"{float((z - ref_z).pow(2).mean().sqrt()):.4f}" if paired else "—"
     boots = bootstrap_frechet(sets, ref_f, depth, args.bootstrap)
@@ -491,6 +491,7 @@ def main() -> None:
     p.add_argument(
         "--solvers", default="ddim,dpmpp2m,dpmpp3m,unipc2,unipc3,euler", help="(c): samplers (each at its auto spacing)"
     )
+    p.add_argument("--spacing", default="auto", help="(c): timestep spacing of the samplers other than DDIM")
     p.add_argument("--reference-sampler", default="ddpm", help="(c): sampler of the reference set")
     p.add_argument("--reference-steps", type=int, default=1000, help="(c): steps of the reference set")
     p.add_argument("--baseline-steps", type=int, default=50, help="(c): the DDIM run the others are compared to")
