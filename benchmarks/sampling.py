@@ -2,15 +2,21 @@
 
     python benchmarks/sampling.py --ae demo_out/ae --ldm demo_out/ldm      # after `make demo`
     python benchmarks/sampling.py --parts a,b --steps 20                   # a subset
+    python benchmarks/sampling.py --parts c --solvers ddim,unipc2 --calls 8 50   # part of (c)
 
 (a) overhead: `ldmtool sample`'s time per batch (noise → sampler → decode → files written) divided by
     the physical floor steps × (one denoiser call) + (one full decode), all measured in this run.
 (b) the same weights, steps and batch through a plain loop over MONAI's LatentDiffusionInferer with
     its DDIMScheduler (decoding every slice of the batch at once): seconds per volume, ratio.
-(c) quality vs steps: Fréchet distance between per-slice latent features (channel means and
-    standard deviations of each latent slice) of DDIM 10/25/50 and DPM-Solver++ 10/20 samples and
-    of a 1000-step DDPM reference set, with a bootstrap standard deviation as the noise level;
-    also each set against the real training latents.
+(c) quality vs denoiser calls: Fréchet distance between per-slice latent features (channel means
+    and standard deviations of each latent slice) of every sampler (--solvers, each at its own
+    "auto" timestep spacing) at 4/6/8/10/20/50 calls (--calls) and a 1000-step DDPM reference set,
+    64 samples each (--quality-n); 95% bootstrap intervals resampling whole volumes of both sets,
+    and the paired interval of each distance minus DDIM-50's (all samplers share their seeds);
+    also each set against the real training latents. Sampling cost is denoiser calls: every
+    sampler here makes one call per step. A deterministic reference (--reference-sampler unipc3
+    --reference-steps 100: the converged probability-flow ODE) shares the samplers' seeds, so each
+    sample's distance to its own exact answer (RMSE) measures the solver's error directly.
 (d) depth scaling: seconds and peak RSS of decoding one volume of depth D = 32..256 slice by slice
     (this package) vs a MONAI 3D AutoencoderKL of the same widths decoding the same volume, each
     measured in a fresh process.
@@ -236,30 +242,49 @@ def frechet(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
 
 
-def bootstrap(a: np.ndarray, b: np.ndarray, per: int, reps: int = 20, seed: int = 0) -> float:
-    """Std of the Fréchet distance when the volumes of `a` are resampled (slices stay together)."""
+def bootstrap_frechet(
+    sets: dict[str, np.ndarray], ref: np.ndarray, per: int, reps: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Bootstrap replicates of each set's Fréchet distance to `ref`: whole volumes (their `per`
+    slices together) of both the set and the reference are resampled with replacement. Every set
+    uses the same resampled indices in a replicate: the sets share their seeds (sample k of every
+    sampler starts from the same noise), so differences between sets are paired."""
     rng = np.random.default_rng(seed)
-    vols = a.reshape(-1, per, a.shape[-1])
-    vals = [frechet(vols[rng.integers(0, len(vols), len(vols))].reshape(-1, a.shape[-1]), b) for _ in range(reps)]
-    return float(np.std(vals))
+    n_vol, n_ref = len(next(iter(sets.values()))) // per, len(ref) // per
+    out = {k: np.empty(reps) for k in sets}
+    ref_vols = ref.reshape(n_ref, per, -1)
+    for r in range(reps):
+        ia, ir = rng.integers(0, n_vol, n_vol), rng.integers(0, n_ref, n_ref)
+        ref_b = ref_vols[ir].reshape(-1, ref.shape[-1])
+        for k, f in sets.items():
+            out[k][r] = frechet(f.reshape(n_vol, per, -1)[ia].reshape(-1, f.shape[-1]), ref_b)
+    return out
+
+
+def _interval(values: np.ndarray) -> str:
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return f"[{lo:.4f}, {hi:.4f}]"
 
 
 def part_c(args, device, pipe) -> list[tuple]:
+    """Every sampler at every count of denoiser calls, against a DDPM reference set (module docstring)."""
     from ldmtool.diffusion.samplers import sample_seed
     from ldmtool.models.denoiser import guided
 
     depth = pipe.latent_shape[1]
+    n, bs = args.quality_n, args.quality_batch
 
-    def run(name, steps, seed):
-        smp = pipe.make_sampler(name, steps)
-        outs = []
+    def run(name, steps, seed, spacing="auto"):
+        smp = pipe.make_sampler(name, steps, spacing=spacing)
+        outs, zs = [], []
         t0 = time.perf_counter()
-        for b0 in range(0, args.quality_n, args.batch_size):
-            idx = list(range(b0, min(b0 + args.batch_size, args.quality_n)))
+        for b0 in range(0, n, bs):
+            idx = list(range(b0, min(b0 + bs, n)))
             with torch.inference_mode():  # fp32: the latents themselves are compared
                 z = pipe.denoise([sample_seed(seed, k) for k in idx], smp, guided(pipe.ldm, None, None))
-                outs.append(z.float().cpu())
-        return torch.cat(outs), time.perf_counter() - t0
+                outs.append(slice_features(z))
+                zs.append(z.float().cpu())
+        return np.concatenate(outs), (time.perf_counter() - t0) / n, smp.spacing, torch.cat(zs)
 
     cache = (
         Path(args.ldm) / "latents.safetensors"
@@ -273,38 +298,77 @@ def part_c(args, device, pipe) -> list[tuple]:
         lat = load_file(str(cache))["latents"].float()
         m, s = pipe.latent_mean.cpu(), pipe.latent_std.cpu()
         real = slice_features((lat - m) / s)
-    console.print(f"(c) reference: DDPM 1000 steps × {args.quality_n} samples ...")
-    ref, ref_sec = run("ddpm", 1000, seed=1000)
-    ref_f = slice_features(ref)
-    ref2, _ = run("ddpm", 1000, seed=2000) if args.reference_twice else (None, 0)
-    rows = []
-    if ref2 is not None:
-        rows.append(
-            ("c", "DDPM 1000 (second seed set) — noise floor", f"{frechet(slice_features(ref2), ref_f):.4f}", "", "")
-        )
-    rows.append(
+    ref_name = args.reference_sampler
+    paired = ref_name != "ddpm"
+    console.print(f"(c) reference: {ref_name} {args.reference_steps} steps × {n} samples ...")
+    # a deterministic reference shares the samplers' seeds: each sample then has its own exact answer
+    ref_f, ref_sec, _, ref_z = run(ref_name, args.reference_steps, seed=3000 if paired else 1000)
+    objective = pipe.ldm_config.model.objective
+    solvers = [s for s in args.solvers.split(",") if (s == "euler") == (objective == "flow")]
+    sets, info, rmse = {}, {}, {}
+    if args.reference_twice:
+        sets["ref-floor"], sec, _, _ = run(ref_name, args.reference_steps, seed=2000)
+        info["ref-floor"] = (f"{ref_name} (second seed set): noise floor", args.reference_steps, "", sec)
+    runs = [(name, calls) for name in solvers for calls in args.calls]
+    if "ddim" in solvers and args.baseline_steps not in args.calls:
+        runs.insert(0, ("ddim", args.baseline_steps))
+    for name, calls in runs:
+        console.print(f"(c) {name}, {calls} calls ...")
+        key = f"{name}-{calls}"
+        sets[key], sec, spacing, z = run(name, calls, seed=3000, spacing="auto" if name == "ddim" else args.spacing)
+        info[key] = (name, calls, spacing, sec)
+        rmse[key] = f"{float((z - ref_z).pow(2).mean().sqrt()):.4f}" if paired else "—"
+    boots = bootstrap_frechet(sets, ref_f, depth, args.bootstrap)
+    base = f"ddim-{args.baseline_steps}" if f"ddim-{args.baseline_steps}" in sets else None
+    rows = [
         (
             "c",
-            "DDPM 1000 (reference)",
+            f"{ref_name} (reference)",
+            "",
+            str(args.reference_steps),
             "0",
-            f"{frechet(ref_f, real):.4f}" if real is not None else "—",
-            f"{ref_sec / args.quality_n:.2f} s/vol",
+            "",
+            "0",
+            _real(ref_f, real),
+            f"{ref_sec:.2f}",
         )
-    )
-    for name, steps in (("ddim", 10), ("ddim", 25), ("ddim", 50), ("dpmpp2m", 10), ("dpmpp2m", 20)):
-        z, sec = run(name, steps, seed=3000)
-        f = slice_features(z)
-        fd = frechet(f, ref_f)
+    ]
+    for key, f in sets.items():
+        name, calls, spacing, sec = info[key]
+        diff = "" if base is None or key == base else _interval(boots[key] - boots[base])
         rows.append(
             (
                 "c",
-                f"{name} {steps}",
-                f"{fd:.4f} ± {bootstrap(f, ref_f, depth):.4f}",
-                f"{frechet(f, real):.4f}" if real is not None else "—",
-                f"{sec / args.quality_n:.2f} s/vol",
+                name,
+                spacing,
+                str(calls),
+                f"{frechet(f, ref_f):.4f}",
+                f"{_interval(boots[key])}  Δ {diff}" if diff else _interval(boots[key]),
+                rmse.get(key, "—"),
+                _real(f, real),
+                f"{sec:.2f}",
             )
         )
+    if base is not None:
+        for name in solvers:
+            few = [k for k in sets if info[k][0] == name and info[k][1] <= 10]
+            ok = [k for k in few if np.percentile(boots[k] - boots[base], 2.5) <= 0]
+            best = min(ok, key=lambda k: info[k][1]) if ok else None
+            verdict = f"{info[best][1]} calls" if best else "none at ≤ 10 calls"
+            console.print(
+                f"(c) {name}: fewest calls whose FD is ≤ DDIM-{args.baseline_steps}'s "
+                f"(paired 95% interval of Δ reaches 0): {verdict}"
+            )
+            if paired:
+                close = [k for k in few if float(rmse[k]) <= float(rmse[base])]
+                best = min(close, key=lambda k: info[k][1]) if close else None
+                verdict = f"{info[best][1]} calls" if best else "none at ≤ 10 calls"
+                console.print(f"(c) {name}: fewest calls whose RMSE is ≤ DDIM-{args.baseline_steps}'s: {verdict}")
     return rows
+
+
+def _real(f: np.ndarray, real: np.ndarray | None) -> str:
+    return f"{frechet(f, real):.4f}" if real is not None else "—"
 
 
 def decode_probe(method: str, depth: int, ae_path: str, decode_batch: int, device_name: str) -> dict:
@@ -421,7 +485,17 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--decode-batch", type=int, default=64)
     p.add_argument("--batches", type=int, default=2, help="batches timed in (a)/(b)")
-    p.add_argument("--quality-n", type=int, default=16, help="samples per sampler in (c)")
+    p.add_argument("--quality-n", type=int, default=64, help="samples per sampler in (c)")
+    p.add_argument("--quality-batch", type=int, default=16, help="latent volumes denoised at once in (c)")
+    p.add_argument("--calls", type=int, nargs="+", default=[4, 6, 8, 10, 20, 50], help="(c): denoiser calls")
+    p.add_argument(
+        "--solvers", default="ddim,dpmpp2m,dpmpp3m,unipc2,unipc3,euler", help="(c): samplers (each at its auto spacing)"
+    )
+    p.add_argument("--spacing", default="auto", help="(c): timestep spacing of the samplers other than DDIM")
+    p.add_argument("--reference-sampler", default="ddpm", help="(c): sampler of the reference set")
+    p.add_argument("--reference-steps", type=int, default=1000, help="(c): steps of the reference set")
+    p.add_argument("--baseline-steps", type=int, default=50, help="(c): the DDIM run the others are compared to")
+    p.add_argument("--bootstrap", type=int, default=500, help="(c): bootstrap replicates")
     p.add_argument("--reference-twice", action="store_true", help="(c): a second DDPM-1000 set as noise floor")
     p.add_argument("--depths", type=int, nargs="+", default=[32, 64, 128, 256])
     p.add_argument("--_probe", nargs=2, help=argparse.SUPPRESS)
@@ -447,9 +521,20 @@ def main() -> None:
         console.print(table)
     if "c" in parts:
         table = Table(
-            title=f"(c) quality vs steps — Fréchet distance of latent slice features, {args.quality_n} samples each"
+            title=f"(c) quality vs denoiser calls — Fréchet distance of latent slice features, "
+            f"{args.quality_n} samples each, {args.bootstrap} bootstrap replicates"
         )
-        for col in ("part", "sampler", "FD to DDPM-1000 (± bootstrap sd)", "FD to real latents", "speed"):
+        for col in (
+            "part",
+            "sampler",
+            "spacing",
+            "calls",
+            f"FD to {args.reference_sampler}-{args.reference_steps}",
+            f"95% interval  (Δ: paired interval of FD − DDIM-{args.baseline_steps}'s)",
+            "RMSE to reference (same seeds)",
+            "FD to real latents",
+            "s/vol",
+        ):
             table.add_column(col)
         for row in part_c(args, device, pipe):
             table.add_row(*row)

@@ -275,14 +275,18 @@ class SampleConfig:
     """Settings of `ldmtool sample` (YAML section `sample`)."""
 
     n: int = setting(8, "Number of samples (of the whole job, all shards).")
-    sampler: str = setting("ddim", "ddim | ddpm | dpmpp2m (DPM-Solver++ 2M) | euler (flow models).")
+    sampler: str = setting(
+        "ddim", "ddim | ddpm | dpmpp2m | dpmpp3m (DPM-Solver++) | unipc2 | unipc3 (UniPC) | euler (flow models)."
+    )
     steps: int = setting(50, "Sampling steps.")
     eta: float = setting(0.0, "DDIM eta, 0 = deterministic.")
     batch_size: int = setting(4, "Latent volumes sampled at once.")
     decode_batch: int = setting(64, "Slices decoded at once.")
     format: str = setting("nifti", "nifti | dicom.")
     guidance: float = setting(1.0, "Classifier-free guidance scale (with --condition).")
-    spacing: str = setting("trailing", "Timestep spacing: trailing | leading | linspace.")
+    spacing: str = setting(
+        "auto", "Timestep spacing: auto (the sampler's own) | trailing | leading | linspace | logsnr | karras."
+    )
     precision: str = setting("auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16.")
     compile: bool = setting(False, "torch.compile the denoiser (pays off for large jobs on GPU).")
     max_memory_gb: float | None = setting(
@@ -295,8 +299,8 @@ class SampleConfig:
     )
 
     def __post_init__(self) -> None:
-        _check_choice("--sampler", self.sampler, ("ddim", "ddpm", "dpmpp2m", "euler"))
-        _check_choice("--spacing", self.spacing, ("trailing", "leading", "linspace"))
+        _check_choice("--sampler", self.sampler, ("ddim", "ddpm", "dpmpp2m", "dpmpp3m", "unipc2", "unipc3", "euler"))
+        _check_choice("--spacing", self.spacing, ("auto", "trailing", "leading", "linspace", "logsnr", "karras"))
         _check_choice("--precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _check_choice("--format", self.format, ("nifti", "dicom"))
         for flag, value in (("--n", self.n), ("--batch-size", self.batch_size), ("--decode-batch", self.decode_batch)):
@@ -340,12 +344,12 @@ class ImputeConfig:
         "(0.25-0.5 did best on the demo phantoms; larger values overshoot).",
     )
     steps: int = setting(50, "Denoising steps.")
-    sampler: str = setting("ddim", "ddim | ddpm | dpmpp2m.")
+    sampler: str = setting("ddim", "ddim | ddpm | dpmpp2m | dpmpp3m | unipc2 | unipc3.")
     eta: float = setting(0.0, "DDIM eta (0 = deterministic given the seed).")
     batch_size: int = setting(4, "Imputations run at once.")
 
     def __post_init__(self) -> None:
-        _check_choice("--sampler", self.sampler, ("ddim", "ddpm", "dpmpp2m"))
+        _check_choice("--sampler", self.sampler, ("ddim", "ddpm", "dpmpp2m", "dpmpp3m", "unipc2", "unipc3"))
         for flag, value in (("--samples", self.samples), ("--steps", self.steps), ("--batch-size", self.batch_size)):
             if value < 1:
                 raise LdmError(f"{flag} must be at least 1; got {value}")

@@ -12,12 +12,18 @@ What comes from MONAI (`monai.networks.schedulers`) and what is written here:
 - the DDIM/DDPM update is written out here because MONAI's `step` draws the noise of a whole batch
   from one generator; per-sample generators (a list, one per row) are what make a sample
   independent of the batch it ran in;
-- DPM-Solver++(2M) is written out here because MONAI has no DPM-Solver.
+- the multistep solvers DPM-Solver++(2M, 3M) and UniPC-bh2 (orders 2, 3) are written out here
+  because MONAI has none. diffusers' DPMSolverMultistepScheduler and UniPCMultistepScheduler would
+  fit (deterministic solvers draw no per-sample noise), but they bring diffusers and
+  huggingface_hub as dependencies and their import into every `sample` run, for about a hundred
+  lines of update formulas; these reproduce diffusers' results on the same timesteps to float32
+  precision (tests/diffusion/test_diffusion_samplers.py holds diffusers' numbers).
 Notation (DDIM paper, Song et al. 2021): ᾱ_t = alphas_cumprod[t], x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -31,10 +37,15 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]  # (step index, t, x_t, x0_hat)
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
-DIFFUSION_SAMPLERS = ("ddim", "ddpm", "dpmpp2m")  # for ε / v denoisers
+DIFFUSION_SAMPLERS = ("ddim", "ddpm", "dpmpp2m", "dpmpp3m", "unipc2", "unipc3")  # for ε / v denoisers
 FLOW_SAMPLERS = ("euler",)  # for rectified-flow denoisers
 SAMPLERS = DIFFUSION_SAMPLERS + FLOW_SAMPLERS
-SPACINGS = ("trailing", "leading", "linspace")
+SPACINGS = ("trailing", "leading", "linspace", "logsnr", "karras")
+# "auto": each sampler's own spacing. Multistep solvers need steps near the clean end: on trailing
+# grids their last step is a first-order jump from t = T/N − 1 to the data, which caps their accuracy
+# at DDIM's (tests/diffusion/test_diffusion_samplers.py, the Gaussian closed form).
+DEFAULT_SPACING = {"ddim": "trailing", "ddpm": "trailing", "euler": "trailing"}
+MULTISTEP_SPACING = "logsnr"
 
 
 def sample_seed(base_seed: int, index: int, attempt: int = 0) -> int:
@@ -120,31 +131,62 @@ def eps_to_output(eps: torch.Tensor, x: torch.Tensor, a_t: torch.Tensor, predict
     return (eps - (1 - a_t).sqrt() * x) / a_t.sqrt()
 
 
-def timestep_grid(num_train: int, steps: int, spacing: str = "trailing", start: int | None = None) -> list[int]:
+def timestep_grid(
+    num_train: int,
+    steps: int,
+    spacing: str = "trailing",
+    start: int | None = None,
+    alphas_cumprod: torch.Tensor | None = None,
+) -> list[int]:
     """Descending inference timesteps (the conventions of Lin et al. 2024, "Common diffusion noise
-    schedules and sample steps are flawed", Table 2):
+    schedules and sample steps are flawed", Table 2, and two noise-level spacings):
 
     - trailing: round(T, T − T/N, ...) − 1: the first step starts at the last training timestep
       (pure noise); the right choice for few steps.
     - leading: 0, T//N, 2·T//N, ... reversed (MONAI's DDIMScheduler with steps_offset=0): the
       first step starts below T − 1, so few-step samples start from noise the model never saw.
     - linspace: N points evenly spaced over [0, T−1], reversed.
+    - logsnr: N points evenly spaced in λ = log(α/σ) from t = T−1 to t = 0 (Lu et al. 2022,
+      DPM-Solver's "logSNR" grid); needs `alphas_cumprod`.
+    - karras: σ = √((1−ᾱ)/ᾱ) on Karras et al. 2022's ρ = 7 ramp from t = T−1 to t = 0 (diffusers'
+      `use_karras_sigmas`); needs `alphas_cumprod`.
 
     `start` < T − 1 puts the grid on the timesteps [0, start] instead (the first step at `start`).
     """
     if start is not None:
         if not 0 <= start < num_train:
             raise LdmError(f"the first timestep must lie in [0, {num_train - 1}]; got {start}")
-        return timestep_grid(start + 1, steps, spacing)
+        ac = None if alphas_cumprod is None else alphas_cumprod[: start + 1]
+        return timestep_grid(start + 1, steps, spacing, alphas_cumprod=ac)
     if spacing == "trailing":
         grid = np.round(np.arange(num_train, 0, -num_train / steps)).astype(np.int64) - 1
     elif spacing == "leading":
         grid = (np.arange(steps) * (num_train // steps))[::-1]
     elif spacing == "linspace":
         grid = np.round(np.linspace(0, num_train - 1, steps))[::-1]
+    elif spacing in ("logsnr", "karras"):
+        if alphas_cumprod is None:
+            raise ValueError(f"the {spacing} spacing needs the noise schedule (alphas_cumprod)")
+        grid = _noise_level_grid(alphas_cumprod[:num_train].double().numpy(), steps, spacing)
     else:
         raise LdmError(f"--spacing must be one of {', '.join(SPACINGS)}; got {spacing!r}")
     return [int(t) for t in grid[:steps]]
+
+
+def _noise_level_grid(ac: np.ndarray, steps: int, spacing: str) -> np.ndarray:
+    """N descending integer timesteps at evenly spaced λ (logsnr) or on the Karras ρ = 7 ramp of σ
+    (karras), from t = T−1 to t = 0; rounded to the training grid and kept strictly decreasing."""
+    log_sigma = 0.5 * (np.log1p(-ac) - np.log(ac))  # log σ_t = −λ_t, increasing in t
+    if spacing == "logsnr":
+        targets = np.linspace(log_sigma[-1], log_sigma[0], steps)
+    else:
+        rho, s_min, s_max = 7.0, np.exp(log_sigma[0]), np.exp(log_sigma[-1])
+        ramp = np.linspace(0, 1, steps)
+        targets = np.log((s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho)
+    grid = np.round(np.interp(targets, log_sigma, np.arange(len(ac)))).astype(np.int64)
+    for k in range(steps - 2, -1, -1):  # duplicates after rounding: push earlier (noisier) steps up
+        grid[k] = max(grid[k], grid[k + 1] + 1)
+    return np.minimum(grid, len(ac) - 1 - np.arange(steps))
 
 
 class _DiffusionSampler:
@@ -165,7 +207,7 @@ class _DiffusionSampler:
         self.clip = clip  # clamp x̂_0 to [−clip, clip] (and re-derive ε̂), for bounded targets
         self.prediction = cfg.prediction_type
         self.alphas_cumprod = training_scheduler(cfg).alphas_cumprod.double()
-        self.timesteps = timestep_grid(cfg.num_train_timesteps, steps, spacing, start)
+        self.timesteps = timestep_grid(cfg.num_train_timesteps, steps, spacing, start, self.alphas_cumprod)
 
     def _ac(self, t: int, device) -> torch.Tensor:
         """ᾱ_t, with ᾱ = 1 before the first training step (t = −1, the clean end)."""
@@ -229,41 +271,169 @@ class DDPMSampler(DDIMSampler):
         super().__init__(cfg, steps, eta=1.0, spacing=spacing)
 
 
-class DPMSolverPP2MSampler(_DiffusionSampler):
-    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): a deterministic second-order multistep
-    solver of the probability-flow ODE in data-prediction form; one model call per step.
+class _MultistepSampler(_DiffusionSampler):
+    """Deterministic multistep solvers of the probability-flow ODE in data-prediction form (one
+    model call per step, the x̂_0 of earlier steps reused). Every coefficient is a Python float
+    computed from the schedule on the host, so the step loop never waits on the device.
 
-    With α = √ᾱ, σ = √(1−ᾱ), λ = log(α/σ), h_i = λ_{i+1} − λ_i and r = h_{i−1}/h_i:
-        D_i = (1 + 1/(2r)) x̂0_i − 1/(2r) x̂0_{i−1}     (first step: D_0 = x̂0_0)
-        x_{i+1} = (σ_{i+1}/σ_i) x_i − α_{i+1} (e^{−h_i} − 1) D_i
-    The last step goes to σ = 0, where the update is x = x̂0 (first order, as "lower order final").
+    With α = √ᾱ, σ = √(1−ᾱ), λ = log(α/σ) at the grid points t_0 > ... > t_{N−1} and the clean end
+    t_N (α = 1, σ = 0, λ = ∞), step i runs at order min(order, i + 1, N − i): lower order while
+    the history fills up and towards the end ("lower order final"); the last step, to σ = 0,
+    is first order, x_N = x̂0_{N−1}.
     """
 
-    name = "dpmpp2m"
+    order = 2
     eta = 0.0
+
+    def _schedule(self) -> tuple[list[float], list[float], list[float]]:
+        """(α, σ, λ) at the N grid points and at the clean end, as Python floats."""
+        ac = self.alphas_cumprod[self.timesteps]
+        lam = 0.5 * (torch.log(ac) - torch.log1p(-ac))
+        return ac.sqrt().tolist() + [1.0], (1 - ac).sqrt().tolist() + [0.0], lam.tolist() + [math.inf]
+
+    def _order(self, i: int) -> int:
+        return min(self.order, i + 1, len(self.timesteps) - i)
+
+
+class DPMSolverPPSampler(_MultistepSampler):
+    """DPM-Solver++(2M) and (3M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2 and its third-order
+    multistep form as in the authors' code). With h_i = λ_{i+1} − λ_i, r_k = h_{i−k}/h_i and
+    m_k = x̂0_{i−k}:
+        x_{i+1} = (σ_{i+1}/σ_i) x_i − α_{i+1} φ D_0 + α_{i+1} (φ/h + 1) D_1 − α_{i+1} ((φ + h)/h² − ½) D_2,
+    φ = e^{−h} − 1. Order 1: D_0 = m_0 (a DDIM step). Order 2: D_0 = m_0 + (m_0 − m_1)/(2 r_1), no
+    D_1, D_2. Order 3: D_0 = m_0, Δ_0 = (m_0 − m_1)/r_1, Δ_1 = (m_1 − m_2)/r_2,
+    D_1 = Δ_0 + r_1/(r_1 + r_2) (Δ_0 − Δ_1), D_2 = (Δ_0 − Δ_1)/(r_1 + r_2).
+    """
+
+    def __init__(
+        self,
+        cfg: DenoiserConfig,
+        steps: int,
+        spacing: str = "trailing",
+        clip: float | None = None,
+        start: int | None = None,
+        order: int = 2,
+    ):
+        super().__init__(cfg, steps, spacing, clip, start)
+        self.order = order
+        self.name = f"dpmpp{order}m"
 
     def __call__(
         self, model: ModelFn, x: torch.Tensor, generator: Generators = None, callback: Callback | None = None
     ) -> torch.Tensor:
         ac = self.alphas_cumprod
         lam = lambda t: 0.5 * (torch.log(ac[t]) - torch.log1p(-ac[t]))  # noqa: E731  λ = log α − log σ
-        x0_prev, h_prev = None, None
+        x0s: list[torch.Tensor] = []  # x̂_0 of this and earlier steps, most recent first
+        hs: list[float] = []  # step sizes in λ of earlier steps, most recent first
         for i, t in enumerate(self.timesteps):
             t_next = self._next(i)
             eps, x0 = self._predict(model, x, t, self._ac(t, x.device))
+            x0s = [x0] + x0s[: self.order - 1]
             if t_next < 0:
                 x = x0
             else:
                 h = float(lam(t_next) - lam(t))
                 sigma_ratio = float(((1 - ac[t_next]) / (1 - ac[t])).sqrt())
                 alpha_next = float(ac[t_next].sqrt())
-                if x0_prev is None:
+                order = self._order(i)
+                if order == 1:
                     d = x0
+                elif order == 2:
+                    r = hs[0] / h
+                    d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0s[1]
+                if order < 3:
+                    x = sigma_ratio * x - alpha_next * float(np.expm1(-h)) * d
                 else:
-                    r = h_prev / h
-                    d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-                x = sigma_ratio * x - alpha_next * float(np.expm1(-h)) * d
-                x0_prev, h_prev = x0, h
+                    x = sigma_ratio * x + self._third_order(x0s, h, hs[0] / h, hs[1] / h, alpha_next)
+                hs = [h] + hs[: self.order - 1]
+            if callback is not None:
+                callback(i, t, x, x0)
+        return x
+
+    @staticmethod
+    def _third_order(m: list[torch.Tensor], h: float, r0: float, r1: float, alpha: float) -> torch.Tensor:
+        """The x̂_0 part of the third-order update (everything but (σ_{i+1}/σ_i) x_i)."""
+        phi = math.expm1(-h)
+        d1_0, d1_1 = (m[0] - m[1]) / r0, (m[1] - m[2]) / r1
+        d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+        d2 = (d1_0 - d1_1) / (r0 + r1)
+        return -alpha * phi * m[0] + alpha * (phi / h + 1) * d1 - alpha * ((phi + h) / h**2 - 0.5) * d2
+
+
+def _unipc_weights(h: float, rks: list[float], corrector: bool) -> list[float]:
+    """UniPC-bh2 weights ρ (Zhao et al. 2023, "UniPC", Algorithms 1-2, B(h) = e^{−h} − 1, data
+    prediction) of the differences (m_k − m_0)/r_k, k = 1..p−1 (and, for the corrector, of
+    m_t − m_0): the solution of R ρ = b, R_{jk} = r_k^{j−1}, b_j = j! (−h) φ_{j+1}(−h) / B(h) with
+    the φ-functions of exponential integrators, r_p = 1 (the predictor drops the last row and
+    column); order 2's predictor and order 1's corrector use ρ = ½."""
+    p = len(rks) + 1
+    if not corrector and p == 1:
+        return []
+    if (corrector and p == 1) or (not corrector and p == 2):
+        return [0.5]
+    hh = -h
+    rk = np.array(rks + [1.0])
+    h_phi_k, factorial = math.expm1(hh) / hh - 1, 1
+    rows, b = [], []
+    for j in range(1, p + 1):
+        rows.append(rk ** (j - 1))
+        b.append(h_phi_k * factorial / math.expm1(hh))
+        factorial *= j + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    R, b = np.stack(rows), np.array(b)
+    return (np.linalg.solve(R, b) if corrector else np.linalg.solve(R[:-1, :-1], b[:-1])).tolist()
+
+
+class UniPCSampler(_MultistepSampler):
+    """UniPC (Zhao et al. 2023) with the bh2 variant, data prediction, order 2 or 3: a multistep
+    predictor (UniP) and a corrector (UniC) that refines x_i with the model output already computed
+    at x_i, so the corrector costs no extra model call. As in the authors' code and diffusers'
+    UniPCMultistepScheduler, x̂_0 is computed at the predicted x_i and no correction follows the
+    last call."""
+
+    def __init__(
+        self,
+        cfg: DenoiserConfig,
+        steps: int,
+        spacing: str = "trailing",
+        clip: float | None = None,
+        start: int | None = None,
+        order: int = 3,
+    ):
+        super().__init__(cfg, steps, spacing, clip, start)
+        self.order = order
+        self.name = f"unipc{order}"
+
+    def _update(self, j: int, x: torch.Tensor, m: list[torch.Tensor], order: int, m_t: torch.Tensor | None = None):
+        """From grid point j to j+1 with x̂_0 history m (m[0] at j, m[1] at j−1, ...); with m_t (the
+        x̂_0 at j+1) this is the corrector, else the predictor."""
+        alpha, sigma, lam = self._asl
+        h = lam[j + 1] - lam[j]
+        rks = [(lam[j - k] - lam[j]) / h for k in range(1, order)]
+        rhos = _unipc_weights(h, rks, corrector=m_t is not None)
+        coef = alpha[j + 1] * math.expm1(-h)
+        x = (sigma[j + 1] / sigma[j]) * x - coef * m[0]
+        diffs = [(m[k] - m[0]) / rks[k - 1] for k in range(1, order)]
+        if m_t is not None:
+            diffs.append(m_t - m[0])
+        for rho, d in zip(rhos, diffs):
+            x = x - (coef * rho) * d
+        return x
+
+    def __call__(
+        self, model: ModelFn, x: torch.Tensor, generator: Generators = None, callback: Callback | None = None
+    ) -> torch.Tensor:
+        self._asl = self._schedule()
+        last = len(self.timesteps) - 1
+        x0s: list[torch.Tensor] = []  # x̂_0 of earlier steps, most recent first
+        x_prev = x
+        for i, t in enumerate(self.timesteps):
+            _, x0 = self._predict(model, x, t, self._ac(t, x.device))
+            if 0 < i < last:  # UniC: re-do step i−1 with x̂_0 at x_i too
+                x = self._update(i - 1, x_prev, x0s, self._order(i - 1), m_t=x0)
+            x0s = [x0] + x0s[: self.order - 1]
+            x_prev = x
+            x = x0 if i == last else self._update(i, x, x0s, self._order(i))
             if callback is not None:
                 callback(i, t, x, x0)
         return x
@@ -295,17 +465,20 @@ class EulerFlowSampler:
         return x
 
 
-def make_sampler(name: str, cfg: DenoiserConfig, steps: int, eta: float = 0.0, spacing: str = "trailing") -> Sampler:
-    """Build a sampler by name. 'ddim' uses `eta`; 'ddpm' is always ancestral; 'dpmpp2m' is
-    deterministic; 'euler' is the sampler of flow-objective denoisers."""
+def make_sampler(name: str, cfg: DenoiserConfig, steps: int, eta: float = 0.0, spacing: str = "auto") -> Sampler:
+    """Build a sampler by name. 'ddim' uses `eta`; 'ddpm' is always ancestral; 'dpmpp2m',
+    'dpmpp3m', 'unipc2' and 'unipc3' are deterministic multistep solvers; 'euler' is the sampler of
+    flow-objective denoisers. `spacing` "auto" picks the sampler's own (DEFAULT_SPACING)."""
     if steps < 1 or steps > cfg.num_train_timesteps:
         raise LdmError(f"--steps must be between 1 and {cfg.num_train_timesteps}; got {steps}")
     if not 0.0 <= eta <= 1.0:
         raise LdmError(f"--eta must be between 0 and 1; got {eta}")
-    if spacing not in SPACINGS:
-        raise LdmError(f"--spacing must be one of {', '.join(SPACINGS)}; got {spacing!r}")
+    if spacing != "auto" and spacing not in SPACINGS:
+        raise LdmError(f"--spacing must be one of auto, {', '.join(SPACINGS)}; got {spacing!r}")
     if name not in SAMPLERS:
         raise LdmError(f"--sampler must be one of {', '.join(SAMPLERS)}; got {name!r}")
+    if spacing == "auto":
+        spacing = DEFAULT_SPACING.get(name, MULTISTEP_SPACING)
     if cfg.objective == "flow":
         if name not in FLOW_SAMPLERS:
             raise LdmError(
@@ -321,4 +494,6 @@ def make_sampler(name: str, cfg: DenoiserConfig, steps: int, eta: float = 0.0, s
         return DDIMSampler(cfg, steps, eta, spacing)
     if name == "ddpm":
         return DDPMSampler(cfg, steps, spacing=spacing)
-    return DPMSolverPP2MSampler(cfg, steps, spacing)
+    if name.startswith("unipc"):
+        return UniPCSampler(cfg, steps, spacing, order=int(name[-1]))
+    return DPMSolverPPSampler(cfg, steps, spacing, order=int(name[-2]))

@@ -212,7 +212,7 @@ class LatentDiffusionPipeline:
         sampler: str | Sampler = "ddim",
         steps: int = 50,
         eta: float = 0.0,
-        spacing: str = "trailing",
+        spacing: str = SampleConfig.spacing,
         conditions: dict[str, float | str] | None = None,
         guidance: float = 1.0,
         labels: torch.Tensor | None = None,

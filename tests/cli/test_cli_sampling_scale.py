@@ -139,7 +139,8 @@ def test_memory_check_fails_before_any_work(trained, cli, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "sampler,extra", [("dpmpp2m", ()), ("ddim", ("--spacing", "linspace")), ("ddpm", ("--spacing", "leading"))]
+    "sampler,extra",
+    [("dpmpp2m", ()), ("unipc3", ()), ("ddim", ("--spacing", "linspace")), ("ddpm", ("--spacing", "leading"))],
 )
 def test_samplers_on_the_cli(trained, cli, tmp_path, sampler, extra):
     out = tmp_path / sampler
@@ -147,7 +148,7 @@ def test_samplers_on_the_cli(trained, cli, tmp_path, sampler, extra):
     assert r.code == 0, r.both
     prov = json.loads((out / "provenance" / "synth_00000.json").read_text())
     assert prov["sampler"] == sampler and prov["steps"] == 3
-    assert prov["spacing"] == (extra[1] if extra else "trailing")
+    assert prov["spacing"] == (extra[1] if extra else "logsnr")  # the multistep solvers' own spacing
     assert prov["precision"] == "fp32" and "samples per second" in r.out
     assert np.isfinite(_image(out, 0)).all()
 

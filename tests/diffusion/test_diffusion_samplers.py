@@ -7,12 +7,14 @@ import torch
 from ldmtool.config import DenoiserConfig
 from ldmtool.diffusion.samplers import (
     DIFFUSION_SAMPLERS,
+    MULTISTEP_SPACING,
     SAMPLERS,
     SPACINGS,
     DDIMSampler,
     DDPMSampler,
-    DPMSolverPP2MSampler,
+    DPMSolverPPSampler,
     EulerFlowSampler,
+    UniPCSampler,
     make_sampler,
     timestep_grid,
     training_scheduler,
@@ -183,7 +185,9 @@ def test_full_ddpm_matches_gaussian_data():
 
 
 @pytest.mark.parametrize(
-    "name,steps", [("ddim", 3), ("ddim", 25), ("ddpm", 7), ("ddpm", 1000), ("dpmpp2m", 3), ("dpmpp2m", 20)]
+    "name,steps",
+    [("ddim", 3), ("ddim", 25), ("ddpm", 7), ("ddpm", 1000), ("dpmpp2m", 3), ("dpmpp2m", 20)]
+    + [(n, k) for n in ("dpmpp3m", "unipc2", "unipc3") for k in (3, 10)],
 )
 def test_point_mass_data_is_recovered_exactly(name, steps):
     smp = make_sampler(name, _cfg(), steps)
@@ -239,12 +243,13 @@ def test_every_spacing_converges_with_steps(name, spacing):
 
 
 def test_timestep_grids():
+    ac = training_scheduler(_cfg()).alphas_cumprod
     assert timestep_grid(1000, 4, "trailing") == [999, 749, 499, 249]
     assert timestep_grid(1000, 4, "leading") == [750, 500, 250, 0]
     assert timestep_grid(1000, 4, "linspace") == [999, 666, 333, 0]
     for spacing in SPACINGS:
         for steps in (1, 7, 50, 999, 1000):
-            grid = timestep_grid(1000, steps, spacing)
+            grid = timestep_grid(1000, steps, spacing, alphas_cumprod=ac)
             assert len(grid) == steps and all(a > b for a, b in zip(grid, grid[1:]))
             assert 0 <= grid[-1] and grid[0] <= 999
     # the few-step regime: only trailing starts from pure noise
@@ -254,6 +259,71 @@ def test_timestep_grids():
     assert timestep_grid(1000, 1, "trailing", start=966) == [966]
     with pytest.raises(LdmError, match="first timestep"):
         timestep_grid(1000, 2, start=1000)
+    # noise-level grids: from pure noise to the cleanest training step; logsnr evenly spaced in λ
+    for spacing in ("logsnr", "karras"):
+        grid = timestep_grid(1000, 6, spacing, alphas_cumprod=ac)
+        assert grid[0] == 999 and grid[-1] == 0
+    assert timestep_grid(1000, 6, "logsnr", alphas_cumprod=ac) == [999, 821, 571, 212, 19, 0]
+    lam = 0.5 * (torch.log(ac) - torch.log1p(-ac))
+    steps = torch.diff(lam[timestep_grid(1000, 20, "logsnr", alphas_cumprod=ac)].double())
+    # (the last steps cover few integer timesteps: rounding moves them most)
+    assert float((steps[:-2] - steps.mean()).abs().max()) < 0.1 * float(steps.mean())
+    assert timestep_grid(1000, 3, "logsnr", start=500, alphas_cumprod=ac)[0] == 500
+
+
+def test_auto_spacing():
+    cfg = _cfg()
+    assert make_sampler("ddim", cfg, 10).spacing == "trailing"
+    assert make_sampler("ddpm", cfg, 10).spacing == "trailing"
+    for name in ("dpmpp2m", "dpmpp3m", "unipc2", "unipc3"):
+        assert make_sampler(name, cfg, 10).spacing == MULTISTEP_SPACING
+        assert make_sampler(name, cfg, 10, spacing="linspace").spacing == "linspace"
+    assert isinstance(make_sampler("unipc2", cfg, 4), UniPCSampler) and make_sampler("unipc2", cfg, 4).order == 2
+    assert make_sampler("dpmpp3m", cfg, 4).order == 3 and make_sampler("unipc3", cfg, 4).name == "unipc3"
+
+
+# diffusers 0.42.1's DPMSolverMultistepScheduler (algorithm_type dpmsolver++) and
+# UniPCMultistepScheduler (bh2) with solver_order 2 / 3, final_sigmas_type "zero", this package's
+# betas and the 6-step logsnr grid [999, 821, 571, 212, 19, 0], on the exact ε model of N(0.7, 0.5²)
+# data, from x_T = -2.5, -1.5, ..., 2.5 (float64).
+DIFFUSERS_REFERENCE = {
+    "dpmpp2m": [-0.48334, -0.01158, 0.46018, 0.93194, 1.4037, 1.87546],
+    "dpmpp3m": [-0.70149, -0.14276, 0.41597, 0.9747, 1.53343, 2.09216],
+    "unipc2": [-0.53682, -0.04374, 0.44934, 0.94242, 1.4355, 1.92858],
+    "unipc3": [-0.76112, -0.17861, 0.40389, 0.98639, 1.56889, 2.15139],
+}
+
+
+@pytest.mark.parametrize("name", sorted(DIFFUSERS_REFERENCE))
+def test_multistep_solvers_match_diffusers(name):
+    smp = make_sampler(name, _cfg(), 6, spacing="logsnr")
+    out = smp(gaussian_model(smp.alphas_cumprod, 0.7, 0.5), torch.linspace(-2.5, 2.5, 6).reshape(6, 1, 1, 1))
+    torch.testing.assert_close(out.flatten(), torch.tensor(DIFFUSERS_REFERENCE[name]), atol=2e-4, rtol=0)
+
+
+def _ode_error(name: str, steps: int, mu: float = 1.5, s: float = 0.2) -> float:
+    """Largest error of the state at the cleanest grid timestep (t = 0 on the logsnr grid) against
+    the exact probability-flow ODE solution for N(mu, s²) data: along the ODE,
+    (x_t − √ᾱ_t mu)/√(ᾱ_t s² + 1 − ᾱ_t) is constant."""
+    smp = make_sampler(name, _cfg(), steps, spacing="logsnr")
+    ac = smp.alphas_cumprod
+    x_T = _noise((2000, 1, 1, 1), seed=3).double()
+    z = (x_T - ac[999].sqrt() * mu) / (ac[999] * s * s + 1 - ac[999]).sqrt()
+    states = []
+    smp(gaussian_model(ac, mu, s), x_T.float(), callback=lambda i, t, x, x0: states.append(x.double()))
+    exact = ac[0].sqrt() * mu + (ac[0] * s * s + 1 - ac[0]).sqrt() * z
+    return float((states[-2] - exact).abs().max())
+
+
+def test_multistep_solvers_solve_the_ode_accurately():
+    # Every solver converges as the steps quadruple (DDIM at first order); the multistep solvers are
+    # at least twice as close to the exact ODE solution as DDIM on the same grid at 8 calls and ten
+    # times as close at 32.
+    errors = {n: [_ode_error(n, k) for k in (8, 32)] for n in ("ddim", "dpmpp2m", "dpmpp3m", "unipc2", "unipc3")}
+    for name, (e8, e32) in errors.items():
+        assert e32 < e8 / 3.5, errors
+        if name != "ddim":
+            assert e8 < errors["ddim"][0] / 2 and e32 < errors["ddim"][1] / 10, errors
 
 
 def test_dpmsolver_beats_ddim_at_few_steps():
@@ -268,10 +338,13 @@ def test_euler_flow_uses_monai_rflow_grid():
     assert isinstance(smp, EulerFlowSampler)
     assert smp.timesteps == [1000, 750, 500, 250]
     assert type(smp.scheduler).__name__ == "RFlowScheduler"
-    assert isinstance(make_sampler("dpmpp2m", _cfg(), 4), DPMSolverPP2MSampler)
+    assert isinstance(make_sampler("dpmpp2m", _cfg(), 4), DPMSolverPPSampler)
+    assert make_sampler("euler", _cfg(objective="flow"), 4, spacing="auto").timesteps == [1000, 750, 500, 250]
 
 
-@pytest.mark.parametrize("name,objective", [("euler", "eps"), ("euler", "v"), ("ddim", "flow"), ("dpmpp2m", "flow")])
+@pytest.mark.parametrize(
+    "name,objective", [("euler", "eps"), ("euler", "v"), ("ddim", "flow"), ("dpmpp2m", "flow"), ("unipc3", "flow")]
+)
 def test_sampler_objective_mismatch_is_a_clear_error(name, objective):
     with pytest.raises(LdmError) as err:
         make_sampler(name, _cfg(objective=objective), 10)
