@@ -28,7 +28,8 @@ def view_slices(volume: np.ndarray, view: str, fractions: tuple[float, ...]) -> 
     out = []
     for f in fractions:
         idx = min(n - 1, max(0, int(round(f * (n - 1)))))
-        out.append(np.take(volume, idx, axis=axis))
+        # basic indexing is a view (np.take gathers through the whole volume, ~100x slower)
+        out.append(np.ascontiguousarray(volume[(slice(None),) * axis + (idx,)]))
     return out
 
 

@@ -87,28 +87,45 @@ def _take(images, idx: np.ndarray) -> np.ndarray:
     return images.stack(idx) if hasattr(images, "stack") else np.asarray(images)[idx]
 
 
+def _pair_plan(n: int, pairs: int, seed: int, max_volumes: int) -> list[tuple[int, int]]:
+    """`pairs` random pairs of different volumes among at most `max_volumes` of `n` drawn at
+    random, so each volume is read (and filtered) once however large the set."""
+    rng = np.random.default_rng(seed)
+    pool = np.sort(rng.choice(n, min(n, max(2, int(max_volumes))), replace=False))
+    a = rng.integers(0, len(pool), pairs)
+    b = (a + rng.integers(1, len(pool), pairs)) % len(pool)
+    return [(int(pool[i]), int(pool[j])) for i, j in zip(a, b)]
+
+
+def _per_volume(images, make):
+    """index → make(volume), each volume read and prepared once."""
+    store: dict[int, object] = {}
+
+    def get(i: int):
+        if i not in store:
+            store[i] = make(_take(images, [i])[0])
+        return store[i]
+
+    return get
+
+
 @torch.inference_mode()
-def pairwise_ssim(images, pairs: int = 50, seed: int = 0, device: torch.device | None = None) -> float:
+def pairwise_ssim(
+    images, pairs: int = 50, seed: int = 0, device: torch.device | None = None, max_volumes: int = 12
+) -> float:
     """Mean 3D SSIM (MONAI's SSIMMetric definition) between random pairs of different volumes of
-    one set (lower = more diverse); `images` an array (N, I, J, K) or a `VolumeSet`, read a pair
-    at a time."""
+    one set (lower = more diverse), the pairs drawn among at most `max_volumes` volumes (each read
+    and filtered once); `images` an array (N, I, J, K) or a `VolumeSet`."""
     from ldmtool.evaluate.nnsearch import gaussian_taps, ssim_pair, ssim_stats
     from ldmtool.evaluate.privacy import ssim_window
 
     n = len(images)
     if n < 2:
         return float("nan")
-    rng = np.random.default_rng(seed)
-    a = rng.integers(0, n, pairs)
-    b = (a + rng.integers(1, n, pairs)) % n
     device = device or torch.device("cpu")
     taps = gaussian_taps(ssim_window(tuple(images.shape[1:])))
-    vals = [
-        ssim_pair(
-            ssim_stats(_take(images, [i])[0], taps, device), ssim_stats(_take(images, [j])[0], taps, device), taps
-        )
-        for i, j in zip(a, b)
-    ]
+    stats = _per_volume(images, lambda v: ssim_stats(v, taps, device))
+    vals = [ssim_pair(stats(i), stats(j), taps) for i, j in _pair_plan(n, pairs, seed, max_volumes)]
     return float(np.mean(vals))
 
 
@@ -127,53 +144,65 @@ def ms_ssim_setting(shape: tuple[int, ...]) -> tuple[int, int] | None:
     return None
 
 
-@torch.inference_mode()
-def ms_ssim_pair(x: torch.Tensor, y: torch.Tensor, win: int, weights: tuple[float, ...]) -> float:
-    """3D MS-SSIM of two volumes (I, J, K) as MONAI's MultiScaleSSIMMetric defines it (Gaussian
-    σ 1.5, k1 0.01, k2 0.03, data range 1; mean contrast-sensitivity per scale, mean SSIM at the
-    last, average-pooled by 2 between scales), with the separable shift-and-add filter."""
-    from ldmtool.evaluate.nnsearch import C1, C2, gaussian_filter_valid, gaussian_taps
+def _ms_scales(x: torch.Tensor, taps: list[float], n: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per MS-SSIM scale of one volume (I, J, K): the (pooled) volume, its filtered mean and variance."""
+    from ldmtool.evaluate.nnsearch import gaussian_filter_valid
 
-    taps = gaussian_taps(win)
-    x, y = x[None].float(), y[None].float()
+    x = x[None].float()
+    out = []
+    for s in range(n):
+        mu = gaussian_filter_valid(x, taps)
+        out.append((x, mu, gaussian_filter_valid(x * x, taps).sub_(mu * mu)))
+        if s < n - 1:
+            x = torch.nn.functional.avg_pool3d(x[None], 2)[0]
+    return out
+
+
+def _ms_ssim_scales(xs, ys, taps: list[float], weights: tuple[float, ...]) -> float:
+    """MS-SSIM from two volumes' `_ms_scales`: one filtered product per scale."""
+    from ldmtool.evaluate.nnsearch import C1, C2, gaussian_filter_valid
+
     parts = []
-    for s in range(len(weights)):
-        mx, my = gaussian_filter_valid(x, taps), gaussian_filter_valid(y, taps)
-        sxx = gaussian_filter_valid(x * x, taps) - mx * mx
-        syy = gaussian_filter_valid(y * y, taps) - my * my
+    for s, ((x, mx, sxx), (y, my, syy)) in enumerate(zip(xs, ys)):
         sxy = gaussian_filter_valid(x * y, taps) - mx * my
         cs = (2 * sxy + C2) / (sxx + syy + C2)
         if s == len(weights) - 1:
             parts.append(torch.relu((((2 * mx * my + C1) / (mx * mx + my * my + C1)) * cs).mean()))
         else:
             parts.append(torch.relu(cs.mean()))
-            x = torch.nn.functional.avg_pool3d(x[None], 2)[0]
-            y = torch.nn.functional.avg_pool3d(y[None], 2)[0]
     w = torch.tensor(weights, dtype=torch.float32)
     return float(torch.prod(torch.stack(parts) ** w))
 
 
-def pairwise_ms_ssim(images, pairs: int = 50, seed: int = 0, device: torch.device | None = None) -> dict:
+@torch.inference_mode()
+def ms_ssim_pair(x: torch.Tensor, y: torch.Tensor, win: int, weights: tuple[float, ...]) -> float:
+    """3D MS-SSIM of two volumes (I, J, K) as MONAI's MultiScaleSSIMMetric defines it (Gaussian
+    σ 1.5, k1 0.01, k2 0.03, data range 1; mean contrast-sensitivity per scale, mean SSIM at the
+    last, average-pooled by 2 between scales), with the separable shift-and-add filter."""
+    from ldmtool.evaluate.nnsearch import gaussian_taps
+
+    taps = gaussian_taps(win)
+    return _ms_ssim_scales(_ms_scales(x, taps, len(weights)), _ms_scales(y, taps, len(weights)), taps, weights)
+
+
+@torch.inference_mode()
+def pairwise_ms_ssim(
+    images, pairs: int = 50, seed: int = 0, device: torch.device | None = None, max_volumes: int = 12
+) -> dict:
     """Mean 3D MS-SSIM (MONAI's MultiScaleSSIMMetric definition, `ms_ssim_pair`) between random
-    pairs of different volumes of one set, read a pair at a time; small volumes use fewer scales
-    and a smaller window (recorded with the value)."""
+    pairs of different volumes of one set, drawn among at most `max_volumes` volumes (each read
+    and filtered once); small volumes use fewer scales and a smaller window (recorded with the value)."""
+    from ldmtool.evaluate.nnsearch import gaussian_taps
+
     setting = ms_ssim_setting(tuple(images.shape[1:]))
     if len(images) < 2 or setting is None:
         return {"value": None, "reason": f"volumes of shape {list(images.shape[1:])} are too small for MS-SSIM"}
     n, k = setting
     w = np.asarray(MS_SSIM_WEIGHTS[:n])
     weights = tuple((w / w.sum()).tolist())
-    rng = np.random.default_rng(seed)
-    a = rng.integers(0, len(images), pairs)
-    b = (a + rng.integers(1, len(images), pairs)) % len(images)
     device = device or torch.device("cpu")
-    vals = [
-        ms_ssim_pair(
-            torch.as_tensor(_take(images, [i])[0]).to(device),
-            torch.as_tensor(_take(images, [j])[0]).to(device),
-            k,
-            weights,
-        )
-        for i, j in zip(a, b)
-    ]
-    return {"value": float(np.mean(vals)), "scales": n, "window": k, "pairs": pairs}
+    taps = gaussian_taps(k)
+    scales = _per_volume(images, lambda v: _ms_scales(torch.as_tensor(v).to(device), taps, n))
+    plan = _pair_plan(len(images), pairs, seed, max_volumes)
+    vals = [_ms_ssim_scales(scales(i), scales(j), taps, weights) for i, j in plan]
+    return {"value": float(np.mean(vals)), "scales": n, "window": k, "pairs": pairs, "volumes": len({*sum(plan, ())})}

@@ -118,3 +118,45 @@ def test_fast_ssim_and_ms_ssim_equal_monai():
     ref = float(monai(torch.from_numpy(a[:1, None]), torch.from_numpy(a[1:, None])).reshape(-1)[0])
     assert fd.ms_ssim_pair(torch.from_numpy(a[0]), torch.from_numpy(a[1]), k, weights) == pytest.approx(ref, abs=1e-5)
     assert fd.pairwise_ssim(a, pairs=1) == pytest.approx(float(ssim_batch(a[:1], a[1:])[0]), abs=1e-5)
+
+
+class _CountingSet:
+    """An array-backed stand-in with `stack` that counts how often each volume is read."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images, self.shape, self.reads = images, images.shape, {}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def stack(self, idx) -> np.ndarray:
+        for i in idx:
+            self.reads[int(i)] = self.reads.get(int(i), 0) + 1
+        return self.images[list(idx)]
+
+
+def test_pairwise_similarity_reads_each_volume_once():
+    rng = np.random.default_rng(0)
+    vols = rng.random((20, 24, 24, 24)).astype(np.float32)
+    for fn in (fd.pairwise_ssim, fd.pairwise_ms_ssim):
+        s = _CountingSet(vols)
+        fn(s, pairs=30, max_volumes=6)
+        assert len(s.reads) <= 6 and set(s.reads.values()) == {1}
+    # few volumes: every pair of different volumes is still possible, values unchanged by the cap
+    small = vols[:3]
+    assert fd.pairwise_ssim(small, pairs=8, max_volumes=12) == pytest.approx(
+        fd.pairwise_ssim(small, pairs=8, max_volumes=3)
+    )
+
+
+def test_integer_percentiles_equal_numpy():
+    from ldmtool.evaluate.volumes import _percentiles, normalise01
+
+    rng = np.random.default_rng(1)
+    for dtype in (np.uint8, np.int16, np.uint16, np.int32):
+        a = rng.integers(0, 200, size=int(rng.integers(1, 500))).astype(dtype)
+        q = (0.5, 99.5, 37.3, 0.0, 100.0)
+        assert np.allclose(_percentiles(a, q), np.percentile(a, q))
+    vol = rng.integers(-1000, 3000, size=(10, 11, 12)).astype(np.int16)
+    lo, hi = np.percentile(vol, (0.5, 99.5))
+    assert np.allclose(normalise01(vol), np.clip((vol - lo) / (hi - lo), 0, 1), atol=1e-6)
