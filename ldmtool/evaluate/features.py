@@ -52,11 +52,18 @@ class Extractor:
 
     def __call__(self, images01: torch.Tensor) -> torch.Tensor:
         """(B, H, W) images in [0, 1] → (B, F) features."""
+        return self.features(self.prepare(images01))
+
+    def prepare(self, images01: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) images in [0, 1] → the network's input (B, 3, size, size)."""
         import torch.nn.functional as F
 
         x = images01[:, None].float()
         x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        x = ((x - self.mean) / self.std).repeat(1, 3, 1, 1)
+        return ((x - self.mean) / self.std).repeat(1, 3, 1, 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Prepared inputs (B, 3, size, size) → (B, F) features."""
         feats = self.model(x)
         if isinstance(feats, (tuple, list)):
             feats = feats[0]
@@ -145,11 +152,15 @@ def embed_views(
     extractor.model = model
     fractions = slice_fractions(slices_per_view)
     out: dict[str, list[np.ndarray]] = {v: [] for v in views}
-    for vol in images:
-        for view in views:
-            tiles = torch.from_numpy(np.stack(view_slices(vol, view, fractions)))
-            feats = [extractor(tiles[b : b + batch_size].to(device)).cpu() for b in range(0, len(tiles), batch_size)]
-            out[view].append(torch.cat(feats).numpy())
+    for vol in images:  # every view's slices of a volume through the network together
+        tiles = torch.cat(
+            [extractor.prepare(torch.from_numpy(np.stack(view_slices(vol, v, fractions)))) for v in views]
+        )
+        feats = [
+            extractor.features(tiles[b : b + batch_size].to(device)).cpu() for b in range(0, len(tiles), batch_size)
+        ]
+        for view, f in zip(views, torch.cat(feats).numpy().reshape(len(views), len(fractions), -1)):
+            out[view].append(f)
         if on_volume is not None:
             on_volume()
     return {v: np.stack(f) for v, f in out.items()}
