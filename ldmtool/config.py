@@ -666,7 +666,7 @@ class EvaluateConfig:
     nn_candidates: int = setting(
         8, "Training volumes re-ranked by exact SSIM per privacy query after the coarse stage (0 = exhaustive)."
     )
-    nn_margin: float = setting(0.1, "Re-rank only candidates within this coarse SSIM of the best one.")
+    nn_margin: float = setting(0.05, "Re-rank only candidates within this coarse SSIM of the best one.")
     nn_recall_check: int = setting(
         3, "Privacy queries searched exhaustively too, to report the recall of the nearest neighbour."
     )

@@ -75,9 +75,12 @@ def ssim_pair(a: SSIMStats, b: SSIMStats, taps: Sequence[float]) -> float:
     return float(num.div_(den).double().mean())
 
 
-def coarse_factor(shape: Sequence[int], smallest: int = 24) -> int:
-    """The average-pooling factor of the coarse stage: the largest that keeps every axis ≥ `smallest`."""
-    return max(1, min(int(s) for s in shape) // smallest)
+def coarse_factor(shape: Sequence[int]) -> int:
+    """The average-pooling factor of the coarse stage: every axis kept ≥ 40 voxels (so the coarse
+    SSIM ranks neighbours closely enough that a small margin keeps the true nearest one), but
+    at least 2 where an axis of ≥ 24 voxels allows it."""
+    m = min(int(s) for s in shape)
+    return max(1, min(2, m // 24), m // 40)
 
 
 @torch.inference_mode()
@@ -115,7 +118,7 @@ class SSIMIndex:
         factor: int,
         device: torch.device | None = None,
         k: int = 8,
-        margin: float | None = 0.1,
+        margin: float | None = 0.05,
         cache_bytes: int = 2 * 1024**3,
     ) -> None:
         self.device = device or torch.device("cpu")

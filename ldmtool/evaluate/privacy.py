@@ -209,7 +209,7 @@ class MemorizationFilter:
             factor,
             self.device,
             k=len(desc) if exhaustive else int(candidates),
-            margin=None if exhaustive else 0.1,
+            margin=None if exhaustive else 0.05,
             cache_bytes=cache_bytes,
         )
 
