@@ -27,6 +27,31 @@ def test_frd_of_a_set_with_itself_is_zero_and_matches_a_reference_computation():
     assert at.frd(real, syn) == pytest.approx(_reference_frechet(r, s), rel=0.01)
 
 
+def test_frd_equals_frd_score_on_the_same_features(make_phantoms):
+    """The reference implementation (frd-score, `pip install -e '.[bench]'`): its v1 pipeline
+    (z-score against the first set, mean/covariance, its Fréchet distance) on ldmtool's
+    radiomic attributes of two phantom sets gives ldmtool's FRD within 1 %."""
+    frd_ref = pytest.importorskip("frd_score.frd")
+    tables = []
+    for seed, gamma in ((1, 1.0), (2, 1.4)):
+        images, labels = make_phantoms(24, seed=seed)
+        names = {"tissue": 1, "lesion": 2}
+        rows = [
+            radiomic_features(normalise01(im) ** gamma, lab.astype(np.uint8), names, 2)[1]
+            for im, lab in zip(images, labels)
+        ]
+        tables.append(np.asarray(rows, dtype=np.float64))
+    real, syn = tables
+    cols = at._usable(real, syn)
+    normed = [
+        frd_ref.z_score_normalize(t[:, cols], new_min=0, new_max=1, base_distribution=real[:, cols])
+        for t in (real, syn)
+    ]
+    mu, sigma = [n.mean(0) for n in normed], [np.cov(n, rowvar=False) for n in normed]
+    reference = frd_ref.calculate_frechet_distance(mu[0], sigma[0], mu[1], sigma[1])
+    assert at.frd(real, syn) == pytest.approx(reference, rel=0.01)
+
+
 def test_sad_ranks_the_shifted_attribute_first_and_pad_the_decorrelated_pair():
     rng = np.random.default_rng(1)
     names = ["a", "b", "c", "d", "e"]
