@@ -68,11 +68,25 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> tor
     return F.cross_entropy(sim, target)
 
 
+AUDIT_SMALLEST = 24  # voxels on the shortest axis of the encoder's input
+
+
+def audit_grid(coarse: np.ndarray) -> torch.Tensor:
+    """Coarse volumes (N, i, j, k) → the encoder's input (N, 1, ...): average-pooled so the shortest
+    axis has at most `AUDIT_SMALLEST` voxels (aspect kept), whatever grid the privacy search used."""
+    x = torch.as_tensor(np.asarray(coarse, dtype=np.float32))[:, None]
+    scale = AUDIT_SMALLEST / min(x.shape[2:])
+    if scale >= 1:
+        return x
+    size = tuple(max(1, round(s * scale)) for s in x.shape[2:])
+    return F.adaptive_avg_pool3d(x, size)
+
+
 def train_encoder(train: np.ndarray, steps: int = 200, batch: int = 32, seed: int = 0) -> CoarseEncoder:
     """Train the contrastive encoder on coarse training volumes (N, i, j, k) (CPU-sized)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    x = torch.as_tensor(np.asarray(train, dtype=np.float32))[:, None]
+    x = audit_grid(train)
     enc = CoarseEncoder()
     opt = torch.optim.AdamW(enc.parameters(), lr=1e-3)
     for _ in range(steps):
@@ -86,7 +100,7 @@ def train_encoder(train: np.ndarray, steps: int = 200, batch: int = 32, seed: in
 
 @torch.inference_mode()
 def embed(enc: CoarseEncoder, coarse: np.ndarray, batch: int = 64) -> np.ndarray:
-    x = torch.as_tensor(np.asarray(coarse, dtype=np.float32))[:, None]
+    x = audit_grid(coarse)
     return torch.cat([enc(x[i : i + batch]) for i in range(0, len(x), batch)]).numpy()
 
 

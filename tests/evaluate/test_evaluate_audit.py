@@ -45,3 +45,14 @@ def test_denoiser_loss_of_a_zero_predictor_is_the_target_power():
     )
     loss = audit.denoiser_loss(pipe, torch.rand(8, 16, 16), timesteps=4)
     assert loss == pytest.approx(1.0, abs=0.05)  # E[noise²] for an ε target
+
+
+def test_audit_grid_bounds_the_encoder_input_whatever_the_search_grid():
+    from ldmtool.evaluate.audit import AUDIT_SMALLEST, audit_grid
+
+    big = np.random.default_rng(0).random((3, 40, 48, 40)).astype(np.float32)
+    x = audit_grid(big)
+    assert tuple(x.shape) == (3, 1, AUDIT_SMALLEST, 29, AUDIT_SMALLEST)
+    assert float(x.mean()) == pytest.approx(float(big.mean()), abs=1e-3)
+    small = big[:, :20, :22, :18]
+    assert tuple(audit_grid(small).shape) == (3, 1, 20, 22, 18)
