@@ -44,7 +44,13 @@ class SeriesModel:
         cfg = from_dict(SeriesModelConfig, config["model"], section="model")
         g = config["grid"]
         model = LSSDM(cfg, len(config["variables"]), int(g["steps"]), len(config["static_names"]), tensors["adjacency"])
-        model.load_state_dict(tensors)
+        try:
+            model.load_state_dict(tensors)
+        except RuntimeError:
+            raise LdmError(
+                f"{path}: its weights do not fit this version's LSSDM (an earlier layout, or a damaged file); "
+                "train the model again with train-series"
+            ) from None
         device = torch.device(device)
         return cls(model.to(device).eval(), config, device, Path(path))
 

@@ -158,3 +158,22 @@ def test_briefly_trained_model_beats_mean_imputation(tmp_path):
     mean_err = np.abs((np.nanmean(train.values, axis=(0, 1)) - truth) / std)[hidden].mean()
     model_err = np.abs((median - truth) / std)[hidden].mean()
     assert model_err < 0.6 * mean_err, (model_err, mean_err)
+
+
+def test_checkpoint_of_another_layout_is_a_one_line_error(trained, tmp_path):
+    import json
+    import struct
+
+    from safetensors.torch import load_file, save_file
+
+    from ldmtool.errors import LdmError
+
+    out, _ = trained
+    path = out / "model.safetensors"
+    with open(path, "rb") as f:  # the safetensors header: 8-byte length, then JSON with the metadata
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    tensors = load_file(str(path))
+    tensors["score.inp.weight"] = tensors["score.inp.weight"][:, :-1].contiguous()  # an earlier input layout
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata=header["__metadata__"])
+    with pytest.raises(LdmError, match="train the model again"):
+        SeriesModel.load(tmp_path / "model.safetensors")
