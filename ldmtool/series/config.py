@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ldmtool.config import DenoiserConfig, LoopConfig, _check_range, setting
+from ldmtool.config import DenoiserConfig, LoopConfig, _check_choice, _check_range, setting
 
 
 @dataclass
@@ -14,10 +14,11 @@ class SeriesModelConfig:
     latent_dim: int = setting(8, "Latent features per variable (VGAE node embedding).")
     gcn_hidden: int = setting(32, "Hidden features of the graph convolution.")
     neighbours: int = setting(4, "Graph: each variable is linked to its most correlated variables.")
-    channels: int = setting(32, "Width of the coarse decoder and of the score network.")
+    channels: int = setting(64, "Width of the coarse decoder and of the score network.")
     heads: int = setting(4, "Attention heads (channels must be a multiple).")
     decoder_layers: int = setting(1, "Transformer layers of the coarse decoder.")
-    score_layers: int = setting(2, "Residual blocks (time + variable attention) of the score network.")
+    score_layers: int = setting(2, "Residual blocks (attention over time + gated convolution) of the score network.")
+    objective: str = setting("v", "What the score network predicts: v (v-prediction) | eps (the noise).")
     num_train_timesteps: int = setting(50, "Diffusion timesteps of training.")
     beta_start: float = setting(1e-4, "First beta of the quadratic noise schedule.")
     beta_end: float = setting(0.5, "Last beta of the quadratic noise schedule.")
@@ -27,6 +28,7 @@ class SeriesModelConfig:
             _check_range(name, getattr(self, name), 1)
         _check_range("score_layers", self.score_layers, 1)
         _check_range("num_train_timesteps", self.num_train_timesteps, 2)
+        _check_choice("objective", self.objective, ("v", "eps"))
         if self.channels % self.heads:
             from ldmtool.errors import LdmError
 
@@ -37,7 +39,7 @@ class SeriesModelConfig:
         return DenoiserConfig(
             channels=(8,),
             norm_num_groups=8,
-            objective="eps",
+            objective=self.objective,
             num_train_timesteps=self.num_train_timesteps,
             schedule="scaled_linear_beta",
             beta_start=self.beta_start,
@@ -50,7 +52,7 @@ class SeriesTrainConfig(LoopConfig):
     """Self-supervised training: part of each stay's observed values is hidden and reconstructed."""
 
     epochs: int = setting(20, "Passes over the training stays.")
-    batch_size: int = setting(16, "Stays per batch.")
+    batch_size: int = setting(32, "Stays per batch.")
     lr: float = setting(1e-3, "Learning rate.")
     warmup_steps: int = setting(50, "Steps of linear learning-rate warm-up.")
     ema_decay: float = setting(0.995, "EMA decay of the weights used for imputation and sampling.")

@@ -5,13 +5,20 @@ Three parts, trained together on stays whose observed values are partly hidden:
 1. a variational graph autoencoder (VGAE, Kipf & Welling 2016) over the variables: node v carries
    variable v's observed values, their linear interpolation and its mask over time; graph
    convolutions on the graph of correlated variables map it to a low-dimensional latent z_v;
-2. a coarse decoder, Transformer over time + 1D CNN, turning the latents into a coarse
-   reconstruction of every value (trained on the hidden values, never seeing them as input);
-3. a conditional score network (CSDI-style residual blocks of attention over time and over
-   variables) predicting the noise ε of the missing values given the observed values, their mask
-   and the coarse reconstruction; sampling it several times gives the uncertainty.
+2. a coarse decoder, Transformer over time + 1D CNN, turning the latents and the linear
+   interpolation into a coarse reconstruction of every value (a correction of the interpolation,
+   trained on the hidden values, never seeing them as input);
+3. a conditional score network (residual blocks of attention over time and a gated convolution,
+   one token per time step holding every variable, as SAITS) modelling the residual x − coarse of
+   the missing values given the observed values, their mask and the coarse reconstruction
+   (v-prediction by default); sampling it several times gives the uncertainty.
 
-Tensor layout: (B, T, V) = (stays, time steps, variables); the score network works in (B, C, V, T).
+The diffusion is on the residual around the coarse reconstruction and the output layers start at
+zero, so a briefly trained model imputes near the coarse reconstruction (at first the linear
+interpolation) instead of amplifying an untrained ε-prediction by 1/√ᾱ_T (about 170 with the
+default schedule) at the first sampling step.
+
+Tensor layout: (B, T, V) = (stays, time steps, variables); the networks work on (B, T, C) tokens.
 Written here: the graph convolution (Â H W, no graph library needed) and the blocks; the attention
 layers are PyTorch's TransformerEncoderLayer, the timestep embedding MONAI's.
 """
@@ -95,76 +102,73 @@ def _encoder_layer(channels: int, heads: int) -> nn.TransformerEncoderLayer:
 
 
 class CoarseDecoder(nn.Module):
-    """Latents (B, V, d) → coarse values (B, T, V): a curve per variable from its latent, mixed
-    over variables into tokens, a Transformer over time and a 1D CNN that returns a correction."""
+    """Latents (B, V, d) → coarse values (B, T, V): a curve per variable from its latent and the
+    linear interpolation of the observed values, mixed over variables into one token per time step,
+    a Transformer over time and a 1D CNN that returns a correction of the interpolation (zero at
+    initialisation, so an untrained decoder gives linear interpolation)."""
 
     def __init__(self, n_vars: int, n_steps: int, latent: int, channels: int, heads: int, layers: int) -> None:
         super().__init__()
         self.expand = nn.Linear(latent, n_steps)
-        self.inp = nn.Linear(n_vars, channels)
+        self.inp = nn.Linear(3 * n_vars, channels)
         self.pos = nn.Parameter(torch.randn(1, n_steps, channels) * 0.02)
         self.transformer = nn.TransformerEncoder(_encoder_layer(channels, heads), layers, enable_nested_tensor=False)
         self.cnn = nn.Sequential(
             nn.Conv1d(channels, channels, 3, padding=1), nn.GELU(), nn.Conv1d(channels, n_vars, 3, padding=1)
         )
+        nn.init.zeros_(self.cnn[-1].weight)
+        nn.init.zeros_(self.cnn[-1].bias)
 
-    def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, lin: torch.Tensor, m: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         curves = self.expand(z).transpose(1, 2)  # (B, T, V)
-        h = self.transformer(self.inp(curves) + self.pos + cond[:, None])  # (B, T, C)
-        return curves + self.cnn(h.transpose(1, 2)).transpose(1, 2)
+        tokens = self.inp(torch.cat([curves, lin, m.float()], 2))
+        h = self.transformer(tokens + self.pos + cond[:, None])  # (B, T, C)
+        return lin + self.cnn(h.transpose(1, 2)).transpose(1, 2)
 
 
 class ScoreBlock(nn.Module):
-    """CSDI's residual block: add the step/condition embedding, attend over time then over
-    variables, gated activation, split into residual and skip."""
+    """A residual block of the score network: add the step/condition embedding, then a Transformer
+    layer over time and a gated 1D convolution (local temporal detail)."""
 
     def __init__(self, channels: int, heads: int) -> None:
         super().__init__()
         self.emb = nn.Linear(channels, channels)
-        self.time_attn = _encoder_layer(channels, heads)
-        self.var_attn = _encoder_layer(channels, heads)
-        self.mid = nn.Conv2d(channels, 2 * channels, 1)
-        self.out = nn.Conv2d(channels, 2 * channels, 1)
+        self.attn = _encoder_layer(channels, heads)
+        self.conv = nn.Conv1d(channels, 2 * channels, 3, padding=1)
 
-    def forward(self, h: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, c, v, t = h.shape  # (B, C, V, T)
-        y = (h + self.emb(e)[:, :, None, None]).permute(0, 2, 3, 1)  # (B, V, T, C)
-        y = self.time_attn(y.reshape(b * v, t, c)).reshape(b, v, t, c)
-        y = self.var_attn(y.transpose(1, 2).reshape(b * t, v, c)).reshape(b, t, v, c)
-        y = self.mid(y.permute(0, 3, 2, 1))  # (B, 2C, V, T)
-        gate, filt = y.chunk(2, 1)
-        res, skip = self.out(torch.sigmoid(gate) * torch.tanh(filt)).chunk(2, 1)
-        return (h + res) / math.sqrt(2.0), skip
+    def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:  # (B, T, C), (B, C)
+        y = self.attn(h + self.emb(e)[:, None])
+        gate, filt = self.conv(y.transpose(1, 2)).chunk(2, 1)
+        return y + (torch.sigmoid(gate) * torch.tanh(filt)).transpose(1, 2)
 
 
 class ScoreNetwork(nn.Module):
-    """ε-prediction for the missing values from [x_t on the missing cells, observed values, mask,
-    coarse reconstruction], with variable/time embeddings and the step + condition embedding."""
+    """The denoiser of the missing values' residual r = x − coarse: from [r_t on the missing cells,
+    observed residual, mask, coarse reconstruction] of every variable at a time step (one token per
+    step, as SAITS), the step + condition embedding and Transformer blocks over time, it predicts the
+    objective (ε or v) of every cell. The output layer starts at zero: an untrained network's draws
+    are the coarse reconstruction."""
 
     def __init__(self, n_vars: int, n_steps: int, channels: int, heads: int, layers: int) -> None:
         super().__init__()
         self.channels = channels
-        self.inp = nn.Conv2d(4, channels, 1)
-        self.var_emb = nn.Parameter(torch.randn(1, channels, n_vars, 1) * 0.02)
-        self.time_emb = nn.Parameter(torch.randn(1, channels, 1, n_steps) * 0.02)
+        self.inp = nn.Linear(4 * n_vars, channels)
+        self.pos = nn.Parameter(torch.randn(1, n_steps, channels) * 0.02)
         self.step_mlp = nn.Sequential(nn.Linear(channels, channels), nn.SiLU(), nn.Linear(channels, channels))
         self.blocks = nn.ModuleList(ScoreBlock(channels, heads) for _ in range(layers))
-        self.out = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.SiLU(), nn.Conv2d(channels, 1, 1))
+        self.out = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, n_vars))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
-    def forward(self, x_t, t, x, m, coarse, cond) -> torch.Tensor:  # (B, T, V) each; t (B,); cond (B, C)
+    def forward(self, r_t, t, x, m, coarse, cond) -> torch.Tensor:  # (B, T, V) each; t (B,); cond (B, C)
         from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 
         mf = m.float()
-        inp = torch.stack([x_t * (1 - mf), x * mf, mf, coarse], 1).transpose(2, 3)  # (B, 4, V, T)
-        h = self.inp(inp) + self.var_emb + self.time_emb
+        h = self.inp(torch.cat([r_t * (1 - mf), (x - coarse) * mf, mf, coarse], 2)) + self.pos
         e = self.step_mlp(get_timestep_embedding(t, self.channels).to(h.dtype)) + cond
-        skip = torch.zeros_like(h)
         for block in self.blocks:
-            h, s = block(h, e)
-            skip = skip + s
-        return self.out(skip / math.sqrt(len(self.blocks)))[:, 0].transpose(1, 2)
+            h = block(h, e)
+        return self.out(h)
 
 
 class LSSDM(nn.Module):
@@ -193,19 +197,20 @@ class LSSDM(nn.Module):
             c = c + self.static_in(torch.cat([static * known, known], 1))
         return c
 
-    def encode(self, x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """VGAE posterior (mean, log-variance), each (B, V, d), from the observed values `x` where `m`."""
-        xm = x * m
-        feats = torch.cat([xm, linear_fill(xm, m), m.float()], 1).transpose(1, 2)  # (B, V, 3T)
+    def encode(self, x: torch.Tensor, m: torch.Tensor, lin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """VGAE posterior (mean, log-variance), each (B, V, d), from the observed values `x` where `m`
+        and their linear interpolation `lin`."""
+        feats = torch.cat([x * m, lin, m.float()], 1).transpose(1, 2)  # (B, V, 3T)
         feats = torch.cat([feats, self.var_id.expand(x.shape[0], -1, -1)], 2)
         return self.encoder(feats, self.a_hat)
 
     def coarse(self, x, m, cond, noise: torch.Tensor | None = None):
         """(coarse reconstruction (B, T, V), mean, log-variance); `noise` (B, V, d) draws the latent
         (training), None takes its mean."""
-        mu, logvar = self.encode(x, m)
+        lin = linear_fill(x * m, m)
+        mu, logvar = self.encode(x, m, lin)
         z = mu if noise is None else mu + noise * (0.5 * logvar).exp()
-        return self.decoder(z, cond), mu, logvar
+        return self.decoder(z, lin, m, cond), mu, logvar
 
     def graph_losses(self, mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(KL to the standard normal, BCE of the inner-product reconstruction of the adjacency)."""
@@ -216,25 +221,32 @@ class LSSDM(nn.Module):
         weight = (target.numel() - pos) / pos  # the VGAE paper's weighting of the sparse positive links
         return kl, F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
 
-    def denoise(self, x_t, t, x, m, coarse, cond) -> torch.Tensor:
-        """Predicted noise ε (B, T, V) of the missing cells."""
-        return self.score(x_t, t, x, m, coarse, cond)
+    def denoise(self, r_t, t, x, m, coarse, cond) -> torch.Tensor:
+        """The score network's output (ε or v, per the config's objective; (B, T, V)) for the noisy
+        residual `r_t` of the missing cells."""
+        return self.score(r_t, t, x, m, coarse, cond)
 
-    def forward(self, x, m_cond, hidden, static, known, outcome, z_noise, x_t, t, eps) -> dict[str, torch.Tensor]:
+    def forward(self, x, m_cond, hidden, static, known, outcome, z_noise, a_t, t, eps) -> dict[str, torch.Tensor]:
         """The training losses of one batch (a forward for DistributedDataParallel).
 
         x: (B, T, V) normalised values (0 where unobserved); m_cond: the observed cells given as
         input; hidden: the observed cells hidden from the input, whose values are the targets;
-        x_t: x noised at steps t with noise eps; z_noise: (B, V, d) draws of the VGAE latent."""
+        a_t: (B,) ᾱ of the diffusion steps t; eps: the noise; z_noise: (B, V, d) draws of the VGAE
+        latent. The diffusion is on the residual x − coarse (the coarse reconstruction detached)."""
         cond = self.condition(static, known, outcome)
         coarse, mu, logvar = self.coarse(x, m_cond, cond, z_noise)
         h = hidden.float()
         n = h.sum().clamp(min=1)
         kl, graph = self.graph_losses(mu, logvar)
-        pred = self.denoise(x_t, t, x, m_cond, coarse.detach(), cond)
+        base = coarse.detach()
+        a = a_t.view(-1, 1, 1)
+        r0 = x - base
+        r_t = a.sqrt() * r0 + (1 - a).sqrt() * eps
+        target = eps if self.cfg.objective == "eps" else a.sqrt() * eps - (1 - a).sqrt() * r0
+        pred = self.denoise(r_t, t, x, m_cond, base, cond)
         return {
             "coarse": ((coarse - x).pow(2) * h).sum() / n,
             "kl": kl,
             "graph": graph,
-            "diffusion": ((pred - eps).pow(2) * h).sum() / n,
+            "diffusion": ((pred - target).pow(2) * h).sum() / n,
         }

@@ -44,7 +44,13 @@ class SeriesModel:
         cfg = from_dict(SeriesModelConfig, config["model"], section="model")
         g = config["grid"]
         model = LSSDM(cfg, len(config["variables"]), int(g["steps"]), len(config["static_names"]), tensors["adjacency"])
-        model.load_state_dict(tensors)
+        try:
+            model.load_state_dict(tensors)
+        except RuntimeError:
+            raise LdmError(
+                f"{path}: its weights do not fit this version's LSSDM (an earlier layout, or a damaged file); "
+                "train the model again with train-series"
+            ) from None
         device = torch.device(device)
         return cls(model.to(device).eval(), config, device, Path(path))
 
@@ -73,15 +79,16 @@ class SeriesModel:
 
     @torch.no_grad()
     def _draw(self, x, m, static, known, y, seeds: list[int], sampler: DDIMSampler) -> torch.Tensor:
-        """Normalised samples (B, T, V): observed cells as given, the others drawn."""
+        """Normalised samples (B, T, V): observed cells as given, the others the coarse reconstruction
+        plus a residual drawn by the diffusion model."""
         dev = self.device
         x, m, static, known, y = (t.to(dev) for t in (x, m, static, known, y))
         cond = self.model.condition(static, known, y)
         coarse, _, _ = self.model.coarse(x, m, cond)
         gens = sample_generators(seeds)
-        x_t = initial_noise(tuple(x.shape[1:]), gens).to(dev)
+        r_t = initial_noise(tuple(x.shape[1:]), gens).to(dev)
         fn = lambda z, t: self.model.denoise(z, t, x, m, coarse, cond)
-        out = sampler(fn, x_t, generator=gens)
+        out = coarse + sampler(fn, r_t, generator=gens)
         return torch.where(m, x, out).cpu()
 
     def _denormalise(self, z: np.ndarray) -> np.ndarray:

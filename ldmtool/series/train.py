@@ -114,8 +114,8 @@ class SeriesTrainer(Trainer):
         z_noise = torch.randn((len(idx), self.model.n_vars, self.model_cfg.latent_dim), generator=g).to(device)
         eps = torch.randn(x.shape, generator=g).to(device)
         t = torch.randint(0, self.model_cfg.num_train_timesteps, (len(idx),), generator=g).to(device)
-        x_t = self.sched.add_noise(x, eps, t)
-        return net(x, given, hidden, static, known, y, z_noise, x_t, t, eps)
+        a_t = self.sched.alphas_cumprod[t.cpu()].to(device)
+        return net(x, given, hidden, static, known, y, z_noise, a_t, t, eps)
 
     def total(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         c = self.cfg

@@ -124,3 +124,56 @@ def test_preempted_training_resumes_to_the_weights_of_an_uninterrupted_one(tmp_p
     a, b = (load_file(str(tmp_path / x / "train_state.safetensors")) for x in "ab")
     weights = [k for k in a if k.startswith("model/")]
     assert weights and all(torch.equal(a[k], b[k]) for k in weights)
+
+
+def _structured_stays(n: int, seed: int):
+    """Stays whose four variables are one shared curve (a random phase per stay) in different units:
+    a hidden value follows from its neighbours in time and from the other variables at its time."""
+    from ldmtool.series.reader import Grid, SeriesData
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(12)
+    curve = np.sin(t[None, :] / 2 + rng.uniform(0, 2 * np.pi, (n, 1)))  # (n, T)
+    values = 50 + curve[..., None] * np.array([10.0, -5.0, 20.0, 2.0]) + 0.05 * rng.normal(size=(n, 12, 4))
+    values[rng.random(values.shape) < 0.3] = np.nan
+    values[:, 0, 0] = 50.0
+    return SeriesData([f"s{seed}-{i}" for i in range(n)], ["A", "B", "C", "D"], values, [], np.zeros((n, 0)),
+                      Grid(12, 1.0), {"format": "long-csv", "time_style": "hours"})  # fmt: skip
+
+
+def test_briefly_trained_model_beats_mean_imputation(tmp_path):
+    """Half the observed values of new stays hidden: the median of a short-trained model's draws is
+    much closer to them than each variable's training mean (in units of the variable's std)."""
+    train = _structured_stays(128, 0)
+    model_cfg = SeriesModelConfig(channels=16, heads=2, gcn_hidden=16, latent_dim=4, num_train_timesteps=20)
+    train_cfg = SeriesTrainConfig(steps=100, batch_size=16, warmup_steps=10, val_fraction=0.0, lr=2e-3)
+    train_series(train, tmp_path, model_cfg=model_cfg, train_cfg=train_cfg, device=torch.device("cpu"), seed=0)
+    model = SeriesModel.load(tmp_path)
+    test = _structured_stays(40, 1)
+    truth = test.values.copy()
+    hidden = test.observed & (np.random.default_rng(2).random(truth.shape) < 0.5)
+    test.values = np.where(hidden, np.nan, truth)
+    median = np.median(model.impute(test, samples=3, steps=10, seed=0), axis=1)
+    std = np.nanstd(train.values, axis=(0, 1))
+    mean_err = np.abs((np.nanmean(train.values, axis=(0, 1)) - truth) / std)[hidden].mean()
+    model_err = np.abs((median - truth) / std)[hidden].mean()
+    assert model_err < 0.6 * mean_err, (model_err, mean_err)
+
+
+def test_checkpoint_of_another_layout_is_a_one_line_error(trained, tmp_path):
+    import json
+    import struct
+
+    from safetensors.torch import load_file, save_file
+
+    from ldmtool.errors import LdmError
+
+    out, _ = trained
+    path = out / "model.safetensors"
+    with open(path, "rb") as f:  # the safetensors header: 8-byte length, then JSON with the metadata
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    tensors = load_file(str(path))
+    tensors["score.inp.weight"] = tensors["score.inp.weight"][:, :-1].contiguous()  # an earlier input layout
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata=header["__metadata__"])
+    with pytest.raises(LdmError, match="train the model again"):
+        SeriesModel.load(tmp_path / "model.safetensors")
