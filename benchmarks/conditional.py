@@ -1,7 +1,7 @@
 """Synthesis on the user's terms, on the demo phantoms: mask-to-image fidelity and lesion insertion.
 
     python benchmarks/conditional.py                 # 48 phantoms 64×64×32, examples/demo.yaml models
-    python benchmarks/conditional.py --n 32 --test 6 --ae-minutes 2.5 --seg-minutes 2 --ldm-steps 200 --steps 20
+    python benchmarks/conditional.py --n 24 --test 6 --shape 32,32,16 --ae-minutes 2 --seg-epochs 40 --seg-minutes 3 --ldm-steps 150 --steps 20
     python benchmarks/conditional.py --quick         # smoke test: 8 tiny phantoms, tiny models, ~2 min on CPU
 
 Every step runs through the `ldmtool` commands a user would type (in this process):

@@ -324,15 +324,9 @@ def inpaint_fidelity(
     }
 
 
-def condition_fidelity(
-    synthetic_dir: Path, real_dir: Path | None, segment: SegmentFn, seg_names: dict[str, int], stage=None
-) -> dict:
-    """The `condition_fidelity` section of the report for one synthetic folder.
-
-    Args:
-        segment, seg_names: the segmenter (`segmenter_fn`).
-        stage: `stage(name, total)` → step callback (a progress bar), or None.
-    """
+def find_conditioned(synthetic_dir: Path, real_dir: Path | None) -> tuple[list[MapSample], list[tuple[Path, dict]]]:
+    """The mask-to-image samples and inpainting records of a synthetic folder; a one-line error when
+    it holds neither (checked before any other criterion is computed)."""
     samples = find_map_samples(synthetic_dir, real_dir) if (Path(synthetic_dir) / "provenance").is_dir() else []
     records = find_inpaint_records(synthetic_dir)
     if not samples and not records:
@@ -340,6 +334,25 @@ def condition_fidelity(
             f"{synthetic_dir} holds no conditioned outputs: condition fidelity needs a folder written by "
             "`sample --labels` (provenance naming each label map) or by `inpaint` (CASE_inpaint.json records)"
         )
+    return samples, records
+
+
+def condition_fidelity(
+    synthetic_dir: Path,
+    real_dir: Path | None,
+    segment: SegmentFn,
+    seg_names: dict[str, int],
+    stage=None,
+    found: tuple[list[MapSample], list[tuple[Path, dict]]] | None = None,
+) -> dict:
+    """The `condition_fidelity` section of the report for one synthetic folder.
+
+    Args:
+        segment, seg_names: the segmenter (`segmenter_fn`).
+        stage: `stage(name, total)` → step callback (a progress bar), or None.
+        found: what `find_conditioned` returned for the folder (found again when None).
+    """
+    samples, records = found if found is not None else find_conditioned(synthetic_dir, real_dir)
     out: dict = {
         "classes": [n for n, v in sorted(seg_names.items(), key=lambda kv: kv[1]) if v > 0],
         "definition": "mask-to-image: Dice (MONAI, per class) of the segmenter's label map of each synthetic "

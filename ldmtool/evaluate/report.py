@@ -122,12 +122,13 @@ def run_evaluation(
         "figures": {},
     }
     paths = {"real": real_dir, "synthetic": synthetic_dir, "train": train_dir, "test": test_dir}
+    cond = _condition_inputs(report, synthetic_dir, real_dir, segmenter, device, seed)
     if only <= {"speed", "condition"}:  # provenance and files in their own grids: no volume set is read
         report["inputs"] = {k: None if v is None else {"path": str(v)} for k, v in paths.items()}
         if "speed" in only:
             _speed(report, synthetic_dir)
         with _Stages(console) as st:
-            _condition(report, st, synthetic_dir, real_dir, segmenter, device, seed)
+            _condition(report, st, synthetic_dir, real_dir, cond)
             report["stage_seconds"] = st.times
         report["seconds"] = round(time.perf_counter() - t_start, 2)
         return report
@@ -154,7 +155,7 @@ def run_evaluation(
             _privacy(report, run, feats, arrays)
         if only & {"utility", "robustness"}:
             _downstream(report, run, class_labels)
-        _condition(report, st, synthetic_dir, real_dir, segmenter, device, seed)
+        _condition(report, st, synthetic_dir, real_dir, cond)
         from ldmtool.evaluate.figures import montage_png
 
         montage_png(real, run.syn, fig_dir / "montage.png")
@@ -349,22 +350,30 @@ def _diversity(run: _Run, r_all: np.ndarray, s_all: np.ndarray, recall: float, p
     }
 
 
-def _condition(
-    report: dict, st: _Stages, synthetic_dir: Path, real_dir: Path, segmenter: Path | None, device, seed: int
-) -> None:
-    """Condition fidelity of conditioned outputs (`evaluate.condition`), when selected."""
+def _condition_inputs(report: dict, synthetic_dir: Path, real_dir: Path, segmenter: Path | None, device, seed: int):
+    """(segmenter, label names, found outputs) for the condition stage, checked before any other
+    stage runs; None when the stage is not selected or has no segmenter (then listed as skipped)."""
     if "condition" not in report["settings"]["only"]:
-        return
+        return None
     if segmenter is None:
         report["skipped"]["condition"] = "needs --segmenter SEG (a `train-seg` model with the data's labels)"
-        return
-    from ldmtool.evaluate.condition import condition_fidelity, segmenter_fn
+        return None
+    from ldmtool.evaluate.condition import find_conditioned, segmenter_fn
 
+    found = find_conditioned(synthetic_dir, real_dir)
     segment, names, about = segmenter_fn(segmenter, device, seed)
-    report["condition_fidelity"] = {
-        "segmenter": about,
-        **condition_fidelity(synthetic_dir, real_dir, segment, names, st.stage),
-    }
+    return segment, names, about, found
+
+
+def _condition(report: dict, st: _Stages, synthetic_dir: Path, real_dir: Path, inputs) -> None:
+    """Condition fidelity of conditioned outputs (`evaluate.condition`), when selected."""
+    if inputs is None:
+        return
+    from ldmtool.evaluate.condition import condition_fidelity
+
+    segment, names, about, found = inputs
+    section = condition_fidelity(synthetic_dir, real_dir, segment, names, st.stage, found)
+    report["condition_fidelity"] = {"segmenter": about, **section}
 
 
 def _speed(report: dict, synthetic_dir: Path) -> None:

@@ -155,6 +155,10 @@ def test_cli_condition_stage_with_a_trained_segmenter(real, tmp_path, capsys):
     assert m["synthetic"]["dice"] == m["real"]["dice"]  # the same images: the same segmentation
     assert rep["condition_fidelity"]["segmenter"]["arch"] == "unet" and rep["skipped"] == {}
     assert "Condition fidelity" in (out / "report.html").read_text()
+    # --segmenter adds the criterion to the others asked for
+    assert _run("evaluate", "--real", real, "--synthetic", syn, "--out", tmp_path / "R1", "--only", "speed", "--segmenter", seg) == 0  # fmt: skip
+    rep1 = json.loads((tmp_path / "R1" / "report.json").read_text())
+    assert rep1["settings"]["only"] == ["speed", "condition"] and "condition_fidelity" in rep1
     # without a segmenter: listed as not computed; a folder of plain samples: one-line error
     assert _run("evaluate", "--real", real, "--synthetic", syn, "--out", tmp_path / "R2", "--only", "condition") == 0
     assert "--segmenter" in json.loads((tmp_path / "R2" / "report.json").read_text())["skipped"]["condition"]
