@@ -1,7 +1,7 @@
 """Synthesis on the user's terms, on the demo phantoms: mask-to-image fidelity and lesion insertion.
 
     python benchmarks/conditional.py                 # 48 phantoms 64×64×32, examples/demo.yaml models
-    python benchmarks/conditional.py --n 24 --test 6 --shape 32,32,16 --ae-minutes 2 --seg-epochs 40 --seg-minutes 3 --ldm-steps 150 --steps 20
+    python benchmarks/conditional.py --n 24 --test 6 --shape 32,32,16 --ae-minutes 2 --seg-steps 1500 --seg-minutes 6 --ldm-steps 600 --steps 25
     python benchmarks/conditional.py --quick         # smoke test: 8 tiny phantoms, tiny models, ~2 min on CPU
 
 Every step runs through the `ldmtool` commands a user would type (in this process):
@@ -195,8 +195,10 @@ def run(args, work: Path) -> None:
     names = json.loads((data / "dataset.json").read_text())["labels"]
     ae_extra = ["--max-minutes", args.ae_minutes] if args.ae_minutes else []
     ldmtool("--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config, *ae_extra)
-    ldmtool("--seed", args.seed, "train-seg", data, "--out", work / "SEG", "--arch", "unet", "--epochs", args.seg_epochs,
-            *(["--config", config] if args.quick else []), *(["--max-minutes", args.seg_minutes] if args.seg_minutes else []))  # fmt: skip
+    seg_budget = ["--steps", args.seg_steps, "--batch-size", 16] if args.seg_steps else ["--epochs", args.seg_epochs]
+    seg_budget += ["--max-minutes", args.seg_minutes] if args.seg_minutes else []
+    ldmtool("--seed", args.seed, "train-seg", data, "--out", work / "SEG", "--arch", "unet", "--lr", args.seg_lr,
+            *seg_budget, *(["--config", config] if args.quick else []))  # fmt: skip
     # one budget for every branch: the same data, config, seed and number of steps (no time limit)
     budget = ["--steps", args.ldm_steps, "--max-minutes", 600] if args.ldm_steps else []
     reports, budgets = {}, {}
@@ -210,7 +212,7 @@ def run(args, work: Path) -> None:
         reports[b] = evaluate(work, work / f"M-{b}", test, f"R-M-{b}", "fidelity,diversity,condition")
     print(f"# Conditional synthesis on demo phantoms ({args.n - args.test} training, {args.test} held out, "
           f"shape {args.shape}, {config.name}, {args.steps} sampling steps, guidance {args.guidance:g}, "
-          f"segmenter: `train-seg --arch unet`, {args.seg_epochs} epochs)")  # fmt: skip
+          f"segmenter: `train-seg --arch unet`, {trained(work / 'SEG')})")  # fmt: skip
     classes = reports[next(iter(reports))]["condition_fidelity"]["classes"]
     best = mask_to_image_table(reports, budgets, classes)
     insertion(work, test, cases, args, names, best)
@@ -234,6 +236,8 @@ def main() -> None:
                     help="train-ldm steps of every label branch (the equal budget; no time limit then)")  # fmt: skip
     ap.add_argument("--ae-minutes", type=float, default=None, help="override the config's train-ae time limit")
     ap.add_argument("--seg-epochs", type=int, default=30)
+    ap.add_argument("--seg-steps", type=int, default=None, help="train-seg steps of batch 16 (wins over --seg-epochs)")
+    ap.add_argument("--seg-lr", type=float, default=2e-3, help="train-seg learning rate")
     ap.add_argument("--seg-minutes", type=float, default=None, help="time limit of train-seg")
     ap.add_argument("--radius", type=float, default=3.0, help="inserted lesion radius in voxels")
     ap.add_argument("--label-branch", default="concat,controlnet", help="train-ldm --label-branch values to compare")
