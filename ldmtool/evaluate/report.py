@@ -127,9 +127,10 @@ def run_evaluation(
         report["inputs"] = {k: None if v is None else {"path": str(v)} for k, v in paths.items()}
         if "speed" in only:
             _speed(report, synthetic_dir)
-        with _Stages(console) as st:
-            _condition(report, st, synthetic_dir, real_dir, cond)
-            report["stage_seconds"] = st.times
+        if cond is not None:
+            with _Stages(console) as st:
+                _condition(report, st, synthetic_dir, real_dir, cond)
+                report["stage_seconds"] = st.times
         report["seconds"] = round(time.perf_counter() - t_start, 2)
         return report
     with _Stages(console) as st:
