@@ -1,22 +1,25 @@
 """Synthesis on the user's terms, on the demo phantoms: mask-to-image fidelity and lesion insertion.
 
     python benchmarks/conditional.py                 # 48 phantoms 64×64×32, examples/demo.yaml models
+    python benchmarks/conditional.py --n 24 --test 6 --shape 32,32,16 --ae-minutes 2 --seg-steps 1500 --seg-minutes 6 --ldm-steps 600 --steps 25
     python benchmarks/conditional.py --quick         # smoke test: 8 tiny phantoms, tiny models, ~2 min on CPU
 
 Every step runs through the `ldmtool` commands a user would type (in this process):
   1. `demo-data`, split into training phantoms and held-out ones (--test);
-  2. `train-ae`, `train-ldm --condition-on labels` (mask-to-image) once per `--label-branch`
-     (concat: the map as input channels; controlnet: a ControlNet branch; same config, seed and
-     steps), and a segmenter trained on the real training phantoms (`train-seg --arch unet`);
-  3. mask-to-image: `sample --labels` with the held-out label maps; the segmenter's Dice on the
-     synthetic images against the requested maps vs its Dice on the real held-out images against
-     their true maps (target: within 0.05, per foreground class); the branch with the higher
-     mean Dice is used for step 4;
+  2. `train-ae`, a segmenter on the real training phantoms (`train-seg --arch unet`), and
+     `train-ldm --condition-on labels` (mask-to-image) once per `--label-branch` (concat: the map as
+     input channels; controlnet: a ControlNet branch) on one budget: the same data, config, seed and
+     number of steps (`--ldm-steps`; without it the config's steps and time limit), the table
+     giving each model's steps and seconds;
+  3. mask-to-image: `sample --labels` with the held-out label maps, judged by `evaluate --only
+     fidelity,diversity,condition --segmenter SEG` against the held-out phantoms: the segmenter's Dice
+     on the synthetic images against the requested maps beside its Dice on the real images of the
+     same maps, FID, precision and recall; the branch with the higher mean Dice is used for step 4;
   4. lesion insertion: in every held-out phantom a ball (--radius voxels) inside the head, away from
-     its lesions, is inpainted with `inpaint --label lesion` (both --method repaint and guidance).
-     Reported: voxels outside the region bit-exact (target: all), the share of new lesion voxels
-     (segmenter: lesion, where the input had none) inside the region (target 100 %), their volume
-     against the region's (target within 20 %), and the seam score of the run record.
+     its lesions, is inpainted with `inpaint --label lesion` (--method repaint and guidance), judged by
+     `evaluate --only condition`: voxels outside the region bit-exact (target: all), the seam score of
+     the run record (border gradient against the 95th percentile in real tissue), and the segmented
+     new lesion against the region (Dice, volume ratio, centroid distance).
 
 The IXI and hippocampus targets of the same issue (tissue classes from held-out IXI label maps;
 deformed-label augmentation at N = 10 against joint sampling) need the real data sets and a GPU;
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -41,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from _results import recorded  # noqa: E402
+from _results import RESULTS_DIR, commit, recorded  # noqa: E402
 
 from ldmtool.cli.main import main as ldmtool_main  # noqa: E402
 
@@ -86,30 +90,41 @@ def read(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(img.dataobj), img.affine
 
 
-def dice_table(work: Path, test: Path, cases: list[str], names: dict[str, int], branches: list[str]) -> str:
-    """Segmenter Dice per class: real held-out images vs their maps, synthetic images (one model per
-    label branch) vs the requested maps; returns the branch with the higher mean foreground Dice."""
-    from ldmtool.metrics import dice_per_class
+def evaluate(work: Path, synthetic: Path, test: Path, out: str, only: str) -> dict:
+    """`ldmtool evaluate --only ONLY --segmenter SEG` of a synthetic folder against the held-out phantoms."""
+    ldmtool("evaluate", "--real", test, "--synthetic", synthetic, "--out", work / out, "--segmenter", work / "SEG",
+            "--only", only, "--views", "axial,coronal", "--cache-dir", "none")  # fmt: skip
+    return json.loads((work / out / "report.json").read_text())
 
-    k = max(names.values()) + 1
-    real, synth = [], {b: [] for b in branches}
-    for case in cases:
-        truth, _ = read(test / "labelsTr" / f"{case}.nii.gz")
-        real.append(dice_per_class(read(work / "SR" / f"{case}_seg.nii.gz")[0], truth, k))
-        for b in branches:
-            synth[b].append(dice_per_class(read(work / f"SM-{b}" / f"synth_{case}_000_seg.nii.gz")[0], truth, k))
-    real_m, synth_m = np.nanmean(real, 0), {b: np.nanmean(v, 0) for b, v in synth.items()}
-    print("\n## Mask-to-image: segmenter Dice (held-out label maps; target: synthetic within 0.05 of real)\n")
-    print("| class | real images | " + " | ".join(f"synthetic, {b} (difference)" for b in branches) + " |")
-    print("|---|---|" + "---|" * len(branches))
-    for name, value in names.items():
-        if value == 0:
-            continue
-        r = real_m[value - 1]
-        cells = [f"{synth_m[b][value - 1]:.3f} ({synth_m[b][value - 1] - r:+.3f})" for b in branches]
-        print(f"| {name} | {r:.3f} | " + " | ".join(cells) + " |")
-    best = max(branches, key=lambda b: float(np.nanmean(synth_m[b])))
-    print(f"\nHigher mean foreground Dice on synthetic images: {best} (used for the insertion below).")
+
+def trained(ldm: Path) -> str:
+    """'STEPS steps, SECONDS s' of a training run (its state.json)."""
+    state = json.loads((ldm / "state.json").read_text())
+    return f"{state['step']} steps, {state['elapsed_seconds']:.0f} s"
+
+
+def mask_to_image_table(reports: dict[str, dict], budgets: dict[str, str], classes: list[str]) -> str:
+    """Condition fidelity (segmenter Dice against the requested maps, evaluate's `condition` stage) and
+    fidelity/diversity of each label branch; returns the branch with the higher mean Dice."""
+    print("\n## Mask-to-image: segmenter Dice against the requested maps, and fidelity (`evaluate`)\n")
+    cls = " | ".join(f"Dice {c}" for c in classes)
+    print(
+        f"| label branch | training | {cls} | Dice mean | real images, same maps | difference | FID | precision | recall |"
+    )
+    print("|---|---|" + "---|" * (len(classes) + 6))
+    for b, rep in reports.items():
+        m = rep["condition_fidelity"]["mask_to_image"]
+        dice = " | ".join(f"{m['synthetic']['dice'][c]:.3f}" for c in classes)
+        real, gap = m["real"]["dice_mean"], m["gap_dice_mean"]
+        fid, div = rep["fidelity"], rep["diversity"]
+        print(f"| {b} | {budgets[b]} | {dice} | {m['synthetic']['dice_mean']:.3f} | {real:.3f} | {gap:+.3f} | "
+              f"{fid['fid']:.4g} | {fid['precision']:.3f} | {div['recall']:.3f} |")  # fmt: skip
+    for b, rep in reports.items():
+        real = rep["condition_fidelity"]["mask_to_image"]["real"]["dice"]
+        print(f"\nReal images, per class ({b} report): " + ", ".join(f"{c} {real[c]:.3f}" for c in classes))
+        break
+    best = max(reports, key=lambda b: reports[b]["condition_fidelity"]["mask_to_image"]["synthetic"]["dice_mean"])
+    print(f"\nHigher mean Dice on synthetic images: {best} (used for the insertion below).")
     return best
 
 
@@ -126,48 +141,48 @@ def insertion_region(label: np.ndarray, lesion: int, radius: float) -> np.ndarra
 
 
 def insertion(work: Path, test: Path, cases: list[str], args, names: dict[str, int], branch: str) -> None:
-    """Lesion insertion by `inpaint --label lesion`, both methods; the table of the targets."""
+    """Lesion insertion by `inpaint --label lesion`, both methods, measured by `evaluate --only condition`."""
     import nibabel as nib
 
-    lesion = names["lesion"]
-    rows = []
+    reports, seconds = {}, {}
     for method in ("repaint", "guidance"):
-        exact, inside, ratio, seams = [], [], [], []
+        out = work / f"I-{method}"
         for case in cases:
-            image_path = test / "imagesTr" / f"{case}_0000.nii.gz"
             label, affine = read(test / "labelsTr" / f"{case}.nii.gz")
-            region = insertion_region(label, lesion, args.radius)
             region_path = work / "regions" / f"{case}.nii.gz"
             region_path.parent.mkdir(exist_ok=True)
-            nib.save(nib.Nifti1Image(region.astype(np.uint8), affine), region_path)
-            out = work / f"I-{method}"
-            ldmtool("--seed", args.seed, "inpaint", image_path, "--region", region_path, "--labels",
-                    test / "labelsTr" / f"{case}.nii.gz", "--label", "lesion", "--ae", work / "AE", "--ldm",
+            nib.save(nib.Nifti1Image(insertion_region(label, names["lesion"], args.radius).astype(np.uint8), affine),
+                     region_path)  # fmt: skip
+            ldmtool("--seed", args.seed, "inpaint", test / "imagesTr" / f"{case}_0000.nii.gz", "--region", region_path,
+                    "--labels", test / "labelsTr" / f"{case}.nii.gz", "--label", "lesion", "--ae", work / "AE", "--ldm",
                     work / f"LDM-{branch}", "--out", out, "--method", method, "--steps", args.steps, "--overwrite")  # fmt: skip
-            before, _ = read(image_path)
-            after, _ = read(out / f"{case}_inpainted.nii.gz")
-            exact.append(bool(np.array_equal(before[~region], after[~region])))
-            ldmtool("segment", out / f"{case}_inpainted.nii.gz", "--model", work / "SEG", "--out", out / "seg",
-                    "--overwrite")  # fmt: skip
-            seg, _ = read(out / "seg" / f"{case}_inpainted_seg.nii.gz")
-            new = (seg == lesion) & (label != lesion)
-            inside.append(float((new & region).sum() / max(new.sum(), 1)))
-            ratio.append(float((new & region).sum() / region.sum()))
-            seams.append(json.loads((out / f"{case}_inpaint.json").read_text())["seam"])
-        rows.append((method, exact, inside, ratio, seams))
-    print(
-        f"\n## Lesion insertion (`inpaint --label lesion`, ball of radius {args.radius} voxels, {len(cases)} phantoms)\n"
-    )
-    print("| method | outside bit-exact | new lesion inside region | lesion volume / region | "
-          "within 20 % | seam: border gradient | real tissue p50 / p95 | seam within p95 |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
-    for method, exact, inside, ratio, seams in rows:
-        ok = sum(abs(r - 1) <= 0.2 for r in ratio)
-        border = np.mean([s["border_gradient"] for s in seams])
-        p50, p95 = (np.mean([s[k] for s in seams]) for k in ("tissue_gradient_p50", "tissue_gradient_p95"))
-        within = sum(bool(s["within"]) for s in seams)
-        print(f"| {method} | {sum(exact)}/{len(exact)} | {100 * np.mean(inside):.1f} % (min {100 * min(inside):.1f} %) | "
-              f"{np.mean(ratio):.2f} | {ok}/{len(ratio)} | {border:.4g} | {p50:.4g} / {p95:.4g} | {within}/{len(seams)} |")  # fmt: skip
+        seconds[method] = np.mean([json.loads((out / f"{c}_inpaint.json").read_text())["seconds"] for c in cases])
+        reports[method] = evaluate(work, out, test, f"R-I-{method}", "condition")["condition_fidelity"]["inpainting"]
+    print(f"\n## Lesion insertion (`inpaint --label lesion`, {branch} model, ball of radius {args.radius} voxels, "
+          f"{len(cases)} phantoms; `evaluate --only condition`)\n")  # fmt: skip
+    print("| method | outside bit-exact | seam: border gradient | real tissue p95 | seam within p95 | "
+          "lesion Dice vs region | lesion volume / region | centroid error (mm) | no lesion found | s per case |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for method, p in reports.items():
+        n = p["n_cases"]
+        cells = [f"{p['outside_exact']}/{p['outside_checked']}", f"{p['seam_border_gradient_mean']:.4g}",
+                 f"{p['seam_tissue_p95_mean']:.4g}", f"{p['seam_within']}/{n}", _f(p["dice_mean"]),
+                 _f(p["volume_ratio_mean"]), _f(p["centroid_error_mm_mean"], ".2f"), f"{p['missed']}/{n}",
+                 f"{seconds[method]:.1f}"]  # fmt: skip
+        print(f"| {method} | " + " | ".join(cells) + " |")
+
+
+def _f(v, fmt: str = ".3f") -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def save_png(src: Path, tag: str) -> str:
+    """Copy a montage next to the results files; returns its path relative to the repository."""
+    folder = Path(os.environ.get("LDMTOOL_RESULTS_DIR") or RESULTS_DIR)
+    dst = folder / f"conditional-{tag}-{commit()[:7]}.png"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src, dst)
+    return str(dst.relative_to(REPO)) if dst.is_relative_to(REPO) else str(dst)
 
 
 def run(args, work: Path) -> None:
@@ -178,23 +193,35 @@ def run(args, work: Path) -> None:
     ldmtool("--seed", args.seed, "demo-data", data, "--n", args.n, "--shape", args.shape)
     cases = split(data, test, args.test)
     names = json.loads((data / "dataset.json").read_text())["labels"]
-    ldmtool("--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config)
-    extra = ["--steps", args.ldm_steps] if args.ldm_steps else []
-    branches = args.label_branch.split(",")
-    ldmtool("--seed", args.seed, "train-seg", data, "--out", work / "SEG", "--arch", "unet", "--epochs", args.seg_epochs,
-            *(["--config", config] if args.quick else []))  # fmt: skip
-    ldmtool("segment", test / "imagesTr", "--model", work / "SEG", "--out", work / "SR")
-    for b in branches:  # the same data, config, seed and step budget for every branch
+    ae_extra = ["--max-minutes", args.ae_minutes] if args.ae_minutes else []
+    ldmtool("--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config, *ae_extra)
+    seg_budget = ["--steps", args.seg_steps, "--batch-size", 16] if args.seg_steps else ["--epochs", args.seg_epochs]
+    seg_budget += ["--max-minutes", args.seg_minutes] if args.seg_minutes else []
+    ldmtool("--seed", args.seed, "train-seg", data, "--out", work / "SEG", "--arch", "unet", "--lr", args.seg_lr,
+            *seg_budget, *(["--config", config] if args.quick else []))  # fmt: skip
+    # one budget for every branch: the same data, config, seed and number of steps (no time limit)
+    budget = ["--steps", args.ldm_steps, "--max-minutes", 600] if args.ldm_steps else []
+    reports, budgets = {}, {}
+    for b in args.label_branch.split(","):
         ldm = work / f"LDM-{b}"
         ldmtool("--seed", args.seed, "train-ldm", data, "--ae", work / "AE", "--out", ldm, "--config", config,
-                "--condition-on", "labels", "--label-branch", b, *extra)  # fmt: skip
+                "--condition-on", "labels", "--label-branch", b, *budget)  # fmt: skip
+        budgets[b] = trained(ldm)
         ldmtool("--seed", args.seed, "sample", "--ae", work / "AE", "--ldm", ldm, "--labels", test, "--out",
                 work / f"M-{b}", "--steps", args.steps, "--guidance", args.guidance)  # fmt: skip
-        ldmtool("segment", work / f"M-{b}" / "imagesTr", "--model", work / "SEG", "--out", work / f"SM-{b}")
+        reports[b] = evaluate(work, work / f"M-{b}", test, f"R-M-{b}", "fidelity,diversity,condition")
     print(f"# Conditional synthesis on demo phantoms ({args.n - args.test} training, {args.test} held out, "
-          f"shape {args.shape}, {config.name}, {args.steps} sampling steps, guidance {args.guidance:g})")  # fmt: skip
-    best = dice_table(work, test, cases, names, branches)
+          f"shape {args.shape}, {config.name}, {args.steps} sampling steps, guidance {args.guidance:g}, "
+          f"segmenter: `train-seg --arch unet`, {trained(work / 'SEG')})")  # fmt: skip
+    classes = reports[next(iter(reports))]["condition_fidelity"]["classes"]
+    best = mask_to_image_table(reports, budgets, classes)
     insertion(work, test, cases, args, names, best)
+    if not args.quick:
+        print()
+        for b in reports:
+            print(
+                f"montage of mask-to-image samples ({b}): {save_png(work / f'M-{b}' / 'montage.png', f'{b}-samples')}"
+            )
 
 
 def main() -> None:
@@ -205,8 +232,13 @@ def main() -> None:
     ap.add_argument("--shape", default="64,64,32")
     ap.add_argument("--steps", type=int, default=50, help="sampling steps")
     ap.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance of mask-to-image")
-    ap.add_argument("--ldm-steps", type=int, default=None, help="override the config's train-ldm steps")
+    ap.add_argument("--ldm-steps", type=int, default=None,
+                    help="train-ldm steps of every label branch (the equal budget; no time limit then)")  # fmt: skip
+    ap.add_argument("--ae-minutes", type=float, default=None, help="override the config's train-ae time limit")
     ap.add_argument("--seg-epochs", type=int, default=30)
+    ap.add_argument("--seg-steps", type=int, default=None, help="train-seg steps of batch 16 (wins over --seg-epochs)")
+    ap.add_argument("--seg-lr", type=float, default=2e-3, help="train-seg learning rate")
+    ap.add_argument("--seg-minutes", type=float, default=None, help="time limit of train-seg")
     ap.add_argument("--radius", type=float, default=3.0, help="inserted lesion radius in voxels")
     ap.add_argument("--label-branch", default="concat,controlnet", help="train-ldm --label-branch values to compare")
     ap.add_argument("--seed", type=int, default=0)

@@ -647,14 +647,17 @@ __all__ = [
 ]
 
 
-CRITERIA = ("fidelity", "diversity", "speed", "utility", "robustness", "privacy")
+CRITERIA = ("fidelity", "diversity", "speed", "utility", "robustness", "privacy", "condition")
+DEFAULT_CRITERIA = CRITERIA[:6]  # `condition` needs a segmenter: computed when asked for or --segmenter is given
 
 
 @dataclass
 class EvaluateConfig:
     """Settings of `ldmtool evaluate` (YAML section `evaluate`)."""
 
-    only: tuple[str, ...] = setting(CRITERIA, "Criteria to compute, e.g. fidelity,privacy.")
+    only: tuple[str, ...] = setting(
+        DEFAULT_CRITERIA, "Criteria to compute, e.g. fidelity,privacy (and condition, added by --segmenter)."
+    )
     views: tuple[str, ...] = setting(("axial", "coronal", "sagittal"), "2D views to embed: axial,coronal,sagittal.")
     slices_per_view: int = setting(3, "2D images per view and volume (spread over the central 60%).")
     image_size: int = setting(128, "Views are resized to this many pixels before the feature network.")

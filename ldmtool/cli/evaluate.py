@@ -11,7 +11,7 @@ from ldmtool.cli import common
 from ldmtool.config import EvaluateConfig
 
 DATA, FEAT, PRIV, DOWN = "Data", "Features", "Privacy", "Utility and robustness"
-CURVE = "Augmentation curve"
+CURVE, COND = "Augmentation curve", "Condition fidelity"
 
 
 def _csv(text: str | None) -> tuple[str, ...] | None:
@@ -67,6 +67,14 @@ def evaluate(
         Optional[Path],
         typer.Option("--ldm", help="The generator's latent denoiser (membership inference).", rich_help_panel=PRIV),
     ] = None,
+    segmenter: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--segmenter",
+            help="A `train-seg` model: condition fidelity of `sample --labels` / `inpaint` outputs (adds `condition`).",
+            rich_help_panel=COND,
+        ),
+    ] = None,
     config: Annotated[
         Optional[Path], typer.Option("--config", "-c", help="YAML config (section `evaluate`); flags override it.")
     ] = None,
@@ -102,7 +110,7 @@ def evaluate(
     curve_seeds: Annotated[Optional[int], common.opt(EvaluateConfig, "curve_seeds", panel=CURVE)] = None,
     max_cases: Annotated[Optional[int], common.opt(EvaluateConfig, "max_cases", panel=DATA)] = None,
 ) -> None:
-    """Judge synthetic data: fidelity, diversity, speed, utility, robustness and privacy."""
+    """Judge synthetic data: fidelity, diversity, speed, utility, robustness, privacy (and condition fidelity)."""
     from ldmtool.config import load_yaml
     from ldmtool.evaluate.html import summary_rows, write_report
     from ldmtool.evaluate.report import run_evaluation
@@ -111,6 +119,8 @@ def evaluate(
     for path, what in ((real, "--real"), (synthetic, "--synthetic"), (train, "--train"), (test, "--test")):
         if path is not None:
             common.require_exists(path, f"{what} folder")
+    if segmenter is not None:
+        common.require_exists(segmenter, "--segmenter model")
     if (ae is None) != (ldm is None):
         from ldmtool.errors import LdmError
 
@@ -136,6 +146,7 @@ def evaluate(
         seed=state.seed,
         console=state.console,
         generator=(ae, ldm) if ae is not None and ldm is not None else None,
+        segmenter=segmenter,
     )
     files = write_report(report, out)
     from rich.table import Table

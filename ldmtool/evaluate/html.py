@@ -170,6 +170,29 @@ def _attributes_rows(a: dict) -> list[tuple[str, str, str, str]]:
     ]
 
 
+def _condition_rows(c: dict) -> list[tuple[str, str, str, str]]:
+    rows = []
+    m = c.get("mask_to_image")
+    if m:
+        real = m["real"]
+        how = "close to the segmenter's Dice on real images"
+        if real is not None:
+            how += (
+                f" ({_fmt(real['dice_mean'])}; same maps: {_fmt(m['synthetic_on_maps_with_real_image']['dice_mean'])})"
+            )
+        rows.append(("condition", "Dice vs requested maps (mean)", _fmt(m["synthetic"]["dice_mean"]), how))
+    p = c.get("inpainting")
+    if p:
+        n = p["n_cases"]
+        rows.append(("condition", "inpainting: seam within tissue p95", f"{p['seam_within']}/{n}", "all = seamless"))
+        rows.append(
+            ("condition", "inpainting: outside bit-exact", f"{p['outside_exact']}/{p['outside_checked']}", "all")
+        )
+        if p["inserted"]:
+            rows.append(("condition", "inserted class: Dice vs region", _fmt(p["dice_mean"]), "higher is better"))
+    return rows
+
+
 _CRITERION_ROWS = (
     ("fidelity", _fidelity_rows),
     ("attributes", _attributes_rows),
@@ -179,6 +202,7 @@ _CRITERION_ROWS = (
     ("utility", _utility_rows),
     ("utility_curve", _utility_curve_rows),
     ("robustness", _robustness_rows),
+    ("condition_fidelity", _condition_rows),
 )
 
 
@@ -235,6 +259,8 @@ def render_html(report: dict, out_dir: Path) -> str:
         parts.append(_img(out_dir / figs["utility"], "downstream scores on real test volumes"))
     if report.get("utility_curve"):
         parts += _utility_curve_section(report["utility_curve"], figs, out_dir)
+    if report.get("condition_fidelity"):
+        parts += _condition_section(report["condition_fidelity"])
     parts.append("<p class='note'>Every number and its settings: <code>report.json</code>.</p></body></html>")
     return "\n".join(parts)
 
@@ -387,6 +413,38 @@ def _robustness_section(r: dict) -> list[str]:
         ),
         f"<p class='note'>{html.escape(json.dumps(settings))}</p>",
     ]
+
+
+def _condition_section(c: dict) -> list[str]:
+    """Mask-to-image Dice per class (synthetic vs real images of the same maps) and the inpainting cases."""
+    seg = c["segmenter"]
+    parts = [
+        f"<h2>Condition fidelity</h2><p class='note'>Segmenter {html.escape(seg['path'])} ({seg['arch']}, "
+        f"{seg['dims']}D). {html.escape(c['definition'])}.</p>"
+    ]
+    m = c.get("mask_to_image")
+    if m:
+        real, same = m["real"] or {"dice": {}}, m["synthetic_on_maps_with_real_image"] or {"dice": {}}
+        rows = [
+            [k, m["synthetic"]["dice"][k], same["dice"].get(k), real["dice"].get(k)]
+            + [None if real["dice"].get(k) is None else same["dice"][k] - real["dice"][k]]
+            for k in c["classes"]
+        ]
+        parts.append(
+            f"<p class='note'>{m['n_samples']} synthetic images; {m['n_maps_with_real_image']} maps with a real image.</p>"
+            + _table(["class", "synthetic", "synthetic (maps with real)", "real", "difference"], rows)
+        )
+    p = c.get("inpainting")
+    if p:
+        rows = [
+            [x["case"], x["method"], x["label"] or ("healthy" if x["healthy"] else None), x["outside_exact"]]
+            + [(x["seam"] or {}).get("border_gradient"), (x["seam"] or {}).get("tissue_gradient_p95")]
+            + [x.get("dice"), x.get("volume_ratio"), x.get("centroid_error_mm")]
+            for x in p["cases"]
+        ]
+        header = ["case", "method", "class", "outside exact", "seam gradient", "tissue p95"]
+        parts.append(_table(header + ["Dice vs region", "volume ratio", "centroid error (mm)"], rows))
+    return parts
 
 
 def write_report(report: dict, out_dir: Path) -> dict[str, Path]:

@@ -8,7 +8,7 @@ into report.json, report.html (self-contained) and figures/*.png.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -102,11 +102,15 @@ def run_evaluation(
     seed: int = 0,
     console=None,
     generator: tuple[Path, Path] | None = None,
+    segmenter: Path | None = None,
 ) -> dict:
-    """Compute the selected criteria; returns the report dict (also written by `write_report`)."""
+    """Compute the selected criteria; returns the report dict (also written by `write_report`).
+    `segmenter` (a `train-seg` model) adds the `condition` criterion (see `evaluate.condition`)."""
     t_start = time.perf_counter()
     fig_dir = Path(out_dir) / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
+    if segmenter is not None and "condition" not in cfg.only:
+        cfg = replace(cfg, only=(*cfg.only, "condition"))
     only = set(cfg.only)
     report: dict = {
         "ldmtool_version": __version__,
@@ -118,9 +122,15 @@ def run_evaluation(
         "figures": {},
     }
     paths = {"real": real_dir, "synthetic": synthetic_dir, "train": train_dir, "test": test_dir}
-    if only == {"speed"}:  # provenance only: no volume is read
+    cond = _condition_inputs(report, synthetic_dir, real_dir, segmenter, device, seed)
+    if only <= {"speed", "condition"}:  # provenance and files in their own grids: no volume set is read
         report["inputs"] = {k: None if v is None else {"path": str(v)} for k, v in paths.items()}
-        _speed(report, synthetic_dir)
+        if "speed" in only:
+            _speed(report, synthetic_dir)
+        if cond is not None:
+            with _Stages(console) as st:
+                _condition(report, st, synthetic_dir, real_dir, cond)
+                report["stage_seconds"] = st.times
         report["seconds"] = round(time.perf_counter() - t_start, 2)
         return report
     with _Stages(console) as st:
@@ -146,6 +156,7 @@ def run_evaluation(
             _privacy(report, run, feats, arrays)
         if only & {"utility", "robustness"}:
             _downstream(report, run, class_labels)
+        _condition(report, st, synthetic_dir, real_dir, cond)
         from ldmtool.evaluate.figures import montage_png
 
         montage_png(real, run.syn, fig_dir / "montage.png")
@@ -338,6 +349,32 @@ def _diversity(run: _Run, r_all: np.ndarray, s_all: np.ndarray, recall: float, p
         "MMD: MONAI MMDMetric (linear kernel) on features; pairwise (MS-)SSIM: mean 3D SSIM / MS-SSIM of 50 random pairs "
         "within a set (lower = more varied)",
     }
+
+
+def _condition_inputs(report: dict, synthetic_dir: Path, real_dir: Path, segmenter: Path | None, device, seed: int):
+    """(segmenter, label names, found outputs) for the condition stage, checked before any other
+    stage runs; None when the stage is not selected or has no segmenter (then listed as skipped)."""
+    if "condition" not in report["settings"]["only"]:
+        return None
+    if segmenter is None:
+        report["skipped"]["condition"] = "needs --segmenter SEG (a `train-seg` model with the data's labels)"
+        return None
+    from ldmtool.evaluate.condition import find_conditioned, segmenter_fn
+
+    found = find_conditioned(synthetic_dir, real_dir)
+    segment, names, about = segmenter_fn(segmenter, device, seed)
+    return segment, names, about, found
+
+
+def _condition(report: dict, st: _Stages, synthetic_dir: Path, real_dir: Path, inputs) -> None:
+    """Condition fidelity of conditioned outputs (`evaluate.condition`), when selected."""
+    if inputs is None:
+        return
+    from ldmtool.evaluate.condition import condition_fidelity
+
+    segment, names, about, found = inputs
+    section = condition_fidelity(synthetic_dir, real_dir, segment, names, st.stage, found)
+    report["condition_fidelity"] = {"segmenter": about, **section}
 
 
 def _speed(report: dict, synthetic_dir: Path) -> None:
