@@ -98,6 +98,12 @@ def train_ldm(
             missing_rate=rate,
             seed=state.seed,
         )
+        ae_dims = int(ae_cfg.get("image_dims", 3) or 3)
+        if prepared.image_dims != ae_dims:
+            kind = {2: "2D images", 3: "3D volumes"}
+            raise LdmError(
+                f"{data} holds {kind[prepared.image_dims]} but the autoencoder was trained on {kind[ae_dims]}"
+            )
         if list(prepared.volume_shape) != list(ae_cfg["volume_shape"]):
             raise LdmError(
                 f"volumes preprocess to {prepared.volume_shape} but the autoencoder was trained on {tuple(ae_cfg['volume_shape'])}"

@@ -119,3 +119,69 @@ def test_default_intensity_keeps_8bit_scale(tmp_path):
 
     data = _images(tmp_path / "data", classes=("x",), n=1)
     assert default_intensity(data) == {"intensity": "ct_window", "ct_window": [127.5, 255.0]}
+
+
+def _dx(path, pixels):
+    """A DX radiograph with identifiers (synthetic outputs must carry none of them)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientName, ds.PatientID, ds.InstitutionName = "DX", "Doe^Jane", "MRN12345", "St Elsewhere"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit, ds.PixelRepresentation = 15, 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_dicom_radiographs_round_trip(tmp_path):
+    """2D DICOM in → one synthetic DICOM file per sample out, Modality and spacing kept, no identifiers."""
+    data = tmp_path / "dx"
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        _dx(data / f"r{i}.dcm", rng.integers(500, 3000, (16, 16)))
+    _run("train-ae", data, "--out", tmp_path / "AE", *TINY)
+    _run("train-ldm", data, "--ae", tmp_path / "AE", "--out", tmp_path / "LDM", *TINY)
+    _run("sample", "--ae", tmp_path / "AE", "--ldm", tmp_path / "LDM", "--out", tmp_path / "S", "--n", 1, "--steps", 1)
+    ds = pydicom.dcmread(tmp_path / "S" / "dicom" / "synth_00000.dcm")
+    assert ds.Modality == "DX" and [float(v) for v in ds.PixelSpacing] == [0.5, 0.5]
+    text = str(ds)
+    assert not any(v in text for v in ("Doe^Jane", "MRN12345", "St Elsewhere"))
+
+
+def test_nnunet_2d_with_labels(tmp_path):
+    """imagesTr/CASE_0000.png + labelsTr/CASE.png: image + label PNGs sampled together."""
+    root = tmp_path / "ds"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    yy, xx = np.mgrid[:16, :16]
+    for i in range(6):
+        mask = ((yy - 8) ** 2 + (xx - 5 - i) ** 2 < 12).astype(np.uint8)
+        Image.fromarray((50 + 150 * mask).astype(np.uint8)).save(root / "imagesTr" / f"c{i}_0000.png")
+        Image.fromarray(mask).save(root / "labelsTr" / f"c{i}.png")
+    info = {"channel_names": {"0": "X-ray"}, "labels": {"background": 0, "lesion": 1}, "file_ending": ".png"}
+    (root / "dataset.json").write_text(json.dumps(info))
+    _run("train-ae", root, "--out", tmp_path / "AE", *TINY)
+    _run("train-ldm", root, "--ae", tmp_path / "AE", "--out", tmp_path / "LDM", *TINY)
+    _run("sample", "--ae", tmp_path / "AE", "--ldm", tmp_path / "LDM", "--out", tmp_path / "S", "--n", 1, "--steps", 1)
+    label = np.asarray(Image.open(tmp_path / "S" / "labelsTr" / "synth_00000.png"))
+    assert label.shape == (16, 16) and set(np.unique(label)) <= {0, 1}
+
+
+def test_2d_data_on_a_3d_autoencoder_is_one_line(trained, tmp_path, cli):
+    data = _images(tmp_path / "data", classes=("x",), n=2)
+    r = cli("train-ldm", data, "--ae", trained.ae, "--out", tmp_path / "L", *TINY)
+    lines = r.error_lines()
+    assert (
+        r.code == 1 and len(lines) == 1 and "holds 2D images but the autoencoder was trained on 3D volumes" in lines[0]
+    )
