@@ -264,7 +264,7 @@ def _load_folder(root: Path) -> Dataset:
     if not cases and direct_dicom:
         return Dataset(root, [Case(root.name, root)], layout="folder")
     if not cases:
-        raise LdmError(f"no volumes or images found in {root}")
+        raise LdmError(f"no volumes found in {root} (NIfTI, DICOM series, or 2D PNG/JPEG/TIFF/DICOM images)")
     return Dataset(root, list(cases.values()), layout="folder", image_dims=next(iter(kinds)))
 
 
