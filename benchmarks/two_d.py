@@ -1,6 +1,6 @@
 """Class-conditional 2D synthesis on PneumoniaMNIST: does a classifier learn from the samples?
 
-    python benchmarks/two_d.py --work /tmp/twod        # ~25 min on a 2-core CPU
+    python benchmarks/two_d.py --work /tmp/twod        # 25-40 min on a shared 2-core CPU
     python benchmarks/two_d.py --quick --work /tmp/q   # smoke test: ~3 min, not a result
 
 Data: PneumoniaMNIST (MedMNIST v2; paediatric chest X-rays, 28×28, 0 normal / 1 pneumonia), the
