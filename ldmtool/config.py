@@ -282,7 +282,7 @@ class SampleConfig:
     eta: float = setting(0.0, "DDIM eta, 0 = deterministic.")
     batch_size: int = setting(4, "Latent volumes sampled at once.")
     decode_batch: int = setting(64, "Slices decoded at once.")
-    format: str = setting("nifti", "nifti | dicom.")
+    format: str = setting("nifti", "nifti | dicom | png (2D models; their default is the training images' format).")
     guidance: float = setting(1.0, "Classifier-free guidance scale (with --condition).")
     spacing: str = setting(
         "auto", "Timestep spacing: auto (the sampler's own) | trailing | leading | linspace | logsnr | karras."
@@ -302,7 +302,7 @@ class SampleConfig:
         _check_choice("--sampler", self.sampler, ("ddim", "ddpm", "dpmpp2m", "dpmpp3m", "unipc2", "unipc3", "euler"))
         _check_choice("--spacing", self.spacing, ("auto", "trailing", "leading", "linspace", "logsnr", "karras"))
         _check_choice("--precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
-        _check_choice("--format", self.format, ("nifti", "dicom"))
+        _check_choice("--format", self.format, ("nifti", "dicom", "png"))
         for flag, value in (("--n", self.n), ("--batch-size", self.batch_size), ("--decode-batch", self.decode_batch)):
             if value < 1:
                 raise LdmError(f"{flag} must be at least 1; got {value}")

@@ -39,6 +39,13 @@ def sample(
             "age=40, a two-level one by name sex=F; repeatable."
         ),
     ] = None,
+    class_name: Annotated[
+        Optional[str],
+        typer.Option(
+            "--class",
+            help="The class to sample, for a model trained with --condition-on class (the same as --condition class=NAME).",
+        ),
+    ] = None,
     guidance: Annotated[Optional[float], common.opt(SampleConfig, "guidance")] = None,
     labels: Annotated[
         Optional[Path],
@@ -97,7 +104,9 @@ def sample(
     from ldmtool.pipelines.outdir import check_output_dir
 
     state: common.State = ctx.obj
-    cfg = common.section(load_yaml(config), "sample", SampleConfig, locals())
+    yaml = load_yaml(config)
+    cfg = common.section(yaml, "sample", SampleConfig, locals())
+    fmt_given = format is not None or "format" in (yaml.get("sample") or {})
     if labels is not None:
         return _sample_from_labels(state, cfg, ae, ldm, out, labels, per_label, deform, overwrite, locals())
     if per_label != 1 or deform:
@@ -118,8 +127,8 @@ def sample(
         batch_size=cfg.batch_size,
         decode_batch=cfg.decode_batch,
         seed=state.seed,
-        fmt=cfg.format,
-        conditions=parse_conditions(condition),
+        fmt=cfg.format if fmt_given else None,  # None: the model's own (2D models: their images' format)
+        conditions=class_conditions(parse_conditions(condition), class_name),
         guidance=cfg.guidance,
         device=state.torch_device(),
         precision=cfg.precision,
@@ -153,6 +162,17 @@ def sample(
     common.console.print(common.results_table("sample", rows))
 
 
+def class_conditions(conditions: dict[str, float | str], class_name: str | None) -> dict[str, float | str]:
+    """`--condition` items plus `--class NAME` (as class=NAME); an error when both name a class."""
+    if class_name is None:
+        return conditions
+    if "class" in conditions:
+        from ldmtool.errors import LdmError
+
+        raise LdmError("give the class once: --class NAME or --condition class=NAME")
+    return {**conditions, "class": class_name}
+
+
 def _memorization_filter(threshold: float | None, train: Path | None, state: common.State):
     """The filter of --reject-memorized (None without it), scoring on the device this shard samples on."""
     if threshold is None:
@@ -172,7 +192,7 @@ def _sample_from_labels(state, cfg, ae, ldm, out, labels, per_label, deform, ove
     from ldmtool.pipelines.mask_to_image import generate_from_labels
 
     clash = [f for f, k in (("--n", "n"), ("--shard", "shard"), ("--reject-memorized", "reject_memorized")) if given[k]]
-    if clash or given["condition"]:
+    if clash or given["condition"] or given["class_name"]:
         raise LdmError(
             f"{(clash or ['--condition'])[0]} does not go with --labels (one sample per map and --per-label)"
         )

@@ -80,7 +80,7 @@ def train_ae(
         Optional[str],
         typer.Option(
             "--modality",
-            help="CT | MR | OT: modality of NIfTI training data, for `sample --format dicom` (DICOM data: its Modality tag; default OT, CT with --intensity ct_window).",
+            help="CT | MR | OT (2D images also CR | DX | MG): modality of NIfTI/PNG training data, for `sample --format dicom` (DICOM data: its Modality tag; default OT, CT with --intensity ct_window).",
             rich_help_panel=DATA,
         ),
     ] = None,
@@ -93,21 +93,20 @@ def train_ae(
 
     state: common.State = ctx.obj
     cfg = load_yaml(config)
-    pre = PreprocessConfig.from_dict(
-        {
-            **(cfg.get("preprocess") or {}),
-            **{
-                k: v for k, v in preprocess_flags(shape, spacing, intensity, ct_window, labels).items() if v is not None
-            },
-        }
-    )
+    given = {k: v for k, v in preprocess_flags(shape, spacing, intensity, ct_window, labels).items() if v is not None}
+    pre_dict = {**(cfg.get("preprocess") or {}), **given}
+    if "intensity" not in pre_dict and data.exists():  # 8-bit 2D images: their own 0..255 scale
+        from ldmtool.data.prepared import default_intensity
+
+        pre_dict.update(default_intensity(data) or {})
+    pre = PreprocessConfig.from_dict(pre_dict)
     channels = common.ints(channels, None, "--channels")
     model_cfg = common.section(cfg, "autoencoder", AutoencoderConfig, locals())
     loss_cfg = common.section(cfg, "ae_loss", AELossConfig, locals())
     train_cfg = common.section(cfg, "ae_train", AETrainConfig, locals())
     common.require_exists(data, "data set")
-    if modality is not None and modality.upper() not in MODALITIES:
-        raise LdmError(f"--modality must be one of {', '.join(MODALITIES)}; got {modality!r}")
+    if modality is not None and modality.upper() not in MODALITIES + PROJECTION_MODALITIES:
+        raise LdmError(f"--modality must be one of {', '.join(MODALITIES + PROJECTION_MODALITIES)}; got {modality!r}")
     mode = common.resume_mode(resume, restart)
     with common.training_session(state, out, mode) as (info, stop):
         device = info.device
@@ -131,6 +130,8 @@ def train_ae(
             and prepared.observed is not None
         ):
             model_cfg.mask_channel = True  # incomplete data: the mask input helps (benchmarks/results/imputation.md)
+        if prepared.image_dims == 3 and modality is not None and modality.upper() in PROJECTION_MODALITIES:
+            raise LdmError(f"--modality {modality.upper()} is for 2D images; volumes are CT, MR or OT")
         factor = model_cfg.downsample
         d, h, w = prepared.images.shape[1:]
         if h % factor or w % factor:
@@ -138,7 +139,8 @@ def train_ae(
                 f"slice size {h}x{w} must be divisible by {factor} (the autoencoder's downsampling); set --shape"
             )
         state.console.print(
-            f"{len(prepared.case_ids)} volumes of shape {prepared.volume_shape}, "
+            f"{len(prepared.case_ids)} {'2D images' if prepared.image_dims == 2 else 'volumes'} of shape "
+            f"{prepared.volume_shape[: prepared.image_dims]}, "
             f"{'labels: ' + ', '.join(prepared.label_names) if prepared.labels is not None else 'no labels'}; device {device}"
             + (f"; {100 * prepared.missing_fraction:.1f}% of voxels missing" if prepared.observed is not None else "")
         )
@@ -151,7 +153,7 @@ def train_ae(
             train_cfg=train_cfg,
             preprocess=to_dict(pre),
             missing_rate=missing_rate,
-            modality=training_modality(modality, prepared.modalities, pre.intensity),
+            modality=training_modality(modality, prepared.modalities, pre.intensity, prepared.image_dims),
             device=device,
             seed=state.seed,
             console=state.console,
@@ -181,14 +183,18 @@ def _report(state: common.State, out: Path, result) -> None:
 
 
 MODALITIES = ("CT", "MR", "OT")
+PROJECTION_MODALITIES = ("CR", "DX", "MG")  # 2D images only (written as Secondary Capture with this Modality)
 
 
-def training_modality(flag: str | None, found: list[str], intensity: str) -> str:
+def training_modality(flag: str | None, found: list[str], intensity: str, image_dims: int = 3) -> str:
     """The modality recorded for synthetic DICOM: --modality, else the DICOM data's one Modality
-    (CT or MR; others OT), else CT for --intensity ct_window, else OT."""
+    (CT or MR; others OT), else CT for --intensity ct_window, else OT. 2D images: --modality, else
+    their DICOM data's one Modality as it is (CR, DX, MG, ...), else OT."""
     if flag is not None:
         return flag.upper()
     tags = set(found) - {""}
+    if image_dims == 2:
+        return tags.pop() if len(tags) == 1 else "OT"
     if len(tags) == 1:
         tag = tags.pop()
         return tag if tag in MODALITIES else "OT"

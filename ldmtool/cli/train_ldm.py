@@ -98,6 +98,7 @@ def train_ldm(
             missing_rate=rate,
             seed=state.seed,
         )
+        _check_dims(data, prepared.image_dims, int(ae_cfg.get("image_dims", 3) or 3))
         if list(prepared.volume_shape) != list(ae_cfg["volume_shape"]):
             raise LdmError(
                 f"volumes preprocess to {prepared.volume_shape} but the autoencoder was trained on {tuple(ae_cfg['volume_shape'])}"
@@ -143,3 +144,12 @@ def train_ldm(
     if "val_loss" in last:
         rows["held-out loss (EMA weights)"] = last["val_loss"]
     common.console.print(common.results_table("train-ldm", rows))
+
+
+def _check_dims(data: Path, data_dims: int, ae_dims: int) -> None:
+    """A one-line error when the data are 2D images and the autoencoder's were volumes, or back."""
+    if data_dims != ae_dims:
+        from ldmtool.errors import LdmError
+
+        kind = {2: "2D images", 3: "3D volumes"}
+        raise LdmError(f"{data} holds {kind[data_dims]} but the autoencoder was trained on {kind[ae_dims]}")

@@ -108,3 +108,15 @@ def read_covariates(
         if np.isnan(values[:, a]).all():
             raise LdmError(f"no case of the data set has a value of column {name} in {path}; check the case ids")
     return values, list(columns), levels
+
+
+def read_class_column(path: Path, case_ids: list[str], name: str = "class") -> list[str | None]:
+    """Column `name` of a covariates table as one class name per case (None: no row or no value);
+    any number of levels (the classes of `--condition-on class`)."""
+    header, rows = read_table(path)
+    index = match_cases([r[0] for r in rows], list(case_ids), path)
+    j = column_index(header, name, path)
+    cells = [None if i is None or rows[i][j].lower() in MISSING else rows[i][j] for i in index]
+    if all(c is None for c in cells):
+        raise LdmError(f"no case of the data set has a value of column {name} in {path}; check the case ids")
+    return cells

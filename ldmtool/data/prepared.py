@@ -59,6 +59,10 @@ class PreparedData:
         return tuple(self.images.shape[1:]) if self.shapes is None else self.shapes[i]
 
     modalities: list[str] = field(default_factory=list)  # DICOM Modality per case ("" for NIfTI)
+    image_dims: int = 3  # 2: a data set of 2D images (each case one slice, D = 1)
+    image_format: str = ""  # of 2D images: "png", "jpeg", "tiff" or "dicom" (what `sample` writes back)
+    image_dtype: str = ""  # of 2D images: the stored pixel type (uint8, uint16, ...)
+    classes: list[str | None] | None = None  # per case: its class folder's name (2D class folders), else None
 
     @property
     def missing_fraction(self) -> float:
@@ -101,6 +105,11 @@ class PreparedData:
             observed=None if self.observed is None else self.observed[idx],
             shapes=None if self.shapes is None else [self.shapes[i] for i in idx],
             preprocess=self.preprocess,
+            modalities=[self.modalities[i] for i in idx] if self.modalities else [],
+            image_dims=self.image_dims,
+            image_format=self.image_format,
+            image_dtype=self.image_dtype,
+            classes=None if self.classes is None else [self.classes[i] for i in idx],
         )
 
 
@@ -203,9 +212,10 @@ def prepare_dataset(
     ds = load_dataset(Path(path))
     if require_labels and not ds.has_labels:
         raise LdmError(f"{path} has no labels (expected imagesTr/ + labelsTr/, named in dataset.json or --labels)")
-    cases, cfg = _fit_shapes(
-        _read_cases(ds, preprocess_cfg, series_uid, console), preprocess_cfg, shapes, multiple, console
-    )
+    if ds.image_dims == 2:  # one slice per case: no depth to divide
+        multiple = (*multiple[:2], 1)
+    read = _read_cases(ds, preprocess_cfg, series_uid, console)
+    cases, cfg = _fit_shapes(read, preprocess_cfg, shapes, multiple, console)
     images, labels, observed, found = [], [], [], np.zeros(256, dtype=bool)
     for index, pc in enumerate(cases):
         img = volume_to_slices(pc.image.array.astype(np.float32))
@@ -240,4 +250,32 @@ def prepare_dataset(
         shapes=sizes if len(set(sizes)) > 1 else None,
         preprocess=cfg,
         modalities=[str(pc.image.meta.get("modality", "") or "") for pc in cases],
+        **_image_fields(ds, cases),
     )
+
+
+def _image_fields(ds, cases: list[PreprocessedCase]) -> dict:
+    """The PreparedData fields of a 2D data set (nothing for volumes)."""
+    if ds.image_dims != 2:
+        return {}
+    formats = sorted({str(pc.image.meta.get("format", "")) for pc in cases})
+    dtypes = sorted({str(pc.image.meta.get("dtype", "")) for pc in cases})
+    groups = [c.group for c in ds.cases]
+    return {
+        "image_dims": 2,
+        "image_format": formats[0] if len(formats) == 1 else "png",
+        "image_dtype": dtypes[0] if len(dtypes) == 1 else "uint16",
+        "classes": groups if any(g is not None for g in groups) else None,
+    }
+
+
+def default_intensity(path: Path) -> dict | None:
+    """The intensity setting a data set of 8-bit 2D images trains with when none is given: their
+    0..255 scale as a fixed window (level 127.5, width 255), so every image keeps its brightness and
+    samples come back on the same scale. None for other data (the per-case percentile default)."""
+    from ldmtool.io import load_dataset, read_volume
+
+    ds = load_dataset(Path(path))
+    if ds.image_dims != 2 or read_volume(ds.cases[0].image).meta.get("dtype") != "uint8":
+        return None
+    return {"intensity": "ct_window", "ct_window": [127.5, 255.0]}

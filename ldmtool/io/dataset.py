@@ -8,7 +8,12 @@ Layouts:
     read (``Dataset.labels_inferred``);
   * a plain folder of .nii/.nii.gz files and/or subfolders each holding one DICOM series
     (a folder that directly holds DICOM files is one case);
-  * a single volume file.
+  * 2D images: a folder of .png/.jpg/.tif files or single-frame 2D DICOM files (CR, DX, MG, ...),
+    each one case, or class folders of them (``DATA/normal/*.png``, ``DATA/pneumonia/*.png``: the
+    folder name is the case's class, ``Case.group``); nnU-Net's 2D layout
+    (``imagesTr/CASE_0000.png``, ``labelsTr/CASE.png``) as above. 2D and 3D cases in one data set
+    are an error;
+  * a single volume or image file.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import numpy as np
 
 from ldmtool.errors import LdmError
 from ldmtool.io._util import summarise
-from ldmtool.io.dicom import is_dicom_file
+from ldmtool.io.dicom import _read_header, is_dicom_file
+from ldmtool.io.image2d import IMAGE_SUFFIXES, is_2d_dicom_header, is_image_path
 from ldmtool.io.nifti import is_nifti_path
 from ldmtool.io.readers import read_volume
 from ldmtool.io.volume import Volume
@@ -41,6 +47,7 @@ class Case:
     image: Path
     label: Path | None = None
     missing: Path | None = None  # masksTr/CASE: 1 = missing voxel (incomplete acquisitions)
+    group: str | None = None  # the class folder a 2D image sits in (DATA/CLASS/IMAGE), else None
 
 
 @dataclass
@@ -53,6 +60,12 @@ class Dataset:
     label_names: dict[str, int] = field(default_factory=dict)
     layout: str = "folder"  # "nnunet", "folder" or "file"
     labels_inferred: bool = False  # labelsTr/ without dataset.json labels: names come from the values found
+    image_dims: int = 3  # 2 for a data set of 2D images (PNG/JPEG/TIFF, 2D DICOM), else 3
+
+    @property
+    def classes(self) -> dict[str, str]:
+        """{case id: class name} from class folders (empty when the cases sit in no class folder)."""
+        return {c.case_id: c.group for c in self.cases if c.group is not None}
 
     @property
     def has_labels(self) -> bool:
@@ -80,8 +93,8 @@ def _strip_ending(name: str, ending: str) -> str:
 
 
 def _volume_id(name: str) -> str:
-    """Case id of a NIfTI file name: the name without .nii/.nii.gz."""
-    for ending in (".nii.gz", ".nii"):
+    """Case id of a NIfTI or image file name: the name without .nii/.nii.gz/.png/..."""
+    for ending in (".nii.gz", ".nii", *IMAGE_SUFFIXES, ".dcm"):
         if name.lower().endswith(ending):
             return name[: -len(ending)]
     return name
@@ -125,7 +138,7 @@ def _load_nnunet(root: Path) -> Dataset:
     """An nnU-Net v2 raw data set folder (imagesTr, optional labelsTr, dataset.json)."""
     images_dir, labels_dir, json_path = root / "imagesTr", root / "labelsTr", root / "dataset.json"
     info = _read_dataset_json(json_path) if json_path.exists() else {}
-    ending = str(info.get("file_ending", ".nii.gz"))
+    ending = str(info.get("file_ending", _guess_ending(images_dir)))
     raw_channels = info.get("channel_names", info.get("modality")) or {}
     if not isinstance(raw_channels, dict):
         raise LdmError(f'{json_path}: \'channel_names\' must be an object such as {{"0": "CT"}}')
@@ -174,7 +187,18 @@ def _load_nnunet(root: Path) -> Dataset:
             )
     cases = [Case(cid, images[cid], labels.get(cid), masks.get(cid)) for cid in sorted(images)]
     inferred = bool(labels) and not label_names
-    return Dataset(root, cases, channel_names, label_names, layout="nnunet", labels_inferred=inferred)
+    dims = 2 if _is_picture(cases[0].image) else 3
+    return Dataset(root, cases, channel_names, label_names, layout="nnunet", labels_inferred=inferred, image_dims=dims)
+
+
+def _guess_ending(images_dir: Path) -> str:
+    """The file ending of an nnU-Net imagesTr/ without dataset.json: .nii.gz, or that of its 2D
+    images (.png, .tif, ...) when it holds those."""
+    if images_dir.is_dir():
+        for f in sorted(images_dir.iterdir()):
+            if not f.name.startswith(".") and is_image_path(f):
+                return next(e for e in IMAGE_SUFFIXES if f.name.lower().endswith(e))
+    return ".nii.gz"
 
 
 def _holds_dicom(folder: Path) -> bool:
@@ -187,30 +211,61 @@ def _holds_dicom(folder: Path) -> bool:
     return False
 
 
+def _is_picture(path: Path) -> bool:
+    """True for a 2D image file: PNG/JPEG/TIFF, or a single-frame 2D DICOM picture."""
+    if is_image_path(path):
+        return True
+    header = _read_header(path) if not is_nifti_path(path) else None
+    return header is not None and is_2d_dicom_header(header)
+
+
+def _pictures(folder: Path) -> list[Path]:
+    """The 2D image files directly in `folder` (hidden files skipped), sorted; empty unless its first
+    file is one (so a DICOM series folder costs one header read here)."""
+    files = [f for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".")]
+    if not files or not _is_picture(files[0]):
+        return []
+    return [f for f in files if _is_picture(f)]
+
+
 def _load_folder(root: Path) -> Dataset:
-    """A plain folder: NIfTI files and DICOM series subfolders, or one DICOM series itself."""
+    """A plain folder: NIfTI files and DICOM series subfolders, or one DICOM series itself; or 2D
+    images, loose or in class folders."""
     cases: dict[str, Case] = {}
     direct_dicom = False
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_file() and is_nifti_path(entry):
-            case = Case(_volume_id(entry.name), entry)
-        elif entry.is_dir() and _holds_dicom(entry):
-            case = Case(entry.name, entry)
-        else:
-            direct_dicom = direct_dicom or (entry.is_file() and is_dicom_file(entry))
-            continue
+    kinds: dict[int, str] = {}  # image dims -> an example entry, to name both in the mixed-data error
+
+    def add(case: Case, dims: int, entry: Path) -> None:
+        kinds.setdefault(dims, entry.name)
         if case.case_id in cases:
             raise LdmError(
                 f"{root} has two volumes named {case.case_id} ({cases[case.case_id].image.name}, {entry.name})"
             )
         cases[case.case_id] = case
+
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and is_nifti_path(entry):
+            add(Case(_volume_id(entry.name), entry), 3, entry)
+        elif entry.is_file() and _is_picture(entry):
+            add(Case(_volume_id(entry.name), entry), 2, entry)
+        elif entry.is_dir() and (pictures := _pictures(entry)):
+            for f in pictures:  # a class folder: DATA/CLASS/IMAGE
+                add(Case(f"{entry.name}_{_volume_id(f.name)}", f, group=entry.name), 2, entry / f.name)
+        elif entry.is_dir() and _holds_dicom(entry):
+            add(Case(entry.name, entry), 3, entry)
+        else:
+            direct_dicom = direct_dicom or (entry.is_file() and is_dicom_file(entry))
+    if len(kinds) > 1:
+        raise LdmError(
+            f"{root} mixes 2D images ({kinds[2]}) and 3D volumes ({kinds[3]}); put them in separate data sets"
+        )
     if not cases and direct_dicom:
         return Dataset(root, [Case(root.name, root)], layout="folder")
     if not cases:
-        raise LdmError(f"no volumes found in {root}")
-    return Dataset(root, list(cases.values()), layout="folder")
+        raise LdmError(f"no volumes found in {root} (NIfTI, DICOM series, or 2D PNG/JPEG/TIFF/DICOM images)")
+    return Dataset(root, list(cases.values()), layout="folder", image_dims=next(iter(kinds)))
 
 
 def load_dataset(path: str | os.PathLike) -> Dataset:
@@ -219,8 +274,9 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
     if not p.exists():
         raise LdmError(f"{p} does not exist")
     if p.is_file():
-        case_id = _volume_id(p.name) if is_nifti_path(p) else p.stem
-        return Dataset(p.parent, [Case(case_id, p)], layout="file")
+        picture = _is_picture(p)
+        case_id = _volume_id(p.name) if is_nifti_path(p) or picture else p.stem
+        return Dataset(p.parent, [Case(case_id, p)], layout="file", image_dims=2 if picture else 3)
     if (p / "imagesTr").is_dir():
         return _load_nnunet(p)
     return _load_folder(p)

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ldmtool.errors import LdmError
-from ldmtool.io.dicom import is_dicom_file, read_dicom, write_dicom_series
+from ldmtool.io.dicom import _read_header, is_dicom_file, read_dicom, write_dicom_series
+from ldmtool.io.image2d import is_2d_dicom_header, is_image_path, read_dicom_2d, read_image
 from ldmtool.io.nifti import is_nifti_path, read_nifti, write_nifti
 from ldmtool.io.volume import Volume
 
@@ -20,14 +21,20 @@ def read_volume(
 ) -> Volume:
     """Read a NIfTI file, a DICOM file or a DICOM series folder into a checked 3D Volume.
 
-    Dispatch: .nii/.nii.gz -> NIfTI; a folder, a .dcm file or any file with the DICOM
-    prefix -> DICOM (``series_uid`` picks a series). Voxels that are infinite, or NaN
-    unless ``allow_nan``, raise LdmError.
+    Dispatch: .nii/.nii.gz -> NIfTI; .png/.jpg/.tif -> a 2D image; a single-frame 2D DICOM
+    file (CR, DX, MG, or without patient position) -> a 2D image; a folder, a .dcm file or any
+    file with the DICOM prefix -> DICOM (``series_uid`` picks a series). A 2D image is a
+    one-slice Volume with ``meta["dims"] == 2`` (see :mod:`ldmtool.io.image2d`). Voxels that are
+    infinite, or NaN unless ``allow_nan``, raise LdmError.
     """
     p = Path(path)
     if not p.exists():
         raise LdmError(f"{p} does not exist")
-    if p.is_dir() or p.suffix.lower() == ".dcm" or (not is_nifti_path(p) and is_dicom_file(p)):
+    if p.is_file() and is_image_path(p):
+        volume = read_image(p)
+    elif is_2d_dicom_file(p):
+        volume = read_dicom_2d(p)
+    elif p.is_dir() or p.suffix.lower() == ".dcm" or (not is_nifti_path(p) and is_dicom_file(p)):
         volume = read_dicom(p, series_uid, allow_single_slice=allow_single_slice)
     elif is_nifti_path(p):
         volume = read_nifti(p, allow_single_slice=allow_single_slice)
@@ -35,6 +42,14 @@ def read_volume(
         raise LdmError(f"{p} is not a NIfTI or DICOM file")
     check_finite(volume, str(p), allow_nan=allow_nan)
     return volume
+
+
+def is_2d_dicom_file(path: Path) -> bool:
+    """True if `path` is one DICOM file holding a 2D picture (see `is_2d_dicom_header`)."""
+    if not path.is_file() or is_nifti_path(path):
+        return False
+    header = _read_header(path)
+    return header is not None and is_2d_dicom_header(header)
 
 
 def check_finite(volume: Volume, name: str, *, allow_nan: bool = False) -> None:

@@ -24,15 +24,25 @@ class LatentDenoiser(nn.Module):
     """
 
     def __init__(
-        self, cfg: DenoiserConfig, latent_channels: int, n_attributes: int = 0, label_channels: int = 0
+        self,
+        cfg: DenoiserConfig,
+        latent_channels: int,
+        n_attributes: int = 0,
+        label_channels: int = 0,
+        spatial_dims: int = 3,
     ) -> None:
+        """`spatial_dims` 2: a 2D UNet for 2D images, whose latent "volumes" have one slice
+        (B, C, 1, h, w): the slice axis is dropped around the UNet, so training, samplers and
+        decoding are those of the 3D path."""
         super().__init__()
         self.cfg = cfg
         self.n_attributes = n_attributes
         self.label_channels = label_channels
+        self.spatial_dims = spatial_dims
+        self._memory_format = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
         concat = label_channels if cfg.label_branch == "concat" else 0
         shared = dict(
-            spatial_dims=3,
+            spatial_dims=spatial_dims,
             channels=cfg.channels,
             attention_levels=cfg.attention_levels,
             num_res_blocks=cfg.num_res_blocks,
@@ -53,7 +63,7 @@ class LatentDenoiser(nn.Module):
                 conditioning_embedding_num_channels=(cfg.channels[0],),
                 **shared,
             )
-        self.to(memory_format=torch.channels_last_3d)  # NDHWC convolutions: faster on CPU and GPU
+        self.to(memory_format=self._memory_format)  # channels-last convolutions: faster on CPU and GPU
 
     def context(
         self, attributes: torch.Tensor | None, mask: torch.Tensor | None, batch: int, device
@@ -84,10 +94,16 @@ class LatentDenoiser(nn.Module):
             labels = x.new_zeros((x.shape[0], self.label_channels, *x.shape[2:]))
         if self.label_channels and self.controlnet is None:
             x = torch.cat([x, labels.to(x.dtype)], dim=1)
-        x = x.contiguous(memory_format=torch.channels_last_3d)
+        if self.spatial_dims == 2:  # (B, C, 1, h, w) → (B, C, h, w) and back
+            return self._forward(x[:, :, 0], t, context, None if labels is None else labels[:, :, 0])[:, :, None]
+        return self._forward(x, t, context, labels)
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, context, labels: torch.Tensor | None) -> torch.Tensor:
+        """The UNet (and ControlNet) on inputs of the network's own dimensionality."""
+        x = x.contiguous(memory_format=self._memory_format)
         if self.controlnet is None:
             return self.unet(x, t, context=context)
-        cond = labels.to(x.dtype).contiguous(memory_format=torch.channels_last_3d)
+        cond = labels.to(x.dtype).contiguous(memory_format=self._memory_format)
         down, mid = self.controlnet(x, t, controlnet_cond=cond, context=context)
         return self.unet(x, t, context=context, down_block_additional_residuals=down, mid_block_additional_residual=mid)
 

@@ -52,13 +52,18 @@ def load_autoencoder(path: Path, device: torch.device) -> tuple[SliceAutoencoder
 
 
 def build_denoiser(config: LatentDiffusionCheckpoint | dict[str, Any]) -> LatentDenoiser:
-    """Rebuild the latent denoiser described by a checkpoint config."""
+    """Rebuild the latent denoiser described by a checkpoint config (2D for 2D images: `image_dims`)."""
+    dims = int(config.get("image_dims", 3) or 3)
     if isinstance(config, LatentDiffusionCheckpoint):
-        return LatentDenoiser(config.model, config.latent_shape[0], len(config.attributes), config.label_channels)
+        return LatentDenoiser(
+            config.model, config.latent_shape[0], len(config.attributes), config.label_channels, spatial_dims=dims
+        )
     cfg = from_dict(DenoiserConfig, config["model"])
     cond = config.get("conditioning", {})
     n_attr = len(cond.get("attributes", []))
-    return LatentDenoiser(cfg, int(config["latent_shape"][0]), n_attr, int(cond.get("label_channels", 0)))
+    return LatentDenoiser(
+        cfg, int(config["latent_shape"][0]), n_attr, int(cond.get("label_channels", 0)), spatial_dims=dims
+    )
 
 
 def load_denoiser(path: Path, device: torch.device) -> tuple[LatentDenoiser, LatentDiffusionCheckpoint]:

@@ -88,7 +88,7 @@ def generate(
     batch_size: int = SampleConfig.batch_size,
     decode_batch: int = SampleConfig.decode_batch,
     seed: int = 0,
-    fmt: str = SampleConfig.format,
+    fmt: str | None = SampleConfig.format,
     conditions: dict[str, float | str] | None = None,
     guidance: float = SampleConfig.guidance,
     device: torch.device = torch.device("cpu"),
@@ -106,7 +106,9 @@ def generate(
     a batch at a time (`LatentDiffusionPipeline.sample`), each file written to a temp name and
     renamed; the provenance JSON, written last, marks the sample finished. With a
     `memorization_filter`, candidates it rejects are replaced by new draws of the same sample.
-    `out_dir` must be new, empty or an earlier sample output (`overwrite`: see `pipelines.outdir`)."""
+    `out_dir` must be new, empty or an earlier sample output (`overwrite`: see `pipelines.outdir`).
+    `fmt` None: the model's own (NIfTI for volumes; for 2D images the format they were read from:
+    PNG for PNG/JPEG/TIFF, one DICOM file per image for DICOM)."""
     SampleConfig(  # the CLI's checks and messages
         n=n,
         sampler=sampler,
@@ -115,7 +117,7 @@ def generate(
         spacing=spacing,
         batch_size=batch_size,
         decode_batch=decode_batch,
-        format=fmt,
+        format=fmt or SampleConfig.format,
         guidance=guidance,
         precision=precision,
         compile=compile,
@@ -127,6 +129,7 @@ def generate(
         pipe = LatentDiffusionPipeline.from_pretrained(
             ae_path, ldm_path, device=shard_device(device), precision=precision
         )
+        fmt = output_format(pipe, fmt)
         smp = pipe.make_sampler(sampler, steps, eta, spacing)
         pipe.conditioning(conditions, 1)  # fails now if the model cannot take the conditions
         for text in pipe.out_of_range(conditions) if console is not None else []:
@@ -161,9 +164,18 @@ def generate(
         job.result = _result(job, mine, todo, n, memory)
         job.run(todo, console)
         _write_dataset_json(job.out_dir, pipe.label_names, n, fmt)
-        if fmt == "nifti" and part.index == 0:
+        if fmt == "nifti" and pipe.image_dims == 3 and part.index == 0:
             write_montage(job.out_dir, job.out_dir / "montage.png", max_samples=8)
         return job.result
+
+
+def output_format(pipe: LatentDiffusionPipeline, fmt: str | None) -> str:
+    """The file format samples are written in: `fmt`, or the model's own when None; png is for 2D models."""
+    if fmt is None:
+        return "nifti" if pipe.image_dims == 3 else ("dicom" if pipe.image_format == "dicom" else "png")
+    if fmt == "png" and pipe.image_dims != 2:
+        raise LdmError("--format png is for models of 2D images; this model makes volumes (nifti | dicom)")
+    return fmt
 
 
 def _result(job: _SampleJob, mine: list[int], todo: list[int], n: int, memory: MemoryPlan) -> GenerateResult:
@@ -358,6 +370,8 @@ class _SampleJob:
         image_vol = Volume(vol.image.astype(np.float32), affine, {"synthetic": True})
         label_vol = None if vol.label is None else Volume(vol.label, affine, {"synthetic": True})
         files = {}
+        if self.pipe.image_dims == 2 and self.fmt != "nifti":
+            return self.write_image_files(name, image_vol, label_vol)
         if self.fmt == "nifti":
             files["image"] = f"imagesTr/{name}_0000.nii.gz"
             write_nifti(image_vol, self.out_dir / files["image"])
@@ -393,10 +407,35 @@ class _SampleJob:
             )
         return files
 
+    def write_image_files(self, name: str, image: Volume, label: Volume | None) -> dict[str, str]:
+        """A 2D sample as a PNG (in the training images' 8/16-bit type) or one DICOM file, its label
+        map (if any) as a PNG; returns their relative paths."""
+        from ldmtool.io.image2d import write_dicom_2d, write_png
+
+        files = {}
+        if self.fmt == "png":
+            files["image"] = f"imagesTr/{name}_0000.png"
+            dtype = self.pipe.image_dtype if self.pipe.image_dtype in ("uint8", "uint16") else "uint16"
+            write_png(image, self.out_dir / files["image"], dtype=dtype)
+        else:
+            files["image"] = f"dicom/{name}.dcm"
+            write_dicom_2d(
+                image,
+                self.out_dir / files["image"],
+                modality=self.modality,
+                series_description=f"SYNTHETIC ldmtool {name}",
+            )
+        if label is not None:
+            files["label"] = f"labelsTr/{name}.png"
+            write_png(label, self.out_dir / files["label"])
+        return files
+
 
 def training_modality(pipe: LatentDiffusionPipeline) -> str:
     """The DICOM Modality of the autoencoder's training data (recorded by train-ae; OT for older checkpoints)."""
     modality = pipe.ae_config.get("modality") or "OT"
+    if pipe.image_dims == 2 and modality.isalpha() and len(modality) <= 16:  # 2D: CR, DX, MG, ... as read
+        return modality
     if modality not in MODALITIES:
         raise LdmError(
             f"{pipe.ae_path}: field 'modality' is {modality!r}, expected one of {', '.join(MODALITIES)}; "
@@ -431,12 +470,12 @@ def _remove_stale_temps(out_dir: Path, todo: list[int]) -> None:
 
     for k in todo:
         name = sample_name(k)
-        for sub in ("imagesTr", "labelsTr", "provenance", f"dicom/{name}"):
+        for sub in ("imagesTr", "labelsTr", "provenance", "dicom", f"dicom/{name}"):
             folder = out_dir / sub
             if folder.is_dir():
                 for p in folder.glob(f".{name}*.tmp-*"):
                     _remove(p)
-            if folder.is_dir() and sub.startswith("dicom"):
+            if folder.is_dir() and sub.startswith("dicom/"):
                 for p in folder.glob(".*.tmp-*"):
                     _remove(p)
 
@@ -462,7 +501,7 @@ def _write_dataset_json(out_dir: Path, label_names: dict[str, int], n: int, fmt:
         "channel_names": {"0": "image"},
         "labels": label_names or {"background": 0},
         "numTraining": n,
-        "file_ending": ".nii.gz" if fmt == "nifti" else ".dcm",
+        "file_ending": {"nifti": ".nii.gz", "png": ".png"}.get(fmt, ".dcm"),
         "synthetic": True,
     }
     atomic_write_text(out_dir / "dataset.json", json.dumps(meta, indent=2))

@@ -76,6 +76,9 @@ class LatentDiffusionPipeline:
         self.intensity_range = ae_config.intensity_range
         self.reference_affine = np.asarray(ae_config.reference_affine)
         self.label_names: dict[str, int] = dict(ae_config.label_names)
+        self.image_dims = int(ae_config.get("image_dims", 3) or 3)  # 2: a model of 2D images
+        self.image_format = str(ae_config.get("image_format", "") or "")  # of 2D images: png, dicom, ...
+        self.image_dtype = str(ae_config.get("image_dtype", "") or "")  # of 2D images: uint8, uint16, ...
 
     @classmethod
     def from_pretrained(
@@ -149,6 +152,10 @@ class LatentDiffusionPipeline:
         a = np.zeros(len(names), dtype=np.float32)
         m = np.zeros(len(names), dtype=np.float32)
         for name, value in conditions.items():
+            if name == "class":  # one-hot over the model's classes, all of them given
+                for i, flag in self._class_onehot(value).items():
+                    a[i], m[i] = (flag - mean[i]) / std[i], 1.0
+                continue
             if name not in names:
                 raise LdmError(
                     f"unknown condition {name!r}: this model is conditioned on {', '.join(names)}, not {name}"
@@ -158,6 +165,19 @@ class LatentDiffusionPipeline:
             m[i] = 1.0
         rep = lambda v: torch.from_numpy(v)[None].repeat(batch, 1).to(self.device)  # noqa: E731
         return rep(a), rep(m)
+
+    def _class_onehot(self, value: float | str) -> dict[int, float]:
+        """{attribute index: 1 or 0} of `class=value` for a model trained with --condition-on class."""
+        classes = self.ldm_config.conditioning.get("classes") or []
+        if not classes:
+            raise LdmError("this model was not trained with --condition-on class; it takes no --class")
+        name = str(value)
+        if isinstance(value, float) and value.is_integer() and name not in classes:
+            name = str(int(value))  # class folders named 0, 1, ... are parsed as numbers
+        if name not in classes:
+            raise LdmError(f"unknown class {name!r}: this model knows {', '.join(classes)}")
+        names = self.ldm_config.attributes
+        return {names.index(f"class={c}"): float(c == name) for c in classes}
 
     def _condition_value(self, name: str, value: float | str) -> float:
         """The raw value of one condition: a number, or the 0/1 code of a two-level covariate's level."""

@@ -215,6 +215,8 @@ class AutoencoderTrainer(Trainer):
         self.depth = data.images.shape[1]
         self.config = self._checkpoint_config(data, model_cfg, preprocess, missing_rate)
         self.config["modality"] = modality  # of the training data: what synthetic DICOM is written as
+        if data.image_dims == 2:  # 2D images: the denoiser is 2D and samples are written as images
+            self.config.update(image_dims=2, image_format=data.image_format, image_dtype=data.image_dtype)
         self.settings = {
             "model": to_dict(model_cfg),
             "loss": to_dict(loss_cfg),

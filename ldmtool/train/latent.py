@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ldmtool.config import DenoiserConfig, LDMTrainConfig, to_dict
-from ldmtool.data.covariates import read_covariates
+from ldmtool.data.covariates import read_class_column, read_covariates
 from ldmtool.data.lesions import ATTRIBUTES, lesion_attributes, lesion_class
 from ldmtool.data.prepared import PreparedData, slices_to_volume
 from ldmtool.diffusion.pipeline import encode_volume
@@ -144,11 +144,12 @@ def covariate_attributes(
 
 
 def check_condition_inputs(names: tuple[str, ...], covariates: Path | None) -> list[str]:
-    """The covariate columns among `condition_on` names; an error when they and the table do not go together."""
-    columns = [n for n in names if n not in ("lesion", "labels")]
+    """The covariate columns among `condition_on` names; an error when they and the table do not go together.
+    ("class" is not one: its classes come from class folders, or else the table's `class` column.)"""
+    columns = [n for n in names if n not in ("lesion", "labels", "class")]
     if columns and covariates is None:
         raise LdmError(f"--condition-on {','.join(columns)} needs --covariates TABLE (a CSV with those columns)")
-    if covariates is not None and not columns:
+    if covariates is not None and not columns and "class" not in names:
         raise LdmError("--covariates needs --condition-on naming its columns, e.g. --condition-on age,sex")
     return columns
 
@@ -167,21 +168,69 @@ def conditioning_inputs(
     return attrs, known, {**rec, **record}
 
 
+def class_attributes(
+    data: PreparedData, covariates: Path | None, console=None
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """(N, K) one-hot classes, their (N, K) availability and the conditioning record, for
+    `--condition-on class`: the class folders of 2D images (DATA/CLASS/*.png), else the `class`
+    column of the covariates table (any number of levels). A case without a class is trained
+    unconditioned on it."""
+    if data.classes is not None:
+        per_case, source = list(data.classes), "folders"
+    elif covariates is not None:
+        per_case, source = read_class_column(covariates, data.case_ids), str(covariates)
+    else:
+        raise LdmError(
+            "--condition-on class needs class folders (DATA/CLASS/IMAGE) or --covariates TABLE with a class column"
+        )
+    names = sorted({c for c in per_case if c is not None})
+    if len(names) < 2:
+        raise LdmError(f"--condition-on class needs two classes at least; the data have {', '.join(names) or 'none'}")
+    onehot = np.zeros((len(per_case), len(names)), dtype=np.float32)
+    for i, c in enumerate(per_case):
+        if c is not None:
+            onehot[i, names.index(c)] = 1.0
+    known = np.repeat(np.array([[c is not None] for c in per_case], dtype=np.float32), len(names), axis=1)
+    counts = {c: per_case.count(c) for c in names}
+    if console is not None:
+        console.print(f"classes ({source}): " + ", ".join(f"{c} {k}" for c, k in counts.items()), highlight=False)
+    k = len(names)
+    record = {
+        "attributes": [f"class={c}" for c in names],
+        "mean": [0.0] * k,
+        "std": [1.0] * k,
+        "train_range": [[0.0] * k, [1.0] * k],
+        "classes": names,
+        "class_counts": counts,
+        "class_source": source,
+    }
+    return torch.from_numpy(onehot), torch.from_numpy(known), record
+
+
 def _attribute_inputs(
     data: PreparedData, names: tuple[str, ...], columns: list[str], covariates: Path | None, console=None
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, Any]]:
-    """`conditioning_inputs` for the attributes: the lesion attributes and the covariate columns."""
-    attrs, record = standardised_attributes(data) if "lesion" in names else (None, {})
-    if not columns:
-        return attrs, None, record
-    cov, known, cov_record = covariate_attributes(data, columns, covariates, console)
-    if attrs is None:
-        return cov, known, cov_record
-    merged = {**record, **cov_record}  # lesion attributes first, then the columns
+    """`conditioning_inputs` for the attributes: the lesion attributes, the covariate columns and
+    the classes, in that order."""
+    parts = []
+    if "lesion" in names:
+        attrs, record = standardised_attributes(data)
+        parts.append((attrs, None, record))
+    if columns:
+        parts.append(covariate_attributes(data, columns, covariates, console))
+    if "class" in names:
+        parts.append(class_attributes(data, covariates, console))
+    if len(parts) == 1:
+        return parts[0]
+    merged: dict[str, Any] = {}
+    for _, _, record in parts:
+        merged.update(record)
     for key in ("attributes", "mean", "std"):
-        merged[key] = [*record[key], *cov_record[key]]
-    merged["train_range"] = [[*record["train_range"][i], *cov_record["train_range"][i]] for i in (0, 1)]
-    return torch.cat([attrs, cov], 1), torch.cat([torch.ones_like(attrs), known], 1), merged
+        merged[key] = [v for _, _, record in parts for v in record[key]]
+    merged["train_range"] = [[v for _, _, r in parts for v in r["train_range"][i]] for i in (0, 1)]
+    attrs = torch.cat([a for a, _, _ in parts], 1)
+    known = torch.cat([torch.ones_like(a) if k is None else k for a, k, _ in parts], 1)
+    return attrs, known, merged
 
 
 class DenoiserTrainer(Trainer):
@@ -230,7 +279,8 @@ class DenoiserTrainer(Trainer):
         self.label_channels = int(cond_cfg.get("label_channels", 0))  # mask-to-image: the map as input channels
         self.labels = data.labels if self.label_channels else None  # (N, D, H, W) uint8
         self.latent_factor = data.images.shape[-1] // latents.shape[-1]
-        self.model = LatentDenoiser(model_cfg, latents.shape[1], n_attributes, self.label_channels)
+        dims = int(ae_config.get("image_dims", 3) or 3)  # 2D images: a 2D UNet on (N, L, 1, h, w)
+        self.model = LatentDenoiser(model_cfg, latents.shape[1], n_attributes, self.label_channels, spatial_dims=dims)
         if init is not None:
             transfer_weights(self.model, init[0], init[3])
         self.model = self.model.to(device)
@@ -269,6 +319,7 @@ class DenoiserTrainer(Trainer):
             "train_cases": [data.case_ids[i] for i in train_idx],
             "seed": seed,
             **({} if init is None else {"init_sha256": init[2]}),
+            **({"image_dims": 2} if dims == 2 else {}),
         }
 
     def snr_weight(self, t: torch.Tensor) -> torch.Tensor:

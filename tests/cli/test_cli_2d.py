@@ -1,0 +1,187 @@
+"""2D images end to end: train-ae → train-ldm (a 2D denoiser) → sample PNG / DICOM, class
+conditioning from class folders or a labels table, and the one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from ldmtool.cli.main import main
+from ldmtool.models.checkpoint import load_checkpoint
+from ldmtool.models.loaders import load_denoiser
+
+TINY_YAML = Path(__file__).resolve().parents[2] / "examples" / "tiny.yaml"
+TINY = ("--config", TINY_YAML, "--steps", 2)
+
+
+def _images(root, classes=("normal", "pneumonia"), n=4, size=16):
+    """Class folders of 8-bit grey blobs: left blob for the first class, right for the second."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    for k, cls in enumerate(classes):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            blob = 120 * np.exp(-((yy - size / 2) ** 2 + (xx - (4 + 8 * k)) ** 2) / 8)
+            img = (60 + blob + rng.normal(0, 4, (size, size))).clip(0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / cls / f"{i:03d}.png")
+    return root
+
+
+def _run(*args):
+    assert main(["--quiet", *map(str, args)]) == 0, args
+
+
+@pytest.fixture(scope="module")
+def trained2d(tmp_path_factory):
+    root = tmp_path_factory.mktemp("twod")
+    data = _images(root / "data")
+    _run("train-ae", data, "--out", root / "AE", "--config", TINY_YAML, "--intensity", "ct_window",
+         "--ct-window", "127.5,255", "--steps", 2)  # fmt: skip
+    _run("train-ldm", data, "--ae", root / "AE", "--out", root / "LDM", "--condition-on", "class", *TINY)
+    return root
+
+
+def test_checkpoints_say_2d(trained2d):
+    _, ae_cfg = load_checkpoint(trained2d / "AE")
+    assert ae_cfg["image_dims"] == 2 and ae_cfg["image_format"] == "png" and ae_cfg["image_dtype"] == "uint8"
+    assert ae_cfg["volume_shape"] == [16, 16, 1] and ae_cfg["modality"] == "OT"
+    model, cfg = load_denoiser(trained2d / "LDM" / "model.safetensors", "cpu")
+    assert cfg["image_dims"] == 2 and model.unet.conv_in.spatial_dims == 2
+    assert cfg.conditioning["classes"] == ["normal", "pneumonia"]
+    assert cfg.attributes == ["class=normal", "class=pneumonia"]
+
+
+def test_sample_png_per_class(trained2d, cli):
+    out = trained2d / "S"
+    r = cli("sample", "--ae", trained2d / "AE", "--ldm", trained2d / "LDM", "--out", out, "--n", 2, "--steps", 2,
+            "--class", "pneumonia", "--guidance", 2)  # fmt: skip
+    assert r.code == 0, r.both
+    for k in range(2):
+        img = np.asarray(Image.open(out / "imagesTr" / f"synth_{k:05d}_0000.png"))
+        assert img.shape == (16, 16) and img.dtype == np.uint8
+    prov = json.loads((out / "provenance" / "synth_00000.json").read_text())
+    assert prov["conditions"] == {"class": "pneumonia"} and prov["format"] == "png"
+    assert json.loads((out / "dataset.json").read_text())["file_ending"] == ".png"
+    r = cli("sample", "--ae", trained2d / "AE", "--ldm", trained2d / "LDM", "--out", trained2d / "S2", "--n", 1,
+            "--steps", 1, "--condition", "class=normal")  # fmt: skip
+    assert r.code == 0, r.both
+
+
+def test_sample_dicom_2d(trained2d, cli):
+    out = trained2d / "D"
+    r = cli("sample", "--ae", trained2d / "AE", "--ldm", trained2d / "LDM", "--out", out, "--n", 1, "--steps", 1,
+            "--format", "dicom", "--class", "normal")  # fmt: skip
+    assert r.code == 0, r.both
+    ds = pydicom.dcmread(out / "dicom" / "synth_00000.dcm")
+    assert (ds.Rows, ds.Columns) == (16, 16) and "SYNTHETIC" in ds.SeriesDescription and ds.PatientID == "SYNTHETIC"
+
+
+def test_unknown_class_is_one_line(trained2d, cli):
+    r = cli("sample", "--ae", trained2d / "AE", "--ldm", trained2d / "LDM", "--out", trained2d / "E", "--n", 1,
+            "--steps", 1, "--class", "covid")  # fmt: skip
+    lines = r.error_lines()
+    assert r.code == 1 and len(lines) == 1 and "unknown class 'covid'" in lines[0] and "normal, pneumonia" in lines[0]
+
+
+def test_classes_from_a_labels_table(trained2d, tmp_path):
+    """A flat folder of images with a CSV of classes (more than two levels is fine)."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    rows = ["case,class"]
+    for i, src in enumerate(sorted((trained2d / "data").rglob("*.png"))):
+        (flat / f"img{i}.png").write_bytes(src.read_bytes())
+        rows.append(f"img{i},{('a', 'b', 'c')[i % 3]}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    _run("train-ldm", flat, "--ae", trained2d / "AE", "--out", tmp_path / "LDM", "--condition-on", "class",
+         "--covariates", tmp_path / "labels.csv", *TINY)  # fmt: skip
+    _, cfg = load_checkpoint(tmp_path / "LDM")
+    assert cfg["conditioning"]["classes"] == ["a", "b", "c"]
+
+
+def test_rgb_where_grey_is_trained_is_one_line(tmp_path, cli):
+    data = _images(tmp_path / "data", classes=("x",), n=2)
+    rgb = np.zeros((16, 16, 3), dtype=np.uint8)
+    rgb[..., 0] = 200
+    Image.fromarray(rgb).save(data / "x" / "colour.png")
+    r = cli("train-ae", data, "--out", tmp_path / "AE", *TINY)
+    lines = r.error_lines()
+    assert r.code == 1 and len(lines) == 1 and "colour.png is a colour image" in lines[0], r.both
+    assert "Traceback" not in r.both
+
+
+def test_default_intensity_keeps_8bit_scale(tmp_path):
+    from ldmtool.data.prepared import default_intensity
+
+    data = _images(tmp_path / "data", classes=("x",), n=1)
+    assert default_intensity(data) == {"intensity": "ct_window", "ct_window": [127.5, 255.0]}
+
+
+def _dx(path, pixels):
+    """A DX radiograph with identifiers (synthetic outputs must carry none of them)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientName, ds.PatientID, ds.InstitutionName = "DX", "Doe^Jane", "MRN12345", "St Elsewhere"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit, ds.PixelRepresentation = 15, 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_dicom_radiographs_round_trip(tmp_path):
+    """2D DICOM in → one synthetic DICOM file per sample out, Modality and spacing kept, no identifiers."""
+    data = tmp_path / "dx"
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        _dx(data / f"r{i}.dcm", rng.integers(500, 3000, (16, 16)))
+    _run("train-ae", data, "--out", tmp_path / "AE", *TINY)
+    _run("train-ldm", data, "--ae", tmp_path / "AE", "--out", tmp_path / "LDM", *TINY)
+    _run("sample", "--ae", tmp_path / "AE", "--ldm", tmp_path / "LDM", "--out", tmp_path / "S", "--n", 1, "--steps", 1)
+    ds = pydicom.dcmread(tmp_path / "S" / "dicom" / "synth_00000.dcm")
+    assert ds.Modality == "DX" and [float(v) for v in ds.PixelSpacing] == [0.5, 0.5]
+    text = str(ds)
+    assert not any(v in text for v in ("Doe^Jane", "MRN12345", "St Elsewhere"))
+
+
+def test_nnunet_2d_with_labels(tmp_path):
+    """imagesTr/CASE_0000.png + labelsTr/CASE.png: image + label PNGs sampled together."""
+    root = tmp_path / "ds"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    yy, xx = np.mgrid[:16, :16]
+    for i in range(6):
+        mask = ((yy - 8) ** 2 + (xx - 5 - i) ** 2 < 12).astype(np.uint8)
+        Image.fromarray((50 + 150 * mask).astype(np.uint8)).save(root / "imagesTr" / f"c{i}_0000.png")
+        Image.fromarray(mask).save(root / "labelsTr" / f"c{i}.png")
+    info = {"channel_names": {"0": "X-ray"}, "labels": {"background": 0, "lesion": 1}, "file_ending": ".png"}
+    (root / "dataset.json").write_text(json.dumps(info))
+    _run("train-ae", root, "--out", tmp_path / "AE", *TINY)
+    _run("train-ldm", root, "--ae", tmp_path / "AE", "--out", tmp_path / "LDM", *TINY)
+    _run("sample", "--ae", tmp_path / "AE", "--ldm", tmp_path / "LDM", "--out", tmp_path / "S", "--n", 1, "--steps", 1)
+    label = np.asarray(Image.open(tmp_path / "S" / "labelsTr" / "synth_00000.png"))
+    assert label.shape == (16, 16) and set(np.unique(label)) <= {0, 1}
+
+
+def test_2d_data_on_a_3d_autoencoder_is_one_line(trained, tmp_path, cli):
+    data = _images(tmp_path / "data", classes=("x",), n=2)
+    r = cli("train-ldm", data, "--ae", trained.ae, "--out", tmp_path / "L", *TINY)
+    lines = r.error_lines()
+    assert (
+        r.code == 1 and len(lines) == 1 and "holds 2D images but the autoencoder was trained on 3D volumes" in lines[0]
+    )
