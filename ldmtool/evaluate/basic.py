@@ -19,10 +19,9 @@ def volume_stats(image: np.ndarray, label: np.ndarray | None, lesion: int | None
     slice_mad: mean absolute difference between adjacent slices along K (slice-to-slice coherence).
     """
     image = np.asarray(image, dtype=np.float64)
-    out = {
-        "mean_intensity": float(image.mean()),
-        "slice_mad": float(np.abs(np.diff(image, axis=2)).mean()),
-    }
+    out = {"mean_intensity": float(image.mean())}
+    if image.ndim == 3 and image.shape[2] > 1:  # a 2D image (one slice) has no neighbouring slices
+        out["slice_mad"] = float(np.abs(np.diff(image, axis=2)).mean())
     if label is not None:
         label = np.asarray(label)
         out["head_fraction"] = float((label > 0).mean())
@@ -38,26 +37,19 @@ def volume_stats(image: np.ndarray, label: np.ndarray | None, lesion: int | None
 
 
 def folder_stats(folder: Path) -> tuple[list[dict[str, float]], dict]:
-    """Per-volume statistics of an nnU-Net style folder (imagesTr/*_0000.nii.gz + labelsTr/)."""
-    import json
-
+    """Per-case statistics of a data set in any layout ldmtool reads (nnU-Net imagesTr/ + labelsTr/,
+    a folder of volumes or 2D images; NIfTI, DICOM, PNG/JPEG/TIFF)."""
     from ldmtool.data.lesions import lesion_class
-    from ldmtool.io import read_nifti
+    from ldmtool.io import load_dataset
 
-    folder = Path(folder)
-    images = sorted((folder / "imagesTr").glob("*_0000.nii.gz"))
-    if not images:
-        raise LdmError(f"no volumes found in {folder}/imagesTr")
-    labels = {}
-    if (folder / "dataset.json").is_file():
-        labels = json.loads((folder / "dataset.json").read_text()).get("labels") or {}
+    ds = load_dataset(Path(folder))
+    if not ds.cases:
+        raise LdmError(f"no volumes or images found in {folder}")
+    labels = dict(ds.label_names)
     lesion = lesion_class(labels) if len(labels) > 1 else None
     rows, affines = [], []
-    for path in images:
-        case = path.name[: -len("_0000.nii.gz")]
-        img = read_nifti(path)
-        lab_path = folder / "labelsTr" / f"{case}.nii.gz"
-        lab = read_nifti(lab_path) if lab_path.is_file() else None
+    for case in ds.cases:
+        img, lab = ds.read(case)
         rows.append(volume_stats(img.array, None if lab is None else lab.array, lesion))
         affines.append((img.affine, None if lab is None else lab.affine))
     return rows, {"labels": labels, "affines": affines}

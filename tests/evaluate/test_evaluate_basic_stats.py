@@ -1,6 +1,7 @@
 """Per-volume statistics of `ldmtool stats` on label maps with known answers."""
 
 import numpy as np
+import pytest
 
 from ldmtool.evaluate.basic import volume_stats
 
@@ -25,3 +26,19 @@ def test_no_lesion():
     label = np.ones((8, 8, 4), dtype=np.uint8)
     s = volume_stats(np.ones((8, 8, 4)), label, lesion=2)
     assert s["lesion_present"] == 0.0 and "lesion_inside" not in s and "lesion_components" not in s
+
+
+def test_compare_folders_reads_2d_images(tmp_path):
+    from PIL import Image
+
+    from ldmtool.evaluate.basic import compare_folders
+
+    base = np.random.default_rng(0).integers(0, 100, size=(3, 20, 24)) * 2
+    for name, scale in (("real", 2), ("syn", 1)):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.fromarray((base[i] * scale // 2).astype(np.uint8)).save(tmp_path / name / f"case{i}.png")
+    rows = {r[0]: r for r in compare_folders(tmp_path / "real", tmp_path / "syn")}
+    _, real_mean, syn_mean, _, ok = rows["mean intensity"]
+    assert syn_mean == pytest.approx(real_mean / 2) and ok is False
+    assert np.isnan(rows["adjacent-slice mean abs difference"][1])  # one slice: no neighbours
