@@ -29,14 +29,11 @@ they are not run by this script.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
 import sys
 import tempfile
-import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,26 +42,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from _commands import run_logged  # noqa: E402
 from _results import RESULTS_DIR, commit, recorded  # noqa: E402
-
-from ldmtool.cli.main import main as ldmtool_main  # noqa: E402
 
 LOG: list[Path] = []  # where the commands' own output goes (the work folder's ldmtool.log)
 
 
 def ldmtool(*args) -> None:
-    """Run one `ldmtool` command in this process, its output to the log; an error if it fails."""
-    t0 = time.perf_counter()
-    with open(LOG[0], "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-        print("$ ldmtool " + " ".join(map(str, args)), flush=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            code = ldmtool_main(["--quiet", *[str(a) for a in args]])
-    if code != 0:
-        tail = "\n".join(LOG[0].read_text().splitlines()[-5:])
-        raise SystemExit(f"ldmtool {' '.join(map(str, args))} failed (exit {code}); last lines of {LOG[0]}:\n{tail}")
-    name = next(a for a in map(str, args) if not a.startswith("-") and not a.isdigit())
-    print(f"  ldmtool {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    """Run one `ldmtool` command in this process, its output to the work folder's log."""
+    run_logged(LOG[0], *args)
 
 
 def split(data: Path, test: Path, n_test: int) -> list[str]:

@@ -25,11 +25,9 @@ a model of the full split add to a small labelled subset, not a generator traine
 from __future__ import annotations
 
 import argparse
-import contextlib
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from _commands import run_logged  # noqa: E402
 from _results import RESULTS_DIR, commit, recorded  # noqa: E402
-
-from ldmtool.cli.main import main as ldmtool_main  # noqa: E402
 
 CLASSES = ("normal", "pneumonia")
 LOG: list[Path] = []  # where the commands' own output goes (the work folder's ldmtool.log)
@@ -76,18 +73,8 @@ ldm_train:
 
 
 def ldmtool(*args) -> None:
-    """Run one `ldmtool` command in this process, its output to the log; an error if it fails."""
-    t0 = time.perf_counter()
-    with open(LOG[0], "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-        print("$ ldmtool " + " ".join(map(str, args)), flush=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            code = ldmtool_main(["--quiet", *[str(a) for a in args]])
-    if code != 0:
-        tail = "\n".join(LOG[0].read_text().splitlines()[-5:])
-        raise SystemExit(f"ldmtool {' '.join(map(str, args))} failed (exit {code}); last lines of {LOG[0]}:\n{tail}")
-    name = next(a for a in map(str, args) if a in ("train-ae", "train-ldm", "sample"))
-    print(f"  ldmtool {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    """Run one `ldmtool` command in this process, its output to the work folder's log."""
+    run_logged(LOG[0], *args)
 
 
 def write_pngs(images: np.ndarray, labels: np.ndarray, root: Path) -> None:

@@ -108,6 +108,18 @@ def _pixel_module(ds: Dataset, stored: np.ndarray) -> None:
     ds.PixelRepresentation = 1 if stored.dtype == np.int16 else 0
 
 
+def _new_instance(ds: Dataset, sop_class_uid: str) -> None:
+    """Give `ds` a fresh SOP Instance UID and the file meta of an uncompressed Part 10 file."""
+    sop_uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+    ds.SOPInstanceUID = sop_uid
+
+
 def _base_dataset(modality: str, description: str, uids: dict, now: _dt.datetime) -> Dataset:
     """The attributes shared by every slice of the series (patient, study, series, equipment)."""
     ds = Dataset()
@@ -166,14 +178,7 @@ def _slice_dataset(
     """One slice: a copy of ``base`` plus its UID, position and pixel data."""
     ds = Dataset()
     ds.update(base)
-    sop_uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = base.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.file_meta = meta
-    ds.SOPInstanceUID = sop_uid
+    _new_instance(ds, base.SOPClassUID)
     ds.InstanceNumber = k + 1
     position = geo["origin"] + k * geo["step"]
     ds.ImagePositionPatient = [_ds(v) for v in position]

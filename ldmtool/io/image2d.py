@@ -211,10 +211,9 @@ def write_dicom_2d(
     series description, ImageType DERIVED\\SECONDARY, nothing from any source file); Modality is
     the training data's (CR, DX, MG, OT, ...), PixelSpacing the volume's; no patient position
     (a projection image). Returns the path."""
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
-    from ldmtool.io.dicom_write import _base_dataset, _ds, _pixel_module, _quantise
+    from ldmtool.io.dicom_write import _base_dataset, _ds, _new_instance, _pixel_module, _quantise
 
     values = picture(volume)
     if "SYNTHETIC" not in series_description.upper():
@@ -224,14 +223,7 @@ def write_dicom_2d(
     ds = _base_dataset("OT", series_description[:64], uids, _dt.datetime.now())
     del ds.FrameOfReferenceUID, ds.PositionReferenceIndicator  # a projection image has no patient frame
     ds.Modality = (modality or "OT").upper()[:16]
-    sop_uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.file_meta = meta
-    ds.SOPInstanceUID = sop_uid
+    _new_instance(ds, ds.SOPClassUID)
     ds.InstanceNumber = 1
     ds.PatientOrientation = ""
     col_spacing, row_spacing = volume.spacing[:2]
