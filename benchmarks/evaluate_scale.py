@@ -48,7 +48,9 @@ def _write(vol: np.ndarray, path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(np.clip(vol * 255, 0, 255).astype(np.uint8), np.diag([1.0, 1.0, 1.0, 1.0]))
-    nib.save(img, str(path))
+    tmp = path.with_name(path.name.replace(".nii.gz", ".partial.nii.gz"))
+    nib.save(img, str(tmp))
+    tmp.replace(path)  # a killed run leaves no truncated volume under the final name
 
 
 def build_sets(ixi: Path, work: Path, shape: tuple[int, ...], n_train: list[int], n_syn: list[int], n_real: int):
