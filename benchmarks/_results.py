@@ -162,3 +162,15 @@ def recorded(name: str, enabled: bool = True, directory: Path | None = None) -> 
     if body.strip():
         path = write_results(name, body, argv, directory)
         print(f"results: {path}", file=sys.stderr)
+
+
+def save_figure(src: Path, name: str) -> str:
+    """Copy a run's figure next to the results files as NAME-COMMIT.png; its path relative to the
+    repository (absolute when the results folder lies outside it)."""
+    import shutil
+
+    folder = Path(os.environ.get("LDMTOOL_RESULTS_DIR") or RESULTS_DIR)
+    dst = folder / f"{name}-{commit()[:7]}.png"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src, dst)
+    return str(dst.relative_to(REPO)) if dst.is_relative_to(REPO) else str(dst)

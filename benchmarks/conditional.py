@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -43,7 +42,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _commands import run_logged  # noqa: E402
-from _results import RESULTS_DIR, commit, recorded  # noqa: E402
+from _results import recorded, save_figure  # noqa: E402
 
 LOG: list[Path] = []  # where the commands' own output goes (the work folder's ldmtool.log)
 
@@ -164,11 +163,7 @@ def _f(v, fmt: str = ".3f") -> str:
 
 def save_png(src: Path, tag: str) -> str:
     """Copy a montage next to the results files; returns its path relative to the repository."""
-    folder = Path(os.environ.get("LDMTOOL_RESULTS_DIR") or RESULTS_DIR)
-    dst = folder / f"conditional-{tag}-{commit()[:7]}.png"
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(src, dst)
-    return str(dst.relative_to(REPO)) if dst.is_relative_to(REPO) else str(dst)
+    return save_figure(src, f"conditional-{tag}")
 
 
 def run(args, work: Path) -> None:

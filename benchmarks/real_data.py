@@ -61,7 +61,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._results import RESULTS_DIR, commit, recorded  # noqa: E402
+from benchmarks._results import recorded, save_figure  # noqa: E402
 
 PARTS = ("ixi", "impute", "age", "hippo-seg", "augment")
 
@@ -129,11 +129,7 @@ def link_subset(src: Path, dst: Path, ids: list[str]) -> Path:
 
 def save_png(src: Path, tag: str) -> str:
     """Copy a montage next to the results files; returns its path relative to the repository."""
-    folder = Path(os.environ.get("LDMTOOL_RESULTS_DIR") or RESULTS_DIR)
-    dst = folder / f"real_data-{tag}-{commit()[:7]}.png"
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(src, dst)
-    return str(dst.relative_to(REPO)) if dst.is_relative_to(REPO) else str(dst)
+    return save_figure(src, f"real_data-{tag}")
 
 
 def fmt(x, nd: int = 3) -> str:
