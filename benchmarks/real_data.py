@@ -184,6 +184,11 @@ def coherence_per_view(syn_dir: Path, real_dir: Path) -> dict[str, dict[str, flo
     return out
 
 
+def ldm_steps(ldm: Path) -> int | None:
+    """Optimisation steps of the latent denoiser a train-ldm output holds."""
+    return (json.loads((ldm / "config.json").read_text()).get("metrics") or {}).get("step")
+
+
 def ixi_part(args, run: Runner, work: Path) -> dict:
     src = args.data / "ixi_t1_2mm"
     train_ids, test_ids = split(cases_of(src), 48, args.split_seed)
@@ -194,7 +199,7 @@ def ixi_part(args, run: Runner, work: Path) -> dict:
     )
     train = link_subset(src, work / "train", train_ids)
     t = {}
-    cfg = REPO / "examples" / "ixi_cpu.yaml"
+    cfg = args.ixi_config
     sp = ",".join([f"{args.ixi_spacing:g}"] * 3)
     ae, ldm, samples = work / "ae", work / "ldm", work / "samples"
     if args.ixi_ae:  # an autoencoder trained earlier (same data split and config), e.g. on a GPU
@@ -243,6 +248,7 @@ def ixi_part(args, run: Runner, work: Path) -> dict:
         "samples": rep,
         "floor": floor,
         "coherence": coherence_per_view(samples, heldout),
+        "ldm_steps": ldm_steps(ldm),
         "montages": {
             "samples": save_png(samples / "montage.png", "ixi-samples"),
             "evaluate": save_png(work / "report" / "figures" / "montage.png", "ixi-vs-real"),
@@ -289,7 +295,8 @@ def ixi_report(res: dict, args) -> None:
     print("|---|---|---|---|")
     for view, v in res["coherence"].items():
         print(f"| {view} | {v['real']:.4f} | {v['synthetic']:.4f} | {v['ratio']:.2f} |")
-    print(f"\nseconds: {json.dumps({k: round(v) for k, v in res['seconds'].items()})}")
+    print(f"\nconfig: {args.ixi_config}; LDM steps: {res['ldm_steps']}")
+    print(f"seconds: {json.dumps({k: round(v) for k, v in res['seconds'].items()})}")
     print(f"montages: {res['montages']['samples']}, {res['montages']['evaluate']}")
 
 
@@ -386,7 +393,7 @@ def age_part(args, run: Runner, work: Path) -> dict:
     train_ids, test_ids = split(cases_of(src), 48, args.split_seed)
     print(f"\n## IXI age conditioning: {len(train_ids)} train brains (split seed {args.split_seed})", flush=True)
     train = link_subset(src, work / "train", train_ids)
-    cfg = REPO / "examples" / "ixi_cpu.yaml"
+    cfg = args.ixi_config
     sp = ",".join([f"{args.ixi_spacing:g}"] * 3)
     ae, ldm, t = work / "ae", work / "ldm", {}
     if args.age_ae:
@@ -427,11 +434,10 @@ def age_part(args, run: Runner, work: Path) -> dict:
             "synthetic_mean_at": {a: float(g.mean()) for a, g in groups.items()},
             "inside": bool(r["low"] <= s["slope"] <= r["high"]),
         }
-    ckpt = json.loads((ldm / "config.json").read_text())
     return {
         "split": {"train": train_ids},
         "seconds": t,
-        "ldm_steps": (ckpt.get("metrics") or {}).get("step"),
+        "ldm_steps": ldm_steps(ldm),
         "summary": summary,
         "real": real,
         "synthetic": synthetic,
@@ -757,6 +763,12 @@ def parse(argv=None):
     p.add_argument("--ixi-ldm-minutes", type=float, default=35.0)
     p.add_argument("--ixi-samples", type=int, default=32)
     p.add_argument("--ixi-ae", type=Path, default=None, help="reuse this train-ae output instead of training one")
+    p.add_argument(
+        "--ixi-config",
+        type=Path,
+        default=REPO / "examples" / "ixi_cpu.yaml",
+        help="ldmtool config of the ixi and age parts [examples/ixi_cpu.yaml]",
+    )
     p.add_argument("--age-ae-minutes", type=float, default=15.0)
     p.add_argument("--age-ldm-minutes", type=float, default=30.0)
     p.add_argument("--age-samples", type=int, default=16, help="samples per requested age")
