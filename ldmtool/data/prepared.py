@@ -95,10 +95,11 @@ class PreparedData:
     channel_ranges: list[tuple[tuple[float, float], ...]] = field(default_factory=list)  # per case, per channel
 
     def channel_intensity_ranges(self) -> list[tuple[float, float]]:
-        """Per channel, the mean over cases of the source intensities mapped to the normalised range."""
+        """Per channel, the mean over cases of the source intensities mapped to the normalised range
+        (over the cases that have the channel)."""
         per_case = self.channel_ranges or [(r,) for r in self.intensity_ranges]
         return [
-            (float(np.mean([r[c][0] for r in per_case])), float(np.mean([r[c][1] for r in per_case])))
+            (float(np.nanmean([r[c][0] for r in per_case])), float(np.nanmean([r[c][1] for r in per_case])))
             for c in range(len(per_case[0]))
         ]
 

@@ -306,21 +306,33 @@ def preprocess_case(
 def _preprocess_channels(
     image: Volume, label: Volume | None, cfg: PreprocessConfig, missing: np.ndarray | None
 ) -> PreprocessedCase:
-    """`preprocess_case` of an (I, J, K, C) image: channel by channel, stacked on a trailing axis."""
+    """`preprocess_case` of an (I, J, K, C) image: channel by channel, stacked on a trailing axis.
+    A channel whose voxels are all missing (a contrast not acquired) comes out as zeros, all
+    missing, with the intensity range (NaN, NaN)."""
     arr = np.asarray(image.array)
     if missing is not None:
         missing = np.asarray(missing, dtype=bool)
         if missing.shape not in (arr.shape, arr.shape[:3]):
             raise LdmError(f"missing-voxel mask shape {missing.shape} does not match image shape {arr.shape[:3]}")
         missing = np.broadcast_to(missing.reshape(*arr.shape[:3], -1), arr.shape)
+    acquired = [c for c in range(arr.shape[3]) if missing is None or not missing[..., c].all()]
+    if not acquired:
+        raise LdmError("every voxel of the image is missing")
     parts = []
     for c in range(arr.shape[3]):
+        src = c if c in acquired else acquired[0]  # a channel missing altogether: another one's geometry
         try:
-            parts.append(
-                preprocess_case(image.with_array(arr[..., c]), label, cfg, None if missing is None else missing[..., c])
+            part = preprocess_case(
+                image.with_array(arr[..., src]), label, cfg, None if missing is None else missing[..., src]
             )
         except LdmError as exc:
             raise LdmError(f"channel {c:04d}: {exc}") from None
+        if src != c:  # every voxel missing, its intensity range unknown (NaN)
+            gone = part.missing.with_array(np.ones_like(part.missing.array))
+            part = PreprocessedCase(
+                part.image.with_array(np.zeros_like(part.image.array)), part.label, (np.nan,) * 2, gone
+            )
+        parts.append(part)
     first = parts[0]
     stacked = np.stack([p.image.array for p in parts], axis=-1)
     out_missing = None

@@ -251,9 +251,7 @@ class AutoencoderTrainer(Trainer):
             "depth": d,
             "volume_shape": list(data.volume_shape),
             "reference_affine": np.asarray(data.affines[0]).tolist(),
-            "intensity_range": [float(np.mean([r[0] for r in ranges])), float(np.mean([r[1] for r in ranges]))]
-            if ranges
-            else None,
+            "intensity_range": list(data.channel_intensity_ranges()[0]) if ranges else None,
             "missing_fraction": data.missing_fraction,
             "missing_rate": missing_rate,  # simulated MCAR rate (train-ldm draws the same masks by default)
             "train_cases": self.train.case_ids,
