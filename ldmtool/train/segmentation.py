@@ -66,8 +66,12 @@ def check_segmentation_data(data: PreparedData, model_cfg: SegModelConfig) -> No
         raise LdmError("train-seg needs labels (imagesTr/ + labelsTr/)")
     if data.num_classes < 2:
         raise LdmError("train-seg needs at least one foreground class (dataset.json labels or --labels)")
+    if data.channels > 1:
+        raise LdmError(
+            f"train-seg trains on one image channel; these data have {data.channels} ({', '.join(data.channel_names)})"
+        )
     mult = size_multiple(model_cfg)
-    d, h, w = data.images.shape[1:]
+    d, h, w = data.grid
     if model_cfg.dims == 3 and min(d, h, w) < mult:
         raise LdmError(
             f"volumes of {d}×{h}×{w} (slices × rows × columns) are too small for this 3D model "

@@ -164,3 +164,32 @@ def test_checkpoint_without_channel_fields_loads_as_one_channel(trained, tmp_pat
     path = save_checkpoint(tmp_path / "old.safetensors", tensors, old)
     ae, checked = load_autoencoder(path, "cpu")
     assert ae.image_channels == 1 and checked.image_channels == 1 and checked.channel_names == ["image"]
+
+
+def test_two_channel_png_images(cli, tmp_path):
+    """nnU-Net's 2D layout with two channel files per case: samples are one PNG per channel."""
+    from PIL import Image
+
+    root = tmp_path / "d"
+    (root / "imagesTr").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:16, :16]
+    for i in range(6):
+        blob = np.exp(-((yy - 8) ** 2 + (xx - 4 - i) ** 2) / 8)
+        a = (60 + 120 * blob + rng.normal(0, 4, (16, 16))).clip(0, 255).astype(np.uint8)  # bright blob
+        b = (200 - 120 * blob + rng.normal(0, 4, (16, 16))).clip(0, 255).astype(np.uint8)  # the same blob dark
+        Image.fromarray(a).save(root / "imagesTr" / f"c{i}_0000.png")
+        Image.fromarray(b).save(root / "imagesTr" / f"c{i}_0001.png")
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "a", "1": "b"}, "file_ending": ".png"}))
+    steps = ("--config", TINY_YAML, "--steps", 2)
+    _must("train-ae", root, "--out", tmp_path / "AE", *steps)
+    _must("train-ldm", root, "--ae", tmp_path / "AE", "--out", tmp_path / "LDM", *steps)
+    r = cli(
+        "sample", "--ae", tmp_path / "AE", "--ldm", tmp_path / "LDM", "--out", tmp_path / "S", "--n", 2, "--steps", 2
+    )
+    assert r.code == 0, r.both
+    names = sorted(p.name for p in (tmp_path / "S" / "imagesTr").iterdir())
+    assert names == ["synth_00000_0000.png", "synth_00000_0001.png", "synth_00001_0000.png", "synth_00001_0001.png"]
+    png = np.asarray(Image.open(tmp_path / "S" / "imagesTr" / "synth_00001_0001.png"))
+    assert png.shape == (16, 16) and png.dtype == np.uint8
+    assert load_dataset(tmp_path / "S").channel_list == ["a", "b"]
