@@ -336,6 +336,31 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
     return _load_folder(p)
 
 
+def case_channel_files(source: Path, names: list[str], absent: int | None = None, hint: str = "") -> list[Path]:
+    """The input file of every channel of a model with channels `names`: `source` for one channel;
+    for several, nnU-Net's CASE_0000, CASE_0001, ... beside `source` (which is one of them). Each
+    must exist but that of channel `absent` (missing altogether), else an LdmError naming the case
+    and channel (`hint` appended, "{name}" the channel's name)."""
+    source = Path(source)
+    if len(names) == 1:
+        return [source]
+    stem = _volume_id(source.name)
+    m = _CHANNEL_RE.match(stem)
+    if not m or not source.is_file():
+        raise LdmError(
+            f"{source}: the model takes {len(names)} channels ({', '.join(names)}); give one file of a case "
+            "named CASE_0000.nii.gz, its other channels beside it as CASE_0001.nii.gz, ..."
+        )
+    ending = source.name[len(stem) :]
+    files = [source.parent / f"{m['case']}_{c:04d}{ending}" for c in range(len(names))]
+    for c, f in enumerate(files):
+        if c != absent and not f.exists():
+            raise LdmError(
+                f"case {m['case']} has no channel {c:04d} ({names[c]}) file (expected {f})" + hint.format(name=names[c])
+            )
+    return files
+
+
 def _as_label_array(label: Volume, case_id: str) -> np.ndarray:
     """Label values as an integer array; LdmError for non-integer values."""
     data = label.array

@@ -329,11 +329,25 @@ class SegmenterCheckpoint(_DictView):
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # other keys, and optional ones as stored
     kind: str = "segmenter"
 
+    @property
+    def channel_names(self) -> list[str]:
+        """The image channels it reads together, in order (["image"] for checkpoints without the field)."""
+        n = int(self.extra.get("image_channels") or 1)
+        return list(
+            self.extra.get("channel_names") or (["image"] if n == 1 else [f"channel_{c:04d}" for c in range(n)])
+        )
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "segmenter checkpoint") -> SegmenterCheckpoint:
         f = _Fields(data, source, "segmenter")
         f.kind("segmenter")
         f.get("label_names")  # required: the names of the output classes
+        n_channels = data.get("image_channels", 1)
+        names = data.get("channel_names")
+        if isinstance(n_channels, bool) or not isinstance(n_channels, int) or not 1 <= n_channels <= 64:
+            raise f.fail("image_channels", f"must be a whole number in 1..64; got {_short(n_channels)}")
+        if names is not None and (not isinstance(names, list) or len(names) != n_channels):
+            raise f.fail("channel_names", f"must be a list of {n_channels} names; got {_short(names)}")
         return cls(
             model=f.typed("model", SegModelConfig),
             num_classes=f.count("num_classes"),

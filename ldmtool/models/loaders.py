@@ -121,6 +121,6 @@ def load_segmenter(path: Path, device: torch.device) -> tuple[torch.nn.Module, S
     path = resolve_checkpoint(path)
     tensors, raw = load_checkpoint(path, kind="segmenter")
     config = SegmenterCheckpoint.from_dict(raw, source=str(path))
-    model = build_segmenter(config.model, config.num_classes)
+    model = build_segmenter(config.model, config.num_classes, len(config.channel_names))
     load_weights(model, tensors, path)
     return model.to(device).eval(), config

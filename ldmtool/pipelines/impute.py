@@ -32,6 +32,7 @@ from ldmtool import __version__
 from ldmtool.config import ImputeConfig
 from ldmtool.data.prepared import slices_to_volume, volume_to_slices
 from ldmtool.errors import LdmError
+from ldmtool.io.dataset import case_channel_files
 from ldmtool.models.checkpoint import file_sha256
 from ldmtool.models.checkpoint_config import AutoencoderCheckpoint
 from ldmtool.pipelines.latent_diffusion import LatentDiffusionPipeline
@@ -202,7 +203,8 @@ def _impute(
     t0 = time.perf_counter()
     pipe = LatentDiffusionPipeline.from_pretrained(ae_path, ldm_path, device=device)
     absent = channel_index(pipe.channel_names, missing_channel)
-    files = channel_files(Path(source), pipe.channel_names, absent)
+    hint = "; give it, or --missing-channel {name} to synthesise it"
+    files = case_channel_files(Path(source), pipe.channel_names, absent, hint)
     volume, raw, gone = _read_incomplete(files, mask, slices, simulate_mcar, seed, series_uid, absent)
     image, miss, model_affine, irange = to_model_space(volume, gone, pipe.ae_config)
     if miss.all():
@@ -269,32 +271,6 @@ def channel_index(names: list[str], missing_channel: str | None) -> int | None:
     if missing_channel not in names:
         raise LdmError(f"--missing-channel {missing_channel}: the model's channels are {', '.join(names)}")
     return names.index(missing_channel)
-
-
-def channel_files(source: Path, names: list[str], absent: int | None = None) -> list[Path]:
-    """The input file of every channel: `source` for a model of one channel; for several, nnU-Net's
-    CASE_0000, CASE_0001, ... beside `source` (which is one of them). Each must exist but that of
-    the channel `absent` (missing altogether), else an LdmError naming the case and channel."""
-    from ldmtool.io.dataset import _CHANNEL_RE, _volume_id
-
-    if len(names) == 1:
-        return [source]
-    stem = _volume_id(source.name)
-    m = _CHANNEL_RE.match(stem)
-    if not m or not source.is_file():
-        raise LdmError(
-            f"{source}: this model takes {len(names)} channels ({', '.join(names)}); give one file of a case "
-            "named CASE_0000.nii.gz, its other channels beside it as CASE_0001.nii.gz, ..."
-        )
-    ending = source.name[len(stem) :]
-    files = [source.parent / f"{m['case']}_{c:04d}{ending}" for c in range(len(names))]
-    for c, f in enumerate(files):
-        if c != absent and not f.exists():
-            raise LdmError(
-                f"case {m['case']} has no channel {c:04d} ({names[c]}) file (expected {f}); "
-                f"give it, or --missing-channel {names[c]} to synthesise it"
-            )
-    return files
 
 
 def _read_incomplete(

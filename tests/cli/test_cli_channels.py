@@ -193,3 +193,25 @@ def test_two_channel_png_images(cli, tmp_path):
     png = np.asarray(Image.open(tmp_path / "S" / "imagesTr" / "synth_00001_0001.png"))
     assert png.shape == (16, 16) and png.dtype == np.uint8
     assert load_dataset(tmp_path / "S").channel_list == ["a", "b"]
+
+
+@pytest.mark.parametrize("arch_dims", [("ldseg", "2"), ("unet", "3")])
+def test_segment_reads_every_channel(two, cli, tmp_path, arch_dims):
+    arch, dims = arch_dims
+    model = tmp_path / "SEG"
+    _must("train-seg", two.data, "--out", model, "--config", TINY_YAML, "--arch", arch, "--dims", dims)
+    _, cfg = load_checkpoint(model, kind="segmenter")
+    assert cfg["image_channels"] == 2 and cfg["channel_names"] == CHANNELS
+    # a folder of channel files: one input per case (its other channels read from beside it)
+    r = cli("segment", two.data / "imagesTr", "--model", model, "--out", tmp_path / "out")
+    assert r.code == 0, r.both
+    written = sorted(p.name for p in (tmp_path / "out").glob("*_seg.nii.gz"))
+    assert written == [f"phantom_{i:03d}_seg.nii.gz" for i in range(6)]
+    seg, affine = _nii(tmp_path / "out" / "phantom_002_seg.nii.gz")
+    image, image_affine = _nii(two.data / "imagesTr" / "phantom_002_0001.nii.gz")
+    assert seg.shape == image.shape and np.allclose(affine, image_affine) and set(np.unique(seg)) <= {0, 1, 2}
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(two.data / "imagesTr" / "phantom_002_0000.nii.gz", lone)
+    _one_error(cli("segment", lone, "--model", model, "--out", tmp_path / "out2"),
+               "case phantom_002 has no channel 0001 (flair) file")  # fmt: skip
