@@ -215,3 +215,15 @@ def test_segment_reads_every_channel(two, cli, tmp_path, arch_dims):
     shutil.copy(two.data / "imagesTr" / "phantom_002_0000.nii.gz", lone)
     _one_error(cli("segment", lone, "--model", model, "--out", tmp_path / "out2"),
                "case phantom_002 has no channel 0001 (flair) file")  # fmt: skip
+
+
+def test_commands_for_one_channel_refuse_several(two, cli, tmp_path):
+    r = cli("evaluate", "--real", two.data, "--synthetic", two.samples, "--out", tmp_path / "ev", "--only", "fidelity")
+    _one_error(r, "has 2 channels per case (t1, flair)")
+    src = two.data / "imagesTr" / "phantom_000_0000.nii.gz"
+    region = np.zeros((32, 32, 16), np.uint8)
+    region[12:16, 12:16, 6:9] = 1
+    nib.save(nib.Nifti1Image(region, _nii(src)[1]), str(tmp_path / "region.nii.gz"))
+    r = cli("inpaint", src, "--region", tmp_path / "region.nii.gz", "--ae", two.ae, "--ldm", two.ldm,
+            "--out", tmp_path / "ip")  # fmt: skip
+    _one_error(r, "this model has 2 channels (t1, flair)")
