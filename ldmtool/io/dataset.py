@@ -228,7 +228,10 @@ def _channel_files(
         if channel_names
         else sorted({c for per_case in files.values() for c in per_case})
     )
-    named = lambda c: f"{c:04d}" + (f" ({channel_names[str(c)]})" if str(c) in channel_names else "")  # noqa: E731
+
+    def named(c: int) -> str:
+        return f"{c:04d}" + (f" ({channel_names[str(c)]})" if str(c) in channel_names else "")
+
     out = {}
     for case, per_case in sorted(files.items()):
         extra = sorted(set(per_case) - set(expected))
