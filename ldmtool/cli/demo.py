@@ -23,6 +23,14 @@ def demo_data(
             help="Only the first K phantoms get lesions; the others are their lesion-free twins (normal anatomy).",
         ),
     ] = None,
+    contrasts: Annotated[
+        Optional[str],
+        typer.Option(
+            "--contrasts",
+            help="Several MR contrasts per case, e.g. t1,t2,flair (of t1, t1ce, t2, flair): one file per "
+            "contrast (CASE_0000, CASE_0001, ...), the same anatomy, lesions dark in T1 and bright in FLAIR.",
+        ),
+    ] = None,
 ) -> None:
     """Write head-like phantoms with 0-3 lesions and label masks (background / head / lesion)."""
     from ldmtool.data.phantoms import write_demo_dataset
@@ -39,5 +47,6 @@ def demo_data(
         spacing=spacing_,
         seed=state.seed,
         lesion_cases=lesion_cases,
+        contrasts=None if contrasts is None else tuple(c for c in contrasts.split(",") if c.strip()),
     )
     state.console.print(f"wrote {n} phantom volumes with labels to [bold]{path}[/]")

@@ -16,7 +16,11 @@ MISSING = "What is missing"
 def impute(
     ctx: typer.Context,
     source: Annotated[
-        Path, typer.Argument(help="Incomplete volume: NIfTI file or DICOM series folder (NaN voxels count as missing).")
+        Path,
+        typer.Argument(
+            help="Incomplete volume: NIfTI file or DICOM series folder (NaN voxels count as missing); for a model "
+            "of several channels, one channel file CASE_0000.nii.gz with the others beside it (CASE_0001, ...)."
+        ),
     ],
     ae: Annotated[Path, typer.Option("--ae", help="Autoencoder checkpoint (file or folder).")],
     ldm: Annotated[Path, typer.Option("--ldm", help="Latent diffusion checkpoint (file or folder).")],
@@ -44,6 +48,15 @@ def impute(
             rich_help_panel=MISSING,
         ),
     ] = None,
+    missing_channel: Annotated[
+        Optional[str],
+        typer.Option(
+            "--missing-channel",
+            help="A channel (contrast) not acquired at all, by its name (dataset.json channel_names, e.g. flair): "
+            "synthesised from the other channels; its file need not exist.",
+            rich_help_panel=MISSING,
+        ),
+    ] = None,
     samples: Annotated[Optional[int], common.opt(ImputeConfig, "samples", "--samples")] = None,
     guidance: Annotated[Optional[float], common.opt(ImputeConfig, "guidance")] = None,
     steps: Annotated[Optional[int], common.opt(ImputeConfig, "steps")] = None,
@@ -67,7 +80,8 @@ def impute(
     Writes CASE_imputed.nii.gz (the mean of --samples imputations), CASE_missing.nii.gz (the mask
     used), CASE_std.nii.gz (with --samples above 1) and CASE_impute.json (provenance of the latest
     run; every run's is kept in runs/), all in the input's geometry, the imputed volume in the
-    input's value type. A non-empty --out that is not an earlier impute output is refused unless
+    input's value type. A model of several channels writes one file of each per channel
+    (CASE_imputed_0000.nii.gz, ...). A non-empty --out that is not an earlier impute output is refused unless
     --overwrite.
     """
     from ldmtool.config import load_yaml
@@ -97,6 +111,7 @@ def impute(
         console=state.console,
         series_uid=series,
         overwrite=overwrite,
+        missing_channel=missing_channel,
     )
     rows = {
         "input": result.source,

@@ -133,7 +133,7 @@ def train_ae(
         if prepared.image_dims == 3 and modality is not None and modality.upper() in PROJECTION_MODALITIES:
             raise LdmError(f"--modality {modality.upper()} is for 2D images; volumes are CT, MR or OT")
         factor = model_cfg.downsample
-        d, h, w = prepared.images.shape[1:]
+        d, h, w = prepared.grid
         if h % factor or w % factor:
             raise LdmError(
                 f"slice size {h}x{w} must be divisible by {factor} (the autoencoder's downsampling); set --shape"
@@ -141,7 +141,9 @@ def train_ae(
         state.console.print(
             f"{len(prepared.case_ids)} {'2D images' if prepared.image_dims == 2 else 'volumes'} of shape "
             f"{prepared.volume_shape[: prepared.image_dims]}, "
-            f"{'labels: ' + ', '.join(prepared.label_names) if prepared.labels is not None else 'no labels'}; device {device}"
+            f"{'labels: ' + ', '.join(prepared.label_names) if prepared.labels is not None else 'no labels'}; "
+            + (f"channels: {', '.join(prepared.channel_names)}; " if prepared.channels > 1 else "")
+            + f"device {device}"
             + (f"; {100 * prepared.missing_fraction:.1f}% of voxels missing" if prepared.observed is not None else "")
         )
         common.announce_scale(state, info, train_cfg.batch_size, train_cfg.lr, "slices")

@@ -99,6 +99,7 @@ def train_ldm(
             seed=state.seed,
         )
         _check_dims(data, prepared.image_dims, int(ae_cfg.get("image_dims", 3) or 3))
+        check_channels(data, prepared.channels, prepared.channel_names, ae_cfg)
         if list(prepared.volume_shape) != list(ae_cfg["volume_shape"]):
             raise LdmError(
                 f"volumes preprocess to {prepared.volume_shape} but the autoencoder was trained on {tuple(ae_cfg['volume_shape'])}"
@@ -144,6 +145,17 @@ def train_ldm(
     if "val_loss" in last:
         rows["held-out loss (EMA weights)"] = last["val_loss"]
     common.console.print(common.results_table("train-ldm", rows))
+
+
+def check_channels(data: Path, channels: int, names: list[str], ae_cfg) -> None:
+    """A one-line error when the data have another number of channels than the autoencoder was trained on."""
+    if channels != ae_cfg.image_channels:
+        from ldmtool.errors import LdmError
+
+        raise LdmError(
+            f"{data} has {channels} image channel{'s' * (channels != 1)} ({', '.join(names)}) but the autoencoder "
+            f"was trained on {ae_cfg.image_channels} ({', '.join(ae_cfg.channel_names)})"
+        )
 
 
 def _check_dims(data: Path, data_dims: int, ae_dims: int) -> None:

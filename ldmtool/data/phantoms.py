@@ -6,6 +6,11 @@ three tumour-like lesions (bright, irregular, with a slightly darker rim). Array
 voxel order: I = x (left -> right), J = y (posterior -> anterior), K = z (inferior -> superior).
 
 Labels: 0 background, 1 head (skull + brain + ventricles), 2 lesion (overrides 1).
+
+Several contrasts (`make_phantom(..., contrasts=("t1", "t2", "flair"))`): the same head, ventricles
+and lesions rendered with each contrast's tissue intensities (`CONTRASTS`), every channel with
+its own bias field and noise. Lesions are dark in T1, bright in T2 and brightest in FLAIR, where
+CSF is suppressed; T1ce adds an enhancing rim.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from ldmtool.io.atomic import atomic_write_text
 from ldmtool.io.nifti import write_nifti
 from ldmtool.io.volume import Volume
 
-__all__ = ["DEMO_DATASET_NAME", "make_phantom", "write_demo_dataset"]
+__all__ = ["CONTRASTS", "DEMO_DATASET_NAME", "make_phantom", "write_demo_dataset"]
 
 DEMO_DATASET_NAME = "ldmtool demo phantoms"
 
@@ -34,6 +39,42 @@ _CSF_GAP = 0.18
 _GREY = 0.42
 _WHITE = 0.58
 _VENTRICLE = 0.14
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """Tissue intensities of one MR contrast (arbitrary units, roughly [0, 1])."""
+
+    skull: float
+    csf: float  # the CSF gap under the skull
+    grey: float
+    white: float
+    ventricle: float
+    lesion: float  # lesion core
+    rim: float  # lesion rim
+
+
+# Relative T1/T2/FLAIR tissue contrast as in brain MR: CSF dark in T1 and FLAIR, bright in T2;
+# white matter brighter than grey in T1, darker in T2/FLAIR; lesions (oedema) hypointense in T1,
+# hyperintense in T2 and FLAIR; T1 with contrast agent: an enhancing rim.
+CONTRASTS: dict[str, Contrast] = {
+    "t1": Contrast(skull=0.80, csf=0.12, grey=0.45, white=0.62, ventricle=0.10, lesion=0.25, rim=0.30),
+    "t1ce": Contrast(skull=0.80, csf=0.12, grey=0.45, white=0.62, ventricle=0.10, lesion=0.30, rim=0.85),
+    "t2": Contrast(skull=0.35, csf=0.90, grey=0.55, white=0.42, ventricle=0.92, lesion=0.78, rim=0.70),
+    "flair": Contrast(skull=0.40, csf=0.10, grey=0.55, white=0.45, ventricle=0.08, lesion=0.92, rim=0.82),
+}
+
+
+def check_contrasts(names) -> tuple[str, ...]:
+    """Contrast names as given (case-insensitive, no repeats), each one of `CONTRASTS`; else an LdmError."""
+    out = tuple(str(n).strip().lower() for n in names)
+    unknown = [n for n in out if n not in CONTRASTS]
+    if unknown or not out:
+        raise LdmError(f"unknown contrast {unknown[0] if unknown else '(none)'!r}; choose from {', '.join(CONTRASTS)}")
+    if len(set(out)) != len(out):
+        raise LdmError(f"contrasts must differ from each other; got {', '.join(out)}")
+    return out
+
 
 _SKULL_THICKNESS = 2.0  # voxels (in-plane units) of bright scalp/skull
 _GAP_THICKNESS = 1.0  # voxels of dark CSF between skull and brain
@@ -75,10 +116,14 @@ class _HeadFrame:
 
 
 def make_phantom(
-    rng: np.random.Generator, shape: tuple[int, int, int] = (64, 64, 32), lesions: bool = True
+    rng: np.random.Generator,
+    shape: tuple[int, int, int] = (64, 64, 32),
+    lesions: bool = True,
+    contrasts: tuple[str, ...] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Generate one head phantom (`lesions` False: its lesion-free twin, the same head and noise
-    from the same generator state, without the lesions).
+    from the same generator state, without the lesions; `contrasts`: names of `CONTRASTS`, for an
+    image of one channel per contrast, (I, J, K, C)).
 
     Args:
         rng: the only source of randomness; the same generator state gives identical output.
@@ -91,18 +136,23 @@ def make_phantom(
         (image float32 in roughly [0, 1], label uint8 with values in {0, 1, 2}).
     """
     nx, ny, nz = _check_shape(shape)
+    names = None if contrasts is None else check_contrasts(contrasts)
     zr = 4.0 / 3.0  # slice thickness in units of the in-plane voxel size
     scale = min(nx, ny) / 64.0
     frame = _head_frame(rng, (nx, ny, nz))
     head, skull, brain = _head_masks(rng, frame)
     # Depth into the brain in in-plane voxel units (slices are thicker), for lesion placement.
     brain_depth = ndi.distance_transform_edt(brain, sampling=(1.0, 1.0, zr))
-    image, texture = _brain_image(rng, head, skull, brain, brain_depth, scale)
+    image, texture, white = _brain_image(rng, head, skull, brain, brain_depth, scale)
     ventricles = _ventricles(rng, frame, brain)
     image[ventricles] = _VENTRICLE
     # the lesions are drawn either way (the same random numbers follow), painted only when asked
-    drawn = _add_lesions(rng, image if lesions else image.copy(), texture, brain_depth, ventricles, scale, zr)
-    image = _acquire(rng, image, frame)
+    drawn, core = _add_lesions(rng, image if lesions else image.copy(), texture, brain_depth, ventricles, scale, zr)
+    if names is None:
+        image = _acquire(rng, image, frame)
+    else:  # the same anatomy in every contrast, each channel acquired with its own bias and noise
+        tissues = (head, skull, brain, white, texture, ventricles, (drawn & ~core, core) if lesions else None)
+        image = np.stack([_acquire(rng, _render(CONTRASTS[n], *tissues), frame) for n in names], axis=-1)
 
     label = np.zeros(head.shape, dtype=np.uint8)
     label[head] = 1
@@ -153,7 +203,8 @@ def _brain_image(
     """Intensities of skull, CSF gap and brain (grey cortex over white matter, boundary wobbling).
 
     Returns:
-        (image, texture): the image and the smooth noise field that textures the tissue.
+        (image, texture, white): the image, the smooth noise field that textures the tissue and
+        the white-matter fraction of each voxel.
     """
     wobble = _smooth_noise(rng, head.shape, 3.0 * scale)
     texture = _smooth_noise(rng, head.shape, 1.5 * scale)
@@ -164,7 +215,22 @@ def _brain_image(
     tissue = _GREY + (_WHITE - _GREY) * white + 0.025 * texture
     image[brain] = tissue[brain]
     image[skull] = _SKULL
-    return image, texture
+    return image, texture, white
+
+
+def _render(c: Contrast, head, skull, brain, white, texture, ventricles, lesion_parts) -> np.ndarray:
+    """The anatomy in one contrast's intensities (`lesion_parts`: (rim, core) masks, or None)."""
+    image = np.zeros(head.shape, dtype=np.float32)
+    image[head] = c.csf
+    tissue = c.grey + (c.white - c.grey) * white + 0.025 * texture
+    image[brain] = tissue[brain]
+    image[skull] = c.skull
+    image[ventricles] = c.ventricle
+    if lesion_parts is not None:
+        rim, core = lesion_parts
+        image[rim] = c.rim
+        image[core] = c.lesion + 0.02 * texture[core]
+    return image
 
 
 def _ventricles(rng: np.random.Generator, f: _HeadFrame, brain: np.ndarray) -> np.ndarray:
@@ -195,8 +261,10 @@ def _add_lesions(
     scale: float,
     zr: float,
 ) -> np.ndarray:
-    """Paint zero to three lesions (bright core, slightly darker rim) into `image`; returns their mask."""
+    """Paint zero to three lesions (bright core, slightly darker rim) into `image`; returns their
+    mask and that of their cores."""
     lesions = np.zeros(image.shape, dtype=bool)
+    cores = np.zeros(image.shape, dtype=bool)
     n_lesions = int(rng.integers(0, 4))
     for _ in range(n_lesions):
         blob = _place_lesion(rng, brain_depth, ventricles, lesions, scale, zr)
@@ -210,7 +278,8 @@ def _add_lesions(
         patch[rim] = level - rng.uniform(0.04, 0.06)
         patch[core] = level + 0.02 * texture[sl][core]
         lesions[sl] |= mask
-    return lesions
+        cores[sl] |= core
+    return lesions, cores
 
 
 def _acquire(rng: np.random.Generator, image: np.ndarray, f: _HeadFrame) -> np.ndarray:
@@ -283,7 +352,7 @@ def _component_at(mask: np.ndarray, point: tuple[int, int, int]) -> np.ndarray:
 # demo dataset on disk (nnU-Net v2 layout)
 # ------------------------------------------------------------------------------------------------
 
-_CASE_RE = re.compile(r"^phantom_\d{3,}(_0000)?\.nii\.gz$")
+_CASE_RE = re.compile(r"^phantom_\d{3,}(_\d{4})?\.nii\.gz$")
 
 
 def _demo_affine(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> np.ndarray:
@@ -308,11 +377,14 @@ def write_demo_dataset(
     spacing: tuple[float, float, float] = (3.0, 3.0, 4.0),
     seed: int = 0,
     lesion_cases: int | None = None,
+    contrasts: tuple[str, ...] | None = None,
 ) -> Path:
     """Write `n_cases` phantoms as an nnU-Net v2 raw dataset and return the folder.
 
     `lesion_cases` K: only the first K phantoms have lesions, the others are their lesion-free
     twins (normal anatomy, e.g. to train on normal volumes and fine-tune on a few lesions).
+    `contrasts` (names of `CONTRASTS`): one image file per contrast, phantom_000_0000 … _000C,
+    named in dataset.json's channel_names.
 
     Layout: imagesTr/phantom_000_0000.nii.gz (float32, MR-like units ~0..1000),
     labelsTr/phantom_000.nii.gz (uint8: 0 background, 1 head, 2 lesion), dataset.json.
@@ -320,6 +392,7 @@ def write_demo_dataset(
     empty, missing, or an earlier demo set (whose phantom files are replaced).
     """
     shape = _check_shape(shape)
+    contrasts = None if contrasts is None else check_contrasts(contrasts)
     if isinstance(n_cases, bool) or not isinstance(n_cases, (int, np.integer)) or n_cases < 1:
         raise LdmError(f"number of demo cases must be a positive integer, got {n_cases!r}")
     if lesion_cases is not None and not 0 <= lesion_cases <= n_cases:
@@ -350,14 +423,18 @@ def write_demo_dataset(
         affine = _demo_affine(shape, spacing)  # type: ignore[arg-type]
         for i in range(int(n_cases)):
             rng = np.random.default_rng([int(seed), i])
-            image, label = make_phantom(rng, shape, lesions=lesion_cases is None or i < lesion_cases)
-            gain = rng.uniform(900.0, 1100.0)  # scanner-like global scale; preprocessing undoes it
+            image, label = make_phantom(
+                rng, shape, lesions=lesion_cases is None or i < lesion_cases, contrasts=contrasts
+            )
+            channels = [image] if contrasts is None else [image[..., c] for c in range(len(contrasts))]
             case = f"phantom_{i:03d}"
             meta = {"source": "ldmtool phantom", "case": case}
-            write_nifti(
-                Volume((image * gain).astype(np.float32), affine, meta),
-                images_dir / f"{case}_0000.nii.gz",
-            )
+            for c, channel in enumerate(channels):
+                gain = rng.uniform(900.0, 1100.0)  # scanner-like global scale; preprocessing undoes it
+                write_nifti(
+                    Volume((channel * gain).astype(np.float32), affine, meta),
+                    images_dir / f"{case}_{c:04d}.nii.gz",
+                )
             write_nifti(Volume(label, affine, meta), labels_dir / f"{case}.nii.gz")
 
         info = {
@@ -366,9 +443,10 @@ def write_demo_dataset(
                 f"Procedural MR-like head phantoms with 0-3 lesions (seed {int(seed)}, "
                 f"shape {list(shape)}, spacing {list(spacing)} mm"
                 + ("" if lesion_cases is None else f"; lesions in the first {int(lesion_cases)} only")
+                + ("" if contrasts is None else f"; contrasts {', '.join(contrasts)}")
                 + "); not real patient data."
             ),
-            "channel_names": {"0": "MR"},
+            "channel_names": {"0": "MR"} if contrasts is None else {str(c): n for c, n in enumerate(contrasts)},
             "labels": {"background": 0, "head": 1, "lesion": 2},
             "numTraining": int(n_cases),
             "file_ending": ".nii.gz",

@@ -31,13 +31,15 @@ class PreparedData:
     """A preprocessed data set.
 
     Attributes:
-        images: (N, D, H, W) float32, slice axis first (D = the volume's last array axis K).
+        images: (N, D, H, W) float32, slice axis first (D = the volume's last array axis K); a data
+            set of several channels (contrasts) has a channel axis after the slice axis,
+            (N, D, C, H, W): use `slices` / `case` for the (…, C, H, W) view of either.
         labels: (N, D, H, W) uint8 label maps, or None for unlabelled data.
         affines: per-case 4x4 affines of the preprocessed space (array axes I, J, K).
         label_names: class name → integer value (background 0), empty when unlabelled.
         intensity_ranges: per-case (lo, hi) source intensities mapped to the normalised range.
-        observed: (N, D, H, W) uint8, 1 where a voxel's value is known, or None for complete data;
-            missing voxels hold 0 in `images`.
+        observed: uint8 of the shape of `images`, 1 where a voxel's value is known, or None for
+            complete data; missing voxels hold 0 in `images`.
         shapes: per-case (D, H, W) sizes where cases of different shapes share the arrays (each at
             the start, zero-padded after), or None when every case fills them.
         preprocess: the preprocessing applied (with the training shape chosen from the data, if
@@ -56,13 +58,50 @@ class PreparedData:
 
     def case_size(self, i: int) -> tuple[int, int, int]:
         """(D, H, W) of case i without padding."""
-        return tuple(self.images.shape[1:]) if self.shapes is None else self.shapes[i]
+        return self.grid if self.shapes is None else self.shapes[i]
+
+    @property
+    def channels(self) -> int:
+        """Image channels (contrasts) per voxel."""
+        return 1 if self.images.ndim == 4 else int(self.images.shape[2])
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """(D, H, W): slices, rows, columns of the (padded) arrays."""
+        return (int(self.images.shape[1]), int(self.images.shape[-2]), int(self.images.shape[-1]))
+
+    def slices(self, case_idx, slice_idx, observed: bool = False) -> torch.Tensor | None:
+        """Image slices (B, C, H, W) of (case, slice) index pairs (`observed`: their observed-voxel
+        masks, or None for complete data)."""
+        source = self.observed if observed else self.images
+        if source is None:
+            return None
+        out = source[case_idx, slice_idx]
+        return out[:, None] if self.images.ndim == 4 else out
+
+    def case(self, i: int, observed: bool = False) -> torch.Tensor | None:
+        """Case i's image (D, C, H, W) (`observed`: its observed-voxel mask, or None)."""
+        source = self.observed if observed else self.images
+        if source is None:
+            return None
+        return source[i][:, None] if self.images.ndim == 4 else source[i]
 
     modalities: list[str] = field(default_factory=list)  # DICOM Modality per case ("" for NIfTI)
     image_dims: int = 3  # 2: a data set of 2D images (each case one slice, D = 1)
     image_format: str = ""  # of 2D images: "png", "jpeg", "tiff" or "dicom" (what `sample` writes back)
     image_dtype: str = ""  # of 2D images: the stored pixel type (uint8, uint16, ...)
     classes: list[str | None] | None = None  # per case: its class folder's name (2D class folders), else None
+    channel_names: list[str] = field(default_factory=lambda: ["image"])  # in channel order
+    channel_ranges: list[tuple[tuple[float, float], ...]] = field(default_factory=list)  # per case, per channel
+
+    def channel_intensity_ranges(self) -> list[tuple[float, float]]:
+        """Per channel, the mean over cases of the source intensities mapped to the normalised range
+        (over the cases that have the channel)."""
+        per_case = self.channel_ranges or [(r,) for r in self.intensity_ranges]
+        return [
+            (float(np.nanmean([r[c][0] for r in per_case])), float(np.nanmean([r[c][1] for r in per_case])))
+            for c in range(len(per_case[0]))
+        ]
 
     @property
     def missing_fraction(self) -> float:
@@ -75,7 +114,7 @@ class PreparedData:
     @property
     def volume_shape(self) -> tuple[int, int, int]:
         """(I, J, K) shape of the preprocessed volumes."""
-        d, h, w = self.images.shape[1:]
+        d, h, w = self.grid
         return (h, w, d)
 
     def split_indices(self, val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -110,16 +149,23 @@ class PreparedData:
             image_format=self.image_format,
             image_dtype=self.image_dtype,
             classes=None if self.classes is None else [self.classes[i] for i in idx],
+            channel_names=list(self.channel_names),
+            channel_ranges=[self.channel_ranges[i] for i in idx] if self.channel_ranges else [],
         )
 
 
 def volume_to_slices(array: np.ndarray) -> np.ndarray:
-    """(I, J, K) → (K, I, J): slices along the last array axis, slice axis first."""
+    """(I, J, K) → (K, I, J): slices along the last array axis, slice axis first; several channels
+    (I, J, K, C) → (K, C, I, J)."""
+    if array.ndim == 4:
+        return np.ascontiguousarray(np.moveaxis(array, (2, 3), (0, 1)))
     return np.ascontiguousarray(np.moveaxis(array, 2, 0))
 
 
 def slices_to_volume(array: np.ndarray) -> np.ndarray:
-    """(K, I, J) → (I, J, K), the inverse of `volume_to_slices`."""
+    """(K, I, J) → (I, J, K), the inverse of `volume_to_slices` ((K, C, I, J) → (I, J, K, C))."""
+    if array.ndim == 4:
+        return np.ascontiguousarray(np.moveaxis(array, (0, 1), (2, 3)))
     return np.ascontiguousarray(np.moveaxis(array, 0, 2))
 
 
@@ -148,7 +194,7 @@ def _read_cases(ds, cfg: PreprocessConfig, series_uid, console) -> list[Preproce
 
 def _fit_shapes(cases, cfg: PreprocessConfig, policy: ShapePolicy, multiple, console):
     """Apply the shape policy; returns (cases, effective config)."""
-    shapes = [tuple(pc.image.shape) for pc in cases]
+    shapes = [tuple(pc.image.shape[:3]) for pc in cases]
     uneven = len(set(shapes)) > 1
     if policy == "pad" or cfg.shape is not None:
         return cases, cfg
@@ -238,7 +284,7 @@ def prepare_dataset(
         label_names = infer_label_names(np.flatnonzero(found))
         if console is not None:
             console.print(f"[yellow]warning:[/] {inferred_warning(ds.root, label_names)}", highlight=False)
-    sizes = [a.shape for a in images]
+    sizes = [(a.shape[0], *a.shape[-2:]) for a in images]
     return PreparedData(
         images=torch.from_numpy(_stack(images)),
         labels=torch.from_numpy(_stack(labels)) if labels else None,
@@ -250,6 +296,8 @@ def prepare_dataset(
         shapes=sizes if len(set(sizes)) > 1 else None,
         preprocess=cfg,
         modalities=[str(pc.image.meta.get("modality", "") or "") for pc in cases],
+        channel_names=ds.channel_list,
+        channel_ranges=[tuple(tuple(float(v) for v in r) for r in pc.intensity_ranges) for pc in cases],
         **_image_fields(ds, cases),
     )
 

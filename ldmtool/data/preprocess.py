@@ -39,6 +39,12 @@ class PreprocessedCase:
     label: Volume | None = None
     intensity_range: tuple[float, float] = field(default=(0.0, 1.0))
     missing: Volume | None = None  # uint8, 1 = missing voxel (only when missingness was given)
+    channel_ranges: tuple[tuple[float, float], ...] = ()  # per channel of an (I, J, K, C) image
+
+    @property
+    def intensity_ranges(self) -> tuple[tuple[float, float], ...]:
+        """The intensity range of every channel (one for a single-channel image)."""
+        return self.channel_ranges or (self.intensity_range,)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -111,6 +117,9 @@ def _crop_or_pad(array: np.ndarray, shape: tuple[int, int, int], fill: float) ->
             pads.append((0, 0))
             crops.append(slice(start, start + target))
             shift[axis] = start
+    for _ in range(array.ndim - 3):  # a trailing channel axis is kept as it is
+        pads.append((0, 0))
+        crops.append(slice(None))
     out = array[tuple(crops)]
     if any(p != (0, 0) for p in pads):
         out = np.pad(out, pads, mode="constant", constant_values=fill)
@@ -144,7 +153,7 @@ def fit_shape(pc: PreprocessedCase, shape: tuple[int, int, int]) -> Preprocessed
     image = Volume(np.ascontiguousarray(arr, dtype=np.float32), affine.copy(), dict(pc.image.meta))
     label = None if lab is None else Volume(np.ascontiguousarray(lab), affine.copy(), dict(pc.label.meta))
     missing = None if gone is None else Volume(np.ascontiguousarray(gone), affine.copy(), {})
-    return PreprocessedCase(image, label, pc.intensity_range, missing)
+    return PreprocessedCase(image, label, pc.intensity_range, missing, pc.channel_ranges)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -220,8 +229,12 @@ def preprocess_case(
     `missing` (bool, the image's shape; True = missing voxel) marks voxels whose values are not
     known: they may be NaN, they do not count for the intensity range, and the mask goes through
     the same geometry (a preprocessed voxel is missing when any missing voxel contributes to it).
+    An image of several channels (I, J, K, C) has every channel brought through the same geometry
+    and normalised with its own intensity range (`missing`: (I, J, K) or (I, J, K, C)).
     """
     arr = np.asarray(image.array)
+    if arr.ndim == 4:
+        return _preprocess_channels(image, label, cfg, missing)
     if arr.ndim != 3:
         raise LdmError(f"image must be a 3D volume, got an array of shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
@@ -288,3 +301,47 @@ def preprocess_case(
     if gone is not None:
         out_missing = Volume(np.ascontiguousarray(gone > 1e-3, dtype=np.uint8), affine.copy(), {})
     return PreprocessedCase(out_image, out_label, (lo, hi), out_missing)
+
+
+def _preprocess_channels(
+    image: Volume, label: Volume | None, cfg: PreprocessConfig, missing: np.ndarray | None
+) -> PreprocessedCase:
+    """`preprocess_case` of an (I, J, K, C) image: channel by channel, stacked on a trailing axis.
+    A channel whose voxels are all missing (a contrast not acquired) comes out as zeros, all
+    missing, with the intensity range (NaN, NaN)."""
+    arr = np.asarray(image.array)
+    if missing is not None:
+        missing = np.asarray(missing, dtype=bool)
+        if missing.shape not in (arr.shape, arr.shape[:3]):
+            raise LdmError(f"missing-voxel mask shape {missing.shape} does not match image shape {arr.shape[:3]}")
+        missing = np.broadcast_to(missing.reshape(*arr.shape[:3], -1), arr.shape)
+    acquired = [c for c in range(arr.shape[3]) if missing is None or not missing[..., c].all()]
+    if not acquired:
+        raise LdmError("every voxel of the image is missing")
+    parts = []
+    for c in range(arr.shape[3]):
+        src = c if c in acquired else acquired[0]  # a channel missing altogether: another one's geometry
+        try:
+            part = preprocess_case(
+                image.with_array(arr[..., src]), label, cfg, None if missing is None else missing[..., src]
+            )
+        except LdmError as exc:
+            raise LdmError(f"channel {c:04d}: {exc}") from None
+        if src != c:  # every voxel missing, its intensity range unknown (NaN)
+            gone = part.missing.with_array(np.ones_like(part.missing.array))
+            part = PreprocessedCase(
+                part.image.with_array(np.zeros_like(part.image.array)), part.label, (np.nan,) * 2, gone
+            )
+        parts.append(part)
+    first = parts[0]
+    stacked = np.stack([p.image.array for p in parts], axis=-1)
+    out_missing = None
+    if missing is not None:
+        out_missing = first.missing.with_array(np.stack([p.missing.array for p in parts], axis=-1))
+    return PreprocessedCase(
+        first.image.with_array(stacked),
+        first.label,
+        first.intensity_range,
+        out_missing,
+        tuple(p.intensity_range for p in parts),
+    )

@@ -22,20 +22,25 @@ def encode_volume(
     """Encode one volume to its latent volume using the posterior mean (not a sample).
 
     Args:
-        image: (D, H, W) normalised image, slice axis first.
+        image: (D, H, W) normalised image, slice axis first; (D, C, H, W) with several channels
+            (all channels of a slice are encoded together).
         label: (D, H, W) integer label map, or None.
-        observed: (D, H, W) 1 = known voxel, for incomplete volumes (None: complete).
+        observed: 1 = known voxel, the shape of `image` (or (D, H, W) for all channels), for
+            incomplete volumes (None: complete).
     Returns:
         (L, D, h, w) latent volume.
     """
     device = next(ae.parameters()).device
     depth = image.shape[0]
     pos = slice_positions(depth, device)
+    image = image[:, None] if image.ndim == 3 else image  # one channel: (D, 1, H, W)
+    if observed is not None and observed.ndim == 3:
+        observed = observed[:, None]
     out = []
     for s in range(0, depth, batch):
-        img = image[s : s + batch, None].to(device, torch.float32)
+        img = image[s : s + batch].to(device, torch.float32)
         lab = None if label is None else label[s : s + batch].to(device)
-        obs = None if observed is None else observed[s : s + batch, None].to(device, torch.float32)
+        obs = None if observed is None else observed[s : s + batch].to(device, torch.float32)
         z_mu, _ = ae.encode(ae.make_input(img, lab, obs), pos[s : s + batch])
         out.append(z_mu)
     return torch.cat(out).transpose(0, 1).contiguous()  # (D, L, h, w) → (L, D, h, w)
@@ -56,8 +61,8 @@ def decode_latents(
         labels_only: return the label map (B, D, H, W) uint8 (argmax) instead of probabilities;
             a K-th of the memory.
     Returns:
-        image (B, D, H, W) and label probabilities (B, K, D, H, W) — or the label map — or None;
-        both on the CPU.
+        image (B, D, H, W) — (B, D, C, H, W) for a model of several channels — and label
+        probabilities (B, K, D, H, W) — or the label map — or None; both on the CPU.
     """
     device = next(ae.parameters()).device
     b, _, depth = z.shape[:3]
@@ -68,7 +73,7 @@ def decode_latents(
     for s in range(0, flat.shape[0], batch):
         out = ae.decode(flat[s : s + batch].to(device, torch.float32), pos[s : s + batch])
         img, logits = ae.split(out.float())
-        images.append(img[:, 0].cpu())
+        images.append(ae.squeeze(img).cpu())
         if logits is not None:
             labels.append(logits.argmax(1).to(torch.uint8).cpu() if labels_only else torch.softmax(logits, dim=1).cpu())
         del out, img, logits
@@ -84,7 +89,8 @@ def decode_latents(
 
 def latent_renderer(ae: SliceAutoencoder, mean: torch.Tensor, std: torch.Tensor, depth: int):
     """render(piece, index) for `guidance.observed_error`: standardised latent slices
-    (B, L, d, h, w) at slice range index[2] → decoded images (B, d, H, W), differentiably."""
+    (B, L, d, h, w) at slice range index[2] → decoded images (B, d, H, W) (several channels:
+    (B, d, C, H, W)), differentiably."""
     device = next(ae.parameters()).device
     positions = slice_positions(depth, device)
 
@@ -95,6 +101,7 @@ def latent_renderer(ae: SliceAutoencoder, mean: torch.Tensor, std: torch.Tensor,
         span = index[2] if len(index) > 2 else slice(None)
         pos = positions[span].repeat(b)
         image, _ = ae.split(ae.decode(flat, pos).float())
-        return image[:, 0].reshape(b, d, *image.shape[2:])
+        image = ae.squeeze(image)
+        return image.reshape(b, d, *image.shape[1:])
 
     return render

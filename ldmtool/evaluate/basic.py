@@ -11,7 +11,7 @@ from ldmtool.errors import LdmError
 
 
 def volume_stats(image: np.ndarray, label: np.ndarray | None, lesion: int | None) -> dict[str, float]:
-    """Statistics of one (I, J, K) volume.
+    """Statistics of one (I, J, K) volume (several channels, (I, J, K, C): over all channels).
 
     mean_intensity: mean over all voxels; head_fraction: fraction of voxels with a foreground
     label; lesion_present: 1 if any lesion voxel; lesion_inside: fraction of lesion voxels with no
@@ -20,7 +20,7 @@ def volume_stats(image: np.ndarray, label: np.ndarray | None, lesion: int | None
     """
     image = np.asarray(image, dtype=np.float64)
     out = {"mean_intensity": float(image.mean())}
-    if image.ndim == 3 and image.shape[2] > 1:  # a 2D image (one slice) has no neighbouring slices
+    if image.shape[2] > 1:  # a 2D image (one slice) has no neighbouring slices
         out["slice_mad"] = float(np.abs(np.diff(image, axis=2)).mean())
     if label is not None:
         label = np.asarray(label)

@@ -223,6 +223,11 @@ def open_volume_set(
     cases = ds.cases[:max_cases] if max_cases else ds.cases
     if not cases:
         raise LdmError(f"no volumes found in {path}")
+    if ds.channels > 1:
+        raise LdmError(
+            f"{path} has {ds.channels} channels per case ({', '.join(ds.channel_list)}); evaluation and "
+            "memorisation checks read volumes of one channel"
+        )
     first_img, _ = ds.read(cases[0])
     ref_spacing = tuple(spacing) if spacing is not None else tuple(first_img.spacing)
     if shape is None:

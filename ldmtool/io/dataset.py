@@ -1,7 +1,9 @@
 """Discover the cases of a data set (nnU-Net folder, plain folder of volumes, or one file).
 
 Layouts:
-  * nnU-Net v2: ``imagesTr/CASE_0000.nii.gz`` (single channel), ``labelsTr/CASE.nii.gz`` and
+  * nnU-Net v2: ``imagesTr/CASE_0000.nii.gz`` (one file per channel: ``CASE_0000``, ``CASE_0001``,
+    ... for several contrasts, named by dataset.json ``channel_names``; every case must have every
+    channel), ``labelsTr/CASE.nii.gz`` and
     ``dataset.json`` (``channel_names``, ``labels``, ``numTraining``, ``file_ending``), and optional
     ``masksTr/CASE.nii.gz`` missing-voxel masks (1 = missing) for incomplete volumes; without
     dataset.json (or its ``labels``) the label names are inferred from the label maps when they are
@@ -44,10 +46,16 @@ class Case:
     """One training case: an image volume and, for labelled data sets, its label map."""
 
     case_id: str
-    image: Path
+    image: Path  # the image file (channel 0000 of an nnU-Net data set)
     label: Path | None = None
     missing: Path | None = None  # masksTr/CASE: 1 = missing voxel (incomplete acquisitions)
     group: str | None = None  # the class folder a 2D image sits in (DATA/CLASS/IMAGE), else None
+    more_channels: tuple[Path, ...] = ()  # channels 0001, 0002, ... of a multi-channel case
+
+    @property
+    def images(self) -> tuple[Path, ...]:
+        """The case's channel files in channel order (one for a single-channel case)."""
+        return (self.image, *self.more_channels)
 
 
 @dataclass
@@ -61,6 +69,19 @@ class Dataset:
     layout: str = "folder"  # "nnunet", "folder" or "file"
     labels_inferred: bool = False  # labelsTr/ without dataset.json labels: names come from the values found
     image_dims: int = 3  # 2 for a data set of 2D images (PNG/JPEG/TIFF, 2D DICOM), else 3
+
+    @property
+    def channels(self) -> int:
+        """Image channels per case (contrasts: T1, T2, FLAIR, ...)."""
+        return len(self.cases[0].images) if self.cases else 1
+
+    @property
+    def channel_list(self) -> list[str]:
+        """The channel names in channel order (dataset.json ``channel_names``; "image" when unnamed)."""
+        n = self.channels
+        if n == 1:
+            return [self.channel_names.get("0", "image")] if self.channel_names else ["image"]
+        return [self.channel_names.get(str(c), f"channel_{c:04d}") for c in range(n)]
 
     @property
     def classes(self) -> dict[str, str]:
@@ -143,25 +164,24 @@ def _load_nnunet(root: Path) -> Dataset:
     if not isinstance(raw_channels, dict):
         raise LdmError(f'{json_path}: \'channel_names\' must be an object such as {{"0": "CT"}}')
     channel_names = {str(k): str(v) for k, v in raw_channels.items()}
-    if len(channel_names) > 1:
+    if channel_names and sorted(channel_names, key=_channel_key) != [str(c) for c in range(len(channel_names))]:
         raise LdmError(
-            f"{json_path} lists {len(channel_names)} channels ({', '.join(channel_names.values())}); "
-            "ldmtool supports single-channel images only"
+            f'{json_path}: \'channel_names\' must be numbered 0, 1, 2, ... (e.g. {{"0": "T1", "1": "FLAIR"}}); '
+            f"got {', '.join(sorted(channel_names, key=_channel_key))}"
         )
     label_names = _parse_labels(info["labels"], json_path) if "labels" in info else {}
 
-    images: dict[str, Path] = {}
+    files: dict[str, dict[int, Path]] = {}  # case -> channel -> file
     for f in sorted(images_dir.iterdir()):
         if f.name.startswith(".") or not f.is_file() or not f.name.lower().endswith(ending.lower()):
             continue
         m = _CHANNEL_RE.match(_strip_ending(f.name, ending))
         if not m:
             raise LdmError(f"{f} is not named CASE_0000{ending} as nnU-Net expects")
-        if m["channel"] != "0000":
-            raise LdmError(f"{f} is channel {m['channel']}; ldmtool supports single-channel images only (channel 0000)")
-        images[m["case"]] = f
-    if not images:
+        files.setdefault(m["case"], {})[int(m["channel"])] = f
+    if not files:
         raise LdmError(f"no volumes found in {images_dir}")
+    images = _channel_files(files, channel_names, json_path, ending)
 
     labels: dict[str, Path] = {}
     if labels_dir.is_dir():
@@ -185,10 +205,47 @@ def _load_nnunet(root: Path) -> Dataset:
             raise LdmError(
                 f"missing-voxel mask {masks[orphans[0]]} has no image (expected imagesTr/{orphans[0]}_0000{ending})"
             )
-    cases = [Case(cid, images[cid], labels.get(cid), masks.get(cid)) for cid in sorted(images)]
+    cases = [
+        Case(cid, images[cid][0], labels.get(cid), masks.get(cid), more_channels=tuple(images[cid][1:]))
+        for cid in sorted(images)
+    ]
     inferred = bool(labels) and not label_names
     dims = 2 if _is_picture(cases[0].image) else 3
     return Dataset(root, cases, channel_names, label_names, layout="nnunet", labels_inferred=inferred, image_dims=dims)
+
+
+def _channel_key(key: str) -> int:
+    return int(key) if key.isdigit() else 1 << 30
+
+
+def _channel_files(
+    files: dict[str, dict[int, Path]], channel_names: dict[str, str], json_path: Path, ending: str
+) -> dict[str, list[Path]]:
+    """{case: its channel files in order}, every case with every channel: those of dataset.json's
+    `channel_names` (or, without it, those any case has); else an LdmError naming the case."""
+    expected = (
+        list(range(len(channel_names)))
+        if channel_names
+        else sorted({c for per_case in files.values() for c in per_case})
+    )
+
+    def named(c: int) -> str:
+        return f"{c:04d}" + (f" ({channel_names[str(c)]})" if str(c) in channel_names else "")
+
+    out = {}
+    for case, per_case in sorted(files.items()):
+        extra = sorted(set(per_case) - set(expected))
+        if extra:
+            listed = f"{json_path.name} lists {len(expected)} channel{'s' * (len(expected) != 1)}"
+            raise LdmError(f"case {case} has a channel {extra[0]:04d} file ({per_case[extra[0]].name}) but {listed}")
+        absent = [c for c in expected if c not in per_case]
+        if absent:
+            raise LdmError(
+                f"case {case} has no channel {named(absent[0])} file (expected imagesTr/{case}_{absent[0]:04d}{ending}); "
+                f"every case needs all {len(expected)} channels"
+            )
+        out[case] = [per_case[c] for c in expected]
+    return out
 
 
 def _guess_ending(images_dir: Path) -> str:
@@ -282,6 +339,31 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
     return _load_folder(p)
 
 
+def case_channel_files(source: Path, names: list[str], absent: int | None = None, hint: str = "") -> list[Path]:
+    """The input file of every channel of a model with channels `names`: `source` for one channel;
+    for several, nnU-Net's CASE_0000, CASE_0001, ... beside `source` (which is one of them). Each
+    must exist but that of channel `absent` (missing altogether), else an LdmError naming the case
+    and channel (`hint` appended, "{name}" the channel's name)."""
+    source = Path(source)
+    if len(names) == 1:
+        return [source]
+    stem = _volume_id(source.name)
+    m = _CHANNEL_RE.match(stem)
+    if not m or not source.is_file():
+        raise LdmError(
+            f"{source}: the model takes {len(names)} channels ({', '.join(names)}); give one file of a case "
+            "named CASE_0000.nii.gz, its other channels beside it as CASE_0001.nii.gz, ..."
+        )
+    ending = source.name[len(stem) :]
+    files = [source.parent / f"{m['case']}_{c:04d}{ending}" for c in range(len(names))]
+    for c, f in enumerate(files):
+        if c != absent and not f.exists():
+            raise LdmError(
+                f"case {m['case']} has no channel {c:04d} ({names[c]}) file (expected {f})" + hint.format(name=names[c])
+            )
+    return files
+
+
 def _as_label_array(label: Volume, case_id: str) -> np.ndarray:
     """Label values as an integer array; LdmError for non-integer values."""
     data = label.array
@@ -297,12 +379,12 @@ def _as_label_array(label: Volume, case_id: str) -> np.ndarray:
     raise LdmError(f"label of {case_id} has values up to {hi:g}, too large for a label map")
 
 
-def read_aligned(path: Path, image: Volume, what: str) -> Volume:
-    """Read a volume that belongs to `image` (a label map, a mask): same shape, affines equal
-    within AFFINE_TOL, else an LdmError naming `what`."""
-    vol = read_volume(path)
-    if vol.shape != image.shape:
-        raise LdmError(f"{what} has shape {vol.shape} but its image has shape {image.shape}")
+def read_aligned(path: Path, image: Volume, what: str, allow_nan: bool = False) -> Volume:
+    """Read a volume that belongs to `image` (a label map, a mask, another channel): same shape,
+    affines equal within AFFINE_TOL, else an LdmError naming `what`."""
+    vol = read_volume(path, allow_nan=allow_nan)
+    if vol.shape != image.shape[:3]:  # a multi-channel image: (I, J, K, C)
+        raise LdmError(f"{what} has shape {vol.shape} but its image has shape {image.shape[:3]}")
     diff = float(np.max(np.abs(vol.affine - image.affine)))
     if diff > AFFINE_TOL:
         raise LdmError(f"{what} is not aligned with its image (affines differ by up to {diff:.4g})")
@@ -316,9 +398,20 @@ def read_case(
 
     Checks: same shape, affines equal within 1e-3, integer label values, and (when
     ``label_names`` is given) every label value listed in it. ``series_uid`` picks one series
-    where an image folder holds several DICOM series. Returns (image, label or None).
+    where an image folder holds several DICOM series. A multi-channel case is one image of shape
+    (I, J, K, C), its channels checked to share channel 0's grid. Returns (image, label or None).
     """
     image = read_volume(case.image, series_uid=series_uid, allow_nan=allow_nan)
+    if case.more_channels:
+        others = [
+            read_aligned(p, image, f"channel {c:04d} of {case.case_id}", allow_nan)
+            for c, p in enumerate(case.more_channels, 1)
+        ]
+        stacked = np.stack(
+            [np.asarray(image.array, dtype=np.float32)] + [np.asarray(o.array, dtype=np.float32) for o in others],
+            axis=-1,
+        )
+        image = image.with_array(stacked, channels=len(case.images))
     if case.label is None:
         return image, None
     label = read_aligned(case.label, image, f"label of {case.case_id}")

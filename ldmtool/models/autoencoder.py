@@ -1,8 +1,8 @@
 """The 2D slice autoencoder of SBLDM: MONAI AutoencoderKL plus a slice-position embedding.
 
-Input channels: the image channel(s) followed by one-hot foreground label channels (when the data
-set has labels and `label_input` is on), the observed-voxel mask (with `mask_channel`), then the
-position-feature planes. Missing voxels (incomplete data) enter the encoder as zeros. Output
+Input channels: the image channel(s) (all contrasts of a slice, encoded together) followed by
+one-hot foreground label channels (when the data set has labels and `label_input` is on), the
+observed-voxel mask of each image channel (with `mask_channel`), then the position-feature planes. Missing voxels (incomplete data) enter the encoder as zeros. Output
 channels: the image channel(s) followed by logits over all label classes (background included), so
 image and mask are encoded and decoded together and one sample is an image+mask pair. With `label_input` off the encoder sees the
 image alone and the decoder still outputs the mask: the latent then holds no mask information of
@@ -37,7 +37,7 @@ class SliceAutoencoder(nn.Module):
         n = len(cfg.channels)
         self.net = AutoencoderKL(
             spatial_dims=2,
-            in_channels=image_channels + (fg if cfg.label_input else 0) + int(cfg.mask_channel) + p,
+            in_channels=image_channels * (1 + int(cfg.mask_channel)) + (fg if cfg.label_input else 0) + p,
             out_channels=image_channels + num_classes,
             channels=cfg.channels,
             num_res_blocks=cfg.num_res_blocks,
@@ -68,10 +68,12 @@ class SliceAutoencoder(nn.Module):
         """Stack image (B,Ci,H,W) and an integer label map (B,H,W) into the encoder's data channels
         (the label is not used with `label_input` off).
 
-        `observed` (B,1,H,W), 1 = known voxel: missing image voxels are set to 0 and, with
-        `mask_channel`, the mask itself is a channel (all ones when not given: complete data)."""
+        `observed` (B,Ci,H,W) or (B,1,H,W), 1 = known voxel: missing image voxels are set to 0 and,
+        with `mask_channel`, the mask of each image channel is a channel too (all ones when not
+        given: complete data)."""
         if observed is not None:
-            image = image * observed.to(image.dtype)
+            observed = observed.to(image.dtype).expand_as(image)
+            image = image * observed
         parts = [image]
         if self.num_classes and self.cfg.label_input:
             if label is None:
@@ -79,7 +81,7 @@ class SliceAutoencoder(nn.Module):
             onehot = torch.nn.functional.one_hot(label.long(), self.num_classes).permute(0, 3, 1, 2)
             parts.append(onehot[:, 1:].to(image.dtype))
         if self.cfg.mask_channel:
-            parts.append(torch.ones_like(image[:, :1]) if observed is None else observed.to(image.dtype))
+            parts.append(torch.ones_like(image) if observed is None else observed)
         return torch.cat(parts, dim=1).contiguous(memory_format=torch.channels_last)
 
     def encode(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,6 +94,11 @@ class SliceAutoencoder(nn.Module):
         """z: (B, L, h, w); pos: (B,) → (B, C_img + num_classes, H, W): image then label logits."""
         bias = self.pos_to_latent(self._pos(pos).to(z.dtype))
         return self.net.decode((z + bias[:, :, None, None]).contiguous(memory_format=torch.channels_last))
+
+    def squeeze(self, image: torch.Tensor) -> torch.Tensor:
+        """Decoded slices (B, Ci, H, W) → (B, H, W) for a one-channel model (its images carry no
+        channel axis); unchanged for several channels."""
+        return image[:, 0] if self.image_channels == 1 else image
 
     def split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Split decoder output into (image, label logits or None)."""

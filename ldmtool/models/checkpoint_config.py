@@ -111,6 +111,16 @@ class _Fields:
         return {k: copy.deepcopy(v) for k, v in self.data.items() if k not in self.used or k in verbatim}
 
 
+def _intensity_range(f: _Fields, name: str, value: Any) -> tuple[float, float]:
+    """A checked [low, high] intensity range."""
+    out = f.numbers(name, value, 2)
+    if not out[0] < out[1] or max(abs(v) for v in out) > PLAUSIBLE_INTENSITY:
+        raise f.fail(
+            name, f"must be [low, high] with low < high and |value| ≤ {PLAUSIBLE_INTENSITY:g}; got {_short(list(out))}"
+        )
+    return out
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -153,18 +163,52 @@ class AutoencoderCheckpoint(_DictView):
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # other keys, and optional ones as stored
     kind: str = "autoencoder"
 
+    @property
+    def image_channels(self) -> int:
+        """Image channels (contrasts) the autoencoder encodes together (1 for checkpoints without the field)."""
+        return int(self.extra.get("image_channels") or 1)
+
+    @property
+    def channel_names(self) -> list[str]:
+        """The channels' names in order (dataset.json `channel_names` of the training data)."""
+        names = self.extra.get("channel_names")
+        return (
+            list(names)
+            if names
+            else (["image"] if self.image_channels == 1 else [f"channel_{c:04d}" for c in range(self.image_channels)])
+        )
+
+    @property
+    def intensity_ranges(self) -> list[tuple[float, float]] | None:
+        """Per channel, the source intensities the normalised range maps back to (None: none recorded)."""
+        ranges = self.extra.get("channel_intensity_ranges")
+        if ranges:
+            return [tuple(float(v) for v in r) for r in ranges]
+        return None if self.intensity_range is None else [self.intensity_range]
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "autoencoder checkpoint") -> AutoencoderCheckpoint:
         f = _Fields(data, source, "autoencoder")
         f.kind("autoencoder")
         irange = f.get("intensity_range", required=False)
         if irange is not None:
-            irange = f.numbers("intensity_range", irange, 2)
-            if not irange[0] < irange[1] or max(abs(v) for v in irange) > PLAUSIBLE_INTENSITY:
+            irange = _intensity_range(f, "intensity_range", irange)
+        n_channels = f.get("image_channels", required=False, default=1)
+        if isinstance(n_channels, bool) or not isinstance(n_channels, int) or not 1 <= n_channels <= 64:
+            raise f.fail("image_channels", f"must be a whole number in 1..64; got {_short(n_channels)}")
+        names = f.get("channel_names", required=False, default=None)
+        if names is not None and (
+            not isinstance(names, list) or len(names) != n_channels or not all(isinstance(v, str) for v in names)
+        ):
+            raise f.fail("channel_names", f"must be a list of {n_channels} names; got {_short(names)}")
+        ranges = f.get("channel_intensity_ranges", required=False, default=None)
+        if ranges is not None:
+            if not isinstance(ranges, list) or len(ranges) != n_channels:
                 raise f.fail(
-                    "intensity_range",
-                    f"must be [low, high] with low < high and |value| ≤ {PLAUSIBLE_INTENSITY:g}; got {_short(list(irange))}",
+                    "channel_intensity_ranges", f"must be {n_channels} [low, high] pairs; got {_short(ranges)}"
                 )
+            for r in ranges:
+                _intensity_range(f, "channel_intensity_ranges", r)
         rate = f.get("missing_rate", required=False, default=0.0)
         if rate is None:
             rate = 0.0
@@ -179,7 +223,15 @@ class AutoencoderCheckpoint(_DictView):
             preprocess=f.preprocess(),
             intensity_range=irange,
             missing_rate=float(rate),
-            extra=f.extra("label_names", "preprocess", "intensity_range", "missing_rate"),
+            extra=f.extra(
+                "label_names",
+                "preprocess",
+                "intensity_range",
+                "missing_rate",
+                "image_channels",
+                "channel_names",
+                "channel_intensity_ranges",
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -277,11 +329,25 @@ class SegmenterCheckpoint(_DictView):
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # other keys, and optional ones as stored
     kind: str = "segmenter"
 
+    @property
+    def channel_names(self) -> list[str]:
+        """The image channels it reads together, in order (["image"] for checkpoints without the field)."""
+        n = int(self.extra.get("image_channels") or 1)
+        return list(
+            self.extra.get("channel_names") or (["image"] if n == 1 else [f"channel_{c:04d}" for c in range(n)])
+        )
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "segmenter checkpoint") -> SegmenterCheckpoint:
         f = _Fields(data, source, "segmenter")
         f.kind("segmenter")
         f.get("label_names")  # required: the names of the output classes
+        n_channels = data.get("image_channels", 1)
+        names = data.get("channel_names")
+        if isinstance(n_channels, bool) or not isinstance(n_channels, int) or not 1 <= n_channels <= 64:
+            raise f.fail("image_channels", f"must be a whole number in 1..64; got {_short(n_channels)}")
+        if names is not None and (not isinstance(names, list) or len(names) != n_channels):
+            raise f.fail("channel_names", f"must be a list of {n_channels} names; got {_short(names)}")
         return cls(
             model=f.typed("model", SegModelConfig),
             num_classes=f.count("num_classes"),

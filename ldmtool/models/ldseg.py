@@ -135,10 +135,12 @@ def build_unet(cfg: SegModelConfig, num_classes: int, image_channels: int = 1) -
     return _unet(cfg, num_classes, image_channels, unet_width(cfg, num_classes, image_channels))
 
 
-def build_segmenter(cfg: SegModelConfig, num_classes: int) -> nn.Module:
+def build_segmenter(cfg: SegModelConfig, num_classes: int, image_channels: int = 1) -> nn.Module:
     """LDSeg or the UNet baseline, with channels-last convolutions (NHWC / NDHWC: faster on CPU,
-    and the layout GPU tensor cores use)."""
-    model = LDSeg(cfg, num_classes) if cfg.arch == "ldseg" else build_unet(cfg, num_classes)
+    and the layout GPU tensor cores use); `image_channels`: the contrasts it reads together."""
+    model = (
+        LDSeg(cfg, num_classes, image_channels) if cfg.arch == "ldseg" else build_unet(cfg, num_classes, image_channels)
+    )
     return model.to(memory_format=memory_layout(cfg))
 
 

@@ -36,9 +36,10 @@ def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path:
 def build_autoencoder(config: AutoencoderCheckpoint | dict[str, Any]) -> SliceAutoencoder:
     """Rebuild the autoencoder described by a checkpoint config."""
     if isinstance(config, AutoencoderCheckpoint):
-        return SliceAutoencoder(config.model, image_channels=1, num_classes=config.num_classes)
+        return SliceAutoencoder(config.model, image_channels=config.image_channels, num_classes=config.num_classes)
     cfg = from_dict(AutoencoderConfig, config["model"])
-    return SliceAutoencoder(cfg, image_channels=1, num_classes=int(config["num_classes"]))
+    channels = int(config.get("image_channels", 1) or 1)  # checkpoints from before channels: one
+    return SliceAutoencoder(cfg, image_channels=channels, num_classes=int(config["num_classes"]))
 
 
 def load_autoencoder(path: Path, device: torch.device) -> tuple[SliceAutoencoder, AutoencoderCheckpoint]:
@@ -120,6 +121,6 @@ def load_segmenter(path: Path, device: torch.device) -> tuple[torch.nn.Module, S
     path = resolve_checkpoint(path)
     tensors, raw = load_checkpoint(path, kind="segmenter")
     config = SegmenterCheckpoint.from_dict(raw, source=str(path))
-    model = build_segmenter(config.model, config.num_classes)
+    model = build_segmenter(config.model, config.num_classes, len(config.channel_names))
     load_weights(model, tensors, path)
     return model.to(device).eval(), config

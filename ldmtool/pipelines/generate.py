@@ -163,7 +163,7 @@ def generate(
         todo = job.prepare(mine)
         job.result = _result(job, mine, todo, n, memory)
         job.run(todo, console)
-        _write_dataset_json(job.out_dir, pipe.label_names, n, fmt)
+        _write_dataset_json(job.out_dir, pipe.label_names, n, fmt, pipe.channel_names)
         if fmt == "nifti" and pipe.image_dims == 3 and part.index == 0:
             write_montage(job.out_dir, job.out_dir / "montage.png", max_samples=8)
         return job.result
@@ -175,6 +175,11 @@ def output_format(pipe: LatentDiffusionPipeline, fmt: str | None) -> str:
         return "nifti" if pipe.image_dims == 3 else ("dicom" if pipe.image_format == "dicom" else "png")
     if fmt == "png" and pipe.image_dims != 2:
         raise LdmError("--format png is for models of 2D images; this model makes volumes (nifti | dicom)")
+    if fmt == "dicom" and pipe.ae.image_channels > 1:
+        raise LdmError(
+            f"--format dicom writes one grey series per sample; this model makes {pipe.ae.image_channels} channels "
+            f"({', '.join(pipe.channel_names)}): use --format nifti"
+        )
     return fmt
 
 
@@ -365,7 +370,9 @@ class _SampleJob:
             self.result.written.append(name)
 
     def write_files(self, name: str, vol: SampledVolume) -> dict[str, str]:
-        """The image (and label) files of one sample, NIfTI or DICOM; returns their relative paths."""
+        """The image (and label) files of one sample, NIfTI or DICOM; returns their relative paths.
+        Several channels: one file per channel, nnU-Net's NAME_0000, NAME_0001, ... (`files["image"]`
+        is channel 0000, `files["channels"]` names them all)."""
         affine = self.pipe.reference_affine
         image_vol = Volume(vol.image.astype(np.float32), affine, {"synthetic": True})
         label_vol = None if vol.label is None else Volume(vol.label, affine, {"synthetic": True})
@@ -373,8 +380,13 @@ class _SampleJob:
         if self.pipe.image_dims == 2 and self.fmt != "nifti":
             return self.write_image_files(name, image_vol, label_vol)
         if self.fmt == "nifti":
-            files["image"] = f"imagesTr/{name}_0000.nii.gz"
-            write_nifti(image_vol, self.out_dir / files["image"])
+            written = {}
+            for c, (channel, part) in enumerate(zip(self.pipe.channel_names, channel_volumes(image_vol))):
+                written[channel] = f"imagesTr/{name}_{c:04d}.nii.gz"
+                write_nifti(part, self.out_dir / written[channel])
+            files["image"] = next(iter(written.values()))
+            if len(written) > 1:
+                files["channels"] = written
             if label_vol is not None:
                 files["label"] = f"labelsTr/{name}.nii.gz"
                 write_nifti(label_vol, self.out_dir / files["label"])
@@ -414,9 +426,14 @@ class _SampleJob:
 
         files = {}
         if self.fmt == "png":
-            files["image"] = f"imagesTr/{name}_0000.png"
             dtype = self.pipe.image_dtype if self.pipe.image_dtype in ("uint8", "uint16") else "uint16"
-            write_png(image, self.out_dir / files["image"], dtype=dtype)
+            written = {}
+            for c, (channel, part) in enumerate(zip(self.pipe.channel_names, channel_volumes(image))):
+                written[channel] = f"imagesTr/{name}_{c:04d}.png"
+                write_png(part, self.out_dir / written[channel], dtype=dtype)
+            files["image"] = next(iter(written.values()))
+            if len(written) > 1:
+                files["channels"] = written
         else:
             files["image"] = f"dicom/{name}.dcm"
             write_dicom_2d(
@@ -429,6 +446,13 @@ class _SampleJob:
             files["label"] = f"labelsTr/{name}.png"
             write_png(label, self.out_dir / files["label"])
         return files
+
+
+def channel_volumes(volume: Volume) -> list[Volume]:
+    """The channels of an image as single-channel volumes: itself when (I, J, K), one per C of (I, J, K, C)."""
+    if volume.array.ndim == 3:
+        return [volume]
+    return [volume.with_array(np.ascontiguousarray(volume.array[..., c])) for c in range(volume.array.shape[3])]
 
 
 def training_modality(pipe: LatentDiffusionPipeline) -> str:
@@ -494,11 +518,15 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _write_dataset_json(out_dir: Path, label_names: dict[str, int], n: int, fmt: str) -> None:
-    """nnU-Net style dataset.json, so the sample folder is itself a training set."""
+def _write_dataset_json(
+    out_dir: Path, label_names: dict[str, int], n: int, fmt: str, channel_names: list[str] | None = None
+) -> None:
+    """nnU-Net style dataset.json, so the sample folder is itself a training set (its channels
+    named as the training data's)."""
+    names = channel_names if channel_names and len(channel_names) > 1 else ["image"]
     meta: dict[str, Any] = {
         "name": "ldmtool synthetic samples",
-        "channel_names": {"0": "image"},
+        "channel_names": {str(c): name for c, name in enumerate(names)},
         "labels": label_names or {"background": 0},
         "numTraining": n,
         "file_ending": {"nifti": ".nii.gz", "png": ".png"}.get(fmt, ".dcm"),

@@ -9,6 +9,13 @@ on the observed voxels is differentiated with respect to the current latent, and
 steers the score at the score's own norm. The decoded result is mapped back to the input's voxel
 grid through the two affines (linear interpolation, missing voxels only); observed voxels are
 copied from the input unchanged, so they come back bit for bit.
+
+A model of several channels (contrasts) imputes a case of nnU-Net channel files: the input is one
+of them (CASE_0000.nii.gz), the others are read from beside it, and each channel's missing voxels
+are imputed; `missing_channel` names a channel that was not acquired at all (its file need not
+exist): it is unobserved in every slice, so self-guidance synthesises it from the other channels,
+in the intensity scale the model recorded for it. Outputs are then one file per channel
+(CASE_imputed_0000.nii.gz, ...).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from ldmtool import __version__
 from ldmtool.config import ImputeConfig
 from ldmtool.data.prepared import slices_to_volume, volume_to_slices
 from ldmtool.errors import LdmError
+from ldmtool.io.dataset import case_channel_files
 from ldmtool.models.checkpoint import file_sha256
 from ldmtool.models.checkpoint_config import AutoencoderCheckpoint
 from ldmtool.pipelines.latent_diffusion import LatentDiffusionPipeline
@@ -51,25 +59,29 @@ def missing_mask(
 ) -> np.ndarray:
     """Missing voxels of `image` (True = missing): NaN/inf voxels, plus a mask (1 = missing), plus
     whole slices along the third array axis, plus simulated MCAR voxels. Errors for a mask of
-    the wrong shape, a volume with nothing missing or nothing observed."""
+    the wrong shape, a volume with nothing missing or nothing observed. An image of several
+    channels (I, J, K, C) takes a mask and slices of its grid (I, J, K), for every channel."""
     from ldmtool.data.missing import mcar_mask, parse_slices, slices_mask
 
     gone = ~np.isfinite(image)
+    grid = image.shape[:3]
+    every_channel = (1,) * (image.ndim - 3)  # a trailing channel axis: the same voxels in each
     if mask is not None:
-        if mask.shape != image.shape:
-            raise LdmError(f"--mask has shape {mask.shape} but the volume has shape {image.shape}")
+        if mask.shape != grid:
+            raise LdmError(f"--mask has shape {mask.shape} but the volume has shape {grid}")
         if not np.isin(mask, (0, 1)).all():
             raise LdmError("--mask must hold 0 (observed) and 1 (missing) only")
-        gone |= mask.astype(bool)
+        gone |= mask.astype(bool).reshape(grid + every_channel)
     if slices:
-        gone |= slices_mask(image.shape, parse_slices(slices, image.shape[2]))
+        gone |= slices_mask(grid, parse_slices(slices, grid[2])).reshape(grid + every_channel)
     if simulate_mcar is not None:
         if not 0.0 < simulate_mcar < 1.0:
             raise LdmError(f"--simulate-mcar must be in (0, 1); got {simulate_mcar}")
         gone |= mcar_mask(image.shape, simulate_mcar, seed)
     if not gone.any():
         raise LdmError(
-            "nothing is missing: give --mask, --missing-slices or --simulate-mcar, or NaN voxels in the volume"
+            "nothing is missing: give --mask, --missing-slices, --simulate-mcar or --missing-channel, "
+            "or NaN voxels in the volume"
         )
     if gone.all():
         raise LdmError(
@@ -79,19 +91,25 @@ def missing_mask(
 
 
 def to_model_space(volume, gone: np.ndarray, ae_cfg: AutoencoderCheckpoint):
-    """(normalised image (D,H,W), missing (D,H,W) bool, model affine (I,J,K), intensity range)."""
+    """(normalised image (D,H,W), missing (D,H,W) bool, model affine (I,J,K), intensity range);
+    a volume of several channels (I,J,K,C): image and missing (D,C,H,W) and the intensity range
+    of every channel (that of a channel missing altogether: the one the autoencoder recorded)."""
     from ldmtool.data.preprocess import _crop_or_pad, preprocess_case
 
     pc = preprocess_case(volume, None, ae_cfg.preprocess, gone)
     arr, miss, affine = pc.image.array, pc.missing.array, pc.image.affine
     shape = tuple(int(v) for v in ae_cfg.volume_shape)
-    if arr.shape != shape:  # preprocessing without a fixed shape: bring the grid to the trained one
+    if arr.shape[:3] != shape:  # preprocessing without a fixed shape: bring the grid to the trained one
         arr, shift = _crop_or_pad(arr, shape, float(arr.min()))
         miss, _ = _crop_or_pad(miss, shape, 0)
         translate = np.eye(4)
         translate[:3, 3] = shift
         affine = affine @ translate
-    return volume_to_slices(arr), volume_to_slices(miss).astype(bool), affine, pc.intensity_range
+    irange = pc.intensity_range
+    if arr.ndim == 4:
+        recorded = ae_cfg.intensity_ranges or [(0.0, 1.0)] * arr.shape[3]
+        irange = [r if np.isfinite(r).all() else tuple(recorded[c]) for c, r in enumerate(pc.intensity_ranges)]
+    return volume_to_slices(arr), volume_to_slices(miss).astype(bool), affine, irange
 
 
 def to_input_grid(
@@ -131,11 +149,13 @@ def impute_file(
     console=None,
     series_uid: str | None = None,
     overwrite: bool = False,
+    missing_channel: str | None = None,
 ) -> ImputeResult:
     """Impute one NIfTI file or DICOM series (`series_uid`: which, in a folder holding several);
     write NIfTI outputs in its geometry (the imputed volume in the input's value type) and the
     run record (`runs/impute-CASE-TIME.json`, the latest also as `CASE_impute.json`). `out_dir`
-    must be new, empty or an earlier impute output (`overwrite`: see `pipelines.outdir`)."""
+    must be new, empty or an earlier impute output (`overwrite`: see `pipelines.outdir`).
+    `missing_channel`: a channel name of a model of several channels, synthesised from the others."""
     ImputeConfig(  # the CLI's checks and messages
         samples=samples, guidance=guidance, steps=steps, sampler=sampler, eta=eta, batch_size=batch_size
     )
@@ -153,6 +173,7 @@ def impute_file(
             seed,
             device,
             console,
+            missing_channel,
             samples=samples,
             steps=steps,
             guidance=guidance,
@@ -162,16 +183,35 @@ def impute_file(
         )
 
 
-def _impute(source, ae_path, ldm_path, out_dir, mask, slices, simulate_mcar, series_uid, seed, device, console, **kw):
+def _impute(
+    source,
+    ae_path,
+    ldm_path,
+    out_dir,
+    mask,
+    slices,
+    simulate_mcar,
+    series_uid,
+    seed,
+    device,
+    console,
+    missing_channel,
+    **kw,
+):
     """The body of `impute_file` (its arguments; `kw`: the sampling settings)."""
     samples, steps, guidance, sampler, eta = kw["samples"], kw["steps"], kw["guidance"], kw["sampler"], kw["eta"]
     t0 = time.perf_counter()
     pipe = LatentDiffusionPipeline.from_pretrained(ae_path, ldm_path, device=device)
-    volume, raw, gone = _read_incomplete(Path(source), mask, slices, simulate_mcar, seed, series_uid)
+    absent = channel_index(pipe.channel_names, missing_channel)
+    hint = "; give it, or --missing-channel {name} to synthesise it"
+    files = case_channel_files(Path(source), pipe.channel_names, absent, hint)
+    volume, raw, gone = _read_incomplete(files, mask, slices, simulate_mcar, seed, series_uid, absent)
     image, miss, model_affine, irange = to_model_space(volume, gone, pipe.ae_config)
     if miss.all():
         raise LdmError("no observed voxel is left in the model's field of view: nothing to guide the imputation")
     label = f"impute {Path(source).name}", f"{100 * gone.mean():.1f}% missing"
+    if missing_channel is not None:
+        label = label[0], f"channel {missing_channel} missing, " + label[1]
     result_model = _impute_with_progress(
         pipe,
         torch.from_numpy(image),
@@ -183,7 +223,7 @@ def _impute(source, ae_path, ldm_path, out_dir, mask, slices, simulate_mcar, ser
     )
     fills, outside = _fills_on_input_grid(pipe, result_model, irange, model_affine, gone, volume.affine)
     result = ImputeResult(str(source), missing_voxels=int(gone.sum()), total_voxels=int(gone.size), outside=outside)
-    stem = _write_outputs(result, volume, raw, gone, fills, Path(out_dir), Path(source))
+    stem = _write_outputs(result, volume, raw, gone, fills, Path(out_dir), files[0], len(files))
     result.seconds = time.perf_counter() - t0
     prov = {
         "source": str(source),
@@ -195,7 +235,9 @@ def _impute(source, ae_path, ldm_path, out_dir, mask, slices, simulate_mcar, ser
             "mask": None if mask is None else str(mask),
             "slices": slices,
             "simulate_mcar": simulate_mcar,
+            "channel": missing_channel,
         },
+        **({"channels": pipe.channel_names, "inputs": [str(f) for f in files]} if len(files) > 1 else {}),
         "missing_outside_model_grid": outside,
         "samples": samples,
         "sampler": sampler,
@@ -203,7 +245,7 @@ def _impute(source, ae_path, ldm_path, out_dir, mask, slices, simulate_mcar, ser
         "eta": eta,
         "guidance": guidance,
         "seed": seed,
-        "intensity_range": list(irange),
+        "intensity_range": [list(r) for r in irange] if len(files) > 1 else list(irange),
         "seconds": result.seconds,
         "device": str(device),
         "ae": str(ae_path),
@@ -219,14 +261,42 @@ def _impute(source, ae_path, ldm_path, out_dir, mask, slices, simulate_mcar, ser
     return result
 
 
+def channel_index(names: list[str], missing_channel: str | None) -> int | None:
+    """The index of `missing_channel` among a model's channel names (None when not given); an
+    error for a name the model does not have or a model of one channel."""
+    if missing_channel is None:
+        return None
+    if len(names) < 2:
+        raise LdmError("--missing-channel needs a model of several channels; this one was trained on one")
+    if missing_channel not in names:
+        raise LdmError(f"--missing-channel {missing_channel}: the model's channels are {', '.join(names)}")
+    return names.index(missing_channel)
+
+
 def _read_incomplete(
-    source: Path, mask: Path | None, slices: str | None, simulate_mcar: float | None, seed: int, series_uid=None
+    files: list[Path],
+    mask: Path | None,
+    slices: str | None,
+    simulate_mcar: float | None,
+    seed: int,
+    series_uid=None,
+    absent: int | None = None,
 ):
-    """(volume, its array, missing voxels) of the input; NaN voxels count as missing."""
+    """(volume, its array, missing voxels) of the input; NaN voxels count as missing. Several
+    channel files: one (I, J, K, C) volume on the grid of the first one present, the `absent`
+    channel all missing (NaN)."""
     from ldmtool.io.dataset import read_aligned
     from ldmtool.io.readers import read_volume
 
-    volume = read_volume(source, series_uid=series_uid, allow_nan=True)
+    present = [c for c in range(len(files)) if c != absent]
+    volume = read_volume(files[present[0]], series_uid=series_uid, allow_nan=True)
+    if len(files) > 1:
+        channels = {present[0]: np.asarray(volume.array, dtype=np.float32)}
+        for c in present[1:]:
+            channels[c] = np.asarray(read_aligned(files[c], volume, f"channel {c:04d} ({files[c].name})", True).array)
+        nan = np.full(volume.shape, np.nan, dtype=np.float32)
+        stacked = np.stack([channels.get(c, nan).astype(np.float32) for c in range(len(files))], axis=-1)
+        volume = volume.with_array(stacked)
     raw = np.asarray(volume.array)
     mask_arr = None
     if mask is not None:
@@ -262,23 +332,37 @@ def _fills_on_input_grid(
     model_affine: np.ndarray,
     gone: np.ndarray,
     input_affine: np.ndarray,
-) -> tuple[np.ndarray, int]:
-    """(samples, missing voxels) imputed values in source units on the input's grid, and how many
-    missing voxels fell outside the model's grid."""
-    from ldmtool.data.preprocess import denormalise
-
-    fills, outside = [], 0  # only the missing voxels differ between samples
+) -> tuple[list[np.ndarray], int]:
+    """Per channel, (samples, its missing voxels) imputed values in source units on the input's
+    grid, and how many missing voxels fell outside the model's grid."""
+    channels = 1 if gone.ndim == 3 else gone.shape[3]
+    ranges = [irange] if gone.ndim == 3 else irange
+    where = gone.reshape(*gone.shape[:3], channels)
+    fills, outside = [[] for _ in range(channels)], 0  # only the missing voxels differ between samples
     for k in range(result_model.shape[0]):
-        model_vol = denormalise(slices_to_volume(result_model[k].numpy()), irange, pipe.preprocess)
-        values, outside = to_input_grid(model_vol, model_affine, gone, input_affine)
-        fills.append(values)
-    return np.stack(fills).astype(np.float64), outside
+        model_vol = pipe.to_source_scale(slices_to_volume(result_model[k].numpy()), ranges)
+        model_vol = model_vol.reshape(*model_vol.shape[:3], channels)
+        outside = 0
+        for c in range(channels):
+            values, out_c = to_input_grid(model_vol[..., c], model_affine, where[..., c], input_affine)
+            fills[c].append(values)
+            outside += out_c
+    return [np.stack(f).astype(np.float64) for f in fills], outside
 
 
 def _write_outputs(
-    result: ImputeResult, volume, raw: np.ndarray, gone: np.ndarray, fills: np.ndarray, out_dir: Path, source: Path
+    result: ImputeResult,
+    volume,
+    raw: np.ndarray,
+    gone: np.ndarray,
+    fills: list[np.ndarray],
+    out_dir: Path,
+    source: Path,
+    channels: int = 1,
 ) -> str:
-    """Write `<stem>_imputed`, `_missing` (and `_std` for several samples) in the input's geometry; returns the stem."""
+    """Write `<stem>_imputed`, `_missing` (and `_std` for several samples) in the input's geometry;
+    several channels: one file of each per channel, `_0000`, `_0001`, ... (the stem: the case's
+    name). Returns the stem."""
     from ldmtool.io import write_nifti
     from ldmtool.pipelines.segment import output_stem
 
@@ -288,21 +372,29 @@ def _write_outputs(
         out_dtype = raw.dtype if np.issubdtype(raw.dtype, np.floating) else np.dtype(np.float32)
     else:  # computed in float64, written in the input's integer type
         out_dtype = np.dtype(np.float64)
-    stem = output_stem(source)
+    stem = output_stem(source)  # CASE_0000 → CASE
     out_dir.mkdir(parents=True, exist_ok=True)
     clear_temps(out_dir, f"{stem}_*")  # left by a run of this case killed while writing
-    imputed = raw.astype(out_dtype, copy=True)  # observed voxels: the input's values, untouched
-    imputed[gone] = fills.mean(0).astype(out_dtype)
-    result.outputs["imputed"] = write_nifti(  # integer input: imputed values rounded and clipped to its type
-        volume.with_array(imputed, imputed=True),
-        out_dir / f"{stem}_imputed.nii.gz",
-        dtype=None if floating else value_dtype,
-    )
-    result.outputs["missing"] = write_nifti(
-        volume.with_array(gone.astype(np.uint8)), out_dir / f"{stem}_missing.nii.gz"
-    )
-    if fills.shape[0] > 1:
-        std_map = np.zeros(raw.shape, dtype=np.float32)
-        std_map[gone] = fills.std(0)
-        result.outputs["std"] = write_nifti(volume.with_array(std_map), out_dir / f"{stem}_std.nii.gz")
+    for c in range(channels):
+        suffix = f"_{c:04d}" if channels > 1 else ""
+        raw_c = raw if channels == 1 else raw[..., c]
+        gone_c = gone if channels == 1 else gone[..., c]
+        imputed = raw_c.astype(out_dtype, copy=True)  # observed voxels: the input's values, untouched
+        imputed[gone_c] = fills[c].mean(0).astype(out_dtype)
+        result.outputs[f"imputed{suffix}"] = (
+            write_nifti(  # integer input: imputed values rounded and clipped to its type
+                volume.with_array(imputed, imputed=True),
+                out_dir / f"{stem}_imputed{suffix}.nii.gz",
+                dtype=None if floating else value_dtype,
+            )
+        )
+        result.outputs[f"missing{suffix}"] = write_nifti(
+            volume.with_array(gone_c.astype(np.uint8)), out_dir / f"{stem}_missing{suffix}.nii.gz"
+        )
+        if fills[c].shape[0] > 1:
+            std_map = np.zeros(raw_c.shape, dtype=np.float32)
+            std_map[gone_c] = fills[c].std(0)
+            result.outputs[f"std{suffix}"] = write_nifti(
+                volume.with_array(std_map), out_dir / f"{stem}_std{suffix}.nii.gz"
+            )
     return stem

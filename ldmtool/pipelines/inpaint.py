@@ -155,6 +155,11 @@ def _inpaint(
     raw = np.asarray(volume.array)
     region = read_region(region_path, volume)
     pipe = LatentDiffusionPipeline.from_pretrained(ae_path, ldm_path, device=device)
+    if pipe.ae.image_channels > 1:
+        raise LdmError(
+            f"inpaint regenerates a region of one-channel volumes; this model has {pipe.ae.image_channels} channels "
+            f"({', '.join(pipe.channel_names)}): use impute --mask for a region of every channel"
+        )
     if (label is not None or healthy) and not pipe.label_names:
         raise LdmError("--label and --healthy need a model trained with label maps (labelsTr/ + dataset.json)")
     image, miss, model_affine, irange = to_model_space(volume, region, pipe.ae_config)

@@ -45,7 +45,9 @@ class SampledVolume:
     """One decoded sample, in the training geometry (I, J, K)."""
 
     seed: int
-    image: np.ndarray  # float32, intensities in the source scale (normalised if none was recorded)
+    image: (
+        np.ndarray
+    )  # float32, intensities in the source scale (normalised if none was recorded); (I, J, K, C) for several channels
     label: np.ndarray | None  # uint8 label map, or None for an image-only autoencoder
 
 
@@ -74,6 +76,8 @@ class LatentDiffusionPipeline:
         self.latent_std = torch.tensor(ldm_config.latent_std, device=device)[None, :, None, None, None]
         self.preprocess: PreprocessConfig = ae_config.preprocess
         self.intensity_range = ae_config.intensity_range
+        self.intensity_ranges = ae_config.intensity_ranges  # per channel (None: none recorded)
+        self.channel_names: list[str] = ae_config.channel_names
         self.reference_affine = np.asarray(ae_config.reference_affine)
         self.label_names: dict[str, int] = dict(ae_config.label_names)
         self.image_dims = int(ae_config.get("image_dims", 3) or 3)  # 2: a model of 2D images
@@ -130,7 +134,7 @@ class LatentDiffusionPipeline:
         observed: torch.Tensor | None = None,
         batch: int = 64,
     ) -> torch.Tensor:
-        """Normalised volume slices (D, H, W) → standardised latent volume (L, D, h, w)."""
+        """Normalised volume slices (D, H, W) (several channels: (D, C, H, W)) → standardised latent volume (L, D, h, w)."""
         z = encode_volume(self.ae, image, label, batch=batch, observed=observed)
         return (z - self.latent_mean[0]) / self.latent_std[0]
 
@@ -247,17 +251,26 @@ class LatentDiffusionPipeline:
 
     def decode(self, latents: torch.Tensor, decode_batch: int = 64) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """Standardised latents (B, L, D, h, w) → per volume (image in the source scale, label map),
-        both (I, J, K), decoded `decode_batch` slices at a time."""
+        both (I, J, K) (the image (I, J, K, C) with several channels), decoded `decode_batch`
+        slices at a time."""
         with torch.inference_mode(), autocast(self.device, self.precision):
             z = latents.float() * self.latent_std + self.latent_mean
             images, labels = decode_latents(self.ae, z, decode_batch, labels_only=True)
         return [self._to_volume(images[j], None if labels is None else labels[j]) for j in range(images.shape[0])]
 
     def _to_volume(self, image: torch.Tensor, label: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray | None]:
-        img = slices_to_volume(image.float().numpy())
-        if self.intensity_range is not None:
-            img = denormalise(img, self.intensity_range, self.preprocess)
+        img = self.to_source_scale(slices_to_volume(image.float().numpy()))
         return img, None if label is None else slices_to_volume(label.numpy())
+
+    def to_source_scale(self, image: np.ndarray, ranges: Sequence[tuple[float, float]] | None = None) -> np.ndarray:
+        """A normalised model-space image (I, J, K) or (I, J, K, C) in source intensities, each
+        channel with its own range (`ranges`, else the ones the autoencoder recorded; unchanged when none)."""
+        ranges = self.intensity_ranges if ranges is None else ranges
+        if ranges is None:
+            return image
+        if image.ndim == 3:
+            return denormalise(image, ranges[0], self.preprocess)
+        return np.stack([denormalise(image[..., c], r, self.preprocess) for c, r in enumerate(ranges)], axis=-1)
 
     def sample(
         self,
@@ -318,14 +331,15 @@ class LatentDiffusionPipeline:
         """Fill the missing voxels of one volume in model space with latent self-guidance (LDMiss).
 
         Args:
-            image: (D, H, W) normalised volume, slice axis first (missing voxels: any value).
-            missing: (D, H, W) bool, True = missing.
+            image: (D, H, W) normalised volume, slice axis first (missing voxels: any value);
+                (D, C, H, W) for a model of several channels.
+            missing: bool of the shape of `image`, True = missing (a whole channel may be missing).
             samples: independent imputations (seeds `sample_seed(seed, k)`).
             chunk: latent slices decoded at once inside the guidance (bounds its memory).
             callback: called with the number of finished denoising steps (for a progress bar).
             labels: (1, C, D, h, w) label-map condition (`label_condition`) of a mask-to-image model.
         Returns:
-            (samples, D, H, W) on the CPU: observed voxels exactly `image`'s, missing ones imputed.
+            (samples, *image.shape) on the CPU: observed voxels exactly `image`'s, missing ones imputed.
         """
         ImputeConfig(  # the CLI's checks and messages
             samples=samples, guidance=guidance, steps=steps, sampler=sampler, eta=eta, batch_size=batch_size
@@ -347,7 +361,7 @@ class LatentDiffusionPipeline:
         for start in range(0, samples, batch_size):
             b = min(batch_size, samples - start)
             error = observed_error(
-                render, target.expand(b, -1, -1, -1), keep.expand(b, -1, -1, -1), slice_chunks(chunk)
+                render, target.expand(b, *target.shape), keep.expand(b, *keep.shape), slice_chunks(chunk)
             )
             lab = None if labels is None else labels.expand(b, -1, -1, -1, -1)
             hook = SelfGuidance(guided(self.ldm, None, None, labels=lab), alphas, dcfg.prediction_type, error, guidance)
@@ -404,7 +418,13 @@ class LatentDiffusionPipeline:
     def _check_model_space(self, image: torch.Tensor) -> None:
         f = self.ae.cfg.downsample
         expect = (self.latent_shape[1], self.latent_shape[2] * f, self.latent_shape[3] * f)
-        if tuple(image.shape) != expect:
+        grid = (image.shape[0], *image.shape[-2:])
+        if grid != expect:
             raise LdmError(
-                f"the volume is {tuple(image.shape)} (slices, rows, columns) in model space but the models expect {expect}"
+                f"the volume is {grid} (slices, rows, columns) in model space but the models expect {expect}"
+            )
+        channels = 1 if image.ndim == 3 else image.shape[1]
+        if channels != self.ae.image_channels:
+            raise LdmError(
+                f"the volume has {channels} channels but the models were trained on {self.ae.image_channels}"
             )

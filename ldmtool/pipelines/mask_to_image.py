@@ -197,7 +197,7 @@ def generate_from_labels(
         )
         labels = _Maps(names, pipe.label_names)
         _run(pipe, smp, todo, labels, settings, out_dir, result, guidance, batch_size, decode_batch, console)
-        _write_dataset_json(out_dir, pipe.label_names, len(jobs), "nifti")
+        _write_dataset_json(out_dir, pipe.label_names, len(jobs), "nifti", pipe.channel_names)
         from ldmtool.pipelines.montage import write_montage
 
         write_montage(out_dir, out_dir / "montage.png", max_samples=8)
@@ -238,10 +238,15 @@ def _write_sample(
 ) -> None:
     """The image in the map's grid, the map as its label, provenance last (it marks the sample done)."""
     where = np.ones(label.shape, dtype=bool)
-    values, _ = to_input_grid(image, model_affine, where, label.affine)
-    files = {"image": f"imagesTr/{job.name}_0000.nii.gz", "label": f"labelsTr/{job.name}.nii.gz"}
+    files: dict[str, Any] = {"image": f"imagesTr/{job.name}_0000.nii.gz", "label": f"labelsTr/{job.name}.nii.gz"}
     meta: dict[str, Any] = {"synthetic": True}
-    write_nifti(Volume(values.reshape(label.shape).astype(np.float32), label.affine, meta), out_dir / files["image"])
+    channels = image.reshape(*image.shape[:3], -1)  # (I, J, K, C): one file per channel, nnU-Net's _0000, _0001, ...
+    for c in range(channels.shape[3]):
+        values, _ = to_input_grid(channels[..., c], model_affine, where, label.affine)
+        path = f"imagesTr/{job.name}_{c:04d}.nii.gz"
+        write_nifti(Volume(values.reshape(label.shape).astype(np.float32), label.affine, meta), out_dir / path)
+        if channels.shape[3] > 1:
+            files.setdefault("channels", {})[pipe.channel_names[c]] = path
     write_nifti(label, out_dir / files["label"])
     prov = {
         "sample": job.name,

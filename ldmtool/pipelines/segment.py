@@ -56,7 +56,7 @@ class _Prepared:
     arr: np.ndarray
     work_affine: np.ndarray
     src_codes: str
-    slices: torch.Tensor  # (K, I, J)
+    slices: torch.Tensor  # (K, I, J); several channels: (K, C, I, J)
     seconds: float
 
 
@@ -85,6 +85,21 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
                 raise LdmError(f"{path} holds no NIfTI files or DICOM series to segment")
             out.extend(found)
     return out
+
+
+def case_inputs(files: list[Path], channels: int) -> list[Path]:
+    """For a model of several channels, one input per case: its channel 0000 file (the others are
+    read from beside it), in the order the cases first appear; unchanged for one channel."""
+    if channels == 1:
+        return files
+    from ldmtool.io.dataset import _CHANNEL_RE, _volume_id
+
+    out: dict[Path, None] = {}
+    for f in files:
+        stem = _volume_id(f.name)
+        m = _CHANNEL_RE.match(stem)
+        out[f.parent / f"{m['case']}_0000{f.name[len(stem) :]}" if m else f] = None
+    return list(out)
 
 
 def output_stem(path: Path) -> str:
@@ -141,7 +156,7 @@ def segment_files(
     seg = Segmenter.from_pretrained(model_path, device, precision)
     if seg.arch == "unet" and samples > 1:
         raise LdmError("--samples > 1 needs an LDSeg model; a UNet is deterministic")
-    files = expand_inputs(inputs)
+    files = case_inputs(expand_inputs(inputs), len(seg.channel_names))
     stems = [output_stem(p) for p in files]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
@@ -174,11 +189,11 @@ def prepare_case(path: Path, stem: str, seg: Segmenter, series_uid: str | None =
     into the model's axes and intensity scale."""
     t0 = time.perf_counter()
     pre = seg.preprocess
-    volume = read_volume(path, series_uid=series_uid, allow_single_slice=True)
+    volume = _read_channels(path, seg.channel_names, series_uid)
     arr = np.asarray(volume.array, dtype=np.float32)
-    if arr.ndim != 3:
+    if arr.ndim != 3 and len(seg.channel_names) == 1:
         raise LdmError(f"{path} is not a 3D volume (shape {arr.shape})")
-    if seg.dims == 3 and min(arr.shape) < 2:
+    if seg.dims == 3 and min(arr.shape[:3]) < 2:
         raise LdmError(
             f"{path} is a 2D image (shape {arr.shape}) and this is a 3D model; segment it with a --dims 2 model"
         )
@@ -186,9 +201,25 @@ def prepare_case(path: Path, stem: str, seg: Segmenter, series_uid: str | None =
     work, work_affine = arr, volume.affine
     if pre.orientation != "none":
         (work,), work_affine = _reorient([arr], volume.affine, pre.orientation)
-    work = _normalise(work, _intensity_range(work, pre), pre)
-    slices = torch.from_numpy(volume_to_slices(work).copy())  # (K, I, J)
+    if work.ndim == 4:  # each channel with its own intensity range
+        work = np.stack([_normalise(w, _intensity_range(w, pre), pre) for w in np.moveaxis(work, 3, 0)], axis=-1)
+    else:
+        work = _normalise(work, _intensity_range(work, pre), pre)
+    slices = torch.from_numpy(volume_to_slices(work).copy())  # (K, I, J) or (K, C, I, J)
     return _Prepared(path, stem, volume, arr, work_affine, src_codes, slices, time.perf_counter() - t0)
+
+
+def _read_channels(path: Path, names: list[str], series_uid: str | None) -> Volume:
+    """The input volume; for a model of several channels, the case's channel files read as one
+    (I, J, K, C) volume (each on channel 0's grid)."""
+    from ldmtool.io.dataset import case_channel_files, read_aligned
+
+    files = case_channel_files(path, names)
+    volume = read_volume(files[0], series_uid=series_uid, allow_single_slice=True)
+    if len(files) == 1:
+        return volume
+    others = [read_aligned(f, volume, f"channel {c:04d} ({f.name})").array for c, f in enumerate(files[1:], 1)]
+    return volume.with_array(np.stack([np.asarray(a, dtype=np.float32) for a in (volume.array, *others)], axis=-1))
 
 
 class _SegmentJob:
@@ -277,7 +308,7 @@ class _SegmentJob:
             SegmentedCase(
                 source=str(case.path),
                 label_path=written["seg"],
-                shape=tuple(case.arr.shape),
+                shape=tuple(case.arr.shape[:3]),
                 seconds=case.seconds + predict_seconds + time.perf_counter() - t0,
                 voxels_per_class={self.names.get(c, str(c)): int(n) for c, n in enumerate(counts)},
                 prob_path=written.get("prob"),
@@ -293,8 +324,10 @@ class _SegmentJob:
             (data,), back_affine = _reorient([data], case.work_affine, case.src_codes)
             if not np.allclose(back_affine, case.volume.affine, atol=1e-4):
                 raise LdmError(f"internal error: {case.path} could not be put back into its own axes")
-        if data.shape[:3] != case.arr.shape:
-            raise LdmError(f"internal error: output shape {data.shape[:3]} differs from the input's {case.arr.shape}")
+        if data.shape[:3] != case.arr.shape[:3]:
+            raise LdmError(
+                f"internal error: output shape {data.shape[:3]} differs from the input's {case.arr.shape[:3]}"
+            )
         return data
 
     def write_dicom_seg(self, case: _Prepared, data: np.ndarray, written: dict[str, Path]) -> str | None:

@@ -74,7 +74,8 @@ def predict_volume(
     start: int | None = None,
     patch: tuple[int, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Class probabilities of one normalised volume (D, H, W) → (K, D, H, W) on the CPU, and with
+    """Class probabilities of one normalised volume (D, H, W) (several channels: (D, C, H, W)) →
+    (K, D, H, W) on the CPU, and with
     `samples` > 1 the per-voxel standard deviation over the draws of each class (K, D, H, W).
 
     2D models see the D slices in batches of `batch`; 3D models the whole volume. LDSeg draws
@@ -92,7 +93,11 @@ def predict_volume(
         else None
     )
     layout = memory_layout(cfg)
-    chunks = [image[None]] if cfg.dims == 3 else [image[s : s + batch] for s in range(0, image.shape[0], batch)]
+    image = image[:, None] if image.ndim == 3 else image  # (D, C, H, W)
+    if cfg.dims == 3:
+        chunks = [image.transpose(0, 1)[None]]  # (1, C, D, H, W)
+    else:
+        chunks = [image[s : s + batch] for s in range(0, image.shape[0], batch)]  # (B, C, H, W)
     means, stds = [], []
 
     def draws_of(x: torch.Tensor) -> list[torch.Tensor]:
@@ -109,7 +114,7 @@ def predict_volume(
             return draws
 
     for chunk in chunks:
-        x = chunk[:, None].float() if cfg.dims == 2 else chunk[None].float()  # (B, 1, H, W) or (1, 1, D, H, W)
+        x = chunk.float()
         if patch is not None and any(n > p for n, p in zip(x.shape[2:], patch)):
             mean, std = _tiled(draws_of, x.to(device), tuple(patch), samples, batch)
             means.append(mean)
@@ -175,6 +180,7 @@ class Segmenter:
         self.model, self.model_config, self.config, self.path = model, model_config, config, path
         self.patch_size = patch_size  # inputs larger than this are tiled (see predict_volume)
         self.label_names: dict[str, int] = dict(label_names or {})
+        self.channel_names: list[str] = ["image"] if config is None else config.channel_names
         self.preprocess = preprocess or PreprocessConfig()
         self.device, self.precision = device, precision
 

@@ -130,23 +130,24 @@ def validate_autoencoder(
 
     ae.eval()
     # MONAI's 11-voxel window, narrowed (odd) along axes of thin volumes, which it could not slide over
-    window = tuple(min(11, n - 1 + n % 2) for n in data.images.shape[1:])
+    window = tuple(min(11, n - 1 + n % 2) for n in data.grid)
     psnr, ssim = PSNRMetric(max_val=1.0), SSIMMetric(spatial_dims=3, data_range=1.0, win_size=window)
     dice = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
     losses, psnr_obs = [], []
     device = next(ae.parameters()).device
     for i in range(len(data.case_ids)):
-        image = data.images[i]
+        image = data.case(i)  # (D, C, H, W)
         label = None if data.labels is None else data.labels[i]
-        obs = None if data.observed is None else data.observed[i]
+        obs = data.case(i, observed=True)
         z = encode_volume(ae, image, label, batch, observed=obs)
         rec, probs = decode_latents(ae, z[None], batch)
-        target = image[None, None].float()
-        rec = rec[None].clamp(0, 1)
+        # (1, C, D, H, W) for the metrics, channels as MONAI's channel axis
+        target = image.transpose(0, 1)[None].float()
+        rec = rec.reshape(1, *image.shape).transpose(1, 2).clamp(0, 1)
         if obs is None:
             psnr(rec, target)
         else:  # incomplete: PSNR over the observed voxels; SSIM with missing voxels set to the target's
-            keep = obs[None, None].bool()
+            keep = obs.transpose(0, 1)[None].bool()
             mse = float(((rec - target)[keep] ** 2).mean())
             psnr_obs.append(10 * math.log10(1.0 / max(mse, 1e-12)))
             rec = torch.where(keep, rec, target)
@@ -158,12 +159,12 @@ def validate_autoencoder(
             dice(pred, gt)
         # loss on this case's slices (posterior mean, deterministic)
         pos = slice_positions(image.shape[0], device)
-        obs_in = None if obs is None else obs[:, None].to(device, torch.float32)
-        x = ae.make_input(image[:, None].to(device), None if label is None else label.to(device), obs_in)
+        obs_in = None if obs is None else obs.to(device, torch.float32)
+        x = ae.make_input(image.to(device), None if label is None else label.to(device), obs_in)
         z_mu, z_sigma = ae.encode(x, pos)
         img, logits = ae.split(ae.decode(z_mu, pos))
         loss, _ = loss_fn(
-            img, logits, image[:, None].to(device), None if label is None else label.to(device), z_mu, z_sigma, obs_in
+            img, logits, image.to(device), None if label is None else label.to(device), z_mu, z_sigma, obs_in
         )
         losses.append(float(loss))
     out = {
@@ -206,13 +207,13 @@ class AutoencoderTrainer(Trainer):
         device = info.device
         torch.manual_seed(seed)
         self.train, self.val = data.split(train_cfg.val_fraction, seed)
-        self.model = SliceAutoencoder(model_cfg, image_channels=1, num_classes=data.num_classes).to(device)
+        self.model = SliceAutoencoder(model_cfg, image_channels=data.channels, num_classes=data.num_classes).to(device)
         self.loss_fn = AELoss(loss_cfg, data.num_classes).to(device)
         self.sampler = SliceSampler(
             self.train, train_cfg.batch_size, loss_cfg.lesion_oversample, seed, info.rank, info.world
         )
         self.steps_per_epoch = len(self.sampler)
-        self.depth = data.images.shape[1]
+        self.depth = data.grid[0]
         self.config = self._checkpoint_config(data, model_cfg, preprocess, missing_rate)
         self.config["modality"] = modality  # of the training data: what synthetic DICOM is written as
         if data.image_dims == 2:  # 2D images: the denoiser is 2D and samples are written as images
@@ -231,8 +232,13 @@ class AutoencoderTrainer(Trainer):
     def _checkpoint_config(
         self, data: PreparedData, model_cfg: AutoencoderConfig, preprocess: dict, missing_rate: float
     ) -> dict:
-        d, h, w = data.images.shape[1:]
+        d, h, w = data.grid
         ranges = data.intensity_ranges
+        channels = {  # several contrasts: their names and each one's intensity range
+            "image_channels": data.channels,
+            "channel_names": list(data.channel_names),
+            **({"channel_intensity_ranges": data.channel_intensity_ranges()} if data.channels > 1 and ranges else {}),
+        }
         return {
             "kind": self.kind,
             "model": to_dict(model_cfg),
@@ -245,14 +251,13 @@ class AutoencoderTrainer(Trainer):
             "depth": d,
             "volume_shape": list(data.volume_shape),
             "reference_affine": np.asarray(data.affines[0]).tolist(),
-            "intensity_range": [float(np.mean([r[0] for r in ranges])), float(np.mean([r[1] for r in ranges]))]
-            if ranges
-            else None,
+            "intensity_range": list(data.channel_intensity_ranges()[0]) if ranges else None,
             "missing_fraction": data.missing_fraction,
             "missing_rate": missing_rate,  # simulated MCAR rate (train-ldm draws the same masks by default)
             "train_cases": self.train.case_ids,
             "val_cases": [] if self.val is None else self.val.case_ids,
             "seed": self.seed,
+            **channels,
         }
 
     def epoch_batches(self, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -263,9 +268,10 @@ class AutoencoderTrainer(Trainer):
         case_idx, slice_idx = batch
         ae, train, device = self.model, self.train, self.info.device
         ae.train()
-        image = train.images[case_idx, slice_idx][:, None].to(device)
+        image = train.slices(case_idx, slice_idx).to(device)  # (B, C, H, W)
         label = None if train.labels is None else train.labels[case_idx, slice_idx].to(device)
-        obs = None if train.observed is None else train.observed[case_idx, slice_idx][:, None].to(device, torch.float32)
+        obs = train.slices(case_idx, slice_idx, observed=True)
+        obs = None if obs is None else obs.to(device, torch.float32)
         pos = (slice_idx.float() / max(self.depth - 1, 1)).to(device)
         with autocast(device, self.cfg.precision):
             out, z_mu, z_sigma = net(ae.make_input(image, label, obs), pos, self.loss_cfg.latent_noise)

@@ -67,7 +67,7 @@ def check_segmentation_data(data: PreparedData, model_cfg: SegModelConfig) -> No
     if data.num_classes < 2:
         raise LdmError("train-seg needs at least one foreground class (dataset.json labels or --labels)")
     mult = size_multiple(model_cfg)
-    d, h, w = data.images.shape[1:]
+    d, h, w = data.grid
     if model_cfg.dims == 3 and min(d, h, w) < mult:
         raise LdmError(
             f"volumes of {d}×{h}×{w} (slices × rows × columns) are too small for this 3D model "
@@ -139,7 +139,7 @@ class SegmenterTrainer(Trainer):
         self.train, self.n_train = data.subset(train_idx), len(train_idx)
         self.val = data.subset(val_idx) if val_idx else None
         self.mult = size_multiple(model_cfg)
-        self.model = build_segmenter(model_cfg, data.num_classes).to(device)
+        self.model = build_segmenter(model_cfg, data.num_classes, data.channels).to(device)
         self.ldseg = isinstance(self.model, LDSeg)
         self.unit = "slices" if model_cfg.dims == 2 else "volumes"
         sampler = SliceSampler if data.shapes is None else _ValidSliceSampler
@@ -175,6 +175,8 @@ class SegmenterTrainer(Trainer):
             "train_cases": [data.case_ids[i] for i in train_idx],
             "val_cases": [data.case_ids[i] for i in val_idx],
             "seed": seed,
+            "image_channels": data.channels,  # the contrasts read together, in this order
+            "channel_names": list(data.channel_names),
         }
 
     def epoch_batches(self, epoch: int) -> list[tuple[torch.Tensor, ...]]:
@@ -190,10 +192,16 @@ class SegmenterTrainer(Trainer):
         self.model.train()
         dims, device = self.model_cfg.dims, self.info.device
         crop = (...,) + self.batch_extent(batch[0])
-        x, _ = pad_to_multiple(self.train.images[batch][crop][:, None], self.mult, dims)
+        x, _ = pad_to_multiple(self.network_input(self.train.images[batch])[crop], self.mult, dims)
         y, _ = pad_to_multiple(self.train.labels[batch][crop], self.mult, dims)
         loss, parts = self.loss_on(x.to(device), y.to(device), step_generator(self.seed, 0, step))
         return loss, parts, x.shape[0]
+
+    def network_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Indexed training images → the network's (B, C, H, W) slices or (B, C, D, H, W) volumes."""
+        if self.train.images.ndim == 4:  # one channel
+            return images[:, None]
+        return images if self.model_cfg.dims == 2 else images.transpose(1, 2)  # (B, D, C, ...) → (B, C, D, ...)
 
     def batch_extent(self, cases: torch.Tensor) -> tuple[slice, ...]:
         """Slices of the last `dims` axes holding the largest of these cases (all of them when the
@@ -236,17 +244,17 @@ class SegmenterTrainer(Trainer):
         scores = []
         for i in range(len(self.val.case_ids)):
             g = torch.Generator().manual_seed(self.seed + i)
-            own = tuple(slice(0, n) for n in self.val.case_size(i))
+            d, h, w = self.val.case_size(i)
             probs, _ = predict_volume(
                 self.model,
                 self.model_cfg,
-                self.val.images[i][own],
+                self.val.case(i)[:d, :, :h, :w],
                 steps=self.val_steps,
                 generator=g,
                 device=self.info.device,
                 precision=self.cfg.precision,
             )
-            scores.append(dice_per_class(probs.argmax(0), self.val.labels[i][own], self.num_classes))
+            scores.append(dice_per_class(probs.argmax(0), self.val.labels[i][:d, :h, :w], self.num_classes))
         mean = np.mean(scores, axis=0)
         names = {v: k for k, v in self.label_names.items()}
         out = {f"dice_{names.get(c, c)}": float(mean[c - 1]) for c in range(1, self.num_classes)}

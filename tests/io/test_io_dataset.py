@@ -57,17 +57,43 @@ def test_nnunet_label_without_image(tmp_path, make_volume):
         load_dataset(root)
 
 
-def test_nnunet_multichannel_refused(tmp_path, make_volume):
+def test_nnunet_channels_read_as_one_image(tmp_path, make_volume):
     root = _nnunet(tmp_path / "d", make_volume)
+    for i, cid in enumerate(("case_001", "case_002")):
+        write_nifti(make_volume(seed=20 + i), root / "imagesTr" / f"{cid}_0001.nii.gz")
+    info = json.loads((root / "dataset.json").read_text())
+    info["channel_names"] = {"0": "T1", "1": "FLAIR"}
+    (root / "dataset.json").write_text(json.dumps(info))
+    ds = load_dataset(root)
+    assert ds.channels == 2 and ds.channel_list == ["T1", "FLAIR"]
+    assert [p.name for p in ds.cases[1].images] == ["case_002_0000.nii.gz", "case_002_0001.nii.gz"]
+    image, label = ds.read(ds.cases[1])
+    assert image.shape == (6, 5, 4, 2) and label.shape == (6, 5, 4)
+    np.testing.assert_array_equal(image.array[..., 0], make_volume(seed=1).array)
+    np.testing.assert_array_equal(image.array[..., 1], make_volume(seed=21).array)
+
+
+def test_nnunet_channel_mismatch(tmp_path, make_volume):
+    root = _nnunet(tmp_path / "d", make_volume)  # dataset.json: one channel
     write_nifti(make_volume(), root / "imagesTr" / "case_001_0001.nii.gz")
-    with pytest.raises(LdmError, match="single-channel"):
+    with pytest.raises(LdmError, match=r"case case_001 has a channel 0001 file .* lists 1 channel"):
         load_dataset(root)
     root2 = _nnunet(tmp_path / "d2", make_volume)
     info = json.loads((root2 / "dataset.json").read_text())
     info["channel_names"] = {"0": "T1", "1": "T2"}
     (root2 / "dataset.json").write_text(json.dumps(info))
-    with pytest.raises(LdmError, match="single-channel"):
+    with pytest.raises(LdmError, match=r"case case_001 has no channel 0001 \(T2\) file"):
         load_dataset(root2)
+    # without dataset.json: the channels any case has are expected of every case
+    root3 = _nnunet(tmp_path / "d3", make_volume, with_json=False)
+    write_nifti(make_volume(), root3 / "imagesTr" / "case_002_0001.nii.gz")
+    with pytest.raises(LdmError, match=r"case case_001 has no channel 0001 file \(expected imagesTr/case_001_0001"):
+        load_dataset(root3)
+    # a channel on another grid
+    write_nifti(make_volume(shape=(6, 5, 3)), root3 / "imagesTr" / "case_001_0001.nii.gz")
+    ds = load_dataset(root3)
+    with pytest.raises(LdmError, match="channel 0001 of case_001 has shape"):
+        ds.read(ds.cases[0])
 
 
 def test_nnunet_json_missing_or_malformed(tmp_path, make_volume):

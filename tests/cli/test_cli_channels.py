@@ -1,0 +1,229 @@
+"""Several channels (contrasts) per case end to end: demo-data --contrasts → train-ae → train-ldm →
+sample → impute --missing-channel, and the one-line errors for channels that do not match."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ldmtool.io import load_dataset
+from ldmtool.models.checkpoint import load_checkpoint, save_checkpoint
+from ldmtool.models.loaders import load_autoencoder
+from tests.cli.conftest import TINY_YAML, _must
+
+CHANNELS = ["t1", "flair"]
+
+
+@dataclass
+class TwoChannel:
+    data: Path
+    ae: Path
+    ldm: Path
+    samples: Path
+    root: Path
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory) -> TwoChannel:
+    """A T1 + FLAIR phantom set, its tiny models and two samples."""
+    root = tmp_path_factory.mktemp("channels")
+    t = TwoChannel(root / "data", root / "AE", root / "LDM", root / "S", root)
+    _must("demo-data", t.data, "--n", 6, "--shape", "32,32,16", "--contrasts", ",".join(CHANNELS))
+    _must("train-ae", t.data, "--out", t.ae, "--config", TINY_YAML)
+    _must("train-ldm", t.data, "--ae", t.ae, "--out", t.ldm, "--config", TINY_YAML)
+    _must("sample", "--ae", t.ae, "--ldm", t.ldm, "--out", t.samples, "--n", 2, "--steps", 3)
+    return t
+
+
+def _nii(path):
+    img = nib.load(str(path))
+    return np.asanyarray(img.dataobj), img.affine
+
+
+def test_checkpoint_records_the_channels(two):
+    _, cfg = load_checkpoint(two.ae, kind="autoencoder")
+    assert cfg["image_channels"] == 2 and cfg["channel_names"] == CHANNELS
+    ranges = cfg["channel_intensity_ranges"]
+    assert len(ranges) == 2 and ranges[0] != ranges[1] and cfg["intensity_range"] == ranges[0]
+    ae, checked = load_autoencoder(two.ae, "cpu")
+    assert ae.image_channels == 2 and checked.channel_names == CHANNELS
+    _, ldm_cfg = load_checkpoint(two.ldm, kind="latent-diffusion")
+    assert ldm_cfg["latent_shape"] == [4, 16, 16, 16]  # all channels of a slice in one latent
+
+
+def test_samples_keep_the_channel_names(two):
+    s = two.samples
+    names = sorted(p.name for p in (s / "imagesTr").iterdir())
+    assert names == [f"synth_{i:05d}_{c:04d}.nii.gz" for i in range(2) for c in range(2)]
+    info = json.loads((s / "dataset.json").read_text())
+    assert info["channel_names"] == {"0": "t1", "1": "flair"}
+    prov = json.loads((s / "provenance" / "synth_00001.json").read_text())
+    assert prov["files"]["channels"] == {
+        "t1": "imagesTr/synth_00001_0000.nii.gz",
+        "flair": "imagesTr/synth_00001_0001.nii.gz",
+    }
+    label, affine = _nii(s / "labelsTr" / "synth_00001.nii.gz")
+    for c in range(2):
+        image, a = _nii(s / "imagesTr" / f"synth_00001_{c:04d}.nii.gz")
+        assert image.shape == label.shape == (32, 32, 16) and np.allclose(a, affine) and np.isfinite(image).all()
+    assert load_dataset(s).channel_list == CHANNELS  # the sample folder is itself a training set
+
+
+def test_each_channel_back_in_its_own_intensity_scale(two):
+    from ldmtool.pipelines.latent_diffusion import LatentDiffusionPipeline
+
+    pipe = LatentDiffusionPipeline.from_pretrained(two.ae, two.ldm)
+    (lo0, hi0), (lo1, hi1) = pipe.intensity_ranges
+    unit = np.stack([np.zeros((4, 4, 2)), np.ones((4, 4, 2))], axis=-1).astype(np.float32)  # t1 = 0, flair = 1
+    out = pipe.to_source_scale(unit)
+    assert np.allclose(out[..., 0], lo0) and np.allclose(out[..., 1], hi1)
+
+
+def test_impute_missing_channel(two, cli, tmp_path):
+    """FLAIR synthesised from T1: T1 comes back bit for bit, every FLAIR voxel is imputed, and what is
+    imputed follows the observed channel (two cases, the same seed, different FLAIR)."""
+    outs = []
+    for case in ("phantom_000", "phantom_001"):
+        src = two.data / "imagesTr" / f"{case}_0000.nii.gz"
+        out = tmp_path / case
+        args = ("impute", src, "--ae", two.ae, "--ldm", two.ldm, "--out", out, "--missing-channel", "flair")
+        r = cli(*args, "--samples", 2, "--steps", 3)
+        assert r.code == 0, r.both
+        t1_in, affine = _nii(src)
+        t1_out, affine_out = _nii(out / f"{case}_imputed_0000.nii.gz")
+        assert np.array_equal(t1_in, t1_out) and np.allclose(affine, affine_out)
+        assert not _nii(out / f"{case}_missing_0000.nii.gz")[0].any()
+        assert _nii(out / f"{case}_missing_0001.nii.gz")[0].all()
+        flair, _ = _nii(out / f"{case}_imputed_0001.nii.gz")
+        assert flair.shape == t1_in.shape and np.isfinite(flair).all()
+        assert (_nii(out / f"{case}_std_0001.nii.gz")[0] > 0).mean() > 0.9
+        prov = json.loads((out / f"{case}_impute.json").read_text())
+        assert prov["missing_from"]["channel"] == "flair" and prov["channels"] == CHANNELS
+        outs.append(flair)
+    assert not np.allclose(outs[0], outs[1])
+    # the FLAIR file need not exist, and when it does it is not read
+    moved = tmp_path / "one" / "imagesTr"
+    moved.mkdir(parents=True)
+    shutil.copy(two.data / "imagesTr" / "phantom_000_0000.nii.gz", moved)
+    r = cli("impute", moved / "phantom_000_0000.nii.gz", "--ae", two.ae, "--ldm", two.ldm, "--out",
+            tmp_path / "again", "--missing-channel", "flair", "--samples", 2, "--steps", 3)  # fmt: skip
+    assert r.code == 0, r.both
+    assert np.array_equal(_nii(tmp_path / "again" / "phantom_000_imputed_0001.nii.gz")[0], outs[0])
+
+
+def _one_error(r, *needles):
+    assert r.code == 1, r.both
+    lines = r.error_lines()
+    assert len(lines) == 1 and "Traceback" not in r.both, r.both
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_case_missing_a_channel_file(two, cli, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(two.data, data)
+    (data / "imagesTr" / "phantom_003_0001.nii.gz").unlink()
+    r = cli("train-ae", data, "--out", tmp_path / "AE", "--config", TINY_YAML)
+    _one_error(r, "case phantom_003 has no channel 0001 (flair) file")
+    assert not (tmp_path / "AE" / "model.safetensors").exists()
+
+
+def test_channel_count_differs_from_the_model(two, cli, tmp_path):
+    _must("demo-data", tmp_path / "grey", "--n", 3, "--shape", "32,32,16")
+    r = cli("train-ldm", tmp_path / "grey", "--ae", two.ae, "--out", tmp_path / "LDM", "--config", TINY_YAML)
+    _one_error(r, "has 1 image channel (MR)", "trained on 2 (t1, flair)")
+    r = cli("impute", tmp_path / "grey" / "imagesTr" / "phantom_000_0000.nii.gz", "--ae", two.ae, "--ldm", two.ldm,
+            "--out", tmp_path / "I", "--missing-slices", "3")  # fmt: skip
+    _one_error(r, "case phantom_000 has no channel 0001 (flair) file", "--missing-channel flair")
+
+
+def test_missing_channel_errors(two, trained, cli, tmp_path):
+    src = two.data / "imagesTr" / "phantom_000_0000.nii.gz"
+    common = ("--ae", two.ae, "--ldm", two.ldm)
+    _one_error(cli("impute", src, *common, "--out", tmp_path / "a", "--missing-channel", "t2"),
+               "--missing-channel t2: the model's channels are t1, flair")  # fmt: skip
+    grey = sorted((trained.data / "imagesTr").glob("*.nii.gz"))[0]
+    r = cli(
+        "impute", grey, "--ae", trained.ae, "--ldm", trained.ldm, "--out", tmp_path / "b", "--missing-channel", "t1"
+    )
+    _one_error(r, "--missing-channel needs a model of several channels")
+    r = cli("sample", *common, "--out", tmp_path / "c", "--n", 1, "--steps", 2, "--format", "dicom")
+    _one_error(r, "2 channels (t1, flair)", "--format nifti")
+
+
+def test_checkpoint_without_channel_fields_loads_as_one_channel(trained, tmp_path):
+    tensors, cfg = load_checkpoint(trained.ae, kind="autoencoder")
+    assert cfg["image_channels"] == 1
+    old = {k: v for k, v in cfg.items() if k not in ("image_channels", "channel_names")}
+    path = save_checkpoint(tmp_path / "old.safetensors", tensors, old)
+    ae, checked = load_autoencoder(path, "cpu")
+    assert ae.image_channels == 1 and checked.image_channels == 1 and checked.channel_names == ["image"]
+
+
+def test_two_channel_png_images(cli, tmp_path):
+    """nnU-Net's 2D layout with two channel files per case: samples are one PNG per channel."""
+    from PIL import Image
+
+    root = tmp_path / "d"
+    (root / "imagesTr").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:16, :16]
+    for i in range(6):
+        blob = np.exp(-((yy - 8) ** 2 + (xx - 4 - i) ** 2) / 8)
+        a = (60 + 120 * blob + rng.normal(0, 4, (16, 16))).clip(0, 255).astype(np.uint8)  # bright blob
+        b = (200 - 120 * blob + rng.normal(0, 4, (16, 16))).clip(0, 255).astype(np.uint8)  # the same blob dark
+        Image.fromarray(a).save(root / "imagesTr" / f"c{i}_0000.png")
+        Image.fromarray(b).save(root / "imagesTr" / f"c{i}_0001.png")
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "a", "1": "b"}, "file_ending": ".png"}))
+    steps = ("--config", TINY_YAML, "--steps", 2)
+    _must("train-ae", root, "--out", tmp_path / "AE", *steps)
+    _must("train-ldm", root, "--ae", tmp_path / "AE", "--out", tmp_path / "LDM", *steps)
+    r = cli(
+        "sample", "--ae", tmp_path / "AE", "--ldm", tmp_path / "LDM", "--out", tmp_path / "S", "--n", 2, "--steps", 2
+    )
+    assert r.code == 0, r.both
+    names = sorted(p.name for p in (tmp_path / "S" / "imagesTr").iterdir())
+    assert names == ["synth_00000_0000.png", "synth_00000_0001.png", "synth_00001_0000.png", "synth_00001_0001.png"]
+    png = np.asarray(Image.open(tmp_path / "S" / "imagesTr" / "synth_00001_0001.png"))
+    assert png.shape == (16, 16) and png.dtype == np.uint8
+    assert load_dataset(tmp_path / "S").channel_list == ["a", "b"]
+
+
+@pytest.mark.parametrize("arch_dims", [("ldseg", "2"), ("unet", "3")])
+def test_segment_reads_every_channel(two, cli, tmp_path, arch_dims):
+    arch, dims = arch_dims
+    model = tmp_path / "SEG"
+    _must("train-seg", two.data, "--out", model, "--config", TINY_YAML, "--arch", arch, "--dims", dims)
+    _, cfg = load_checkpoint(model, kind="segmenter")
+    assert cfg["image_channels"] == 2 and cfg["channel_names"] == CHANNELS
+    # a folder of channel files: one input per case (its other channels read from beside it)
+    r = cli("segment", two.data / "imagesTr", "--model", model, "--out", tmp_path / "out")
+    assert r.code == 0, r.both
+    written = sorted(p.name for p in (tmp_path / "out").glob("*_seg.nii.gz"))
+    assert written == [f"phantom_{i:03d}_seg.nii.gz" for i in range(6)]
+    seg, affine = _nii(tmp_path / "out" / "phantom_002_seg.nii.gz")
+    image, image_affine = _nii(two.data / "imagesTr" / "phantom_002_0001.nii.gz")
+    assert seg.shape == image.shape and np.allclose(affine, image_affine) and set(np.unique(seg)) <= {0, 1, 2}
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(two.data / "imagesTr" / "phantom_002_0000.nii.gz", lone)
+    _one_error(cli("segment", lone, "--model", model, "--out", tmp_path / "out2"),
+               "case phantom_002 has no channel 0001 (flair) file")  # fmt: skip
+
+
+def test_commands_for_one_channel_refuse_several(two, cli, tmp_path):
+    r = cli("evaluate", "--real", two.data, "--synthetic", two.samples, "--out", tmp_path / "ev", "--only", "fidelity")
+    _one_error(r, "has 2 channels per case (t1, flair)")
+    src = two.data / "imagesTr" / "phantom_000_0000.nii.gz"
+    region = np.zeros((32, 32, 16), np.uint8)
+    region[12:16, 12:16, 6:9] = 1
+    nib.save(nib.Nifti1Image(region, _nii(src)[1]), str(tmp_path / "region.nii.gz"))
+    r = cli("inpaint", src, "--region", tmp_path / "region.nii.gz", "--ae", two.ae, "--ldm", two.ldm,
+            "--out", tmp_path / "ip")  # fmt: skip
+    _one_error(r, "this model has 2 channels (t1, flair)")
