@@ -202,7 +202,8 @@ def ae_reconstructions(ae_dir: Path, src: Path, dst: Path) -> Path:
     (dst / "imagesTr").mkdir(parents=True, exist_ok=True)
     with torch.inference_mode():
         for i, case in enumerate(data.case_ids):
-            image, _ = decode_latents(ae, encode_volume(ae, data.images[i], None)[None])
+            label = data.labels[i] if ae.cfg.label_input and data.labels is not None else None  # AEs that encode it
+            image, _ = decode_latents(ae, encode_volume(ae, data.images[i], label)[None])
             vol = slices_to_volume(image[0].numpy()).astype(np.float32)
             nib.save(nib.Nifti1Image(vol, data.affines[i]), dst / "imagesTr" / f"{case}_0000.nii.gz")
     return dst
@@ -253,31 +254,12 @@ def ixi_part(args, run: Runner, work: Path) -> dict:
     floor_set = link_subset(real_train, work / "floor_set", train_ids[: args.ixi_samples])
     common = ["--only", "fidelity,diversity,privacy", "--real", heldout, "--train", real_train]
     t["evaluate"] = run("evaluate", *common, "--synthetic", samples, "--out", work / "report")
-    t["evaluate floor"] = run(
-        "evaluate",
-        "--only",
-        "fidelity,diversity",
-        "--real",
-        heldout,
-        "--synthetic",
-        floor_set,
-        "--out",
-        work / "report_floor",
-    )
+    against_heldout = ["evaluate", "--only", "fidelity,diversity", "--real", heldout, "--synthetic"]
+    t["evaluate floor"] = run(*against_heldout, floor_set, "--out", work / "report_floor")
     recon = ae_reconstructions(
         ae, link_subset(src, work / "recon_input", train_ids[: args.ixi_samples]), work / "recon"
     )
-    t["evaluate autoencoder ceiling"] = run(
-        "evaluate",
-        "--only",
-        "fidelity,diversity",
-        "--real",
-        heldout,
-        "--synthetic",
-        recon,
-        "--out",
-        work / "report_recon",
-    )
+    t["evaluate autoencoder ceiling"] = run(*against_heldout, recon, "--out", work / "report_recon")
     rep = json.loads((work / "report" / "report.json").read_text())
     floor = json.loads((work / "report_floor" / "report.json").read_text())
     ceiling = json.loads((work / "report_recon" / "report.json").read_text())

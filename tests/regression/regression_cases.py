@@ -178,6 +178,60 @@ def train_models(root: Path) -> Path:
 MODEL_NAMES = ("ae", "ldm", "ldmc", "seg", "unet")
 
 
+def machine() -> str:
+    """What float results depend on besides the code: torch's version, the CPU kernels it picked
+    (AVX2, AVX512, ...), the thread count and the processor. Bit-identity holds only on the same machine kind."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} thread(s), {cpu}"
+
+
+def fingerprint(arr: np.ndarray) -> list[float]:
+    """A rounding-tolerant summary of an array: its mean, its standard deviation and the means of
+    up to 4 blocks per axis (flattened tensors: of 16 runs). Another machine's float rounding moves
+    these by far less than a change of behaviour does."""
+    a = np.asarray(arr, dtype=np.float64)
+    if a.ndim < 2:
+        a = a.reshape(-1)
+        a = a[: len(a) // 16 * 16].reshape(16, -1) if a.size >= 16 else a.reshape(1, -1)
+    blocks = a
+    for axis in range(a.ndim):
+        n = min(4, a.shape[axis])
+        parts = np.array_split(np.arange(a.shape[axis]), n)
+        blocks = np.stack([blocks.take(p, axis=axis).mean(axis=axis) for p in parts], axis=axis)
+    return [float(a.mean()), float(a.std()), *map(float, blocks.reshape(-1))]
+
+
+def fingerprint_models(root: Path) -> dict[str, list[float]]:
+    """{model name: fingerprints of its checkpoint's tensors, concatenated in name order}."""
+    from safetensors.numpy import load_file
+
+    out = {}
+    for name in MODEL_NAMES:
+        tensors = load_file(str(root / name / "model.safetensors"))
+        out[f"train/{name}"] = [v for key in sorted(tensors) for v in fingerprint(tensors[key])]
+    return out
+
+
+def fingerprint_outputs(root: Path) -> dict[str, list[float]]:
+    """{relative path: fingerprint of the voxel array} for every NIfTI under root."""
+    out = {}
+    for path in sorted(root.rglob("*.nii.gz")):
+        rel = path.relative_to(root).as_posix()
+        if not rel.startswith("data/"):
+            img = nib.load(str(path))
+            out[rel] = fingerprint(np.asanyarray(img.dataobj)) + [float(v) for v in np.asarray(img.affine).ravel()]
+    return out
+
+
 def hash_models(root: Path) -> dict[str, str]:
     """{model name: sha256 of its checkpoint's tensors (names, dtypes, shapes, bytes)}."""
     from safetensors.numpy import load_file
