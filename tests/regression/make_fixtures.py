@@ -56,7 +56,13 @@ def main(new_models: bool) -> None:
         hashes = {**hash_models(root), **hash_outputs(run)}
         prints = {**fingerprint_models(root), **fingerprint_outputs(run)}
     expected = {"machine": machine(), "sha256": hashes, "fingerprints": prints}
-    (HERE / "expected.json").write_text(json.dumps(expected, indent=1, sort_keys=True) + "\n")
+    lines = ",\n".join(
+        f"  {json.dumps(k)}: {json.dumps([float(f'{v:.9g}') for v in prints[k]])}" for k in sorted(prints)
+    )
+    head = json.dumps({"machine": expected["machine"], "sha256": hashes}, indent=1, sort_keys=True)
+    text = head[:-2] + ',\n "fingerprints": {\n' + lines + "\n }\n}\n"  # one line per fingerprint
+    json.loads(text)  # well-formed
+    (HERE / "expected.json").write_text(text)
     print(f"{len(hashes)} hashes and fingerprints written ({expected['machine']})")
 
 

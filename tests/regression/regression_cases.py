@@ -211,13 +211,13 @@ def fingerprint(arr: np.ndarray) -> list[float]:
 
 
 def fingerprint_models(root: Path) -> dict[str, list[float]]:
-    """{model name: fingerprints of its checkpoint's tensors, concatenated in name order}."""
+    """{model name: fingerprints of its checkpoint's tensors (each flattened), concatenated in name order}."""
     from safetensors.numpy import load_file
 
     out = {}
     for name in MODEL_NAMES:
         tensors = load_file(str(root / name / "model.safetensors"))
-        out[f"train/{name}"] = [v for key in sorted(tensors) for v in fingerprint(tensors[key])]
+        out[f"train/{name}"] = [v for key in sorted(tensors) for v in fingerprint(tensors[key].reshape(-1))]
     return out
 
 
