@@ -196,7 +196,7 @@ def machine() -> str:
 
 def fingerprint(arr: np.ndarray) -> list[float]:
     """A rounding-tolerant summary of an array: its mean, its standard deviation and the means of
-    up to 4 blocks per axis (flattened tensors: of 16 runs). Another machine's float rounding moves
+    up to 4 blocks per axis (a flat tensor is first folded into 16 rows, so 4 × 4 blocks). Another machine's float rounding moves
     these by far less than a change of behaviour does."""
     a = np.asarray(arr, dtype=np.float64)
     if a.ndim < 2:
