@@ -172,6 +172,7 @@ def training_session(state: State, out: Path, mode: str):
     from ldmtool.train.distributed import StopFlag, init_distributed, shutdown
 
     info = init_distributed(state.torch_device())
+    clean = False
     try:
         if not info.is_main:
             state.quiet = True
@@ -182,8 +183,9 @@ def training_session(state: State, out: Path, mode: str):
                 tmp.unlink(missing_ok=True)
         with StopFlag() as stop:
             yield info, stop
+        clean = True
     finally:
-        shutdown(info)
+        shutdown(info, clean)
 
 
 def announce_scale(state: State, info, batch_size: int, lr: float, unit: str) -> None:

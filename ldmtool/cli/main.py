@@ -106,4 +106,34 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    code = main()
+    if torch_distributed_worker():
+        _leave_now(code)
+    sys.exit(code)
+
+
+def torch_distributed_worker() -> bool:
+    """Whether this process is one of several started by torchrun."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def _leave_now(code: int) -> None:
+    """End a torchrun worker without interpreter finalisation.
+
+    Everything is written and the process group left by now (`training_session`). What remains
+    are the collective backend's C++ threads (gloo's transport loop, the store client), and
+    tearing those down in the interpreter's exit path can abort a worker that has already
+    finished ("terminate called without an active exception"), which torchrun then reports as a
+    failed run. Flushing the streams and leaving with `os._exit` skips that path."""
+    import logging
+    import os
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

@@ -52,9 +52,23 @@ def init_distributed(device: torch.device) -> DistInfo:
     return DistInfo(rank=rank, world=world, local_rank=local, device=device)
 
 
-def shutdown(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(info: DistInfo, clean: bool = True) -> None:
+    """Leave the process group.
+
+    The DDP wrappers of the run are collected first: each holds the gloo/nccl group and its worker
+    threads, and one that outlives `destroy_process_group` is torn down during interpreter exit,
+    where a still-joinable C++ thread aborts the process. After a clean run the ranks also meet
+    at a barrier, so that no rank leaves while another still talks to it; after an error they do
+    not (the other ranks may never get there; torchrun stops them)."""
+    if not (info.enabled and dist.is_initialized()):
+        return
+    import gc
+
+    gc.collect()
+    if clean:
+        dist.barrier()
+    dist.destroy_process_group()
+    gc.collect()
 
 
 def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
