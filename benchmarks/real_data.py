@@ -37,7 +37,8 @@ Parts (--only, comma-separated):
              elastic/affine deformations of the N real label maps by a mask-to-image model
              (labels: `train-ldm --condition-on labels`, `sample --labels --deform`), then `evaluate --only utility --utility-curve N` (--aug-seeds seeds): downstream
              segmenters on the N real cases alone, with r·N synthetic, and synthetic only, tested
-             on the 48 held-out cases.
+             on the 48 held-out cases; once per --aug-real-shares value (`evaluate --real-share`:
+             the share of each mixed batch taken from the real cases; 0 = in proportion).
 
 CPU budgets: the wall-clock minutes above bound every training; sampling, segmenting and the
 downstream segmenters add to them (the per-part seconds are printed). The run prints markdown
@@ -730,12 +731,16 @@ def augment_part(args, run: Runner, work: Path) -> dict:
         for mode in args.aug_modes:
             d = work / f"N{n}" / mode
             t = _generator(run, sub, d, cfg, mode, int(np.ceil(max(args.aug_ratios) * n)), args)
-            t["evaluate"] = run(
-                "evaluate", "--only", "utility", "--real", test, "--synthetic", d / "synthetic", "--train", sub, "--test", test,
-                "--utility-curve", n, "--curve-ratios", ratios, "--curve-seeds", args.aug_seeds, "--seg-steps", args.aug_seg_steps, "--out", d / "report",
-            )  # fmt: skip
-            rep = json.loads((d / "report" / "report.json").read_text())
-            out["curves"][f"{n}/{mode}"] = rep["utility_curve"]
+            for share in args.aug_real_shares:  # the same synthetic cases, mixed into the batches two ways
+                rep_dir = d / f"report_share{share:g}"
+                t[f"evaluate (real share {share:g})"] = run(
+                    "evaluate", "--only", "utility", "--real", test, "--synthetic", d / "synthetic", "--train", sub, "--test", test,
+                    "--utility-curve", n, "--curve-ratios", ratios, "--curve-seeds", args.aug_seeds, "--seg-steps", args.aug_seg_steps,
+                    "--real-share", share, "--out", rep_dir,
+                )  # fmt: skip
+                out["curves"][f"{n}/{mode}/{share:g}"] = json.loads((rep_dir / "report.json").read_text())[
+                    "utility_curve"
+                ]
             out["seconds"][f"{n}/{mode}"] = t
             if n == args.aug_sizes[0]:
                 out["montages"][mode] = save_png(d / "synthetic" / "montage.png", f"hippocampus-N{n}-{mode}-samples")
@@ -750,16 +755,21 @@ def augment_report(res: dict, args) -> None:
         f"generators (train-ae + train-ldm, {args.aug_gen_minutes:g} + {args.aug_gen_minutes:g} min per N): joint = image and label map sampled together from noise; "
         "labels = mask-to-image from seeded elastic/affine deformations of the N real label maps\n"
     )
+    print(
+        "real share = share of each downstream batch drawn from the real cases when real and synthetic are mixed "
+        "(`evaluate --real-share`; 0 = every case equally likely)\n"
+    )
     rows = {}
     for key, curve in res["curves"].items():
         n = key.split("/")[0]
         rows[key] = curve["results"][n]
     conds = list(next(iter(rows.values())).keys())
-    print("| N real | generator | " + " | ".join(conds) + " |")
-    print("|---" * (len(conds) + 2) + "|")
+    print("| N real | generator | real share | " + " | ".join(conds) + " |")
+    print("|---" * (len(conds) + 3) + "|")
     for key, row in rows.items():
-        n, mode = key.split("/")
-        print(f"| {n} | {mode} | " + " | ".join(f"{row[c]['mean']:.3f} ± {row[c]['std']:.3f}" for c in conds) + " |")
+        n, mode, share = key.split("/")
+        cells = " | ".join(f"{row[c]['mean']:.3f} ± {row[c]['std']:.3f}" for c in conds)
+        print(f"| {n} | {mode} | {share} | {cells} |")
     print("\nbest real+synthetic − real alone (targets: ≥ +0.02 at the smallest N, ≥ −0.005 at the largest):")
     for key, row in rows.items():
         mixed = [c for c in row if c.startswith("real+")]
@@ -823,6 +833,12 @@ def parse(argv=None):
         help="generators compared: joint (image+label from noise), labels (mask-to-image from deformed real maps)",
     )
     p.add_argument("--aug-seg-steps", type=int, default=400, help="downstream segmenter steps")
+    p.add_argument(
+        "--aug-real-shares",
+        type=lambda s: [float(x) for x in s.split(",")],
+        default=[0.0, 0.5],
+        help="evaluate --real-share values compared on the same synthetic cases",
+    )
     args = p.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [s for s in args.only if s not in PARTS]

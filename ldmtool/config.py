@@ -684,6 +684,11 @@ class EvaluateConfig:
     seg_steps: int = setting(300, "Downstream training steps.")
     seg_batch_size: int = setting(16, "Downstream batch size (slices or volumes).")
     seg_lr: float = setting(3e-3, "Downstream learning rate.")
+    real_share: float = setting(
+        0.0,
+        "Share of each downstream batch taken from the real cases when real and synthetic ones are mixed "
+        "(0 = every case equally likely).",
+    )
     epsilon: float = setting(0.03, "FGSM/PGD L∞ budget on [0, 1] intensities.")
     pgd_steps: int = setting(5, "PGD steps.")
     noise_sigma: float = setting(0.05, "Gaussian noise std on [0, 1] intensities.")
@@ -730,6 +735,8 @@ class EvaluateConfig:
             raise LdmError(f"flag-ssim must be in (0, 1]; got {self.flag_ssim}")
         if min(self.nn_candidates, self.nn_recall_check, self.nn_margin, self.audit_steps) < 0:
             raise LdmError("nn-candidates, nn-recall-check, nn-margin and audit-steps must be at least 0")
+        if not 0 <= self.real_share <= 1:
+            raise LdmError(f"real-share must be in [0, 1]; got {self.real_share:g}")
         if self.epsilon < 0 or self.noise_sigma < 0:
             raise LdmError("epsilon and noise-sigma must be non-negative")
         if len(self.seg_channels) < 2:

@@ -103,6 +103,7 @@ def evaluate(
     seg_channels: Annotated[Optional[str], common.opt(EvaluateConfig, "seg_channels", panel=DOWN)] = None,
     seg_steps: Annotated[Optional[int], common.opt(EvaluateConfig, "seg_steps", panel=DOWN)] = None,
     seg_batch_size: Annotated[Optional[int], common.opt(EvaluateConfig, "seg_batch_size", panel=DOWN)] = None,
+    real_share: Annotated[Optional[float], common.opt(EvaluateConfig, "real_share", panel=DOWN)] = None,
     epsilon: Annotated[Optional[float], common.opt(EvaluateConfig, "epsilon", panel=DOWN)] = None,
     noise_sigma: Annotated[Optional[float], common.opt(EvaluateConfig, "noise_sigma", panel=DOWN)] = None,
     utility_curve: Annotated[Optional[str], common.opt(EvaluateConfig, "utility_curve", panel=CURVE)] = None,

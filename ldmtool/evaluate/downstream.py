@@ -30,6 +30,9 @@ class DownstreamConfig:
     batch_size: int = 16
     lr: float = 3e-3
     oversample: float = 0.5  # share of each segmentation batch from slices holding the rarest class
+    # share of each batch drawn from the real cases when real and synthetic ones are mixed
+    # (0: every case equally likely, so many synthetic cases crowd the real ones out of the batches)
+    real_share: float = 0.0
     epsilon: float = 0.03  # FGSM/PGD L∞ budget on [0, 1] intensities
     pgd_steps: int = 5
     noise_sigma: float = 0.05  # Gaussian noise std on [0, 1] intensities
@@ -66,6 +69,31 @@ def build_segmenter(n_classes: int, cfg: DownstreamConfig) -> torch.nn.Module:
     )
 
 
+def _mixed_batch(
+    n_real: int, n_total: int, bs: int, share: float, gen: torch.Generator, rare: torch.Tensor, oversample: float
+) -> torch.Tensor:
+    """Indices of one batch with round(share·bs) items from [0, n_real) (the real cases) and the
+    rest from [n_real, n_total) (the synthetic ones); inside each part, a share `oversample` comes
+    from the indices in `rare` that fall in it (none when `rare` is empty)."""
+    m_real = min(max(int(round(share * bs)), 0), bs)
+    parts = []
+    for lo, hi, m in ((0, n_real, m_real), (n_real, n_total, bs - m_real)):
+        if m == 0:
+            continue
+        idx = torch.randint(lo, hi, (m,), generator=gen)
+        pool = rare[(rare >= lo) & (rare < hi)]
+        k = int(round(oversample * m)) if len(pool) else 0
+        if k:
+            idx[:k] = pool[torch.randint(0, len(pool), (k,), generator=gen)]
+        parts.append(idx)
+    return torch.cat(parts)
+
+
+def _mixing(n_real: int | None, n_total: int, cfg: DownstreamConfig) -> bool:
+    """Whether batches are drawn with a fixed real share (both kinds present and a share set)."""
+    return bool(cfg.real_share) and n_real is not None and 0 < n_real < n_total
+
+
 def train_segmenter(
     images: np.ndarray,
     labels: np.ndarray,
@@ -74,8 +102,12 @@ def train_segmenter(
     device: torch.device,
     seed: int,
     on_step=None,
+    n_real: int | None = None,
 ) -> torch.nn.Module:
-    """Fit the 2D UNet on the axial slices of (N, I, J, K) images/labels for cfg.steps steps."""
+    """Fit the 2D UNet on the axial slices of (N, I, J, K) images/labels for cfg.steps steps.
+
+    `n_real`: the first n_real volumes are real, the rest synthetic; with cfg.real_share > 0 each
+    batch then takes that share of its slices from the real volumes."""
     from monai.losses import DiceCELoss
 
     from ldmtool.runtime import autocast
@@ -93,12 +125,17 @@ def train_segmenter(
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     mult = 2 ** (len(cfg.channels) - 1)
     model.train()
+    real_slices = None if n_real is None else n_real * images.shape[3]
+    mixing = _mixing(real_slices, len(x), cfg)
     for _ in range(cfg.steps):
         bs = min(cfg.batch_size, len(x))
-        idx = torch.randint(0, len(x), (bs,), generator=gen)
-        n_rare = int(round(cfg.oversample * bs)) if len(rare_idx) else 0
-        if n_rare:
-            idx[:n_rare] = rare_idx[torch.randint(0, len(rare_idx), (n_rare,), generator=gen)]
+        if mixing:
+            idx = _mixed_batch(real_slices, len(x), bs, cfg.real_share, gen, rare_idx, cfg.oversample)
+        else:
+            idx = torch.randint(0, len(x), (bs,), generator=gen)
+            n_rare = int(round(cfg.oversample * bs)) if len(rare_idx) else 0
+            if n_rare:
+                idx[:n_rare] = rare_idx[torch.randint(0, len(rare_idx), (n_rare,), generator=gen)]
         xb, _ = _pad_to(x[idx].to(device), mult)
         yb, _ = _pad_to(y[idx].to(device), mult)
         with autocast(device):
@@ -215,7 +252,9 @@ def train_classifier(
     device: torch.device,
     seed: int,
     on_step=None,
+    n_real: int | None = None,
 ) -> torch.nn.Module:
+    """Fit the 3D classifier on (N, I, J, K) images; `n_real` as in `train_segmenter`."""
     from ldmtool.runtime import autocast
 
     torch.manual_seed(seed)
@@ -225,8 +264,13 @@ def train_classifier(
     model = build_classifier(images.shape[1:], n_classes, cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     model.train()
+    mixing, none = _mixing(n_real, len(x), cfg), torch.empty(0, dtype=torch.long)
     for _ in range(cfg.steps):
-        idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=gen)
+        bs = min(cfg.batch_size, len(x))
+        if mixing:
+            idx = _mixed_batch(n_real, len(x), bs, cfg.real_share, gen, none, 0.0)
+        else:
+            idx = torch.randint(0, len(x), (bs,), generator=gen)
         with autocast(device):
             out = model(x[idx].to(device))
         loss = F.cross_entropy(out.float(), y[idx].to(device))

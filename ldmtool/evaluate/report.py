@@ -550,6 +550,7 @@ def _downstream(report: dict, run: _Run, class_labels: Path | None) -> None:
         pgd_steps=cfg.pgd_steps,
         noise_sigma=cfg.noise_sigma,
         deepfool_iters=cfg.deepfool_iters,
+        real_share=cfg.real_share,
     )
     base = run.train if run.train is not None else run.real
     if test is None:
@@ -566,6 +567,7 @@ def _downstream(report: dict, run: _Run, class_labels: Path | None) -> None:
         "steps": dcfg.steps,
         "batch_size": dcfg.batch_size,
         "lr": dcfg.lr,
+        "real_share": dcfg.real_share,
         "trained_on_real": base.name,
         "test_set": test.name,
         "n_test": len(test),
@@ -643,7 +645,8 @@ def _segmenter_scores(
 
     test = run.test
     step = run.stages.stage(f"segmenter on {name}", dcfg.steps + len(perturbs))
-    model = ds.train_segmenter(x, y, n_classes, dcfg, run.device, run.seed, on_step=step)
+    n_real = len(run.train if run.train is not None else run.real) if name == "real+synthetic" else None
+    model = ds.train_segmenter(x, y, n_classes, dcfg, run.device, run.seed, on_step=step, n_real=n_real)
     scores = {}
     for p in perturbs:
         extra = {} if p == "clean" else None
@@ -681,7 +684,8 @@ def _classification(report: dict, run: _Run, dcfg, base: VolumeSet, class_labels
     y_test = cls_of(test)
     for name, (x, y) in train_sets.items():
         step = run.stages.stage(f"classifier on {name}", dcfg.steps + len(perturbs))
-        model = ds.train_classifier(x, y, len(classes), dcfg, run.device, run.seed, on_step=step)
+        n_real = len(base) if name == "real+synthetic" else None
+        model = ds.train_classifier(x, y, len(classes), dcfg, run.device, run.seed, on_step=step, n_real=n_real)
         scores = {}
         for p in perturbs:
             scores[p] = ds.evaluate_classifier(model, test.images, y_test, len(classes), dcfg, run.device, run.seed, p)

@@ -96,15 +96,24 @@ def shortfall_warnings(sizes: list[int], ratios: tuple[float, ...], n_syn: int) 
 
 
 def fit_and_score(
-    task: CurveTask, dcfg: ds.DownstreamConfig, x: np.ndarray, y: np.ndarray, device: torch.device, seed: int, on_step
+    task: CurveTask,
+    dcfg: ds.DownstreamConfig,
+    x: np.ndarray,
+    y: np.ndarray,
+    device: torch.device,
+    seed: int,
+    on_step,
+    n_real: int | None = None,
 ) -> tuple[float, list[float] | None]:
-    """Train one downstream model on (x, y), score it on the test set: (headline score, per-class Dice or None)."""
+    """Train one downstream model on (x, y), score it on the test set: (headline score, per-class Dice or None).
+
+    `n_real`: the first n_real cases of x are real (see `DownstreamConfig.real_share`)."""
     tx, ty = task.test
     if task.kind == "segmentation":
-        model = ds.train_segmenter(x, y, task.n_classes, dcfg, device, seed, on_step=on_step)
+        model = ds.train_segmenter(x, y, task.n_classes, dcfg, device, seed, on_step=on_step, n_real=n_real)
         dice = ds.evaluate_segmenter(model, tx, ty, task.n_classes, dcfg, device, seed)
         return float(np.nanmean(dice)), [float(d) for d in dice]
-    model = ds.train_classifier(x, y, task.n_classes, dcfg, device, seed, on_step=on_step)
+    model = ds.train_classifier(x, y, task.n_classes, dcfg, device, seed, on_step=on_step, n_real=n_real)
     return float(ds.evaluate_classifier(model, tx, ty, task.n_classes, dcfg, device, seed)["accuracy"]), None
 
 
@@ -150,7 +159,7 @@ def run_curve(
             for cond, (ri, si) in subsets(len(rx), len(sx), n, ratios, seed, s).items():
                 x = np.concatenate([rx[ri], sx[si]])
                 y = np.concatenate([ry[ri], sy[si]])
-                score, pc = fit_and_score(task, dcfg, x, y, device, seed + s, on_step)
+                score, pc = fit_and_score(task, dcfg, x, y, device, seed + s, on_step, n_real=len(ri))
                 scores[cond].append(score)
                 per_class[cond].append(pc)
                 counts[cond] = (len(ri), len(si))
@@ -203,6 +212,7 @@ def add_utility_curve(report: dict, run, dcfg: ds.DownstreamConfig, task: CurveT
         "n_synthetic_available": len(task.synthetic[0]),
         "n_test": len(task.test[0]),
         "steps": dcfg.steps,
+        "real_share": dcfg.real_share,
         "results": results,
         **gain_at_smallest(results, sizes),
         "warnings": warnings,

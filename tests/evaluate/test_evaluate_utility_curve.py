@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from ldmtool.cli.main import main
 from ldmtool.errors import LdmError
@@ -96,6 +97,7 @@ def test_curve_without_test_is_skipped(sets_dir, tmp_path, capsys):
         (["--utility-curve", "2", "--curve-ratios", "1,-2"], "curve-ratios"),
         (["--utility-curve", "2", "--curve-ratios", "one"], "--curve-ratios"),
         (["--utility-curve", "2", "--curve-seeds", "0"], "curve-seeds"),
+        (["--utility-curve", "2", "--real-share", "1.5"], "real-share"),
     ],
 )
 def test_bad_curve_settings_are_one_red_line(sets_dir, tmp_path, capsys, extra, words):
@@ -134,3 +136,47 @@ def test_subsets_are_nested_and_seeded():
         [5, 10],
         ["utility curve: size N=20 dropped, the real training set has 12 cases"],
     )
+
+
+def test_mixed_batch_keeps_the_real_share_and_oversamples_inside_each_part():
+    from ldmtool.evaluate.downstream import _mixed_batch
+
+    rare = torch.tensor([3, 50, 51])  # one rare slice among the real ones, two among the synthetic
+    for _ in range(20):
+        idx = _mixed_batch(10, 100, 16, 0.5, torch.Generator().manual_seed(_), rare, 0.5)
+        real, syn = idx[:8], idx[8:]
+        assert len(idx) == 16 and bool((real < 10).all()) and bool((syn >= 10).all())
+        assert (real == 3).sum() >= 4 and torch.isin(syn, torch.tensor([50, 51])).sum() >= 4
+    only_real = _mixed_batch(10, 100, 4, 1.0, torch.Generator().manual_seed(0), torch.empty(0, dtype=torch.long), 0.5)
+    assert bool((only_real < 10).all())
+
+
+class _Recorder(torch.nn.Module):
+    """A real (trainable) 2D segmenter that records the mean intensity of every batch it sees."""
+
+    def __init__(self, n_classes: int):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, n_classes, 1)
+        self.means: list[float] = []
+
+    def forward(self, x):
+        self.means.append(float(x.mean()))
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.75])
+def test_segmenter_batches_take_the_real_share(monkeypatch, share):
+    from ldmtool.evaluate import downstream as ds
+
+    # 1 real volume of ones, 9 synthetic volumes of zeros, labels everywhere class 1 (no rare class)
+    x = np.concatenate([np.ones((1, 8, 8, 4)), np.zeros((9, 8, 8, 4))]).astype(np.float32)
+    y = np.ones(x.shape, dtype=np.int64)
+    rec = _Recorder(2)
+    monkeypatch.setattr(ds, "build_segmenter", lambda n_classes, cfg: rec)
+    cfg = ds.DownstreamConfig(channels=(4, 8), steps=30, batch_size=16, real_share=share)
+    ds.train_segmenter(x, y, 2, cfg, torch.device("cpu"), 0, n_real=1)
+    means = np.array(rec.means)
+    if share:
+        assert np.allclose(means, 0.75)  # every batch: 12 of its 16 slices from the real volume
+    else:
+        assert abs(means.mean() - 0.1) < 0.05 and means.std() > 0  # in proportion: 1 volume in 10
