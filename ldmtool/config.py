@@ -685,9 +685,9 @@ class EvaluateConfig:
     seg_batch_size: int = setting(16, "Downstream batch size (slices or volumes).")
     seg_lr: float = setting(3e-3, "Downstream learning rate.")
     real_share: float = setting(
-        0.0,
+        0.5,
         "Share of each downstream batch taken from the real cases when real and synthetic ones are mixed "
-        "(0 = every case equally likely).",
+        "(0 = every case equally likely, so many synthetic cases crowd the real ones out).",
     )
     epsilon: float = setting(0.03, "FGSM/PGD L∞ budget on [0, 1] intensities.")
     pgd_steps: int = setting(5, "PGD steps.")

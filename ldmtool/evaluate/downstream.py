@@ -31,7 +31,8 @@ class DownstreamConfig:
     lr: float = 3e-3
     oversample: float = 0.5  # share of each segmentation batch from slices holding the rarest class
     # share of each batch drawn from the real cases when real and synthetic ones are mixed
-    # (0: every case equally likely, so many synthetic cases crowd the real ones out of the batches)
+    # (0: every case equally likely, so many synthetic cases crowd the real ones out of the batches);
+    # `evaluate` passes its own setting (default 0.5: benchmarks/real_data.py --only augment compares)
     real_share: float = 0.0
     epsilon: float = 0.03  # FGSM/PGD L∞ budget on [0, 1] intensities
     pgd_steps: int = 5
