@@ -1,5 +1,6 @@
 """Missing-contrast imputation: FLAIR synthesised from T1 + T2 by `ldmtool impute --missing-channel`.
 
+    pip install -e '.[bench]'                                   # SimpleITK: histogram matching
     python benchmarks/multicontrast.py --work /tmp/mc            # ~20 min of 2 CPU cores (budgets in steps)
     python benchmarks/multicontrast.py --quick --work /tmp/mcq   # smoke test: tiny phantoms and models
 
