@@ -81,6 +81,7 @@ def test_unet_regression_learns(bench, tmp_path):
 
 @pytest.mark.slow
 def test_tiny_run_writes_the_table_and_results_file(tmp_path):
+    pytest.importorskip("SimpleITK")  # the contrast-copy baseline: pip install -e '.[bench]'
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "LDMTOOL_RESULTS_DIR": str(tmp_path / "r")}
     tiny = ["--n", 6, "--test", 2, "--shape", "32,32,16", "--ae-steps", 4, "--ldm-steps", 4, "--seg-steps", 4,
             "--unet-steps", 4, "--steps", 3, "--samples", 2]  # fmt: skip
