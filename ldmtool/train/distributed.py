@@ -55,11 +55,11 @@ def init_distributed(device: torch.device) -> DistInfo:
 def shutdown(info: DistInfo, clean: bool = True) -> None:
     """Leave the process group.
 
-    The DDP wrappers of the run are collected first: each holds the gloo/nccl group and its worker
-    threads, and one that outlives `destroy_process_group` is torn down during interpreter exit,
-    where a still-joinable C++ thread aborts the process. After a clean run the ranks also meet
-    at a barrier, so that no rank leaves while another still talks to it; after an error they do
-    not (the other ranks may never get there; torchrun stops them)."""
+    Garbage is collected first, so that no DDP wrapper kept alive by a reference cycle still holds
+    the group (and its C++ worker threads) after `destroy_process_group`. After a clean run the
+    ranks also meet at a barrier, so that no rank leaves while another still talks to it; after an
+    error they do not (the other ranks may never get there; torchrun stops them). Torchrun workers
+    then exit without interpreter finalisation (`ldmtool.cli.main.entry`)."""
     if not (info.enabled and dist.is_initialized()):
         return
     import gc
