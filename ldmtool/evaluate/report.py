@@ -604,7 +604,8 @@ def _segmentation(report: dict, run: _Run, dcfg, base: VolumeSet, settings: dict
     perturbs = ["clean"] + (["noise", "fgsm", "pgd"] if "robustness" in run.only else [])
     util, rob = {}, {}
     for name, (x, y) in train_sets.items():
-        scores = _segmenter_scores(run, dcfg, name, x, y, n_classes, fg, perturbs)
+        n_real = len(base) if name == "real+synthetic" else None
+        scores = _segmenter_scores(run, dcfg, name, x, y, n_classes, fg, perturbs, n_real)
         util[name] = scores["clean"]
         if "robustness" in run.only:
             rob[name] = {p: scores[p] for p in perturbs if p != "clean"}
@@ -638,14 +639,22 @@ def _segmentation(report: dict, run: _Run, dcfg, base: VolumeSet, settings: dict
 
 
 def _segmenter_scores(
-    run: _Run, dcfg, name: str, x: np.ndarray, y: np.ndarray, n_classes: int, fg: list[str], perturbs: list[str]
+    run: _Run,
+    dcfg,
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    fg: list[str],
+    perturbs: list[str],
+    n_real: int | None = None,
 ) -> dict[str, dict]:
-    """Train one segmenter on (x, y); its Dice (and, perturbed, IoU and HD95) per test condition."""
+    """Train one segmenter on (x, y); its Dice (and, perturbed, IoU and HD95) per test condition.
+    `n_real`: the first n_real cases of x are real (`DownstreamConfig.real_share`)."""
     from ldmtool.evaluate import downstream as ds
 
     test = run.test
     step = run.stages.stage(f"segmenter on {name}", dcfg.steps + len(perturbs))
-    n_real = len(run.train if run.train is not None else run.real) if name == "real+synthetic" else None
     model = ds.train_segmenter(x, y, n_classes, dcfg, run.device, run.seed, on_step=step, n_real=n_real)
     scores = {}
     for p in perturbs:
