@@ -235,6 +235,11 @@ class LDMTrainConfig(LoopConfig):
     lesion_weight: float = setting(
         0.0, "Extra loss weight of latent voxels over lesions (±1 latent voxel): they weigh 1 + this."
     )
+    mirror: bool = setting(
+        False,
+        "Also train on a left–right mirrored copy of every training volume (twice the data for roughly "
+        "symmetric anatomy; 3D volumes whose classes do not name a side).",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

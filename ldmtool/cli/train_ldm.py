@@ -61,6 +61,7 @@ def train_ldm(
     max_minutes: Annotated[Optional[float], common.opt(LDMTrainConfig, "max_minutes", panel=TRAIN)] = None,
     ema_decay: Annotated[Optional[float], common.opt(LDMTrainConfig, "ema_decay", panel=TRAIN)] = None,
     lesion_weight: Annotated[Optional[float], common.opt(LDMTrainConfig, "lesion_weight", panel=TRAIN)] = None,
+    mirror: Annotated[Optional[bool], common.opt(LDMTrainConfig, "mirror", "--mirror/--no-mirror", panel=TRAIN)] = None,
     precision: Annotated[Optional[str], common.opt(LDMTrainConfig, "precision", panel=TRAIN)] = None,
     checkpoint_every: Annotated[Optional[int], common.opt(LDMTrainConfig, "checkpoint_every", panel=TRAIN)] = None,
     resume: Annotated[bool, common.resume_flag(TRAIN)] = False,

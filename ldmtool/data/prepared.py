@@ -11,7 +11,7 @@ common array with its true size in `PreparedData.shapes`, for batches padded to 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -117,15 +117,74 @@ class PreparedData:
         d, h, w = self.grid
         return (h, w, d)
 
+    def left_right_axis(self, i: int) -> int:
+        """The axis of case i's arrays (D, H, W) → 0, 1, 2 that runs along the anatomical left–right
+        axis of its affine."""
+        import nibabel as nib
+
+        codes = nib.orientations.aff2axcodes(np.asarray(self.affines[i]))  # of array axes I, J, K
+        axis = next(a for a, c in enumerate(codes) if c in ("L", "R"))
+        return {0: 1, 1: 2, 2: 0}[axis]  # I → H, J → W, K → D (the slice axis)
+
+    def mirrored(self) -> PreparedData:
+        """A copy with every case mirrored across its left–right axis (images, labels, observed
+        masks; each case within its own extent), in the same affines and under the same case ids:
+        new, plausible subjects for a data set of roughly symmetric anatomy.
+
+        An error for 2D images (no anatomical left–right to mirror) and for label maps naming a
+        left or right structure (a mirrored map would put them on the wrong side)."""
+        import re
+
+        if self.image_dims == 2:
+            raise LdmError("mirroring needs 3D volumes with a geometry; 2D images have no left–right axis to mirror")
+        sided = [n for n in self.label_names if re.search(r"left|right|(^|[-_ .])[lr]($|[-_ .])", n.lower())]
+        if sided:
+            raise LdmError(
+                f"cannot mirror left–right: class {sided[0]!r} names a side (a mirrored map would put it on "
+                "the wrong one); merge the sides with --labels or turn mirroring off"
+            )
+        images = self.images.clone()
+        labels = None if self.labels is None else self.labels.clone()
+        observed = None if self.observed is None else self.observed.clone()
+        multi = self.images.ndim == 5  # (N, D, C, H, W)
+        for i in range(len(self.case_ids)):
+            d, h, w = self.case_size(i)
+            axis = self.left_right_axis(i)  # of the case's (D, H, W) block
+            for arr, has_c in ((images, multi), (labels, False), (observed, multi)):
+                if arr is None:
+                    continue
+                box = (
+                    (i, slice(0, d), slice(None), slice(0, h), slice(0, w))
+                    if has_c
+                    else (i, slice(0, d), slice(0, h), slice(0, w))
+                )
+                dim = axis + (1 if has_c and axis > 0 else 0)  # in the block without the case axis
+                arr[box] = arr[box].flip(dim)
+        return replace(self, images=images, labels=labels, observed=observed)
+
+    def concat(self, other: PreparedData) -> PreparedData:
+        """The cases of this data set then those of `other` (the same grid, classes and channels)."""
+
+        def both(a, b):
+            return None if a is None or b is None else a + b
+
+        return replace(
+            self,
+            images=torch.cat([self.images, other.images]),
+            labels=None if self.labels is None else torch.cat([self.labels, other.labels]),
+            case_ids=self.case_ids + other.case_ids,
+            affines=self.affines + other.affines,
+            intensity_ranges=self.intensity_ranges + other.intensity_ranges,
+            observed=None if self.observed is None else torch.cat([self.observed, other.observed]),
+            shapes=both(self.shapes, other.shapes),
+            modalities=self.modalities + other.modalities,
+            classes=both(self.classes, other.classes),
+            channel_ranges=self.channel_ranges + other.channel_ranges,
+        )
+
     def split_indices(self, val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
-        """Case indices (train, validation), split by a seeded permutation; at least one
-        validation case when val_fraction > 0 and there are two cases or more."""
-        n = len(self.case_ids)
-        n_val = int(round(n * val_fraction))
-        if val_fraction > 0 and n >= 2:
-            n_val = max(1, n_val)
-        perm = np.random.default_rng(seed).permutation(n)
-        return sorted(map(int, perm[n_val:])), sorted(map(int, perm[:n_val]))
+        """Case indices (train, validation), split by a seeded permutation (see `split_case_indices`)."""
+        return split_case_indices(len(self.case_ids), val_fraction, seed)
 
     def split(self, val_fraction: float, seed: int = 0) -> tuple[PreparedData, PreparedData | None]:
         """Split by case into (train, validation); validation is None when there is too little data."""
@@ -152,6 +211,16 @@ class PreparedData:
             channel_names=list(self.channel_names),
             channel_ranges=[self.channel_ranges[i] for i in idx] if self.channel_ranges else [],
         )
+
+
+def split_case_indices(n: int, val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Indices of n cases as (train, validation), split by a seeded permutation; at least one
+    validation case when val_fraction > 0 and there are two cases or more."""
+    n_val = int(round(n * val_fraction))
+    if val_fraction > 0 and n >= 2:
+        n_val = max(1, n_val)
+    perm = np.random.default_rng(seed).permutation(n)
+    return sorted(map(int, perm[n_val:])), sorted(map(int, perm[:n_val]))
 
 
 def volume_to_slices(array: np.ndarray) -> np.ndarray:

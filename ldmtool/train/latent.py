@@ -12,7 +12,7 @@ import torch
 from ldmtool.config import DenoiserConfig, LDMTrainConfig, to_dict
 from ldmtool.data.covariates import read_class_column, read_covariates
 from ldmtool.data.lesions import ATTRIBUTES, lesion_attributes, lesion_class
-from ldmtool.data.prepared import PreparedData, slices_to_volume
+from ldmtool.data.prepared import PreparedData, slices_to_volume, split_case_indices
 from ldmtool.diffusion.pipeline import encode_volume
 from ldmtool.diffusion.samplers import training_scheduler
 from ldmtool.errors import LdmError
@@ -271,9 +271,12 @@ class DenoiserTrainer(Trainer):
         if conditioning is None:
             conditioning = conditioning_inputs(data, model_cfg.condition_names, None)
         self.attrs, self.known, cond_cfg = conditioning  # known: (N, A) 1 where a case has the value
-        train_idx, self.val_idx = (
-            torch.tensor(i, dtype=torch.long) for i in data.split_indices(train_cfg.val_fraction, seed)
-        )
+        # with mirroring the first half are the cases, the second their mirrored copies: the split is
+        # of the cases, a training case brings its copy, validation is on unmirrored cases only
+        n_cases = len(data.case_ids) // 2 if train_cfg.mirror else len(data.case_ids)
+        case_train, val_list = split_case_indices(n_cases, train_cfg.val_fraction, seed)
+        train_list = case_train + [i + n_cases for i in case_train] if train_cfg.mirror else case_train
+        train_idx, self.val_idx = (torch.tensor(i, dtype=torch.long) for i in (train_list, val_list))
         self.train_idx = train_idx
         n_attributes = len(cond_cfg.get("attributes", []))
         self.label_channels = int(cond_cfg.get("label_channels", 0))  # mask-to-image: the map as input channels
@@ -316,7 +319,7 @@ class DenoiserTrainer(Trainer):
             "volume_shape": ae_config["volume_shape"],
             "reference_affine": ae_config["reference_affine"],
             "label_names": ae_config["label_names"],
-            "train_cases": [data.case_ids[i] for i in train_idx],
+            "train_cases": [data.case_ids[i] for i in case_train],
             "seed": seed,
             **({} if init is None else {"init_sha256": init[2]}),
             **({"image_dims": 2} if dims == 2 else {}),
@@ -433,6 +436,11 @@ def train_latent_diffusion(
     conditioning = conditioning_inputs(
         data, model_cfg.condition_names, covariates, console if info.is_main else None
     )  # before encoding: a bad table fails at once
+    if train_cfg.mirror:  # the mirrored copies follow the cases: N originals, then N mirrored
+        data = data.concat(data.mirrored())
+        if console is not None and info.is_main:
+            console.print("mirror: every training volume also trained on mirrored left–right", highlight=False)
+        conditioning = _mirrored_conditioning(data, model_cfg.condition_names, covariates, conditioning[2])
     ae_hash = file_sha256(ae_path)
     start = None if init is None else _init_model(init, ae_hash)
     cache = out_dir / "latents.safetensors"
@@ -458,6 +466,15 @@ def train_latent_diffusion(
         init=start,
     )
     return run_training(trainer, out_dir, resume=resume, stop=stop, console=console)
+
+
+def _mirrored_conditioning(
+    data: PreparedData, names: tuple[str, ...], covariates: Path | None, record: dict[str, Any]
+) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, Any]]:
+    """`conditioning_inputs` of originals + mirrored copies (a mirrored lesion has its own position),
+    its record keeping the originals' case counts."""
+    attrs, known, both = conditioning_inputs(data, names, covariates, None)
+    return attrs, known, {**both, **{k: record[k] for k in ("class_counts", "covariates") if k in record}}
 
 
 def _init_model(path: Path, ae_hash: str) -> tuple[dict[str, torch.Tensor], Any, str, str]:

@@ -170,3 +170,34 @@ def test_dataset_attributes_use_spacing(phantom_data):
         label = slices_to_volume(phantom_data.labels[i].numpy())
         n = int((label == 2).sum())
         assert raw[i, 0] == pytest.approx(n * 3.0 * 3.0 * 4.0 / 1000.0)
+
+
+def test_mirror_trains_on_copies_validates_on_cases(tmp_path, phantom_data, ae_setup, denoiser_config):
+    ae, ae_cfg, ae_path = ae_setup
+    out = tmp_path / "ldm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        train_latent_diffusion(
+            phantom_data,
+            ae,
+            ae_cfg,
+            ae_path,
+            out,
+            model_cfg=denoiser_config(condition_on="lesion"),
+            train_cfg=LDMTrainConfig(steps=2, batch_size=2, warmup_steps=1, lr=1e-3, val_fraction=0.25, mirror=True),
+            device=CPU,
+            seed=0,
+            console=QUIET,
+        )
+    latents = load_file(str(out / "latents.safetensors"))["latents"]
+    assert latents.shape[0] == 8  # four cases, then their mirrored copies
+    mirrored = phantom_data.mirrored()
+    z = encode_volume(ae, mirrored.images[1], mirrored.labels[1])
+    torch.testing.assert_close(latents[5], z, atol=1e-5, rtol=1e-5)
+    _, cfg = load_checkpoint(out)
+    assert len(cfg["train_cases"]) == 3  # the cases trained on, without their copies
+    # the lesion attributes standardised over cases and copies (a mirrored lesion sits elsewhere)
+    raw = np.concatenate([dataset_attributes(phantom_data), dataset_attributes(mirrored)])
+    np.testing.assert_allclose(cfg["conditioning"]["mean"], raw.mean(0), rtol=1e-5, atol=1e-6)
+    trainer_split = latent_mod.split_case_indices(4, 0.25, 0)
+    assert cfg["train_cases"] == [phantom_data.case_ids[i] for i in trainer_split[0]]
