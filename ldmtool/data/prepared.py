@@ -329,6 +329,9 @@ def prepare_dataset(
         raise LdmError(f"{path} has no labels (expected imagesTr/ + labelsTr/, named in dataset.json or --labels)")
     if ds.image_dims == 2:  # one slice per case: no depth to divide
         multiple = (*multiple[:2], 1)
+    lacking = ds.absent_summary()
+    if lacking and console is not None:
+        console.print(f"[yellow]warning:[/] {lacking}", highlight=False)
     read = _read_cases(ds, preprocess_cfg, series_uid, console)
     cases, cfg = _fit_shapes(read, preprocess_cfg, shapes, multiple, console)
     images, labels, observed, found = [], [], [], np.zeros(256, dtype=bool)

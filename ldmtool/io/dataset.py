@@ -2,8 +2,9 @@
 
 Layouts:
   * nnU-Net v2: ``imagesTr/CASE_0000.nii.gz`` (one file per channel: ``CASE_0000``, ``CASE_0001``,
-    ... for several contrasts, named by dataset.json ``channel_names``; every case must have every
-    channel), ``labelsTr/CASE.nii.gz`` and
+    ... for several contrasts, named by dataset.json ``channel_names``; a case without some channel's
+    file lacks that contrast: the trainers take it as missing, other commands refuse it),
+    ``labelsTr/CASE.nii.gz`` and
     ``dataset.json`` (``channel_names``, ``labels``, ``numTraining``, ``file_ending``), and optional
     ``masksTr/CASE.nii.gz`` missing-voxel masks (1 = missing) for incomplete volumes; without
     dataset.json (or its ``labels``) the label names are inferred from the label maps when they are
@@ -46,16 +47,20 @@ class Case:
     """One training case: an image volume and, for labelled data sets, its label map."""
 
     case_id: str
-    image: Path  # the image file (channel 0000 of an nnU-Net data set)
+    image: Path  # the image file (of a multi-channel case: its first channel that has a file)
     label: Path | None = None
     missing: Path | None = None  # masksTr/CASE: 1 = missing voxel (incomplete acquisitions)
     group: str | None = None  # the class folder a 2D image sits in (DATA/CLASS/IMAGE), else None
-    more_channels: tuple[Path, ...] = ()  # channels 0001, 0002, ... of a multi-channel case
+    more_channels: tuple[Path, ...] = ()  # the files of its other channels, in channel order
+    absent: tuple[int, ...] = ()  # the channels without a file (contrasts not acquired)
 
     @property
-    def images(self) -> tuple[Path, ...]:
-        """The case's channel files in channel order (one for a single-channel case)."""
-        return (self.image, *self.more_channels)
+    def channel_files(self) -> tuple[Path | None, ...]:
+        """The case's file of every channel in channel order, None where it has none (one entry
+        for a single-channel case)."""
+        present = iter((self.image, *self.more_channels))
+        n = 1 + len(self.more_channels) + len(self.absent)
+        return tuple(None if c in self.absent else next(present) for c in range(n))
 
 
 @dataclass
@@ -73,7 +78,7 @@ class Dataset:
     @property
     def channels(self) -> int:
         """Image channels per case (contrasts: T1, T2, FLAIR, ...)."""
-        return len(self.cases[0].images) if self.cases else 1
+        return len(self.cases[0].channel_files) if self.cases else 1
 
     @property
     def channel_list(self) -> list[str]:
@@ -95,8 +100,28 @@ class Dataset:
 
     def read(self, case: Case, series_uid: str | None = None, allow_nan: bool = False) -> tuple[Volume, Volume | None]:
         """Read and check one case's image and label (see :func:`read_case`); `allow_nan` lets NaN
-        image voxels through (missing data)."""
+        image voxels through (missing data), a channel without a file among them (all NaN); without
+        it such a case is an error."""
+        if case.absent and not allow_nan:
+            c = case.absent[0]
+            raise LdmError(
+                f"case {case.case_id} has no channel {c:04d} ({self.channel_list[c]}) file; this command needs "
+                "every channel of every case (impute --missing-channel fills one in)"
+            )
         return read_case(case, self.label_names if self.label_names else None, series_uid, allow_nan)
+
+    def absent_summary(self) -> str | None:
+        """One line on the cases that lack a channel's file (None when every case has every channel)."""
+        lacking = [c for c in self.cases if c.absent]
+        if not lacking:
+            return None
+        names = self.channel_list
+        per_channel = {c: sum(c in case.absent for case in lacking) for c in range(len(names))}
+        counts = ", ".join(f"{names[c]} of {k} case{'s' * (k != 1)}" for c, k in per_channel.items() if k)
+        return (
+            f"{len(lacking)} of {len(self.cases)} cases lack a channel's file ({counts}, e.g. {lacking[0].case_id}): "
+            "trained with those channels missing (no voxel observed)"
+        )
 
     def read_missing(self, case: Case, image: Volume) -> np.ndarray | None:
         """The case's missing-voxel mask (masksTr/, 1 = missing) as bool, checked against its image."""
@@ -205,10 +230,13 @@ def _load_nnunet(root: Path) -> Dataset:
             raise LdmError(
                 f"missing-voxel mask {masks[orphans[0]]} has no image (expected imagesTr/{orphans[0]}_0000{ending})"
             )
-    cases = [
-        Case(cid, images[cid][0], labels.get(cid), masks.get(cid), more_channels=tuple(images[cid][1:]))
-        for cid in sorted(images)
-    ]
+    cases = []
+    for cid in sorted(images):
+        present = [p for p in images[cid] if p is not None]
+        absent = tuple(c for c, p in enumerate(images[cid]) if p is None)
+        cases.append(
+            Case(cid, present[0], labels.get(cid), masks.get(cid), more_channels=tuple(present[1:]), absent=absent)
+        )
     inferred = bool(labels) and not label_names
     dims = 2 if _is_picture(cases[0].image) else 3
     return Dataset(root, cases, channel_names, label_names, layout="nnunet", labels_inferred=inferred, image_dims=dims)
@@ -220,17 +248,15 @@ def _channel_key(key: str) -> int:
 
 def _channel_files(
     files: dict[str, dict[int, Path]], channel_names: dict[str, str], json_path: Path, ending: str
-) -> dict[str, list[Path]]:
-    """{case: its channel files in order}, every case with every channel: those of dataset.json's
-    `channel_names` (or, without it, those any case has); else an LdmError naming the case."""
+) -> dict[str, list[Path | None]]:
+    """{case: its file of every channel in order, None for a channel it has no file of}; the
+    channels are those of dataset.json's `channel_names` (or, without it, those any case has); a
+    file of another channel is an LdmError naming the case."""
     expected = (
         list(range(len(channel_names)))
         if channel_names
         else sorted({c for per_case in files.values() for c in per_case})
     )
-
-    def named(c: int) -> str:
-        return f"{c:04d}" + (f" ({channel_names[str(c)]})" if str(c) in channel_names else "")
 
     out = {}
     for case, per_case in sorted(files.items()):
@@ -238,13 +264,14 @@ def _channel_files(
         if extra:
             listed = f"{json_path.name} lists {len(expected)} channel{'s' * (len(expected) != 1)}"
             raise LdmError(f"case {case} has a channel {extra[0]:04d} file ({per_case[extra[0]].name}) but {listed}")
-        absent = [c for c in expected if c not in per_case]
-        if absent:
-            raise LdmError(
-                f"case {case} has no channel {named(absent[0])} file (expected imagesTr/{case}_{absent[0]:04d}{ending}); "
-                f"every case needs all {len(expected)} channels"
-            )
-        out[case] = [per_case[c] for c in expected]
+        out[case] = [per_case.get(c) for c in expected]
+    unseen = [c for c in expected if all(per_case[c] is None for per_case in out.values())]
+    if unseen:
+        name = f" ({channel_names[str(unseen[0])]})" if str(unseen[0]) in channel_names else ""
+        raise LdmError(
+            f"no case has a channel {unseen[0]:04d}{name} file (imagesTr/CASE_{unseen[0]:04d}{ending}) "
+            f"although {json_path.name} lists {len(expected)} channels"
+        )
     return out
 
 
@@ -402,16 +429,25 @@ def read_case(
     (I, J, K, C), its channels checked to share channel 0's grid. Returns (image, label or None).
     """
     image = read_volume(case.image, series_uid=series_uid, allow_nan=allow_nan)
-    if case.more_channels:
-        others = [
-            read_aligned(p, image, f"channel {c:04d} of {case.case_id}", allow_nan)
-            for c, p in enumerate(case.more_channels, 1)
+    files = case.channel_files
+    if len(files) > 1:
+        if case.absent and not allow_nan:
+            raise LdmError(f"case {case.case_id} has no channel {case.absent[0]:04d} file")
+        nan = np.full(image.shape, np.nan, dtype=np.float32)  # a channel without a file: all missing
+        arrays = [
+            nan
+            if p is None
+            else np.asarray(
+                (
+                    image
+                    if p == case.image
+                    else read_aligned(p, image, f"channel {c:04d} of {case.case_id}", allow_nan)
+                ).array,
+                dtype=np.float32,
+            )
+            for c, p in enumerate(files)
         ]
-        stacked = np.stack(
-            [np.asarray(image.array, dtype=np.float32)] + [np.asarray(o.array, dtype=np.float32) for o in others],
-            axis=-1,
-        )
-        image = image.with_array(stacked, channels=len(case.images))
+        image = image.with_array(np.stack(arrays, axis=-1), channels=len(files))
     if case.label is None:
         return image, None
     label = read_aligned(case.label, image, f"label of {case.case_id}")

@@ -125,13 +125,35 @@ def _one_error(r, *needles):
         assert needle in lines[0], lines[0]
 
 
-def test_case_missing_a_channel_file(two, cli, tmp_path):
+def test_cases_lacking_a_channel_file_train_with_it_missing(two, cli, tmp_path):
+    from ldmtool.data.prepared import prepare_dataset
+    from ldmtool.data.preprocess import PreprocessConfig
+
     data = tmp_path / "data"
     shutil.copytree(two.data, data)
-    (data / "imagesTr" / "phantom_003_0001.nii.gz").unlink()
+    (data / "imagesTr" / "phantom_003_0001.nii.gz").unlink()  # no FLAIR
+    (data / "imagesTr" / "phantom_001_0000.nii.gz").unlink()  # no T1
     r = cli("train-ae", data, "--out", tmp_path / "AE", "--config", TINY_YAML)
-    _one_error(r, "case phantom_003 has no channel 0001 (flair) file")
-    assert not (tmp_path / "AE" / "model.safetensors").exists()
+    assert r.code == 0, r.both
+    assert "2 of 6 cases lack a channel's file (t1 of 1 case, flair of 1 case, e.g. phantom_001)" in " ".join(
+        r.both.split()
+    ), r.both
+    assert (tmp_path / "AE" / "model.safetensors").is_file()
+    r = cli("train-ldm", data, "--ae", tmp_path / "AE", "--out", tmp_path / "LDM", "--config", TINY_YAML)
+    assert r.code == 0, r.both
+    # what the trainers see: the absent channel all missing, the case's other channel all observed
+    _, cfg = load_checkpoint(tmp_path / "AE", kind="autoencoder")
+    prepared = prepare_dataset(data, PreprocessConfig.from_dict(cfg["preprocess"]))
+    observed, images = prepared.observed, prepared.images  # (N, D, C, H, W)
+    ids = prepared.case_ids
+    i3, i1 = ids.index("phantom_003"), ids.index("phantom_001")
+    assert observed[i3, :, 1].sum() == 0 and observed[i3, :, 0].all() and images[i3, :, 1].abs().sum() == 0
+    assert observed[i1, :, 0].sum() == 0 and observed[i1, :, 1].all()
+    assert observed[ids.index("phantom_000")].all()
+    # an absent channel is given no intensity range; the others keep theirs
+    assert np.isnan(prepared.channel_ranges[i3][1]).all() and np.isfinite(prepared.channel_ranges[i3][0]).all()
+    # commands that need every channel say which file is missing
+    _one_error(cli("stats", two.samples, "--real", data), "case phantom_001 has no channel 0000 (t1) file")
 
 
 def test_channel_count_differs_from_the_model(two, cli, tmp_path):

@@ -66,7 +66,7 @@ def test_nnunet_channels_read_as_one_image(tmp_path, make_volume):
     (root / "dataset.json").write_text(json.dumps(info))
     ds = load_dataset(root)
     assert ds.channels == 2 and ds.channel_list == ["T1", "FLAIR"]
-    assert [p.name for p in ds.cases[1].images] == ["case_002_0000.nii.gz", "case_002_0001.nii.gz"]
+    assert [p.name for p in ds.cases[1].channel_files] == ["case_002_0000.nii.gz", "case_002_0001.nii.gz"]
     image, label = ds.read(ds.cases[1])
     assert image.shape == (6, 5, 4, 2) and label.shape == (6, 5, 4)
     np.testing.assert_array_equal(image.array[..., 0], make_volume(seed=1).array)
@@ -82,13 +82,23 @@ def test_nnunet_channel_mismatch(tmp_path, make_volume):
     info = json.loads((root2 / "dataset.json").read_text())
     info["channel_names"] = {"0": "T1", "1": "T2"}
     (root2 / "dataset.json").write_text(json.dumps(info))
-    with pytest.raises(LdmError, match=r"case case_001 has no channel 0001 \(T2\) file"):
+    with pytest.raises(LdmError, match=r"no case has a channel 0001 \(T2\) file .* lists 2 channels"):
         load_dataset(root2)
-    # without dataset.json: the channels any case has are expected of every case
+    # a case without a channel's file lacks that contrast: read as all missing (NaN) where missing
+    # voxels are allowed (the trainers), an error elsewhere
+    write_nifti(make_volume(seed=5), root2 / "imagesTr" / "case_002_0001.nii.gz")
+    lacking = load_dataset(root2)
+    case = next(c for c in lacking.cases if c.case_id == "case_001")
+    assert case.absent == (1,) and case.channel_files[1] is None and lacking.channels == 2
+    with pytest.raises(LdmError, match=r"case case_001 has no channel 0001 \(T2\) file; this command needs every"):
+        lacking.read(case)
+    image, _ = lacking.read(case, allow_nan=True)
+    assert image.array.shape[-1] == 2 and np.isnan(image.array[..., 1]).all() and np.isfinite(image.array[..., 0]).all()
+    assert lacking.absent_summary().startswith("1 of 2 cases lack a channel's file (T2 of 1 case, e.g. case_001)")
+    # without dataset.json: the channels any case has are those of every case
     root3 = _nnunet(tmp_path / "d3", make_volume, with_json=False)
     write_nifti(make_volume(), root3 / "imagesTr" / "case_002_0001.nii.gz")
-    with pytest.raises(LdmError, match=r"case case_001 has no channel 0001 file \(expected imagesTr/case_001_0001"):
-        load_dataset(root3)
+    assert [c.absent for c in load_dataset(root3).cases] == [(1,), ()]
     # a channel on another grid
     write_nifti(make_volume(shape=(6, 5, 3)), root3 / "imagesTr" / "case_001_0001.nii.gz")
     ds = load_dataset(root3)
