@@ -663,6 +663,7 @@ class EvaluateConfig:
     only: tuple[str, ...] = setting(
         DEFAULT_CRITERIA, "Criteria to compute, e.g. fidelity,privacy (and condition, added by --segmenter)."
     )
+    channel: str = setting("", "The contrast to evaluate in sets of several channels per case (by name, e.g. flair).")
     views: tuple[str, ...] = setting(("axial", "coronal", "sagittal"), "2D views to embed: axial,coronal,sagittal.")
     slices_per_view: int = setting(3, "2D images per view and volume (spread over the central 60%).")
     image_size: int = setting(128, "Views are resized to this many pixels before the feature network.")

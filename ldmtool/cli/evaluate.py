@@ -79,6 +79,7 @@ def evaluate(
         Optional[Path], typer.Option("--config", "-c", help="YAML config (section `evaluate`); flags override it.")
     ] = None,
     only: Annotated[Optional[str], common.opt(EvaluateConfig, "only")] = None,
+    channel: Annotated[Optional[str], common.opt(EvaluateConfig, "channel", panel=DATA)] = None,
     views: Annotated[Optional[str], common.opt(EvaluateConfig, "views", panel=FEAT)] = None,
     feature_extractor: Annotated[
         Optional[Path],

@@ -170,7 +170,8 @@ def _read_sets(report: dict, paths: dict[str, Path | None], cfg: EvaluateConfig,
     """Open the real set and, brought to its shape, the others that were given (read case by case
     later; a folder named twice is opened once); note them in the report."""
     step = st.stage("opening volume sets", sum(p is not None for p in paths.values()))
-    real = open_volume_set(paths["real"], "real", max_cases=cfg.max_cases)
+    channel = cfg.channel or None
+    real = open_volume_set(paths["real"], "real", max_cases=cfg.max_cases, channel=channel)
     step()
     sets: dict[str, VolumeSet | None] = {"real": real}
     opened = {Path(paths["real"]).resolve(): real}
@@ -183,10 +184,12 @@ def _read_sets(report: dict, paths: dict[str, Path | None], cfg: EvaluateConfig,
             sets[name] = opened[where].alias(name)
         else:
             sets[name] = opened[where] = open_volume_set(
-                paths[name], name, shape=real.shape, max_cases=cfg.max_cases, spacing=real.spacing
+                paths[name], name, shape=real.shape, max_cases=cfg.max_cases, spacing=real.spacing, channel=channel
             )
         step()
     report["inputs"] = {k: _summary_set(v) for k, v in sets.items()}
+    if channel is not None:
+        report["inputs"]["channel"] = channel
     report["inputs"]["note"] = (
         f"images scaled to [0, 1] per volume (0.5/99.5 percentiles); every volume brought to the "
         f"real set's shape {list(real.shape)} (its per-axis maximum): centre pad/crop on the real set's voxel "

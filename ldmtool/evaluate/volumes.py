@@ -208,8 +208,12 @@ def open_volume_set(
     shape: tuple[int, int, int] | None = None,
     max_cases: int | None = None,
     spacing: tuple[float, float, float] | None = None,
+    channel: str | None = None,
 ) -> VolumeSet:
     """A data set (nnU-Net layout or a folder of volumes) to be read case by case.
+
+    `channel`: the contrast to read from a set of several channels per case (by name); a set of
+    one channel is read as it is. A set of several channels without it is an error.
 
     Images are scaled to [0, 1] per volume (0.5/99.5 percentiles). Every case is brought to one
     shape: `shape` when given, else the per-axis maximum of the set's shapes (from the file
@@ -223,15 +227,25 @@ def open_volume_set(
     cases = ds.cases[:max_cases] if max_cases else ds.cases
     if not cases:
         raise LdmError(f"no volumes found in {path}")
+    pick = None  # the channel taken from cases of several
     if ds.channels > 1:
-        raise LdmError(
-            f"{path} has {ds.channels} channels per case ({', '.join(ds.channel_list)}); evaluation and "
-            "memorisation checks read volumes of one channel"
-        )
-    first_img, _ = ds.read(cases[0])
+        names = ds.channel_list
+        if channel is None:
+            raise LdmError(
+                f"{path} has {ds.channels} channels per case ({', '.join(names)}); evaluation reads one: "
+                f"choose it with --channel {names[0]}"
+            )
+        if channel not in names:
+            raise LdmError(f"{path} has no channel {channel!r}; its channels are {', '.join(names)}")
+        pick = names.index(channel)
+        lacking = [c.case_id for c in cases if pick in c.absent]
+        if lacking:
+            raise LdmError(f"case {lacking[0]} of {path} has no {channel} file ({len(lacking)} cases lack it)")
+    first_img, _ = ds.read(cases[0], allow_nan=pick is not None)
     ref_spacing = tuple(spacing) if spacing is not None else tuple(first_img.spacing)
     if shape is None:
-        shapes = [tuple(np.asarray(first_img.array).shape)] + [_geometry(ds, c)[0] for c in cases[1:]]
+        first = np.asarray(first_img.array).shape
+        shapes = [first if pick is None else first[:3]] + [_geometry(ds, c)[0] for c in cases[1:]]
         bad = [(c, s) for c, s in zip(cases, shapes) if len(s) != 3]
         if bad:
             raise LdmError(f"{bad[0][0].image}: evaluate needs 3D single-channel volumes, got shape {bad[0][1]}")
@@ -240,8 +254,10 @@ def open_volume_set(
 
     def reader(i: int) -> tuple[np.ndarray, np.ndarray | None]:
         case = cases[i]
-        img, lab = ds.read(case)
+        img, lab = ds.read(case, allow_nan=pick is not None)  # another channel may be absent
         arr = np.asarray(img.array)
+        if pick is not None:
+            arr = arr[..., pick]
         if arr.ndim != 3:
             raise LdmError(f"{case.image}: evaluate needs 3D single-channel volumes, got shape {arr.shape}")
         if not np.all(np.isfinite(arr)):
@@ -263,7 +279,10 @@ def open_volume_set(
         reader=reader,
         shape=target,
         has_labels=ds.has_labels,
-        files=[[c.image] + ([c.label] if c.label is not None else []) for c in cases],
+        files=[
+            [c.image if pick is None else c.channel_files[pick]] + ([c.label] if c.label is not None else [])
+            for c in cases
+        ],
     )
 
 

@@ -239,9 +239,32 @@ def test_segment_reads_every_channel(two, cli, tmp_path, arch_dims):
                "case phantom_002 has no channel 0001 (flair) file")  # fmt: skip
 
 
+def test_evaluate_one_channel_of_several(two, cli, tmp_path):
+    args = ("--real", two.data, "--synthetic", two.samples, "--only", "fidelity,diversity")
+    r = cli("evaluate", *args, "--out", tmp_path / "ev")
+    _one_error(r, "has 2 channels per case (t1, flair); evaluation reads one: choose it with --channel t1")
+    _one_error(cli("evaluate", *args, "--out", tmp_path / "ev", "--channel", "t2"), "has no channel 't2'")
+    reports = {}
+    for name in CHANNELS:
+        r = cli("evaluate", *args, "--out", tmp_path / name, "--channel", name, "--cache-dir", "none")
+        assert r.code == 0, r.both
+        reports[name] = json.loads((tmp_path / name / "report.json").read_text())
+        assert reports[name]["inputs"]["channel"] == name and reports[name]["inputs"]["real"]["n"] == 6
+    # the two contrasts are different images: their features, hence their distances, differ
+    assert reports["t1"]["fidelity"]["fid"] != reports["flair"]["fidelity"]["fid"]
+    # a set of one channel is that channel: FLAIR samples against the multi-channel real set
+    solo = tmp_path / "flair_only" / "imagesTr"
+    solo.mkdir(parents=True)
+    for f in sorted((two.samples / "imagesTr").glob("*_0001.nii.gz")):
+        shutil.copy(f, solo / f.name.replace("_0001", "_0000"))
+    r = cli("evaluate", "--real", two.data, "--synthetic", solo.parent, "--only", "fidelity,diversity",
+            "--out", tmp_path / "solo", "--channel", "flair", "--cache-dir", "none")  # fmt: skip
+    assert r.code == 0, r.both
+    solo_report = json.loads((tmp_path / "solo" / "report.json").read_text())
+    assert solo_report["fidelity"]["fid"] == pytest.approx(reports["flair"]["fidelity"]["fid"], rel=1e-4)
+
+
 def test_commands_for_one_channel_refuse_several(two, cli, tmp_path):
-    r = cli("evaluate", "--real", two.data, "--synthetic", two.samples, "--out", tmp_path / "ev", "--only", "fidelity")
-    _one_error(r, "has 2 channels per case (t1, flair)")
     src = two.data / "imagesTr" / "phantom_000_0000.nii.gz"
     region = np.zeros((32, 32, 16), np.uint8)
     region[12:16, 12:16, 6:9] = 1
