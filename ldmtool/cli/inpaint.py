@@ -71,7 +71,8 @@ def inpaint(
 ) -> None:
     """Regenerate a region of a volume (insert a lesion with --label, remove one with --healthy); every voxel outside it is kept bit for bit.
 
-    Writes CASE_inpainted.nii.gz (the input's geometry and value type), CASE_region.nii.gz,
+    Writes CASE_inpainted.nii.gz (the input's geometry and value type; a model of several channels:
+    CASE_inpainted_0000.nii.gz, _0001, ... from CASE_0000.nii.gz and its channels beside it), CASE_region.nii.gz,
     CASE_inpainted_label.nii.gz (the label map, updated in the region) and CASE_inpaint.json
     (provenance with the seam score: gradient across the region's border against real tissue).
     """
@@ -101,13 +102,20 @@ def inpaint(
         console=state.console,
         overwrite=overwrite,
     )
-    seam = result.seam
+
+    def seam_text(seam: dict) -> str:
+        return (
+            f"{seam['border_gradient']:.4g} (real tissue: median {seam['tissue_gradient_p50']:.4g}, "
+            f"95th percentile {seam['tissue_gradient_p95']:.4g})"
+        )
+
+    per_channel = {k: v for k, v in result.seam.items() if isinstance(v, dict)}  # several channels: by name
+    seams = {f"seam {k} (border gradient)": seam_text(v) for k, v in per_channel.items()}
     rows = {
         "input": result.source,
         "region voxels": f"{result.region_voxels} of {result.total_voxels} ({100 * result.region_voxels / result.total_voxels:.1f}%)",
         **{name: str(path) for name, path in result.outputs.items()},
-        "seam (border gradient)": f"{seam['border_gradient']:.4g} (real tissue: median {seam['tissue_gradient_p50']:.4g}, "
-        f"95th percentile {seam['tissue_gradient_p95']:.4g})",
+        **(seams or {"seam (border gradient)": seam_text(result.seam)}),
         "seconds": result.seconds,
     }
     if result.conditions:

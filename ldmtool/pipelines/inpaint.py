@@ -148,18 +148,14 @@ def _inpaint(
     source, ae_path, ldm_path, out_dir, region_path, labels_path, label, healthy, conditions, cfg, seed, device, console
 ):
     """The body of `inpaint_file` (its arguments)."""
-    from ldmtool.io.readers import read_volume
+    from ldmtool.io.dataset import Case, case_channel_files, read_case
 
     t0 = time.perf_counter()
-    volume = read_volume(Path(source))
-    raw = np.asarray(volume.array)
-    region = read_region(region_path, volume)
     pipe = LatentDiffusionPipeline.from_pretrained(ae_path, ldm_path, device=device)
-    if pipe.ae.image_channels > 1:
-        raise LdmError(
-            f"inpaint regenerates a region of one-channel volumes; this model has {pipe.ae.image_channels} channels "
-            f"({', '.join(pipe.channel_names)}): use impute --mask for a region of every channel"
-        )
+    files = case_channel_files(Path(source), pipe.channel_names)  # several channels: CASE_0000, _0001, ... together
+    volume, _ = read_case(Case(Path(source).name, files[0], more_channels=tuple(files[1:])))
+    raw = np.asarray(volume.array)  # (I, J, K) or (I, J, K, C)
+    region = read_region(region_path, volume)  # (I, J, K): the same region in every channel
     if (label is not None or healthy) and not pipe.label_names:
         raise LdmError("--label and --healthy need a model trained with label maps (labelsTr/ + dataset.json)")
     image, miss, model_affine, irange = to_model_space(volume, region, pipe.ae_config)
@@ -176,12 +172,19 @@ def _inpaint(
         )
     conditions = _conditions(pipe, conditions, model_labels, model_affine)
     new_image, new_labels = _fill(pipe, cfg, image, miss, model_labels, conditions, seed)
-    fills, _ = to_input_grid(denormalise(new_image, irange, pipe.preprocess), model_affine, region, volume.affine)
+    if new_image.ndim == 3:
+        fills, _ = to_input_grid(denormalise(new_image, irange, pipe.preprocess), model_affine, region, volume.affine)
+    else:  # per channel, each in its own source intensities: (region voxels, C)
+        source_scale = pipe.to_source_scale(new_image, irange)
+        fills = np.stack(
+            [to_input_grid(source_scale[..., c], model_affine, region, volume.affine)[0] for c in range(raw.shape[3])],
+            axis=-1,
+        )
     if new_labels is not None and target is not None and not (label or healthy or pipe.ldm_config.label_channels):
         target[region] = to_input_grid(new_labels, model_affine, region, volume.affine, order=0)[0].astype(target.dtype)
     result = InpaintResult(str(source), region_voxels=int(region.sum()), total_voxels=int(region.size))
     result.conditions = conditions or {}
-    stem = _write_outputs(result, volume, raw, region, fills, target, out_dir, Path(source))
+    stem = _write_outputs(result, volume, raw, region, fills, target, out_dir, Path(source), pipe.channel_names)
     result.seconds = time.perf_counter() - t0
     prov = {
         "source": str(source),
@@ -231,12 +234,12 @@ def _target(pipe, volume: Volume, region, image, model_affine, labels_path, labe
 
 def _estimate_labels(pipe: LatentDiffusionPipeline, image: np.ndarray, model_affine, volume: Volume) -> np.ndarray:
     """The volume's label map as the autoencoder sees it (encoded with an empty map, decoded), on its grid."""
-    img = torch.from_numpy(image)
-    z = encode_volume(pipe.ae, img, torch.zeros(img.shape, dtype=torch.uint8))
+    img = torch.from_numpy(image)  # (D, H, W) or (D, C, H, W)
+    z = encode_volume(pipe.ae, img, torch.zeros((img.shape[0], *img.shape[-2:]), dtype=torch.uint8))
     _, lab = decode_latents(pipe.ae, z[None], labels_only=True)
-    every = np.ones(volume.shape, dtype=bool)
+    every = np.ones(volume.shape[:3], dtype=bool)
     values, _ = to_input_grid(slices_to_volume(lab[0].numpy()), model_affine, every, volume.affine, order=0)
-    return values.reshape(volume.shape).astype(np.uint8)
+    return values.reshape(volume.shape[:3]).astype(np.uint8)
 
 
 def _conditions(pipe, conditions, model_labels, model_affine) -> dict[str, float | str] | None:
@@ -256,7 +259,8 @@ def _conditions(pipe, conditions, model_labels, model_affine) -> dict[str, float
 def _fill(
     pipe, cfg: InpaintConfig, image, miss, model_labels, conditions, seed
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(regenerated image (I, J, K) normalised, decoded label map or None) in model space."""
+    """(regenerated image (I, J, K), or (I, J, K, C) of several channels, normalised; decoded label
+    map or None) in model space."""
     img, gone = torch.from_numpy(image), torch.from_numpy(miss)
     cond = None
     if pipe.ldm_config.label_channels and model_labels is not None:
@@ -270,7 +274,8 @@ def _fill(
     f = pipe.ae.cfg.downsample
     enc_labels = None if model_labels is None else torch.from_numpy(model_labels)
     known = pipe.encode(img, enc_labels if pipe.label_names else None)  # (L, D, h, w)
-    regen = torch.nn.functional.max_pool2d(gone.float()[:, None], f)[:, 0]  # (D, h, w): latent voxels over the region
+    where = gone if gone.ndim == 3 else gone.any(1)  # (D, H, W): the region of any channel
+    regen = torch.nn.functional.max_pool2d(where.float()[:, None], f)[:, 0]  # (D, h, w): latent voxels over it
     regen = torch.nn.functional.max_pool3d(regen[None, None], 3, stride=1, padding=1)[0, 0]  # grown by one
     z = pipe.inpaint_latents(known, 1 - regen, seed=seed, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta,
                              conditions=conditions, guidance=cfg.guidance, labels=cond)  # fmt: skip
@@ -279,9 +284,13 @@ def _fill(
     return slices_to_volume(dec[0].float().numpy()), None if lab is None else slices_to_volume(lab[0].numpy())
 
 
-def _write_outputs(result, volume: Volume, raw, region, fills, target, out_dir: Path, source: Path) -> str:
-    """`<stem>_inpainted` (input's value type: outside the region the input's values, untouched),
-    `<stem>_region`, `<stem>_inpainted_label`; the seam score; returns the stem."""
+def _write_outputs(
+    result, volume: Volume, raw, region, fills, target, out_dir: Path, source: Path, channel_names: list[str]
+) -> str:
+    """`<stem>_inpainted` (input's value type: outside the region the input's values, untouched;
+    several channels: `<stem>_inpainted_0000`, `_0001`, ... as nnU-Net names a case's channels),
+    `<stem>_region`, `<stem>_inpainted_label`; the seam score (several channels: per channel name,
+    and "within" when every channel's is); returns the stem."""
     from ldmtool.pipelines.segment import output_stem
 
     value_dtype = np.dtype(volume.meta.get("value_dtype", raw.dtype))
@@ -294,18 +303,24 @@ def _write_outputs(result, volume: Volume, raw, region, fills, target, out_dir: 
     clear_temps(out_dir, f"{stem}_*")
     out = raw.astype(out_dtype, copy=True)
     out[region] = fills.astype(out_dtype)
-    result.outputs["inpainted"] = write_nifti(
-        volume.with_array(out, inpainted=True),
-        out_dir / f"{stem}_inpainted.nii.gz",
-        dtype=None if floating else value_dtype,
-    )
+    channels = 1 if out.ndim == 3 else out.shape[3]
+    seams = {}
+    for c in range(channels):
+        suffix = f"_{c:04d}" if channels > 1 else ""
+        out_c = out if channels == 1 else out[..., c]
+        result.outputs[f"inpainted{suffix}"] = write_nifti(
+            volume.with_array(out_c, inpainted=True),
+            out_dir / f"{stem}_inpainted{suffix}.nii.gz",
+            dtype=None if floating else value_dtype,
+        )
+        written = np.asarray(out_c if floating else np.clip(np.rint(out_c), *_limits(value_dtype)), dtype=np.float64)
+        seams[channel_names[c] if channels > 1 else ""] = seam_score(written, region)
     result.outputs["region"] = write_nifti(
         volume.with_array(region.astype(np.uint8)), out_dir / f"{stem}_region.nii.gz"
     )
     if target is not None:
         result.outputs["label"] = write_nifti(volume.with_array(target), out_dir / f"{stem}_inpainted_label.nii.gz")
-    written = np.asarray(out if floating else np.clip(np.rint(out), *_limits(value_dtype)), dtype=np.float64)
-    result.seam = seam_score(written, region)
+    result.seam = seams[""] if channels == 1 else {**seams, "within": all(v["within"] for v in seams.values())}
     return stem
 
 

@@ -264,11 +264,32 @@ def test_evaluate_one_channel_of_several(two, cli, tmp_path):
     assert solo_report["fidelity"]["fid"] == pytest.approx(reports["flair"]["fidelity"]["fid"], rel=1e-4)
 
 
-def test_commands_for_one_channel_refuse_several(two, cli, tmp_path):
+@pytest.mark.parametrize("method", ["repaint", "guidance"])
+def test_inpaint_every_channel(two, cli, tmp_path, method):
     src = two.data / "imagesTr" / "phantom_000_0000.nii.gz"
     region = np.zeros((32, 32, 16), np.uint8)
     region[12:16, 12:16, 6:9] = 1
     nib.save(nib.Nifti1Image(region, _nii(src)[1]), str(tmp_path / "region.nii.gz"))
+    out = tmp_path / "ip"
     r = cli("inpaint", src, "--region", tmp_path / "region.nii.gz", "--ae", two.ae, "--ldm", two.ldm,
-            "--out", tmp_path / "ip")  # fmt: skip
-    _one_error(r, "this model has 2 channels (t1, flair)")
+            "--out", out, "--steps", 3, "--method", method, "--label", "lesion")  # fmt: skip
+    assert r.code == 0, r.both
+    inside = region.astype(bool)
+    for c in range(2):
+        written, affine = _nii(out / f"phantom_000_inpainted_{c:04d}.nii.gz")
+        given, given_affine = _nii(two.data / "imagesTr" / f"phantom_000_{c:04d}.nii.gz")
+        assert written.dtype == given.dtype and np.allclose(affine, given_affine)
+        assert np.array_equal(written[~inside], given[~inside])  # bit for bit outside the region
+        assert not np.array_equal(written[inside], given[inside])
+    label, _ = _nii(out / "phantom_000_inpainted_label.nii.gz")
+    assert (label[inside] == 2).all()  # the region labelled as the lesion asked for
+    record = json.loads((out / "phantom_000_inpaint.json").read_text())
+    assert set(record["seam"]) == {"t1", "flair", "within"}
+    assert "seam flair (border gradient)" in " ".join(r.both.split())
+    # the other channel must be beside the given file
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(src, lone)
+    r = cli("inpaint", lone / src.name, "--region", tmp_path / "region.nii.gz", "--ae", two.ae, "--ldm", two.ldm,
+            "--out", tmp_path / "ip2")  # fmt: skip
+    _one_error(r, "case phantom_000 has no channel 0001 (flair) file")
