@@ -157,7 +157,9 @@ class MemorizationFilter:
     window `ssim_window(train shape)`) between the volume and a training volume, each scaled to
     [0, 1] between its 0.5 and 99.5 intensity percentiles; volumes of another shape are resized to
     the training shape first. The search is two-stage (`nnsearch.SSIMIndex`, built once per
-    filter): exact SSIM on the `candidates` training volumes ranked best by a coarse SSIM.
+    filter): exact SSIM on the `candidates` training volumes ranked best by a coarse SSIM. Volumes
+    of several channels (contrasts) are compared on their first channel: a near-copy of a
+    training case, decoded from one latent, copies all of its channels.
 
     Args:
         train: a data set folder (nnU-Net layout or a folder of volumes) or an array (N, I, J, K)
@@ -186,7 +188,7 @@ class MemorizationFilter:
         self.threshold = float(threshold)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         if isinstance(train, (str, Path)):
-            vs = open_volume_set(Path(train), "train")
+            vs = open_volume_set(Path(train), "train", channel=0)
             self.shape, self.case_ids, load = vs.shape, vs.case_ids, vs.volume
             factor = coarse_factor(self.shape)
             desc = np.stack([volume_descriptor(img, factor) for _, img, _ in vs.iter_volumes()])
@@ -214,10 +216,13 @@ class MemorizationFilter:
         )
 
     def score(self, image: np.ndarray) -> tuple[float, int]:
-        """(highest SSIM to a training volume, index of that volume) for one (I, J, K) image."""
+        """(highest SSIM to a training volume, index of that volume) for one (I, J, K) image (of
+        (I, J, K, C): its first channel)."""
         from ldmtool.evaluate.volumes import normalise01, resize_volume
 
         image = np.asarray(image, dtype=np.float32)
+        if image.ndim == 4:
+            image = image[..., 0]
         if image.ndim != 3:
             raise LdmError(f"a generated image must be a 3D array; got shape {image.shape}")
         vol = resize_volume(normalise01(image), self.shape)

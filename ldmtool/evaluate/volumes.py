@@ -208,12 +208,12 @@ def open_volume_set(
     shape: tuple[int, int, int] | None = None,
     max_cases: int | None = None,
     spacing: tuple[float, float, float] | None = None,
-    channel: str | None = None,
+    channel: str | int | None = None,
 ) -> VolumeSet:
     """A data set (nnU-Net layout or a folder of volumes) to be read case by case.
 
-    `channel`: the contrast to read from a set of several channels per case (by name); a set of
-    one channel is read as it is. A set of several channels without it is an error.
+    `channel`: the contrast to read from a set of several channels per case (by name, or by index);
+    a set of one channel is read as it is. A set of several channels without it is an error.
 
     Images are scaled to [0, 1] per volume (0.5/99.5 percentiles). Every case is brought to one
     shape: `shape` when given, else the per-axis maximum of the set's shapes (from the file
@@ -235,6 +235,10 @@ def open_volume_set(
                 f"{path} has {ds.channels} channels per case ({', '.join(names)}); evaluation reads one: "
                 f"choose it with --channel {names[0]}"
             )
+        if isinstance(channel, int):
+            if not 0 <= channel < len(names):
+                raise LdmError(f"{path} has {len(names)} channels ({', '.join(names)}); there is no channel {channel}")
+            channel = names[channel]
         if channel not in names:
             raise LdmError(f"{path} has no channel {channel!r}; its channels are {', '.join(names)}")
         pick = names.index(channel)

@@ -293,3 +293,23 @@ def test_inpaint_every_channel(two, cli, tmp_path, method):
     r = cli("inpaint", lone / src.name, "--region", tmp_path / "region.nii.gz", "--ae", two.ae, "--ldm", two.ldm,
             "--out", tmp_path / "ip2")  # fmt: skip
     _one_error(r, "case phantom_000 has no channel 0001 (flair) file")
+
+
+def test_reject_memorized_with_several_channels(two, cli, tmp_path):
+    # "training set" = the samples this model draws first (same seeds): every first candidate is a
+    # copy in both channels and is replaced by the sample's next seed
+    from ldmtool.diffusion.samplers import sample_seed
+
+    common = ("--ae", two.ae, "--ldm", two.ldm, "--n", 2, "--batch-size", 2, "--steps", 3)
+    first = tmp_path / "first"
+    assert cli("sample", *common, "--out", first).code == 0
+    out = tmp_path / "filtered"
+    r = cli("sample", *common, "--out", out, "--reject-memorized", "0.95", "--train", first)
+    assert r.code == 0, r.both
+    for k in range(2):
+        prov = json.loads((out / "provenance" / f"synth_{k:05d}.json").read_text())
+        assert prov["rejected_candidates"] >= 1 and prov["seed"] == sample_seed(0, k, prov["rejected_candidates"])
+        assert prov["memorization_ssim"] <= 0.95
+        for c in range(2):
+            kept, copied = (_nii(d / "imagesTr" / f"synth_{k:05d}_{c:04d}.nii.gz")[0] for d in (out, first))
+            assert np.abs(kept.astype(float) - copied).max() > 1e-3
