@@ -106,8 +106,10 @@ def write_synthetic_seg(
     series_description: str = "SYNTHETIC ldmtool label",
     algorithm: str = "ldmtool",
     version: str = "1",
+    series_number: int = 2,
 ) -> int:
-    """Write the label map of a synthetic sample as a BINARY DICOM SEG on its synthetic image series.
+    """Write the label map of a synthetic sample as a BINARY DICOM SEG on its synthetic image series
+    (with `series_number`: after the image series, one per channel of a multi-channel sample).
 
     `label` is (I, J, K) in the grid of the volume written to `image_series_dir` by
     `write_dicom_series` (slice k = InstanceNumber k + 1). The SEG references every image
@@ -133,7 +135,7 @@ def write_synthetic_seg(
         algorithm=algorithm,
         version=version,
         description=series_description,
-        series_number=2,
+        series_number=series_number,
     )
 
 

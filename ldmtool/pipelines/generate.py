@@ -175,11 +175,6 @@ def output_format(pipe: LatentDiffusionPipeline, fmt: str | None) -> str:
         return "nifti" if pipe.image_dims == 3 else ("dicom" if pipe.image_format == "dicom" else "png")
     if fmt == "png" and pipe.image_dims != 2:
         raise LdmError("--format png is for models of 2D images; this model makes volumes (nifti | dicom)")
-    if fmt == "dicom" and pipe.ae.image_channels > 1:
-        raise LdmError(
-            f"--format dicom writes one grey series per sample; this model makes {pipe.ae.image_channels} channels "
-            f"({', '.join(pipe.channel_names)}): use --format nifti"
-        )
     return fmt
 
 
@@ -394,18 +389,26 @@ class _SampleJob:
         from ldmtool.io.dicom_seg import write_synthetic_seg
         from ldmtool.io.dicom_write import new_uid
 
-        files["image"] = f"dicom/{name}/image"
-        _replace_partial(self.out_dir / files["image"])
-        study, frame = new_uid(), new_uid()  # image and SEG of a sample: one study, one frame of reference
-        write_dicom_series(
-            image_vol,
-            self.out_dir / files["image"],
-            series_description=f"SYNTHETIC ldmtool {name}",
-            modality=self.modality,
-            study_uid=study,
-            frame_of_reference_uid=frame,
-            series_number=1,
-        )
+        # one series per channel (image_0000, image_0001, ... of several), all with the SEG in one
+        # study and one frame of reference
+        study, frame = new_uid(), new_uid()
+        parts = channel_volumes(image_vol)
+        written = {}
+        for c, (channel, part) in enumerate(zip(self.pipe.channel_names, parts)):
+            written[channel] = f"dicom/{name}/image" + (f"_{c:04d}" if len(parts) > 1 else "")
+            _replace_partial(self.out_dir / written[channel])
+            write_dicom_series(
+                part,
+                self.out_dir / written[channel],
+                series_description=f"SYNTHETIC ldmtool {name}" + (f" {channel}" if len(parts) > 1 else ""),
+                modality=self.modality,
+                study_uid=study,
+                frame_of_reference_uid=frame,
+                series_number=c + 1,
+            )
+        files["image"] = next(iter(written.values()))
+        if len(written) > 1:
+            files["channels"] = written
         if label_vol is not None:
             files["label"] = f"dicom/{name}/label.dcm"
             names = {int(v): k for k, v in self.pipe.label_names.items()}
@@ -416,6 +419,7 @@ class _SampleJob:
                 self.out_dir / files["label"],
                 series_description=f"SYNTHETIC ldmtool {name} label",
                 version=__version__,
+                series_number=len(parts) + 1,
             )
         return files
 

@@ -175,8 +175,33 @@ def test_missing_channel_errors(two, trained, cli, tmp_path):
         "impute", grey, "--ae", trained.ae, "--ldm", trained.ldm, "--out", tmp_path / "b", "--missing-channel", "t1"
     )
     _one_error(r, "--missing-channel needs a model of several channels")
-    r = cli("sample", *common, "--out", tmp_path / "c", "--n", 1, "--steps", 2, "--format", "dicom")
-    _one_error(r, "2 channels (t1, flair)", "--format nifti")
+
+
+def test_dicom_samples_one_series_per_channel(two, cli, tmp_path):
+    import pydicom
+
+    from ldmtool.io import read_volume
+
+    common = ("--ae", two.ae, "--ldm", two.ldm, "--n", 1, "--steps", 2)
+    assert cli("sample", *common, "--out", tmp_path / "nii").code == 0
+    r = cli("sample", *common, "--out", tmp_path / "dcm", "--format", "dicom")
+    assert r.code == 0, r.both
+    sample = tmp_path / "dcm" / "dicom" / "synth_00000"
+    assert sorted(p.name for p in sample.iterdir()) == ["image_0000", "image_0001", "label.dcm"]
+    headers = [pydicom.dcmread(sorted((sample / f"image_{c:04d}").iterdir())[0]) for c in range(2)]
+    seg = pydicom.dcmread(sample / "label.dcm")
+    assert len({h.StudyInstanceUID for h in headers} | {seg.StudyInstanceUID}) == 1
+    assert len({h.FrameOfReferenceUID for h in headers} | {seg.FrameOfReferenceUID}) == 1
+    assert headers[0].SeriesInstanceUID != headers[1].SeriesInstanceUID
+    assert [int(h.SeriesNumber) for h in headers] == [1, 2] and int(seg.SeriesNumber) == 3
+    assert headers[1].SeriesDescription.endswith("flair") and "SYNTHETIC" in headers[1].SeriesDescription
+    prov = json.loads((tmp_path / "dcm" / "provenance" / "synth_00000.json").read_text())
+    assert prov["files"]["channels"] == {"t1": "dicom/synth_00000/image_0000", "flair": "dicom/synth_00000/image_0001"}
+    for c in range(2):  # the same sample as the NIfTI one, channel by channel (int16 quantisation aside)
+        nii = _nii(tmp_path / "nii" / "imagesTr" / f"synth_00000_{c:04d}.nii.gz")[0]
+        dcm = read_volume(sample / f"image_{c:04d}")
+        assert dcm.array.shape == nii.shape
+        np.testing.assert_allclose(dcm.array, nii, atol=1e-3 * (float(nii.max()) - float(nii.min())) + 1e-6)
 
 
 def test_checkpoint_without_channel_fields_loads_as_one_channel(trained, tmp_path):
