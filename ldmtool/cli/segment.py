@@ -86,6 +86,14 @@ def train_seg(
     if val_steps is not None and val_steps < 1:
         raise LdmError("--val-steps must be at least 1")
     common.require_exists(data, "data set")
+    from ldmtool.io import load_dataset
+
+    lacking = next((c for c in load_dataset(data).cases if c.absent), None)
+    if lacking is not None:  # a segmenter sees every channel of every case: nothing stands for an absent one
+        raise LdmError(
+            f"case {lacking.case_id} has no channel {lacking.absent[0]:04d} file; train-seg needs every channel of "
+            "every case (impute --missing-channel fills one in)"
+        )
     mode = common.resume_mode(resume, restart)
     with common.training_session(state, out, mode) as (info, stop):
         if info.enabled:

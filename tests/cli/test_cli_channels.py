@@ -153,6 +153,10 @@ def test_cases_lacking_a_channel_file_train_with_it_missing(two, cli, tmp_path):
     # an absent channel is given no intensity range; the others keep theirs
     assert np.isnan(prepared.channel_ranges[i3][1]).all() and np.isfinite(prepared.channel_ranges[i3][0]).all()
     # commands that need every channel say which file is missing
+    _one_error(
+        cli("train-seg", data, "--out", tmp_path / "seg", "--steps", 1),
+        "case phantom_001 has no channel 0000 file; train-seg needs every channel",
+    )
     _one_error(cli("stats", two.samples, "--real", data), "case phantom_001 has no channel 0000 (t1) file")
 
 
