@@ -145,6 +145,18 @@ def write_png(volume: Volume, path: str | os.PathLike, dtype: str = "uint8") -> 
     return out
 
 
+def write_like_input(volume: Volume, base: str | os.PathLike, dtype=None) -> Path:
+    """Write an output derived from an input file as that input is stored: `base`.png for a volume
+    read from a PNG/JPEG/TIFF picture of 8 or 16 bits (`dtype`, default the picture's; values
+    rounded and clipped), else `base`.nii.gz (`dtype` as for `write_nifti`). Returns the path."""
+    from ldmtool.io.nifti import write_nifti
+
+    kind = str(np.dtype(dtype)) if dtype is not None else str(volume.meta.get("dtype", ""))
+    if volume.meta.get("format") in ("png", "jpeg", "tiff") and kind in ("uint8", "uint16"):
+        return write_png(volume, f"{base}.png", kind)
+    return write_nifti(volume, f"{base}.nii.gz", dtype=dtype)
+
+
 def read_dicom_2d(path: str | os.PathLike) -> Volume:
     """Read a single-frame 2D DICOM image (CR, DX, MG, secondary capture, ...) as a one-slice Volume.
 

@@ -362,8 +362,10 @@ def _write_outputs(
 ) -> str:
     """Write `<stem>_imputed`, `_missing` (and `_std` for several samples) in the input's geometry;
     several channels: one file of each per channel, `_0000`, `_0001`, ... (the stem: the case's
-    name). Returns the stem."""
+    name). A 2D picture's imputed image and mask are PNGs as it is (`write_like_input`); the
+    standard deviation, a float map, is always NIfTI. Returns the stem."""
     from ldmtool.io import write_nifti
+    from ldmtool.io.image2d import write_like_input
     from ldmtool.pipelines.segment import output_stem
 
     value_dtype = np.dtype(volume.meta.get("value_dtype", raw.dtype))
@@ -382,14 +384,14 @@ def _write_outputs(
         imputed = raw_c.astype(out_dtype, copy=True)  # observed voxels: the input's values, untouched
         imputed[gone_c] = fills[c].mean(0).astype(out_dtype)
         result.outputs[f"imputed{suffix}"] = (
-            write_nifti(  # integer input: imputed values rounded and clipped to its type
+            write_like_input(  # integer input: imputed values rounded and clipped to its type
                 volume.with_array(imputed, imputed=True),
-                out_dir / f"{stem}_imputed{suffix}.nii.gz",
+                out_dir / f"{stem}_imputed{suffix}",
                 dtype=None if floating else value_dtype,
             )
         )
-        result.outputs[f"missing{suffix}"] = write_nifti(
-            volume.with_array(gone_c.astype(np.uint8)), out_dir / f"{stem}_missing{suffix}.nii.gz"
+        result.outputs[f"missing{suffix}"] = write_like_input(
+            volume.with_array(gone_c.astype(np.uint8)), out_dir / f"{stem}_missing{suffix}", np.uint8
         )
         if fills[c].shape[0] > 1:
             std_map = np.zeros(raw_c.shape, dtype=np.float32)

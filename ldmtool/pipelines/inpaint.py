@@ -35,7 +35,7 @@ from ldmtool.data.prepared import slices_to_volume, volume_to_slices
 from ldmtool.data.preprocess import denormalise
 from ldmtool.diffusion.pipeline import decode_latents, encode_volume
 from ldmtool.errors import LdmError
-from ldmtool.io import Volume, write_nifti
+from ldmtool.io import Volume
 from ldmtool.models.checkpoint import file_sha256
 from ldmtool.pipelines.impute import to_input_grid, to_model_space
 from ldmtool.pipelines.latent_diffusion import LatentDiffusionPipeline
@@ -97,7 +97,9 @@ def seam_score(image: np.ndarray, region: np.ndarray) -> dict[str, float]:
     gradient magnitude in real tissue (voxels more than three voxels from the region, brighter than
     10 % of their 1st-99th percentile range); `within`: the border value is at most that 95th
     percentile (a seamless fill)."""
-    img = np.asarray(image, dtype=np.float64)
+    keep = [n for n in np.shape(image) if n > 1]  # a 2D image (one slice): its own two axes
+    img = np.asarray(image, dtype=np.float64).reshape(keep)
+    region = np.asarray(region, dtype=bool).reshape(keep)
     grad = np.sqrt(sum(g**2 for g in np.gradient(img)))
     border = (region & ~ndi.binary_erosion(region)) | (ndi.binary_dilation(region) & ~region)
     away = ~ndi.binary_dilation(region, iterations=3)
@@ -289,8 +291,10 @@ def _write_outputs(
 ) -> str:
     """`<stem>_inpainted` (input's value type: outside the region the input's values, untouched;
     several channels: `<stem>_inpainted_0000`, `_0001`, ... as nnU-Net names a case's channels),
-    `<stem>_region`, `<stem>_inpainted_label`; the seam score (several channels: per channel name,
-    and "within" when every channel's is); returns the stem."""
+    `<stem>_region`, `<stem>_inpainted_label`, PNGs for a 2D picture as it is (`write_like_input`);
+    the seam score (several channels: per channel name, and "within" when every channel's is),
+    computed before anything is written; returns the stem."""
+    from ldmtool.io.image2d import write_like_input
     from ldmtool.pipelines.segment import output_stem
 
     value_dtype = np.dtype(volume.meta.get("value_dtype", raw.dtype))
@@ -304,22 +308,25 @@ def _write_outputs(
     out = raw.astype(out_dtype, copy=True)
     out[region] = fills.astype(out_dtype)
     channels = 1 if out.ndim == 3 else out.shape[3]
+    parts = [out] if channels == 1 else [out[..., c] for c in range(channels)]
     seams = {}
-    for c in range(channels):
-        suffix = f"_{c:04d}" if channels > 1 else ""
-        out_c = out if channels == 1 else out[..., c]
-        result.outputs[f"inpainted{suffix}"] = write_nifti(
-            volume.with_array(out_c, inpainted=True),
-            out_dir / f"{stem}_inpainted{suffix}.nii.gz",
-            dtype=None if floating else value_dtype,
-        )
+    for c, out_c in enumerate(parts):
         written = np.asarray(out_c if floating else np.clip(np.rint(out_c), *_limits(value_dtype)), dtype=np.float64)
         seams[channel_names[c] if channels > 1 else ""] = seam_score(written, region)
-    result.outputs["region"] = write_nifti(
-        volume.with_array(region.astype(np.uint8)), out_dir / f"{stem}_region.nii.gz"
+    for c, out_c in enumerate(parts):
+        suffix = f"_{c:04d}" if channels > 1 else ""
+        result.outputs[f"inpainted{suffix}"] = write_like_input(
+            volume.with_array(out_c, inpainted=True),
+            out_dir / f"{stem}_inpainted{suffix}",
+            dtype=None if floating else value_dtype,
+        )
+    result.outputs["region"] = write_like_input(
+        volume.with_array(region.astype(np.uint8)), out_dir / f"{stem}_region", np.uint8
     )
     if target is not None:
-        result.outputs["label"] = write_nifti(volume.with_array(target), out_dir / f"{stem}_inpainted_label.nii.gz")
+        result.outputs["label"] = write_like_input(
+            volume.with_array(target.astype(np.uint8)), out_dir / f"{stem}_inpainted_label", np.uint8
+        )
     result.seam = seams[""] if channels == 1 else {**seams, "within": all(v["within"] for v in seams.values())}
     return stem
 

@@ -25,6 +25,7 @@ from ldmtool.data.preprocess import _intensity_range, _normalise, _reorient
 from ldmtool.errors import LdmError
 from ldmtool.io import write_nifti
 from ldmtool.io.dicom import is_dicom_file
+from ldmtool.io.image2d import write_like_input
 from ldmtool.io.nifti import is_nifti_path
 from ldmtool.io.readers import read_volume
 from ldmtool.io.volume import Volume
@@ -67,7 +68,10 @@ def _holds_dicom(folder: Path) -> bool:
 
 
 def expand_inputs(inputs: list[Path]) -> list[Path]:
-    """Files, DICOM series folders, and folders of NIfTI files (also their imagesTr/) → inputs."""
+    """Files, DICOM series folders, and folders of NIfTI files or 2D pictures (also their imagesTr/)
+    → inputs."""
+    from ldmtool.io.image2d import is_image_path
+
     out: list[Path] = []
     for path in inputs:
         path = Path(path)
@@ -79,10 +83,10 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
             out.append(path)
         else:
             folder = path / "imagesTr" if (path / "imagesTr").is_dir() else path
-            found = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti_path(p))
+            found = sorted(p for p in folder.iterdir() if p.is_file() and (is_nifti_path(p) or is_image_path(p)))
             found += sorted(p for p in folder.iterdir() if p.is_dir() and _holds_dicom(p))
             if not found:
-                raise LdmError(f"{path} holds no NIfTI files or DICOM series to segment")
+                raise LdmError(f"{path} holds no NIfTI files, DICOM series or 2D images to segment")
             out.extend(found)
     return out
 
@@ -103,9 +107,11 @@ def case_inputs(files: list[Path], channels: int) -> list[Path]:
 
 
 def output_stem(path: Path) -> str:
-    """case_0000.nii.gz → case; a DICOM folder → its name."""
+    """case_0000.nii.gz (or .png, .jpg, .tif, .dcm) → case; a DICOM folder → its name."""
+    from ldmtool.io.image2d import IMAGE_SUFFIXES
+
     name = path.name
-    for end in (".nii.gz", ".nii", ".dcm"):
+    for end in (".nii.gz", ".nii", *IMAGE_SUFFIXES, ".dcm"):
         if name.lower().endswith(end):
             name = name[: -len(end)]
             break
@@ -296,7 +302,10 @@ class _SegmentJob:
         for key, data in outputs.items():
             data = self.to_input_axes(case, data)
             target = self.out_dir / f"{case.stem}_{key}.nii.gz"
-            if data.ndim == 3:
+            if key == "seg":  # a 2D picture's label map: a PNG as it is (`write_like_input`)
+                volume = case.volume.with_array(np.ascontiguousarray(data))
+                target = write_like_input(volume, self.out_dir / f"{case.stem}_seg", np.uint8)
+            elif data.ndim == 3:
                 write_nifti(Volume(np.ascontiguousarray(data), case.volume.affine.copy(), {}), target)
             else:
                 _write_4d(np.ascontiguousarray(data), case.volume.affine, target)

@@ -185,3 +185,52 @@ def test_2d_data_on_a_3d_autoencoder_is_one_line(trained, tmp_path, cli):
     assert (
         r.code == 1 and len(lines) == 1 and "holds 2D images but the autoencoder was trained on 3D volumes" in lines[0]
     )
+
+
+def test_impute_and_inpaint_a_picture(trained2d, tmp_path, cli):
+    """impute / inpaint of a PNG write PNGs as the input is (8-bit, its pixel layout), the known
+    pixels bit for bit the input's."""
+    src = trained2d / "data" / "normal" / "001.png"
+    given = np.asarray(Image.open(src))
+    models = ("--ae", trained2d / "AE", "--ldm", trained2d / "LDM", "--steps", 2)
+    r = cli("impute", src, *models, "--out", tmp_path / "I", "--simulate-mcar", "0.5", "--samples", 2)
+    assert r.code == 0, r.both
+    imputed = np.asarray(Image.open(tmp_path / "I" / "001_imputed.png"))
+    missing = np.asarray(Image.open(tmp_path / "I" / "001_missing.png")).astype(bool)
+    assert imputed.dtype == np.uint8 and imputed.shape == given.shape == missing.shape
+    assert 0.3 < missing.mean() < 0.7 and np.array_equal(imputed[~missing], given[~missing])
+    assert (tmp_path / "I" / "001_std.nii.gz").is_file()  # a float map stays NIfTI
+    region = np.zeros(given.shape, np.uint8)
+    region[4:10, 3:9] = 1
+    Image.fromarray(region).save(tmp_path / "region.png")
+    r = cli("inpaint", src, "--region", tmp_path / "region.png", *models, "--out", tmp_path / "P")
+    assert r.code == 0, r.both
+    inpainted = np.asarray(Image.open(tmp_path / "P" / "001_inpainted.png"))
+    inside = region.astype(bool)
+    assert inpainted.dtype == np.uint8 and np.array_equal(inpainted[~inside], given[~inside])
+    assert not np.array_equal(inpainted[inside], given[inside])
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "P" / "001_region.png")), region)
+    seam = json.loads((tmp_path / "P" / "001_inpaint.json").read_text())["seam"]
+    assert np.isfinite(seam["border_gradient"]) and seam["tissue_gradient_p95"] > 0
+
+
+def test_segment_pictures(tmp_path, cli):
+    """train-seg on 2D PNGs, then segment a folder of them: one label PNG per picture."""
+    root = tmp_path / "ds"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    yy, xx = np.mgrid[:16, :20]
+    for i in range(6):
+        mask = ((yy - 8) ** 2 + (xx - 5 - i) ** 2 < 12).astype(np.uint8)
+        Image.fromarray((50 + 150 * mask).astype(np.uint8)).save(root / "imagesTr" / f"c{i}_0000.png")
+        Image.fromarray(mask).save(root / "labelsTr" / f"c{i}.png")
+    info = {"channel_names": {"0": "X-ray"}, "labels": {"background": 0, "lesion": 1}, "file_ending": ".png"}
+    (root / "dataset.json").write_text(json.dumps(info))
+    r = cli("train-seg", root, "--out", tmp_path / "seg", "--config", TINY_YAML, "--steps", 3)
+    assert r.code == 0, r.both
+    r = cli("segment", root / "imagesTr", "--model", tmp_path / "seg", "--out", tmp_path / "out")
+    assert r.code == 0, r.both
+    written = sorted(p.name for p in (tmp_path / "out").glob("*_seg.png"))
+    assert written == [f"c{i}_seg.png" for i in range(6)]
+    seg = np.asarray(Image.open(tmp_path / "out" / "c2_seg.png"))
+    assert seg.shape == (16, 20) and seg.dtype == np.uint8 and set(np.unique(seg)) <= {0, 1}
