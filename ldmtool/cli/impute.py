@@ -18,7 +18,7 @@ def impute(
     source: Annotated[
         Path,
         typer.Argument(
-            help="Incomplete volume: NIfTI file or DICOM series folder (NaN voxels count as missing); for a model "
+            help="Incomplete volume: NIfTI file, DICOM series folder or 2D image (NaN voxels count as missing); for a model "
             "of several channels, one channel file CASE_0000.nii.gz with the others beside it (CASE_0001, ...)."
         ),
     ],
@@ -81,7 +81,8 @@ def impute(
     used), CASE_std.nii.gz (with --samples above 1) and CASE_impute.json (provenance of the latest
     run; every run's is kept in runs/), all in the input's geometry, the imputed volume in the
     input's value type. A model of several channels writes one file of each per channel
-    (CASE_imputed_0000.nii.gz, ...). A non-empty --out that is not an earlier impute output is refused unless
+    (CASE_imputed_0000.nii.gz, ...). A 2D PNG/JPEG/TIFF input gets PNGs (CASE_imputed.png,
+    CASE_missing.png; the std map stays NIfTI). A non-empty --out that is not an earlier impute output is refused unless
     --overwrite.
     """
     from ldmtool.config import load_yaml

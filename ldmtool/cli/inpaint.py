@@ -15,7 +15,7 @@ WHAT = "What goes into the region"
 
 def inpaint(
     ctx: typer.Context,
-    source: Annotated[Path, typer.Argument(help="The volume: NIfTI file or DICOM series folder.")],
+    source: Annotated[Path, typer.Argument(help="The volume: NIfTI file, DICOM series folder or 2D image.")],
     region: Annotated[
         Path, typer.Option("--region", help="Mask in the volume's grid: 1 = regenerate, 0 = keep exactly.")
     ],
@@ -75,6 +75,7 @@ def inpaint(
     CASE_inpainted_0000.nii.gz, _0001, ... from CASE_0000.nii.gz and its channels beside it), CASE_region.nii.gz,
     CASE_inpainted_label.nii.gz (the label map, updated in the region) and CASE_inpaint.json
     (provenance with the seam score: gradient across the region's border against real tissue).
+    A 2D PNG/JPEG/TIFF input gets PNGs (CASE_inpainted.png, CASE_region.png, ...).
     """
     from ldmtool.config import load_yaml
     from ldmtool.data.lesions import parse_conditions
