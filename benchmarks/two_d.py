@@ -12,7 +12,8 @@ folders written into --work (never into the repository):
   1. the train split as `WORK/train/normal/*.png`, `WORK/train/pneumonia/*.png`;
   2. `train-ae` on it, then `train-ldm --condition-on class` (the classes come from the folder
      names; attribute dropout gives classifier-free guidance);
-  3. `sample --class normal` and `sample --class pneumonia` (--per-class images each, DPM-Solver++
+  3. `sample --class normal` and `sample --class pneumonia` (--per-class images each, by default as
+     many as the real train split has of the class; DPM-Solver++
      2M, classifier-free guidance --guidance);
   4. a small CNN classifier (the same fixed number of steps for every training set, --seeds runs),
      tested on the real test split (accuracy, AUROC), trained on: the real train split; the
@@ -176,7 +177,7 @@ def run(args, work: Path, data: np.lib.npyio.NpzFile) -> None:
     t_ldm = time.perf_counter() - t0 - t_ae
     synth, t_sample = {}, {}
     for k, name in enumerate(CLASSES):
-        n = args.per_class
+        n = args.per_class or int((y == k).sum())
         t1 = time.perf_counter()
         ldmtool("--seed", args.seed + k, "sample", "--ae", work / "AE", "--ldm", work / "LDM", "--out",
                 work / f"synth_{name}", "--n", n, "--class", name, "--guidance", args.guidance,
@@ -220,7 +221,9 @@ def main() -> None:
     ap.add_argument("--ae-epochs", type=int, default=30)
     ap.add_argument("--ae-minutes", type=float, default=4.0)
     ap.add_argument("--ldm-minutes", type=float, default=12.0)
-    ap.add_argument("--per-class", type=int, default=600, help="synthetic images per class")
+    ap.add_argument(
+        "--per-class", type=int, default=None, help="synthetic images per class [as many as the real train split has]"
+    )
     ap.add_argument("--steps", type=int, default=10, help="sampling steps (DPM-Solver++ 2M)")
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--clf-steps", type=int, default=600)
