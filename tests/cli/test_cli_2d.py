@@ -159,18 +159,23 @@ def test_dicom_radiographs_round_trip(tmp_path):
     assert not any(v in text for v in ("Doe^Jane", "MRN12345", "St Elsewhere"))
 
 
-def test_nnunet_2d_with_labels(tmp_path):
-    """imagesTr/CASE_0000.png + labelsTr/CASE.png: image + label PNGs sampled together."""
-    root = tmp_path / "ds"
+def _nnunet_2d(root: Path, width: int) -> Path:
+    """imagesTr/c{i}_0000.png + labelsTr/c{i}.png (16 × width, a disc moving right) and dataset.json."""
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
-    yy, xx = np.mgrid[:16, :16]
+    yy, xx = np.mgrid[:16, :width]
     for i in range(6):
         mask = ((yy - 8) ** 2 + (xx - 5 - i) ** 2 < 12).astype(np.uint8)
         Image.fromarray((50 + 150 * mask).astype(np.uint8)).save(root / "imagesTr" / f"c{i}_0000.png")
         Image.fromarray(mask).save(root / "labelsTr" / f"c{i}.png")
     info = {"channel_names": {"0": "X-ray"}, "labels": {"background": 0, "lesion": 1}, "file_ending": ".png"}
     (root / "dataset.json").write_text(json.dumps(info))
+    return root
+
+
+def test_nnunet_2d_with_labels(tmp_path):
+    """imagesTr/CASE_0000.png + labelsTr/CASE.png: image + label PNGs sampled together."""
+    root = _nnunet_2d(tmp_path / "ds", width=16)
     _run("train-ae", root, "--out", tmp_path / "AE", *TINY)
     _run("train-ldm", root, "--ae", tmp_path / "AE", "--out", tmp_path / "LDM", *TINY)
     _run("sample", "--ae", tmp_path / "AE", "--ldm", tmp_path / "LDM", "--out", tmp_path / "S", "--n", 1, "--steps", 1)
@@ -216,16 +221,7 @@ def test_impute_and_inpaint_a_picture(trained2d, tmp_path, cli):
 
 def test_segment_pictures(tmp_path, cli):
     """train-seg on 2D PNGs, then segment a folder of them: one label PNG per picture."""
-    root = tmp_path / "ds"
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    yy, xx = np.mgrid[:16, :20]
-    for i in range(6):
-        mask = ((yy - 8) ** 2 + (xx - 5 - i) ** 2 < 12).astype(np.uint8)
-        Image.fromarray((50 + 150 * mask).astype(np.uint8)).save(root / "imagesTr" / f"c{i}_0000.png")
-        Image.fromarray(mask).save(root / "labelsTr" / f"c{i}.png")
-    info = {"channel_names": {"0": "X-ray"}, "labels": {"background": 0, "lesion": 1}, "file_ending": ".png"}
-    (root / "dataset.json").write_text(json.dumps(info))
+    root = _nnunet_2d(tmp_path / "ds", width=20)
     r = cli("train-seg", root, "--out", tmp_path / "seg", "--config", TINY_YAML, "--steps", 3)
     assert r.code == 0, r.both
     r = cli("segment", root / "imagesTr", "--model", tmp_path / "seg", "--out", tmp_path / "out")
