@@ -27,9 +27,12 @@ def evaluate(
         ),
     ],
     synthetic: Annotated[
-        Path,
+        list[Path],
         typer.Option(
-            "--synthetic", help="Synthetic volumes, e.g. a folder written by `ldmtool sample`.", rich_help_panel=DATA
+            "--synthetic",
+            help="Synthetic volumes, e.g. a folder written by `ldmtool sample`; give it again to judge "
+            "several folders as one set (e.g. one `sample --class` run per class).",
+            rich_help_panel=DATA,
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder (report.json, report.html, figures/).")],
@@ -53,7 +56,8 @@ def evaluate(
         Optional[Path],
         typer.Option(
             "--class-labels",
-            help="CSV `case,label` for every case: utility becomes classification.",
+            help="CSV `case,label`: utility becomes classification. Without it, sets whose cases all "
+            "have a class (class folders; `sample --class` outputs) and no label maps are classified.",
             rich_help_panel=DOWN,
         ),
     ] = None,
@@ -118,7 +122,7 @@ def evaluate(
     from ldmtool.evaluate.report import run_evaluation
 
     state: common.State = ctx.obj
-    for path, what in ((real, "--real"), (synthetic, "--synthetic"), (train, "--train"), (test, "--test")):
+    for path, what in ((real, "--real"), *((s, "--synthetic") for s in synthetic), (train, "--train"), (test, "--test")):
         if path is not None:
             common.require_exists(path, f"{what} folder")
     if segmenter is not None:
@@ -137,7 +141,7 @@ def evaluate(
     check_writable_dir(out)  # before hours of evaluation
     report = run_evaluation(
         real,
-        synthetic,
+        list(synthetic),
         out,
         cfg,
         train_dir=train,

@@ -233,16 +233,30 @@ def evaluate_segmenter(
 # ---------------------------------------------------------------- classification
 
 
+class _Planar(torch.nn.Module):
+    """A 2D network fed (B, C, I, J, 1) images: the singleton slice axis dropped on the way in."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x[..., 0])
+
+
 def build_classifier(shape: tuple[int, int, int], n_classes: int, cfg: DownstreamConfig) -> torch.nn.Module:
+    """MONAI's Classifier on (B, 1, I, J, K) inputs: 3D for volumes, 2D for 2D images (K = 1)."""
     from monai.networks.nets import Classifier
 
-    return Classifier(
-        in_shape=(1, *shape),
+    planar = shape[2] == 1 and min(shape[:2]) > 1
+    net = Classifier(
+        in_shape=(1, *(shape[:2] if planar else shape)),
         classes=n_classes,
         channels=tuple(cfg.channels),
         strides=(2,) * len(cfg.channels),
         num_res_units=1,
     )
+    return _Planar(net) if planar else net
 
 
 def train_classifier(
@@ -255,7 +269,7 @@ def train_classifier(
     on_step=None,
     n_real: int | None = None,
 ) -> torch.nn.Module:
-    """Fit the 3D classifier on (N, I, J, K) images; `n_real` as in `train_segmenter`."""
+    """Fit the classifier (`build_classifier`) on (N, I, J, K) images; `n_real` as in `train_segmenter`."""
     from ldmtool.runtime import autocast
 
     torch.manual_seed(seed)
@@ -342,30 +356,41 @@ def evaluate_classifier(
     return out
 
 
+def has_classes(sets) -> bool:
+    """True when every case of `sets` (VolumeSets) has a class of its own (`VolumeSet.classes`:
+    class folders, `sample --class` provenance)."""
+    return all(c is not None for vs in sets for c in vs.classes)
+
+
 def read_class_csv(path, sets) -> dict[str, list[str]]:
     """Class labels of every case of `sets` (VolumeSets) from a CSV with a header row: first column
     the case id, or `SET/case` (SET = real, synthetic, train or test) where ids repeat across sets;
-    second column the class label. Returns {set name: [label per case]}."""
+    second column the class label. Cases the CSV does not name keep the class the set gives them
+    (`VolumeSet.classes`); without a CSV (`path` None) every case must have one.
+    Returns {set name: [label per case]}."""
     import csv
     from pathlib import Path
 
-    path = Path(path)
-    if not path.is_file():
-        raise LdmError(f"--class-labels {path} does not exist")
-    with path.open(newline="") as fh:
-        rows = [r for r in csv.reader(fh) if r and not r[0].startswith("#")]
-    if len(rows) < 2 or len(rows[0]) < 2:
-        raise LdmError(f"{path} must have a header and rows `case,label`")
-    table = {r[0].strip(): r[1].strip() for r in rows[1:] if len(r) >= 2}
+    table: dict[str, str] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise LdmError(f"--class-labels {path} does not exist")
+        with path.open(newline="") as fh:
+            rows = [r for r in csv.reader(fh) if r and not r[0].startswith("#")]
+        if len(rows) < 2 or len(rows[0]) < 2:
+            raise LdmError(f"{path} must have a header and rows `case,label`")
+        table = {r[0].strip(): r[1].strip() for r in rows[1:] if len(r) >= 2}
     out, missing = {}, []
     for vs in sets:
         labels = []
-        for c in vs.case_ids:
-            label = table.get(f"{vs.name}/{c}", table.get(c))
+        for c, own in zip(vs.case_ids, vs.classes):
+            label = table.get(f"{vs.name}/{c}", table.get(c, own))
             if label is None:
                 missing.append(f"{vs.name}/{c}")
             labels.append(label)
         out[vs.name] = labels
     if missing:
-        raise LdmError(f"{path} has no class label for {len(missing)} case(s), e.g. {', '.join(missing[:3])}")
+        where = f"{path} has no class label" if path is not None else "no class (class folder or sample provenance)"
+        raise LdmError(f"{where} for {len(missing)} case(s), e.g. {', '.join(missing[:3])}")
     return out

@@ -134,8 +134,11 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, 
 
 def ms_ssim_setting(shape: tuple[int, ...]) -> tuple[int, int] | None:
     """(scales, window) for 3D MS-SSIM on volumes of `shape`: the most scales (5 down to 2), then
-    the largest odd window ≤ 11, that fit the smallest axis; None when even 2 scales do not fit."""
-    small = min(shape)
+    the largest odd window ≤ 11, that fit the smallest axis (of those larger than one: 2D images
+    (I, J, 1) get 2D MS-SSIM); None when even 2 scales do not fit."""
+    from ldmtool.evaluate.nnsearch import in_plane
+
+    small = min(in_plane(shape))
     for n in (5, 4, 3, 2):
         div = max(max(1, n - 1) ** 2, 2 ** (n - 1))
         for k in range(11, 2, -2):
@@ -146,15 +149,16 @@ def ms_ssim_setting(shape: tuple[int, ...]) -> tuple[int, int] | None:
 
 def _ms_scales(x: torch.Tensor, taps: list[float], n: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per MS-SSIM scale of one volume (I, J, K): the (pooled) volume, its filtered mean and variance."""
-    from ldmtool.evaluate.nnsearch import gaussian_filter_valid
+    from ldmtool.evaluate.nnsearch import gaussian_filter_valid, pool_kernel
 
     x = x[None].float()
+    kernel = pool_kernel(x.shape[1:], 2)
     out = []
     for s in range(n):
         mu = gaussian_filter_valid(x, taps)
         out.append((x, mu, gaussian_filter_valid(x * x, taps).sub_(mu * mu)))
         if s < n - 1:
-            x = torch.nn.functional.avg_pool3d(x[None], 2)[0]
+            x = torch.nn.functional.avg_pool3d(x[None], kernel)[0]
     return out
 
 
@@ -196,7 +200,10 @@ def pairwise_ms_ssim(
 
     setting = ms_ssim_setting(tuple(images.shape[1:]))
     if len(images) < 2 or setting is None:
-        return {"value": None, "reason": f"volumes of shape {list(images.shape[1:])} are too small for MS-SSIM"}
+        shape = list(images.shape[1:])
+        what = f"images of {shape[0]}×{shape[1]}" if shape[2:] == [1] else f"volumes of shape {shape}"
+        reason = "fewer than 2 volumes" if len(images) < 2 else f"{what} are too small for MS-SSIM"
+        return {"value": None, "reason": reason}
     n, k = setting
     w = np.asarray(MS_SSIM_WEIGHTS[:n])
     weights = tuple((w / w.sum()).tolist())

@@ -115,7 +115,7 @@ def _utility_rows(u: dict) -> list[tuple[str, str, str, str]]:
     key = _score_key(u)
     rows = []
     for src, res in u["results"].items():
-        rows.append(("utility", f"{metric}, trained on {src}", _fmt(res[key]), f"on {u['n_test']} real test volumes"))
+        rows.append(("utility", f"{metric}, trained on {src}", _fmt(res[key]), f"on {u['n_test']} real test cases"))
         if "iou" in res:
             mean_iou = float(np.nanmean(list(res["iou"].values())))
             rows.append(("utility", f"IoU, trained on {src}", _fmt(mean_iou), "mean over classes"))
@@ -334,7 +334,7 @@ def _privacy_section(p: dict, figs: dict, out_dir: Path) -> list[str]:
     """Max-SSIM histogram, memorisation measures and the most suspicious pairs."""
     parts = [
         "<h2>Privacy</h2>",
-        f"<p class='note'>{html.escape(p['definition'])}; 3D SSIM window {p['ssim_window']}.</p>",
+        f"<p class='note'>{html.escape(p['definition'])}; SSIM window {p['ssim_window']}.</p>",
     ]
     if "privacy_ssim" in figs:
         parts.append(_img(out_dir / figs["privacy_ssim"], "highest SSIM to a training volume"))

@@ -31,13 +31,28 @@ def gaussian_taps(win: int, sigma: float = 1.5) -> list[float]:
     return [float(v) for v in g / g.sum()]
 
 
+def in_plane(shape: Sequence[int]) -> list[int]:
+    """The axes' sizes that carry an image: all but singleton axes (the one slice of a 2D image,
+    (I, J, 1)), so 2D images get 2D SSIM and pooling rather than a window of one voxel."""
+    sizes = [int(s) for s in shape if int(s) > 1]
+    return sizes or [1]
+
+
+def pool_kernel(shape: Sequence[int], factor: int) -> tuple[int, ...]:
+    """A 3D pooling kernel of `factor` on every axis but singleton ones (see `in_plane`)."""
+    return tuple(factor if int(s) > 1 else 1 for s in shape)
+
+
 def gaussian_filter_valid(x: torch.Tensor, taps: Sequence[float]) -> torch.Tensor:
-    """Separable Gaussian over the last three axes, valid region only (as MONAI's conv3d).
+    """Separable Gaussian over the last three axes, valid region only (as MONAI's conv3d); a
+    singleton axis (2D images as (I, J, 1)) is left as it is, as MONAI's 2D SSIM would.
 
     Shift-and-add: one multiply-add of a shifted view per tap and axis, an order of magnitude
     faster on a CPU than conv3d with a (w, 1, 1) kernel."""
     w = len(taps)
     for axis in (-3, -2, -1):
+        if x.shape[axis] == 1:
+            continue
         n = x.shape[axis] - w + 1
         acc = x.narrow(axis, 0, n) * taps[0]
         for t in range(1, w):
@@ -78,17 +93,18 @@ def ssim_pair(a: SSIMStats, b: SSIMStats, taps: Sequence[float]) -> float:
 def coarse_factor(shape: Sequence[int]) -> int:
     """The average-pooling factor of the coarse stage: every axis kept ≥ 40 voxels (so the coarse
     SSIM ranks neighbours closely enough that a small margin keeps the true nearest one), but
-    at least 2 where an axis of ≥ 24 voxels allows it."""
-    m = min(int(s) for s in shape)
+    at least 2 where an axis of ≥ 24 voxels allows it. Singleton axes (2D images) do not count."""
+    m = min(in_plane(shape))
     return max(1, min(2, m // 24), m // 40)
 
 
 @torch.inference_mode()
 def volume_descriptor(volume: np.ndarray, factor: int) -> np.ndarray:
-    """The coarse-stage descriptor of a volume: average-pooled by `factor` per axis (float32)."""
+    """The coarse-stage descriptor of a volume: average-pooled by `factor` per axis but singleton
+    ones (float32)."""
     t = torch.as_tensor(np.asarray(volume, dtype=np.float32))[None, None]
     if factor > 1:
-        t = torch.nn.functional.avg_pool3d(t, factor)
+        t = torch.nn.functional.avg_pool3d(t, pool_kernel(t.shape[2:], factor))
     return t[0, 0].numpy()  # (I/f, J/f, K/f)
 
 

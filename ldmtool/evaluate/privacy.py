@@ -21,8 +21,11 @@ from ldmtool.errors import LdmError
 
 
 def ssim_window(shape: tuple[int, ...], largest: int = 11) -> int:
-    """The SSIM window: 11 voxels, or the largest odd size that fits the smallest dimension."""
-    w = min(largest, min(shape))
+    """The SSIM window: 11 voxels, or the largest odd size that fits the smallest dimension (of
+    those larger than one: a 2D image (I, J, 1) gets the window of its plane)."""
+    from ldmtool.evaluate.nnsearch import in_plane
+
+    w = min(largest, min(in_plane(shape)))
     return max(1, w if w % 2 else w - 1)
 
 
@@ -30,14 +33,18 @@ def ssim_window(shape: tuple[int, ...], largest: int = 11) -> int:
 def ssim_batch(
     a: np.ndarray, b: np.ndarray, device: torch.device | None = None, win_size: int | None = None
 ) -> np.ndarray:
-    """3D SSIM of pairs (a[n], b[n]) of (I, J, K) volumes in [0, 1] (MONAI's SSIMMetric) → (N,)."""
+    """3D SSIM of pairs (a[n], b[n]) of (I, J, K) volumes in [0, 1] (MONAI's SSIMMetric) → (N,);
+    2D SSIM for 2D images (I, J, 1)."""
     from monai.metrics import SSIMMetric
 
     device = device or torch.device("cpu")
     win = win_size or ssim_window(a.shape[1:])
-    metric = SSIMMetric(spatial_dims=3, data_range=1.0, win_size=win, reduction="none")
     ta = torch.as_tensor(np.asarray(a, dtype=np.float32))[:, None].to(device)
     tb = torch.as_tensor(np.asarray(b, dtype=np.float32))[:, None].to(device)
+    dims = 3
+    if ta.shape[-1] == 1 and min(ta.shape[2:4]) > 1:
+        ta, tb, dims = ta[..., 0], tb[..., 0], 2
+    metric = SSIMMetric(spatial_dims=dims, data_range=1.0, win_size=win, reduction="none")
     return metric(ta, tb).reshape(-1).double().cpu().numpy()
 
 

@@ -17,7 +17,7 @@ import torch
 from ldmtool import __version__
 from ldmtool.config import EvaluateConfig, to_dict
 from ldmtool.evaluate.nnsearch import recall_vs_exhaustive
-from ldmtool.evaluate.volumes import VolumeSet, open_volume_set
+from ldmtool.evaluate.volumes import VolumeSet, concat_sets, open_volume_set
 
 
 class _Stages:
@@ -90,7 +90,7 @@ class _Run:
 
 def run_evaluation(
     real_dir: Path,
-    synthetic_dir: Path,
+    synthetic_dir: Path | list[Path],
     out_dir: Path,
     cfg: EvaluateConfig,
     *,
@@ -105,8 +105,15 @@ def run_evaluation(
     segmenter: Path | None = None,
 ) -> dict:
     """Compute the selected criteria; returns the report dict (also written by `write_report`).
+    `synthetic_dir`: one folder, or several read as one set (`volumes.concat_sets`).
     `segmenter` (a `train-seg` model) adds the `condition` criterion (see `evaluate.condition`)."""
     t_start = time.perf_counter()
+    syn_dirs = [Path(p) for p in synthetic_dir] if isinstance(synthetic_dir, (list, tuple)) else [Path(synthetic_dir)]
+    if segmenter is not None and len(syn_dirs) > 1:
+        from ldmtool.errors import LdmError
+
+        raise LdmError("condition fidelity (--segmenter) judges one --synthetic folder at a time")
+    synthetic_dir = syn_dirs[0]
     fig_dir = Path(out_dir) / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     if segmenter is not None and "condition" not in cfg.only:
@@ -121,12 +128,12 @@ def run_evaluation(
         "skipped": {},
         "figures": {},
     }
-    paths = {"real": real_dir, "synthetic": synthetic_dir, "train": train_dir, "test": test_dir}
+    paths = {"real": real_dir, "synthetic": syn_dirs, "train": train_dir, "test": test_dir}
     cond = _condition_inputs(report, synthetic_dir, real_dir, segmenter, device, seed)
     if only <= {"speed", "condition"}:  # provenance and files in their own grids: no volume set is read
-        report["inputs"] = {k: None if v is None else {"path": str(v)} for k, v in paths.items()}
+        report["inputs"] = {k: None if v is None else {"path": _path_text(v)} for k, v in paths.items()}
         if "speed" in only:
-            _speed(report, synthetic_dir)
+            _speed(report, syn_dirs)
         if cond is not None:
             with _Stages(console) as st:
                 _condition(report, st, synthetic_dir, real_dir, cond)
@@ -136,6 +143,7 @@ def run_evaluation(
     with _Stages(console) as st:
         sets = _read_sets(report, paths, cfg, st)
         real, train, test = sets["real"], sets["train"], sets["test"]
+        cfg = _planar(report, cfg, real)
         heldout = _heldout(real, train, test)
         run = _Run(cfg, real, sets["synthetic"], train, test, heldout, device, seed, fig_dir, st, generator)
         if "utility" in only and cfg.utility_curve and test is not None:
@@ -151,7 +159,7 @@ def run_evaluation(
         if "fidelity" in only:
             _attributes(report, run, arrays)
         if "speed" in only:
-            _speed(report, synthetic_dir)
+            _speed(report, syn_dirs)
         if "privacy" in only:
             _privacy(report, run, feats, arrays)
         if only & {"utility", "robustness"}:
@@ -164,6 +172,23 @@ def run_evaluation(
         report["stage_seconds"] = st.times
     report["seconds"] = round(time.perf_counter() - t_start, 2)
     return report
+
+
+def _path_text(path: Path | list[Path]) -> str:
+    """A folder, or several as one comma-separated line."""
+    return ", ".join(str(p) for p in path) if isinstance(path, list) else str(path)
+
+
+def _planar(report: dict, cfg: EvaluateConfig, real: VolumeSet) -> EvaluateConfig:
+    """2D images (every set brought to the real set's (I, J, 1)) have one view, the image itself:
+    their coronal and sagittal "views" would be single rows of pixels, and their one slice would
+    be counted `slices_per_view` times."""
+    if real.shape[2] != 1 or (tuple(cfg.views) == ("axial",) and cfg.slices_per_view == 1):
+        return cfg
+    cfg = replace(cfg, views=("axial",), slices_per_view=1)
+    report["settings"].update(views=["axial"], slices_per_view=1)
+    report["settings"]["note"] = "2D images: features of the image itself (one view, one slice per image)"
+    return cfg
 
 
 def _read_sets(report: dict, paths: dict[str, Path | None], cfg: EvaluateConfig, st: _Stages) -> dict:
@@ -179,15 +204,23 @@ def _read_sets(report: dict, paths: dict[str, Path | None], cfg: EvaluateConfig,
         if not paths[name]:
             sets[name] = None
             continue
-        where = Path(paths[name]).resolve()
-        if where in opened:
-            sets[name] = opened[where].alias(name)
-        else:
-            sets[name] = opened[where] = open_volume_set(
-                paths[name], name, shape=real.shape, max_cases=cfg.max_cases, spacing=real.spacing, channel=channel
-            )
+        parts = []
+        for folder in paths[name] if isinstance(paths[name], list) else [paths[name]]:
+            where = Path(folder).resolve()
+            if where in opened:
+                parts.append(opened[where].alias(name))
+            else:
+                parts.append(
+                    open_volume_set(
+                        folder, name, shape=real.shape, max_cases=cfg.max_cases, spacing=real.spacing, channel=channel
+                    )
+                )
+                opened[where] = parts[-1]
+        sets[name] = concat_sets(name, parts)
         step()
     report["inputs"] = {k: _summary_set(v) for k, v in sets.items()}
+    if len(paths["synthetic"]) > 1:
+        report["inputs"]["synthetic"]["path"] = _path_text(paths["synthetic"])
     if channel is not None:
         report["inputs"]["channel"] = channel
     report["inputs"]["note"] = (
@@ -380,11 +413,11 @@ def _condition(report: dict, st: _Stages, synthetic_dir: Path, real_dir: Path, i
     report["condition_fidelity"] = {"segmenter": about, **section}
 
 
-def _speed(report: dict, synthetic_dir: Path) -> None:
+def _speed(report: dict, syn_dirs: list[Path]) -> None:
     """Sampling speed from the synthetic set's provenance sidecars."""
     from ldmtool.evaluate.speed import read_speed
 
-    report["speed"] = read_speed(synthetic_dir)
+    report["speed"] = read_speed(syn_dirs)
     if not report["speed"]["available"]:
         report["skipped"]["speed"] = report["speed"]["reason"]
 
@@ -575,13 +608,16 @@ def _downstream(report: dict, run: _Run, class_labels: Path | None) -> None:
         "test_set": test.name,
         "n_test": len(test),
     }
-    if class_labels is not None:
+    unlabelled = [v.name for v in (base, syn, test) if not v.has_labels]
+    if class_labels is not None or (unlabelled and ds.has_classes((base, syn, test))):
         _classification(report, run, dcfg, base, class_labels, settings)
         return
-    if any(v.labels is None for v in (base, syn, test)):
-        missing = [v.name for v in (base, syn, test) if v.labels is None]
+    if unlabelled:
         for c in _downstream_criteria(run):
-            report["skipped"][c] = f"no label maps in {', '.join(missing)} (give --class-labels CSV for classification)"
+            report["skipped"][c] = (
+                f"no label maps in {', '.join(unlabelled)} (for classification: class folders, "
+                "`sample --class` outputs, or --class-labels CSV)"
+            )
         return
     _segmentation(report, run, dcfg, base, settings)
 
@@ -671,8 +707,9 @@ def _segmenter_scores(
     return scores
 
 
-def _classification(report: dict, run: _Run, dcfg, base: VolumeSet, class_labels: Path, settings: dict) -> None:
-    """Classifiers (labels from the CSV) trained on real / synthetic / both, scored clean and perturbed."""
+def _classification(report: dict, run: _Run, dcfg, base: VolumeSet, class_labels: Path | None, settings: dict) -> None:
+    """Classifiers trained on real / synthetic / both, scored clean and perturbed; classes from the
+    CSV, else the sets' own (class folders, `sample --class` provenance)."""
     from ldmtool.evaluate import downstream as ds
 
     syn, test, only = run.syn, run.test, run.only
@@ -710,7 +747,8 @@ def _classification(report: dict, run: _Run, dcfg, base: VolumeSet, class_labels
             "task": "classification",
             "metric": "accuracy",
             "classes": classes,
-            "model": "MONAI Classifier (3D)",
+            "class_source": str(class_labels) if class_labels is not None else "class folders and sample provenance",
+            "model": f"MONAI Classifier ({'2D' if base.shape[2] == 1 else '3D'})",
             **settings,
             "results": util,
         }

@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 
 
-def read_speed(synthetic_dir: Path) -> dict:
-    """Samples/s and devices from `DIR/provenance/*.json` (field `seconds` = seconds per sample).
+def read_speed(synthetic_dir: Path | list[Path]) -> dict:
+    """Samples/s and devices from `DIR/provenance/*.json` (field `seconds` = seconds per sample),
+    of one folder or of several together.
 
-    Returns {"available": False, "reason": ...} when the folder has no provenance."""
-    prov_dir = Path(synthetic_dir) / "provenance"
-    files = sorted(prov_dir.glob("*.json")) if prov_dir.is_dir() else []
+    Returns {"available": False, "reason": ...} when no folder has provenance."""
+    dirs = list(synthetic_dir) if isinstance(synthetic_dir, (list, tuple)) else [synthetic_dir]
+    prov_dirs = [Path(d) / "provenance" for d in dirs]
+    files = [f for d in prov_dirs if d.is_dir() for f in sorted(d.glob("*.json"))]
     seconds, devices, samplers, skipped = [], Counter(), Counter(), 0
     for f in files:
         try:
@@ -27,7 +29,12 @@ def read_speed(synthetic_dir: Path) -> dict:
         devices[str(prov.get("device", "unknown"))] += 1
         samplers[f"{prov.get('sampler', '?')} {prov.get('steps', '?')} steps"] += 1
     if not seconds:
-        reason = f"no readable provenance JSON in {prov_dir}" if prov_dir.is_dir() else f"{prov_dir} does not exist"
+        where = ", ".join(str(d) for d in prov_dirs)
+        reason = (
+            f"no readable provenance JSON in {where}"
+            if any(d.is_dir() for d in prov_dirs)
+            else f"{where} does not exist"
+        )
         return {"available": False, "reason": reason}
     sec = np.asarray(seconds)
     return {
@@ -39,5 +46,5 @@ def read_speed(synthetic_dir: Path) -> dict:
         "devices": dict(devices),
         "samplers": dict(samplers),
         "unreadable_files": skipped,
-        "source": str(prov_dir),
+        "source": ", ".join(str(d) for d in prov_dirs),
     }

@@ -32,6 +32,7 @@ class VolumeSet:
         shape: tuple[int, int, int] | None = None,
         has_labels: bool | None = None,
         files: list[list[Path]] | None = None,
+        classes: list[str | None] | None = None,
     ) -> None:
         self.name, self.root, self.case_ids = name, root, list(case_ids)
         self.label_names = dict(label_names or {})
@@ -42,6 +43,8 @@ class VolumeSet:
         self._reader = reader
         self.has_labels = labels is not None if has_labels is None else bool(has_labels)
         self.files = files or [[] for _ in self.case_ids]  # per case: image (and label) file
+        # per case: its class (class folder, or `sample --class` provenance), None when unknown
+        self.classes = list(classes) if classes is not None else [None] * len(self.case_ids)
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -68,6 +71,7 @@ class VolumeSet:
             shape=self.shape,
             has_labels=self.has_labels,
             files=self.files,
+            classes=self.classes,
         )
         twin._store = self._store
         return twin
@@ -287,6 +291,66 @@ def open_volume_set(
             [c.image if pick is None else c.channel_files[pick]] + ([c.label] if c.label is not None else [])
             for c in cases
         ],
+        classes=_case_classes(Path(path), cases),
+    )
+
+
+def _case_classes(root: Path, cases) -> list[str | None]:
+    """Each case's class: its class folder (`CLASS/case.png`), else the class a `sample --class`
+    run recorded in the case's provenance (`provenance/CASE.json`, conditions.class), else None."""
+    import json
+
+    out = []
+    for c in cases:
+        label = c.group
+        prov = root / "provenance" / f"{c.case_id}.json"
+        if label is None and prov.is_file():
+            try:
+                label = (json.loads(prov.read_text()).get("conditions") or {}).get("class")
+            except (OSError, ValueError, AttributeError):
+                label = None
+        out.append(None if label is None else str(label))
+    return out
+
+
+def concat_sets(name: str, parts: list[VolumeSet]) -> VolumeSet:
+    """Several folders read as one set (e.g. `sample --class` runs of each class, one folder each),
+    brought to one shape beforehand. Case ids that repeat across folders are prefixed with their
+    folder's name (`synth_normal/synth_00000`)."""
+    if len(parts) == 1:
+        return parts[0]
+    shapes = {p.shape for p in parts}
+    if len(shapes) != 1:
+        raise LdmError(f"the {name} folders were read in different shapes: {sorted(shapes)}")
+    ids = [c for p in parts for c in p.case_ids]
+    clash = len(set(ids)) != len(ids)
+    case_ids = [f"{p.root.name}/{c}" if clash else c for p in parts for c in p.case_ids]
+    if len(set(case_ids)) != len(case_ids):
+        raise LdmError(f"the {name} folders repeat case ids even with their folder names; give folders of distinct names")
+    where = [(k, i) for k, p in enumerate(parts) for i in range(len(p))]
+    has_labels = all(p.has_labels for p in parts)
+
+    def reader(j: int) -> tuple[np.ndarray, np.ndarray | None]:
+        k, i = where[j]
+        img, lab = parts[k].read(i)
+        return img, lab if has_labels else None
+
+    names: dict[str, int] = {}
+    for p in parts:
+        names.update(p.label_names)
+    return VolumeSet(
+        name,
+        parts[0].root,
+        None,
+        None,
+        case_ids,
+        names,
+        parts[0].spacing,
+        reader=reader,
+        shape=parts[0].shape,
+        has_labels=has_labels,
+        files=[f for p in parts for f in p.files],
+        classes=[c for p in parts for c in p.classes],
     )
 
 

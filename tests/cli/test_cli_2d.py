@@ -230,3 +230,28 @@ def test_segment_pictures(tmp_path, cli):
     assert written == [f"c{i}_seg.png" for i in range(6)]
     seg = np.asarray(Image.open(tmp_path / "out" / "c2_seg.png"))
     assert seg.shape == (16, 20) and seg.dtype == np.uint8 and set(np.unique(seg)) <= {0, 1}
+
+
+def test_evaluate_class_samples_of_two_folders(trained2d, tmp_path, cli):
+    """`sample --class` once per class, both folders judged as one set: classes from the class
+    folders and the samples' provenance, a 2D classifier, one view, 2D SSIM."""
+    syn = []
+    for cls in ("normal", "pneumonia"):
+        syn += ["--synthetic", tmp_path / f"S_{cls}"]
+        _run("sample", "--ae", trained2d / "AE", "--ldm", trained2d / "LDM", "--out", tmp_path / f"S_{cls}",
+             "--n", 4, "--steps", 2, "--class", cls)  # fmt: skip
+    test = _images(tmp_path / "test", n=3)
+    r = cli("evaluate", "--real", trained2d / "data", *syn, "--train", trained2d / "data", "--test", test,
+            "--out", tmp_path / "R", "--only", "fidelity,diversity,speed,utility,privacy", "--seg-steps", 3,
+            "--image-size", 64, "--q", 4, "--repeats", 1, "--audit-steps", 2)  # fmt: skip
+    assert r.code == 0, r.both
+    report = json.loads((tmp_path / "R" / "report.json").read_text())
+    assert report["settings"]["views"] == ["axial"] and report["settings"]["slices_per_view"] == 1
+    assert report["fidelity"]["synthetic_points"] == 8 and report["fidelity"]["real_points"] == 8
+    util = report["utility"]
+    assert util["task"] == "classification" and util["classes"] == ["normal", "pneumonia"]
+    assert util["model"] == "MONAI Classifier (2D)" and util["n_test"] == 6
+    assert report["privacy"]["ssim_window"] == 11
+    assert report["inputs"]["synthetic"]["n"] == 8 and "S_pneumonia" in report["inputs"]["synthetic"]["path"]
+    assert report["diversity"]["pairwise_ms_ssim_synthetic"]["value"] is not None
+    assert report["speed"]["n_samples"] == 8

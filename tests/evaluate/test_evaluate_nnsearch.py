@@ -63,3 +63,31 @@ def test_stats_cache_is_bounded(make_phantoms):
     index.search(train[3])
     assert len(index._cache) == 2 and index.pairs == 6
     assert index.exhaustive(train[4]) == (pytest.approx(1.0, abs=1e-5), 4)
+
+
+def test_2d_images_get_2d_ssim_and_ms_ssim():
+    """(I, J, 1) images: SSIM with an in-plane window (not one voxel), equal to MONAI's 2D metrics."""
+    from monai.metrics import MultiScaleSSIMMetric, SSIMMetric
+
+    from ldmtool.evaluate.fidelity import ms_ssim_pair, ms_ssim_setting
+    from ldmtool.evaluate.privacy import ssim_batch
+
+    rng = np.random.default_rng(0)
+    a = rng.random((28, 28, 1)).astype(np.float32)
+    b = (0.6 * a + 0.4 * rng.random((28, 28, 1))).astype(np.float32)
+    assert ssim_window(a.shape) == 11 and nn.coarse_factor(a.shape) == 1
+    taps = nn.gaussian_taps(11)
+    cpu = torch.device("cpu")
+    ours = nn.ssim_pair(nn.ssim_stats(a, taps, cpu), nn.ssim_stats(b, taps, cpu), taps)
+    ta, tb = torch.from_numpy(a[None, None, ..., 0]), torch.from_numpy(b[None, None, ..., 0])
+    monai = float(SSIMMetric(spatial_dims=2, data_range=1.0, win_size=11)(ta, tb))
+    assert ours == pytest.approx(monai, abs=1e-5) and ours < 0.95
+    assert float(ssim_batch(a[None], b[None])[0]) == pytest.approx(monai, abs=1e-5)
+    scales, win = ms_ssim_setting(a.shape)
+    weights = (0.5,) * scales
+    ms = MultiScaleSSIMMetric(spatial_dims=2, data_range=1.0, kernel_size=win, weights=weights)
+    assert ms_ssim_pair(torch.from_numpy(a), torch.from_numpy(b), win, weights) == pytest.approx(
+        float(ms(ta, tb)), abs=1e-4
+    )
+    desc = nn.volume_descriptor(np.zeros((64, 64, 1), np.float32), 2)
+    assert desc.shape == (32, 32, 1)
