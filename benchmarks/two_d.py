@@ -15,7 +15,11 @@ folders written into --work (never into the repository):
   3. `sample --class normal` and `sample --class pneumonia` (--per-class images each, by default as
      many as the real train split has of the class; DPM-Solver++
      2M, classifier-free guidance --guidance);
-  4. a small CNN classifier (the same fixed number of steps for every training set, --seeds runs),
+  4. `evaluate` (all six criteria) of both sample folders as one set against the real train split
+     (--real/--train) and the real test split (--test), all as class folders: utility and robustness
+     are classification (train on real / synthetic / both, test on real), classes from the folder
+     names and the samples' provenance;
+  5. a small CNN classifier (the same fixed number of steps for every training set, --seeds runs),
      tested on the real test split (accuracy, AUROC), trained on: the real train split; the
      synthetic images only (train on synthetic, test on real); a stratified 10 % of the real train
      split; that 10 % plus all synthetic images.
@@ -145,6 +149,44 @@ def stratified_subset(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
+def print_report(path: Path, seconds: float) -> None:
+    """The six criteria of `ldmtool evaluate`'s report.json as tables."""
+    import json
+
+    r = json.loads(path.read_text())
+    f, d, p, sp = r["fidelity"], r["diversity"], r["privacy"], r["speed"]
+    ms = d["pairwise_ms_ssim_synthetic"], d["pairwise_ms_ssim_real"]
+    print(f"\n`ldmtool evaluate` (all six criteria; {seconds / 60:.1f} min; report.json in the work folder)\n")
+    print("| criterion | measure | value |")
+    print("|---|---|---:|")
+    rows = [
+        ("fidelity", f"precision (k={f['k']}, {f['synthetic_points']} synthetic / {f['real_points']} real images)",
+         f"{f['precision']:.3f}"),
+        ("fidelity", "FID (EfficientNet-Lite0 features)", f"{f['fid']:.1f}"),
+        ("fidelity", "FRD (radiomic attributes)", f"{r['attributes']['frd']:.3f}"),
+        ("diversity", "recall", f"{d['recall']:.3f}"),
+        ("diversity", "pairwise SSIM synthetic / real", f"{d['pairwise_ssim_synthetic']:.3f} / {d['pairwise_ssim_real']:.3f}"),
+        ("diversity", "pairwise MS-SSIM synthetic / real",
+         " / ".join("–" if m["value"] is None else f"{m['value']:.3f}" for m in ms)),
+        ("speed", "samples/s (provenance)", f"{sp['samples_per_second']:.1f}" if sp.get("available") else "–"),
+        ("privacy", f"max SSIM to train (q={p['q']}) synthetic / held-out real",
+         f"{p['max_ssim_mean']:.3f} / {p.get('heldout_max_ssim_mean', float('nan')):.3f}"),
+        ("privacy", f"flagged (SSIM > {p['flag_threshold']})", str(p["flagged"])),
+    ]  # fmt: skip
+    if "memorisation" in p:
+        rows.append(("privacy", "memorisation ratio (NN distance)", f"{p['memorisation']['ratio']:.3f}"))
+    if "audit" in p:
+        rows.append(("privacy", "copies (contrastive audit)", str(p["audit"]["copies"])))
+    for src, v in r["utility"]["results"].items():
+        rows.append(("utility", f"accuracy, classifier trained on {src}", f"{v['accuracy']:.3f}"))
+    for src, v in r["robustness"]["results"].items():
+        rows.extend(("robustness", f"trained on {src}: {k}", f"{s['accuracy']:.3f}") for k, s in v.items())
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    print(f"\nutility/robustness: {r['utility']['model']}, {r['utility']['steps']} steps, "
+          f"test {r['utility']['n_test']} real images")  # fmt: skip
+
+
 def montage(real: np.ndarray, y: np.ndarray, synth: dict[str, np.ndarray], path: Path, n: int = 8) -> None:
     """Rows: real normal, synthetic normal, real pneumonia, synthetic pneumonia (n each), 2× upscaled."""
     from PIL import Image
@@ -164,9 +206,11 @@ def run(args, work: Path, data: np.lib.npyio.NpzFile) -> None:
     if args.quick:
         keep = stratified_subset(y, 0.1, 0)
         x, y = x[keep], y[keep]
-    train_dir = work / "train"
+    train_dir, test_dir = work / "train", work / "test"
     if not train_dir.is_dir():
         write_pngs(x, y, train_dir)
+    if not test_dir.is_dir():
+        write_pngs(x_test, y_test, test_dir)
     cfg = work / "two_d.yaml"
     cfg.write_text(CONFIG.format(ae_epochs=args.ae_epochs, ae_minutes=args.ae_minutes, ldm_minutes=args.ldm_minutes))
     t0 = time.perf_counter()
@@ -184,6 +228,11 @@ def run(args, work: Path, data: np.lib.npyio.NpzFile) -> None:
                 "--sampler", "dpmpp2m", "--steps", args.steps, "--batch-size", 128, "--decode-batch", 256)  # fmt: skip
         t_sample[name] = time.perf_counter() - t1
         synth[name] = read_samples(work / f"synth_{name}")
+    t1 = time.perf_counter()
+    ldmtool("--seed", args.seed, "evaluate", "--real", train_dir, "--train", train_dir, "--test", test_dir,
+            *(a for c in CLASSES for a in ("--synthetic", work / f"synth_{c}")), "--out", work / "report",
+            "--seg-steps", args.clf_steps)  # fmt: skip
+    t_eval = time.perf_counter() - t1
     xs = np.concatenate([synth[c] for c in CLASSES])
     ys = np.concatenate([np.full(len(synth[c]), k) for k, c in enumerate(CLASSES)])
     sub = stratified_subset(y, 0.1, args.seed)
@@ -198,6 +247,7 @@ def run(args, work: Path, data: np.lib.npyio.NpzFile) -> None:
           f"guidance {args.guidance}, DPM-Solver++ 2M {args.steps} steps")  # fmt: skip
     print(f"time: train-ae {t_ae / 60:.1f} min, train-ldm {t_ldm / 60:.1f} min, sampling "
           + ", ".join(f"{c} {t_sample[c]:.0f} s" for c in CLASSES))  # fmt: skip
+    print_report(work / "report" / "report.json", t_eval)
     print(f"\nclassifier: small CNN, {args.clf_steps} steps of 64, tested on the real test split; "
           f"mean ± sd over seeds {', '.join(map(str, range(args.seeds)))}\n")  # fmt: skip
     print("| training set | images | accuracy | AUROC |")
