@@ -122,7 +122,12 @@ def evaluate(
     from ldmtool.evaluate.report import run_evaluation
 
     state: common.State = ctx.obj
-    for path, what in ((real, "--real"), *((s, "--synthetic") for s in synthetic), (train, "--train"), (test, "--test")):
+    for path, what in (
+        (real, "--real"),
+        *((s, "--synthetic") for s in synthetic),
+        (train, "--train"),
+        (test, "--test"),
+    ):
         if path is not None:
             common.require_exists(path, f"{what} folder")
     if segmenter is not None:

@@ -326,7 +326,9 @@ def concat_sets(name: str, parts: list[VolumeSet]) -> VolumeSet:
     clash = len(set(ids)) != len(ids)
     case_ids = [f"{p.root.name}/{c}" if clash else c for p in parts for c in p.case_ids]
     if len(set(case_ids)) != len(case_ids):
-        raise LdmError(f"the {name} folders repeat case ids even with their folder names; give folders of distinct names")
+        raise LdmError(
+            f"the {name} folders repeat case ids even with their folder names; give folders of distinct names"
+        )
     where = [(k, i) for k, p in enumerate(parts) for i in range(len(p))]
     has_labels = all(p.has_labels for p in parts)
 

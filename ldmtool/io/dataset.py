@@ -10,7 +10,10 @@ Layouts:
     dataset.json (or its ``labels``) the label names are inferred from the label maps when they are
     read (``Dataset.labels_inferred``);
   * a plain folder of .nii/.nii.gz files and/or subfolders each holding one DICOM series
-    (a folder that directly holds DICOM files is one case);
+    (a folder that directly holds DICOM files is one case); several contrasts per case as DICOM:
+    a folder per case holding one series folder per contrast, named after it
+    (``DATA/CASE/t1/*.dcm``, ``DATA/CASE/flair/*.dcm``): the channels are the folder names (in
+    alphabetical order), a case without some contrast's folder lacks that contrast;
   * 2D images: a folder of .png/.jpg/.tif files or single-frame 2D DICOM files (CR, DX, MG, ...),
     each one case, or class folders of them (``DATA/normal/*.png``, ``DATA/pneumonia/*.png``: the
     folder name is the case's class, ``Case.group``); nnU-Net's 2D layout
@@ -295,6 +298,35 @@ def _holds_dicom(folder: Path) -> bool:
     return False
 
 
+def _direct_dicom(folder: Path) -> bool:
+    """True if `folder` itself (not a subfolder) holds a DICOM file."""
+    return any(
+        f.is_file() and f.name.upper() != "DICOMDIR" and is_dicom_file(f)
+        for f in sorted(folder.iterdir())
+        if not f.name.startswith(".")
+    )
+
+
+def contrast_folders(folder: Path, minimum: int = 2) -> dict[str, Path] | None:
+    """{contrast: series folder} of a case folder laid out as one DICOM series folder per contrast
+    (``CASE/t1/``, ``CASE/flair/``: no DICOM file directly in CASE, at least `minimum` subfolders
+    that each directly hold DICOM files, each folder its own series); None for any other folder
+    (a series, possibly spread over subfolders, or anything else). With `minimum` 1 a case folder
+    of one contrast's series counts too (a case that lacks the others)."""
+    folder = Path(folder)
+    if not folder.is_dir() or _direct_dicom(folder):
+        return None
+    subs = [d for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    found = {d.name: d for d in subs if _direct_dicom(d)}
+    if len(found) < max(1, minimum):
+        return None
+    uids = set()
+    for d in found.values():
+        first = next(f for f in sorted(d.iterdir()) if f.is_file() and is_dicom_file(f))
+        uids.add(str(_read_header(first).get("SeriesInstanceUID", "") or ""))
+    return found if len(uids) == len(found) else None  # one series in several folders: not contrasts
+
+
 def _is_picture(path: Path) -> bool:
     """True for a 2D image file: PNG/JPEG/TIFF, or a single-frame 2D DICOM picture."""
     if is_image_path(path):
@@ -318,6 +350,8 @@ def _load_folder(root: Path) -> Dataset:
     cases: dict[str, Case] = {}
     direct_dicom = False
     kinds: dict[int, str] = {}  # image dims -> an example entry, to name both in the mixed-data error
+    contrasts: dict[str, dict[str, Path]] = {}  # case -> contrast -> series folder (several contrasts)
+    lone: dict[str, dict[str, Path]] = {}  # the same for case folders of one series subfolder
 
     def add(case: Case, dims: int, entry: Path) -> None:
         kinds.setdefault(dims, entry.name)
@@ -337,10 +371,20 @@ def _load_folder(root: Path) -> Dataset:
         elif entry.is_dir() and (pictures := _pictures(entry)):
             for f in pictures:  # a class folder: DATA/CLASS/IMAGE
                 add(Case(f"{entry.name}_{_volume_id(f.name)}", f, group=entry.name), 2, entry / f.name)
+        elif entry.is_dir() and (series := contrast_folders(entry, minimum=1)) and len(series) > 1:
+            contrasts[entry.name] = series
+            add(Case(entry.name, next(iter(series.values()))), 3, entry)
+        elif entry.is_dir() and series:  # one series in a subfolder: a contrast, if other cases have several
+            lone[entry.name] = series
+            add(Case(entry.name, entry), 3, entry)
         elif entry.is_dir() and _holds_dicom(entry):
             add(Case(entry.name, entry), 3, entry)
         else:
             direct_dicom = direct_dicom or (entry.is_file() and is_dicom_file(entry))
+    if contrasts:
+        known = {c for per_case in contrasts.values() for c in per_case}
+        contrasts.update({k: v for k, v in lone.items() if set(v) <= known})
+        return _contrast_dataset(root, cases, contrasts)
     if len(kinds) > 1:
         raise LdmError(
             f"{root} mixes 2D images ({kinds[2]}) and 3D volumes ({kinds[3]}); put them in separate data sets"
@@ -350,6 +394,25 @@ def _load_folder(root: Path) -> Dataset:
     if not cases:
         raise LdmError(f"no volumes found in {root} (NIfTI, DICOM series, or 2D PNG/JPEG/TIFF/DICOM images)")
     return Dataset(root, list(cases.values()), layout="folder", image_dims=next(iter(kinds)))
+
+
+def _contrast_dataset(root: Path, cases: dict[str, Case], contrasts: dict[str, dict[str, Path]]) -> Dataset:
+    """The cases of a folder of DICOM case folders with one series folder per contrast."""
+    single = sorted(set(cases) - set(contrasts))
+    if single:
+        example = next(iter(contrasts))
+        raise LdmError(
+            f"{root} mixes cases of one series ({single[0]}/) with cases of one series folder per contrast "
+            f"({example}/{', '.join(contrasts[example])}); give every case its contrast folders"
+        )
+    names = sorted({c for per_case in contrasts.values() for c in per_case})
+    out = []
+    for cid in sorted(contrasts):
+        files = [contrasts[cid].get(n) for n in names]
+        present = [f for f in files if f is not None]
+        absent = tuple(c for c, f in enumerate(files) if f is None)
+        out.append(Case(cid, present[0], more_channels=tuple(present[1:]), absent=absent))
+    return Dataset(root, out, {str(c): n for c, n in enumerate(names)}, layout="folder")
 
 
 def load_dataset(path: str | os.PathLike) -> Dataset:
@@ -374,12 +437,28 @@ def case_channel_files(source: Path, names: list[str], absent: int | None = None
     source = Path(source)
     if len(names) == 1:
         return [source]
+    series = contrast_folders(source, minimum=1)
+    if series is not None and (len(series) > 1 or set(series) <= set(names)):  # one series folder per contrast
+        unknown = sorted(set(series) - set(names))
+        if unknown:
+            raise LdmError(
+                f"{source}/{unknown[0]} is not one of the model's channels ({', '.join(names)}); "
+                "name each contrast's series folder after its channel"
+            )
+        for c, name in enumerate(names):
+            if c != absent and name not in series:
+                raise LdmError(
+                    f"case {source.name} has no {name} series folder (expected {source / name})"
+                    + hint.format(name=name)
+                )
+        return [series.get(name, source / name) for name in names]
     stem = _volume_id(source.name)
     m = _CHANNEL_RE.match(stem)
     if not m or not source.is_file():
         raise LdmError(
             f"{source}: the model takes {len(names)} channels ({', '.join(names)}); give one file of a case "
-            "named CASE_0000.nii.gz, its other channels beside it as CASE_0001.nii.gz, ..."
+            "named CASE_0000.nii.gz, its other channels beside it as CASE_0001.nii.gz, ..., or a DICOM case "
+            f"folder with one series folder per channel ({source.name}/{names[0]}/, {source.name}/{names[1]}/)"
         )
     ending = source.name[len(stem) :]
     files = [source.parent / f"{m['case']}_{c:04d}{ending}" for c in range(len(names))]

@@ -68,9 +68,13 @@ def _holds_dicom(folder: Path) -> bool:
 
 
 def expand_inputs(inputs: list[Path]) -> list[Path]:
-    """Files, DICOM series folders, and folders of NIfTI files or 2D pictures (also their imagesTr/)
-    → inputs."""
+    """Files, DICOM series folders, DICOM case folders of one series folder per contrast, and
+    folders of these or of NIfTI files or 2D pictures (also their imagesTr/) → inputs."""
+    from ldmtool.io.dataset import contrast_folders
     from ldmtool.io.image2d import is_image_path
+
+    def one_input(p: Path) -> bool:
+        return _holds_dicom(p) or contrast_folders(p) is not None
 
     out: list[Path] = []
     for path in inputs:
@@ -79,12 +83,12 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
             raise LdmError(f"{path} does not exist")
         if path.is_file():
             out.append(path)
-        elif _holds_dicom(path):
+        elif one_input(path):
             out.append(path)
         else:
             folder = path / "imagesTr" if (path / "imagesTr").is_dir() else path
             found = sorted(p for p in folder.iterdir() if p.is_file() and (is_nifti_path(p) or is_image_path(p)))
-            found += sorted(p for p in folder.iterdir() if p.is_dir() and _holds_dicom(p))
+            found += sorted(p for p in folder.iterdir() if p.is_dir() and one_input(p))
             if not found:
                 raise LdmError(f"{path} holds no NIfTI files, DICOM series or 2D images to segment")
             out.extend(found)

@@ -255,3 +255,19 @@ def test_evaluate_class_samples_of_two_folders(trained2d, tmp_path, cli):
     assert report["inputs"]["synthetic"]["n"] == 8 and "S_pneumonia" in report["inputs"]["synthetic"]["path"]
     assert report["diversity"]["pairwise_ms_ssim_synthetic"]["value"] is not None
     assert report["speed"]["n_samples"] == 8
+
+
+def test_reject_memorized_pictures(trained2d, tmp_path, cli):
+    """Near-copies of 2D images are judged by 2D SSIM: the model's own first draws as the "training
+    set" are all rejected (SSIM 1), and the replacements are scored below the threshold."""
+    common = ("--ae", trained2d / "AE", "--ldm", trained2d / "LDM", "--n", 2, "--steps", 2, "--class", "normal")
+    first = tmp_path / "first"
+    assert cli("sample", *common, "--out", first).code == 0
+    out = tmp_path / "filtered"
+    r = cli("sample", *common, "--out", out, "--reject-memorized", "0.99", "--train", first / "imagesTr")
+    assert r.code == 0, r.both
+    for k in range(2):
+        prov = json.loads((out / "provenance" / f"synth_{k:05d}.json").read_text())
+        assert prov["rejected_candidates"] >= 1 and prov["memorization_ssim"] <= 0.99
+        kept, copied = (np.asarray(Image.open(d / "imagesTr" / f"synth_{k:05d}_0000.png")) for d in (out, first))
+        assert kept.shape == (16, 16) and np.abs(kept.astype(int) - copied).max() > 0

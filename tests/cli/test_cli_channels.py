@@ -342,3 +342,58 @@ def test_reject_memorized_with_several_channels(two, cli, tmp_path):
         for c in range(2):
             kept, copied = (_nii(d / "imagesTr" / f"synth_{k:05d}_{c:04d}.nii.gz")[0] for d in (out, first))
             assert np.abs(kept.astype(float) - copied).max() > 1e-3
+
+
+def _dicom_contrast_folders(two: TwoChannel, root: Path, cases=("phantom_000", "phantom_001"), skip=None) -> Path:
+    """The demo cases as DICOM: DATA/CASE/t1/*.dcm, DATA/CASE/flair/*.dcm (one MR series each);
+    `skip` (case, contrast) leaves that series out."""
+    from ldmtool.io import read_volume
+    from ldmtool.io.dicom_write import write_dicom_series
+
+    for case in cases:
+        for c, name in enumerate(CHANNELS):
+            if (case, name) != skip:
+                vol = read_volume(two.data / "imagesTr" / f"{case}_{c:04d}.nii.gz")
+                write_dicom_series(vol, root / case / name, modality="MR", series_description=name)
+    return root
+
+
+def test_dicom_case_folders_with_a_series_per_contrast(two, cli, tmp_path):
+    """Multi-contrast DICOM input: one series folder per contrast, named after it, is one case of
+    several channels for the data-set loader, `segment` and `impute`."""
+    data = _dicom_contrast_folders(two, tmp_path / "dicom")
+    ds = load_dataset(data)
+    assert [c.case_id for c in ds.cases] == ["phantom_000", "phantom_001"]
+    assert ds.channel_list == ["flair", "t1"]  # folder names, alphabetical
+    image, _ = ds.read(ds.cases[0])
+    t1, _ = _nii(two.data / "imagesTr" / "phantom_000_0000.nii.gz")
+    flair, _ = _nii(two.data / "imagesTr" / "phantom_000_0001.nii.gz")
+    assert image.array.shape == (*t1.shape, 2)
+    assert np.allclose(image.array[..., 1], t1, atol=1e-3 * np.abs(t1).max())
+    assert np.allclose(image.array[..., 0], flair, atol=1e-3 * np.abs(flair).max())
+
+    model = tmp_path / "SEG"
+    _must("train-seg", two.data, "--out", model, "--config", TINY_YAML, "--dims", 2)
+    r = cli("segment", data, "--model", model, "--out", tmp_path / "seg_dicom")
+    assert r.code == 0, r.both
+    r = cli("segment", two.data / "imagesTr", "--model", model, "--out", tmp_path / "seg_nii")
+    assert r.code == 0, r.both
+    for case in ("phantom_000", "phantom_001"):  # the model's channels matched by name, not position
+        a, _ = _nii(tmp_path / "seg_dicom" / f"{case}_seg.nii.gz")
+        b, _ = _nii(tmp_path / "seg_nii" / f"{case}_seg.nii.gz")
+        assert a.shape == b.shape and (a == b).mean() > 0.99
+
+    # FLAIR never acquired: the case folder holds the T1 series only
+    lacking = _dicom_contrast_folders(two, tmp_path / "lacking", cases=("phantom_000",), skip=("phantom_000", "flair"))
+    _one_error(cli("impute", lacking / "phantom_000", "--ae", two.ae, "--ldm", two.ldm, "--out", tmp_path / "x"),
+               "case phantom_000 has no flair series folder", "--missing-channel flair")  # fmt: skip
+    r = cli("impute", lacking / "phantom_000", "--ae", two.ae, "--ldm", two.ldm, "--out", tmp_path / "imp",
+            "--missing-channel", "flair", "--samples", 2, "--steps", 3)  # fmt: skip
+    assert r.code == 0, r.both
+    t1_out, _ = _nii(tmp_path / "imp" / "phantom_000_imputed_0000.nii.gz")
+    assert t1_out.shape == t1.shape and np.allclose(t1_out, t1, atol=1e-3 * np.abs(t1).max())
+    assert _nii(tmp_path / "imp" / "phantom_000_missing_0001.nii.gz")[0].all()
+    # in a data set, such a case lacks the contrast (the trainers take it as missing)
+    _dicom_contrast_folders(two, tmp_path / "lacking", cases=("phantom_001",))
+    ds = load_dataset(tmp_path / "lacking")
+    assert ds.channel_list == ["flair", "t1"] and [c.absent for c in ds.cases] == [(0,), ()]
