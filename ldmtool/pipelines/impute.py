@@ -223,7 +223,8 @@ def _impute(
     )
     fills, outside = _fills_on_input_grid(pipe, result_model, irange, model_affine, gone, volume.affine)
     result = ImputeResult(str(source), missing_voxels=int(gone.sum()), total_voxels=int(gone.size), outside=outside)
-    stem = _write_outputs(result, volume, raw, gone, fills, Path(out_dir), files[0], len(files))
+    case = Path(source) if Path(source).is_dir() else files[0]  # a DICOM case folder names the case
+    stem = _write_outputs(result, volume, raw, gone, fills, Path(out_dir), case, len(files))
     result.seconds = time.perf_counter() - t0
     prov = {
         "source": str(source),
