@@ -130,6 +130,13 @@ def evaluate(
     ):
         if path is not None:
             common.require_exists(path, f"{what} folder")
+    seen = {}
+    for s in synthetic:
+        if s.resolve() in seen:
+            from ldmtool.errors import LdmError
+
+            raise LdmError(f"--synthetic {s} is given twice (as {seen[s.resolve()]})")
+        seen[s.resolve()] = s
     if segmenter is not None:
         common.require_exists(segmenter, "--segmenter model")
     if (ae is None) != (ldm is None):

@@ -255,6 +255,11 @@ def test_evaluate_class_samples_of_two_folders(trained2d, tmp_path, cli):
     assert report["inputs"]["synthetic"]["n"] == 8 and "S_pneumonia" in report["inputs"]["synthetic"]["path"]
     assert report["diversity"]["pairwise_ms_ssim_synthetic"]["value"] is not None
     assert report["speed"]["n_samples"] == 8
+    ids = {p["synthetic"] for p in report["privacy"]["per_sample"]}  # ids repeat across the folders
+    assert ids <= {f"S_{c}/synth_{k:05d}" for c in ("normal", "pneumonia") for k in range(4)}
+    r = cli("evaluate", "--real", trained2d / "data", *syn[:2], *syn[:2], "--out", tmp_path / "R2")
+    lines = r.error_lines()
+    assert r.code == 1 and len(lines) == 1 and "is given twice" in lines[0], r.both
 
 
 def test_reject_memorized_pictures(trained2d, tmp_path, cli):

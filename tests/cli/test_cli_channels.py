@@ -397,3 +397,24 @@ def test_dicom_case_folders_with_a_series_per_contrast(two, cli, tmp_path):
     _dicom_contrast_folders(two, tmp_path / "lacking", cases=("phantom_001",))
     ds = load_dataset(tmp_path / "lacking")
     assert ds.channel_list == ["flair", "t1"] and [c.absent for c in ds.cases] == [(0,), ()]
+
+
+def test_train_on_dicom_contrast_folders(two, cli, tmp_path):
+    """`train-ae` reads the contrast series as channels (named by their folders); a folder that mixes
+    such cases with cases of one series is a one-line error."""
+    data = _dicom_contrast_folders(two, tmp_path / "dicom")
+    r = cli("train-ae", data, "--out", tmp_path / "AE", "--config", TINY_YAML, "--steps", 2)
+    assert r.code == 0, r.both
+    _, cfg = load_checkpoint(tmp_path / "AE")
+    assert cfg["channel_names"] == ["flair", "t1"]
+    from ldmtool.io import read_volume
+    from ldmtool.io.dicom_write import write_dicom_series
+
+    write_dicom_series(
+        read_volume(two.data / "imagesTr" / "phantom_002_0000.nii.gz"), data / "phantom_002", modality="MR"
+    )
+    _one_error(
+        cli("train-ae", data, "--out", tmp_path / "AE2", "--config", TINY_YAML, "--steps", 2),
+        "mixes cases of one series (phantom_002/)",
+        "phantom_000/flair, t1",
+    )
