@@ -87,6 +87,12 @@ def _take(images, idx: np.ndarray) -> np.ndarray:
     return images.stack(idx) if hasattr(images, "stack") else np.asarray(images)[idx]
 
 
+def _volume_shape(images) -> tuple[int, ...]:
+    """(I, J, K) of the volumes of an array (N, I, J, K) or of a `VolumeSet` (whose `shape` is
+    already a volume's)."""
+    return tuple(images.shape) if hasattr(images, "stack") else tuple(np.asarray(images).shape[1:])
+
+
 def _pair_plan(n: int, pairs: int, seed: int, max_volumes: int) -> list[tuple[int, int]]:
     """`pairs` random pairs of different volumes among at most `max_volumes` of `n` drawn at
     random, so each volume is read (and filtered) once however large the set."""
@@ -123,7 +129,7 @@ def pairwise_ssim(
     if n < 2:
         return float("nan")
     device = device or torch.device("cpu")
-    taps = gaussian_taps(ssim_window(tuple(images.shape[1:])))
+    taps = gaussian_taps(ssim_window(_volume_shape(images)))
     stats = _per_volume(images, lambda v: ssim_stats(v, taps, device))
     vals = [ssim_pair(stats(i), stats(j), taps) for i, j in _pair_plan(n, pairs, seed, max_volumes)]
     return float(np.mean(vals))
@@ -198,9 +204,9 @@ def pairwise_ms_ssim(
     and filtered once); small volumes use fewer scales and a smaller window (recorded with the value)."""
     from ldmtool.evaluate.nnsearch import gaussian_taps
 
-    setting = ms_ssim_setting(tuple(images.shape[1:]))
+    setting = ms_ssim_setting(_volume_shape(images))
     if len(images) < 2 or setting is None:
-        shape = list(images.shape[1:])
+        shape = list(_volume_shape(images))
         what = f"images of {shape[0]}×{shape[1]}" if shape[2:] == [1] else f"volumes of shape {shape}"
         reason = "fewer than 2 volumes" if len(images) < 2 else f"{what} are too small for MS-SSIM"
         return {"value": None, "reason": reason}

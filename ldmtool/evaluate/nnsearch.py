@@ -141,7 +141,7 @@ class SSIMIndex:
         self.factor, self.load, self.taps, self.k = int(factor), load, gaussian_taps(win), int(k)
         self.margin = margin
         coarse = torch.as_tensor(np.asarray(descriptors, dtype=np.float32))
-        self.coarse_taps = gaussian_taps(max(1, min(COARSE_WIN, _odd(min(coarse.shape[1:])))))
+        self.coarse_taps = gaussian_taps(max(1, min(COARSE_WIN, _odd(min(in_plane(coarse.shape[1:]))))))
         self.coarse = [ssim_stats(coarse[i : i + 64], self.coarse_taps, self.device) for i in range(0, len(coarse), 64)]
         self.n = len(coarse)
         self.cache_bytes = int(cache_bytes)

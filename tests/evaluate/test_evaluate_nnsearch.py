@@ -91,3 +91,18 @@ def test_2d_images_get_2d_ssim_and_ms_ssim():
     )
     desc = nn.volume_descriptor(np.zeros((64, 64, 1), np.float32), 2)
     assert desc.shape == (32, 32, 1)
+
+
+def test_pairwise_ms_ssim_of_a_volume_set_uses_its_volume_shape():
+    """A streamed set's `shape` is already a volume's: MS-SSIM fits its scales to all three axes
+    (a set of 45×60×60 volumes once got 5 scales from 60×60 and a NaN from an empty coarsest scale)."""
+    from ldmtool.evaluate.fidelity import ms_ssim_setting, pairwise_ms_ssim, pairwise_ssim
+    from ldmtool.evaluate.volumes import VolumeSet
+
+    rng = np.random.default_rng(0)
+    arr = rng.random((3, 45, 60, 60)).astype(np.float32)
+    vs = VolumeSet("x", None, arr, None, ["a", "b", "c"])
+    got = pairwise_ms_ssim(vs, pairs=3)
+    assert (got["scales"], got["window"]) == ms_ssim_setting((45, 60, 60)) and np.isfinite(got["value"])
+    assert got["value"] == pytest.approx(pairwise_ms_ssim(arr, pairs=3)["value"])
+    assert pairwise_ssim(vs, pairs=3) == pytest.approx(pairwise_ssim(arr, pairs=3))
