@@ -49,8 +49,11 @@ def montage_png(real, synthetic, path: Path, n: int = 6) -> Path:
 
 
 def _mid_views(vol: np.ndarray) -> np.ndarray:
+    """Axial | coronal mid-slices of a volume; a 2D image (I, J, 1) alone."""
     i, j, k = vol.shape
     ax = vol[:, :, k // 2].T[::-1]
+    if k == 1:
+        return ax
     co = vol[:, j // 2, :].T[::-1]
     h = max(ax.shape[0], co.shape[0])
     ax = np.pad(ax, ((0, h - ax.shape[0]), (0, 0)))

@@ -18,11 +18,11 @@ def _to_rgb(image: np.ndarray, label: np.ndarray | None, lesion: int | None, lo:
 
 def _views(image: np.ndarray, label: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """Axial (k = mid) and coronal (j = mid) slices of an (I, J, K) RAS volume, displayed with
-    anterior/superior up."""
+    anterior/superior up; a 2D image (I, J, 1) is only itself (its "coronal" slice is one row)."""
     i, j, k = image.shape
     ax = lambda a: None if a is None else a[:, :, k // 2].T[::-1]  # noqa: E731
     co = lambda a: None if a is None else a[:, j // 2, :].T[::-1]  # noqa: E731
-    return [(ax(image), ax(label)), (co(image), co(label))]
+    return [(ax(image), ax(label))] + ([(co(image), co(label))] if k > 1 else [])
 
 
 def montage(volumes: list[tuple[np.ndarray, np.ndarray | None]], lesion: int | None = 2, scale: int = 3) -> np.ndarray:

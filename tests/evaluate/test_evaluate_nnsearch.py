@@ -106,3 +106,14 @@ def test_pairwise_ms_ssim_of_a_volume_set_uses_its_volume_shape():
     assert (got["scales"], got["window"]) == ms_ssim_setting((45, 60, 60)) and np.isfinite(got["value"])
     assert got["value"] == pytest.approx(pairwise_ms_ssim(arr, pairs=3)["value"])
     assert pairwise_ssim(vs, pairs=3) == pytest.approx(pairwise_ssim(arr, pairs=3))
+
+
+def test_pictures_are_drawn_without_a_coronal_row():
+    """Montages and privacy pairs show a 2D image (I, J, 1) as itself; volumes get axial + coronal."""
+    from ldmtool.evaluate.figures import _mid_views
+    from ldmtool.pipelines.montage import montage
+
+    picture, volume = np.zeros((16, 12, 1)), np.zeros((16, 12, 8))
+    assert montage([(picture, None)], scale=1).shape[:2] == (12 + 2, 16 + 2)
+    assert montage([(volume, None)], scale=1).shape[:2] == (12 + 2 + 8 + 2, 16 + 2)
+    assert _mid_views(picture).shape == (12, 16) and _mid_views(volume).shape == (12, 16 + 1 + 16)
