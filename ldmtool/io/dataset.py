@@ -298,13 +298,13 @@ def _holds_dicom(folder: Path) -> bool:
     return False
 
 
-def _direct_dicom(folder: Path) -> bool:
-    """True if `folder` itself (not a subfolder) holds a DICOM file."""
-    return any(
-        f.is_file() and f.name.upper() != "DICOMDIR" and is_dicom_file(f)
-        for f in sorted(folder.iterdir())
-        if not f.name.startswith(".")
-    )
+def first_dicom_file(folder: Path) -> Path | None:
+    """The first DICOM file directly in `folder` (not in a subfolder; DICOMDIR indexes skipped),
+    or None: a folder holding one is a DICOM series (one input)."""
+    for f in sorted(Path(folder).iterdir()):
+        if not f.name.startswith(".") and f.is_file() and f.name.upper() != "DICOMDIR" and is_dicom_file(f):
+            return f
+    return None
 
 
 def contrast_folders(folder: Path, minimum: int = 2) -> dict[str, Path] | None:
@@ -314,17 +314,16 @@ def contrast_folders(folder: Path, minimum: int = 2) -> dict[str, Path] | None:
     (a series, possibly spread over subfolders, or anything else). With `minimum` 1 a case folder
     of one contrast's series counts too (a case that lacks the others)."""
     folder = Path(folder)
-    if not folder.is_dir() or _direct_dicom(folder):
+    if not folder.is_dir() or first_dicom_file(folder) is not None:
         return None
     subs = [d for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")]
-    found = {d.name: d for d in subs if _direct_dicom(d)}
-    if len(found) < max(1, minimum):
+    firsts = {d.name: f for d in subs if (f := first_dicom_file(d)) is not None}
+    if len(firsts) < max(1, minimum):
         return None
-    uids = set()
-    for d in found.values():
-        first = next(f for f in sorted(d.iterdir()) if f.is_file() and is_dicom_file(f))
-        uids.add(str(_read_header(first).get("SeriesInstanceUID", "") or ""))
-    return found if len(uids) == len(found) else None  # one series in several folders: not contrasts
+    uids = {str(_read_header(f).get("SeriesInstanceUID", "") or "") for f in firsts.values()}
+    if len(uids) != len(firsts):  # one series in several folders: not contrasts
+        return None
+    return {name: f.parent for name, f in firsts.items()}
 
 
 def _is_picture(path: Path) -> bool:
@@ -350,8 +349,7 @@ def _load_folder(root: Path) -> Dataset:
     cases: dict[str, Case] = {}
     direct_dicom = False
     kinds: dict[int, str] = {}  # image dims -> an example entry, to name both in the mixed-data error
-    contrasts: dict[str, dict[str, Path]] = {}  # case -> contrast -> series folder (several contrasts)
-    lone: dict[str, dict[str, Path]] = {}  # the same for case folders of one series subfolder
+    series_of: dict[str, dict[str, Path]] = {}  # case -> contrast -> series folder, for contrast folders
 
     def add(case: Case, dims: int, entry: Path) -> None:
         kinds.setdefault(dims, entry.name)
@@ -371,19 +369,16 @@ def _load_folder(root: Path) -> Dataset:
         elif entry.is_dir() and (pictures := _pictures(entry)):
             for f in pictures:  # a class folder: DATA/CLASS/IMAGE
                 add(Case(f"{entry.name}_{_volume_id(f.name)}", f, group=entry.name), 2, entry / f.name)
-        elif entry.is_dir() and (series := contrast_folders(entry, minimum=1)) and len(series) > 1:
-            contrasts[entry.name] = series
-            add(Case(entry.name, next(iter(series.values()))), 3, entry)
-        elif entry.is_dir() and series:  # one series in a subfolder: a contrast, if other cases have several
-            lone[entry.name] = series
+        elif entry.is_dir() and (series := contrast_folders(entry, minimum=1)):
+            series_of[entry.name] = series  # one series in a subfolder: a contrast if other cases have several
             add(Case(entry.name, entry), 3, entry)
         elif entry.is_dir() and _holds_dicom(entry):
             add(Case(entry.name, entry), 3, entry)
         else:
             direct_dicom = direct_dicom or (entry.is_file() and is_dicom_file(entry))
-    if contrasts:
-        known = {c for per_case in contrasts.values() for c in per_case}
-        contrasts.update({k: v for k, v in lone.items() if set(v) <= known})
+    known = {c for per_case in series_of.values() if len(per_case) > 1 for c in per_case}
+    if known:
+        contrasts = {k: v for k, v in series_of.items() if len(v) > 1 or set(v) <= known}
         return _contrast_dataset(root, cases, contrasts)
     if len(kinds) > 1:
         raise LdmError(

@@ -24,7 +24,6 @@ from ldmtool.data.prepared import slices_to_volume, volume_to_slices
 from ldmtool.data.preprocess import _intensity_range, _normalise, _reorient
 from ldmtool.errors import LdmError
 from ldmtool.io import write_nifti
-from ldmtool.io.dicom import is_dicom_file
 from ldmtool.io.image2d import write_like_input
 from ldmtool.io.nifti import is_nifti_path
 from ldmtool.io.readers import read_volume
@@ -61,20 +60,14 @@ class _Prepared:
     seconds: float
 
 
-def _holds_dicom(folder: Path) -> bool:
-    """DICOM files directly in `folder` (not in sub-folders, unlike the data-set loader's check:
-    here a folder of series sub-folders is several inputs, not one)."""
-    return any(is_dicom_file(p) for p in sorted(folder.iterdir())[:50] if p.is_file())
-
-
 def expand_inputs(inputs: list[Path]) -> list[Path]:
     """Files, DICOM series folders, DICOM case folders of one series folder per contrast, and
     folders of these or of NIfTI files or 2D pictures (also their imagesTr/) → inputs."""
-    from ldmtool.io.dataset import contrast_folders
+    from ldmtool.io.dataset import contrast_folders, first_dicom_file
     from ldmtool.io.image2d import is_image_path
 
-    def one_input(p: Path) -> bool:
-        return _holds_dicom(p) or contrast_folders(p) is not None
+    def one_input(p: Path) -> bool:  # a series (DICOM files directly in it), or a case of contrast series
+        return first_dicom_file(p) is not None or contrast_folders(p) is not None
 
     out: list[Path] = []
     for path in inputs:
