@@ -3,6 +3,7 @@
     python benchmarks/sampling.py --ae demo_out/ae --ldm demo_out/ldm      # after `make demo`
     python benchmarks/sampling.py --parts a,b --steps 20                   # a subset
     python benchmarks/sampling.py --parts c --solvers ddim,unipc2 --calls 8 50   # part of (c)
+    python benchmarks/sampling.py --parts c --distilled LDM4 LDM8   # + `ldmtool distill` outputs
 
 (a) overhead: `ldmtool sample`'s time per batch (noise → sampler → decode → files written) divided by
     the physical floor steps × (one denoiser call) + (one full decode), all measured in this run.
@@ -274,14 +275,14 @@ def part_c(args, device, pipe) -> list[tuple]:
     depth = pipe.latent_shape[1]
     n, bs = args.quality_n, args.quality_batch
 
-    def run(name, steps, seed, spacing="auto"):
-        smp = pipe.make_sampler(name, steps, spacing=spacing)
+    def run(name, steps, seed, spacing="auto", on=pipe):
+        smp = on.make_sampler(name, steps, spacing=spacing)
         outs, zs = [], []
         t0 = time.perf_counter()
         for b0 in range(0, n, bs):
             idx = list(range(b0, min(b0 + bs, n)))
             with torch.inference_mode():  # fp32: the latents themselves are compared
-                z = pipe.denoise([sample_seed(seed, k) for k in idx], smp, guided(pipe.ldm, None, None))
+                z = on.denoise([sample_seed(seed, k) for k in idx], smp, guided(on.ldm, None, None))
                 outs.append(slice_features(z))
                 zs.append(z.float().cpu())
         return np.concatenate(outs), (time.perf_counter() - t0) / n, smp.spacing, torch.cat(zs)
@@ -318,6 +319,22 @@ def part_c(args, device, pipe) -> list[tuple]:
         sets[key], sec, spacing, z = run(name, calls, seed=3000, spacing="auto" if name == "ddim" else args.spacing)
         info[key] = (name, calls, spacing, sec)
         rmse[key] = f"{float((z - ref_z).pow(2).mean().sqrt()):.4f}" if paired else "—"
+    for path in args.distilled:  # `ldmtool distill` outputs: DDIM on the grid each was distilled for
+        from ldmtool.models.checkpoint import read_config
+        from ldmtool.pipelines.latent_diffusion import LatentDiffusionPipeline
+
+        record = read_config(Path(path)).get("distillation") or {}
+        if "steps" not in record:
+            sys.exit(f"{path} is not a distilled checkpoint (no distillation record)")
+        student = LatentDiffusionPipeline.from_pretrained(Path(args.ae), Path(path), device=device)
+        calls = int(record["steps"])
+        console.print(f"(c) distilled {path}, {calls} calls ...")
+        key = f"distilled-{calls}-{Path(path).name}"
+        sets[key], sec, spacing, z = run(
+            "ddim", calls, seed=3000, spacing=record.get("spacing", "trailing"), on=student
+        )
+        info[key] = (f"distilled DDIM ({Path(path).name})", calls, spacing, sec)
+        rmse[key] = f"{float((z - ref_z).pow(2).mean().sqrt()):.4f}" if paired else "—"
     boots = bootstrap_frechet(sets, ref_f, depth, args.bootstrap)
     base = f"ddim-{args.baseline_steps}" if f"ddim-{args.baseline_steps}" in sets else None
     rows = [
@@ -350,7 +367,8 @@ def part_c(args, device, pipe) -> list[tuple]:
             )
         )
     if base is not None:
-        for name in solvers:
+        distilled = sorted({info[k][0] for k in sets if k.startswith("distilled-")})
+        for name in [*solvers, *distilled]:
             few = [k for k in sets if info[k][0] == name and info[k][1] <= 10]
             ok = [k for k in few if np.percentile(boots[k] - boots[base], 2.5) <= 0]
             best = min(ok, key=lambda k: info[k][1]) if ok else None
@@ -492,6 +510,12 @@ def main() -> None:
         "--solvers", default="ddim,dpmpp2m,dpmpp3m,unipc2,unipc3,euler", help="(c): samplers (each at its auto spacing)"
     )
     p.add_argument("--spacing", default="auto", help="(c): timestep spacing of the samplers other than DDIM")
+    p.add_argument(
+        "--distilled",
+        nargs="*",
+        default=[],
+        help="(c): `ldmtool distill` outputs of --ldm, each sampled with DDIM at the steps it was distilled for",
+    )
     p.add_argument("--reference-sampler", default="ddpm", help="(c): sampler of the reference set")
     p.add_argument("--reference-steps", type=int, default=1000, help="(c): steps of the reference set")
     p.add_argument("--baseline-steps", type=int, default=50, help="(c): the DDIM run the others are compared to")

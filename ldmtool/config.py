@@ -250,6 +250,25 @@ class LDMTrainConfig(LoopConfig):
 
 
 @dataclass
+class DistillConfig(LDMTrainConfig):
+    """`ldmtool distill` (YAML section `distill`): progressive distillation of a latent denoiser,
+    one round per halving of the DDIM steps; `steps` and `max_minutes` are per round and in all."""
+
+    sampling_steps: int = setting(4, "DDIM steps the distilled model samples in (a power of two).")
+    teacher_steps: int = setting(64, "DDIM steps of the first round's teacher (sampling_steps × a power of two).")
+    steps: int | None = setting(500, "Optimisation steps of each round.")
+    lr: float = setting(1e-4, "Learning rate.")
+    warmup_steps: int = setting(20, "Steps of linear learning-rate warm-up (each round).")
+    ema_decay: float = setting(0.995, "EMA decay of the weights of each round's student.")
+    max_minutes: float | None = setting(None, "Stop after this many minutes in all (shared equally by the rounds).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_range("sampling_steps", self.sampling_steps, 1)
+        _check_range("teacher_steps", self.teacher_steps, 2)
+
+
+@dataclass
 class SegTrainConfig(LoopConfig):
     """Training of a segmenter (YAML section `seg_train`); best checkpoint: highest mean held-out Dice."""
 

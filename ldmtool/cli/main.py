@@ -44,11 +44,24 @@ def callback(
 
 
 def _register() -> None:
-    from ldmtool.cli import demo, evaluate, impute, inpaint, sample, segment, series, stats, train_ae, train_ldm
+    from ldmtool.cli import (
+        demo,
+        distill,
+        evaluate,
+        impute,
+        inpaint,
+        sample,
+        segment,
+        series,
+        stats,
+        train_ae,
+        train_ldm,
+    )
 
     app.command("demo-data")(demo.demo_data)
     app.command("train-ae")(train_ae.train_ae)
     app.command("train-ldm")(train_ldm.train_ldm)
+    app.command("distill")(distill.distill)
     app.command("sample")(sample.sample)
     app.command("stats")(stats.stats)
     app.command("impute")(impute.impute)

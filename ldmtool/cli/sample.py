@@ -107,6 +107,9 @@ def sample(
     yaml = load_yaml(config)
     cfg = common.section(yaml, "sample", SampleConfig, locals())
     fmt_given = format is not None or "format" in (yaml.get("sample") or {})
+    flags = {"sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing}
+    given = {k for k, v in flags.items() if v is not None or k in (yaml.get("sample") or {})}
+    cfg = distilled_defaults(cfg, ldm, given, state.console)
     if labels is not None:
         return _sample_from_labels(state, cfg, ae, ldm, out, labels, per_label, deform, overwrite, locals())
     if per_label != 1 or deform:
@@ -160,6 +163,29 @@ def sample(
     if (Path(out) / "montage.png").is_file():
         rows["montage"] = str(Path(out) / "montage.png")
     common.console.print(common.results_table("sample", rows))
+
+
+def distilled_defaults(cfg: SampleConfig, ldm: Path, given: set[str], console=None) -> SampleConfig:
+    """A distilled denoiser (`ldmtool distill`) samples on the DDIM grid it learnt: its sampler,
+    steps, spacing and eta replace the defaults of those not `given`; a warning where a given one
+    differs (other grids give blurrier samples)."""
+    import dataclasses
+
+    from ldmtool.models.checkpoint import read_config
+
+    record = read_config(ldm).get("distillation")
+    if not isinstance(record, dict):
+        return cfg
+    own = {k: record[k] for k in ("sampler", "steps", "spacing", "eta") if k in record}
+    changed = {k: getattr(cfg, k) for k in own if k in given and getattr(cfg, k) != own[k]}
+    if changed and console is not None:
+        asked = ", ".join(f"{k} {v}" for k, v in changed.items())
+        console.print(
+            f"[yellow]warning:[/] {ldm} was distilled for {own.get('steps')} {own.get('sampler', 'ddim').upper()} steps "
+            f"({own.get('spacing')} spacing, eta {own.get('eta')}); sampling with {asked} instead",
+            highlight=False,
+        )
+    return dataclasses.replace(cfg, **{k: v for k, v in own.items() if k not in given})
 
 
 def class_conditions(conditions: dict[str, float | str], class_name: str | None) -> dict[str, float | str]:

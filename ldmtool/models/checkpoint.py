@@ -52,6 +52,35 @@ def resolve_checkpoint(path: Path) -> Path:
     return path
 
 
+def read_config(path: Path) -> dict[str, Any]:
+    """The config stored in a checkpoint, without reading its tensors (a one-line error where the
+    file is not an ldmtool checkpoint)."""
+    path = resolve_checkpoint(path)
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise LdmError(f"{path} is not a readable safetensors checkpoint ({str(exc).splitlines()[0]})") from None
+    return _config_of(meta, path)
+
+
+def _config_of(meta: dict[str, str], path: Path) -> dict[str, Any]:
+    """The checked config of a checkpoint's safetensors metadata."""
+    if META_KEY not in meta:
+        raise LdmError(f"{path} is a safetensors file but not an ldmtool checkpoint (no config inside)")
+    try:
+        config = json.loads(meta[META_KEY])
+    except ValueError as exc:
+        raise LdmError(f"{path}: its config metadata is not valid JSON ({exc}); the checkpoint is damaged") from None
+    if not isinstance(config, dict):
+        raise LdmError(
+            f"{path}: its config metadata is a JSON {type(config).__name__}, not a mapping; the checkpoint is damaged"
+        )
+    return config
+
+
 def load_checkpoint(path: Path, kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read (tensors, config) from a checkpoint; `kind` checks config['kind']."""
     path = resolve_checkpoint(path)
@@ -63,16 +92,7 @@ def load_checkpoint(path: Path, kind: str | None = None) -> tuple[dict[str, torc
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise LdmError(f"{path} is not a readable safetensors checkpoint ({str(exc).splitlines()[0]})") from None
-    if META_KEY not in meta:
-        raise LdmError(f"{path} is a safetensors file but not an ldmtool checkpoint (no config inside)")
-    try:
-        config = json.loads(meta[META_KEY])
-    except ValueError as exc:
-        raise LdmError(f"{path}: its config metadata is not valid JSON ({exc}); the checkpoint is damaged") from None
-    if not isinstance(config, dict):
-        raise LdmError(
-            f"{path}: its config metadata is a JSON {type(config).__name__}, not a mapping; the checkpoint is damaged"
-        )
+    config = _config_of(meta, path)
     if kind is not None and config.get("kind") != kind:
         raise LdmError(f"{path} is a {config.get('kind', 'unknown')} checkpoint, expected a {kind} checkpoint")
     return tensors, config

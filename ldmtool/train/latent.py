@@ -349,6 +349,17 @@ class DenoiserTrainer(Trainer):
             target = noise
         else:
             target = sched.get_velocity(z0, noise, t)
+        a, m, lab = self.condition_batch(idx, g)
+        with autocast(device, cfg.precision):
+            pred = net(zt, t, a, m) if lab is None else net(zt, t, a, m, lab)
+        return self.weighted_loss(idx, pred, target, self.snr_weight(t))
+
+    def condition_batch(
+        self, idx: torch.Tensor, g: torch.Generator | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """(attributes, their mask, label map on the latent grid) of the volumes `idx`, with the
+        training dropouts drawn from `g` (None where the model has no such condition)."""
+        device, cfg, b = self.info.device, self.cfg, len(idx)
         a = m = None
         if self.attrs is not None:
             a = self.attrs[idx].to(device)
@@ -362,15 +373,20 @@ class DenoiserTrainer(Trainer):
         if self.labels is not None:  # the label map on the latent grid, dropped cfg_dropout of the time
             lab = label_grid(self.labels[idx].to(device), self.label_channels, self.latent_factor)
             lab = lab * (torch.rand(b, generator=g) > cfg.cfg_dropout).float().to(device)[:, None, None, None, None]
-        with autocast(device, cfg.precision):
-            pred = net(zt, t, a, m) if lab is None else net(zt, t, a, m, lab)
+        return a, m, lab
+
+    def weighted_loss(
+        self, idx: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean over the batch of `weight` × the per-volume squared error (lesion voxels weighted up)."""
+        device, cfg = self.info.device, self.cfg
         sq = (pred.float() - target).pow(2)
         if self.lesion_map is None:
             per_sample = sq.flatten(1).mean(1)
         else:  # weighted mean: lesion regions count 1 + lesion_weight times, the loss keeps its scale
             w = 1.0 + cfg.lesion_weight * self.lesion_map[idx].to(device, torch.float32)
             per_sample = (sq * w).flatten(1).sum(1) / (w.flatten(1).sum(1) * sq.shape[1])
-        return (per_sample * self.snr_weight(t)).mean()
+        return (per_sample * weight).mean()
 
     def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
         self.sampler.set_epoch(epoch)

@@ -11,6 +11,7 @@ from ldmtool import __version__
 COMMANDS = (
     "train-ae",
     "train-ldm",
+    "distill",
     "sample",
     "impute",
     "inpaint",
@@ -35,7 +36,7 @@ def test_help_lists_commands(cli):
 
 
 @pytest.mark.parametrize(
-    "command", ["train-ae", "train-ldm", "sample", "impute", "demo-data", "stats", "train-seg", "segment"]
+    "command", ["train-ae", "train-ldm", "distill", "sample", "impute", "demo-data", "stats", "train-seg", "segment"]
 )
 def test_command_help(cli, command):
     r = cli(command, "--help")
