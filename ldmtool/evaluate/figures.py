@@ -64,8 +64,10 @@ def _mid_views(vol: np.ndarray) -> np.ndarray:
 def pair_png(synthetic: np.ndarray, train: np.ndarray, path: Path, title: str) -> Path:
     """A synthetic volume beside its closest training volume (axial | coronal mid-slices)."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(7, 3))
-    for ax, vol, name in zip(axes, (synthetic, train), ("synthetic", "nearest training volume")):
+    # constrained layout keeps the figure title clear of the panel titles (square 2D images too)
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3), layout="constrained")
+    kind = "image" if synthetic.ndim == 2 or synthetic.shape[-1] == 1 else "volume"
+    for ax, vol, name in zip(axes, (synthetic, train), ("synthetic", f"nearest training {kind}")):
         ax.imshow(_mid_views(vol), cmap="gray", vmin=0, vmax=1)
         ax.set_title(name, fontsize=9)
         ax.axis("off")
