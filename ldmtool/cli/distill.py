@@ -46,11 +46,8 @@ def distill(
     """Progressive distillation: a student learns to take in one DDIM step what its teacher takes in
     two, round after round (64 → 32 → … → --steps). The result is an ordinary checkpoint; `sample`
     uses the DDIM steps it was distilled for unless told otherwise."""
-    from ldmtool.cli.train_ldm import check_channels
+    from ldmtool.cli.train_ldm import prepared_for_autoencoder
     from ldmtool.config import load_yaml
-    from ldmtool.data.prepared import prepare_dataset
-    from ldmtool.data.preprocess import PreprocessConfig
-    from ldmtool.errors import LdmError
     from ldmtool.models.checkpoint import resolve_checkpoint
     from ldmtool.models.loaders import load_autoencoder
     from ldmtool.train.distill import distill_latent_diffusion, distillation_rounds
@@ -65,20 +62,7 @@ def distill(
     with common.training_session(state, out, mode) as (info, stop):
         ae_path = resolve_checkpoint(ae)
         ae_model, ae_cfg = load_autoencoder(ae_path, info.device)
-        common.require_exists(data, "data set")
-        prepared = prepare_dataset(
-            data,
-            PreprocessConfig.from_dict(ae_cfg["preprocess"]),
-            series_uid=series,
-            console=state.console,
-            missing_rate=float(ae_cfg.get("missing_rate", 0.0)),
-            seed=state.seed,
-        )
-        check_channels(data, prepared.channels, prepared.channel_names, ae_cfg)
-        if list(prepared.volume_shape) != list(ae_cfg["volume_shape"]):
-            raise LdmError(
-                f"volumes preprocess to {prepared.volume_shape} but the autoencoder was trained on {tuple(ae_cfg['volume_shape'])}"
-            )
+        prepared = prepared_for_autoencoder(state, data, ae_cfg, series, None)
         common.announce_scale(state, info, cfg.batch_size, cfg.lr, "latent volumes")
         result, final = distill_latent_diffusion(
             prepared,

@@ -69,9 +69,6 @@ def train_ldm(
 ) -> None:
     """Encode volumes slice by slice into latent volumes and train the 3D denoising UNet."""
     from ldmtool.config import load_yaml
-    from ldmtool.data.prepared import prepare_dataset
-    from ldmtool.data.preprocess import PreprocessConfig
-    from ldmtool.errors import LdmError
     from ldmtool.models.checkpoint import resolve_checkpoint
     from ldmtool.models.loaders import load_autoencoder
     from ldmtool.train.latent import check_condition_inputs, train_latent_diffusion
@@ -89,26 +86,7 @@ def train_ldm(
         device = info.device
         ae_path = resolve_checkpoint(ae)
         ae_model, ae_cfg = load_autoencoder(ae_path, device)
-        common.require_exists(data, "data set")
-        rate = float(ae_cfg.get("missing_rate", 0.0)) if missing_rate is None else missing_rate
-        prepared = prepare_dataset(
-            data,
-            PreprocessConfig.from_dict(ae_cfg["preprocess"]),
-            series_uid=series,
-            console=state.console,
-            missing_rate=rate,
-            seed=state.seed,
-        )
-        _check_dims(data, prepared.image_dims, int(ae_cfg.get("image_dims", 3) or 3))
-        check_channels(data, prepared.channels, prepared.channel_names, ae_cfg)
-        if list(prepared.volume_shape) != list(ae_cfg["volume_shape"]):
-            raise LdmError(
-                f"volumes preprocess to {prepared.volume_shape} but the autoencoder was trained on {tuple(ae_cfg['volume_shape'])}"
-            )
-        if prepared.num_classes != int(ae_cfg["num_classes"]):
-            raise LdmError(
-                f"data set has {prepared.num_classes} label classes but the autoencoder expects {ae_cfg['num_classes']}"
-            )
+        prepared = prepared_for_autoencoder(state, data, ae_cfg, series, missing_rate)
         common.announce_scale(state, info, train_cfg.batch_size, train_cfg.lr, "latent volumes")
         result = train_latent_diffusion(
             prepared,
@@ -146,6 +124,36 @@ def train_ldm(
     if "val_loss" in last:
         rows["held-out loss (EMA weights)"] = last["val_loss"]
     common.console.print(common.results_table("train-ldm", rows))
+
+
+def prepared_for_autoencoder(state: common.State, data: Path, ae_cfg, series: str | None, missing_rate: float | None):
+    """The data set preprocessed as the autoencoder's was (its missing rate unless `missing_rate`
+    is given); one-line errors where it does not fit the autoencoder (2D/3D, channels, shape, classes)."""
+    from ldmtool.data.prepared import prepare_dataset
+    from ldmtool.data.preprocess import PreprocessConfig
+    from ldmtool.errors import LdmError
+
+    common.require_exists(data, "data set")
+    rate = float(ae_cfg.get("missing_rate", 0.0)) if missing_rate is None else missing_rate
+    prepared = prepare_dataset(
+        data,
+        PreprocessConfig.from_dict(ae_cfg["preprocess"]),
+        series_uid=series,
+        console=state.console,
+        missing_rate=rate,
+        seed=state.seed,
+    )
+    _check_dims(data, prepared.image_dims, int(ae_cfg.get("image_dims", 3) or 3))
+    check_channels(data, prepared.channels, prepared.channel_names, ae_cfg)
+    if list(prepared.volume_shape) != list(ae_cfg["volume_shape"]):
+        raise LdmError(
+            f"volumes preprocess to {prepared.volume_shape} but the autoencoder was trained on {tuple(ae_cfg['volume_shape'])}"
+        )
+    if prepared.num_classes != int(ae_cfg["num_classes"]):
+        raise LdmError(
+            f"data set has {prepared.num_classes} label classes but the autoencoder expects {ae_cfg['num_classes']}"
+        )
+    return prepared
 
 
 def check_channels(data: Path, channels: int, names: list[str], ae_cfg) -> None:
