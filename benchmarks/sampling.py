@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-console = Console()
+console = Console(width=220)  # the results file keeps whole table rows, whatever the terminal
 
 
 def _sync(device: torch.device) -> None:
