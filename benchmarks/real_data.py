@@ -185,6 +185,37 @@ def coherence_per_view(syn_dir: Path, real_dir: Path) -> dict[str, dict[str, flo
     return out
 
 
+def anatomy_measures(folder: Path, real_dir: Path) -> dict[str, float]:
+    """Whole-head measures of a set on the real set's grid, [0, 1] intensities: head fraction of the
+    volume (`head_mask`: mean and spread across volumes: how varied head size and field of view
+    are), the spread of head centroids (voxels, mean over the axes) and in-plane detail (mean
+    |Laplacian| of axial slices inside the head, two voxels in from its edge)."""
+    from scipy import ndimage
+
+    from ldmtool.evaluate.volumes import load_volume_set
+
+    real = load_volume_set(real_dir, "real")
+    vols = (
+        real
+        if Path(folder) == Path(real_dir)
+        else load_volume_set(folder, "set", shape=real.shape, spacing=real.spacing)
+    )
+    frac, cent, detail = [], [], []
+    for v in vols.images:
+        m = head_mask(v)
+        frac.append(float(m.mean()))
+        cent.append(np.array(np.nonzero(m), dtype=np.float64).mean(1))
+        lap = np.abs(4 * v[1:-1, 1:-1] - v[:-2, 1:-1] - v[2:, 1:-1] - v[1:-1, :-2] - v[1:-1, 2:])  # in-plane (I, J)
+        inner = ndimage.binary_erosion(m, iterations=2)[1:-1, 1:-1]  # inside the head, not its edge with the air
+        detail.append(float(lap[inner].mean()))
+    return {
+        "head_fraction": float(np.mean(frac)),
+        "head_fraction_sd": float(np.std(frac)),
+        "centroid_sd": float(np.std(np.stack(cent), axis=0).mean()),
+        "detail": float(np.mean(detail)),
+    }
+
+
 def ae_reconstructions(ae_dir: Path, src: Path, dst: Path) -> Path:
     """Every case of `src` encoded and decoded by the autoencoder of `ae_dir` (its own preprocessing,
     posterior mean), written as NIfTI in the preprocessed grid. Scored against the held-out brains
@@ -271,6 +302,10 @@ def ixi_part(args, run: Runner, work: Path) -> dict:
         "floor": floor,
         "ceiling": ceiling,
         "coherence": coherence_per_view(samples, heldout),
+        "anatomy": {
+            name: anatomy_measures(d, heldout)
+            for name, d in (("real", heldout), ("ceiling", recon), ("samples", samples))
+        },
         "ldm_steps": ldm_steps(ldm),
         "montages": {
             "samples": save_png(samples / "montage.png", "ixi-samples"),
@@ -325,9 +360,29 @@ def ixi_report(res: dict, args) -> None:
     print("|---|---|---|---|")
     for view, v in res["coherence"].items():
         print(f"| {view} | {v['real']:.4f} | {v['synthetic']:.4f} | {v['ratio']:.2f} |")
+    print(
+        "\nwhole-head anatomy (head_mask of [0, 1] volumes on the held-out grid; detail: mean |in-plane Laplacian| inside the head):\n"
+    )
+    print(anatomy_table(res["anatomy"]))
     print(f"\nconfig: {args.ixi_config}; LDM steps: {res['ldm_steps']}")
     print(f"seconds: {json.dumps({k: round(v) for k, v in res['seconds'].items()})}")
     print(f"montages: {res['montages']['samples']}, {res['montages']['evaluate']}")
+
+
+def anatomy_table(anatomy: dict[str, dict[str, float]]) -> str:
+    """The markdown table of `anatomy_measures` for held-out brains, the autoencoder ceiling and samples."""
+    rows = [
+        "| set | head fraction | its sd across volumes | head centroid sd (voxels) | in-plane detail |",
+        "|---|---|---|---|---|",
+    ]
+    names = {"real": "held-out real brains", "ceiling": "autoencoder reconstructions", "samples": "samples"}
+    for key, label in names.items():
+        if key in anatomy:
+            a = anatomy[key]
+            rows.append(
+                f"| {label} | {a['head_fraction']:.3f} | {a['head_fraction_sd']:.3f} | {a['centroid_sd']:.2f} | {a['detail']:.4f} |"
+            )
+    return "\n".join(rows)
 
 
 # ---------------------------------------------------------------- age conditioning
