@@ -84,15 +84,11 @@ def _config_of(meta: dict[str, str], path: Path) -> dict[str, Any]:
 def load_checkpoint(path: Path, kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read (tensors, config) from a checkpoint; `kind` checks config['kind']."""
     path = resolve_checkpoint(path)
+    config = read_config(path)
     try:
         tensors = load_file(str(path))
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise LdmError(f"{path} is not a readable safetensors checkpoint ({str(exc).splitlines()[0]})") from None
-    config = _config_of(meta, path)
     if kind is not None and config.get("kind") != kind:
         raise LdmError(f"{path} is a {config.get('kind', 'unknown')} checkpoint, expected a {kind} checkpoint")
     return tensors, config
