@@ -220,10 +220,10 @@ def distill_latent_diffusion(
     minutes = None if cfg.max_minutes is None else cfg.max_minutes / len(rounds)
     round_cfg = dataclasses.replace(cfg, max_minutes=minutes, mirror=False)
     source, sha, result, config = teacher_path, file_sha256(teacher_path), None, {}
+    t_tensors, t_cfg = tensors, teacher_cfg  # each round's teacher: the previous round's student
     for n in rounds:
         if console is not None and info.is_main:
             console.print(f"distillation round: {2 * n} → {n} DDIM steps", highlight=False)
-        t_tensors, t_cfg = read_denoiser(source)
         trainer = DistillTrainer(
             data,
             latents,
@@ -242,11 +242,11 @@ def distill_latent_diffusion(
         result = run_training(trainer, round_dir, resume=resume, stop=stop, console=console)
         source = round_dir / "model.safetensors"
         sha = file_sha256(source)
-        config = {**trainer.config, "distillation": {**trainer.config["distillation"]}}
+        config = trainer.config
+        t_tensors, t_cfg = read_denoiser(source)
     if info.is_main:
-        tensors, _ = read_denoiser(source)
         final = {**config, "step": result.history[-1]["step"] if result.history else None}
-        save_checkpoint(out_dir / "model.safetensors", tensors, final)
+        save_checkpoint(out_dir / "model.safetensors", t_tensors, final)
         write_config_json(out_dir, final)
     barrier(info)
     return result, config
