@@ -69,6 +69,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> tor
 
 
 AUDIT_SMALLEST = 24  # voxels on the shortest axis of the encoder's input
+AUDIT_BATCH = 32  # training volumes per contrastive step (the cost stops growing with the set beyond it)
 
 
 def audit_grid(coarse: np.ndarray) -> torch.Tensor:
@@ -82,7 +83,7 @@ def audit_grid(coarse: np.ndarray) -> torch.Tensor:
     return F.adaptive_avg_pool3d(x, size)
 
 
-def train_encoder(train: np.ndarray, steps: int = 200, batch: int = 32, seed: int = 0) -> CoarseEncoder:
+def train_encoder(train: np.ndarray, steps: int = 200, batch: int = AUDIT_BATCH, seed: int = 0) -> CoarseEncoder:
     """Train the contrastive encoder on coarse training volumes (N, i, j, k) (CPU-sized)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)

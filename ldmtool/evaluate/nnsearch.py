@@ -22,6 +22,7 @@ import torch
 
 C1, C2 = 0.01**2, 0.03**2
 COARSE_WIN = 5  # SSIM window of the coarse stage
+RECALL_CHUNK_BYTES = 1024**3  # memory for the moments of the recall queries checked in one pass
 
 
 def gaussian_taps(win: int, sigma: float = 1.5) -> list[float]:
@@ -204,9 +205,27 @@ class SSIMIndex:
 
     def exhaustive(self, volume: np.ndarray) -> tuple[float, int]:
         """(highest SSIM to any training volume, its index): every pair, for checking recall."""
-        s = self.ssim_to(volume, range(len(self)))
-        best = int(np.argmax(s))
-        return float(s[best]), best
+        return self.exhaustive_many([volume])[0]
+
+    @torch.inference_mode()
+    def exhaustive_many(self, volumes: Sequence[np.ndarray]) -> list[tuple[float, int]]:
+        """`exhaustive` for several queries in one pass over the training set: each training
+        volume's moments are filtered (or taken from the cache) once for all the queries, where a
+        query-by-query scan of a set larger than the cache would read every volume once per query.
+        The volumes already cached come first, so they are used before the scan evicts them."""
+        if len(self) == 0 or not len(volumes):
+            return [(float("-inf"), -1) for _ in volumes]
+        qs = [ssim_stats(v, self.taps, self.device) for v in volumes]
+        cached = [j for j in reversed(self._cache) if j < self.n]  # most recently used first
+        order = cached + sorted(set(range(self.n)) - set(cached))
+        scores = np.empty((len(qs), self.n))
+        for j in order:
+            ref = self._stats(j)
+            scores[:, j] = [ssim_pair(q, ref, self.taps) for q in qs]
+        self.pairs += scores.size
+        where = scores.argmax(1)  # the lowest index among ties, as a plain argmax over the row
+        best = scores[np.arange(len(qs)), where]
+        return [(float(b), int(w)) for b, w in zip(best, where)]
 
 
 def _odd(n: int) -> int:
@@ -243,11 +262,15 @@ def recall_vs_exhaustive(
     rng = np.random.default_rng(seed)
     picks = np.sort(rng.choice(len(found), n, replace=False))
     hits, gaps = 0, []
-    for i in picks:
-        s, j = index.exhaustive(load_query(int(i)))
-        hit = j == int(found[i]) or abs(s - float(found_ssim[i])) <= 1e-6
-        hits += int(hit)
-        gaps.append(s - float(found_ssim[i]))
+    first = load_query(int(picks[0]))
+    per_query = 3 * 4 * int(np.asarray(first).size)  # float32 volume, local mean and variance
+    size = max(1, RECALL_CHUNK_BYTES // per_query)  # queries per pass over the training set
+    for start in range(0, n, size):
+        chunk = picks[start : start + size]
+        for i, (s, j) in zip(chunk, index.exhaustive_many([load_query(int(i)) for i in chunk])):
+            hit = j == int(found[i]) or abs(s - float(found_ssim[i])) <= 1e-6
+            hits += int(hit)
+            gaps.append(s - float(found_ssim[i]))
     return {
         "checked": n,
         "recall": hits / n,

@@ -539,7 +539,9 @@ def _search_summary(run: _Run, index, s_arg: np.ndarray, s_max: np.ndarray, n_qu
     """How the nearest training volumes were found, and the recall against exhaustive search."""
     cfg = run.cfg
     pairs = index.pairs
+    step = run.stages.stage("nearest-neighbour recall check", 1)
     recall = recall_vs_exhaustive(index, run.syn.volume, s_arg, s_max, cfg.nn_recall_check, run.seed)
+    step()
     return {
         "method": "exhaustive" if cfg.nn_candidates == 0 else "two-stage",
         "coarse_stage": f"SSIM (window 5) of volumes average-pooled by {index.factor} per axis, every training volume",

@@ -65,6 +65,30 @@ def test_stats_cache_is_bounded(make_phantoms):
     assert index.exhaustive(train[4]) == (pytest.approx(1.0, abs=1e-5), 4)
 
 
+def test_exhaustive_pass_reads_each_training_volume_once(make_phantoms):
+    """Several recall queries share one pass over a training set larger than the cache: every
+    volume loaded once (a query-by-query scan would load each once per query), same answers."""
+    train = _norm(make_phantoms(8, seed=60)[0])
+    queries = _norm(make_phantoms(3, seed=61)[0])
+    loads = []
+
+    def load(j):
+        loads.append(j)
+        return train[j]
+
+    one = nn.ssim_stats(train[0], nn.gaussian_taps(11), torch.device("cpu")).nbytes
+    desc = np.stack([nn.volume_descriptor(v, 1) for v in train])
+    index = nn.SSIMIndex(desc, load, 11, 1, k=2, cache_bytes=3 * one)
+    many = index.exhaustive_many(list(queries))
+    assert sorted(loads) == list(range(8))
+    assert index.pairs == 3 * 8
+    ref = nn.SSIMIndex.from_volumes(train, 11, k=8, margin=None)
+    for q, (s, j) in zip(queries, many):
+        s_ref, j_ref = ref.exhaustive(q)
+        assert j == j_ref and s == pytest.approx(s_ref, abs=1e-6)
+        assert j == int(np.argmax(ref.ssim_to(q, range(8))))
+
+
 def test_2d_images_get_2d_ssim_and_ms_ssim():
     """(I, J, 1) images: SSIM with an in-plane window (not one voxel), equal to MONAI's 2D metrics."""
     from monai.metrics import MultiScaleSSIMMetric, SSIMMetric
