@@ -489,20 +489,42 @@ def age_part(args, run: Runner, work: Path) -> dict:
             "train-ae", train, "--out", ae, "--config", cfg, "--spacing", sp, "--labels", AGE_LABELS,
             "--max-minutes", args.age_ae_minutes,
         )  # fmt: skip
-    t["train-ldm"] = run(
-        "train-ldm", train, "--ae", ae, "--out", ldm, "--config", cfg, "--condition-on", "age",
-        "--covariates", participants, "--max-minutes", args.age_ldm_minutes,
-    )  # fmt: skip
-    synthetic, montages = [], {}
-    for age in args.age_values:
-        out = work / f"samples_age{age:g}"
-        t[f"sample age={age:g}"] = run(
-            "sample", "--ae", ae, "--ldm", ldm, "--out", out, "--n", args.age_samples, "--config", cfg,
-            "--condition", f"age={age:g}",
+    if args.age_ldm:
+        if not args.age_ae:
+            raise SystemExit("--age-ldm needs the --age-ae it was trained on")
+        shutil.copytree(args.age_ldm, ldm)
+        print(f"  age-conditioned denoiser: {args.age_ldm} (not trained in this run)", flush=True)
+    else:
+        t["train-ldm"] = run(
+            "train-ldm", train, "--ae", ae, "--out", ldm, "--config", cfg, "--condition-on", "age",
+            "--covariates", participants, "--max-minutes", args.age_ldm_minutes,
         )  # fmt: skip
-        synthetic += synthetic_age_table(out, age)
-        montages[f"age {age:g}"] = save_png(out / "montage.png", f"ixi-age{age:g}")
     real = real_age_table(src, ae, participants)
+    summary, montages = {}, {}
+    for g in args.age_guidance:
+        synthetic = []
+        for age in args.age_values:
+            tag = f"age{age:g}" if g == 1 else f"guidance{g:g}-age{age:g}"
+            out = work / f"samples_{tag}"
+            t[f"sample age={age:g} guidance {g:g}"] = run(
+                "sample", "--ae", ae, "--ldm", ldm, "--out", out, "--n", args.age_samples, "--config", cfg,
+                "--condition", f"age={age:g}", "--guidance", g,
+            )  # fmt: skip
+            synthetic += synthetic_age_table(out, age)
+            montages[f"age {age:g}, guidance {g:g}"] = save_png(out / "montage.png", f"ixi-{tag}")
+        summary[f"{g:g}"] = age_summary(real, synthetic, args)
+    return {
+        "split": {"train": train_ids},
+        "seconds": t,
+        "ldm_steps": ldm_steps(ldm),
+        "summary": summary,
+        "real": real,
+        "montages": montages,
+    }
+
+
+def age_summary(real: list[dict], synthetic: list[dict], args) -> dict:
+    """Per measure: the real slope with its interval, the samples' slope, whether it is inside."""
     summary = {}
     for key in ("brain_fraction", "ventricles_ml"):
         r = real_slope(np.array([x["age"] for x in real]), np.array([x[key] for x in real]))
@@ -518,38 +540,35 @@ def age_part(args, run: Runner, work: Path) -> dict:
             "real_fit_at": fit,
             "synthetic_mean_at": {a: float(g.mean()) for a, g in groups.items()},
             "inside": bool(r["low"] <= s["slope"] <= r["high"]),
+            "values": {f"{a:g}": [float(v) for v in g] for a, g in groups.items()},
         }
-    return {
-        "split": {"train": train_ids},
-        "seconds": t,
-        "ldm_steps": ldm_steps(ldm),
-        "summary": summary,
-        "real": real,
-        "synthetic": synthetic,
-        "montages": montages,
-    }
+    return summary
 
 
 def age_report(res: dict, args) -> None:
     ages = " vs ".join(f"{a:g}" for a in args.age_values)
+    n_real = next(iter(res["summary"].values()))["brain_fraction"]["real"]["n"]
     print(
-        f"\n### IXI age conditioning (samples asked for age {ages}, {args.age_samples} each; real: {res['summary']['brain_fraction']['real']['n']} brains)\n"
+        f"\n### IXI age conditioning (samples asked for age {ages}, {args.age_samples} each; real: {n_real} brains)\n"
     )
     print(
-        "| measure | real slope / year [95 % CI] | synthetic slope / year [95 % bootstrap] | inside real CI | real fit at ages | synthetic means |"
+        "| measure | guidance | real slope / year [95 % CI] | synthetic slope / year [95 % bootstrap] | inside real CI "
+        "| real fit at ages | synthetic means |"
     )
-    print("|---|---|---|---|---|---|")
-    for key, s in res["summary"].items():
-        r, y = s["real"], s["synthetic"]
-        nd = 5 if key == "brain_fraction" else 3
-        digits = 3 if key == "brain_fraction" else 1
-        at = " / ".join(fmt(v, digits) for v in s["real_fit_at"].values())
-        means = " / ".join(fmt(v, digits) for v in s["synthetic_mean_at"].values())
-        print(
-            f"| {key} | {fmt(r['slope'], nd)} [{fmt(r['low'], nd)}, {fmt(r['high'], nd)}] (r = {fmt(r['r'], 2)}) "
-            f"| {fmt(y['slope'], nd)} [{fmt(y['low'], nd)}, {fmt(y['high'], nd)}] | {'yes' if s['inside'] else 'no'} "
-            f"| {at} | {means} |"
-        )
+    print("|---|---|---|---|---|---|---|")
+    for key in ("brain_fraction", "ventricles_ml"):
+        for g, summ in res["summary"].items():
+            s = summ[key]
+            r, y = s["real"], s["synthetic"]
+            nd = 5 if key == "brain_fraction" else 3
+            digits = 3 if key == "brain_fraction" else 1
+            at = " / ".join(fmt(v, digits) for v in s["real_fit_at"].values())
+            means = " / ".join(fmt(v, digits) for v in s["synthetic_mean_at"].values())
+            print(
+                f"| {key} | {g} | {fmt(r['slope'], nd)} [{fmt(r['low'], nd)}, {fmt(r['high'], nd)}] (r = {fmt(r['r'], 2)}) "
+                f"| {fmt(y['slope'], nd)} [{fmt(y['low'], nd)}, {fmt(y['high'], nd)}] | {'yes' if s['inside'] else 'no'} "
+                f"| {at} | {means} |"
+            )
     print(f"\nLDM steps: {res['ldm_steps']}; seconds: {json.dumps({k: round(v) for k, v in res['seconds'].items()})}")
     print(f"montages: {', '.join(res['montages'].values())}")
 
@@ -873,6 +892,15 @@ def parse(argv=None):
     p.add_argument("--age-values", type=lambda s: [float(x) for x in s.split(",")], default=[25.0, 75.0])
     p.add_argument(
         "--age-ae", type=Path, default=None, help="reuse this train-ae output (two classes: brain, ventricles)"
+    )
+    p.add_argument(
+        "--age-ldm", type=Path, default=None, help="reuse this age-conditioned train-ldm output (with --age-ae)"
+    )
+    p.add_argument(
+        "--age-guidance",
+        type=lambda v: [float(x) for x in v.split(",")],
+        default=[1.0],
+        help="classifier-free guidance scales to sample at (each its own samples and slopes)",
     )
     p.add_argument("--impute-cases", type=int, default=8)
     p.add_argument("--impute-steps", type=int, default=50)

@@ -240,9 +240,20 @@ class LDMTrainConfig(LoopConfig):
         "Also train on a left–right mirrored copy of every training volume (twice the data for roughly "
         "symmetric anatomy; 3D volumes whose classes do not name a side).",
     )
+    flow_timesteps: str = setting(
+        "uniform",
+        "Training times of a flow-objective denoiser: uniform, or logit-normal (t/T = sigmoid of a normal "
+        "draw, Esser et al. 2024 / MONAI RFlowScheduler: more training where the path is hardest to learn).",
+    )
+    flow_logit_normal: tuple[float, float] = setting(
+        (0.0, 1.0), "Location and scale of the normal draw of --flow-timesteps logit-normal."
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_choice("flow_timesteps", self.flow_timesteps, ("uniform", "logit-normal"))
+        if len(self.flow_logit_normal) != 2 or not self.flow_logit_normal[1] > 0:
+            raise LdmError(f"flow_logit_normal: give a location and a positive scale; got {self.flow_logit_normal}")
         _check_range("ema_decay", self.ema_decay, 0, 1, high_open=True)
         _check_range("cfg_dropout", self.cfg_dropout, 0, 1)
         _check_range("min_snr_gamma", self.min_snr_gamma, 0, low_open=True)

@@ -62,6 +62,7 @@ def train_ldm(
     ema_decay: Annotated[Optional[float], common.opt(LDMTrainConfig, "ema_decay", panel=TRAIN)] = None,
     lesion_weight: Annotated[Optional[float], common.opt(LDMTrainConfig, "lesion_weight", panel=TRAIN)] = None,
     mirror: Annotated[Optional[bool], common.opt(LDMTrainConfig, "mirror", "--mirror/--no-mirror", panel=TRAIN)] = None,
+    flow_timesteps: Annotated[Optional[str], common.opt(LDMTrainConfig, "flow_timesteps", panel=TRAIN)] = None,
     precision: Annotated[Optional[str], common.opt(LDMTrainConfig, "precision", panel=TRAIN)] = None,
     checkpoint_every: Annotated[Optional[int], common.opt(LDMTrainConfig, "checkpoint_every", panel=TRAIN)] = None,
     resume: Annotated[bool, common.resume_flag(TRAIN)] = False,

@@ -335,13 +335,25 @@ class DenoiserTrainer(Trainer):
         clipped = snr.clamp(max=gamma)
         return (clipped / snr if self.model_cfg.objective == "eps" else clipped / (snr + 1)).float()
 
+    def draw_timesteps(self, b: int, g: torch.Generator | None) -> torch.Tensor:
+        """Training times (b,) in [0, T): uniform, or for flow with `flow_timesteps: logit-normal`
+        T·sigmoid(N(loc, scale)) made discrete as MONAI's RFlowScheduler makes its own. Drawn here
+        from `g`, not by `RFlowScheduler.sample_timesteps`, which draws from the global RNG: the
+        training run's draws stay seeded per step and identical on resume."""
+        n = self.model_cfg.num_train_timesteps
+        if self.flow and self.cfg.flow_timesteps == "logit-normal":
+            loc, scale = self.cfg.flow_logit_normal
+            u = torch.sigmoid(torch.randn(b, generator=g) * scale + loc)
+            return (u * n).long().clamp_(0, n - 1)
+        return torch.randint(0, n, (b,), generator=g)
+
     def loss_on(self, idx: torch.Tensor, net, g: torch.Generator | None) -> torch.Tensor:
         """The weighted denoising loss of the volumes `idx`, noise and times drawn from `g`."""
         device, sched, cfg = self.info.device, self.noise_sched, self.cfg
         z0 = self.z_all[idx].to(device)
         b = z0.shape[0]
         noise = torch.randn(z0.shape, generator=g).to(device)
-        t = torch.randint(0, self.model_cfg.num_train_timesteps, (b,), generator=g).to(device)
+        t = self.draw_timesteps(b, g).to(device)
         zt = sched.add_noise(z0, noise, t)
         if self.flow:  # MONAI RFlowScheduler: z_t = (1 − t/T) z_0 + (t/T) noise, velocity z_0 − noise
             target = z0 - noise

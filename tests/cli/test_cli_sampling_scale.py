@@ -172,10 +172,15 @@ def test_flow_objective_end_to_end(trained, cli, tmp_path):
         TINY_YAML,
         "--objective",
         "flow",
+        "--flow-timesteps",
+        "logit-normal",
         "--steps",
         2,
     )
     assert r.code == 0, r.both
+    from ldmtool.models.checkpoint import read_config
+
+    assert read_config(ldm)["train"]["flow_timesteps"] == "logit-normal"
     out = tmp_path / "flow"
     r = cli("sample", "--ae", trained.ae, "--ldm", ldm, "--out", out, "--n", 1, "--steps", 4, "--sampler", "euler")
     assert r.code == 0, r.both

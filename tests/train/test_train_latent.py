@@ -201,3 +201,38 @@ def test_mirror_trains_on_copies_validates_on_cases(tmp_path, phantom_data, ae_s
     np.testing.assert_allclose(cfg["conditioning"]["mean"], raw.mean(0), rtol=1e-5, atol=1e-6)
     trainer_split = latent_mod.split_case_indices(4, 0.25, 0)
     assert cfg["train_cases"] == [phantom_data.case_ids[i] for i in trainer_split[0]]
+
+
+def _draws(flow: bool, mode: str, seed: int = 0, n: int = 20000) -> torch.Tensor:
+    from types import SimpleNamespace
+
+    from ldmtool.config import DenoiserConfig
+    from ldmtool.train.latent import DenoiserTrainer
+
+    fake = SimpleNamespace(
+        flow=flow, model_cfg=DenoiserConfig(objective="flow" if flow else "v"), cfg=LDMTrainConfig(flow_timesteps=mode)
+    )
+    return DenoiserTrainer.draw_timesteps(fake, n, torch.Generator().manual_seed(seed))
+
+
+def test_logit_normal_flow_times_favour_the_middle_and_follow_the_generator():
+    """t/T = sigmoid(N(0, 1)): P(T/4 ≤ t < 3T/4) = P(|z| < logit 0.75) = 0.728, against 0.5 uniform;
+    the draws come from the step's generator only (the global RNG does not change them)."""
+    torch.manual_seed(1)
+    ln = _draws(True, "logit-normal")
+    torch.manual_seed(2)
+    assert torch.equal(ln, _draws(True, "logit-normal"))
+    middle = ((ln >= 250) & (ln < 750)).float().mean().item()
+    assert 0.71 < middle < 0.745 and ln.min() >= 0 and ln.max() <= 999 and ln.dtype == torch.long
+    for flow, mode in ((True, "uniform"), (False, "logit-normal")):  # ε/v models always draw uniformly
+        u = _draws(flow, mode)
+        assert 0.48 < ((u >= 250) & (u < 750)).float().mean().item() < 0.52
+
+
+def test_flow_timestep_settings_are_checked():
+    from ldmtool.errors import LdmError
+
+    with pytest.raises(LdmError, match="flow_timesteps"):
+        LDMTrainConfig(flow_timesteps="normal")
+    with pytest.raises(LdmError, match="positive scale"):
+        LDMTrainConfig(flow_logit_normal=(0.0, 0.0))
