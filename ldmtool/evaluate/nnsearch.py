@@ -203,6 +203,37 @@ class SSIMIndex:
         best = int(np.argmax(s))
         return float(s[best]), int(cand[best])
 
+    def search_all(
+        self,
+        load: Callable[[int], np.ndarray],
+        descriptors: np.ndarray,
+        on_query: Callable[[], None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`search` for every query of a set (`load(i)` → volume i, `descriptors[i]` its coarse
+        descriptor): the coarse stage first for all, then the exact stage in `locality_order`, so
+        queries that need the same training volumes come one after another and find them in the
+        cache. A training set larger than the cache otherwise costs a read and a filtering of
+        training volumes for most exact pairs. Returns (max SSIM (Q,), training index (Q,))."""
+        cands = [self.candidates(descriptors[i]) for i in range(len(descriptors))]
+        best, where = np.zeros(len(cands)), np.zeros(len(cands), dtype=np.int64)
+        for i in locality_order(cands, self.cache_capacity()):
+            s = self.ssim_to(load(i), cands[i])
+            b = int(np.argmax(s))
+            best[i], where[i] = float(s[b]), int(cands[i][b])
+            if on_query is not None:
+                on_query()
+        return best, where
+
+    def cache_capacity(self) -> int:
+        """How many training volumes' moments the cache holds (from the size of one)."""
+        if self._cache:
+            one = next(iter(self._cache.values())).nbytes
+        else:
+            full = [n * self.factor if n > 1 else 1 for n in (self.coarse[0].vol.shape[1:] if self.coarse else (1,))]
+            valid = [n - len(self.taps) + 1 if n > 1 else 1 for n in full]  # mean and variance: valid region
+            one = 4 * (int(np.prod(full)) + 2 * int(np.prod([max(v, 1) for v in valid])))
+        return max(1, self.cache_bytes // max(one, 1))
+
     def exhaustive(self, volume: np.ndarray) -> tuple[float, int]:
         """(highest SSIM to any training volume, its index): every pair, for checking recall."""
         return self.exhaustive_many([volume])[0]
@@ -226,6 +257,36 @@ class SSIMIndex:
         where = scores.argmax(1)  # the lowest index among ties, as a plain argmax over the row
         best = scores[np.arange(len(qs)), where]
         return [(float(b), int(w)) for b, w in zip(best, where)]
+
+
+def locality_order(candidates: Sequence[Sequence[int]], capacity: int) -> list[int]:
+    """An order of the queries that keeps the training volumes they need in an LRU cache of
+    `capacity` volumes: greedily, the next query is the one with most of its candidates cached
+    (ties: lowest index), else the lowest remaining one. Neighbouring queries in feature space
+    share candidates, so this reads each training volume a few times instead of once per pair."""
+    needs: dict[int, set[int]] = {}
+    for q, cand in enumerate(candidates):
+        for j in cand:
+            needs.setdefault(int(j), set()).add(q)
+    left = set(range(len(candidates)))
+    cache: OrderedDict[int, None] = OrderedDict()
+    order = []
+    while left:
+        pool = set().union(*(needs.get(j, set()) for j in cache)) & left
+        if pool:
+            q = min(pool, key=lambda i: (-sum(int(j) in cache for j in candidates[i]), i))
+        else:
+            q = min(left)
+        left.discard(q)
+        order.append(q)
+        for j in candidates[q]:
+            j = int(j)
+            needs[j].discard(q)
+            cache[j] = None
+            cache.move_to_end(j)
+            while len(cache) > capacity:
+                cache.popitem(last=False)
+    return order
 
 
 def _odd(n: int) -> int:

@@ -528,11 +528,7 @@ def _ssim_index(run: _Run, descriptors: np.ndarray):
 
 def _nearest(index, vs: VolumeSet, descriptors: np.ndarray, step) -> tuple[np.ndarray, np.ndarray]:
     """Two-stage highest SSIM to a training volume, and which, for each volume of a set (streamed)."""
-    best, where = np.zeros(len(vs)), np.zeros(len(vs), dtype=np.int64)
-    for i in range(len(vs)):
-        best[i], where[i] = index.search(vs.volume(i), descriptors[i])
-        step()
-    return best, where
+    return index.search_all(vs.volume, descriptors, step)
 
 
 def _search_summary(run: _Run, index, s_arg: np.ndarray, s_max: np.ndarray, n_queries: int) -> dict:

@@ -89,6 +89,54 @@ def test_exhaustive_pass_reads_each_training_volume_once(make_phantoms):
         assert j == int(np.argmax(ref.ssim_to(q, range(8))))
 
 
+def test_locality_order_reads_fewer_training_volumes():
+    """Queries whose candidates overlap, given in an order that alternates between two groups:
+    with room for 3 volumes, query order evicts what the next query needs (every pair a read);
+    the locality order takes each group together (each volume read once)."""
+    groups = [[0, 1, 2], [3, 4, 5]]
+    cands = [groups[q % 2] for q in range(8)]
+
+    def reads(order, capacity=3):
+        cache, n = [], 0
+        for q in order:
+            for j in cands[q]:
+                if j in cache:
+                    cache.remove(j)
+                else:
+                    n += 1
+                cache.append(j)
+                cache = cache[-capacity:]
+        return n
+
+    order = nn.locality_order(cands, 3)
+    assert sorted(order) == list(range(8))
+    assert reads(range(8)) == 24 and reads(order) == 6
+
+
+def test_search_all_equals_search_per_query_with_fewer_loads(make_phantoms):
+    train = _norm(make_phantoms(10, seed=70)[0])
+    rng = np.random.default_rng(1)
+    queries = np.clip(train[[3, 8, 3, 8, 5, 3]] + rng.normal(scale=0.05, size=(6, *train.shape[1:])), 0, 1)
+    loads = []
+
+    def load(j):
+        loads.append(j)
+        return train[j]
+
+    one = nn.ssim_stats(train[0], nn.gaussian_taps(11), torch.device("cpu")).nbytes
+    desc = np.stack([nn.volume_descriptor(v, 1) for v in train])
+    index = nn.SSIMIndex(desc, load, 11, 1, k=2, margin=None, cache_bytes=2 * one)
+    assert index.cache_capacity() == 2
+    qd = np.stack([nn.volume_descriptor(v, 1) for v in queries])
+    best, where = index.search_all(lambda i: queries[i], qd)
+    ref = nn.SSIMIndex.from_volumes(train, 11, k=2, margin=None)
+    for i, q in enumerate(queries):
+        s, j = ref.search(q)
+        assert where[i] == j and best[i] == pytest.approx(s, abs=1e-6)
+    assert list(where[[0, 2, 5]]) == [3, 3, 3]
+    assert len(loads) < 2 * len(queries)  # query order would read both candidates of every query
+
+
 def test_2d_images_get_2d_ssim_and_ms_ssim():
     """(I, J, 1) images: SSIM with an in-plane window (not one voxel), equal to MONAI's 2D metrics."""
     from monai.metrics import MultiScaleSSIMMetric, SSIMMetric
