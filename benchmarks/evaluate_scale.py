@@ -70,15 +70,20 @@ def build_sets(ixi: Path, work: Path, shape: tuple[int, ...], n_train: list[int]
             cache[i] = resize_volume(src.volume(i), shape)
         return cache[i]
 
+    def train_volume(j: int) -> np.ndarray:
+        """Training volume j: brains 0..n_tr_brains-1, their left-right flips, then both shifted by
+        1, 2, … voxels (so no two are the same)."""
+        v = brain(j % n_tr_brains)
+        v = v[::-1] if (j // n_tr_brains) % 2 else v
+        return np.roll(v, j // (2 * n_tr_brains), axis=1)
+
     sets = {}
-    for n in n_train:  # brains 0..n_tr_brains-1, their left-right flips, then both shifted by 1, 2, … voxels
+    for n in n_train:
         sets[f"train_{n}"] = folder = root / f"train_{n}" / "imagesTr"
         for j in range(n):
             p = folder / f"t{j:04d}_0000.nii.gz"
             if not p.exists():
-                v = brain(j % n_tr_brains)
-                v = v[::-1] if (j // n_tr_brains) % 2 else v
-                _write(np.roll(v, j // (2 * n_tr_brains), axis=1), p)
+                _write(train_volume(j), p)
     others = list(range(n_tr_brains, n_src))
     sets["real"] = folder = root / "real" / "imagesTr"
     for j in range(n_real):
@@ -92,7 +97,7 @@ def build_sets(ixi: Path, work: Path, shape: tuple[int, ...], n_train: list[int]
             p = folder / f"s{j:04d}_0000.nii.gz"
             if p.exists():
                 continue
-            base = brain(j % min(n_train)) if j % 10 == 0 else brain(others[(n_real + j) % len(others)])
+            base = train_volume(j % min(n_train)) if j % 10 == 0 else brain(others[(n_real + j) % len(others)])
             _write(np.clip(base + rng.normal(scale=0.01, size=base.shape), 0, 1), p)
     return {k: v.parent for k, v in sets.items()}
 
