@@ -65,11 +65,9 @@ def test_stats_cache_is_bounded(make_phantoms):
     assert index.exhaustive(train[4]) == (pytest.approx(1.0, abs=1e-5), 4)
 
 
-def test_exhaustive_pass_reads_each_training_volume_once(make_phantoms):
-    """Several recall queries share one pass over a training set larger than the cache: every
-    volume loaded once (a query-by-query scan would load each once per query), same answers."""
-    train = _norm(make_phantoms(8, seed=60)[0])
-    queries = _norm(make_phantoms(3, seed=61)[0])
+def _counting_index(train, cached: int, **kw):
+    """An index (window 11, no pooling) whose cache holds `cached` volumes, and the list of the
+    training volumes it loads."""
     loads = []
 
     def load(j):
@@ -78,7 +76,15 @@ def test_exhaustive_pass_reads_each_training_volume_once(make_phantoms):
 
     one = nn.ssim_stats(train[0], nn.gaussian_taps(11), torch.device("cpu")).nbytes
     desc = np.stack([nn.volume_descriptor(v, 1) for v in train])
-    index = nn.SSIMIndex(desc, load, 11, 1, k=2, cache_bytes=3 * one)
+    return nn.SSIMIndex(desc, load, 11, 1, cache_bytes=cached * one, **kw), loads
+
+
+def test_exhaustive_pass_reads_each_training_volume_once(make_phantoms):
+    """Several recall queries share one pass over a training set larger than the cache: every
+    volume loaded once (a query-by-query scan would load each once per query), same answers."""
+    train = _norm(make_phantoms(8, seed=60)[0])
+    queries = _norm(make_phantoms(3, seed=61)[0])
+    index, loads = _counting_index(train, cached=3, k=2)
     many = index.exhaustive_many(list(queries))
     assert sorted(loads) == list(range(8))
     assert index.pairs == 3 * 8
@@ -117,15 +123,7 @@ def test_search_all_equals_search_per_query_with_fewer_loads(make_phantoms):
     train = _norm(make_phantoms(10, seed=70)[0])
     rng = np.random.default_rng(1)
     queries = np.clip(train[[3, 8, 3, 8, 5, 3]] + rng.normal(scale=0.05, size=(6, *train.shape[1:])), 0, 1)
-    loads = []
-
-    def load(j):
-        loads.append(j)
-        return train[j]
-
-    one = nn.ssim_stats(train[0], nn.gaussian_taps(11), torch.device("cpu")).nbytes
-    desc = np.stack([nn.volume_descriptor(v, 1) for v in train])
-    index = nn.SSIMIndex(desc, load, 11, 1, k=2, margin=None, cache_bytes=2 * one)
+    index, loads = _counting_index(train, cached=2, k=2, margin=None)
     assert index.cache_capacity() == 2
     qd = np.stack([nn.volume_descriptor(v, 1) for v in queries])
     best, where = index.search_all(lambda i: queries[i], qd)
