@@ -79,6 +79,11 @@ def train_ldm(
     channels = common.ints(channels, None, "--channels")
     model_cfg = common.section(cfg, "denoiser", DenoiserConfig, locals())
     train_cfg = common.section(cfg, "ldm_train", LDMTrainConfig, locals())
+    if train_cfg.flow_timesteps != "uniform" and model_cfg.objective != "flow":
+        state.console.print(
+            f"[yellow]warning:[/] --flow-timesteps {train_cfg.flow_timesteps} applies to --objective flow; "
+            f"this {model_cfg.objective}-objective denoiser trains on uniform times"
+        )
     check_condition_inputs(model_cfg.condition_names, covariates)  # before volumes are read
     if covariates is not None:
         common.require_exists(covariates, "covariates table")

@@ -189,6 +189,15 @@ def test_flow_objective_end_to_end(trained, cli, tmp_path):
     assert r.code == 1 and "--sampler euler" in r.err
 
 
+def test_flow_timesteps_on_a_v_model_warns(trained, cli, tmp_path):
+    r = cli(
+        "train-ldm", trained.data, "--ae", trained.ae, "--out", tmp_path / "LV", "--config", TINY_YAML,
+        "--flow-timesteps", "logit-normal", "--steps", 1,
+    )  # fmt: skip
+    assert r.code == 0, r.both
+    assert "applies to --objective flow" in r.both and "uniform times" in r.both
+
+
 def test_reject_memorized(trained, cli, tmp_path):
     # The real SSIM filter. Threshold 1.0 keeps every sample and records its score.
     out = tmp_path / "mem_ok"
