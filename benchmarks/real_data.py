@@ -28,7 +28,9 @@ Parts (--only, comma-separated):
              an intensity head mask) and ventricle volume (ml) measured the same way on the
              samples' generated labels and on all real brains' labels (as the generator saw them);
              the synthetic age slope (difference of the group means over the age difference, its
-             bootstrap interval) against the real least-squares slope and its 95 % interval.
+             bootstrap interval) against the real least-squares slope and its 95 % interval;
+             per classifier-free guidance scale in --age-guidance (default 1). --age-ae and
+             --age-ldm reuse trained models.
   hippo-seg  `train-seg` LDSeg and the UNet baseline for the same wall time (--seg-minutes each)
              on 160 hippocampus cases; `segment` the 48 held-out cases; Dice per class and HD95 (mm).
   augment    for N in --aug-sizes and each generator of --aug-modes (train-ae + train-ldm,
@@ -475,6 +477,8 @@ def synthetic_slope(groups: dict[float, np.ndarray], seed: int = 0, reps: int = 
 def age_part(args, run: Runner, work: Path) -> dict:
     src = args.data / "ixi_t1_2mm"
     participants = src / "meta" / "participants.csv"
+    if args.age_ldm and not args.age_ae:
+        raise SystemExit("--age-ldm needs the --age-ae it was trained on")
     train_ids, test_ids = split(cases_of(src), 48, args.split_seed)
     print(f"\n## IXI age conditioning: {len(train_ids)} train brains (split seed {args.split_seed})", flush=True)
     train = link_subset(src, work / "train", train_ids)
@@ -490,8 +494,6 @@ def age_part(args, run: Runner, work: Path) -> dict:
             "--max-minutes", args.age_ae_minutes,
         )  # fmt: skip
     if args.age_ldm:
-        if not args.age_ae:
-            raise SystemExit("--age-ldm needs the --age-ae it was trained on")
         shutil.copytree(args.age_ldm, ldm)
         print(f"  age-conditioned denoiser: {args.age_ldm} (not trained in this run)", flush=True)
     else:
