@@ -198,7 +198,10 @@ class SSIMIndex:
 
     def search(self, volume: np.ndarray, descriptor: np.ndarray | None = None) -> tuple[float, int]:
         """(highest exact SSIM among the candidates, index of that training volume)."""
-        cand = self.candidates(self.descriptor(volume) if descriptor is None else descriptor)
+        return self._best_of(volume, self.candidates(self.descriptor(volume) if descriptor is None else descriptor))
+
+    def _best_of(self, volume: np.ndarray, cand: np.ndarray) -> tuple[float, int]:
+        """The exact stage: (highest SSIM among the candidates, index of that training volume)."""
         s = self.ssim_to(volume, cand)
         best = int(np.argmax(s))
         return float(s[best]), int(cand[best])
@@ -217,9 +220,7 @@ class SSIMIndex:
         cands = [self.candidates(descriptors[i]) for i in range(len(descriptors))]
         best, where = np.zeros(len(cands)), np.zeros(len(cands), dtype=np.int64)
         for i in locality_order(cands, self.cache_capacity()):
-            s = self.ssim_to(load(i), cands[i])
-            b = int(np.argmax(s))
-            best[i], where[i] = float(s[b]), int(cands[i][b])
+            best[i], where[i] = self._best_of(load(i), cands[i])
             if on_query is not None:
                 on_query()
         return best, where

@@ -92,12 +92,8 @@ def max_ssim_to_set(
         from ldmtool.evaluate.nnsearch import SSIMIndex
 
         index = SSIMIndex.from_volumes(reference, ssim_window(reference.shape[1:]), device=device, k=candidates)
-        best, where = np.zeros(len(queries)), np.zeros(len(queries), dtype=np.int64)
-        for q, vol in enumerate(queries):
-            best[q], where[q] = index.search(vol)
-            if on_query is not None:
-                on_query()
-        return best, where
+        descriptors = np.stack([index.descriptor(v) for v in queries])
+        return index.search_all(queries.__getitem__, descriptors, on_query)
     ssim = OneToManySSIM(reference, ssim_window(reference.shape[1:]), device, batch)
     best = np.full(len(queries), -np.inf)
     where = np.zeros(len(queries), dtype=np.int64)
