@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ldmtool.errors import LdmError
+from ldmtool.evaluate.cases import Cases
 from ldmtool.metrics import segmentation_metrics
 
 
@@ -42,6 +43,10 @@ class DownstreamConfig:
 
 
 # ---------------------------------------------------------------- segmentation
+
+# Test slices scored (and attacked) together. The attacks' per-slice steps do not depend on the
+# chunk: DiceCE's Dice is per slice (MONAI's batch=False) and a mean only scales the gradient.
+EVAL_SLICES = 32
 
 
 def _pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -96,8 +101,7 @@ def _mixing(n_real: int | None, n_total: int, cfg: DownstreamConfig) -> bool:
 
 
 def train_segmenter(
-    images: np.ndarray,
-    labels: np.ndarray,
+    data: Cases,
     n_classes: int,
     cfg: DownstreamConfig,
     device: torch.device,
@@ -105,40 +109,42 @@ def train_segmenter(
     on_step=None,
     n_real: int | None = None,
 ) -> torch.nn.Module:
-    """Fit the 2D UNet on the axial slices of (N, I, J, K) images/labels for cfg.steps steps.
+    """Fit the 2D UNet on the axial slices of the cases for cfg.steps steps (each batch's slices
+    read from the cases as it is drawn: no set is stacked).
 
-    `n_real`: the first n_real volumes are real, the rest synthetic; with cfg.real_share > 0 each
-    batch then takes that share of its slices from the real volumes."""
+    `n_real`: the first n_real cases are real, the rest synthetic; with cfg.real_share > 0 each
+    batch then takes that share of its slices from the real cases."""
     from monai.losses import DiceCELoss
 
     from ldmtool.runtime import autocast
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    x, y = axial_slices(images, labels)
     # Like nnU-Net's foreground oversampling: a share of each batch comes from slices that hold
     # the rarest foreground class, so small structures (lesions) are learned at all.
-    counts = np.bincount(labels.reshape(-1), minlength=n_classes)[1:]
+    counts = data.class_counts()[1:n_classes]
     rare = 1 + int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max))) if counts.any() else None
-    rare_idx = torch.nonzero((y == rare).flatten(1).any(1)).flatten() if rare is not None else torch.empty(0)
+    rare_idx = data.slices_with(rare) if rare is not None else torch.empty(0, dtype=torch.long)
     model = build_segmenter(n_classes, cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     mult = 2 ** (len(cfg.channels) - 1)
     model.train()
-    real_slices = None if n_real is None else n_real * images.shape[3]
-    mixing = _mixing(real_slices, len(x), cfg)
+    n_slices = data.n_slices
+    real_slices = None if n_real is None else n_real * data.shape[2]
+    mixing = _mixing(real_slices, n_slices, cfg)
     for _ in range(cfg.steps):
-        bs = min(cfg.batch_size, len(x))
+        bs = min(cfg.batch_size, n_slices)
         if mixing:
-            idx = _mixed_batch(real_slices, len(x), bs, cfg.real_share, gen, rare_idx, cfg.oversample)
+            idx = _mixed_batch(real_slices, n_slices, bs, cfg.real_share, gen, rare_idx, cfg.oversample)
         else:
-            idx = torch.randint(0, len(x), (bs,), generator=gen)
+            idx = torch.randint(0, n_slices, (bs,), generator=gen)
             n_rare = int(round(cfg.oversample * bs)) if len(rare_idx) else 0
             if n_rare:
                 idx[:n_rare] = rare_idx[torch.randint(0, len(rare_idx), (n_rare,), generator=gen)]
-        xb, _ = _pad_to(x[idx].to(device), mult)
-        yb, _ = _pad_to(y[idx].to(device), mult)
+        x, y = data.slice_batch(idx)
+        xb, _ = _pad_to(x.to(device), mult)
+        yb, _ = _pad_to(y.to(device), mult)
         with autocast(device):
             out = model(xb)
         loss = loss_fn(out.float(), yb)
@@ -184,8 +190,7 @@ def pgd(loss_of, x: torch.Tensor, eps: float, steps: int, generator: torch.Gener
 
 def evaluate_segmenter(
     model: torch.nn.Module,
-    images: np.ndarray,
-    labels: np.ndarray,
+    test: Cases,
     n_classes: int,
     cfg: DownstreamConfig,
     device: torch.device,
@@ -201,20 +206,24 @@ def evaluate_segmenter(
     mult = 2 ** (len(cfg.channels) - 1)
     gen = torch.Generator().manual_seed(seed)
     scores, ious, hd95s = [], [], []
-    for vol, lab in zip(images, labels):
-        x, y = axial_slices(vol[None], lab[None])
-        x, y = x.to(device), y.to(device)
-        loss_of = lambda inp: _seg_loss(model, inp, y, mult)  # noqa: E731, B023 (used within this iteration)
-        if perturb == "noise":
-            x = (x + cfg.noise_sigma * torch.randn(x.shape, generator=gen).to(device)).clamp(0, 1)
-        elif perturb == "fgsm":
-            x = fgsm(loss_of, x, cfg.epsilon)
-        elif perturb == "pgd":
-            x = pgd(loss_of, x, cfg.epsilon, cfg.pgd_steps, gen)
-        elif perturb != "clean":
+    for i in range(len(test)):
+        vol, lab = (np.array(a) for a in test.case(i))  # a copy: memory-mapped cases are read-only
+        x_all, y_all = axial_slices(vol[None], lab[None])
+        if perturb == "noise":  # drawn for the whole volume at once
+            x_all = (x_all + cfg.noise_sigma * torch.randn(x_all.shape, generator=gen)).clamp(0, 1)
+        elif perturb not in ("clean", "fgsm", "pgd"):
             raise ValueError(perturb)
-        with torch.no_grad():
-            pred = _seg_logits(model, x, mult).argmax(1).cpu().numpy()  # (K, I, J)
+        preds = []
+        for lo in range(0, len(x_all), EVAL_SLICES):  # slices in chunks: bounded memory at any size
+            x, y = x_all[lo : lo + EVAL_SLICES].to(device), y_all[lo : lo + EVAL_SLICES].to(device)
+            loss_of = lambda inp: _seg_loss(model, inp, y, mult)  # noqa: E731, B023 (used within this iteration)
+            if perturb == "fgsm":
+                x = fgsm(loss_of, x, cfg.epsilon)
+            elif perturb == "pgd":
+                x = pgd(loss_of, x, cfg.epsilon, cfg.pgd_steps, gen)
+            with torch.no_grad():
+                preds.append(_seg_logits(model, x, mult).argmax(1).cpu().numpy())
+        pred = np.concatenate(preds)  # (K, I, J)
         m = segmentation_metrics(
             pred.transpose(1, 2, 0), lab, n_classes, metrics=("dice", "iou", "hd95") if extra is not None else ("dice",)
         )
@@ -260,8 +269,7 @@ def build_classifier(shape: tuple[int, int, int], n_classes: int, cfg: Downstrea
 
 
 def train_classifier(
-    images: np.ndarray,
-    classes: np.ndarray,
+    data: Cases,
     n_classes: int,
     cfg: DownstreamConfig,
     device: torch.device,
@@ -269,25 +277,26 @@ def train_classifier(
     on_step=None,
     n_real: int | None = None,
 ) -> torch.nn.Module:
-    """Fit the classifier (`build_classifier`) on (N, I, J, K) images; `n_real` as in `train_segmenter`."""
+    """Fit the classifier (`build_classifier`) on the cases and their class ids (`Cases.targets`);
+    `n_real` as in `train_segmenter`. Each batch's volumes are read as it is drawn."""
     from ldmtool.runtime import autocast
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    x = torch.from_numpy(images).float()[:, None]
-    y = torch.from_numpy(classes).long()
-    model = build_classifier(images.shape[1:], n_classes, cfg).to(device)
+    y = torch.from_numpy(data.targets).long()
+    n = len(data)
+    model = build_classifier(data.shape, n_classes, cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     model.train()
-    mixing, none = _mixing(n_real, len(x), cfg), torch.empty(0, dtype=torch.long)
+    mixing, none = _mixing(n_real, n, cfg), torch.empty(0, dtype=torch.long)
     for _ in range(cfg.steps):
-        bs = min(cfg.batch_size, len(x))
+        bs = min(cfg.batch_size, n)
         if mixing:
-            idx = _mixed_batch(n_real, len(x), bs, cfg.real_share, gen, none, 0.0)
+            idx = _mixed_batch(n_real, n, bs, cfg.real_share, gen, none, 0.0)
         else:
-            idx = torch.randint(0, len(x), (bs,), generator=gen)
+            idx = torch.randint(0, n, (bs,), generator=gen)
         with autocast(device):
-            out = model(x[idx].to(device))
+            out = model(data.volume_batch(idx.tolist()).to(device))
         loss = F.cross_entropy(out.float(), y[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -328,20 +337,19 @@ def deepfool(
 
 def evaluate_classifier(
     model: torch.nn.Module,
-    images: np.ndarray,
-    classes: np.ndarray,
+    test: Cases,
     n_classes: int,
     cfg: DownstreamConfig,
     device: torch.device,
     seed: int,
     perturb: str = "clean",
 ) -> dict:
-    """Accuracy on test volumes, clean or under `perturb` ∈ noise | deepfool; for DeepFool also the
-    mean relative L2 size of the perturbation that was needed."""
+    """Accuracy on the test cases (class ids in `test.targets`), clean or under `perturb` ∈ noise |
+    deepfool; for DeepFool also the mean relative L2 size of the perturbation that was needed."""
     gen = torch.Generator().manual_seed(seed)
     correct, sizes = 0, []
-    for vol, cls in zip(images, classes):
-        x = torch.from_numpy(vol).float()[None, None].to(device)
+    for i, cls in enumerate(test.targets):
+        x = test.volume_batch([i]).to(device)
         if perturb == "noise":
             x = (x + cfg.noise_sigma * torch.randn(x.shape, generator=gen).to(device)).clamp(0, 1)
         elif perturb == "deepfool":
@@ -350,7 +358,7 @@ def evaluate_classifier(
             x = adv
         with torch.no_grad():
             correct += int(int(model(x).argmax(1)) == int(cls))
-    out = {"accuracy": correct / max(1, len(images))}
+    out = {"accuracy": correct / max(1, len(test))}
     if sizes:
         out["mean_relative_l2_perturbation"] = float(np.mean(sizes))
     return out

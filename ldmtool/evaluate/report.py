@@ -607,17 +607,26 @@ def _downstream(report: dict, run: _Run, class_labels: Path | None) -> None:
         "n_test": len(test),
     }
     unlabelled = [v.name for v in (base, syn, test) if not v.has_labels]
-    if class_labels is not None or (unlabelled and ds.has_classes((base, syn, test))):
-        _classification(report, run, dcfg, base, class_labels, settings)
-        return
-    if unlabelled:
+    classify = class_labels is not None or (unlabelled and ds.has_classes((base, syn, test)))
+    if unlabelled and not classify:
         for c in _downstream_criteria(run):
             report["skipped"][c] = (
                 f"no label maps in {', '.join(unlabelled)} (for classification: class folders, "
                 "`sample --class` outputs, or --class-labels CSV)"
             )
         return
-    _segmentation(report, run, dcfg, base, settings)
+    from ldmtool.evaluate.cases import CaseStore
+
+    # every set read once, case by case; sets too large for memory go to a scratch folder beside
+    # the report (removed at the end), see ldmtool.evaluate.cases
+    with CaseStore(run.fig_dir.parent, stages=run.stages) as store:
+        if classify:
+            _classification(report, run, dcfg, base, class_labels, settings, store)
+        else:
+            _segmentation(report, run, dcfg, base, settings, store)
+        for key in ("utility", "robustness", "utility_curve"):
+            if key in report:
+                report[key]["cases_held"] = "memory-mapped files" if store.on_disk else "memory"
 
 
 def _downstream_criteria(run: _Run) -> list[str]:
@@ -626,23 +635,20 @@ def _downstream_criteria(run: _Run) -> list[str]:
     return names + (["utility_curve"] if "utility" in run.only and run.cfg.utility_curve else [])
 
 
-def _segmentation(report: dict, run: _Run, dcfg, base: VolumeSet, settings: dict) -> None:
+def _segmentation(report: dict, run: _Run, dcfg, base: VolumeSet, settings: dict, store) -> None:
     """Segmenters trained on real / synthetic / both, scored on the test set clean and perturbed."""
     syn, test = run.syn, run.test
+    real_c, syn_c, test_c = store.get(base), store.get(syn), store.get(test)
     n_classes = int(max(max(v.label_names.values(), default=0) for v in (base, syn, test)))
-    n_classes = max(n_classes, int(max(base.labels.max(), syn.labels.max(), test.labels.max()))) + 1
+    n_classes = max(n_classes, real_c.max_label(), syn_c.max_label(), test_c.max_label()) + 1
     names = {v: k for k, v in (test.label_names or base.label_names).items()}
     fg = [names.get(c, f"class_{c}") for c in range(1, n_classes)]
-    train_sets = {
-        "real": (base.images, base.labels),
-        "synthetic": (syn.images, syn.labels),
-        "real+synthetic": (np.concatenate([base.images, syn.images]), np.concatenate([base.labels, syn.labels])),
-    }
+    train_sets = {"real": real_c, "synthetic": syn_c, "real+synthetic": real_c + syn_c}
     perturbs = ["clean"] + (["noise", "fgsm", "pgd"] if "robustness" in run.only else [])
     util, rob = {}, {}
-    for name, (x, y) in train_sets.items():
+    for name, cases in train_sets.items():
         n_real = len(base) if name == "real+synthetic" else None
-        scores = _segmenter_scores(run, dcfg, name, x, y, n_classes, fg, perturbs, n_real)
+        scores = _segmenter_scores(run, dcfg, name, cases, test_c, n_classes, fg, perturbs, n_real)
         util[name] = scores["clean"]
         if "robustness" in run.only:
             rob[name] = {p: scores[p] for p in perturbs if p != "clean"}
@@ -669,34 +675,30 @@ def _segmentation(report: dict, run: _Run, dcfg, base: VolumeSet, settings: dict
     _utility_figure(report, run, util, rob, "dice_mean", "mean Dice")
     from ldmtool.evaluate.utility_curve import CurveTask, add_utility_curve
 
-    task = CurveTask(
-        "segmentation", train_sets["real"], train_sets["synthetic"], (test.images, test.labels), n_classes, fg
-    )
-    add_utility_curve(report, run, dcfg, task)
+    add_utility_curve(report, run, dcfg, CurveTask("segmentation", real_c, syn_c, test_c, n_classes, fg))
 
 
 def _segmenter_scores(
     run: _Run,
     dcfg,
     name: str,
-    x: np.ndarray,
-    y: np.ndarray,
+    cases,
+    test_c,
     n_classes: int,
     fg: list[str],
     perturbs: list[str],
     n_real: int | None = None,
 ) -> dict[str, dict]:
-    """Train one segmenter on (x, y); its Dice (and, perturbed, IoU and HD95) per test condition.
-    `n_real`: the first n_real cases of x are real (`DownstreamConfig.real_share`)."""
+    """Train one segmenter on `cases`; its Dice (and, unperturbed, IoU and HD95) on the test cases
+    per condition. `n_real`: the first n_real cases are real (`DownstreamConfig.real_share`)."""
     from ldmtool.evaluate import downstream as ds
 
-    test = run.test
     step = run.stages.stage(f"segmenter on {name}", dcfg.steps + len(perturbs))
-    model = ds.train_segmenter(x, y, n_classes, dcfg, run.device, run.seed, on_step=step, n_real=n_real)
+    model = ds.train_segmenter(cases, n_classes, dcfg, run.device, run.seed, on_step=step, n_real=n_real)
     scores = {}
     for p in perturbs:
         extra = {} if p == "clean" else None
-        d = ds.evaluate_segmenter(model, test.images, test.labels, n_classes, dcfg, run.device, run.seed, p, extra)
+        d = ds.evaluate_segmenter(model, test_c, n_classes, dcfg, run.device, run.seed, p, extra)
         scores[p] = {"dice_mean": float(np.nanmean(d)), "dice": {c: float(v) for c, v in zip(fg, d)}}
         if extra is not None:
             scores[p]["iou"] = {c: float(v) for c, v in zip(fg, extra["iou"])}
@@ -705,7 +707,9 @@ def _segmenter_scores(
     return scores
 
 
-def _classification(report: dict, run: _Run, dcfg, base: VolumeSet, class_labels: Path | None, settings: dict) -> None:
+def _classification(
+    report: dict, run: _Run, dcfg, base: VolumeSet, class_labels: Path | None, settings: dict, store
+) -> None:
     """Classifiers trained on real / synthetic / both, scored clean and perturbed; classes from the
     CSV, else the sets' own (class folders, `sample --class` provenance)."""
     from ldmtool.evaluate import downstream as ds
@@ -715,27 +719,20 @@ def _classification(report: dict, run: _Run, dcfg, base: VolumeSet, class_labels
     classes = sorted({c for v in table.values() for c in v})
     to_int = {c: i for i, c in enumerate(classes)}
 
-    def cls_of(vs):
-        return np.array([to_int[c] for c in table[vs.name]])
+    def cases_of(vs):
+        return store.get(vs).with_targets([to_int[c] for c in table[vs.name]])
 
-    train_sets = {
-        "real": (base.images, cls_of(base)),
-        "synthetic": (syn.images, cls_of(syn)),
-        "real+synthetic": (
-            np.concatenate([base.images, syn.images]),
-            np.concatenate([cls_of(base), cls_of(syn)]),
-        ),
-    }
+    real_c, syn_c, test_c = cases_of(base), cases_of(syn), cases_of(test)
+    train_sets = {"real": real_c, "synthetic": syn_c, "real+synthetic": real_c + syn_c}
     perturbs = ["clean"] + (["noise", "deepfool"] if "robustness" in only else [])
     util, rob = {}, {}
-    y_test = cls_of(test)
-    for name, (x, y) in train_sets.items():
+    for name, cases in train_sets.items():
         step = run.stages.stage(f"classifier on {name}", dcfg.steps + len(perturbs))
         n_real = len(base) if name == "real+synthetic" else None
-        model = ds.train_classifier(x, y, len(classes), dcfg, run.device, run.seed, on_step=step, n_real=n_real)
+        model = ds.train_classifier(cases, len(classes), dcfg, run.device, run.seed, on_step=step, n_real=n_real)
         scores = {}
         for p in perturbs:
-            scores[p] = ds.evaluate_classifier(model, test.images, y_test, len(classes), dcfg, run.device, run.seed, p)
+            scores[p] = ds.evaluate_classifier(model, test_c, len(classes), dcfg, run.device, run.seed, p)
             step()
         util[name] = scores["clean"]
         if "robustness" in only:
@@ -761,10 +758,7 @@ def _classification(report: dict, run: _Run, dcfg, base: VolumeSet, class_labels
     _utility_figure(report, run, util, rob, "accuracy", "accuracy")
     from ldmtool.evaluate.utility_curve import CurveTask, add_utility_curve
 
-    task = CurveTask(
-        "classification", train_sets["real"], train_sets["synthetic"], (test.images, y_test), len(classes), classes
-    )
-    add_utility_curve(report, run, dcfg, task)
+    add_utility_curve(report, run, dcfg, CurveTask("classification", real_c, syn_c, test_c, len(classes), classes))
 
 
 def _utility_figure(report: dict, run: _Run, util: dict, rob: dict, key: str, label: str) -> None:

@@ -16,6 +16,7 @@ import torch
 
 from ldmtool.errors import LdmError
 from ldmtool.evaluate import downstream as ds
+from ldmtool.evaluate.cases import Cases
 
 SUBSET_RULE = (
     "repeat s draws one seeded permutation of the real training cases and one of the synthetic cases; "
@@ -27,20 +28,20 @@ SYNTHETIC_ONLY = "synthetic only"
 
 @dataclass
 class CurveTask:
-    """The data of one curve: (images, targets) pairs and how they are scored.
+    """The data of one curve and how it is scored.
 
     Args:
-        kind: "segmentation" (targets are (N, I, J, K) label maps; Dice) or "classification"
-            (targets are class ids; accuracy).
-        real, synthetic, test: (images (N, I, J, K) in [0, 1], targets).
+        kind: "segmentation" (cases with label maps; Dice) or "classification" (cases with class
+            ids; accuracy).
+        real, synthetic, test: the cases (`ldmtool.evaluate.cases.Cases`; subsets are index lists).
         n_classes: classes including background (segmentation) or all classes (classification).
         class_names: the foreground classes Dice is reported for (segmentation); the classes (classification).
     """
 
     kind: str
-    real: tuple[np.ndarray, np.ndarray]
-    synthetic: tuple[np.ndarray, np.ndarray]
-    test: tuple[np.ndarray, np.ndarray]
+    real: Cases
+    synthetic: Cases
+    test: Cases
     n_classes: int
     class_names: list[str]
 
@@ -98,23 +99,21 @@ def shortfall_warnings(sizes: list[int], ratios: tuple[float, ...], n_syn: int) 
 def fit_and_score(
     task: CurveTask,
     dcfg: ds.DownstreamConfig,
-    x: np.ndarray,
-    y: np.ndarray,
+    cases: Cases,
     device: torch.device,
     seed: int,
     on_step,
     n_real: int | None = None,
 ) -> tuple[float, list[float] | None]:
-    """Train one downstream model on (x, y), score it on the test set: (headline score, per-class Dice or None).
+    """Train one downstream model on the cases, score it on the test set: (headline score, per-class Dice or None).
 
-    `n_real`: the first n_real cases of x are real (see `DownstreamConfig.real_share`)."""
-    tx, ty = task.test
+    `n_real`: the first n_real cases are real (see `DownstreamConfig.real_share`)."""
     if task.kind == "segmentation":
-        model = ds.train_segmenter(x, y, task.n_classes, dcfg, device, seed, on_step=on_step, n_real=n_real)
-        dice = ds.evaluate_segmenter(model, tx, ty, task.n_classes, dcfg, device, seed)
+        model = ds.train_segmenter(cases, task.n_classes, dcfg, device, seed, on_step=on_step, n_real=n_real)
+        dice = ds.evaluate_segmenter(model, task.test, task.n_classes, dcfg, device, seed)
         return float(np.nanmean(dice)), [float(d) for d in dice]
-    model = ds.train_classifier(x, y, task.n_classes, dcfg, device, seed, on_step=on_step, n_real=n_real)
-    return float(ds.evaluate_classifier(model, tx, ty, task.n_classes, dcfg, device, seed)["accuracy"]), None
+    model = ds.train_classifier(cases, task.n_classes, dcfg, device, seed, on_step=on_step, n_real=n_real)
+    return float(ds.evaluate_classifier(model, task.test, task.n_classes, dcfg, device, seed)["accuracy"]), None
 
 
 def _point(task: CurveTask, scores: list[float], per_class: list[list[float] | None], n_real: int, n_syn: int) -> dict:
@@ -149,17 +148,16 @@ def run_curve(
     Returns {str(N): {condition: {"mean", "std", "per_seed", "n_real", "n_synthetic"[, "per_class"]}}}.
     `on_step` is called after every training step and after every test-set evaluation.
     """
-    (rx, ry), (sx, sy) = task.real, task.synthetic
+    real, syn = task.real, task.synthetic
     results: dict[str, dict[str, dict]] = {}
     for n in sizes:
         scores: dict[str, list] = {c: [] for c in condition_names(ratios)}
         per_class: dict[str, list] = {c: [] for c in scores}
         counts: dict[str, tuple[int, int]] = {}
         for s in range(seeds):
-            for cond, (ri, si) in subsets(len(rx), len(sx), n, ratios, seed, s).items():
-                x = np.concatenate([rx[ri], sx[si]])
-                y = np.concatenate([ry[ri], sy[si]])
-                score, pc = fit_and_score(task, dcfg, x, y, device, seed + s, on_step, n_real=len(ri))
+            for cond, (ri, si) in subsets(len(real), len(syn), n, ratios, seed, s).items():
+                cases = real.subset(ri) + syn.subset(si)
+                score, pc = fit_and_score(task, dcfg, cases, device, seed + s, on_step, n_real=len(ri))
                 scores[cond].append(score)
                 per_class[cond].append(pc)
                 counts[cond] = (len(ri), len(si))
@@ -191,8 +189,8 @@ def add_utility_curve(report: dict, run, dcfg: ds.DownstreamConfig, task: CurveT
     cfg = run.cfg
     if "utility" not in cfg.only or not cfg.utility_curve:
         return
-    sizes, warnings = usable_sizes(cfg.utility_curve, len(task.real[0]))
-    warnings += shortfall_warnings(sizes, cfg.curve_ratios, len(task.synthetic[0]))
+    sizes, warnings = usable_sizes(cfg.utility_curve, len(task.real))
+    warnings += shortfall_warnings(sizes, cfg.curve_ratios, len(task.synthetic))
     conds = condition_names(cfg.curve_ratios)
     step = run.stages.stage("utility curve", len(sizes) * cfg.curve_seeds * len(conds) * (dcfg.steps + 1))
     results = run_curve(
@@ -208,9 +206,9 @@ def add_utility_curve(report: dict, run, dcfg: ds.DownstreamConfig, task: CurveT
         "seeds": cfg.curve_seeds,
         "conditions": conds,
         "subset_rule": SUBSET_RULE,
-        "n_real_available": len(task.real[0]),
-        "n_synthetic_available": len(task.synthetic[0]),
-        "n_test": len(task.test[0]),
+        "n_real_available": len(task.real),
+        "n_synthetic_available": len(task.synthetic),
+        "n_test": len(task.test),
         "steps": dcfg.steps,
         "real_share": dcfg.real_share,
         "results": results,

@@ -14,8 +14,9 @@ class VolumeSet:
 
     Either held in memory (arrays given) or read case by case from a data set (`open_volume_set`):
     `volume(i)` / `label(i)` / `iter_volumes()` read one case at a time and release it, so a
-    stage that streams holds one volume; `images` / `labels` read the whole set once (and keep it)
-    for the stages that need every volume at once (downstream training).
+    stage that streams holds one volume (every stage of `evaluate` does; the downstream models read
+    their cases through `ldmtool.evaluate.cases`); `images` / `labels` read the whole set once (and
+    keep it), for small sets and for code that wants one array.
     """
 
     def __init__(

@@ -167,6 +167,7 @@ class _Recorder(torch.nn.Module):
 @pytest.mark.parametrize("share", [0.0, 0.75])
 def test_segmenter_batches_take_the_real_share(monkeypatch, share):
     from ldmtool.evaluate import downstream as ds
+    from ldmtool.evaluate.cases import cases_from_arrays
 
     # 1 real volume of ones, 9 synthetic volumes of zeros, labels everywhere class 1 (no rare class)
     x = np.concatenate([np.ones((1, 8, 8, 4)), np.zeros((9, 8, 8, 4))]).astype(np.float32)
@@ -174,7 +175,7 @@ def test_segmenter_batches_take_the_real_share(monkeypatch, share):
     rec = _Recorder(2)
     monkeypatch.setattr(ds, "build_segmenter", lambda n_classes, cfg: rec)
     cfg = ds.DownstreamConfig(channels=(4, 8), steps=30, batch_size=16, real_share=share)
-    ds.train_segmenter(x, y, 2, cfg, torch.device("cpu"), 0, n_real=1)
+    ds.train_segmenter(cases_from_arrays(x, y), 2, cfg, torch.device("cpu"), 0, n_real=1)
     means = np.array(rec.means)
     if share:
         assert np.allclose(means, 0.75)  # every batch: 12 of its 16 slices from the real volume
