@@ -103,6 +103,39 @@ def build_sets(ixi: Path, work: Path, shape: tuple[int, ...], n_train: list[int]
     return {k: v.parent for k, v in sets.items()}
 
 
+LABEL_RULE = "label 1 where 0.1 < intensity ≤ 0.45, 2 where intensity > 0.45 (intensities in [0, 1] as stored)"
+
+
+def labelled_twin(folder: Path, work: Path) -> Path:
+    """A labelled copy of a set for the downstream models: its images linked, label maps made from
+    the image by LABEL_RULE (a tissue-class map a segmenter can learn), and a dataset.json."""
+    import nibabel as nib
+
+    twin = work / "labelled" / folder.name
+    (twin / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (twin / "labelsTr").mkdir(parents=True, exist_ok=True)
+    for img in sorted((folder / "imagesTr").glob("*_0000.nii.gz")):
+        case = img.name[: -len("_0000.nii.gz")]
+        link, lab = twin / "imagesTr" / img.name, twin / "labelsTr" / f"{case}.nii.gz"
+        if not link.exists():
+            link.symlink_to(img.resolve())
+        if lab.exists():
+            continue
+        nii = nib.load(str(img))
+        v = np.asarray(nii.dataobj).astype(np.float32) / 255.0
+        seg = np.where(v > 0.45, 2, np.where(v > 0.1, 1, 0)).astype(np.uint8)
+        tmp = lab.with_name(f"{case}.partial.nii.gz")
+        nib.save(nib.Nifti1Image(seg, nii.affine), str(tmp))
+        tmp.replace(lab)
+    meta = {
+        "channel_names": {"0": "T1"},
+        "labels": {"background": 0, "tissue": 1, "bright": 2},
+        "file_ending": ".nii.gz",
+    }
+    (twin / "dataset.json").write_text(json.dumps(meta))
+    return twin
+
+
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -134,6 +167,41 @@ def child_new(a) -> dict:
         "recall_checked": search["recall_vs_exhaustive"].get("checked"),
         "pairs_per_query": search["exact_pairs_per_query"],
         "flagged": rep["privacy"]["flagged"],
+        "peak_mb": _peak_mb(),
+    }
+
+
+def child_full(a) -> dict:
+    """One `run_evaluation` with every criterion that reads the volume sets (fidelity, diversity,
+    privacy, utility, robustness) on the labelled twins: segmenters on the training set, the
+    synthetic set and both, tested on --real; cold feature cache."""
+    import warnings
+
+    from ldmtool.config import EvaluateConfig
+    from ldmtool.evaluate.report import run_evaluation
+
+    warnings.simplefilter("ignore")
+    cfg = EvaluateConfig(
+        only=("fidelity", "diversity", "privacy", "utility", "robustness"),
+        cache_dir=a.cache,
+        nn_recall_check=a.recall_queries,
+        nn_candidates=a.candidates,
+    )
+    t0 = time.perf_counter()
+    rep = run_evaluation(
+        Path(a.real), Path(a.syn), Path(a.out) / "full", cfg, train_dir=Path(a.train), test_dir=Path(a.real)
+    )
+    util = rep["utility"]
+    return {
+        "cold_s": time.perf_counter() - t0,
+        "cold_stages": rep["stage_seconds"],
+        "recall": rep["privacy"]["search"]["recall_vs_exhaustive"].get("recall"),
+        "recall_checked": rep["privacy"]["search"]["recall_vs_exhaustive"].get("checked"),
+        "pairs_per_query": rep["privacy"]["search"]["exact_pairs_per_query"],
+        "flagged": rep["privacy"]["flagged"],
+        "cases_held": util.get("cases_held"),
+        "dice": {k: round(v["dice_mean"], 3) for k, v in util["results"].items()},
+        "pgd_dice": {k: round(v["pgd"]["dice_mean"], 3) for k, v in rep["robustness"]["results"].items()},
         "peak_mb": _peak_mb(),
     }
 
@@ -238,6 +306,12 @@ def main() -> None:
     ap.add_argument("--recall-queries", type=int, default=10)
     ap.add_argument("--reject-samples", type=int, default=10)
     ap.add_argument("--no-warm", action="store_true", help="skip the second (cache-warm) evaluate of each size")
+    ap.add_argument(
+        "--full",
+        action="store_true",
+        help="measure instead the full evaluate (fidelity, diversity, privacy, utility, robustness) on "
+        "labelled twins of the sets (label maps by a fixed intensity rule, printed with the table)",
+    )
     a = ap.parse_args()
     if not (Path(a.ixi) / "imagesTr").is_dir():
         print(f"IXI brains not found at {a.ixi} — nothing to do (give --ixi DIR)", file=sys.stderr)  # no results file
@@ -249,6 +323,9 @@ def main() -> None:
     n_train, n_syn = _ints(a.train), _ints(a.synthetic)
     sets = build_sets(Path(a.ixi), work, shape, n_train, n_syn, a.real)
     configs = [(n_syn[0], t) for t in n_train] + [(s, n_train[0]) for s in n_syn[1:]]
+    if a.full:
+        full_table(a, work, shape, sets, configs)
+        return
     rows = []
     for s, t in configs:
         paths = dict(real=sets["real"], syn=sets[f"syn_{s}"], train=sets[f"train_{t}"])
@@ -288,6 +365,38 @@ def main() -> None:
     print("\nlinear fit of the new path:", fit_extrapolate(rows))
 
 
+def full_table(a, work: Path, shape: tuple[int, ...], sets: dict, configs: list[tuple[int, int]]) -> None:
+    """--full: the whole evaluate per configuration, its stage seconds and the linear fit."""
+    twins = {k: labelled_twin(v, work / "x".join(map(str, shape))) for k, v in sets.items()}
+    rows = []
+    for s, t in configs:
+        tag = f"full-{s}x{t}"
+        paths = dict(real=twins["real"], syn=twins[f"syn_{s}"], train=twins[f"train_{t}"])
+        rows.append(
+            {
+                "synthetic": s,
+                "train": t,
+                **measure("full", a, **paths, cache=work / "cache" / tag, out=work / "reports" / tag),
+            }
+        )
+    print(
+        f"## full evaluate at {'×'.join(map(str, shape))}, {a.real} real (= test) volumes, candidates {a.candidates}\n"
+    )
+    print(f"Label maps of every set: {LABEL_RULE}. Downstream settings: evaluate's defaults.\n")
+    print(
+        "| synthetic | train | total s | peak MB | cases held | NN recall (checked) | Dice real / syn / both | PGD Dice real / syn / both |"
+    )
+    print("|" + "---|" * 8)
+    for r in rows:
+        dice = " / ".join(f"{r['dice'][k]:.3f}" for k in ("real", "synthetic", "real+synthetic"))
+        pgd = " / ".join(f"{r['pgd_dice'][k]:.3f}" for k in ("real", "synthetic", "real+synthetic"))
+        cells = [r["synthetic"], r["train"], f"{r['cold_s']:.1f}", f"{r['peak_mb']:.0f}", r["cases_held"]]
+        cells += [f"{r['recall']} ({r['recall_checked']})", dice, pgd]
+        print("| " + " | ".join(map(str, cells)) + " |")
+    print("\nstage seconds:", json.dumps({f"{r['synthetic']}x{r['train']}": r["cold_stages"] for r in rows}))
+    print("\nlinear fit of the full evaluate:", fit_extrapolate(rows))
+
+
 def _child() -> None:
     ap = argparse.ArgumentParser()
     for k in ("child", "real", "syn", "train", "cache", "out"):
@@ -299,7 +408,7 @@ def _child() -> None:
     import torch
 
     torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", "2")))
-    result = {"new": child_new, "old": child_old, "reject": child_reject}[a.child](a)
+    result = {"new": child_new, "old": child_old, "reject": child_reject, "full": child_full}[a.child](a)
     print(json.dumps(result))
 
 
