@@ -21,7 +21,12 @@ process (peak memory = that process's maximum resident set):
 * reject: `MemorizationFilter` on the training folder (index built once), then seconds per
   checked sample (samples read one at a time, the check alone timed; its cache of training
   volumes fills over the first samples, so use enough of them: --reject-samples).
-The last line fits time = a + b·synthetic + c·train over the new runs (or, all at one --train size,
+* full (`--full`, instead of the three above): one `run_evaluation` with every criterion that
+  reads the sets (fidelity, diversity, privacy, utility, robustness: segmenters on the training
+  set, the synthetic set and both at evaluate's default size, tested clean and attacked on
+  --real), on labelled twins of the sets (images linked, label maps from a fixed intensity rule),
+  cold feature cache.
+The last line fits time = a + b·synthetic + c·train over the new (or full) runs (or, all at one --train size,
 time = a + b·synthetic at that size) and extrapolates to 1,000
 synthetic × 300 training volumes.
 """

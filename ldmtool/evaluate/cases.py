@@ -15,7 +15,9 @@ first read, so the rare-class oversampling and the class count need no second pa
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -151,31 +153,51 @@ def cases_from_arrays(images: np.ndarray, labels: np.ndarray | None = None, targ
     return Cases(items, tuple(images.shape[1:]), targets)
 
 
+def _stop(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 class CaseStore:
     """Reads `VolumeSet`s into `Cases` for one evaluation: every set once (aliases share), in memory
-    while the sets read so far fit in `budget` bytes, else unpacked into a scratch folder under
-    `parent` that is removed on exit. `budget` defaults to `IN_MEMORY_BYTES`."""
+    while the sets planned so far fit in `budget` bytes, else unpacked into a scratch folder under
+    `parent` that is removed on exit (also on SIGTERM, which then ends the run with status 143;
+    only a SIGKILL leaves a `.downstream-cases-*` folder behind). `budget` defaults to
+    `IN_MEMORY_BYTES`.
+
+    `watch(vs)` before the earlier stages stream a set (the feature pass) keeps each case as that
+    stage reads it, so `get(vs)` reads only the cases no stage has read: one read per volume."""
 
     def __init__(self, parent: Path, budget: int | None = None, stages=None) -> None:
         self.parent, self.stages = Path(parent), stages
         self.budget = IN_MEMORY_BYTES if budget is None else int(budget)
         self._scratch: Path | None = None
+        self._installed, self._previous = False, None
+        self._sets: dict[int, tuple[object, Path | None, list[_Case | None]]] = {}  # key → (set, folder, cases)
         self._read: dict[int, Cases] = {}
 
     def __enter__(self) -> CaseStore:
+        # SIGTERM (a scheduler's stop) ends the run through __exit__, so the scratch folder goes too
+        self._installed = threading.current_thread() is threading.main_thread()
+        if self._installed:
+            self._previous = signal.signal(signal.SIGTERM, _stop)
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+            self._installed = False
+        for vs, _, _ in self._sets.values():
+            vs.untap(self._keep)
+        self._sets.clear()
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
 
-    def get(self, vs) -> Cases:
-        """The cases of a VolumeSet (labels kept when it has them)."""
-        if vs.key in self._read:
-            return self._read[vs.key]
-        voxels = int(np.prod(vs.shape))
-        nbytes = len(vs) * voxels * (4 + (1 if vs.has_labels else 0))
+    def watch(self, vs) -> None:
+        """Plan where the cases of `vs` go and keep every case that any stage reads from now on."""
+        if vs.key in self._sets:
+            return
+        nbytes = len(vs) * int(np.prod(vs.shape)) * (4 + (1 if vs.has_labels else 0))
         folder = None
         if vs.in_memory or nbytes <= self.budget:
             self.budget -= 0 if vs.in_memory else nbytes
@@ -183,15 +205,31 @@ class CaseStore:
             if self._scratch is None:
                 self.parent.mkdir(parents=True, exist_ok=True)
                 self._scratch = Path(tempfile.mkdtemp(prefix=".downstream-cases-", dir=self.parent))
-            folder = self._scratch / f"set{len(self._read)}"
+            folder = self._scratch / f"set{len(self._sets)}"
             folder.mkdir()
-        step = self.stages.stage(f"reading {vs.name} for the downstream models", len(vs)) if self.stages else None
-        items = []
-        for i in range(len(vs)):
-            img, lab = vs.read(i)
-            items.append(_Case(np.asarray(img, dtype=np.float32), lab, folder, f"c{i:06d}"))
+        self._sets[vs.key] = (vs, folder, [None] * len(vs))
+        vs.tap(self._keep)
+
+    def _keep(self, vs, i: int, img: np.ndarray, lab: np.ndarray | None) -> None:
+        _, folder, items = self._sets[vs.key]
+        if items[i] is None:
+            items[i] = _Case(np.asarray(img, dtype=np.float32), lab, folder, f"c{i:06d}")
+
+    def get(self, vs) -> Cases:
+        """The cases of a VolumeSet (labels kept when it has them), reading those not yet kept."""
+        if vs.key in self._read:
+            return self._read[vs.key]
+        self.watch(vs)
+        _, _, items = self._sets[vs.key]
+        missing = [i for i, c in enumerate(items) if c is None]
+        step = None
+        if self.stages is not None and missing:
+            step = self.stages.stage(f"reading {vs.name} for the downstream models", len(missing))
+        for i in missing:
+            vs.read(i)  # kept by the tap
             if step is not None:
                 step()
+        vs.untap(self._keep)
         self._read[vs.key] = out = Cases(items, vs.shape)
         return out
 

@@ -8,6 +8,7 @@ into report.json, report.html (self-contained) and figures/*.png.
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -82,6 +83,7 @@ class _Run:
     fig_dir: Path
     stages: _Stages
     generator: tuple[Path, Path] | None = None  # (autoencoder, denoiser) for membership inference
+    cases: object | None = None  # the downstream models' CaseStore (`ldmtool.evaluate.cases`), when they run
 
     @property
     def only(self) -> set[str]:
@@ -140,12 +142,21 @@ def run_evaluation(
                 report["stage_seconds"] = st.times
         report["seconds"] = round(time.perf_counter() - t_start, 2)
         return report
-    with _Stages(console) as st:
+    with _Stages(console) as st, ExitStack() as scope:
         sets = _read_sets(report, paths, cfg, st)
         real, train, test = sets["real"], sets["train"], sets["test"]
         cfg = _planar(report, cfg, real)
         heldout = _heldout(real, train, test)
         run = _Run(cfg, real, sets["synthetic"], train, test, heldout, device, seed, fig_dir, st, generator)
+        if only & {"utility", "robustness"} and _downstream_task(run, class_labels) is not None:
+            from ldmtool.evaluate.cases import CaseStore
+
+            # the downstream models' cases are kept as the feature pass reads them (one read per
+            # volume); sets too large for memory go to a scratch folder beside the report, removed
+            # at the end (see ldmtool.evaluate.cases)
+            run.cases = scope.enter_context(CaseStore(fig_dir.parent, stages=st))
+            for vs in (_downstream_base(run), run.syn, test):
+                run.cases.watch(vs)
         if "utility" in only and cfg.utility_curve and test is not None:
             from ldmtool.evaluate.utility_curve import usable_sizes
 
@@ -586,7 +597,7 @@ def _downstream(report: dict, run: _Run, class_labels: Path | None) -> None:
         deepfool_iters=cfg.deepfool_iters,
         real_share=cfg.real_share,
     )
-    base = run.train if run.train is not None else run.real
+    base = _downstream_base(run)
     if test is None:
         for c in _downstream_criteria(run):
             report["skipped"][c] = "needs --test (real test volumes with labels)"
@@ -606,27 +617,43 @@ def _downstream(report: dict, run: _Run, class_labels: Path | None) -> None:
         "test_set": test.name,
         "n_test": len(test),
     }
-    unlabelled = [v.name for v in (base, syn, test) if not v.has_labels]
-    classify = class_labels is not None or (unlabelled and ds.has_classes((base, syn, test)))
-    if unlabelled and not classify:
+    task = _downstream_task(run, class_labels)
+    if task is None:
+        unlabelled = [v.name for v in (base, syn, test) if not v.has_labels]
         for c in _downstream_criteria(run):
             report["skipped"][c] = (
                 f"no label maps in {', '.join(unlabelled)} (for classification: class folders, "
                 "`sample --class` outputs, or --class-labels CSV)"
             )
         return
-    from ldmtool.evaluate.cases import CaseStore
+    store = run.cases
+    if task == "classification":
+        _classification(report, run, dcfg, base, class_labels, settings, store)
+    else:
+        _segmentation(report, run, dcfg, base, settings, store)
+    for key in ("utility", "robustness", "utility_curve"):
+        if key in report:
+            report[key]["cases_held"] = "memory-mapped files" if store.on_disk else "memory"
 
-    # every set read once, case by case; sets too large for memory go to a scratch folder beside
-    # the report (removed at the end), see ldmtool.evaluate.cases
-    with CaseStore(run.fig_dir.parent, stages=run.stages) as store:
-        if classify:
-            _classification(report, run, dcfg, base, class_labels, settings, store)
-        else:
-            _segmentation(report, run, dcfg, base, settings, store)
-        for key in ("utility", "robustness", "utility_curve"):
-            if key in report:
-                report[key]["cases_held"] = "memory-mapped files" if store.on_disk else "memory"
+
+def _downstream_base(run: _Run) -> VolumeSet:
+    """The real training set of the downstream models: --train, else --real."""
+    return run.train if run.train is not None else run.real
+
+
+def _downstream_task(run: _Run, class_labels: Path | None) -> str | None:
+    """ "segmentation" (every set has label maps), "classification" (a class CSV, or sets without
+    label maps whose cases all have classes) or None (neither: the downstream criteria are skipped);
+    None also without a test set."""
+    from ldmtool.evaluate import downstream as ds
+
+    if run.test is None:
+        return None
+    sets = (_downstream_base(run), run.syn, run.test)
+    unlabelled = [v for v in sets if not v.has_labels]
+    if class_labels is not None or (unlabelled and ds.has_classes(sets)):
+        return "classification"
+    return None if unlabelled else "segmentation"
 
 
 def _downstream_criteria(run: _Run) -> list[str]:

@@ -38,7 +38,8 @@ class VolumeSet:
         self.name, self.root, self.case_ids = name, root, list(case_ids)
         self.label_names = dict(label_names or {})
         self.spacing = spacing  # voxel size (mm) of the first case as read
-        self._store = {"images": images, "labels": labels}  # shared with aliases
+        # shared with aliases: the arrays once read, and the taps (callables told of every case read)
+        self._store = {"images": images, "labels": labels, "taps": []}
         self._reader = reader
         self._shape = tuple(shape) if shape is not None else tuple(images.shape[1:])
         self._reader = reader
@@ -86,8 +87,22 @@ class VolumeSet:
         """Case i: image (I, J, K) float32 in [0, 1] and uint8 label map (None without labels)."""
         images, labels = self._store["images"], self._store["labels"]
         if images is not None:
-            return images[i], None if labels is None else labels[i]
-        return self._reader(i)
+            out = images[i], None if labels is None else labels[i]
+        else:
+            out = self._reader(i)
+        for tap in self._store["taps"]:
+            tap(self, i, *out)
+        return out
+
+    def tap(self, fn) -> None:
+        """Call fn(set, i, image, label) on every case read from now on (this set and its aliases),
+        so a later stage can keep what an earlier one reads (`ldmtool.evaluate.cases.CaseStore`)."""
+        if fn not in self._store["taps"]:
+            self._store["taps"].append(fn)
+
+    def untap(self, fn) -> None:
+        if fn in self._store["taps"]:
+            self._store["taps"].remove(fn)
 
     def stack(self, indices) -> np.ndarray:
         """Images of the given cases (K, I, J, K), read as needed."""

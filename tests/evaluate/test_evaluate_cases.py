@@ -57,6 +57,24 @@ def test_scratch_holds_every_case_once_and_is_removed(tmp_path, make_phantoms):
     assert not list(tmp_path.glob(".downstream-cases-*"))
 
 
+def test_sigterm_removes_the_scratch_folder(tmp_path, make_phantoms):
+    import os
+    import signal
+
+    images, labels = make_phantoms(2, 4)
+    vs, _ = _reader_set(images, labels)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stop:
+        with cs.CaseStore(tmp_path, budget=0) as store:
+            store.get(vs)
+            assert list(tmp_path.glob(".downstream-cases-*/*/*.npy"))
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):  # the handler runs between bytecodes
+                pass
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert not list(tmp_path.glob(".downstream-cases-*")) and signal.getsignal(signal.SIGTERM) == before
+
+
 def test_subsets_and_joins_share_the_cases(make_phantoms):
     images, labels = make_phantoms(4, 2)
     real = cs.cases_from_arrays(images[:2], labels[:2])
@@ -114,3 +132,42 @@ def test_evaluate_unpacks_large_sets_and_reports_the_same(sets_dir, tmp_path, mo
     for key in ("utility", "robustness", "utility_curve"):
         a, b = (json.dumps(r[key]["results"], sort_keys=True) for r in (mem, disk))
         assert a == b, key
+
+
+def test_cases_read_by_an_earlier_stage_are_not_read_again(tmp_path, make_phantoms):
+    images, labels = make_phantoms(4, 5)
+    vs, reads = _reader_set(images, labels)
+    with cs.CaseStore(tmp_path, budget=0) as store:
+        store.watch(vs)
+        for i in (0, 2):  # an earlier stage streams part of the set
+            vs.read(i)
+        got = store.get(vs)
+        assert sorted(reads) == [0, 1, 2, 3]  # only the two cases no stage had read
+        vs.read(1)
+        assert store.get(vs) is got and vs._store["taps"] == []  # done: nothing kept any more
+        img, lab = got.case(2)
+        assert np.array_equal(np.asarray(img), images[2]) and np.array_equal(np.asarray(lab), labels[2])
+
+
+def test_evaluate_reads_each_volume_once_for_features_and_downstream(sets_dir, tmp_path):
+    from ldmtool.config import EvaluateConfig
+    from ldmtool.evaluate.report import run_evaluation
+
+    small = dict(seg_steps=3, seg_channels=(4, 8), seg_batch_size=4, audit_steps=0, cache_dir="none")
+    kw = {"train_dir": sets_dir / "train", "test_dir": sets_dir / "test"}
+    both = run_evaluation(
+        sets_dir / "test",
+        sets_dir / "copies",
+        tmp_path / "a",
+        EvaluateConfig(only=("privacy", "utility"), **small),
+        **kw,
+    )
+    alone = run_evaluation(
+        sets_dir / "test", sets_dir / "copies", tmp_path / "b", EvaluateConfig(only=("utility",), **small), **kw
+    )
+    # the privacy feature pass reads train, synthetic and test (= real): the downstream models keep them
+    assert not [k for k in both["stage_seconds"] if k.startswith("reading")]
+    assert {k for k in alone["stage_seconds"] if k.startswith("reading")} == {
+        f"reading {n} for the downstream models" for n in ("train", "synthetic", "test")
+    }
+    assert both["utility"]["results"] == alone["utility"]["results"]
