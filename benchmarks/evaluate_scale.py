@@ -4,6 +4,8 @@ of the nearest training volume.
 
     python benchmarks/evaluate_scale.py --work runs/scale \
         --shape 160,192,160 --train 40,80 --synthetic 25,50 --real 10 --old-max 25
+    python benchmarks/evaluate_scale.py --work runs/scale \
+        --shape 160,192,160 --train 300 --synthetic 1000 --real 10 --full   # the whole evaluate at the target size
 
 Volume sets are built from real IXI T1 brains (2 mm), resampled to --shape and stored as uint8
 NIfTI: `train_N` (brains; beyond the brains available, left-right flipped copies, then both

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ldmtool.runtime import release_memory
+
 # Sets whose images and labels together exceed this are unpacked to disk (see the module note).
 IN_MEMORY_BYTES = 2 * 1024**3
 
@@ -214,6 +216,8 @@ class CaseStore:
         _, folder, items = self._sets[vs.key]
         if items[i] is None:
             items[i] = _Case(np.asarray(img, dtype=np.float32), lab, folder, f"c{i:06d}")
+            if folder is not None:
+                release_memory()  # the layout copies written to disk (see ldmtool.runtime.release_memory)
 
     def get(self, vs) -> Cases:
         """The cases of a VolumeSet (labels kept when it has them), reading those not yet kept."""

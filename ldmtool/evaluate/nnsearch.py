@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ldmtool.runtime import release_memory
+
 C1, C2 = 0.01**2, 0.03**2
 COARSE_WIN = 5  # SSIM window of the coarse stage
 RECALL_CHUNK_BYTES = 1024**3  # memory for the moments of the recall queries checked in one pass
@@ -221,6 +223,7 @@ class SSIMIndex:
         best, where = np.zeros(len(cands)), np.zeros(len(cands), dtype=np.int64)
         for i in locality_order(cands, self.cache_capacity()):
             best[i], where[i] = self._best_of(load(i), cands[i])
+            release_memory()  # the query's volume and moments (see ldmtool.runtime.release_memory)
             if on_query is not None:
                 on_query()
         return best, where
