@@ -55,8 +55,9 @@ def embed_set(
 
                 got["radiomics"] = radiomic_features(img, lab, spec.label_names, spec.n_labels)[1]
             cache.put(key, got)
+            del img, lab
+            release_memory()  # the volume's temporaries go back to the system (see release_memory)
         rows.append({k: got[k] for k in wanted})
-        release_memory()  # the volume's temporaries go back to the system (see release_memory)
         if on_volume is not None:
             on_volume()
     return {k: np.stack([r[k] for r in rows]) for k in sorted(wanted)}

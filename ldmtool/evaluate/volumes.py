@@ -42,7 +42,6 @@ class VolumeSet:
         self._store = {"images": images, "labels": labels, "taps": []}
         self._reader = reader
         self._shape = tuple(shape) if shape is not None else tuple(images.shape[1:])
-        self._reader = reader
         self.has_labels = labels is not None if has_labels is None else bool(has_labels)
         self.files = files or [[] for _ in self.case_ids]  # per case: image (and label) file
         # per case: its class (class folder, or `sample --class` provenance), None when unknown
