@@ -6,6 +6,8 @@ of the nearest training volume.
         --shape 160,192,160 --train 40,80 --synthetic 25,50 --real 10 --old-max 25
     python benchmarks/evaluate_scale.py --work runs/scale \
         --shape 160,192,160 --train 300 --synthetic 1000 --real 10 --full   # the whole evaluate at the target size
+    python benchmarks/evaluate_scale.py --work runs/scale \
+        --shape 160,192,160 --train 300 --synthetic 1000 --real 10 --kernels  # privacy kernels, old vs new
 
 Volume sets are built from real IXI T1 brains (2 mm), resampled to --shape and stored as uint8
 NIfTI: `train_N` (brains; beyond the brains available, left-right flipped copies, then both
@@ -28,6 +30,9 @@ process (peak memory = that process's maximum resident set):
   set, the synthetic set and both at evaluate's default size, tested clean and attacked on
   --real), on labelled twins of the sets (images linked, label maps from a fixed intensity rule),
   cold feature cache.
+* kernels (`--kernels`): seconds per volume of the privacy stage's kernels, old and new side by
+  side in one process: reading a case with and without its label map, the SSIM moments and a
+  pair's SSIM filtered over the whole volume and in slabs (`nnsearch.SLAB_VOXELS`).
 The last line fits time = a + b·synthetic + c·train over the new (or full) runs (or, all at one --train size,
 time = a + b·synthetic at that size) and extrapolates to 1,000
 synthetic × 300 training volumes.
@@ -319,6 +324,12 @@ def main() -> None:
         help="measure instead the full evaluate (fidelity, diversity, privacy, utility, robustness) on "
         "labelled twins of the sets (label maps by a fixed intensity rule, printed with the table)",
     )
+    ap.add_argument(
+        "--kernels",
+        action="store_true",
+        help="measure instead the per-volume kernels of the privacy stage side by side (reads with and "
+        "without the label map; SSIM moments and pairs filtered whole vs in slabs)",
+    )
     a = ap.parse_args()
     if not (Path(a.ixi) / "imagesTr").is_dir():
         print(f"IXI brains not found at {a.ixi} — nothing to do (give --ixi DIR)", file=sys.stderr)  # no results file
@@ -332,6 +343,9 @@ def main() -> None:
     configs = [(n_syn[0], t) for t in n_train] + [(s, n_train[0]) for s in n_syn[1:]]
     if a.full:
         full_table(a, work, shape, sets, configs)
+        return
+    if a.kernels:
+        kernels_table(work, shape, sets, n_train[0])
         return
     rows = []
     for s, t in configs:
@@ -370,6 +384,61 @@ def main() -> None:
             "the fit's per-training-volume slope overstates large sets"
         )
     print("\nlinear fit of the new path:", fit_extrapolate(rows))
+
+
+def kernels_table(work: Path, shape: tuple[int, ...], sets: dict, n_train: int, n: int = 8) -> None:
+    """--kernels: seconds per volume of the privacy stage's kernels, old and new side by side in
+    one process, on the labelled twin of train_N (its first n volumes)."""
+    import torch
+
+    from ldmtool.evaluate import nnsearch
+    from ldmtool.evaluate.privacy import ssim_window
+    from ldmtool.evaluate.volumes import open_volume_set
+
+    torch.set_num_threads(2)
+    twin = labelled_twin(sets[f"train_{n_train}"], work / "x".join(map(str, shape)))
+    vs = open_volume_set(twin, "train")
+    n = min(n, len(vs))
+
+    def per_volume(fn) -> float:
+        fn(0)
+        t = time.perf_counter()
+        for i in range(n):
+            fn(i)
+        return (time.perf_counter() - t) / n
+
+    rows = [
+        ("read a case: image + label map (old) vs image only", per_volume(vs.read), per_volume(vs.volume)),
+    ]
+    vols = [vs.volume(i) for i in range(n)]
+    taps = nnsearch.gaussian_taps(ssim_window(vs.shape))
+    cpu = torch.device("cpu")
+    slab = nnsearch.SLAB_VOXELS
+
+    def moments(voxels: int):
+        nnsearch.SLAB_VOXELS = voxels
+        return per_volume(lambda i: nnsearch.ssim_stats(vols[i], taps, cpu))
+
+    def pairs(voxels: int) -> tuple[float, list[float]]:
+        nnsearch.SLAB_VOXELS = voxels
+        stats = [nnsearch.ssim_stats(v, taps, cpu) for v in vols]
+        values = []
+        t = time.perf_counter()
+        for i in range(n):
+            values.append(nnsearch.ssim_pair(stats[i], stats[(i + 1) % n], taps))
+        return (time.perf_counter() - t) / n, values
+
+    whole = int(np.prod(vs.shape))
+    rows.append(("SSIM moments of a volume: whole (old) vs slabs", moments(whole), moments(slab)))
+    (p_old, v_old), (p_new, v_new) = pairs(whole), pairs(slab)
+    nnsearch.SLAB_VOXELS = slab
+    rows.append(("SSIM of a pair from cached moments: whole (old) vs slabs", p_old, p_new))
+    print(f"## privacy kernels at {'×'.join(map(str, shape))}, {n} volumes, 2 torch threads\n")
+    print("| kernel | old s | new s | ratio |")
+    print("|---|---|---|---|")
+    for name, old, new in rows:
+        print(f"| {name} | {old:.4f} | {new:.4f} | {old / new:.2f} |")
+    print(f"\nlargest |SSIM whole − SSIM slabs| over {n} pairs: {max(abs(x - y) for x, y in zip(v_old, v_new)):.2e}")
 
 
 def full_table(a, work: Path, shape: tuple[int, ...], sets: dict, configs: list[tuple[int, int]]) -> None:

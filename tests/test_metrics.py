@@ -73,3 +73,15 @@ def test_shape_mismatch_and_unknown_metric_are_errors(truth):
         segmentation_metrics(truth[:, :, :5], truth, 3)
     with pytest.raises(ValueError, match="unknown metric"):
         segmentation_metrics(truth, truth, 3, metrics=("dcie",))
+
+
+def test_class_index_equals_argmax_with_ties():
+    """Class maps from logits: the same indices as argmax, ties to the lowest class."""
+    from ldmtool.runtime import class_index
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 3, (2, 4, 9, 7), generator=g).float()  # many ties
+    for dim in (0, 1, 3):
+        assert torch.equal(class_index(logits, dim), logits.argmax(dim))
+    logits[0, :, 0, 0] = torch.tensor([1.0, 5.0, 5.0, 0.0])
+    assert int(class_index(logits, 1)[0, 0, 0]) == 1

@@ -9,6 +9,7 @@ import torch
 
 from ldmtool.models.autoencoder import SliceAutoencoder
 from ldmtool.models.position import slice_positions
+from ldmtool.runtime import class_index
 
 
 @torch.inference_mode()
@@ -75,7 +76,9 @@ def decode_latents(
         img, logits = ae.split(out.float())
         images.append(ae.squeeze(img).cpu())
         if logits is not None:
-            labels.append(logits.argmax(1).to(torch.uint8).cpu() if labels_only else torch.softmax(logits, dim=1).cpu())
+            labels.append(
+                class_index(logits, 1).to(torch.uint8).cpu() if labels_only else torch.softmax(logits, dim=1).cpu()
+            )
         del out, img, logits
     image = torch.cat(images).reshape(b, depth, *images[0].shape[1:])
     if not labels:

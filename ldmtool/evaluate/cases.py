@@ -209,8 +209,9 @@ class CaseStore:
                 self._scratch = Path(tempfile.mkdtemp(prefix=".downstream-cases-", dir=self.parent))
             folder = self._scratch / f"set{len(self._sets)}"
             folder.mkdir()
-        self._sets[vs.key] = (vs, folder, [None] * len(vs))
-        vs.tap(self._keep)
+        items: list[_Case | None] = [None] * len(vs)
+        self._sets[vs.key] = (vs, folder, items)
+        vs.tap(self._keep, wants=lambda i: items[i] is None)
 
     def _keep(self, vs, i: int, img: np.ndarray, lab: np.ndarray | None) -> None:
         _, folder, items = self._sets[vs.key]
@@ -218,6 +219,8 @@ class CaseStore:
             items[i] = _Case(np.asarray(img, dtype=np.float32), lab, folder, f"c{i:06d}")
             if folder is not None:
                 release_memory()  # the layout copies written to disk (see ldmtool.runtime.release_memory)
+            if all(c is not None for c in items):
+                vs.untap(self._keep)  # every case kept: later reads need not bring label maps
 
     def get(self, vs) -> Cases:
         """The cases of a VolumeSet (labels kept when it has them), reading those not yet kept."""

@@ -28,6 +28,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ldmtool.errors import LdmError
+from ldmtool.runtime import class_index
 
 SegmentFn = Callable[[Path], np.ndarray]  # image file → label map in its grid (the segmenter's values)
 
@@ -135,7 +136,7 @@ def segmenter_fn(model_path: Path, device, seed: int) -> tuple[SegmentFn, dict[s
     def segment(path: Path) -> np.ndarray:
         case = prepare_case(Path(path), "case", seg)
         probs, _ = seg.predict(case.slices, generator=torch.Generator().manual_seed(seed))
-        label = slices_to_volume(probs.argmax(0).numpy().astype(np.uint8))
+        label = slices_to_volume(class_index(probs, 0).numpy().astype(np.uint8))
         if seg.preprocess.orientation != "none":
             (label,), _ = _reorient([label], case.work_affine, case.src_codes)
         return label

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from ldmtool.errors import LdmError
 from ldmtool.evaluate.cases import Cases
 from ldmtool.metrics import segmentation_metrics
+from ldmtool.runtime import class_index
 
 
 @dataclass
@@ -222,7 +223,7 @@ def evaluate_segmenter(
             elif perturb == "pgd":
                 x = pgd(loss_of, x, cfg.epsilon, cfg.pgd_steps, gen)
             with torch.no_grad():
-                preds.append(_seg_logits(model, x, mult).argmax(1).cpu().numpy())
+                preds.append(class_index(_seg_logits(model, x, mult), 1).cpu().numpy())
         pred = np.concatenate(preds)  # (K, I, J)
         m = segmentation_metrics(
             pred.transpose(1, 2, 0), lab, n_classes, metrics=("dice", "iou", "hd95") if extra is not None else ("dice",)

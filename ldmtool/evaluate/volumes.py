@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ class VolumeSet:
         spacing: tuple[float, float, float] | None = None,
         *,
         reader=None,
+        image_reader=None,
         shape: tuple[int, int, int] | None = None,
         has_labels: bool | None = None,
         files: list[list[Path]] | None = None,
@@ -39,8 +41,9 @@ class VolumeSet:
         self.label_names = dict(label_names or {})
         self.spacing = spacing  # voxel size (mm) of the first case as read
         # shared with aliases: the arrays once read, and the taps (callables told of every case read)
-        self._store = {"images": images, "labels": labels, "taps": []}
+        self._store = {"images": images, "labels": labels, "taps": [], "wants": {}}
         self._reader = reader
+        self._image_reader = image_reader  # i → image only (no label read), when the reader has one
         self._shape = tuple(shape) if shape is not None else tuple(images.shape[1:])
         self.has_labels = labels is not None if has_labels is None else bool(has_labels)
         self.files = files or [[] for _ in self.case_ids]  # per case: image (and label) file
@@ -69,6 +72,7 @@ class VolumeSet:
             self.label_names,
             self.spacing,
             reader=self._reader,
+            image_reader=self._image_reader,
             shape=self.shape,
             has_labels=self.has_labels,
             files=self.files,
@@ -89,25 +93,36 @@ class VolumeSet:
             out = images[i], None if labels is None else labels[i]
         else:
             out = self._reader(i)
-        for tap in self._store["taps"]:
+        for tap in list(self._store["taps"]):  # a tap may remove itself
             tap(self, i, *out)
         return out
 
-    def tap(self, fn) -> None:
+    def tap(self, fn, wants=None) -> None:
         """Call fn(set, i, image, label) on every case read from now on (this set and its aliases),
-        so a later stage can keep what an earlier one reads (`ldmtool.evaluate.cases.CaseStore`)."""
+        so a later stage can keep what an earlier one reads (`ldmtool.evaluate.cases.CaseStore`).
+        `wants(i)` says whether fn still needs case i whole (None: always): `volume(i)` reads
+        the label map only for a case some tap wants."""
         if fn not in self._store["taps"]:
             self._store["taps"].append(fn)
+            self._store["wants"][fn] = wants
 
     def untap(self, fn) -> None:
         if fn in self._store["taps"]:
             self._store["taps"].remove(fn)
+            self._store["wants"].pop(fn, None)
+
+    def _wanted(self, i: int) -> bool:
+        wants = self._store["wants"]
+        return any(wants.get(fn) is None or wants[fn](i) for fn in self._store["taps"])
 
     def stack(self, indices) -> np.ndarray:
         """Images of the given cases (K, I, J, K), read as needed."""
         return np.stack([self.volume(int(i)) for i in indices])
 
     def volume(self, i: int) -> np.ndarray:
+        """Case i's image; its label map is not read when no tap wants the whole case."""
+        if self._store["images"] is None and self._image_reader is not None and not self._wanted(i):
+            return self._image_reader(i)
         return self.read(i)[0]
 
     def label(self, i: int) -> np.ndarray | None:
@@ -145,16 +160,22 @@ class VolumeSet:
 def _percentiles(image: np.ndarray, percentiles: tuple[float, ...]) -> list[float]:
     """np.percentile (linear interpolation); integer volumes through their value counts, which
     gives the same order statistics without sorting millions of values."""
-    if not np.issubdtype(image.dtype, np.integer) or image.size == 0 or int(image.max()) - int(image.min()) > 1 << 24:
+    if not np.issubdtype(image.dtype, np.integer) or image.size == 0:
         return [float(v) for v in np.percentile(image, percentiles)]
-    lo = int(image.min())
-    counts = np.cumsum(np.bincount((image.ravel() - lo).astype(np.int64)))
+    lo, hi = int(image.min()), int(image.max())
+    if hi - lo > 1 << 24:
+        return [float(v) for v in np.percentile(image, percentiles)]
+    flat = image.ravel("K")  # memory order: no copy of a Fortran-ordered (NIfTI) array
+    if lo >= 0 and hi <= 1 << 24:  # counted as they are (no shifted copy)
+        counts, base = np.cumsum(np.bincount(flat)), 0
+    else:
+        counts, base = np.cumsum(np.bincount(flat.astype(np.int64) - lo)), lo
     out = []
     for q in percentiles:
         h = (image.size - 1) * q / 100.0
         k = int(np.floor(h))
         below, above = (int(np.searchsorted(counts, r, side="right")) for r in (k, min(k + 1, image.size - 1)))
-        out.append(lo + below + (h - k) * (above - below))
+        out.append(base + below + (h - k) * (above - below))
     return out
 
 
@@ -166,7 +187,7 @@ def normalise01(image: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5
     lo, hi = _percentiles(raw, percentiles)
     if hi - lo < 1e-8:
         return np.zeros(raw.shape, dtype=np.float32)
-    out = raw.astype(np.float32)
+    out = raw.astype(np.float32, order="C")  # C order: what every later stage reads fastest
     out -= np.float32(lo)
     out /= np.float32(hi - lo)
     return np.clip(out, 0.0, 1.0, out=out)
@@ -218,7 +239,7 @@ def _label_uint8(lab: np.ndarray, case) -> np.ndarray:
     lab = np.asarray(lab)
     if lab.size and (lab.min() < 0 or lab.max() > 255):
         raise LdmError(f"{case.label}: label values must be 0-255 for evaluation; got {lab.min()}-{lab.max()}")
-    return lab.astype(np.uint8)
+    return lab.astype(np.uint8, order="C")
 
 
 def open_volume_set(
@@ -275,8 +296,8 @@ def open_volume_set(
         shape = tuple(max(s[a] for s in shapes) for a in range(3))
     target = tuple(int(s) for s in shape)
 
-    def reader(i: int) -> tuple[np.ndarray, np.ndarray | None]:
-        case = cases[i]
+    def reader(i: int, with_label: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        case = cases[i] if with_label or cases[i].label is None else dataclasses.replace(cases[i], label=None)
         img, lab = ds.read(case, allow_nan=pick is not None)  # another channel may be absent
         arr = np.asarray(img.array)
         if pick is not None:
@@ -286,8 +307,8 @@ def open_volume_set(
         if not np.all(np.isfinite(arr)):
             raise LdmError(f"{case.image} holds NaN or infinite values")
         same = bool(np.allclose(img.spacing, ref_spacing, rtol=0.01))
-        image = fit_volume(normalise01(arr), target, same).astype(np.float32)
-        if not ds.has_labels:
+        image = fit_volume(normalise01(arr), target, same).astype(np.float32, copy=False)
+        if not (ds.has_labels and with_label):
             return image, None
         return image, fit_volume(_label_uint8(lab.array, case), target, same, label=True)
 
@@ -300,6 +321,7 @@ def open_volume_set(
         dict(ds.label_names),
         ref_spacing,
         reader=reader,
+        image_reader=lambda i: reader(i, with_label=False)[0],
         shape=target,
         has_labels=ds.has_labels,
         files=[
@@ -352,6 +374,10 @@ def concat_sets(name: str, parts: list[VolumeSet]) -> VolumeSet:
         img, lab = parts[k].read(i)
         return img, lab if has_labels else None
 
+    def image_reader(j: int) -> np.ndarray:
+        k, i = where[j]
+        return parts[k].volume(i)
+
     names: dict[str, int] = {}
     for p in parts:
         names.update(p.label_names)
@@ -364,6 +390,7 @@ def concat_sets(name: str, parts: list[VolumeSet]) -> VolumeSet:
         names,
         parts[0].spacing,
         reader=reader,
+        image_reader=image_reader,
         shape=parts[0].shape,
         has_labels=has_labels,
         files=[f for p in parts for f in p.files],

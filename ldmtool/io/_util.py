@@ -28,3 +28,26 @@ def summarise_shapes(shapes, what: str = "volumes") -> str:
     distinct = list(dict.fromkeys(shapes))
     examples = ", ".join(str(s) for s in distinct[:3]) + (", …" if len(distinct) > 3 else "")
     return f"{len(shapes)} {what} in {len(distinct)} different shapes, e.g. {examples}"
+
+
+def label_values(data) -> list[int]:
+    """The distinct values of an integer label map, ascending (as `np.unique(data).tolist()`).
+
+    Counted with `np.bincount` over the values in memory order (`ravel("K")`: no copy of a
+    Fortran-ordered NIfTI array); `np.unique` sorts (or hashes) a flattened copy instead, a
+    few times slower on the millions of voxels of a volume. Other value types and ranges too
+    wide to count go to `np.unique`."""
+    import numpy as np
+
+    arr = np.asarray(data)
+    if arr.size == 0 or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+        return np.unique(arr).tolist()
+    flat = arr.ravel("K")
+    lo, hi = int(flat.min()), int(flat.max())
+    if hi - lo > 1 << 20:
+        return np.unique(flat).tolist()
+    if 0 <= lo and hi <= 1 << 20 and arr.dtype != np.bool_:
+        counts, offset = np.bincount(flat), 0
+    else:
+        counts, offset = np.bincount(flat.astype(np.int64) - lo), lo
+    return [int(v) + offset for v in np.flatnonzero(counts)]

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ldmtool.errors import LdmError
-from ldmtool.io._util import summarise
+from ldmtool.io._util import label_values, summarise
 from ldmtool.io.dicom import _read_header, is_dicom_file
 from ldmtool.io.image2d import IMAGE_SUFFIXES, is_2d_dicom_header, is_image_path
 from ldmtool.io.nifti import is_nifti_path
@@ -527,7 +527,7 @@ def read_case(
     label = read_aligned(case.label, image, f"label of {case.case_id}")
     data = _as_label_array(label, case.case_id)
     if label_names is not None:
-        unknown = sorted(set(np.unique(data).tolist()) - set(label_names.values()))
+        unknown = sorted(set(label_values(data)) - set(label_names.values()))
         if unknown:
             listed = sorted(set(label_names.values()))
             raise LdmError(

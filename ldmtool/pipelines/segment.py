@@ -31,6 +31,7 @@ from ldmtool.io.volume import Volume
 from ldmtool.models.checkpoint import file_sha256
 from ldmtool.pipelines.outdir import check_output_dir, output_dir, write_run_record
 from ldmtool.pipelines.segmenter import Segmenter
+from ldmtool.runtime import class_index
 
 
 @dataclass
@@ -287,7 +288,7 @@ class _SegmentJob:
     def finish(self, case: _Prepared, probs: torch.Tensor, std: torch.Tensor | None, predict_seconds: float) -> None:
         """Write one input's label map (+ probabilities, uncertainty, DICOM SEG) in its own geometry."""
         t0 = time.perf_counter()
-        label = probs.argmax(0)  # (K, I, J)
+        label = class_index(probs, 0)  # (K, I, J)
         outputs = {"seg": slices_to_volume(label.numpy().astype(np.uint8))}
         if std is not None:
             outputs["prob"] = np.stack([slices_to_volume(p.numpy()) for p in probs], axis=-1).astype(np.float32)

@@ -16,7 +16,7 @@ from ldmtool.diffusion.pipeline import decode_latents, encode_volume
 from ldmtool.errors import LdmError
 from ldmtool.models.autoencoder import SliceAutoencoder
 from ldmtool.models.position import slice_positions
-from ldmtool.runtime import autocast
+from ldmtool.runtime import autocast, class_index
 from ldmtool.train.distributed import DistInfo, StopFlag
 from ldmtool.train.loop import LoopState, Trainer, TrainResult, run_training
 from ldmtool.train.state import step_generator
@@ -154,7 +154,7 @@ def validate_autoencoder(
         ssim(rec, target)
         if probs is not None:
             k = probs.shape[1]
-            pred = F.one_hot(probs.argmax(1), k).permute(0, 4, 1, 2, 3)
+            pred = F.one_hot(class_index(probs, 1), k).permute(0, 4, 1, 2, 3)
             gt = F.one_hot(label[None].long(), k).permute(0, 4, 1, 2, 3)
             dice(pred, gt)
         # loss on this case's slices (posterior mean, deterministic)

@@ -30,7 +30,7 @@ from ldmtool.data.prepared import PreparedData
 from ldmtool.errors import LdmError
 from ldmtool.models.ldseg import LDSeg, build_segmenter, seg_schedule, size_multiple
 from ldmtool.pipelines.segmenter import DEFAULT_STEPS, LATENT_CLIP, pad_to_multiple, predict_volume
-from ldmtool.runtime import autocast
+from ldmtool.runtime import autocast, class_index
 from ldmtool.train.autoencoder import SliceSampler
 from ldmtool.train.distributed import DistInfo, StopFlag
 from ldmtool.train.loop import LoopState, Trainer, TrainResult, run_training
@@ -254,7 +254,7 @@ class SegmenterTrainer(Trainer):
                 device=self.info.device,
                 precision=self.cfg.precision,
             )
-            scores.append(dice_per_class(probs.argmax(0), self.val.labels[i][:d, :h, :w], self.num_classes))
+            scores.append(dice_per_class(class_index(probs, 0), self.val.labels[i][:d, :h, :w], self.num_classes))
         mean = np.mean(scores, axis=0)
         names = {v: k for k, v in self.label_names.items()}
         out = {f"dice_{names.get(c, c)}": float(mean[c - 1]) for c in range(1, self.num_classes)}

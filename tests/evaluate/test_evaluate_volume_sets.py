@@ -39,3 +39,38 @@ def test_set_on_another_voxel_size_is_resized(tmp_path):
     assert syn.shape == (16, 16, 12)
     # resized ×2 per axis: the 4-voxel cube becomes 8 voxels wide
     assert int((syn.labels[0] == 1).sum()) == 8 * 8 * 8
+
+
+def test_image_reads_skip_label_maps_unless_a_tap_wants_the_case(sets_dir, monkeypatch, tmp_path):
+    """`volume(i)` reads only the image file; a case a tap still wants is read whole, and a
+    CaseStore that has kept every case of a set stops wanting its cases."""
+    from ldmtool.evaluate.cases import CaseStore
+    from ldmtool.evaluate.volumes import open_volume_set
+    from ldmtool.io import dataset
+
+    vs = open_volume_set(sets_dir / "train", "train")
+    assert vs.has_labels
+    whole = [vs.read(i) for i in range(len(vs))]
+    real_read_aligned = dataset.read_aligned
+    labels_read = []
+
+    def counting(path, *a, **kw):
+        labels_read.append(path)
+        return real_read_aligned(path, *a, **kw)
+
+    monkeypatch.setattr(dataset, "read_aligned", counting)
+    for i in range(len(vs)):
+        assert np.array_equal(vs.volume(i), whole[i][0])
+        assert vs.volume(i).flags["C_CONTIGUOUS"]
+    assert labels_read == []
+    with CaseStore(tmp_path) as store:
+        store.watch(vs)
+        vs.volume(0)  # the store wants case 0 whole
+        assert len(labels_read) == 1
+        for i in range(len(vs)):
+            vs.volume(i)
+        assert len(labels_read) == len(vs)  # each case once: the store then has it
+        vs.volume(2)
+        assert len(labels_read) == len(vs)
+        cases = store.get(vs)
+        assert np.array_equal(np.asarray(cases.case(3)[1]), whole[3][1])

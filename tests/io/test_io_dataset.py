@@ -184,3 +184,21 @@ def test_duplicate_case_names(tmp_path, make_volume):
     write_nifti(make_volume(), tmp_path / "d" / "x.nii.gz")
     with pytest.raises(LdmError, match="two volumes named x"):
         load_dataset(tmp_path / "d")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.array([[0, 2], [2, 7]], dtype=np.uint8),
+        np.asfortranarray(np.array([[[-3, 0], [5, 5]], [[9, -3], [0, 1]]], dtype=np.int16)),
+        np.array([True, False, True]),
+        np.array([4_000_000_000, 4_000_000_002], dtype=np.uint32),
+        np.array([0, 2**31 - 1], dtype=np.int32),
+        np.array([], dtype=np.uint8),
+        np.array([3.0, 1.0, 3.0]),
+    ],
+)
+def test_label_values_as_numpy_unique(values):
+    from ldmtool.io._util import label_values
+
+    assert label_values(values) == np.unique(values).tolist()
