@@ -127,6 +127,5 @@ def class_index(scores: torch.Tensor, dim: int) -> torch.Tensor:
     """Index of the highest score along `dim` (the first among ties, as `argmax`): class maps
     from logits or probabilities. `Tensor.max(dim).indices` gives the same indices as
     `Tensor.argmax(dim)` but the CPU kernel of argmax reduces a non-innermost axis (the class
-    axis of (B, K, ...) or (K, ...)) about ten times slower
-    (benchmarks/class_index.py)."""
+    axis of (B, K, ...) or (K, ...)) many times slower (`benchmarks/class_index.py` times both)."""
     return scores.max(dim).indices

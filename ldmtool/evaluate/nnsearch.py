@@ -50,8 +50,8 @@ def pool_kernel(shape: Sequence[int], factor: int) -> tuple[int, ...]:
 def _slabs(x: torch.Tensor, halo: int) -> list[tuple[int, int]]:
     """Ranges of output planes along axis -3 filtered together: about `SLAB_VOXELS` at a time on
     a CPU (a slab's 33 shift-and-add passes then stay in the processor's caches instead of
-    streaming the whole volume from memory once per tap: 2-3x faster at 160 x 192 x 160,
-    benchmarks/evaluate_scale.py --kernels), the whole axis at once on a GPU. Every output
+    streaming the whole volume from memory once per tap; `benchmarks/evaluate_scale.py
+    --kernels` times both), the whole axis at once on a GPU. Every output
     voxel is computed by the same operations either way."""
     n = x.shape[-3] - halo
     per_plane = max(1, x[..., :1, :, :].numel())
