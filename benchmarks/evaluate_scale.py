@@ -314,7 +314,7 @@ def main() -> None:
     ap.add_argument("--real", type=int, default=10)
     ap.add_argument("--old-max", type=int, default=25, help="run the exhaustive path up to this many synthetic")
     ap.add_argument("--old-train-max", type=int, default=40, help="… and up to this many training volumes")
-    ap.add_argument("--candidates", type=int, default=8)
+    ap.add_argument("--candidates", type=int, default=16)
     ap.add_argument("--recall-queries", type=int, default=10)
     ap.add_argument("--reject-samples", type=int, default=10)
     ap.add_argument("--no-warm", action="store_true", help="skip the second (cache-warm) evaluate of each size")

@@ -703,7 +703,7 @@ class EvaluateConfig:
     flag_ssim: float = setting(0.95, "Flag synthetic volumes whose max SSIM to a training volume is above this.")
     pairs: int = setting(4, "Most suspicious synthetic/train pairs shown as PNGs.")
     nn_candidates: int = setting(
-        8, "Training volumes re-ranked by exact SSIM per privacy query after the coarse stage (0 = exhaustive)."
+        16, "Training volumes re-ranked by exact SSIM per privacy query after the coarse stage (0 = exhaustive)."
     )
     nn_margin: float = setting(0.05, "Re-rank only candidates within this coarse SSIM of the best one.")
     nn_recall_check: int = setting(

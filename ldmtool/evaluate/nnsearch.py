@@ -24,6 +24,10 @@ from ldmtool.runtime import release_memory
 
 C1, C2 = 0.01**2, 0.03**2
 COARSE_WIN = 5  # SSIM window of the coarse stage
+# At most this many coarse candidates per query get the exact SSIM (the margin usually keeps
+# fewer). Among brains alike to a query (no copy), the true nearest one can rank below the
+# coarse top 8 (evaluate_scale-20261202-054659-aa0c84c11.md: 2 of 3 found with 8)
+CANDIDATES = 16
 SLAB_VOXELS = 1 << 20  # CPU: voxels of one slab filtered at a time (`_slabs`; 4 MB of float32)
 RECALL_CHUNK_BYTES = 1024**3  # memory for the moments of the recall queries checked in one pass
 
@@ -167,7 +171,7 @@ class SSIMIndex:
         win: int,
         factor: int,
         device: torch.device | None = None,
-        k: int = 8,
+        k: int = CANDIDATES,
         margin: float | None = 0.05,
         cache_bytes: int = 2 * 1024**3,
     ) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ldmtool.errors import LdmError
+from ldmtool.evaluate.nnsearch import CANDIDATES
 
 
 def ssim_window(shape: tuple[int, ...], largest: int = 11) -> int:
@@ -180,7 +181,7 @@ class MemorizationFilter:
         threshold: float = 0.95,
         device: torch.device | str | None = None,
         case_ids: list[str] | None = None,
-        candidates: int | None = 8,
+        candidates: int | None = CANDIDATES,
         cache_bytes: int = 4 * 1024**3,
     ) -> None:
         from ldmtool.evaluate.nnsearch import SSIMIndex, coarse_factor, volume_descriptor
