@@ -112,20 +112,26 @@ def ssim_stats(volume: np.ndarray | torch.Tensor, taps: Sequence[float], device:
     return SSIMStats(v, torch.cat(mus, -3), torch.cat(variances, -3))
 
 
-def ssim_pair(a: SSIMStats, b: SSIMStats, taps: Sequence[float]) -> float:
-    """Mean SSIM of two volumes from their cached moments: one filtered product per pair,
-    computed and summed slab by slab (`_slabs`)."""
+def _ssim_sum(a: SSIMStats, b: SSIMStats, taps: Sequence[float]) -> torch.Tensor:
+    """Sum of the SSIM map of a and b over the last three axes (float64; leading axes broadcast,
+    so one query (1, I, J, K) against references (B, I, J, K) gives (B,)), slab by slab
+    (`_slabs`): one filtered product per pair from the cached moments."""
     halo = _halo(a.vol, taps)
-    total = 0.0
-    for lo, hi in _slabs(a.vol, halo):
+    total = torch.zeros((), dtype=torch.float64, device=a.vol.device)
+    for lo, hi in _slabs(a.vol if a.vol.dim() >= b.vol.dim() else b.vol, halo):
         n = hi - lo
         mu_a, mu_b = a.mu.narrow(-3, lo, n), b.mu.narrow(-3, lo, n)
         prod = a.vol.narrow(-3, lo, n + halo) * b.vol.narrow(-3, lo, n + halo)
         cov = gaussian_filter_valid(prod, taps).sub_(mu_a * mu_b)
         num = (2 * mu_a * mu_b + C1).mul_(cov.mul_(2).add_(C2))
         den = (mu_a * mu_a + mu_b * mu_b + C1).mul_(a.var.narrow(-3, lo, n) + b.var.narrow(-3, lo, n) + C2)
-        total += float(num.div_(den).sum(dtype=torch.float64))
-    return total / max(a.mu.numel(), 1)
+        total = total + num.div_(den).sum(dim=(-3, -2, -1), dtype=torch.float64)
+    return total
+
+
+def ssim_pair(a: SSIMStats, b: SSIMStats, taps: Sequence[float]) -> float:
+    """Mean SSIM of two volumes from their cached moments."""
+    return float(_ssim_sum(a, b, taps)) / max(a.mu.numel(), 1)
 
 
 def coarse_factor(shape: Sequence[int]) -> int:
@@ -333,19 +339,8 @@ def _odd(n: int) -> int:
 
 
 def ssim_batch_stats(q: SSIMStats, refs: SSIMStats, taps: Sequence[float]) -> np.ndarray:
-    """Mean SSIM of one query (1, I, J, K) against a batch of references (B, I, J, K) → (B,),
-    slab by slab as `ssim_pair`."""
-    halo = _halo(refs.vol, taps)
-    total = torch.zeros(refs.vol.shape[0], dtype=torch.float64, device=refs.vol.device)
-    for lo, hi in _slabs(refs.vol, halo):
-        n = hi - lo
-        mu_r, mu_q = refs.mu.narrow(-3, lo, n), q.mu.narrow(-3, lo, n)
-        prod = refs.vol.narrow(-3, lo, n + halo) * q.vol.narrow(-3, lo, n + halo)
-        cov = gaussian_filter_valid(prod, taps).sub_(mu_r * mu_q)
-        num = (2 * mu_r * mu_q + C1).mul_(cov.mul_(2).add_(C2))
-        den = (mu_r * mu_r + mu_q * mu_q + C1).mul_(refs.var.narrow(-3, lo, n) + q.var.narrow(-3, lo, n) + C2)
-        total += num.div_(den).flatten(1).sum(1, dtype=torch.float64)
-    return (total / max(refs.mu[0].numel(), 1)).cpu().numpy()
+    """Mean SSIM of one query (1, I, J, K) against a batch of references (B, I, J, K) → (B,)."""
+    return (_ssim_sum(refs, q, taps) / max(refs.mu[0].numel(), 1)).cpu().numpy()
 
 
 def recall_vs_exhaustive(

@@ -187,3 +187,29 @@ def test_pictures_are_drawn_without_a_coronal_row():
     assert montage([(picture, None)], scale=1).shape[:2] == (12 + 2, 16 + 2)
     assert montage([(volume, None)], scale=1).shape[:2] == (12 + 2 + 8 + 2, 16 + 2)
     assert _mid_views(picture).shape == (12, 16) and _mid_views(volume).shape == (12, 16 + 1 + 16)
+
+
+def test_slabs_give_the_whole_volume_values(monkeypatch):
+    """Moments and SSIM filtered in slabs of a few planes equal those of the whole volume, for
+    one pair and for a query against a batch (the CPU path of brain-sized volumes)."""
+    rng = np.random.default_rng(0)
+    v = rng.random((40, 24, 18), dtype=np.float32)
+    refs = [np.clip(v + 0.3 * rng.random(v.shape, dtype=np.float32), 0, 1), 1 - v, v]
+    taps, cpu = nn.gaussian_taps(7), torch.device("cpu")
+
+    def compute():
+        a = nn.ssim_stats(v, taps, cpu)
+        pairs = [nn.ssim_pair(a, nn.ssim_stats(r, taps, cpu), taps) for r in refs]
+        batch = nn.ssim_batch_stats(nn.ssim_stats(v[None], taps, cpu), nn.ssim_stats(np.stack(refs), taps, cpu), taps)
+        return a, pairs, batch
+
+    monkeypatch.setattr(nn, "SLAB_VOXELS", 10**9)
+    whole, pairs_whole, batch_whole = compute()
+    monkeypatch.setattr(nn, "SLAB_VOXELS", 3 * 24 * 18)  # slabs of 3 planes, the last one shorter
+    assert len(nn._slabs(torch.zeros(v.shape), len(taps) - 1)) == 12
+    slab, pairs_slab, batch_slab = compute()
+    assert torch.equal(whole.mu, slab.mu) and torch.equal(whole.var, slab.var)
+    np.testing.assert_allclose(pairs_slab, pairs_whole, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(batch_slab, batch_whole, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(batch_slab, pairs_slab, rtol=0, atol=1e-12)
+    assert pairs_slab[2] == pytest.approx(1.0)
