@@ -219,8 +219,6 @@ class CaseStore:
             items[i] = _Case(np.asarray(img, dtype=np.float32), lab, folder, f"c{i:06d}")
             if folder is not None:
                 release_memory()  # the layout copies written to disk (see ldmtool.runtime.release_memory)
-            if all(c is not None for c in items):
-                vs.untap(self._keep)  # every case kept: later reads need not bring label maps
 
     def get(self, vs) -> Cases:
         """The cases of a VolumeSet (labels kept when it has them), reading those not yet kept."""

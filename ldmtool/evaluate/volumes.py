@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ldmtool.errors import LdmError
+from ldmtool.io._util import value_counts
 
 
 class VolumeSet:
@@ -93,7 +94,7 @@ class VolumeSet:
             out = images[i], None if labels is None else labels[i]
         else:
             out = self._reader(i)
-        for tap in list(self._store["taps"]):  # a tap may remove itself
+        for tap in self._store["taps"]:
             tap(self, i, *out)
         return out
 
@@ -158,18 +159,13 @@ class VolumeSet:
 
 
 def _percentiles(image: np.ndarray, percentiles: tuple[float, ...]) -> list[float]:
-    """np.percentile (linear interpolation); integer volumes through their value counts, which
-    gives the same order statistics without sorting millions of values."""
-    if not np.issubdtype(image.dtype, np.integer) or image.size == 0:
+    """np.percentile (linear interpolation); integer volumes through their value counts
+    (`value_counts`), which give the same order statistics without sorting millions of values."""
+    counted = value_counts(image, 1 << 24)
+    if counted is None:
         return [float(v) for v in np.percentile(image, percentiles)]
-    lo, hi = int(image.min()), int(image.max())
-    if hi - lo > 1 << 24:
-        return [float(v) for v in np.percentile(image, percentiles)]
-    flat = image.ravel("K")  # memory order: no copy of a Fortran-ordered (NIfTI) array
-    if lo >= 0 and hi <= 1 << 24:  # counted as they are (no shifted copy)
-        counts, base = np.cumsum(np.bincount(flat)), 0
-    else:
-        counts, base = np.cumsum(np.bincount(flat.astype(np.int64) - lo)), lo
+    counts, base = counted
+    counts = np.cumsum(counts)
     out = []
     for q in percentiles:
         h = (image.size - 1) * q / 100.0

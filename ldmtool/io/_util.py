@@ -30,24 +30,34 @@ def summarise_shapes(shapes, what: str = "volumes") -> str:
     return f"{len(shapes)} {what} in {len(distinct)} different shapes, e.g. {examples}"
 
 
-def label_values(data) -> list[int]:
-    """The distinct values of an integer label map, ascending (as `np.unique(data).tolist()`).
+def value_counts(data, max_range: int):
+    """(counts, base) with counts[v - base] the number of voxels of integer value v, or None when
+    the values are not integers or span more than `max_range`.
 
-    Counted with `np.bincount` over the values in memory order (`ravel("K")`: no copy of a
-    Fortran-ordered NIfTI array); `np.unique` sorts (or hashes) a flattened copy instead, a
-    few times slower on the millions of voxels of a volume. Other value types and ranges too
-    wide to count go to `np.unique`."""
+    `np.bincount` over the values in memory order (`ravel("K")`: no copy of a Fortran-ordered
+    NIfTI array), shifted only when they are negative or large; sorting (np.unique,
+    np.percentile) is a few times slower on the millions of voxels of a volume."""
     import numpy as np
 
     arr = np.asarray(data)
     if arr.size == 0 or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
-        return np.unique(arr).tolist()
+        return None
     flat = arr.ravel("K")
     lo, hi = int(flat.min()), int(flat.max())
-    if hi - lo > 1 << 20:
-        return np.unique(flat).tolist()
-    if 0 <= lo and hi <= 1 << 20 and arr.dtype != np.bool_:
-        counts, offset = np.bincount(flat), 0
-    else:
-        counts, offset = np.bincount(flat.astype(np.int64) - lo), lo
-    return [int(v) + offset for v in np.flatnonzero(counts)]
+    if hi - lo > max_range:
+        return None
+    if 0 <= lo and hi <= max_range and arr.dtype != np.bool_:
+        return np.bincount(flat), 0
+    return np.bincount(flat.astype(np.int64) - lo), lo
+
+
+def label_values(data) -> list[int]:
+    """The distinct values of an integer label map, ascending (as `np.unique(data).tolist()`),
+    counted by `value_counts` (other value types and wide ranges: `np.unique`)."""
+    import numpy as np
+
+    counted = value_counts(data, 1 << 20)
+    if counted is None:
+        return np.unique(np.asarray(data)).tolist()
+    counts, base = counted
+    return [int(v) + base for v in np.flatnonzero(counts)]
