@@ -21,6 +21,10 @@
 (d) depth scaling: seconds and peak RSS of decoding one volume of depth D = 32..256 slice by slice
     (this package) vs a MONAI 3D AutoencoderKL of the same widths decoding the same volume, each
     measured in a fresh process.
+(e) startup: `ldmtool sample --n 1` as a user runs it (the installed `ldmtool` script, a fresh
+    process each time, --startup-runs times): its wall time beside the seconds it reports (sampling
+    and writing), and what a fresh process pays before any work: Python itself, `import torch`,
+    `import monai` (MONAI's package import loads all of its submodules), the CLI's own imports.
 
 Prints tables; numbers are only comparable within one run on one machine.
 """
@@ -31,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -493,11 +498,59 @@ def part_d(args, device) -> list[tuple]:
     return rows
 
 
+_REPORTED = re.compile(r"^\W*seconds\W+([0-9.]+(?:e[+-]?[0-9]+)?)\W*$", re.MULTILINE)
+
+
+def _fresh(code: str, runs: int) -> float:
+    """Median wall seconds of `python -c code` in fresh processes."""
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-c", code], check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)}
+        )
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def part_e(args, device) -> list[tuple]:
+    script = Path(sys.executable).with_name("ldmtool")
+    cli = [str(script)] if script.is_file() else [sys.executable, "-m", "ldmtool"]
+    walls, reported = [], []
+    with tempfile.TemporaryDirectory(prefix="ldmtool-startup-") as tmp:
+        for k in range(args.startup_runs):
+            cmd = [*cli, "--device", str(device), "sample", "--ae", args.ae, "--ldm", args.ldm, "--n", "1"]
+            cmd += ["--steps", str(args.steps), "--out", str(Path(tmp) / f"run{k}")]
+            t0 = time.perf_counter()
+            r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+            walls.append(time.perf_counter() - t0)
+            found = _REPORTED.search(r.stdout)
+            if r.returncode != 0 or not found:
+                return [("e", "ldmtool sample --n 1", "failed", (r.stderr.strip().splitlines() or ["?"])[-1])]
+            reported.append(float(found.group(1)))
+    wall, rep_s = float(np.median(walls)), float(np.median(reported))
+    runs = args.startup_runs
+    python = _fresh("pass", runs)
+    torch_s = _fresh("import torch", runs)
+    monai_s = _fresh("import monai", runs)
+    cli_s = _fresh("import ldmtool.cli.main", runs)
+    return [
+        ("e", f"ldmtool sample --n 1 --steps {args.steps} (median of {runs})", f"{wall:.2f} s wall",
+         f"reports {rep_s:.2f} s: wall / reported = {wall / max(rep_s, 1e-9):.2f} (target < 2)"),
+        ("e", "python -c pass", f"{python:.2f} s", "the interpreter alone"),
+        ("e", "python -c 'import torch'", f"{torch_s:.2f} s", f"+{torch_s - python:.2f} s over the interpreter"),
+        ("e", "python -c 'import monai'", f"{monai_s:.2f} s", f"+{monai_s - torch_s:.2f} s over torch"),
+        ("e", "python -c 'import ldmtool.cli.main'", f"{cli_s:.2f} s", "what `ldmtool --help` imports"),
+        ("e", "rest of the process", f"{wall - rep_s - monai_s:.2f} s",
+         "wall − reported − (interpreter + torch + monai): checkpoint loading, model set-up, exit"),
+    ]  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ae", default=str(REPO / "demo_out" / "ae"))
     p.add_argument("--ldm", default=str(REPO / "demo_out" / "ldm"))
-    p.add_argument("--parts", default="a,b,c,d")
+    p.add_argument("--parts", default="a,b,c,d,e")
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=4)
@@ -522,6 +575,7 @@ def main() -> None:
     p.add_argument("--bootstrap", type=int, default=500, help="(c): bootstrap replicates")
     p.add_argument("--reference-twice", action="store_true", help="(c): a second DDPM-1000 set as noise floor")
     p.add_argument("--depths", type=int, nargs="+", default=[32, 64, 128, 256])
+    p.add_argument("--startup-runs", type=int, default=3, help="(e): fresh processes timed per measurement")
     p.add_argument("--_probe", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     from ldmtool.runtime import resolve_device
@@ -568,6 +622,13 @@ def main() -> None:
         for col in ("part", "depth", "decoder", "seconds", "peak RSS growth", "peak GPU"):
             table.add_column(col)
         for row in part_d(args, device):
+            table.add_row(*row)
+        console.print(table)
+    if "e" in parts:
+        table = Table(title="(e) startup: a fresh `ldmtool sample --n 1` and the imports it pays")
+        for col in ("part", "what", "seconds", "note"):
+            table.add_column(col)
+        for row in part_e(args, device):
             table.add_row(*row)
         console.print(table)
 

@@ -35,7 +35,8 @@ def _group_model(static: np.ndarray) -> dict:
         quantiles.append(np.quantile(known, LEVELS, method="inverted_cdf" if discrete[-1] else "linear").tolist())
         ranks = stats.rankdata(known) / (len(known) + 1)
         scores[~np.isnan(col), j] = stats.norm.ppf(ranks)
-    corr = np.corrcoef(scores, rowvar=False) if len(static) > 2 and s > 1 else np.eye(s)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a constant column: no correlation (0 below)
+        corr = np.corrcoef(scores, rowvar=False) if len(static) > 2 and s > 1 else np.eye(s)
     corr = np.nan_to_num(np.atleast_2d(corr), nan=0.0)
     np.fill_diagonal(corr, 1.0)
     return {"quantiles": quantiles, "missing": missing, "discrete": discrete, "correlation": corr.tolist()}

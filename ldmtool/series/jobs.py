@@ -193,7 +193,12 @@ def sample_table(
         "steps": steps or model.model.cfg.num_train_timesteps,
         "seed": seed,
         "grid": model.config["grid"],
-        "descriptors": "drawn from a Gaussian copula of the training stays' descriptors (of the same outcome)",
+        "descriptors": (
+            "drawn with each variable's observed fraction from a Gaussian copula of the training stays' "
+            "(of the same outcome)"
+            if sparse and model.config.get("observation") is not None
+            else "drawn from a Gaussian copula of the training stays' descriptors (of the same outcome)"
+        ),
         "outputs": {k: str(v.name) for k, v in outputs.items()},
         "seconds": round(result.seconds, 3),
     }

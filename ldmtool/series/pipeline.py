@@ -151,10 +151,21 @@ class SeriesModel:
                 (or leaves it unknown when the model was trained without outcomes).
             sparse: keep each value with the training probability of an observation in its cell
                 and outcome, so the stays look like recorded ones; otherwise every cell is filled.
+                A model that stores the joint copula of descriptors and per-variable observed
+                fractions (`observation`) draws each stay's measurement intensity with its
+                descriptors: a stay with hourly labs and one with a single draw, as recorded stays
+                differ, instead of every stay at the average rate.
         """
         cfg, rng = self.config, np.random.default_rng(seed)
         y = self._outcomes(n, outcome, rng)
-        static = self._descriptors(y, rng)
+        joint = cfg.get("observation") if sparse else None
+        if joint is None:
+            static, fractions = self._descriptors(y, rng), None
+        else:
+            from ldmtool.series.descriptors import draw_descriptors
+
+            drawn = draw_descriptors(joint, y, rng)
+            static, fractions = drawn[:, : len(cfg["static_names"])], drawn[:, len(cfg["static_names"]) :]
         t, v = cfg["grid"]["steps"], len(cfg["variables"])
         empty = SeriesData(
             [f"synthetic-{i:05d}" for i in range(n)],
@@ -168,7 +179,7 @@ class SeriesModel:
         )
         values = self.impute(empty, samples=1, steps=steps, seed=seed, batch_size=batch_size, console=console)[:, 0]
         if sparse:
-            rates = np.asarray(cfg["observation_rates"])[np.nan_to_num(y, nan=0).astype(int)]
+            rates = observation_chances(np.asarray(cfg["observation_rates"]), y, fractions)
             values = np.where(rng.random(values.shape) < rates, values, np.nan)
         empty.values = values
         return empty
@@ -188,3 +199,15 @@ class SeriesModel:
         from ldmtool.series.descriptors import draw_descriptors
 
         return draw_descriptors(self.config["descriptors"], y, rng)
+
+
+def observation_chances(rates: np.ndarray, y: np.ndarray, fractions: np.ndarray | None) -> np.ndarray:
+    """(n, T, V) chance of an observation in each cell of synthetic stays: the training rate of the
+    cell in the stay's outcome (`rates` (2, T, V); outcome 0 where unknown), scaled per stay and
+    variable so that its expected observed fraction over time is `fractions` (n, V), when given."""
+    chance = rates[np.nan_to_num(y, nan=0).astype(int)]
+    if fractions is None:
+        return chance
+    mean = chance.mean(1, keepdims=True)
+    scale = np.divide(np.nan_to_num(fractions)[:, None], mean, out=np.zeros_like(mean), where=mean > 0)
+    return np.clip(chance * scale, 0.0, 1.0)

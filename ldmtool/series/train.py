@@ -97,6 +97,8 @@ class SeriesTrainer(Trainer):
             "outcome_rate": None if data.outcome is None else float(np.nanmean(train.outcome)),
             "observation_rates": observation_rates(train),
             "descriptors": descriptor_model(train.static, train.outcome),
+            # descriptors and each variable's observed fraction of a stay, drawn together for sparse synthesis
+            "observation": descriptor_model(np.concatenate([train.static, train.observed.mean(1)], 1), train.outcome),
             "source_format": data.source.get("format"),
             "source_time_style": data.source.get("time_style", "hours"),
             "stays": {"train": len(train_idx), "validation": len(self.val_idx), "sha256": ids_hash},

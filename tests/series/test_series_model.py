@@ -177,3 +177,21 @@ def test_checkpoint_of_another_layout_is_a_one_line_error(trained, tmp_path):
     save_file(tensors, str(tmp_path / "model.safetensors"), metadata=header["__metadata__"])
     with pytest.raises(LdmError, match="train the model again"):
         SeriesModel.load(tmp_path / "model.safetensors")
+
+
+def test_observation_chances_keep_each_stays_fraction():
+    """Sparse synthesis: the cell chances keep the training pattern over time and give each stay and
+    variable its drawn observed fraction; no fractions → the outcome's rates as stored."""
+    from ldmtool.series.pipeline import observation_chances
+
+    t = np.linspace(0.1, 0.3, 12)
+    rates = np.stack([np.stack([t, 0 * t, 0.5 + 0 * t], 1), np.stack([2 * t, 0 * t, 0.25 + 0 * t], 1)])  # (2, 12, 3)
+    y = np.array([0.0, 1.0, np.nan])
+    np.testing.assert_array_equal(observation_chances(rates, y, None), rates[[0, 1, 0]])
+    fractions = np.array([[0.05, 0.5, 1.0], [0.4, 0.3, 0.1], [0.2, 0.0, 0.5]])
+    chance = observation_chances(rates, y, fractions)
+    assert chance.shape == (3, 12, 3) and (chance >= 0).all() and (chance <= 1).all()
+    np.testing.assert_allclose(chance[:, :, 0].mean(1), fractions[:, 0])  # the drawn fractions, on average over time
+    np.testing.assert_allclose(chance[0, :, 0] / chance[0, 0, 0], t / t[0])  # the time pattern kept
+    assert (chance[:, :, 1] == 0).all()  # never observed in training: never observed
+    np.testing.assert_array_equal(chance[0, :, 2], 1.0)  # fraction 1: every cell
