@@ -4,6 +4,7 @@ mean / LOCF / linear interpolation, at an equal wall-clock training budget.
     python benchmarks/series.py                                  # everything, 10 min per trained method
     python benchmarks/series.py --stays 400 --minutes 0.5 --samples 2 --methods mean,locf,linear,lssdm   # smoke run
     python benchmarks/series.py --test-stays 200 --samples 5      # bounds the sampling time of LSSDM and CSDI on a CPU
+    python benchmarks/series.py --test-stays 200 --csdi-test-stays 100   # CSDI imputes 100 of them; all scored on those too
 
 Data: `../shared/data/physionet2012/` beside the repository (or --data DIR) with set-a.tar.gz and
 Outcomes-a.txt; without them the script says so and exits 0. Stays are read by ldmtool's reader
@@ -13,18 +14,24 @@ benchmarks do. In the test stays --rates of the observed values are hidden at ra
 imputed; MAE and RMSE are on values normalised by the training means and standard deviations,
 CRPS is CSDI's normalised quantile-loss CRPS (from --samples draws for LSSDM and CSDI; a point
 estimate's CRPS is its normalised absolute error). LSSDM samples with --steps of its 50 timesteps
-(ancestral), CSDI with all 50 (PyPOTS's sampler).
+(ancestral), CSDI with all 50 (PyPOTS's sampler). LSSDM has a second row, "lssdm expected value":
+the same model's one-call estimate of each value's mean (`SeriesModel.expected`), a point estimate
+(its CRPS is its normalised absolute error) that costs one network call where the median of the
+draws costs --samples × --steps.
 
 Every trained method gets --minutes of training wall time: LSSDM through its time budget; a PyPOTS
-model is timed over one epoch, then trained afresh for as many epochs as fit the budget. The
-seconds column is training plus imputation of every rate.
+model is timed over one epoch, then trained afresh for as many epochs as fit the budget (the timed
+epoch is the training when only one fits). The
+seconds column is training plus imputation of every rate; "of which imputing" the imputation alone
+(every rate, all draws).
 
 Downstream: in-hospital mortality AUROC of a logistic regression on per-stay features (mean, min,
 max, last value and observed fraction of every variable, plus age, sex, height, ICU type) of each
 method's imputation of the test stays at the first rate, pooled over 5-fold cross-validation.
-Synthesis: --tstr-n synthetic stays from LSSDM (outcome drawn at the training rate, observed
-cells drawn at the training observation rates) train the same regression, tested on the real test
-stays (TSTR), beside the same regression trained on the real training stays (TRTR).
+Synthesis: --tstr-n synthetic stays from LSSDM (`sample-series --sparse`: outcome drawn at the
+training rate, each stay's observed fraction per variable drawn with its descriptors) train the
+same regression, tested on every real test stay, --test-stays or not (TSTR), beside the same
+regression trained on the real training stays (TRTR).
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--stays", type=int, default=0, help="Use the first N stays only (0: all).")
     p.add_argument("--rates", default="0.1,0.5,0.9", help="Fractions of the observed test values hidden.")
     p.add_argument("--minutes", type=float, default=10.0, help="Training wall time of every trained method.")
-    p.add_argument("--samples", type=int, default=10, help="Draws per stay of LSSDM and CSDI (CRPS, median).")
+    p.add_argument("--samples", type=int, default=20, help="Draws per stay of LSSDM and CSDI (CRPS, median).")
     p.add_argument("--steps", type=int, default=10, help="LSSDM sampling steps (DDPM on a 10-step grid of 50).")
     p.add_argument("--test-stays", type=int, default=0, help="Impute only the first N test stays (0: all).")
     p.add_argument(
@@ -190,7 +197,20 @@ def run_lssdm(args, data, train, val, test_data, inputs, work: Path) -> dict:
     for r, v in inputs.items():
         test_data.values = v
         draws[r] = model.impute(test_data, samples=args.samples, steps=args.steps, seed=args.seed, batch_size=128)
-    return {"draws": draws, "train_seconds": train_s, "seconds": train_s + time.perf_counter() - t1, "model": model}
+    impute_s = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    point = {}
+    for r, v in inputs.items():
+        test_data.values = v
+        point[r] = model.expected(test_data, seed=args.seed, batch_size=128)[:, None]
+    expected = {"draws": point, "train_seconds": train_s, "seconds": train_s + time.perf_counter() - t1}
+    return {
+        "draws": draws,
+        "train_seconds": train_s,
+        "seconds": train_s + impute_s,
+        "model": model,
+        "also": {"lssdm expected value": expected},
+    }
 
 
 def _pypots_model(name: str, t: int, v: int, epochs: int, device: str):
@@ -256,7 +276,7 @@ def tstr(args, model, data, train, test) -> dict:
     real_test = stay_features(data.values[test], data.static[test])
     y_test = data.outcome[test]
     trtr = fit_logistic(stay_features(data.values[train], data.static[train]), data.outcome[train])
-    out = {"trtr": auroc(trtr(real_test), y_test)}
+    out = {"trtr": auroc(trtr(real_test), y_test), "test": len(test)}
     if args.tstr_n is None:
         args.tstr_n = len(train)
     if model is not None and args.tstr_n:
@@ -271,11 +291,12 @@ def tstr(args, model, data, train, test) -> dict:
 
 
 def _table(args, rows: dict) -> None:
-    print("| method | " + " | ".join(f"MAE {r:g} | RMSE {r:g} | CRPS {r:g}" for r in args.rates) + " | seconds |")
-    print("|---|" + "---|" * (3 * len(args.rates) + 1))
+    head = " | ".join(f"MAE {r:g} | RMSE {r:g} | CRPS {r:g}" for r in args.rates)
+    print(f"| method | {head} | seconds | of which imputing |")
+    print("|---|" + "---|" * (3 * len(args.rates) + 2))
     for m, res in rows.items():
         cells = " | ".join(f"{res[r]['mae']:.3f} | {res[r]['rmse']:.3f} | {res[r]['crps']:.3f}" for r in args.rates)
-        print(f"| {m} | {cells} | {res['seconds']:.0f} |")
+        print(f"| {m} | {cells} | {res['seconds']:.0f} | {res['impute_seconds']:.1f} |")
 
 
 def report(args, rows: dict, subset: dict, auc: dict, synth: dict, n: dict) -> None:
@@ -296,7 +317,9 @@ def report(args, rows: dict, subset: dict, auc: dict, synth: dict, n: dict) -> N
     for m, a in auc.items():
         print(f"| {m} | {a:.3f} |" if a is not None else f"| {m} | – (imputed {subset[m][1]} test stays only) |")
     if synth:
-        print("\nSynthetic stays (LSSDM sample-series, sparse): mortality AUROC on the real test stays\n")
+        print(
+            f"\nSynthetic stays (LSSDM sample-series, sparse): mortality AUROC on all {synth['test']} real test stays\n"
+        )
         print("| trained on | AUROC |\n|---|---|")
         print(f"| real training stays (TRTR) | {synth['trtr']:.3f} |")
         if "tstr" in synth:
@@ -325,6 +348,7 @@ def main(args) -> None:
     data = load(args)
     parts = split(len(data.ids), args.split_seed)
     train, val, test = parts
+    every_test = test  # TSTR and TRTR score on all test stays (no imputation needed)
     if args.test_stays:
         test = test[: args.test_stays]
         parts = (train, val, test)
@@ -349,25 +373,28 @@ def main(args) -> None:
             if m in PYPOTS and not _has_pypots():
                 print(f"{m}: skipped (PyPOTS is not installed: pip install pypots)", flush=True)
                 continue
-            res, raw = run_method(m, args, data, parts, raw_inputs, norm_inputs, fill, normalise, Path(work))
-            model = res.get("model", model)
-            draws = {r: normalise(d) if raw else d for r, d in res["draws"].items()}
-            k = len(draws[args.rates[0]])  # test stays imputed (fewer with --csdi-test-stays)
-            rows[m] = {r: score(draws[r], normalise(truth[:k]), hidden[r][1][:k]) for r in args.rates}
-            rows[m]["seconds"] = res["seconds"]
-            all_draws[m] = draws
-            subset[m] = (rows[m], k)
-            first = np.median(draws[args.rates[0]], 1) * normalise.std + normalise.mean
-            auc[m] = cv_auroc(stay_features(first, data.static[test]), data.outcome[test]) if k == len(test) else None
-            print(f"{m}: " + ", ".join(f"{r:g}: MAE {rows[m][r]['mae']:.3f}" for r in args.rates), flush=True)
-        synth = tstr(args, model, data, train, test)
+            first_res, raw = run_method(m, args, data, parts, raw_inputs, norm_inputs, fill, normalise, Path(work))
+            model = first_res.get("model", model)
+            for name, res in [(m, first_res), *first_res.get("also", {}).items()]:
+                draws = {r: normalise(d) if raw else d for r, d in res["draws"].items()}
+                k = len(draws[args.rates[0]])  # test stays imputed (fewer with --csdi-test-stays)
+                rows[name] = {r: score(draws[r], normalise(truth[:k]), hidden[r][1][:k]) for r in args.rates}
+                rows[name]["seconds"] = res["seconds"]
+                rows[name]["impute_seconds"] = res["seconds"] - res["train_seconds"]
+                all_draws[name] = draws
+                subset[name] = (rows[name], k)
+                first = np.median(draws[args.rates[0]], 1) * normalise.std + normalise.mean
+                full = k == len(test)
+                auc[name] = cv_auroc(stay_features(first, data.static[test]), data.outcome[test]) if full else None
+                print(f"{name}: " + ", ".join(f"{r:g}: MAE {rows[name][r]['mae']:.3f}" for r in args.rates), flush=True)
+        synth = tstr(args, model, data, train, every_test)
     n = {"train": len(train), "val": len(val), "test": len(test), "vars": len(data.variables)}
     k_min = min(k for _, k in subset.values()) if subset else len(test)
     if k_min < len(test):  # every method scored on the stays the subset method imputed, side by side
         for m, draws in all_draws.items():
             if subset[m][1] > k_min:
                 sub = {r: score(d[:k_min], normalise(truth[:k_min]), hidden[r][1][:k_min]) for r, d in draws.items()}
-                subset[m] = ({**sub, "seconds": rows[m]["seconds"]}, subset[m][1])
+                subset[m] = ({**sub, **{k: rows[m][k] for k in ("seconds", "impute_seconds")}}, subset[m][1])
     report(args, rows, subset, auc, synth, n)
 
 

@@ -195,3 +195,33 @@ def test_observation_chances_keep_each_stays_fraction():
     np.testing.assert_allclose(chance[0, :, 0] / chance[0, 0, 0], t / t[0])  # the time pattern kept
     assert (chance[:, :, 1] == 0).all()  # never observed in training: never observed
     np.testing.assert_array_equal(chance[0, :, 2], 1.0)  # fraction 1: every cell
+
+
+def test_expected_value_is_one_call_predicting_the_clean_residual(trained):
+    """`expected`: one network call per batch, at the noisiest step, whose clean-residual prediction
+    is the answer: a network that predicts the residual 0.25 everywhere gives coarse + 0.25 on the
+    unobserved cells, the observed ones exact."""
+    from ldmtool.series.prepare import to_tensors
+
+    out, _ = trained
+    model = SeriesModel.load(out)
+    data = tiny_data().subset([0, 1, 2])
+    sampler = model.sampler(1)
+    calls = []
+
+    def fake(z, t, x, m, coarse, cond):
+        calls.append(int(t[0]))
+        a = sampler.alphas_cumprod[t].float().view(-1, 1, 1)
+        return (a.sqrt() * z - 0.25) / (1 - a).sqrt()  # the v whose implied clean residual is 0.25
+
+    model.model.denoise = fake
+    got = model.expected(data, batch_size=8)
+    assert calls == [model.model.cfg.num_train_timesteps - 1]
+    tens = to_tensors(data, model.config["normalisation"])
+    with torch.no_grad():
+        cond = model.model.condition(tens.static, tens.known, tens.outcome)
+        coarse = model.model.coarse(tens.x, tens.m, cond)[0].double().numpy()
+    want = model._denormalise(coarse + 0.25)
+    obs = data.observed
+    np.testing.assert_array_equal(got[obs], data.values[obs])
+    np.testing.assert_allclose(got[~obs], want[~obs], rtol=1e-5, atol=1e-5)
