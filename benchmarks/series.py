@@ -21,9 +21,8 @@ draws costs --samples × --steps.
 
 Every trained method gets --minutes of training wall time: LSSDM through its time budget; a PyPOTS
 model is timed over one epoch, then trained afresh for as many epochs as fit the budget (the timed
-epoch is the training when only one fits). The
-seconds column is training plus imputation of every rate; "of which imputing" the imputation alone
-(every rate, all draws).
+epoch is the training when only one fits). The seconds column is training plus imputation of every
+rate; "of which imputing" the imputation alone (every rate, all draws).
 
 Downstream: in-hospital mortality AUROC of a logistic regression on per-stay features (mean, min,
 max, last value and observed fraction of every variable, plus age, sex, height, ICU type) of each

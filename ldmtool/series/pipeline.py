@@ -134,9 +134,10 @@ class SeriesModel:
     def expected(self, data: SeriesData, *, seed: int = 0, batch_size: int = 64, console=None) -> np.ndarray:
         """(N, T, V) the model's expected value of every unobserved cell given the stay (observed
         cells exact): the score network's prediction of the clean residual at the noisiest step, where
-        the noisy input carries almost nothing (ᾱ_T ≈ 3e-5 with the default schedule), i.e. the mean
-        of what the model would draw: the estimate of least squared error, in one network call, where
-        the median of K draws pays K × steps calls and the draws' own noise."""
+        the noisy input carries almost nothing (ᾱ_T ≈ 3e-5 with the default schedule): what the
+        network learnt as the mean of the missing values given the stay (the least-squares estimate,
+        as far as it is trained), in one network call, where the median of K draws pays K × steps
+        calls and the draws' own noise."""
         return self.impute(data, samples=1, steps=1, seed=seed, batch_size=batch_size, console=console)[:, 0]
 
     def synthesise(
