@@ -276,8 +276,6 @@ def tstr(args, model, data, train, test) -> dict:
     y_test = data.outcome[test]
     trtr = fit_logistic(stay_features(data.values[train], data.static[train]), data.outcome[train])
     out = {"trtr": auroc(trtr(real_test), y_test), "test": len(test)}
-    if args.tstr_n is None:
-        args.tstr_n = len(train)
     if model is not None and args.tstr_n:
         t0 = time.perf_counter()
         syn = model.synthesise(args.tstr_n, steps=args.steps, seed=args.seed + 1, sparse=True, batch_size=128)
@@ -298,23 +296,25 @@ def _table(args, rows: dict) -> None:
         print(f"| {m} | {cells} | {res['seconds']:.0f} | {res['impute_seconds']:.1f} |")
 
 
-def report(args, rows: dict, subset: dict, auc: dict, synth: dict, n: dict) -> None:
+def report(args, rows: dict, stays: dict, few_rows: dict, auc: dict, synth: dict, n: dict) -> None:
+    """`stays`: test stays each method imputed; `few_rows`: every method scored on the fewest of
+    them (empty when every method imputed them all)."""
     print(f"\n## PhysioNet 2012 set A: {n['train']} train / {n['val']} validation / {n['test']} test stays, "
           f"{n['vars']} variables × 48 h; {args.minutes:g} min of training per trained method\n")  # fmt: skip
     print("Imputation of hidden observed test values (normalised units; CRPS: CSDI's normalised CRPS)\n")
-    _table(args, {m: res for m, res in rows.items() if subset[m][1] == n["test"]})
-    k_min = min((k for _, k in subset.values()), default=n["test"])
-    if k_min < n["test"]:
-        few = ", ".join(m for m, (_, k) in subset.items() if k == k_min)
+    _table(args, {m: res for m, res in rows.items() if stays[m] == n["test"]})
+    if few_rows:
+        k_min = min(stays.values())
+        few = ", ".join(m for m, k in stays.items() if k == k_min)
         print(f"\nOn the first {k_min} test stays, the only ones {few} imputed (--csdi-test-stays); every method "
               f"scored on them (seconds: {few}'s for these stays, the others' as above)\n")  # fmt: skip
-        _table(args, {m: sub for m, (sub, _) in subset.items()})
+        _table(args, few_rows)
     print(
         f"\nIn-hospital mortality AUROC (logistic regression, 5-fold CV on the test stays, imputed at rate {args.rates[0]:g})\n"
     )
     print("| data | AUROC |\n|---|---|")
     for m, a in auc.items():
-        print(f"| {m} | {a:.3f} |" if a is not None else f"| {m} | – (imputed {subset[m][1]} test stays only) |")
+        print(f"| {m} | {a:.3f} |" if a is not None else f"| {m} | – (imputed {stays[m]} test stays only) |")
     if synth:
         print(
             f"\nSynthetic stays (LSSDM sample-series, sparse): mortality AUROC on all {synth['test']} real test stays\n"
@@ -357,7 +357,9 @@ def main(args) -> None:
     hidden = {r: hide(truth, r, args.seed + int(1000 * r)) for r in args.rates}
     raw_inputs = {r: h[0] for r, h in hidden.items()}
     norm_inputs = {r: normalise(v) for r, v in raw_inputs.items()}
-    all_draws, subset = {}, {}
+    if args.tstr_n is None:
+        args.tstr_n = len(train)
+    all_draws, stays = {}, {}
     rows, auc, model = (
         {},
         {
@@ -380,21 +382,20 @@ def main(args) -> None:
                 rows[name] = {r: score(draws[r], normalise(truth[:k]), hidden[r][1][:k]) for r in args.rates}
                 rows[name]["seconds"] = res["seconds"]
                 rows[name]["impute_seconds"] = res["seconds"] - res["train_seconds"]
-                all_draws[name] = draws
-                subset[name] = (rows[name], k)
+                all_draws[name], stays[name] = draws, k
                 first = np.median(draws[args.rates[0]], 1) * normalise.std + normalise.mean
                 full = k == len(test)
                 auc[name] = cv_auroc(stay_features(first, data.static[test]), data.outcome[test]) if full else None
                 print(f"{name}: " + ", ".join(f"{r:g}: MAE {rows[name][r]['mae']:.3f}" for r in args.rates), flush=True)
         synth = tstr(args, model, data, train, every_test)
     n = {"train": len(train), "val": len(val), "test": len(test), "vars": len(data.variables)}
-    k_min = min(k for _, k in subset.values()) if subset else len(test)
-    if k_min < len(test):  # every method scored on the stays the subset method imputed, side by side
+    k_min = min(stays.values(), default=len(test))
+    few_rows = {}  # every method scored on the stays the --csdi-test-stays method imputed, side by side
+    if k_min < len(test):
         for m, draws in all_draws.items():
-            if subset[m][1] > k_min:
-                sub = {r: score(d[:k_min], normalise(truth[:k_min]), hidden[r][1][:k_min]) for r, d in draws.items()}
-                subset[m] = ({**sub, **{k: rows[m][k] for k in ("seconds", "impute_seconds")}}, subset[m][1])
-    report(args, rows, subset, auc, synth, n)
+            sub = {r: score(d[:k_min], normalise(truth[:k_min]), hidden[r][1][:k_min]) for r, d in draws.items()}
+            few_rows[m] = {**sub, "seconds": rows[m]["seconds"], "impute_seconds": rows[m]["impute_seconds"]}
+    report(args, rows, stays, few_rows, auc, synth, n)
 
 
 def _has_pypots() -> bool:
