@@ -225,11 +225,17 @@ class AETrainConfig(LoopConfig):
 
 @dataclass
 class LDMTrainConfig(LoopConfig):
-    """Training of the latent denoiser (YAML section `ldm_train`); the checkpoint is the latest EMA."""
+    """Training of the latent denoiser (YAML section `ldm_train`); the checkpoint is the latest EMA
+    (`keep: best`: the EMA with the lowest held-out loss)."""
 
     epochs: int = setting(100, "Passes over the training volumes.")
     batch_size: int = setting(4, "Latent volumes per batch (per process).")
-    ema_decay: float = setting(0.999, "EMA decay of the weights used for sampling (the checkpoint is the latest EMA).")
+    ema_decay: float = setting(0.999, "EMA decay of the weights used for sampling (the checkpoint is an EMA).")
+    keep: str = setting(
+        "latest",
+        "Which EMA weights model.safetensors holds: latest, or best (the lowest held-out loss of the "
+        "evaluations; last.safetensors then holds the latest). best needs held-out volumes (val_fraction > 0).",
+    )
     cfg_dropout: float = setting(0.1, "Classifier-free guidance: drop all conditioning this often.")
     min_snr_gamma: float | None = setting(5.0, "Min-SNR loss weighting (Hang et al. 2023); null = off.")
     lesion_weight: float = setting(
@@ -252,6 +258,9 @@ class LDMTrainConfig(LoopConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_choice("flow_timesteps", self.flow_timesteps, ("uniform", "logit-normal"))
+        _check_choice("keep", self.keep, ("latest", "best"))
+        if self.keep == "best" and not self.val_fraction > 0:
+            raise LdmError("ldm_train.keep: best picks by held-out loss; set val_fraction above 0")
         if len(self.flow_logit_normal) != 2 or not self.flow_logit_normal[1] > 0:
             raise LdmError(f"flow_logit_normal: give a location and a positive scale; got {self.flow_logit_normal}")
         _check_range("ema_decay", self.ema_decay, 0, 1, high_open=True)

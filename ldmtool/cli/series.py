@@ -138,7 +138,16 @@ def impute_series(
     data: Annotated[Path, typer.Argument(help=DATA_HELP)],
     model: Annotated[Path, typer.Option("--model", "-m", help="train-series output (folder or checkpoint).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
-    samples: Annotated[int, typer.Option("--samples", "-k", help="Imputations drawn per stay.")] = 10,
+    samples: Annotated[
+        int, typer.Option("--samples", "-k", help="Imputations drawn per stay (0: none, with --estimate expected).")
+    ] = 10,
+    estimate: Annotated[
+        str,
+        typer.Option(
+            help="Value of the unobserved cells in imputed.*: median (of the draws) or expected (the model's "
+            "expected value in one network call: fast, no draws' noise; --samples still gives the uncertainty)."
+        ),
+    ] = "median",
     quantiles: Annotated[str, typer.Option(help="Quantiles of the draws written per value.")] = "0.05,0.95",
     steps: Annotated[
         Optional[int], typer.Option(help="Sampling steps (default: every training timestep, ancestral).")
@@ -152,8 +161,8 @@ def impute_series(
     """Fill the unobserved grid cells of a table; observed values are returned exactly.
 
     Writes imputed.* (the table in the input's layout on the model's grid, unobserved cells = the
-    median of the draws), uncertainty.csv (median and quantiles of every cell), samples.npz (all
-    draws) and impute-series.json (provenance)."""
+    median of the draws, or the expected value with --estimate expected), uncertainty.csv (median and
+    quantiles of every cell), samples.npz (all draws) and impute-series.json (provenance)."""
     from ldmtool.series.jobs import impute_table, parse_quantiles
 
     state: common.State = ctx.obj
@@ -171,6 +180,7 @@ def impute_series(
         console=state.console,
         skip_empty=skip_empty,
         overwrite=overwrite,
+        estimate=estimate,
     )
     rows = {
         "stays": result.stays,

@@ -21,6 +21,11 @@ from ldmtool.series.reader import FORMATS, SeriesData
 from ldmtool.series.writer import number, output_name, time_text, write_table
 
 PROVENANCE = "impute-series.json"
+# what the imputed table holds in the unobserved cells (the provenance records the description)
+ESTIMATES = {
+    "median": "the median of the draws",
+    "expected": "the model's expected value (one network call at the noisiest step)",
+}
 SAMPLE_PROVENANCE = "sample-series.json"
 
 
@@ -84,22 +89,34 @@ def impute_table(
     console=None,
     skip_empty: bool = False,
     overwrite: bool = False,
+    estimate: str = "median",
 ) -> SeriesJobResult:
     """Impute every unobserved grid cell of the table `source`; write to `out`:
-    imputed.* (the table in the input's layout, unobserved cells = median of the draws),
-    uncertainty.csv (median and quantiles of every cell), samples.npz (the draws, N×K×T×V) and
-    impute-series.json (provenance)."""
+    imputed.* (the table in the input's layout, unobserved cells = the median of the draws, or with
+    `estimate="expected"` the model's one-call expected value), uncertainty.csv (median and
+    quantiles of the draws for every cell), samples.npz (the draws, N×K×T×V) and impute-series.json
+    (provenance). `samples=0` (expected only) draws nothing and writes the table and provenance."""
+    if estimate not in ESTIMATES:
+        raise LdmError(f"--estimate must be one of {', '.join(ESTIMATES)}; got {estimate!r}")
+    if samples < 0 or (samples == 0 and estimate != "expected"):
+        raise LdmError(f"--samples must be at least 1 (0 only with --estimate expected); got {samples}")
     t0 = time.perf_counter()
     out = Path(out)
     _check_out(out, PROVENANCE, overwrite)
     ckpt = resolve_checkpoint(model_path)
     model = SeriesModel.load(ckpt, device)
     data = model.read(source, skip_empty=skip_empty)
-    draws = model.impute(data, samples=samples, steps=steps, seed=seed, batch_size=batch_size, console=console)
-    median = np.where(data.observed, data.values, np.median(draws, axis=1))
-    outputs = {"imputed table": write_table(data, out / output_name(data, "imputed"), median)}
-    outputs["uncertainty"] = atomic_write_text(out / "uncertainty.csv", uncertainty_text(data, draws, quantiles))
-    outputs["samples"] = _write_npz(out / "samples.npz", data, draws)
+    draws = None
+    if samples:
+        draws = model.impute(data, samples=samples, steps=steps, seed=seed, batch_size=batch_size, console=console)
+    if estimate == "expected":
+        point = model.expected(data, seed=seed, batch_size=batch_size, console=console)
+    else:
+        point = np.where(data.observed, data.values, np.median(draws, axis=1))
+    outputs = {"imputed table": write_table(data, out / output_name(data, "imputed"), point)}
+    if draws is not None:
+        outputs["uncertainty"] = atomic_write_text(out / "uncertainty.csv", uncertainty_text(data, draws, quantiles))
+        outputs["samples"] = _write_npz(out / "samples.npz", data, draws)
     missing = int((~data.observed).sum())
     result = SeriesJobResult(len(data.ids), missing, int(data.values.size), outputs, 0.0, data.outside)
     result.seconds = time.perf_counter() - t0
@@ -108,9 +125,9 @@ def impute_table(
         "command": "impute-series",
         "input": data.source,
         "model": {"path": str(ckpt), "sha256": file_sha256(ckpt)},
+        "estimate": ESTIMATES[estimate],
         "samples": samples,
-        "quantiles": list(quantiles),
-        "steps": steps or model.model.cfg.num_train_timesteps,
+        **({"quantiles": list(quantiles), "steps": steps or model.model.cfg.num_train_timesteps} if samples else {}),
         "seed": seed,
         "grid": model.config["grid"],
         "variables": data.variables,

@@ -237,8 +237,10 @@ class DenoiserTrainer(Trainer):
     """The 3D latent denoiser for `run_training`: batches of standardised latent volumes, the
     diffusion (or flow) loss with Min-SNR and lesion weights, an EMA of the weights.
 
-    Best checkpoint: by design the latest EMA weights (no score picks it; the held-out loss of the
-    EMA is recorded in history.json). Evaluated every 10% of the run, at most 500 steps apart."""
+    Checkpoint: the latest EMA weights by default (the held-out loss of the EMA is recorded in
+    history.json); with `keep: best` the EMA weights of the evaluation with the lowest held-out loss,
+    the latest beside them as last.safetensors. Evaluated every 10% of the run, at most 500 steps
+    apart."""
 
     kind, label, unit = "latent-diffusion", "train-ldm", "vol"
 
@@ -262,6 +264,8 @@ class DenoiserTrainer(Trainer):
         from torch.utils.data import DistributedSampler
 
         self.cfg, self.info, self.seed, self.model_cfg = train_cfg, info, seed, model_cfg
+        if train_cfg.keep == "best":
+            self.best_key, self.best_mode, self.keep_last = "val_loss", "min", True
         device = info.device
         stats = None if init is None else (init[1].latent_mean, init[1].latent_std)
         self.z_all, mean, std = standardised_latents(latents, stats)  # (N, L, D, h, w)

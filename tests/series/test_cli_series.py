@@ -73,6 +73,36 @@ def test_train_impute_sample(cli, model, tmp_path):  # noqa: F811
     assert len(list((tmp_path / "syn" / "synthetic").glob("*.txt"))) == 3
 
 
+def test_impute_expected_value(cli, model, tmp_path):  # noqa: F811
+    """--estimate expected: the imputed table holds SeriesModel.expected (observed cells exact);
+    with --samples 0 nothing is drawn and only the table and provenance are written."""
+    from ldmtool.series.pipeline import SeriesModel
+
+    root, table = model
+    r = cli("--quiet", "impute-series", table, "--model", root / "m", "--out", tmp_path / "e",
+            "--estimate", "expected", "--samples", 0)  # fmt: skip
+    assert r.code == 0, r.both
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["impute-series.json", "imputed.csv"]
+    m = SeriesModel.load(root / "m", "cpu")
+    data = m.read(table)
+    expected = m.expected(data)
+    imputed = read_table(tmp_path / "e" / "imputed.csv", static_names=("Age", "Gender"), grid=Grid(T, 1.0))
+    np.testing.assert_array_equal(imputed.values[data.observed], data.values[data.observed])
+    np.testing.assert_allclose(imputed.values, expected, rtol=1e-12)  # values are written to read back exactly
+    assert not np.allclose(imputed.values[~data.observed], 0)
+    record = json.loads((tmp_path / "e" / "impute-series.json").read_text())
+    assert record["samples"] == 0 and "expected value" in record["estimate"] and "steps" not in record
+    r = cli("--quiet", "impute-series", table, "--model", root / "m", "--out", tmp_path / "e2",
+            "--estimate", "expected", "--samples", 2, "--steps", 2)  # fmt: skip
+    assert r.code == 0, r.both
+    assert (tmp_path / "e2" / "uncertainty.csv").is_file() and (tmp_path / "e2" / "samples.npz").is_file()
+    assert (tmp_path / "e2" / "imputed.csv").read_text() == (tmp_path / "e" / "imputed.csv").read_text()
+    _one_line_error(cli("impute-series", table, "--model", root / "m", "--out", tmp_path / "o", "--samples", 0),
+                    "--samples must be at least 1")  # fmt: skip
+    _one_line_error(cli("impute-series", table, "--model", root / "m", "--out", tmp_path / "o", "--estimate", "mean"),
+                    "--estimate must be one of")  # fmt: skip
+
+
 def test_unknown_variable_at_imputation(cli, model, tmp_path):  # noqa: F811
     root, _ = model
     bad = tmp_path / "bad.csv"

@@ -236,3 +236,38 @@ def test_flow_timestep_settings_are_checked():
         LDMTrainConfig(flow_timesteps="normal")
     with pytest.raises(LdmError, match="positive scale"):
         LDMTrainConfig(flow_logit_normal=(0.0, 0.0))
+
+
+def test_keep_best_holds_the_lowest_held_out_loss(tmp_path, phantom_data, ae_setup, denoiser_config, monkeypatch):
+    """`keep: best`: model.safetensors is the evaluation with the lowest held-out loss (here the
+    second of four), last.safetensors the latest; the default keeps the latest."""
+    ae, ae_cfg, ae_path = ae_setup
+    losses = iter([0.3, 0.1, 0.2, 0.4])
+    monkeypatch.setattr(latent_mod.DenoiserTrainer, "validation_step", lambda self: {"val_loss": next(losses)})
+    out = tmp_path / "ldm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        result = train_latent_diffusion(
+            phantom_data,
+            ae,
+            ae_cfg,
+            ae_path,
+            out,
+            model_cfg=denoiser_config(condition_on="none"),
+            train_cfg=LDMTrainConfig(steps=4, batch_size=2, warmup_steps=1, lr=1e-3, val_fraction=0.25, keep="best"),
+            device=CPU,
+            seed=0,
+            console=QUIET,
+        )
+    assert [h["step"] for h in result.history] == [1, 2, 3, 4]
+    assert load_checkpoint(out)[1]["step"] == 2 and result.best["val_loss"] == 0.1
+    assert load_checkpoint(out / "last.safetensors")[1]["step"] == 4
+    best, last = load_file(str(out / "model.safetensors")), load_file(str(out / "last.safetensors"))
+    assert any(not torch.equal(best[k], last[k]) for k in best)
+    from ldmtool.errors import LdmError
+
+    with pytest.raises(LdmError, match="keep"):
+        LDMTrainConfig(keep="newest")
+    with pytest.raises(LdmError, match="val_fraction"):
+        LDMTrainConfig(keep="best", val_fraction=0.0)
+    assert LDMTrainConfig().keep == "latest"
