@@ -118,11 +118,33 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+_finished: int | None = None  # the exit code once a command has returned (entry() only)
+
+
 def entry() -> None:
+    """The `ldmtool` script (and `python -m ldmtool`): run the command, then exit without the
+    interpreter's module teardown.
+
+    Tearing down the thousands of modules torch and MONAI load costs a short command most of a
+    second after its work is done (`benchmarks/sampling.py --parts e` measures the process). So
+    once `main` has returned (every file written, renamed and closed), the exit handler
+    registered here, before any command has imported anything, runs last of all exit handlers
+    (they run in reverse order: temporary folders and the like are cleaned first) and leaves
+    with `os._exit`. An exception escaping `main` leaves the normal way."""
+    import atexit
+
+    global _finished
+    atexit.register(_exit_after_handlers)
     code = main()
     if torch_distributed_worker():
         _leave_now(code)
+    _finished = code
     sys.exit(code)
+
+
+def _exit_after_handlers() -> None:
+    if _finished is not None:
+        _leave_now(_finished)
 
 
 def torch_distributed_worker() -> bool:
@@ -133,20 +155,26 @@ def torch_distributed_worker() -> bool:
 
 
 def _leave_now(code: int) -> None:
-    """End a torchrun worker without interpreter finalisation.
+    """End the process without interpreter finalisation: logging shut down, Python's and C's
+    output streams flushed, then `os._exit`.
 
-    Everything is written and the process group left by now (`training_session`). What remains
-    are the collective backend's C++ threads (gloo's transport loop, the store client), and
-    tearing those down in the interpreter's exit path can abort a worker that has already
-    finished ("terminate called without an active exception"), which torchrun then reports as a
-    failed run. Flushing the streams and leaving with `os._exit` skips that path."""
+    For a torchrun worker this is also a matter of correctness: everything is written and the
+    process group left by now (`training_session`). What remains are the collective backend's C++
+    threads (gloo's transport loop, the store client), and tearing those down in the
+    interpreter's exit path can abort a worker that has already finished ("terminate called
+    without an active exception"), which torchrun then reports as a failed run."""
+    import ctypes
     import logging
     import os
 
-    logging.shutdown()
+    logging.shutdown()  # its exit handler was registered before entry()'s and would not run
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             pass
+    try:  # what C/C++ code printed through stdio
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
     os._exit(code)

@@ -283,3 +283,29 @@ def test_impute_and_segment_config_errors_are_one_line(cli, tmp_path, command, y
     models = ("--ae", "a", "--ldm", "l") if command == "impute" else ("--model", "m")
     r = cli(command, source, *models, "--out", tmp_path / "o", "--config", cfg)
     assert r.code == 1 and contains in r.err and "Traceback" not in r.both
+
+
+def test_script_exit_skips_teardown_but_not_exit_handlers():
+    """entry(): the command's exit code, all its output through a pipe, exit handlers registered
+    by the command run, and no interpreter teardown (an object's finaliser at module teardown)."""
+    code = """
+import atexit
+from ldmtool.cli import main as m
+
+class Teardown:
+    def __del__(self):
+        print("teardown", flush=True)
+
+def command(argv=None):
+    atexit.register(lambda: print("handler ran"))
+    print("x" * 200000)
+    return 3
+
+m.keep = Teardown()
+m.main = command
+m.entry()
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV)
+    assert proc.returncode == 3, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines == ["x" * 200000, "handler ran"], proc.stdout[-200:]
