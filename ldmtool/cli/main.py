@@ -173,8 +173,8 @@ def _leave_now(code: int) -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
-    try:  # what C/C++ code printed through stdio
+    try:  # what C/C++ code printed through stdio (no C library to load on some platforms)
         ctypes.CDLL(None).fflush(None)
-    except (OSError, AttributeError):
+    except Exception:
         pass
     os._exit(code)
