@@ -60,6 +60,7 @@ def train_ldm(
     lr: Annotated[Optional[float], common.opt(LDMTrainConfig, "lr", panel=TRAIN)] = None,
     max_minutes: Annotated[Optional[float], common.opt(LDMTrainConfig, "max_minutes", panel=TRAIN)] = None,
     ema_decay: Annotated[Optional[float], common.opt(LDMTrainConfig, "ema_decay", panel=TRAIN)] = None,
+    keep: Annotated[Optional[str], common.opt(LDMTrainConfig, "keep", panel=TRAIN)] = None,
     lesion_weight: Annotated[Optional[float], common.opt(LDMTrainConfig, "lesion_weight", panel=TRAIN)] = None,
     mirror: Annotated[Optional[bool], common.opt(LDMTrainConfig, "mirror", "--mirror/--no-mirror", panel=TRAIN)] = None,
     flow_timesteps: Annotated[Optional[str], common.opt(LDMTrainConfig, "flow_timesteps", panel=TRAIN)] = None,

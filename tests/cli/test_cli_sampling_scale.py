@@ -230,3 +230,22 @@ def test_near_copies_are_rejected_and_replaced(trained, cli, tmp_path):
         assert prov["memorization_ssim"] <= 0.95
         assert np.abs(_image(out, k) - _image(first, k)).max() > 1e-3
     assert any("rejected as near-copies" in line and "2" in line for line in r.out.splitlines())
+
+
+def test_keep_best_from_the_command_line(trained, cli, tmp_path):
+    """`train-ldm --keep best`: the best and the latest EMA weights both written, the latest by
+    step, a sample from each; an unknown choice is a one-line error."""
+    from ldmtool.models.checkpoint import read_config
+
+    ldm = tmp_path / "LDMB"
+    r = cli("--quiet", "train-ldm", trained.data, "--ae", trained.ae, "--out", ldm, "--config", TINY_YAML,
+            "--keep", "best", "--steps", 3)  # fmt: skip
+    assert r.code == 0, r.both
+    best, last = read_config(ldm / "model.safetensors"), read_config(ldm / "last.safetensors")
+    assert best["train"]["keep"] == "best" and last["step"] == 3 and 1 <= best["step"] <= 3
+    for weights, name in ((ldm, "b"), (ldm / "last.safetensors", "l")):
+        r = cli("sample", "--ae", trained.ae, "--ldm", weights, "--out", tmp_path / name, "--n", 1, "--steps", 2)
+        assert r.code == 0, r.both
+    r = cli("train-ldm", trained.data, "--ae", trained.ae, "--out", tmp_path / "x", "--config", TINY_YAML,
+            "--keep", "newest")  # fmt: skip
+    assert r.code == 1 and len(r.error_lines()) == 1 and "keep must be one of" in r.err
