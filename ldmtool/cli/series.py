@@ -150,7 +150,8 @@ def impute_series(
     ] = "median",
     quantiles: Annotated[str, typer.Option(help="Quantiles of the draws written per value.")] = "0.05,0.95",
     steps: Annotated[
-        Optional[int], typer.Option(help="Sampling steps (default: every training timestep, ancestral).")
+        Optional[int],
+        typer.Option(help="Ancestral sampling steps of each draw (default: 10 of the 50 training timesteps)."),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Stay draws per batch.")] = 64,
     skip_empty: Annotated[bool, typer.Option("--skip-empty", help="Leave out stays with no observation.")] = False,
@@ -211,7 +212,9 @@ def sample_series(
         bool,
         typer.Option("--sparse", help="Keep each value with the training chance of an observation (looks recorded)."),
     ] = False,
-    steps: Annotated[Optional[int], typer.Option(help="Sampling steps (default: every training timestep).")] = None,
+    steps: Annotated[
+        Optional[int], typer.Option(help="Ancestral sampling steps (default: 10 of the 50 training timesteps).")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Stays per batch.")] = 64,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Write into a non-empty --out that is not an earlier output.")

@@ -127,7 +127,7 @@ def impute_table(
         "model": {"path": str(ckpt), "sha256": file_sha256(ckpt)},
         "estimate": ESTIMATES[estimate],
         "samples": samples,
-        **({"quantiles": list(quantiles), "steps": steps or model.model.cfg.num_train_timesteps} if samples else {}),
+        **({"quantiles": list(quantiles), "steps": model.sampling_steps(steps)} if samples else {}),
         "seed": seed,
         "grid": model.config["grid"],
         "variables": data.variables,
@@ -207,7 +207,7 @@ def sample_table(
         "outcome": outcome,
         "sparse": sparse,
         "format": data.source["format"],
-        "steps": steps or model.model.cfg.num_train_timesteps,
+        "steps": model.sampling_steps(steps),
         "seed": seed,
         "grid": model.config["grid"],
         "descriptors": (

@@ -26,6 +26,12 @@ from ldmtool.series.prepare import to_tensors
 from ldmtool.series.reader import Grid, SeriesData, read_table
 from ldmtool.series.train import KIND
 
+# Ancestral steps of a draw unless --steps says otherwise. On PhysioNet 2012 (benchmarks/series.py),
+# 10 of the 50 training timesteps gave medians as close to the hidden values as 2–5 steps and better
+# calibrated draws (CRPS) than 2 or 5; all 50 were both slower and further off (README, "Clinical
+# time series").
+DEFAULT_STEPS = 10
+
 
 @dataclass
 class SeriesModel:
@@ -70,21 +76,29 @@ class SeriesModel:
             outcome_column=self.config.get("outcome") or "In-hospital_death",
         )
 
+    def sampling_steps(self, steps: int | None) -> int:
+        """The ancestral steps a draw takes: `steps`, or DEFAULT_STEPS of the training timesteps."""
+        total = self.model.cfg.num_train_timesteps
+        steps = min(DEFAULT_STEPS, total) if steps is None else steps
+        if not 1 <= steps <= total:
+            raise LdmError(f"--steps must be between 1 and {total}; got {steps}")
+        return steps
+
     def sampler(self, steps: int | None, eta: float = 1.0) -> DDIMSampler:
-        cfg = self.model.cfg.schedule()
-        steps = steps or cfg.num_train_timesteps
-        if not 1 <= steps <= cfg.num_train_timesteps:
-            raise LdmError(f"--steps must be between 1 and {cfg.num_train_timesteps}; got {steps}")
-        return DDIMSampler(cfg, steps, eta)
+        return DDIMSampler(self.model.cfg.schedule(), self.sampling_steps(steps), eta)
 
     @torch.no_grad()
-    def _draw(self, x, m, static, known, y, seeds: list[int], sampler: DDIMSampler) -> torch.Tensor:
-        """Normalised samples (B, T, V): observed cells as given, the others the coarse reconstruction
-        plus a residual drawn by the diffusion model."""
+    def _draw(self, x, m, static, known, y, rows: torch.Tensor, seeds: list[int], sampler: DDIMSampler) -> torch.Tensor:
+        """Normalised samples (B, T, V), row b a draw of stay `rows[b]` of the given stays: observed
+        cells as given, the others the coarse reconstruction plus a residual drawn by the diffusion
+        model. The condition and the coarse reconstruction (deterministic: the VGAE's mean latent)
+        are computed once per stay, not once per draw."""
         dev = self.device
         x, m, static, known, y = (t.to(dev) for t in (x, m, static, known, y))
         cond = self.model.condition(static, known, y)
         coarse, _, _ = self.model.coarse(x, m, cond)
+        rows = rows.to(dev)
+        x, m, cond, coarse = x[rows], m[rows], cond[rows], coarse[rows]
         gens = sample_generators(seeds)
         r_t = initial_noise(tuple(x.shape[1:]), gens).to(dev)
         fn = lambda z, t: self.model.denoise(z, t, x, m, coarse, cond)
@@ -121,13 +135,20 @@ class SeriesModel:
             task = bar.add_task("impute-series", total=len(rows), rate="", info=f"{n} stays × {k} samples")
             for s in range(0, len(rows), batch_size):
                 chunk = rows[s : s + batch_size]
-                idx = torch.tensor([i for i, _ in chunk])
+                stays, rows_of = torch.tensor([i for i, _ in chunk]).unique(return_inverse=True)
                 seeds = [sample_seed(seed, keys[i], j) for i, j in chunk]
-                z = self._draw(
-                    tens.x[idx], tens.m[idx], tens.static[idx], tens.known[idx], tens.outcome[idx], seeds, sampler
+                z = self._denormalise(
+                    self._draw(
+                        *(t[stays] for t in (tens.x, tens.m, tens.static, tens.known, tens.outcome)),
+                        rows_of,
+                        seeds,
+                        sampler,
+                    )
+                    .double()
+                    .numpy()
                 )
                 for r, (i, j) in enumerate(chunk):
-                    out[i, j] = self._denormalise(z[r].double().numpy())
+                    out[i, j] = z[r]
                 bar.advance(task, len(chunk))
         return np.where(data.observed[:, None], data.values[:, None], out)
 
@@ -163,7 +184,8 @@ class SeriesModel:
                 A model that stores the joint copula of descriptors and per-variable observed
                 fractions (`observation`) draws each stay's measurement intensity with its
                 descriptors: a stay with hourly labs and one with a single draw, as recorded stays
-                differ, instead of every stay at the average rate.
+                differ, instead of every stay at the average rate; the stay then has that many
+                observations of the variable (`observation_mask`).
         """
         cfg, rng = self.config, np.random.default_rng(seed)
         y = self._outcomes(n, outcome, rng)
@@ -188,8 +210,8 @@ class SeriesModel:
         )
         values = self.impute(empty, samples=1, steps=steps, seed=seed, batch_size=batch_size, console=console)[:, 0]
         if sparse:
-            rates = observation_chances(np.asarray(cfg["observation_rates"]), y, fractions)
-            values = np.where(rng.random(values.shape) < rates, values, np.nan)
+            keep = observation_mask(np.asarray(cfg["observation_rates"]), y, fractions, rng)
+            values = np.where(keep, values, np.nan)
         empty.values = values
         return empty
 
@@ -210,13 +232,29 @@ class SeriesModel:
         return draw_descriptors(self.config["descriptors"], y, rng)
 
 
-def observation_chances(rates: np.ndarray, y: np.ndarray, fractions: np.ndarray | None) -> np.ndarray:
-    """(n, T, V) chance of an observation in each cell of synthetic stays: the training rate of the
-    cell in the stay's outcome (`rates` (2, T, V); outcome 0 where unknown), scaled per stay and
-    variable so that its expected observed fraction over time is `fractions` (n, V), when given."""
+def observation_mask(
+    rates: np.ndarray, y: np.ndarray, fractions: np.ndarray | None, rng: np.random.Generator
+) -> np.ndarray:
+    """(n, T, V) which cells of synthetic stays keep their value. `rates` (2, T, V): the training
+    chance of an observation in each cell per outcome (outcome 0 where unknown).
+
+    Without `fractions`, each cell is kept independently with its chance. With `fractions` (n, V),
+    the observed fraction of each stay and variable drawn with its descriptors, the stay gets that
+    many observations of the variable (fraction × T, rounded up or down at random so that the
+    expected count is exact), at cells drawn without replacement with the chances as weights (the
+    Gumbel top-k draw): the time pattern of the training stays, and a stay whose lab is drawn
+    twice gets two values. Independent coin flips at a chance of 2/T would leave such a stay
+    without any value of the variable about one time in eight, where recorded stays almost never
+    lack their daily labs."""
     chance = rates[np.nan_to_num(y, nan=0).astype(int)]
     if fractions is None:
-        return chance
-    mean = chance.mean(1, keepdims=True)
-    scale = np.divide(np.nan_to_num(fractions)[:, None], mean, out=np.zeros_like(mean), where=mean > 0)
-    return np.clip(chance * scale, 0.0, 1.0)
+        return rng.random(chance.shape) < chance
+    c = np.clip(np.nan_to_num(fractions), 0.0, 1.0) * chance.shape[1]
+    count = np.floor(c) + (rng.random(c.shape) < c - np.floor(c))
+    count = np.minimum(count, (chance > 0).sum(1))  # never at a cell the variable never had in training
+    with np.errstate(divide="ignore"):
+        keys = np.log(chance) + rng.gumbel(size=chance.shape)  # −inf where the chance is 0
+    order = np.argsort(-keys, axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(chance.shape[1])[None, :, None], axis=1)
+    return rank < count[:, None, :]

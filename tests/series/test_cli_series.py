@@ -53,6 +53,7 @@ def test_train_impute_sample(cli, model, tmp_path):  # noqa: F811
     np.testing.assert_array_equal(imputed.values[data.observed], data.values[data.observed])
     record = json.loads((tmp_path / "imp" / "impute-series.json").read_text())
     assert record["samples"] == 2 and record["imputed_cells"] == int((~data.observed).sum())
+    assert record["steps"] == 3
     header = (tmp_path / "imp" / "uncertainty.csv").read_text().splitlines()[0]
     assert header == "id,time,variable,observed,median,q5,q95"
     r = cli(
@@ -96,6 +97,12 @@ def test_impute_expected_value(cli, model, tmp_path):  # noqa: F811
             "--estimate", "expected", "--samples", 2, "--steps", 2)  # fmt: skip
     assert r.code == 0, r.both
     assert (tmp_path / "e2" / "uncertainty.csv").is_file() and (tmp_path / "e2" / "samples.npz").is_file()
+    record = json.loads((tmp_path / "e2" / "impute-series.json").read_text())
+    assert record["steps"] == 2
+    r = cli("--quiet", "impute-series", table, "--model", root / "m", "--out", tmp_path / "e3", "--samples", 1)
+    assert r.code == 0, r.both
+    total = m.model.cfg.num_train_timesteps
+    assert json.loads((tmp_path / "e3" / "impute-series.json").read_text())["steps"] == min(10, total)
     assert (tmp_path / "e2" / "imputed.csv").read_text() == (tmp_path / "e" / "imputed.csv").read_text()
     _one_line_error(cli("impute-series", table, "--model", root / "m", "--out", tmp_path / "o", "--samples", 0),
                     "--samples must be at least 1")  # fmt: skip

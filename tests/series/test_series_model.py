@@ -179,22 +179,32 @@ def test_checkpoint_of_another_layout_is_a_one_line_error(trained, tmp_path):
         SeriesModel.load(tmp_path / "model.safetensors")
 
 
-def test_observation_chances_keep_each_stays_fraction():
-    """Sparse synthesis: the cell chances keep the training pattern over time and give each stay and
-    variable its drawn observed fraction; no fractions → the outcome's rates as stored."""
-    from ldmtool.series.pipeline import observation_chances
+def test_observation_mask_gives_each_stay_its_drawn_count():
+    """Sparse synthesis: with drawn fractions, each stay and variable gets fraction × T observations
+    (rounded down or up), at cells following the training pattern over time, never where the
+    variable never was; no fractions → each cell kept with its outcome's rate."""
+    from ldmtool.series.pipeline import observation_mask
 
-    t = np.linspace(0.1, 0.3, 12)
+    t_len = 12
+    t = np.linspace(0.1, 0.3, t_len)
     rates = np.stack([np.stack([t, 0 * t, 0.5 + 0 * t], 1), np.stack([2 * t, 0 * t, 0.25 + 0 * t], 1)])  # (2, 12, 3)
-    y = np.array([0.0, 1.0, np.nan])
-    np.testing.assert_array_equal(observation_chances(rates, y, None), rates[[0, 1, 0]])
-    fractions = np.array([[0.05, 0.5, 1.0], [0.4, 0.3, 0.1], [0.2, 0.0, 0.5]])
-    chance = observation_chances(rates, y, fractions)
-    assert chance.shape == (3, 12, 3) and (chance >= 0).all() and (chance <= 1).all()
-    np.testing.assert_allclose(chance[:, :, 0].mean(1), fractions[:, 0])  # the drawn fractions, on average over time
-    np.testing.assert_allclose(chance[0, :, 0] / chance[0, 0, 0], t / t[0])  # the time pattern kept
-    assert (chance[:, :, 1] == 0).all()  # never observed in training: never observed
-    np.testing.assert_array_equal(chance[0, :, 2], 1.0)  # fraction 1: every cell
+    n = 4000
+    y = np.tile([0.0, 1.0, np.nan, 0.0], n // 4)
+    fractions = np.tile([[2 / t_len, 0.5, 1.0], [0.4, 0.3, 0.1], [0.2, 0.0, 0.5], [0.25, 0.0, 0.0]], (n // 4, 1))
+    keep = observation_mask(rates, y, fractions, np.random.default_rng(0))
+    assert keep.shape == (n, t_len, 3) and keep.dtype == bool
+    count = keep.sum(1)
+    exact = fractions * t_len
+    assert ((count == np.floor(exact)) | (count == np.ceil(exact)))[:, [0, 2]].all()
+    assert (count[0::4, 0] == 2).all()  # twice in 12 steps: exactly two values, never none
+    np.testing.assert_allclose(count[:, 0].mean(), exact[:, 0].mean(), atol=0.05)  # the rounding keeps the mean
+    assert not keep[:, :, 1].any()  # never observed in training: never observed
+    assert keep[0::4, :, 2].all()  # fraction 1: every cell
+    late, early = keep[0::4, -3:, 0].mean(), keep[0::4, :3, 0].mean()
+    assert late > 1.5 * early  # the training pattern over time (rate 0.3 late vs 0.1 early)
+    coin = observation_mask(rates, y, None, np.random.default_rng(0))
+    np.testing.assert_allclose(coin[1::4].mean(0), rates[1], atol=0.05)  # no fractions: the outcome's rates
+    np.testing.assert_allclose(coin[2::4].mean(0), rates[0], atol=0.05)  # unknown outcome: outcome 0's
 
 
 def test_expected_value_is_one_call_predicting_the_clean_residual(trained):
@@ -225,3 +235,18 @@ def test_expected_value_is_one_call_predicting_the_clean_residual(trained):
     obs = data.observed
     np.testing.assert_array_equal(got[obs], data.values[obs])
     np.testing.assert_allclose(got[~obs], want[~obs], rtol=1e-5, atol=1e-5)
+
+
+def test_draws_take_ten_steps_unless_told():
+    """A draw takes 10 of the training timesteps by default (all of them when there are fewer);
+    --steps outside 1..timesteps is a one-line error."""
+    from ldmtool.errors import LdmError
+    from ldmtool.series.model import LSSDM
+
+    for total, default in ((50, 10), (6, 6)):
+        net = LSSDM(SeriesModelConfig(**{**TINY_MODEL, "num_train_timesteps": total}), 3, 8, 0, torch.zeros(3, 3))
+        model = SeriesModel(net, {}, torch.device("cpu"))
+        assert model.sampling_steps(None) == default and len(model.sampler(None).timesteps) == default
+        assert model.sampling_steps(total) == total
+        with pytest.raises(LdmError, match="--steps must be between 1 and"):
+            model.sampling_steps(total + 1)
