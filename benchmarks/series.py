@@ -33,7 +33,9 @@ training rate, each stay's observed fraction per variable drawn with its descrip
 same regression, tested on every real test stay, --test-stays or not (TSTR), beside the same
 regression trained on the real training stays (TRTR). The synthetic stays take --synth-steps; the
 TSTR AUROC is the mean over --tstr-seeds synthetic sets (seeds), each listed, since one set's
-AUROC moves by about 0.01 with its seed.
+AUROC moves by about 0.01 with its seed. It is given for the model's conditional draws (guidance
+1) and for the outcome guidance (`sample-series --guidance`) among --synth-guidance whose one
+synthetic set scores best on the validation stays (never the test stays).
 """
 
 from __future__ import annotations
@@ -73,6 +75,12 @@ def parse(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--synth-steps", type=int, default=10, help="LSSDM sampling steps of the synthetic stays (TSTR).")
     p.add_argument("--tstr-seeds", type=int, default=3, help="Synthetic sets (seeds) of the TSTR AUROC.")
+    p.add_argument(
+        "--synth-guidance",
+        default="0.25,0.5,0.75,1",
+        help="Outcome guidance of the synthetic stays; several: the best on the validation stays (one set each) "
+        "is reported beside guidance 1.",
+    )
     p.add_argument("--test-stays", type=int, default=0, help="Impute only the first N test stays (0: all).")
     p.add_argument(
         "--csdi-test-stays",
@@ -96,6 +104,7 @@ def parse(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.rates = [float(r) for r in args.rates.split(",")]
     args.steps = [int(k) for k in str(args.steps).split(",")]
+    args.synth_guidance = [float(w) for w in str(args.synth_guidance).split(",")]
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = set(args.methods) - set(METHODS)
     if unknown:
@@ -202,6 +211,14 @@ def run_lssdm(args, data, train, val, test_data, inputs, work: Path) -> dict:
         flush=True,
     )
     model = SeriesModel.load(work / "lssdm", args.device)
+    # The test stays are imputed without their outcome, as the other methods impute them (and as
+    # `impute-series` does): given the outcome, the imputed values would carry it into the
+    # mortality AUROC below.
+    test_data.outcome = None
+    # One untimed pass first: the freshly loaded model sets up its kernels for these batch shapes
+    # (the PyPOTS models impute warm, straight after their training).
+    test_data.values = next(iter(inputs.values()))
+    model.impute(test_data, samples=args.samples, steps=args.steps[0], seed=args.seed, batch_size=128)
     runs = {}
     for steps in args.steps:
         t1 = time.perf_counter()
@@ -277,29 +294,49 @@ def score(draws: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> dict:
     return {"mae": mae(med, truth, mask), "rmse": rmse(med, truth, mask), "crps": crps(draws, truth, mask)}
 
 
-def tstr(args, model, data, train, test) -> dict:
-    """AUROC on the real test stays of the regression trained on synthetic (TSTR) and on real (TRTR) stays."""
+def tstr(args, model, data, train, val, test) -> dict:
+    """AUROC on the real test stays of the regression trained on synthetic (TSTR) and on real (TRTR)
+    stays; with several --synth-guidance values, the one whose synthetic stays score best on the
+    validation stays is chosen first (the test stays play no part in the choice)."""
     from ldmtool.series.metrics import auroc, fit_logistic, stay_features
 
     real_test = stay_features(data.values[test], data.static[test])
     y_test = data.outcome[test]
     trtr = fit_logistic(stay_features(data.values[train], data.static[train]), data.outcome[train])
-    out = {"trtr": auroc(trtr(real_test), y_test), "test": len(test)}
-    if model is not None and args.tstr_n:
-        scores, deaths, seconds = [], [], []
+    out = {"trtr": auroc(trtr(real_test), y_test), "test": len(test), "val": len(val), "sets": {}}
+    if model is None or not args.tstr_n:
+        return out
+
+    def synthesise(guidance: float, seed: int):
+        t0 = time.perf_counter()
+        syn = model.synthesise(
+            args.tstr_n, steps=args.synth_steps, seed=seed, sparse=True, batch_size=128, guidance=guidance
+        )
+        if len(np.unique(syn.outcome)) < 2:
+            return None, time.perf_counter() - t0, float(np.mean(syn.outcome))
+        clf = fit_logistic(stay_features(syn.values, syn.static), syn.outcome)
+        return clf, time.perf_counter() - t0, float(np.mean(syn.outcome))
+
+    chosen = args.synth_guidance[0]
+    if len(args.synth_guidance) > 1:
+        real_val = stay_features(data.values[val], data.static[val])
+        out["selection"] = {}
+        for w in args.synth_guidance:
+            clf, _, _ = synthesise(w, args.seed + 100)
+            out["selection"][w] = auroc(clf(real_val), data.outcome[val]) if clf else float("nan")
+        chosen = max(out["selection"], key=lambda w: np.nan_to_num(out["selection"][w], nan=-1))
+        print("TSTR guidance on the validation stays: " + ", ".join(f"{w:g}: {a:.3f}" for w, a in out["selection"].items()),
+              flush=True)  # fmt: skip
+    for w in dict.fromkeys([1.0, chosen]):
+        scores, seconds, deaths = [], [], []
         for k in range(args.tstr_seeds):
-            t0 = time.perf_counter()
-            syn = model.synthesise(
-                args.tstr_n, steps=args.synth_steps, seed=args.seed + 1 + k, sparse=True, batch_size=128
-            )
-            seconds.append(time.perf_counter() - t0)
-            if len(np.unique(syn.outcome)) == 2:
-                clf = fit_logistic(stay_features(syn.values, syn.static), syn.outcome)
+            clf, sec, dead = synthesise(w, args.seed + 1 + k)
+            seconds.append(sec)
+            deaths.append(dead)
+            if clf is not None:
                 scores.append(auroc(clf(real_test), y_test))
-            deaths.append(float(np.mean(syn.outcome)))
-        if scores:
-            out["tstr"], out["tstr_each"] = float(np.mean(scores)), scores
-        out["synth_seconds"], out["synthetic_deaths"] = float(np.mean(seconds)), float(np.mean(deaths))
+        out["sets"][w] = {"each": scores, "seconds": float(np.mean(seconds)), "deaths": float(np.mean(deaths))}
+    out["chosen"] = chosen
     return out
 
 
@@ -337,12 +374,22 @@ def report(args, rows: dict, stays: dict, few_rows: dict, auc: dict, synth: dict
         )
         print("| trained on | AUROC |\n|---|---|")
         print(f"| real training stays (TRTR) | {synth['trtr']:.3f} |")
-        if "tstr" in synth:
-            each = ", ".join(f"{a:.3f}" for a in synth["tstr_each"])
-            print(f"| {args.tstr_n} synthetic stays (TSTR, mean of {len(synth['tstr_each'])} synthetic sets: {each}; "
-                  f"{100 * synth['synthetic_deaths']:.0f}% deaths, {synth['synth_seconds']:.0f} s to sample each) "
-                  f"| {synth['tstr']:.3f} |")  # fmt: skip
-            print(f"| gap TRTR − TSTR | {synth['trtr'] - synth['tstr']:.3f} |")
+        for w, res in synth["sets"].items():
+            if not res["each"]:
+                continue
+            each = ", ".join(f"{a:.3f}" for a in res["each"])
+            how = "the model's conditional draws" if w == 1.0 else "chosen on the validation stays"
+            print(f"| {args.tstr_n} synthetic stays, guidance {w:g} ({how}; TSTR, mean of {len(res['each'])} "
+                  f"synthetic sets: {each}; {100 * res['deaths']:.0f}% deaths, {res['seconds']:.0f} s to sample each) "
+                  f"| {np.mean(res['each']):.3f} |")  # fmt: skip
+        if synth.get("selection"):
+            sel = ", ".join(f"{w:g}: {a:.3f}" for w, a in synth["selection"].items())
+            print(
+                f"| (guidance choice: AUROC on the {synth['val']} validation stays of one synthetic set each: {sel}) | |"
+            )
+        best = synth["sets"].get(synth.get("chosen"), {}).get("each")
+        if best:
+            print(f"| gap TRTR − TSTR at guidance {synth['chosen']:g} | {synth['trtr'] - np.mean(best):.3f} |")
 
 
 def run_method(m, args, data, parts, raw_inputs, norm_inputs, fill, normalise, work):
@@ -406,7 +453,7 @@ def main(args) -> None:
                 full = k == len(test)
                 auc[name] = cv_auroc(stay_features(first, data.static[test]), data.outcome[test]) if full else None
                 print(f"{name}: " + ", ".join(f"{r:g}: MAE {rows[name][r]['mae']:.3f}" for r in args.rates), flush=True)
-        synth = tstr(args, model, data, train, every_test)
+        synth = tstr(args, model, data, train, val, every_test)
     n = {"train": len(train), "val": len(val), "test": len(test), "vars": len(data.variables)}
     k_min = min(stays.values(), default=len(test))
     few_rows = {}  # every method scored on the stays the --csdi-test-stays method imputed, side by side

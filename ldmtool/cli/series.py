@@ -216,6 +216,13 @@ def sample_series(
         Optional[int], typer.Option(help="Ancestral sampling steps (default: 10 of the 50 training timesteps).")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Stays per batch.")] = 64,
+    guidance: Annotated[
+        float,
+        typer.Option(
+            help="Classifier-free guidance on the outcome: 1 = the model's conditional draws, below 1 a weaker "
+            "outcome effect on the values (0: none), above 1 a stronger one (each step then costs two calls)."
+        ),
+    ] = 1.0,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Write into a non-empty --out that is not an earlier output.")
     ] = False,
@@ -234,6 +241,7 @@ def sample_series(
         steps=steps,
         seed=state.seed,
         batch_size=batch_size,
+        guidance=guidance,
         device=state.torch_device(),
         console=state.console,
         overwrite=overwrite,

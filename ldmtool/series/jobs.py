@@ -168,6 +168,7 @@ def sample_table(
     steps: int | None = None,
     seed: int = 0,
     batch_size: int = 64,
+    guidance: float = 1.0,
     device="cpu",
     console=None,
     overwrite: bool = False,
@@ -184,7 +185,14 @@ def sample_table(
     ckpt = resolve_checkpoint(model_path)
     model = SeriesModel.load(ckpt, device)
     data = model.synthesise(
-        n, outcome=outcome, steps=steps, seed=seed, batch_size=batch_size, sparse=sparse, console=console
+        n,
+        outcome=outcome,
+        steps=steps,
+        seed=seed,
+        batch_size=batch_size,
+        sparse=sparse,
+        guidance=guidance,
+        console=console,
     )
     if fmt is not None:
         data.source = {**data.source, "format": fmt}
@@ -208,6 +216,7 @@ def sample_table(
         "sparse": sparse,
         "format": data.source["format"],
         "steps": model.sampling_steps(steps),
+        "guidance": guidance,
         "seed": seed,
         "grid": model.config["grid"],
         "descriptors": (

@@ -21,7 +21,7 @@ from ldmtool.errors import LdmError
 from ldmtool.models.checkpoint import load_checkpoint
 from ldmtool.runtime import progress
 from ldmtool.series.config import SeriesModelConfig
-from ldmtool.series.model import LSSDM
+from ldmtool.series.model import LSSDM, UNKNOWN_OUTCOME
 from ldmtool.series.prepare import to_tensors
 from ldmtool.series.reader import Grid, SeriesData, read_table
 from ldmtool.series.train import KIND
@@ -88,20 +88,37 @@ class SeriesModel:
         return DDIMSampler(self.model.cfg.schedule(), self.sampling_steps(steps), eta)
 
     @torch.no_grad()
-    def _draw(self, x, m, static, known, y, rows: torch.Tensor, seeds: list[int], sampler: DDIMSampler) -> torch.Tensor:
+    def _draw(
+        self, x, m, static, known, y, rows: torch.Tensor, seeds: list[int], sampler: DDIMSampler, guidance: float = 1.0
+    ) -> torch.Tensor:
         """Normalised samples (B, T, V), row b a draw of stay `rows[b]` of the given stays: observed
         cells as given, the others the coarse reconstruction plus a residual drawn by the diffusion
         model. The condition and the coarse reconstruction (deterministic: the VGAE's mean latent)
-        are computed once per stay, not once per draw."""
+        are computed once per stay, not once per draw.
+
+        `guidance` w ≠ 1 is classifier-free guidance on the outcome: coarse reconstruction and
+        network output are u + w (c − u), c conditioned on each stay's outcome, u on "not given"
+        (the outcome dropout of training); w = 0 ignores the outcome, w < 1 weakens its effect,
+        w > 1 strengthens it. Stays without an outcome are unaffected."""
         dev = self.device
         x, m, static, known, y = (t.to(dev) for t in (x, m, static, known, y))
         cond = self.model.condition(static, known, y)
         coarse, _, _ = self.model.coarse(x, m, cond)
+        guided = guidance != 1.0
+        if guided:
+            cond_u = self.model.condition(static, known, torch.full_like(y, UNKNOWN_OUTCOME))
+            coarse_u, _, _ = self.model.coarse(x, m, cond_u)
         rows = rows.to(dev)
         x, m, cond, coarse = x[rows], m[rows], cond[rows], coarse[rows]
         gens = sample_generators(seeds)
         r_t = initial_noise(tuple(x.shape[1:]), gens).to(dev)
         fn = lambda z, t: self.model.denoise(z, t, x, m, coarse, cond)
+        if guided:  # both branches, each with its condition and coarse reconstruction, in one batch
+            cond_u, coarse_u = cond_u[rows], coarse_u[rows]
+            pair = (x.repeat(2, 1, 1), m.repeat(2, 1, 1), torch.cat([coarse, coarse_u]), torch.cat([cond, cond_u]))
+            mix = lambda c, u: u + guidance * (c - u)
+            fn = lambda z, t: mix(*self.model.denoise(z.repeat(2, 1, 1), t.repeat(2), *pair).chunk(2))
+            coarse = mix(coarse, coarse_u)
         out = coarse + sampler(fn, r_t, generator=gens)
         return torch.where(m, x, out).cpu()
 
@@ -118,13 +135,17 @@ class SeriesModel:
         steps: int | None = None,
         seed: int = 0,
         batch_size: int = 64,
+        guidance: float = 1.0,
         console=None,
     ) -> np.ndarray:
         """(N, K, T, V) imputations of `data` in its units: observed cells equal `data.values`
         exactly, the others K draws each (clipped to the training range of their variable).
-        Draw j of a stay is seeded by (seed, stay id, j): the same whatever else is in the table."""
+        Draw j of a stay is seeded by (seed, stay id, j): the same whatever else is in the table.
+        `guidance`: classifier-free guidance on the stays' outcomes (see `_draw`; 1: none)."""
         if samples < 1:
             raise LdmError(f"--samples must be at least 1; got {samples}")
+        if not guidance >= 0:
+            raise LdmError(f"--guidance must be 0 or more; got {guidance}")
         tens = to_tensors(data, self.config["normalisation"])
         sampler = self.sampler(steps)
         n, k = len(data.ids), samples
@@ -143,6 +164,7 @@ class SeriesModel:
                         rows_of,
                         seeds,
                         sampler,
+                        guidance,
                     )
                     .double()
                     .numpy()
@@ -170,6 +192,7 @@ class SeriesModel:
         seed: int = 0,
         batch_size: int = 64,
         sparse: bool = False,
+        guidance: float = 1.0,
         console=None,
     ) -> SeriesData:
         """`n` synthetic stays on the model's grid: descriptors drawn from the training stays'
@@ -186,8 +209,13 @@ class SeriesModel:
                 descriptors: a stay with hourly labs and one with a single draw, as recorded stays
                 differ, instead of every stay at the average rate; the stay then has that many
                 observations of the variable (`observation_mask`).
+            guidance: classifier-free guidance on the outcome (see `_draw`): 1 draws from the
+                model's conditional distribution; below 1 the outcome's effect on the values is
+                weakened (toward 0, where the values ignore it), above 1 strengthened.
         """
         cfg, rng = self.config, np.random.default_rng(seed)
+        if guidance != 1.0 and cfg.get("outcome") is None:
+            raise LdmError("--guidance needs a model trained with outcomes (train-series --outcomes)")
         y = self._outcomes(n, outcome, rng)
         joint = cfg.get("observation") if sparse else None
         if joint is None:
@@ -208,7 +236,9 @@ class SeriesModel:
             {"format": cfg.get("source_format") or "long-csv", "time_style": cfg.get("source_time_style", "hours")},
             None if np.isnan(y).all() else y,
         )
-        values = self.impute(empty, samples=1, steps=steps, seed=seed, batch_size=batch_size, console=console)[:, 0]
+        values = self.impute(
+            empty, samples=1, steps=steps, seed=seed, batch_size=batch_size, guidance=guidance, console=console
+        )[:, 0]
         if sparse:
             keep = observation_mask(np.asarray(cfg["observation_rates"]), y, fractions, rng)
             values = np.where(keep, values, np.nan)

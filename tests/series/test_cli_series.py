@@ -72,6 +72,10 @@ def test_train_impute_sample(cli, model, tmp_path):  # noqa: F811
     )
     assert r.code == 0, r.both
     assert len(list((tmp_path / "syn" / "synthetic").glob("*.txt"))) == 3
+    assert json.loads((tmp_path / "syn" / "sample-series.json").read_text())["guidance"] == 1.0
+    r = cli("sample-series", "--model", root / "m", "--out", tmp_path / "g", "--n", 2, "--guidance", 0.5)
+    _one_line_error(r, "--guidance needs a model trained with outcomes")
+    assert not (tmp_path / "g").exists() or not any((tmp_path / "g").iterdir())
 
 
 def test_impute_expected_value(cli, model, tmp_path):  # noqa: F811

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -90,6 +92,38 @@ def test_synthesis_conditioned_on_outcome(trained):
     assert (a.outcome == 1).all()
     sparse = model.synthesise(4, steps=3, seed=1, sparse=True)
     assert 0 < np.isnan(sparse.values).mean() < 1
+
+
+def test_guidance_on_the_outcome(trained, tmp_path):
+    """Classifier-free guidance: w = 0 draws as if no outcome were given, w = 1 is the plain
+    conditional draw, and with one step (a draw affine in the network's output) w = 0.5 lands
+    halfway between them; a negative w is a one-line error."""
+    from ldmtool.errors import LdmError
+
+    out, _ = trained
+    model = SeriesModel.load(out)
+    data = tiny_data(n=5, seed=3)
+    unknown = tiny_data(n=5, seed=3)
+    unknown.outcome = None
+    kw = dict(samples=2, steps=1, seed=7)
+    plain = model.impute(data, **kw)
+    np.testing.assert_array_equal(plain, model.impute(data, guidance=1.0, **kw))
+    none = model.impute(unknown, **kw)
+    assert not np.allclose(plain, none)  # the outcome changes the draws
+    np.testing.assert_allclose(model.impute(data, guidance=0.0, **kw), none, rtol=0, atol=1e-5)
+    half = model.impute(data, guidance=0.5, **kw)
+    lo, hi = (np.asarray(model.config["normalisation"][k]) for k in ("min", "max"))
+    inside = (plain > lo) & (plain < hi) & (none > lo) & (none < hi)  # draws are clipped to the training range
+    assert inside.mean() > 0.9
+    np.testing.assert_allclose(half[inside], ((plain + none) / 2)[inside], rtol=0, atol=1e-5)
+    with pytest.raises(LdmError, match="--guidance must be 0 or more"):
+        model.impute(data, guidance=-1.0, **kw)
+    a = model.synthesise(4, steps=3, seed=1, guidance=0.5)
+    assert np.isfinite(a.values).all() and not np.allclose(a.values, model.synthesise(4, steps=3, seed=1).values)
+    from ldmtool.series.jobs import sample_table
+
+    sample_table(out, tmp_path / "s", n=3, steps=2, guidance=0.5)
+    assert json.loads((tmp_path / "s" / "sample-series.json").read_text())["guidance"] == 0.5
 
 
 class _StopAfter:
