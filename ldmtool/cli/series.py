@@ -155,6 +155,14 @@ def impute_series(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Stay draws per batch.")] = 64,
     skip_empty: Annotated[bool, typer.Option("--skip-empty", help="Leave out stays with no observation.")] = False,
+    use_outcomes: Annotated[
+        bool,
+        typer.Option(
+            "--use-outcomes",
+            help="Condition the imputation on the stays' outcomes (PhysioNet's Outcomes-X.txt). Off by default: "
+            "values imputed given the outcome carry it into any model of the outcome trained on them.",
+        ),
+    ] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Write into a non-empty --out that is not an earlier output.")
     ] = False,
@@ -182,6 +190,7 @@ def impute_series(
         skip_empty=skip_empty,
         overwrite=overwrite,
         estimate=estimate,
+        use_outcomes=use_outcomes,
     )
     rows = {
         "stays": result.stays,

@@ -90,12 +90,17 @@ def impute_table(
     skip_empty: bool = False,
     overwrite: bool = False,
     estimate: str = "median",
+    use_outcomes: bool = False,
 ) -> SeriesJobResult:
     """Impute every unobserved grid cell of the table `source`; write to `out`:
     imputed.* (the table in the input's layout, unobserved cells = the median of the draws, or with
     `estimate="expected"` the model's one-call expected value), uncertainty.csv (median and
     quantiles of the draws for every cell), samples.npz (the draws, N×K×T×V) and impute-series.json
-    (provenance). `samples=0` (expected only) draws nothing and writes the table and provenance."""
+    (provenance). `samples=0` (expected only) draws nothing and writes the table and provenance.
+
+    The stays' outcomes (PhysioNet's Outcomes-X.txt beside the set) condition the imputation only
+    with `use_outcomes`: imputed values drawn given the outcome carry it, and a model of the
+    outcome trained on them would learn it from the imputation instead of from the patient."""
     if estimate not in ESTIMATES:
         raise LdmError(f"--estimate must be one of {', '.join(ESTIMATES)}; got {estimate!r}")
     if samples < 0 or (samples == 0 and estimate != "expected"):
@@ -106,6 +111,9 @@ def impute_table(
     ckpt = resolve_checkpoint(model_path)
     model = SeriesModel.load(ckpt, device)
     data = model.read(source, skip_empty=skip_empty)
+    had_outcomes = data.outcome is not None
+    if not use_outcomes:
+        data.outcome = None
     draws = None
     if samples:
         draws = model.impute(data, samples=samples, steps=steps, seed=seed, batch_size=batch_size, console=console)
@@ -126,6 +134,7 @@ def impute_table(
         "input": data.source,
         "model": {"path": str(ckpt), "sha256": file_sha256(ckpt)},
         "estimate": ESTIMATES[estimate],
+        "outcomes": ("used" if use_outcomes else "read, not used") if had_outcomes else "none",
         "samples": samples,
         **({"quantiles": list(quantiles), "steps": model.sampling_steps(steps)} if samples else {}),
         "seed": seed,

@@ -284,3 +284,33 @@ def test_draws_take_ten_steps_unless_told():
         assert model.sampling_steps(total) == total
         with pytest.raises(LdmError, match="--steps must be between 1 and"):
             model.sampling_steps(total + 1)
+
+
+def test_imputation_leaves_outcomes_out_unless_asked(trained, tmp_path):
+    """A PhysioNet set with Outcomes-X.txt beside it: impute-series reads the outcomes but does not
+    condition on them (a mortality model trained on the imputation would learn them from it);
+    use_outcomes conditions on them; the provenance says which."""
+    from ldmtool.series.jobs import impute_table
+    from ldmtool.series.writer import write_table
+
+    out, _ = trained
+    data = tiny_data(n=6, seed=5, fmt="physionet", style="hhmm")
+    folder = write_table(data, tmp_path / "set-t")
+    column = SeriesModel.load(out).config["outcome"]  # the outcome column the model was trained on
+    rows = [f"RecordID,{column}"] + [f"{i},{int(y)}" for i, y in zip(data.ids, data.outcome)]
+    (tmp_path / "Outcomes-t.txt").write_text("\n".join(rows) + "\n")
+    kw = dict(samples=2, steps=2, seed=3)
+    impute_table(folder, out, tmp_path / "a", **kw)
+    impute_table(folder, out, tmp_path / "b", use_outcomes=True, **kw)
+    rec_a = json.loads((tmp_path / "a" / "impute-series.json").read_text())
+    rec_b = json.loads((tmp_path / "b" / "impute-series.json").read_text())
+    assert rec_a["outcomes"] == "read, not used" and rec_b["outcomes"] == "used"
+    model = SeriesModel.load(out)
+    table = model.read(folder)
+    assert table.outcome is not None
+    given = model.impute(table, **kw)
+    table.outcome = None
+    blind = model.impute(table, **kw)
+    assert not np.allclose(given, blind)
+    np.testing.assert_allclose(np.load(tmp_path / "a" / "samples.npz")["draws"], blind, rtol=1e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "b" / "samples.npz")["draws"], given, rtol=1e-5)
