@@ -35,7 +35,8 @@ regression trained on the real training stays (TRTR). The synthetic stays take -
 TSTR AUROC is the mean over --tstr-seeds synthetic sets (seeds), each listed, since one set's
 AUROC moves by about 0.01 with its seed. It is given for the model's conditional draws (guidance
 1) and for the outcome guidance (`sample-series --guidance`) among --synth-guidance whose one
-synthetic set scores best on the validation stays (never the test stays).
+synthetic set scores best on the validation stays (never the test stays; LSSDM trains on the
+training and validation stays, the regression only on synthetic ones).
 """
 
 from __future__ import annotations
@@ -378,7 +379,13 @@ def report(args, rows: dict, stays: dict, few_rows: dict, auc: dict, synth: dict
             if not res["each"]:
                 continue
             each = ", ".join(f"{a:.3f}" for a in res["each"])
-            how = "the model's conditional draws" if w == 1.0 else "chosen on the validation stays"
+            how = (
+                "the model's conditional draws"
+                if w == 1.0
+                else "chosen on the validation stays"
+                if synth.get("selection")
+                else "as given"
+            )
             print(f"| {args.tstr_n} synthetic stays, guidance {w:g} ({how}; TSTR, mean of {len(res['each'])} "
                   f"synthetic sets: {each}; {100 * res['deaths']:.0f}% deaths, {res['seconds']:.0f} s to sample each) "
                   f"| {np.mean(res['each']):.3f} |")  # fmt: skip
