@@ -26,9 +26,9 @@ from ldmtool.series.prepare import to_tensors
 from ldmtool.series.reader import Grid, SeriesData, read_table
 from ldmtool.series.train import KIND
 
-# Ancestral steps of a draw unless --steps says otherwise. On PhysioNet 2012 (benchmarks/series.py),
-# 10 of the 50 training timesteps gave medians as close to the hidden values as 2–5 steps and better
-# calibrated draws (CRPS) than 2 or 5; all 50 were both slower and further off (README, "Clinical
+# Ancestral steps of a draw unless --steps says otherwise. On PhysioNet 2012, 10 of the 50 training
+# timesteps gave medians as close to the hidden values as 2 steps and better calibrated draws (CRPS)
+# in benchmarks/series.py; all 50 were slower and further off in runs outside it (README, "Clinical
 # time series").
 DEFAULT_STEPS = 10
 
