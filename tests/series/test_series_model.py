@@ -314,3 +314,36 @@ def test_imputation_leaves_outcomes_out_unless_asked(trained, tmp_path):
     assert not np.allclose(given, blind)
     np.testing.assert_allclose(np.load(tmp_path / "a" / "samples.npz")["draws"], blind, rtol=1e-5)
     np.testing.assert_allclose(np.load(tmp_path / "b" / "samples.npz")["draws"], given, rtol=1e-5)
+
+
+def test_first_step_is_computed_once_per_stay(trained, monkeypatch):
+    """At the noisiest step a stay's draws share one network call (rows: K (S − 1) + 1 per stay, not
+    K S). With a network whose clean-residual prediction there ignores the noisy input, as a trained
+    one nearly does, the draws are those of the unshared sampler; with one that does not ignore
+    it, they differ (the sharing is real, not a no-op)."""
+    from functools import partialmethod
+
+    out, _ = trained
+    model = SeriesModel.load(out)
+    data = tiny_data().subset([0, 1, 2])
+    sampler = model.sampler(3)
+    t0 = int(sampler.timesteps[0])
+    rows, original = [], SeriesModel._draw
+
+    def net(z, t, x, m, coarse, cond, *, listens_at_t0: bool):
+        rows.append((int(t[0]), len(z)))
+        a = sampler.alphas_cumprod[t].float().view(-1, 1, 1)
+        x0 = 0.1 * coarse + 0.01 * t.view(-1, 1, 1) + (0.3 * z if (listens_at_t0 or int(t[0]) != t0) else 0)
+        return (a.sqrt() * z - x0) / (1 - a).sqrt()  # the v whose implied clean residual is x0
+
+    def draws(share: bool, listens: bool):
+        rows.clear()
+        model.model.denoise = lambda *a: net(*a, listens_at_t0=listens)
+        monkeypatch.setattr(SeriesModel, "_draw", partialmethod(original, share_first=share))
+        return model.impute(data, samples=4, steps=3, seed=5, batch_size=64)
+
+    shared = draws(True, False)
+    assert rows == [(t0, 3), (int(sampler.timesteps[1]), 12), (int(sampler.timesteps[2]), 12)]
+    np.testing.assert_allclose(shared, draws(False, False), rtol=0, atol=1e-4)
+    assert rows[0] == (t0, 12)
+    assert not np.allclose(draws(True, True), draws(False, True), atol=1e-3)
