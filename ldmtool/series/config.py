@@ -57,7 +57,10 @@ class SeriesTrainConfig(LoopConfig):
     warmup_steps: int = setting(50, "Steps of linear learning-rate warm-up.")
     ema_decay: float = setting(0.995, "EMA decay of the weights used for imputation and sampling.")
     hide_min: float = setting(0.1, "Least fraction of a stay's observed values hidden in training.")
-    hide_max: float = setting(0.9, "Largest fraction of a stay's observed values hidden in training.")
+    # 0.6, not 0.9: imputation gives the model every observed value, so training mostly hides few.
+    # On PhysioNet 2012 (two training seeds each, 10 min) 10–60 % against 10–90 % gave lower MAE at
+    # 10 % and 50 % hidden, higher at 90 %, and better TSTR (README, "Clinical time series").
+    hide_max: float = setting(0.6, "Largest fraction of a stay's observed values hidden in training.")
     generate_fraction: float = setting(
         0.1, "Fraction of training stays with every value hidden (teaches whole-stay synthesis)."
     )
