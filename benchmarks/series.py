@@ -347,7 +347,7 @@ def _table(args, rows: dict) -> None:
     print("|---|" + "---|" * (3 * len(args.rates) + 2))
     for m, res in rows.items():
         cells = " | ".join(f"{res[r]['mae']:.3f} | {res[r]['rmse']:.3f} | {res[r]['crps']:.3f}" for r in args.rates)
-        print(f"| {m} | {cells} | {res['seconds']:.0f} | {res['impute_seconds']:.1f} |")
+        print(f"| {m} | {cells} | {res['seconds']:.0f} | {res['impute_seconds']:.2f} |")
 
 
 def report(args, rows: dict, stays: dict, few_rows: dict, auc: dict, synth: dict, n: dict) -> None:

@@ -33,10 +33,10 @@ from ldmtool.series.prepare import to_tensors
 from ldmtool.series.reader import Grid, SeriesData, read_table
 from ldmtool.series.train import KIND
 
-# Ancestral steps of a draw unless --steps says otherwise. On PhysioNet 2012, 10 of the 50 training
-# timesteps gave medians as close to the hidden values as 2 steps and better calibrated draws (CRPS)
-# in benchmarks/series.py; all 50 were slower and further off in runs outside it (README, "Clinical
-# time series").
+# Ancestral steps of a draw unless --steps says otherwise. On PhysioNet 2012 (benchmarks/series.py),
+# 10 of the 50 training timesteps gave medians as close to the hidden values as 2 steps where few are
+# hidden and better calibrated draws (CRPS) there; where most are hidden 2 steps did better. All 50
+# were slower and further off in runs outside it (README, "Clinical time series").
 DEFAULT_STEPS = 10
 
 
@@ -111,7 +111,8 @@ class SeriesModel:
         """Normalised samples (B, T, V), row b a draw of stay `rows[b]` of the given stays: observed
         cells as given, the others the coarse reconstruction plus a residual drawn by the diffusion
         model. The condition and the coarse reconstruction (deterministic: the VGAE's mean latent)
-        are computed once per stay, not once per draw.
+        are computed once per stay, not once per draw, and so is the first step's network call
+        (`share_first`, see `_shared_first_step`).
 
         `guidance` w ≠ 1 is classifier-free guidance on the outcome: coarse reconstruction and
         network output are u + w (c − u), c conditioned on each stay's outcome, u on "not given"
