@@ -125,45 +125,47 @@ class SeriesModel:
         if guidance != 1.0:  # both branches, each with its condition and coarse reconstruction, in one batch
             cond_u = self.model.condition(static, known, torch.full_like(y, UNKNOWN_OUTCOME))
             coarse_u, _, _ = self.model.coarse(x, m, cond_u)
-            pair = (x.repeat(2, 1, 1), m.repeat(2, 1, 1), torch.cat([coarse, coarse_u]), torch.cat([cond, cond_u]))
+            per_stay = (x.repeat(2, 1, 1), m.repeat(2, 1, 1), torch.cat([coarse, coarse_u]), torch.cat([cond, cond_u]))
             mix = lambda c, u: u + guidance * (c - u)
-
-            def net(z, t, sel):
-                both = torch.cat([sel, sel + len(x)])
-                return mix(*self.model.denoise(z.repeat(2, 1, 1), t.repeat(2), *(p[both] for p in pair)).chunk(2))
-
+            net = lambda z, t, a: mix(*self.model.denoise(z.repeat(2, 1, 1), t.repeat(2), *a).chunk(2))
+            take = lambda sel: torch.cat([sel, sel + len(x)])
             coarse = mix(coarse, coarse_u)
         else:
-            net = lambda z, t, sel: self.model.denoise(z, t, x[sel], m[sel], coarse[sel], cond[sel])
+            per_stay = (x, m, coarse, cond)
+            net = lambda z, t, a: self.model.denoise(z, t, *a)
+            take = lambda sel: sel
         rows = rows.to(dev)
-        fn = lambda z, t: net(z, t, rows)
+        per_row = tuple(p[take(rows)] for p in per_stay)  # indexed once, not at every step
+        fn = lambda z, t: net(z, t, per_row)
         if share_first:
-            fn = self._shared_first_step(fn, net, len(x), rows, sampler)
+            fn = self._shared_first_step(fn, lambda z, t: net(z, t, per_stay), len(x), rows, sampler)
         gens = sample_generators(seeds)
         r_t = initial_noise(tuple(x.shape[1:]), gens).to(dev)
         out = coarse[rows] + sampler(fn, r_t, generator=gens)
         return torch.where(m[rows], x[rows], out).cpu()
 
-    def _shared_first_step(self, fn, net, n_stays: int, rows: torch.Tensor, sampler: DDIMSampler):
-        """`fn` whose output at the sampler's first (noisiest) timestep is computed once per stay.
+    def _shared_first_step(self, fn, stay_fn, n_stays: int, rows: torch.Tensor, sampler: DDIMSampler):
+        """`fn` (the model function of the draws) whose output at the sampler's first (noisiest)
+        timestep comes from one call of `stay_fn` (the same function on the stays) per stay.
 
         There the noisy residual carries almost nothing of the data (√ᾱ_T ≈ 0.006 with the default
         schedule), so what a trained network predicts of the clean residual is its estimate given
         the stay alone, the same for every draw. It is taken at the noise's mean (zero input) and
         handed to each draw as the output that gives that prediction at the draw's own noise; the
         draws then differ from the second step on. A K-draw, S-step imputation pays K (S − 1) + 1
-        network calls per stay instead of K S."""
+        network calls per stay instead of K S. The sampler's first call is at its first timestep,
+        so the timestep tensor is never read back (no device sync in the step loop)."""
         t0 = int(sampler.timesteps[0])
         a0 = sampler.alphas_cumprod[t0].float().to(self.device)
-        stays = torch.arange(n_stays, device=self.device)
-        shape = (n_stays, self.model.n_steps, self.model.n_vars)
-        zero = torch.zeros(shape, device=self.device)
-        first = net(zero, torch.full((n_stays,), t0, dtype=torch.long, device=self.device), stays).float()
+        zero = torch.zeros((n_stays, self.model.n_steps, self.model.n_vars), device=self.device)
+        first = stay_fn(zero, torch.full((n_stays,), t0, dtype=torch.long, device=self.device)).float()
         x0 = output_to_eps_x0(first, zero, a0, sampler.prediction)[1][rows]
+        pending = [True]
 
         def shared(z, t):
-            if int(t[0]) != t0:
+            if not pending:
                 return fn(z, t)
+            pending.clear()
             eps = (z - a0.sqrt() * x0) / (1 - a0).sqrt()
             return eps_to_output(eps, z, a0, sampler.prediction)
 
