@@ -21,9 +21,17 @@ Every step runs through the `ldmtool` commands a user would type (in this proces
      the run record (border gradient against the 95th percentile in real tissue), and the segmented
      new lesion against the region (Dice, volume ratio, centroid distance).
 
-The IXI and hippocampus targets of the same issue (tissue classes from held-out IXI label maps;
-deformed-label augmentation at N = 10 against joint sampling) need the real data sets and a GPU;
-they are not run by this script.
+With `--ixi DIR` (../shared/data/ixi_t1_2mm) the mask-to-image part runs on real brains instead:
+    python benchmarks/conditional.py --ixi ../shared/data/ixi_t1_2mm --label-branch concat   # ~75 CPU-min
+the fixed split of benchmarks/real_data.py (100 training brains, 48 held out, --split-seed), the
+DLMUSE parcellation merged into four tissue classes (examples/ixi_tissues.yaml), every image and
+map brought to 4 mm (2×2×2 blocks: mean intensity, majority class) so that the segmenter, the
+generator and the requested maps share one grid; `train-ae`/`train-ldm` with examples/ixi_cpu.yaml
+on wall-clock budgets (--ae-minutes, --ldm-minutes), the segmenter on the real training brains,
+and images sampled for the first --test held-out maps. No lesion insertion (brains have no lesions).
+
+The hippocampus target of the same issue (deformed-label augmentation at N = 10 against joint
+sampling) is not run by this script.
 """
 
 from __future__ import annotations
@@ -88,7 +96,9 @@ def trained(ldm: Path) -> str:
     return f"{state['step']} steps, {state['elapsed_seconds']:.0f} s"
 
 
-def mask_to_image_table(reports: dict[str, dict], budgets: dict[str, str], classes: list[str]) -> str:
+def mask_to_image_table(
+    reports: dict[str, dict], budgets: dict[str, str], classes: list[str], use: str = " (used for the insertion below)"
+) -> str:
     """Condition fidelity (segmenter Dice against the requested maps, evaluate's `condition` stage) and
     fidelity/diversity of each label branch; returns the branch with the higher mean Dice."""
     print("\n## Mask-to-image: segmenter Dice against the requested maps, and fidelity (`evaluate`)\n")
@@ -109,7 +119,7 @@ def mask_to_image_table(reports: dict[str, dict], budgets: dict[str, str], class
         print(f"\nReal images, per class ({b} report): " + ", ".join(f"{c} {real[c]:.3f}" for c in classes))
         break
     best = max(reports, key=lambda b: reports[b]["condition_fidelity"]["mask_to_image"]["synthetic"]["dice_mean"])
-    print(f"\nHigher mean Dice on synthetic images: {best} (used for the insertion below).")
+    print(f"\nHigher mean Dice on synthetic images: {best}{use}.")
     return best
 
 
@@ -164,6 +174,82 @@ def _f(v, fmt: str = ".3f") -> str:
 def save_png(src: Path, tag: str) -> str:
     """Copy a montage next to the results files; returns its path relative to the repository."""
     return save_figure(src, f"conditional-{tag}")
+
+
+def ixi_tissues(src: Path, dst: Path, ids: list[str], factor: int = 2) -> Path:
+    """IXI cases as an nnU-Net folder of the four tissue classes of examples/ixi_tissues.yaml:
+    reoriented to RAS and averaged over factor³ blocks (2 mm → 4 mm), each block's label its most
+    frequent class (background included)."""
+    import nibabel as nib
+    from real_data import block_affine, block_mean
+
+    from ldmtool.data.labels import parse_labels
+
+    mapping = parse_labels(str(REPO / "examples" / "ixi_tissues.yaml"))
+    names = mapping.label_names
+    for sub in ("imagesTr", "labelsTr"):
+        (dst / sub).mkdir(parents=True, exist_ok=True)
+
+    def blocks(a: np.ndarray) -> np.ndarray:
+        return block_mean(a, factor)
+
+    for c in ids:
+        img = nib.as_closest_canonical(nib.load(src / "imagesTr" / f"{c}_0000.nii.gz"))
+        lab = mapping.apply(np.asarray(nib.as_closest_canonical(nib.load(src / "labelsTr" / f"{c}.nii.gz")).dataobj))
+        affine = block_affine(img.affine, factor)
+        image = blocks(np.asarray(img.dataobj, dtype=np.float32))
+        share = np.stack([blocks((lab == v).astype(np.float32)) for v in names.values()])
+        nib.save(nib.Nifti1Image(image, affine), dst / "imagesTr" / f"{c}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(share.argmax(0).astype(np.uint8), affine), dst / "labelsTr" / f"{c}.nii.gz")
+    meta = {"channel_names": {"0": "T1"}, "labels": names, "numTraining": len(ids), "file_ending": ".nii.gz"}
+    (dst / "dataset.json").write_text(json.dumps(meta, indent=2))
+    return dst
+
+
+def run_ixi(args, work: Path) -> None:
+    """Mask-to-image on real brains: tissue maps of held-out IXI brains (module docstring)."""
+    from real_data import cases_of
+    from real_data import split as ixi_split
+
+    config = REPO / "examples" / "ixi_cpu.yaml"
+    work.mkdir(parents=True, exist_ok=True)
+    LOG[:] = [work / "ldmtool.log"]
+    train_ids, held_out = ixi_split(cases_of(args.ixi), 48, args.split_seed)
+    if args.quick:
+        train_ids = train_ids[:8]
+    data = ixi_tissues(args.ixi, work / "data", train_ids)
+    test = ixi_tissues(args.ixi, work / "test", held_out[: args.test])
+    ldmtool("--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config,
+            "--max-minutes", args.ae_minutes or 20)  # fmt: skip
+    seg_budget = ["--steps", args.seg_steps, "--batch-size", 16] if args.seg_steps else ["--epochs", args.seg_epochs]
+    ldmtool("--seed", args.seed, "train-seg", data, "--out", work / "SEG", "--arch", "unet", "--lr", args.seg_lr,
+            *seg_budget, "--max-minutes", args.seg_minutes or 12)  # fmt: skip
+    budget = (
+        ["--steps", args.ldm_steps, "--max-minutes", 600] if args.ldm_steps else ["--max-minutes", args.ldm_minutes]
+    )
+    reports, budgets = {}, {}
+    for b in args.label_branch.split(","):
+        ldm = work / f"LDM-{b}"
+        ldmtool("--seed", args.seed, "train-ldm", data, "--ae", work / "AE", "--out", ldm, "--config", config,
+                "--condition-on", "labels", "--label-branch", b, *budget)  # fmt: skip
+        budgets[b] = trained(ldm)
+        ldmtool("--seed", args.seed, "sample", "--ae", work / "AE", "--ldm", ldm, "--labels", test, "--out",
+                work / f"M-{b}", "--steps", args.steps, "--guidance", args.guidance)  # fmt: skip
+        reports[b] = evaluate(work, work / f"M-{b}", test, f"R-M-{b}", "fidelity,diversity,condition")
+    print(f"# Mask-to-image on IXI brains ({len(train_ids)} training, images for {args.test} held-out tissue maps, "
+          f"4 mm, split seed {args.split_seed}, {config.name}, {args.steps} sampling steps, guidance {args.guidance:g}, "
+          f"segmenter: `train-seg --arch unet` on the real training brains, {trained(work / 'SEG')})")  # fmt: skip
+    classes = reports[next(iter(reports))]["condition_fidelity"]["classes"]
+    mask_to_image_table(reports, budgets, classes, use="")
+    print(
+        "\nTarget: segmenter Dice on the synthetic images within 0.05 of its Dice on the real images of the same maps."
+    )
+    if not args.quick:
+        print()
+        for b in reports:
+            print(
+                f"montage of mask-to-image samples ({b}): {save_png(work / f'M-{b}' / 'montage.png', f'ixi-{b}-samples')}"
+            )
 
 
 def run(args, work: Path) -> None:
@@ -224,13 +310,23 @@ def main() -> None:
     ap.add_argument("--label-branch", default="concat,controlnet", help="train-ldm --label-branch values to compare")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=None, help="keep the models and outputs here")
+    ap.add_argument("--ixi", type=Path, default=None, help="ixi_t1_2mm folder: mask-to-image on real brains instead")
+    ap.add_argument("--split-seed", type=int, default=0, help="--ixi: the real_data.py split of 100/48 brains")
+    ap.add_argument("--ldm-minutes", type=float, default=35.0, help="--ixi: train-ldm time limit of each branch")
     args = ap.parse_args()
-    if args.quick:
+    if args.ixi is not None:
+        if not (args.ixi / "imagesTr").is_dir():
+            sys.exit(f"--ixi {args.ixi}: no imagesTr/ there (expected ../shared/data/ixi_t1_2mm)")
+        args.test = min(args.test, 48)
+        if args.quick:
+            args.test, args.steps, args.seg_epochs = 2, 3, 1
+            args.ae_minutes, args.seg_minutes, args.ldm_minutes = 0.3, 0.3, 0.3
+    elif args.quick:
         args.n, args.test, args.shape, args.steps, args.seg_epochs = 8, 2, "32,32,16", 3, 2
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="ldmtool-conditional-")
     work = args.work or Path(tmp.name)
     try:
-        run(args, work)
+        (run_ixi if args.ixi is not None else run)(args, work)
     finally:
         if tmp is not None:
             tmp.cleanup()

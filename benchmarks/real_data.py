@@ -142,6 +142,26 @@ def fmt(x, nd: int = 3) -> str:
 # ---------------------------------------------------------------- IXI brains
 
 
+def block_affine(affine: np.ndarray, factor: int) -> np.ndarray:
+    """The affine of a grid whose voxels are factor³ blocks of `affine`'s voxels: each new voxel's
+    centre is its block's centre (half a block from the first voxel's centre)."""
+    return affine @ np.array(
+        [
+            [factor, 0, 0, (factor - 1) / 2],
+            [0, factor, 0, (factor - 1) / 2],
+            [0, 0, factor, (factor - 1) / 2],
+            [0, 0, 0, 1.0],
+        ]
+    )
+
+
+def block_mean(a: np.ndarray, factor: int) -> np.ndarray:
+    """Means over factor³ blocks of a 3D array (trailing voxels that fill no whole block dropped)."""
+    s = [d // factor * factor for d in a.shape]
+    a = a[: s[0], : s[1], : s[2]]
+    return a.reshape(s[0] // factor, factor, s[1] // factor, factor, s[2] // factor, factor).mean(axis=(1, 3, 5))
+
+
 def brains_at(src: Path, dst: Path, ids: list[str], factor: int) -> Path:
     """IXI cases reoriented to RAS (as ldmtool's preprocessing does) and averaged over factor³
     blocks (2 mm → 4 mm exactly for factor 2); labels become brain (label > 0, majority of the
@@ -152,14 +172,12 @@ def brains_at(src: Path, dst: Path, ids: list[str], factor: int) -> Path:
         (dst / sub).mkdir(parents=True, exist_ok=True)
 
     def pool(a: np.ndarray) -> np.ndarray:
-        s = [d // factor * factor for d in a.shape]
-        a = a[: s[0], : s[1], : s[2]]
-        return a.reshape(s[0] // factor, factor, s[1] // factor, factor, s[2] // factor, factor).mean(axis=(1, 3, 5))
+        return block_mean(a, factor)
 
     for c in ids:
         img = nib.as_closest_canonical(nib.load(src / "imagesTr" / f"{c}_0000.nii.gz"))
         lab = nib.as_closest_canonical(nib.load(src / "labelsTr" / f"{c}.nii.gz"))
-        affine = img.affine @ np.diag([factor, factor, factor, 1.0])
+        affine = block_affine(img.affine, factor)
         image = pool(np.asarray(img.dataobj, dtype=np.float32))
         brain = (pool((np.asarray(lab.dataobj) > 0).astype(np.float32)) > 0.5).astype(np.uint8)
         nib.save(nib.Nifti1Image(image.astype(np.float32), affine), dst / "imagesTr" / f"{c}_0000.nii.gz")
