@@ -59,3 +59,28 @@ def test_train_ae_on_ixi_with_brain_label_merged(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["label_names"] == {"background": 0, "brain": 1}
     assert config["preprocess"]["shape"] is not None  # chosen from the data (a multiple of the downsampling)
+
+
+@pytest.mark.slow
+def test_ixi_tissue_mapping_file_covers_every_parcellation_id(tmp_path):
+    """examples/ixi_tissues.yaml as `--labels`: four named classes, and no brain voxel of the
+    DLMUSE parcellations left as background."""
+    import nibabel as nib
+    import numpy as np
+
+    from ldmtool.data.labels import parse_labels
+
+    src = DATA / "ixi_t1_2mm"
+    if not src.is_dir():
+        pytest.skip(f"{src} is absent")
+    mapping_file = ROOT / "examples" / "ixi_tissues.yaml"
+    mapping = parse_labels(str(mapping_file))
+    for lab in sorted((src / "labelsTr").glob("*.nii.gz"))[:10]:
+        values = np.unique(np.asarray(nib.load(lab).dataobj))
+        assert (mapping.apply(values[values > 0]) > 0).all(), lab.name
+    data = _subset(src, tmp_path / "ixi", 2, with_json=False)
+    out = tmp_path / "A"
+    args = ("train-ae", data, "--out", out, "--config", TINY_YAML, "--steps", "2", "--spacing", "4,4,4")
+    assert _run(*args, "--labels", mapping_file) == 0
+    names = json.loads((out / "config.json").read_text())["label_names"]
+    assert names == {"background": 0, "csf": 1, "grey_matter": 2, "white_matter": 3, "deep_grey": 4}
