@@ -176,6 +176,21 @@ def save_png(src: Path, tag: str) -> str:
     return save_figure(src, f"conditional-{tag}")
 
 
+def mask_to_image(args, work: Path, data: Path, test: Path, config: Path, budget: list) -> tuple[dict, dict]:
+    """One `train-ldm --condition-on labels` per --label-branch on `budget`, images for the held-out
+    maps (`sample --labels`), each judged by `evaluate`: (reports, training budgets) per branch."""
+    reports, budgets = {}, {}
+    for b in args.label_branch.split(","):
+        ldm = work / f"LDM-{b}"
+        ldmtool("--seed", args.seed, "train-ldm", data, "--ae", work / "AE", "--out", ldm, "--config", config,
+                "--condition-on", "labels", "--label-branch", b, *budget)  # fmt: skip
+        budgets[b] = trained(ldm)
+        ldmtool("--seed", args.seed, "sample", "--ae", work / "AE", "--ldm", ldm, "--labels", test, "--out",
+                work / f"M-{b}", "--steps", args.steps, "--guidance", args.guidance)  # fmt: skip
+        reports[b] = evaluate(work, work / f"M-{b}", test, f"R-M-{b}", "fidelity,diversity,condition")
+    return reports, budgets
+
+
 def ixi_tissues(src: Path, dst: Path, ids: list[str], factor: int = 2) -> Path:
     """IXI cases as an nnU-Net folder of the four tissue classes of examples/ixi_tissues.yaml:
     reoriented to RAS and averaged over factor³ blocks (2 mm → 4 mm), each block's label its most
@@ -190,15 +205,12 @@ def ixi_tissues(src: Path, dst: Path, ids: list[str], factor: int = 2) -> Path:
     for sub in ("imagesTr", "labelsTr"):
         (dst / sub).mkdir(parents=True, exist_ok=True)
 
-    def blocks(a: np.ndarray) -> np.ndarray:
-        return block_mean(a, factor)
-
     for c in ids:
         img = nib.as_closest_canonical(nib.load(src / "imagesTr" / f"{c}_0000.nii.gz"))
         lab = mapping.apply(np.asarray(nib.as_closest_canonical(nib.load(src / "labelsTr" / f"{c}.nii.gz")).dataobj))
         affine = block_affine(img.affine, factor)
-        image = blocks(np.asarray(img.dataobj, dtype=np.float32))
-        share = np.stack([blocks((lab == v).astype(np.float32)) for v in names.values()])
+        image = block_mean(np.asarray(img.dataobj, dtype=np.float32), factor)
+        share = np.stack([block_mean((lab == v).astype(np.float32), factor) for v in names.values()])
         nib.save(nib.Nifti1Image(image, affine), dst / "imagesTr" / f"{c}_0000.nii.gz")
         nib.save(nib.Nifti1Image(share.argmax(0).astype(np.uint8), affine), dst / "labelsTr" / f"{c}.nii.gz")
     meta = {"channel_names": {"0": "T1"}, "labels": names, "numTraining": len(ids), "file_ending": ".nii.gz"}
@@ -227,15 +239,7 @@ def run_ixi(args, work: Path) -> None:
     budget = (
         ["--steps", args.ldm_steps, "--max-minutes", 600] if args.ldm_steps else ["--max-minutes", args.ldm_minutes]
     )
-    reports, budgets = {}, {}
-    for b in args.label_branch.split(","):
-        ldm = work / f"LDM-{b}"
-        ldmtool("--seed", args.seed, "train-ldm", data, "--ae", work / "AE", "--out", ldm, "--config", config,
-                "--condition-on", "labels", "--label-branch", b, *budget)  # fmt: skip
-        budgets[b] = trained(ldm)
-        ldmtool("--seed", args.seed, "sample", "--ae", work / "AE", "--ldm", ldm, "--labels", test, "--out",
-                work / f"M-{b}", "--steps", args.steps, "--guidance", args.guidance)  # fmt: skip
-        reports[b] = evaluate(work, work / f"M-{b}", test, f"R-M-{b}", "fidelity,diversity,condition")
+    reports, budgets = mask_to_image(args, work, data, test, config, budget)
     print(f"# Mask-to-image on IXI brains ({len(train_ids)} training, images for {args.test} held-out tissue maps, "
           f"4 mm, split seed {args.split_seed}, {config.name}, {args.steps} sampling steps, guidance {args.guidance:g}, "
           f"segmenter: `train-seg --arch unet` on the real training brains, {trained(work / 'SEG')})")  # fmt: skip
@@ -268,15 +272,7 @@ def run(args, work: Path) -> None:
             *seg_budget, *(["--config", config] if args.quick else []))  # fmt: skip
     # one budget for every branch: the same data, config, seed and number of steps (no time limit)
     budget = ["--steps", args.ldm_steps, "--max-minutes", 600] if args.ldm_steps else []
-    reports, budgets = {}, {}
-    for b in args.label_branch.split(","):
-        ldm = work / f"LDM-{b}"
-        ldmtool("--seed", args.seed, "train-ldm", data, "--ae", work / "AE", "--out", ldm, "--config", config,
-                "--condition-on", "labels", "--label-branch", b, *budget)  # fmt: skip
-        budgets[b] = trained(ldm)
-        ldmtool("--seed", args.seed, "sample", "--ae", work / "AE", "--ldm", ldm, "--labels", test, "--out",
-                work / f"M-{b}", "--steps", args.steps, "--guidance", args.guidance)  # fmt: skip
-        reports[b] = evaluate(work, work / f"M-{b}", test, f"R-M-{b}", "fidelity,diversity,condition")
+    reports, budgets = mask_to_image(args, work, data, test, config, budget)
     print(f"# Conditional synthesis on demo phantoms ({args.n - args.test} training, {args.test} held out, "
           f"shape {args.shape}, {config.name}, {args.steps} sampling steps, guidance {args.guidance:g}, "
           f"segmenter: `train-seg --arch unet`, {trained(work / 'SEG')})")  # fmt: skip

@@ -171,15 +171,12 @@ def brains_at(src: Path, dst: Path, ids: list[str], factor: int) -> Path:
     for sub in ("imagesTr", "labelsTr"):
         (dst / sub).mkdir(parents=True, exist_ok=True)
 
-    def pool(a: np.ndarray) -> np.ndarray:
-        return block_mean(a, factor)
-
     for c in ids:
         img = nib.as_closest_canonical(nib.load(src / "imagesTr" / f"{c}_0000.nii.gz"))
         lab = nib.as_closest_canonical(nib.load(src / "labelsTr" / f"{c}.nii.gz"))
         affine = block_affine(img.affine, factor)
-        image = pool(np.asarray(img.dataobj, dtype=np.float32))
-        brain = (pool((np.asarray(lab.dataobj) > 0).astype(np.float32)) > 0.5).astype(np.uint8)
+        image = block_mean(np.asarray(img.dataobj, dtype=np.float32), factor)
+        brain = (block_mean((np.asarray(lab.dataobj) > 0).astype(np.float32), factor) > 0.5).astype(np.uint8)
         nib.save(nib.Nifti1Image(image.astype(np.float32), affine), dst / "imagesTr" / f"{c}_0000.nii.gz")
         nib.save(nib.Nifti1Image(brain, affine), dst / "labelsTr" / f"{c}.nii.gz")
     (dst / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "brain": 1}, "file_ending": ".nii.gz"}))
