@@ -24,7 +24,7 @@ Every step runs through the `ldmtool` commands a user would type (in this proces
 With `--ixi DIR` (../shared/data/ixi_t1_2mm) the mask-to-image part runs on real brains instead:
     python benchmarks/conditional.py --ixi ../shared/data/ixi_t1_2mm --label-branch concat   # ~75 CPU-min
 the fixed split of benchmarks/real_data.py (100 training brains, 48 held out, --split-seed), the
-DLMUSE parcellation merged into four tissue classes (examples/ixi_tissues.yaml), every image and
+DLMUSE parcellation merged into four tissue classes (examples/labels/ixi_tissues.yaml), every image and
 map brought to 4 mm (2×2×2 blocks: mean intensity, majority class) so that the segmenter, the
 generator and the requested maps share one grid; `train-ae`/`train-ldm` with examples/ixi_cpu.yaml
 on wall-clock budgets (--ae-minutes, --ldm-minutes), the segmenter on the real training brains,
@@ -192,7 +192,7 @@ def mask_to_image(args, work: Path, data: Path, test: Path, config: Path, budget
 
 
 def ixi_tissues(src: Path, dst: Path, ids: list[str], factor: int = 2) -> Path:
-    """IXI cases as an nnU-Net folder of the four tissue classes of examples/ixi_tissues.yaml:
+    """IXI cases as an nnU-Net folder of the four tissue classes of examples/labels/ixi_tissues.yaml:
     reoriented to RAS and averaged over factor³ blocks (2 mm → 4 mm), each block's label its most
     frequent class (background included)."""
     import nibabel as nib
@@ -200,7 +200,7 @@ def ixi_tissues(src: Path, dst: Path, ids: list[str], factor: int = 2) -> Path:
 
     from ldmtool.data.labels import parse_labels
 
-    mapping = parse_labels(str(REPO / "examples" / "ixi_tissues.yaml"))
+    mapping = parse_labels(str(REPO / "examples" / "labels" / "ixi_tissues.yaml"))
     names = mapping.label_names
     for sub in ("imagesTr", "labelsTr"):
         (dst / sub).mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,7 @@ def test_train_ae_on_ixi_with_brain_label_merged(tmp_path):
 
 @pytest.mark.slow
 def test_ixi_tissue_mapping_file_covers_every_parcellation_id(tmp_path):
-    """examples/ixi_tissues.yaml as `--labels`: four named classes, and no brain voxel of the
+    """examples/labels/ixi_tissues.yaml as `--labels`: four named classes, and no brain voxel of the
     DLMUSE parcellations left as background."""
     import nibabel as nib
     import numpy as np
@@ -73,7 +73,7 @@ def test_ixi_tissue_mapping_file_covers_every_parcellation_id(tmp_path):
     src = DATA / "ixi_t1_2mm"
     if not src.is_dir():
         pytest.skip(f"{src} is absent")
-    mapping_file = ROOT / "examples" / "ixi_tissues.yaml"
+    mapping_file = ROOT / "examples" / "labels" / "ixi_tissues.yaml"
     mapping = parse_labels(str(mapping_file))
     for lab in sorted((src / "labelsTr").glob("*.nii.gz"))[:10]:
         values = np.unique(np.asarray(nib.load(lab).dataobj))
