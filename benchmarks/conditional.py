@@ -30,8 +30,22 @@ generator and the requested maps share one grid; `train-ae`/`train-ldm` with exa
 on wall-clock budgets (--ae-minutes, --ldm-minutes), the segmenter on the real training brains,
 and images sampled for the first --test held-out maps. No lesion insertion (brains have no lesions).
 
+With `--fewshot K` the few-shot lesion part runs instead (on phantoms):
+    python benchmarks/conditional.py --fewshot 5                # ~30 CPU-min at 64×64×32
+  1. `demo-data --lesion-cases` training phantoms, of which exactly K have lesions (the "annotated
+     lesion cases"; lesion phantoms beyond the K-th are dropped) and the rest are lesion-free, and
+     --test held-out phantoms with lesions (another seed);
+  2. `train-ae` on the training phantoms, a model of normal anatomy (`train-ldm` on the lesion-free
+     ones), fine-tuned on the K lesion cases alone (`train-ldm --condition-on labels --init NORMAL`,
+     --fewshot-steps);
+  3. into every lesion-free training phantom, `inpaint --label lesion` paints the lesions of one of
+     the K cases (their shapes and sizes, each moved to a random place inside the head);
+  4. `evaluate --only utility` (--fewshot-seeds seeds): a downstream segmenter trained on the real
+     training phantoms alone, on the inpainted ones alone, and on both (half of every batch real),
+     scored on the held-out phantoms. Target: real + inpainted beats real alone in lesion Dice.
+
 The hippocampus target of the same issue (deformed-label augmentation at N = 10 against joint
-sampling) is not run by this script.
+sampling) is run by `benchmarks/real_data.py --only augment --aug-modes joint,labels`.
 """
 
 from __future__ import annotations
@@ -63,17 +77,24 @@ def ldmtool(*args) -> None:
 def split(data: Path, test: Path, n_test: int) -> list[str]:
     """Move the last `n_test` cases of an nnU-Net folder into `test` (same layout); their case ids."""
     cases = sorted(p.name[: -len("_0000.nii.gz")] for p in (data / "imagesTr").glob("*_0000.nii.gz"))[-n_test:]
-    for sub in ("imagesTr", "labelsTr"):
-        (test / sub).mkdir(parents=True, exist_ok=True)
-    for case in cases:
-        shutil.move(data / "imagesTr" / f"{case}_0000.nii.gz", test / "imagesTr" / f"{case}_0000.nii.gz")
-        shutil.move(data / "labelsTr" / f"{case}.nii.gz", test / "labelsTr" / f"{case}.nii.gz")
+    subset(data, test, cases, move=True)
     meta = json.loads((data / "dataset.json").read_text())
     meta["numTraining"] -= n_test
     (data / "dataset.json").write_text(json.dumps(meta, indent=2))
-    meta["numTraining"] = n_test
-    (test / "dataset.json").write_text(json.dumps(meta, indent=2))
     return cases
+
+
+def subset(src: Path, dst: Path, cases: list[str], move: bool = False) -> Path:
+    """An nnU-Net folder of some cases of another (files copied, or moved), with its own dataset.json."""
+    for sub in ("imagesTr", "labelsTr"):
+        (dst / sub).mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        for name in (f"imagesTr/{case}_0000.nii.gz", f"labelsTr/{case}.nii.gz"):
+            (shutil.move if move else shutil.copy)(src / name, dst / name)
+    meta = json.loads((src / "dataset.json").read_text())
+    meta["numTraining"] = len(cases)
+    (dst / "dataset.json").write_text(json.dumps(meta, indent=2))
+    return dst
 
 
 def read(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -256,6 +277,171 @@ def run_ixi(args, work: Path) -> None:
             )
 
 
+def lesion_cases(folder: Path, lesion: int) -> list[str]:
+    """Case ids of an nnU-Net folder whose label map holds the lesion class."""
+    cases = sorted(p.name[: -len(".nii.gz")] for p in (folder / "labelsTr").glob("*.nii.gz"))
+    return [c for c in cases if (read(folder / "labelsTr" / f"{c}.nii.gz")[0] == lesion).any()]
+
+
+def transplanted_lesions(
+    label: np.ndarray, lesions: np.ndarray, lesion: int, zooms, rng: np.random.Generator, margin_mm: float = 6.0
+) -> np.ndarray:
+    """A region for `inpaint`: every connected lesion of the map `lesions` (another case's), each
+    moved to a random place where all its voxels lie inside the head of `label`, at least
+    `margin_mm` from its edge, and apart from the lesions placed before. A lesion with no such place
+    (100 random tries) is left out; the region may then be empty."""
+    from scipy import ndimage as ndi
+
+    head = (label > 0) & (label != lesion)
+    inside = ndi.distance_transform_edt(head, sampling=zooms) >= margin_mm
+    candidates = np.argwhere(inside)
+    region = np.zeros(label.shape, dtype=bool)
+    comps, n = ndi.label(lesions == lesion)
+    for i, sl in enumerate(ndi.find_objects(comps)):
+        blob = comps[sl] == i + 1  # this component only, not a neighbour reaching into its box
+        size = np.array(blob.shape)
+        for _ in range(100 if len(candidates) else 0):
+            lo = candidates[rng.integers(len(candidates))] - size // 2
+            hi = lo + size
+            if (lo < 0).any() or (hi > label.shape).any():
+                continue
+            box = tuple(slice(a, b) for a, b in zip(lo, hi))
+            grown = ndi.binary_dilation(region[box], iterations=1)
+            if inside[box][blob].all() and not (grown & blob).any():
+                region[box] |= blob
+                break
+    return region
+
+
+def fewshot_montage(normals: Path, syn: Path, pairs: list[tuple[str, str]], png: Path) -> Path:
+    """One row: for each pair, the normal phantom's axial slice through the region's centre and the
+    same slice after inpainting, the new lesion label in red."""
+    from PIL import Image
+
+    from ldmtool.pipelines.montage import montage
+
+    vols = []
+    for normal, new in pairs:
+        label = read(syn / "labelsTr" / f"{new}.nii.gz")[0]
+        k = int(np.argwhere(read(syn / "regions" / f"{new}.nii.gz")[0] > 0)[:, 2].mean())
+        for image, lab in ((read(normals / "imagesTr" / f"{normal}_0000.nii.gz")[0], None),
+                           (read(syn / "imagesTr" / f"{new}_0000.nii.gz")[0], label)):  # fmt: skip
+            vols.append((image[:, :, k : k + 1].astype(np.float32), None if lab is None else lab[:, :, k : k + 1]))
+    Image.fromarray(montage(vols)).save(png)
+    return png
+
+
+def run_fewshot(args, work: Path) -> None:
+    """Few-shot lesion synthesis as augmentation (module docstring)."""
+    import nibabel as nib
+
+    config = REPO / "examples" / ("tiny.yaml" if args.quick else "demo.yaml")
+    work.mkdir(parents=True, exist_ok=True)
+    LOG[:] = [work / "ldmtool.log"]
+    k = args.fewshot
+    # enough lesion phantoms that K of them have lesions (a phantom draws 0-3)
+    ldmtool("--seed", args.seed, "demo-data", work / "all", "--n", args.n, "--shape", args.shape,
+            "--lesion-cases", min(args.n, 2 * k + 4))  # fmt: skip
+    names = json.loads((work / "all" / "dataset.json").read_text())["labels"]
+    lesion = int(names["lesion"])
+    with_lesions = lesion_cases(work / "all", lesion)
+    if len(with_lesions) < k:
+        sys.exit(f"--fewshot {k}: only {len(with_lesions)} of the phantoms drew lesions; raise --n")
+    annotated = with_lesions[:k]
+    # lesion-free: the twins after the drawn lesion phantoms, and the lesion phantoms that drew none
+    normal = sorted(p.name[: -len(".nii.gz")] for p in (work / "all" / "labelsTr").glob("*.nii.gz"))
+    normal = [c for c in normal if c not in with_lesions]
+    data_cases = sorted(annotated + normal)
+    data = subset(work / "all", work / "data", data_cases)
+    normals = subset(work / "all", work / "normal", sorted(normal))
+    few = subset(work / "all", work / "few", annotated)
+    ldmtool("--seed", args.seed + 1, "demo-data", work / "test_all", "--n", args.test, "--shape", args.shape)
+    test = subset(work / "test_all", work / "test", lesion_cases(work / "test_all", lesion))
+
+    ae_extra = ["--max-minutes", args.ae_minutes] if args.ae_minutes else []
+    ldmtool("--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config, *ae_extra)
+    budget = ["--steps", args.ldm_steps, "--max-minutes", 600] if args.ldm_steps else []
+    ldmtool("--seed", args.seed, "train-ldm", normals, "--ae", work / "AE", "--out", work / "NORMAL", "--config", config,
+            *budget)  # fmt: skip
+    ldmtool("--seed", args.seed, "train-ldm", few, "--ae", work / "AE", "--out", work / "FEW", "--config", config,
+            "--condition-on", "labels", "--init", work / "NORMAL", "--steps", args.fewshot_steps,
+            "--max-minutes", 600)  # fmt: skip
+
+    syn = work / "inpainted"
+    for sub in ("imagesTr", "labelsTr", "regions", "runs"):
+        (syn / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(args.seed)
+    pairs, empty, seconds = [], 0, []
+    for i, case in enumerate(normal):
+        label, affine = read(normals / "labelsTr" / f"{case}.nii.gz")
+        donor = annotated[i % k]
+        zooms = nib.affines.voxel_sizes(affine)
+        region = transplanted_lesions(label, read(few / "labelsTr" / f"{donor}.nii.gz")[0], lesion, zooms, rng)
+        if not region.any():
+            empty += 1
+            continue
+        new = f"{case}_from_{donor}"
+        nib.save(nib.Nifti1Image(region.astype(np.uint8), affine), syn / "regions" / f"{new}.nii.gz")
+        out = syn / "runs" / new
+        ldmtool("--seed", args.seed + i, "inpaint", normals / "imagesTr" / f"{case}_0000.nii.gz", "--region",
+                syn / "regions" / f"{new}.nii.gz", "--labels", normals / "labelsTr" / f"{case}.nii.gz", "--label",
+                "lesion", "--ae", work / "AE", "--ldm", work / "FEW", "--out", out, "--method", "repaint",
+                "--steps", args.steps, "--guidance", args.guidance)  # fmt: skip
+        shutil.copy(out / f"{case}_inpainted.nii.gz", syn / "imagesTr" / f"{new}_0000.nii.gz")
+        shutil.copy(out / f"{case}_inpainted_label.nii.gz", syn / "labelsTr" / f"{new}.nii.gz")
+        seconds.append(json.loads((out / f"{case}_inpaint.json").read_text())["seconds"])
+        pairs.append((case, new))
+    meta = json.loads((data / "dataset.json").read_text())
+    meta["numTraining"] = len(pairs)
+    (syn / "dataset.json").write_text(json.dumps(meta, indent=2))
+
+    reports = []
+    for s in range(args.fewshot_seeds):
+        ldmtool("--seed", s, "evaluate", "--real", data, "--synthetic", syn, "--test", test, "--out", work / f"U{s}",
+                "--only", "utility", "--seg-steps", args.fewshot_seg_steps, "--real-share", 0.5,
+                "--cache-dir", "none")  # fmt: skip
+        reports.append(json.loads((work / f"U{s}" / "report.json").read_text())["utility"]["results"])
+
+    print(f"# Few-shot lesions on demo phantoms (shape {args.shape}, {config.name})\n")
+    print(f"- real training phantoms: {len(data_cases)}: {k} with lesions "
+          f"({', '.join(annotated)}), {len(normal)} lesion-free")  # fmt: skip
+    print(f"- held-out phantoms with lesions: {len(lesion_cases(test, lesion))} (demo-data seed {args.seed + 1})")
+    print(f"- autoencoder on the {len(data_cases)} training phantoms: {trained(work / 'AE')}; model of normal "
+          f"anatomy on the {len(normal)} lesion-free ones: {trained(work / 'NORMAL')}; fine-tuned on the {k} lesion "
+          f"cases (`--condition-on labels --init`): {trained(work / 'FEW')}")  # fmt: skip
+    print(
+        f"- inpainted: {len(pairs)} lesion-free phantoms given the lesions of one of the {k} cases "
+        f"(`inpaint --label lesion --method repaint --steps {args.steps} --guidance {args.guidance:g}`, "
+        f"{np.mean(seconds) if seconds else float('nan'):.1f} s per case); {empty} left out (no place found)"
+    )
+    print(
+        f"- downstream: `evaluate --only utility --seg-steps {args.fewshot_seg_steps} --real-share 0.5`, "
+        f"seeds 0..{args.fewshot_seeds - 1}\n"
+    )
+    print("| trained on | lesion Dice | head Dice | mean Dice | lesion HD95 (voxels) |")
+    print("|---|---|---|---|---|")
+    rows = {"real": f"real ({len(data_cases)}: {k} with lesions)", "synthetic": f"inpainted only ({len(pairs)})",
+            "real+synthetic": f"real + inpainted ({len(data_cases)} + {len(pairs)})"}  # fmt: skip
+    lesion_name = next(n for n, v in names.items() if int(v) == lesion)
+    head_name = next(n for n, v in names.items() if int(v) not in (0, lesion))
+    summary = {}
+    for key, title in rows.items():
+        les = np.array([r[key]["dice"][lesion_name] for r in reports])
+        head = np.array([r[key]["dice"][head_name] for r in reports])
+        mean = np.array([r[key]["dice_mean"] for r in reports])
+        hd = np.array([r[key]["hd95_voxels"][lesion_name] for r in reports])
+        summary[key] = les
+        print(f"| {title} | {les.mean():.3f} ± {les.std():.3f} | {head.mean():.3f} ± {head.std():.3f} | "
+              f"{mean.mean():.3f} ± {mean.std():.3f} | {np.nanmean(hd):.1f} |")  # fmt: skip
+    diff = summary["real+synthetic"] - summary["real"]
+    print(f"\nreal + inpainted − real alone, lesion Dice: {diff.mean():+.3f} (per seed: "
+          f"{', '.join(f'{d:+.3f}' for d in diff)}); target: > 0")  # fmt: skip
+    if not args.quick and pairs:
+        png = fewshot_montage(normals, syn, pairs[:6], work / "fewshot.png")
+        print(f"\nmontage (pairs: lesion-free phantom, the same after inpainting, new lesion label in red): "
+              f"{save_png(png, 'fewshot-inpainted')}")  # fmt: skip
+
+
 def run(args, work: Path) -> None:
     config = REPO / "examples" / ("tiny.yaml" if args.quick else "demo.yaml")
     data, test = work / "data", work / "test"
@@ -309,6 +495,11 @@ def main() -> None:
     ap.add_argument("--ixi", type=Path, default=None, help="ixi_t1_2mm folder: mask-to-image on real brains instead")
     ap.add_argument("--split-seed", type=int, default=0, help="--ixi: the real_data.py split of 100/48 brains")
     ap.add_argument("--ldm-minutes", type=float, default=35.0, help="--ixi: train-ldm time limit of each branch")
+    ap.add_argument("--fewshot", type=int, default=None, metavar="K",
+                    help="the few-shot lesion part instead: K annotated lesion cases")  # fmt: skip
+    ap.add_argument("--fewshot-steps", type=int, default=800, help="--fewshot: fine-tuning steps on the K cases")
+    ap.add_argument("--fewshot-seg-steps", type=int, default=1000, help="--fewshot: downstream segmenter steps")
+    ap.add_argument("--fewshot-seeds", type=int, default=3, help="--fewshot: downstream seeds")
     args = ap.parse_args()
     if args.ixi is not None:
         if not (args.ixi / "imagesTr").is_dir():
@@ -317,12 +508,20 @@ def main() -> None:
         if args.quick:
             args.test, args.steps, args.seg_epochs = 2, 3, 1
             args.ae_minutes, args.seg_minutes, args.ldm_minutes = 0.3, 0.3, 0.3
+    elif args.quick and args.fewshot is not None:
+        args.n, args.test, args.shape, args.steps = 12, 6, "32,32,16", 3
+        args.fewshot_steps, args.fewshot_seg_steps, args.fewshot_seeds = 5, 5, 1
     elif args.quick:
         args.n, args.test, args.shape, args.steps, args.seg_epochs = 8, 2, "32,32,16", 3, 2
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="ldmtool-conditional-")
     work = args.work or Path(tmp.name)
     try:
-        (run_ixi if args.ixi is not None else run)(args, work)
+        if args.ixi is not None:
+            run_ixi(args, work)
+        elif args.fewshot is not None:
+            run_fewshot(args, work)
+        else:
+            run(args, work)
     finally:
         if tmp is not None:
             tmp.cleanup()

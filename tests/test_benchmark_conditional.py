@@ -27,6 +27,78 @@ def test_conditional_benchmark_quick(tmp_path):
     assert "| repaint | 2/2 |" in proc.stdout and "| guidance | 2/2 |" in proc.stdout  # outside bit-exact
 
 
+@pytest.mark.slow
+def test_conditional_benchmark_fewshot_quick(tmp_path):
+    """--fewshot: K annotated lesion cases, a normal model fine-tuned on them, lesions inpainted into
+    the lesion-free phantoms, and the downstream comparison table."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "conditional.py"),
+            "--quick",
+            "--fewshot",
+            "3",
+            "--work",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "real training phantoms: 8: 3 with lesions" in proc.stdout
+    assert "| real + inpainted (8 + " in proc.stdout and "real + inpainted − real alone" in proc.stdout
+    import numpy as np
+
+    from benchmarks.conditional import read
+
+    inpainted = sorted((tmp_path / "inpainted" / "labelsTr").glob("*.nii.gz"))
+    assert inpainted
+    for path in inpainted:  # every new label map: the region is lesion, and the rest the normal twin's
+        label = read(path)[0]
+        region = read(tmp_path / "inpainted" / "regions" / path.name)[0] > 0
+        normal = read(tmp_path / "normal" / "labelsTr" / f"{path.name.split('_from_')[0]}.nii.gz")[0]
+        assert region.any() and (label[region] == 2).all()
+        assert np.array_equal(label[~region], normal[~region])
+
+
+def test_transplanted_lesions_keep_their_shapes_inside_the_head():
+    """The few-shot regions: each donor lesion moved whole to a random place at least the margin
+    inside the head, apart from the others; nothing placed where it cannot fit."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    from benchmarks.conditional import transplanted_lesions
+
+    grid = np.indices((40, 40, 20))
+    head = ((grid[0] - 20) ** 2 + (grid[1] - 20) ** 2 + ((grid[2] - 10) * 2) ** 2) <= 17**2
+    label = head.astype(np.uint8)
+    donor = np.zeros_like(label)
+    donor[5:9, 5:8, 3:6] = 2  # a 4×3×3 box
+    donor[20:22, 20:22, 10:12] = 2  # a 2×2×2 cube
+    donor[30, 30, 15] = 2  # a single voxel
+    zooms = (1.0, 1.0, 2.0)
+    depth = ndi.distance_transform_edt(head, sampling=zooms)
+    for seed in range(5):
+        region = transplanted_lesions(label, donor, 2, zooms, np.random.default_rng(seed), margin_mm=4.0)
+        comps, n = ndi.label(region)
+        assert n == 3
+        sizes = sorted(int((comps == i).sum()) for i in range(1, n + 1))
+        assert sizes == [1, 8, 36]
+        assert (depth[region] >= 4.0).all()
+        boxes = sorted(tuple(b - a for a, b in ((s.start, s.stop) for s in sl)) for sl in ndi.find_objects(comps))
+        assert boxes == sorted([(4, 3, 3), (2, 2, 2), (1, 1, 1)])
+    other = transplanted_lesions(label, donor, 2, zooms, np.random.default_rng(1), margin_mm=4.0)
+    assert not np.array_equal(
+        other, transplanted_lesions(label, donor, 2, zooms, np.random.default_rng(2), margin_mm=4.0)
+    )
+    tiny = np.zeros_like(label)
+    tiny[18:22, 18:22, 9:11] = 1  # a head too small for any lesion at this margin
+    assert not transplanted_lesions(tiny, donor, 2, zooms, np.random.default_rng(0), margin_mm=4.0).any()
+
+
 def test_ixi_tissue_maps_are_majority_classes_on_the_4mm_grid(tmp_path):
     """`conditional.py --ixi` data: DLMUSE ids merged to tissue classes, 2×2×2 blocks → one voxel
     whose label is the block's most frequent class and whose intensity is the block's mean, in RAS."""
