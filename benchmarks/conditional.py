@@ -31,7 +31,7 @@ on wall-clock budgets (--ae-minutes, --ldm-minutes), the segmenter on the real t
 and images sampled for the first --test held-out maps. No lesion insertion (brains have no lesions).
 
 With `--fewshot K` the few-shot lesion part runs instead (on phantoms):
-    python benchmarks/conditional.py --fewshot 5                # ~30 CPU-min at 64×64×32
+    python benchmarks/conditional.py --fewshot 5                # ~15 CPU-min at 64×64×32
   1. `demo-data --lesion-cases` training phantoms, of which exactly K have lesions (the "annotated
      lesion cases"; lesion phantoms beyond the K-th are dropped) and the rest are lesion-free, and
      --test held-out phantoms with lesions (another seed);
