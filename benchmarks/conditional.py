@@ -356,7 +356,8 @@ def run_fewshot(args, work: Path) -> None:
     normals = subset(work / "all", work / "normal", sorted(normal))
     few = subset(work / "all", work / "few", annotated)
     ldmtool("--seed", args.seed + 1, "demo-data", work / "test_all", "--n", args.test, "--shape", args.shape)
-    test = subset(work / "test_all", work / "test", lesion_cases(work / "test_all", lesion))
+    test_cases = lesion_cases(work / "test_all", lesion)
+    test = subset(work / "test_all", work / "test", test_cases)
 
     ae_extra = ["--max-minutes", args.ae_minutes] if args.ae_minutes else []
     ldmtool("--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config, *ae_extra)
@@ -371,12 +372,13 @@ def run_fewshot(args, work: Path) -> None:
     for sub in ("imagesTr", "labelsTr", "regions", "runs"):
         (syn / sub).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
+    donors = {c: read(few / "labelsTr" / f"{c}.nii.gz")[0] for c in annotated}
     pairs, empty, seconds = [], 0, []
     for i, case in enumerate(normal):
         label, affine = read(normals / "labelsTr" / f"{case}.nii.gz")
         donor = annotated[i % k]
         zooms = nib.affines.voxel_sizes(affine)
-        region = transplanted_lesions(label, read(few / "labelsTr" / f"{donor}.nii.gz")[0], lesion, zooms, rng)
+        region = transplanted_lesions(label, donors[donor], lesion, zooms, rng)
         if not region.any():
             empty += 1
             continue
@@ -405,7 +407,7 @@ def run_fewshot(args, work: Path) -> None:
     print(f"# Few-shot lesions on demo phantoms (shape {args.shape}, {config.name})\n")
     print(f"- real training phantoms: {len(data_cases)}: {k} with lesions "
           f"({', '.join(annotated)}), {len(normal)} lesion-free")  # fmt: skip
-    print(f"- held-out phantoms with lesions: {len(lesion_cases(test, lesion))} (demo-data seed {args.seed + 1})")
+    print(f"- held-out phantoms with lesions: {len(test_cases)} (demo-data seed {args.seed + 1})")
     print(f"- autoencoder on the {len(data_cases)} training phantoms: {trained(work / 'AE')}; model of normal "
           f"anatomy on the {len(normal)} lesion-free ones: {trained(work / 'NORMAL')}; fine-tuned on the {k} lesion "
           f"cases (`--condition-on labels --init`): {trained(work / 'FEW')}")  # fmt: skip
