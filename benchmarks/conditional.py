@@ -16,10 +16,12 @@ Every step runs through the `ldmtool` commands a user would type (in this proces
      on the synthetic images against the requested maps beside its Dice on the real images of the
      same maps, FID, precision and recall; the branch with the higher mean Dice is used for step 4;
   4. lesion insertion: in every held-out phantom a ball (--radius voxels) inside the head, away from
-     its lesions, is inpainted with `inpaint --label lesion` (--method repaint and guidance), judged by
+     its lesions, is inpainted with `inpaint --label lesion --guidance G` (--inpaint-guidance; --method
+     repaint and guidance), judged by
      `evaluate --only condition`: voxels outside the region bit-exact (target: all), the seam score of
      the run record (border gradient against the 95th percentile in real tissue), and the segmented
-     new lesion against the region (Dice, volume ratio, centroid distance).
+     new lesion against the region (Dice, volume ratio, the share of it inside the region, centroid
+     distance).
 
 With `--ixi DIR` (../shared/data/ixi_t1_2mm) the mask-to-image part runs on real brains instead:
     python benchmarks/conditional.py --ixi ../shared/data/ixi_t1_2mm --label-branch concat   # ~75 CPU-min
@@ -38,8 +40,10 @@ With `--fewshot K` the few-shot lesion part runs instead (on phantoms):
   2. `train-ae` on the training phantoms, a model of normal anatomy (`train-ldm` on the lesion-free
      ones), fine-tuned on the K lesion cases alone (`train-ldm --condition-on labels --init NORMAL`,
      --fewshot-steps);
-  3. into every lesion-free training phantom, `inpaint --label lesion` paints the lesions of one of
-     the K cases (their shapes and sizes, each moved to a random place inside the head);
+  3. into every lesion-free training phantom, `inpaint --label lesion --label-from painted` paints the
+     lesions of one of the K cases (their shapes and sizes, each moved to a random place at least
+     6 mm inside the head where the image is like the tissue around the K real lesions, i.e. not
+     over the dark ventricles), the label map marking lesion where the decoder reads one;
   4. `evaluate --only utility` (--fewshot-seeds seeds): a downstream segmenter trained on the real
      training phantoms alone, on the inpainted ones alone, and on both (half of every batch real),
      scored on the held-out phantoms. Target: real + inpainted beats real alone in lesion Dice.
@@ -171,19 +175,22 @@ def insertion(work: Path, test: Path, cases: list[str], args, names: dict[str, i
                      region_path)  # fmt: skip
             ldmtool("--seed", args.seed, "inpaint", test / "imagesTr" / f"{case}_0000.nii.gz", "--region", region_path,
                     "--labels", test / "labelsTr" / f"{case}.nii.gz", "--label", "lesion", "--ae", work / "AE", "--ldm",
-                    work / f"LDM-{branch}", "--out", out, "--method", method, "--steps", args.steps, "--overwrite")  # fmt: skip
+                    work / f"LDM-{branch}", "--out", out, "--method", method, "--steps", args.steps, "--guidance",
+                    args.inpaint_guidance, "--overwrite")  # fmt: skip
         seconds[method] = np.mean([json.loads((out / f"{c}_inpaint.json").read_text())["seconds"] for c in cases])
         reports[method] = evaluate(work, out, test, f"R-I-{method}", "condition")["condition_fidelity"]["inpainting"]
-    print(f"\n## Lesion insertion (`inpaint --label lesion`, {branch} model, ball of radius {args.radius} voxels, "
-          f"{len(cases)} phantoms; `evaluate --only condition`)\n")  # fmt: skip
+    print(f"\n## Lesion insertion (`inpaint --label lesion --guidance {args.inpaint_guidance:g}`, {branch} model, "
+          f"ball of radius {args.radius} voxels, {len(cases)} phantoms; `evaluate --only condition`)\n")  # fmt: skip
     print("| method | outside bit-exact | seam: border gradient | real tissue p95 | seam within p95 | "
-          "lesion Dice vs region | lesion volume / region | centroid error (mm) | no lesion found | s per case |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "lesion Dice vs region | lesion volume / region | new lesion inside the region | centroid error (mm) | "
+          "no lesion found | s per case |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for method, p in reports.items():
         n = p["n_cases"]
         cells = [f"{p['outside_exact']}/{p['outside_checked']}", f"{p['seam_border_gradient_mean']:.4g}",
                  f"{p['seam_tissue_p95_mean']:.4g}", f"{p['seam_within']}/{n}", _f(p["dice_mean"]),
-                 _f(p["volume_ratio_mean"]), _f(p["centroid_error_mm_mean"], ".2f"), f"{p['missed']}/{n}",
+                 _f(p["volume_ratio_mean"]), _f(p.get("inside_share_mean")), _f(p["centroid_error_mm_mean"], ".2f"),
+                 f"{p['missed']}/{n}",
                  f"{seconds[method]:.1f}"]  # fmt: skip
         print(f"| {method} | " + " | ".join(cells) + " |")
 
@@ -284,16 +291,24 @@ def lesion_cases(folder: Path, lesion: int) -> list[str]:
 
 
 def transplanted_lesions(
-    label: np.ndarray, lesions: np.ndarray, lesion: int, zooms, rng: np.random.Generator, margin_mm: float = 6.0
+    label: np.ndarray,
+    lesions: np.ndarray,
+    lesion: int,
+    zooms,
+    rng: np.random.Generator,
+    margin_mm: float = 6.0,
+    allowed: np.ndarray | None = None,
 ) -> np.ndarray:
     """A region for `inpaint`: every connected lesion of the map `lesions` (another case's), each
     moved to a random place where all its voxels lie inside the head of `label`, at least
-    `margin_mm` from its edge, and apart from the lesions placed before. A lesion with no such place
-    (100 random tries) is left out; the region may then be empty."""
+    `margin_mm` from its edge, within `allowed` (when given), and apart from the lesions placed
+    before. A lesion with no such place (100 random tries) is left out; the region may then be empty."""
     from scipy import ndimage as ndi
 
     head = (label > 0) & (label != lesion)
     inside = ndi.distance_transform_edt(head, sampling=zooms) >= margin_mm
+    if allowed is not None:
+        inside &= allowed
     candidates = np.argwhere(inside)
     region = np.zeros(label.shape, dtype=bool)
     comps, n = ndi.label(lesions == lesion)
@@ -311,6 +326,30 @@ def transplanted_lesions(
                 region[box] |= blob
                 break
     return region
+
+
+def lesion_surroundings(cases: list[tuple[np.ndarray, np.ndarray]], lesion: int) -> float:
+    """How bright the tissue around real lesions is: the median, over the cases (image, label map),
+    of the median intensity of a two-voxel shell around the lesions divided by the head's median."""
+    from scipy import ndimage as ndi
+
+    ratios = []
+    for image, label in cases:
+        les, head = label == lesion, (label > 0) & (label != lesion)
+        shell = ndi.binary_dilation(les, iterations=2) & head
+        ratios.append(float(np.median(image[shell]) / np.median(image[head])))
+    return float(np.median(ratios))
+
+
+def lesion_tissue(image: np.ndarray, label: np.ndarray, lesion: int, surroundings: float) -> np.ndarray:
+    """Where a lesion may be placed in a lesion-free case: voxels whose smoothed intensity is at least
+    half that of the tissue around real lesions (`lesion_surroundings`, relative to this head's median),
+    one voxel in from any darker place (ventricles, CSF)."""
+    from scipy import ndimage as ndi
+
+    head = (label > 0) & (label != lesion)
+    smooth = ndi.gaussian_filter(image.astype(np.float32), 1.0)
+    return ndi.binary_erosion(head & (smooth >= 0.5 * surroundings * float(np.median(image[head]))))
 
 
 def fewshot_montage(normals: Path, syn: Path, pairs: list[tuple[str, str]], png: Path) -> Path:
@@ -373,12 +412,16 @@ def run_fewshot(args, work: Path) -> None:
         (syn / sub).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     donors = {c: read(few / "labelsTr" / f"{c}.nii.gz")[0] for c in annotated}
-    pairs, empty, seconds = [], 0, []
+    surroundings = lesion_surroundings(
+        [(read(few / "imagesTr" / f"{c}_0000.nii.gz")[0], donors[c]) for c in annotated], lesion
+    )
+    pairs, empty, seconds, painted_share = [], 0, [], []
     for i, case in enumerate(normal):
         label, affine = read(normals / "labelsTr" / f"{case}.nii.gz")
         donor = annotated[i % k]
         zooms = nib.affines.voxel_sizes(affine)
-        region = transplanted_lesions(label, donors[donor], lesion, zooms, rng)
+        allowed = lesion_tissue(read(normals / "imagesTr" / f"{case}_0000.nii.gz")[0], label, lesion, surroundings)
+        region = transplanted_lesions(label, donors[donor], lesion, zooms, rng, allowed=allowed)
         if not region.any():
             empty += 1
             continue
@@ -388,10 +431,12 @@ def run_fewshot(args, work: Path) -> None:
         ldmtool("--seed", args.seed + i, "inpaint", normals / "imagesTr" / f"{case}_0000.nii.gz", "--region",
                 syn / "regions" / f"{new}.nii.gz", "--labels", normals / "labelsTr" / f"{case}.nii.gz", "--label",
                 "lesion", "--ae", work / "AE", "--ldm", work / "FEW", "--out", out, "--method", "repaint",
-                "--steps", args.steps, "--guidance", args.guidance)  # fmt: skip
+                "--steps", args.steps, "--guidance", args.inpaint_guidance, "--label-from", "painted")  # fmt: skip
         shutil.copy(out / f"{case}_inpainted.nii.gz", syn / "imagesTr" / f"{new}_0000.nii.gz")
         shutil.copy(out / f"{case}_inpainted_label.nii.gz", syn / "labelsTr" / f"{new}.nii.gz")
-        seconds.append(json.loads((out / f"{case}_inpaint.json").read_text())["seconds"])
+        record = json.loads((out / f"{case}_inpaint.json").read_text())
+        seconds.append(record["seconds"])
+        painted_share.append(record["label_voxels"] / record["region_voxels"])
         pairs.append((case, new))
     meta = json.loads((data / "dataset.json").read_text())
     meta["numTraining"] = len(pairs)
@@ -413,8 +458,14 @@ def run_fewshot(args, work: Path) -> None:
           f"cases (`--condition-on labels --init`): {trained(work / 'FEW')}")  # fmt: skip
     print(
         f"- inpainted: {len(pairs)} lesion-free phantoms given the lesions of one of the {k} cases "
-        f"(`inpaint --label lesion --method repaint --steps {args.steps} --guidance {args.guidance:g}`, "
-        f"{np.mean(seconds) if seconds else float('nan'):.1f} s per case); {empty} left out (no place found)"
+        f"(`inpaint --label lesion --method repaint --steps {args.steps} --guidance {args.inpaint_guidance:g} "
+        f"--label-from painted`, {np.mean(seconds) if seconds else float('nan'):.1f} s per case); {empty} left out "
+        f"(no place found); labelled lesion: {100 * np.mean(painted_share) if painted_share else float('nan'):.0f} % "
+        f"of the region voxels (those the decoder reads as lesion)"
+    )
+    print(
+        f"- lesions placed at least 6 mm inside the head where the smoothed image is at least half as bright as "
+        f"the tissue around the {k} real lesions ({surroundings:.2f}× the head's median): not over ventricles"
     )
     print(
         f"- downstream: `evaluate --only utility --seg-steps {args.fewshot_seg_steps} --real-share 0.5`, "
@@ -483,6 +534,8 @@ def main() -> None:
     ap.add_argument("--shape", default="64,64,32")
     ap.add_argument("--steps", type=int, default=50, help="sampling steps")
     ap.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance of mask-to-image")
+    ap.add_argument("--inpaint-guidance", type=float, default=6.0,
+                    help="classifier-free guidance of the label map in `inpaint` (lesion insertion, --fewshot)")  # fmt: skip
     ap.add_argument("--ldm-steps", type=int, default=None,
                     help="train-ldm steps of every label branch (the equal budget; no time limit then)")  # fmt: skip
     ap.add_argument("--ae-minutes", type=float, default=None, help="override the config's train-ae time limit")

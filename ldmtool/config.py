@@ -366,9 +366,15 @@ class InpaintConfig:
     eta: float = setting(0.0, "DDIM eta (0 = deterministic given the seed).")
     guidance: float = setting(1.0, "Classifier-free guidance scale of the conditions (label map, --condition).")
     self_guidance: float = setting(0.5, "Self-guidance strength of --method guidance (as impute --guidance).")
+    label_from: str = setting(
+        "region",
+        "With --label: region (the whole region becomes that class) | painted (only the region's voxels "
+        "the autoencoder's decoder reads as that class in the new image; the rest keep their class).",
+    )
 
     def __post_init__(self) -> None:
         _check_choice("--method", self.method, ("repaint", "guidance"))
+        _check_choice("--label-from", self.label_from, ("region", "painted"))
         _check_choice("--sampler", self.sampler, ("ddim", "ddpm", "dpmpp2m"))
         _check_range("--steps", self.steps, 1)
         _check_range("--guidance", self.guidance, 0)

@@ -319,6 +319,7 @@ def inpaint_fidelity(
         "inserted": len(inserted),
         "dice_mean": _mean(c["dice"] for c in inserted),
         "volume_ratio_mean": _mean(c["volume_ratio"] for c in inserted),
+        "inside_share_mean": _mean(c["inside_share"] for c in inserted),
         "centroid_error_mm_mean": _mean(c["centroid_error_mm"] for c in inserted),
         "missed": sum(c["volume_ratio"] == 0 for c in inserted),
         "cases": cases,

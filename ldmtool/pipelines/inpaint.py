@@ -13,7 +13,9 @@ map with the region set to `--label NAME` (a lesion inserted where the region is
 `--healthy`, to the nearest labels around it that are neither region nor lesion (a lesion removed).
 The decoded image is mapped back to the input's grid and written into the region only; the label
 map written beside it is that target map (for other models: the input's map with the region
-labelled as the autoencoder's decoder labels the new content).
+labelled as the autoencoder's decoder labels the new content). With `--label-from painted` only the
+region's voxels that the decoder reads as the `--label` class become it, the others keeping their
+class: the map then says where the model drew the lesion, which may be less than the region.
 """
 
 from __future__ import annotations
@@ -140,6 +142,8 @@ def inpaint_file(
     cfg = cfg or InpaintConfig()
     if label is not None and healthy:
         raise LdmError("--label and --healthy exclude each other: insert a class, or fill with normal tissue")
+    if cfg.label_from == "painted" and (label is None or cfg.method != "repaint"):
+        raise LdmError("--label-from painted needs --label NAME and --method repaint (it reads the decoded labels)")
     check_output_dir(out_dir, "inpaint", overwrite)
     with output_dir(Path(out_dir)):
         paths = (Path(source), Path(ae_path), Path(ldm_path), Path(out_dir), Path(region), labels)
@@ -165,7 +169,7 @@ def _inpaint(
         raise LdmError(
             f"--region {region_path} lies outside the model's field of view: nothing of it can be regenerated"
         )
-    target, model_labels = _target(pipe, volume, region, image, model_affine, labels_path, label, healthy)
+    current, target, model_labels = _target(pipe, volume, region, image, model_affine, labels_path, label, healthy)
     if label is not None and not pipe.ldm_config.label_channels and not pipe.ldm_config.attributes and console:
         console.print(
             f"[yellow]warning:[/] {pipe.ldm_path} takes no label map or lesion attributes: the region is "
@@ -182,8 +186,13 @@ def _inpaint(
             [to_input_grid(source_scale[..., c], model_affine, region, volume.affine)[0] for c in range(raw.shape[3])],
             axis=-1,
         )
-    if new_labels is not None and target is not None and not (label or healthy or pipe.ldm_config.label_channels):
-        target[region] = to_input_grid(new_labels, model_affine, region, volume.affine, order=0)[0].astype(target.dtype)
+    if new_labels is not None and target is not None:
+        read_back = to_input_grid(new_labels, model_affine, region, volume.affine, order=0)[0].astype(target.dtype)
+        if label is not None and cfg.label_from == "painted":  # the class where the decoder reads it, else as before
+            value = pipe.label_names[label]
+            target[region] = np.where(read_back == value, value, current[region])
+        elif not (label or healthy or pipe.ldm_config.label_channels):
+            target[region] = read_back
     result = InpaintResult(str(source), region_voxels=int(region.sum()), total_voxels=int(region.size))
     result.conditions = conditions or {}
     stem = _write_outputs(result, volume, raw, region, fills, target, out_dir, Path(source), pipe.channel_names)
@@ -199,7 +208,12 @@ def _inpaint(
         "region_voxels": result.region_voxels,
         "total_voxels": result.total_voxels,
         "seam": result.seam,
-        **{k: getattr(cfg, k) for k in ("method", "steps", "sampler", "eta", "guidance", "self_guidance")},
+        "label_voxels": None
+        if label is None or target is None
+        else int((target[region] == pipe.label_names[label]).sum()),
+        **{
+            k: getattr(cfg, k) for k in ("method", "steps", "sampler", "eta", "guidance", "self_guidance", "label_from")
+        },
         "seed": seed,
         "intensity_range": list(irange),
         "seconds": result.seconds,
@@ -218,20 +232,22 @@ def _inpaint(
 
 
 def _target(pipe, volume: Volume, region, image, model_affine, labels_path, label, healthy):
-    """(target label map on the input's grid, the same in model space (D, H, W)), both None for an
-    image-only model: the given (or estimated) map with the region set as `target_labels` says."""
+    """(the input's label map and the target map on the input's grid, the target in model space
+    (D, H, W)), all None for an image-only model: the target is the given (or estimated) map with
+    the region set as `target_labels` says."""
     from ldmtool.io.dataset import read_aligned
 
     if not pipe.label_names:
-        return None, None
+        return None, None, None
     if labels_path is not None:
         current = np.asarray(read_aligned(Path(labels_path), volume, f"--labels {labels_path}").array)
     else:
         current = _estimate_labels(pipe, image, model_affine, volume)
-    target = target_labels(current.astype(np.uint8), region, pipe.label_names, label, healthy)
+    current = current.astype(np.uint8)
+    target = target_labels(current, region, pipe.label_names, label, healthy)
     shape = tuple(int(v) for v in pipe.ae_config.volume_shape)
     model = label_to_model_space(volume.with_array(target), pipe.preprocess, shape)[0]
-    return target, volume_to_slices(model)
+    return current, target, volume_to_slices(model)
 
 
 def _estimate_labels(pipe: LatentDiffusionPipeline, image: np.ndarray, model_affine, volume: Volume) -> np.ndarray:

@@ -71,6 +71,29 @@ def test_inpaint_label_conditioned_healthy(cli, trained, label_ldm, case, tmp_pa
     assert (tmp_path / "N" / "vol_inpainted_label.nii.gz").is_file()
 
 
+def test_inpaint_label_from_painted(cli, trained, label_ldm, case, tmp_path):
+    """--label-from painted: the same image as --label-from region (same seed), the class only where
+    the decoder reads it; every other voxel of the region keeps the input's class."""
+    vol, label, region_path = case
+    region = np.asarray(nib.load(region_path).dataobj).astype(bool)
+    lab_in = np.asarray(nib.load(label).dataobj)
+    outs = {}
+    for mode in ("region", "painted"):
+        r = cli("inpaint", vol, "--region", region_path, "--labels", label, "--label", "lesion", "--ae", trained.ae,
+                "--ldm", label_ldm, "--out", tmp_path / mode, "--steps", 3, "--guidance", 2, "--label-from", mode)  # fmt: skip
+        assert r.code == 0, r.both
+        outs[mode] = [
+            np.asarray(nib.load(tmp_path / mode / f"vol_{s}.nii.gz").dataobj) for s in ("inpainted", "inpainted_label")
+        ]
+    assert np.array_equal(outs["region"][0], outs["painted"][0])
+    assert (outs["region"][1][region] == 2).all()
+    painted = outs["painted"][1]
+    assert np.array_equal(painted[~region], lab_in[~region])
+    assert np.array_equal(painted[region & (painted != 2)], lab_in[region & (painted != 2)])
+    prov = json.loads((tmp_path / "painted" / "vol_inpaint.json").read_text())
+    assert prov["label_from"] == "painted" and prov["label_voxels"] == int((painted[region] == 2).sum())
+
+
 def test_inpaint_bad_input(cli, trained, case, tmp_path):
     vol, label, region_path = case
     img = nib.load(vol)
@@ -93,6 +116,10 @@ def test_inpaint_bad_input(cli, trained, case, tmp_path):
     cube[2:4, 2:4, 2:4] = 1
     fails(cube, img.affine, "not one of the model's labels", "--label", "tumour")
     fails(cube, img.affine, "exclude each other", "--label", "lesion", "--healthy")
+    fails(cube, img.affine, "--label-from painted needs --label", "--label-from", "painted")
+    fails(cube, img.affine, "--label-from must be one of", "--label", "lesion", "--label-from", "decoder")
+    fails(cube, img.affine, "needs --label NAME and --method repaint", "--label", "lesion", "--label-from", "painted",
+          "--method", "guidance")  # fmt: skip
     # a volume larger than the model's field of view, the region in slices the crop leaves out
     big = np.concatenate([np.asarray(img.dataobj)] * 3, axis=2)
     nib.save(nib.Nifti1Image(big, img.affine), tmp_path / "big.nii.gz")
