@@ -344,7 +344,8 @@ def lesion_surroundings(cases: list[tuple[np.ndarray, np.ndarray]], lesion: int)
 def lesion_tissue(image: np.ndarray, label: np.ndarray, lesion: int, surroundings: float) -> np.ndarray:
     """Where a lesion may be placed in a lesion-free case: voxels whose smoothed intensity is at least
     half that of the tissue around real lesions (`lesion_surroundings`, relative to this head's median),
-    one voxel in from any darker place (ventricles, CSF)."""
+    one voxel in from any darker place (ventricles, CSF). The smoothing brightens a dark structure's
+    outermost edges and corners, so they may pass; its inside does not."""
     from scipy import ndimage as ndi
 
     head = (label > 0) & (label != lesion)

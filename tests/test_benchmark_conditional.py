@@ -100,6 +100,31 @@ def test_transplanted_lesions_keep_their_shapes_inside_the_head():
     assert not transplanted_lesions(tiny, donor, 2, zooms, np.random.default_rng(0), margin_mm=4.0).any()
 
 
+def test_lesion_tissue_keeps_lesions_off_dark_ventricles():
+    """Few-shot placement: tissue as bright as that around the donor's lesions is allowed, a dark
+    ventricle (and the voxel next to it) is not; a transplanted lesion lands in allowed tissue only."""
+    import numpy as np
+
+    from benchmarks.conditional import lesion_surroundings, lesion_tissue, transplanted_lesions
+
+    label = np.zeros((40, 40, 20), np.uint8)
+    label[4:36, 4:36, 2:18] = 1
+    image = np.where(label > 0, 100.0, 0.0)
+    donor_label, donor_image = label.copy(), image.copy()
+    donor_label[18:21, 18:21, 9:12] = 2
+    donor_image[18:21, 18:21, 9:12] = 160.0
+    surroundings = lesion_surroundings([(donor_image, donor_label)], 2)
+    assert surroundings == 1.0
+    image[10:30, 10:20, 4:16] = 10.0  # a dark ventricle filling half of the inner head
+    allowed = lesion_tissue(image, label, 2, surroundings)
+    # the ventricle but its outermost edges and corners, which the smoothing brightens, and the voxel beside a face
+    assert not allowed[11:29, 11:19, 5:15].any() and not allowed[15, 20, 10]
+    assert allowed[15, 25, 10]
+    for seed in range(3):
+        region = transplanted_lesions(label, donor_label, 2, (1.0, 1.0, 1.0), np.random.default_rng(seed), 3.0, allowed)
+        assert region.sum() == 27 and allowed[region].all()
+
+
 def test_ixi_tissue_maps_are_majority_classes_on_the_4mm_grid(tmp_path):
     """`conditional.py --ixi` data: DLMUSE ids merged to tissue classes, 2×2×2 blocks → one voxel
     whose label is the block's most frequent class and whose intensity is the block's mean, in RAS."""
