@@ -189,7 +189,7 @@ def insertion(work: Path, test: Path, cases: list[str], args, names: dict[str, i
         n = p["n_cases"]
         cells = [f"{p['outside_exact']}/{p['outside_checked']}", f"{p['seam_border_gradient_mean']:.4g}",
                  f"{p['seam_tissue_p95_mean']:.4g}", f"{p['seam_within']}/{n}", _f(p["dice_mean"]),
-                 _f(p["volume_ratio_mean"]), _f(p.get("inside_share_mean")), _f(p["centroid_error_mm_mean"], ".2f"),
+                 _f(p["volume_ratio_mean"]), _f(p["inside_share_mean"]), _f(p["centroid_error_mm_mean"], ".2f"),
                  f"{p['missed']}/{n}",
                  f"{seconds[method]:.1f}"]  # fmt: skip
         print(f"| {method} | " + " | ".join(cells) + " |")

@@ -186,13 +186,17 @@ def _inpaint(
             [to_input_grid(source_scale[..., c], model_affine, region, volume.affine)[0] for c in range(raw.shape[3])],
             axis=-1,
         )
-    if new_labels is not None and target is not None:
+    painted = label is not None and cfg.label_from == "painted"
+    if (
+        new_labels is not None
+        and target is not None
+        and (painted or not (label or healthy or pipe.ldm_config.label_channels))
+    ):
         read_back = to_input_grid(new_labels, model_affine, region, volume.affine, order=0)[0].astype(target.dtype)
-        if label is not None and cfg.label_from == "painted":  # the class where the decoder reads it, else as before
+        if painted:  # the class where the decoder reads it, else the input's class
             value = pipe.label_names[label]
-            target[region] = np.where(read_back == value, value, current[region])
-        elif not (label or healthy or pipe.ldm_config.label_channels):
-            target[region] = read_back
+            read_back = np.where(read_back == value, value, current[region])
+        target[region] = read_back
     result = InpaintResult(str(source), region_voxels=int(region.sum()), total_voxels=int(region.size))
     result.conditions = conditions or {}
     stem = _write_outputs(result, volume, raw, region, fills, target, out_dir, Path(source), pipe.channel_names)
