@@ -125,6 +125,31 @@ def test_lesion_tissue_keeps_lesions_off_dark_ventricles():
         assert region.sum() == 27 and allowed[region].all()
 
 
+def test_insertion_region_in_lesion_tissue_avoids_the_ventricle_and_lesions():
+    """Insertion placement: without `allowed` the ball sits at the head's centre (over a central
+    ventricle); with `lesion_tissue` it lies wholly in bright tissue, off the ventricle and away
+    from the case's own lesion, and keeps its size."""
+    import numpy as np
+
+    from benchmarks.conditional import insertion_region, lesion_tissue
+
+    i, j, k = np.indices((48, 48, 24))
+    label = (((i - 23.5) / 20) ** 2 + ((j - 23.5) / 20) ** 2 + ((k - 11.5) / 10) ** 2 <= 1).astype(np.uint8)
+    image = np.where(label > 0, 100.0, 0.0)
+    image[20:28, 20:28, 8:16] = 10.0  # a dark ventricle in the middle
+    label[12:16, 12:16, 10:14] = 2  # a lesion off-centre
+    image[label == 2] = 150.0
+    centre = insertion_region(label, 2, 3.0)
+    assert (image[centre] == 10.0).any()
+    allowed = lesion_tissue(image, label, 2, 1.0)
+    region = insertion_region(label, 2, 3.0, allowed)
+    assert region.sum() == centre.sum() == 123
+    assert (image[region] == 100.0).all() and allowed[region].all()
+    near = np.zeros_like(region)
+    near[9:19, 9:19, 7:17] = True  # the lesion grown by three voxels
+    assert not (region & near).any()
+
+
 def test_ixi_tissue_maps_are_majority_classes_on_the_4mm_grid(tmp_path):
     """`conditional.py --ixi` data: DLMUSE ids merged to tissue classes, 2×2×2 blocks → one voxel
     whose label is the block's most frequent class and whose intensity is the block's mean, in RAS."""
