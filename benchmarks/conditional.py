@@ -47,8 +47,9 @@ With `--fewshot K` the few-shot lesion part runs instead (on phantoms):
      6 mm inside the head where the image is like the tissue around the K real lesions, i.e. not
      over the dark ventricles), the label map marking lesion where the decoder reads one;
   4. `evaluate --only utility` (--fewshot-seeds seeds): a downstream segmenter trained on the real
-     training phantoms alone, on the inpainted ones alone, and on both (half of every batch real),
-     scored on the held-out phantoms. Target: real + inpainted beats real alone in lesion Dice.
+     training phantoms alone, on the inpainted ones alone, and on both (--fewshot-real-share of every
+     batch real: 0.75, chosen on the seed-0 phantoms), scored on the held-out phantoms. Target:
+     real + inpainted beats real alone in lesion Dice.
 
 The hippocampus target of the same issue (deformed-label augmentation at N = 10 against joint
 sampling) is run by `benchmarks/real_data.py --only augment --aug-modes joint,labels`.
@@ -498,7 +499,7 @@ def run_fewshot(args, work: Path) -> None:
     reports = []
     for s in range(args.fewshot_seeds):
         ldmtool("--seed", s, "evaluate", "--real", data, "--synthetic", syn, "--test", test, "--out", work / f"U{s}",
-                "--only", "utility", "--seg-steps", args.fewshot_seg_steps, "--real-share", 0.5,
+                "--only", "utility", "--seg-steps", args.fewshot_seg_steps, "--real-share", args.fewshot_real_share,
                 "--cache-dir", "none")  # fmt: skip
         reports.append(json.loads((work / f"U{s}" / "report.json").read_text())["utility"]["results"])
 
@@ -521,7 +522,8 @@ def run_fewshot(args, work: Path) -> None:
         f"the tissue around the {k} real lesions ({surroundings:.2f}× the head's median): not over ventricles"
     )
     print(
-        f"- downstream: `evaluate --only utility --seg-steps {args.fewshot_seg_steps} --real-share 0.5`, "
+        f"- downstream: `evaluate --only utility --seg-steps {args.fewshot_seg_steps} --real-share "
+        f"{args.fewshot_real_share:g}`, "
         f"seeds 0..{args.fewshot_seeds - 1}\n"
     )
     print("| trained on | lesion Dice | head Dice | mean Dice | lesion HD95 (voxels) |")
@@ -608,6 +610,8 @@ def main() -> None:
     ap.add_argument("--fewshot-steps", type=int, default=800, help="--fewshot: fine-tuning steps on the K cases")
     ap.add_argument("--fewshot-seg-steps", type=int, default=1000, help="--fewshot: downstream segmenter steps")
     ap.add_argument("--fewshot-seeds", type=int, default=3, help="--fewshot: downstream seeds")
+    ap.add_argument("--fewshot-real-share", type=float, default=0.75,
+                    help="--fewshot: share of real slices in every real + inpainted batch (evaluate --real-share)")  # fmt: skip
     args = ap.parse_args()
     if args.ixi is not None:
         if not (args.ixi / "imagesTr").is_dir():
