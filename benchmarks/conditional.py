@@ -203,9 +203,9 @@ def insertion(work: Path, test: Path, cases: list[str], args, names: dict[str, i
     train_lesions = lesion_cases(data, lesion)
     surroundings = lesion_surroundings(
         [(read(data / "imagesTr" / f"{c}_0000.nii.gz")[0], read(data / "labelsTr" / f"{c}.nii.gz")[0])
-         for c in train_lesions], lesion)  # fmt: skip
+         for c in train_lesions], lesion) if train_lesions else float("nan")  # fmt: skip
     reports, seconds = {}, {}
-    for place in ("centre", "tissue"):
+    for place in ("centre", "tissue") if train_lesions else ("centre",):  # tissue: like that around real lesions
         regions = work / f"regions-{place}"
         regions.mkdir(exist_ok=True)
         for case in cases:
@@ -228,9 +228,13 @@ def insertion(work: Path, test: Path, cases: list[str], args, names: dict[str, i
     real = segmenter_on_real_lesions(work, test, cases, lesion)
     print(f"\n## Lesion insertion (`inpaint --label lesion --guidance {args.inpaint_guidance:g}`, {branch} model, "
           f"ball of radius {args.radius} voxels, {len(cases)} phantoms; `evaluate --only condition`)\n")  # fmt: skip
-    print("Region placed at the phantom's centre (deepest inside the head: over the ventricles, where no training "
-          "lesion lies), or in lesion tissue (the voxel deepest inside the tissue `--fewshot` admits: at least half "
-          f"as bright as the tissue around the training lesions, {surroundings:.2f}× the head's median).\n")  # fmt: skip
+    if not train_lesions:
+        print("No training phantom has a lesion: the region is placed at the phantom's centre only.\n")
+    else:
+        print("Region placed at the phantom's centre (deepest inside the head: over the ventricles, where no "
+              "training lesion lies), or in lesion tissue (the voxel deepest inside the tissue `--fewshot` admits: "
+              f"at least half as bright as the tissue around the training lesions, {surroundings:.2f}× the head's "
+              "median).\n")  # fmt: skip
     print("| region | method | outside bit-exact | seam: border gradient | real tissue p95 | seam within p95 | "
           "lesion Dice vs region | lesion volume / region | new lesion inside the region | centroid error (mm) | "
           "no lesion found | s per case |")  # fmt: skip
