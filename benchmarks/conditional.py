@@ -204,16 +204,19 @@ def insertion(work: Path, test: Path, cases: list[str], args, names: dict[str, i
     surroundings = lesion_surroundings(
         [(read(data / "imagesTr" / f"{c}_0000.nii.gz")[0], read(data / "labelsTr" / f"{c}.nii.gz")[0])
          for c in train_lesions], lesion) if train_lesions else float("nan")  # fmt: skip
-    reports, seconds = {}, {}
-    for place in ("centre", "tissue") if train_lesions else ("centre",):  # tissue: like that around real lesions
-        regions = work / f"regions-{place}"
-        regions.mkdir(exist_ok=True)
-        for case in cases:
-            label, affine = read(test / "labelsTr" / f"{case}.nii.gz")
-            image = read(test / "imagesTr" / f"{case}_0000.nii.gz")[0]
+    places = ("centre", "tissue") if train_lesions else ("centre",)  # tissue: like that around real lesions
+    for place in places:
+        (work / f"regions-{place}").mkdir(exist_ok=True)
+    for case in cases:  # each case read once, its region written for every placement
+        label, affine = read(test / "labelsTr" / f"{case}.nii.gz")
+        image = read(test / "imagesTr" / f"{case}_0000.nii.gz")[0] if "tissue" in places else None
+        for place in places:
             allowed = lesion_tissue(image, label, lesion, surroundings) if place == "tissue" else None
             region = insertion_region(label, lesion, args.radius, allowed)
-            nib.save(nib.Nifti1Image(region.astype(np.uint8), affine), regions / f"{case}.nii.gz")
+            nib.save(nib.Nifti1Image(region.astype(np.uint8), affine), work / f"regions-{place}" / f"{case}.nii.gz")
+    reports, seconds = {}, {}
+    for place in places:
+        regions = work / f"regions-{place}"
         for method in ("repaint", "guidance"):
             out = work / f"I-{place}-{method}"
             for case in cases:
