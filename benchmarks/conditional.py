@@ -18,8 +18,8 @@ Every step runs through the `ldmtool` commands a user would type (in this proces
   4. lesion insertion: in every held-out phantom a ball (--radius voxels) inside the head, away from
      its lesions, placed twice: at the centre (over the ventricles, where no lesion is ever drawn) and
      in lesion tissue (as bright as the tissue around the training lesions, as --fewshot places them),
-     is inpainted with `inpaint --label lesion --guidance G` (--inpaint-guidance; --method repaint
-     and guidance), judged by `evaluate --only condition`: voxels outside the region bit-exact
+     is inpainted with `inpaint --label lesion --guidance G --margin M` (--inpaint-guidance,
+     --inpaint-margin; --method repaint and guidance), judged by `evaluate --only condition`: voxels outside the region bit-exact
      (target: all), the seam score of the run record (border gradient against the 95th percentile in
      real tissue), and the segmented new lesion against the region (Dice, volume ratio, the share of
      it inside the region, centroid distance); beside them the segmenter's own error on the real
@@ -223,13 +223,15 @@ def insertion(work: Path, test: Path, cases: list[str], args, names: dict[str, i
                 ldmtool("--seed", args.seed, "inpaint", test / "imagesTr" / f"{case}_0000.nii.gz", "--region",
                         regions / f"{case}.nii.gz", "--labels", test / "labelsTr" / f"{case}.nii.gz", "--label",
                         "lesion", "--ae", work / "AE", "--ldm", work / f"LDM-{branch}", "--out", out, "--method",
-                        method, "--steps", args.steps, "--guidance", args.inpaint_guidance, "--overwrite")  # fmt: skip
+                        method, "--steps", args.steps, "--guidance", args.inpaint_guidance, "--margin", args.inpaint_margin,
+                        "--overwrite")  # fmt: skip
             key = (place, method)
             seconds[key] = np.mean([json.loads((out / f"{c}_inpaint.json").read_text())["seconds"] for c in cases])
             report = evaluate(work, out, test, f"R-I-{place}-{method}", "condition")
             reports[key] = report["condition_fidelity"]["inpainting"]
     real = segmenter_on_real_lesions(work, test, cases, lesion)
-    print(f"\n## Lesion insertion (`inpaint --label lesion --guidance {args.inpaint_guidance:g}`, {branch} model, "
+    print(f"\n## Lesion insertion (`inpaint --label lesion --guidance {args.inpaint_guidance:g} --margin "
+          f"{args.inpaint_margin}`, {branch} model, "
           f"ball of radius {args.radius} voxels, {len(cases)} phantoms; `evaluate --only condition`)\n")  # fmt: skip
     if not train_lesions:
         print("No training phantom has a lesion: the region is placed at the phantom's centre only.\n")
@@ -492,7 +494,8 @@ def run_fewshot(args, work: Path) -> None:
         ldmtool("--seed", args.seed + i, "inpaint", normals / "imagesTr" / f"{case}_0000.nii.gz", "--region",
                 syn / "regions" / f"{new}.nii.gz", "--labels", normals / "labelsTr" / f"{case}.nii.gz", "--label",
                 "lesion", "--ae", work / "AE", "--ldm", work / "FEW", "--out", out, "--method", "repaint",
-                "--steps", args.steps, "--guidance", args.inpaint_guidance, "--label-from", "painted")  # fmt: skip
+                "--steps", args.steps, "--guidance", args.inpaint_guidance, "--margin", args.inpaint_margin,
+                "--label-from", "painted")  # fmt: skip
         shutil.copy(out / f"{case}_inpainted.nii.gz", syn / "imagesTr" / f"{new}_0000.nii.gz")
         shutil.copy(out / f"{case}_inpainted_label.nii.gz", syn / "labelsTr" / f"{new}.nii.gz")
         record = json.loads((out / f"{case}_inpaint.json").read_text())
@@ -520,7 +523,7 @@ def run_fewshot(args, work: Path) -> None:
     print(
         f"- inpainted: {len(pairs)} lesion-free phantoms given the lesions of one of the {k} cases "
         f"(`inpaint --label lesion --method repaint --steps {args.steps} --guidance {args.inpaint_guidance:g} "
-        f"--label-from painted`, {np.mean(seconds) if seconds else float('nan'):.1f} s per case); {empty} left out "
+        f"--margin {args.inpaint_margin} --label-from painted`, {np.mean(seconds) if seconds else float('nan'):.1f} s per case); {empty} left out "
         f"(no place found); labelled lesion: {100 * np.mean(painted_share) if painted_share else float('nan'):.0f} % "
         f"of the region voxels (those the decoder reads as lesion)"
     )
@@ -596,8 +599,10 @@ def main() -> None:
     ap.add_argument("--shape", default="64,64,32")
     ap.add_argument("--steps", type=int, default=50, help="sampling steps")
     ap.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance of mask-to-image")
-    ap.add_argument("--inpaint-guidance", type=float, default=6.0,
+    ap.add_argument("--inpaint-guidance", type=float, default=2.0,
                     help="classifier-free guidance of the label map in `inpaint` (lesion insertion, --fewshot)")  # fmt: skip
+    ap.add_argument("--inpaint-margin", type=int, default=2,
+                    help="`inpaint --margin`: latent voxels regenerated around the region")  # fmt: skip
     ap.add_argument("--ldm-steps", type=int, default=None,
                     help="train-ldm steps of every label branch (the equal budget; no time limit then)")  # fmt: skip
     ap.add_argument("--ae-minutes", type=float, default=None, help="override the config's train-ae time limit")

@@ -366,6 +366,12 @@ class InpaintConfig:
     eta: float = setting(0.0, "DDIM eta (0 = deterministic given the seed).")
     guidance: float = setting(1.0, "Classifier-free guidance scale of the conditions (label map, --condition).")
     self_guidance: float = setting(0.5, "Self-guidance strength of --method guidance (as impute --guidance).")
+    margin: int = setting(
+        2,
+        "--method repaint: latent voxels regenerated around the region (each one autoencoder downsampling "
+        "factor of voxels in-plane, one slice across), so that the new content is drawn with room to blend "
+        "into its surroundings; only the region itself is written.",
+    )
     label_from: str = setting(
         "region",
         "With --label: region (the whole region becomes that class) | painted (only the region's voxels "
@@ -379,6 +385,7 @@ class InpaintConfig:
         _check_range("--steps", self.steps, 1)
         _check_range("--guidance", self.guidance, 0)
         _check_range("--self-guidance", self.self_guidance, 0)
+        _check_range("--margin", self.margin, 0)
 
 
 @dataclass

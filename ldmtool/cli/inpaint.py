@@ -61,6 +61,7 @@ def inpaint(
     eta: Annotated[Optional[float], common.opt(InpaintConfig, "eta")] = None,
     guidance: Annotated[Optional[float], common.opt(InpaintConfig, "guidance")] = None,
     self_guidance: Annotated[Optional[float], common.opt(InpaintConfig, "self_guidance")] = None,
+    margin: Annotated[Optional[int], common.opt(InpaintConfig, "margin")] = None,
     label_from: Annotated[Optional[str], common.opt(InpaintConfig, "label_from", panel=WHAT)] = None,
     overwrite: Annotated[
         bool,

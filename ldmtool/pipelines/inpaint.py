@@ -3,8 +3,8 @@
 The volume (and its label map) is brought into the models' space as `impute` does, the region
 through the same geometry. Two ways to fill it:
 
-- `repaint`: the volume is encoded; the latent voxels over the region (grown by one latent voxel)
-  are sampled while, before every step, the others are replaced by the input's latent noised to
+- `repaint`: the volume is encoded; the latent voxels over the region (grown by `--margin` latent
+  voxels, so that what is drawn there is not pinned to the input at the region's border) are sampled while, before every step, the others are replaced by the input's latent noised to
   that step's level (RePaint, Lugmayr et al. 2022, in latent space: `guidance.Replacement`).
 - `guidance`: `impute`'s latent self-guidance with the region as the missing voxels.
 
@@ -216,7 +216,8 @@ def _inpaint(
         if label is None or target is None
         else int((target[region] == pipe.label_names[label]).sum()),
         **{
-            k: getattr(cfg, k) for k in ("method", "steps", "sampler", "eta", "guidance", "self_guidance", "label_from")
+            k: getattr(cfg, k)
+            for k in ("method", "steps", "sampler", "eta", "guidance", "self_guidance", "margin", "label_from")
         },
         "seed": seed,
         "intensity_range": list(irange),
@@ -278,6 +279,17 @@ def _conditions(pipe, conditions, model_labels, model_affine) -> dict[str, float
     return conditions
 
 
+def regeneration_mask(region: torch.Tensor, downsample: int, margin: int) -> torch.Tensor:
+    """The latent voxels `--method repaint` samples: (D, h, w) float, 1 over every latent voxel that
+    covers part of `region` ((D, H, W) bool, model space, slice axis first), grown by `margin`
+    latent voxels along every axis (in-plane and across slices)."""
+    regen = torch.nn.functional.max_pool2d(region.float()[:, None], downsample)[:, 0]
+    if margin:
+        k = 2 * margin + 1
+        regen = torch.nn.functional.max_pool3d(regen[None, None], k, stride=1, padding=margin)[0, 0]
+    return regen
+
+
 def _fill(
     pipe, cfg: InpaintConfig, image, miss, model_labels, conditions, seed
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -297,8 +309,7 @@ def _fill(
     enc_labels = None if model_labels is None else torch.from_numpy(model_labels)
     known = pipe.encode(img, enc_labels if pipe.label_names else None)  # (L, D, h, w)
     where = gone if gone.ndim == 3 else gone.any(1)  # (D, H, W): the region of any channel
-    regen = torch.nn.functional.max_pool2d(where.float()[:, None], f)[:, 0]  # (D, h, w): latent voxels over it
-    regen = torch.nn.functional.max_pool3d(regen[None, None], 3, stride=1, padding=1)[0, 0]  # grown by one
+    regen = regeneration_mask(where, f, cfg.margin)
     z = pipe.inpaint_latents(known, 1 - regen, seed=seed, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta,
                              conditions=conditions, guidance=cfg.guidance, labels=cond)  # fmt: skip
     with torch.inference_mode():

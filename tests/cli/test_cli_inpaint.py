@@ -50,6 +50,23 @@ def test_inpaint_bit_exact_outside(cli, trained, case, tmp_path, method):
     assert (lab_out[region] == 2).all() and np.array_equal(lab_out[~region], lab_in[~region])
     prov = json.loads((out / "vol_inpaint.json").read_text())
     assert prov["method"] == method and set(prov["seam"]) >= {"border_gradient", "tissue_gradient_p95"}
+    assert prov["margin"] == 2
+
+
+def test_inpaint_margin_changes_the_fill_not_the_outside(cli, trained, case, tmp_path):
+    """--margin 0 and 3 regenerate different latent voxels around the region: the region's content
+    differs (same seed), everything outside it stays the input's."""
+    vol, label, region_path = case
+    region = np.asarray(nib.load(region_path).dataobj).astype(bool)
+    fills = {}
+    for margin in (0, 3):
+        out = tmp_path / f"M{margin}"
+        r = cli("inpaint", vol, "--region", region_path, "--labels", label, "--label", "lesion", "--ae", trained.ae,
+                "--ldm", trained.ldm, "--out", out, "--steps", 3, "--margin", margin)  # fmt: skip
+        assert r.code == 0, r.both
+        fills[margin] = _check_outside(vol, out / "vol_inpainted.nii.gz", region)[region]
+        assert json.loads((out / "vol_inpaint.json").read_text())["margin"] == margin
+    assert not np.array_equal(fills[0], fills[3])
 
 
 def test_inpaint_label_conditioned_healthy(cli, trained, label_ldm, case, tmp_path):
@@ -117,6 +134,7 @@ def test_inpaint_bad_input(cli, trained, case, tmp_path):
     fails(cube, img.affine, "not one of the model's labels", "--label", "tumour")
     fails(cube, img.affine, "exclude each other", "--label", "lesion", "--healthy")
     fails(cube, img.affine, "--label-from painted needs --label", "--label-from", "painted")
+    fails(cube, img.affine, "--margin", "--margin", "-1")
     fails(cube, img.affine, "--label-from must be one of", "--label", "lesion", "--label-from", "decoder")
     fails(cube, img.affine, "needs --label NAME and --method repaint", "--label", "lesion", "--label-from", "painted",
           "--method", "guidance")  # fmt: skip
