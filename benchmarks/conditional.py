@@ -19,8 +19,8 @@ Every step runs through the `ldmtool` commands a user would type (in this proces
      its lesions, placed twice: at the centre (over the ventricles, where no lesion is ever drawn) and
      in lesion tissue (as bright as the tissue around the training lesions, as --fewshot places them),
      is inpainted with `inpaint --label lesion --guidance G --margin M` (--inpaint-guidance,
-     --inpaint-margin; --method repaint and guidance), judged by `evaluate --only condition`: voxels outside the region bit-exact
-     (target: all), the seam score of the run record (border gradient against the 95th percentile in
+     --inpaint-margin; --method repaint and guidance), judged by `evaluate --only condition`:
+     voxels outside the region bit-exact (target: all), the seam score of the run record (border gradient against the 95th percentile in
      real tissue), and the segmented new lesion against the region (Dice, volume ratio, the share of
      it inside the region, centroid distance); beside them the segmenter's own error on the real
      lesions of the same phantoms (`ldmtool segment`), the floor of those measures.
@@ -523,7 +523,8 @@ def run_fewshot(args, work: Path) -> None:
     print(
         f"- inpainted: {len(pairs)} lesion-free phantoms given the lesions of one of the {k} cases "
         f"(`inpaint --label lesion --method repaint --steps {args.steps} --guidance {args.inpaint_guidance:g} "
-        f"--margin {args.inpaint_margin} --label-from painted`, {np.mean(seconds) if seconds else float('nan'):.1f} s per case); {empty} left out "
+        f"--margin {args.inpaint_margin} --label-from painted`, "
+        f"{np.mean(seconds) if seconds else float('nan'):.1f} s per case); {empty} left out "
         f"(no place found); labelled lesion: {100 * np.mean(painted_share) if painted_share else float('nan'):.0f} % "
         f"of the region voxels (those the decoder reads as lesion)"
     )

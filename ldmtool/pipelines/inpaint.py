@@ -4,8 +4,9 @@ The volume (and its label map) is brought into the models' space as `impute` doe
 through the same geometry. Two ways to fill it:
 
 - `repaint`: the volume is encoded; the latent voxels over the region (grown by `--margin` latent
-  voxels, so that what is drawn there is not pinned to the input at the region's border) are sampled while, before every step, the others are replaced by the input's latent noised to
-  that step's level (RePaint, Lugmayr et al. 2022, in latent space: `guidance.Replacement`).
+  voxels, so that what is drawn there is not pinned to the input at the region's border) are
+  sampled while, before every step, the others are replaced by the input's latent noised to that
+  step's level (RePaint, Lugmayr et al. 2022, in latent space: `guidance.Replacement`).
 - `guidance`: `impute`'s latent self-guidance with the region as the missing voxels.
 
 A model trained with `--condition-on labels` is conditioned on the target label map: the input's
