@@ -308,6 +308,67 @@ def ixi_tissues(src: Path, dst: Path, ids: list[str], factor: int = 2) -> Path:
     return dst
 
 
+def ae_ceiling(work: Path, test: Path, cases: list[str]) -> dict:
+    """The segmenter's Dice on the autoencoder's reconstructions of the held-out real images (each
+    encoded and decoded, brought back into its map's grid): what a generator that drew the real image
+    of every map would score through this autoencoder, the ceiling of the mask-to-image Dice.
+    Segmented with `ldmtool segment` and scored against the maps like the samples (MONAI Dice)."""
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+    from real_data import ae_reconstructions
+
+    from ldmtool.metrics import dice_per_class
+
+    model_grid = ae_reconstructions(work / "AE", test, work / "recon-model-grid")
+    dst = work / "recon" / "imagesTr"
+    dst.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        name = f"{case}_0000.nii.gz"
+        ref = nib.load(test / "imagesTr" / name)  # the padded training grid back to the map's own
+        nib.save(resample_from_to(nib.load(model_grid / "imagesTr" / name), ref, order=1), dst / name)
+    out = work / "S-recon"
+    ldmtool("segment", *[dst / f"{c}_0000.nii.gz" for c in cases], "--model", work / "SEG", "--out", out,
+            "--overwrite")  # fmt: skip
+    names = json.loads((test / "dataset.json").read_text())["labels"]
+    fg = sorted((v, n) for n, v in names.items() if v > 0)
+    rows = [
+        dice_per_class(read(out / f"{c}_seg.nii.gz")[0], read(test / "labelsTr" / f"{c}.nii.gz")[0], fg[-1][0] + 1)
+        for c in cases
+    ]
+    per = {n: float(np.nanmean([r[v - 1] for r in rows])) for v, n in fg}
+    return {"dice": per, "dice_mean": float(np.nanmean(list(per.values()))), "n": len(rows)}
+
+
+def guidance_table(work: Path, test: Path, args, branch: str, main_report: dict, classes: list[str]) -> None:
+    """Mask-to-image Dice of one model sampled at every --ixi-guidance scale (the same seeds and
+    maps; `evaluate --only condition`), beside the autoencoder's ceiling and the real images."""
+    rows = {args.guidance: main_report["condition_fidelity"]["mask_to_image"]}
+    for g in args.ixi_guidance:
+        if g in rows:
+            continue
+        out = work / f"M-{branch}-g{g:g}"
+        ldmtool("--seed", args.seed, "sample", "--ae", work / "AE", "--ldm", work / f"LDM-{branch}", "--labels", test,
+                "--out", out, "--steps", args.steps, "--guidance", g)  # fmt: skip
+        rows[g] = evaluate(work, out, test, f"R-M-{branch}-g{g:g}", "condition")["condition_fidelity"]["mask_to_image"]
+    cases = sorted(p.name[: -len("_0000.nii.gz")] for p in (test / "imagesTr").glob("*_0000.nii.gz"))
+    ceiling = ae_ceiling(work, test, cases)
+    real = rows[args.guidance]["real"]
+    print(f"\n## Guidance and the autoencoder's ceiling ({branch}; segmenter Dice against the requested maps)\n")
+    print("| images | " + " | ".join(f"Dice {c}" for c in classes) + " | Dice mean | − real images |")
+    print("|---|" + "---|" * (len(classes) + 2))
+    for g in sorted(rows):
+        m = rows[g]["synthetic"]
+        cells = " | ".join(f"{m['dice'][c]:.3f}" for c in classes)
+        print(
+            f"| samples, guidance {g:g} | {cells} | {m['dice_mean']:.3f} | {m['dice_mean'] - real['dice_mean']:+.3f} |"
+        )
+    cells = " | ".join(f"{ceiling['dice'][c]:.3f}" for c in classes)
+    print(f"| autoencoder reconstructions of the real images | {cells} | {ceiling['dice_mean']:.3f} | "
+          f"{ceiling['dice_mean'] - real['dice_mean']:+.3f} |")  # fmt: skip
+    cells = " | ".join(f"{real['dice'][c]:.3f}" for c in classes)
+    print(f"| real images | {cells} | {real['dice_mean']:.3f} | |")
+
+
 def run_ixi(args, work: Path) -> None:
     """Mask-to-image on real brains: tissue maps of held-out IXI brains (module docstring)."""
     from real_data import cases_of
@@ -334,10 +395,11 @@ def run_ixi(args, work: Path) -> None:
           f"4 mm, split seed {args.split_seed}, {config.name}, {args.steps} sampling steps, guidance {args.guidance:g}, "
           f"segmenter: `train-seg --arch unet` on the real training brains, {trained(work / 'SEG')})")  # fmt: skip
     classes = reports[next(iter(reports))]["condition_fidelity"]["classes"]
-    mask_to_image_table(reports, budgets, classes, use="")
+    best = mask_to_image_table(reports, budgets, classes, use="")
     print(
         "\nTarget: segmenter Dice on the synthetic images within 0.05 of its Dice on the real images of the same maps."
     )
+    guidance_table(work, test, args, best, reports[best], classes)
     if not args.quick:
         print()
         for b in reports:
@@ -618,6 +680,8 @@ def main() -> None:
     ap.add_argument("--ixi", type=Path, default=None, help="ixi_t1_2mm folder: mask-to-image on real brains instead")
     ap.add_argument("--split-seed", type=int, default=0, help="--ixi: the real_data.py split of 100/48 brains")
     ap.add_argument("--ldm-minutes", type=float, default=35.0, help="--ixi: train-ldm time limit of each branch")
+    ap.add_argument("--ixi-guidance", type=lambda v: [float(x) for x in v.split(",")], default=[1.0, 2.0, 4.0],
+                    help="--ixi: guidance scales the better branch is also sampled at (default 1,2,4)")  # fmt: skip
     ap.add_argument("--fewshot", type=int, default=None, metavar="K",
                     help="the few-shot lesion part instead: K annotated lesion cases")  # fmt: skip
     ap.add_argument("--fewshot-steps", type=int, default=800, help="--fewshot: fine-tuning steps on the K cases")

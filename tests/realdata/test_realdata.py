@@ -84,3 +84,31 @@ def test_ixi_tissue_mapping_file_covers_every_parcellation_id(tmp_path):
     assert _run(*args, "--labels", mapping_file) == 0
     names = json.loads((out / "config.json").read_text())["label_names"]
     assert names == {"background": 0, "csf": 1, "grey_matter": 2, "white_matter": 3, "deep_grey": 4}
+
+
+@pytest.mark.slow
+def test_conditional_benchmark_on_ixi_quick(tmp_path):
+    """benchmarks/conditional.py --ixi --quick: mask-to-image on real tissue maps, the guidance table
+    and the autoencoder's ceiling (reconstructions segmented in the maps' own grids)."""
+    import subprocess
+    import sys
+
+    src = DATA / "ixi_t1_2mm"
+    if not src.is_dir():
+        pytest.skip(f"{src} is absent")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "conditional.py"), "--ixi", str(src), "--quick"]
+    cmd += ["--label-branch", "concat", "--ixi-guidance", "1,3", "--work", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "## Guidance and the autoencoder's ceiling (concat;" in proc.stdout
+    for row in ("| samples, guidance 1 |", "| samples, guidance 2 |", "| samples, guidance 3 |"):
+        assert row in proc.stdout
+    assert "| autoencoder reconstructions of the real images |" in proc.stdout
+    recon = sorted((tmp_path / "recon" / "imagesTr").glob("*_0000.nii.gz"))
+    assert len(recon) == 2  # the two held-out maps, each in its map's grid
+    import nibabel as nib
+
+    for image in recon:
+        ref = nib.load(tmp_path / "test" / "imagesTr" / image.name)
+        assert nib.load(image).shape == ref.shape
