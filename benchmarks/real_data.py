@@ -41,6 +41,7 @@ Parts (--only, comma-separated):
              segmenters on the N real cases alone, with r·N synthetic, and synthetic only, tested
              on the 48 held-out cases; once per --aug-real-shares value (`evaluate --real-share`:
              the share of each mixed batch taken from the real cases; 0 = in proportion).
+             --aug-reuse with --work W evaluates the synthetic cases an earlier run left in W again.
 
 CPU budgets: the wall-clock minutes above bound every training; sampling, segmenting and the
 downstream segmenters add to them (the per-part seconds are printed). The run prints markdown
@@ -121,10 +122,13 @@ def link_subset(src: Path, dst: Path, ids: list[str]) -> Path:
     for sub in ("imagesTr", "labelsTr"):
         (dst / sub).mkdir(parents=True, exist_ok=True)
     for c in ids:
-        (dst / "imagesTr" / f"{c}_0000.nii.gz").symlink_to((src / "imagesTr" / f"{c}_0000.nii.gz").resolve())
-        lab = src / "labelsTr" / f"{c}.nii.gz"
-        if lab.exists():
-            (dst / "labelsTr" / f"{c}.nii.gz").symlink_to(lab.resolve())
+        for link, target in ((dst / "imagesTr" / f"{c}_0000.nii.gz", src / "imagesTr" / f"{c}_0000.nii.gz"),
+                             (dst / "labelsTr" / f"{c}.nii.gz", src / "labelsTr" / f"{c}.nii.gz")):  # fmt: skip
+            if not target.exists():
+                continue
+            if link.is_symlink() and link.resolve() == target.resolve():  # a kept work folder, run again
+                continue
+            link.symlink_to(target.resolve())
     if (src / "dataset.json").exists():
         shutil.copy(src / "dataset.json", dst / "dataset.json")
     return dst
@@ -825,7 +829,20 @@ def augment_part(args, run: Runner, work: Path) -> dict:
         sub = link_subset(src, work / f"N{n}" / "real", train_ids[:n])
         for mode in args.aug_modes:
             d = work / f"N{n}" / mode
-            t = _generator(run, sub, d, cfg, mode, int(np.ceil(max(args.aug_ratios) * n)), args)
+            need = int(np.ceil(max(args.aug_ratios) * n))
+            if args.aug_reuse and (d / "synthetic" / "dataset.json").is_file():
+                have = len(cases_of(d / "synthetic"))
+                if have < need:
+                    raise SystemExit(
+                        f"--aug-reuse: {d / 'synthetic'} holds {have} synthetic cases; --aug-ratios needs {need}"
+                    )
+                print(
+                    f"  N={n} {mode}: the generator and the {have} synthetic cases already in {d} (--aug-reuse)",
+                    flush=True,
+                )
+                t = {}
+            else:
+                t = _generator(run, sub, d, cfg, mode, need, args)
             for share in args.aug_real_shares:  # the same synthetic cases, mixed into the batches two ways
                 rep_dir = d / f"report_share{share:g}"
                 t[f"evaluate (real share {share:g})"] = run(
@@ -939,10 +956,16 @@ def parse(argv=None):
     )
     p.add_argument("--aug-seg-steps", type=int, default=1000, help="downstream segmenter steps")
     p.add_argument(
+        "--aug-reuse",
+        action="store_true",
+        help="with --work W of an earlier run: evaluate the synthetic cases already in W/augment/N*/MODE again "
+        "(e.g. at other --aug-real-shares) instead of training new generators",
+    )
+    p.add_argument(
         "--aug-real-shares",
         type=lambda s: [float(x) for x in s.split(",")],
-        default=[0.0, 0.5],
-        help="evaluate --real-share values compared on the same synthetic cases [0,0.5]",
+        default=[0.5, 0.75],
+        help="evaluate --real-share values compared on the same synthetic cases [0.5,0.75]",
     )
     args = p.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]

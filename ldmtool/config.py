@@ -743,7 +743,7 @@ class EvaluateConfig:
     seg_batch_size: int = setting(16, "Downstream batch size (slices or volumes).")
     seg_lr: float = setting(3e-3, "Downstream learning rate.")
     real_share: float = setting(
-        0.5,
+        0.75,
         "Share of each downstream batch taken from the real cases when real and synthetic ones are mixed "
         "(0 = every case equally likely, so many synthetic cases crowd the real ones out).",
     )
