@@ -1011,9 +1011,9 @@ def main(args) -> None:
         if part not in args.only:
             continue
         w = work / part
-        if w.exists():
+        if w.exists() and not (part == "augment" and args.aug_reuse):  # --aug-reuse: what is there is the input
             shutil.rmtree(w)
-        w.mkdir(parents=True)
+        w.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         results[part] = steps[part][0](w)
         results[part]["part_seconds"] = time.perf_counter() - t0

@@ -93,3 +93,23 @@ def test_data_benchmarks_without_data_exit_0_and_write_nothing(tmp_path, script,
     assert proc.returncode == 0, proc.stderr
     assert message in proc.stdout + proc.stderr and str(tmp_path / "absent") in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+def test_real_data_links_a_kept_work_folder_again(tmp_path):
+    """link_subset on a folder an earlier run (or --aug-reuse) left: the same links are kept, no error."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from real_data import link_subset
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    src = tmp_path / "src"
+    (src / "imagesTr").mkdir(parents=True)
+    (src / "labelsTr").mkdir()
+    for c in ("a", "b"):
+        (src / "imagesTr" / f"{c}_0000.nii.gz").write_bytes(b"image " + c.encode())
+    (src / "labelsTr" / "a.nii.gz").write_bytes(b"label a")  # b has no label
+    for _ in range(2):
+        dst = link_subset(src, tmp_path / "dst", ["a", "b"])
+    assert sorted(p.name for p in (dst / "imagesTr").iterdir()) == ["a_0000.nii.gz", "b_0000.nii.gz"]
+    assert [p.name for p in (dst / "labelsTr").iterdir()] == ["a.nii.gz"]
+    assert (dst / "imagesTr" / "b_0000.nii.gz").read_bytes() == b"image b"
