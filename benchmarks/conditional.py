@@ -32,7 +32,9 @@ DLMUSE parcellation merged into four tissue classes (examples/labels/ixi_tissues
 map brought to 4 mm (2×2×2 blocks: mean intensity, majority class) so that the segmenter, the
 generator and the requested maps share one grid; `train-ae`/`train-ldm` with examples/ixi_cpu.yaml
 on wall-clock budgets (--ae-minutes, --ldm-minutes), the segmenter on the real training brains,
-and images sampled for the first --test held-out maps. No lesion insertion (brains have no lesions).
+and images sampled for the first --test held-out maps, at every --ixi-guidance scale, beside the
+segmenter's Dice on the autoencoder's reconstructions of the real images (the autoencoder's ceiling).
+No lesion insertion (brains have no lesions).
 
 With `--fewshot K` the few-shot lesion part runs instead (on phantoms):
     python benchmarks/conditional.py --fewshot 5                # ~15 CPU-min at 64×64×32
