@@ -352,8 +352,9 @@ def guidance_table(work: Path, test: Path, args, branch: str, main_report: dict,
         ldmtool("--seed", args.seed, "sample", "--ae", work / "AE", "--ldm", work / f"LDM-{branch}", "--labels", test,
                 "--out", out, "--steps", args.steps, "--guidance", g)  # fmt: skip
         rows[g] = evaluate(work, out, test, f"R-M-{branch}-g{g:g}", "condition")["condition_fidelity"]["mask_to_image"]
-    cases = sorted(p.name[: -len("_0000.nii.gz")] for p in (test / "imagesTr").glob("*_0000.nii.gz"))
-    ceiling = ae_ceiling(work, test, cases)
+    from real_data import cases_of
+
+    ceiling = ae_ceiling(work, test, cases_of(test))
     real = rows[args.guidance]["real"]
     print(f"\n## Guidance and the autoencoder's ceiling ({branch}; segmenter Dice against the requested maps)\n")
     print("| images | " + " | ".join(f"Dice {c}" for c in classes) + " | Dice mean | − real images |")
