@@ -12,6 +12,8 @@ HD95 is in mm when `spacing` is given, in voxels otherwise.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -65,10 +67,14 @@ def segmentation_metrics(
     if "hd95" in metrics:
         hd = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")
         kwargs = {"spacing": list(spacing)} if spacing is not None else {}
-        out["hd95"] = [
-            float(hd(p[:, [0, c]], t[:, [0, c]], **kwargs)[0, 0]) if p[0, c].any() and t[0, c].any() else float("nan")
-            for c in range(1, num_classes)
-        ]
+        with warnings.catch_warnings():
+            # MONAI's surface-distance code passes its own deprecated `always_return_as_numpy` argument
+            # and warns about it on every call; nothing here can act on that warning.
+            warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+            out["hd95"] = [
+                float(hd(p[:, [0, c]], t[:, [0, c]], **kwargs)[0, 0]) if p[0, c].any() and t[0, c].any() else float("nan")
+                for c in range(1, num_classes)
+            ]
     return out
 
 
