@@ -315,19 +315,11 @@ def ae_ceiling(work: Path, test: Path, cases: list[str]) -> dict:
     encoded and decoded, brought back into its map's grid): what a generator that drew the real image
     of every map would score through this autoencoder, the ceiling of the mask-to-image Dice.
     Segmented with `ldmtool segment` and scored against the maps like the samples (MONAI Dice)."""
-    import nibabel as nib
-    from nibabel.processing import resample_from_to
-    from real_data import ae_reconstructions
+    from real_data import reconstructions_in_source_grid
 
     from ldmtool.metrics import dice_per_class
 
-    model_grid = ae_reconstructions(work / "AE", test, work / "recon-model-grid")
-    dst = work / "recon" / "imagesTr"
-    dst.mkdir(parents=True, exist_ok=True)
-    for case in cases:
-        name = f"{case}_0000.nii.gz"
-        ref = nib.load(test / "imagesTr" / name)  # the padded training grid back to the map's own
-        nib.save(resample_from_to(nib.load(model_grid / "imagesTr" / name), ref, order=1), dst / name)
+    dst = reconstructions_in_source_grid(work / "AE", test, work / "recon") / "imagesTr"
     out = work / "S-recon"
     ldmtool("segment", *[dst / f"{c}_0000.nii.gz" for c in cases], "--model", work / "SEG", "--out", out,
             "--overwrite")  # fmt: skip

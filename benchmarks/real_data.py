@@ -42,6 +42,9 @@ Parts (--only, comma-separated):
              on the 48 held-out cases; once per --aug-real-shares value (`evaluate --real-share`:
              the share of each mixed batch taken from the real cases; 0 = in proportion).
              --aug-reuse with --work W evaluates the synthetic cases an earlier run left in W again.
+             With --aug-ae-ceiling (default): the downstream segmenters also trained on the
+             generator's autoencoder's reconstructions of the N real cases alone, the ceiling of
+             "synthetic only" through that autoencoder.
 
 CPU budgets: the wall-clock minutes above bound every training; sampling, segmenting and the
 downstream segmenters add to them (the per-part seconds are printed). The run prints markdown
@@ -259,6 +262,29 @@ def ae_reconstructions(ae_dir: Path, src: Path, dst: Path) -> Path:
             image, _ = decode_latents(ae, encode_volume(ae, data.images[i], label)[None])
             vol = slices_to_volume(image[0].numpy()).astype(np.float32)
             nib.save(nib.Nifti1Image(vol, data.affines[i]), dst / "imagesTr" / f"{case}_0000.nii.gz")
+    return dst
+
+
+def reconstructions_in_source_grid(ae_dir: Path, src: Path, dst: Path) -> Path:
+    """`ae_reconstructions` of every case of `src`, each brought back into its own case's grid
+    (`nibabel.processing.resample_from_to`: the preprocessed grid's shifted affine makes a pad undone
+    an exact crop), with the case's label map and dataset.json beside it: a labelled nnU-Net folder
+    that reads like the real one, its images replaced by what the autoencoder makes of them."""
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+
+    model_grid = ae_reconstructions(ae_dir, src, dst.with_name(dst.name + "-model-grid"))
+    (dst / "imagesTr").mkdir(parents=True, exist_ok=True)
+    for case in cases_of(src):
+        name = f"{case}_0000.nii.gz"
+        ref = nib.load(src / "imagesTr" / name)
+        nib.save(resample_from_to(nib.load(model_grid / "imagesTr" / name), ref, order=1), dst / "imagesTr" / name)
+        label = src / "labelsTr" / f"{case}.nii.gz"
+        if label.exists():
+            (dst / "labelsTr").mkdir(exist_ok=True)
+            shutil.copy(label, dst / "labelsTr" / label.name)
+    if (src / "dataset.json").exists():
+        shutil.copy(src / "dataset.json", dst / "dataset.json")
     return dst
 
 
@@ -814,6 +840,22 @@ def _generator(run: Runner, sub: Path, d: Path, cfg: Path, mode: str, n_syn: int
     return t
 
 
+def ae_ceiling_curve(run: Runner, d: Path, sub: Path, test: Path, n: int, args) -> float:
+    """The downstream model trained on the generator's autoencoder's reconstructions of the N real
+    cases alone (in their own grids, with their real label maps): what synthetic pairs can reach
+    through this autoencoder, however good the denoiser. Scored like the curve (the same seeds,
+    steps and test cases) in d/report_recon; returns the seconds it took."""
+    recon = d / "recon"
+    shutil.rmtree(recon, ignore_errors=True)
+    shutil.rmtree(d / "recon-model-grid", ignore_errors=True)
+    reconstructions_in_source_grid(d / "ae", sub, recon)
+    return run(
+        "evaluate", "--only", "utility", "--real", test, "--synthetic", recon, "--train", sub, "--test", test,
+        "--utility-curve", n, "--curve-ratios", 1, "--curve-seeds", args.aug_seeds, "--seg-steps", args.aug_seg_steps,
+        "--real-share", args.aug_real_shares[0], "--out", d / "report_recon",
+    )  # fmt: skip
+
+
 def augment_part(args, run: Runner, work: Path) -> dict:
     src = args.data / "msd_hippocampus"
     train_ids, test_ids = split(cases_of(src), 48, args.split_seed)
@@ -853,6 +895,11 @@ def augment_part(args, run: Runner, work: Path) -> dict:
                 out["curves"][f"{n}/{mode}/{share:g}"] = json.loads((rep_dir / "report.json").read_text())[
                     "utility_curve"
                 ]
+            if args.aug_ae_ceiling:
+                t["autoencoder ceiling"] = ae_ceiling_curve(run, d, sub, test, n, args)
+                out.setdefault("ae_ceiling", {})[f"{n}/{mode}"] = json.loads(
+                    (d / "report_recon" / "report.json").read_text()
+                )["utility_curve"]["results"][str(n)]
             out["seconds"][f"{n}/{mode}"] = t
             if n == args.aug_sizes[0]:
                 out["montages"][mode] = save_png(d / "synthetic" / "montage.png", f"hippocampus-N{n}-{mode}-samples")
@@ -889,6 +936,17 @@ def augment_report(res: dict, args) -> None:
         syn = [c for c in row if c.startswith("synthetic")]
         syn_gap = f"; synthetic only − real {row[syn[0]]['mean'] - row['real']['mean']:+.3f}" if syn else ""
         print(f"  N={key}: {best} {row[best]['mean'] - row['real']['mean']:+.3f}{syn_gap}")
+    if res.get("ae_ceiling"):
+        print(
+            "\nthe autoencoder's ceiling: the downstream model trained only on each generator's autoencoder's "
+            "reconstructions of the N real cases (their own grids, the real label maps), same seeds and steps:"
+        )
+        for key, row in res["ae_ceiling"].items():
+            syn = row[[c for c in row if c.startswith("synthetic")][0]]
+            print(
+                f"  N={key}: {syn['mean']:.3f} ± {syn['std']:.3f} (real only {row['real']['mean']:.3f}; "
+                f"{syn['mean'] - row['real']['mean']:+.3f})"
+            )
     for mode, png in res.get("montages", {}).items():
         print(f"montage of synthetic cases ({mode}): {png}")
 
@@ -947,6 +1005,13 @@ def parse(argv=None):
     p.add_argument("--aug-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[10, 20, 50])
     p.add_argument("--aug-ratios", type=lambda s: [float(x) for x in s.split(",")], default=[1.0, 2.0, 5.0])
     p.add_argument("--aug-seeds", type=int, default=3)
+    p.add_argument(
+        "--aug-ae-ceiling",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also train the downstream model on each generator's autoencoder's reconstructions of the N real "
+        "cases alone (about 5 CPU-minutes per N and generator): the most synthetic-only training can reach",
+    )
     p.add_argument("--aug-gen-minutes", type=float, default=4.0, help="minutes of train-ae and of train-ldm, per N")
     p.add_argument(
         "--aug-modes",
