@@ -72,7 +72,9 @@ def segmentation_metrics(
             # and warns about it on every call; nothing here can act on that warning.
             warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
             out["hd95"] = [
-                float(hd(p[:, [0, c]], t[:, [0, c]], **kwargs)[0, 0]) if p[0, c].any() and t[0, c].any() else float("nan")
+                float(hd(p[:, [0, c]], t[:, [0, c]], **kwargs)[0, 0])
+                if p[0, c].any() and t[0, c].any()
+                else float("nan")
                 for c in range(1, num_classes)
             ]
     return out
