@@ -937,12 +937,14 @@ def augment_report(res: dict, args) -> None:
         syn_gap = f"; synthetic only − real {row[syn[0]]['mean'] - row['real']['mean']:+.3f}" if syn else ""
         print(f"  N={key}: {best} {row[best]['mean'] - row['real']['mean']:+.3f}{syn_gap}")
     if res.get("ae_ceiling"):
+        from ldmtool.evaluate.utility_curve import SYNTHETIC_ONLY
+
         print(
             "\nthe autoencoder's ceiling: the downstream model trained only on each generator's autoencoder's "
             "reconstructions of the N real cases (their own grids, the real label maps), same seeds and steps:"
         )
         for key, row in res["ae_ceiling"].items():
-            syn = row[[c for c in row if c.startswith("synthetic")][0]]
+            syn = row[SYNTHETIC_ONLY]
             print(
                 f"  N={key}: {syn['mean']:.3f} ± {syn['std']:.3f} (real only {row['real']['mean']:.3f}; "
                 f"{syn['mean'] - row['real']['mean']:+.3f})"
