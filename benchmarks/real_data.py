@@ -37,7 +37,9 @@ Parts (--only, comma-separated):
              --aug-gen-minutes each) on N real training cases (nested subsets): max(--aug-ratios)·N
              image+label pairs, sampled jointly from noise (joint) or generated from seeded
              elastic/affine deformations of the N real label maps by a mask-to-image model
-             (labels: `train-ldm --condition-on labels`, `sample --labels --deform`), then `evaluate --only utility --utility-curve N` (--aug-seeds seeds): downstream
+             (labels: `train-ldm --condition-on labels`, `sample --labels --deform --undeformed`;
+             --aug-undeformed-share of the images follow the real maps themselves, default half),
+             then `evaluate --only utility --utility-curve N` (--aug-seeds seeds): downstream
              segmenters on the N real cases alone, with r·N synthetic, and synthetic only, tested
              on the 48 held-out cases; once per --aug-real-shares value (`evaluate --real-share`:
              the share of each mixed batch taken from the real cases; 0 = in proportion).
@@ -833,11 +835,22 @@ def _generator(run: Runner, sub: Path, d: Path, cfg: Path, mode: str, n_syn: int
         "train-ldm", sub, "--ae", d / "ae", "--out", d / "ldm", "--config", cfg, *extra,
         "--max-minutes", args.aug_gen_minutes,
     )  # fmt: skip
-    what = (
-        ["--n", n_syn] if mode == "joint" else ["--labels", sub, "--deform", int(np.ceil(n_syn / len(cases_of(sub))))]
-    )
+    what = ["--n", n_syn] if mode == "joint" else ["--labels", sub, *label_sampling(n_syn, len(cases_of(sub)), args)]
     t["sample"] = run("sample", "--ae", d / "ae", "--ldm", d / "ldm", "--out", d / "synthetic", *what, "--config", cfg)
     return t
+
+
+def label_sampling(n_syn: int, n_maps: int, args) -> list:
+    """`sample --labels` options for n_syn images from n_maps real label maps: per map k =
+    ceil(n_syn / n_maps) images, the --aug-undeformed-share of them of the map itself and the
+    rest of seeded deformations of it (one image each)."""
+    k = int(np.ceil(n_syn / n_maps))
+    keep = int(np.floor(k * args.aug_undeformed_share + 0.5))
+    if keep == 0:
+        return ["--deform", k]
+    if keep == k:
+        return ["--per-label", k]
+    return ["--deform", k - keep, "--undeformed", keep]
 
 
 def ae_ceiling_curve(run: Runner, d: Path, sub: Path, test: Path, n: int, args) -> float:
@@ -912,7 +925,8 @@ def augment_report(res: dict, args) -> None:
     )
     print(
         f"generators (train-ae + train-ldm, {args.aug_gen_minutes:g} + {args.aug_gen_minutes:g} min per N): joint = image and label map sampled together from noise; "
-        "labels = mask-to-image from seeded elastic/affine deformations of the N real label maps\n"
+        f"labels = mask-to-image, {args.aug_undeformed_share:g} of its images of the N real label maps themselves "
+        "and the rest of seeded elastic/affine deformations of them (`sample --labels --deform --undeformed`)\n"
     )
     print(
         "real share = share of each downstream batch drawn from the real cases when real and synthetic are mixed "
@@ -1021,6 +1035,13 @@ def parse(argv=None):
         default=["joint", "labels"],
         help="generators compared: joint (image+label from noise), labels (mask-to-image from deformed real maps)",
     )
+    p.add_argument(
+        "--aug-undeformed-share",
+        type=float,
+        default=0.5,
+        help="labels generator: share of the synthetic images drawn for the real label maps themselves, the rest "
+        "for seeded deformations of them (0 = deformations only) [0.5]",
+    )
     p.add_argument("--aug-seg-steps", type=int, default=1000, help="downstream segmenter steps")
     p.add_argument(
         "--aug-reuse",
@@ -1037,6 +1058,8 @@ def parse(argv=None):
     args = p.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [s for s in args.only if s not in PARTS]
+    if not 0.0 <= args.aug_undeformed_share <= 1.0:
+        p.error(f"--aug-undeformed-share is a share between 0 and 1; got {args.aug_undeformed_share:g}")
     if set(args.aug_modes) - {"joint", "labels"}:
         p.error("--aug-modes takes joint and/or labels")
     if bad:

@@ -113,3 +113,22 @@ def test_real_data_links_a_kept_work_folder_again(tmp_path):
     assert sorted(p.name for p in (dst / "imagesTr").iterdir()) == ["a_0000.nii.gz", "b_0000.nii.gz"]
     assert [p.name for p in (dst / "labelsTr").iterdir()] == ["a.nii.gz"]
     assert (dst / "imagesTr" / "b_0000.nii.gz").read_bytes() == b"image b"
+
+
+def test_real_data_label_sampling_splits_the_images_between_maps_and_deformations():
+    """The labels generator's `sample --labels` options: --aug-undeformed-share of each map's images of
+    the map itself, the rest deformed, as many in all as the largest ratio needs."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from real_data import label_sampling, parse
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    half = parse(["--only", "augment"])  # the default share
+    assert half.aug_undeformed_share == 0.5
+    assert label_sampling(100, 10, half) == ["--deform", 5, "--undeformed", 5]
+    assert label_sampling(250, 50, half) == ["--deform", 2, "--undeformed", 3]
+    assert label_sampling(10, 10, half) == ["--per-label", 1]  # one image per map: the map itself
+    assert label_sampling(95, 10, parse(["--aug-undeformed-share", "0"])) == ["--deform", 10]
+    assert label_sampling(20, 10, parse(["--aug-undeformed-share", "1"])) == ["--per-label", 2]
+    with pytest.raises(SystemExit):
+        parse(["--aug-undeformed-share", "1.5"])

@@ -68,6 +68,15 @@ def sample(
             rich_help_panel=MASK,
         ),
     ] = 0,
+    undeformed: Annotated[
+        int,
+        typer.Option(
+            "--undeformed",
+            help="With --deform: also this many images of every map itself, undeformed, in the same folder "
+            "(deformed maps add variety; the real maps keep the synthetic set close to the real one).",
+            rich_help_panel=MASK,
+        ),
+    ] = 0,
     precision: Annotated[Optional[str], common.opt(SampleConfig, "precision", panel=SCALE)] = None,
     compile: Annotated[
         Optional[bool], common.opt(SampleConfig, "compile", "--compile/--no-compile", panel=SCALE)
@@ -111,11 +120,13 @@ def sample(
     given = {k for k, v in flags.items() if v is not None or k in (yaml.get("sample") or {})}
     cfg = distilled_defaults(cfg, ldm, given, state.console)
     if labels is not None:
-        return _sample_from_labels(state, cfg, ae, ldm, out, labels, per_label, deform, overwrite, locals())
-    if per_label != 1 or deform:
+        return _sample_from_labels(state, cfg, ae, ldm, out, labels, per_label, deform, undeformed, overwrite, locals())
+    if per_label != 1 or deform or undeformed:
         from ldmtool.errors import LdmError
 
-        raise LdmError("--per-label and --deform go with --labels DIR (the label maps to generate images for)")
+        raise LdmError(
+            "--per-label, --deform and --undeformed go with --labels DIR (the label maps to generate images for)"
+        )
     check_output_dir(out, "sample", overwrite)  # before the training set of --reject-memorized is read
     memfilter = _memorization_filter(cfg.reject_memorized, train, state)
     result = generate(
@@ -212,7 +223,7 @@ def _memorization_filter(threshold: float | None, train: Path | None, state: com
     return MemorizationFilter(Path(train), threshold=threshold, device=shard_device(state.torch_device()))
 
 
-def _sample_from_labels(state, cfg, ae, ldm, out, labels, per_label, deform, overwrite, given) -> None:
+def _sample_from_labels(state, cfg, ae, ldm, out, labels, per_label, deform, undeformed, overwrite, given) -> None:
     """`sample --labels DIR`: mask-to-image, then the results table."""
     from ldmtool.errors import LdmError
     from ldmtool.pipelines.mask_to_image import generate_from_labels
@@ -232,6 +243,7 @@ def _sample_from_labels(state, cfg, ae, ldm, out, labels, per_label, deform, ove
         out,
         per_label=per_label,
         deform=deform,
+        undeformed=undeformed,
         sampler=cfg.sampler,
         steps=cfg.steps,
         eta=cfg.eta,

@@ -95,10 +95,12 @@ def read_label_map(path: Path, names: dict[str, int] | None, model_names: dict[s
     return vol.with_array(arr.astype(np.uint8))
 
 
-def map_jobs(maps: list[Path], *, per_label: int, deform: int, seed: int) -> list[MapJob]:
+def map_jobs(maps: list[Path], *, per_label: int, deform: int, seed: int, undeformed: int = 0) -> list[MapJob]:
     """Every sample of the job, in order: per map, the map itself (or `deform` seeded deformations
-    of it) `per_label` times each; sample k has seed `sample_seed(seed, k)`, deformation d of map i
-    the seed `sample_seed(seed, i, d + 1)`."""
+    of it) `per_label` times each; then, with `deform`, `undeformed` images of every map itself.
+    Sample k has seed `sample_seed(seed, k)`, deformation d of map i the seed
+    `sample_seed(seed, i, d + 1)`; the undeformed images come last, so the deformed ones are the
+    same with or without them."""
     jobs: list[MapJob] = []
     for i, path in enumerate(maps):
         stem = output_stem(path)
@@ -107,6 +109,10 @@ def map_jobs(maps: list[Path], *, per_label: int, deform: int, seed: int) -> lis
                 tag = f"{stem}_{j:03d}" if d is None else f"{stem}_d{d:03d}_{j:03d}"
                 dseed = None if d is None else sample_seed(seed, i, d + 1)
                 jobs.append(MapJob(f"synth_{tag}", sample_seed(seed, len(jobs)), path, d, dseed))
+    for path in maps if deform else []:
+        stem = output_stem(path)
+        for j in range(undeformed):
+            jobs.append(MapJob(f"synth_{stem}_{j:03d}", sample_seed(seed, len(jobs)), path))
     return jobs
 
 
@@ -133,6 +139,7 @@ def generate_from_labels(
     *,
     per_label: int = 1,
     deform: int = 0,
+    undeformed: int = 0,
     sampler: str = SampleConfig.sampler,
     steps: int = SampleConfig.steps,
     eta: float = SampleConfig.eta,
@@ -147,8 +154,9 @@ def generate_from_labels(
     overwrite: bool = False,
 ) -> GenerateResult:
     """Sample `per_label` images for every label map of `labels_dir` (and for `deform` seeded
-    deformations of each) with a model trained with `--condition-on labels`; write them into
-    `out_dir` in each map's geometry, with the map as the label and provenance naming it."""
+    deformations of each, plus `undeformed` images of every map itself) with a model trained with
+    `--condition-on labels`; write them into `out_dir` in each map's geometry, with the map as the
+    label and provenance naming it."""
     SampleConfig(
         sampler=sampler,
         steps=steps,
@@ -163,6 +171,12 @@ def generate_from_labels(
         raise LdmError(f"--per-label must be at least 1; got {per_label}")
     if deform < 0:
         raise LdmError(f"--deform must be 0 (the maps themselves) or more; got {deform}")
+    if undeformed < 0:
+        raise LdmError(f"--undeformed must be 0 or more; got {undeformed}")
+    if undeformed and not deform:
+        raise LdmError(
+            "--undeformed adds images of the maps themselves to --deform K; without --deform use --per-label"
+        )
     check_output_dir(out_dir, "sample", overwrite)
     maps, names = find_label_maps(labels_dir)
     out_dir = Path(out_dir)
@@ -175,7 +189,7 @@ def generate_from_labels(
         smp = pipe.make_sampler(sampler, steps, eta, spacing)
         for path in maps:  # every map checked before any sampling
             read_label_map(path, names, pipe.label_names)
-        jobs = map_jobs(maps, per_label=per_label, deform=deform, seed=seed)
+        jobs = map_jobs(maps, per_label=per_label, deform=deform, seed=seed, undeformed=undeformed)
         settings = {
             **_job_settings(pipe, smp, steps, eta, "nifti"),
             "base_seed": seed,
@@ -183,6 +197,7 @@ def generate_from_labels(
             "labels_dir": str(Path(labels_dir).resolve()),
             "per_label": per_label,
             "deform": deform,
+            **({"undeformed": undeformed} if undeformed else {}),  # folders written without it stay resumable
         }
         prov_dir = out_dir / "provenance"
         for sub in ("imagesTr", "labelsTr", "provenance"):

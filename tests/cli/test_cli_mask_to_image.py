@@ -1,4 +1,4 @@
-"""`train-ldm --condition-on labels` and `sample --labels DIR [--per-label K] [--deform K]` on tiny models."""
+"""`train-ldm --condition-on labels` and `sample --labels DIR [--per-label K] [--deform K [--undeformed K]]` on tiny models."""
 
 from __future__ import annotations
 
@@ -64,6 +64,22 @@ def test_mask_to_image_deform(cli, trained, label_ldm, tmp_path):
     assert d0.shape == src.shape and set(np.unique(d0)) <= set(np.unique(src))
     assert not np.array_equal(d0, src) and not np.array_equal(d0, d1)
     assert (d0 > 0).sum() > 0.5 * (src > 0).sum()  # deformed, not destroyed
+    both = tmp_path / "DU"  # the same deformations plus one image of the map itself, in one folder
+    r = cli("--seed", 3, "sample", "--ae", trained.ae, "--ldm", label_ldm, "--labels", maps, "--out", both,
+            "--steps", 2, "--deform", 2, "--undeformed", 1)  # fmt: skip
+    assert r.code == 0, r.both
+    names = sorted(p.name for p in (both / "labelsTr").glob("*.nii.gz"))
+    assert names == ["synth_a_000.nii.gz", "synth_a_d000_000.nii.gz", "synth_a_d001_000.nii.gz"]
+    kept = np.asarray(nib.load(both / "labelsTr" / "synth_a_000.nii.gz").dataobj)
+    assert np.array_equal(kept, src)
+    for name in ("synth_a_d000_000", "synth_a_d001_000"):  # the deformed samples do not move
+        for sub, suffix in (("labelsTr", ""), ("imagesTr", "_0000")):
+            a = nib.load(out / sub / f"{name}{suffix}.nii.gz").get_fdata()
+            b = nib.load(both / sub / f"{name}{suffix}.nii.gz").get_fdata()
+            assert np.array_equal(a, b), (sub, name)
+    assert json.loads((both / "dataset.json").read_text())["numTraining"] == 3
+    prov = json.loads((both / "provenance" / "synth_a_000.json").read_text())
+    assert prov["deformation"] is None and prov["label_map"] == str(maps / "a.nii.gz")
 
 
 def test_mask_to_image_errors(cli, trained, label_ldm, tmp_path):
@@ -85,6 +101,8 @@ def test_mask_to_image_errors(cli, trained, label_ldm, tmp_path):
     assert r.code == 1 and "--n does not go with --labels" in r.err
     r = cli(*base, "--ldm", label_ldm, "--deform", 2)
     assert r.code == 1 and "--labels DIR" in r.err
+    r = cli(*base, "--ldm", label_ldm, "--labels", maps, "--undeformed", 2)
+    assert r.code == 1 and "--undeformed adds images" in r.err and len(r.error_lines()) == 1
 
 
 def test_mask_to_image_controlnet_branch(cli, trained, tmp_path):
