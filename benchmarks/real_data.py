@@ -837,6 +837,9 @@ def _generator(run: Runner, sub: Path, d: Path, cfg: Path, mode: str, n_syn: int
     )  # fmt: skip
     what = ["--n", n_syn] if mode == "joint" else ["--labels", sub, *label_sampling(n_syn, len(cases_of(sub)), args)]
     t["sample"] = run("sample", "--ae", d / "ae", "--ldm", d / "ldm", "--out", d / "synthetic", *what, "--config", cfg)
+    # time-budgeted trainings reach fewer steps on a slower or busier machine: say how far they got
+    steps = {k: json.loads((d / k / "state.json").read_text())["step"] for k in ("ae", "ldm")}
+    print(f"  generator steps in the budget: autoencoder {steps['ae']:,}, denoiser {steps['ldm']:,}", flush=True)
     return t
 
 
