@@ -825,30 +825,39 @@ def hippo_seg_report(res: dict, args) -> None:
 # ---------------------------------------------------------------- augmentation curve
 
 
-def _generator(run: Runner, sub: Path, d: Path, cfg: Path, mode: str, n_syn: int, args) -> dict[str, float]:
-    """Train a generator on the real cases `sub` and write n_syn synthetic image+label pairs to
-    d/synthetic. joint: image and label sampled together from noise; labels: a mask-to-image model
-    (`--condition-on labels`) given seeded elastic/affine deformations of the real label maps."""
+def _generator(run: Runner, sub: Path, d: Path, cfg: Path, mode: str, args) -> dict[str, float]:
+    """Train a generator on the real cases `sub` into d/ae and d/ldm. joint: image and label sampled
+    together from noise; labels: a mask-to-image model (`--condition-on labels`)."""
     t = {"train-ae": run("train-ae", sub, "--out", d / "ae", "--config", cfg, "--max-minutes", args.aug_gen_minutes)}
     extra = ["--condition-on", "labels"] if mode == "labels" else []
     t["train-ldm"] = run(
         "train-ldm", sub, "--ae", d / "ae", "--out", d / "ldm", "--config", cfg, *extra,
         "--max-minutes", args.aug_gen_minutes,
     )  # fmt: skip
-    what = ["--n", n_syn] if mode == "joint" else ["--labels", sub, *label_sampling(n_syn, len(cases_of(sub)), args)]
-    t["sample"] = run("sample", "--ae", d / "ae", "--ldm", d / "ldm", "--out", d / "synthetic", *what, "--config", cfg)
     # time-budgeted trainings reach fewer steps on a slower or busier machine: say how far they got
     steps = {k: json.loads((d / k / "state.json").read_text())["step"] for k in ("ae", "ldm")}
     print(f"  generator steps in the budget: autoencoder {steps['ae']:,}, denoiser {steps['ldm']:,}", flush=True)
     return t
 
 
-def label_sampling(n_syn: int, n_maps: int, args) -> list:
+def _sample(run: Runner, sub: Path, d: Path, out: Path, cfg: Path, n_syn: int, undeformed: float | None) -> float:
+    """n_syn synthetic image+label pairs from the generator in d, into `out`: from noise
+    (undeformed None: the joint generator) or for the real label maps of `sub`, the share
+    `undeformed` of them for the maps themselves and the rest for seeded deformations."""
+    what = (
+        ["--n", n_syn]
+        if undeformed is None
+        else ["--labels", sub, *label_sampling(n_syn, len(cases_of(sub)), undeformed)]
+    )
+    return run("sample", "--ae", d / "ae", "--ldm", d / "ldm", "--out", out, *what, "--config", cfg)
+
+
+def label_sampling(n_syn: int, n_maps: int, undeformed: float) -> list:
     """`sample --labels` options for n_syn images from n_maps real label maps: per map k =
-    ceil(n_syn / n_maps) images, the --aug-undeformed-share of them of the map itself and the
-    rest of seeded deformations of it (one image each)."""
+    ceil(n_syn / n_maps) images, the share `undeformed` of them of the map itself and the rest of
+    seeded deformations of it (one image each)."""
     k = int(np.ceil(n_syn / n_maps))
-    keep = int(np.floor(k * args.aug_undeformed_share + 0.5))
+    keep = int(np.floor(k * undeformed + 0.5))
     if keep == 0:
         return ["--deform", k]
     if keep == k:
@@ -888,37 +897,47 @@ def augment_part(args, run: Runner, work: Path) -> dict:
         for mode in args.aug_modes:
             d = work / f"N{n}" / mode
             need = int(np.ceil(max(args.aug_ratios) * n))
-            if args.aug_reuse and (d / "synthetic" / "dataset.json").is_file():
-                have = len(cases_of(d / "synthetic"))
-                if have < need:
-                    raise SystemExit(
-                        f"--aug-reuse: {d / 'synthetic'} holds {have} synthetic cases; --aug-ratios needs {need}"
-                    )
-                print(
-                    f"  N={n} {mode}: the generator and the {have} synthetic cases already in {d} (--aug-reuse)",
-                    flush=True,
-                )
-                t = {}
-            else:
-                t = _generator(run, sub, d, cfg, mode, need, args)
-            for share in args.aug_real_shares:  # the same synthetic cases, mixed into the batches two ways
-                rep_dir = d / f"report_share{share:g}"
-                t[f"evaluate (real share {share:g})"] = run(
-                    "evaluate", "--only", "utility", "--real", test, "--synthetic", d / "synthetic", "--train", sub, "--test", test,
-                    "--utility-curve", n, "--curve-ratios", ratios, "--curve-seeds", args.aug_seeds, "--seg-steps", args.aug_seg_steps,
-                    "--real-share", share, "--out", rep_dir,
-                )  # fmt: skip
-                out["curves"][f"{n}/{mode}/{share:g}"] = json.loads((rep_dir / "report.json").read_text())[
-                    "utility_curve"
+            # one generator; one synthetic set per --aug-undeformed-share value for the labels generator
+            multi = mode == "labels" and len(args.aug_undeformed_share) > 1
+            sets = (
+                [(mode, None, d / "synthetic")]
+                if mode == "joint"
+                else [
+                    (f"labels u{u:g}" if multi else mode, u, d / ("synthetic" if not multi else f"synthetic_u{u:g}"))
+                    for u in args.aug_undeformed_share
                 ]
+            )
+            reused = args.aug_reuse and all((syn / "dataset.json").is_file() for _, _, syn in sets)
+            t = {} if reused else _generator(run, sub, d, cfg, mode, args)
+            for name, undeformed, syn in sets:
+                tag = "" if name == mode else f" ({name})"
+                if reused:
+                    have = len(cases_of(syn))
+                    if have < need:
+                        raise SystemExit(f"--aug-reuse: {syn} holds {have} synthetic cases; --aug-ratios needs {need}")
+                    print(f"  N={n} {name}: the {have} synthetic cases already in {syn} (--aug-reuse)", flush=True)
+                else:
+                    t[f"sample{tag}"] = _sample(run, sub, d, syn, cfg, need, undeformed)
+                for share in args.aug_real_shares:  # the same synthetic cases, mixed into the batches two ways
+                    rep_dir = syn.parent / f"report{syn.name.removeprefix('synthetic')}_share{share:g}"
+                    t[f"evaluate{tag} (real share {share:g})"] = run(
+                        "evaluate", "--only", "utility", "--real", test, "--synthetic", syn, "--train", sub, "--test", test,
+                        "--utility-curve", n, "--curve-ratios", ratios, "--curve-seeds", args.aug_seeds, "--seg-steps", args.aug_seg_steps,
+                        "--real-share", share, "--out", rep_dir,
+                    )  # fmt: skip
+                    out["curves"][f"{n}/{name}/{share:g}"] = json.loads((rep_dir / "report.json").read_text())[
+                        "utility_curve"
+                    ]
+                if n == args.aug_sizes[0]:
+                    out["montages"][name] = save_png(
+                        syn / "montage.png", f"hippocampus-N{n}-{name.replace(' ', '-')}-samples"
+                    )
             if args.aug_ae_ceiling:
                 t["autoencoder ceiling"] = ae_ceiling_curve(run, d, sub, test, n, args)
                 out.setdefault("ae_ceiling", {})[f"{n}/{mode}"] = json.loads(
                     (d / "report_recon" / "report.json").read_text()
                 )["utility_curve"]["results"][str(n)]
             out["seconds"][f"{n}/{mode}"] = t
-            if n == args.aug_sizes[0]:
-                out["montages"][mode] = save_png(d / "synthetic" / "montage.png", f"hippocampus-N{n}-{mode}-samples")
     return out
 
 
@@ -928,8 +947,9 @@ def augment_report(res: dict, args) -> None:
     )
     print(
         f"generators (train-ae + train-ldm, {args.aug_gen_minutes:g} + {args.aug_gen_minutes:g} min per N): joint = image and label map sampled together from noise; "
-        f"labels = mask-to-image, {args.aug_undeformed_share:g} of its images of the N real label maps themselves "
-        "and the rest of seeded elastic/affine deformations of them (`sample --labels --deform --undeformed`)\n"
+        "labels = mask-to-image, the share u (--aug-undeformed-share "
+        f"{','.join(f'{u:g}' for u in args.aug_undeformed_share)}) of its images for the N real label maps themselves "
+        "and the rest for seeded elastic/affine deformations of them (`sample --labels --deform --undeformed`)\n"
     )
     print(
         "real share = share of each downstream batch drawn from the real cases when real and synthetic are mixed "
@@ -1040,10 +1060,11 @@ def parse(argv=None):
     )
     p.add_argument(
         "--aug-undeformed-share",
-        type=float,
-        default=0.5,
+        type=lambda v: [float(x) for x in v.split(",")],
+        default=[0.5],
         help="labels generator: share of the synthetic images drawn for the real label maps themselves, the rest "
-        "for seeded deformations of them (0 = deformations only) [0.5]",
+        "for seeded deformations of them (0 = deformations only); several values = one synthetic set each from "
+        "the same generator, compared side by side [0.5]",
     )
     p.add_argument("--aug-seg-steps", type=int, default=1000, help="downstream segmenter steps")
     p.add_argument(
@@ -1061,8 +1082,8 @@ def parse(argv=None):
     args = p.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [s for s in args.only if s not in PARTS]
-    if not 0.0 <= args.aug_undeformed_share <= 1.0:
-        p.error(f"--aug-undeformed-share is a share between 0 and 1; got {args.aug_undeformed_share:g}")
+    if not all(0.0 <= u <= 1.0 for u in args.aug_undeformed_share):
+        p.error("--aug-undeformed-share takes shares between 0 and 1")
     if set(args.aug_modes) - {"joint", "labels"}:
         p.error("--aug-modes takes joint and/or labels")
     if bad:

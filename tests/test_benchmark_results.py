@@ -123,12 +123,12 @@ def test_real_data_label_sampling_splits_the_images_between_maps_and_deformation
         from real_data import label_sampling, parse
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
-    half = parse(["--only", "augment"])  # the default share
-    assert half.aug_undeformed_share == 0.5
-    assert label_sampling(100, 10, half) == ["--deform", 5, "--undeformed", 5]
-    assert label_sampling(250, 50, half) == ["--deform", 2, "--undeformed", 3]
-    assert label_sampling(10, 10, half) == ["--per-label", 1]  # one image per map: the map itself
-    assert label_sampling(95, 10, parse(["--aug-undeformed-share", "0"])) == ["--deform", 10]
-    assert label_sampling(20, 10, parse(["--aug-undeformed-share", "1"])) == ["--per-label", 2]
+    assert parse(["--only", "augment"]).aug_undeformed_share == [0.5]  # the default
+    assert parse(["--aug-undeformed-share", "0,0.5"]).aug_undeformed_share == [0.0, 0.5]
+    assert label_sampling(100, 10, 0.5) == ["--deform", 5, "--undeformed", 5]
+    assert label_sampling(250, 50, 0.5) == ["--deform", 2, "--undeformed", 3]
+    assert label_sampling(10, 10, 0.5) == ["--per-label", 1]  # one image per map: the map itself
+    assert label_sampling(95, 10, 0.0) == ["--deform", 10]
+    assert label_sampling(20, 10, 1.0) == ["--per-label", 2]
     with pytest.raises(SystemExit):
-        parse(["--aug-undeformed-share", "1.5"])
+        parse(["--aug-undeformed-share", "0.5,1.5"])
