@@ -1056,7 +1056,8 @@ def parse(argv=None):
         "--aug-modes",
         type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
         default=["joint", "labels"],
-        help="generators compared: joint (image+label from noise), labels (mask-to-image from deformed real maps)",
+        help="generators compared: joint (image+label from noise), labels (mask-to-image from the real maps and "
+        "deformations of them, --aug-undeformed-share)",
     )
     p.add_argument(
         "--aug-undeformed-share",
