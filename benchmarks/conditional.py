@@ -29,11 +29,15 @@ With `--ixi DIR` (../shared/data/ixi_t1_2mm) the mask-to-image part runs on real
     python benchmarks/conditional.py --ixi ../shared/data/ixi_t1_2mm --label-branch concat   # ~75 CPU-min
 the fixed split of benchmarks/real_data.py (100 training brains, 48 held out, --split-seed), the
 DLMUSE parcellation merged into four tissue classes (examples/labels/ixi_tissues.yaml), every image and
-map brought to 4 mm (2×2×2 blocks: mean intensity, majority class) so that the segmenter, the
-generator and the requested maps share one grid; `train-ae`/`train-ldm` with examples/ixi_cpu.yaml
-on wall-clock budgets (--ae-minutes, --ldm-minutes), the segmenter on the real training brains,
+map brought to --ixi-spacing (4 mm by default: 2×2×2 blocks, mean intensity, majority class; 2 mm keeps
+the data's own grid) so that the segmenter, the generator and the requested maps share one grid;
+`train-ae`/`train-ldm` with --ixi-config (examples/ixi_cpu.yaml) on wall-clock budgets (--ae-minutes,
+--ldm-minutes), the segmenter on the real training brains,
 and images sampled for the first --test held-out maps, at every --ixi-guidance scale, beside the
 segmenter's Dice on the autoencoder's reconstructions of the real images (the autoencoder's ceiling).
+On a GPU, at 2 mm (the autoencoder's ceiling at 4 mm already costs the whole 0.05 allowance):
+    python benchmarks/conditional.py --ixi ../shared/data/ixi_t1_2mm --label-branch concat \
+        --ixi-spacing 2 --device cuda
 No lesion insertion (brains have no lesions).
 
 With `--fewshot K` the few-shot lesion part runs instead (on phantoms):
@@ -76,11 +80,12 @@ from _commands import run_logged  # noqa: E402
 from _results import recorded, save_figure  # noqa: E402
 
 LOG: list[Path] = []  # where the commands' own output goes (the work folder's ldmtool.log)
+DEVICE: list[str] = ["auto"]  # --device of every command
 
 
 def ldmtool(*args) -> None:
     """Run one `ldmtool` command in this process, its output to the work folder's log."""
-    run_logged(LOG[0], *args)
+    run_logged(LOG[0], "--device", DEVICE[0], *args)
 
 
 def split(data: Path, test: Path, n_test: int) -> list[str]:
@@ -285,8 +290,8 @@ def mask_to_image(args, work: Path, data: Path, test: Path, config: Path, budget
 
 def ixi_tissues(src: Path, dst: Path, ids: list[str], factor: int = 2) -> Path:
     """IXI cases as an nnU-Net folder of the four tissue classes of examples/labels/ixi_tissues.yaml:
-    reoriented to RAS and averaged over factor³ blocks (2 mm → 4 mm), each block's label its most
-    frequent class (background included)."""
+    reoriented to RAS and averaged over factor³ blocks (2 mm → 4 mm for factor 2; factor 1 keeps the
+    grid), each block's label its most frequent class (background included)."""
     import nibabel as nib
     from real_data import block_affine, block_mean
 
@@ -369,15 +374,17 @@ def run_ixi(args, work: Path) -> None:
     from real_data import cases_of
     from real_data import split as ixi_split
 
-    config = REPO / "examples" / "ixi_cpu.yaml"
+    config = args.ixi_config
+    factor = int(round(args.ixi_spacing / 2))
+    spacing = ",".join([f"{args.ixi_spacing:g}"] * 3)
     work.mkdir(parents=True, exist_ok=True)
     LOG[:] = [work / "ldmtool.log"]
     train_ids, held_out = ixi_split(cases_of(args.ixi), 48, args.split_seed)
     if args.quick:
         train_ids = train_ids[:8]
-    data = ixi_tissues(args.ixi, work / "data", train_ids)
-    test = ixi_tissues(args.ixi, work / "test", held_out[: args.test])
-    ldmtool("--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config,
+    data = ixi_tissues(args.ixi, work / "data", train_ids, factor)
+    test = ixi_tissues(args.ixi, work / "test", held_out[: args.test], factor)
+    ldmtool("--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config, "--spacing", spacing,
             "--max-minutes", args.ae_minutes or 20)  # fmt: skip
     seg_budget = ["--steps", args.seg_steps, "--batch-size", 16] if args.seg_steps else ["--epochs", args.seg_epochs]
     ldmtool("--seed", args.seed, "train-seg", data, "--out", work / "SEG", "--arch", "unet", "--lr", args.seg_lr,
@@ -387,7 +394,7 @@ def run_ixi(args, work: Path) -> None:
     )
     reports, budgets = mask_to_image(args, work, data, test, config, budget)
     print(f"# Mask-to-image on IXI brains ({len(train_ids)} training, images for {args.test} held-out tissue maps, "
-          f"4 mm, split seed {args.split_seed}, {config.name}, {args.steps} sampling steps, guidance {args.guidance:g}, "
+          f"{args.ixi_spacing:g} mm, split seed {args.split_seed}, {config.name}, {args.steps} sampling steps, guidance {args.guidance:g}, "
           f"segmenter: `train-seg --arch unet` on the real training brains, {trained(work / 'SEG')})")  # fmt: skip
     classes = reports[next(iter(reports))]["condition_fidelity"]["classes"]
     best = mask_to_image_table(reports, budgets, classes, use="")
@@ -674,6 +681,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="keep the models and outputs here")
     ap.add_argument("--ixi", type=Path, default=None, help="ixi_t1_2mm folder: mask-to-image on real brains instead")
     ap.add_argument("--split-seed", type=int, default=0, help="--ixi: the real_data.py split of 100/48 brains")
+    ap.add_argument(
+        "--ixi-spacing", type=float, default=4.0, help="--ixi: mm, 2 (the data's grid) or 4 [4; 2 on a GPU]"
+    )
+    ap.add_argument("--ixi-config", type=Path, default=REPO / "examples" / "ixi_cpu.yaml",
+                    help="--ixi: ldmtool config of train-ae/train-ldm [examples/ixi_cpu.yaml]")  # fmt: skip
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda: --device of every ldmtool command")
     ap.add_argument("--ldm-minutes", type=float, default=35.0, help="--ixi: train-ldm time limit of each branch")
     ap.add_argument("--ixi-guidance", type=lambda v: [float(x) for x in v.split(",")], default=[1.0, 2.0, 4.0],
                     help="--ixi: guidance scales the better branch is also sampled at (default 1,2,4)")  # fmt: skip
@@ -685,9 +698,14 @@ def main() -> None:
     ap.add_argument("--fewshot-real-share", type=float, default=0.75,
                     help="--fewshot: share of real slices in every real + inpainted batch (evaluate --real-share)")  # fmt: skip
     args = ap.parse_args()
+    DEVICE[0] = args.device
     if args.ixi is not None:
         if not (args.ixi / "imagesTr").is_dir():
             sys.exit(f"--ixi {args.ixi}: no imagesTr/ there (expected ../shared/data/ixi_t1_2mm)")
+        if args.ixi_spacing / 2 < 1 or abs(args.ixi_spacing / 2 - round(args.ixi_spacing / 2)) > 1e-6:
+            sys.exit(f"--ixi-spacing {args.ixi_spacing:g}: must be a multiple of the data's 2 mm (2, 4, 6, …)")
+        if not args.ixi_config.is_file():
+            sys.exit(f"--ixi-config {args.ixi_config}: no such file")
         args.test = min(args.test, 48)
         if args.quick:
             args.test, args.steps, args.seg_epochs = 2, 3, 1

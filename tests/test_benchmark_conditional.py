@@ -194,3 +194,19 @@ def test_ixi_tissue_maps_are_majority_classes_on_the_4mm_grid(tmp_path):
     block = nib.as_closest_canonical(nib.load(src / "imagesTr" / "IXI001_0000.nii.gz")).affine
     centres = [block @ np.array([i, j, k, 1.0]) for i in (2, 3) for j in (4, 5) for k in (6, 7)]
     assert np.allclose(img.affine @ np.array([1, 2, 3, 1.0]), np.mean(centres, axis=0))
+
+    # factor 1 (`--ixi-spacing 2`): the data's own 2 mm grid in RAS, every voxel its own class
+    own = ixi_tissues(src, tmp_path / "own", ["IXI001"], factor=1)
+    lab1 = nib.load(own / "labelsTr" / "IXI001.nii.gz")
+    img1 = nib.load(own / "imagesTr" / "IXI001_0000.nii.gz")
+    assert lab1.shape == ras.shape and nib.aff2axcodes(lab1.affine) == ("R", "A", "S")
+    assert np.allclose(lab1.affine, block) and np.allclose(img1.affine, block)
+    assert np.allclose(np.asarray(img1.dataobj), image)
+    assert np.asarray(lab1.dataobj)[0, 0, 0] == names["csf"] and np.asarray(lab1.dataobj)[0, 0, 1] == names["csf"]
+    assert (
+        np.asarray(lab1.dataobj)[1, 1, 1] == names["grey_matter"] and np.asarray(lab1.dataobj)[3, 0, 0] == names["csf"]
+    )
+    assert (
+        np.asarray(lab1.dataobj)[3, 1, 0] == names["white_matter"]
+        and np.asarray(lab1.dataobj)[0, 2, 1] == names["deep_grey"]
+    )
