@@ -34,7 +34,8 @@ Parts (--only, comma-separated):
   hippo-seg  `train-seg` LDSeg and the UNet baseline for the same wall time (--seg-minutes each)
              on 160 hippocampus cases; `segment` the 48 held-out cases; Dice per class and HD95 (mm).
   augment    for N in --aug-sizes and each generator of --aug-modes (train-ae + train-ldm,
-             --aug-gen-minutes each) on N real training cases (nested subsets): max(--aug-ratios)·N
+             --aug-gen-minutes each, or --aug-gen-steps: the same training on any machine) on N
+             real training cases (nested subsets): max(--aug-ratios)·N
              image+label pairs, sampled jointly from noise (joint) or generated from seeded
              elastic/affine deformations of the N real label maps by a mask-to-image model
              (labels: `train-ldm --condition-on labels`, `sample --labels --deform --undeformed`;
@@ -828,16 +829,38 @@ def hippo_seg_report(res: dict, args) -> None:
 def _generator(run: Runner, sub: Path, d: Path, cfg: Path, mode: str, args) -> dict[str, float]:
     """Train a generator on the real cases `sub` into d/ae and d/ldm. joint: image and label sampled
     together from noise; labels: a mask-to-image model (`--condition-on labels`)."""
-    t = {"train-ae": run("train-ae", sub, "--out", d / "ae", "--config", cfg, "--max-minutes", args.aug_gen_minutes)}
+    ae_budget, ldm_budget = generator_budgets(args)
+    t = {"train-ae": run("train-ae", sub, "--out", d / "ae", "--config", cfg, *ae_budget)}
     extra = ["--condition-on", "labels"] if mode == "labels" else []
     t["train-ldm"] = run(
-        "train-ldm", sub, "--ae", d / "ae", "--out", d / "ldm", "--config", cfg, *extra,
-        "--max-minutes", args.aug_gen_minutes,
+        "train-ldm", sub, "--ae", d / "ae", "--out", d / "ldm", "--config", cfg, *extra, *ldm_budget
     )  # fmt: skip
     # time-budgeted trainings reach fewer steps on a slower or busier machine: say how far they got
     steps = {k: json.loads((d / k / "state.json").read_text())["step"] for k in ("ae", "ldm")}
     print(f"  generator steps in the budget: autoencoder {steps['ae']:,}, denoiser {steps['ldm']:,}", flush=True)
     return t
+
+
+def steps_pair(v: str) -> tuple[int, int]:
+    """--aug-gen-steps AE,LDM: two positive integers (3_900 allowed; a comma separates the two)."""
+    parts = [x.strip().replace("_", "") for x in v.split(",")]
+    if len(parts) != 2 or not all(x.isdigit() and int(x) > 0 for x in parts):
+        raise argparse.ArgumentTypeError(f"{v!r}: two positive step counts, AE,LDM (e.g. 3900,2100)")
+    return int(parts[0]), int(parts[1])
+
+
+def generator_budgets(args) -> tuple[list, list]:
+    """train-ae and train-ldm budget options of the augment generators: --aug-gen-steps AE,LDM
+    (optimisation steps, comparable across machines) or --aug-gen-minutes each."""
+    if args.aug_gen_steps:
+        return ["--steps", args.aug_gen_steps[0]], ["--steps", args.aug_gen_steps[1]]
+    return ["--max-minutes", args.aug_gen_minutes], ["--max-minutes", args.aug_gen_minutes]
+
+
+def generator_budget_text(args) -> str:
+    if args.aug_gen_steps:
+        return f"train-ae {args.aug_gen_steps[0]:,} + train-ldm {args.aug_gen_steps[1]:,} steps per N"
+    return f"train-ae + train-ldm, {args.aug_gen_minutes:g} + {args.aug_gen_minutes:g} min per N"
 
 
 def _sample(run: Runner, sub: Path, d: Path, out: Path, cfg: Path, n_syn: int, undeformed: float | None) -> float:
@@ -946,7 +969,7 @@ def augment_report(res: dict, args) -> None:
         f"\n### Augmentation: downstream 2D UNet ({args.aug_seg_steps} steps) Dice on held-out real hippocampus, mean ± std over {args.aug_seeds} seeds\n"
     )
     print(
-        f"generators (train-ae + train-ldm, {args.aug_gen_minutes:g} + {args.aug_gen_minutes:g} min per N): joint = image and label map sampled together from noise; "
+        f"generators ({generator_budget_text(args)}): joint = image and label map sampled together from noise; "
         "labels = mask-to-image, the share u (--aug-undeformed-share "
         f"{','.join(f'{u:g}' for u in args.aug_undeformed_share)}) of its images for the N real label maps themselves "
         "and the rest for seeded elastic/affine deformations of them (`sample --labels --deform --undeformed`)\n"
@@ -1052,6 +1075,14 @@ def parse(argv=None):
         "cases alone (about 5 CPU-minutes per N and generator): the most synthetic-only training can reach",
     )
     p.add_argument("--aug-gen-minutes", type=float, default=4.0, help="minutes of train-ae and of train-ldm, per N")
+    p.add_argument(
+        "--aug-gen-steps",
+        type=steps_pair,
+        default=None,
+        metavar="AE,LDM",
+        help="optimisation steps of train-ae and of train-ldm per N instead of --aug-gen-minutes: the same "
+        "generators on a slower or busier machine (the benchmark prints the steps a minutes budget reached)",
+    )
     p.add_argument(
         "--aug-modes",
         type=lambda s: [m.strip() for m in s.split(",") if m.strip()],

@@ -132,3 +132,22 @@ def test_real_data_label_sampling_splits_the_images_between_maps_and_deformation
     assert label_sampling(20, 10, 1.0) == ["--per-label", 2]
     with pytest.raises(SystemExit):
         parse(["--aug-undeformed-share", "0.5,1.5"])
+
+
+def test_real_data_generator_budget_in_minutes_or_steps():
+    """--aug-gen-steps AE,LDM trains the augment generators for a number of steps (the same models on
+    any machine) instead of --aug-gen-minutes of wall time; bad values stop argument parsing."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from real_data import generator_budget_text, generator_budgets, parse
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    minutes = parse(["--only", "augment", "--aug-gen-minutes", "24"])
+    assert generator_budgets(minutes) == (["--max-minutes", 24.0], ["--max-minutes", 24.0])
+    assert generator_budget_text(minutes) == "train-ae + train-ldm, 24 + 24 min per N"
+    steps = parse(["--only", "augment", "--aug-gen-steps", "3900,2_100"])
+    assert generator_budgets(steps) == (["--steps", 3900], ["--steps", 2100])
+    assert generator_budget_text(steps) == "train-ae 3,900 + train-ldm 2,100 steps per N"
+    for bad in ("3900", "3900,0", "3900,2100,5", "a,b", "-1,5"):
+        with pytest.raises(SystemExit):
+            parse(["--aug-gen-steps", bad])
