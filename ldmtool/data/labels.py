@@ -92,11 +92,13 @@ class LabelMap:
         """JSON form {name: [[lo, hi], ...]} (what the checkpoint stores)."""
         return {name: [[lo, hi] for lo, hi in ranges] for name, ranges in self.classes.items()}
 
+    def describe_class(self, name: str) -> str:
+        """'1-255' or '4,11' — one class's values in the --labels syntax."""
+        return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in self.classes[name])
+
     def describe(self) -> str:
         """'brain=1-255; csf=4,11' — the mapping in the --labels syntax."""
-        return "; ".join(
-            f"{n}=" + ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in rs) for n, rs in self.classes.items()
-        )
+        return "; ".join(f"{n}={self.describe_class(n)}" for n in self.classes)
 
 
 def _parse_spec(text: str) -> dict[str, list[str]]:

@@ -21,6 +21,7 @@ import torch
 from ldmtool.data.labels import infer_label_names, inferred_warning
 from ldmtool.data.preprocess import PreprocessConfig, PreprocessedCase, fit_shape, preprocess_case
 from ldmtool.errors import LdmError
+from ldmtool.io._util import summarise
 from ldmtool.io._util import summarise_shapes
 
 ShapePolicy = Literal["same", "auto", "pad"]
@@ -347,11 +348,11 @@ def prepare_dataset(
         observed.append(~gone)
         if pc.label is not None:
             labels.append(volume_to_slices(pc.label.array.astype(np.uint8)))
-            if ds.labels_inferred and cfg.labels is None:
-                found |= np.bincount(labels[-1].ravel(), minlength=256).astype(bool)
+            found |= np.bincount(labels[-1].ravel(), minlength=256).astype(bool)
     label_names = dict(ds.label_names) if ds.has_labels else {}
     if ds.has_labels and cfg.labels is not None:
         label_names = cfg.label_map.label_names
+        _check_mapped_classes(ds, cfg, label_names, found, len(labels), console)
     elif ds.has_labels and ds.labels_inferred:
         label_names = infer_label_names(np.flatnonzero(found))
         if console is not None:
@@ -372,6 +373,30 @@ def prepare_dataset(
         channel_ranges=[tuple(tuple(float(v) for v in r) for r in pc.intensity_ranges) for pc in cases],
         **_image_fields(ds, cases),
     )
+
+
+def _check_mapped_classes(ds, cfg: PreprocessConfig, names: dict[str, int], found: np.ndarray, n_maps: int, console):
+    """A --labels mapping whose classes match no voxel is almost always a typo in the values: stop
+    when no class matches anything (every voxel would be background), naming the values the first
+    label map holds; warn for the single classes that match nothing."""
+    absent = [name for name, value in names.items() if value and not found[value]]
+    if not absent or not n_maps:
+        return
+    maps = "the label map" if n_maps == 1 else f"any of the {n_maps} label maps"
+    if len(absent) == len(names) - 1:
+        first = next(c for c in ds.cases if c.label is not None)
+        values = np.unique(np.asarray(ds.read(first, None, allow_nan=True)[1].array))
+        held = [str(int(v)) if float(v).is_integer() else f"{float(v):g}" for v in values if v != 0]
+        raise LdmError(
+            f"--labels {cfg.label_map.describe()} matches no voxel in {maps} (every voxel would be background); "
+            f"{first.case_id}'s label map holds {len(held)} value(s) besides 0: {summarise(held, 6) or 'none'}"
+        )
+    if console is not None:
+        listed = "; ".join(f"{n}={cfg.label_map.describe_class(n)}" for n in absent)
+        console.print(
+            f"[yellow]warning:[/] --labels: no voxel in {maps} belongs to {listed} (values not listed are background)",
+            highlight=False,
+        )
 
 
 def _image_fields(ds, cases: list[PreprocessedCase]) -> dict:

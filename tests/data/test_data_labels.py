@@ -103,6 +103,25 @@ def test_label_mapping_applied_and_stored(tmp_path):
     assert np.array_equal(data.labels.numpy(), np.select([raw == 11, raw == 200], [1, 2], 0))
 
 
+def test_mapping_that_matches_nothing(tmp_path):
+    """A class whose values occur in no label map is a warning; a mapping that matches no voxel at
+    all (everything background) stops with one line naming the values the maps do hold."""
+    root = _folder(tmp_path / "d", [(6, 6, 4)] * 2)  # values 0, 4, 11, 200
+    console = _console()
+    data = prepare_dataset(
+        root, PreprocessConfig(labels=parse_labels("csf=4;tumour=300-400").to_dict()), console=console
+    )
+    assert data.label_names == {"background": 0, "csf": 1, "tumour": 2}
+    out = " ".join(console.export_text().split())
+    assert "warning: --labels: no voxel in any of the 2 label maps belongs to tumour=300-400" in out
+    assert "csf" not in out
+    with pytest.raises(LdmError) as err:
+        prepare_dataset(root, PreprocessConfig(labels=parse_labels("brain=300-400").to_dict()))
+    msg = str(err.value)
+    assert "\n" not in msg and "brain=300-400 matches no voxel in any of the 2 label maps" in msg
+    assert msg.endswith("c0's label map holds 3 value(s) besides 0: 4, 11, 200")
+
+
 def test_default_preprocess_dict_unchanged():
     assert "labels" not in PreprocessConfig().to_dict()
 
