@@ -21,8 +21,7 @@ import torch
 from ldmtool.data.labels import infer_label_names, inferred_warning
 from ldmtool.data.preprocess import PreprocessConfig, PreprocessedCase, fit_shape, preprocess_case
 from ldmtool.errors import LdmError
-from ldmtool.io._util import summarise
-from ldmtool.io._util import summarise_shapes
+from ldmtool.io._util import summarise, summarise_shapes
 
 ShapePolicy = Literal["same", "auto", "pad"]
 
