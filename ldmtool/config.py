@@ -347,6 +347,9 @@ class SampleConfig:
         _check_choice("--spacing", self.spacing, ("auto", "trailing", "leading", "linspace", "logsnr", "karras"))
         _check_choice("--precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _check_choice("--format", self.format, ("nifti", "dicom", "png"))
+        _check_range("--guidance", self.guidance, 0)
+        _check_range("--eta", self.eta, 0)
+        _check_range("--reject-memorized", self.reject_memorized, 0, 1, low_open=True)
         for flag, value in (("--n", self.n), ("--batch-size", self.batch_size), ("--decode-batch", self.decode_batch)):
             if value < 1:
                 raise LdmError(f"{flag} must be at least 1; got {value}")

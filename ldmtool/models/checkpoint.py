@@ -90,8 +90,13 @@ def load_checkpoint(path: Path, kind: str | None = None) -> tuple[dict[str, torc
     except (SafetensorError, OSError, ValueError) as exc:
         raise LdmError(f"{path} is not a readable safetensors checkpoint ({str(exc).splitlines()[0]})") from None
     if kind is not None and config.get("kind") != kind:
-        raise LdmError(f"{path} is a {config.get('kind', 'unknown')} checkpoint, expected a {kind} checkpoint")
+        found = config.get("kind", "unknown")
+        raise LdmError(f"{path} is {_article(found)} {found} checkpoint, expected {_article(kind)} {kind} checkpoint")
     return tensors, config
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 def file_sha256(path: Path, limit: int | None = None) -> str:

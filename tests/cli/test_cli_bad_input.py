@@ -144,7 +144,7 @@ def test_train_ldm_bad_data(cli, tmp_path, trained):
 def test_train_ldm_with_ldm_as_autoencoder(cli, tmp_path, trained):
     out = tmp_path / "out"
     r = cli("train-ldm", trained.data, "--ae", trained.ldm, "--out", out, *TINY)
-    _check_one_line_error(r, contains="expected a autoencoder checkpoint")
+    _check_one_line_error(r, contains="expected an autoencoder checkpoint")
     assert not out.exists()
 
 

@@ -285,6 +285,21 @@ def test_impute_and_segment_config_errors_are_one_line(cli, tmp_path, command, y
     assert r.code == 1 and contains in r.err and "Traceback" not in r.both
 
 
+@pytest.mark.parametrize(
+    "flag,value,contains",
+    [
+        ("--guidance", "-1", "--guidance must be ≥ 0; got -1.0"),
+        ("--eta", "-0.5", "--eta must be ≥ 0; got -0.5"),
+        ("--reject-memorized", "1.5", "--reject-memorized must be"),
+    ],
+)
+def test_sample_refuses_settings_out_of_range(cli, tmp_path, flag, value, contains):
+    """Checked with the settings, before any checkpoint is read (the checkpoints do not exist)."""
+    r = cli("sample", "--ae", tmp_path / "a", "--ldm", tmp_path / "l", "--out", tmp_path / "o", flag, value)
+    assert r.code == 1 and contains in r.err and "Traceback" not in r.both
+    assert not (tmp_path / "o").exists()
+
+
 def test_script_exit_skips_teardown_but_not_exit_handlers():
     """entry(): the command's exit code, all its output through a pipe, exit handlers registered
     by the command run, and no interpreter teardown (an object's finaliser at module teardown)."""

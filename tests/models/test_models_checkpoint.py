@@ -95,7 +95,7 @@ def test_failed_save_leaves_old_checkpoint(tmp_path, monkeypatch):
 
 def test_kind_mismatch(tmp_path):
     save_checkpoint(tmp_path / "ae.safetensors", _tensors(), CONFIG)
-    with pytest.raises(LdmError, match="is a autoencoder checkpoint, expected a latent-diffusion checkpoint"):
+    with pytest.raises(LdmError, match="is an autoencoder checkpoint, expected a latent-diffusion checkpoint"):
         load_checkpoint(tmp_path / "ae.safetensors", kind="latent-diffusion")
     save_checkpoint(tmp_path / "nokind.safetensors", _tensors(), {"model": {}})
     with pytest.raises(LdmError, match="unknown"):
