@@ -88,6 +88,12 @@ class DenoiserConfig:
     schedule: str = setting("scaled_linear_beta", "Noise schedule: linear_beta | scaled_linear_beta | cosine.")
     beta_start: float = setting(0.0015, "First beta of the (scaled) linear schedule.")
     beta_end: float = setting(0.0195, "Last beta of the (scaled) linear schedule.")
+    zero_terminal_snr: bool = setting(
+        False,
+        "Rescale the schedule so that its last step is pure noise (Lin et al. 2024; needs objective v): "
+        "the (scaled) linear schedules keep a trace of the data at t = T, which a large latent volume's "
+        "many voxels add up to a visible layout that sampling from pure noise never has.",
+    )
     condition_on: str | tuple[str, ...] = setting(
         "none",
         "none, or a comma list of what to condition on: labels (the label map itself: mask-to-image, "
@@ -116,13 +122,20 @@ class DenoiserConfig:
         _check_choice("objective", self.objective, ("eps", "v", "flow"))
         _check_choice("schedule", self.schedule, ("linear_beta", "scaled_linear_beta", "cosine"))
         _check_choice("label_branch", self.label_branch, ("concat", "controlnet"))
+        if self.zero_terminal_snr and self.objective != "v":
+            raise LdmError(
+                f"denoiser zero_terminal_snr needs objective v (an {self.objective} denoiser cannot be "
+                "trained at pure noise); set objective: v"
+            )
 
     def to_dict(self) -> dict[str, Any]:
-        """The stored form; `label_branch` only when it is not the default, so the configs of models
+        """The stored form; `label_branch` and `zero_terminal_snr` only when not the default, so the configs of models
         without it (and the checkpoints written before it existed) read and compare as they were."""
         out = {f.name: to_dict(getattr(self, f.name)) for f in dataclasses.fields(self)}
         if out["label_branch"] == "concat":
             del out["label_branch"]
+        if not out["zero_terminal_snr"]:
+            del out["zero_terminal_snr"]
         return out
 
     @property

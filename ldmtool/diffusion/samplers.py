@@ -83,13 +83,36 @@ def training_scheduler(cfg: DenoiserConfig):
 
     if cfg.objective == "flow":
         return RFlowScheduler(num_train_timesteps=cfg.num_train_timesteps, use_discrete_timesteps=True)
-    return DDPMScheduler(
+    sched = DDPMScheduler(
         num_train_timesteps=cfg.num_train_timesteps,
         schedule=cfg.schedule,
         prediction_type=cfg.prediction_type,
         clip_sample=False,  # latents are not bounded to [-1, 1]
         **cfg.schedule_args(),
     )
+    if getattr(cfg, "zero_terminal_snr", False):
+        rescale_zero_terminal_snr(sched)
+    return sched
+
+
+# ᾱ_T after the rescaling: not exactly 0, so that ε = (x − √ᾱ x̂_0)/√(1−ᾱ) and its inverse stay
+# finite at t = T for the guidance hooks; √ᾱ_T = 3e-5 is below the cosine schedule's last step.
+ZERO_SNR_FLOOR = 1e-9
+
+
+def rescale_zero_terminal_snr(sched) -> None:
+    """Shift and scale √ᾱ_t of a MONAI DDPMScheduler so that √ᾱ_0 is unchanged and √ᾱ_T is (nearly) 0
+    (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed", Algorithm 1),
+    in place: `alphas_cumprod`, `alphas` and `betas` stay consistent. MONAI has no such option;
+    diffusers' `rescale_zero_terminal_snr` is the same few lines on a schedule of its own."""
+    root = sched.alphas_cumprod.double().sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * first / (first - last)
+    ac = (root**2).clamp(min=ZERO_SNR_FLOOR)
+    alphas = torch.cat([ac[:1], ac[1:] / ac[:-1]])
+    sched.alphas_cumprod = ac.to(sched.alphas_cumprod.dtype)
+    sched.alphas = alphas.to(sched.alphas.dtype)
+    sched.betas = (1 - alphas).to(sched.betas.dtype)
 
 
 def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:

@@ -354,3 +354,37 @@ def test_sampler_objective_mismatch_is_a_clear_error(name, objective):
 def test_bad_spacing():
     with pytest.raises(LdmError, match="--spacing"):
         make_sampler("ddim", _cfg(), 10, spacing="uniform")
+
+
+def test_zero_terminal_snr_schedule():
+    plain = training_scheduler(_cfg(objective="v"))
+    sched = training_scheduler(_cfg(objective="v", zero_terminal_snr=True))
+    ac, ac0 = sched.alphas_cumprod.double(), plain.alphas_cumprod.double()
+    assert float(ac0[-1]) > 1e-4  # the scaled linear schedule leaves a trace of the data at t = T
+    assert float(ac[-1]) == pytest.approx(1e-9, rel=1e-3) and float(ac[0]) == pytest.approx(float(ac0[0]))
+    assert bool((ac[1:] < ac[:-1]).all())
+    # betas, alphas and their cumulative product stay one schedule (MONAI's step reads all three)
+    torch.testing.assert_close(torch.cumprod(sched.alphas.double(), 0), ac, rtol=1e-4, atol=1e-12)
+    assert sched.alphas_cumprod.dtype == plain.alphas_cumprod.dtype
+    torch.testing.assert_close(sched.betas.double(), 1 - sched.alphas.double())
+    # the shift is that of √ᾱ: the same at every t
+    shift = (ac0.sqrt() - ac.sqrt())[1:-1]
+    assert float(shift.min()) > 0 and float(shift.max()) < 0.013
+    assert (
+        "zero_terminal_snr" not in _cfg().to_dict()
+        and _cfg(objective="v", zero_terminal_snr=True).to_dict()["zero_terminal_snr"]
+    )
+    with pytest.raises(LdmError, match="zero_terminal_snr needs objective v"):
+        _cfg(zero_terminal_snr=True)
+
+
+@pytest.mark.parametrize("name", DIFFUSION_SAMPLERS)
+def test_zero_terminal_snr_samples_from_pure_noise(name):
+    """Every ε/v sampler starts at t = T of the rescaled schedule and, given the exact v-model of
+    Gaussian data, ends at the data distribution."""
+    smp = make_sampler(name, _cfg(objective="v", zero_terminal_snr=True), 200)
+    assert smp.timesteps[0] == 999 and float(smp.alphas_cumprod[999]) < 1e-8
+    model = gaussian_model(smp.alphas_cumprod, 0.7, 0.5, "v")
+    out = smp(model, _noise((4000, 1, 1, 1)), generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(out).all()
+    assert abs(float(out.mean()) - 0.7) < 0.04 and abs(float(out.std()) - 0.5) < 0.04
