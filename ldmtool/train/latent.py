@@ -475,6 +475,14 @@ def train_latent_diffusion(
         conditioning = _mirrored_conditioning(data, model_cfg.condition_names, covariates, conditioning[2])
     ae_hash = file_sha256(ae_path)
     start = None if init is None else _init_model(init, ae_hash)
+    if start is not None and console is not None and info.is_main:
+        changed = noise_process_changes(start[1].model, model_cfg)
+        if changed:
+            console.print(
+                f"[yellow]warning:[/] --init {init} was trained with {', '.join(changed)}: fine-tuning "
+                "starts from a denoiser of another noise process and needs more steps to adapt",
+                highlight=False,
+            )
     cache = out_dir / "latents.safetensors"
     if info.is_main:  # rank 0 encodes and writes the cache; the others then read it
         latents = encode_dataset(ae, data, cache, ae_hash, console)  # (N, L, D, h, w)
@@ -507,6 +515,19 @@ def _mirrored_conditioning(
     its record keeping the originals' case counts."""
     attrs, known, both = conditioning_inputs(data, names, covariates, None)
     return attrs, known, {**both, **{k: record[k] for k in ("class_counts", "covariates") if k in record}}
+
+
+NOISE_PROCESS = ("objective", "schedule", "beta_start", "beta_end", "num_train_timesteps", "zero_terminal_snr")
+
+
+def noise_process_changes(before: DenoiserConfig, after: DenoiserConfig) -> list[str]:
+    """'setting old (now new)' for each setting of the noise process that differs between an
+    `--init` denoiser and the run's config (empty: the same process)."""
+    return [
+        f"{name} {getattr(before, name)} (now {getattr(after, name)})"
+        for name in NOISE_PROCESS
+        if getattr(before, name) != getattr(after, name)
+    ]
 
 
 def _init_model(path: Path, ae_hash: str) -> tuple[dict[str, torch.Tensor], Any, str, str]:

@@ -131,6 +131,14 @@ def test_fine_tune_from_a_model_of_normal_volumes(cli, trained, tmp_path):
 
     _, cfg = read_denoiser(out)
     assert cfg.get("init_sha256") == file_sha256(resolve_checkpoint(trained.ldm))
+    assert "another noise process" not in r.both
+    _, start = read_denoiser(trained.ldm)
+    other_objective = "v" if start.model.objective != "v" else "eps"
+    r = cli("train-ldm", few, "--ae", trained.ae, "--out", tmp_path / "FTV", "--config", TINY_YAML,
+            "--condition-on", "labels", "--objective", other_objective, "--init", trained.ldm, "--steps", 2)  # fmt: skip
+    assert r.code == 0, r.both  # allowed (a change of objective is a known fine-tuning recipe), but said
+    said = " ".join(r.both.split())  # the console wraps long lines
+    assert f"objective {start.model.objective} (now {other_objective})" in said and "another noise process" in said
     other = tmp_path / "AE2"
     r = cli("train-ae", few, "--out", other, "--config", TINY_YAML)
     assert r.code == 0, r.both
