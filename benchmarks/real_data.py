@@ -19,8 +19,10 @@ Parts (--only, comma-separated):
              (mean |difference| of neighbouring slices along each axis, samples / real).
   impute     with the ixi part's models: held-out brains with every other axial slice missing,
              and with 50 % of voxels missing at random (MCAR), filled by `ldmtool impute` (latent
-             self-guidance) vs linear and cubic interpolation between slices, and vs Gaussian
-             normalised convolution (MCAR); PSNR and SSIM on the missing voxels inside the brain.
+             self-guidance from noise, and from the interpolated volume noised to each of
+             --impute-strengths: `--init interpolation --strength S`) vs linear and cubic
+             interpolation between slices, and vs Gaussian normalised convolution (MCAR); PSNR and
+             SSIM on the missing voxels inside the brain.
   age        train-ae (brain tissue and ventricles as two classes) + train-ldm conditioned on age
              (`--condition-on age --covariates meta/participants.csv`) on the same 100 brains
              (--age-ae-minutes + --age-ldm-minutes), `sample --condition age=A` --age-samples
@@ -676,6 +678,15 @@ def impute_part(args, run: Runner, work: Path, ixi_work: Path) -> dict:
     if not (ixi_work / "ldm").exists() or not heldout.exists():
         raise SystemExit(f"impute needs the ixi part's models and held-out brains in {ixi_work} (run --only ixi first)")
     ids = cases_of(heldout)[: args.impute_cases]
+    methods = [("latent self-guidance (ldmtool impute)", [])] + [
+        (f"self-guidance from the interpolation, strength {st:g} (--init interpolation)",
+         ["--init", "interpolation", "--strength", st])
+        for st in args.impute_strengths
+    ]  # fmt: skip
+
+    def name_dir(name: str) -> str:
+        return "noise" if not name.startswith("self-guidance from") else f"interp{name.split()[-3]}"
+
     scores: dict[str, dict[str, dict[str, list]]] = {"every other slice": {}, "50% MCAR": {}}
     for c in ids:
         path = heldout / "imagesTr" / f"{c}_0000.nii.gz"
@@ -692,21 +703,14 @@ def impute_part(args, run: Runner, work: Path, ixi_work: Path) -> dict:
             ("every other slice", ["--missing-slices", ",".join(map(str, odd))]),
             ("50% MCAR", ["--simulate-mcar", "0.5"]),
         ):
-            out = work / task.replace(" ", "_").replace("%", "") / c
-            run(
-                "impute",
-                path,
-                "--ae",
-                ixi_work / "ae",
-                "--ldm",
-                ixi_work / "ldm",
-                "--out",
-                out,
-                "--steps",
-                args.impute_steps,
-                *extra,
-            )
-            imputed = np.asarray(nib.load(out / f"{c}_imputed.nii.gz").dataobj, dtype=np.float32)
+            imputed = {}
+            for name, how in methods:
+                out = work / task.replace(" ", "_").replace("%", "") / name_dir(name) / c
+                run(
+                    "impute", path, "--ae", ixi_work / "ae", "--ldm", ixi_work / "ldm", "--out", out,
+                    "--steps", args.impute_steps, *extra, *how,
+                )  # fmt: skip
+                imputed[name] = np.asarray(nib.load(out / f"{c}_imputed.nii.gz").dataobj, dtype=np.float32)
             missing = np.asarray(nib.load(out / f"{c}_missing.nii.gz").dataobj) > 0
             ref = scale(truth_raw)
             observed = ~missing
@@ -714,12 +718,12 @@ def impute_part(args, run: Runner, work: Path, ixi_work: Path) -> dict:
                 _slice_baselines(truth_raw, odd) if task == "every other slice" else _mcar_baseline(truth_raw, observed)
             )
             where = missing & brain
-            for name, vol in {"latent self-guidance (ldmtool impute)": imputed, **base}.items():
+            for name, vol in {**imputed, **base}.items():
                 s = _masked_scores(scale(vol), ref, where)
                 d = scores[task].setdefault(name, {"psnr": [], "ssim": []})
                 d["psnr"].append(s["psnr"])
                 d["ssim"].append(s["ssim"])
-    return {"cases": ids, "scores": scores, "steps": args.impute_steps}
+    return {"cases": ids, "scores": scores, "steps": args.impute_steps, "strengths": args.impute_strengths}
 
 
 def impute_report(res: dict, args) -> None:
@@ -733,7 +737,10 @@ def impute_report(res: dict, args) -> None:
             print(
                 f"| {task} | {name} | {np.mean(v['psnr']):.2f} ± {np.std(v['psnr']):.2f} | {np.mean(v['ssim']):.3f} ± {np.std(v['ssim']):.3f} |"
             )
-    print(f"\nDDIM {res['steps']} steps; models: the ixi part's autoencoder and latent denoiser")
+    print(
+        f"\nDDIM {res['steps']} steps from noise (from the interpolation: round({res['steps']} × strength) steps, "
+        f"starting at that fraction of the schedule); models: the ixi part's autoencoder and latent denoiser"
+    )
 
 
 # ---------------------------------------------------------------- hippocampus segmentation
@@ -1058,6 +1065,13 @@ def parse(argv=None):
     )
     p.add_argument("--impute-cases", type=int, default=8)
     p.add_argument("--impute-steps", type=int, default=50)
+    p.add_argument(
+        "--impute-strengths",
+        type=lambda v: [float(x) for x in v.split(",") if x.strip()],
+        default=[0.5],
+        help="also impute from the interpolated volume noised to these fractions of the schedule "
+        "(impute --init interpolation --strength S; empty: from noise only)",
+    )
     p.add_argument("--seg-minutes", type=float, default=12.0, help="training minutes of LDSeg and of the UNet each")
     p.add_argument(
         "--seg-ldseg", type=Path, default=None, help="reuse this train-seg LDSeg output instead of training one"

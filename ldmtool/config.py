@@ -420,9 +420,22 @@ class ImputeConfig:
     sampler: str = setting("ddim", "ddim | ddpm | dpmpp2m | dpmpp3m | unipc2 | unipc3.")
     eta: float = setting(0.0, "DDIM eta (0 = deterministic given the seed).")
     batch_size: int = setting(4, "Imputations run at once.")
+    init: str = setting(
+        "noise",
+        "noise | interpolation: start from pure noise, or from the volume with its missing voxels linearly "
+        "interpolated along the slice axis, encoded and noised to --strength of the schedule (SDEdit), "
+        "then self-guided as from noise.",
+    )
+    strength: float = setting(
+        0.5,
+        "With --init interpolation: how far into the noise schedule to start (1 = pure noise, small = "
+        "close to the interpolation); round(--steps × strength) steps run.",
+    )
 
     def __post_init__(self) -> None:
         _check_choice("--sampler", self.sampler, ("ddim", "ddpm", "dpmpp2m", "dpmpp3m", "unipc2", "unipc3"))
+        _check_choice("--init", self.init, ("noise", "interpolation"))
+        _check_range("--strength", self.strength, 0, 1, low_open=True)
         for flag, value in (("--samples", self.samples), ("--steps", self.steps), ("--batch-size", self.batch_size)):
             if value < 1:
                 raise LdmError(f"{flag} must be at least 1; got {value}")

@@ -63,6 +63,8 @@ def impute(
     sampler: Annotated[Optional[str], common.opt(ImputeConfig, "sampler")] = None,
     eta: Annotated[Optional[float], common.opt(ImputeConfig, "eta")] = None,
     batch_size: Annotated[Optional[int], common.opt(ImputeConfig, "batch_size")] = None,
+    init: Annotated[Optional[str], common.opt(ImputeConfig, "init")] = None,
+    strength: Annotated[Optional[float], common.opt(ImputeConfig, "strength")] = None,
     series: Annotated[
         Optional[str],
         typer.Option("--series", help="SeriesInstanceUID to read where the DICOM folder holds several series."),
@@ -113,6 +115,8 @@ def impute(
         series_uid=series,
         overwrite=overwrite,
         missing_channel=missing_channel,
+        init=cfg.init,
+        strength=cfg.strength,
     )
     rows = {
         "input": result.source,

@@ -290,8 +290,10 @@ class DDPMSampler(DDIMSampler):
 
     name = "ddpm"
 
-    def __init__(self, cfg: DenoiserConfig, steps: int, eta: float = 1.0, spacing: str = "trailing"):
-        super().__init__(cfg, steps, eta=1.0, spacing=spacing)
+    def __init__(
+        self, cfg: DenoiserConfig, steps: int, eta: float = 1.0, spacing: str = "trailing", start: int | None = None
+    ):
+        super().__init__(cfg, steps, eta=1.0, spacing=spacing, start=start)
 
 
 class _MultistepSampler(_DiffusionSampler):
@@ -488,10 +490,13 @@ class EulerFlowSampler:
         return x
 
 
-def make_sampler(name: str, cfg: DenoiserConfig, steps: int, eta: float = 0.0, spacing: str = "auto") -> Sampler:
+def make_sampler(
+    name: str, cfg: DenoiserConfig, steps: int, eta: float = 0.0, spacing: str = "auto", start: int | None = None
+) -> Sampler:
     """Build a sampler by name. 'ddim' uses `eta`; 'ddpm' is always ancestral; 'dpmpp2m',
     'dpmpp3m', 'unipc2' and 'unipc3' are deterministic multistep solvers; 'euler' is the sampler of
-    flow-objective denoisers. `spacing` "auto" picks the sampler's own (DEFAULT_SPACING)."""
+    flow-objective denoisers. `spacing` "auto" picks the sampler's own (DEFAULT_SPACING). `start`:
+    the first timestep, below T − 1 to run from a partly noised sample (ε/v samplers only)."""
     if steps < 1 or steps > cfg.num_train_timesteps:
         raise LdmError(f"--steps must be between 1 and {cfg.num_train_timesteps}; got {steps}")
     if not 0.0 <= eta <= 1.0:
@@ -514,9 +519,9 @@ def make_sampler(name: str, cfg: DenoiserConfig, steps: int, eta: float = 0.0, s
             f"this one is {cfg.objective}: use {', '.join(DIFFUSION_SAMPLERS)}"
         )
     if name == "ddim":
-        return DDIMSampler(cfg, steps, eta, spacing)
+        return DDIMSampler(cfg, steps, eta, spacing, start=start)
     if name == "ddpm":
-        return DDPMSampler(cfg, steps, spacing=spacing)
+        return DDPMSampler(cfg, steps, spacing=spacing, start=start)
     if name.startswith("unipc"):
-        return UniPCSampler(cfg, steps, spacing, order=int(name[-1]))
-    return DPMSolverPPSampler(cfg, steps, spacing, order=int(name[-2]))
+        return UniPCSampler(cfg, steps, spacing, start=start, order=int(name[-1]))
+    return DPMSolverPPSampler(cfg, steps, spacing, start=start, order=int(name[-2]))

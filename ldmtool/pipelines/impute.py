@@ -35,7 +35,7 @@ from ldmtool.errors import LdmError
 from ldmtool.io.dataset import case_channel_files
 from ldmtool.models.checkpoint import file_sha256
 from ldmtool.models.checkpoint_config import AutoencoderCheckpoint
-from ldmtool.pipelines.latent_diffusion import LatentDiffusionPipeline
+from ldmtool.pipelines.latent_diffusion import LatentDiffusionPipeline, impute_steps
 from ldmtool.pipelines.outdir import check_output_dir, clear_temps, output_dir, write_run_record
 
 
@@ -150,15 +150,30 @@ def impute_file(
     series_uid: str | None = None,
     overwrite: bool = False,
     missing_channel: str | None = None,
+    init: str = ImputeConfig.init,
+    strength: float = ImputeConfig.strength,
 ) -> ImputeResult:
     """Impute one NIfTI file or DICOM series (`series_uid`: which, in a folder holding several);
     write NIfTI outputs in its geometry (the imputed volume in the input's value type) and the
     run record (`runs/impute-CASE-TIME.json`, the latest also as `CASE_impute.json`). `out_dir`
     must be new, empty or an earlier impute output (`overwrite`: see `pipelines.outdir`).
-    `missing_channel`: a channel name of a model of several channels, synthesised from the others."""
+    `missing_channel`: a channel name of a model of several channels, synthesised from the others.
+    `init`, `strength`: start from noise, or from the interpolated volume noised part-way (`LatentDiffusionPipeline.impute`)."""
     ImputeConfig(  # the CLI's checks and messages
-        samples=samples, guidance=guidance, steps=steps, sampler=sampler, eta=eta, batch_size=batch_size
+        samples=samples,
+        guidance=guidance,
+        steps=steps,
+        sampler=sampler,
+        eta=eta,
+        batch_size=batch_size,
+        init=init,
+        strength=strength,
     )
+    if init == "interpolation" and missing_channel is not None:
+        raise LdmError(
+            "--init interpolation interpolates along the slices of each channel; a channel missing "
+            "altogether has nothing to interpolate: use --init noise with --missing-channel"
+        )
     check_output_dir(out_dir, "impute", overwrite)  # before any work
     with output_dir(Path(out_dir)):
         return _impute(
@@ -180,6 +195,8 @@ def impute_file(
             sampler=sampler,
             eta=eta,
             batch_size=batch_size,
+            init=init,
+            strength=strength,
         )
 
 
@@ -245,6 +262,8 @@ def _impute(
         "steps": steps,
         "eta": eta,
         "guidance": guidance,
+        "init": kw["init"],
+        **({"strength": kw["strength"]} if kw["init"] == "interpolation" else {}),
         "seed": seed,
         "intensity_range": [list(r) for r in irange] if len(files) > 1 else list(irange),
         "seconds": result.seconds,
@@ -314,7 +333,8 @@ def _impute_with_progress(
     """`pipe.impute` with a progress bar over the denoising steps of all batches."""
     from ldmtool.runtime import progress
 
-    total = -(-kwargs["samples"] // kwargs["batch_size"]) * kwargs["steps"]
+    runs = impute_steps(kwargs["steps"], kwargs["init"], kwargs["strength"])
+    total = -(-kwargs["samples"] // kwargs["batch_size"]) * runs
     with progress(console) as bar:
         task = bar.add_task(label[0], total=total, rate="", info=label[1])
         start = time.perf_counter()

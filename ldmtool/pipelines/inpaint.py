@@ -36,7 +36,7 @@ from ldmtool.data.label_maps import label_to_model_space
 from ldmtool.data.lesions import ATTRIBUTES, lesion_attributes, lesion_class
 from ldmtool.data.prepared import slices_to_volume, volume_to_slices
 from ldmtool.data.preprocess import denormalise
-from ldmtool.diffusion.pipeline import decode_latents, encode_volume
+from ldmtool.diffusion.pipeline import decode_latents
 from ldmtool.errors import LdmError
 from ldmtool.io import Volume
 from ldmtool.models.checkpoint import file_sha256
@@ -258,11 +258,9 @@ def _target(pipe, volume: Volume, region, image, model_affine, labels_path, labe
 
 def _estimate_labels(pipe: LatentDiffusionPipeline, image: np.ndarray, model_affine, volume: Volume) -> np.ndarray:
     """The volume's label map as the autoencoder sees it (encoded with an empty map, decoded), on its grid."""
-    img = torch.from_numpy(image)  # (D, H, W) or (D, C, H, W)
-    z = encode_volume(pipe.ae, img, torch.zeros((img.shape[0], *img.shape[-2:]), dtype=torch.uint8))
-    _, lab = decode_latents(pipe.ae, z[None], labels_only=True)
+    lab = pipe.estimate_labels(torch.from_numpy(image))  # image (D, H, W) or (D, C, H, W)
     every = np.ones(volume.shape[:3], dtype=bool)
-    values, _ = to_input_grid(slices_to_volume(lab[0].numpy()), model_affine, every, volume.affine, order=0)
+    values, _ = to_input_grid(slices_to_volume(lab.numpy()), model_affine, every, volume.affine, order=0)
     return values.reshape(volume.shape[:3]).astype(np.uint8)
 
 

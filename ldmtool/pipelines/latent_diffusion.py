@@ -40,6 +40,12 @@ from ldmtool.models.loaders import load_autoencoder, load_denoiser
 from ldmtool.runtime import autocast, resolve_precision
 
 
+def impute_steps(steps: int, init: str, strength: float) -> int:
+    """The denoising steps `impute` runs: all of them from noise, round(steps × strength) (at
+    least one) from a noised interpolation, as diffusers' image-to-image pipelines count them."""
+    return steps if init == "noise" else max(1, round(steps * strength))
+
+
 @dataclass
 class SampledVolume:
     """One decoded sample, in the training geometry (I, J, K)."""
@@ -138,6 +144,15 @@ class LatentDiffusionPipeline:
         z = encode_volume(self.ae, image, label, batch=batch, observed=observed)
         return (z - self.latent_mean[0]) / self.latent_std[0]
 
+    @torch.inference_mode()
+    def estimate_labels(self, image: torch.Tensor) -> torch.Tensor:
+        """The label map (D, H, W) uint8 that the autoencoder reads from a normalised image alone
+        (encoded with an empty map, decoded): for encoding an image whose map is unknown."""
+        empty = torch.zeros((image.shape[0], *image.shape[-2:]), dtype=torch.uint8)
+        z = encode_volume(self.ae, image, empty)
+        _, lab = decode_latents(self.ae, z[None], labels_only=True)
+        return lab[0]
+
     def conditioning(
         self, conditions: dict[str, float | str] | None, batch: int
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -222,11 +237,23 @@ class LatentDiffusionPipeline:
             raise LdmError(f"label value {int(labels.max())} is beyond the model's {channels} classes")
         return label_grid(labels, channels, self.ae.cfg.downsample).to(self.device)
 
-    def denoise(self, seeds: Sequence[int], sampler: Sampler, model: Callable, callback=None) -> torch.Tensor:
+    def denoise(
+        self,
+        seeds: Sequence[int],
+        sampler: Sampler,
+        model: Callable,
+        callback=None,
+        start_from: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Run `sampler` from the initial noise of `seeds` (one CPU generator per sample, which also
-        draws any noise the sampler adds) → standardised latents (B, L, D, h, w) on the device."""
+        draws any noise the sampler adds) → standardised latents (B, L, D, h, w) on the device.
+        `start_from` (L, D, h, w): a clean latent noised to the sampler's first timestep with that
+        noise (SDEdit), for a sampler that starts part-way (`make_sampler(..., start=t)`)."""
         gens = sample_generators(list(seeds))
         x = initial_noise(self.latent_shape, gens).to(self.device)
+        if start_from is not None:
+            a = sampler.alphas_cumprod[sampler.timesteps[0]].float().to(self.device)
+            x = a.sqrt() * start_from.to(self.device, x.dtype) + (1 - a).sqrt() * x
         return sampler(model, x, generator=gens, callback=callback)
 
     def sample_latents(
@@ -327,6 +354,8 @@ class LatentDiffusionPipeline:
         chunk: int = 16,
         callback: Callable[[int], None] | None = None,
         labels: torch.Tensor | None = None,
+        init: str = ImputeConfig.init,
+        strength: float = ImputeConfig.strength,
     ) -> torch.Tensor:
         """Fill the missing voxels of one volume in model space with latent self-guidance (LDMiss).
 
@@ -338,19 +367,38 @@ class LatentDiffusionPipeline:
             chunk: latent slices decoded at once inside the guidance (bounds its memory).
             callback: called with the number of finished denoising steps (for a progress bar).
             labels: (1, C, D, h, w) label-map condition (`label_condition`) of a mask-to-image model.
+            init: "noise" (LDMiss) or "interpolation": start from the latent of the volume with its
+                missing voxels interpolated along the slice axis (`interpolate_missing`), noised to
+                `strength` of the schedule, for `impute_steps(steps, init, strength)` steps.
         Returns:
             (samples, *image.shape) on the CPU: observed voxels exactly `image`'s, missing ones imputed.
         """
         ImputeConfig(  # the CLI's checks and messages
-            samples=samples, guidance=guidance, steps=steps, sampler=sampler, eta=eta, batch_size=batch_size
+            samples=samples,
+            guidance=guidance,
+            steps=steps,
+            sampler=sampler,
+            eta=eta,
+            batch_size=batch_size,
+            init=init,
+            strength=strength,
         )
         dcfg = self.ldm_config.model
         if dcfg.objective == "flow":
             raise LdmError(
                 "impute needs an eps or v denoiser (self-guidance uses the noise prediction); this one is flow"
             )
-        smp = self.make_sampler(sampler, steps, eta)
         self._check_model_space(image)
+        start_from, first = None, None
+        if init == "interpolation":
+            from ldmtool.data.missing import interpolate_missing
+
+            filled = torch.from_numpy(interpolate_missing(image.float().numpy(), missing.numpy()))
+            with torch.inference_mode():
+                lab = self.estimate_labels(filled) if self.ae.num_classes and self.ae.cfg.label_input else None
+                start_from = self.encode(filled, lab).clone()
+            first = max(round(strength * dcfg.num_train_timesteps) - 1, 0)
+        smp = make_sampler(sampler, dcfg, impute_steps(steps, init, strength), eta, start=first)
         keep = (~missing).float().to(self.device)
         target = image.float().to(self.device) * keep
         render = latent_renderer(self.ae, self.latent_mean, self.latent_std, image.shape[0])
@@ -370,7 +418,8 @@ class LatentDiffusionPipeline:
                 if callback is not None:
                     callback(_base + i + 1)
 
-            z = self.denoise([sample_seed(seed, k) for k in range(start, start + b)], smp, hook, callback=step_done)
+            seeds = [sample_seed(seed, k) for k in range(start, start + b)]
+            z = self.denoise(seeds, smp, hook, callback=step_done, start_from=start_from)
             done += len(smp.timesteps)
             with torch.inference_mode():
                 decoded, _ = decode_latents(self.ae, z.float() * self.latent_std + self.latent_mean, chunk * 4)

@@ -171,3 +171,38 @@ def test_training_on_incomplete_data(cli, trained, tmp_path):
     assert r.code == 0, r.both
     r = cli("train-ae", data, "--out", tmp_path / "bad", "--config", TINY_YAML, "--missing-rate", 1.0)
     assert r.code == 1 and "--missing-rate" in r.err
+
+
+def test_impute_from_the_interpolation(cli, trained, tmp_path):
+    src = _image(trained)
+    base = ["impute", src, "--ae", trained.ae, "--ldm", trained.ldm, "--missing-slices", "1,3,5"]
+    r = cli(*base, "--out", tmp_path / "o", "--init", "interpolation", "--strength", "0.4", "--steps", 5)
+    assert r.code == 0, r.both
+    stem = src.name.replace("_0000.nii.gz", "")
+    x = np.asanyarray(nib.load(src).dataobj)
+    y = np.asanyarray(nib.load(tmp_path / "o" / f"{stem}_imputed.nii.gz").dataobj)
+    gone = np.zeros(x.shape, dtype=bool)
+    gone[..., [1, 3, 5]] = True
+    assert np.array_equal(x[~gone], y[~gone]) and np.isfinite(y).all()
+    prov = json.loads((tmp_path / "o" / f"{stem}_impute.json").read_text())
+    assert prov["init"] == "interpolation" and prov["strength"] == 0.4
+    for extra, expect in ((["--strength", "0"], "--strength"), (["--init", "linear"], "--init")):
+        r = cli(*base, "--out", tmp_path / "bad", *extra)
+        lines = r.error_lines()
+        assert r.code == 1 and len(lines) == 1 and expect in lines[0], r.both
+        assert not (tmp_path / "bad").exists()
+
+
+def test_impute_from_the_interpolation_refuses_a_missing_channel(tmp_path):
+    from ldmtool.errors import LdmError
+    from ldmtool.pipelines.impute import impute_file
+
+    with pytest.raises(LdmError, match="--init noise with --missing-channel"):
+        impute_file(
+            tmp_path / "x_0000.nii.gz",
+            tmp_path / "ae",
+            tmp_path / "ldm",
+            tmp_path / "o",
+            missing_channel="flair",
+            init="interpolation",
+        )

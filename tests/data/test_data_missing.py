@@ -82,3 +82,33 @@ def test_masked_l1_ignores_missing_voxels():
     expect = ((pred - target).abs() * obs).sum() / obs.sum()
     torch.testing.assert_close(masked_l1(pred, target, obs), expect)
     torch.testing.assert_close(masked_l1(pred, target, None), (pred - target).abs().mean())
+
+
+def test_interpolate_missing_along_the_slice_axis():
+    from ldmtool.data.missing import interpolate_missing
+
+    rng = np.random.default_rng(1)
+    a, b = rng.random((1, 5, 4)), rng.random((1, 5, 4))
+    ramp = (a + b * np.arange(9.0)[:, None, None]).astype(np.float32)  # linear along the slices
+    missing = np.zeros(ramp.shape, dtype=bool)
+    missing[1::2] = True  # every other slice
+    missing[8, 0, 0] = True  # beyond the last observed voxel of its column
+    holed = np.where(missing, np.nan, ramp)  # what a missing voxel holds never enters
+    out = interpolate_missing(holed, missing)
+    assert out.dtype == ramp.dtype and np.isfinite(out).all()
+    assert np.array_equal(out[~missing], ramp[~missing])
+    inner = missing.copy()
+    inner[7:, 0, 0] = False
+    np.testing.assert_allclose(out[inner], ramp[inner], rtol=1e-5)
+    assert out[7, 0, 0] == out[8, 0, 0] == ramp[6, 0, 0]  # past the last observed voxel: its value
+
+    # a column with no observed voxel (a hole through every slice; a 2D image's only slice):
+    # filled from its neighbours in the plane
+    flat = np.full((3, 6, 6), 2.0, dtype=np.float32)
+    flat[:, :, 3:] = 4.0
+    hole = np.zeros(flat.shape, dtype=bool)
+    hole[:, 1, 1] = hole[:, 4, 4] = True
+    filled = interpolate_missing(np.where(hole, np.nan, flat), hole)
+    assert abs(filled[0, 1, 1] - 2.0) < 0.2 and abs(filled[0, 4, 4] - 4.0) < 0.2
+    with pytest.raises(LdmError, match="no observed voxel"):
+        interpolate_missing(flat, np.ones(flat.shape, dtype=bool))
