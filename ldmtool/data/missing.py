@@ -80,9 +80,8 @@ def interpolate_missing(image: np.ndarray, missing: np.ndarray) -> np.ndarray:
     hi = np.take_along_axis(image, np.clip(nxt, 0, depth - 1), axis=0).astype(np.float64)
     span = np.maximum(nxt - prev, 1)
     w = np.where(has_prev & has_next, (index - prev) / span, np.where(has_next, 1.0, 0.0))
-    filled = np.where(has_prev, (1 - w) * lo, 0.0) + np.where(
-        has_next, w * hi, 0.0
-    )  # a missing voxel's value never enters
+    # a missing voxel's value (NaN, say) never enters: each end counts only where it exists
+    filled = np.where(has_prev, (1 - w) * lo, 0.0) + np.where(has_next, w * hi, 0.0)
     column = has_prev | has_next
     if not column.all():
         filled = np.where(column, filled, normalised_convolution(image, observed))
