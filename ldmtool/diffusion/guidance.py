@@ -21,6 +21,11 @@ import torch
 
 from ldmtool.diffusion.samplers import ModelFn, append_dims, eps_to_output, output_to_eps_x0
 
+# ᾱ_t below which `SelfGuidance` leaves a step unguided: the first step of a zero-terminal-SNR
+# schedule (ᾱ_T = 1e-9), where x_t holds nothing of the data and a change of ε̂ would move x̂_0 by
+# 1/√ᾱ_T ≈ 3e4 times as much; the default schedules' last step (ᾱ_T ≈ 1e-4) is still guided.
+NO_SIGNAL = 1e-6
+
 # (x̂_0 batch) → (E, ∂E/∂x̂_0): the observed-voxel error of a clean-sample estimate and its gradient
 ErrorGrad = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -105,6 +110,9 @@ class SelfGuidance:
         return eps.detach(), grad, a
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if float(self.alphas_cumprod[t.cpu()].max()) < NO_SIGNAL:  # x_t is pure noise: nothing of the data to steer
+            with torch.no_grad():
+                return self.model(x, t)
         eps, grad, a = self.score_and_gradient(x, t)
         sigma = (1 - a).sqrt()
         score = -eps / sigma

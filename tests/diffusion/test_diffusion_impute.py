@@ -62,7 +62,7 @@ def test_to_input_grid_follows_the_affines():
     assert to_input_grid(vol, np.eye(4), where, shifted)[1] == 2
 
 
-def _tiny_pipeline(depth=8, size=16, objective=None):
+def _tiny_pipeline(depth=8, size=16, objective=None, **denoiser):
     torch.manual_seed(0)
     ae = SliceAutoencoder(tiny_ae_config(), image_channels=1, num_classes=0).eval()
     dcfg = tiny_denoiser_config()
@@ -72,7 +72,7 @@ def _tiny_pipeline(depth=8, size=16, objective=None):
     ae_cfg = AutoencoderCheckpoint.from_dict(
         {"kind": "autoencoder", "model": to_dict(tiny_ae_config()), "num_classes": 0, **geometry}
     )
-    model = to_dict(dcfg) | ({"objective": objective} if objective else {})
+    model = to_dict(dcfg) | ({"objective": objective} if objective else {}) | denoiser
     ldm_cfg = LatentDiffusionCheckpoint.from_dict(
         {
             "kind": "latent-diffusion",
@@ -140,3 +140,31 @@ def test_impute_from_the_interpolation_starts_part_way():
         pipe.impute(image, missing, steps=10, init="interpolation", strength=0.0)
     with pytest.raises(LdmError, match="--init"):
         pipe.impute(image, missing, steps=10, init="linear")
+
+
+def test_self_guidance_leaves_the_pure_noise_step_of_a_zero_terminal_snr_schedule_alone():
+    # at ᾱ_T = 1e-9 a guided ε̂ would move x̂_0 by 1/√ᾱ_T ≈ 3e4 times the change: the first step
+    # must stay unguided, the later ones guided
+    from ldmtool.config import DenoiserConfig
+    from ldmtool.diffusion.guidance import SelfGuidance
+    from ldmtool.diffusion.samplers import DDIMSampler, training_scheduler
+
+    cfg = DenoiserConfig(objective="v", zero_terminal_snr=True)
+    target = torch.full((1, 2, 4, 4, 4), 0.5)
+
+    def error(x0):
+        return ((x0 - target) ** 2).flatten(1).sum(1), 2 * (x0 - target)
+
+    def zero_v(x, t):  # a denoiser that always predicts x̂_0 = √ᾱ x_t
+        return torch.zeros_like(x)
+
+    hook = SelfGuidance(zero_v, training_scheduler(cfg).alphas_cumprod, cfg.prediction_type, error, 0.5)
+    steps = []
+    x = DDIMSampler(cfg, 10)(
+        hook,
+        torch.randn(1, 2, 4, 4, 4, generator=torch.Generator().manual_seed(0)),
+        callback=lambda i, t, x_t, x0: steps.append(float(x_t.abs().max())),
+    )
+    assert steps[0] < 10  # a guided first step throws x_t out to the hundreds
+    assert torch.isfinite(x).all() and x.abs().max() < 5
+    assert (x - target).abs().mean() < 0.5  # guided towards the observation
