@@ -159,7 +159,7 @@ def impute_file(
     must be new, empty or an earlier impute output (`overwrite`: see `pipelines.outdir`).
     `missing_channel`: a channel name of a model of several channels, synthesised from the others.
     `init`, `strength`: start from noise, or from the interpolated volume noised part-way (`LatentDiffusionPipeline.impute`)."""
-    ImputeConfig(  # the CLI's checks and messages
+    settings = dict(
         samples=samples,
         guidance=guidance,
         steps=steps,
@@ -169,6 +169,7 @@ def impute_file(
         init=init,
         strength=strength,
     )
+    ImputeConfig(**settings)  # the CLI's checks and messages
     if init == "interpolation" and missing_channel is not None:
         raise LdmError(
             "--init interpolation interpolates along the slices of each channel; a channel missing "
@@ -189,14 +190,7 @@ def impute_file(
             device,
             console,
             missing_channel,
-            samples=samples,
-            steps=steps,
-            guidance=guidance,
-            sampler=sampler,
-            eta=eta,
-            batch_size=batch_size,
-            init=init,
-            strength=strength,
+            **settings,
         )
 
 
