@@ -39,13 +39,15 @@ def _git(*args: str) -> str | None:
 
 
 def commit() -> str:
-    """HEAD's hash, with "+dirty" when tracked or untracked files differ from it ("unknown" outside git).
+    """HEAD's hash, with "+dirty" when tracked or untracked files differ from it.
 
     New files under benchmarks/results/ (what benchmarks write, e.g. a run's own figures) do not
-    count: they are outputs, not code."""
+    count: they are outputs, not code. Outside git (a copy of the tree without its .git, e.g. on a
+    remote GPU machine) it is LDMTOOL_COMMIT, the commit the copy was taken from, when set, else
+    "unknown"."""
     head = _git("rev-parse", "HEAD")
     if head is None:
-        return "unknown"
+        return os.environ.get("LDMTOOL_COMMIT", "unknown")
     changes = [
         line
         for line in (_git("status", "--porcelain", "--untracked-files=all") or "").splitlines()

@@ -66,6 +66,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -84,9 +85,9 @@ PARTS = ("ixi", "impute", "age", "hippo-seg", "augment")
 class Runner:
     """Runs `ldmtool` commands as a user would (a child process), logging each to the work folder."""
 
-    def __init__(self, work: Path, device: str, seed: int) -> None:
+    def __init__(self, work: Path, device: str, seed: int, log: str = "commands.log") -> None:
         self.work, self.device, self.seed = work, device, seed
-        self.log = work / "commands.log"
+        self.log = work / log
 
     def __call__(self, *args, seed: int | None = None) -> float:
         cmd = [
@@ -245,7 +246,7 @@ def anatomy_measures(folder: Path, real_dir: Path) -> dict[str, float]:
     }
 
 
-def ae_reconstructions(ae_dir: Path, src: Path, dst: Path) -> Path:
+def ae_reconstructions(ae_dir: Path, src: Path, dst: Path, device: str = "cpu") -> Path:
     """Every case of `src` encoded and decoded by the autoencoder of `ae_dir` (its own preprocessing,
     posterior mean), written as NIfTI in the preprocessed grid. Scored against the held-out brains
     like samples, they are the autoencoder's ceiling: what a perfect latent denoiser would reach.
@@ -257,7 +258,7 @@ def ae_reconstructions(ae_dir: Path, src: Path, dst: Path) -> Path:
     from ldmtool.diffusion.pipeline import decode_latents, encode_volume
     from ldmtool.models.loaders import load_autoencoder
 
-    ae, cfg = load_autoencoder(ae_dir / "model.safetensors", torch.device("cpu"))
+    ae, cfg = load_autoencoder(ae_dir / "model.safetensors", torch.device(device))
     ae.eval()
     data = prepare_dataset(src, cfg.preprocess, shapes="pad")
     (dst / "imagesTr").mkdir(parents=True, exist_ok=True)
@@ -270,7 +271,7 @@ def ae_reconstructions(ae_dir: Path, src: Path, dst: Path) -> Path:
     return dst
 
 
-def reconstructions_in_source_grid(ae_dir: Path, src: Path, dst: Path) -> Path:
+def reconstructions_in_source_grid(ae_dir: Path, src: Path, dst: Path, device: str = "cpu") -> Path:
     """`ae_reconstructions` of every case of `src`, each brought back into its own case's grid
     (`nibabel.processing.resample_from_to`: the preprocessed grid's shifted affine makes a pad undone
     an exact crop), with the case's label map and dataset.json beside it: a labelled nnU-Net folder
@@ -278,7 +279,7 @@ def reconstructions_in_source_grid(ae_dir: Path, src: Path, dst: Path) -> Path:
     import nibabel as nib
     from nibabel.processing import resample_from_to
 
-    model_grid = ae_reconstructions(ae_dir, src, dst.with_name(dst.name + "-model-grid"))
+    model_grid = ae_reconstructions(ae_dir, src, dst.with_name(dst.name + "-model-grid"), device)
     (dst / "imagesTr").mkdir(parents=True, exist_ok=True)
     for case in cases_of(src):
         name = f"{case}_0000.nii.gz"
@@ -291,6 +292,15 @@ def reconstructions_in_source_grid(ae_dir: Path, src: Path, dst: Path) -> Path:
     if (src / "dataset.json").exists():
         shutil.copy(src / "dataset.json", dst / "dataset.json")
     return dst
+
+
+def on_gpu(device: str) -> bool:
+    """Whether ldmtool's --device DEVICE runs on a GPU."""
+    if device == "cpu":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def ldm_steps(ldm: Path) -> int | None:
@@ -308,6 +318,26 @@ def ixi_part(args, run: Runner, work: Path) -> dict:
     )
     train = link_subset(src, work / "train", train_ids)
     t = {}
+
+    def real_sets() -> tuple[Path, Path, Path]:
+        """The real brains on the samples' grid, and the real-vs-real floor (model-free)."""
+        real_train = brains_at(src, work / "train_eval", train_ids, factor)
+        heldout = brains_at(src, work / "heldout_eval", test_ids, factor)
+        floor_set = link_subset(real_train, work / "floor_set", train_ids[: args.ixi_samples])
+        floor_run = Runner(work, args.device, args.seed, log="commands-floor.log")
+        t["evaluate floor"] = floor_run(
+            "evaluate", "--only", "fidelity,diversity", "--real", heldout, "--synthetic", floor_set,
+            "--out", work / "report_floor",
+        )  # fmt: skip
+        return real_train, heldout, floor_set
+
+    # On a GPU the CPU-side preparation of the real sets and the floor's evaluation run beside the
+    # training (which leaves CPU cores and most of the GPU idle); on a CPU they run first, so that
+    # they take no cores from the wall-clock training budgets.
+    pool = ThreadPoolExecutor(1)
+    prepared = pool.submit(real_sets)
+    if not on_gpu(args.device):
+        prepared.result()
     cfg = args.ixi_config
     sp = ",".join([f"{args.ixi_spacing:g}"] * 3)
     ae, ldm, samples = work / "ae", work / "ldm", work / "samples"
@@ -333,15 +363,16 @@ def ixi_part(args, run: Runner, work: Path) -> dict:
         "train-ldm", train, "--ae", ae, "--out", ldm, "--config", cfg, "--max-minutes", args.ixi_ldm_minutes
     )
     t["sample"] = run("sample", "--ae", ae, "--ldm", ldm, "--out", samples, "--n", args.ixi_samples, "--config", cfg)
-    real_train = brains_at(src, work / "train_eval", train_ids, factor)
-    heldout = brains_at(src, work / "heldout_eval", test_ids, factor)
-    floor_set = link_subset(real_train, work / "floor_set", train_ids[: args.ixi_samples])
+    real_train, heldout, _ = prepared.result()
+    pool.shutdown()
     common = ["--only", "fidelity,diversity,privacy", "--real", heldout, "--train", real_train]
     t["evaluate"] = run("evaluate", *common, "--synthetic", samples, "--out", work / "report")
     against_heldout = ["evaluate", "--only", "fidelity,diversity", "--real", heldout, "--synthetic"]
-    t["evaluate floor"] = run(*against_heldout, floor_set, "--out", work / "report_floor")
     recon = ae_reconstructions(
-        ae, link_subset(src, work / "recon_input", train_ids[: args.ixi_samples]), work / "recon"
+        ae,
+        link_subset(src, work / "recon_input", train_ids[: args.ixi_samples]),
+        work / "recon",
+        "cuda" if on_gpu(args.device) else "cpu",
     )
     t["evaluate autoencoder ceiling"] = run(*against_heldout, recon, "--out", work / "report_recon")
     rep = json.loads((work / "report" / "report.json").read_text())
@@ -903,7 +934,7 @@ def ae_ceiling_curve(run: Runner, d: Path, sub: Path, test: Path, n: int, args) 
     recon = d / "recon"
     shutil.rmtree(recon, ignore_errors=True)
     shutil.rmtree(d / "recon-model-grid", ignore_errors=True)
-    reconstructions_in_source_grid(d / "ae", sub, recon)
+    reconstructions_in_source_grid(d / "ae", sub, recon, "cuda" if on_gpu(args.device) else "cpu")
     return run(
         "evaluate", "--only", "utility", "--real", test, "--synthetic", recon, "--train", sub, "--test", test,
         "--utility-curve", n, "--curve-ratios", 1, "--curve-seeds", args.aug_seeds, "--seg-steps", args.aug_seg_steps,
@@ -1044,8 +1075,8 @@ def parse(argv=None):
     p.add_argument(
         "--ixi-config",
         type=Path,
-        default=REPO / "examples" / "ixi_cpu.yaml",
-        help="ldmtool config of the ixi and age parts [examples/ixi_cpu.yaml]",
+        default=None,
+        help="ldmtool config of the ixi and age parts [examples/ixi_cpu.yaml at 4 mm, examples/ixi_gpu.yaml below]",
     )
     p.add_argument("--age-ae-minutes", type=float, default=15.0)
     p.add_argument("--age-ldm-minutes", type=float, default=30.0)
@@ -1134,6 +1165,10 @@ def parse(argv=None):
         p.error("--aug-modes takes joint and/or labels")
     if bad:
         p.error(f"unknown part(s) {', '.join(bad)}; choose from {', '.join(PARTS)}")
+    if args.ixi_spacing not in (2.0, 4.0):
+        p.error("--ixi-spacing takes 2 (the data's own grid) or 4 (2×2×2 blocks averaged)")
+    if args.ixi_config is None:  # tiny models for a CPU at 4 mm, GPU-sized ones at 2 mm
+        args.ixi_config = REPO / "examples" / ("ixi_cpu.yaml" if args.ixi_spacing >= 4 else "ixi_gpu.yaml")
     return args
 
 
