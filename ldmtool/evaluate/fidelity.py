@@ -44,29 +44,33 @@ def fid(real: np.ndarray, fake: np.ndarray) -> float:
     the matrix square root is computed from the samples: with centred data Xr (n×F), Xf (m×F),
     the eigenvalues of Σr Σf are the squared singular values of Xr Xfᵀ / √((n−1)(m−1)), so
     Tr (Σr Σf)^½ is the sum of those singular values. This is exact and costs O(n·m·F) instead of
-    the O(F³) `sqrtm` of an F×F matrix (F = 1280 here); tests check it against FIDMetric. With
-    more samples than features (n·m > F²) MONAI's FIDMetric is used directly.
+    the O(F³) `sqrtm` of an F×F matrix (F = 1280 here); tests check it against scipy's sqrtm.
+    With more samples than features (n·m > F²) the F×F route is cheaper: the eigenvalues of
+    Σr Σf are those of the symmetric Σr^½ Σf Σr^½ (`_trace_sqrt_product`). MONAI's FIDMetric itself
+    is not called: it passes `disp=False` to scipy's sqrtm, which scipy ≥ 1.18 no longer takes.
     """
     r = torch.from_numpy(np.asarray(real)).double()
     f = torch.from_numpy(np.asarray(fake)).double()
     if len(r) < 2 or len(f) < 2:
         return float("nan")
-    if len(r) * len(f) > r.shape[1] ** 2:
-        return max(0.0, fid_monai(real, fake))
     mu_r, mu_f = r.mean(0), f.mean(0)
     xr, xf = r - mu_r, f - mu_f
     tr_r = (xr * xr).sum() / (len(r) - 1)
     tr_f = (xf * xf).sum() / (len(f) - 1)
-    sv = torch.linalg.svdvals(xr @ xf.T) / np.sqrt((len(r) - 1) * (len(f) - 1))
-    value = (mu_r - mu_f).square().sum() + tr_r + tr_f - 2 * sv.sum()
+    if len(r) * len(f) > r.shape[1] ** 2:
+        root = _trace_sqrt_product(xr.T @ xr / (len(r) - 1), xf.T @ xf / (len(f) - 1))
+    else:
+        root = (torch.linalg.svdvals(xr @ xf.T) / np.sqrt((len(r) - 1) * (len(f) - 1))).sum()
+    value = (mu_r - mu_f).square().sum() + tr_r + tr_f - 2 * root
     return max(0.0, float(value))
 
 
-def fid_monai(real: np.ndarray, fake: np.ndarray) -> float:
-    """FID through MONAI's FIDMetric (scipy sqrtm of an F×F matrix: slow for large F)."""
-    from monai.metrics import FIDMetric
-
-    return float(FIDMetric()(torch.from_numpy(np.asarray(fake)).double(), torch.from_numpy(np.asarray(real)).double()))
+def _trace_sqrt_product(sigma_r: torch.Tensor, sigma_f: torch.Tensor) -> torch.Tensor:
+    """Tr (Σr Σf)^½ of two covariance matrices: Σr Σf is similar to the symmetric positive
+    semi-definite Σr^½ Σf Σr^½, whose eigenvalues (clipped at 0 against round-off) have real roots."""
+    w, v = torch.linalg.eigh(sigma_r)
+    half = (v * w.clamp(min=0).sqrt()) @ v.T
+    return torch.linalg.eigvalsh(half @ sigma_f @ half).clamp(min=0).sqrt().sum()
 
 
 def mmd(real: np.ndarray, fake: np.ndarray, seed: int = 0) -> float:
@@ -180,7 +184,7 @@ def _ms_ssim_scales(xs, ys, taps: list[float], weights: tuple[float, ...]) -> fl
             parts.append(torch.relu((((2 * mx * my + C1) / (mx * mx + my * my + C1)) * cs).mean()))
         else:
             parts.append(torch.relu(cs.mean()))
-    w = torch.tensor(weights, dtype=torch.float32)
+    w = torch.tensor(weights, dtype=torch.float32, device=parts[0].device)
     return float(torch.prod(torch.stack(parts) ** w))
 
 

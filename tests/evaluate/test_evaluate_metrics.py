@@ -64,13 +64,27 @@ def test_fid_of_two_gaussians_matches_closed_form():
     assert fd.fid(x, y) == pytest.approx(exact, rel=0.03)
 
 
-def test_fid_agrees_with_monai_fidmetric():
+def _fid_by_sqrtm(x: np.ndarray, y: np.ndarray) -> float:
+    """The textbook FID (MONAI's FIDMetric's formula) with scipy's sqrtm of the F×F product."""
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    root = linalg.sqrtm(s1 @ s2).real
+    return float(np.sum((x.mean(0) - y.mean(0)) ** 2) + np.trace(s1 + s2 - 2 * root))
+
+
+def test_fid_agrees_with_the_sqrtm_formula():
     rng = np.random.default_rng(1)
+    # more samples than features: the F×F route (the radiomics FRD's case)
     x, y = rng.normal(size=(50, 20)), rng.normal(size=(30, 20)) * 1.3 + 0.2
-    assert fd.fid(x, y) == pytest.approx(fd.fid_monai(x, y), rel=1e-6)
-    # more features than samples (the usual case with 1280-d features)
+    assert fd.fid(x, y) == pytest.approx(_fid_by_sqrtm(x, y), rel=1e-6)
+    # more features than samples (the usual case with 1280-d features): the singular-value route
     x, y = rng.normal(size=(20, 64)), rng.normal(size=(25, 64)) + 0.1
-    assert fd.fid(x, y) == pytest.approx(fd.fid_monai(x, y), rel=1e-4)
+    assert fd.fid(x, y) == pytest.approx(_fid_by_sqrtm(x, y), rel=1e-4)
+    # correlated features, and identical sets: 0
+    mix = rng.normal(size=(20, 20))
+    x = rng.normal(size=(300, 20)) @ mix
+    y = rng.normal(size=(200, 20)) @ mix * 0.8 + 0.3
+    assert fd.fid(x, y) == pytest.approx(_fid_by_sqrtm(x, y), rel=1e-6)
+    assert fd.fid(x, x) == pytest.approx(0.0, abs=1e-8)
 
 
 def test_precision_recall_asymmetry():
