@@ -105,3 +105,18 @@ def test_predict_volume_probabilities_and_spread(dims):
     single, none = predict_volume(m, cfg, vol, steps=2, samples=1, generator=torch.Generator().manual_seed(0))
     assert none is None and single.shape == probs.shape
     assert size_multiple(cfg) == 4
+
+
+@pytest.mark.parametrize("arch", ["ldseg", "unet"])
+@pytest.mark.parametrize("dims", [2, 3])
+def test_predict_volume_keeps_its_tensors_on_the_device(arch, dims):
+    """On the meta device (see tests/diffusion/test_diffusion_device.py: CI has no GPU) a tensor
+    made on the CPU that meets the model's would raise a device error; the run fails only at the
+    first read-out of a value."""
+    meta = torch.device("meta")
+    cfg = tiny(dims, arch=arch)
+    m = (LDSeg(cfg, 3) if arch == "ldseg" else build_unet(cfg, 3)).eval().to(meta)
+    with pytest.raises((RuntimeError, NotImplementedError)) as err:
+        predict_volume(m, cfg, torch.rand(6, 10, 12), steps=2, samples=2, device=meta, precision="fp32",
+                       generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert "device" not in str(err.value), str(err.value)
