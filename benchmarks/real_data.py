@@ -12,7 +12,8 @@ manual anterior/posterior labels). Without them the script says so and exits 0. 
 
 Parts (--only, comma-separated):
   ixi        train-ae + train-ldm on 100 IXI brains (--ixi-ae-minutes + --ixi-ldm-minutes of wall
-             time), `sample` --ixi-samples brains, `evaluate` them against the 48 held-out brains
+             time; --ixi-config, by default examples/ixi_cpu.yaml at 4 mm and examples/ixi_gpu.yaml
+             at 2 mm), `sample` --ixi-samples brains, `evaluate` them against the 48 held-out brains
              (precision, recall, FID, per view) beside the real-vs-real floor (as many real
              training brains as samples, against the same held-out brains), privacy (nearest-
              training SSIM of samples vs of held-out brains) and slice-to-slice coherence per view
