@@ -258,8 +258,9 @@ def ae_reconstructions(ae_dir: Path, src: Path, dst: Path, device: str = "cpu") 
     from ldmtool.data.prepared import prepare_dataset, slices_to_volume
     from ldmtool.diffusion.pipeline import decode_latents, encode_volume
     from ldmtool.models.loaders import load_autoencoder
+    from ldmtool.runtime import resolve_device
 
-    ae, cfg = load_autoencoder(ae_dir / "model.safetensors", torch.device(device))
+    ae, cfg = load_autoencoder(ae_dir / "model.safetensors", resolve_device(device))
     ae.eval()
     data = prepare_dataset(src, cfg.preprocess, shapes="pad")
     (dst / "imagesTr").mkdir(parents=True, exist_ok=True)
@@ -295,15 +296,6 @@ def reconstructions_in_source_grid(ae_dir: Path, src: Path, dst: Path, device: s
     return dst
 
 
-def on_gpu(device: str) -> bool:
-    """Whether ldmtool's --device DEVICE runs on a GPU."""
-    if device == "cpu":
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def ldm_steps(ldm: Path) -> int | None:
     """Optimisation steps of the latent denoiser a train-ldm output holds."""
     return (json.loads((ldm / "config.json").read_text()).get("metrics") or {}).get("step")
@@ -337,7 +329,9 @@ def ixi_part(args, run: Runner, work: Path) -> dict:
     # they take no cores from the wall-clock training budgets.
     pool = ThreadPoolExecutor(1)
     prepared = pool.submit(real_sets)
-    if not on_gpu(args.device):
+    from ldmtool.runtime import resolve_device
+
+    if resolve_device(args.device).type == "cpu":
         prepared.result()
     cfg = args.ixi_config
     sp = ",".join([f"{args.ixi_spacing:g}"] * 3)
@@ -373,7 +367,7 @@ def ixi_part(args, run: Runner, work: Path) -> dict:
         ae,
         link_subset(src, work / "recon_input", train_ids[: args.ixi_samples]),
         work / "recon",
-        "cuda" if on_gpu(args.device) else "cpu",
+        args.device,
     )
     t["evaluate autoencoder ceiling"] = run(*against_heldout, recon, "--out", work / "report_recon")
     rep = json.loads((work / "report" / "report.json").read_text())
@@ -935,7 +929,7 @@ def ae_ceiling_curve(run: Runner, d: Path, sub: Path, test: Path, n: int, args) 
     recon = d / "recon"
     shutil.rmtree(recon, ignore_errors=True)
     shutil.rmtree(d / "recon-model-grid", ignore_errors=True)
-    reconstructions_in_source_grid(d / "ae", sub, recon, "cuda" if on_gpu(args.device) else "cpu")
+    reconstructions_in_source_grid(d / "ae", sub, recon, args.device)
     return run(
         "evaluate", "--only", "utility", "--real", test, "--synthetic", recon, "--train", sub, "--test", test,
         "--utility-curve", n, "--curve-ratios", 1, "--curve-seeds", args.aug_seeds, "--seg-steps", args.aug_seg_steps,
