@@ -21,7 +21,8 @@ Parts (--only, comma-separated):
   impute     with the ixi part's models: held-out brains with every other axial slice missing,
              and with 50 % of voxels missing at random (MCAR), filled by `ldmtool impute` (latent
              self-guidance from noise, and from the interpolated volume noised to each of
-             --impute-strengths: `--init interpolation --strength S`) vs linear and cubic
+             --impute-strengths: `--init interpolation --strength S`, one draw or the mean of
+             each of --impute-samples draws) vs linear and cubic
              interpolation between slices, and vs Gaussian normalised convolution (MCAR); PSNR and
              SSIM on the missing voxels inside the brain.
   age        train-ae (brain tissue and ventricles as two classes) + train-ldm conditioned on age
@@ -704,14 +705,15 @@ def impute_part(args, run: Runner, work: Path, ixi_work: Path) -> dict:
     if not (ixi_work / "ldm").exists() or not heldout.exists():
         raise SystemExit(f"impute needs the ixi part's models and held-out brains in {ixi_work} (run --only ixi first)")
     ids = cases_of(heldout)[: args.impute_cases]
-    methods = [("latent self-guidance (ldmtool impute)", [])] + [
-        (f"self-guidance from the interpolation, strength {st:g} (--init interpolation)",
-         ["--init", "interpolation", "--strength", st])
+    # (row name, output folder, impute flags); from noise one draw (each takes all --impute-steps)
+    methods = [("latent self-guidance (ldmtool impute)", "noise", [])] + [
+        (f"self-guidance from the interpolation, strength {st:g} (--init interpolation)"
+         + ("" if k == 1 else f", mean of {k} draws (--samples {k})"),
+         f"interp{st:g}" + ("" if k == 1 else f"_k{k}"),
+         ["--init", "interpolation", "--strength", st, *([] if k == 1 else ["--samples", k])])
         for st in args.impute_strengths
+        for k in args.impute_samples
     ]  # fmt: skip
-
-    def name_dir(name: str) -> str:
-        return "noise" if not name.startswith("self-guidance from") else f"interp{name.split()[-3]}"
 
     scores: dict[str, dict[str, dict[str, list]]] = {"every other slice": {}, "50% MCAR": {}}
     for c in ids:
@@ -730,8 +732,8 @@ def impute_part(args, run: Runner, work: Path, ixi_work: Path) -> dict:
             ("50% MCAR", ["--simulate-mcar", "0.5"]),
         ):
             imputed = {}
-            for name, how in methods:
-                out = work / task.replace(" ", "_").replace("%", "") / name_dir(name) / c
+            for name, folder, how in methods:
+                out = work / task.replace(" ", "_").replace("%", "") / folder / c
                 run(
                     "impute", path, "--ae", ixi_work / "ae", "--ldm", ixi_work / "ldm", "--out", out,
                     "--steps", args.impute_steps, *extra, *how,
@@ -749,7 +751,13 @@ def impute_part(args, run: Runner, work: Path, ixi_work: Path) -> dict:
                 d = scores[task].setdefault(name, {"psnr": [], "ssim": []})
                 d["psnr"].append(s["psnr"])
                 d["ssim"].append(s["ssim"])
-    return {"cases": ids, "scores": scores, "steps": args.impute_steps, "strengths": args.impute_strengths}
+    return {
+        "cases": ids,
+        "scores": scores,
+        "steps": args.impute_steps,
+        "strengths": args.impute_strengths,
+        "samples": args.impute_samples,
+    }
 
 
 def impute_report(res: dict, args) -> None:
@@ -1097,6 +1105,13 @@ def parse(argv=None):
         default=[0.5],
         help="also impute from the interpolated volume noised to these fractions of the schedule "
         "(impute --init interpolation --strength S; empty: from noise only)",
+    )
+    p.add_argument(
+        "--impute-samples",
+        type=lambda v: [int(x) for x in v.split(",") if x.strip()],
+        default=[1],
+        help="draws per imputation from the interpolation, each K its own row: above 1 the mean of K "
+        "(impute --samples K; the mean of several draws, not one draw, is what PSNR rewards)",
     )
     p.add_argument("--seg-minutes", type=float, default=12.0, help="training minutes of LDSeg and of the UNet each")
     p.add_argument(
