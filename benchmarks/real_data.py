@@ -1172,6 +1172,8 @@ def parse(argv=None):
     bad = [s for s in args.only if s not in PARTS]
     if not all(0.0 <= u <= 1.0 for u in args.aug_undeformed_share):
         p.error("--aug-undeformed-share takes shares between 0 and 1")
+    if not args.impute_samples or min(args.impute_samples) < 1:
+        p.error("--impute-samples takes draw counts of at least 1, e.g. 1,16")
     if set(args.aug_modes) - {"joint", "labels"}:
         p.error("--aug-modes takes joint and/or labels")
     if bad:
