@@ -321,10 +321,19 @@ class AELossConfig:
         0.0,
         "Train the decoder on latents + this many latent std of Gaussian noise (robust decoding of diffusion samples).",
     )
+    adversarial_weight: float = setting(
+        0.0,
+        "Weight of a patch-adversarial term (MONAI PatchDiscriminator, least squares) on the image channels; 0 = off.",
+    )
+    adversarial_start: int = setting(
+        0, "Optimisation steps on the other terms alone before the discriminator and its term start."
+    )
 
     def __post_init__(self) -> None:
         if self.latent_noise < 0 or not 0 <= self.lesion_oversample <= 1:
             raise LdmError("ae_loss: latent_noise must be ≥ 0 and lesion_oversample in [0, 1]")
+        _check_range("adversarial_weight", self.adversarial_weight, 0)
+        _check_range("adversarial_start", self.adversarial_start, 0)
 
 
 @dataclass

@@ -65,6 +65,8 @@ def train_ae(
     label_weight: Annotated[Optional[float], common.opt(AELossConfig, "label_weight", panel=MODEL)] = None,
     ssim_weight: Annotated[Optional[float], common.opt(AELossConfig, "ssim_weight", panel=MODEL)] = None,
     latent_noise: Annotated[Optional[float], common.opt(AELossConfig, "latent_noise", panel=MODEL)] = None,
+    adversarial_weight: Annotated[Optional[float], common.opt(AELossConfig, "adversarial_weight", panel=MODEL)] = None,
+    adversarial_start: Annotated[Optional[int], common.opt(AELossConfig, "adversarial_start", panel=MODEL)] = None,
     epochs: Annotated[Optional[int], common.opt(AETrainConfig, "epochs", panel=TRAIN)] = None,
     steps: Annotated[Optional[int], common.opt(AETrainConfig, "steps", panel=TRAIN)] = None,
     batch_size: Annotated[Optional[int], common.opt(AETrainConfig, "batch_size", panel=TRAIN)] = None,

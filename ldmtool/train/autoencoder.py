@@ -68,6 +68,67 @@ class AELoss(torch.nn.Module):
         return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
 
 
+class PatchAdversary:
+    """The optional adversarial term of the autoencoder: MONAI's PatchDiscriminator on the image
+    channels of slices, MONAI's PatchAdversarialLoss (least squares), as in MONAI's generative
+    tutorials. L1 and SSIM reward the mean of the plausible slices, which blurs fine structure; the
+    discriminator judges local patches, which rewards their texture. Its own AdamW steps once after
+    every autoencoder step (`update`); with several processes its gradients are averaged here, as
+    it lives outside the autoencoder's DDP wrapper."""
+
+    def __init__(self, channels: int, slice_shape: tuple[int, int], lr: float, weight_decay: float, info: DistInfo):
+        from monai.losses import PatchAdversarialLoss
+        from monai.networks.nets import PatchDiscriminator
+
+        # three stride-2 layers on slices of 32+ voxels, fewer on smaller ones (its last two 4×4
+        # convolutions need ≥ 4 voxels left on each side)
+        layers = max(1, min(3, int(math.log2(max(min(slice_shape) // 4, 1)))))
+        self.net = PatchDiscriminator(spatial_dims=2, channels=32, in_channels=channels, num_layers_d=layers)
+        self.net.to(info.device)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=weight_decay)
+        self.loss = PatchAdversarialLoss(criterion="least_squares")
+        self.info = info
+        self.pending: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _logits(self, x: torch.Tensor, precision: str) -> torch.Tensor:
+        # fp16 would need a grad scaler of its own; the small discriminator runs in fp32 then
+        with autocast(self.info.device, "fp32" if precision == "fp16" else precision):
+            return self.net(x)[-1].float()
+
+    def generator_term(self, fake: torch.Tensor, real: torch.Tensor, precision: str) -> torch.Tensor:
+        """The autoencoder's term (its slices judged real); keeps both for the discriminator's step.
+        The discriminator's weights take no gradient from it."""
+        self.net.requires_grad_(False)
+        try:
+            term = self.loss(self._logits(fake, precision), target_is_real=True, for_discriminator=False)
+        finally:
+            self.net.requires_grad_(True)
+        self.pending = (fake.detach(), real.detach())
+        return term
+
+    def update(self, precision: str) -> float | None:
+        """One step of the discriminator on the last batch (reconstructions fake, inputs real)."""
+        if self.pending is None:
+            return None
+        fake, real = self.pending
+        self.pending = None
+        loss = 0.5 * (
+            self.loss(self._logits(fake, precision), target_is_real=False, for_discriminator=True)
+            + self.loss(self._logits(real, precision), target_is_real=True, for_discriminator=True)
+        )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.info.enabled:
+            import torch.distributed as dist
+
+            for p in self.net.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.info.world
+        self.opt.step()
+        return float(loss.detach())
+
+
 class SliceSampler:
     """Random (case, slice) batches; a fraction drawn from slices holding the rarest label.
 
@@ -183,9 +244,11 @@ def validate_autoencoder(
 
 
 class AutoencoderTrainer(Trainer):
-    """The slice autoencoder for `run_training`: batches of slices, L1 + label + KL (+ SSIM) loss,
-    validation on held-out volumes; best checkpoint: the lowest held-out loss (without held-out
-    cases: the lowest training L1 + label loss of an epoch). Also keeps last.safetensors."""
+    """The slice autoencoder for `run_training`: batches of slices, L1 + label + KL (+ SSIM, +
+    adversarial) loss, validation on held-out volumes; best checkpoint: the lowest held-out loss
+    (without held-out cases: the lowest training L1 + label loss of an epoch). Also keeps
+    last.safetensors. With `adversarial_weight` > 0 the discriminator and its optimiser are part of
+    the resumable state, not of the checkpoints."""
 
     kind, label, unit = "autoencoder", "train-ae", "slices"
     best_key, best_mode, keep_last, clip_grad = "val_loss", "min", True, None
@@ -214,6 +277,9 @@ class AutoencoderTrainer(Trainer):
         )
         self.steps_per_epoch = len(self.sampler)
         self.depth = data.grid[0]
+        self.adversary = None
+        if loss_cfg.adversarial_weight > 0:
+            self.adversary = PatchAdversary(data.channels, data.grid[1:], train_cfg.lr, train_cfg.weight_decay, info)
         self.config = self._checkpoint_config(data, model_cfg, preprocess, missing_rate)
         self.config["modality"] = modality  # of the training data: what synthetic DICOM is written as
         if data.image_dims == 2:  # 2D images: the denoiser is 2D and samples are written as images
@@ -277,7 +343,26 @@ class AutoencoderTrainer(Trainer):
             out, z_mu, z_sigma = net(ae.make_input(image, label, obs), pos, self.loss_cfg.latent_noise)
         img, logits = ae.split(out.float())
         loss, parts = self.loss_fn(img, logits, image, label, z_mu.float(), z_sigma.float(), obs)
+        if self.adversary is not None and step >= self.loss_cfg.adversarial_start:
+            # missing voxels of incomplete inputs take the reconstruction's values (as for SSIM)
+            real = image if obs is None else torch.where(obs.bool(), image, img.detach())
+            term = self.loss_cfg.adversarial_weight * self.adversary.generator_term(img, real, self.cfg.precision)
+            loss = loss + term
+            parts["adv"] = float(term.detach())
         return loss, parts, len(slice_idx)
+
+    def after_step(self, step: int) -> dict[str, float]:
+        if self.adversary is None:
+            return {}
+        d_loss = self.adversary.update(self.cfg.precision)
+        return {} if d_loss is None else {"disc": d_loss}
+
+    def extra_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {} if self.adversary is None else {"discriminator": self.adversary.opt}
+
+    def state_modules(self) -> dict[str, torch.nn.Module]:
+        modules = super().state_modules()
+        return modules if self.adversary is None else {**modules, "discriminator": self.adversary.net}
 
     def train_metrics(self, loop: LoopState) -> dict[str, float]:
         return {f"train_{k}": v / self.steps_per_epoch for k, v in loop.epoch_sums.items()}

@@ -84,6 +84,15 @@ class Trainer:
         model as wrapped for DDP; `step` (steps done so far) seeds the step's noise."""
         raise NotImplementedError
 
+    def after_step(self, step: int) -> dict[str, float]:
+        """Called after the optimiser step of batch `step` (e.g. a discriminator's own update);
+        returns loss parts to add to the epoch's sums."""
+        return {}
+
+    def extra_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Optimisers the trainer steps itself; their state is saved and resumed with the run's."""
+        return {}
+
     def validation_step(self) -> dict[str, float]:
         """Held-out metrics (run on every rank; {} when nothing is held out)."""
         return {}
@@ -194,7 +203,14 @@ def run_training(
     scaler = grad_scaler(info.device, cfg.precision)
     loop = LoopState(total)
     if previous is not None:
-        restore(previous, modules=trainer.state_modules(), optimizer=opt, scheduler=sched, scaler=scaler)
+        restore(
+            previous,
+            modules=trainer.state_modules(),
+            optimizer=opt,
+            scheduler=sched,
+            scaler=scaler,
+            extra_optimizers=trainer.extra_optimizers(),
+        )
         loop.load(previous.meta)
     result = TrainResult(
         out_dir / BEST_NAME,
@@ -295,6 +311,7 @@ class _Session:
         optimizer_step(loss, t.model, self.opt, self.scaler, self.sched, clip=t.clip_grad)
         if t.ema is not None:
             t.ema.update_parameters(t.model)
+        parts = {**parts, **t.after_step(loop.step)}
         loop.step += 1
         loop.seen += n * info.world
         self.seen_here += n * info.world
@@ -349,6 +366,7 @@ class _Session:
             optimizer=self.opt,
             scheduler=self.sched,
             scaler=self.scaler,
+            extra_optimizers=t.extra_optimizers(),
             meta={
                 "kind": t.kind,
                 "settings": self.settings_hash,

@@ -96,8 +96,10 @@ def save_state(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
     meta: dict[str, Any],
+    extra_optimizers: dict[str, torch.optim.Optimizer] | None = None,
 ) -> Path:
-    """Write the full training state of `out_dir` atomically (call on rank 0 only)."""
+    """Write the full training state of `out_dir` atomically (call on rank 0 only).
+    `extra_optimizers`: optimisers a trainer steps itself (e.g. a discriminator's), by name."""
     out_dir = Path(out_dir)
     tensors: dict[str, torch.Tensor] = {}
     for name, module in modules.items():
@@ -105,6 +107,10 @@ def save_state(
             tensors[f"{name}/{k}"] = v
     opt_tensors, opt_meta = _pack_optimizer(optimizer)
     tensors.update({f"optimizer/{k}": v for k, v in opt_tensors.items()})
+    extra_meta = {}
+    for name, extra in (extra_optimizers or {}).items():
+        extra_tensors, extra_meta[name] = _pack_optimizer(extra)
+        tensors.update({f"optimizer_{name}/{k}": v for k, v in extra_tensors.items()})
     tensors["rng/torch"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng/cuda"] = torch.cuda.get_rng_state()
@@ -112,6 +118,7 @@ def save_state(
         "format": FORMAT,
         **meta,
         "optimizer": opt_meta,
+        "extra_optimizers": extra_meta,
         "scheduler": _jsonable(scheduler.state_dict()),
         "scaler": _jsonable(scaler.state_dict()),
     }
@@ -156,12 +163,18 @@ def restore(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
+    extra_optimizers: dict[str, torch.optim.Optimizer] | None = None,
 ) -> None:
-    """Load weights, optimiser, LR schedule, grad scaler and RNG from `state` into live objects."""
+    """Load weights, optimiser(s), LR schedule, grad scaler and RNG from `state` into live objects."""
     for name, module in modules.items():
         module.load_state_dict(state.tensors[name])
     opt_sd = _unpack_optimizer(state.tensors.get("optimizer", {}), state.meta["optimizer"])
     optimizer.load_state_dict(opt_sd)  # moves moment tensors to the parameters' device
+    for name, extra in (extra_optimizers or {}).items():
+        saved = state.meta.get("extra_optimizers", {})
+        if name not in saved:
+            raise LdmError(f"the training state holds no {name} optimiser; use --restart")
+        extra.load_state_dict(_unpack_optimizer(state.tensors.get(f"optimizer_{name}", {}), saved[name]))
     sched_sd = dict(state.meta["scheduler"])
     sched_sd.pop("lr_lambdas", None)
     scheduler.load_state_dict({**scheduler.state_dict(), **sched_sd})

@@ -144,3 +144,66 @@ def test_train_autoencoder_reproducible(tmp_path, make_prepared, ae_config):
     tb, _ = load_checkpoint(tmp_path / "b")
     assert set(ta) == set(tb) and all(torch.equal(ta[k], tb[k]) for k in ta)
     assert a.history[0]["train_l1"] == b.history[0]["train_l1"]
+
+
+def _train_adv(data, out, ae_config, *, steps, stop=None, resume="never"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return train_autoencoder(
+            data,
+            out,
+            model_cfg=ae_config(),
+            loss_cfg=AELossConfig(adversarial_weight=0.1, adversarial_start=2),
+            train_cfg=AETrainConfig(steps=steps, batch_size=8, warmup_steps=2, lr=1e-3, val_fraction=0.25),
+            preprocess={"orientation": "RAS"},
+            device=torch.device("cpu"),
+            seed=3,
+            console=QUIET,
+            stop=stop,
+            resume=resume,
+        )
+
+
+def test_adversarial_term_trains_a_discriminator_and_resumes_to_identical_weights(tmp_path, make_prepared, ae_config):
+    from ldmtool.errors import Preempted
+    from ldmtool.train.state import load_state
+
+    data = make_prepared(n=3)
+    whole = _train_adv(data, tmp_path / "whole", ae_config, steps=6)
+    row = whole.history[-1]
+    assert row["train_adv"] > 0 and row["train_disc"] > 0  # both terms ran (from step 2 on)
+    state = load_state(tmp_path / "whole")
+    assert any(k.startswith("conv") or "." in k for k in state.tensors["discriminator"])
+    assert state.tensors["optimizer_discriminator"]  # the discriminator's Adam moments are kept
+    weights, _ = load_checkpoint(tmp_path / "whole" / "model.safetensors")
+    assert not any("discriminator" in k for k in weights)  # checkpoints hold the autoencoder alone
+
+    class StopAt:  # a stop request that arrives during step 4
+        signal_name = "SIGTERM"
+
+        def __init__(self):
+            self.calls = 0
+
+        @property
+        def requested(self):
+            self.calls += 1
+            return self.calls >= 4
+
+    with pytest.raises(Preempted):
+        _train_adv(data, tmp_path / "cut", ae_config, steps=6, stop=StopAt())
+    assert load_state(tmp_path / "cut").step == 4
+    _train_adv(data, tmp_path / "cut", ae_config, steps=6, resume="must")
+    a, b = load_state(tmp_path / "whole").tensors, load_state(tmp_path / "cut").tensors
+    for part in ("model", "discriminator", "optimizer", "optimizer_discriminator"):
+        assert set(a[part]) == set(b[part]), part
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+
+
+def test_adversarial_settings_are_checked():
+    from ldmtool.errors import LdmError
+
+    with pytest.raises(LdmError, match="adversarial_weight"):
+        AELossConfig(adversarial_weight=-1)
+    with pytest.raises(LdmError, match="adversarial_start"):
+        AELossConfig(adversarial_start=-5)
