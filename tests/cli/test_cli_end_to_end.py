@@ -2,12 +2,15 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pydicom
 
 from ldmtool.io import read_dicom, read_nifti
 from ldmtool.models.checkpoint import file_sha256, load_checkpoint
+
+TINY_YAML = Path(__file__).resolve().parents[2] / "examples" / "tiny.yaml"
 
 PROVENANCE_KEYS = {
     "seed",
@@ -320,3 +323,21 @@ def _seg_label_map(seg_path, image_dir, shape):
         for i, number in enumerate(numbers):
             label[:, :, k][pixels[..., i].T > 0] = number
     return label
+
+
+def test_train_ae_adversarial_flags(trained, cli, tmp_path):
+    from ldmtool.train.state import load_state
+
+    out = tmp_path / "AEA"
+    r = cli(
+        "--quiet", "train-ae", trained.data, "--out", out, "--config", TINY_YAML,
+        "--adversarial-weight", "0.05", "--adversarial-start", "1", "--steps", "3",
+    )  # fmt: skip
+    assert r.code == 0, r.both
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["loss"]["adversarial_weight"] == 0.05 and cfg["loss"]["adversarial_start"] == 1
+    state = load_state(out)
+    assert state.tensors["discriminator"] and state.tensors["optimizer_discriminator"]
+    assert cfg["metrics"]["train_adv"] > 0 and cfg["metrics"]["train_disc"] > 0
+    bad = cli("train-ae", trained.data, "--out", tmp_path / "AEB", "--config", TINY_YAML, "--adversarial-weight", "-1")
+    assert bad.code != 0 and len(bad.error_lines()) == 1 and "adversarial_weight" in bad.err
