@@ -81,19 +81,22 @@ def test_ae_loss_parts():
     assert parts2["kl"] == pytest.approx(0.5 * 0.5 * 4 * 8 * 8, rel=1e-4)  # 0.5 mu^2 per element
 
 
-def _train(data, out, ae_config, seed=0, epochs=3):
+def _train(data, out, ae_config, seed=0, epochs=3, steps=None, loss_cfg=None, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return train_autoencoder(
             data,
             out,
             model_cfg=ae_config(),
-            loss_cfg=AELossConfig(),
-            train_cfg=AETrainConfig(epochs=epochs, batch_size=8, warmup_steps=2, lr=1e-3, val_fraction=0.25),
+            loss_cfg=loss_cfg or AELossConfig(),
+            train_cfg=AETrainConfig(
+                epochs=epochs, steps=steps, batch_size=8, warmup_steps=2, lr=1e-3, val_fraction=0.25
+            ),
             preprocess={"orientation": "RAS"},
             device=torch.device("cpu"),
             seed=seed,
             console=QUIET,
+            **kw,
         )
 
 
@@ -146,22 +149,9 @@ def test_train_autoencoder_reproducible(tmp_path, make_prepared, ae_config):
     assert a.history[0]["train_l1"] == b.history[0]["train_l1"]
 
 
-def _train_adv(data, out, ae_config, *, steps, stop=None, resume="never"):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return train_autoencoder(
-            data,
-            out,
-            model_cfg=ae_config(),
-            loss_cfg=AELossConfig(adversarial_weight=0.1, adversarial_start=2),
-            train_cfg=AETrainConfig(steps=steps, batch_size=8, warmup_steps=2, lr=1e-3, val_fraction=0.25),
-            preprocess={"orientation": "RAS"},
-            device=torch.device("cpu"),
-            seed=3,
-            console=QUIET,
-            stop=stop,
-            resume=resume,
-        )
+def _train_adv(data, out, ae_config, *, steps, **kw):
+    loss_cfg = AELossConfig(adversarial_weight=0.1, adversarial_start=2)
+    return _train(data, out, ae_config, seed=3, steps=steps, loss_cfg=loss_cfg, **kw)
 
 
 def test_adversarial_term_trains_a_discriminator_and_resumes_to_identical_weights(tmp_path, make_prepared, ae_config):
