@@ -36,6 +36,11 @@ def masked_l1(pred: torch.Tensor, target: torch.Tensor, observed: torch.Tensor |
     return ((pred - target).abs() * w).sum() / w.sum().clamp_min(1.0)
 
 
+def fill_missing(target: torch.Tensor, pred: torch.Tensor, observed: torch.Tensor | None) -> torch.Tensor:
+    """`target` with its missing voxels (observed 0) taken from `pred` (detached): they add no error."""
+    return target if observed is None else torch.where(observed.bool(), target, pred.detach())
+
+
 class AELoss(torch.nn.Module):
     """L1 on the image + (CE + Dice) on the label logits + KL (+ optional 1 − SSIM).
 
@@ -62,7 +67,7 @@ class AELoss(torch.nn.Module):
         if self.dice_ce is not None:
             parts["label"] = self.cfg.label_weight * self.dice_ce(logits, target_label[:, None].long())
         if self.ssim is not None:
-            target = target_image if observed is None else torch.where(observed.bool(), target_image, image.detach())
+            target = fill_missing(target_image, image, observed)
             parts["ssim"] = self.cfg.ssim_weight * self.ssim(image.clamp(0, 1), target.clamp(0, 1))
         parts["kl"] = self.cfg.kl_weight * kl_loss(z_mu, z_sigma)
         return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
@@ -345,7 +350,7 @@ class AutoencoderTrainer(Trainer):
         loss, parts = self.loss_fn(img, logits, image, label, z_mu.float(), z_sigma.float(), obs)
         if self.adversary is not None and step >= self.loss_cfg.adversarial_start:
             # missing voxels of incomplete inputs take the reconstruction's values (as for SSIM)
-            real = image if obs is None else torch.where(obs.bool(), image, img.detach())
+            real = fill_missing(image, img, obs)
             term = self.loss_cfg.adversarial_weight * self.adversary.generator_term(img, real, self.cfg.precision)
             loss = loss + term
             parts["adv"] = float(term.detach())

@@ -170,8 +170,8 @@ def restore(
         module.load_state_dict(state.tensors[name])
     opt_sd = _unpack_optimizer(state.tensors.get("optimizer", {}), state.meta["optimizer"])
     optimizer.load_state_dict(opt_sd)  # moves moment tensors to the parameters' device
+    saved = state.meta.get("extra_optimizers", {})
     for name, extra in (extra_optimizers or {}).items():
-        saved = state.meta.get("extra_optimizers", {})
         if name not in saved:
             raise LdmError(f"the training state holds no {name} optimiser; use --restart")
         extra.load_state_dict(_unpack_optimizer(state.tensors.get(f"optimizer_{name}", {}), saved[name]))
