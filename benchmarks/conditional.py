@@ -18,8 +18,8 @@ Every step runs through the `ldmtool` commands a user would type (in this proces
   4. lesion insertion: in every held-out phantom a ball (--radius voxels) inside the head, away from
      its lesions, placed twice: at the centre (over the ventricles, where no lesion is ever drawn) and
      in lesion tissue (as bright as the tissue around the training lesions, as --fewshot places them),
-     is inpainted with `inpaint --label lesion --guidance G --margin M` (--inpaint-guidance,
-     --inpaint-margin; --method repaint and guidance), judged by `evaluate --only condition`:
+     is inpainted with `inpaint --label lesion --guidance G --margin M --grow K` (--inpaint-guidance,
+     --inpaint-margin, --inpaint-grow; --method repaint and guidance), judged by `evaluate --only condition`:
      voxels outside the region bit-exact (target: all), the seam score of the run record (border gradient against the 95th percentile in
      real tissue), and the segmented new lesion against the region (Dice, volume ratio, the share of
      it inside the region, centroid distance); beside them the segmenter's own error on the real
@@ -231,14 +231,14 @@ def insertion(work: Path, test: Path, cases: list[str], args, names: dict[str, i
                         regions / f"{case}.nii.gz", "--labels", test / "labelsTr" / f"{case}.nii.gz", "--label",
                         "lesion", "--ae", work / "AE", "--ldm", work / f"LDM-{branch}", "--out", out, "--method",
                         method, "--steps", args.steps, "--guidance", args.inpaint_guidance, "--margin", args.inpaint_margin,
-                        "--overwrite")  # fmt: skip
+                        "--grow", args.inpaint_grow, "--overwrite")  # fmt: skip
             key = (place, method)
             seconds[key] = np.mean([json.loads((out / f"{c}_inpaint.json").read_text())["seconds"] for c in cases])
             report = evaluate(work, out, test, f"R-I-{place}-{method}", "condition")
             reports[key] = report["condition_fidelity"]["inpainting"]
     real = segmenter_on_real_lesions(work, test, cases, lesion)
     print(f"\n## Lesion insertion (`inpaint --label lesion --guidance {args.inpaint_guidance:g} --margin "
-          f"{args.inpaint_margin}`, {branch} model, "
+          f"{args.inpaint_margin} --grow {args.inpaint_grow}`, {branch} model, "
           f"ball of radius {args.radius} voxels, {len(cases)} phantoms; `evaluate --only condition`)\n")  # fmt: skip
     if not train_lesions:
         print("No training phantom has a lesion: the region is placed at the phantom's centre only.\n")
@@ -559,7 +559,7 @@ def run_fewshot(args, work: Path) -> None:
                 syn / "regions" / f"{new}.nii.gz", "--labels", normals / "labelsTr" / f"{case}.nii.gz", "--label",
                 "lesion", "--ae", work / "AE", "--ldm", work / "FEW", "--out", out, "--method", "repaint",
                 "--steps", args.steps, "--guidance", args.inpaint_guidance, "--margin", args.inpaint_margin,
-                "--label-from", "painted")  # fmt: skip
+                "--grow", args.inpaint_grow, "--label-from", "painted")  # fmt: skip
         shutil.copy(out / f"{case}_inpainted.nii.gz", syn / "imagesTr" / f"{new}_0000.nii.gz")
         shutil.copy(out / f"{case}_inpainted_label.nii.gz", syn / "labelsTr" / f"{new}.nii.gz")
         record = json.loads((out / f"{case}_inpaint.json").read_text())
@@ -587,7 +587,7 @@ def run_fewshot(args, work: Path) -> None:
     print(
         f"- inpainted: {len(pairs)} lesion-free phantoms given the lesions of one of the {k} cases "
         f"(`inpaint --label lesion --method repaint --steps {args.steps} --guidance {args.inpaint_guidance:g} "
-        f"--margin {args.inpaint_margin} --label-from painted`, "
+        f"--margin {args.inpaint_margin} --grow {args.inpaint_grow} --label-from painted`, "
         f"{np.mean(seconds) if seconds else float('nan'):.1f} s per case); {empty} left out "
         f"(no place found); labelled lesion: {100 * np.mean(painted_share) if painted_share else float('nan'):.0f} % "
         f"of the region voxels (those the decoder reads as lesion)"
@@ -668,6 +668,8 @@ def main() -> None:
                     help="classifier-free guidance of the label map in `inpaint` (lesion insertion, --fewshot)")  # fmt: skip
     ap.add_argument("--inpaint-margin", type=int, default=2,
                     help="`inpaint --margin`: latent voxels regenerated around the region")  # fmt: skip
+    ap.add_argument("--inpaint-grow", type=int, default=1,
+                    help="`inpaint --grow`: voxels the drawn lesion's condition reaches beyond the region")  # fmt: skip
     ap.add_argument("--ldm-steps", type=int, default=None,
                     help="train-ldm steps of every label branch (the equal budget; no time limit then)")  # fmt: skip
     ap.add_argument("--ae-minutes", type=float, default=None, help="override the config's train-ae time limit")

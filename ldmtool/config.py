@@ -397,6 +397,13 @@ class InpaintConfig:
         "factor of voxels in-plane, one slice across), so that the new content is drawn with room to blend "
         "into its surroundings; only the region itself is written.",
     )
+    grow: int = setting(
+        1,
+        "With --label: the model is asked to draw the class over the region grown by this many voxels (the "
+        "input's grid), so that the new content, whose edge the decoder softens, fills the region up to its "
+        "border; only the region itself is written and labelled (0: drawn over the region alone, the lesion "
+        "then reads smaller than the region).",
+    )
     label_from: str = setting(
         "region",
         "With --label: region (the whole region becomes that class) | painted (only the region's voxels "
@@ -411,6 +418,7 @@ class InpaintConfig:
         _check_range("--guidance", self.guidance, 0)
         _check_range("--self-guidance", self.self_guidance, 0)
         _check_range("--margin", self.margin, 0)
+        _check_range("--grow", self.grow, 0)
 
 
 @dataclass

@@ -62,6 +62,7 @@ def inpaint(
     guidance: Annotated[Optional[float], common.opt(InpaintConfig, "guidance")] = None,
     self_guidance: Annotated[Optional[float], common.opt(InpaintConfig, "self_guidance")] = None,
     margin: Annotated[Optional[int], common.opt(InpaintConfig, "margin")] = None,
+    grow: Annotated[Optional[int], common.opt(InpaintConfig, "grow", panel=WHAT)] = None,
     label_from: Annotated[Optional[str], common.opt(InpaintConfig, "label_from", panel=WHAT)] = None,
     overwrite: Annotated[
         bool,
@@ -81,9 +82,12 @@ def inpaint(
     """
     from ldmtool.config import load_yaml
     from ldmtool.data.lesions import parse_conditions
+    from ldmtool.errors import LdmError
     from ldmtool.pipelines.inpaint import inpaint_file
 
     state: common.State = ctx.obj
+    if grow is not None and label is None:
+        raise LdmError("--grow needs --label NAME: it widens the class the model is asked to draw")
     common.require_exists(source, "input volume")
     common.require_exists(region, "--region")
     if labels is not None:

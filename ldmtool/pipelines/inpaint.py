@@ -170,7 +170,9 @@ def _inpaint(
         raise LdmError(
             f"--region {region_path} lies outside the model's field of view: nothing of it can be regenerated"
         )
-    current, target, model_labels = _target(pipe, volume, region, image, model_affine, labels_path, label, healthy)
+    current, target, model_labels, drawn = _target(
+        pipe, volume, region, image, model_affine, labels_path, label, healthy, cfg.grow
+    )
     if label is not None and not pipe.ldm_config.label_channels and not pipe.ldm_config.attributes and console:
         console.print(
             f"[yellow]warning:[/] {pipe.ldm_path} takes no label map or lesion attributes: the region is "
@@ -178,7 +180,7 @@ def _inpaint(
             highlight=False,
         )
     conditions = _conditions(pipe, conditions, model_labels, model_affine)
-    new_image, new_labels = _fill(pipe, cfg, image, miss, model_labels, conditions, seed)
+    new_image, new_labels = _fill(pipe, cfg, image, miss, model_labels, drawn, conditions, seed)
     if new_image.ndim == 3:
         fills, _ = to_input_grid(denormalise(new_image, irange, pipe.preprocess), model_affine, region, volume.affine)
     else:  # per channel, each in its own source intensities: (region voxels, C)
@@ -218,7 +220,7 @@ def _inpaint(
         else int((target[region] == pipe.label_names[label]).sum()),
         **{
             k: getattr(cfg, k)
-            for k in ("method", "steps", "sampler", "eta", "guidance", "self_guidance", "margin", "label_from")
+            for k in ("method", "steps", "sampler", "eta", "guidance", "self_guidance", "margin", "grow", "label_from")
         },
         "seed": seed,
         "intensity_range": list(irange),
@@ -237,14 +239,15 @@ def _inpaint(
     return result
 
 
-def _target(pipe, volume: Volume, region, image, model_affine, labels_path, label, healthy):
+def _target(pipe, volume: Volume, region, image, model_affine, labels_path, label, healthy, grow: int = 0):
     """(the input's label map and the target map on the input's grid, the target in model space
-    (D, H, W)), all None for an image-only model: the target is the given (or estimated) map with
-    the region set as `target_labels` says."""
+    (D, H, W), the map the model is asked to draw in model space), all None for an image-only
+    model: the target is the given (or estimated) map with the region set as `target_labels` says;
+    the map to draw is the same, but with `label` over the region grown by `grow` voxels."""
     from ldmtool.io.dataset import read_aligned
 
     if not pipe.label_names:
-        return None, None, None
+        return None, None, None, None
     if labels_path is not None:
         current = np.asarray(read_aligned(Path(labels_path), volume, f"--labels {labels_path}").array)
     else:
@@ -252,8 +255,12 @@ def _target(pipe, volume: Volume, region, image, model_affine, labels_path, labe
     current = current.astype(np.uint8)
     target = target_labels(current, region, pipe.label_names, label, healthy)
     shape = tuple(int(v) for v in pipe.ae_config.volume_shape)
-    model = label_to_model_space(volume.with_array(target), pipe.preprocess, shape)[0]
-    return current, target, volume_to_slices(model)
+    model = volume_to_slices(label_to_model_space(volume.with_array(target), pipe.preprocess, shape)[0])
+    if not grow or label is None:
+        return current, target, model, model
+    grown = target_labels(current, ndi.binary_dilation(region, iterations=grow), pipe.label_names, label, healthy)
+    drawn = volume_to_slices(label_to_model_space(volume.with_array(grown), pipe.preprocess, shape)[0])
+    return current, target, model, drawn
 
 
 def _estimate_labels(pipe: LatentDiffusionPipeline, image: np.ndarray, model_affine, volume: Volume) -> np.ndarray:
@@ -290,14 +297,14 @@ def regeneration_mask(region: torch.Tensor, downsample: int, margin: int) -> tor
 
 
 def _fill(
-    pipe, cfg: InpaintConfig, image, miss, model_labels, conditions, seed
+    pipe, cfg: InpaintConfig, image, miss, model_labels, drawn, conditions, seed
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(regenerated image (I, J, K), or (I, J, K, C) of several channels, normalised; decoded label
-    map or None) in model space."""
+    map or None) in model space; `drawn`: the label map the model is conditioned on."""
     img, gone = torch.from_numpy(image), torch.from_numpy(miss)
     cond = None
-    if pipe.ldm_config.label_channels and model_labels is not None:
-        cond = pipe.label_condition(torch.from_numpy(model_labels)[None])
+    if pipe.ldm_config.label_channels and drawn is not None:
+        cond = pipe.label_condition(torch.from_numpy(drawn)[None])
     if cfg.method == "guidance":
         if conditions:
             raise LdmError("--method guidance takes no --condition (it samples unconditionally); use --method repaint")

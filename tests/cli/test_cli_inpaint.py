@@ -111,6 +111,25 @@ def test_inpaint_label_from_painted(cli, trained, label_ldm, case, tmp_path):
     assert prov["label_from"] == "painted" and prov["label_voxels"] == int((painted[region] == 2).sum())
 
 
+def test_inpaint_grow_widens_the_drawn_class_not_the_written_one(cli, trained, label_ldm, case, tmp_path):
+    """--grow 2 asks the model for the lesion over a wider region: another fill (same seed), yet
+    the same outside, and the label map written is the region's alone."""
+    vol, label, region_path = case
+    region = np.asarray(nib.load(region_path).dataobj).astype(bool)
+    lab_in = np.asarray(nib.load(label).dataobj)
+    fills = {}
+    for grow in (0, 2):
+        out = tmp_path / f"G{grow}"
+        r = cli("inpaint", vol, "--region", region_path, "--labels", label, "--label", "lesion", "--ae", trained.ae,
+                "--ldm", label_ldm, "--out", out, "--steps", 3, "--guidance", 2, "--grow", grow)  # fmt: skip
+        assert r.code == 0, r.both
+        fills[grow] = _check_outside(vol, out / "vol_inpainted.nii.gz", region)[region]
+        lab_out = np.asarray(nib.load(out / "vol_inpainted_label.nii.gz").dataobj)
+        assert (lab_out[region] == 2).all() and np.array_equal(lab_out[~region], lab_in[~region])
+        assert json.loads((out / "vol_inpaint.json").read_text())["grow"] == grow
+    assert not np.array_equal(fills[0], fills[2])
+
+
 def test_inpaint_bad_input(cli, trained, case, tmp_path):
     vol, label, region_path = case
     img = nib.load(vol)
@@ -135,6 +154,8 @@ def test_inpaint_bad_input(cli, trained, case, tmp_path):
     fails(cube, img.affine, "exclude each other", "--label", "lesion", "--healthy")
     fails(cube, img.affine, "--label-from painted needs --label", "--label-from", "painted")
     fails(cube, img.affine, "--margin", "--margin", "-1")
+    fails(cube, img.affine, "--grow needs --label", "--grow", "1")
+    fails(cube, img.affine, "--grow", "--label", "lesion", "--grow", "-1")
     fails(cube, img.affine, "--label-from must be one of", "--label", "lesion", "--label-from", "decoder")
     fails(cube, img.affine, "needs --label NAME and --method repaint", "--label", "lesion", "--label-from", "painted",
           "--method", "guidance")  # fmt: skip
