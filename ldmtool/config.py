@@ -106,6 +106,13 @@ class DenoiserConfig:
         "How --condition-on labels enters the denoiser: concat (the map on the latent grid as extra input "
         "channels) | controlnet (a MONAI ControlNet branch on the map adding residuals to the UNet's blocks).",
     )
+    label_detail: int = setting(
+        1,
+        "With --condition-on labels: how much of the map inside each latent voxel the denoiser sees: 1 = the "
+        "fraction of each class under the voxel; k (a divisor of the autoencoder's downsampling factor; that "
+        "factor = every voxel) = those fractions in each of its k×k in-plane sub-squares, k² channels per "
+        "class, so that boundaries finer than the latent grid reach the denoiser.",
+    )
 
     def __post_init__(self) -> None:
         self.condition_on = _condition_list(self.condition_on)
@@ -122,6 +129,7 @@ class DenoiserConfig:
         _check_choice("objective", self.objective, ("eps", "v", "flow"))
         _check_choice("schedule", self.schedule, ("linear_beta", "scaled_linear_beta", "cosine"))
         _check_choice("label_branch", self.label_branch, ("concat", "controlnet"))
+        _check_range("label_detail", self.label_detail, 1)
         if self.zero_terminal_snr and self.objective != "v":
             raise LdmError(
                 f"denoiser zero_terminal_snr needs objective v (an {self.objective} denoiser cannot be "
@@ -129,11 +137,13 @@ class DenoiserConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """The stored form; `label_branch` and `zero_terminal_snr` only when not the default, so the configs of models
+        """The stored form; `label_branch`, `label_detail` and `zero_terminal_snr` only when not the default, so the configs of models
         without it (and the checkpoints written before it existed) read and compare as they were."""
         out = {f.name: to_dict(getattr(self, f.name)) for f in dataclasses.fields(self)}
         if out["label_branch"] == "concat":
             del out["label_branch"]
+        if out["label_detail"] == 1:
+            del out["label_detail"]
         if not out["zero_terminal_snr"]:
             del out["zero_terminal_snr"]
         return out

@@ -36,6 +36,7 @@ def train_ldm(
     objective: Annotated[Optional[str], common.opt(DenoiserConfig, "objective", panel=MODEL)] = None,
     condition_on: Annotated[Optional[str], common.opt(DenoiserConfig, "condition_on", panel=MODEL)] = None,
     label_branch: Annotated[Optional[str], common.opt(DenoiserConfig, "label_branch", panel=MODEL)] = None,
+    label_detail: Annotated[Optional[int], common.opt(DenoiserConfig, "label_detail", panel=MODEL)] = None,
     covariates: Annotated[
         Optional[Path],
         typer.Option(

@@ -7,6 +7,7 @@ import torch.nn as nn
 from monai.networks.nets import DiffusionModelUNet
 
 from ldmtool.config import DenoiserConfig
+from ldmtool.errors import LdmError
 
 
 class LatentDenoiser(nn.Module):
@@ -18,7 +19,8 @@ class LatentDenoiser(nn.Module):
     conditional, partially conditional and unconditional sampling (classifier-free guidance).
 
     With `label_channels > 0` (mask-to-image) a label map brought to the latent grid (`label_grid`:
-    the fraction of each class under every latent voxel, background included) is concatenated to
+    the fraction of each class under every latent voxel, background included, or with
+    `cfg.label_detail` k under each of its k×k in-plane sub-squares) is concatenated to
     the input (`cfg.label_branch` "concat") or fed to a MONAI ControlNet whose residuals are added
     to the UNet's blocks ("controlnet"); all zeros (what no real map gives) is the unconditional model.
     """
@@ -38,9 +40,10 @@ class LatentDenoiser(nn.Module):
         self.cfg = cfg
         self.n_attributes = n_attributes
         self.label_channels = label_channels
+        self.condition_channels = label_channels * cfg.label_detail**2  # the map's channels on the latent grid
         self.spatial_dims = spatial_dims
         self._memory_format = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
-        concat = label_channels if cfg.label_branch == "concat" else 0
+        concat = self.condition_channels if cfg.label_branch == "concat" else 0
         shared = dict(
             spatial_dims=spatial_dims,
             channels=cfg.channels,
@@ -59,7 +62,7 @@ class LatentDenoiser(nn.Module):
 
             self.controlnet = ControlNet(
                 in_channels=in_channels,
-                conditioning_embedding_in_channels=label_channels,
+                conditioning_embedding_in_channels=self.condition_channels,
                 conditioning_embedding_num_channels=(cfg.channels[0],),
                 **shared,
             )
@@ -86,12 +89,12 @@ class LatentDenoiser(nn.Module):
         mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`labels`: (B, label_channels, D, h, w) from `label_grid` (None: unconditioned on a map)."""
+        """`labels`: (B, condition_channels, D, h, w) from `label_grid` (None: unconditioned on a map)."""
         if self.cfg.coordinates:
             x = torch.cat([x, coordinate_grid(x)], dim=1)
         context = self.context(attributes, mask, x.shape[0], x.device)
         if self.label_channels and labels is None:
-            labels = x.new_zeros((x.shape[0], self.label_channels, *x.shape[2:]))
+            labels = x.new_zeros((x.shape[0], self.condition_channels, *x.shape[2:]))
         if self.label_channels and self.controlnet is None:
             x = torch.cat([x, labels.to(x.dtype)], dim=1)
         if self.spatial_dims == 2:  # (B, C, 1, h, w) → (B, C, h, w) and back
@@ -119,12 +122,27 @@ def coordinate_grid(x: torch.Tensor) -> torch.Tensor:
     return grid[None].expand(x.shape[0], -1, -1, -1, -1)
 
 
-def label_grid(labels: torch.Tensor, num_classes: int, factor: int) -> torch.Tensor:
-    """(B, D, H, W) integer label maps (slice axis first) → (B, num_classes, D, H/factor, W/factor):
-    the fraction of each class under every latent voxel (the slice autoencoder's latent grid).
+def label_grid(labels: torch.Tensor, num_classes: int, factor: int, detail: int = 1) -> torch.Tensor:
+    """(B, D, H, W) integer label maps (slice axis first) → (B, num_classes · detail², D, H/factor,
+    W/factor): the fraction of each class under every latent voxel (the slice autoencoder's latent
+    grid), or with `detail` k under each of its k×k in-plane sub-squares (class-major, then the
+    sub-square's row and column: a space-to-depth rearrangement, lossless when k = factor).
     One class at a time: memory holds one float volume, never a one-hot copy of the batch."""
-    pool = torch.nn.functional.avg_pool3d
-    return torch.cat([pool((labels == c).float()[:, None], (1, factor, factor)) for c in range(num_classes)], 1)
+    if factor % detail:
+        raise LdmError(
+            f"label_detail {detail} must divide the autoencoder's downsampling factor {factor} (e.g. 1, 2 or {factor})"
+        )
+    pool, step = torch.nn.functional.avg_pool3d, factor // detail
+
+    def one(c: int) -> torch.Tensor:
+        frac = pool((labels == c).float()[:, None], (1, step, step))[:, 0]  # (B, D, H/step, W/step)
+        if detail == 1:
+            return frac[:, None]
+        b, d, h, w = frac.shape
+        frac = frac.reshape(b, d, h // detail, detail, w // detail, detail)
+        return frac.permute(0, 3, 5, 1, 2, 4).reshape(b, detail * detail, d, h // detail, w // detail)
+
+    return torch.cat([one(c) for c in range(num_classes)], 1)
 
 
 def guided(

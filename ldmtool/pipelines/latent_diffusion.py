@@ -235,7 +235,8 @@ class LatentDiffusionPipeline:
             )
         if int(labels.max()) >= channels:
             raise LdmError(f"label value {int(labels.max())} is beyond the model's {channels} classes")
-        return label_grid(labels, channels, self.ae.cfg.downsample).to(self.device)
+        detail = self.ldm_config.model.label_detail
+        return label_grid(labels, channels, self.ae.cfg.downsample, detail).to(self.device)
 
     def denoise(
         self,

@@ -286,6 +286,11 @@ class DenoiserTrainer(Trainer):
         self.label_channels = int(cond_cfg.get("label_channels", 0))  # mask-to-image: the map as input channels
         self.labels = data.labels if self.label_channels else None  # (N, D, H, W) uint8
         self.latent_factor = data.images.shape[-1] // latents.shape[-1]
+        if self.label_channels and self.latent_factor % model_cfg.label_detail:
+            raise LdmError(
+                f"label_detail {model_cfg.label_detail} must divide the autoencoder's downsampling factor "
+                f"{self.latent_factor} (e.g. 1, 2 or {self.latent_factor})"
+            )
         dims = int(ae_config.get("image_dims", 3) or 3)  # 2D images: a 2D UNet on (N, L, 1, h, w)
         self.model = LatentDenoiser(model_cfg, latents.shape[1], n_attributes, self.label_channels, spatial_dims=dims)
         if init is not None:
@@ -387,7 +392,9 @@ class DenoiserTrainer(Trainer):
             m = m.to(device)
         lab = None
         if self.labels is not None:  # the label map on the latent grid, dropped cfg_dropout of the time
-            lab = label_grid(self.labels[idx].to(device), self.label_channels, self.latent_factor)
+            lab = label_grid(
+                self.labels[idx].to(device), self.label_channels, self.latent_factor, self.model_cfg.label_detail
+            )
             lab = lab * (torch.rand(b, generator=g) > cfg.cfg_dropout).float().to(device)[:, None, None, None, None]
         return a, m, lab
 

@@ -119,6 +119,27 @@ def test_mask_to_image_controlnet_branch(cli, trained, tmp_path):
     assert image.shape == src.shape and np.allclose(image.affine, src.affine, atol=1e-4)
 
 
+def test_mask_to_image_label_detail(cli, trained, tmp_path):
+    """--label-detail 2: the map's 2×2 sub-squares of every latent voxel reach the denoiser; the
+    checkpoint keeps the setting and `sample --labels` reads it back; a non-divisor is one line."""
+    from ldmtool.models.loaders import read_denoiser
+
+    maps = _maps(trained, tmp_path)
+    ldm = tmp_path / "LDMD"
+    r = cli("train-ldm", trained.data, "--ae", trained.ae, "--out", ldm, "--config", TINY_YAML,
+            "--condition-on", "labels", "--label-detail", 2, "--steps", 2)  # fmt: skip
+    assert r.code == 0, r.both
+    assert read_denoiser(ldm)[1].model.label_detail == 2
+    out = tmp_path / "D"
+    r = cli("sample", "--ae", trained.ae, "--ldm", ldm, "--labels", maps, "--out", out, "--steps", 2, "--guidance", 2)
+    assert r.code == 0, r.both
+    src = nib.load(maps / "b.nii.gz")
+    assert nib.load(out / "imagesTr" / "synth_b_000_0000.nii.gz").shape == src.shape
+    r = cli("train-ldm", trained.data, "--ae", trained.ae, "--out", tmp_path / "bad", "--config", TINY_YAML,
+            "--condition-on", "labels", "--label-detail", 3, "--steps", 2)  # fmt: skip
+    assert r.code == 1 and "label_detail 3 must divide" in r.err and len(r.error_lines()) == 1, r.both
+
+
 def test_fine_tune_from_a_model_of_normal_volumes(cli, trained, tmp_path):
     few = tmp_path / "few"  # three annotated cases
     cli("demo-data", few, "--n", 3, "--shape", "32,32,16")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ldmtool.config import DenoiserConfig
+from ldmtool.errors import LdmError
 from ldmtool.models.denoiser import LatentDenoiser, guided, label_grid
 
 
@@ -30,6 +31,34 @@ def test_label_grid_fractions():
     assert grid.shape == (1, 3, 2, 2, 2)
     assert torch.allclose(grid.sum(1), torch.ones(1, 2, 2, 2))
     assert grid[0, 2, 0, 0, 0] == 1 and grid[0, 1, 0, 0, 1] == 0.25
+
+
+def test_label_grid_detail_keeps_the_sub_squares():
+    """detail k: the fractions of each k×k sub-square of a latent voxel, whose mean is the voxel's
+    fraction; at k = factor the map itself (each voxel's class), rebuilt by depth-to-space."""
+    torch.manual_seed(0)
+    labels = torch.randint(0, 3, (2, 3, 8, 12), dtype=torch.uint8)
+    coarse = label_grid(labels, 3, 4)
+    half = label_grid(labels, 3, 4, 2)
+    assert half.shape == (2, 12, 3, 2, 3)
+    assert torch.allclose(half.reshape(2, 3, 4, 3, 2, 3).mean(2), coarse)
+    full = label_grid(labels, 3, 4, 4)  # (B, 3 · 16, D, 2, 3): one channel per class and in-plane offset
+    assert set(full.unique().tolist()) == {0.0, 1.0}
+    onehot = full.reshape(2, 3, 4, 4, 3, 2, 3).permute(0, 1, 4, 5, 2, 6, 3).reshape(2, 3, 3, 8, 12)
+    assert torch.equal(onehot.argmax(1), labels.long())
+    with pytest.raises(LdmError, match="label_detail 3 must divide"):
+        label_grid(labels, 3, 4, 3)
+
+
+def test_label_detail_widens_the_condition_input():
+    cfg = DenoiserConfig(channels=(8, 16), norm_num_groups=4, num_head_channels=8, label_detail=2)
+    model = LatentDenoiser(cfg, 4, label_channels=3).eval()
+    assert model.unet.conv_in.conv.in_channels == 4 + 3 + 3 * 4
+    x, t = torch.randn(1, 4, 4, 4, 4), torch.tensor([5])
+    with torch.no_grad():
+        out = model(x, t, labels=label_grid(torch.randint(0, 3, (1, 4, 16, 16)), 3, 4, 2))
+        assert out.shape == x.shape and torch.equal(model(x, t), model(x, t, labels=torch.zeros(1, 12, 4, 4, 4)))
+    assert "label_detail" not in DenoiserConfig().to_dict() and cfg.to_dict()["label_detail"] == 2
 
 
 @pytest.mark.parametrize("branch", ["concat", "controlnet"])
