@@ -8,7 +8,8 @@ Every step runs through the `ldmtool` commands a user would type (in this proces
   1. `demo-data`, split into training phantoms and held-out ones (--test);
   2. `train-ae`, a segmenter on the real training phantoms (`train-seg --arch unet`), and
      `train-ldm --condition-on labels` (mask-to-image) once per `--label-branch` (concat: the map as
-     input channels; controlnet: a ControlNet branch) on one budget: the same data, config, seed and
+     input channels; controlnet: a ControlNet branch; BRANCH:K adds `--label-detail K`, the map's
+     K×K sub-squares of every latent voxel) on one budget: the same data, config, seed and
      number of steps (`--ldm-steps`; without it the config's steps and time limit), the table
      giving each model's steps and seconds;
   3. mask-to-image: `sample --labels` with the held-out label maps, judged by `evaluate --only
@@ -277,15 +278,25 @@ def mask_to_image(args, work: Path, data: Path, test: Path, config: Path, budget
     """One `train-ldm --condition-on labels` per --label-branch on `budget`, images for the held-out
     maps (`sample --labels`), each judged by `evaluate`: (reports, training budgets) per branch."""
     reports, budgets = {}, {}
-    for b in args.label_branch.split(","):
+    for entry in args.label_branch.split(","):
+        b, flags = branch_flags(entry)
         ldm = work / f"LDM-{b}"
         ldmtool("--seed", args.seed, "train-ldm", data, "--ae", work / "AE", "--out", ldm, "--config", config,
-                "--condition-on", "labels", "--label-branch", b, *budget)  # fmt: skip
+                "--condition-on", "labels", *flags, *budget)  # fmt: skip
         budgets[b] = trained(ldm)
         ldmtool("--seed", args.seed, "sample", "--ae", work / "AE", "--ldm", ldm, "--labels", test, "--out",
                 work / f"M-{b}", "--steps", args.steps, "--guidance", args.guidance)  # fmt: skip
         reports[b] = evaluate(work, work / f"M-{b}", test, f"R-M-{b}", "fidelity,diversity,condition")
     return reports, budgets
+
+
+def branch_flags(entry: str) -> tuple[str, list]:
+    """A --label-branch entry, BRANCH or BRANCH:K (`--label-detail K`) → (its name in folders and
+    tables, e.g. concat-d4, and its train-ldm flags)."""
+    branch, _, detail = entry.partition(":")
+    if not detail or detail == "1":
+        return branch, ["--label-branch", branch]
+    return f"{branch}-d{detail}", ["--label-branch", branch, "--label-detail", detail]
 
 
 def ixi_tissues(src: Path, dst: Path, ids: list[str], factor: int = 2) -> Path:
@@ -678,7 +689,8 @@ def main() -> None:
     ap.add_argument("--seg-lr", type=float, default=2e-3, help="train-seg learning rate")
     ap.add_argument("--seg-minutes", type=float, default=None, help="time limit of train-seg")
     ap.add_argument("--radius", type=float, default=3.0, help="inserted lesion radius in voxels")
-    ap.add_argument("--label-branch", default="concat,controlnet", help="train-ldm --label-branch values to compare")
+    ap.add_argument("--label-branch", default="concat,controlnet",
+                    help="train-ldm --label-branch values to compare; BRANCH:K adds --label-detail K (e.g. concat:4)")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=None, help="keep the models and outputs here")
     ap.add_argument("--ixi", type=Path, default=None, help="ixi_t1_2mm folder: mask-to-image on real brains instead")
