@@ -44,7 +44,8 @@ Parts (--only, comma-separated):
              image+label pairs, sampled jointly from noise (joint) or generated from seeded
              elastic/affine deformations of the N real label maps by a mask-to-image model
              (labels: `train-ldm --condition-on labels`, `sample --labels --deform --undeformed`;
-             --aug-undeformed-share of the images follow the real maps themselves, default half),
+             --aug-undeformed-share of the images follow the real maps themselves, default half;
+             labels:K adds `--label-detail K`; the generators of one N share one autoencoder),
              then `evaluate --only utility --utility-curve N` (--aug-seeds seeds): downstream
              segmenters on the N real cases alone, with r·N synthetic, and synthetic only, tested
              on the 48 held-out cases; once per --aug-real-shares value (`evaluate --real-share`:
@@ -65,6 +66,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -868,12 +870,22 @@ def hippo_seg_report(res: dict, args) -> None:
 # ---------------------------------------------------------------- augmentation curve
 
 
-def _generator(run: Runner, sub: Path, d: Path, cfg: Path, mode: str, args) -> dict[str, float]:
+def _generator(run: Runner, sub: Path, d: Path, cfg: Path, mode: str, args, ae: Path | None) -> dict[str, float]:
     """Train a generator on the real cases `sub` into d/ae and d/ldm. joint: image and label sampled
-    together from noise; labels: a mask-to-image model (`--condition-on labels`)."""
+    together from noise; labels: a mask-to-image model (`--condition-on labels`), labels:K with
+    `--label-detail K`. `ae`: the autoencoder another generator of the same N trained (the same
+    config and cases), linked as d/ae instead of trained again."""
     ae_budget, ldm_budget = generator_budgets(args)
-    t = {"train-ae": run("train-ae", sub, "--out", d / "ae", "--config", cfg, *ae_budget)}
-    extra = ["--condition-on", "labels"] if mode == "labels" else []
+    if ae is None:
+        t = {"train-ae": run("train-ae", sub, "--out", d / "ae", "--config", cfg, *ae_budget)}
+    else:
+        t = {}
+        d.mkdir(parents=True, exist_ok=True)
+        if not (d / "ae").exists():
+            (d / "ae").symlink_to(ae.resolve(), target_is_directory=True)
+    kind, _, detail = mode.partition(":")
+    extra = ["--condition-on", "labels"] if kind == "labels" else []
+    extra += ["--label-detail", detail] if detail else []
     t["train-ldm"] = run(
         "train-ldm", sub, "--ae", d / "ae", "--out", d / "ldm", "--config", cfg, *extra, *ldm_budget
     )  # fmt: skip
@@ -959,11 +971,12 @@ def augment_part(args, run: Runner, work: Path) -> dict:
     )
     for n in args.aug_sizes:
         sub = link_subset(src, work / f"N{n}" / "real", train_ids[:n])
+        shared_ae = None  # one autoencoder per N, shared by its generators (same config, same cases)
         for mode in args.aug_modes:
-            d = work / f"N{n}" / mode
+            d = work / f"N{n}" / mode.replace(":", "-d")
             need = int(np.ceil(max(args.aug_ratios) * n))
             # one generator; one synthetic set per --aug-undeformed-share value for the labels generator
-            multi = mode == "labels" and len(args.aug_undeformed_share) > 1
+            multi = mode.startswith("labels") and len(args.aug_undeformed_share) > 1
             sets = (
                 [(mode, None, d / "synthetic")]
                 if mode == "joint"
@@ -973,7 +986,8 @@ def augment_part(args, run: Runner, work: Path) -> dict:
                 ]
             )
             reused = args.aug_reuse and all((syn / "dataset.json").is_file() for _, _, syn in sets)
-            t = {} if reused else _generator(run, sub, d, cfg, mode, args)
+            t = {} if reused else _generator(run, sub, d, cfg, mode, args, shared_ae)
+            shared_ae = shared_ae or d / "ae"
             for name, undeformed, syn in sets:
                 tag = "" if name == mode else f" ({name})"
                 if reused:
@@ -995,7 +1009,7 @@ def augment_part(args, run: Runner, work: Path) -> dict:
                     ]
                 if n == args.aug_sizes[0]:
                     out["montages"][name] = save_png(
-                        syn / "montage.png", f"hippocampus-N{n}-{name.replace(' ', '-')}-samples"
+                        syn / "montage.png", f"hippocampus-N{n}-{name.replace(' ', '-').replace(':', '-d')}-samples"
                     )
             if args.aug_ae_ceiling:
                 t["autoencoder ceiling"] = ae_ceiling_curve(run, d, sub, test, n, args)
@@ -1014,7 +1028,8 @@ def augment_report(res: dict, args) -> None:
         f"generators ({generator_budget_text(args)}): joint = image and label map sampled together from noise; "
         "labels = mask-to-image, the share u (--aug-undeformed-share "
         f"{','.join(f'{u:g}' for u in args.aug_undeformed_share)}) of its images for the N real label maps themselves "
-        "and the rest for seeded elastic/affine deformations of them (`sample --labels --deform --undeformed`)\n"
+        "and the rest for seeded elastic/affine deformations of them (`sample --labels --deform --undeformed`); "
+        "labels:K = the same with `train-ldm --label-detail K`; the generators of one N share one autoencoder\n"
     )
     print(
         "real share = share of each downstream batch drawn from the real cases when real and synthetic are mixed "
@@ -1144,7 +1159,8 @@ def parse(argv=None):
         type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
         default=["joint", "labels"],
         help="generators compared: joint (image+label from noise), labels (mask-to-image from the real maps and "
-        "deformations of them, --aug-undeformed-share)",
+        "deformations of them, --aug-undeformed-share), labels:K (the same with train-ldm --label-detail K); "
+        "the generators of one N share one autoencoder",
     )
     p.add_argument(
         "--aug-undeformed-share",
@@ -1174,8 +1190,8 @@ def parse(argv=None):
         p.error("--aug-undeformed-share takes shares between 0 and 1")
     if not args.impute_samples or min(args.impute_samples) < 1:
         p.error("--impute-samples takes draw counts of at least 1, e.g. 1,16")
-    if set(args.aug_modes) - {"joint", "labels"}:
-        p.error("--aug-modes takes joint and/or labels")
+    if any(m != "joint" and not re.fullmatch(r"labels(:[1-9][0-9]*)?", m) for m in args.aug_modes):
+        p.error("--aug-modes takes joint, labels and/or labels:K (K: train-ldm --label-detail)")
     if bad:
         p.error(f"unknown part(s) {', '.join(bad)}; choose from {', '.join(PARTS)}")
     if args.ixi_spacing not in (2.0, 4.0):

@@ -151,3 +151,41 @@ def test_real_data_generator_budget_in_minutes_or_steps():
     for bad in ("3900", "3900,0", "3900,2100,5", "a,b", "-1,5"):
         with pytest.raises(SystemExit):
             parse(["--aug-gen-steps", bad])
+
+
+def test_real_data_label_detail_generators_share_the_autoencoder(tmp_path):
+    """--aug-modes labels,labels:4: the second generator links the first's autoencoder and trains its
+    denoiser with --label-detail 4; bad modes stop argument parsing."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from real_data import _generator, parse
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    args = parse(["--only", "augment", "--aug-modes", "labels,labels:4", "--aug-gen-steps", "10,20"])
+    assert args.aug_modes == ["labels", "labels:4"]
+    calls = []
+
+    def run(*cmd):
+        calls.append([str(c) for c in cmd])
+        out = Path(cmd[cmd.index("--out") + 1])
+        out.mkdir(parents=True)
+        (out / "state.json").write_text('{"step": 1}')
+        return 1.0
+
+    first = _generator(run, tmp_path / "real", tmp_path / "labels", tmp_path / "cfg.yaml", "labels", args, None)
+    second = _generator(
+        run,
+        tmp_path / "real",
+        tmp_path / "labels-d4",
+        tmp_path / "cfg.yaml",
+        "labels:4",
+        args,
+        tmp_path / "labels" / "ae",
+    )
+    assert set(first) == {"train-ae", "train-ldm"} and set(second) == {"train-ldm"}
+    assert [c[0] for c in calls] == ["train-ae", "train-ldm", "train-ldm"]
+    assert "--label-detail" not in calls[1] and calls[2][calls[2].index("--label-detail") + 1] == "4"
+    assert (tmp_path / "labels-d4" / "ae").resolve() == (tmp_path / "labels" / "ae").resolve()
+    for bad in ("labels:x", "labels:0", "masks"):
+        with pytest.raises(SystemExit):
+            parse(["--aug-modes", bad])
