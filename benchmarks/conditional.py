@@ -49,10 +49,11 @@ With `--fewshot K` the few-shot lesion part runs instead (on phantoms):
   2. `train-ae` on the training phantoms, a model of normal anatomy (`train-ldm` on the lesion-free
      ones), fine-tuned on the K lesion cases alone (`train-ldm --condition-on labels --init NORMAL`,
      --fewshot-steps);
-  3. into every lesion-free training phantom, `inpaint --label lesion --label-from painted` paints the
-     lesions of one of the K cases (their shapes and sizes, each moved to a random place at least
-     6 mm inside the head where the image is like the tissue around the K real lesions, i.e. not
-     over the dark ventricles), the label map marking lesion where the decoder reads one;
+  3. into every lesion-free training phantom, `inpaint --label lesion` paints the lesions of one of
+     the K cases (their shapes and sizes, each moved to a random place at least 6 mm inside the head
+     where the image is like the tissue around the K real lesions, i.e. not over the dark
+     ventricles); once per --fewshot-label-from value (default region,painted: the same images, the
+     label map marking the whole region, or lesion only where the decoder reads one);
   4. `evaluate --only utility` (--fewshot-seeds seeds): a downstream segmenter trained on the real
      training phantoms alone, on the inpainted ones alone, and on both (--fewshot-real-share of every
      batch real: 0.75, chosen on the seed-0 phantoms), scored on the held-out phantoms. Target:
@@ -490,7 +491,7 @@ def lesion_tissue(image: np.ndarray, label: np.ndarray, lesion: int, surrounding
     return ndi.binary_erosion(head & (smooth >= 0.5 * surroundings * float(np.median(image[head]))))
 
 
-def fewshot_montage(normals: Path, syn: Path, pairs: list[tuple[str, str]], png: Path) -> Path:
+def fewshot_montage(normals: Path, syn: Path, regions: Path, pairs: list[tuple[str, str]], png: Path) -> Path:
     """One row: for each pair, the normal phantom's axial slice through the region's centre and the
     same slice after inpainting, the new lesion label in red."""
     from PIL import Image
@@ -500,7 +501,7 @@ def fewshot_montage(normals: Path, syn: Path, pairs: list[tuple[str, str]], png:
     vols = []
     for normal, new in pairs:
         label = read(syn / "labelsTr" / f"{new}.nii.gz")[0]
-        k = int(np.argwhere(read(syn / "regions" / f"{new}.nii.gz")[0] > 0)[:, 2].mean())
+        k = int(np.argwhere(read(regions / f"{new}.nii.gz")[0] > 0)[:, 2].mean())
         for image, lab in ((read(normals / "imagesTr" / f"{normal}_0000.nii.gz")[0], None),
                            (read(syn / "imagesTr" / f"{new}_0000.nii.gz")[0], label)):  # fmt: skip
             vols.append((image[:, :, k : k + 1].astype(np.float32), None if lab is None else lab[:, :, k : k + 1]))
@@ -545,15 +546,15 @@ def run_fewshot(args, work: Path) -> None:
             "--condition-on", "labels", "--init", work / "NORMAL", "--steps", args.fewshot_steps,
             "--max-minutes", 600)  # fmt: skip
 
-    syn = work / "inpainted"
-    for sub in ("imagesTr", "labelsTr", "regions", "runs"):
-        (syn / sub).mkdir(parents=True, exist_ok=True)
+    modes = [m.strip() for m in args.fewshot_label_from.split(",") if m.strip()]
+    regions_dir = work / "regions"
+    regions_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     donors = {c: read(few / "labelsTr" / f"{c}.nii.gz")[0] for c in annotated}
     surroundings = lesion_surroundings(
         [(read(few / "imagesTr" / f"{c}_0000.nii.gz")[0], donors[c]) for c in annotated], lesion
     )
-    pairs, empty, seconds, painted_share = [], 0, [], []
+    pairs, empty = [], 0  # (lesion-free case, new case id, its seed), one region each for every mode
     for i, case in enumerate(normal):
         label, affine = read(normals / "labelsTr" / f"{case}.nii.gz")
         donor = annotated[i % k]
@@ -564,29 +565,37 @@ def run_fewshot(args, work: Path) -> None:
             empty += 1
             continue
         new = f"{case}_from_{donor}"
-        nib.save(nib.Nifti1Image(region.astype(np.uint8), affine), syn / "regions" / f"{new}.nii.gz")
-        out = syn / "runs" / new
-        ldmtool("--seed", args.seed + i, "inpaint", normals / "imagesTr" / f"{case}_0000.nii.gz", "--region",
-                syn / "regions" / f"{new}.nii.gz", "--labels", normals / "labelsTr" / f"{case}.nii.gz", "--label",
-                "lesion", "--ae", work / "AE", "--ldm", work / "FEW", "--out", out, "--method", "repaint",
-                "--steps", args.steps, "--guidance", args.inpaint_guidance, "--margin", args.inpaint_margin,
-                "--grow", args.inpaint_grow, "--label-from", "painted")  # fmt: skip
-        shutil.copy(out / f"{case}_inpainted.nii.gz", syn / "imagesTr" / f"{new}_0000.nii.gz")
-        shutil.copy(out / f"{case}_inpainted_label.nii.gz", syn / "labelsTr" / f"{new}.nii.gz")
-        record = json.loads((out / f"{case}_inpaint.json").read_text())
-        seconds.append(record["seconds"])
-        painted_share.append(record["label_voxels"] / record["region_voxels"])
-        pairs.append((case, new))
-    meta = json.loads((data / "dataset.json").read_text())
-    meta["numTraining"] = len(pairs)
-    (syn / "dataset.json").write_text(json.dumps(meta, indent=2))
+        nib.save(nib.Nifti1Image(region.astype(np.uint8), affine), regions_dir / f"{new}.nii.gz")
+        pairs.append((case, new, args.seed + i))
 
-    reports = []
-    for s in range(args.fewshot_seeds):
-        ldmtool("--seed", s, "evaluate", "--real", data, "--synthetic", syn, "--test", test, "--out", work / f"U{s}",
-                "--only", "utility", "--seg-steps", args.fewshot_seg_steps, "--real-share", args.fewshot_real_share,
-                "--cache-dir", "none")  # fmt: skip
-        reports.append(json.loads((work / f"U{s}" / "report.json").read_text())["utility"]["results"])
+    seconds, labelled, reports = {}, {}, {}
+    for mode in modes:  # the same regions and seeds: the same images, labelled two ways
+        syn = work / ("inpainted" if mode == "painted" else f"inpainted-{mode}")
+        for sub in ("imagesTr", "labelsTr", "runs"):
+            (syn / sub).mkdir(parents=True, exist_ok=True)
+        seconds[mode], labelled[mode] = [], []
+        for case, new, seed in pairs:
+            out = syn / "runs" / new
+            ldmtool("--seed", seed, "inpaint", normals / "imagesTr" / f"{case}_0000.nii.gz", "--region",
+                    regions_dir / f"{new}.nii.gz", "--labels", normals / "labelsTr" / f"{case}.nii.gz", "--label",
+                    "lesion", "--ae", work / "AE", "--ldm", work / "FEW", "--out", out, "--method", "repaint",
+                    "--steps", args.steps, "--guidance", args.inpaint_guidance, "--margin", args.inpaint_margin,
+                    "--grow", args.inpaint_grow, "--label-from", mode)  # fmt: skip
+            shutil.copy(out / f"{case}_inpainted.nii.gz", syn / "imagesTr" / f"{new}_0000.nii.gz")
+            shutil.copy(out / f"{case}_inpainted_label.nii.gz", syn / "labelsTr" / f"{new}.nii.gz")
+            record = json.loads((out / f"{case}_inpaint.json").read_text())
+            seconds[mode].append(record["seconds"])
+            labelled[mode].append(record["label_voxels"] / record["region_voxels"])
+        meta = json.loads((data / "dataset.json").read_text())
+        meta["numTraining"] = len(pairs)
+        (syn / "dataset.json").write_text(json.dumps(meta, indent=2))
+        reports[mode] = []
+        for s in range(args.fewshot_seeds):
+            rep = work / (f"U{s}" if mode == "painted" else f"U{s}-{mode}")
+            ldmtool("--seed", s, "evaluate", "--real", data, "--synthetic", syn, "--test", test, "--out", rep,
+                    "--only", "utility", "--seg-steps", args.fewshot_seg_steps, "--real-share",
+                    args.fewshot_real_share, "--cache-dir", "none")  # fmt: skip
+            reports[mode].append(json.loads((rep / "report.json").read_text())["utility"]["results"])
 
     print(f"# Few-shot lesions on demo phantoms (shape {args.shape}, {config.name})\n")
     print(f"- real training phantoms: {len(data_cases)}: {k} with lesions "
@@ -595,13 +604,15 @@ def run_fewshot(args, work: Path) -> None:
     print(f"- autoencoder on the {len(data_cases)} training phantoms: {trained(work / 'AE')}; model of normal "
           f"anatomy on the {len(normal)} lesion-free ones: {trained(work / 'NORMAL')}; fine-tuned on the {k} lesion "
           f"cases (`--condition-on labels --init`): {trained(work / 'FEW')}")  # fmt: skip
+    share = ", ".join(f"{m} {100 * np.mean(v) if v else float('nan'):.0f} %" for m, v in labelled.items())
+    every = [x for v in seconds.values() for x in v]
     print(
         f"- inpainted: {len(pairs)} lesion-free phantoms given the lesions of one of the {k} cases "
         f"(`inpaint --label lesion --method repaint --steps {args.steps} --guidance {args.inpaint_guidance:g} "
-        f"--margin {args.inpaint_margin} --grow {args.inpaint_grow} --label-from painted`, "
-        f"{np.mean(seconds) if seconds else float('nan'):.1f} s per case); {empty} left out "
-        f"(no place found); labelled lesion: {100 * np.mean(painted_share) if painted_share else float('nan'):.0f} % "
-        f"of the region voxels (those the decoder reads as lesion)"
+        f"--margin {args.inpaint_margin} --grow {args.inpaint_grow} --label-from M`, "
+        f"{np.mean(every) if every else float('nan'):.1f} s per case); {empty} left out (no place found); "
+        f"labelled lesion, share of the region voxels: {share} (--label-from region: all of them; painted: those "
+        f"the decoder reads as lesion; the images are the same)"
     )
     print(
         f"- lesions placed at least 6 mm inside the head where the smoothed image is at least half as bright as "
@@ -614,24 +625,31 @@ def run_fewshot(args, work: Path) -> None:
     )
     print("| trained on | lesion Dice | head Dice | mean Dice | lesion HD95 (voxels) |")
     print("|---|---|---|---|---|")
-    rows = {"real": f"real ({len(data_cases)}: {k} with lesions)", "synthetic": f"inpainted only ({len(pairs)})",
-            "real+synthetic": f"real + inpainted ({len(data_cases)} + {len(pairs)})"}  # fmt: skip
     lesion_name = next(n for n, v in names.items() if int(v) == lesion)
     head_name = next(n for n, v in names.items() if int(v) not in (0, lesion))
+    rows = [("real", modes[0], f"real ({len(data_cases)}: {k} with lesions)")]
+    for m in modes:
+        tag = f", label from {m}" if len(modes) > 1 else ""
+        rows += [("synthetic", m, f"inpainted only ({len(pairs)}{tag})"),
+                 ("real+synthetic", m, f"real + inpainted ({len(data_cases)} + {len(pairs)}{tag})")]  # fmt: skip
     summary = {}
-    for key, title in rows.items():
-        les = np.array([r[key]["dice"][lesion_name] for r in reports])
-        head = np.array([r[key]["dice"][head_name] for r in reports])
-        mean = np.array([r[key]["dice_mean"] for r in reports])
-        hd = np.array([r[key]["hd95_voxels"][lesion_name] for r in reports])
-        summary[key] = les
+    for key, m, title in rows:
+        rs = reports[m]
+        les = np.array([r[key]["dice"][lesion_name] for r in rs])
+        head = np.array([r[key]["dice"][head_name] for r in rs])
+        mean = np.array([r[key]["dice_mean"] for r in rs])
+        hd = np.array([r[key]["hd95_voxels"][lesion_name] for r in rs])
+        summary[(key, m)] = les
         print(f"| {title} | {les.mean():.3f} ± {les.std():.3f} | {head.mean():.3f} ± {head.std():.3f} | "
               f"{mean.mean():.3f} ± {mean.std():.3f} | {np.nanmean(hd):.1f} |")  # fmt: skip
-    diff = summary["real+synthetic"] - summary["real"]
-    print(f"\nreal + inpainted − real alone, lesion Dice: {diff.mean():+.3f} (per seed: "
-          f"{', '.join(f'{d:+.3f}' for d in diff)}); target: > 0")  # fmt: skip
+    print()
+    for m in modes:
+        diff = summary[("real+synthetic", m)] - summary[("real", modes[0])]
+        print(f"real + inpainted (label from {m}) − real alone, lesion Dice: {diff.mean():+.3f} (per seed: "
+              f"{', '.join(f'{d:+.3f}' for d in diff)}); target: > 0")  # fmt: skip
     if not args.quick and pairs:
-        png = fewshot_montage(normals, syn, pairs[:6], work / "fewshot.png")
+        syn = work / ("inpainted" if modes[0] == "painted" else f"inpainted-{modes[0]}")
+        png = fewshot_montage(normals, syn, regions_dir, [(c, n) for c, n, _ in pairs[:6]], work / "fewshot.png")
         print(f"\nmontage (pairs: lesion-free phantom, the same after inpainting, new lesion label in red): "
               f"{save_png(png, 'fewshot-inpainted')}")  # fmt: skip
 
@@ -708,6 +726,8 @@ def main() -> None:
                     help="the few-shot lesion part instead: K annotated lesion cases")  # fmt: skip
     ap.add_argument("--fewshot-steps", type=int, default=800, help="--fewshot: fine-tuning steps on the K cases")
     ap.add_argument("--fewshot-seg-steps", type=int, default=1000, help="--fewshot: downstream segmenter steps")
+    ap.add_argument("--fewshot-label-from", default="region,painted",
+                    help="--fewshot: `inpaint --label-from` of the inpainted cases' label maps, each compared")  # fmt: skip
     ap.add_argument("--fewshot-seeds", type=int, default=3, help="--fewshot: downstream seeds")
     ap.add_argument("--fewshot-real-share", type=float, default=0.75,
                     help="--fewshot: share of real slices in every real + inpainted batch (evaluate --real-share)")  # fmt: skip

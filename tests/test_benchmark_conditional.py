@@ -49,20 +49,28 @@ def test_conditional_benchmark_fewshot_quick(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "real training phantoms: 8: 3 with lesions" in proc.stdout
-    assert "| real + inpainted (8 + " in proc.stdout and "real + inpainted − real alone" in proc.stdout
+    assert (
+        "| real + inpainted (8 + " in proc.stdout and "real + inpainted (label from region) − real alone" in proc.stdout
+    )
     import numpy as np
 
     from benchmarks.conditional import read
 
+    assert "label from region" in proc.stdout and "label from painted" in proc.stdout
     inpainted = sorted((tmp_path / "inpainted" / "labelsTr").glob("*.nii.gz"))
     assert inpainted
     for path in inpainted:  # every new label map: lesion only inside the region, else the normal twin's
         label = read(path)[0]
-        region = read(tmp_path / "inpainted" / "regions" / path.name)[0] > 0
+        region = read(tmp_path / "regions" / path.name)[0] > 0
         normal = read(tmp_path / "normal" / "labelsTr" / f"{path.name.split('_from_')[0]}.nii.gz")[0]
         assert region.any() and not (label[~region] == 2).any()
         kept = ~region | (label != 2)  # outside, and the region's voxels not read as lesion
         assert np.array_equal(label[kept], normal[kept])
+        whole = read(tmp_path / "inpainted-region" / "labelsTr" / path.name)[0]  # --label-from region
+        assert (whole[region] == 2).all() and np.array_equal(whole[~region], normal[~region])
+        same = [read(tmp_path / d / "imagesTr" / path.name.replace(".nii.gz", "_0000.nii.gz"))[0]
+                for d in ("inpainted", "inpainted-region")]  # fmt: skip
+        assert np.array_equal(*same)  # the same images, labelled two ways
 
 
 def test_transplanted_lesions_keep_their_shapes_inside_the_head():
