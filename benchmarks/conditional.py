@@ -292,10 +292,10 @@ def mask_to_image(args, work: Path, data: Path, test: Path, config: Path, budget
 
 
 def branch_flags(entry: str) -> tuple[str, list]:
-    """A --label-branch entry, BRANCH or BRANCH:K (`--label-detail K`) → (its name in folders and
-    tables, e.g. concat-d4, and its train-ldm flags)."""
+    """A --label-branch entry, BRANCH (the config's label_detail) or BRANCH:K (`--label-detail K`) →
+    (its name in folders and tables, e.g. concat-d4, and its train-ldm flags)."""
     branch, _, detail = entry.partition(":")
-    if not detail or detail == "1":
+    if not detail:
         return branch, ["--label-branch", branch]
     return f"{branch}-d{detail}", ["--label-branch", branch, "--label-detail", detail]
 

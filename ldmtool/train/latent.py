@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -469,6 +470,8 @@ def train_latent_diffusion(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
+    if "labels" not in model_cfg.condition_names and model_cfg.label_detail != 1:
+        model_cfg = dataclasses.replace(model_cfg, label_detail=1)  # no map: a config's setting means nothing
     for name in ("lesion", "labels"):
         if name in model_cfg.condition_names and data.labels is None:
             raise LdmError(f"--condition-on {name} needs labels (imagesTr/ + labelsTr/ + dataset.json)")

@@ -135,6 +135,10 @@ def test_mask_to_image_label_detail(cli, trained, tmp_path):
     assert r.code == 0, r.both
     src = nib.load(maps / "b.nii.gz")
     assert nib.load(out / "imagesTr" / "synth_b_000_0000.nii.gz").shape == src.shape
+    r = cli("train-ldm", trained.data, "--ae", trained.ae, "--out", tmp_path / "plain", "--config", TINY_YAML,
+            "--label-detail", 2, "--steps", 2)  # fmt: skip
+    assert r.code == 0, r.both  # a model without a map: the setting is dropped, not stored
+    assert read_denoiser(tmp_path / "plain")[1].model.label_detail == 1
     r = cli("train-ldm", trained.data, "--ae", trained.ae, "--out", tmp_path / "bad", "--config", TINY_YAML,
             "--condition-on", "labels", "--label-detail", 3, "--steps", 2)  # fmt: skip
     assert r.code == 1 and "label_detail 3 must divide" in r.err and len(r.error_lines()) == 1, r.both
