@@ -181,14 +181,7 @@ def _inpaint(
         )
     conditions = _conditions(pipe, conditions, model_labels, model_affine)
     new_image, new_labels = _fill(pipe, cfg, image, miss, model_labels, drawn, conditions, seed)
-    if new_image.ndim == 3:
-        fills, _ = to_input_grid(denormalise(new_image, irange, pipe.preprocess), model_affine, region, volume.affine)
-    else:  # per channel, each in its own source intensities: (region voxels, C)
-        source_scale = pipe.to_source_scale(new_image, irange)
-        fills = np.stack(
-            [to_input_grid(source_scale[..., c], model_affine, region, volume.affine)[0] for c in range(raw.shape[3])],
-            axis=-1,
-        )
+    fills = _region_values(pipe, new_image, irange, model_affine, region, volume, raw)
     painted = label is not None and cfg.label_from == "painted"
     if (
         new_labels is not None
@@ -237,6 +230,18 @@ def _inpaint(
     write_run_record(out_dir, f"inpaint-{stem}", json.dumps(prov, indent=2), f"{stem}_inpaint.json")
     result.outputs["provenance"] = out_dir / f"{stem}_inpaint.json"
     return result
+
+
+def _region_values(pipe, new_image, irange, model_affine, region, volume: Volume, raw: np.ndarray) -> np.ndarray:
+    """The regenerated image (model space, normalised) at the region's voxels of the input's grid,
+    in its source intensities: (region voxels,), or (region voxels, C), each channel in its own."""
+    if new_image.ndim == 3:
+        return to_input_grid(denormalise(new_image, irange, pipe.preprocess), model_affine, region, volume.affine)[0]
+    source_scale = pipe.to_source_scale(new_image, irange)
+    return np.stack(
+        [to_input_grid(source_scale[..., c], model_affine, region, volume.affine)[0] for c in range(raw.shape[3])],
+        axis=-1,
+    )
 
 
 def _target(pipe, volume: Volume, region, image, model_affine, labels_path, label, healthy, grow: int = 0):
