@@ -122,16 +122,21 @@ def coordinate_grid(x: torch.Tensor) -> torch.Tensor:
     return grid[None].expand(x.shape[0], -1, -1, -1, -1)
 
 
+def check_label_detail(detail: int, factor: int) -> None:
+    """A one-line error unless `label_detail` divides the autoencoder's downsampling factor."""
+    if factor % detail:
+        raise LdmError(
+            f"label_detail {detail} must divide the autoencoder's downsampling factor {factor} (e.g. 1, 2 or {factor})"
+        )
+
+
 def label_grid(labels: torch.Tensor, num_classes: int, factor: int, detail: int = 1) -> torch.Tensor:
     """(B, D, H, W) integer label maps (slice axis first) → (B, num_classes · detail², D, H/factor,
     W/factor): the fraction of each class under every latent voxel (the slice autoencoder's latent
     grid), or with `detail` k under each of its k×k in-plane sub-squares (class-major, then the
     sub-square's row and column: a space-to-depth rearrangement, lossless when k = factor).
     One class at a time: memory holds one float volume, never a one-hot copy of the batch."""
-    if factor % detail:
-        raise LdmError(
-            f"label_detail {detail} must divide the autoencoder's downsampling factor {factor} (e.g. 1, 2 or {factor})"
-        )
+    check_label_detail(detail, factor)
     pool, step = torch.nn.functional.avg_pool3d, factor // detail
 
     def one(c: int) -> torch.Tensor:

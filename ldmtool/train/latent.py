@@ -20,7 +20,7 @@ from ldmtool.errors import LdmError
 from ldmtool.io.atomic import atomic_path
 from ldmtool.models.autoencoder import SliceAutoencoder
 from ldmtool.models.checkpoint import file_sha256
-from ldmtool.models.denoiser import LatentDenoiser, label_grid
+from ldmtool.models.denoiser import LatentDenoiser, check_label_detail, label_grid
 from ldmtool.models.loaders import read_denoiser, transfer_weights
 from ldmtool.runtime import autocast, progress
 from ldmtool.train.common import make_ema
@@ -287,11 +287,8 @@ class DenoiserTrainer(Trainer):
         self.label_channels = int(cond_cfg.get("label_channels", 0))  # mask-to-image: the map as input channels
         self.labels = data.labels if self.label_channels else None  # (N, D, H, W) uint8
         self.latent_factor = data.images.shape[-1] // latents.shape[-1]
-        if self.label_channels and self.latent_factor % model_cfg.label_detail:
-            raise LdmError(
-                f"label_detail {model_cfg.label_detail} must divide the autoencoder's downsampling factor "
-                f"{self.latent_factor} (e.g. 1, 2 or {self.latent_factor})"
-            )
+        if self.label_channels:  # before training starts, not at the first batch
+            check_label_detail(model_cfg.label_detail, self.latent_factor)
         dims = int(ae_config.get("image_dims", 3) or 3)  # 2D images: a 2D UNet on (N, L, 1, h, w)
         self.model = LatentDenoiser(model_cfg, latents.shape[1], n_attributes, self.label_channels, spatial_dims=dims)
         if init is not None:
