@@ -84,27 +84,33 @@ def read_denoiser(path: Path) -> tuple[dict[str, torch.Tensor], LatentDiffusionC
     return tensors, LatentDiffusionCheckpoint.from_dict(raw, source=str(path))
 
 
-def transfer_weights(model: LatentDenoiser, tensors: dict[str, torch.Tensor], source: str) -> int:
+def transfer_weights(
+    model: LatentDenoiser, tensors: dict[str, torch.Tensor], source: str, source_map: tuple[int, int] = (0, 1)
+) -> int:
     """Start `model` from another denoiser's weights (fine-tuning); returns how many tensors came over.
 
     Tensors of the same name and shape are copied. The first convolution of a model with label-map
     input channels takes the source's weights for its other channels and zeros for the map's, and
     a ControlNet branch starts as a copy of the source UNet's encoder (its outputs are zero-
-    initialised), so the new model at step 0 computes what the source did."""
+    initialised), so the new model at step 0 computes what the source did. `source_map` is the
+    source's (classes, label detail), (0, 1) for a source without a map: the weights of a map of the
+    same classes at a detail this model's divides are spread over its finer sub-squares
+    (`map_columns`), so that too computes what the source did; those of another map start afresh."""
     own = model.state_dict()
     new = {}
+    dst_map = (model.label_channels, model.cfg.label_detail)
     for key, value in own.items():
         src = tensors.get(key)
         if src is None and key.startswith("controlnet."):
             src = tensors.get("unet." + key[len("controlnet.") :])
         if src is None:
             continue
-        if src.shape == value.shape:
+        if key in _MAP_INPUTS:  # the map's columns come last
+            src = map_columns(src, value.shape, value.shape[1] - _MAP_INPUTS[key](model), source_map, dst_map)
+            if src is not None:
+                new[key] = src
+        elif src.shape == value.shape:
             new[key] = src
-        elif key == "unet.conv_in.conv.weight" and src.shape[0] == value.shape[0] and src.shape[1] < value.shape[1]:
-            widened = torch.zeros_like(value)
-            widened[:, : src.shape[1]] = src
-            new[key] = widened
     unet = [k for k in own if k.startswith("unet.") and "attn2" not in k]  # cross-attention may be new
     missing = [k for k in unet if k not in new]
     if missing:
@@ -114,6 +120,57 @@ def transfer_weights(model: LatentDenoiser, tensors: dict[str, torch.Tensor], so
         )
     model.load_state_dict(new, strict=False)
     return len(new)
+
+
+# the first convolutions, each with the number of label-map columns it reads: the UNet's (concat
+# branch), the ControlNet's own input (none) and its map embedding (ControlNet branch)
+_MAP_INPUTS = {
+    "unet.conv_in.conv.weight": lambda m: m.condition_channels if m.controlnet is None else 0,
+    "controlnet.conv_in.conv.weight": lambda m: 0,
+    "controlnet.controlnet_cond_embedding.conv_in.conv.weight": lambda m: m.condition_channels,
+}
+
+
+def map_columns(
+    src: torch.Tensor, shape: torch.Size, offset: int, src_map: tuple[int, int], dst_map: tuple[int, int]
+) -> torch.Tensor | None:
+    """A convolution weight of `shape` whose input columns from `offset` on read a label map
+    (`label_grid`: class-major, then the sub-square's row and column) from `src`, whose columns
+    from `offset` read the source's map (none: zeros). Same classes, destination detail r times
+    the source's: each of the r×r finer sub-squares gets the coarse one's weight / r², the same
+    function, since a coarse fraction is the mean of its finer ones. None: the columns before the
+    map do not fit, or (another map) no weights carry over exactly, the caller's cue to start afresh."""
+    if src.shape[0] != shape[0] or src.shape[2:] != shape[2:] or src.shape[1] < offset:
+        return None
+    (c_s, k_s), (c_d, k_d) = src_map, dst_map
+    out = torch.zeros(shape, dtype=src.dtype)
+    out[:, :offset] = src[:, :offset]
+    cols = src.shape[1] - offset
+    if shape[1] == offset or cols == 0:  # no map here (its columns dropped), or none in the source (zeros)
+        return out if offset else None
+    if cols != c_s * k_s * k_s or c_s != c_d or k_d % k_s:
+        return out if offset else None
+    r = k_d // k_s
+    coarse = src[:, offset:].reshape(shape[0], c_s, k_s, 1, k_s, 1, *shape[2:])
+    fine = coarse.expand(-1, -1, -1, r, -1, r, *shape[2:]) / (r * r)
+    out[:, offset:] = fine.reshape(shape[0], c_d * k_d * k_d, *shape[2:])
+    return out
+
+
+def source_map(config: LatentDiffusionCheckpoint) -> tuple[int, int]:
+    """A denoiser checkpoint's label map as `transfer_weights` takes it: (classes, label detail)."""
+    return config.label_channels, config.model.label_detail
+
+
+def map_transfer_note(source_map: tuple[int, int], dst_map: tuple[int, int]) -> str | None:
+    """Why the label-map weights of an `--init` model cannot carry over (None: they do, or it has none)."""
+    (c_s, k_s), (c_d, k_d) = source_map, dst_map
+    if not c_s or not c_d or (c_s == c_d and k_d % k_s == 0):
+        return None
+    return (
+        f"the model was conditioned on a map of {c_s} classes at label detail {k_s} and this one on {c_d} "
+        f"at {k_d}: its map weights do not carry over and start afresh"
+    )
 
 
 def load_segmenter(path: Path, device: torch.device) -> tuple[torch.nn.Module, SegmenterCheckpoint]:

@@ -21,7 +21,7 @@ from ldmtool.io.atomic import atomic_path
 from ldmtool.models.autoencoder import SliceAutoencoder
 from ldmtool.models.checkpoint import file_sha256
 from ldmtool.models.denoiser import LatentDenoiser, check_label_detail, label_grid
-from ldmtool.models.loaders import read_denoiser, transfer_weights
+from ldmtool.models.loaders import map_transfer_note, read_denoiser, source_map, transfer_weights
 from ldmtool.runtime import autocast, progress
 from ldmtool.train.common import make_ema
 from ldmtool.train.distributed import DistInfo, StopFlag, barrier
@@ -292,7 +292,7 @@ class DenoiserTrainer(Trainer):
         dims = int(ae_config.get("image_dims", 3) or 3)  # 2D images: a 2D UNet on (N, L, 1, h, w)
         self.model = LatentDenoiser(model_cfg, latents.shape[1], n_attributes, self.label_channels, spatial_dims=dims)
         if init is not None:
-            transfer_weights(self.model, init[0], init[3])
+            transfer_weights(self.model, init[0], init[3], source_map(init[1]))
         self.model = self.model.to(device)
         self.ema = make_ema(self.model, train_cfg.ema_decay)
         if len(train_idx) < info.world:
@@ -490,6 +490,10 @@ def train_latent_diffusion(
                 "starts from a denoiser of another noise process and needs more steps to adapt",
                 highlight=False,
             )
+        labels_here = int(conditioning[2].get("label_channels", 0)) if "labels" in model_cfg.condition_names else 0
+        note = map_transfer_note(source_map(start[1]), (labels_here, model_cfg.label_detail))
+        if note:
+            console.print(f"[yellow]warning:[/] --init {init}: {note}", highlight=False)
     cache = out_dir / "latents.safetensors"
     if info.is_main:  # rank 0 encodes and writes the cache; the others then read it
         latents = encode_dataset(ae, data, cache, ae_hash, console)  # (N, L, D, h, w)

@@ -119,9 +119,11 @@ def test_mask_to_image_controlnet_branch(cli, trained, tmp_path):
     assert image.shape == src.shape and np.allclose(image.affine, src.affine, atol=1e-4)
 
 
-def test_mask_to_image_label_detail(cli, trained, tmp_path):
+def test_mask_to_image_label_detail(cli, trained, label_ldm, tmp_path):
     """--label-detail 2: the map's 2×2 sub-squares of every latent voxel reach the denoiser; the
-    checkpoint keeps the setting and `sample --labels` reads it back; a non-divisor is one line."""
+    checkpoint keeps the setting and `sample --labels` reads it back; a non-divisor is one line.
+    Fine-tuning a detail-1 model at detail 2 carries its map weights over; a detail-2 model at
+    detail 1 cannot, and train-ldm says so."""
     from ldmtool.models.loaders import read_denoiser
 
     maps = _maps(trained, tmp_path)
@@ -142,6 +144,13 @@ def test_mask_to_image_label_detail(cli, trained, tmp_path):
     r = cli("train-ldm", trained.data, "--ae", trained.ae, "--out", tmp_path / "bad", "--config", TINY_YAML,
             "--condition-on", "labels", "--label-detail", 3, "--steps", 2)  # fmt: skip
     assert r.code == 1 and "label_detail 3 must divide" in r.err and len(r.error_lines()) == 1, r.both
+    r = cli("train-ldm", trained.data, "--ae", trained.ae, "--out", tmp_path / "finer", "--config", TINY_YAML,
+            "--condition-on", "labels", "--label-detail", 2, "--init", label_ldm, "--steps", 2)  # fmt: skip
+    assert r.code == 0 and "start afresh" not in " ".join(r.both.split()), r.both
+    r = cli("train-ldm", trained.data, "--ae", trained.ae, "--out", tmp_path / "coarser", "--config", TINY_YAML,
+            "--condition-on", "labels", "--init", ldm, "--steps", 2)  # fmt: skip
+    said = " ".join(r.both.split())
+    assert r.code == 0 and "at label detail 2 and this one on" in said and "start afresh" in said, r.both
 
 
 def test_fine_tune_from_a_model_of_normal_volumes(cli, trained, tmp_path):

@@ -102,3 +102,53 @@ def test_fine_tuning_starts_where_the_source_model_is(branch):
         assert torch.allclose(tuned(x, t), expect, atol=1e-6)  # the unconditional model is the source
         if branch == "controlnet":  # zero-initialised residuals: any map, the source's output
             assert torch.allclose(tuned(x, t, labels=labels), expect, atol=1e-6)
+
+
+def _detail_model(label_channels: int, branch: str, detail: int) -> LatentDenoiser:
+    model = _model(label_channels, branch)
+    cfg = DenoiserConfig(**{**vars(model.cfg), "label_detail": detail})
+    return LatentDenoiser(cfg, 4, label_channels=label_channels).eval()
+
+
+@pytest.mark.parametrize("branch", ["concat", "controlnet"])
+def test_fine_tuning_at_a_finer_label_detail_starts_where_the_source_is(branch):
+    """A detail-1 map model fine-tuned at detail 2: the source's map weights spread over the finer
+    sub-squares, so the new model reads any map as the source did (a coarse fraction is the mean
+    of its finer ones)."""
+    from ldmtool.models.loaders import map_transfer_note, transfer_weights
+
+    base = _model(3, branch)
+    tuned = _detail_model(3, branch, 2)
+    transfer_weights(tuned, base.state_dict(), "base", source_map=(3, 1))
+    torch.manual_seed(1)
+    x, t = torch.randn(1, 4, 4, 4, 4), torch.tensor([7])
+    labels = torch.randint(0, 3, (1, 4, 8, 8))
+    with torch.no_grad():
+        expect = base(x, t, labels=label_grid(labels, 3, 2, 1))
+        got = tuned(x, t, labels=label_grid(labels, 3, 2, 2))
+    assert not torch.allclose(expect, base(x, t), atol=1e-4)  # the map matters to the source
+    assert torch.allclose(got, expect, atol=1e-5)
+    assert map_transfer_note((3, 1), (3, 2)) is None
+
+
+def test_fine_tuning_on_another_map_starts_without_its_weights():
+    """Another class count: the source's map columns mean other classes, so the new map starts at
+    zero (the new model is the source's unconditional one) and train-ldm says so; a model without
+    a map fine-tuned from one drops the map's columns."""
+    from ldmtool.models.loaders import map_transfer_note, transfer_weights
+
+    base = _model(3)
+    other = _detail_model(2, "concat", 2)
+    transfer_weights(other, base.state_dict(), "base", source_map=(3, 1))
+    plain = _detail_model(0, "concat", 1)
+    transfer_weights(plain, base.state_dict(), "base", source_map=(3, 1))
+    torch.manual_seed(1)
+    x, t = torch.randn(1, 4, 4, 4, 4), torch.tensor([7])
+    with torch.no_grad():
+        expect = base(x, t)
+        assert torch.allclose(
+            other(x, t, labels=label_grid(torch.randint(0, 2, (1, 4, 8, 8)), 2, 2, 2)), expect, atol=1e-6
+        )
+        assert torch.allclose(plain(x, t), expect, atol=1e-6)
+    assert "3 classes at label detail 1" in map_transfer_note((3, 1), (2, 2))
+    assert map_transfer_note((3, 2), (3, 1)) is not None  # coarser: no exact spread
