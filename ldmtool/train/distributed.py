@@ -109,14 +109,16 @@ def gather_tensors(t: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
     return [o.cpu() for o in out]
 
 
-def replicas_in_sync(model: torch.nn.Module, info: DistInfo) -> bool | None:
-    """After DDP training every rank must hold the same weights: compare per-rank checksums.
+def replicas_in_sync(modules: torch.nn.Module | dict[str, torch.nn.Module], info: DistInfo) -> bool | None:
+    """After DDP training every rank must hold the same weights: compare per-rank checksums of
+    every module (the model, its EMA, a discriminator trained beside it).
 
     None when not distributed (nothing to compare)."""
     if not info.enabled:
         return None
+    modules = modules if isinstance(modules, dict) else {"model": modules}
     with torch.no_grad():
-        sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
+        sums = torch.stack([p.detach().double().sum() for m in modules.values() for p in m.parameters()])
         check = torch.stack(
             [sums.sum(), (sums * torch.arange(1, len(sums) + 1, dtype=torch.float64, device=sums.device)).sum()]
         )
@@ -125,11 +127,18 @@ def replicas_in_sync(model: torch.nn.Module, info: DistInfo) -> bool | None:
 
 
 def finish(
-    info: DistInfo, model: torch.nn.Module, stop: StopFlag | None, signalled: bool, step: int, total: int, out_dir
+    info: DistInfo,
+    modules: dict[str, torch.nn.Module],
+    stop: StopFlag | None,
+    signalled: bool,
+    step: int,
+    total: int,
+    out_dir,
 ) -> bool | None:
     """End of a training run on every rank: wait until rank 0 has written everything (torchrun
     stops all workers as soon as one exits non-zero), raise `Preempted` after a stop signal, and
-    check that the DDP replicas ended with the same weights (returns that check, None for one process)."""
+    check that the replicas of every module ended with the same weights (returns that check, None
+    for one process)."""
     from ldmtool.errors import LdmError
 
     barrier(info)
@@ -138,7 +147,7 @@ def finish(
             f"stopped by {(stop.signal_name if stop else '') or 'a signal'} at step {step}/{total}; the training state is saved "
             f"in {out_dir}: run the same command again to resume"
         )
-    in_sync = replicas_in_sync(model, info)
+    in_sync = replicas_in_sync(modules, info)
     if in_sync is False:
         raise LdmError(f"the {info.world} processes ended with different weights (DDP replicas diverged)")
     return in_sync

@@ -230,7 +230,7 @@ def run_training(
         return result
     session = _Session(trainer, loop, out_dir, opt, sched, scaler, stop, settings_hash, elapsed_before, budget)
     session.run(console)
-    result.in_sync = finish(info, trainer.model, stop, session.halt == "signal", loop.step, total, out_dir)
+    result.in_sync = finish(info, trainer.state_modules(), stop, session.halt == "signal", loop.step, total, out_dir)
     result.seconds = time.perf_counter() - session.t0
     result.items_per_second = session.seen_here / max(result.seconds, 1e-9)
     result.best, result.best_score = loop.best or {}, loop.best_score

@@ -108,6 +108,19 @@ def test_two_processes_with_gloo(trained, tmp_path):
 
 
 @pytest.mark.slow  # over 10 s: runs in CI (.ci/run) and with --runslow
+def test_two_processes_train_the_discriminator_alike(trained, tmp_path):
+    """The adversarial term's discriminator lives outside the autoencoder's DDP wrapper and
+    averages its own gradients: the replica check covers it, so unaveraged (diverged)
+    discriminators would end the run with an error."""
+    out = tmp_path / "ae"
+    r = _run([*TORCHRUN, "train-ae", trained.data, "--out", out, "--config", TINY_YAML, "--epochs", 1,
+              "--adversarial-weight", 0.1, "--adversarial-start", 0])  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "weights identical on all ranks │ yes" in r.stdout
+    assert "discriminator" in load_state(out).tensors
+
+
+@pytest.mark.slow  # over 10 s: runs in CI (.ci/run) and with --runslow
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(trained, tmp_path):
     steps = ["--steps", 36, "--checkpoint-every", 3]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
