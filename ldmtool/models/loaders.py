@@ -162,10 +162,16 @@ def source_map(config: LatentDiffusionCheckpoint) -> tuple[int, int]:
     return config.label_channels, config.model.label_detail
 
 
-def map_transfer_note(source_map: tuple[int, int], dst_map: tuple[int, int]) -> str | None:
+def map_transfer_note(
+    source_map: tuple[int, int], dst_map: tuple[int, int], source_branch: str = "concat", dst_branch: str = "concat"
+) -> str | None:
     """Why the label-map weights of an `--init` model cannot carry over (None: they do, or it has none)."""
     (c_s, k_s), (c_d, k_d) = source_map, dst_map
-    if not c_s or not c_d or (c_s == c_d and k_d % k_s == 0):
+    if not c_s or not c_d:
+        return None
+    if source_branch != dst_branch:
+        return f"the model read its map through the {source_branch} branch and this one through the {dst_branch} branch: its map weights start afresh"
+    if c_s == c_d and k_d % k_s == 0:
         return None
     return (
         f"the model was conditioned on a map of {c_s} classes at label detail {k_s} and this one on {c_d} "

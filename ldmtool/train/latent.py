@@ -491,7 +491,12 @@ def train_latent_diffusion(
                 highlight=False,
             )
         labels_here = int(conditioning[2].get("label_channels", 0)) if "labels" in model_cfg.condition_names else 0
-        note = map_transfer_note(source_map(start[1]), (labels_here, model_cfg.label_detail))
+        note = map_transfer_note(
+            source_map(start[1]),
+            (labels_here, model_cfg.label_detail),
+            start[1].model.label_branch,
+            model_cfg.label_branch,
+        )
         if note:
             console.print(f"[yellow]warning:[/] --init {init}: {note}", highlight=False)
     cache = out_dir / "latents.safetensors"

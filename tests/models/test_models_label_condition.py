@@ -152,3 +152,6 @@ def test_fine_tuning_on_another_map_starts_without_its_weights():
         assert torch.allclose(plain(x, t), expect, atol=1e-6)
     assert "3 classes at label detail 1" in map_transfer_note((3, 1), (2, 2))
     assert map_transfer_note((3, 2), (3, 1)) is not None  # coarser: no exact spread
+    assert "through the concat branch and this one through the controlnet" in map_transfer_note(
+        (3, 1), (3, 1), "concat", "controlnet"
+    )
