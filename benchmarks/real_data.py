@@ -45,7 +45,8 @@ Parts (--only, comma-separated):
              elastic/affine deformations of the N real label maps by a mask-to-image model
              (labels: `train-ldm --condition-on labels`, `sample --labels --deform --undeformed`;
              --aug-undeformed-share of the images follow the real maps themselves, default half;
-             labels:K adds `--label-detail K`; the generators of one N share one autoencoder),
+             with the config's label detail, labels:K with `--label-detail K`, e.g. labels:1 for class
+             fractions; the generators of one N share one autoencoder),
              then `evaluate --only utility --utility-curve N` (--aug-seeds seeds): downstream
              segmenters on the N real cases alone, with r·N synthetic, and synthetic only, tested
              on the 48 held-out cases; once per --aug-real-shares value (`evaluate --real-share`:
@@ -1029,7 +1030,8 @@ def augment_report(res: dict, args) -> None:
         "labels = mask-to-image, the share u (--aug-undeformed-share "
         f"{','.join(f'{u:g}' for u in args.aug_undeformed_share)}) of its images for the N real label maps themselves "
         "and the rest for seeded elastic/affine deformations of them (`sample --labels --deform --undeformed`); "
-        "labels:K = the same with `train-ldm --label-detail K`; the generators of one N share one autoencoder\n"
+        "labels:K = the same with `train-ldm --label-detail K` (labels: the config's label detail); "
+        "the generators of one N share one autoencoder\n"
     )
     print(
         "real share = share of each downstream batch drawn from the real cases when real and synthetic are mixed "
@@ -1159,7 +1161,8 @@ def parse(argv=None):
         type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
         default=["joint", "labels"],
         help="generators compared: joint (image+label from noise), labels (mask-to-image from the real maps and "
-        "deformations of them, --aug-undeformed-share), labels:K (the same with train-ldm --label-detail K); "
+        "deformations of them, --aug-undeformed-share; the config's label detail), labels:K (the same with train-ldm "
+        "--label-detail K, e.g. labels:1: class fractions); "
         "the generators of one N share one autoencoder",
     )
     p.add_argument(
