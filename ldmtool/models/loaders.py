@@ -146,15 +146,20 @@ def map_columns(
     out = torch.zeros(shape, dtype=src.dtype)
     out[:, :offset] = src[:, :offset]
     cols = src.shape[1] - offset
-    if shape[1] == offset or cols == 0:  # no map here (its columns dropped), or none in the source (zeros)
-        return out if offset else None
-    if cols != c_s * k_s * k_s or c_s != c_d or k_d % k_s:
+    # no map here (its columns dropped), none in the source, or another map: zeros for the map's columns
+    if shape[1] == offset or cols != c_s * k_s * k_s or not cols or not maps_carry_over(src_map, dst_map):
         return out if offset else None
     r = k_d // k_s
     coarse = src[:, offset:].reshape(shape[0], c_s, k_s, 1, k_s, 1, *shape[2:])
     fine = coarse.expand(-1, -1, -1, r, -1, r, *shape[2:]) / (r * r)
     out[:, offset:] = fine.reshape(shape[0], c_d * k_d * k_d, *shape[2:])
     return out
+
+
+def maps_carry_over(src_map: tuple[int, int], dst_map: tuple[int, int]) -> bool:
+    """Whether a map model's weights carry over exactly to another's map, both (classes, label detail):
+    the same classes at a detail that is a multiple of the source's."""
+    return src_map[0] == dst_map[0] and dst_map[1] % src_map[1] == 0
 
 
 def source_map(config: LatentDiffusionCheckpoint) -> tuple[int, int]:
@@ -171,7 +176,7 @@ def map_transfer_note(
         return None
     if source_branch != dst_branch:
         return f"the model read its map through the {source_branch} branch and this one through the {dst_branch} branch: its map weights start afresh"
-    if c_s == c_d and k_d % k_s == 0:
+    if maps_carry_over(source_map, dst_map):
         return None
     return (
         f"the model was conditioned on a map of {c_s} classes at label detail {k_s} and this one on {c_d} "
