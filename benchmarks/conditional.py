@@ -54,6 +54,8 @@ With `--fewshot K` the few-shot lesion part runs instead (on phantoms):
      where the image is like the tissue around the K real lesions, i.e. not over the dark
      ventricles); once per --fewshot-label-from value (default region,painted: the same images, the
      label map marking the whole region, or lesion only where the decoder reads one);
+     --fewshot-copies C paints C such cases into every lesion-free phantom (another annotated case's
+     lesions each time, at another place); a list (1,3) compares the sets side by side;
   4. `evaluate --only utility` (--fewshot-seeds seeds): a downstream segmenter trained on the real
      training phantoms alone, on the inpainted ones alone, and on both (--fewshot-real-share of every
      batch real: 0.75, chosen on the seed-0 phantoms), scored on the held-out phantoms. Target:
@@ -554,19 +556,24 @@ def run_fewshot(args, work: Path) -> None:
     surroundings = lesion_surroundings(
         [(read(few / "imagesTr" / f"{c}_0000.nii.gz")[0], donors[c]) for c in annotated], lesion
     )
-    pairs, empty = [], 0  # (lesion-free case, new case id, its seed), one region each for every mode
-    for i, case in enumerate(normal):
-        label, affine = read(normals / "labelsTr" / f"{case}.nii.gz")
-        donor = annotated[i % k]
-        zooms = nib.affines.voxel_sizes(affine)
-        allowed = lesion_tissue(read(normals / "imagesTr" / f"{case}_0000.nii.gz")[0], label, lesion, surroundings)
-        region = transplanted_lesions(label, donors[donor], lesion, zooms, rng, allowed=allowed)
-        if not region.any():
-            empty += 1
-            continue
-        new = f"{case}_from_{donor}"
-        nib.save(nib.Nifti1Image(region.astype(np.uint8), affine), regions_dir / f"{new}.nii.gz")
-        pairs.append((case, new, args.seed + i))
+    copies = sorted({int(c) for c in args.fewshot_copies.split(",") if c.strip()})
+    # (lesion-free case, new case id, its seed, round): round r gives every lesion-free phantom the
+    # lesions of the (i + r)-th annotated case at a new place; the set of c copies is rounds 0..c-1
+    pairs, empty = [], 0
+    for r in range(copies[-1]):
+        for i, case in enumerate(normal):
+            label, affine = read(normals / "labelsTr" / f"{case}.nii.gz")
+            donor = annotated[(i + r) % k]
+            zooms = nib.affines.voxel_sizes(affine)
+            image = read(normals / "imagesTr" / f"{case}_0000.nii.gz")[0]
+            allowed = lesion_tissue(image, label, lesion, surroundings)
+            region = transplanted_lesions(label, donors[donor], lesion, zooms, rng, allowed=allowed)
+            if not region.any():
+                empty += 1
+                continue
+            new = f"{case}_from_{donor}" + (f"_{r}" if r else "")
+            nib.save(nib.Nifti1Image(region.astype(np.uint8), affine), regions_dir / f"{new}.nii.gz")
+            pairs.append((case, new, args.seed + r * len(normal) + i, r))
 
     seconds, labelled, reports = {}, {}, {}
     for mode in modes:  # the same regions and seeds: the same images, labelled two ways
@@ -574,7 +581,7 @@ def run_fewshot(args, work: Path) -> None:
         for sub in ("imagesTr", "labelsTr", "runs"):
             (syn / sub).mkdir(parents=True, exist_ok=True)
         seconds[mode], labelled[mode] = [], []
-        for case, new, seed in pairs:
+        for case, new, seed, _ in pairs:
             out = syn / "runs" / new
             ldmtool("--seed", seed, "inpaint", normals / "imagesTr" / f"{case}_0000.nii.gz", "--region",
                     regions_dir / f"{new}.nii.gz", "--labels", normals / "labelsTr" / f"{case}.nii.gz", "--label",
@@ -589,13 +596,16 @@ def run_fewshot(args, work: Path) -> None:
         meta = json.loads((data / "dataset.json").read_text())
         meta["numTraining"] = len(pairs)
         (syn / "dataset.json").write_text(json.dumps(meta, indent=2))
-        reports[mode] = []
-        for s in range(args.fewshot_seeds):
-            rep = work / (f"U{s}" if mode == "painted" else f"U{s}-{mode}")
-            ldmtool("--seed", s, "evaluate", "--real", data, "--synthetic", syn, "--test", test, "--out", rep,
-                    "--only", "utility", "--seg-steps", args.fewshot_seg_steps, "--real-share",
-                    args.fewshot_real_share, "--cache-dir", "none")  # fmt: skip
-            reports[mode].append(json.loads((rep / "report.json").read_text())["utility"]["results"])
+        for c in copies:  # the set of c copies: a subset of the inpainted cases (the same images)
+            chosen = [new for _, new, _, r in pairs if r < c]
+            sub_syn = syn if c == copies[-1] else subset(syn, work / f"{syn.name}-x{c}", chosen)
+            reports[(mode, c)] = []
+            for s in range(args.fewshot_seeds):
+                rep = work / ((f"U{s}" if mode == "painted" else f"U{s}-{mode}") + (f"-x{c}" if c > 1 else ""))
+                ldmtool("--seed", s, "evaluate", "--real", data, "--synthetic", sub_syn, "--test", test, "--out",
+                        rep, "--only", "utility", "--seg-steps", args.fewshot_seg_steps, "--real-share",
+                        args.fewshot_real_share, "--cache-dir", "none")  # fmt: skip
+                reports[(mode, c)].append(json.loads((rep / "report.json").read_text())["utility"]["results"])
 
     print(f"# Few-shot lesions on demo phantoms (shape {args.shape}, {config.name})\n")
     print(f"- real training phantoms: {len(data_cases)}: {k} with lesions "
@@ -607,7 +617,8 @@ def run_fewshot(args, work: Path) -> None:
     share = ", ".join(f"{m} {100 * np.mean(v) if v else float('nan'):.0f} %" for m, v in labelled.items())
     every = [x for v in seconds.values() for x in v]
     print(
-        f"- inpainted: {len(pairs)} lesion-free phantoms given the lesions of one of the {k} cases "
+        f"- inpainted: {len(pairs)} cases, each of the {len(normal)} lesion-free phantoms given the lesions of "
+        f"{copies[-1]} of the {k} cases, one at a time "
         f"(`inpaint --label lesion --method repaint --steps {args.steps} --guidance {args.inpaint_guidance:g} "
         f"--margin {args.inpaint_margin} --grow {args.inpaint_grow} --label-from M`, "
         f"{np.mean(every) if every else float('nan'):.1f} s per case); {empty} left out (no place found); "
@@ -627,29 +638,34 @@ def run_fewshot(args, work: Path) -> None:
     print("|---|---|---|---|---|")
     lesion_name = next(n for n, v in names.items() if int(v) == lesion)
     head_name = next(n for n, v in names.items() if int(v) not in (0, lesion))
-    rows = [("real", modes[0], f"real ({len(data_cases)}: {k} with lesions)")]
-    for m in modes:
-        tag = f", label from {m}" if len(modes) > 1 else ""
-        rows += [("synthetic", m, f"inpainted only ({len(pairs)}{tag})"),
-                 ("real+synthetic", m, f"real + inpainted ({len(data_cases)} + {len(pairs)}{tag})")]  # fmt: skip
+    sets = [(m, c) for m in modes for c in copies]
+    rows = [("real", sets[0], f"real ({len(data_cases)}: {k} with lesions)")]
+    for m, c in sets:
+        n_syn = sum(r < c for *_, r in pairs)
+        tag = ", ".join(
+            ([f"label from {m}"] if len(modes) > 1 else []) + ([f"{c} per phantom"] if len(copies) > 1 else [])
+        )
+        tag = f", {tag}" if tag else ""
+        rows += [("synthetic", (m, c), f"inpainted only ({n_syn}{tag})"),
+                 ("real+synthetic", (m, c), f"real + inpainted ({len(data_cases)} + {n_syn}{tag})")]  # fmt: skip
     summary = {}
-    for key, m, title in rows:
-        rs = reports[m]
+    for key, ms, title in rows:
+        rs = reports[ms]
         les = np.array([r[key]["dice"][lesion_name] for r in rs])
         head = np.array([r[key]["dice"][head_name] for r in rs])
         mean = np.array([r[key]["dice_mean"] for r in rs])
         hd = np.array([r[key]["hd95_voxels"][lesion_name] for r in rs])
-        summary[(key, m)] = les
+        summary[(key, ms)] = les
         print(f"| {title} | {les.mean():.3f} ± {les.std():.3f} | {head.mean():.3f} ± {head.std():.3f} | "
               f"{mean.mean():.3f} ± {mean.std():.3f} | {np.nanmean(hd):.1f} |")  # fmt: skip
     print()
-    for m in modes:
-        diff = summary[("real+synthetic", m)] - summary[("real", modes[0])]
-        print(f"real + inpainted (label from {m}) − real alone, lesion Dice: {diff.mean():+.3f} (per seed: "
-              f"{', '.join(f'{d:+.3f}' for d in diff)}); target: > 0")  # fmt: skip
+    for m, c in sets:
+        diff = summary[("real+synthetic", (m, c))] - summary[("real", sets[0])]
+        print(f"real + inpainted (label from {m}, {c} per lesion-free phantom) − real alone, lesion Dice: "
+              f"{diff.mean():+.3f} (per seed: {', '.join(f'{d:+.3f}' for d in diff)}); target: > 0")  # fmt: skip
     if not args.quick and pairs:
         syn = work / ("inpainted" if modes[0] == "painted" else f"inpainted-{modes[0]}")
-        png = fewshot_montage(normals, syn, regions_dir, [(c, n) for c, n, _ in pairs[:6]], work / "fewshot.png")
+        png = fewshot_montage(normals, syn, regions_dir, [(c, n) for c, n, *_ in pairs[:6]], work / "fewshot.png")
         print(f"\nmontage (pairs: lesion-free phantom, the same after inpainting, new lesion label in red): "
               f"{save_png(png, 'fewshot-inpainted')}")  # fmt: skip
 
@@ -729,6 +745,9 @@ def main() -> None:
     ap.add_argument("--fewshot-label-from", default="region,painted",
                     help="--fewshot: `inpaint --label-from` of the inpainted cases' label maps, each compared")  # fmt: skip
     ap.add_argument("--fewshot-seeds", type=int, default=3, help="--fewshot: downstream seeds")
+    ap.add_argument("--fewshot-copies", default="1",
+                    help="--fewshot: inpainted cases per lesion-free phantom (each another annotated case's lesions at "
+                         "another place); a list (1,3) compares the sets, the smaller ones subsets of the largest")  # fmt: skip
     ap.add_argument("--fewshot-real-share", type=float, default=0.75,
                     help="--fewshot: share of real slices in every real + inpainted batch (evaluate --real-share)")  # fmt: skip
     args = ap.parse_args()
@@ -744,6 +763,10 @@ def main() -> None:
         if args.quick:
             args.test, args.steps, args.seg_epochs = 2, 3, 1
             args.ae_minutes, args.seg_minutes, args.ldm_minutes = 0.3, 0.3, 0.3
+    elif args.fewshot is not None and not all(
+        c.strip().isdigit() and int(c) > 0 for c in args.fewshot_copies.split(",")
+    ):
+        sys.exit(f"--fewshot-copies {args.fewshot_copies}: expected positive whole numbers, e.g. 1,3")
     elif args.quick and args.fewshot is not None:
         args.n, args.test, args.shape, args.steps = 12, 6, "32,32,16", 3
         args.fewshot_steps, args.fewshot_seg_steps, args.fewshot_seeds = 5, 5, 1

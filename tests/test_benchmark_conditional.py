@@ -30,7 +30,7 @@ def test_conditional_benchmark_quick(tmp_path):
 @pytest.mark.slow
 def test_conditional_benchmark_fewshot_quick(tmp_path):
     """--fewshot: K annotated lesion cases, a normal model fine-tuned on them, lesions inpainted into
-    the lesion-free phantoms, and the downstream comparison table."""
+    the lesion-free phantoms (1 and 2 cases per phantom), and the downstream comparison table."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [
@@ -39,6 +39,8 @@ def test_conditional_benchmark_fewshot_quick(tmp_path):
             "--quick",
             "--fewshot",
             "3",
+            "--fewshot-copies",
+            "1,2",
             "--work",
             str(tmp_path),
         ],
@@ -50,7 +52,9 @@ def test_conditional_benchmark_fewshot_quick(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "real training phantoms: 8: 3 with lesions" in proc.stdout
     assert (
-        "| real + inpainted (8 + " in proc.stdout and "real + inpainted (label from region) − real alone" in proc.stdout
+        "| real + inpainted (8 + " in proc.stdout
+        and "real + inpainted (label from region, 1 per lesion-free phantom) − real alone" in proc.stdout
+        and "real + inpainted (label from painted, 2 per lesion-free phantom) − real alone" in proc.stdout
     )
     import numpy as np
 
@@ -58,7 +62,12 @@ def test_conditional_benchmark_fewshot_quick(tmp_path):
 
     assert "label from region" in proc.stdout and "label from painted" in proc.stdout
     inpainted = sorted((tmp_path / "inpainted" / "labelsTr").glob("*.nii.gz"))
-    assert inpainted
+    normals = sorted((tmp_path / "normal" / "labelsTr").glob("*.nii.gz"))
+    assert inpainted and len(inpainted) <= 2 * len(normals)
+    once = sorted(p.name for p in (tmp_path / "inpainted-x1" / "labelsTr").glob("*.nii.gz"))
+    # the 1-per-phantom set: the first round's cases of the 2-per-phantom one (no "_1" round suffix)
+    assert once and once == sorted(p.name for p in inpainted if not p.name.endswith("_1.nii.gz"))
+    assert len({n.split("_from_")[0] for n in once}) == len(once)
     for path in inpainted:  # every new label map: lesion only inside the region, else the normal twin's
         label = read(path)[0]
         region = read(tmp_path / "regions" / path.name)[0] > 0
