@@ -43,9 +43,11 @@ def distill(
     resume: Annotated[bool, common.resume_flag(TRAIN)] = False,
     restart: Annotated[bool, common.restart_flag(TRAIN)] = False,
 ) -> None:
-    """Progressive distillation: a student learns to take in one DDIM step what its teacher takes in
-    two, round after round (64 → 32 → … → --steps). The result is an ordinary checkpoint; `sample`
-    uses the DDIM steps it was distilled for unless told otherwise."""
+    """Progressive distillation: a denoiser that samples in few DDIM steps (64 → 32 → … → --steps).
+
+    A student learns to take in one DDIM step what its teacher takes in two, round after round.
+    The result is an ordinary checkpoint; `sample` uses the DDIM steps it was distilled for unless
+    told otherwise."""
     from ldmtool.cli.train_ldm import prepared_for_autoencoder
     from ldmtool.config import load_yaml
     from ldmtool.models.checkpoint import resolve_checkpoint

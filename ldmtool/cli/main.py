@@ -5,6 +5,7 @@ Heavy libraries (torch, MONAI) are imported inside command bodies so `--help` is
 
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import Annotated
 
@@ -43,6 +44,13 @@ def callback(
     ctx.obj = common.State(device=device, seed=seed, verbose=verbose, quiet=quiet)
 
 
+def _flowing(doc: str) -> str:
+    """A command's docstring as help text: each paragraph on one line. In rich markup mode Typer
+    keeps the docstring's line breaks after the first paragraph and then wraps every line to the
+    terminal, leaving ragged half-lines; joined, rich wraps whole paragraphs."""
+    return "\n\n".join(" ".join(line.strip() for line in par.splitlines()) for par in doc.split("\n\n"))
+
+
 def _register() -> None:
     from ldmtool.cli import (
         demo,
@@ -58,20 +66,23 @@ def _register() -> None:
         train_ldm,
     )
 
-    app.command("demo-data")(demo.demo_data)
-    app.command("train-ae")(train_ae.train_ae)
-    app.command("train-ldm")(train_ldm.train_ldm)
-    app.command("distill")(distill.distill)
-    app.command("sample")(sample.sample)
-    app.command("stats")(stats.stats)
-    app.command("impute")(impute.impute)
-    app.command("inpaint")(inpaint.inpaint)
-    app.command("train-seg")(segment.train_seg)
-    app.command("segment")(segment.segment)
-    app.command("evaluate")(evaluate.evaluate)
-    app.command("train-series")(series.train_series)
-    app.command("impute-series")(series.impute_series)
-    app.command("sample-series")(series.sample_series)
+    for name, fn in (
+        ("demo-data", demo.demo_data),
+        ("train-ae", train_ae.train_ae),
+        ("train-ldm", train_ldm.train_ldm),
+        ("distill", distill.distill),
+        ("sample", sample.sample),
+        ("stats", stats.stats),
+        ("impute", impute.impute),
+        ("inpaint", inpaint.inpaint),
+        ("train-seg", segment.train_seg),
+        ("segment", segment.segment),
+        ("evaluate", evaluate.evaluate),
+        ("train-series", series.train_series),
+        ("impute-series", series.impute_series),
+        ("sample-series", series.sample_series),
+    ):
+        app.command(name, help=_flowing(inspect.getdoc(fn) or ""))(fn)
 
 
 _register()

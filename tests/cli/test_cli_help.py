@@ -324,3 +324,14 @@ m.entry()
     assert proc.returncode == 3, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines == ["x" * 200000, "handler ran"], proc.stdout[-200:]
+
+
+def test_command_help_wraps_whole_paragraphs():
+    """A command's longer description is wrapped as whole paragraphs, not cut at the docstring's own
+    line breaks (the sentence below spans two lines of sample's docstring)."""
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ldmtool", "sample", "--help"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Shards of one job (--shard, SLURM arrays, torchrun) write exactly" in proc.stdout
