@@ -559,14 +559,16 @@ def run_fewshot(args, work: Path) -> None:
     copies = sorted({int(c) for c in args.fewshot_copies.split(",") if c.strip()})
     # (lesion-free case, new case id, its seed, round): round r gives every lesion-free phantom the
     # lesions of the (i + r)-th annotated case at a new place; the set of c copies is rounds 0..c-1
+    hosts = []  # every lesion-free phantom's label map, affine and the tissue a lesion may go in, read once
+    for case in normal:
+        label, affine = read(normals / "labelsTr" / f"{case}.nii.gz")
+        image = read(normals / "imagesTr" / f"{case}_0000.nii.gz")[0]
+        hosts.append((label, affine, lesion_tissue(image, label, lesion, surroundings)))
     pairs, empty = [], 0
     for r in range(copies[-1]):
-        for i, case in enumerate(normal):
-            label, affine = read(normals / "labelsTr" / f"{case}.nii.gz")
+        for i, (case, (label, affine, allowed)) in enumerate(zip(normal, hosts)):
             donor = annotated[(i + r) % k]
             zooms = nib.affines.voxel_sizes(affine)
-            image = read(normals / "imagesTr" / f"{case}_0000.nii.gz")[0]
-            allowed = lesion_tissue(image, label, lesion, surroundings)
             region = transplanted_lesions(label, donors[donor], lesion, zooms, rng, allowed=allowed)
             if not region.any():
                 empty += 1
