@@ -36,9 +36,12 @@ the data's own grid) so that the segmenter, the generator and the requested maps
 --ldm-minutes), the segmenter on the real training brains,
 and images sampled for the first --test held-out maps, at every --ixi-guidance scale, beside the
 segmenter's Dice on the autoencoder's reconstructions of the real images (the autoencoder's ceiling).
-On a GPU, at 2 mm (the autoencoder's ceiling at 4 mm already costs the whole 0.05 allowance):
+On a GPU, at 2 mm (at 4 mm the autoencoder's ceiling alone costs most of the 0.05 allowance):
     python benchmarks/conditional.py --ixi ../shared/data/ixi_t1_2mm --label-branch concat \
         --ixi-spacing 2 --device cuda
+With `--work W --reuse` the models an earlier run left in W that ran to their end (AE, SEG, LDM-BRANCH)
+are kept and only the rest is trained: e.g. a folder holding a copy of another run's AE and SEG
+trains only the denoiser, so two denoiser budgets meet the same autoencoder and segmenter.
 No lesion insertion (brains have no lesions).
 
 With `--fewshot K` the few-shot lesion part runs instead (on phantoms):
@@ -127,6 +130,26 @@ def evaluate(work: Path, synthetic: Path, test: Path, out: str, only: str) -> di
     ldmtool("evaluate", "--real", test, "--synthetic", synthetic, "--out", work / out, "--segmenter", work / "SEG",
             "--only", only, "--views", "axial,coronal", "--cache-dir", "none")  # fmt: skip
     return json.loads((work / out / "report.json").read_text())
+
+
+def finished(out: Path) -> bool:
+    """Whether a training folder holds a run that ran to its end (its state.json says complete)."""
+    state = out / "state.json"
+    return (
+        state.is_file()
+        and bool(json.loads(state.read_text()).get("complete"))
+        and (out / "model.safetensors").is_file()
+    )
+
+
+def train(args, out: Path, *cmd) -> None:
+    """One training command writing `out`, skipped with --reuse when `out` already holds a finished
+    run (its config is not compared with this run's flags: --reuse is for going on with the same
+    models, e.g. sampling them again or training only the denoiser anew in a copy of the folder)."""
+    if getattr(args, "reuse", False) and finished(out):
+        print(f"--reuse: {out.name} kept as it is ({trained(out)})", file=sys.stderr)
+        return
+    ldmtool(*cmd)
 
 
 def trained(ldm: Path) -> str:
@@ -284,8 +307,8 @@ def mask_to_image(args, work: Path, data: Path, test: Path, config: Path, budget
     for entry in args.label_branch.split(","):
         b, flags = branch_flags(entry)
         ldm = work / f"LDM-{b}"
-        ldmtool("--seed", args.seed, "train-ldm", data, "--ae", work / "AE", "--out", ldm, "--config", config,
-                "--condition-on", "labels", *flags, *budget)  # fmt: skip
+        train(args, ldm, "--seed", args.seed, "train-ldm", data, "--ae", work / "AE", "--out", ldm, "--config", config,
+              "--condition-on", "labels", *flags, *budget)  # fmt: skip
         budgets[b] = trained(ldm)
         ldmtool("--seed", args.seed, "sample", "--ae", work / "AE", "--ldm", ldm, "--labels", test, "--out",
                 work / f"M-{b}", "--steps", args.steps, "--guidance", args.guidance)  # fmt: skip
@@ -398,11 +421,11 @@ def run_ixi(args, work: Path) -> None:
         train_ids = train_ids[:8]
     data = ixi_tissues(args.ixi, work / "data", train_ids, factor)
     test = ixi_tissues(args.ixi, work / "test", held_out[: args.test], factor)
-    ldmtool("--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config, "--spacing", spacing,
-            "--max-minutes", args.ae_minutes or 20)  # fmt: skip
+    train(args, work / "AE", "--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config,
+          "--spacing", spacing, "--max-minutes", args.ae_minutes or 20)  # fmt: skip
     seg_budget = ["--steps", args.seg_steps, "--batch-size", 16] if args.seg_steps else ["--epochs", args.seg_epochs]
-    ldmtool("--seed", args.seed, "train-seg", data, "--out", work / "SEG", "--arch", "unet", "--lr", args.seg_lr,
-            *seg_budget, "--max-minutes", args.seg_minutes or 12)  # fmt: skip
+    train(args, work / "SEG", "--seed", args.seed, "train-seg", data, "--out", work / "SEG", "--arch", "unet",
+          "--lr", args.seg_lr, *seg_budget, "--max-minutes", args.seg_minutes or 12)  # fmt: skip
     budget = (
         ["--steps", args.ldm_steps, "--max-minutes", 600] if args.ldm_steps else ["--max-minutes", args.ldm_minutes]
     )
@@ -729,6 +752,9 @@ def main() -> None:
                     help="train-ldm --label-branch values to compare; BRANCH:K adds --label-detail K (e.g. concat:4)")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=None, help="keep the models and outputs here")
+    ap.add_argument("--reuse", action="store_true",
+                    help="--ixi: keep the autoencoder, segmenter and denoisers already trained to the end in --work "
+                         "(their folders AE, SEG, LDM-BRANCH) instead of training them again")  # fmt: skip
     ap.add_argument("--ixi", type=Path, default=None, help="ixi_t1_2mm folder: mask-to-image on real brains instead")
     ap.add_argument("--split-seed", type=int, default=0, help="--ixi: the real_data.py split of 100/48 brains")
     ap.add_argument(
