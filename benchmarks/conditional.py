@@ -63,6 +63,9 @@ With `--fewshot K` the few-shot lesion part runs instead (on phantoms):
      training phantoms alone, on the inpainted ones alone, and on both (--fewshot-real-share of every
      batch real: 0.75, chosen on the seed-0 phantoms), scored on the held-out phantoms. Target:
      real + inpainted beats real alone in lesion Dice.
+The autoencoder and the model of normal anatomy train on examples/demo.yaml's wall-clock limits
+unless `--ae-steps` and `--ldm-steps` give them step counts: a run on a loaded machine then trains
+the same models as one on an idle machine, only slower.
 
 The hippocampus target of the same issue (deformed-label augmentation at N = 10 against joint
 sampling) is run by `benchmarks/real_data.py --only augment --aug-modes joint,labels`.
@@ -150,6 +153,15 @@ def train(args, out: Path, *cmd) -> None:
         print(f"--reuse: {out.name} kept as it is ({trained(out)})", file=sys.stderr)
         return
     ldmtool(*cmd)
+
+
+def ae_budget(args, minutes: float | None = None) -> list:
+    """train-ae's budget flags: --ae-steps (no time limit then: the same model on any machine, under
+    any load), else --ae-minutes, else `minutes` (none: the config's own)."""
+    if args.ae_steps:
+        return ["--steps", args.ae_steps, "--max-minutes", 600]
+    limit = args.ae_minutes or minutes
+    return ["--max-minutes", limit] if limit else []
 
 
 def trained(ldm: Path) -> str:
@@ -422,7 +434,7 @@ def run_ixi(args, work: Path) -> None:
     data = ixi_tissues(args.ixi, work / "data", train_ids, factor)
     test = ixi_tissues(args.ixi, work / "test", held_out[: args.test], factor)
     train(args, work / "AE", "--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config,
-          "--spacing", spacing, "--max-minutes", args.ae_minutes or 20)  # fmt: skip
+          "--spacing", spacing, *ae_budget(args, 20))  # fmt: skip
     seg_budget = ["--steps", args.seg_steps, "--batch-size", 16] if args.seg_steps else ["--epochs", args.seg_epochs]
     train(args, work / "SEG", "--seed", args.seed, "train-seg", data, "--out", work / "SEG", "--arch", "unet",
           "--lr", args.seg_lr, *seg_budget, "--max-minutes", args.seg_minutes or 12)  # fmt: skip
@@ -432,6 +444,7 @@ def run_ixi(args, work: Path) -> None:
     reports, budgets = mask_to_image(args, work, data, test, config, budget)
     print(f"# Mask-to-image on IXI brains ({len(train_ids)} training, images for {args.test} held-out tissue maps, "
           f"{args.ixi_spacing:g} mm, split seed {args.split_seed}, {config.name}, {args.steps} sampling steps, guidance {args.guidance:g}, "
+          f"autoencoder {trained(work / 'AE')}, "
           f"segmenter: `train-seg --arch unet` on the real training brains, {trained(work / 'SEG')})")  # fmt: skip
     classes = reports[next(iter(reports))]["condition_fidelity"]["classes"]
     best = mask_to_image_table(reports, budgets, classes, use="")
@@ -562,8 +575,7 @@ def run_fewshot(args, work: Path) -> None:
     test_cases = lesion_cases(work / "test_all", lesion)
     test = subset(work / "test_all", work / "test", test_cases)
 
-    ae_extra = ["--max-minutes", args.ae_minutes] if args.ae_minutes else []
-    ldmtool("--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config, *ae_extra)
+    ldmtool("--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config, *ae_budget(args))
     budget = ["--steps", args.ldm_steps, "--max-minutes", 600] if args.ldm_steps else []
     ldmtool("--seed", args.seed, "train-ldm", normals, "--ae", work / "AE", "--out", work / "NORMAL", "--config", config,
             *budget)  # fmt: skip
@@ -703,8 +715,7 @@ def run(args, work: Path) -> None:
     ldmtool("--seed", args.seed, "demo-data", data, "--n", args.n, "--shape", args.shape)
     cases = split(data, test, args.test)
     names = json.loads((data / "dataset.json").read_text())["labels"]
-    ae_extra = ["--max-minutes", args.ae_minutes] if args.ae_minutes else []
-    ldmtool("--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config, *ae_extra)
+    ldmtool("--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config, *ae_budget(args))
     seg_budget = ["--steps", args.seg_steps, "--batch-size", 16] if args.seg_steps else ["--epochs", args.seg_epochs]
     seg_budget += ["--max-minutes", args.seg_minutes] if args.seg_minutes else []
     ldmtool("--seed", args.seed, "train-seg", data, "--out", work / "SEG", "--arch", "unet", "--lr", args.seg_lr,
@@ -743,6 +754,8 @@ def main() -> None:
     ap.add_argument("--ldm-steps", type=int, default=None,
                     help="train-ldm steps of every label branch (the equal budget; no time limit then)")  # fmt: skip
     ap.add_argument("--ae-minutes", type=float, default=None, help="override the config's train-ae time limit")
+    ap.add_argument("--ae-steps", type=int, default=None,
+                    help="train-ae steps (wins over --ae-minutes; no time limit then)")  # fmt: skip
     ap.add_argument("--seg-epochs", type=int, default=30)
     ap.add_argument("--seg-steps", type=int, default=None, help="train-seg steps of batch 16 (wins over --seg-epochs)")
     ap.add_argument("--seg-lr", type=float, default=2e-3, help="train-seg learning rate")

@@ -41,6 +41,8 @@ def test_conditional_benchmark_fewshot_quick(tmp_path):
             "3",
             "--fewshot-copies",
             "1,2",
+            "--ae-steps",
+            "7",
             "--work",
             str(tmp_path),
         ],
@@ -51,6 +53,7 @@ def test_conditional_benchmark_fewshot_quick(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "real training phantoms: 8: 3 with lesions" in proc.stdout
+    assert "autoencoder on the 8 training phantoms: 7 steps" in proc.stdout  # --ae-steps, not the time limit
     assert (
         "| real + inpainted (8 + " in proc.stdout
         and "real + inpainted (label from region, 1 per lesion-free phantom) − real alone" in proc.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -112,3 +113,14 @@ def test_conditional_benchmark_on_ixi_quick(tmp_path):
     for image in recon:
         ref = nib.load(tmp_path / "test" / "imagesTr" / image.name)
         assert nib.load(image).shape == ref.shape
+    # --reuse: the finished models in --work are kept as they are, only sampling and scoring run again
+    models = [tmp_path / d / "model.safetensors" for d in ("AE", "SEG", "LDM-concat")]
+    before = [m.read_bytes() for m in models]
+    cmd[cmd.index("1,3")] = "1"
+    proc = subprocess.run(cmd + ["--reuse"], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for name in ("AE", "SEG", "LDM-concat"):
+        assert f"--reuse: {name} kept as it is" in proc.stderr
+    assert [m.read_bytes() for m in models] == before
+    assert "| samples, guidance 1 |" in proc.stdout
+    assert re.search(r"autoencoder \d+ steps, \d+ s, segmenter", proc.stdout)  # the kept models' own budgets
