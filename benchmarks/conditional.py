@@ -42,7 +42,8 @@ On a GPU, at 2 mm (at 4 mm the autoencoder's ceiling alone costs most of the 0.0
         --ixi-spacing 2 --device cuda
 With `--work W --reuse` the models an earlier run left in W that ran to their end (AE, SEG, LDM-BRANCH)
 are kept and only the rest is trained: e.g. a folder holding a copy of another run's AE and SEG
-trains only the denoiser, so two denoiser budgets meet the same autoencoder and segmenter.
+trains only the denoiser, so two denoiser budgets meet the same autoencoder and segmenter (an
+autoencoder trained anew, none finished in W, has every denoiser trained anew too).
 No lesion insertion (brains have no lesions).
 
 With `--fewshot K` the few-shot lesion part runs instead (on phantoms):
@@ -146,14 +147,16 @@ def finished(out: Path) -> bool:
     )
 
 
-def train(args, out: Path, *cmd) -> None:
-    """One training command writing `out`, skipped with --reuse when `out` already holds a finished
+def train(reuse: bool, out: Path, *cmd) -> bool:
+    """One training command writing `out`, skipped when `reuse` and `out` already holds a finished
     run (its config is not compared with this run's flags: --reuse is for going on with the same
-    models, e.g. sampling them again or training only the denoiser anew in a copy of the folder)."""
-    if getattr(args, "reuse", False) and finished(out):
+    models, e.g. sampling them again or training only the denoiser anew in a copy of the folder).
+    Whether it trained."""
+    if reuse and finished(out):
         print(f"--reuse: {out.name} kept as it is ({trained(out)})", file=sys.stderr)
-        return
+        return False
     ldmtool(*cmd)
+    return True
 
 
 def ae_budget(args, minutes: float | None = None) -> list:
@@ -320,8 +323,8 @@ def mask_to_image(args, work: Path, data: Path, test: Path, config: Path, budget
     for entry in args.label_branch.split(","):
         b, flags = branch_flags(entry)
         ldm = work / f"LDM-{b}"
-        train(args, ldm, "--seed", args.seed, "train-ldm", data, "--ae", work / "AE", "--out", ldm, "--config", config,
-              "--condition-on", "labels", *flags, *budget)  # fmt: skip
+        train(args.reuse and args.reuse_denoisers, ldm, "--seed", args.seed, "train-ldm", data, "--ae", work / "AE",
+              "--out", ldm, "--config", config, "--condition-on", "labels", *flags, *budget)  # fmt: skip
         budgets[b] = trained(ldm)
         ldmtool("--seed", args.seed, "sample", "--ae", work / "AE", "--ldm", ldm, "--labels", test, "--out",
                 work / f"M-{b}", "--steps", args.steps, "--guidance", args.guidance)  # fmt: skip
@@ -434,10 +437,11 @@ def run_ixi(args, work: Path) -> None:
         train_ids = train_ids[:8]
     data = ixi_tissues(args.ixi, work / "data", train_ids, factor)
     test = ixi_tissues(args.ixi, work / "test", held_out[: args.test], factor)
-    train(args, work / "AE", "--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config,
-          "--spacing", spacing, *ae_budget(args, 40))  # fmt: skip
+    if train(args.reuse, work / "AE", "--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config,
+             "--spacing", spacing, *ae_budget(args, 40)):  # fmt: skip
+        args.reuse_denoisers = False  # a new autoencoder: denoisers of another one's latents are no use
     seg_budget = ["--steps", args.seg_steps, "--batch-size", 16] if args.seg_steps else ["--epochs", args.seg_epochs]
-    train(args, work / "SEG", "--seed", args.seed, "train-seg", data, "--out", work / "SEG", "--arch", "unet",
+    train(args.reuse, work / "SEG", "--seed", args.seed, "train-seg", data, "--out", work / "SEG", "--arch", "unet",
           "--lr", args.seg_lr, *seg_budget, "--max-minutes", args.seg_minutes or 12)  # fmt: skip
     budget = (
         ["--steps", args.ldm_steps, "--max-minutes", 600] if args.ldm_steps else ["--max-minutes", args.ldm_minutes]
@@ -799,6 +803,9 @@ def main() -> None:
                     help="--fewshot: share of real slices in every real + inpainted batch (evaluate --real-share)")  # fmt: skip
     args = ap.parse_args()
     DEVICE[0] = args.device
+    args.reuse_denoisers = args.reuse
+    if args.reuse and (args.ixi is None or args.work is None):
+        sys.exit("--reuse: only with --ixi and --work (the folder holding the models to keep)")
     if args.ixi is not None:
         if not (args.ixi / "imagesTr").is_dir():
             sys.exit(f"--ixi {args.ixi}: no imagesTr/ there (expected ../shared/data/ixi_t1_2mm)")

@@ -226,3 +226,34 @@ def test_ixi_tissue_maps_are_majority_classes_on_the_4mm_grid(tmp_path):
     assert got1[0, 0, 0] == names["csf"] and got1[0, 0, 1] == names["csf"]
     assert got1[1, 1, 1] == names["grey_matter"] and got1[3, 0, 0] == names["csf"]
     assert got1[3, 1, 0] == names["white_matter"] and got1[0, 2, 1] == names["deep_grey"]
+
+
+def test_reuse_keeps_only_finished_training_runs(tmp_path, monkeypatch, capsys):
+    """--reuse: a folder whose state.json says complete (and that holds the model) is kept; an
+    unfinished or absent one is trained; without --reuse everything is trained."""
+    import json
+
+    import benchmarks.conditional as cond
+
+    calls = []
+    monkeypatch.setattr(cond, "ldmtool", lambda *a: calls.append(a))
+    done, partial = tmp_path / "AE", tmp_path / "LDM-concat"
+    for folder, complete in ((done, True), (partial, False)):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x")
+        (folder / "state.json").write_text(json.dumps({"step": 5, "elapsed_seconds": 3.0, "complete": complete}))
+    assert cond.train(True, done, "train-ae") is False and calls == []
+    assert "--reuse: AE kept as it is (5 steps, 3 s)" in capsys.readouterr().err
+    assert cond.train(True, partial, "train-ldm") is True and calls == [("train-ldm",)]
+    assert cond.train(True, tmp_path / "SEG", "train-seg") is True
+    assert cond.train(False, done, "train-ae") is True and len(calls) == 3
+
+
+def test_reuse_needs_ixi_and_work():
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "conditional.py"), "--reuse"], capture_output=True, text=True
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "--reuse: only with --ixi and --work (the folder holding the models to keep)"
