@@ -159,13 +159,12 @@ def train(reuse: bool, out: Path, *cmd) -> bool:
     return True
 
 
-def ae_budget(args, minutes: float | None = None) -> list:
-    """train-ae's budget flags: --ae-steps (no time limit then: the same model on any machine, under
-    any load), else --ae-minutes, else `minutes` (none: the config's own)."""
-    if args.ae_steps:
-        return ["--steps", args.ae_steps, "--max-minutes", 600]
-    limit = args.ae_minutes or minutes
-    return ["--max-minutes", limit] if limit else []
+def budget_flags(steps: int | None, minutes: float | None) -> list:
+    """A training command's budget: a step count (no time limit then: the same model on any machine,
+    under any load), else a time limit, else nothing (the config's own)."""
+    if steps:
+        return ["--steps", steps, "--max-minutes", 600]
+    return ["--max-minutes", minutes] if minutes else []
 
 
 def trained(ldm: Path) -> str:
@@ -316,14 +315,17 @@ def save_png(src: Path, tag: str) -> str:
     return save_figure(src, f"conditional-{tag}")
 
 
-def mask_to_image(args, work: Path, data: Path, test: Path, config: Path, budget: list) -> tuple[dict, dict]:
-    """One `train-ldm --condition-on labels` per --label-branch on `budget`, images for the held-out
-    maps (`sample --labels`), each judged by `evaluate`: (reports, training budgets) per branch."""
+def mask_to_image(
+    args, work: Path, data: Path, test: Path, config: Path, budget: list, reuse: bool = False
+) -> tuple[dict, dict]:
+    """One `train-ldm --condition-on labels` per --label-branch on `budget` (a finished one in `work`
+    kept when `reuse`), images for the held-out maps (`sample --labels`), each judged by `evaluate`:
+    (reports, training budgets) per branch."""
     reports, budgets = {}, {}
     for entry in args.label_branch.split(","):
         b, flags = branch_flags(entry)
         ldm = work / f"LDM-{b}"
-        train(args.reuse and args.reuse_denoisers, ldm, "--seed", args.seed, "train-ldm", data, "--ae", work / "AE",
+        train(reuse, ldm, "--seed", args.seed, "train-ldm", data, "--ae", work / "AE",
               "--out", ldm, "--config", config, "--condition-on", "labels", *flags, *budget)  # fmt: skip
         budgets[b] = trained(ldm)
         ldmtool("--seed", args.seed, "sample", "--ae", work / "AE", "--ldm", ldm, "--labels", test, "--out",
@@ -437,16 +439,14 @@ def run_ixi(args, work: Path) -> None:
         train_ids = train_ids[:8]
     data = ixi_tissues(args.ixi, work / "data", train_ids, factor)
     test = ixi_tissues(args.ixi, work / "test", held_out[: args.test], factor)
-    if train(args.reuse, work / "AE", "--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config,
-             "--spacing", spacing, *ae_budget(args, 40)):  # fmt: skip
-        args.reuse_denoisers = False  # a new autoencoder: denoisers of another one's latents are no use
+    new_ae = train(args.reuse, work / "AE", "--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config",
+                   config, "--spacing", spacing, *budget_flags(args.ae_steps, args.ae_minutes or 40))  # fmt: skip
     seg_budget = ["--steps", args.seg_steps, "--batch-size", 16] if args.seg_steps else ["--epochs", args.seg_epochs]
     train(args.reuse, work / "SEG", "--seed", args.seed, "train-seg", data, "--out", work / "SEG", "--arch", "unet",
           "--lr", args.seg_lr, *seg_budget, "--max-minutes", args.seg_minutes or 12)  # fmt: skip
-    budget = (
-        ["--steps", args.ldm_steps, "--max-minutes", 600] if args.ldm_steps else ["--max-minutes", args.ldm_minutes]
-    )
-    reports, budgets = mask_to_image(args, work, data, test, config, budget)
+    budget = budget_flags(args.ldm_steps, args.ldm_minutes)
+    # a new autoencoder: denoisers of another one's latents are no use, so they are trained anew too
+    reports, budgets = mask_to_image(args, work, data, test, config, budget, reuse=args.reuse and not new_ae)
     print(f"# Mask-to-image on IXI brains ({len(train_ids)} training, images for {args.test} held-out tissue maps, "
           f"{args.ixi_spacing:g} mm, split seed {args.split_seed}, {config.name}, {args.steps} sampling steps, guidance {args.guidance:g}, "
           f"autoencoder {trained(work / 'AE')}, "
@@ -580,8 +580,9 @@ def run_fewshot(args, work: Path) -> None:
     test_cases = lesion_cases(work / "test_all", lesion)
     test = subset(work / "test_all", work / "test", test_cases)
 
-    ldmtool("--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config, *ae_budget(args))
-    budget = ["--steps", args.ldm_steps, "--max-minutes", 600] if args.ldm_steps else []
+    ldmtool("--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config,
+            *budget_flags(args.ae_steps, args.ae_minutes))  # fmt: skip
+    budget = budget_flags(args.ldm_steps, None)
     ldmtool("--seed", args.seed, "train-ldm", normals, "--ae", work / "AE", "--out", work / "NORMAL", "--config", config,
             *budget)  # fmt: skip
     ldmtool("--seed", args.seed, "train-ldm", few, "--ae", work / "AE", "--out", work / "FEW", "--config", config,
@@ -720,13 +721,14 @@ def run(args, work: Path) -> None:
     ldmtool("--seed", args.seed, "demo-data", data, "--n", args.n, "--shape", args.shape)
     cases = split(data, test, args.test)
     names = json.loads((data / "dataset.json").read_text())["labels"]
-    ldmtool("--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config, *ae_budget(args))
+    ldmtool("--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config,
+            *budget_flags(args.ae_steps, args.ae_minutes))  # fmt: skip
     seg_budget = ["--steps", args.seg_steps, "--batch-size", 16] if args.seg_steps else ["--epochs", args.seg_epochs]
     seg_budget += ["--max-minutes", args.seg_minutes] if args.seg_minutes else []
     ldmtool("--seed", args.seed, "train-seg", data, "--out", work / "SEG", "--arch", "unet", "--lr", args.seg_lr,
             *seg_budget, *(["--config", config] if args.quick else []))  # fmt: skip
     # one budget for every branch: the same data, config, seed and number of steps (no time limit)
-    budget = ["--steps", args.ldm_steps, "--max-minutes", 600] if args.ldm_steps else []
+    budget = budget_flags(args.ldm_steps, None)
     reports, budgets = mask_to_image(args, work, data, test, config, budget)
     print(f"# Conditional synthesis on demo phantoms ({args.n - args.test} training, {args.test} held out, "
           f"shape {args.shape}, {config.name}, {args.steps} sampling steps, guidance {args.guidance:g}, "
@@ -803,7 +805,6 @@ def main() -> None:
                     help="--fewshot: share of real slices in every real + inpainted batch (evaluate --real-share)")  # fmt: skip
     args = ap.parse_args()
     DEVICE[0] = args.device
-    args.reuse_denoisers = args.reuse
     if args.reuse and (args.ixi is None or args.work is None):
         sys.exit("--reuse: only with --ixi and --work (the folder holding the models to keep)")
     if args.ixi is not None:
