@@ -58,7 +58,8 @@ With `--fewshot K` the few-shot lesion part runs instead (on phantoms):
      the K cases (their shapes and sizes, each moved to a random place at least 6 mm inside the head
      where the image is like the tissue around the K real lesions, i.e. not over the dark
      ventricles); once per --fewshot-label-from value (default region,painted: the same images, the
-     label map marking the whole region, or lesion only where the decoder reads one);
+     label map marking the whole region, or lesion only where the decoder reads one; `segmenter`:
+     lesion only where a UNet trained on the real training phantoms alone segments one in the region);
      --fewshot-copies C paints C such cases into every lesion-free phantom (another annotated case's
      lesions each time, at another place); a list (1,3) compares the sets side by side;
   4. `evaluate --only utility` (--fewshot-seeds seeds): a downstream segmenter trained on the real
@@ -552,6 +553,34 @@ def fewshot_montage(normals: Path, syn: Path, regions: Path, pairs: list[tuple[s
     return png
 
 
+def segmenter_labels(args, work: Path, data: Path, normals: Path, syn: Path, regions: Path, pairs, lesion: int):
+    """--fewshot-label-from segmenter: the inpainted cases' label maps rewritten as a segmenter trained
+    on the real training phantoms alone (`train-seg --arch unet`, the downstream model's steps) reads
+    their images: lesion where it segments lesion inside the region, elsewhere the lesion-free
+    phantom's own map (outside the region the image is that phantom's, bit for bit). Labels the
+    inpainted lesions by what the few real annotations teach, not by the autoencoder's decoder. The
+    share of each region labelled lesion, per case."""
+    import nibabel as nib
+
+    seg = work / "SEG-REAL"
+    ldmtool("--seed", args.seed, "train-seg", data, "--out", seg, "--arch", "unet", "--lr", args.seg_lr,
+            "--steps", args.fewshot_seg_steps, "--batch-size", 16, "--max-minutes", 600,
+            *(["--config", REPO / "examples" / "tiny.yaml"] if args.quick else []))  # fmt: skip
+    ldmtool("segment", syn / "imagesTr", "--model", seg, "--out", work / "SEG-REAL-inpainted", "--overwrite")
+    shares = []
+    for case, new, *_ in pairs:
+        host, affine = read(normals / "labelsTr" / f"{case}.nii.gz")
+        region = read(regions / f"{new}.nii.gz")[0] > 0
+        found = read(work / "SEG-REAL-inpainted" / f"{new}_seg.nii.gz")[0] == lesion
+        label = np.array(host, dtype=np.uint8)
+        label[region & found] = lesion
+        tmp = syn / "labelsTr" / f".{new}.tmp.nii.gz"
+        nib.save(nib.Nifti1Image(label, affine), tmp)
+        tmp.replace(syn / "labelsTr" / f"{new}.nii.gz")
+        shares.append(float((region & found).sum() / region.sum()))
+    return shares
+
+
 def run_fewshot(args, work: Path) -> None:
     """Few-shot lesion synthesis as augmentation (module docstring)."""
     import nibabel as nib
@@ -630,12 +659,14 @@ def run_fewshot(args, work: Path) -> None:
                     regions_dir / f"{new}.nii.gz", "--labels", normals / "labelsTr" / f"{case}.nii.gz", "--label",
                     "lesion", "--ae", work / "AE", "--ldm", work / "FEW", "--out", out, "--method", "repaint",
                     "--steps", args.steps, "--guidance", args.inpaint_guidance, "--margin", args.inpaint_margin,
-                    "--grow", args.inpaint_grow, "--label-from", mode)  # fmt: skip
+                    "--grow", args.inpaint_grow, "--label-from", "region" if mode == "segmenter" else mode)  # fmt: skip
             shutil.copy(out / f"{case}_inpainted.nii.gz", syn / "imagesTr" / f"{new}_0000.nii.gz")
             shutil.copy(out / f"{case}_inpainted_label.nii.gz", syn / "labelsTr" / f"{new}.nii.gz")
             record = json.loads((out / f"{case}_inpaint.json").read_text())
             seconds[mode].append(record["seconds"])
             labelled[mode].append(record["label_voxels"] / record["region_voxels"])
+        if mode == "segmenter":
+            labelled[mode] = segmenter_labels(args, work, data, normals, syn, regions_dir, pairs, lesion)
         meta = json.loads((data / "dataset.json").read_text())
         meta["numTraining"] = len(pairs)
         (syn / "dataset.json").write_text(json.dumps(meta, indent=2))
@@ -666,7 +697,8 @@ def run_fewshot(args, work: Path) -> None:
         f"--margin {args.inpaint_margin} --grow {args.inpaint_grow} --label-from M`, "
         f"{np.mean(every) if every else float('nan'):.1f} s per case); {empty} left out (no place found); "
         f"labelled lesion, share of the region voxels: {share} (--label-from region: all of them; painted: those "
-        f"the decoder reads as lesion; the images are the same)"
+        f"the decoder reads as lesion; segmenter: those a UNet trained on the real training phantoms segments as "
+        f"lesion; the images are the same)"
     )
     print(
         f"- lesions placed at least 6 mm inside the head where the smoothed image is at least half as bright as "
@@ -796,7 +828,8 @@ def main() -> None:
     ap.add_argument("--fewshot-steps", type=int, default=800, help="--fewshot: fine-tuning steps on the K cases")
     ap.add_argument("--fewshot-seg-steps", type=int, default=1000, help="--fewshot: downstream segmenter steps")
     ap.add_argument("--fewshot-label-from", default="region,painted",
-                    help="--fewshot: `inpaint --label-from` of the inpainted cases' label maps, each compared")  # fmt: skip
+                    help="--fewshot: `inpaint --label-from` of the inpainted cases' label maps (region, painted), or "
+                         "segmenter (lesion where a segmenter trained on the real phantoms reads it), each compared")  # fmt: skip
     ap.add_argument("--fewshot-seeds", type=int, default=3, help="--fewshot: downstream seeds")
     ap.add_argument("--fewshot-copies", default="1",
                     help="--fewshot: inpainted cases per lesion-free phantom (each another annotated case's lesions at "
@@ -822,6 +855,12 @@ def main() -> None:
         c.strip().isdigit() and int(c) > 0 for c in args.fewshot_copies.split(",")
     ):
         sys.exit(f"--fewshot-copies {args.fewshot_copies}: expected positive whole numbers, e.g. 1,3")
+    elif args.fewshot is not None and not (
+        {m.strip() for m in args.fewshot_label_from.split(",") if m.strip()} or {"none"}
+    ) <= {"region", "painted", "segmenter"}:
+        sys.exit(
+            f"--fewshot-label-from {args.fewshot_label_from}: expected region, painted or segmenter, e.g. painted,segmenter"
+        )
     elif args.quick and args.fewshot is not None:
         args.n, args.test, args.shape, args.steps = 12, 6, "32,32,16", 3
         args.fewshot_steps, args.fewshot_seg_steps, args.fewshot_seeds = 5, 5, 1

@@ -41,6 +41,8 @@ def test_conditional_benchmark_fewshot_quick(tmp_path):
             "3",
             "--fewshot-copies",
             "1,2",
+            "--fewshot-label-from",
+            "region,painted,segmenter",
             "--ae-steps",
             "7",
             "--work",
@@ -64,6 +66,7 @@ def test_conditional_benchmark_fewshot_quick(tmp_path):
     from benchmarks.conditional import read
 
     assert "label from region" in proc.stdout and "label from painted" in proc.stdout
+    assert "real + inpainted (label from segmenter, 2 per lesion-free phantom) − real alone" in proc.stdout
     inpainted = sorted((tmp_path / "inpainted" / "labelsTr").glob("*.nii.gz"))
     normals = sorted((tmp_path / "normal" / "labelsTr").glob("*.nii.gz"))
     assert inpainted and len(inpainted) <= 2 * len(normals)
@@ -81,8 +84,13 @@ def test_conditional_benchmark_fewshot_quick(tmp_path):
         whole = read(tmp_path / "inpainted-region" / "labelsTr" / path.name)[0]  # --label-from region
         assert (whole[region] == 2).all() and np.array_equal(whole[~region], normal[~region])
         same = [read(tmp_path / d / "imagesTr" / path.name.replace(".nii.gz", "_0000.nii.gz"))[0]
-                for d in ("inpainted", "inpainted-region")]  # fmt: skip
-        assert np.array_equal(*same)  # the same images, labelled two ways
+                for d in ("inpainted", "inpainted-region", "inpainted-segmenter")]  # fmt: skip
+        assert all(np.array_equal(same[0], other) for other in same[1:])  # the same images, labelled three ways
+        # --label-from segmenter: lesion where the real-phantom segmenter reads it inside the region
+        by_seg = read(tmp_path / "inpainted-segmenter" / "labelsTr" / path.name)[0]
+        found = read(tmp_path / "SEG-REAL-inpainted" / path.name.replace(".nii.gz", "_seg.nii.gz"))[0] == 2
+        assert np.array_equal(by_seg == 2, region & found)
+        assert np.array_equal(by_seg[by_seg != 2], normal[by_seg != 2])
 
 
 def test_transplanted_lesions_keep_their_shapes_inside_the_head():
@@ -257,3 +265,25 @@ def test_reuse_needs_ixi_and_work():
     )
     assert proc.returncode == 1
     assert proc.stderr.strip() == "--reuse: only with --ixi and --work (the folder holding the models to keep)"
+
+
+def test_fewshot_label_from_is_checked_before_any_training():
+    import subprocess
+
+    for value in ("decoder", ",", "painted,segmentor"):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "benchmarks" / "conditional.py"),
+                "--fewshot",
+                "5",
+                "--fewshot-label-from",
+                value,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 1
+        assert proc.stderr.strip() == (
+            f"--fewshot-label-from {value}: expected region, painted or segmenter, e.g. painted,segmenter"
+        )
