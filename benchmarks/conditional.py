@@ -43,7 +43,9 @@ On a GPU, at 2 mm (at 4 mm the autoencoder's ceiling alone costs most of the 0.0
 With `--work W --reuse` the models an earlier run left in W that ran to their end (AE, SEG, LDM-BRANCH)
 are kept and only the rest is trained: e.g. a folder holding a copy of another run's AE and SEG
 trains only the denoiser, so two denoiser budgets meet the same autoencoder and segmenter (an
-autoencoder trained anew, none finished in W, has every denoiser trained anew too).
+autoencoder trained anew, none finished in W, has every denoiser trained anew too). The few-shot
+part below keeps AE, NORMAL and FEW the same way (the same --seed: the phantoms are drawn again
+from it), so inpainting settings can be compared on the same models.
 No lesion insertion (brains have no lesions).
 
 With `--fewshot K` the few-shot lesion part runs instead (on phantoms):
@@ -160,6 +162,11 @@ def train(reuse: bool, out: Path, *cmd) -> bool:
     return True
 
 
+def repaint_flags(args) -> list:
+    """`inpaint --sampler --resample` of the repaint method (--inpaint-sampler, --inpaint-resample)."""
+    return ["--sampler", args.inpaint_sampler, "--resample", args.inpaint_resample]
+
+
 def budget_flags(steps: int | None, minutes: float | None) -> list:
     """A training command's budget: a step count (no time limit then: the same model on any machine,
     under any load), else a time limit, else nothing (the config's own)."""
@@ -274,14 +281,16 @@ def insertion(work: Path, test: Path, cases: list[str], args, names: dict[str, i
                         regions / f"{case}.nii.gz", "--labels", test / "labelsTr" / f"{case}.nii.gz", "--label",
                         "lesion", "--ae", work / "AE", "--ldm", work / f"LDM-{branch}", "--out", out, "--method",
                         method, "--steps", args.steps, "--guidance", args.inpaint_guidance, "--margin", args.inpaint_margin,
-                        "--grow", args.inpaint_grow, "--overwrite")  # fmt: skip
+                        "--grow", args.inpaint_grow, "--overwrite",
+                        *(repaint_flags(args) if method == "repaint" else []))  # fmt: skip
             key = (place, method)
             seconds[key] = np.mean([json.loads((out / f"{c}_inpaint.json").read_text())["seconds"] for c in cases])
             report = evaluate(work, out, test, f"R-I-{place}-{method}", "condition")
             reports[key] = report["condition_fidelity"]["inpainting"]
     real = segmenter_on_real_lesions(work, test, cases, lesion)
     print(f"\n## Lesion insertion (`inpaint --label lesion --guidance {args.inpaint_guidance:g} --margin "
-          f"{args.inpaint_margin} --grow {args.inpaint_grow}`, {branch} model, "
+          f"{args.inpaint_margin} --grow {args.inpaint_grow}`, repaint with `{' '.join(map(str, repaint_flags(args)))}`, "
+          f"{branch} model, "
           f"ball of radius {args.radius} voxels, {len(cases)} phantoms; `evaluate --only condition`)\n")  # fmt: skip
     if not train_lesions:
         print("No training phantom has a lesion: the region is placed at the phantom's centre only.\n")
@@ -581,6 +590,27 @@ def segmenter_labels(args, work: Path, data: Path, normals: Path, syn: Path, reg
     return shares
 
 
+def inpaint_pairs(args, work: Path, normals: Path, regions: Path, syn: Path, pairs, mode: str):
+    """`inpaint --label lesion` of every (lesion-free case, new case id, seed) of `pairs` with the
+    fine-tuned model FEW into the nnU-Net folder `syn` (`--label-from` mode; segmenter: region, the
+    maps rewritten afterwards); (seconds per case, share of each region labelled lesion)."""
+    seconds, labelled = [], []
+    for case, new, seed, _ in pairs:
+        out = syn / "runs" / new
+        ldmtool("--seed", seed, "inpaint", normals / "imagesTr" / f"{case}_0000.nii.gz", "--region",
+                regions / f"{new}.nii.gz", "--labels", normals / "labelsTr" / f"{case}.nii.gz", "--label",
+                "lesion", "--ae", work / "AE", "--ldm", work / "FEW", "--out", out, "--method", "repaint",
+                "--steps", args.steps, "--guidance", args.inpaint_guidance, "--margin", args.inpaint_margin,
+                "--grow", args.inpaint_grow, "--label-from", "region" if mode == "segmenter" else mode,
+                *repaint_flags(args))  # fmt: skip
+        shutil.copy(out / f"{case}_inpainted.nii.gz", syn / "imagesTr" / f"{new}_0000.nii.gz")
+        shutil.copy(out / f"{case}_inpainted_label.nii.gz", syn / "labelsTr" / f"{new}.nii.gz")
+        record = json.loads((out / f"{case}_inpaint.json").read_text())
+        seconds.append(record["seconds"])
+        labelled.append(record["label_voxels"] / record["region_voxels"])
+    return seconds, labelled
+
+
 def run_fewshot(args, work: Path) -> None:
     """Few-shot lesion synthesis as augmentation (module docstring)."""
     import nibabel as nib
@@ -609,14 +639,15 @@ def run_fewshot(args, work: Path) -> None:
     test_cases = lesion_cases(work / "test_all", lesion)
     test = subset(work / "test_all", work / "test", test_cases)
 
-    ldmtool("--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config,
-            *budget_flags(args.ae_steps, args.ae_minutes))  # fmt: skip
+    kept = args.reuse  # an autoencoder or normal model trained anew: what builds on it is trained anew too
+    kept = not train(kept, work / "AE", "--seed", args.seed, "train-ae", data, "--out", work / "AE", "--config", config,
+                     *budget_flags(args.ae_steps, args.ae_minutes)) and kept  # fmt: skip
     budget = budget_flags(args.ldm_steps, None)
-    ldmtool("--seed", args.seed, "train-ldm", normals, "--ae", work / "AE", "--out", work / "NORMAL", "--config", config,
-            *budget)  # fmt: skip
-    ldmtool("--seed", args.seed, "train-ldm", few, "--ae", work / "AE", "--out", work / "FEW", "--config", config,
-            "--condition-on", "labels", "--init", work / "NORMAL", "--steps", args.fewshot_steps,
-            "--max-minutes", 600)  # fmt: skip
+    kept = not train(kept, work / "NORMAL", "--seed", args.seed, "train-ldm", normals, "--ae", work / "AE", "--out",
+                     work / "NORMAL", "--config", config, *budget) and kept  # fmt: skip
+    train(kept, work / "FEW", "--seed", args.seed, "train-ldm", few, "--ae", work / "AE", "--out", work / "FEW",
+          "--config", config, "--condition-on", "labels", "--init", work / "NORMAL", "--steps", args.fewshot_steps,
+          "--max-minutes", 600)  # fmt: skip
 
     modes = [m.strip() for m in args.fewshot_label_from.split(",") if m.strip()]
     regions_dir = work / "regions"
@@ -648,23 +679,19 @@ def run_fewshot(args, work: Path) -> None:
             pairs.append((case, new, args.seed + r * len(normal) + i, r))
 
     seconds, labelled, reports = {}, {}, {}
-    for mode in modes:  # the same regions and seeds: the same images, labelled two ways
+    inpainted_first = None  # the first mode's folder: its images serve --label-from segmenter as they are
+    for mode in modes:  # the same regions and seeds: the same images, labelled each way
         syn = work / ("inpainted" if mode == "painted" else f"inpainted-{mode}")
         for sub in ("imagesTr", "labelsTr", "runs"):
             (syn / sub).mkdir(parents=True, exist_ok=True)
-        seconds[mode], labelled[mode] = [], []
-        for case, new, seed, _ in pairs:
-            out = syn / "runs" / new
-            ldmtool("--seed", seed, "inpaint", normals / "imagesTr" / f"{case}_0000.nii.gz", "--region",
-                    regions_dir / f"{new}.nii.gz", "--labels", normals / "labelsTr" / f"{case}.nii.gz", "--label",
-                    "lesion", "--ae", work / "AE", "--ldm", work / "FEW", "--out", out, "--method", "repaint",
-                    "--steps", args.steps, "--guidance", args.inpaint_guidance, "--margin", args.inpaint_margin,
-                    "--grow", args.inpaint_grow, "--label-from", "region" if mode == "segmenter" else mode)  # fmt: skip
-            shutil.copy(out / f"{case}_inpainted.nii.gz", syn / "imagesTr" / f"{new}_0000.nii.gz")
-            shutil.copy(out / f"{case}_inpainted_label.nii.gz", syn / "labelsTr" / f"{new}.nii.gz")
-            record = json.loads((out / f"{case}_inpaint.json").read_text())
-            seconds[mode].append(record["seconds"])
-            labelled[mode].append(record["label_voxels"] / record["region_voxels"])
+        if mode == "segmenter" and inpainted_first is not None:
+            for _, new, *_ in pairs:
+                shutil.copy(
+                    inpainted_first / "imagesTr" / f"{new}_0000.nii.gz", syn / "imagesTr" / f"{new}_0000.nii.gz"
+                )
+        else:
+            seconds[mode], labelled[mode] = inpaint_pairs(args, work, normals, regions_dir, syn, pairs, mode)
+            inpainted_first = inpainted_first or syn
         if mode == "segmenter":
             labelled[mode] = segmenter_labels(args, work, data, normals, syn, regions_dir, pairs, lesion)
         meta = json.loads((data / "dataset.json").read_text())
@@ -694,7 +721,8 @@ def run_fewshot(args, work: Path) -> None:
         f"- inpainted: {len(pairs)} cases, each of the {len(normal)} lesion-free phantoms given the lesions of "
         f"{copies[-1]} of the {k} cases, one at a time "
         f"(`inpaint --label lesion --method repaint --steps {args.steps} --guidance {args.inpaint_guidance:g} "
-        f"--margin {args.inpaint_margin} --grow {args.inpaint_grow} --label-from M`, "
+        f"--margin {args.inpaint_margin} --grow {args.inpaint_grow} {' '.join(map(str, repaint_flags(args)))} "
+        f"--label-from M`, "
         f"{np.mean(every) if every else float('nan'):.1f} s per case); {empty} left out (no place found); "
         f"labelled lesion, share of the region voxels: {share} (--label-from region: all of them; painted: those "
         f"the decoder reads as lesion; segmenter: those a UNet trained on the real training phantoms segments as "
@@ -788,6 +816,9 @@ def main() -> None:
                     help="classifier-free guidance of the label map in `inpaint` (lesion insertion, --fewshot)")  # fmt: skip
     ap.add_argument("--inpaint-margin", type=int, default=2,
                     help="`inpaint --margin`: latent voxels regenerated around the region")  # fmt: skip
+    ap.add_argument("--inpaint-sampler", default="ddim", help="`inpaint --sampler` of the repaint method: ddim | ddpm")
+    ap.add_argument("--inpaint-resample", type=int, default=1,
+                    help="`inpaint --resample` of the repaint method (RePaint's resampling; ddim or ddpm)")  # fmt: skip
     ap.add_argument("--inpaint-grow", type=int, default=1,
                     help="`inpaint --grow`: voxels the drawn lesion's condition reaches beyond the region")  # fmt: skip
     ap.add_argument("--ldm-steps", type=int, default=None,
@@ -811,7 +842,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="keep the models and outputs here")
     ap.add_argument("--reuse", action="store_true",
                     help="--ixi: keep the autoencoder, segmenter and denoisers already trained to the end in --work "
-                         "(their folders AE, SEG, LDM-BRANCH) instead of training them again")  # fmt: skip
+                         "(their folders AE, SEG, LDM-BRANCH) instead of training them again; --fewshot: the same "
+                         "for AE, NORMAL and FEW")  # fmt: skip
     ap.add_argument("--ixi", type=Path, default=None, help="ixi_t1_2mm folder: mask-to-image on real brains instead")
     ap.add_argument("--split-seed", type=int, default=0, help="--ixi: the real_data.py split of 100/48 brains")
     ap.add_argument(
@@ -838,8 +870,8 @@ def main() -> None:
                     help="--fewshot: share of real slices in every real + inpainted batch (evaluate --real-share)")  # fmt: skip
     args = ap.parse_args()
     DEVICE[0] = args.device
-    if args.reuse and (args.ixi is None or args.work is None):
-        sys.exit("--reuse: only with --ixi and --work (the folder holding the models to keep)")
+    if args.reuse and ((args.ixi is None and args.fewshot is None) or args.work is None):
+        sys.exit("--reuse: only with --ixi or --fewshot, and --work (the folder holding the models to keep)")
     if args.ixi is not None:
         if not (args.ixi / "imagesTr").is_dir():
             sys.exit(f"--ixi {args.ixi}: no imagesTr/ there (expected ../shared/data/ixi_t1_2mm)")

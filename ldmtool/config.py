@@ -399,6 +399,12 @@ class InpaintConfig:
     steps: int = setting(50, "Denoising steps.")
     sampler: str = setting("ddim", "ddim | ddpm | dpmpp2m.")
     eta: float = setting(0.0, "DDIM eta (0 = deterministic given the seed).")
+    resample: int = setting(
+        1,
+        "--method repaint, --sampler ddim or ddpm: every step taken this many times, noised back to its level "
+        "in between (RePaint's resampling), so that the region's new content follows its surroundings; "
+        "that many times the denoiser calls.",
+    )
     guidance: float = setting(1.0, "Classifier-free guidance scale of the conditions (label map, --condition).")
     self_guidance: float = setting(0.5, "Self-guidance strength of --method guidance (as impute --guidance).")
     margin: int = setting(
@@ -425,6 +431,12 @@ class InpaintConfig:
         _check_choice("--label-from", self.label_from, ("region", "painted"))
         _check_choice("--sampler", self.sampler, ("ddim", "ddpm", "dpmpp2m"))
         _check_range("--steps", self.steps, 1)
+        _check_range("--resample", self.resample, 1)
+        if self.resample > 1 and (self.method != "repaint" or self.sampler not in ("ddim", "ddpm")):
+            raise LdmError(
+                f"--resample {self.resample} is RePaint's resampling: it needs --method repaint and --sampler ddim "
+                f"or ddpm (got {self.method}, {self.sampler})"
+            )
         _check_range("--guidance", self.guidance, 0)
         _check_range("--self-guidance", self.self_guidance, 0)
         _check_range("--margin", self.margin, 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -91,6 +92,20 @@ def test_conditional_benchmark_fewshot_quick(tmp_path):
         found = read(tmp_path / "SEG-REAL-inpainted" / path.name.replace(".nii.gz", "_seg.nii.gz"))[0] == 2
         assert np.array_equal(by_seg == 2, region & found)
         assert np.array_equal(by_seg[by_seg != 2], normal[by_seg != 2])
+    # --reuse: the same models, inpainted again with RePaint's resampling
+    models = {m: (tmp_path / m / "model.safetensors").read_bytes() for m in ("AE", "NORMAL", "FEW")}
+    again = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "conditional.py"), "--quick", "--fewshot", "3", "--ae-steps", "7",
+         "--fewshot-label-from", "segmenter", "--inpaint-sampler", "ddpm", "--inpaint-resample", "2", "--reuse",
+         "--work", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=900,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert all(f"--reuse: {m} kept as it is" in again.stderr for m in models)
+    assert all((tmp_path / m / "model.safetensors").read_bytes() == b for m, b in models.items())
+    assert "--sampler ddpm --resample 2 --label-from M" in again.stdout
+    records = list((tmp_path / "inpainted-segmenter" / "runs").glob("*/*_inpaint.json"))
+    assert records and all(json.loads(r.read_text())["resample"] == 2 for r in records)
 
 
 def test_transplanted_lesions_keep_their_shapes_inside_the_head():
@@ -257,14 +272,17 @@ def test_reuse_keeps_only_finished_training_runs(tmp_path, monkeypatch, capsys):
     assert cond.train(False, done, "train-ae") is True and len(calls) == 3
 
 
-def test_reuse_needs_ixi_and_work():
+def test_reuse_needs_ixi_or_fewshot_and_work():
     import subprocess
 
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "conditional.py"), "--reuse"], capture_output=True, text=True
     )
     assert proc.returncode == 1
-    assert proc.stderr.strip() == "--reuse: only with --ixi and --work (the folder holding the models to keep)"
+    assert (
+        proc.stderr.strip()
+        == "--reuse: only with --ixi or --fewshot, and --work (the folder holding the models to keep)"
+    )
 
 
 def test_fewshot_label_from_is_checked_before_any_training():

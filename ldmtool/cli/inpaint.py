@@ -59,6 +59,7 @@ def inpaint(
     steps: Annotated[Optional[int], common.opt(InpaintConfig, "steps")] = None,
     sampler: Annotated[Optional[str], common.opt(InpaintConfig, "sampler")] = None,
     eta: Annotated[Optional[float], common.opt(InpaintConfig, "eta")] = None,
+    resample: Annotated[Optional[int], common.opt(InpaintConfig, "resample")] = None,
     guidance: Annotated[Optional[float], common.opt(InpaintConfig, "guidance")] = None,
     self_guidance: Annotated[Optional[float], common.opt(InpaintConfig, "self_guidance")] = None,
     margin: Annotated[Optional[int], common.opt(InpaintConfig, "margin")] = None,

@@ -251,7 +251,13 @@ class _DiffusionSampler:
 
 class DDIMSampler(_DiffusionSampler):
     """DDIM (Song et al. 2021). eta=0: deterministic; eta=1: ancestral sampling whose variance is
-    DDPM's posterior variance β̃_t, i.e. DDPM (Ho et al. 2020) on the chosen timestep grid."""
+    DDPM's posterior variance β̃_t, i.e. DDPM (Ho et al. 2020) on the chosen timestep grid.
+
+    `resample` R > 1: RePaint's resampling (Lugmayr et al. 2022, jump length 1) for inpainting with
+    a model function that replaces the known part of its input (`guidance.Replacement`): every step
+    but the last is taken R times, the result noised back to the step's level in between
+    (x_t ~ q(x_t | x_{t-1}) = N(√(ᾱ_t/ᾱ_{t-1}) x_{t-1}, (1 − ᾱ_t/ᾱ_{t-1}) I)), so that what is drawn
+    in the unknown part follows what the known part has become. R model calls per step."""
 
     name = "ddim"
 
@@ -263,9 +269,13 @@ class DDIMSampler(_DiffusionSampler):
         spacing: str = "trailing",
         clip: float | None = None,
         start: int | None = None,
+        resample: int = 1,
     ):
         super().__init__(cfg, steps, spacing, clip, start)
         self.eta = float(eta)
+        if resample < 1:
+            raise LdmError(f"--resample must be at least 1; got {resample}")
+        self.resample = int(resample)
 
     def __call__(
         self, model: ModelFn, x: torch.Tensor, generator: Generators = None, callback: Callback | None = None
@@ -273,16 +283,27 @@ class DDIMSampler(_DiffusionSampler):
         for i, t in enumerate(self.timesteps):
             t_prev = self._next(i)
             a_t, a_prev = self._ac(t, x.device), self._ac(t_prev, x.device)
-            eps, x0 = self._predict(model, x, t, a_t)
-            # σ_t = η √((1−ᾱ_{t-1})/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t-1})   (eq. 16)
-            sigma = self.eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp_min(0).sqrt()
-            # x_{t-1} = √ᾱ_{t-1} x̂_0 + √(1−ᾱ_{t-1}−σ²) ε̂ + σ z   (eq. 12)
-            x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
-            if self.eta > 0 and t_prev >= 0:
-                x = x + sigma * randn_like_rows(x, generator)
+            x_t = x
+            for take in range(self.resample if t_prev >= 0 else 1):
+                if take:  # back to level t from the x_{t-1} just drawn
+                    x_t = (a_t / a_prev).sqrt() * x + (1 - a_t / a_prev).clamp_min(0).sqrt() * randn_like_rows(
+                        x, generator
+                    )
+                x, x0 = self._step(model, x_t, t, t_prev, a_t, a_prev, generator)
             if callback is not None:
                 callback(i, t, x, x0)
         return x
+
+    def _step(self, model: ModelFn, x, t: int, t_prev: int, a_t, a_prev, generator: Generators):
+        """(x_{t_prev}, x̂_0) from x_t."""
+        eps, x0 = self._predict(model, x, t, a_t)
+        # σ_t = η √((1−ᾱ_{t-1})/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t-1})   (eq. 16)
+        sigma = self.eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp_min(0).sqrt()
+        # x_{t-1} = √ᾱ_{t-1} x̂_0 + √(1−ᾱ_{t-1}−σ²) ε̂ + σ z   (eq. 12)
+        x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
+        if self.eta > 0 and t_prev >= 0:
+            x = x + sigma * randn_like_rows(x, generator)
+        return x, x0
 
 
 class DDPMSampler(DDIMSampler):
@@ -291,9 +312,15 @@ class DDPMSampler(DDIMSampler):
     name = "ddpm"
 
     def __init__(
-        self, cfg: DenoiserConfig, steps: int, eta: float = 1.0, spacing: str = "trailing", start: int | None = None
+        self,
+        cfg: DenoiserConfig,
+        steps: int,
+        eta: float = 1.0,
+        spacing: str = "trailing",
+        start: int | None = None,
+        resample: int = 1,
     ):
-        super().__init__(cfg, steps, eta=1.0, spacing=spacing, start=start)
+        super().__init__(cfg, steps, eta=1.0, spacing=spacing, start=start, resample=resample)
 
 
 class _MultistepSampler(_DiffusionSampler):
@@ -491,12 +518,19 @@ class EulerFlowSampler:
 
 
 def make_sampler(
-    name: str, cfg: DenoiserConfig, steps: int, eta: float = 0.0, spacing: str = "auto", start: int | None = None
+    name: str,
+    cfg: DenoiserConfig,
+    steps: int,
+    eta: float = 0.0,
+    spacing: str = "auto",
+    start: int | None = None,
+    resample: int = 1,
 ) -> Sampler:
     """Build a sampler by name. 'ddim' uses `eta`; 'ddpm' is always ancestral; 'dpmpp2m',
     'dpmpp3m', 'unipc2' and 'unipc3' are deterministic multistep solvers; 'euler' is the sampler of
     flow-objective denoisers. `spacing` "auto" picks the sampler's own (DEFAULT_SPACING). `start`:
-    the first timestep, below T − 1 to run from a partly noised sample (ε/v samplers only)."""
+    the first timestep, below T − 1 to run from a partly noised sample (ε/v samplers only).
+    `resample` > 1: RePaint's resampling (`DDIMSampler`; ddim and ddpm only)."""
     if steps < 1 or steps > cfg.num_train_timesteps:
         raise LdmError(f"--steps must be between 1 and {cfg.num_train_timesteps}; got {steps}")
     if not 0.0 <= eta <= 1.0:
@@ -505,6 +539,8 @@ def make_sampler(
         raise LdmError(f"--spacing must be one of auto, {', '.join(SPACINGS)}; got {spacing!r}")
     if name not in SAMPLERS:
         raise LdmError(f"--sampler must be one of {', '.join(SAMPLERS)}; got {name!r}")
+    if resample != 1 and name not in ("ddim", "ddpm"):
+        raise LdmError(f"--resample {resample} needs --sampler ddim or ddpm (it steps back and forth); got {name}")
     if spacing == "auto":
         spacing = DEFAULT_SPACING.get(name, MULTISTEP_SPACING)
     if cfg.objective == "flow":
@@ -519,9 +555,9 @@ def make_sampler(
             f"this one is {cfg.objective}: use {', '.join(DIFFUSION_SAMPLERS)}"
         )
     if name == "ddim":
-        return DDIMSampler(cfg, steps, eta, spacing, start=start)
+        return DDIMSampler(cfg, steps, eta, spacing, start=start, resample=resample)
     if name == "ddpm":
-        return DDPMSampler(cfg, steps, spacing=spacing, start=start)
+        return DDPMSampler(cfg, steps, spacing=spacing, start=start, resample=resample)
     if name.startswith("unipc"):
         return UniPCSampler(cfg, steps, spacing, start=start, order=int(name[-1]))
     return DPMSolverPPSampler(cfg, steps, spacing, start=start, order=int(name[-2]))

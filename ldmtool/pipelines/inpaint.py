@@ -44,6 +44,20 @@ from ldmtool.pipelines.impute import to_input_grid, to_model_space
 from ldmtool.pipelines.latent_diffusion import LatentDiffusionPipeline
 from ldmtool.pipelines.outdir import check_output_dir, clear_temps, output_dir, write_run_record
 
+# the InpaintConfig settings a run record names
+_SETTINGS = (
+    "method",
+    "steps",
+    "sampler",
+    "eta",
+    "resample",
+    "guidance",
+    "self_guidance",
+    "margin",
+    "grow",
+    "label_from",
+)
+
 
 @dataclass
 class InpaintResult:
@@ -211,10 +225,7 @@ def _inpaint(
         "label_voxels": None
         if label is None or target is None
         else int((target[region] == pipe.label_names[label]).sum()),
-        **{
-            k: getattr(cfg, k)
-            for k in ("method", "steps", "sampler", "eta", "guidance", "self_guidance", "margin", "grow", "label_from")
-        },
+        **{k: getattr(cfg, k) for k in _SETTINGS},
         "seed": seed,
         "intensity_range": list(irange),
         "seconds": result.seconds,
@@ -322,7 +333,8 @@ def _fill(
     where = gone if gone.ndim == 3 else gone.any(1)  # (D, H, W): the region of any channel
     regen = regeneration_mask(where, f, cfg.margin)
     z = pipe.inpaint_latents(known, 1 - regen, seed=seed, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta,
-                             conditions=conditions, guidance=cfg.guidance, labels=cond)  # fmt: skip
+                             conditions=conditions, guidance=cfg.guidance, labels=cond,
+                             resample=cfg.resample)  # fmt: skip
     with torch.inference_mode():
         dec, lab = decode_latents(pipe.ae, z.float() * pipe.latent_std + pipe.latent_mean, labels_only=True)
     return slices_to_volume(dec[0].float().numpy()), None if lab is None else slices_to_volume(lab[0].numpy())

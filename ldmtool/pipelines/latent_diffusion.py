@@ -127,9 +127,10 @@ class LatentDiffusionPipeline:
         steps: int = SampleConfig.steps,
         eta: float = SampleConfig.eta,
         spacing: str = SampleConfig.spacing,
+        resample: int = 1,
     ) -> Sampler:
-        """A sampler by name for this denoiser's schedule and objective."""
-        return make_sampler(sampler, self.ldm_config.model, steps, eta, spacing)
+        """A sampler by name for this denoiser's schedule and objective (`resample`: RePaint's, for inpainting)."""
+        return make_sampler(sampler, self.ldm_config.model, steps, eta, spacing, resample=resample)
 
     # ---------------------------------------------------------------------------------- latents
 
@@ -439,6 +440,7 @@ class LatentDiffusionPipeline:
         conditions: dict[str, float | str] | None = None,
         guidance: float = SampleConfig.guidance,
         labels: torch.Tensor | None = None,
+        resample: int = 1,
     ) -> torch.Tensor:
         """Regenerate the latent voxels outside `keep` with RePaint-style replacement.
 
@@ -446,6 +448,8 @@ class LatentDiffusionPipeline:
             known: (L, D, h, w) standardised latent of the volume (`encode`).
             keep: (D, h, w) 1 where the latent is kept, 0 where it is regenerated.
             labels: (1, C, D, h, w) label-map condition (`label_condition`), for mask-to-image models.
+            resample: every step taken this many times, noised back in between (RePaint's
+                resampling: the regenerated part follows the kept one; `DDIMSampler`).
         Returns:
             (1, L, D, h, w) standardised latent: `known` where kept, sampled elsewhere; before every
             step the kept part of x_t is the known latent noised to that step's level.
@@ -453,7 +457,7 @@ class LatentDiffusionPipeline:
         dcfg = self.ldm_config.model
         if dcfg.objective == "flow":
             raise LdmError("inpaint --method repaint needs an eps or v denoiser; this one is flow")
-        smp = self.make_sampler(sampler, steps, eta)
+        smp = self.make_sampler(sampler, steps, eta, resample=resample)
         known = known[None].float().to(self.device)
         m = keep[None, None].float().to(self.device)
         with torch.inference_mode():

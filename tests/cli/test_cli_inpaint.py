@@ -69,6 +69,22 @@ def test_inpaint_margin_changes_the_fill_not_the_outside(cli, trained, case, tmp
     assert not np.array_equal(fills[0], fills[3])
 
 
+def test_inpaint_resample_changes_the_fill_not_the_outside(cli, trained, case, tmp_path):
+    """--resample 3 (RePaint's resampling) takes every step three times: a different fill from the
+    same seed, everything outside the region still the input's, the setting in the provenance."""
+    vol, label, region_path = case
+    region = np.asarray(nib.load(region_path).dataobj).astype(bool)
+    fills = {}
+    for resample in (1, 3):
+        out = tmp_path / f"R{resample}"
+        r = cli("inpaint", vol, "--region", region_path, "--labels", label, "--label", "lesion", "--ae", trained.ae,
+                "--ldm", trained.ldm, "--out", out, "--steps", 3, "--sampler", "ddpm", "--resample", resample)  # fmt: skip
+        assert r.code == 0, r.both
+        fills[resample] = _check_outside(vol, out / "vol_inpainted.nii.gz", region)[region]
+        assert json.loads((out / "vol_inpaint.json").read_text())["resample"] == resample
+    assert not np.array_equal(fills[1], fills[3])
+
+
 def test_inpaint_label_conditioned_healthy(cli, trained, label_ldm, case, tmp_path):
     vol, label, region_path = case
     region = np.asarray(nib.load(region_path).dataobj).astype(bool)
@@ -159,6 +175,13 @@ def test_inpaint_bad_input(cli, trained, case, tmp_path):
     fails(cube, img.affine, "--label-from must be one of", "--label", "lesion", "--label-from", "decoder")
     fails(cube, img.affine, "needs --label NAME and --method repaint", "--label", "lesion", "--label-from", "painted",
           "--method", "guidance")  # fmt: skip
+    fails(cube, img.affine, "--resample must be ≥ 1", "--resample", "0")
+    fails(
+        cube, img.affine, "needs --method repaint and --sampler ddim or ddpm", "--resample", "3", "--method", "guidance"
+    )
+    fails(
+        cube, img.affine, "needs --method repaint and --sampler ddim or ddpm", "--resample", "3", "--sampler", "dpmpp2m"
+    )
     # a volume larger than the model's field of view, the region in slices the crop leaves out
     big = np.concatenate([np.asarray(img.dataobj)] * 3, axis=2)
     nib.save(nib.Nifti1Image(big, img.affine), tmp_path / "big.nii.gz")

@@ -388,3 +388,63 @@ def test_zero_terminal_snr_samples_from_pure_noise(name):
     out = smp(model, _noise((4000, 1, 1, 1)), generator=torch.Generator().manual_seed(1))
     assert torch.isfinite(out).all()
     assert abs(float(out.mean()) - 0.7) < 0.04 and abs(float(out.std()) - 0.5) < 0.04
+
+
+def _repaint_conditional(sampler: str, resample: int, rho: float = 0.9, known: float = 1.5) -> torch.Tensor:
+    """RePaint (`guidance.Replacement`) on 2-element Gaussian data, unit variances, correlation
+    `rho`, with its exact ε-denoiser (x_t = √ᾱ x0 + √(1−ᾱ) ε ⇒ E[ε | x_t] = √(1−ᾱ) C⁻¹ x_t, C =
+    ᾱΣ + (1−ᾱ)I): the first element known, the second drawn; 4,000 draws of the second."""
+    from ldmtool.diffusion.guidance import Replacement
+
+    smp = make_sampler(sampler, _cfg(), 50, resample=resample)
+    ac = smp.alphas_cumprod.double()
+    cov = torch.tensor([[1.0, rho], [rho, 1.0]], dtype=torch.float64)
+
+    def model(x, t):
+        a = float(ac[int(t[0])])
+        return ((1 - a) ** 0.5 * x.double() @ torch.linalg.inv(a * cov + (1 - a) * torch.eye(2))).float()
+
+    n = 4000
+    mask = torch.zeros(n, 2)
+    mask[:, 0] = 1
+    hook = Replacement(model, smp.alphas_cumprod, "epsilon", known * mask, mask, torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(1)
+    out = smp(hook, torch.randn(n, 2, generator=gen), generator=gen)
+    return out[:, 1]  # (the known element is put back afterwards: `inpaint_latents`)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_repaint_resampling_draws_the_unknown_part_from_its_conditional(sampler):
+    """Plain replacement leaves the drawn element far from x2 | x1 ~ N(ρ x1, 1 − ρ²) (it never sees
+    how the known element shaped the rest): RePaint's resampling brings mean and spread near it."""
+    want_mean, want_std = 0.9 * 1.5, (1 - 0.9**2) ** 0.5
+    plain, resampled = _repaint_conditional(sampler, 1), _repaint_conditional(sampler, 10)
+    assert abs(float(plain.mean()) - want_mean) > 0.4
+    assert abs(float(resampled.mean()) - want_mean) < 0.4 * abs(float(plain.mean()) - want_mean)
+    assert abs(float(resampled.std()) - want_std) < 0.05
+
+
+def test_resample_one_is_the_plain_sampler_and_more_takes_call_the_model_more():
+    shape = SHAPES["3d"]
+    for name in ("ddim", "ddpm"):
+        calls: dict[int, list[int]] = {1: [], 3: []}
+        outs = {}
+        for r in (1, 3):
+
+            def model(x, t, seen=calls[r]):
+                seen.append(int(t[0]))
+                return 0.1 * x
+
+            outs[r] = make_sampler(name, _cfg(), 4, resample=r)(model, _noise(shape), torch.Generator().manual_seed(2))
+        base = make_sampler(name, _cfg(), 4)(lambda x, t: 0.1 * x, _noise(shape), torch.Generator().manual_seed(2))
+        torch.testing.assert_close(outs[1], base, atol=0, rtol=0)
+        ts = make_sampler(name, _cfg(), 4).timesteps
+        assert calls[1] == ts and calls[3] == [t for t in ts[:-1] for _ in range(3)] + [ts[-1]]  # the last step once
+
+
+@pytest.mark.parametrize("name", ["dpmpp2m", "unipc2"])
+def test_resample_needs_ddim_or_ddpm(name):
+    with pytest.raises(LdmError, match="--resample 2 needs --sampler ddim or ddpm"):
+        make_sampler(name, _cfg(), 10, resample=2)
+    with pytest.raises(LdmError, match="--resample must be at least 1"):
+        make_sampler("ddim", _cfg(), 10, resample=0)
