@@ -44,8 +44,8 @@ With `--work W --reuse` the models an earlier run left in W that ran to their en
 are kept and only the rest is trained: e.g. a folder holding a copy of another run's AE and SEG
 trains only the denoiser, so two denoiser budgets meet the same autoencoder and segmenter (an
 autoencoder trained anew, none finished in W, has every denoiser trained anew too). The few-shot
-part below keeps AE, NORMAL and FEW the same way (the same --seed: the phantoms are drawn again
-from it), so inpainting settings can be compared on the same models.
+part below keeps AE, NORMAL, FEW and SEG-REAL the same way (the same --seed: the phantoms are
+drawn again from it), so inpainting settings can be compared on the same models.
 No lesion insertion (brains have no lesions).
 
 With `--fewshot K` the few-shot lesion part runs instead (on phantoms):
@@ -572,9 +572,9 @@ def segmenter_labels(args, work: Path, data: Path, normals: Path, syn: Path, reg
     import nibabel as nib
 
     seg = work / "SEG-REAL"
-    ldmtool("--seed", args.seed, "train-seg", data, "--out", seg, "--arch", "unet", "--lr", args.seg_lr,
-            "--steps", args.fewshot_seg_steps, "--batch-size", 16, "--max-minutes", 600,
-            *(["--config", REPO / "examples" / "tiny.yaml"] if args.quick else []))  # fmt: skip
+    train(args.reuse, seg, "--seed", args.seed, "train-seg", data, "--out", seg, "--arch", "unet", "--lr", args.seg_lr,
+          "--steps", args.fewshot_seg_steps, "--batch-size", 16, "--max-minutes", 600,
+          *(["--config", REPO / "examples" / "tiny.yaml"] if args.quick else []))  # fmt: skip
     ldmtool("segment", syn / "imagesTr", "--model", seg, "--out", work / "SEG-REAL-inpainted", "--overwrite")
     shares = []
     for case, new, *_ in pairs:
@@ -843,7 +843,7 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true",
                     help="--ixi: keep the autoencoder, segmenter and denoisers already trained to the end in --work "
                          "(their folders AE, SEG, LDM-BRANCH) instead of training them again; --fewshot: the same "
-                         "for AE, NORMAL and FEW")  # fmt: skip
+                         "for AE, NORMAL, FEW and SEG-REAL")  # fmt: skip
     ap.add_argument("--ixi", type=Path, default=None, help="ixi_t1_2mm folder: mask-to-image on real brains instead")
     ap.add_argument("--split-seed", type=int, default=0, help="--ixi: the real_data.py split of 100/48 brains")
     ap.add_argument(

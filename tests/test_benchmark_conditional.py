@@ -93,7 +93,7 @@ def test_conditional_benchmark_fewshot_quick(tmp_path):
         assert np.array_equal(by_seg == 2, region & found)
         assert np.array_equal(by_seg[by_seg != 2], normal[by_seg != 2])
     # --reuse: the same models, inpainted again with RePaint's resampling
-    models = {m: (tmp_path / m / "model.safetensors").read_bytes() for m in ("AE", "NORMAL", "FEW")}
+    models = {m: (tmp_path / m / "model.safetensors").read_bytes() for m in ("AE", "NORMAL", "FEW", "SEG-REAL")}
     again = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "conditional.py"), "--quick", "--fewshot", "3", "--ae-steps", "7",
          "--fewshot-label-from", "segmenter", "--inpaint-sampler", "ddpm", "--inpaint-resample", "2", "--reuse",
