@@ -53,36 +53,25 @@ def test_inpaint_bit_exact_outside(cli, trained, case, tmp_path, method):
     assert prov["margin"] == 2
 
 
-def test_inpaint_margin_changes_the_fill_not_the_outside(cli, trained, case, tmp_path):
-    """--margin 0 and 3 regenerate different latent voxels around the region: the region's content
-    differs (same seed), everything outside it stays the input's."""
+@pytest.mark.parametrize(
+    "flag,values,extra",
+    [("--margin", (0, 3), ()), ("--resample", (1, 3), ("--sampler", "ddpm"))],
+)
+def test_inpaint_setting_changes_the_fill_not_the_outside(cli, trained, case, tmp_path, flag, values, extra):
+    """--margin 0 and 3 regenerate different latent voxels around the region, --resample 3 (RePaint's
+    resampling) takes every step three times: the region's content differs (same seed), everything
+    outside it stays the input's, and the run record names the setting."""
     vol, label, region_path = case
     region = np.asarray(nib.load(region_path).dataobj).astype(bool)
     fills = {}
-    for margin in (0, 3):
-        out = tmp_path / f"M{margin}"
+    for value in values:
+        out = tmp_path / f"{flag[2:]}{value}"
         r = cli("inpaint", vol, "--region", region_path, "--labels", label, "--label", "lesion", "--ae", trained.ae,
-                "--ldm", trained.ldm, "--out", out, "--steps", 3, "--margin", margin)  # fmt: skip
+                "--ldm", trained.ldm, "--out", out, "--steps", 3, flag, value, *extra)  # fmt: skip
         assert r.code == 0, r.both
-        fills[margin] = _check_outside(vol, out / "vol_inpainted.nii.gz", region)[region]
-        assert json.loads((out / "vol_inpaint.json").read_text())["margin"] == margin
-    assert not np.array_equal(fills[0], fills[3])
-
-
-def test_inpaint_resample_changes_the_fill_not_the_outside(cli, trained, case, tmp_path):
-    """--resample 3 (RePaint's resampling) takes every step three times: a different fill from the
-    same seed, everything outside the region still the input's, the setting in the provenance."""
-    vol, label, region_path = case
-    region = np.asarray(nib.load(region_path).dataobj).astype(bool)
-    fills = {}
-    for resample in (1, 3):
-        out = tmp_path / f"R{resample}"
-        r = cli("inpaint", vol, "--region", region_path, "--labels", label, "--label", "lesion", "--ae", trained.ae,
-                "--ldm", trained.ldm, "--out", out, "--steps", 3, "--sampler", "ddpm", "--resample", resample)  # fmt: skip
-        assert r.code == 0, r.both
-        fills[resample] = _check_outside(vol, out / "vol_inpainted.nii.gz", region)[region]
-        assert json.loads((out / "vol_inpaint.json").read_text())["resample"] == resample
-    assert not np.array_equal(fills[1], fills[3])
+        fills[value] = _check_outside(vol, out / "vol_inpainted.nii.gz", region)[region]
+        assert json.loads((out / "vol_inpaint.json").read_text())[flag[2:]] == value
+    assert not np.array_equal(*fills.values())
 
 
 def test_inpaint_label_conditioned_healthy(cli, trained, label_ldm, case, tmp_path):
