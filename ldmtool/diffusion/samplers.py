@@ -11,7 +11,9 @@ What comes from MONAI (`monai.networks.schedulers`) and what is written here:
   RFlowScheduler's (used as is by `EulerFlowSampler`);
 - the DDIM/DDPM update is written out here because MONAI's `step` draws the noise of a whole batch
   from one generator; per-sample generators (a list, one per row) are what make a sample
-  independent of the batch it ran in;
+  independent of the batch it ran in; RePaint's resampling (`DDIMSampler(resample=R)`, for
+  inpainting) is part of that loop, as MONAI has no RePaint (diffusers' RePaintScheduler would bring
+  the dependencies named below);
 - the multistep solvers DPM-Solver++(2M, 3M) and UniPC-bh2 (orders 2, 3) are written out here
   because MONAI has none. diffusers' DPMSolverMultistepScheduler and UniPCMultistepScheduler would
   fit (deterministic solvers draw no per-sample noise), but they bring diffusers and
