@@ -55,7 +55,7 @@ With `--fewshot K` the few-shot lesion part runs instead (on phantoms):
      --test held-out phantoms with lesions (another seed);
   2. `train-ae` on the training phantoms, a model of normal anatomy (`train-ldm` on the lesion-free
      ones), fine-tuned on the K lesion cases alone (`train-ldm --condition-on labels --init NORMAL`,
-     --fewshot-steps);
+     --fewshot-steps; --fewshot-lesion-weight W: its `--lesion-weight`, else the config's);
   3. into every lesion-free training phantom, `inpaint --label lesion` paints the lesions of one of
      the K cases (their shapes and sizes, each moved to a random place at least 6 mm inside the head
      where the image is like the tissue around the K real lesions, i.e. not over the dark
@@ -67,7 +67,8 @@ With `--fewshot K` the few-shot lesion part runs instead (on phantoms):
   4. `evaluate --only utility` (--fewshot-seeds seeds): a downstream segmenter trained on the real
      training phantoms alone, on the inpainted ones alone, and on both (--fewshot-real-share of every
      batch real: 0.75, chosen on the seed-0 phantoms), scored on the held-out phantoms. Target:
-     real + inpainted beats real alone in lesion Dice.
+     real + inpainted beats real alone in lesion Dice. The header also gives how bright the labelled
+     lesions are (mean over the head's median), of the K real cases and of the inpainted ones.
 The autoencoder and the model of normal anatomy train on examples/demo.yaml's wall-clock limits
 unless `--ae-steps` and `--ldm-steps` give them step counts: a run on a loaded machine then trains
 the same models as one on an idle machine, only slower.
@@ -165,6 +166,12 @@ def train(reuse: bool, out: Path, *cmd) -> bool:
 def repaint_flags(args) -> list:
     """`inpaint --sampler --resample` of the repaint method (--inpaint-sampler, --inpaint-resample)."""
     return ["--sampler", args.inpaint_sampler, "--resample", args.inpaint_resample]
+
+
+def lesion_weight_flags(args) -> list:
+    """`train-ldm --lesion-weight` of the fine-tuning on the K lesion cases (--fewshot-lesion-weight;
+    none: the config's)."""
+    return [] if args.fewshot_lesion_weight is None else ["--lesion-weight", args.fewshot_lesion_weight]
 
 
 def budget_flags(steps: int | None, minutes: float | None) -> list:
@@ -532,6 +539,27 @@ def lesion_surroundings(cases: list[tuple[np.ndarray, np.ndarray]], lesion: int)
     return float(np.median(ratios))
 
 
+def lesion_brightness(folder: Path, cases: list[str], lesion: int) -> list[float]:
+    """How bright each case's labelled lesion is: the mean intensity of its lesion voxels divided by
+    the median of the rest of its head (nnU-Net folder `folder`; cases without lesion voxels are
+    left out). The inpainted lesions are judged by the same measure as the real ones they imitate."""
+    out = []
+    for case in cases:
+        image = read(folder / "imagesTr" / f"{case}_0000.nii.gz")[0]
+        label = read(folder / "labelsTr" / f"{case}.nii.gz")[0]
+        les, head = label == lesion, (label > 0) & (label != lesion)
+        if les.any() and head.any():
+            out.append(float(image[les].mean() / np.median(image[head])))
+    return out
+
+
+def brightness_text(values: list[float]) -> str:
+    """Median and range of per-case lesion brightness ratios (`lesion_brightness`)."""
+    if not values:
+        return "none (no labelled lesion)"
+    return f"median {np.median(values):.2f}× ({min(values):.2f}–{max(values):.2f}, {len(values)} cases)"
+
+
 def lesion_tissue(image: np.ndarray, label: np.ndarray, lesion: int, surroundings: float) -> np.ndarray:
     """Where a lesion may be placed in a lesion-free case: voxels whose smoothed intensity is at least
     half that of the tissue around real lesions (`lesion_surroundings`, relative to this head's median),
@@ -647,7 +675,7 @@ def run_fewshot(args, work: Path) -> None:
                      work / "NORMAL", "--config", config, *budget) and kept  # fmt: skip
     train(kept, work / "FEW", "--seed", args.seed, "train-ldm", few, "--ae", work / "AE", "--out", work / "FEW",
           "--config", config, "--condition-on", "labels", "--init", work / "NORMAL", "--steps", args.fewshot_steps,
-          "--max-minutes", 600)  # fmt: skip
+          "--max-minutes", 600, *lesion_weight_flags(args))  # fmt: skip
 
     modes = [m.strip() for m in args.fewshot_label_from.split(",") if m.strip()]
     regions_dir = work / "regions"
@@ -678,7 +706,7 @@ def run_fewshot(args, work: Path) -> None:
             nib.save(nib.Nifti1Image(region.astype(np.uint8), affine), regions_dir / f"{new}.nii.gz")
             pairs.append((case, new, args.seed + r * len(normal) + i, r))
 
-    seconds, labelled, reports = {}, {}, {}
+    seconds, labelled, reports, bright = {}, {}, {}, {}
     inpainted_first = None  # the first mode's folder: its images serve --label-from segmenter as they are
     for mode in modes:  # the same regions and seeds: the same images, labelled each way
         syn = work / ("inpainted" if mode == "painted" else f"inpainted-{mode}")
@@ -694,6 +722,7 @@ def run_fewshot(args, work: Path) -> None:
             inpainted_first = inpainted_first or syn
         if mode == "segmenter":
             labelled[mode] = segmenter_labels(args, work, data, normals, syn, regions_dir, pairs, lesion)
+        bright[mode] = lesion_brightness(syn, [new for _, new, *_ in pairs], lesion)
         meta = json.loads((data / "dataset.json").read_text())
         meta["numTraining"] = len(pairs)
         (syn / "dataset.json").write_text(json.dumps(meta, indent=2))
@@ -728,6 +757,11 @@ def run_fewshot(args, work: Path) -> None:
         f"the decoder reads as lesion; segmenter: those a UNet trained on the real training phantoms segments as "
         f"lesion; the images are the same)"
     )
+    weight = "the config's" if args.fewshot_lesion_weight is None else f"{args.fewshot_lesion_weight:g}"
+    print(f"- fine-tuning lesion weight (`train-ldm --lesion-weight`): {weight}")
+    print(f"- labelled lesion brightness (mean of the lesion voxels / the rest of the head's median), per case: "
+          f"{brightness_text(lesion_brightness(few, annotated, lesion))} for the {k} real lesion cases; "
+          + "; ".join(f"{brightness_text(v)} inpainted, label from {m}" for m, v in bright.items()))  # fmt: skip
     print(
         f"- lesions placed at least 6 mm inside the head where the smoothed image is at least half as bright as "
         f"the tissue around the {k} real lesions ({surroundings:.2f}× the head's median): not over ventricles"
@@ -858,6 +892,9 @@ def main() -> None:
     ap.add_argument("--fewshot", type=int, default=None, metavar="K",
                     help="the few-shot lesion part instead: K annotated lesion cases")  # fmt: skip
     ap.add_argument("--fewshot-steps", type=int, default=800, help="--fewshot: fine-tuning steps on the K cases")
+    ap.add_argument("--fewshot-lesion-weight", type=float, default=None,
+                    help="--fewshot: train-ldm --lesion-weight of the fine-tuning on the K lesion cases "
+                         "(default: the config's)")  # fmt: skip
     ap.add_argument("--fewshot-seg-steps", type=int, default=1000, help="--fewshot: downstream segmenter steps")
     ap.add_argument("--fewshot-label-from", default="region,painted",
                     help="--fewshot: `inpaint --label-from` of the inpainted cases' label maps (region, painted), or "

@@ -46,6 +46,8 @@ def test_conditional_benchmark_fewshot_quick(tmp_path):
             "region,painted,segmenter",
             "--ae-steps",
             "7",
+            "--fewshot-lesion-weight",
+            "8",
             "--work",
             str(tmp_path),
         ],
@@ -57,6 +59,10 @@ def test_conditional_benchmark_fewshot_quick(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "real training phantoms: 8: 3 with lesions" in proc.stdout
     assert "autoencoder on the 8 training phantoms: 7 steps" in proc.stdout  # --ae-steps, not the time limit
+    assert "fine-tuning lesion weight (`train-ldm --lesion-weight`): 8" in proc.stdout
+    few_config = json.loads((tmp_path / "FEW" / "config.json").read_text())
+    assert few_config["train"]["lesion_weight"] == 8.0
+    assert "labelled lesion brightness" in proc.stdout and "for the 3 real lesion cases" in proc.stdout
     assert (
         "| real + inpainted (8 + " in proc.stdout
         and "real + inpainted (label from region, 1 per lesion-free phantom) − real alone" in proc.stdout
@@ -141,6 +147,28 @@ def test_transplanted_lesions_keep_their_shapes_inside_the_head():
     tiny = np.zeros_like(label)
     tiny[18:22, 18:22, 9:11] = 1  # a head too small for any lesion at this margin
     assert not transplanted_lesions(tiny, donor, 2, zooms, np.random.default_rng(0), margin_mm=4.0).any()
+
+
+def test_lesion_brightness_is_the_lesion_mean_over_the_rest_of_the_head(tmp_path):
+    """Per case: mean lesion intensity / median of the other head voxels; a case without lesion
+    voxels is left out."""
+    import nibabel as nib
+    import numpy as np
+
+    from benchmarks.conditional import lesion_brightness
+
+    for sub in ("imagesTr", "labelsTr"):
+        (tmp_path / sub).mkdir()
+    label = np.zeros((8, 8, 4), np.uint8)
+    label[1:7, 1:7] = 1
+    image = np.where(label > 0, 100.0, 0.0).astype(np.float32)
+    image[3, 1:7] = 80.0  # a sixth of the head darker: its median stays 100, its mean does not
+    label[2, 2, 1:3], label[2, 3, 1:3] = 2, 2
+    image[2, 2, 1:3], image[2, 3, 1:3] = 150.0, 130.0
+    for case, lab in (("a", label), ("b", np.where(label == 2, 1, label).astype(np.uint8))):
+        nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / "imagesTr" / f"{case}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), tmp_path / "labelsTr" / f"{case}.nii.gz")
+    assert lesion_brightness(tmp_path, ["a", "b"], 2) == pytest.approx([1.4])
 
 
 def test_lesion_tissue_keeps_lesions_off_dark_ventricles():
