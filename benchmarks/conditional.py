@@ -757,8 +757,8 @@ def run_fewshot(args, work: Path) -> None:
         f"the decoder reads as lesion; segmenter: those a UNet trained on the real training phantoms segments as "
         f"lesion; the images are the same)"
     )
-    weight = "the config's" if args.fewshot_lesion_weight is None else f"{args.fewshot_lesion_weight:g}"
-    print(f"- fine-tuning lesion weight (`train-ldm --lesion-weight`): {weight}")
+    weight = json.loads((work / "FEW" / "config.json").read_text())["train"]["lesion_weight"]  # kept FEW: its own
+    print(f"- fine-tuning lesion weight (`train-ldm --lesion-weight`, FEW's config): {weight:g}")
     print(f"- labelled lesion brightness (mean of the lesion voxels / the rest of the head's median), per case: "
           f"{brightness_text(lesion_brightness(few, annotated, lesion))} for the {k} real lesion cases; "
           + "; ".join(f"{brightness_text(v)} inpainted, label from {m}" for m, v in bright.items()))  # fmt: skip
@@ -930,6 +930,8 @@ def main() -> None:
         sys.exit(
             f"--fewshot-label-from {args.fewshot_label_from}: expected region, painted or segmenter, e.g. painted,segmenter"
         )
+    elif args.fewshot is not None and args.fewshot_lesion_weight is not None and not args.fewshot_lesion_weight >= 0:
+        sys.exit(f"--fewshot-lesion-weight {args.fewshot_lesion_weight:g}: expected a number ≥ 0 (0: no extra weight)")
     elif args.quick and args.fewshot is not None:
         args.n, args.test, args.shape, args.steps = 12, 6, "32,32,16", 3
         args.fewshot_steps, args.fewshot_seg_steps, args.fewshot_seeds = 5, 5, 1

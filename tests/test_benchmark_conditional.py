@@ -59,7 +59,7 @@ def test_conditional_benchmark_fewshot_quick(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "real training phantoms: 8: 3 with lesions" in proc.stdout
     assert "autoencoder on the 8 training phantoms: 7 steps" in proc.stdout  # --ae-steps, not the time limit
-    assert "fine-tuning lesion weight (`train-ldm --lesion-weight`): 8" in proc.stdout
+    assert "fine-tuning lesion weight (`train-ldm --lesion-weight`, FEW's config): 8" in proc.stdout
     few_config = json.loads((tmp_path / "FEW" / "config.json").read_text())
     assert few_config["train"]["lesion_weight"] == 8.0
     assert "labelled lesion brightness" in proc.stdout and "for the 3 real lesion cases" in proc.stdout
@@ -311,6 +311,16 @@ def test_reuse_needs_ixi_or_fewshot_and_work():
         proc.stderr.strip()
         == "--reuse: only with --ixi or --fewshot, and --work (the folder holding the models to keep)"
     )
+
+
+def test_fewshot_lesion_weight_is_checked_before_any_training(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "conditional.py"), "--fewshot", "5", "--fewshot-lesion-weight",
+         "-1", "--work", str(tmp_path / "w")],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1 and not (tmp_path / "w").exists()
+    assert proc.stderr.strip() == "--fewshot-lesion-weight -1: expected a number ≥ 0 (0: no extra weight)"
 
 
 def test_fewshot_label_from_is_checked_before_any_training():
