@@ -64,6 +64,9 @@ With `--fewshot K` the few-shot lesion part runs instead (on phantoms):
      lesion only where a UNet trained on the real training phantoms alone segments one in the region);
      --fewshot-copies C paints C such cases into every lesion-free phantom (another annotated case's
      lesions each time, at another place); a list (1,3) compares the sets side by side;
+     --fewshot-strength S below 1 starts each region from a sketch instead of pure noise (`inpaint
+     --init SKETCH --strength S`, SDEdit): the phantom with the region's voxels brightened by how
+     much brighter the K real lesions are than the tissue around them;
   4. `evaluate --only utility` (--fewshot-seeds seeds): a downstream segmenter trained on the real
      training phantoms alone, on the inpainted ones alone, and on both (--fewshot-real-share of every
      batch real: 0.75, chosen on the seed-0 phantoms), scored on the held-out phantoms. Target:
@@ -618,19 +621,42 @@ def segmenter_labels(args, work: Path, data: Path, normals: Path, syn: Path, reg
     return shares
 
 
-def inpaint_pairs(args, work: Path, normals: Path, regions: Path, syn: Path, pairs, mode: str):
+def write_sketch(host: Path, region: Path, gain: float, out: Path) -> Path:
+    """The lesion-free phantom `host` with the voxels of `region` multiplied by `gain` (a rough
+    lesion for `inpaint --init`), in the host's grid and value type."""
+    import nibabel as nib
+
+    img = nib.load(host)
+    data = np.asarray(img.dataobj).astype(np.float32)
+    inside = np.asarray(nib.load(region).dataobj) > 0
+    data[inside] *= gain
+    dtype = img.get_data_dtype()
+    if np.issubdtype(dtype, np.integer):
+        data = np.clip(np.rint(data), np.iinfo(dtype).min, np.iinfo(dtype).max)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data.astype(dtype), img.affine, img.header), out)
+    return out
+
+
+def inpaint_pairs(args, work: Path, normals: Path, regions: Path, syn: Path, pairs, mode: str, gain: float = 1.0):
     """`inpaint --label lesion` of every (lesion-free case, new case id, seed) of `pairs` with the
     fine-tuned model FEW into the nnU-Net folder `syn` (`--label-from` mode; segmenter: region, the
-    maps rewritten afterwards); (seconds per case, share of each region labelled lesion)."""
+    maps rewritten afterwards; with --fewshot-strength below 1 from a sketch, `write_sketch` with
+    `gain`); (seconds per case, share of each region labelled lesion)."""
     seconds, labelled = [], []
     for case, new, seed, _ in pairs:
         out = syn / "runs" / new
-        ldmtool("--seed", seed, "inpaint", normals / "imagesTr" / f"{case}_0000.nii.gz", "--region",
+        host = normals / "imagesTr" / f"{case}_0000.nii.gz"
+        start = []
+        if args.fewshot_strength < 1:
+            sketch = write_sketch(host, regions / f"{new}.nii.gz", gain, work / "sketches" / f"{new}.nii.gz")
+            start = ["--init", sketch, "--strength", args.fewshot_strength]
+        ldmtool("--seed", seed, "inpaint", host, "--region",
                 regions / f"{new}.nii.gz", "--labels", normals / "labelsTr" / f"{case}.nii.gz", "--label",
                 "lesion", "--ae", work / "AE", "--ldm", work / "FEW", "--out", out, "--method", "repaint",
                 "--steps", args.steps, "--guidance", args.inpaint_guidance, "--margin", args.inpaint_margin,
                 "--grow", args.inpaint_grow, "--label-from", "region" if mode == "segmenter" else mode,
-                *repaint_flags(args))  # fmt: skip
+                *repaint_flags(args), *start)  # fmt: skip
         shutil.copy(out / f"{case}_inpainted.nii.gz", syn / "imagesTr" / f"{new}_0000.nii.gz")
         shutil.copy(out / f"{case}_inpainted_label.nii.gz", syn / "labelsTr" / f"{new}.nii.gz")
         record = json.loads((out / f"{case}_inpaint.json").read_text())
@@ -685,6 +711,8 @@ def run_fewshot(args, work: Path) -> None:
     surroundings = lesion_surroundings(
         [(read(few / "imagesTr" / f"{c}_0000.nii.gz")[0], donors[c]) for c in annotated], lesion
     )
+    # a sketch's lesion: as much brighter than the tissue it replaces as the real lesions are than theirs
+    gain = float(np.median(lesion_brightness(few, annotated, lesion))) / surroundings
     copies = sorted({int(c) for c in args.fewshot_copies.split(",") if c.strip()})
     # (lesion-free case, new case id, its seed, round): round r gives every lesion-free phantom the
     # lesions of the (i + r)-th annotated case at a new place; the set of c copies is rounds 0..c-1
@@ -718,7 +746,7 @@ def run_fewshot(args, work: Path) -> None:
                     inpainted_first / "imagesTr" / f"{new}_0000.nii.gz", syn / "imagesTr" / f"{new}_0000.nii.gz"
                 )
         else:
-            seconds[mode], labelled[mode] = inpaint_pairs(args, work, normals, regions_dir, syn, pairs, mode)
+            seconds[mode], labelled[mode] = inpaint_pairs(args, work, normals, regions_dir, syn, pairs, mode, gain)
             inpainted_first = inpainted_first or syn
         if mode == "segmenter":
             labelled[mode] = segmenter_labels(args, work, data, normals, syn, regions_dir, pairs, lesion)
@@ -757,6 +785,10 @@ def run_fewshot(args, work: Path) -> None:
         f"the decoder reads as lesion; segmenter: those a UNet trained on the real training phantoms segments as "
         f"lesion; the images are the same)"
     )
+    if args.fewshot_strength < 1:
+        print(f"- every region started from a sketch (`inpaint --init SKETCH --strength {args.fewshot_strength:g}`): "
+              f"the phantom with the region's voxels × {gain:.2f} (the real lesions' brightness over that of the "
+              f"tissue around them)")  # fmt: skip
     weight = json.loads((work / "FEW" / "config.json").read_text())["train"]["lesion_weight"]  # kept FEW: its own
     print(f"- fine-tuning lesion weight (`train-ldm --lesion-weight`, FEW's config): {weight:g}")
     print(f"- labelled lesion brightness (mean of the lesion voxels / the rest of the head's median), per case: "
@@ -903,6 +935,9 @@ def main() -> None:
     ap.add_argument("--fewshot-copies", default="1",
                     help="--fewshot: inpainted cases per lesion-free phantom (each another annotated case's lesions at "
                          "another place); a list (1,3) compares the sets, the smaller ones subsets of the largest")  # fmt: skip
+    ap.add_argument("--fewshot-strength", type=float, default=1.0,
+                    help="--fewshot: below 1, every region starts from a sketch noised to this strength "
+                    "(`inpaint --init --strength`, SDEdit); 1: from pure noise")  # fmt: skip
     ap.add_argument("--fewshot-real-share", type=float, default=0.75,
                     help="--fewshot: share of real slices in every real + inpainted batch (evaluate --real-share)")  # fmt: skip
     args = ap.parse_args()
@@ -930,6 +965,8 @@ def main() -> None:
         sys.exit(
             f"--fewshot-label-from {args.fewshot_label_from}: expected region, painted or segmenter, e.g. painted,segmenter"
         )
+    elif args.fewshot is not None and not 0 < args.fewshot_strength <= 1:
+        sys.exit(f"--fewshot-strength must lie in (0, 1]; got {args.fewshot_strength:g}")
     elif args.fewshot is not None and args.fewshot_lesion_weight is not None and not args.fewshot_lesion_weight >= 0:
         sys.exit(f"--fewshot-lesion-weight {args.fewshot_lesion_weight:g}: expected a number ≥ 0 (0: no extra weight)")
     elif args.quick and args.fewshot is not None:

@@ -425,9 +425,18 @@ class InpaintConfig:
         "With --label: region (the whole region becomes that class) | painted (only the region's voxels "
         "the autoencoder's decoder reads as that class in the new image; the rest keep their class).",
     )
+    strength: float = setting(
+        1.0,
+        "--method repaint: how far the region's start is noised (SDEdit): 1 = from pure noise; below 1 the "
+        "region starts from the input's own content, or from --init's, noised to that fraction of the "
+        "schedule, and round(steps × strength) steps are run, so the result keeps that content's layout.",
+    )
 
     def __post_init__(self) -> None:
         _check_choice("--method", self.method, ("repaint", "guidance"))
+        _check_range("--strength", self.strength, 0, 1, low_open=True)
+        if self.strength < 1 and self.method != "repaint":
+            raise LdmError(f"--strength {self.strength:g} needs --method repaint (it starts the replacement part-way)")
         _check_choice("--label-from", self.label_from, ("region", "painted"))
         _check_choice("--sampler", self.sampler, ("ddim", "ddpm", "dpmpp2m"))
         _check_range("--steps", self.steps, 1)

@@ -65,6 +65,16 @@ def inpaint(
     margin: Annotated[Optional[int], common.opt(InpaintConfig, "margin")] = None,
     grow: Annotated[Optional[int], common.opt(InpaintConfig, "grow", panel=WHAT)] = None,
     label_from: Annotated[Optional[str], common.opt(InpaintConfig, "label_from", panel=WHAT)] = None,
+    strength: Annotated[Optional[float], common.opt(InpaintConfig, "strength")] = None,
+    init: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--init",
+            help="A volume in the input's grid whose content inside the region starts the regeneration (a "
+            "lesion drawn or pasted there, say), noised to --strength (below 1); without it the input's own.",
+            rich_help_panel=WHAT,
+        ),
+    ] = None,
     overwrite: Annotated[
         bool,
         typer.Option(
@@ -93,6 +103,8 @@ def inpaint(
     common.require_exists(region, "--region")
     if labels is not None:
         common.require_exists(labels, "--labels")
+    if init is not None:
+        common.require_exists(init, "--init")
     cfg = common.section(load_yaml(config), "inpaint", InpaintConfig, locals())
     result = inpaint_file(
         source,
@@ -109,6 +121,7 @@ def inpaint(
         device=state.torch_device(),
         console=state.console,
         overwrite=overwrite,
+        init=init,
     )
 
     def seam_text(seam: dict) -> str:

@@ -56,6 +56,7 @@ _SETTINGS = (
     "margin",
     "grow",
     "label_from",
+    "strength",
 )
 
 
@@ -144,6 +145,7 @@ def inpaint_file(
     device: torch.device = torch.device("cpu"),
     console=None,
     overwrite: bool = False,
+    init: Path | None = None,
 ) -> InpaintResult:
     """Regenerate `region` of one NIfTI file or DICOM series; write `<stem>_inpainted.nii.gz` (the
     input's geometry and value type, bit-exact outside the region), `<stem>_region.nii.gz`, the label
@@ -153,20 +155,38 @@ def inpaint_file(
         labels: the volume's label map (same grid); without it, one is estimated by the autoencoder.
         label: the class the region becomes (a lesion inserted); `healthy`: a lesion removed.
         conditions: attribute conditions (`--condition`); lesion attributes default to the region's.
+        init: a volume in the input's grid (a lesion drawn or pasted into it, say) whose content
+            inside the region starts the regeneration (with `cfg.strength` < 1, SDEdit); without it
+            the input's own content does.
     """
     cfg = cfg or InpaintConfig()
     if label is not None and healthy:
         raise LdmError("--label and --healthy exclude each other: insert a class, or fill with normal tissue")
     if cfg.label_from == "painted" and (label is None or cfg.method != "repaint"):
         raise LdmError("--label-from painted needs --label NAME and --method repaint (it reads the decoded labels)")
+    if init is not None and not cfg.strength < 1:
+        raise LdmError("--init needs --strength below 1: from pure noise (strength 1) nothing of it would be kept")
     check_output_dir(out_dir, "inpaint", overwrite)
     with output_dir(Path(out_dir)):
         paths = (Path(source), Path(ae_path), Path(ldm_path), Path(out_dir), Path(region), labels)
-        return _inpaint(*paths, label, healthy, conditions, cfg, seed, device, console)
+        return _inpaint(*paths, label, healthy, conditions, cfg, seed, device, console, init)
 
 
 def _inpaint(
-    source, ae_path, ldm_path, out_dir, region_path, labels_path, label, healthy, conditions, cfg, seed, device, console
+    source,
+    ae_path,
+    ldm_path,
+    out_dir,
+    region_path,
+    labels_path,
+    label,
+    healthy,
+    conditions,
+    cfg,
+    seed,
+    device,
+    console,
+    init_path=None,
 ):
     """The body of `inpaint_file` (its arguments)."""
     from ldmtool.io.dataset import Case, case_channel_files, read_case
@@ -194,7 +214,10 @@ def _inpaint(
             highlight=False,
         )
     conditions = _conditions(pipe, conditions, model_labels, model_affine)
-    new_image, new_labels = _fill(pipe, cfg, image, miss, model_labels, drawn, conditions, seed)
+    start = None
+    if cfg.strength < 1:
+        start = _start_image(None if init_path is None else Path(init_path), volume, raw, region, pipe, irange)
+    new_image, new_labels = _fill(pipe, cfg, image, miss, model_labels, drawn, conditions, seed, start)
     fills = _region_values(pipe, new_image, irange, model_affine, region, volume, raw)
     painted = label is not None and cfg.label_from == "painted"
     if (
@@ -217,6 +240,7 @@ def _inpaint(
         "labels": None if labels_path is None else str(labels_path),
         "label": label,
         "healthy": healthy,
+        "init": None if init_path is None else str(init_path),
         "conditions": result.conditions,
         "outputs": {k: v.name for k, v in result.outputs.items()},
         "region_voxels": result.region_voxels,
@@ -241,6 +265,27 @@ def _inpaint(
     write_run_record(out_dir, f"inpaint-{stem}", json.dumps(prov, indent=2), f"{stem}_inpaint.json")
     result.outputs["provenance"] = out_dir / f"{stem}_inpaint.json"
     return result
+
+
+def _start_image(path: Path | None, volume: Volume, raw: np.ndarray, region: np.ndarray, pipe, irange) -> np.ndarray:
+    """The image the region starts from with --strength below 1, in model space and normalised as the
+    input is (`irange`): the input as it is (its region's content too, which the input's model-space
+    image has blanked), or with the region's voxels taken from `path` (--init)."""
+    from ldmtool.data.preprocess import _normalise, denormalise
+
+    if raw.ndim != 3:
+        raise LdmError("--strength below 1 takes a volume of one channel; this model has several")
+    start = raw.astype(np.float32, copy=True)
+    if path is not None:
+        from ldmtool.io.dataset import read_aligned
+
+        values = np.asarray(read_aligned(path, volume, f"--init {path}").array)
+        if not np.isfinite(values[region]).all():
+            raise LdmError(f"--init {path} has NaN or infinite values inside the region")
+        start[region] = values[region]
+    pre = pipe.preprocess
+    image, _, _, own = to_model_space(volume.with_array(start), np.zeros(region.shape, bool), pipe.ae_config)
+    return _normalise(denormalise(image, own, pre), irange, pre)
 
 
 def _region_values(pipe, new_image, irange, model_affine, region, volume: Volume, raw: np.ndarray) -> np.ndarray:
@@ -313,10 +358,11 @@ def regeneration_mask(region: torch.Tensor, downsample: int, margin: int) -> tor
 
 
 def _fill(
-    pipe, cfg: InpaintConfig, image, miss, model_labels, drawn, conditions, seed
+    pipe, cfg: InpaintConfig, image, miss, model_labels, drawn, conditions, seed, start=None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(regenerated image (I, J, K), or (I, J, K, C) of several channels, normalised; decoded label
-    map or None) in model space; `drawn`: the label map the model is conditioned on."""
+    map or None) in model space; `drawn`: the label map the model is conditioned on; `start`: the
+    model-space image whose latent the region starts from when `cfg.strength` < 1."""
     img, gone = torch.from_numpy(image), torch.from_numpy(miss)
     cond = None
     if pipe.ldm_config.label_channels and drawn is not None:
@@ -330,11 +376,14 @@ def _fill(
     f = pipe.ae.cfg.downsample
     enc_labels = None if model_labels is None else torch.from_numpy(model_labels)
     known = pipe.encode(img, enc_labels if pipe.label_names else None)  # (L, D, h, w)
+    begin = None
+    if start is not None:
+        begin = pipe.encode(torch.from_numpy(start), enc_labels if pipe.label_names else None)
     where = gone if gone.ndim == 3 else gone.any(1)  # (D, H, W): the region of any channel
     regen = regeneration_mask(where, f, cfg.margin)
     z = pipe.inpaint_latents(known, 1 - regen, seed=seed, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta,
                              conditions=conditions, guidance=cfg.guidance, labels=cond,
-                             resample=cfg.resample)  # fmt: skip
+                             resample=cfg.resample, start_from=begin, strength=cfg.strength)  # fmt: skip
     with torch.inference_mode():
         dec, lab = decode_latents(pipe.ae, z.float() * pipe.latent_std + pipe.latent_mean, labels_only=True)
     return slices_to_volume(dec[0].float().numpy()), None if lab is None else slices_to_volume(lab[0].numpy())

@@ -441,6 +441,8 @@ class LatentDiffusionPipeline:
         guidance: float = SampleConfig.guidance,
         labels: torch.Tensor | None = None,
         resample: int = 1,
+        start_from: torch.Tensor | None = None,
+        strength: float = 1.0,
     ) -> torch.Tensor:
         """Regenerate the latent voxels outside `keep` with RePaint-style replacement.
 
@@ -450,6 +452,10 @@ class LatentDiffusionPipeline:
             labels: (1, C, D, h, w) label-map condition (`label_condition`), for mask-to-image models.
             resample: every step taken this many times, noised back in between (RePaint's
                 resampling: the regenerated part follows the kept one; `DDIMSampler`).
+            start_from, strength: with `strength` < 1, start from the standardised latent
+                `start_from` (L, D, h, w) (default `known`) noised to that fraction of the schedule
+                (SDEdit) and run `impute_steps(steps, "start", strength)` steps, instead of all
+                `steps` from pure noise.
         Returns:
             (1, L, D, h, w) standardised latent: `known` where kept, sampled elsewhere; before every
             step the kept part of x_t is the known latent noised to that step's level.
@@ -457,16 +463,23 @@ class LatentDiffusionPipeline:
         dcfg = self.ldm_config.model
         if dcfg.objective == "flow":
             raise LdmError("inpaint --method repaint needs an eps or v denoiser; this one is flow")
-        smp = self.make_sampler(sampler, steps, eta, resample=resample)
+        first = None
+        if strength < 1:
+            first = max(round(strength * dcfg.num_train_timesteps) - 1, 0)
+            steps = impute_steps(steps, "start", strength)
+        smp = make_sampler(sampler, dcfg, steps, eta, start=first, resample=resample)
         known = known[None].float().to(self.device)
         m = keep[None, None].float().to(self.device)
+        start = None
+        if first is not None:
+            start = known[0] if start_from is None else start_from.float().to(self.device)
         with torch.inference_mode():
             attrs, mask = self.conditioning(conditions, 1)
             model = guided(self.denoiser, attrs, mask, guidance, labels)
             alphas = training_scheduler(dcfg).alphas_cumprod
             hook = Replacement(model, alphas, dcfg.prediction_type, known, m, torch.Generator().manual_seed(seed))
             with autocast(self.device, self.precision):
-                z = self.denoise([sample_seed(seed, 0)], smp, hook)
+                z = self.denoise([sample_seed(seed, 0)], smp, hook, start_from=start)
         return m * known + (1 - m) * z.float()
 
     def _check_model_space(self, image: torch.Tensor) -> None:
