@@ -72,6 +72,8 @@ With `--fewshot K` the few-shot lesion part runs instead (on phantoms):
      batch real: 0.75, chosen on the seed-0 phantoms), scored on the held-out phantoms. Target:
      real + inpainted beats real alone in lesion Dice. The header also gives how bright the labelled
      lesions are (mean over the head's median), of the K real cases and of the inpainted ones.
+     --fewshot-headroom adds a row with as many more real lesion phantoms (another demo-data seed)
+     in place of the inpainted ones: what inpainted lesions as good as real ones could add.
 The autoencoder and the model of normal anatomy train on examples/demo.yaml's wall-clock limits
 unless `--ae-steps` and `--ldm-steps` give them step counts: a run on a loaded machine then trains
 the same models as one on an idle machine, only slower.
@@ -665,6 +667,15 @@ def inpaint_pairs(args, work: Path, normals: Path, regions: Path, syn: Path, pai
     return seconds, labelled
 
 
+def downstream(args, data: Path, extra: Path, test: Path, rep: Path, seed: int) -> dict:
+    """`evaluate --only utility`: the downstream segmenter on `data` alone, on `extra` alone and on
+    both (--fewshot-real-share), scored on `test`; the report's utility results."""
+    ldmtool("--seed", seed, "evaluate", "--real", data, "--synthetic", extra, "--test", test, "--out", rep,
+            "--only", "utility", "--seg-steps", args.fewshot_seg_steps, "--real-share", args.fewshot_real_share,
+            "--cache-dir", "none")  # fmt: skip
+    return json.loads((rep / "report.json").read_text())["utility"]["results"]
+
+
 def run_fewshot(args, work: Path) -> None:
     """Few-shot lesion synthesis as augmentation (module docstring)."""
     import nibabel as nib
@@ -757,13 +768,26 @@ def run_fewshot(args, work: Path) -> None:
         for c in copies:  # the set of c copies: a subset of the inpainted cases (the same images)
             chosen = [new for _, new, _, r in pairs if r < c]
             sub_syn = syn if c == copies[-1] else subset(syn, work / f"{syn.name}-x{c}", chosen)
-            reports[(mode, c)] = []
-            for s in range(args.fewshot_seeds):
-                rep = work / ((f"U{s}" if mode == "painted" else f"U{s}-{mode}") + (f"-x{c}" if c > 1 else ""))
-                ldmtool("--seed", s, "evaluate", "--real", data, "--synthetic", sub_syn, "--test", test, "--out",
-                        rep, "--only", "utility", "--seg-steps", args.fewshot_seg_steps, "--real-share",
-                        args.fewshot_real_share, "--cache-dir", "none")  # fmt: skip
-                reports[(mode, c)].append(json.loads((rep / "report.json").read_text())["utility"]["results"])
+            reports[(mode, c)] = [
+                downstream(
+                    args,
+                    data,
+                    sub_syn,
+                    test,
+                    work / ((f"U{s}" if mode == "painted" else f"U{s}-{mode}") + (f"-x{c}" if c > 1 else "")),
+                    s,
+                )  # fmt: skip
+                for s in range(args.fewshot_seeds)
+            ]
+    more = []
+    if args.fewshot_headroom:  # as many more real lesion phantoms as inpainted ones: what those could give at best
+        n_more = sum(r == 0 for *_, r in pairs)
+        ldmtool("--seed", args.seed + 2, "demo-data", work / "more_all", "--n", 2 * n_more + 8, "--shape", args.shape)
+        more = lesion_cases(work / "more_all", lesion)[:n_more]
+        more_dir = subset(work / "more_all", work / "more", more)
+        reports[("headroom", 1)] = [
+            downstream(args, data, more_dir, test, work / f"U{s}-headroom", s) for s in range(args.fewshot_seeds)
+        ]
 
     print(f"# Few-shot lesions on demo phantoms (shape {args.shape}, {config.name})\n")
     print(f"- real training phantoms: {len(data_cases)}: {k} with lesions "
@@ -817,6 +841,9 @@ def run_fewshot(args, work: Path) -> None:
         tag = f", {tag}" if tag else ""
         rows += [("synthetic", (m, c), f"inpainted only ({n_syn}{tag})"),
                  ("real+synthetic", (m, c), f"real + inpainted ({len(data_cases)} + {n_syn}{tag})")]  # fmt: skip
+    if more:
+        rows.append(("real+synthetic", ("headroom", 1),
+                     f"real + {len(more)} more real lesion phantoms (headroom; demo-data seed {args.seed + 2})"))  # fmt: skip
     summary = {}
     for key, ms, title in rows:
         rs = reports[ms]
@@ -832,6 +859,10 @@ def run_fewshot(args, work: Path) -> None:
         diff = summary[("real+synthetic", (m, c))] - summary[("real", sets[0])]
         print(f"real + inpainted (label from {m}, {c} per lesion-free phantom) − real alone, lesion Dice: "
               f"{diff.mean():+.3f} (per seed: {', '.join(f'{d:+.3f}' for d in diff)}); target: > 0")  # fmt: skip
+    if more:
+        diff = summary[("real+synthetic", ("headroom", 1))] - summary[("real", sets[0])]
+        print(f"real + {len(more)} more real lesion phantoms − real alone, lesion Dice (the headroom: inpainted "
+              f"lesions as good as real ones): {diff.mean():+.3f} (per seed: {', '.join(f'{d:+.3f}' for d in diff)})")  # fmt: skip
     if not args.quick and pairs:
         syn = work / ("inpainted" if modes[0] == "painted" else f"inpainted-{modes[0]}")
         png = fewshot_montage(normals, syn, regions_dir, [(c, n) for c, n, *_ in pairs[:6]], work / "fewshot.png")
@@ -938,6 +969,9 @@ def main() -> None:
     ap.add_argument("--fewshot-strength", type=float, default=1.0,
                     help="--fewshot: below 1, every region starts from a sketch noised to this strength "
                     "(`inpaint --init --strength`, SDEdit); 1: from pure noise")  # fmt: skip
+    ap.add_argument("--fewshot-headroom", action="store_true",
+                    help="--fewshot: also train the downstream segmenter on the real phantoms plus as many more real "
+                    "lesion phantoms (another demo-data seed) as inpainted ones: the most inpainting could add")  # fmt: skip
     ap.add_argument("--fewshot-real-share", type=float, default=0.75,
                     help="--fewshot: share of real slices in every real + inpainted batch (evaluate --real-share)")  # fmt: skip
     args = ap.parse_args()

@@ -103,7 +103,7 @@ def test_conditional_benchmark_fewshot_quick(tmp_path):
     again = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "conditional.py"), "--quick", "--fewshot", "3", "--ae-steps", "7",
          "--fewshot-label-from", "segmenter", "--inpaint-sampler", "ddpm", "--inpaint-resample", "2", "--reuse",
-         "--work", str(tmp_path)],
+         "--fewshot-strength", "0.5", "--fewshot-headroom", "--work", str(tmp_path)],
         capture_output=True, text=True, env=env, timeout=900,
     )  # fmt: skip
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
@@ -112,6 +112,15 @@ def test_conditional_benchmark_fewshot_quick(tmp_path):
     assert "--sampler ddpm --resample 2 --label-from M" in again.stdout
     records = list((tmp_path / "inpainted-segmenter" / "runs").glob("*/*_inpaint.json"))
     assert records and all(json.loads(r.read_text())["resample"] == 2 for r in records)
+    # --fewshot-strength: every region started from its sketch; --fewshot-headroom: more real lesion cases
+    assert "every region started from a sketch (`inpaint --init SKETCH --strength 0.5`)" in again.stdout
+    for r in records:
+        rec = json.loads(r.read_text())
+        assert rec["strength"] == 0.5 and Path(rec["init"]).parent == tmp_path / "sketches"
+    assert "more real lesion phantoms (headroom; demo-data seed 2)" in again.stdout
+    assert "more real lesion phantoms − real alone, lesion Dice (the headroom" in again.stdout
+    more = sorted((tmp_path / "more" / "labelsTr").glob("*.nii.gz"))
+    assert more and all((read(p)[0] == 2).any() for p in more)
 
 
 def test_transplanted_lesions_keep_their_shapes_inside_the_head():
@@ -321,6 +330,39 @@ def test_fewshot_lesion_weight_is_checked_before_any_training(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 1 and not (tmp_path / "w").exists()
     assert proc.stderr.strip() == "--fewshot-lesion-weight -1: expected a number ≥ 0 (0: no extra weight)"
+
+
+def test_fewshot_strength_is_checked_before_any_training(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "conditional.py"), "--fewshot", "5", "--fewshot-strength", "1.5",
+         "--work", str(tmp_path / "W")],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1 and not (tmp_path / "W").exists()
+    assert proc.stderr.strip() == "--fewshot-strength must lie in (0, 1]; got 1.5"
+
+
+def test_write_sketch_brightens_the_region_only(tmp_path):
+    """The few-shot sketch: the host's voxels times the gain inside the region, untouched outside,
+    in the host's grid and value type."""
+    import nibabel as nib
+    import numpy as np
+
+    from benchmarks.conditional import write_sketch
+
+    affine = np.diag([3.0, 3.0, 4.0, 1.0])
+    host = (np.arange(6 * 5 * 4).reshape(6, 5, 4) % 50 + 10).astype(np.int16)
+    region = np.zeros(host.shape, np.uint8)
+    region[2:4, 1:3, 1:3] = 1
+    nib.save(nib.Nifti1Image(host, affine), tmp_path / "h.nii.gz")
+    nib.save(nib.Nifti1Image(region, affine), tmp_path / "r.nii.gz")
+    out = write_sketch(tmp_path / "h.nii.gz", tmp_path / "r.nii.gz", 1.5, tmp_path / "s" / "x.nii.gz")
+    img = nib.load(out)
+    got = np.asarray(img.dataobj)
+    assert got.dtype == np.int16 and np.allclose(img.affine, affine)
+    inside = region > 0
+    assert np.array_equal(got[~inside], host[~inside])
+    assert np.array_equal(got[inside], np.rint(host[inside] * 1.5).astype(np.int16))
 
 
 def test_fewshot_label_from_is_checked_before_any_training():
