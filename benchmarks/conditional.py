@@ -623,6 +623,15 @@ def segmenter_labels(args, work: Path, data: Path, normals: Path, syn: Path, reg
     return shares
 
 
+def region_rise(normals: Path, syn: Path, regions: Path, case: str, new: str) -> float:
+    """How much brighter the region became: mean intensity inside it after inpainting over the
+    lesion-free phantom's there, minus 1 (0: nothing drawn)."""
+    before = read(normals / "imagesTr" / f"{case}_0000.nii.gz")[0]
+    after = read(syn / "imagesTr" / f"{new}_0000.nii.gz")[0]
+    inside = read(regions / f"{new}.nii.gz")[0] > 0
+    return float(after[inside].mean() / before[inside].mean() - 1)
+
+
 def write_sketch(host: Path, region: Path, gain: float, out: Path) -> Path:
     """The lesion-free phantom `host` with the voxels of `region` multiplied by `gain` (a rough
     lesion for `inpaint --init`), in the host's grid and value type."""
@@ -747,6 +756,7 @@ def run_fewshot(args, work: Path) -> None:
 
     seconds, labelled, reports, bright = {}, {}, {}, {}
     inpainted_first = None  # the first mode's folder: its images serve --label-from segmenter as they are
+    kept = None  # the inpainted cases the downstream models see (--fewshot-keep-drawn)
     for mode in modes:  # the same regions and seeds: the same images, labelled each way
         syn = work / ("inpainted" if mode == "painted" else f"inpainted-{mode}")
         for sub in ("imagesTr", "labelsTr", "runs"):
@@ -761,13 +771,21 @@ def run_fewshot(args, work: Path) -> None:
             inpainted_first = inpainted_first or syn
         if mode == "segmenter":
             labelled[mode] = segmenter_labels(args, work, data, normals, syn, regions_dir, pairs, lesion)
+        if kept is None:  # the images are the same for every mode: judged once
+            rises = {new: region_rise(normals, syn, regions_dir, case, new) for case, new, *_ in pairs}
+            kept = {new for new, rise in rises.items() if rise >= args.fewshot_keep_drawn * (gain - 1)}
         bright[mode] = lesion_brightness(syn, [new for _, new, *_ in pairs], lesion)
         meta = json.loads((data / "dataset.json").read_text())
         meta["numTraining"] = len(pairs)
         (syn / "dataset.json").write_text(json.dumps(meta, indent=2))
         for c in copies:  # the set of c copies: a subset of the inpainted cases (the same images)
-            chosen = [new for _, new, _, r in pairs if r < c]
-            sub_syn = syn if c == copies[-1] else subset(syn, work / f"{syn.name}-x{c}", chosen)
+            chosen = [new for _, new, _, r in pairs if r < c and new in kept]
+            if not chosen:
+                sys.exit(
+                    f"--fewshot-keep-drawn {args.fewshot_keep_drawn:g}: none of the inpainted cases kept; lower it"
+                )
+            every = c == copies[-1] and len(chosen) == len(pairs)
+            sub_syn = syn if every else subset(syn, work / f"{syn.name}-x{c}", chosen)
             reports[(mode, c)] = [
                 downstream(
                     args,
@@ -809,6 +827,11 @@ def run_fewshot(args, work: Path) -> None:
         f"the decoder reads as lesion; segmenter: those a UNet trained on the real training phantoms segments as "
         f"lesion; the images are the same)"
     )
+    if args.fewshot_keep_drawn > 0:
+        print(f"- kept for the downstream models: {len(kept)} of the {len(pairs)} inpainted cases, those whose region "
+              f"became at least {args.fewshot_keep_drawn:g}× as much brighter than the phantom's tissue there as the "
+              f"real lesions are than the tissue around them ({args.fewshot_keep_drawn * (gain - 1):.3f}; "
+              f"`--fewshot-keep-drawn`)")  # fmt: skip
     if args.fewshot_strength < 1:
         print(f"- every region started from a sketch (`inpaint --init SKETCH --strength {args.fewshot_strength:g}`): "
               f"the phantom with the region's voxels × {gain:.2f} (the real lesions' brightness over that of the "
@@ -834,7 +857,7 @@ def run_fewshot(args, work: Path) -> None:
     sets = [(m, c) for m in modes for c in copies]
     rows = [("real", sets[0], f"real ({len(data_cases)}: {k} with lesions)")]
     for m, c in sets:
-        n_syn = sum(r < c for *_, r in pairs)
+        n_syn = sum(r < c and new in kept for _, new, _, r in pairs)
         tag = ", ".join(
             ([f"label from {m}"] if len(modes) > 1 else []) + ([f"{c} per phantom"] if len(copies) > 1 else [])
         )
@@ -969,6 +992,9 @@ def main() -> None:
     ap.add_argument("--fewshot-strength", type=float, default=1.0,
                     help="--fewshot: below 1, every region starts from a sketch noised to this strength "
                     "(`inpaint --init --strength`, SDEdit); 1: from pure noise")  # fmt: skip
+    ap.add_argument("--fewshot-keep-drawn", type=float, default=0.0,
+                    help="--fewshot: keep for the downstream models only the inpainted cases whose region brightened "
+                    "by at least this share of the real lesions' contrast (0: all)")  # fmt: skip
     ap.add_argument("--fewshot-headroom", action="store_true",
                     help="--fewshot: also train the downstream segmenter on the real phantoms plus as many more real "
                     "lesion phantoms (another demo-data seed) as inpainted ones: the most inpainting could add")  # fmt: skip
@@ -999,6 +1025,8 @@ def main() -> None:
         sys.exit(
             f"--fewshot-label-from {args.fewshot_label_from}: expected region, painted or segmenter, e.g. painted,segmenter"
         )
+    elif args.fewshot is not None and not args.fewshot_keep_drawn >= 0:
+        sys.exit(f"--fewshot-keep-drawn must be ≥ 0; got {args.fewshot_keep_drawn:g}")
     elif args.fewshot is not None and not 0 < args.fewshot_strength <= 1:
         sys.exit(f"--fewshot-strength must lie in (0, 1]; got {args.fewshot_strength:g}")
     elif args.fewshot is not None and args.fewshot_lesion_weight is not None and not args.fewshot_lesion_weight >= 0:

@@ -103,7 +103,8 @@ def test_conditional_benchmark_fewshot_quick(tmp_path):
     again = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "conditional.py"), "--quick", "--fewshot", "3", "--ae-steps", "7",
          "--fewshot-label-from", "segmenter", "--inpaint-sampler", "ddpm", "--inpaint-resample", "2", "--reuse",
-         "--fewshot-strength", "0.5", "--fewshot-headroom", "--work", str(tmp_path)],
+         "--fewshot-strength", "0.5", "--fewshot-headroom", "--fewshot-keep-drawn", "0.000001", "--work",
+         str(tmp_path)],
         capture_output=True, text=True, env=env, timeout=900,
     )  # fmt: skip
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
@@ -119,6 +120,7 @@ def test_conditional_benchmark_fewshot_quick(tmp_path):
         assert rec["strength"] == 0.5 and Path(rec["init"]).parent == tmp_path / "sketches"
     assert "more real lesion phantoms (headroom; demo-data seed 2)" in again.stdout
     assert "more real lesion phantoms − real alone, lesion Dice (the headroom" in again.stdout
+    assert "kept for the downstream models: " in again.stdout
     more = sorted((tmp_path / "more" / "labelsTr").glob("*.nii.gz"))
     assert more and all((read(p)[0] == 2).any() for p in more)
 
@@ -340,6 +342,26 @@ def test_fewshot_strength_is_checked_before_any_training(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 1 and not (tmp_path / "W").exists()
     assert proc.stderr.strip() == "--fewshot-strength must lie in (0, 1]; got 1.5"
+
+
+def test_region_rise_measures_how_much_brighter_the_region_became(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from benchmarks.conditional import region_rise
+
+    for sub in ("n/imagesTr", "s/imagesTr", "r"):
+        (tmp_path / sub).mkdir(parents=True)
+    before = np.full((6, 6, 4), 10.0, np.float32)
+    after = before.copy()
+    region = np.zeros(before.shape, np.uint8)
+    region[1:3, 1:3, 1:3] = 1
+    after[region > 0] = 13.0
+    after[0, 0, 0] = 500.0  # outside the region: not counted
+    for arr, path in ((before, "n/imagesTr/a_0000"), (after, "s/imagesTr/b_0000"), (region, "r/b")):
+        nib.save(nib.Nifti1Image(arr, np.eye(4)), tmp_path / f"{path}.nii.gz")
+    rise = region_rise(tmp_path / "n", tmp_path / "s", tmp_path / "r", "a", "b")
+    assert rise == pytest.approx(0.3)
 
 
 def test_write_sketch_brightens_the_region_only(tmp_path):
