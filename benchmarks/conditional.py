@@ -773,7 +773,8 @@ def run_fewshot(args, work: Path) -> None:
             labelled[mode] = segmenter_labels(args, work, data, normals, syn, regions_dir, pairs, lesion)
         if kept is None:  # the images are the same for every mode: judged once
             rises = {new: region_rise(normals, syn, regions_dir, case, new) for case, new, *_ in pairs}
-            kept = {new for new, rise in rises.items() if rise >= args.fewshot_keep_drawn * (gain - 1)}
+            floor = args.fewshot_keep_drawn * (gain - 1)
+            kept = {new for new, rise in rises.items() if not args.fewshot_keep_drawn or rise >= floor}
         bright[mode] = lesion_brightness(syn, [new for _, new, *_ in pairs], lesion)
         meta = json.loads((data / "dataset.json").read_text())
         meta["numTraining"] = len(pairs)
