@@ -454,7 +454,7 @@ class LatentDiffusionPipeline:
                 resampling: the regenerated part follows the kept one; `DDIMSampler`).
             start_from, strength: with `strength` < 1, start from the standardised latent
                 `start_from` (L, D, h, w) (default `known`) noised to that fraction of the schedule
-                (SDEdit) and run `impute_steps(steps, "start", strength)` steps, instead of all
+                (SDEdit) and run round(steps × strength) steps (at least one), instead of all
                 `steps` from pure noise.
         Returns:
             (1, L, D, h, w) standardised latent: `known` where kept, sampled elsewhere; before every
@@ -466,7 +466,7 @@ class LatentDiffusionPipeline:
         first = None
         if strength < 1:
             first = max(round(strength * dcfg.num_train_timesteps) - 1, 0)
-            steps = impute_steps(steps, "start", strength)
+            steps = max(1, round(steps * strength))  # as diffusers' image-to-image pipelines count them
         smp = make_sampler(sampler, dcfg, steps, eta, start=first, resample=resample)
         known = known[None].float().to(self.device)
         m = keep[None, None].float().to(self.device)
