@@ -41,9 +41,16 @@ from ldmtool.runtime import autocast, resolve_precision
 
 
 def impute_steps(steps: int, init: str, strength: float) -> int:
-    """The denoising steps `impute` runs: all of them from noise, round(steps × strength) (at
-    least one) from a noised interpolation, as diffusers' image-to-image pipelines count them."""
+    """The denoising steps a sampler runs: all of them from noise (`init` "noise"), round(steps ×
+    strength) (at least one) from anything else noised part-way (impute's interpolation, inpaint's
+    start), as diffusers' image-to-image pipelines count them."""
     return steps if init == "noise" else max(1, round(steps * strength))
+
+
+def partial_start(strength: float, num_train_timesteps: int) -> int:
+    """The first timestep of a sampler that starts from a clean sample noised to `strength` of the
+    schedule (SDEdit: `impute --init interpolation`, `inpaint --strength`)."""
+    return max(round(strength * num_train_timesteps) - 1, 0)
 
 
 @dataclass
@@ -399,7 +406,7 @@ class LatentDiffusionPipeline:
             with torch.inference_mode():
                 lab = self.estimate_labels(filled) if self.ae.num_classes and self.ae.cfg.label_input else None
                 start_from = self.encode(filled, lab).clone()
-            first = max(round(strength * dcfg.num_train_timesteps) - 1, 0)
+            first = partial_start(strength, dcfg.num_train_timesteps)
         smp = make_sampler(sampler, dcfg, impute_steps(steps, init, strength), eta, start=first)
         keep = (~missing).float().to(self.device)
         target = image.float().to(self.device) * keep
@@ -454,8 +461,8 @@ class LatentDiffusionPipeline:
                 resampling: the regenerated part follows the kept one; `DDIMSampler`).
             start_from, strength: with `strength` < 1, start from the standardised latent
                 `start_from` (L, D, h, w) (default `known`) noised to that fraction of the schedule
-                (SDEdit) and run round(steps × strength) steps (at least one), instead of all
-                `steps` from pure noise.
+                (SDEdit) and run round(steps × strength) steps (at least one, `impute_steps`),
+                instead of all `steps` from pure noise.
         Returns:
             (1, L, D, h, w) standardised latent: `known` where kept, sampled elsewhere; before every
             step the kept part of x_t is the known latent noised to that step's level.
@@ -463,11 +470,9 @@ class LatentDiffusionPipeline:
         dcfg = self.ldm_config.model
         if dcfg.objective == "flow":
             raise LdmError("inpaint --method repaint needs an eps or v denoiser; this one is flow")
-        first = None
-        if strength < 1:
-            first = max(round(strength * dcfg.num_train_timesteps) - 1, 0)
-            steps = max(1, round(steps * strength))  # as diffusers' image-to-image pipelines count them
-        smp = make_sampler(sampler, dcfg, steps, eta, start=first, resample=resample)
+        first = partial_start(strength, dcfg.num_train_timesteps) if strength < 1 else None
+        runs = impute_steps(steps, "noise" if first is None else "start", strength)
+        smp = make_sampler(sampler, dcfg, runs, eta, start=first, resample=resample)
         known = known[None].float().to(self.device)
         m = keep[None, None].float().to(self.device)
         start = None
