@@ -506,6 +506,20 @@ def transplanted_lesions(
     moved to a random place where all its voxels lie inside the head of `label`, at least
     `margin_mm` from its edge, within `allowed` (when given), and apart from the lesions placed
     before. A lesion with no such place (100 random tries) is left out; the region may then be empty."""
+    return transplant(label, lesions, lesion, zooms, rng, margin_mm, allowed)[0]
+
+
+def transplant(
+    label: np.ndarray,
+    lesions: np.ndarray,
+    lesion: int,
+    zooms,
+    rng: np.random.Generator,
+    margin_mm: float = 6.0,
+    allowed: np.ndarray | None = None,
+) -> tuple[np.ndarray, list[tuple[tuple[slice, ...], tuple[slice, ...], np.ndarray]]]:
+    """`transplanted_lesions`' region and its moves: (the lesion's box in `lesions`, its box in the
+    region, the lesion's mask within those boxes) per lesion placed, for `pasted_sketch`."""
     from scipy import ndimage as ndi
 
     head = (label > 0) & (label != lesion)
@@ -514,6 +528,7 @@ def transplanted_lesions(
         inside &= allowed
     candidates = np.argwhere(inside)
     region = np.zeros(label.shape, dtype=bool)
+    moves = []
     comps, n = ndi.label(lesions == lesion)
     for i, sl in enumerate(ndi.find_objects(comps)):
         blob = comps[sl] == i + 1  # this component only, not a neighbour reaching into its box
@@ -527,8 +542,9 @@ def transplanted_lesions(
             grown = ndi.binary_dilation(region[box], iterations=1)
             if inside[box][blob].all() and not (grown & blob).any():
                 region[box] |= blob
+                moves.append((sl, box, blob))
                 break
-    return region
+    return region, moves
 
 
 def lesion_surroundings(cases: list[tuple[np.ndarray, np.ndarray]], lesion: int) -> float:
@@ -649,19 +665,42 @@ def write_sketch(host: Path, region: Path, gain: float, out: Path) -> Path:
     return out
 
 
-def inpaint_pairs(args, work: Path, normals: Path, regions: Path, syn: Path, pairs, mode: str, gain: float = 1.0):
+def pasted_sketch(host: Path, donor: np.ndarray, ratio: float, moves, out: Path) -> Path:
+    """The lesion-free phantom `host` with a real lesion's own voxels pasted in: for every move of
+    `transplant`, the donor image's voxels of that lesion × `ratio` (the host head's median over the
+    donor's, so the lesion keeps its contrast to the tissue) written at the lesion's new place; in
+    the host's grid and value type."""
+    import nibabel as nib
+
+    img = nib.load(host)
+    data = np.asarray(img.dataobj).astype(np.float32)
+    for src, dst, blob in moves:
+        data[dst][blob] = donor[src][blob].astype(np.float32) * ratio
+    dtype = img.get_data_dtype()
+    if np.issubdtype(dtype, np.integer):
+        data = np.clip(np.rint(data), np.iinfo(dtype).min, np.iinfo(dtype).max)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data.astype(dtype), img.affine, img.header), out)
+    return out
+
+
+def head_median(image: np.ndarray, label: np.ndarray, lesion: int) -> float:
+    """The median intensity of a head's voxels outside its lesions (label > 0, not `lesion`)."""
+    return float(np.median(image[(label > 0) & (label != lesion)]))
+
+
+def inpaint_pairs(args, work: Path, normals: Path, regions: Path, syn: Path, pairs, mode: str, sketches: dict):
     """`inpaint --label lesion` of every (lesion-free case, new case id, seed) of `pairs` with the
     fine-tuned model FEW into the nnU-Net folder `syn` (`--label-from` mode; segmenter: region, the
-    maps rewritten afterwards; with --fewshot-strength below 1 from a sketch, `write_sketch` with
-    `gain`); (seconds per case, share of each region labelled lesion)."""
+    maps rewritten afterwards; with --fewshot-strength below 1 from the case's sketch in `sketches`);
+    (seconds per case, share of each region labelled lesion)."""
     seconds, labelled = [], []
     for case, new, seed, _ in pairs:
         out = syn / "runs" / new
         host = normals / "imagesTr" / f"{case}_0000.nii.gz"
         start = []
         if args.fewshot_strength < 1:
-            sketch = write_sketch(host, regions / f"{new}.nii.gz", gain, work / "sketches" / f"{new}.nii.gz")
-            start = ["--init", sketch, "--strength", args.fewshot_strength]
+            start = ["--init", sketches[new], "--strength", args.fewshot_strength]
         ldmtool("--seed", seed, "inpaint", host, "--region",
                 regions / f"{new}.nii.gz", "--labels", normals / "labelsTr" / f"{case}.nii.gz", "--label",
                 "lesion", "--ae", work / "AE", "--ldm", work / "FEW", "--out", out, "--method", "repaint",
@@ -741,18 +780,35 @@ def run_fewshot(args, work: Path) -> None:
         label, affine = read(normals / "labelsTr" / f"{case}.nii.gz")
         image = read(normals / "imagesTr" / f"{case}_0000.nii.gz")[0]
         hosts.append((label, affine, lesion_tissue(image, label, lesion, surroundings)))
-    pairs, empty = [], 0
+    pairs, empty, moves = [], 0, {}
     for r in range(copies[-1]):
         for i, (case, (label, affine, allowed)) in enumerate(zip(normal, hosts)):
             donor = annotated[(i + r) % k]
             zooms = nib.affines.voxel_sizes(affine)
-            region = transplanted_lesions(label, donors[donor], lesion, zooms, rng, allowed=allowed)
+            region, moved = transplant(label, donors[donor], lesion, zooms, rng, allowed=allowed)
             if not region.any():
                 empty += 1
                 continue
             new = f"{case}_from_{donor}" + (f"_{r}" if r else "")
             nib.save(nib.Nifti1Image(region.astype(np.uint8), affine), regions_dir / f"{new}.nii.gz")
             pairs.append((case, new, args.seed + r * len(normal) + i, r))
+            moves[new] = (donor, moved)
+
+    sketches = {}  # new case id -> the image its region starts from (--fewshot-strength below 1, --fewshot-pasted)
+    if args.fewshot_strength < 1 or args.fewshot_pasted:
+        donor_images = {c: read(few / "imagesTr" / f"{c}_0000.nii.gz")[0] for c in annotated}
+        for case, new, *_ in pairs:
+            host = normals / "imagesTr" / f"{case}_0000.nii.gz"
+            out = work / "sketches" / f"{new}.nii.gz"
+            if args.fewshot_sketch == "scaled":
+                sketches[new] = write_sketch(host, regions_dir / f"{new}.nii.gz", gain, out)
+            else:
+                donor, moved = moves[new]
+                label = hosts[normal.index(case)][0]
+                ratio = head_median(read(host)[0], label, lesion) / head_median(
+                    donor_images[donor], donors[donor], lesion
+                )
+                sketches[new] = pasted_sketch(host, donor_images[donor], ratio, moved, out)
 
     seconds, labelled, reports, bright = {}, {}, {}, {}
     inpainted_first = None  # the first mode's folder: its images serve --label-from segmenter as they are
@@ -767,7 +823,7 @@ def run_fewshot(args, work: Path) -> None:
                     inpainted_first / "imagesTr" / f"{new}_0000.nii.gz", syn / "imagesTr" / f"{new}_0000.nii.gz"
                 )
         else:
-            seconds[mode], labelled[mode] = inpaint_pairs(args, work, normals, regions_dir, syn, pairs, mode, gain)
+            seconds[mode], labelled[mode] = inpaint_pairs(args, work, normals, regions_dir, syn, pairs, mode, sketches)
             inpainted_first = inpainted_first or syn
         if mode == "segmenter":
             labelled[mode] = segmenter_labels(args, work, data, normals, syn, regions_dir, pairs, lesion)
@@ -808,6 +864,23 @@ def run_fewshot(args, work: Path) -> None:
             downstream(args, data, more_dir, test, work / f"U{s}-headroom", s) for s in range(args.fewshot_seeds)
         ]
 
+    if args.fewshot_pasted:  # the sketches themselves as training data: copy and paste, no diffusion
+        pasted = work / "pasted"
+        for sub in ("imagesTr", "labelsTr"):
+            (pasted / sub).mkdir(parents=True, exist_ok=True)
+        for case, new, *_ in pairs:
+            label, affine = read(normals / "labelsTr" / f"{case}.nii.gz")
+            label = np.array(label, dtype=np.uint8)
+            label[read(regions_dir / f"{new}.nii.gz")[0] > 0] = lesion
+            nib.save(nib.Nifti1Image(label, affine), pasted / "labelsTr" / f"{new}.nii.gz")
+            shutil.copy(sketches[new], pasted / "imagesTr" / f"{new}_0000.nii.gz")
+        meta = json.loads((data / "dataset.json").read_text())
+        meta["numTraining"] = len(pairs)
+        (pasted / "dataset.json").write_text(json.dumps(meta, indent=2))
+        reports[("pasted", 1)] = [
+            downstream(args, data, pasted, test, work / f"U{s}-pasted", s) for s in range(args.fewshot_seeds)
+        ]
+
     print(f"# Few-shot lesions on demo phantoms (shape {args.shape}, {config.name})\n")
     print(f"- real training phantoms: {len(data_cases)}: {k} with lesions "
           f"({', '.join(annotated)}), {len(normal)} lesion-free")  # fmt: skip
@@ -833,10 +906,17 @@ def run_fewshot(args, work: Path) -> None:
               f"became at least {args.fewshot_keep_drawn:g}× as much brighter than the phantom's tissue there as the "
               f"real lesions are than the tissue around them ({args.fewshot_keep_drawn * (gain - 1):.3f}; "
               f"`--fewshot-keep-drawn`)")  # fmt: skip
-    if args.fewshot_strength < 1:
-        print(f"- every region started from a sketch (`inpaint --init SKETCH --strength {args.fewshot_strength:g}`): "
-              f"the phantom with the region's voxels × {gain:.2f} (the real lesions' brightness over that of the "
-              f"tissue around them)")  # fmt: skip
+    if args.fewshot_strength < 1 or args.fewshot_pasted:
+        what = (f"the phantom with the region's voxels × {gain:.2f} (the real lesions' brightness over that of the "
+                f"tissue around them)" if args.fewshot_sketch == "scaled" else
+                "the phantom with the annotated case's own lesion voxels pasted at their new place (× the phantom's "
+                "head median over the annotated case's)")  # fmt: skip
+        if args.fewshot_strength < 1:
+            print(f"- every region started from a sketch (`inpaint --init SKETCH --strength "
+                  f"{args.fewshot_strength:g}`, `--fewshot-sketch {args.fewshot_sketch}`): {what}")  # fmt: skip
+        if args.fewshot_pasted:
+            print(f"- pasted (`--fewshot-pasted`, the control without diffusion): the sketches themselves, all "
+                  f"{len(pairs)}, the region labelled lesion: {what}")  # fmt: skip
     weight = json.loads((work / "FEW" / "config.json").read_text())["train"]["lesion_weight"]  # kept FEW: its own
     print(f"- fine-tuning lesion weight (`train-ldm --lesion-weight`, FEW's config): {weight:g}")
     print(f"- labelled lesion brightness (mean of the lesion voxels / the rest of the head's median), per case: "
@@ -865,6 +945,9 @@ def run_fewshot(args, work: Path) -> None:
         tag = f", {tag}" if tag else ""
         rows += [("synthetic", (m, c), f"inpainted only ({n_syn}{tag})"),
                  ("real+synthetic", (m, c), f"real + inpainted ({len(data_cases)} + {n_syn}{tag})")]  # fmt: skip
+    if args.fewshot_pasted:
+        rows += [("synthetic", ("pasted", 1), f"pasted only ({len(pairs)}, no diffusion)"),
+                 ("real+synthetic", ("pasted", 1), f"real + pasted ({len(data_cases)} + {len(pairs)}, no diffusion)")]  # fmt: skip
     if more:
         rows.append(("real+synthetic", ("headroom", 1),
                      f"real + {len(more)} more real lesion phantoms (headroom; demo-data seed {args.seed + 2})"))  # fmt: skip
@@ -883,6 +966,10 @@ def run_fewshot(args, work: Path) -> None:
         diff = summary[("real+synthetic", (m, c))] - summary[("real", sets[0])]
         print(f"real + inpainted (label from {m}, {c} per lesion-free phantom) − real alone, lesion Dice: "
               f"{diff.mean():+.3f} (per seed: {', '.join(f'{d:+.3f}' for d in diff)}); target: > 0")  # fmt: skip
+    if args.fewshot_pasted:
+        diff = summary[("real+synthetic", ("pasted", 1))] - summary[("real", sets[0])]
+        print(f"real + pasted lesions (no diffusion) − real alone, lesion Dice: {diff.mean():+.3f} "
+              f"(per seed: {', '.join(f'{d:+.3f}' for d in diff)})")  # fmt: skip
     if more:
         diff = summary[("real+synthetic", ("headroom", 1))] - summary[("real", sets[0])]
         print(f"real + {len(more)} more real lesion phantoms − real alone, lesion Dice (the headroom: inpainted "
@@ -993,6 +1080,13 @@ def main() -> None:
     ap.add_argument("--fewshot-strength", type=float, default=1.0,
                     help="--fewshot: below 1, every region starts from a sketch noised to this strength "
                     "(`inpaint --init --strength`, SDEdit); 1: from pure noise")  # fmt: skip
+    ap.add_argument("--fewshot-sketch", choices=("scaled", "lesion"), default="scaled",
+                    help="--fewshot: the sketch of --fewshot-strength and --fewshot-pasted: scaled (the region's own "
+                    "tissue brightened by the real lesions' contrast) or lesion (the annotated case's lesion voxels "
+                    "pasted at the new place)")  # fmt: skip
+    ap.add_argument("--fewshot-pasted", action="store_true",
+                    help="--fewshot: also train the downstream segmenter on the sketches themselves (copy and paste, "
+                    "no diffusion): the control of what the inpainting adds")  # fmt: skip
     ap.add_argument("--fewshot-keep-drawn", type=float, default=0.0,
                     help="--fewshot: keep for the downstream models only the inpainted cases whose region brightened "
                     "by at least this share of the real lesions' contrast (0: all)")  # fmt: skip
