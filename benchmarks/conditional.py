@@ -66,7 +66,9 @@ With `--fewshot K` the few-shot lesion part runs instead (on phantoms):
      lesions each time, at another place); a list (1,3) compares the sets side by side;
      --fewshot-strength S below 1 starts each region from a sketch instead of pure noise (`inpaint
      --init SKETCH --strength S`, SDEdit): the phantom with the region's voxels brightened by how
-     much brighter the K real lesions are than the tissue around them;
+     much brighter the K real lesions are than the tissue around them (`--fewshot-sketch scaled`), or
+     with the annotated case's own lesion voxels pasted at the new place (`--fewshot-sketch lesion`);
+     --fewshot-pasted adds those sketches themselves (copy and paste, no diffusion) as a control;
   4. `evaluate --only utility` (--fewshot-seeds seeds): a downstream segmenter trained on the real
      training phantoms alone, on the inpainted ones alone, and on both (--fewshot-real-share of every
      batch real: 0.75, chosen on the seed-0 phantoms), scored on the held-out phantoms. Target:

@@ -103,7 +103,8 @@ def test_conditional_benchmark_fewshot_quick(tmp_path):
     again = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "conditional.py"), "--quick", "--fewshot", "3", "--ae-steps", "7",
          "--fewshot-label-from", "segmenter", "--inpaint-sampler", "ddpm", "--inpaint-resample", "2", "--reuse",
-         "--fewshot-strength", "0.5", "--fewshot-headroom", "--fewshot-keep-drawn", "0.000001", "--work",
+         "--fewshot-strength", "0.5", "--fewshot-sketch", "lesion", "--fewshot-pasted", "--fewshot-headroom",
+         "--fewshot-keep-drawn", "0.000001", "--work",
          str(tmp_path)],
         capture_output=True, text=True, env=env, timeout=900,
     )  # fmt: skip
@@ -114,7 +115,19 @@ def test_conditional_benchmark_fewshot_quick(tmp_path):
     records = list((tmp_path / "inpainted-segmenter" / "runs").glob("*/*_inpaint.json"))
     assert records and all(json.loads(r.read_text())["resample"] == 2 for r in records)
     # --fewshot-strength: every region started from its sketch; --fewshot-headroom: more real lesion cases
-    assert "every region started from a sketch (`inpaint --init SKETCH --strength 0.5`)" in again.stdout
+    assert "every region started from a sketch (`inpaint --init SKETCH --strength 0.5`, `--fewshot-sketch lesion`)" in (
+        again.stdout
+    )
+    # --fewshot-pasted: the sketches themselves, the region labelled lesion, as a control
+    assert (
+        "| real + pasted (8 + " in again.stdout and "real + pasted lesions (no diffusion) − real alone" in again.stdout
+    )
+    for path in sorted((tmp_path / "pasted" / "labelsTr").glob("*.nii.gz")):
+        region = read(tmp_path / "regions" / path.name)[0] > 0
+        assert np.array_equal(read(path)[0] == 2, region)
+        pasted = read(tmp_path / "pasted" / "imagesTr" / path.name.replace(".nii.gz", "_0000.nii.gz"))[0]
+        host = read(tmp_path / "normal" / "imagesTr" / f"{path.name.split('_from_')[0]}_0000.nii.gz")[0]
+        assert np.array_equal(pasted[~region], host[~region]) and not np.array_equal(pasted[region], host[region])
     for r in records:
         rec = json.loads(r.read_text())
         assert rec["strength"] == 0.5 and Path(rec["init"]).parent == tmp_path / "sketches"
@@ -385,6 +398,34 @@ def test_write_sketch_brightens_the_region_only(tmp_path):
     inside = region > 0
     assert np.array_equal(got[~inside], host[~inside])
     assert np.array_equal(got[inside], np.rint(host[inside] * 1.5).astype(np.int16))
+
+
+def test_pasted_sketch_carries_the_donor_lesion_to_its_new_place(tmp_path):
+    """--fewshot-sketch lesion: the donor's lesion voxels (× the ratio) written where `transplant`
+    moved that lesion, the host untouched elsewhere, in the host's grid and value type."""
+    import nibabel as nib
+    import numpy as np
+
+    from benchmarks.conditional import pasted_sketch, transplant
+
+    grid = np.indices((40, 40, 20))
+    label = (((grid[0] - 20) ** 2 + (grid[1] - 20) ** 2 + ((grid[2] - 10) * 2) ** 2) <= 17**2).astype(np.uint8)
+    donor_label = label.copy()
+    donor_label[18:22, 17:20, 9:12] = 2
+    donor_label[24:26, 24:26, 10:12] = 2
+    donor = (np.random.default_rng(0).uniform(100, 200, label.shape)).astype(np.float32)
+    region, moves = transplant(label, donor_label, 2, (1.0, 1.0, 2.0), np.random.default_rng(3), 4.0)
+    assert len(moves) == 2 and region.sum() == (donor_label == 2).sum()
+    host = (np.arange(label.size).reshape(label.shape) % 97).astype(np.int16)
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(host, affine), tmp_path / "h.nii.gz")
+    img = nib.load(pasted_sketch(tmp_path / "h.nii.gz", donor, 0.5, moves, tmp_path / "s" / "x.nii.gz"))
+    got = np.asarray(img.dataobj)
+    assert got.dtype == np.int16 and np.allclose(img.affine, affine)
+    assert np.array_equal(got[~region], host[~region])
+    for src, dst, blob in moves:
+        assert (donor_label[src][blob] == 2).all() and region[dst][blob].all()
+        assert np.array_equal(got[dst][blob], np.rint(donor[src][blob] * 0.5).astype(np.int16))
 
 
 def test_fewshot_label_from_is_checked_before_any_training():
