@@ -171,8 +171,10 @@ def train(reuse: bool, out: Path, *cmd) -> bool:
 
 
 def repaint_flags(args) -> list:
-    """`inpaint --sampler --resample` of the repaint method (--inpaint-sampler, --inpaint-resample)."""
-    return ["--sampler", args.inpaint_sampler, "--resample", args.inpaint_resample]
+    """`inpaint --sampler --resample` of the repaint method (--inpaint-sampler, --inpaint-resample), and
+    --keep-detail (--inpaint-keep-detail)."""
+    detail = ["--keep-detail"] if args.inpaint_keep_detail else []
+    return ["--sampler", args.inpaint_sampler, "--resample", args.inpaint_resample, *detail]
 
 
 def lesion_weight_flags(args) -> list:
@@ -1029,6 +1031,8 @@ def main() -> None:
     ap.add_argument("--inpaint-sampler", default="ddim", help="`inpaint --sampler` of the repaint method: ddim | ddpm")
     ap.add_argument("--inpaint-resample", type=int, default=1,
                     help="`inpaint --resample` of the repaint method (RePaint's resampling; ddim or ddpm)")  # fmt: skip
+    ap.add_argument("--inpaint-keep-detail", action="store_true",
+                    help="`inpaint --keep-detail` (repaint): the start image plus the model's change is written")  # fmt: skip
     ap.add_argument("--inpaint-grow", type=int, default=1,
                     help="`inpaint --grow`: voxels the drawn lesion's condition reaches beyond the region")  # fmt: skip
     ap.add_argument("--ldm-steps", type=int, default=None,

@@ -431,6 +431,13 @@ class InpaintConfig:
         "region starts from the input's own content, or from --init's, noised to that fraction of the "
         "schedule, and round(steps × strength) steps are run, so the result keeps that content's layout.",
     )
+    keep_detail: bool = setting(
+        False,
+        "Write into the region the start image (the input's own content, or --init's) plus what the model "
+        "changed (its decoded result minus the autoencoder's reconstruction of that start) instead of the "
+        "decoded result itself: the autoencoder's reconstruction error cancels, and the start's fine detail "
+        "and noise stay where the model changed nothing. One channel only.",
+    )
 
     def __post_init__(self) -> None:
         _check_choice("--method", self.method, ("repaint", "guidance"))

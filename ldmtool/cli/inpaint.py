@@ -66,6 +66,9 @@ def inpaint(
     grow: Annotated[Optional[int], common.opt(InpaintConfig, "grow", panel=WHAT)] = None,
     label_from: Annotated[Optional[str], common.opt(InpaintConfig, "label_from", panel=WHAT)] = None,
     strength: Annotated[Optional[float], common.opt(InpaintConfig, "strength")] = None,
+    keep_detail: Annotated[
+        Optional[bool], common.opt(InpaintConfig, "keep_detail", "--keep-detail/--no-keep-detail")
+    ] = None,
     init: Annotated[
         Optional[Path],
         typer.Option(

@@ -57,6 +57,7 @@ _SETTINGS = (
     "grow",
     "label_from",
     "strength",
+    "keep_detail",
 )
 
 
@@ -215,7 +216,7 @@ def _inpaint(
         )
     conditions = _conditions(pipe, conditions, model_labels, model_affine)
     start = None
-    if cfg.strength < 1:
+    if cfg.strength < 1 or cfg.keep_detail:
         start = _start_image(None if init_path is None else Path(init_path), volume, raw, region, pipe, irange)
     new_image, new_labels = _fill(pipe, cfg, image, miss, model_labels, drawn, conditions, seed, start)
     fills = _region_values(pipe, new_image, irange, model_affine, region, volume, raw)
@@ -274,7 +275,7 @@ def _start_image(path: Path | None, volume: Volume, raw: np.ndarray, region: np.
     from ldmtool.data.preprocess import _normalise, denormalise
 
     if raw.ndim != 3:
-        raise LdmError("--strength below 1 takes a volume of one channel; this model has several")
+        raise LdmError("--strength below 1 and --keep-detail take a volume of one channel; this model has several")
     start = raw.astype(np.float32, copy=True)
     if path is not None:
         from ldmtool.io.dataset import read_aligned
@@ -362,28 +363,36 @@ def _fill(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(regenerated image (I, J, K), or (I, J, K, C) of several channels, normalised; decoded label
     map or None) in model space; `drawn`: the label map the model is conditioned on; `start`: the
-    model-space image whose latent the region starts from when `cfg.strength` < 1."""
+    model-space image whose latent the region starts from when `cfg.strength` < 1, and to which
+    `cfg.keep_detail` adds the model's change."""
     img, gone = torch.from_numpy(image), torch.from_numpy(miss)
     cond = None
     if pipe.ldm_config.label_channels and drawn is not None:
         cond = pipe.label_condition(torch.from_numpy(drawn)[None])
+    enc_labels = None if model_labels is None or not pipe.label_names else torch.from_numpy(model_labels)
+    begin = None if start is None else pipe.encode(torch.from_numpy(start), enc_labels)
     if cfg.method == "guidance":
         if conditions:
             raise LdmError("--method guidance takes no --condition (it samples unconditionally); use --method repaint")
         out = pipe.impute(img, gone, samples=1, steps=cfg.steps, guidance=cfg.self_guidance, sampler=cfg.sampler,
                           eta=cfg.eta, seed=seed, labels=cond)  # fmt: skip
-        return slices_to_volume(out[0].numpy()), None
-    f = pipe.ae.cfg.downsample
-    enc_labels = None if model_labels is None else torch.from_numpy(model_labels)
-    known = pipe.encode(img, enc_labels if pipe.label_names else None)  # (L, D, h, w)
-    begin = None
-    if start is not None:
-        begin = pipe.encode(torch.from_numpy(start), enc_labels if pipe.label_names else None)
-    where = gone if gone.ndim == 3 else gone.any(1)  # (D, H, W): the region of any channel
-    regen = regeneration_mask(where, f, cfg.margin)
-    z = pipe.inpaint_latents(known, 1 - regen, seed=seed, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta,
-                             conditions=conditions, guidance=cfg.guidance, labels=cond,
-                             resample=cfg.resample, start_from=begin, strength=cfg.strength)  # fmt: skip
+        new, lab = slices_to_volume(out[0].numpy()), None
+    else:
+        known = pipe.encode(img, enc_labels)  # (L, D, h, w)
+        where = gone if gone.ndim == 3 else gone.any(1)  # (D, H, W): the region of any channel
+        regen = regeneration_mask(where, pipe.ae.cfg.downsample, cfg.margin)
+        z = pipe.inpaint_latents(known, 1 - regen, seed=seed, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta,
+                                 conditions=conditions, guidance=cfg.guidance, labels=cond, resample=cfg.resample,
+                                 start_from=begin if cfg.strength < 1 else None, strength=cfg.strength)  # fmt: skip
+        new, lab = _decoded(pipe, z)
+    if cfg.keep_detail:  # the start plus the model's change: the decoder's own error on the start cancels
+        new = slices_to_volume(start) + (new - _decoded(pipe, begin)[0])
+    return new, lab
+
+
+def _decoded(pipe, z: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+    """A standardised latent volume (L, D, h, w) decoded: (image (I, J, K) normalised, label map or None),
+    model space."""
     with torch.inference_mode():
         dec, lab = decode_latents(pipe.ae, z.float() * pipe.latent_std + pipe.latent_mean, labels_only=True)
     return slices_to_volume(dec[0].float().numpy()), None if lab is None else slices_to_volume(lab[0].numpy())
