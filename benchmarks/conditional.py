@@ -513,42 +513,12 @@ def transplanted_lesions(
     return transplant(label, lesions, lesion, zooms, rng, margin_mm, allowed)[0]
 
 
-def transplant(
-    label: np.ndarray,
-    lesions: np.ndarray,
-    lesion: int,
-    zooms,
-    rng: np.random.Generator,
-    margin_mm: float = 6.0,
-    allowed: np.ndarray | None = None,
-) -> tuple[np.ndarray, list[tuple[tuple[slice, ...], tuple[slice, ...], np.ndarray]]]:
-    """`transplanted_lesions`' region and its moves: (the lesion's box in `lesions`, its box in the
-    region, the lesion's mask within those boxes) per lesion placed, for `pasted_sketch`."""
-    from scipy import ndimage as ndi
+def transplant(label, lesions, lesion: int, zooms, rng, margin_mm: float = 6.0, allowed=None):
+    """`transplanted_lesions`' region and its moves (`ldmtool.data.lesions.transplant`, which
+    `inpaint --lesion-from` uses), for `pasted_sketch`."""
+    from ldmtool.data.lesions import transplant as moved
 
-    head = (label > 0) & (label != lesion)
-    inside = ndi.distance_transform_edt(head, sampling=zooms) >= margin_mm
-    if allowed is not None:
-        inside &= allowed
-    candidates = np.argwhere(inside)
-    region = np.zeros(label.shape, dtype=bool)
-    moves = []
-    comps, n = ndi.label(lesions == lesion)
-    for i, sl in enumerate(ndi.find_objects(comps)):
-        blob = comps[sl] == i + 1  # this component only, not a neighbour reaching into its box
-        size = np.array(blob.shape)
-        for _ in range(100 if len(candidates) else 0):
-            lo = candidates[rng.integers(len(candidates))] - size // 2
-            hi = lo + size
-            if (lo < 0).any() or (hi > label.shape).any():
-                continue
-            box = tuple(slice(a, b) for a, b in zip(lo, hi))
-            grown = ndi.binary_dilation(region[box], iterations=1)
-            if inside[box][blob].all() and not (grown & blob).any():
-                region[box] |= blob
-                moves.append((sl, box, blob))
-                break
-    return region, moves
+    return moved(label, lesions, lesion, zooms, rng, margin_mm, allowed)
 
 
 def lesion_surroundings(cases: list[tuple[np.ndarray, np.ndarray]], lesion: int) -> float:
@@ -670,27 +640,21 @@ def write_sketch(host: Path, region: Path, gain: float, out: Path) -> Path:
 
 
 def pasted_sketch(host: Path, donor: np.ndarray, ratio: float, moves, out: Path) -> Path:
-    """The lesion-free phantom `host` with a real lesion's own voxels pasted in: for every move of
-    `transplant`, the donor image's voxels of that lesion × `ratio` (the host head's median over the
-    donor's, so the lesion keeps its contrast to the tissue) written at the lesion's new place; in
-    the host's grid and value type."""
+    """The lesion-free phantom `host` with a real lesion's own voxels pasted in (`paste_lesions`: the
+    donor image's voxels of every moved lesion × `ratio`, the host head's median over the donor's),
+    in the host's grid and value type."""
     import nibabel as nib
 
+    from ldmtool.data.lesions import paste_lesions
+
     img = nib.load(host)
-    data = np.asarray(img.dataobj).astype(np.float32)
-    for src, dst, blob in moves:
-        data[dst][blob] = donor[src][blob].astype(np.float32) * ratio
+    data = paste_lesions(np.asarray(img.dataobj), donor, moves, ratio)
     dtype = img.get_data_dtype()
     if np.issubdtype(dtype, np.integer):
         data = np.clip(np.rint(data), np.iinfo(dtype).min, np.iinfo(dtype).max)
     out.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(data.astype(dtype), img.affine, img.header), out)
     return out
-
-
-def head_median(image: np.ndarray, label: np.ndarray, lesion: int) -> float:
-    """The median intensity of a head's voxels outside its lesions (label > 0, not `lesion`)."""
-    return float(np.median(image[(label > 0) & (label != lesion)]))
 
 
 def inpaint_pairs(args, work: Path, normals: Path, regions: Path, syn: Path, pairs, mode: str, sketches: dict):
@@ -800,6 +764,8 @@ def run_fewshot(args, work: Path) -> None:
 
     sketches = {}  # new case id -> the image its region starts from (--fewshot-strength below 1, --fewshot-pasted)
     if args.fewshot_strength < 1 or args.fewshot_pasted:
+        from ldmtool.data.lesions import head_median
+
         donor_images = {c: read(few / "imagesTr" / f"{c}_0000.nii.gz")[0] for c in annotated}
         for case, new, *_ in pairs:
             host = normals / "imagesTr" / f"{case}_0000.nii.gz"

@@ -431,6 +431,10 @@ class InpaintConfig:
         "region starts from the input's own content, or from --init's, noised to that fraction of the "
         "schedule, and round(steps × strength) steps are run, so the result keeps that content's layout.",
     )
+    lesion_margin: float = setting(
+        6.0,
+        "--lesion-from: the least distance (mm) between a moved lesion and the edge of the head it is moved into.",
+    )
     keep_detail: bool = setting(
         False,
         "Write into the region the start image (the input's own content, or --init's) plus what the model "
@@ -442,6 +446,8 @@ class InpaintConfig:
     def __post_init__(self) -> None:
         _check_choice("--method", self.method, ("repaint", "guidance"))
         _check_range("--strength", self.strength, 0, 1, low_open=True)
+        if not self.lesion_margin >= 0:
+            raise LdmError(f"--lesion-margin must be ≥ 0 mm; got {self.lesion_margin:g}")
         if self.strength < 1 and self.method != "repaint":
             raise LdmError(f"--strength {self.strength:g} needs --method repaint (it starts the replacement part-way)")
         _check_choice("--label-from", self.label_from, ("region", "painted"))
@@ -491,6 +497,8 @@ class ImputeConfig:
         _check_choice("--sampler", self.sampler, ("ddim", "ddpm", "dpmpp2m", "dpmpp3m", "unipc2", "unipc3"))
         _check_choice("--init", self.init, ("noise", "interpolation"))
         _check_range("--strength", self.strength, 0, 1, low_open=True)
+        if not self.lesion_margin >= 0:
+            raise LdmError(f"--lesion-margin must be ≥ 0 mm; got {self.lesion_margin:g}")
         for flag, value in (("--samples", self.samples), ("--steps", self.steps), ("--batch-size", self.batch_size)):
             if value < 1:
                 raise LdmError(f"{flag} must be at least 1; got {value}")

@@ -16,12 +16,15 @@ WHAT = "What goes into the region"
 def inpaint(
     ctx: typer.Context,
     source: Annotated[Path, typer.Argument(help="The volume: NIfTI file, DICOM series folder or 2D image.")],
-    region: Annotated[
-        Path, typer.Option("--region", help="Mask in the volume's grid: 1 = regenerate, 0 = keep exactly.")
-    ],
     ae: Annotated[Path, typer.Option("--ae", help="Autoencoder checkpoint (file or folder).")],
     ldm: Annotated[Path, typer.Option("--ldm", help="Latent diffusion checkpoint (file or folder).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    region: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--region", help="Mask in the volume's grid: 1 = regenerate, 0 = keep exactly (or --lesion-from)."
+        ),
+    ] = None,
     config: Annotated[
         Optional[Path], typer.Option("--config", "-c", help="YAML config (section `inpaint`); flags override it.")
     ] = None,
@@ -78,6 +81,30 @@ def inpaint(
             rich_help_panel=WHAT,
         ),
     ] = None,
+    lesion_from: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--lesion-from",
+            help="Instead of --region: another case (image, same voxel size) whose --label lesions (--lesion-labels) "
+            "are moved whole to random places inside this volume's head (--labels; seeded by --seed); the region is "
+            "where they land and their own voxels, scaled to this head's brightness, the content it starts from "
+            "(with --strength below 1, e.g. 0.3, and --keep-detail).",
+            rich_help_panel=WHAT,
+        ),
+    ] = None,
+    lesion_labels: Annotated[
+        Optional[Path],
+        typer.Option("--lesion-labels", help="--lesion-from's label map (its grid).", rich_help_panel=WHAT),
+    ] = None,
+    lesion_within: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--lesion-within",
+            help="--lesion-from: a mask in this volume's grid the moved lesions must lie in (e.g. white matter).",
+            rich_help_panel=WHAT,
+        ),
+    ] = None,
+    lesion_margin: Annotated[Optional[float], common.opt(InpaintConfig, "lesion_margin", panel=WHAT)] = None,
     overwrite: Annotated[
         bool,
         typer.Option(
@@ -103,11 +130,10 @@ def inpaint(
     if grow is not None and label is None:
         raise LdmError("--grow needs --label NAME: it widens the class the model is asked to draw")
     common.require_exists(source, "input volume")
-    common.require_exists(region, "--region")
-    if labels is not None:
-        common.require_exists(labels, "--labels")
-    if init is not None:
-        common.require_exists(init, "--init")
+    for path, what in ((region, "--region"), (labels, "--labels"), (init, "--init"), (lesion_from, "--lesion-from"),
+                       (lesion_labels, "--lesion-labels"), (lesion_within, "--lesion-within")):  # fmt: skip
+        if path is not None:
+            common.require_exists(path, what)
     cfg = common.section(load_yaml(config), "inpaint", InpaintConfig, locals())
     result = inpaint_file(
         source,
@@ -125,6 +151,9 @@ def inpaint(
         console=state.console,
         overwrite=overwrite,
         init=init,
+        lesion_from=lesion_from,
+        lesion_labels=lesion_labels,
+        lesion_within=lesion_within,
     )
 
     def seam_text(seam: dict) -> str:

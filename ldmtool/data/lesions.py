@@ -64,3 +64,67 @@ def parse_conditions(items: list[str] | None) -> dict[str, float | str]:
                     raise LdmError(f"--condition {name} needs a number ({UNITS[name]}), got {value!r}") from None
                 out[name] = value
     return out
+
+
+# a move of `transplant`: (the lesion's box in the donor, its box at the new place, its mask in those boxes)
+Move = tuple[tuple[slice, ...], tuple[slice, ...], np.ndarray]
+
+
+def transplant(
+    label: np.ndarray,
+    lesions: np.ndarray,
+    lesion: int,
+    zooms,
+    rng: np.random.Generator,
+    margin_mm: float = 6.0,
+    allowed: np.ndarray | None = None,
+    tries: int = 100,
+) -> tuple[np.ndarray, list[Move]]:
+    """Another case's lesions moved into this one: every connected `lesion` component of the map
+    `lesions` (same voxel size) whole, to a random place where all its voxels lie inside the head of
+    `label` (> 0, not `lesion`), at least `margin_mm` from its edge (voxel sizes `zooms`), within
+    `allowed` when given, and one voxel apart from the lesions placed before. A lesion with no such
+    place in `tries` random tries is left out. Returns the region (bool) and the moves made."""
+    from scipy import ndimage as ndi
+
+    head = (label > 0) & (label != lesion)
+    inside = ndi.distance_transform_edt(head, sampling=zooms) >= margin_mm
+    if allowed is not None:
+        inside &= allowed
+    candidates = np.argwhere(inside)
+    region = np.zeros(label.shape, dtype=bool)
+    moves: list[Move] = []
+    comps, _ = ndi.label(lesions == lesion)
+    for i, sl in enumerate(ndi.find_objects(comps)):
+        blob = comps[sl] == i + 1  # this component only, not a neighbour reaching into its box
+        size = np.array(blob.shape)
+        for _ in range(tries if len(candidates) else 0):
+            lo = candidates[rng.integers(len(candidates))] - size // 2
+            hi = lo + size
+            if (lo < 0).any() or (hi > label.shape).any():
+                continue
+            box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+            grown = ndi.binary_dilation(region[box], iterations=1)
+            if inside[box][blob].all() and not (grown & blob).any():
+                region[box] |= blob
+                moves.append((sl, box, blob))
+                break
+    return region, moves
+
+
+def head_median(image: np.ndarray, label: np.ndarray, lesion: int) -> float:
+    """The median intensity of a head's voxels outside its lesions (label > 0, not `lesion`)."""
+    head = (label > 0) & (label != lesion)
+    if not head.any():
+        raise LdmError("the label map marks no voxel as head (label > 0 other than the lesion class)")
+    return float(np.median(image[head]))
+
+
+def paste_lesions(image: np.ndarray, donor: np.ndarray, moves: list[Move], ratio: float) -> np.ndarray:
+    """`image` (float32 copy) with the donor image's voxels of every moved lesion × `ratio` (e.g. this
+    head's median over the donor's, so that a lesion keeps its contrast to the tissue around it)
+    written at the lesion's new place (`transplant`)."""
+    out = np.array(image, dtype=np.float32, copy=True)
+    for src, dst, blob in moves:
+        out[dst][blob] = donor[src][blob].astype(np.float32) * ratio
+    return out

@@ -58,6 +58,7 @@ _SETTINGS = (
     "label_from",
     "strength",
     "keep_detail",
+    "lesion_margin",
 )
 
 
@@ -136,7 +137,7 @@ def inpaint_file(
     ldm_path: Path,
     out_dir: Path,
     *,
-    region: Path,
+    region: Path | None = None,
     labels: Path | None = None,
     label: str | None = None,
     healthy: bool = False,
@@ -147,6 +148,9 @@ def inpaint_file(
     console=None,
     overwrite: bool = False,
     init: Path | None = None,
+    lesion_from: Path | None = None,
+    lesion_labels: Path | None = None,
+    lesion_within: Path | None = None,
 ) -> InpaintResult:
     """Regenerate `region` of one NIfTI file or DICOM series; write `<stem>_inpainted.nii.gz` (the
     input's geometry and value type, bit-exact outside the region), `<stem>_region.nii.gz`, the label
@@ -159,6 +163,11 @@ def inpaint_file(
         init: a volume in the input's grid (a lesion drawn or pasted into it, say) whose content
             inside the region starts the regeneration (with `cfg.strength` < 1, SDEdit); without it
             the input's own content does.
+        lesion_from, lesion_labels: instead of `region`, another case (image and label map, the same
+            voxel size) whose `label` lesions are moved whole to random places inside this volume's
+            head (`labels`; at least `cfg.lesion_margin` mm from its edge, within the mask
+            `lesion_within` when given): the region is where they land, and their own voxels (scaled
+            by the two heads' median intensities) are the content the region starts from.
     """
     cfg = cfg or InpaintConfig()
     if label is not None and healthy:
@@ -167,10 +176,20 @@ def inpaint_file(
         raise LdmError("--label-from painted needs --label NAME and --method repaint (it reads the decoded labels)")
     if init is not None and not cfg.strength < 1:
         raise LdmError("--init needs --strength below 1: from pure noise (strength 1) nothing of it would be kept")
+    if (region is None) == (lesion_from is None):
+        raise LdmError("give --region MASK (the voxels to regenerate) or --lesion-from CASE (lesions to move in), one")
+    if lesion_from is not None:
+        if lesion_labels is None or label is None or labels is None:
+            raise LdmError("--lesion-from needs --lesion-labels (its label map), --label NAME and --labels (this map)")
+        if init is not None:
+            raise LdmError("--lesion-from and --init exclude each other: the moved lesions' voxels are the start")
+    elif lesion_labels is not None or lesion_within is not None:
+        raise LdmError("--lesion-labels and --lesion-within go with --lesion-from")
     check_output_dir(out_dir, "inpaint", overwrite)
+    donor = None if lesion_from is None else (Path(lesion_from), Path(lesion_labels), lesion_within)
     with output_dir(Path(out_dir)):
-        paths = (Path(source), Path(ae_path), Path(ldm_path), Path(out_dir), Path(region), labels)
-        return _inpaint(*paths, label, healthy, conditions, cfg, seed, device, console, init)
+        paths = (Path(source), Path(ae_path), Path(ldm_path), Path(out_dir), region, labels)
+        return _inpaint(*paths, label, healthy, conditions, cfg, seed, device, console, init, donor)
 
 
 def _inpaint(
@@ -188,8 +207,10 @@ def _inpaint(
     device,
     console,
     init_path=None,
+    donor=None,
 ):
-    """The body of `inpaint_file` (its arguments)."""
+    """The body of `inpaint_file` (its arguments; `donor`: (lesion_from, lesion_labels,
+    lesion_within) or None)."""
     from ldmtool.io.dataset import Case, case_channel_files, read_case
 
     t0 = time.perf_counter()
@@ -197,13 +218,20 @@ def _inpaint(
     files = case_channel_files(Path(source), pipe.channel_names)  # several channels: CASE_0000, _0001, ... together
     volume, _ = read_case(Case(Path(source).name, files[0], more_channels=tuple(files[1:])))
     raw = np.asarray(volume.array)  # (I, J, K) or (I, J, K, C)
-    region = read_region(region_path, volume)  # (I, J, K): the same region in every channel
     if (label is not None or healthy) and not pipe.label_names:
         raise LdmError("--label and --healthy need a model trained with label maps (labelsTr/ + dataset.json)")
+    moved, init_values = {}, None
+    if donor is not None:
+        region, init_values, moved = _moved_lesions(donor, volume, raw, labels_path, pipe, label, cfg, seed)
+    else:
+        region = read_region(region_path, volume)  # (I, J, K): the same region in every channel
+        if init_path is not None:
+            init_values = _read_init(Path(init_path), volume, region)
     image, miss, model_affine, irange = to_model_space(volume, region, pipe.ae_config)
     if not miss.any():
         raise LdmError(
-            f"--region {region_path} lies outside the model's field of view: nothing of it can be regenerated"
+            f"{'the moved lesions' if donor is not None else f'--region {region_path}'} lies outside the model's "
+            "field of view: nothing of it can be regenerated"
         )
     current, target, model_labels, drawn = _target(
         pipe, volume, region, image, model_affine, labels_path, label, healthy, cfg.grow
@@ -217,7 +245,7 @@ def _inpaint(
     conditions = _conditions(pipe, conditions, model_labels, model_affine)
     start = None
     if cfg.strength < 1 or cfg.keep_detail:
-        start = _start_image(None if init_path is None else Path(init_path), volume, raw, region, pipe, irange)
+        start = _start_image(init_values, volume, raw, region, pipe, irange)
     new_image, new_labels = _fill(pipe, cfg, image, miss, model_labels, drawn, conditions, seed, start)
     fills = _region_values(pipe, new_image, irange, model_affine, region, volume, raw)
     painted = label is not None and cfg.label_from == "painted"
@@ -237,7 +265,8 @@ def _inpaint(
     result.seconds = time.perf_counter() - t0
     prov = {
         "source": str(source),
-        "region": str(region_path),
+        "region": None if donor is not None else str(region_path),
+        **moved,
         "labels": None if labels_path is None else str(labels_path),
         "label": label,
         "healthy": healthy,
@@ -268,21 +297,78 @@ def _inpaint(
     return result
 
 
-def _start_image(path: Path | None, volume: Volume, raw: np.ndarray, region: np.ndarray, pipe, irange) -> np.ndarray:
-    """The image the region starts from with --strength below 1, in model space and normalised as the
-    input is (`irange`): the input as it is (its region's content too, which the input's model-space
-    image has blanked), or with the region's voxels taken from `path` (--init)."""
+def _read_init(path: Path, volume: Volume, region: np.ndarray) -> np.ndarray:
+    """--init's voxels (the input's grid), checked finite inside the region."""
+    from ldmtool.io.dataset import read_aligned
+
+    values = np.asarray(read_aligned(path, volume, f"--init {path}").array)
+    if not np.isfinite(values[region]).all():
+        raise LdmError(f"--init {path} has NaN or infinite values inside the region")
+    return values
+
+
+def _moved_lesions(donor, volume: Volume, raw: np.ndarray, labels_path, pipe, label: str, cfg, seed: int):
+    """--lesion-from: (the region where the donor's lesions land, the input with their voxels pasted
+    there, the run record's entries); one-line errors for a donor of another voxel size, one without
+    that class, or lesions that fit nowhere."""
+    from ldmtool.data.lesions import head_median, paste_lesions, transplant
+    from ldmtool.io.dataset import read_aligned, read_volume
+
+    path, labels_of_donor, within = donor
+    if raw.ndim != 3:
+        raise LdmError("--lesion-from takes a volume of one channel; this model has several")
+    other = read_volume(path)
+    if np.asarray(other.array).ndim != 3:
+        raise LdmError(f"--lesion-from {path} has several channels; give one")
+    zooms = np.sqrt((volume.affine[:3, :3] ** 2).sum(0))
+    theirs = np.sqrt((other.affine[:3, :3] ** 2).sum(0))
+    if not np.allclose(zooms, theirs, rtol=0.01):
+        raise LdmError(
+            f"--lesion-from {path} has voxels of {'×'.join(f'{v:.3g}' for v in theirs)} mm, the input "
+            f"{'×'.join(f'{v:.3g}' for v in zooms)} mm: resample one to the other's voxel size first"
+        )
+    value = pipe.label_names[label]
+    donor_labels = np.asarray(read_aligned(labels_of_donor, other, f"--lesion-labels {labels_of_donor}").array)
+    n_lesions = int(ndi.label(donor_labels == value)[1])
+    if not n_lesions:
+        raise LdmError(f"--lesion-labels {labels_of_donor} has no voxel of class {label} (value {value})")
+    host = np.asarray(read_aligned(Path(labels_path), volume, f"--labels {labels_path}").array)
+    allowed = None
+    if within is not None:
+        allowed = np.asarray(read_aligned(Path(within), volume, f"--lesion-within {within}").array) > 0
+    rng = np.random.default_rng(seed)
+    region, moves = transplant(host, donor_labels, value, zooms, rng, cfg.lesion_margin, allowed)
+    if not moves:
+        raise LdmError(
+            f"none of the {n_lesions} {label} lesions of {path} fits inside the head at least "
+            f"{cfg.lesion_margin:g} mm from its edge" + (f" and within {within}" if within is not None else "")
+        )
+    donor_raw = np.asarray(other.array, dtype=np.float32)
+    ratio = head_median(raw, host, value) / head_median(donor_raw, donor_labels, value)
+    record = {
+        "lesion_from": str(path),
+        "lesion_labels": str(labels_of_donor),
+        "lesion_within": None if within is None else str(within),
+        "lesions_moved": [{"from": [s.start for s in src], "to": [s.start for s in dst]} for src, dst, _ in moves],
+        "lesions_left_out": n_lesions - len(moves),
+        "lesion_intensity_ratio": ratio,
+    }
+    return region, paste_lesions(raw, donor_raw, moves, ratio), record
+
+
+def _start_image(
+    values: np.ndarray | None, volume: Volume, raw: np.ndarray, region: np.ndarray, pipe, irange
+) -> np.ndarray:
+    """The image the region starts from with --strength below 1 (and that --keep-detail adds the
+    model's change to), in model space and normalised as the input is (`irange`): the input as it is
+    (its region's content too, which the input's model-space image has blanked), or with the region's
+    voxels taken from `values` (--init's, or the input with --lesion-from's lesions pasted in)."""
     from ldmtool.data.preprocess import _normalise, denormalise
 
     if raw.ndim != 3:
         raise LdmError("--strength below 1 and --keep-detail take a volume of one channel; this model has several")
     start = raw.astype(np.float32, copy=True)
-    if path is not None:
-        from ldmtool.io.dataset import read_aligned
-
-        values = np.asarray(read_aligned(path, volume, f"--init {path}").array)
-        if not np.isfinite(values[region]).all():
-            raise LdmError(f"--init {path} has NaN or infinite values inside the region")
+    if values is not None:
         start[region] = values[region]
     pre = pipe.preprocess
     image, _, _, own = to_model_space(volume.with_array(start), np.zeros(region.shape, bool), pipe.ae_config)

@@ -250,3 +250,89 @@ def test_inpaint_keep_detail_adds_the_change_to_the_start(cli, trained, case, tm
     assert np.abs(added[0] - added[1]).max() <= 1  # the same for every seed, up to the int16 rounding
     if strength < 1:
         assert np.abs(fills["detail", 1] - raw).mean() < np.abs(fills["decoded", 1] - raw).mean()
+
+
+def _donor(trained, case) -> tuple[Path, Path]:
+    """A demo case other than the input with lesion voxels: (image, label map)."""
+    label = case[1]
+    for path in sorted((trained.data / "labelsTr").glob("*.nii.gz")):
+        if path.name != label.name and (np.asarray(nib.load(path).dataobj) == 2).any():
+            return trained.data / "imagesTr" / path.name.replace(".nii.gz", "_0000.nii.gz"), path
+    pytest.skip("no other demo case drew a lesion")
+
+
+def test_inpaint_lesion_from_moves_a_donor_lesion_in(cli, trained, case, tmp_path):
+    """--lesion-from: the donor's lesions moved whole into the input's head; the region is where
+    they land (each as many voxels as in the donor), labelled lesion, the outside bit-exact, the
+    same seed the same places; and the run equals `--region` of that region with `--init` the input
+    with the donor's voxels pasted there (× the record's ratio): the moved lesion is the start."""
+    from scipy import ndimage as ndi
+
+    vol, label, _ = case
+    donor_img, donor_lab = _donor(trained, case)
+    common = ["inpaint", vol, "--labels", label, "--label", "lesion", "--ae", trained.ae, "--ldm", trained.ldm,
+              "--steps", 4, "--strength", 0.3, "--keep-detail"]  # fmt: skip
+    moved = ["--lesion-from", donor_img, "--lesion-labels", donor_lab, "--lesion-margin", 1]
+    r = cli("--seed", 5, *common, *moved, "--out", tmp_path / "L")
+    assert r.code == 0, r.both
+    region = np.asarray(nib.load(tmp_path / "L" / "vol_region.nii.gz").dataobj) > 0
+    filled = _check_outside(vol, tmp_path / "L" / "vol_inpainted.nii.gz", region)
+    lab_out = np.asarray(nib.load(tmp_path / "L" / "vol_inpainted_label.nii.gz").dataobj)
+    assert (lab_out[region] == 2).all()
+    assert np.array_equal(lab_out[~region], np.asarray(nib.load(label).dataobj)[~region])
+    prov = json.loads((tmp_path / "L" / "vol_inpaint.json").read_text())
+    assert prov["region"] is None and prov["lesion_from"] == str(donor_img) and prov["lesions_moved"]
+    donor_labels = np.asarray(nib.load(donor_lab).dataobj)
+    comps, _ = ndi.label(donor_labels == 2)
+    boxes = {tuple(s.start for s in sl): (sl, comps[sl] == i + 1) for i, sl in enumerate(ndi.find_objects(comps))}
+    sketch = np.asarray(nib.load(vol).dataobj).astype(np.float32)
+    donor = np.asarray(nib.load(donor_img).dataobj).astype(np.float32)
+    for move in prov["lesions_moved"]:
+        src, blob = boxes[tuple(move["from"])]
+        dst = tuple(slice(a, a + n) for a, n in zip(move["to"], blob.shape))
+        assert region[dst][blob].all()
+        sketch[dst][blob] = donor[src][blob] * np.float32(prov["lesion_intensity_ratio"])
+    assert region.sum() == sum(boxes[tuple(m["from"])][1].sum() for m in prov["lesions_moved"])
+    again = cli("--seed", 5, *common, *moved, "--out", tmp_path / "L2")
+    assert again.code == 0 and np.array_equal(
+        np.asarray(nib.load(tmp_path / "L2" / "vol_region.nii.gz").dataobj) > 0, region
+    )
+    nib.save(nib.Nifti1Image(sketch, nib.load(vol).affine), tmp_path / "sketch.nii.gz")
+    by_hand = cli("--seed", 5, *common, "--region", tmp_path / "L" / "vol_region.nii.gz", "--init",
+                  tmp_path / "sketch.nii.gz", "--out", tmp_path / "H")  # fmt: skip
+    assert by_hand.code == 0, by_hand.both
+    assert np.array_equal(np.asarray(nib.load(tmp_path / "H" / "vol_inpainted.nii.gz").dataobj), filled)
+
+
+def test_inpaint_lesion_from_bad_input(cli, trained, case, tmp_path):
+    vol, label, region_path = case
+    donor_img, donor_lab = _donor(trained, case)
+    img = nib.load(vol)
+    base = ["inpaint", vol, "--ae", trained.ae, "--ldm", trained.ldm, "--steps", 2]
+    moved = ["--lesion-from", donor_img, "--lesion-labels", donor_lab]
+
+    def fails(text, *extra):
+        r = cli(*base, "--out", tmp_path / "E", *extra)
+        assert r.code == 1 and text in r.err and len(r.error_lines()) == 1, r.both
+        assert not (tmp_path / "E").exists()
+
+    clean = np.asarray(nib.load(donor_lab).dataobj).copy()
+    clean[clean == 2] = 1
+    nib.save(nib.Nifti1Image(clean, img.affine), tmp_path / "clean.nii.gz")
+    coarse = nib.load(donor_img)
+    nib.save(nib.Nifti1Image(np.asarray(coarse.dataobj), np.diag([9.0, 9.0, 9.0, 1.0])), tmp_path / "coarse.nii.gz")
+    nib.save(nib.Nifti1Image(clean, np.diag([9.0, 9.0, 9.0, 1.0])), tmp_path / "coarse_lab.nii.gz")
+    fails("give --region MASK", "--label", "lesion", "--labels", label)
+    fails("give --region MASK", "--region", region_path, *moved, "--label", "lesion", "--labels", label)
+    fails("--lesion-from needs --lesion-labels", "--lesion-from", donor_img, "--label", "lesion", "--labels", label)
+    fails("--lesion-from needs", *moved, "--labels", label)
+    fails("go with --lesion-from", "--region", region_path, "--lesion-labels", donor_lab)
+    fails("exclude each other", *moved, "--label", "lesion", "--labels", label, "--init", vol, "--strength", 0.5)
+    fails("no voxel of class lesion", "--lesion-from", donor_img, "--lesion-labels", tmp_path / "clean.nii.gz",
+          "--label", "lesion", "--labels", label)  # fmt: skip
+    fails("resample one to the other's voxel size", "--lesion-from", tmp_path / "coarse.nii.gz", "--lesion-labels",
+          tmp_path / "coarse_lab.nii.gz", "--label", "lesion", "--labels", label)  # fmt: skip
+    fails("fits inside the head at least 1000 mm", *moved, "--label", "lesion", "--labels", label,
+          "--lesion-margin", 1000)  # fmt: skip
+    fails("--lesion-margin must be", *moved, "--label", "lesion", "--labels", label, "--lesion-margin", -1)
+    fails("--lesion-from", "--lesion-from", tmp_path / "absent.nii.gz", "--lesion-labels", donor_lab)
