@@ -497,8 +497,6 @@ class ImputeConfig:
         _check_choice("--sampler", self.sampler, ("ddim", "ddpm", "dpmpp2m", "dpmpp3m", "unipc2", "unipc3"))
         _check_choice("--init", self.init, ("noise", "interpolation"))
         _check_range("--strength", self.strength, 0, 1, low_open=True)
-        if not self.lesion_margin >= 0:
-            raise LdmError(f"--lesion-margin must be ≥ 0 mm; got {self.lesion_margin:g}")
         for flag, value in (("--samples", self.samples), ("--steps", self.steps), ("--batch-size", self.batch_size)):
             if value < 1:
                 raise LdmError(f"{flag} must be at least 1; got {value}")
