@@ -102,6 +102,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from _commands import run_logged  # noqa: E402
 from _results import recorded, save_figure  # noqa: E402
 
+from ldmtool.data.lesions import head_median, paste_lesions, transplant  # noqa: E402
+
 LOG: list[Path] = []  # where the commands' own output goes (the work folder's ldmtool.log)
 DEVICE: list[str] = ["auto"]  # --device of every command
 
@@ -497,28 +499,10 @@ def lesion_cases(folder: Path, lesion: int) -> list[str]:
     return [c for c in cases if (read(folder / "labelsTr" / f"{c}.nii.gz")[0] == lesion).any()]
 
 
-def transplanted_lesions(
-    label: np.ndarray,
-    lesions: np.ndarray,
-    lesion: int,
-    zooms,
-    rng: np.random.Generator,
-    margin_mm: float = 6.0,
-    allowed: np.ndarray | None = None,
-) -> np.ndarray:
-    """A region for `inpaint`: every connected lesion of the map `lesions` (another case's), each
-    moved to a random place where all its voxels lie inside the head of `label`, at least
-    `margin_mm` from its edge, within `allowed` (when given), and apart from the lesions placed
-    before. A lesion with no such place (100 random tries) is left out; the region may then be empty."""
-    return transplant(label, lesions, lesion, zooms, rng, margin_mm, allowed)[0]
-
-
-def transplant(label, lesions, lesion: int, zooms, rng, margin_mm: float = 6.0, allowed=None):
-    """`transplanted_lesions`' region and its moves (`ldmtool.data.lesions.transplant`, which
-    `inpaint --lesion-from` uses), for `pasted_sketch`."""
-    from ldmtool.data.lesions import transplant as moved
-
-    return moved(label, lesions, lesion, zooms, rng, margin_mm, allowed)
+def transplanted_lesions(*args, **kwargs) -> np.ndarray:
+    """A region for `inpaint`: `ldmtool.data.lesions.transplant`'s (the lesions of another case's map
+    moved whole into this head, each at least the margin from its edge; the region may be empty)."""
+    return transplant(*args, **kwargs)[0]
 
 
 def lesion_surroundings(cases: list[tuple[np.ndarray, np.ndarray]], lesion: int) -> float:
@@ -629,14 +613,8 @@ def write_sketch(host: Path, region: Path, gain: float, out: Path) -> Path:
 
     img = nib.load(host)
     data = np.asarray(img.dataobj).astype(np.float32)
-    inside = np.asarray(nib.load(region).dataobj) > 0
-    data[inside] *= gain
-    dtype = img.get_data_dtype()
-    if np.issubdtype(dtype, np.integer):
-        data = np.clip(np.rint(data), np.iinfo(dtype).min, np.iinfo(dtype).max)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data.astype(dtype), img.affine, img.header), out)
-    return out
+    data[np.asarray(nib.load(region).dataobj) > 0] *= gain
+    return save_like(img, data, out)
 
 
 def pasted_sketch(host: Path, donor: np.ndarray, ratio: float, moves, out: Path) -> Path:
@@ -645,10 +623,15 @@ def pasted_sketch(host: Path, donor: np.ndarray, ratio: float, moves, out: Path)
     in the host's grid and value type."""
     import nibabel as nib
 
-    from ldmtool.data.lesions import paste_lesions
-
     img = nib.load(host)
-    data = paste_lesions(np.asarray(img.dataobj), donor, moves, ratio)
+    return save_like(img, paste_lesions(np.asarray(img.dataobj), donor, moves, ratio), out)
+
+
+def save_like(img, data: np.ndarray, out: Path) -> Path:
+    """`data` saved to `out` in the grid, header and value type of the NIfTI image `img` (rounded and
+    clipped to an integer type's range)."""
+    import nibabel as nib
+
     dtype = img.get_data_dtype()
     if np.issubdtype(dtype, np.integer):
         data = np.clip(np.rint(data), np.iinfo(dtype).min, np.iinfo(dtype).max)
@@ -764,8 +747,6 @@ def run_fewshot(args, work: Path) -> None:
 
     sketches = {}  # new case id -> the image its region starts from (--fewshot-strength below 1, --fewshot-pasted)
     if args.fewshot_strength < 1 or args.fewshot_pasted:
-        from ldmtool.data.lesions import head_median
-
         donor_images = {c: read(few / "imagesTr" / f"{c}_0000.nii.gz")[0] for c in annotated}
         for case, new, *_ in pairs:
             host = normals / "imagesTr" / f"{case}_0000.nii.gz"
