@@ -220,19 +220,14 @@ def _inpaint(
     raw = np.asarray(volume.array)  # (I, J, K) or (I, J, K, C)
     if (label is not None or healthy) and not pipe.label_names:
         raise LdmError("--label and --healthy need a model trained with label maps (labelsTr/ + dataset.json)")
-    moved, init_values = {}, None
     if donor is not None:
         region, init_values, moved = _moved_lesions(donor, volume, raw, labels_path, pipe, label, cfg, seed)
-    else:
-        region = read_region(region_path, volume)  # (I, J, K): the same region in every channel
-        if init_path is not None:
-            init_values = _read_init(Path(init_path), volume, region)
+    else:  # (I, J, K): the same region in every channel
+        region, init_values, moved = _given_region(region_path, init_path, volume)
     image, miss, model_affine, irange = to_model_space(volume, region, pipe.ae_config)
     if not miss.any():
-        raise LdmError(
-            f"{'the moved lesions' if donor is not None else f'--region {region_path}'} lies outside the model's "
-            "field of view: nothing of it can be regenerated"
-        )
+        where = "the moved lesions" if donor is not None else f"--region {region_path}"
+        raise LdmError(f"{where} lies outside the model's field of view: nothing of it can be regenerated")
     current, target, model_labels, drawn = _target(
         pipe, volume, region, image, model_affine, labels_path, label, healthy, cfg.grow
     )
@@ -297,14 +292,18 @@ def _inpaint(
     return result
 
 
-def _read_init(path: Path, volume: Volume, region: np.ndarray) -> np.ndarray:
-    """--init's voxels (the input's grid), checked finite inside the region."""
+def _given_region(region_path, init_path, volume: Volume) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """--region's mask, --init's voxels (the input's grid, checked finite inside the region) or None,
+    and no entries for the run record (as `_moved_lesions` returns them)."""
     from ldmtool.io.dataset import read_aligned
 
-    values = np.asarray(read_aligned(path, volume, f"--init {path}").array)
+    region = read_region(region_path, volume)
+    if init_path is None:
+        return region, None, {}
+    values = np.asarray(read_aligned(Path(init_path), volume, f"--init {init_path}").array)
     if not np.isfinite(values[region]).all():
-        raise LdmError(f"--init {path} has NaN or infinite values inside the region")
-    return values
+        raise LdmError(f"--init {init_path} has NaN or infinite values inside the region")
+    return region, values, {}
 
 
 def _moved_lesions(donor, volume: Volume, raw: np.ndarray, labels_path, pipe, label: str, cfg, seed: int):
