@@ -326,6 +326,8 @@ def _moved_lesions(donor, volume: Volume, raw: np.ndarray, labels_path, pipe, la
             f"--lesion-from {path} has voxels of {'×'.join(f'{v:.3g}' for v in theirs)} mm, the input "
             f"{'×'.join(f'{v:.3g}' for v in zooms)} mm: resample one to the other's voxel size first"
         )
+    if label not in pipe.label_names:
+        raise LdmError(f"--label {label!r} is not one of the model's labels ({', '.join(pipe.label_names)})")
     value = pipe.label_names[label]
     donor_labels = np.asarray(read_aligned(labels_of_donor, other, f"--lesion-labels {labels_of_donor}").array)
     n_lesions = int(ndi.label(donor_labels == value)[1])

@@ -334,5 +334,6 @@ def test_inpaint_lesion_from_bad_input(cli, trained, case, tmp_path):
           tmp_path / "coarse_lab.nii.gz", "--label", "lesion", "--labels", label)  # fmt: skip
     fails("fits inside the head at least 1000 mm", *moved, "--label", "lesion", "--labels", label,
           "--lesion-margin", 1000)  # fmt: skip
+    fails("is not one of the model's labels", *moved, "--label", "tumour", "--labels", label)
     fails("--lesion-margin must be", *moved, "--label", "lesion", "--labels", label, "--lesion-margin", -1)
     fails("--lesion-from", "--lesion-from", tmp_path / "absent.nii.gz", "--lesion-labels", donor_lab)
