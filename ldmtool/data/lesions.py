@@ -1,4 +1,5 @@
-"""Lesion attributes computed from label maps: what the denoiser can be conditioned on."""
+"""Lesion attributes computed from label maps (what the denoiser can be conditioned on), and lesions
+moved from one case into another (`inpaint --lesion-from`)."""
 
 from __future__ import annotations
 

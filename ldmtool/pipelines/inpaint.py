@@ -17,6 +17,10 @@ map written beside it is that target map (for other models: the input's map with
 labelled as the autoencoder's decoder labels the new content). With `--label-from painted` only the
 region's voxels that the decoder reads as the `--label` class become it, the others keeping their
 class: the map then says where the model drew the lesion, which may be less than the region.
+
+With `--lesion-from` the region is not given but made: another case's lesions moved into this head
+(`ldmtool.data.lesions.transplant`), their own voxels the content the region starts from. With
+`--keep-detail` the region gets the start plus the model's change, not the decoded image itself.
 """
 
 from __future__ import annotations
