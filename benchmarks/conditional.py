@@ -499,12 +499,6 @@ def lesion_cases(folder: Path, lesion: int) -> list[str]:
     return [c for c in cases if (read(folder / "labelsTr" / f"{c}.nii.gz")[0] == lesion).any()]
 
 
-def transplanted_lesions(*args, **kwargs) -> np.ndarray:
-    """A region for `inpaint`: `ldmtool.data.lesions.transplant`'s (the lesions of another case's map
-    moved whole into this head, each at least the margin from its edge; the region may be empty)."""
-    return transplant(*args, **kwargs)[0]
-
-
 def lesion_surroundings(cases: list[tuple[np.ndarray, np.ndarray]], lesion: int) -> float:
     """How bright the tissue around real lesions is: the median, over the cases (image, label map),
     of the median intensity of a two-voxel shell around the lesions divided by the head's median."""
@@ -745,6 +739,7 @@ def run_fewshot(args, work: Path) -> None:
             pairs.append((case, new, args.seed + r * len(normal) + i, r))
             moves[new] = (donor, moved)
 
+    host_of = dict(zip(normal, hosts))  # lesion-free case -> (label map, affine, where a lesion may go)
     sketches = {}  # new case id -> the image its region starts from (--fewshot-strength below 1, --fewshot-pasted)
     if args.fewshot_strength < 1 or args.fewshot_pasted:
         donor_images = {c: read(few / "imagesTr" / f"{c}_0000.nii.gz")[0] for c in annotated}
@@ -755,7 +750,7 @@ def run_fewshot(args, work: Path) -> None:
                 sketches[new] = write_sketch(host, regions_dir / f"{new}.nii.gz", gain, out)
             else:
                 donor, moved = moves[new]
-                label = hosts[normal.index(case)][0]
+                label = host_of[case][0]
                 ratio = head_median(read(host)[0], label, lesion) / head_median(
                     donor_images[donor], donors[donor], lesion
                 )
@@ -820,7 +815,7 @@ def run_fewshot(args, work: Path) -> None:
         for sub in ("imagesTr", "labelsTr"):
             (pasted / sub).mkdir(parents=True, exist_ok=True)
         for case, new, *_ in pairs:
-            label, affine = read(normals / "labelsTr" / f"{case}.nii.gz")
+            label, affine, _ = host_of[case]
             label = np.array(label, dtype=np.uint8)
             label[read(regions_dir / f"{new}.nii.gz")[0] > 0] = lesion
             nib.save(nib.Nifti1Image(label, affine), pasted / "labelsTr" / f"{new}.nii.gz")

@@ -144,7 +144,7 @@ def test_transplanted_lesions_keep_their_shapes_inside_the_head():
     import numpy as np
     from scipy import ndimage as ndi
 
-    from benchmarks.conditional import transplanted_lesions
+    from ldmtool.data.lesions import transplant
 
     grid = np.indices((40, 40, 20))
     head = ((grid[0] - 20) ** 2 + (grid[1] - 20) ** 2 + ((grid[2] - 10) * 2) ** 2) <= 17**2
@@ -156,7 +156,7 @@ def test_transplanted_lesions_keep_their_shapes_inside_the_head():
     zooms = (1.0, 1.0, 2.0)
     depth = ndi.distance_transform_edt(head, sampling=zooms)
     for seed in range(5):
-        region = transplanted_lesions(label, donor, 2, zooms, np.random.default_rng(seed), margin_mm=4.0)
+        region = transplant(label, donor, 2, zooms, np.random.default_rng(seed), margin_mm=4.0)[0]
         comps, n = ndi.label(region)
         assert n == 3
         sizes = sorted(int((comps == i).sum()) for i in range(1, n + 1))
@@ -164,13 +164,11 @@ def test_transplanted_lesions_keep_their_shapes_inside_the_head():
         assert (depth[region] >= 4.0).all()
         boxes = sorted(tuple(b - a for a, b in ((s.start, s.stop) for s in sl)) for sl in ndi.find_objects(comps))
         assert boxes == sorted([(4, 3, 3), (2, 2, 2), (1, 1, 1)])
-    other = transplanted_lesions(label, donor, 2, zooms, np.random.default_rng(1), margin_mm=4.0)
-    assert not np.array_equal(
-        other, transplanted_lesions(label, donor, 2, zooms, np.random.default_rng(2), margin_mm=4.0)
-    )
+    other = transplant(label, donor, 2, zooms, np.random.default_rng(1), margin_mm=4.0)[0]
+    assert not np.array_equal(other, transplant(label, donor, 2, zooms, np.random.default_rng(2), margin_mm=4.0)[0])
     tiny = np.zeros_like(label)
     tiny[18:22, 18:22, 9:11] = 1  # a head too small for any lesion at this margin
-    assert not transplanted_lesions(tiny, donor, 2, zooms, np.random.default_rng(0), margin_mm=4.0).any()
+    assert not transplant(tiny, donor, 2, zooms, np.random.default_rng(0), margin_mm=4.0)[0].any()
 
 
 def test_lesion_brightness_is_the_lesion_mean_over_the_rest_of_the_head(tmp_path):
@@ -200,7 +198,8 @@ def test_lesion_tissue_keeps_lesions_off_dark_ventricles():
     ventricle (and the voxel next to it) is not; a transplanted lesion lands in allowed tissue only."""
     import numpy as np
 
-    from benchmarks.conditional import lesion_surroundings, lesion_tissue, transplanted_lesions
+    from benchmarks.conditional import lesion_surroundings, lesion_tissue
+    from ldmtool.data.lesions import transplant
 
     label = np.zeros((40, 40, 20), np.uint8)
     label[4:36, 4:36, 2:18] = 1
@@ -216,7 +215,7 @@ def test_lesion_tissue_keeps_lesions_off_dark_ventricles():
     assert not allowed[11:29, 11:19, 5:15].any() and not allowed[15, 20, 10]
     assert allowed[15, 25, 10]
     for seed in range(3):
-        region = transplanted_lesions(label, donor_label, 2, (1.0, 1.0, 1.0), np.random.default_rng(seed), 3.0, allowed)
+        region = transplant(label, donor_label, 2, (1.0, 1.0, 1.0), np.random.default_rng(seed), 3.0, allowed)[0]
         assert region.sum() == 27 and allowed[region].all()
 
 
