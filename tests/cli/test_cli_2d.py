@@ -219,6 +219,54 @@ def test_impute_and_inpaint_a_picture(trained2d, tmp_path, cli):
     assert np.isfinite(seam["border_gradient"]) and seam["tissue_gradient_p95"] > 0
 
 
+def _parts(root: Path, n: int, defects: bool, seed: int) -> Path:
+    """nnU-Net 2D folder of 32 × 32 pictures of a bright elliptic part (label 1) on a dark ground;
+    with `defects`, each part carries one brighter round defect (label 2) at a random place."""
+    rng = np.random.default_rng(seed)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    yy, xx = np.mgrid[:32, :32]
+    part = (yy - 16) ** 2 / 140 + (xx - 16) ** 2 / 180 < 1
+    for i in range(n):
+        label, image = part.astype(np.uint8), 40 + 120 * part + rng.normal(0, 5, (32, 32))
+        if defects:
+            cy, cx = rng.integers(11, 21, 2)
+            spot = ((yy - cy) ** 2 + (xx - cx) ** 2 < 6) & part
+            label[spot], image[spot] = 2, 230
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(root / "imagesTr" / f"p{seed}{i:02d}_0000.png")
+        Image.fromarray(label).save(root / "labelsTr" / f"p{seed}{i:02d}.png")
+    info = {"channel_names": {"0": "photo"}, "labels": {"background": 0, "part": 1, "defect": 2}, "file_ending": ".png"}
+    (root / "dataset.json").write_text(json.dumps(info))
+    return root
+
+
+def test_fewshot_defects_on_pictures(tmp_path, cli):
+    """The few-shot path on 2D pictures: a map-conditioned denoiser of defect-free parts, fine-tuned
+    (`train-ldm --init`) on 3 pictures with defects, paints a defect of one of them into a
+    defect-free picture (`inpaint --lesion-from`): a PNG, the pixels outside the moved defect the
+    input's, the label PNG the input's map with the defect where it landed."""
+    normal, few = _parts(tmp_path / "normal", 8, False, 0), _parts(tmp_path / "few", 3, True, 1)
+    _run("train-ae", normal, "--out", tmp_path / "AE", *TINY)
+    _run("train-ldm", normal, "--ae", tmp_path / "AE", "--out", tmp_path / "N", "--condition-on", "labels", *TINY)
+    _run("train-ldm", few, "--ae", tmp_path / "AE", "--out", tmp_path / "F", "--condition-on", "labels",
+         "--init", tmp_path / "N", *TINY)  # fmt: skip
+    host, donor = normal / "imagesTr" / "p000_0000.png", few / "imagesTr" / "p100_0000.png"
+    r = cli("inpaint", host, "--lesion-from", donor, "--lesion-labels", few / "labelsTr" / "p100.png",
+            "--label", "defect", "--labels", normal / "labelsTr" / "p000.png", "--ae", tmp_path / "AE",
+            "--ldm", tmp_path / "F", "--steps", 2, "--out", tmp_path / "P")  # fmt: skip
+    assert r.code == 0, r.both
+    given, painted = np.asarray(Image.open(host)), np.asarray(Image.open(tmp_path / "P" / "p000_inpainted.png"))
+    region = np.asarray(Image.open(tmp_path / "P" / "p000_region.png")).astype(bool)
+    label = np.asarray(Image.open(tmp_path / "P" / "p000_inpainted_label.png"))
+    donor_defect = int((np.asarray(Image.open(few / "labelsTr" / "p100.png")) == 2).sum())
+    assert painted.dtype == np.uint8 and painted.shape == given.shape == (32, 32)
+    assert region.sum() == donor_defect > 0 and np.array_equal(painted[~region], given[~region])
+    assert np.array_equal(label == 2, region)
+    assert np.array_equal(label[~region], np.asarray(Image.open(normal / "labelsTr" / "p000.png"))[~region])
+    record = json.loads((tmp_path / "P" / "p000_inpaint.json").read_text())
+    assert len(record["lesions_moved"]) == 1 and record["lesions_left_out"] == 0
+
+
 def test_segment_pictures(tmp_path, cli):
     """train-seg on 2D PNGs, then segment a folder of them: one label PNG per picture."""
     root = _nnunet_2d(tmp_path / "ds", width=20)
