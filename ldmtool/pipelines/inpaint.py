@@ -323,8 +323,7 @@ def _moved_lesions(donor, volume: Volume, raw: np.ndarray, labels_path, pipe, la
     other = read_volume(path)
     if np.asarray(other.array).ndim != 3:
         raise LdmError(f"--lesion-from {path} has several channels; give one")
-    zooms = np.sqrt((volume.affine[:3, :3] ** 2).sum(0))
-    theirs = np.sqrt((other.affine[:3, :3] ** 2).sum(0))
+    zooms, theirs = volume.spacing, other.spacing
     if not np.allclose(zooms, theirs, rtol=0.01):
         raise LdmError(
             f"--lesion-from {path} has voxels of {'×'.join(f'{v:.3g}' for v in theirs)} mm, the input "
