@@ -359,9 +359,13 @@ def ixi_part(args, run: Runner, work: Path) -> dict:
             "--max-minutes",
             args.ixi_ae_minutes,
         )
-    t["train-ldm"] = run(
-        "train-ldm", train, "--ae", ae, "--out", ldm, "--config", cfg, "--max-minutes", args.ixi_ldm_minutes
-    )
+    if args.ixi_ldm:  # a denoiser trained earlier on that autoencoder
+        shutil.copytree(args.ixi_ldm, ldm)
+        print(f"  latent denoiser: {args.ixi_ldm} (not trained in this run)", flush=True)
+    else:
+        t["train-ldm"] = run(
+            "train-ldm", train, "--ae", ae, "--out", ldm, "--config", cfg, "--max-minutes", args.ixi_ldm_minutes
+        )
     t["sample"] = run("sample", "--ae", ae, "--ldm", ldm, "--out", samples, "--n", args.ixi_samples, "--config", cfg)
     real_train, heldout, _ = prepared.result()
     pool.shutdown()
@@ -378,7 +382,9 @@ def ixi_part(args, run: Runner, work: Path) -> dict:
     rep = json.loads((work / "report" / "report.json").read_text())
     floor = json.loads((work / "report_floor" / "report.json").read_text())
     ceiling = json.loads((work / "report_recon" / "report.json").read_text())
+    guided = ixi_autoguidance(args, run, work, train, (ae, ldm), (heldout, real_train), t)
     return {
+        "autoguidance": guided,
         "split": {"train": train_ids, "heldout": test_ids},
         "seconds": t,
         "samples": rep,
@@ -395,6 +401,82 @@ def ixi_part(args, run: Runner, work: Path) -> dict:
             "evaluate": save_png(work / "report" / "figures" / "montage.png", "ixi-vs-real"),
         },
     }
+
+
+def ixi_autoguidance(args, run: Runner, work: Path, train: Path, models, real, t: dict) -> dict:
+    """With `--ixi-guide-minutes`: a smaller denoiser (half the channels) trained that long on the same
+    autoencoder and brains, and the samples of the main denoiser guided away from it
+    (`sample --guide-ldm --guidance G`, autoguidance) at every `--ixi-guidance` G, each scored like
+    the unguided ones (same seeds)."""
+    if not args.ixi_guide_minutes:
+        return {}
+    (ae, ldm), (heldout, real_train) = models, real
+    guide = work / "ldm_guide"
+    channels = ",".join(str(max(8, c // 2)) for c in ixi_denoiser_channels(args.ixi_config))
+    t["train-ldm guide"] = run(
+        "train-ldm", train, "--ae", ae, "--out", guide, "--config", args.ixi_config,
+        "--channels", channels, "--max-minutes", args.ixi_guide_minutes,
+    )  # fmt: skip
+    out = {"channels": channels, "steps": ldm_steps(guide)}
+    for g in args.ixi_guidance:
+        samples = work / f"samples-guided{g:g}"
+        t[f"sample guided {g:g}"] = run(
+            "sample", "--ae", ae, "--ldm", ldm, "--guide-ldm", guide, "--guidance", g,
+            "--out", samples, "--n", args.ixi_samples, "--config", args.ixi_config,
+        )  # fmt: skip
+        report = work / f"report-guided{g:g}"
+        t[f"evaluate guided {g:g}"] = run(
+            "evaluate", "--only", "fidelity,diversity,privacy", "--real", heldout, "--train", real_train,
+            "--synthetic", samples, "--out", report,
+        )  # fmt: skip
+        out[f"{g:g}"] = {
+            "report": json.loads((report / "report.json").read_text()),
+            "coherence": coherence_per_view(samples, heldout),
+            "anatomy": anatomy_measures(samples, heldout),
+            "montage": save_png(report / "figures" / "montage.png", f"ixi-vs-real-guided{g:g}"),
+        }
+    return out
+
+
+def ixi_denoiser_channels(config: Path) -> list[int]:
+    """The denoiser's channels in an ldmtool config (the package default where it sets none)."""
+    from ldmtool.config import DenoiserConfig, load_yaml
+
+    given = (load_yaml(config).get("denoiser") or {}).get("channels")
+    return [int(c) for c in (given or DenoiserConfig().channels)]
+
+
+def ixi_guided_report(res: dict, args) -> None:
+    """The autoguidance rows beside the unguided samples (`ixi_autoguidance`)."""
+    guided = res.get("autoguidance") or {}
+    if not guided:
+        return
+    s, f = res["samples"], res["floor"]
+    print(
+        f"\nautoguidance: guide = the same recipe with channels {guided['channels']}, "
+        f"{args.ixi_guide_minutes:g} min ({guided['steps']} steps); same seeds\n"
+    )
+    print("| samples | precision | recall | FID | pairwise SSIM / real | privacy: nearest-training SSIM |")
+    print("|---|---|---|---|---|---|")
+
+    def row(name: str, rep: dict) -> str:
+        d, p = rep["diversity"], rep["privacy"]
+        ratio = d["pairwise_ssim_synthetic"] / d["pairwise_ssim_real"] if d["pairwise_ssim_real"] else float("nan")
+        return (
+            f"| {name} | {fmt(rep['fidelity']['precision'])} | {fmt(d['recall'])} | {fmt(rep['fidelity']['fid'], 1)} "
+            f"| {fmt(ratio, 2)} | {fmt(p['max_ssim_mean'])} (held-out {fmt(p.get('heldout_max_ssim_mean'))}) |"
+        )
+
+    print(row("unguided", s))
+    for g in args.ixi_guidance:
+        print(row(f"guidance {g:g}", guided[f"{g:g}"]["report"]))
+    print(
+        f"| real-vs-real floor | {fmt(f['fidelity']['precision'])} | {fmt(f['diversity']['recall'])} "
+        f"| {fmt(f['fidelity']['fid'], 1)} | 1 | |"
+    )
+    for g in args.ixi_guidance:
+        print(f"\nguidance {g:g}: montage {guided[f'{g:g}']['montage']}; whole-head anatomy:\n")
+        print(anatomy_table({"real": res["anatomy"]["real"], "samples": guided[f"{g:g}"]["anatomy"]}))
 
 
 def ixi_report(res: dict, args) -> None:
@@ -450,6 +532,7 @@ def ixi_report(res: dict, args) -> None:
     print(f"\nconfig: {args.ixi_config}; LDM steps: {res['ldm_steps']}")
     print(f"seconds: {json.dumps({k: round(v) for k, v in res['seconds'].items()})}")
     print(f"montages: {res['montages']['samples']}, {res['montages']['evaluate']}")
+    ixi_guided_report(res, args)
 
 
 def anatomy_table(anatomy: dict[str, dict[str, float]]) -> str:
@@ -1094,6 +1177,19 @@ def parse(argv=None):
     p.add_argument("--ixi-samples", type=int, default=32)
     p.add_argument("--ixi-ae", type=Path, default=None, help="reuse this train-ae output instead of training one")
     p.add_argument(
+        "--ixi-ldm",
+        type=Path,
+        default=None,
+        help="reuse this train-ldm output (trained on --ixi-ae) instead of training one",
+    )
+    p.add_argument(
+        "--ixi-guide-minutes",
+        type=float,
+        default=0.0,
+        help="train a half-width guide denoiser this long and also sample with autoguidance (0: off)",
+    )
+    p.add_argument("--ixi-guidance", type=lambda v: [float(x) for x in v.split(",")], default=[2.0])
+    p.add_argument(
         "--ixi-config",
         type=Path,
         default=None,
@@ -1199,6 +1295,10 @@ def parse(argv=None):
         p.error(f"unknown part(s) {', '.join(bad)}; choose from {', '.join(PARTS)}")
     if args.ixi_spacing not in (2.0, 4.0):
         p.error("--ixi-spacing takes 2 (the data's own grid) or 4 (2×2×2 blocks averaged)")
+    if args.ixi_ldm and not args.ixi_ae:
+        p.error("--ixi-ldm goes with --ixi-ae (the autoencoder it was trained on)")
+    if any(g <= 1 for g in args.ixi_guidance):
+        p.error("--ixi-guidance takes autoguidance scales above 1, e.g. 2,3")
     if args.ixi_config is None:  # tiny models for a CPU at 4 mm, GPU-sized ones at 2 mm
         args.ixi_config = REPO / "examples" / ("ixi_cpu.yaml" if args.ixi_spacing >= 4 else "ixi_gpu.yaml")
     return args

@@ -47,6 +47,14 @@ def sample(
         ),
     ] = None,
     guidance: Annotated[Optional[float], common.opt(SampleConfig, "guidance")] = None,
+    guide_ldm: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--guide-ldm",
+            help="A weaker denoiser of the same latents (train-ldm on the same data and autoencoder, shorter "
+            "or smaller): --guidance G then extrapolates away from it (autoguidance), conditioned or not.",
+        ),
+    ] = None,
     labels: Annotated[
         Optional[Path],
         typer.Option(
@@ -119,6 +127,13 @@ def sample(
     flags = {"sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing}
     given = {k for k, v in flags.items() if v is not None or k in (yaml.get("sample") or {})}
     cfg = distilled_defaults(cfg, ldm, given, state.console)
+    if guide_ldm is not None:
+        common.require_exists(guide_ldm, "--guide-ldm")
+        if cfg.guidance == 1.0:
+            state.console.print(
+                "[yellow]warning:[/] --guide-ldm has no effect at --guidance 1; autoguidance needs G > 1 (e.g. 2)",
+                highlight=False,
+            )
     if labels is not None:
         return _sample_from_labels(state, cfg, ae, ldm, out, labels, per_label, deform, undeformed, overwrite, locals())
     if per_label != 1 or deform or undeformed:
@@ -152,6 +167,7 @@ def sample(
         memorization_filter=memfilter,
         console=state.console,
         overwrite=overwrite,
+        guide_ldm=guide_ldm,
     )
     rows = {
         "written": len(result.written),
@@ -256,6 +272,7 @@ def _sample_from_labels(state, cfg, ae, ldm, out, labels, per_label, deform, und
         precision=cfg.precision,
         console=state.console,
         overwrite=overwrite,
+        guide_ldm=given["guide_ldm"],
     )
     rows = {
         "written": len(result.written),

@@ -156,12 +156,18 @@ def guided(
     mask: torch.Tensor | None,
     scale: float = 1.0,
     labels: torch.Tensor | None = None,
+    guide: LatentDenoiser | None = None,
 ):
     """A `model(x, t)` function for the samplers, with classifier-free guidance when conditioned.
 
     out = u + scale · (c − u), u = unconditional output (no attributes, no label map), c = conditional
     output. `labels`: a (B, C, D, h, w) label-map condition from `label_grid` (label-conditioned models).
+    With a `guide` (a weaker denoiser of the same latents: trained shorter or smaller) u is the
+    guide's output under the same conditions instead (autoguidance, Karras et al. 2024: moving away
+    from a worse model's prediction sharpens what both already agree on, conditioned or not).
     """
+    if guide is not None and scale != 1.0:
+        return _autoguided(model, guide, attributes, mask, scale, labels)
     if attributes is not None and not model.n_attributes:
         attributes = None
     if labels is not None and not getattr(model, "label_channels", 0):
@@ -182,5 +188,18 @@ def guided(
         both = model(torch.cat([x, x]), torch.cat([t, t]), a, m, lab)
         c, u = both.chunk(2)
         return u + scale * (c - u)
+
+    return fn
+
+
+def _autoguided(model, guide, attributes, mask, scale: float, labels):
+    """out = g + scale · (m − g), m and g the model's and the guide's outputs, each with the
+    conditions it takes (CFG's unconditional branch replaced by the guide)."""
+    own = guided(model, attributes, mask, 1.0, labels)
+    weak = guided(guide, attributes, mask, 1.0, labels)
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        g = weak(x, t)
+        return g + scale * (own(x, t) - g)
 
     return fn

@@ -99,6 +99,7 @@ def generate(
     memorization_filter: MemorizationFilter | None = None,
     console=None,
     overwrite: bool = False,
+    guide_ldm: Path | None = None,
 ) -> GenerateResult:
     """Sample `n` image+mask volumes into `out_dir` (nnU-Net layout + provenance + montage).
 
@@ -108,7 +109,8 @@ def generate(
     `memorization_filter`, candidates it rejects are replaced by new draws of the same sample.
     `out_dir` must be new, empty or an earlier sample output (`overwrite`: see `pipelines.outdir`).
     `fmt` None: the model's own (NIfTI for volumes; for 2D images the format they were read from:
-    PNG for PNG/JPEG/TIFF, one DICOM file per image for DICOM)."""
+    PNG for PNG/JPEG/TIFF, one DICOM file per image for DICOM). `guide_ldm`: a weaker denoiser of
+    the same latents that `guidance` extrapolates away from (autoguidance, `set_guide`)."""
     SampleConfig(  # the CLI's checks and messages
         n=n,
         sampler=sampler,
@@ -129,6 +131,8 @@ def generate(
         pipe = LatentDiffusionPipeline.from_pretrained(
             ae_path, ldm_path, device=shard_device(device), precision=precision
         )
+        if guide_ldm is not None:
+            pipe.set_guide(guide_ldm)
         fmt = output_format(pipe, fmt)
         smp = pipe.make_sampler(sampler, steps, eta, spacing)
         pipe.conditioning(conditions, 1)  # fails now if the model cannot take the conditions
@@ -203,6 +207,7 @@ def _job_settings(pipe: LatentDiffusionPipeline, smp, steps: int, eta: float, fm
         "precision": pipe.precision,
         "autoencoder_sha256": pipe.ae_sha256,
         "ldm_sha256": file_sha256(pipe.ldm_path),
+        **({"guide_ldm_sha256": pipe.guide_sha256} if pipe.guide_sha256 else {}),
     }
 
 

@@ -96,6 +96,8 @@ class LatentDiffusionPipeline:
         self.image_dims = int(ae_config.get("image_dims", 3) or 3)  # 2: a model of 2D images
         self.image_format = str(ae_config.get("image_format", "") or "")  # of 2D images: png, dicom, ...
         self.image_dtype = str(ae_config.get("image_dtype", "") or "")  # of 2D images: uint8, uint16, ...
+        self.guide: LatentDenoiser | None = None  # a weaker denoiser for autoguidance (`set_guide`)
+        self.guide_sha256: str | None = None
 
     @classmethod
     def from_pretrained(
@@ -120,6 +122,33 @@ class LatentDiffusionPipeline:
             ldm_path=ldm_path,
             ae_sha256=ae_hash,
         )
+
+    def set_guide(self, path: Path) -> None:
+        """Load a weaker denoiser of the same latents (the same autoencoder, training data, schedule,
+        objective and conditions; trained shorter or smaller) that `guidance` then extrapolates
+        away from (autoguidance, `models.denoiser.guided`)."""
+        path = resolve_checkpoint(path)
+        guide, cfg = load_denoiser(path, self.device)
+        own, theirs = self.ldm_config, cfg
+        if theirs.autoencoder_sha256 != self.ae_sha256:
+            raise LdmError(f"guide {path} was trained on a different autoencoder than {self.ae_path}")
+        if tuple(theirs.latent_shape) != tuple(own.latent_shape):
+            raise LdmError(
+                f"guide {path} makes latents {tuple(theirs.latent_shape)}; the model {tuple(own.latent_shape)}"
+            )
+        keys = ("objective", "num_train_timesteps", "schedule", "beta_start", "beta_end", "zero_terminal_snr")
+        differ = [k for k in keys if getattr(theirs.model, k) != getattr(own.model, k)]
+        if differ:
+            raise LdmError(f"guide {path} differs from the model in its diffusion schedule: {', '.join(differ)}")
+        if theirs.attributes != own.attributes or theirs.label_channels != own.label_channels:
+            raise LdmError(f"guide {path} is not conditioned on what the model is (attributes and label maps)")
+        stats = (theirs.latent_mean, own.latent_mean), (theirs.latent_std, own.latent_std)
+        if not all(np.allclose(a, b, rtol=1e-3, atol=1e-4) for a, b in stats):
+            raise LdmError(
+                f"guide {path} standardises the latents differently (another training set?); "
+                "train it with train-ldm on the model's data and autoencoder"
+            )
+        self.guide, self.guide_sha256 = guide, file_sha256(path)
 
     def compile(self) -> None:
         """torch.compile the denoiser the samplers call."""
@@ -283,7 +312,7 @@ class LatentDiffusionPipeline:
         with torch.inference_mode():
             attrs, mask = self.conditioning(conditions, len(seeds))
             with autocast(self.device, self.precision):
-                return self.denoise(seeds, smp, guided(self.denoiser, attrs, mask, guidance, labels))
+                return self.denoise(seeds, smp, guided(self.denoiser, attrs, mask, guidance, labels, self.guide))
 
     def decode(self, latents: torch.Tensor, decode_batch: int = 64) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """Standardised latents (B, L, D, h, w) → per volume (image in the source scale, label map),
@@ -480,7 +509,7 @@ class LatentDiffusionPipeline:
             start = known[0] if start_from is None else start_from.float().to(self.device)
         with torch.inference_mode():
             attrs, mask = self.conditioning(conditions, 1)
-            model = guided(self.denoiser, attrs, mask, guidance, labels)
+            model = guided(self.denoiser, attrs, mask, guidance, labels, self.guide)
             alphas = training_scheduler(dcfg).alphas_cumprod
             hook = Replacement(model, alphas, dcfg.prediction_type, known, m, torch.Generator().manual_seed(seed))
             with autocast(self.device, self.precision):

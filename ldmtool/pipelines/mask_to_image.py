@@ -152,11 +152,12 @@ def generate_from_labels(
     precision: str = SampleConfig.precision,
     console=None,
     overwrite: bool = False,
+    guide_ldm: Path | None = None,
 ) -> GenerateResult:
     """Sample `per_label` images for every label map of `labels_dir` (and for `deform` seeded
     deformations of each, plus `undeformed` images of every map itself) with a model trained with
     `--condition-on labels`; write them into `out_dir` in each map's geometry, with the map as the
-    label and provenance naming it."""
+    label and provenance naming it. `guide_ldm`: as for `generate`."""
     SampleConfig(
         sampler=sampler,
         steps=steps,
@@ -186,6 +187,8 @@ def generate_from_labels(
             raise LdmError(
                 f"{pipe.ldm_path} was not trained on label maps; train one with train-ldm --condition-on labels"
             )
+        if guide_ldm is not None:
+            pipe.set_guide(guide_ldm)
         smp = pipe.make_sampler(sampler, steps, eta, spacing)
         for path in maps:  # every map checked before any sampling
             read_label_map(path, names, pipe.label_names)
