@@ -1185,10 +1185,15 @@ def parse(argv=None):
     p.add_argument(
         "--ixi-guide-minutes",
         type=float,
-        default=0.0,
+        default=5.0,
         help="train a half-width guide denoiser this long and also sample with autoguidance (0: off)",
     )
-    p.add_argument("--ixi-guidance", type=lambda v: [float(x) for x in v.split(",")], default=[2.0])
+    p.add_argument(
+        "--ixi-guidance",
+        type=lambda v: [float(x) for x in v.split(",")],
+        default=[2.0],
+        help="autoguidance scales to sample at, e.g. 1.5,2,3",
+    )
     p.add_argument(
         "--ixi-config",
         type=Path,
