@@ -440,10 +440,9 @@ def ixi_autoguidance(args, run: Runner, work: Path, train: Path, models, real, t
 
 def ixi_denoiser_channels(config: Path) -> list[int]:
     """The denoiser's channels in an ldmtool config (the package default where it sets none)."""
-    from ldmtool.config import DenoiserConfig, load_yaml
+    from ldmtool.config import DenoiserConfig, from_dict, load_yaml
 
-    given = (load_yaml(config).get("denoiser") or {}).get("channels")
-    return [int(c) for c in (given or DenoiserConfig().channels)]
+    return list(from_dict(DenoiserConfig, load_yaml(config).get("denoiser") or {}, "denoiser").channels)
 
 
 def ixi_guided_report(res: dict, args) -> None:
