@@ -18,6 +18,8 @@ Parts (--only, comma-separated):
              training brains as samples, against the same held-out brains), privacy (nearest-
              training SSIM of samples vs of held-out brains) and slice-to-slice coherence per view
              (mean |difference| of neighbouring slices along each axis, samples / real).
+             Then a half-width guide denoiser (--ixi-guide-minutes, default 5; 0: off) and the
+             same seeds sampled with autoguidance at each of --ixi-guidance (default 2), scored alike.
   impute     with the ixi part's models: held-out brains with every other axial slice missing,
              and with 50 % of voxels missing at random (MCAR), filled by `ldmtool impute` (latent
              self-guidance from noise, and from the interpolated volume noised to each of
